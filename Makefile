@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine (Python 3.11, no GPU needed):
+#   make demo   venv + install + train -> export -> bench on the embedded Fashion-MNIST subset
+#   make test   venv + install + the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN ?= runs/demo
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: demo test install clean
+
+$(BIN)/gee-deploy: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/gee-deploy
+
+demo: install
+	rm -rf $(RUN)
+	$(BIN)/gee-deploy train models/demo.toml --out $(RUN)
+	@if $(BIN)/gee-deploy export --help >/dev/null 2>&1; then \
+	  $(BIN)/gee-deploy export $(RUN)/best.pt --out $(RUN)/model.onnx; fi
+	@if $(BIN)/gee-deploy bench --help >/dev/null 2>&1; then \
+	  $(BIN)/gee-deploy bench $(RUN)/best.pt $(RUN)/model.onnx --out $(RUN)/bench; fi
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,86 @@
+"""Checkpoints that rebuild their model alone and load without executing pickled code.
+
+A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_only=True)``:
+
+    format        "gee-deploy/1"
+    model_name    registered architecture
+    model_args    resolved create_model kwargs (genes, timesteps, num_classes, ..., mean, std)
+    recipe        the resolved recipe (dict)
+    dataset       {"name", "classes"}
+    state_dict    model weights
+    optimizer, scheduler   training state (absent in exported-only files)
+    epoch         epochs finished
+    metrics       last epoch's metrics; best_acc
+    rng           CPU RNG state, for an exact resume
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .io import atomic_path
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "file_sha256"]
+
+FORMAT = "gee-deploy/1"
+_REQUIRED = ("format", "model_name", "model_args", "state_dict")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    payload = {"format": FORMAT, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} not found")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError, zipfile errors...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first[:200]}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
+        raise CheckpointError(f"{p} is not a gee-deploy checkpoint (missing model name, args or weights)")
+    if ckpt["format"] != FORMAT:
+        raise CheckpointError(f"{p} has format {ckpt['format']!r}; this version reads {FORMAT!r}")
+    return ckpt
+
+
+def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
+    """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch."""
+    from .zoo import create_model
+
+    model = create_model(ckpt["model_name"], **ckpt["model_args"])
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \
+               (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
+        raise CheckpointError(f"{source} does not match architecture {ckpt['model_name']!r}: {what.strip()}")
+    return model
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
+    """Eval-mode model of checkpoint ``path``; ``model.checkpoint`` keeps the metadata (no weights)."""
+    ckpt = load_checkpoint(path, map_location)
+    try:
+        model = build_model(ckpt, str(path))
+    except RuntimeError as e:  # shape mismatches from load_state_dict
+        raise CheckpointError(f"{path} does not match architecture {ckpt['model_name']!r}: "
+                              f"{str(e).splitlines()[-1].strip()[:200]}") from None
+    model.checkpoint = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
+    return model.eval()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

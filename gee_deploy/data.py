@@ -1,0 +1,253 @@
+"""Datasets: Fashion-MNIST (IDX), its embedded subset, CIFAR-10/100 (torchvision's pickled batches),
+ImageNet (ImageFolder) and a synthetic set for tests. Nothing is downloaded.
+
+Every dataset yields (image float32 [C, H, W] in [0, 1], label int64); normalisation lives in the model,
+so the ONNX graph takes raw [0, 1] pixels. Augmentation (training split only): random crop with zero
+padding and horizontal flip for the small-image sets, random resized crop + flip for ImageNet.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
+
+__all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_split", "make_loader", "FMNIST_DIR",
+           "MINI_PATH", "build_mini"]
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MINI_PATH = Path(__file__).parent / "assets" / "fashion_mnist_mini.npz"
+
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 0  # random-crop padding for augmentation; 0 = no crop
+    flip: bool = True
+    classes: list[str] = field(default_factory=list, compare=False)
+
+
+_INFO = {
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), 2, True, FMNIST_CLASSES),
+    "fashion-mnist-mini": DatasetInfo("fashion-mnist-mini", 10, 1, 28, (0.2860,), (0.3530,), 2, True,
+                                      FMNIST_CLASSES),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True,
+                           CIFAR10_CLASSES),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True,
+                            [str(i) for i in range(100)]),
+    "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, []),
+    "synthetic": DatasetInfo("synthetic", 10, 1, 28, (0.5,), (0.5,), 0, False, [f"class{i}" for i in range(10)]),
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(_INFO)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in _INFO:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    return _INFO[name]
+
+
+class InMemoryImages(Dataset):
+    """uint8 images [N, C, H, W] + int64 labels held in memory, with optional crop/flip augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, crop_padding: int = 0, flip: bool = False):
+        if images.dim() != 4 or images.dtype != torch.uint8 or len(images) != len(labels):
+            raise DataError(f"malformed image array {tuple(images.shape)} {images.dtype} / {len(labels)} labels")
+        self.images = images
+        self.labels = labels.long()
+        self.crop_padding = crop_padding
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].float().div_(255.0)  # [C, H, W]
+        p = self.crop_padding
+        if p:
+            h, w = x.shape[1:]
+            dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            x = torch.nn.functional.pad(x, (p, p, p, p))[:, dy:dy + h, dx:dx + w]
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.labels[i]
+
+
+# ---- Fashion-MNIST (IDX) --------------------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: {body.size} bytes for shape {dims}")
+    return body.reshape(dims)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.exists():
+            return candidate
+    raise DataError(f"{stem}[.gz] not found in {directory}")
+
+
+def _fmnist_arrays(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def build_mini(source: Path = FMNIST_DIR, out: Path = MINI_PATH, train: int = 4000, test: int = 1000,
+               seed: int = 0) -> Path:
+    """Write the embedded subset: class-balanced random picks from the real Fashion-MNIST files."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", train), ("test", test)):
+        images, labels = _fmnist_arrays(Path(source), split)
+        picks = np.concatenate([rng.choice(np.flatnonzero(labels == c), n // 10, replace=False) for c in range(10)])
+        picks.sort()
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[picks], labels[picks]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    return out
+
+
+# ---- CIFAR (torchvision's python pickles) ---------------------------------------------------------------
+
+def _cifar_arrays(directory: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "cifar10":
+        base = directory / "cifar-10-batches-py"
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key = "labels"
+    else:
+        base = directory / "cifar-100-python"
+        files = ["train" if split == "train" else "test"]
+        key = "fine_labels"
+    images, labels = [], []
+    for f in files:
+        path = base / f
+        if not path.exists():
+            raise DataError(f"{path} not found (expected torchvision's {name} layout under {directory})")
+        try:
+            with open(path, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(entry[key], dtype=np.int64))
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{path} is not a {name} batch: {e}") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# ---- synthetic ------------------------------------------------------------------------------------------
+
+def _synthetic_arrays(split: str, n: int = 512, size: int = 28, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Class k is a bright bar at row band k plus noise: learnable in a few steps, deterministic per split."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, channels, size, size)).astype(np.uint8)
+    band = size // 10
+    for i, k in enumerate(labels):
+        images[i, :, k * band:(k + 1) * band, :] = 220
+    return images, labels
+
+
+# ---- public ---------------------------------------------------------------------------------------------
+
+def _data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
+    if data_dir is not None:
+        d = Path(data_dir)
+    elif os.environ.get("GEE_DATA_DIR"):
+        d = Path(os.environ["GEE_DATA_DIR"])
+    elif name == "fashion-mnist":
+        d = FMNIST_DIR
+    else:
+        raise DataError(f"dataset {name!r} needs --data-dir (or $GEE_DATA_DIR) pointing at a local copy")
+    if not d.is_dir():
+        hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+        raise DataError(f"data directory {d} does not exist{hint}")
+    return d
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, augment: bool = False,
+               limit: int | None = None) -> Dataset:
+    """The ``split`` ('train' or 'test') of dataset ``name``; ``limit`` keeps the first N samples."""
+    info = dataset_info(name)
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    if name == "imagenet":
+        return _imagenet(_data_dir(name, data_dir), split, augment, limit)
+    if name == "fashion-mnist":
+        images, labels = _fmnist_arrays(_data_dir(name, data_dir), split)
+    elif name == "fashion-mnist-mini":
+        if not MINI_PATH.exists():
+            raise DataError(f"embedded subset {MINI_PATH} is missing from this installation")
+        with np.load(MINI_PATH) as z:
+            images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+    elif name in ("cifar10", "cifar100"):
+        images, labels = _cifar_arrays(_data_dir(name, data_dir), name, split)
+    else:
+        images, labels = _synthetic_arrays(split)
+    if images.ndim == 3:
+        images = images[:, None]  # [N, 1, H, W]
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return InMemoryImages(torch.from_numpy(np.array(images, order="C")), torch.from_numpy(labels.astype(np.int64)),
+                          info.crop_padding if augment else 0, info.flip and augment)
+
+
+def _imagenet(directory: Path, split: str, augment: bool, limit: int | None) -> Dataset:
+    from torchvision import datasets, transforms
+
+    sub = directory / ("train" if split == "train" else "val")
+    if not sub.is_dir():
+        raise DataError(f"{sub} not found (expected ImageFolder layout: {directory}/train/<class>/*.JPEG)")
+    if augment:
+        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                 transforms.ToTensor()])
+    else:
+        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    ds = datasets.ImageFolder(str(sub), transform=tf)
+    if limit is not None:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    return ds
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0,
+                pin_memory: bool = False, sampler=None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling depends only on ``seed`` (the trainer passes seed + epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, pin_memory=pin_memory, generator=generator, drop_last=drop_last,
+                      persistent_workers=False)

@@ -1,0 +1,24 @@
+"""Exceptions the CLI turns into one line and a non-zero exit code (DESIGN section 10)."""
+from __future__ import annotations
+
+
+class GeeError(Exception):
+    """Base of every error a user can cause; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class ConfigError(GeeError):
+    """A recipe, a --set override or a command option is wrong."""
+
+
+class DataError(GeeError):
+    """A dataset is missing, unknown or malformed."""
+
+
+class CheckpointError(GeeError):
+    """A checkpoint is missing, truncated, not a checkpoint, or of another architecture."""
+
+
+class UnknownModelError(ConfigError):
+    """No architecture is registered under that name."""

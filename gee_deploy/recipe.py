@@ -1,0 +1,154 @@
+"""Recipes: one TOML file per experiment with sections [model], [data], [train], [evolution].
+
+Defaults live in the dataclasses below (one comment per field); a recipe overrides them and
+``--set section.key=value`` overrides the recipe. Unknown sections or keys and values of the wrong type are
+one-line :class:`ConfigError`s. The resolved recipe is written as ``config.json`` beside every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "load_recipe",
+           "recipe_from_dict", "parse_override"]
+
+
+@dataclass
+class ModelSection:
+    name: str = "smallnet"  # a registered architecture (`gee-deploy models`)
+    genes: int = 32  # g; 0 builds the dense twin
+    timesteps: int = 4  # T
+    args: dict = field(default_factory=dict)  # further keyword arguments of the architecture
+
+
+@dataclass
+class DataSection:
+    name: str = "fashion-mnist-mini"  # dataset (`gee_deploy.data.list_datasets()`)
+    data_dir: str = ""  # local copy; "" = $GEE_DATA_DIR or the dataset's default place
+    batch_size: int = 128  # per process
+    workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    train_limit: int = 0  # use only the first N training images (0 = all)
+    test_limit: int = 0  # evaluate on the first N test images (0 = all)
+    augment: bool = True  # random crop + flip on the training split
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 10  # passes over the training split
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 2e-3  # peak learning rate (cosine decay to 0 after warm-up)
+    warmup_epochs: float = 0.0  # linear warm-up length, may be fractional
+    weight_decay: float = 0.0  # decoupled weight decay (adamw) or L2 (sgd)
+    momentum: float = 0.9  # sgd only
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    grad_clip: float = 0.0  # max gradient norm (0 = off)
+    seed: int = 0  # seeds init, shuffling and augmentation (per epoch: seed * 1000 + epoch)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC memory format on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+
+@dataclass
+class EvolutionSection:
+    enabled: bool = False  # evolve {beta1, beta2, G} before training (Algorithm 1); false = Random
+    generations: int = 5  # T_g
+    population: int = 0  # lambda; 0 = the cma package's default
+    fitness: str = "ste"  # ste | loss | loss+r1 | loss+r2
+    lambda1: float = -0.5  # decay of the r1 weight, exp(lambda1 t) (eq. 16)
+    lambda2: float = -0.5  # decay of the r2 weight, exp(lambda2 t) (eq. 16)
+    sigma0: float = 0.3  # initial CMA-ES step size
+    beta1: float = 1.0  # initial mean of beta1 (std of the encodings, eq. 9)
+    beta2: float = 3.0  # initial mean of beta2 (clip bound, eq. 9)
+    eval_steps: int = 20  # training steps per candidate before its loss L is measured
+    eval_batches: int = 4  # held-out batches L and r1 are measured on
+    diagonal_above: int = 2000  # separable CMA (CMA_diagonal) above this many dimensions
+    workers: int = 1  # processes evaluating candidates in parallel
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    evolution: EvolutionSection = field(default_factory=EvolutionSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments for :func:`gee_deploy.zoo.create_model`."""
+        return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, **self.model.args}
+
+
+def _coerce(section: str, key: str, value, annotation):
+    """Check ``value`` against a field's annotation; ints widen to floats, nothing else converts."""
+    name = f"{section}.{key}"
+    target = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}.get(
+        annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""), None)
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if target is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if target is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if target is not None and not isinstance(value, target):
+        raise ConfigError(f"{name} must be a {target.__name__}, got {value!r}")
+    return value
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    recipe = Recipe()
+    for section, values in data.items():
+        if not hasattr(recipe, section):
+            raise ConfigError(f"unknown recipe section [{section}]; known: model, data, train, evolution")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        obj = getattr(recipe, section)
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        for key, value in values.items():
+            if key not in fields:
+                if section == "model":  # architecture arguments go through to create_model, which checks them
+                    obj.args[key] = value
+                    continue
+                raise ConfigError(f"unknown key {section}.{key}; known: {', '.join(fields)}")
+            setattr(obj, key, _coerce(section, key, value, fields[key].type))
+    return recipe
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``section.key=value`` -> (section, key, value); value parsed as a TOML literal, else a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read a recipe file (None = defaults) and apply ``--set`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {p} not found")
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"recipe {p} is not valid TOML: {e}") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        data.setdefault(section, {})[key] = value
+    return recipe_from_dict(data)
+
+

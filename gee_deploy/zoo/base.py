@@ -1,0 +1,76 @@
+"""What every architecture shares: input checks, in-graph normalisation, the once-computed stem, T."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..genetic import LayerFactory
+from ..neurons import LIF, SeqToBatch
+
+__all__ = ["SpikingNet", "conv_bn", "Lif"]
+
+Lif = LIF
+
+
+def conv_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,
+            padding: int | None = None) -> SeqToBatch:
+    """Conv (genetic or dense) + BatchNorm applied to [T, N, C, H, W] with T folded into the batch."""
+    return SeqToBatch(f.conv(src, dst, kernel_size, stride, padding), nn.BatchNorm2d(f.channels[dst]))
+
+
+class SpikingNet(nn.Module):
+    """Base of the zoo: [N, C, H, W] float in [0, 1] -> logits [N, classes] (mean over T of the classifier).
+
+    Subclasses build ``self.stem`` (conv + BN on [N, C, H, W], run once: with direct encoding every
+    timestep sees the same image, so repeating the result over T is exact and T times cheaper) and
+    ``self.body`` ([T, N, ...] -> per-step logits [T, N, classes]).
+
+    Args:
+        genes: g, the gene count; None builds the dense twin with plain convs.
+        timesteps: T.
+        num_classes: classifier width.
+        in_channels: image channels.
+        image_size: H = W of the input.
+        mean: per-channel normalisation mean (inside the model); None = 0.5.
+        std: per-channel normalisation std; None = 0.5.
+    """
+
+    def __init__(self, *, genes: int | None, timesteps: int, num_classes: int, in_channels: int,
+                 image_size: int, mean=None, std=None):
+        super().__init__()
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        self.timesteps = timesteps
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.factory = LayerFactory(genes)
+        if self.factory.genome is not None:
+            self.genome = self.factory.genome
+        mean = mean if mean is not None else (0.5,) * in_channels
+        std = std if std is not None else (0.5,) * in_channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.factory.population("input", in_channels)
+
+    @property
+    def genes(self) -> int | None:
+        return self.factory.genes
+
+    def check_input(self, x: torch.Tensor) -> None:
+        c, s = self.in_channels, self.image_size
+        if x.dim() != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(f"expected input [N, {c}, {s}, {s}], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point input in [0, 1], got dtype {x.dtype}")
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-timestep classifier outputs Y(t): [T, N, classes] (evolution's r1 reads these)."""
+        self.check_input(x)
+        x = (x - self.mean) / self.std
+        stem = self.stem(x)  # [N, C, H, W], once
+        x_seq = stem.unsqueeze(0).expand(self.timesteps, *stem.shape)  # [T, N, C, H, W]
+        return self.body(x_seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_steps(x).mean(0)

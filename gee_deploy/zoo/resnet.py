@@ -1,0 +1,86 @@
+"""Spiking ResNets: ResNet-18 (CIFAR), ResNet-19 (Zheng et al. tdBN, the paper's [33]), ResNet-34 (ImageNet).
+
+Basic block as in Spiking ResNet / tdBN: out = LIF(BN(conv2(LIF(BN(conv1(x))))) + shortcut(x)), the
+residual added to the membrane input. Populations (eq. 3): a block's output shares its input's
+population when the shortcut is the identity (the residual add writes into the same feature maps); a
+downsampling block opens a new population written by both conv2 and the 1x1 shortcut (centre tap).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import register_model
+from .base import Lif, SpikingNet, conv_bn
+from ..genetic import LayerFactory
+from ..neurons import SeqToBatch
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, f: LayerFactory, src: str, mid: str, dst: str, stride: int):
+        super().__init__()
+        self.conv1 = conv_bn(f, src, mid, 3, stride)
+        self.lif1 = Lif()
+        self.conv2 = conv_bn(f, mid, dst, 3)
+        self.shortcut = conv_bn(f, src, dst, 1, stride, 0) if src != dst else nn.Identity()
+        self.lif2 = Lif()
+
+    def forward(self, x_seq):  # [T, N, C, H, W] spikes
+        out = self.conv2(self.lif1(self.conv1(x_seq)))
+        return self.lif2(out + self.shortcut(x_seq))
+
+
+class ResNet(SpikingNet):
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_width: int, imagenet_stem: bool,
+                 hidden: tuple[int, ...] = (), **kw):
+        super().__init__(**kw)
+        f = self.factory
+        src = f.population("stem", stem_width)
+        if imagenet_stem:
+            self.stem = nn.Sequential(f.conv("input", src, 7, 2), nn.BatchNorm2d(stem_width))
+            layers: list[nn.Module] = [Lif(), SeqToBatch(nn.MaxPool2d(3, 2, 1))]
+        else:
+            self.stem = nn.Sequential(f.conv("input", src, 3), nn.BatchNorm2d(stem_width))
+            layers = [Lif()]
+        for s, (n, width) in enumerate(zip(blocks, widths)):
+            for b in range(n):
+                stride = 2 if (s > 0 and b == 0) else 1
+                mid = f.population(f"s{s}b{b}mid", width)
+                dst = src if (stride == 1 and f.channels[src] == width) else f.population(f"s{s}out", width)
+                layers.append(BasicBlock(f, src, mid, dst, stride))
+                src = dst
+        layers.append(SeqToBatch(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        for j, width in enumerate(hidden):
+            dst = f.population(f"fc{j}", width, taps=1)
+            layers += [SeqToBatch(f.linear(src, dst), nn.BatchNorm1d(width)), Lif()]
+            src = dst
+        f.population("classes", self.num_classes, taps=1)
+        layers.append(SeqToBatch(f.linear(src, "classes")))
+        self.body = nn.Sequential(*layers)
+
+
+def _resnet(blocks, widths, stem_width, imagenet_stem, hidden=(), **kw) -> ResNet:
+    return ResNet(blocks, widths, stem_width, imagenet_stem, hidden, **kw)
+
+
+@register_model
+def resnet18(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
+             image_size: int = 32, mean=None, std=None) -> ResNet:
+    """CIFAR ResNet-18: 3x3 stem, [2, 2, 2, 2] blocks of 64-512 channels (11.2 M dense parameters)."""
+    return _resnet((2, 2, 2, 2), (64, 128, 256, 512), 64, False, genes=genes, timesteps=timesteps,
+                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+
+
+@register_model
+def resnet19(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
+             image_size: int = 32, mean=None, std=None) -> ResNet:
+    """tdBN ResNet-19: 3x3 stem of 128, [3, 3, 2] blocks of 128-512, FC256 (12.6 M dense parameters)."""
+    return _resnet((3, 3, 2), (128, 256, 512), 128, False, (256,), genes=genes, timesteps=timesteps,
+                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+
+
+@register_model
+def resnet34(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 1000, in_channels: int = 3,
+             image_size: int = 224, mean=None, std=None) -> ResNet:
+    """ImageNet ResNet-34: 7x7/2 stem + max pool, [3, 4, 6, 3] blocks of 64-512 (21.8 M dense parameters)."""
+    return _resnet((3, 4, 6, 3), (64, 128, 256, 512), 64, True, genes=genes, timesteps=timesteps,
+                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std)

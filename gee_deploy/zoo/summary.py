@@ -1,0 +1,22 @@
+"""Parameter counts of the zoo (dense twin vs genetic), for `gee-deploy models` and the README."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import create_model, model_defaults
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (shared encodings and G counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_table(names: list[str], genes: int | None = None) -> list[dict]:
+    rows = []
+    for name in names:
+        g = genes if genes is not None else model_defaults(name)["genes"]
+        dense = count_parameters(create_model(name, genes=None))
+        genetic = count_parameters(create_model(name, genes=g))
+        rows.append({"model": name, "genes": g, "dense_params": dense, "genetic_params": genetic,
+                     "ratio": genetic / dense})
+    return rows

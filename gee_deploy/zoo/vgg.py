@@ -1,0 +1,61 @@
+"""Spiking VGG-11 (Rathi et al., the paper's [24]) and VGG-16 (ANN2SNN [37]) with BN and LIF.
+
+Conv stacks as in Simonyan & Zisserman; 'M' is a 2x2 max pool (keeps conv inputs binary). VGG-11 ends in
+global average pooling and one FC; VGG-16 keeps the 4096-4096 classifier of the 33.6 M-parameter CIFAR
+model the paper compares with.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import register_model
+from .base import Lif, SpikingNet, conv_bn
+from ..neurons import SeqToBatch
+
+CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class VGG(SpikingNet):
+    def __init__(self, config: list, classifier: tuple[int, ...], **kw):
+        super().__init__(**kw)
+        f = self.factory
+        widths = [c for c in config if c != "M"]
+        pops = [f.population(f"c{i}", w) for i, w in enumerate(widths)]
+        self.stem = nn.Sequential(f.conv("input", pops[0], 3), nn.BatchNorm2d(widths[0]))
+        layers: list[nn.Module] = [Lif()]
+        src = pops[0]
+        i = 1
+        for c in config[1:]:
+            if c == "M":
+                layers.append(SeqToBatch(nn.MaxPool2d(2)))
+            else:
+                layers += [conv_bn(f, src, pops[i]), Lif()]
+                src = pops[i]
+                i += 1
+        layers.append(SeqToBatch(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        for j, width in enumerate(classifier):
+            dst = f.population(f"fc{j}", width, taps=1)
+            layers += [SeqToBatch(f.linear(src, dst), nn.BatchNorm1d(width)), Lif()]
+            src = dst
+        f.population("classes", self.num_classes, taps=1)
+        layers.append(SeqToBatch(f.linear(src, "classes")))
+        self.body = nn.Sequential(*layers)
+
+
+@register_model
+def vgg11(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
+          image_size: int = 32, mean=None, std=None) -> VGG:
+    """VGG-11 with a single FC classifier (9.2 M dense parameters at 10 classes)."""
+    return VGG(CONFIGS["vgg11"], (), genes=genes, timesteps=timesteps, num_classes=num_classes,
+               in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+
+
+@register_model
+def vgg16(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
+          image_size: int = 32, mean=None, std=None) -> VGG:
+    """VGG-16 with the 4096-4096 classifier (33.6 M dense parameters at 10 classes, as in [37])."""
+    return VGG(CONFIGS["vgg16"], (4096, 4096), genes=genes, timesteps=timesteps, num_classes=num_classes,
+               in_channels=in_channels, image_size=image_size, mean=mean, std=std)
