@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny recipes and checkpoints that build in seconds on a CPU."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_recipe(**sections):
+    """A recipe for a small genetic SmallNet on the synthetic set; ``sections`` = {"train": {...}, ...}."""
+    from gee_deploy.recipe import recipe_from_dict
+
+    data = {"model": {"name": "smallnet", "genes": 8, "timesteps": 2},
+            "data": {"name": "synthetic", "batch_size": 32, "train_limit": 128, "test_limit": 64},
+            "train": {"epochs": 1, "seed": 0, "lr": 3e-3}}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return recipe_from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run directory trained for one epoch on synthetic data (best.pt, last.pt, train.jsonl)."""
+    from gee_deploy.training import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(tiny_recipe(), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run):
+    return tiny_run / "best.pt"
