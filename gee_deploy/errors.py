@@ -22,3 +22,15 @@ class CheckpointError(GeeError):
 
 class UnknownModelError(ConfigError):
     """No architecture is registered under that name."""
+
+
+class ModelFileError(GeeError):
+    """A model file (ONNX graph, TensorRT plan) is missing, corrupt or lacks the gee-deploy metadata."""
+
+
+class InputError(GeeError):
+    """An input tensor has the wrong shape or dtype, or holds NaN/Inf."""
+
+
+class RuntimeUnavailableError(GeeError):
+    """A runtime was asked for that this machine cannot provide (no CUDA, no TensorRT)."""

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..serving.parity import Thresholds
+
+_T = Thresholds()
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--min-agreement", default=_T.min_top1_agreement, show_default=True, type=click.FloatRange(0, 1),
+              help="Lowest top-1 agreement with the checkpoint (fraction of samples).")
+@click.option("--max-acc-delta", default=_T.max_accuracy_delta, show_default=True, type=click.FloatRange(min=0),
+              help="Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points).")
+@click.option("--max-spike-delta", default=_T.max_spike_delta, show_default=True, type=click.FloatRange(min=0),
+              help="Largest relative difference of the total spike count.")
+@click.option("--min-speedup", default=_T.min_speedup, show_default=True, type=click.FloatRange(min=0),
+              help="Lowest PyTorch-eager / onnxruntime latency ratio at batch 1 (p50, same run).")
+@click.option("--dataset", default=None, help="Dataset (default: the model's own).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=0), help="First N test samples (0: all).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Intra-op threads for both runtimes (1 keeps the ratio stable on a shared CI machine).")
+def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta, min_speedup, dataset, data_dir,
+          limit, threads):
+    """CI gate: parity and batch-1 latency ratio of MODEL.onnx (onnxruntime CPU) against CHECKPOINT.
+
+    Exits 1 with one line per failed gate; prints the measured values either way.
+    """
+    from ..serving.bench import run_check
+
+    thresholds = Thresholds(min_agreement, max_acc_delta, max_spike_delta, min_speedup)
+    m, failures = run_check(checkpoint, onnx_model, thresholds, dataset, data_dir, limit or None, threads)
+    click.echo(f"{m['samples']} samples of {m['dataset']}: top-1 agreement {m['top1_agreement']:.4%}, accuracy "
+               f"delta {m['accuracy_delta'] * 100:+.3f} points, spike-count delta {m['spike_count_delta']:.4%}, "
+               f"max logit diff {m['max_logit_diff']:.2e}, batch-1 p50 torch {m['torch_p50_ms']:.2f} ms / "
+               f"onnxruntime {m['ort_p50_ms']:.2f} ms = {m['speedup']:.2f}x")
+    for line in failures:
+        click.echo(f"FAIL: {line}", err=True)
+    if failures:
+        sys.exit(1)
+    click.echo("check passed")

@@ -1,0 +1,164 @@
+"""`gee-deploy bench` and `gee-deploy check`: a timm-style runner that returns numbers.
+
+For every runtime: latency per batch size (warm-up, then timed calls until ``min_time`` seconds and
+``min_iters`` calls; p50/p90/p99 and samples/s), accuracy on the test split, parity with the PyTorch
+reference, spikes per sample and firing rate per layer read from the runtime's own ``spike_counts``, and
+energy by eq. 17. Timing lives here, never in unit-test assertions.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .energy import energy_per_layer, firing_rates, total_energy
+from .parity import Evaluation, Thresholds, compare, evaluate, failed_gates, load_arrays
+from .runtimes import RUNTIMES, Runtime, default_runtimes, open_runtime
+
+__all__ = ["time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
+
+
+def time_runtime(runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: int = 20, max_iters: int = 2000,
+                 min_time: float = 1.0) -> dict:
+    """Latency of ``runtime`` on batch ``x`` (the GPU runtimes synchronise inside ``run``).
+
+    Returns a flat dict: batch, iters, p50/p90/p99/mean ms per call and samples/s.
+    """
+    for _ in range(warmup):
+        runtime.run(x)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        runtime.run(x)
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"runtime": runtime.name, "batch": int(len(x)), "iters": len(times), "p50_ms": float(p50),
+            "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+            "samples_per_s": float(len(x) * len(times) / (ms.sum() / 1e3))}
+
+
+def runtime_stats(runtime: Runtime, ev: Evaluation) -> dict:
+    """Accuracy, spikes and eq. 17 energy of one runtime's evaluation."""
+    info = runtime.info
+    rates = firing_rates(ev.spikes, info.neurons_per_layer, info.timesteps)
+    per_layer = energy_per_layer(info.layers, dict(zip(info.spiking_layers, rates.tolist())), info.timesteps)
+    return {"runtime": runtime.name, **runtime.describe(), "variant": info.variant, "accuracy": ev.accuracy,
+            "spikes_per_sample": ev.spikes_per_sample,
+            "spikes_per_layer": dict(zip(info.spiking_layers, ev.spikes.mean(0).astype(float).tolist())),
+            "neurons_per_layer": dict(zip(info.spiking_layers, info.neurons_per_layer)),
+            "firing_rates": dict(zip(info.spiking_layers, rates.tolist())),
+            "energy": {**total_energy(per_layer), "per_layer": [e.as_dict() for e in per_layer]}}
+
+
+def open_runtimes(models: list[str | os.PathLike], runtimes: list[str] | None, threads: int | None) -> list[Runtime]:
+    """One runtime per (file, applicable runtime name); the PyTorch reference first."""
+    for name in runtimes or []:
+        if name not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    opened, used = [], set()
+    for path in models:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} not found")
+        kinds = default_runtimes(path) if runtimes is None else [
+            k for k in runtimes if k in _applicable(path)]
+        for kind in kinds:
+            opened.append(open_runtime(path, kind, threads))
+            used.add(kind)
+    unused = [k for k in runtimes or [] if k not in used]
+    if unused:
+        raise ConfigError(f"runtime(s) {', '.join(unused)} apply to none of the given files")
+    if not opened:
+        raise ConfigError("no runtime to benchmark")
+    return sorted(opened, key=lambda r: r.name != "torch")
+
+
+def _applicable(path) -> tuple[str, ...]:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return ("torch",)
+    if suffix == ".onnx":
+        return ("ort-cpu", "ort-cuda", "ort-trt")
+    return ("tensorrt",)
+
+
+def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
+    name = dataset or next((r.info.dataset for r in runtimes if r.info.dataset), "")
+    if not name:
+        raise ConfigError("the model does not name its dataset; pass --dataset")
+    return name
+
+
+def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None,
+              batch_sizes: tuple[int, ...] = (1, 16, 64), dataset: str | None = None, data_dir=None,
+              limit: int | None = 1000, threads: int | None = None, min_time: float = 1.0,
+              progress=None) -> dict:
+    """Benchmark every runtime of ``models`` and return the report (see ``report.write_report``).
+
+    Args:
+        models: checkpoints (.pt), ONNX files, TensorRT plans.
+        runtimes: runtime names to use (None: every one that applies on this machine).
+        batch_sizes: latency batch sizes.
+        dataset: dataset for accuracy and spikes (default: the one the model was trained on).
+        data_dir: where that dataset lives.
+        limit: first N test samples (None: all).
+        threads: intra-op threads for every runtime (the same for all, so the comparison is fair).
+        min_time: seconds of timed calls per runtime and batch size.
+        progress: callable(str) told what runs now.
+    """
+    say = progress or (lambda msg: None)
+    opened = open_runtimes(models, runtimes, threads)
+    name = _dataset(opened, dataset)
+    images, labels = load_arrays(name, data_dir, limit)
+    ref = next((r for r in opened if r.name == "torch"), None)
+    evaluations = {}
+    rows, latency = [], []
+    for rt in opened:
+        if tuple(rt.info.input_shape) != tuple(images.shape[1:]):
+            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.info.input_shape))}] but {name} images "
+                              f"are {list(images.shape[1:])}")
+        say(f"{rt.name}: evaluating {len(images)} samples of {name}")
+        ev = evaluations[rt] = evaluate(rt, images, labels)
+        row = runtime_stats(rt, ev)
+        if ref is not None:
+            row["parity"] = compare(evaluations[ref], ev)
+        for b in batch_sizes:
+            say(f"{rt.name}: timing batch {b}")
+            x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
+            latency.append(time_runtime(rt, x, min_time=min_time))
+        rows.append(row)
+    for lat in latency:
+        base = next((r for r in latency if r["runtime"] == "torch" and r["batch"] == lat["batch"]), None)
+        lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
+    return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].info.timesteps,
+            "batch_sizes": list(batch_sizes), "machine": _machine(threads), "runtimes": rows, "latency": latency}
+
+
+def _machine(threads: int | None) -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": threads}
+
+
+def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
+              dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
+              min_time: float = 1.0) -> tuple[dict, list[str]]:
+    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint``.
+
+    Returns:
+        (measured values, one line per failed gate)
+    """
+    ref = open_runtime(checkpoint, "torch", threads)
+    ort = open_runtime(onnx_path, "ort-cpu", threads)
+    name = _dataset([ref, ort], dataset)
+    images, labels = load_arrays(name, data_dir, limit)
+    measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels))
+    x = np.ascontiguousarray(images[:1])
+    t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
+    measured.update(dataset=name, samples=int(len(images)), torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
+                    speedup=t_ref["p50_ms"] / t_ort["p50_ms"])
+    return measured, failed_gates(measured, thresholds)

@@ -1,0 +1,127 @@
+"""Energy by the paper's eq. 17, from MACs per layer and the firing rates a runtime measured.
+
+.. math:: E = E_{MAC} \\cdot FL^{1}_{conv} + E_{AC} \\cdot T \\cdot \\sum_l fr_l \\cdot FL_l
+
+Layers that read analog values (the stem, computed once for all T steps) cost E_MAC = 4.6 pJ per MAC;
+layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l = fr_l T MACs_l, where
+fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. Where a max-pool sits
+between that LIF and the layer, the paper's convention still uses the LIF's own rate (the pooled map fires
+more often); ``tests/test_serving.py`` measures the gap against spikingjelly's exact SynOp counter.
+
+The layer table (``name, kind, macs, input_is_spikes, spiking_input_layer``) comes from the ONNX graph's
+``gee.layers`` metadata, or, for the PyTorch reference, from :func:`layer_table`, which traces one forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "layer_table", "firing_rates", "energy_per_layer", "total_energy"]
+
+E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), as in the paper
+E_AC_PJ = 0.9  # 32-bit float accumulate
+
+
+@dataclass(frozen=True)
+class LayerEnergy:
+    """One weight layer's share of eq. 17, per sample."""
+
+    name: str
+    kind: str
+    macs: int  # per sample per timestep
+    op: str  # "MAC" (analog input, computed once) or "AC" (binary spikes, every timestep)
+    firing_rate: float | None  # of the LIF feeding it (AC layers)
+    sops: float  # synaptic operations per sample: fr T MACs (AC layers), else 0
+    energy_pj: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from ..genetic import GeneticConv2d, GeneticLinear
+
+    kinds = (nn.Conv2d, nn.Linear, GeneticConv2d, GeneticLinear)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def _macs_per_item(module: nn.Module, out: torch.Tensor) -> int:
+    """MACs for one item of the call's batch axis (one sample at one timestep in the body)."""
+    if isinstance(module, nn.Linear) or out.dim() == 2:
+        return int(module.in_features * module.out_features)
+    k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
+    groups = getattr(module, "groups", 1)
+    return int(out[0].numel() * (module.in_channels // groups) * k[0] * k[1])
+
+
+@torch.no_grad()
+def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
+    """Trace one forward of ``model`` and describe its weight layers as the ONNX ``gee.layers`` does.
+
+    A layer reads spikes when its input is binary on a random analog image; the LIF that ran last before
+    it is the one whose firing rate scales its ACs.
+
+    Returns:
+        (layers, spiking layer names, neurons per sample of each spiking layer)
+    """
+    from ..neurons import LIF, SpikeRecorder
+
+    rows: list[dict] = []
+    last_lif: list[str | None] = [None]
+    hooks = []
+    for name, module in _weight_layers(model):
+        def hook(mod, args, out, name=name):
+            x = args[0]
+            binary = bool(((x == 0) | (x == 1)).all())
+            rows.append({"name": name, "kind": type(mod).__name__, "variant": "eager",
+                         "macs": _macs_per_item(mod, out), "input_is_spikes": binary,
+                         "spiking_input_layer": last_lif[0] if binary else None})
+        hooks.append(module.register_forward_hook(hook))
+    for name, module in model.named_modules():
+        if isinstance(module, LIF):
+            hooks.append(module.register_forward_hook(lambda mod, a, o, name=name: last_lif.__setitem__(0, name)))
+    c, s = model.in_channels, model.image_size
+    x = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
+    try:
+        with SpikeRecorder(model) as rec:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows, list(rec.names), list(rec.sizes)
+
+
+def firing_rates(spike_counts: np.ndarray, neurons: list[int], timesteps: int) -> np.ndarray:
+    """Mean firing rate per spiking layer: spikes / (neurons x T), averaged over samples [N, L] -> [L]."""
+    counts = np.asarray(spike_counts, dtype=np.float64)
+    return counts.mean(axis=0) / (np.asarray(neurons, dtype=np.float64) * timesteps)
+
+
+def energy_per_layer(layers: list[dict], rates: dict[str, float], timesteps: int) -> list[LayerEnergy]:
+    """Eq. 17 term by term. ``rates`` maps spiking layer name -> firing rate."""
+    out = []
+    for layer in layers:
+        macs = int(layer["macs"])
+        if layer.get("input_is_spikes"):
+            src = layer.get("spiking_input_layer")
+            if src not in rates:
+                from ..errors import ModelFileError
+
+                raise ModelFileError(f"layer {layer['name']} reads spikes of {src!r}, which has no spike count")
+            fr = float(rates[src])
+            sops = fr * timesteps * macs  # eq. 17, SOPs term
+            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "AC", fr, sops, E_AC_PJ * sops))
+        else:
+            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "MAC", None, 0.0, E_MAC_PJ * macs))
+    return out
+
+
+def total_energy(per_layer: list[LayerEnergy]) -> dict:
+    """Totals per sample: energy in pJ, MACs of analog layers, SOPs of spiking layers."""
+    return {"energy_pj": sum(e.energy_pj for e in per_layer),
+            "analog_macs": sum(e.macs for e in per_layer if e.op == "MAC"),
+            "sops": sum(e.sops for e in per_layer),
+            "dense_macs_per_timestep": sum(e.macs for e in per_layer)}

@@ -1,0 +1,115 @@
+"""The bench report: report.json (everything), report.md (tables), PNG plots, and the printed summary."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..io import atomic_path, write_json
+
+__all__ = ["summary_table", "write_report"]
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_table(report: dict) -> str:
+    """One row per runtime and batch size: every latency, accuracy, parity, spike and energy number."""
+    stats = {r["runtime"]: r for r in report["runtimes"]}
+    head = (f"{'runtime':<9} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'samples/s':>10} "
+            f"{'x torch':>7} {'acc':>7} {'top1 agr':>8} {'max dlogit':>10} {'spikes/smp':>10} {'energy uJ':>9}")
+    lines = [head, "-" * len(head)]
+    for lat in report["latency"]:
+        r = stats[lat["runtime"]]
+        par = r.get("parity", {})
+        lines.append(
+            f"{lat['runtime']:<9} {lat['batch']:>5} {lat['p50_ms']:>8.3f} {lat['p90_ms']:>8.3f} {lat['p99_ms']:>8.3f} "
+            f"{lat['samples_per_s']:>10.1f} {_fmt(lat.get('speedup_vs_torch'), '>7.2f')} {r['accuracy']:>7.2%} "
+            f"{_fmt(par.get('top1_agreement'), '>8.2%')} {_fmt(par.get('max_logit_diff'), '>10.2e')} "
+            f"{r['spikes_per_sample']:>10.1f} {r['energy']['energy_pj'] / 1e6:>9.4f}")
+    return "\n".join(lines)
+
+
+def _markdown(report: dict) -> str:
+    out = [f"# gee-deploy bench: {report['dataset']} ({report['samples']} test samples, T = {report['timesteps']})",
+           "", f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
+           f"threads per runtime: {report['machine']['threads'] or 'runtime default'}.", "",
+           "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", ""]
+    for r in report["runtimes"]:
+        out += [f"## {r['runtime']}: {r['path']}", "",
+                f"Accuracy {r['accuracy']:.2%}; {r['spikes_per_sample']:.1f} spikes per sample; "
+                f"eq. 17 energy {r['energy']['energy_pj'] / 1e6:.4f} uJ per sample "
+                f"({r['energy']['analog_macs']:,} analog MACs, {r['energy']['sops']:,.0f} SOPs).", ""]
+        if "parity" in r:
+            p = r["parity"]
+            out += [f"Parity with PyTorch eager: top-1 agreement {p['top1_agreement']:.4%}, max logit diff "
+                    f"{p['max_logit_diff']:.3e}, accuracy delta {p['accuracy_delta'] * 100:+.3f} points, "
+                    f"spike-count delta {p['spike_count_delta']:.4%}.", ""]
+        out += ["| spiking layer | neurons | spikes / sample | firing rate |", "|---|---:|---:|---:|"]
+        for name, fr in r["firing_rates"].items():
+            out.append(f"| {name} | {r['neurons_per_layer'][name]:,} | {r['spikes_per_layer'][name]:.1f} | {fr:.4f} |")
+        out += ["", "| weight layer | kind | op | MACs / step | firing rate | SOPs | energy pJ |",
+                "|---|---|---|---:|---:|---:|---:|"]
+        for e in r["energy"]["per_layer"]:
+            out.append(f"| {e['name']} | {e['kind']} | {e['op']} | {e['macs']:,} | {_fmt(e['firing_rate'], '.4f')} | "
+                       f"{e['sops']:,.0f} | {e['energy_pj']:,.0f} |")
+        out.append("")
+    out += ["Energy: eq. 17 of the paper, E = 4.6 pJ x MACs of layers reading analog input (computed once) + "
+            "0.9 pJ x sum_l fr_l x T x MACs_l over layers reading spikes, fr_l the firing rate of the LIF feeding "
+            "layer l.", "", "Plots: latency.png, firing_rate.png, energy.png.", ""]
+    return "\n".join(out)
+
+
+def _save(fig, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / "latency.png", out / "firing_rate.png", out / "energy.png"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rt in dict.fromkeys(lat["runtime"] for lat in report["latency"]):
+        rows = [lat for lat in report["latency"] if lat["runtime"] == rt]
+        ax.errorbar([r["batch"] for r in rows], [r["p50_ms"] for r in rows],
+                    yerr=[[0] * len(rows), [r["p99_ms"] - r["p50_ms"] for r in rows]], marker="o", capsize=3, label=rt)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency per call, ms (p50, bar to p99)",
+           title="Latency per runtime and batch")
+    ax.legend()
+    _save(fig, paths[0])
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(1, len(report["runtimes"]))
+    for i, r in enumerate(report["runtimes"]):
+        names = list(r["firing_rates"])
+        ax.bar([j + i * width for j in range(len(names))], list(r["firing_rates"].values()), width, label=r["runtime"])
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right")
+    ax.set(ylabel="firing rate (spikes / neuron / step)", title="Firing rate per spiking layer")
+    ax.legend()
+    _save(fig, paths[1])
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    layers = report["runtimes"][-1]["energy"]["per_layer"]
+    ax.bar([e["name"] for e in layers], [e["energy_pj"] / 1e3 for e in layers],
+           color=["tab:red" if e["op"] == "MAC" else "tab:blue" for e in layers])
+    ax.set(ylabel="energy per sample, nJ", title=f"Eq. 17 energy per layer ({report['runtimes'][-1]['runtime']}; "
+           "red MAC, blue AC)")
+    ax.tick_params(axis="x", rotation=30)
+    _save(fig, paths[2])
+    return paths
+
+
+def write_report(report: dict, out: str | os.PathLike) -> list[Path]:
+    """Write report.json, report.md and the plots into ``out``; returns the paths written."""
+    out = Path(out)
+    write_json(out / "report.json", report)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(_markdown(report))
+    return [out / "report.json", out / "report.md", *_plots(report, out)]
