@@ -33,7 +33,8 @@ class LayerEnergy:
     kind: str
     macs: int  # per sample per timestep
     op: str  # "MAC" (analog input, computed once) or "AC" (binary spikes, every timestep)
-    firing_rate: float | None  # of the LIF feeding it (AC layers)
+    spiking_input_layer: str | None  # the LIF feeding it (AC layers)
+    firing_rate: float | None  # of that LIF
     sops: float  # synaptic operations per sample: fr T MACs (AC layers), else 0
     energy_pj: float
 
@@ -113,9 +114,9 @@ def energy_per_layer(layers: list[dict], rates: dict[str, float], timesteps: int
                 raise ModelFileError(f"layer {layer['name']} reads spikes of {src!r}, which has no spike count")
             fr = float(rates[src])
             sops = fr * timesteps * macs  # eq. 17, SOPs term
-            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "AC", fr, sops, E_AC_PJ * sops))
+            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "AC", src, fr, sops, E_AC_PJ * sops))
         else:
-            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "MAC", None, 0.0, E_MAC_PJ * macs))
+            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "MAC", None, None, 0.0, E_MAC_PJ * macs))
     return out
 
 

@@ -399,7 +399,7 @@ def _handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 raise RequestError(411, "a Content-Length header is required") from None
             if length > server.max_body:
-                self.close_connection = True  # the unread body would corrupt the next request on this connection
+                self._discard(length)
                 raise RequestError(413, f"request body of {length} bytes exceeds the limit of {server.max_body}")
             body = self.rfile.read(length)
             header_length = self.headers.get("Inference-Header-Content-Length")
@@ -414,6 +414,17 @@ def _handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
             payload, headers = server.infer(body, header_length)
             self._send(200, payload, headers)
             return time.perf_counter() - start
+
+        def _discard(self, length: int) -> None:
+            """Read and drop a refused body (closing on unread data would reset the connection before the
+            client reads the 413), up to 4x the limit; beyond that just close."""
+            self.close_connection = True
+            left = length if length <= 4 * server.max_body else 0
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
 
         def _handle(self, method: str) -> None:
             endpoint, status, seconds = "unknown", 500, None

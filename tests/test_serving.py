@@ -1,0 +1,315 @@
+"""Runtimes, bench, eq. 17 energy, parity gates and `gee-deploy check` on the tiny checkpoint and its ONNX."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gee_deploy.cli import cli
+from gee_deploy.errors import InputError, ModelFileError, RuntimeUnavailableError
+from gee_deploy.serving.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer, layer_table
+from gee_deploy.serving.parity import Thresholds, evaluate, failed_gates, load_arrays
+from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_arrays("synthetic", limit=64)
+
+
+@pytest.fixture(scope="module")
+def runtimes(tiny_checkpoint, serving_onnx):
+    return TorchRuntime(tiny_checkpoint), OrtRuntime(serving_onnx, threads=1)
+
+
+def _edit_outputs(src, dst, logit_shift: float = 0.0, spike_scale: float = 1.0) -> None:
+    """Copy an exported graph with its outputs perturbed, as a regression in the exporter would."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    for out, op, value in (("logits", "Add", np.eye(1, 10, 3, dtype=np.float32)[0] * logit_shift),
+                           ("spike_counts", "Mul", np.float32(spike_scale))):
+        for node in graph.node:
+            node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), f"{out}_k"))
+        graph.node.append(helper.make_node(op, [f"{out}_raw", f"{out}_k"], [out]))
+    onnx.save(model, str(dst))
+
+
+# ---- runtimes ------------------------------------------------------------------------------------------
+
+def test_torch_runtime_is_the_model_with_its_spike_counts(tiny_checkpoint, runtimes, data):
+    from gee_deploy.checkpoint import load_model
+    from gee_deploy.neurons import SpikeRecorder
+
+    model = load_model(tiny_checkpoint)
+    x = data[0][:8]
+    with torch.no_grad(), SpikeRecorder(model) as rec:
+        want = model(torch.from_numpy(x))
+    logits, spikes = runtimes[0](x)
+    assert np.array_equal(logits, want.numpy())
+    assert np.array_equal(spikes, rec.stacked().numpy())
+    assert spikes.shape == (8, len(runtimes[0].info.spiking_layers))
+    assert runtimes[0].info.neurons_per_layer == rec.sizes
+
+
+def test_ort_runtime_matches_the_reference(runtimes, data):
+    ref, ort = runtimes
+    images, labels = data
+    a, b = evaluate(ref, images, labels, batch_size=16), evaluate(ort, images, labels, batch_size=16)
+    assert ort.info.spiking_layers == ref.info.spiking_layers
+    assert np.abs(a.logits - b.logits).max() < 1e-4
+    assert (a.logits.argmax(1) == b.logits.argmax(1)).all()
+    assert np.array_equal(a.spikes, b.spikes)
+    assert a.spikes.sum() > 0  # the comparison means something only if neurons fire
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 1, 28, 28), np.float64), "float32"),
+    (np.zeros((2, 3, 28, 28), np.float32), "shape"),
+    (np.zeros((1, 28, 28), np.float32), "shape"),
+    (np.zeros((0, 1, 28, 28), np.float32), "N >= 1"),
+    (np.full((1, 1, 28, 28), np.nan, np.float32), "NaN"),
+    (np.full((1, 1, 28, 28), np.inf, np.float32), "Inf"),
+])
+def test_runtimes_reject_bad_input(runtimes, bad, message):
+    for rt in runtimes:
+        with pytest.raises(InputError, match=message):
+            rt(bad)
+
+
+def test_broken_model_files_are_one_line_errors(serving_onnx, tmp_path):
+    import onnx
+
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(serving_onnx.read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match="cannot be loaded"):
+        OrtRuntime(truncated)
+    bare = onnx.load(str(serving_onnx))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelFileError, match="lacks gee-deploy metadata"):
+        OrtRuntime(tmp_path / "bare.onnx")
+    with pytest.raises(ModelFileError, match="suffix"):
+        open_runtime(tmp_path / "model.bin")
+    result = CliRunner().invoke(cli, ["bench", str(truncated), "--out", str(tmp_path / "b")], standalone_mode=False)
+    assert "truncated.onnx cannot be loaded by onnxruntime" in str(result.exception)
+    assert not (tmp_path / "b").exists()
+
+
+def test_gpu_runtimes_say_what_is_missing(serving_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(RuntimeUnavailableError, match="CUDAExecutionProvider"):
+        open_runtime(serving_onnx, "ort-cuda")
+
+
+def test_tensorrt_runtime_without_tensorrt(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed; the plan test below covers it")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeUnavailableError, match="tensorrt"):
+        open_runtime(tmp_path / "model.plan")
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_plan_matches_onnxruntime(serving_onnx, runtimes, data, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="needs the tensorrt package")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(serving_onnx.read_bytes()), parser.get_error(0)
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1, 1, 28, 28), (16, 1, 28, 28), (64, 1, 28, 28))
+    config.add_optimization_profile(profile)
+    plan = tmp_path / "tiny.plan"
+    plan.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    (tmp_path / "tiny.onnx").write_bytes(serving_onnx.read_bytes())  # metadata beside the plan
+    rt = open_runtime(plan)
+    logits, spikes = rt(data[0][:16])
+    ref_logits, ref_spikes = runtimes[1](data[0][:16])
+    assert np.abs(logits - ref_logits).max() < 1e-3
+    assert np.array_equal(spikes, ref_spikes)
+
+
+# ---- energy --------------------------------------------------------------------------------------------
+
+def test_layer_table_reads_spikes_after_the_first_lif(tiny_checkpoint):
+    from gee_deploy.checkpoint import load_model
+
+    model = load_model(tiny_checkpoint)
+    layers, names, sizes = layer_table(model)
+    assert [r["input_is_spikes"] for r in layers] == [False] + [True] * (len(layers) - 1)
+    assert layers[0]["macs"] == 32 * 1 * 9 * 28 * 28  # stem 32C3 on 28x28, padding 1
+    assert layers[-1]["macs"] == 256 * 10 and layers[-1]["spiking_input_layer"] == names[-1]
+    assert len(sizes) == len(names) == 4 and sizes[-1] == 256  # the hidden FC layer's neurons
+
+
+def test_energy_is_eq17():
+    layers = [{"name": "stem", "macs": 1000, "input_is_spikes": False, "spiking_input_layer": None},
+              {"name": "conv", "macs": 500, "input_is_spikes": True, "spiking_input_layer": "lif1"}]
+    per = energy_per_layer(layers, {"lif1": 0.1}, timesteps=4)
+    assert per[0].energy_pj == pytest.approx(E_MAC_PJ * 1000)
+    assert per[1].sops == pytest.approx(0.1 * 4 * 500)
+    assert per[1].energy_pj == pytest.approx(E_AC_PJ * 0.1 * 4 * 500)
+    with pytest.raises(ModelFileError, match="lif9"):
+        energy_per_layer([{**layers[1], "spiking_input_layer": "lif9"}], {"lif1": 0.1}, 4)
+
+
+def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
+    """MACs and SOPs of eq. 17 against spikingjelly's MAC and SynOp counters on the PyTorch model.
+
+    spikingjelly counts every op it sees, so the genetic weight generation (batch-independent) is removed by
+    counting batches of n and 2n samples. Its SynOps are exact per spike; eq. 17 spreads them uniformly over
+    the input neurons, which is exact where every input neuron feeds the same number of MACs (no padding)
+    and an upper bound where zero padding gives border neurons fewer.
+    """
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
+
+    from gee_deploy.checkpoint import load_model
+    from gee_deploy.neurons import SpikeRecorder
+
+    model = load_model(tiny_checkpoint)
+    layers, names, sizes = layer_table(model)
+    x = torch.from_numpy(data[0][:16])
+    counted = []
+    for n in (8, 16):
+        syn, mac = SynOpCounter(), MACCounter(extra_ignore_modules=[torch.nn.BatchNorm2d])
+        with torch.no_grad(), DispatchCounterMode([syn, mac]):
+            model(x[:n])
+        prefix = type(model).__name__
+        counted.append(({r["name"]: sum(syn.records[f"{prefix}.{r['name']}"].values()) for r in layers},
+                        {r["name"]: sum(mac.records[f"{prefix}.{r['name']}"].values()) for r in layers}))
+    (syn8, mac8), (syn16, mac16) = counted
+    sj_sops = {k: syn16[k] - syn8[k] for k in syn16}  # samples 8..15
+    sj_macs = {k: mac16[k] - mac8[k] for k in mac16}
+
+    # Input firing rate of every layer on samples 8..15, and the LIF rates the report uses.
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, name=name: seen.__setitem__(name, a[0].float().mean().item()))
+             for name, m in model.named_modules() if name in syn16]
+    with torch.no_grad(), SpikeRecorder(model) as rec:
+        model(x[8:])
+    for h in hooks:
+        h.remove()
+    t = model.timesteps
+    lif_rates = dict(zip(names, (rec.stacked().double().mean(0) / (torch.tensor(sizes) * t)).tolist()))
+    report = {e.name: e for e in energy_per_layer(layers, lif_rates, t)}
+    input_rates = {r["spiking_input_layer"]: seen[r["name"]] for r in layers if r["input_is_spikes"]}
+    uniform = {e.name: e for e in energy_per_layer(layers, input_rates, t)}
+
+    stem = layers[0]["name"]
+    assert report[stem].op == "MAC" and sj_macs[stem] == 8 * report[stem].macs
+    assert sj_sops[stem] == 0
+    for r in layers[1:]:
+        name = r["name"]
+        assert sj_macs[name] == 0  # binary input: no MACs, only accumulates
+        padded = getattr(dict(model.named_modules())[name], "padding", 0) not in (0, (0, 0))
+        if padded:
+            assert 4 / 9 * 8 * uniform[name].sops <= sj_sops[name] <= 8 * uniform[name].sops
+        else:
+            assert sj_sops[name] == pytest.approx(8 * uniform[name].sops, rel=1e-9)
+    classifier = layers[-1]["name"]  # reads its LIF directly: the report's own rate is exact
+    assert sj_sops[classifier] == pytest.approx(8 * report[classifier].sops, rel=1e-9)
+
+
+# ---- bench and its report ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench_report(tiny_checkpoint, serving_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(cli, ["bench", str(tiny_checkpoint), str(serving_onnx), "--out", str(out),
+                                      "--batch-sizes", "1,4", "--limit", "64", "--threads", "1",
+                                      "--min-time", "0.05", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_bench_writes_report_and_prints_every_number(bench_report):
+    out, printed = bench_report
+    report = json.loads((out / "report.json").read_text())
+    for name in ("report.md", "latency.png", "firing_rate.png", "energy.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert [(r["runtime"], r["batch"]) for r in report["latency"]] == [
+        ("torch", 1), ("torch", 4), ("ort-cpu", 1), ("ort-cpu", 4)]
+    for lat in report["latency"]:
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["iters"] >= 20
+        assert lat["samples_per_s"] > 0
+    ort = report["runtimes"][1]
+    assert ort["runtime"] == "ort-cpu" and ort["parity"]["top1_agreement"] == 1.0
+    assert ort["parity"]["spike_count_delta"] == 0.0
+    lines = printed.strip().splitlines()
+    assert len(lines) == 2 + 4 and lines[2].split()[:2] == ["torch", "1"] and lines[-1].split()[:2] == ["ort-cpu", "4"]
+    assert "-" not in lines[-1].split()[2:]  # no blank column for the deployed runtime
+    assert "| body.0 |" in (out / "report.md").read_text()
+
+
+def test_bench_energy_equals_recomputation_from_report(bench_report):
+    report = json.loads((bench_report[0] / "report.json").read_text())
+    t = report["timesteps"]
+    for r in report["runtimes"]:
+        rates = {k: r["spikes_per_layer"][k] / (r["neurons_per_layer"][k] * t) for k in r["spikes_per_layer"]}
+        assert rates == pytest.approx(r["firing_rates"], rel=1e-12)
+        energy = 0.0
+        for e in r["energy"]["per_layer"]:
+            if e["op"] == "MAC":
+                energy += 4.6 * e["macs"]
+            else:
+                energy += 0.9 * rates[e["spiking_input_layer"]] * t * e["macs"]
+        assert r["energy"]["energy_pj"] == pytest.approx(energy, rel=1e-12)
+    torch_e, ort_e = (r["energy"]["energy_pj"] for r in report["runtimes"])
+    assert ort_e == pytest.approx(torch_e, rel=1e-9)  # same spikes, same MACs
+
+
+def test_bench_bad_options(tiny_checkpoint, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["bench", str(tiny_checkpoint), "--out", str(tmp_path), "--runtimes", "ort-cpu"],
+                      standalone_mode=False)
+    assert "apply to none of the given files" in str(r.exception)
+    r = runner.invoke(cli, ["bench", str(tiny_checkpoint), "--out", str(tmp_path), "--runtimes", "tvm"],
+                      standalone_mode=False)
+    assert "unknown runtime 'tvm'" in str(r.exception)
+    r = runner.invoke(cli, ["bench", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-sizes", "1,x"])
+    assert r.exit_code == 2 and "comma-separated integers" in r.output
+
+
+# ---- check ---------------------------------------------------------------------------------------------
+
+def test_failed_gates_lists_every_failure():
+    good = {"top1_agreement": 1.0, "accuracy_delta": 0.0, "spike_count_delta": 0.0, "speedup": 5.0}
+    assert failed_gates(good, Thresholds()) == []
+    bad = {"top1_agreement": 0.99, "accuracy_delta": -0.002, "spike_count_delta": 0.01, "speedup": 1.5}
+    lines = failed_gates(bad, Thresholds())
+    assert len(lines) == 4
+    assert [w.split()[0] for w in lines] == ["top-1", "accuracy", "spike-count", "onnxruntime"]
+
+
+def test_check_passes_on_a_faithful_export(tiny_checkpoint, serving_onnx):
+    r = CliRunner().invoke(cli, ["check", str(tiny_checkpoint), str(serving_onnx), "--limit", "64",
+                                 "--min-speedup", "0"])
+    assert r.exit_code == 0, r.output
+    assert "top-1 agreement 100.0000%" in r.output and "check passed" in r.output
+
+
+def test_check_fails_with_one_line_per_regression(tiny_checkpoint, serving_onnx, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    _edit_outputs(serving_onnx, broken, logit_shift=100.0, spike_scale=1.5)
+    r = CliRunner().invoke(cli, ["check", str(tiny_checkpoint), str(broken), "--limit", "64",
+                                 "--min-speedup", "1000"])
+    assert r.exit_code == 1
+    fails = [line for line in r.output.splitlines() if line.startswith("FAIL: ")]
+    assert [f.split()[1] for f in fails] == ["top-1", "accuracy", "spike-count", "onnxruntime"], r.output
