@@ -154,18 +154,23 @@ def test_layer_table_reads_spikes_after_the_first_lif(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
     layers, names, sizes = layer_table(model)
     assert [r["input_is_spikes"] for r in layers] == [False] + [True] * (len(layers) - 1)
+    assert [r["calls"] for r in layers] == [1] + [model.timesteps] * (len(layers) - 1)
     assert layers[0]["macs"] == 32 * 1 * 9 * 28 * 28  # stem 32C3 on 28x28, padding 1
     assert layers[-1]["macs"] == 256 * 10 and layers[-1]["spiking_input_layer"] == names[-1]
     assert len(sizes) == len(names) == 4 and sizes[-1] == 256  # the hidden FC layer's neurons
 
 
 def test_energy_is_eq17():
-    layers = [{"name": "stem", "macs": 1000, "input_is_spikes": False, "spiking_input_layer": None},
-              {"name": "conv", "macs": 500, "input_is_spikes": True, "spiking_input_layer": "lif1"}]
+    layers = [{"name": "stem", "macs": 1000, "calls": 1, "input_is_spikes": False, "spiking_input_layer": None},
+              {"name": "conv", "macs": 500, "calls": 4, "input_is_spikes": True, "spiking_input_layer": "lif1"},
+              {"name": "factorised", "macs": 300, "spike_macs": 100, "calls": 4, "input_is_spikes": True,
+               "spiking_input_layer": "lif1"}]
     per = energy_per_layer(layers, {"lif1": 0.1}, timesteps=4)
-    assert per[0].energy_pj == pytest.approx(E_MAC_PJ * 1000)
+    assert per[0].energy_pj == pytest.approx(E_MAC_PJ * 1000)  # the stem runs once, not T times
     assert per[1].sops == pytest.approx(0.1 * 4 * 500)
     assert per[1].energy_pj == pytest.approx(E_AC_PJ * 0.1 * 4 * 500)
+    assert per[2].op == "AC+MAC" and per[2].analog_macs == 200 * 4
+    assert per[2].energy_pj == pytest.approx(E_AC_PJ * 0.1 * 4 * 100 + E_MAC_PJ * 200 * 4)
     with pytest.raises(ModelFileError, match="lif9"):
         energy_per_layer([{**layers[1], "spiking_input_layer": "lif9"}], {"lif1": 0.1}, 4)
 
@@ -266,10 +271,9 @@ def test_bench_energy_equals_recomputation_from_report(bench_report):
         assert rates == pytest.approx(r["firing_rates"], rel=1e-12)
         energy = 0.0
         for e in r["energy"]["per_layer"]:
-            if e["op"] == "MAC":
-                energy += 4.6 * e["macs"]
-            else:
-                energy += 0.9 * rates[e["spiking_input_layer"]] * t * e["macs"]
+            energy += 4.6 * e["analog_macs"]
+            if e["op"] != "MAC":
+                energy += 0.9 * rates[e["spiking_input_layer"]] * t * e["spike_macs"]
         assert r["energy"]["energy_pj"] == pytest.approx(energy, rel=1e-12)
     torch_e, ort_e = (r["energy"]["energy_pj"] for r in report["runtimes"])
     assert ort_e == pytest.approx(torch_e, rel=1e-9)  # same spikes, same MACs

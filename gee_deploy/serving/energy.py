@@ -4,12 +4,12 @@
 
 Layers that read analog values (the stem, computed once for all T steps) cost E_MAC = 4.6 pJ per MAC;
 layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l = fr_l T MACs_l, where
-fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. Where a max-pool sits
-between that LIF and the layer, the paper's convention still uses the LIF's own rate (the pooled map fires
-more often); ``tests/test_serving.py`` measures the gap against spikingjelly's exact SynOp counter.
+fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. In a factorised layer
+only the first op reads spikes; the ops after it work on analog values and count as MACs (DESIGN section 8).
 
-The layer table (``name, kind, macs, input_is_spikes, spiking_input_layer``) comes from the ONNX graph's
-``gee.layers`` metadata, or, for the PyTorch reference, from :func:`layer_table`, which traces one forward.
+The layer table (``name, kind, macs, calls, input_is_spikes, spiking_input_layer, spike_macs``) comes from
+the ONNX graph's ``gee.layers`` metadata, or, for the PyTorch reference, from :func:`layer_table`, which
+traces one forward. ``tests/test_serving.py`` checks both terms against spikingjelly's MAC and SynOp counters.
 """
 from __future__ import annotations
 
@@ -31,11 +31,14 @@ class LayerEnergy:
 
     name: str
     kind: str
-    macs: int  # per sample per timestep
-    op: str  # "MAC" (analog input, computed once) or "AC" (binary spikes, every timestep)
-    spiking_input_layer: str | None  # the LIF feeding it (AC layers)
+    macs: int  # per sample per call of the layer
+    calls: int  # calls per sample: 1 for the stem (computed once), T for body layers
+    op: str  # "MAC" (reads analog values), "AC" (reads spikes), "AC+MAC" (factorised: only its first op reads spikes)
+    spiking_input_layer: str | None  # the LIF feeding it (layers reading spikes)
     firing_rate: float | None  # of that LIF
-    sops: float  # synaptic operations per sample: fr T MACs (AC layers), else 0
+    spike_macs: int  # MACs per call of the op that reads spikes (0 for analog layers)
+    sops: float  # synaptic operations per sample: fr T spike_macs
+    analog_macs: int  # MACs per sample on analog values: macs x calls, less the ops that read spikes
     energy_pj: float
 
     def as_dict(self) -> dict:
@@ -63,7 +66,8 @@ def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
     """Trace one forward of ``model`` and describe its weight layers as the ONNX ``gee.layers`` does.
 
     A layer reads spikes when its input is binary on a random analog image; the LIF that ran last before
-    it is the one whose firing rate scales its ACs.
+    it is the one whose firing rate scales its ACs. ``calls`` is how often it runs per sample: the batch
+    axis it sees is N for the stem and T x N in the body.
 
     Returns:
         (layers, spiking layer names, neurons per sample of each spiking layer)
@@ -77,18 +81,19 @@ def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
         def hook(mod, args, out, name=name):
             x = args[0]
             binary = bool(((x == 0) | (x == 1)).all())
-            rows.append({"name": name, "kind": type(mod).__name__, "variant": "eager",
-                         "macs": _macs_per_item(mod, out), "input_is_spikes": binary,
-                         "spiking_input_layer": last_lif[0] if binary else None})
+            macs = _macs_per_item(mod, out)
+            rows.append({"name": name, "kind": type(mod).__name__, "variant": "eager", "macs": macs,
+                         "input_is_spikes": binary, "spiking_input_layer": last_lif[0] if binary else None,
+                         "spike_macs": macs if binary else 0, "calls": out.shape[0] // len(x_in)})
         hooks.append(module.register_forward_hook(hook))
     for name, module in model.named_modules():
         if isinstance(module, LIF):
             hooks.append(module.register_forward_hook(lambda mod, a, o, name=name: last_lif.__setitem__(0, name)))
     c, s = model.in_channels, model.image_size
-    x = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
+    x_in = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     try:
         with SpikeRecorder(model) as rec:
-            model(x)
+            model(x_in)
     finally:
         for h in hooks:
             h.remove()
@@ -102,27 +107,39 @@ def firing_rates(spike_counts: np.ndarray, neurons: list[int], timesteps: int) -
 
 
 def energy_per_layer(layers: list[dict], rates: dict[str, float], timesteps: int) -> list[LayerEnergy]:
-    """Eq. 17 term by term. ``rates`` maps spiking layer name -> firing rate."""
+    """Eq. 17 term by term. ``rates`` maps spiking layer name -> firing rate.
+
+    A layer reading spikes costs E_AC per SOP of the op that reads them (``spike_macs``, all of ``macs`` for a
+    dense layer); what else it computes (the later ops of a factorised layer) works on analog values and costs
+    E_MAC per MAC on each of its ``calls``. A layer reading analog values costs E_MAC x macs x calls.
+    """
     out = []
     for layer in layers:
         macs = int(layer["macs"])
-        if layer.get("input_is_spikes"):
-            src = layer.get("spiking_input_layer")
-            if src not in rates:
-                from ..errors import ModelFileError
+        spikes = bool(layer.get("input_is_spikes"))
+        calls = int(layer.get("calls", timesteps if spikes else 1))
+        if not spikes:
+            analog = macs * calls
+            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, calls, "MAC", None, None, 0, 0.0, analog,
+                                   E_MAC_PJ * analog))
+            continue
+        src = layer.get("spiking_input_layer")
+        if src not in rates:
+            from ..errors import ModelFileError
 
-                raise ModelFileError(f"layer {layer['name']} reads spikes of {src!r}, which has no spike count")
-            fr = float(rates[src])
-            sops = fr * timesteps * macs  # eq. 17, SOPs term
-            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "AC", src, fr, sops, E_AC_PJ * sops))
-        else:
-            out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, "MAC", None, None, 0.0, E_MAC_PJ * macs))
+            raise ModelFileError(f"layer {layer['name']} reads spikes of {src!r}, which has no spike count")
+        fr = float(rates[src])
+        spike_macs = int(layer.get("spike_macs", macs))
+        sops = fr * timesteps * spike_macs  # eq. 17, SOPs term
+        analog = (macs - spike_macs) * calls
+        out.append(LayerEnergy(layer["name"], layer.get("kind", ""), macs, calls, "AC+MAC" if analog else "AC", src,
+                               fr, spike_macs, sops, analog, E_AC_PJ * sops + E_MAC_PJ * analog))
     return out
 
 
 def total_energy(per_layer: list[LayerEnergy]) -> dict:
-    """Totals per sample: energy in pJ, MACs of analog layers, SOPs of spiking layers."""
+    """Totals per sample: energy in pJ, MACs on analog values, SOPs on spikes."""
     return {"energy_pj": sum(e.energy_pj for e in per_layer),
-            "analog_macs": sum(e.macs for e in per_layer if e.op == "MAC"),
+            "analog_macs": sum(e.analog_macs for e in per_layer),
             "sops": sum(e.sops for e in per_layer),
-            "dense_macs_per_timestep": sum(e.macs for e in per_layer)}
+            "macs_per_sample": sum(e.macs * e.calls for e in per_layer)}

@@ -48,15 +48,17 @@ def _markdown(report: dict) -> str:
         out += ["| spiking layer | neurons | spikes / sample | firing rate |", "|---|---:|---:|---:|"]
         for name, fr in r["firing_rates"].items():
             out.append(f"| {name} | {r['neurons_per_layer'][name]:,} | {r['spikes_per_layer'][name]:.1f} | {fr:.4f} |")
-        out += ["", "| weight layer | kind | op | MACs / step | firing rate | SOPs | energy pJ |",
-                "|---|---|---|---:|---:|---:|---:|"]
+        out += ["", "| weight layer | kind | op | MACs / call | calls | reads spikes of | firing rate | SOPs | "
+                "analog MACs | energy pJ |", "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
         for e in r["energy"]["per_layer"]:
-            out.append(f"| {e['name']} | {e['kind']} | {e['op']} | {e['macs']:,} | {_fmt(e['firing_rate'], '.4f')} | "
-                       f"{e['sops']:,.0f} | {e['energy_pj']:,.0f} |")
+            out.append(f"| {e['name']} | {e['kind']} | {e['op']} | {e['macs']:,} | {e['calls']} | "
+                       f"{e['spiking_input_layer'] or '-'} | {_fmt(e['firing_rate'], '.4f')} | {e['sops']:,.0f} | "
+                       f"{e['analog_macs']:,} | {e['energy_pj']:,.0f} |")
         out.append("")
-    out += ["Energy: eq. 17 of the paper, E = 4.6 pJ x MACs of layers reading analog input (computed once) + "
-            "0.9 pJ x sum_l fr_l x T x MACs_l over layers reading spikes, fr_l the firing rate of the LIF feeding "
-            "layer l.", "", "Plots: latency.png, firing_rate.png, energy.png.", ""]
+    out += ["Energy: eq. 17 of the paper, E = 4.6 pJ x analog MACs (the stem, computed once; in a factorised "
+            "layer also the ops after the one that reads spikes) + 0.9 pJ x sum_l fr_l x T x MACs_l over the ops "
+            "that read spikes, fr_l the firing rate of the LIF feeding layer l.", "",
+            "Plots: latency.png, firing_rate.png, energy.png.", ""]
     return "\n".join(out)
 
 
@@ -98,9 +100,9 @@ def _plots(report: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     layers = report["runtimes"][-1]["energy"]["per_layer"]
     ax.bar([e["name"] for e in layers], [e["energy_pj"] / 1e3 for e in layers],
-           color=["tab:red" if e["op"] == "MAC" else "tab:blue" for e in layers])
+           color=["tab:red" if e["op"] == "MAC" else "tab:purple" if e["analog_macs"] else "tab:blue" for e in layers])
     ax.set(ylabel="energy per sample, nJ", title=f"Eq. 17 energy per layer ({report['runtimes'][-1]['runtime']}; "
-           "red MAC, blue AC)")
+           "red MAC, blue AC, purple both)")
     ax.tick_params(axis="x", rotation=30)
     _save(fig, paths[2])
     return paths
