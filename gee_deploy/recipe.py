@@ -70,6 +70,7 @@ class EvolutionSection:
     eval_batches: int = 4  # held-out batches L and r1 are measured on
     diagonal_above: int = 2000  # separable CMA (CMA_diagonal) above this many dimensions
     workers: int = 1  # processes evaluating candidates in parallel
+    eval_threads: int = 1  # torch CPU threads per evaluating process (results match across worker counts at equal values)
 
 
 @dataclass

@@ -136,6 +136,10 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     t = recipe.train
     if t.epochs < 0:
         raise ConfigError(f"train.epochs must be >= 0, got {t.epochs}")
+    if recipe.evolution.enabled:  # bad evolution settings fail before anything is written
+        from .evolution import check_evolution
+
+        check_evolution(recipe.evolution)
     last_path = out / "last.pt"
     if resume and not last_path.exists() and not (out / "evolution.jsonl").exists():
         raise ConfigError(f"--resume: {out} has no last.pt to resume from")

@@ -1,0 +1,361 @@
+"""Evolution of the genotype {beta1, beta2, G} with CMA-ES (paper Algorithm 1, lines 1-11).
+
+Each generation: ask CMA-ES for lambda genotypes, turn each into a phenotype (:mod:`.genotype`, eq. 9),
+score it (:mod:`.fitness`, eq. 13-16), tell CMA-ES the fitness. The best candidate initialises training.
+
+CMA-ES is the ``cma`` package (ask/tell). Full covariance up to ``evolution.diagonal_above`` dimensions
+(default 2,000: the O(n^2) memory and O(n^3) eigendecompositions of full CMA stay under a second per
+generation there), separable CMA (``CMA_diagonal``) above it (g = 150 gives 22,502 dimensions).
+
+The best genotype. Eq. 16's regulariser weights fade with the generation t, so raw fitness values of
+different generations are not comparable (an early candidate subtracts more regulariser and would always
+win). After generation t the incumbent is the candidate, among all evaluated so far, with the lowest
+fitness *re-scored with generation t's weights*; the logged ``best_fitness`` is that value. With
+``fitness = loss`` this is simply the lowest loss so far.
+
+Run directory::
+
+    evolution.jsonl        one object per finished generation: generation, best_fitness, median_fitness,
+                           beta1 / beta2 / sigma of the CMA-ES mean that sampled it, best (generation,
+                           index, loss, r1, r2), seconds, candidates [{index, fitness, loss, r1, r2, beta1,
+                           beta2}]
+    evolution_state.json   what resuming needs, written atomically after every generation
+
+Resume without pickles: the state file holds the settings and every generation's raw fitness terms. CMA-ES
+draws its samples from our own seeded generator (option ``randn``), so re-creating the strategy and
+replaying ask/tell with the recorded fitness reproduces it exactly, with no code execution from the run
+directory; the replayed mean is checked against the recorded one. A run killed at any moment loses at most
+the generation in flight.
+
+Parallelism: candidates are independent and every seed depends only on (train.seed, generation, index), so
+``workers = N`` spawned processes (one per GPU when there are GPUs, else CPU processes with
+``eval_threads`` threads each) give bit-identical results for any N. Under torchrun the ranks split the
+population (candidate i on rank i mod world) and sum the results; every rank runs the same CMA-ES.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io import append_jsonl, atomic_path, read_jsonl
+from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
+from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
+
+__all__ = ["run_evolution", "check_evolution", "LOG_FILE", "STATE_FILE"]
+
+LOG_FILE = "evolution.jsonl"
+STATE_FILE = "evolution_state.json"
+STATE_FORMAT = "gee-deploy-evolution/1"
+
+
+def check_evolution(ev) -> None:
+    """One-line ConfigErrors for evolution settings that cannot work."""
+    if ev.fitness not in FITNESS_MODES:
+        raise ConfigError(f"unknown evolution.fitness {ev.fitness!r}; use one of {', '.join(FITNESS_MODES)}")
+    if ev.generations < 1:
+        raise ConfigError(f"evolution.generations must be >= 1, got {ev.generations}")
+    if ev.population != 0 and ev.population < 2:
+        raise ConfigError(f"evolution.population must be >= 2 (or 0 for the cma default), got {ev.population}")
+    for key in ("lambda1", "lambda2", "sigma0", "beta1", "beta2"):
+        if not math.isfinite(getattr(ev, key)):
+            raise ConfigError(f"evolution.{key} must be a finite number, got {getattr(ev, key)!r}")
+    for key in ("sigma0", "beta1", "beta2"):
+        if getattr(ev, key) <= 0:
+            raise ConfigError(f"evolution.{key} must be > 0, got {getattr(ev, key)}")
+    for key, low in (("eval_steps", 0), ("eval_batches", 1), ("workers", 1), ("eval_threads", 1),
+                     ("diagonal_above", 0)):
+        if getattr(ev, key) < low:
+            raise ConfigError(f"evolution.{key} must be >= {low}, got {getattr(ev, key)}")
+
+
+class SeededNormal:
+    """cma's ``randn`` option: standard normals from a generator we seed (cma's default is numpy's global
+    state, which anything else in the process may consume). Picklable."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+
+    def __call__(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape)
+
+
+def _new_strategy(ev, genes: int, seed: int):
+    import cma
+
+    dim = genotype_dimension(genes)
+    opts = {"randn": SeededNormal(seed), "seed": float("nan"), "verbose": -9, "verb_log": 0, "verb_disp": 0,
+            "CMA_diagonal": dim > ev.diagonal_above}
+    if ev.population:
+        opts["popsize"] = ev.population
+    return cma.CMAEvolutionStrategy(initial_genotype(genes, ev.beta1, ev.beta2, seed), ev.sigma0, opts)
+
+
+def _settings(recipe, dimension: int, popsize: int) -> dict:
+    """Everything a generation's results depend on; a resume must match it (generations and workers may change)."""
+    ev = {k: v for k, v in recipe.to_dict()["evolution"].items() if k not in ("enabled", "generations", "workers")}
+    d, t = recipe.data, recipe.train
+    return {"dimension": dimension, "popsize": popsize, "evolution": ev, "model": recipe.to_dict()["model"],
+            "data": {"name": d.name, "train_limit": d.train_limit, "batch_size": d.batch_size},
+            "train": {"seed": t.seed, "optimizer": t.optimizer, "lr": t.lr, "weight_decay": t.weight_decay,
+                      "momentum": t.momentum}}
+
+
+def _load_eval_data(recipe) -> EvalData:
+    from ..data import load_split
+
+    d = recipe.data
+    train_set = load_split(d.name, "train", d.data_dir or None, augment=False, limit=d.train_limit or None)
+    return EvalData(train_set, d.batch_size, recipe.evolution.eval_batches)
+
+
+@contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- worker processes (spawned: safe after CUDA init) ---------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(recipe_dict: dict, devices: list[str], threads: int) -> None:
+    import multiprocessing
+
+    from ..recipe import recipe_from_dict
+
+    ident = (multiprocessing.current_process()._identity or (1,))[0] - 1
+    device = torch.device(devices[ident % len(devices)])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(threads)
+    recipe = recipe_from_dict(recipe_dict)
+    _WORKER.update(recipe=recipe, data=_load_eval_data(recipe), device=device)
+
+
+def _work(task: tuple) -> tuple[int, dict]:
+    index, x, noise_seed, order_seed, seed = task
+    w = _WORKER
+    return index, evaluate_candidate(w["recipe"], x, noise_seed, order_seed, seed, w["data"], w["device"])
+
+
+class _Evaluator:
+    """Evaluates a generation's candidates in-process, in a spawned pool, or split across torchrun ranks."""
+
+    def __init__(self, recipe, device: torch.device, dist):
+        self.recipe = recipe
+        self.device = device
+        self.dist = dist if dist is not None and dist.world > 1 else None
+        self.pool = None
+        self.data = None
+        ev = recipe.evolution
+        self.threads = ev.eval_threads if device.type == "cpu" else None
+        if ev.workers > 1 and self.dist is None:
+            if device.type == "cuda":
+                devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            else:
+                devices = ["cpu"]
+            ctx = torch.multiprocessing.get_context("spawn")
+            self.pool = ctx.Pool(ev.workers, _init_worker, (recipe.to_dict(), devices, ev.eval_threads))
+        else:
+            self.data = _load_eval_data(recipe)
+
+    def evaluate(self, xs: list[np.ndarray], generation: int, on_result) -> list[dict]:
+        seed = self.recipe.train.seed
+        noise_seed, order_seed = generation_seeds(seed, generation)
+        tasks = [(i, x, noise_seed, order_seed, candidate_seed(seed, generation, i)) for i, x in enumerate(xs)]
+        results: list[dict | None] = [None] * len(xs)
+        if self.pool is not None:
+            for i, terms in self.pool.imap_unordered(_work, tasks):
+                results[i] = terms
+                on_result(i, terms)
+            return results
+        world, rank = (self.dist.world, self.dist.rank) if self.dist is not None else (1, 0)
+        with _threads(self.threads):
+            for task in tasks[rank::world]:
+                i = task[0]
+                results[i] = evaluate_candidate(self.recipe, *task[1:], self.data, self.device)
+                on_result(i, results[i])
+        if self.dist is not None:  # each entry is filled by exactly one rank; the others add 0
+            flat = []
+            for r in results:
+                flat += [math.nan if r is None or r[k] is None else r[k] for k in ("loss", "r1", "r2")] \
+                    if r is not None else [0.0, 0.0, 0.0]
+            summed = self.dist.all_reduce_sum(*flat)
+            results = [{k: (None if math.isnan(v) else v) for k, v in zip(("loss", "r1", "r2"), summed[3 * i:3 * i + 3])}
+                       for i in range(len(xs))]
+        return results
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+
+# ---- state ----------------------------------------------------------------------------------------------
+
+def _save_state(path: Path, settings: dict, terms: list, fitness: list, es) -> None:
+    import json
+
+    import cma
+
+    state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
+             "generations_done": len(fitness), "terms": terms, "fitness": fitness,
+             "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(state))
+
+
+def _load_state(path: Path, settings: dict) -> dict | None:
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not a readable evolution state (corrupt?); delete it to restart evolution") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{path} is not a {STATE_FORMAT} evolution state")
+    if state["settings"] != settings:
+        old, new = _flatten(state["settings"]), _flatten(settings)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ConfigError(f"cannot resume evolution in {path.parent}: settings differ from the interrupted run "
+                          f"({', '.join(diff)}); pass the same recipe and --set values")
+    return state
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+
+def _rescored_best(history: list[list[dict]], generation: int, ev) -> dict:
+    """The candidate with the lowest fitness under generation ``generation``'s weights (ties: earliest)."""
+    best, best_f = None, math.inf
+    for cands in history:
+        for c in cands:
+            f = combine_fitness(ev.fitness, c["loss"], c["r1"], c["r2"], generation, ev.lambda1, ev.lambda2)
+            if f < best_f:
+                best, best_f = c, f
+    return {**best, "rescored_fitness": best_f}
+
+
+def run_evolution(recipe, out, model, device: torch.device, dist=None, progress: bool | None = None) -> dict:
+    """Evolve, log to ``out``/evolution.jsonl, and set ``model``'s encodings and G to the best phenotype.
+
+    Resumes from ``out``/evolution_state.json when present. Returns a summary of the best candidate.
+    """
+    from tqdm.auto import tqdm
+
+    ev = recipe.evolution
+    check_evolution(ev)
+    try:
+        genes = genome_of(model).genes
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    out = Path(out)
+    main = dist is None or dist.main
+    seed = recipe.train.seed
+    es = _new_strategy(ev, genes, seed)
+    settings = _settings(recipe, genotype_dimension(genes), es.popsize)
+    state_path, log_path = out / STATE_FILE, out / LOG_FILE
+
+    # ---- resume: replay ask/tell with the recorded fitness ---------------------------------------------
+    history: list[list[dict]] = []  # per generation, per candidate: x, generation, index, loss, r1, r2, fitness
+    terms_log: list = []
+    fitness_log: list = []
+    state = _load_state(state_path, settings)
+    if state is not None:
+        for g, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
+            xs = es.ask()
+            es.tell(xs, fitness)
+            history.append([{"x": x, "generation": g, "index": i, "loss": t[0], "r1": t[1], "r2": t[2], "fitness": f}
+                            for i, (x, t, f) in enumerate(zip(xs, terms, fitness))])
+        if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
+            raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
+                              f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
+        terms_log, fitness_log = state["terms"], state["fitness"]
+    done = len(history)
+    if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
+        rows = [r for r in read_jsonl(log_path) if r.get("generation", -1) < done]
+        with atomic_path(log_path) as tmp:
+            import json
+
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # ---- generations ---------------------------------------------------------------------------------
+    show = progress is not False and main
+    evaluator = _Evaluator(recipe, device, dist) if done < ev.generations else None
+    try:
+        for generation in range(done, ev.generations):
+            started = time.perf_counter()
+            sampling_mean = np.asarray(es.mean, dtype=float)
+            xs = es.ask()
+            fits: list[float] = []
+            bar = tqdm(total=len(xs), desc=f"evolution {generation + 1}/{ev.generations}", leave=False,
+                       disable=True if not show else None)
+
+            def on_result(i, terms, bar=bar, fits=fits, generation=generation):
+                fits.append(combine_fitness(ev.fitness, terms["loss"], terms["r1"], terms["r2"], generation,
+                                            ev.lambda1, ev.lambda2))
+                bar.update(1)
+                bar.set_postfix(best=f"{min(fits):.4f}", median=f"{statistics.median(fits):.4f}")
+
+            results = evaluator.evaluate(xs, generation, on_result)
+            bar.close()
+            fitness = [combine_fitness(ev.fitness, r["loss"], r["r1"], r["r2"], generation, ev.lambda1, ev.lambda2)
+                       for r in results]
+            es.tell(xs, fitness)
+            history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": f}
+                            for i, (x, r, f) in enumerate(zip(xs, results, fitness))])
+            terms_log.append([[r["loss"], r["r1"], r["r2"]] for r in results])
+            fitness_log.append(fitness)
+            best = _rescored_best(history, generation, ev)
+            row = {"generation": generation, "best_fitness": best["rescored_fitness"],
+                   "median_fitness": statistics.median(fitness),
+                   "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]),
+                   "sigma": float(es.sigma),
+                   "best": {k: best[k] for k in ("generation", "index", "loss", "r1", "r2")},
+                   "seconds": time.perf_counter() - started,
+                   "candidates": [{"index": i, "fitness": f, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
+                                   "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
+                                  for i, (x, r, f) in enumerate(zip(xs, results, fitness))]}
+            if main:
+                append_jsonl(log_path, row)
+                _save_state(state_path, settings, terms_log, fitness_log, es)
+                if show:
+                    tqdm.write(f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
+                               f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
+                               f"beta2 {row['beta2']:.3f} ({row['seconds']:.0f} s)")
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+
+    # ---- Algorithm 1, line 11: the best genotype becomes the model ---------------------------------------
+    best = _rescored_best(history, ev.generations - 1, ev)
+    noise_seed, _ = generation_seeds(seed, best["generation"])
+    apply_phenotype(model, best["x"], noise_seed)
+    return {"best_fitness": best["rescored_fitness"], "generation": best["generation"], "index": best["index"],
+            "loss": best["loss"], "r1": best["r1"], "r2": best["r2"], "beta1": math.exp(best["x"][0]),
+            "beta2": math.exp(best["x"][1])}

@@ -1,0 +1,158 @@
+"""Fitness of one candidate (paper eq. 13-16): a short training, then loss and the two regularisers.
+
+    f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2          (eq. 16, minimised; t = generation from 0)
+
+- L: cross-entropy of the phenotype on held-out batches after ``eval_steps`` training steps.
+- r1: temporal difference of the outputs, sum_t ||Y(t+1) - Y(t)||_F^2 (eq. 13), per sample then averaged.
+- r2: entropy of P = |G| / sum |G| (eq. 14-15); the paper normalises G itself, which has negative entries,
+  so we take |G| to get a distribution. r2 is measured on the genotype's G (the thing being evolved), not
+  on G after the short training.
+
+Choices the paper leaves open, and why:
+
+- Held-out batches are the last ``eval_batches * batch_size`` images of the training split (the test split
+  is never seen by evolution, so the ablation's test accuracy stays honest). The short training draws its
+  batches from the rest, without augmentation, in an order fixed per generation: every candidate of a
+  generation sees the same batches (common random numbers, like the encoding noise).
+- L and r1 are measured with BatchNorm on batch statistics (train mode, no gradients): after 10-20 steps the
+  running statistics are still mostly their initial values and would rank candidates by how far their
+  activations sit from N(0, 1) rather than by how well they learn.
+- A candidate whose loss is not finite (diverged) gets fitness :data:`FAILED_FITNESS`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FITNESS_MODES", "FAILED_FITNESS", "temporal_difference", "spatial_entropy", "combine_fitness",
+           "generation_seeds", "candidate_seed", "EvalData", "evaluate_candidate"]
+
+# which regularisers each ablation uses: (r1, r2)
+FITNESS_MODES = {"loss": (False, False), "loss+r1": (True, False), "loss+r2": (False, True), "ste": (True, True)}
+FAILED_FITNESS = 1e9
+
+
+def temporal_difference(y_steps: torch.Tensor) -> torch.Tensor:
+    """Eq. 13 per sample: sum over t of ||Y(t+1) - Y(t)||_F^2 for outputs ``y_steps`` [T, N, classes] -> [N].
+
+    .. math:: r_1 = \\sum_{t=0}^{T-2} \\lVert Y^{(t+1)} - Y^{(t)} \\rVert_F^2
+    """
+    if y_steps.dim() != 3:
+        raise ValueError(f"expected per-step outputs [T, N, classes], got shape {tuple(y_steps.shape)}")
+    diff = y_steps[1:] - y_steps[:-1]  # [T-1, N, classes]
+    return diff.pow(2).sum(dim=(0, 2))  # [N]
+
+
+def spatial_entropy(gene_matrix: torch.Tensor) -> float:
+    """Eq. 14-15 on |G|: entropy (nats) of P = |G| / sum |G|; 0 log 0 = 0.
+
+    .. math:: r_2 = -\\sum_{i,j} P_{ij} \\log P_{ij},\\quad P = |G| / \\textstyle\\sum |G|
+    """
+    a = gene_matrix.detach().double().abs().flatten()
+    total = a.sum()
+    if total <= 0:
+        return 0.0
+    p = a[a > 0] / total  # eq. 14
+    return float(-(p * p.log()).sum())  # eq. 15
+
+
+def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
+                    lambda2: float) -> float:
+    """Eq. 16 with the ablation's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised)."""
+    use_r1, use_r2 = FITNESS_MODES[mode]
+    if loss is None or (use_r1 and r1 is None) or not math.isfinite(loss):
+        return FAILED_FITNESS
+    f = loss
+    if use_r1:
+        f -= math.exp(lambda1 * generation) * r1  # eq. 16
+    if use_r2:
+        f -= math.exp(lambda2 * generation) * r2  # eq. 16
+    return f if math.isfinite(f) else FAILED_FITNESS
+
+
+def _seed(*words: int) -> int:
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0])
+
+
+def generation_seeds(seed: int, generation: int) -> tuple[int, int]:
+    """(encoding noise seed, batch-order seed) of a generation; shared by all its candidates."""
+    return _seed(seed, 0, generation), _seed(seed, 1, generation)
+
+
+def candidate_seed(seed: int, generation: int, index: int) -> int:
+    """torch's global seed while candidate ``index`` of ``generation`` is built and trained."""
+    return _seed(seed, 2, generation, index)
+
+
+@dataclass
+class EvalData:
+    """The training split cut into the part candidates train on and the held-out batches they are scored on."""
+
+    dataset: object  # a torch Dataset yielding (image [C, H, W], label)
+    batch_size: int
+    eval_batches: int
+
+    def __post_init__(self):
+        held = self.eval_batches * self.batch_size
+        if len(self.dataset) < held + self.batch_size:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"evolution needs at least {held + self.batch_size} training images "
+                              f"(eval_batches={self.eval_batches} held-out batches plus one training batch of "
+                              f"{self.batch_size}); the training split has {len(self.dataset)}")
+        self.train_count = len(self.dataset) - held
+
+    def _batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.dataset[int(i)] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def train_batches(self, steps: int, order_seed: int):
+        """``steps`` batches from the training part, in an order fixed by ``order_seed``."""
+        gen = torch.Generator().manual_seed(int(order_seed))
+        perm = torch.empty(0, dtype=torch.long)
+        while len(perm) < steps * self.batch_size:
+            perm = torch.cat([perm, torch.randperm(self.train_count, generator=gen)])
+        for s in range(steps):
+            yield self._batch(perm[s * self.batch_size:(s + 1) * self.batch_size])
+
+    def held_out(self):
+        for b in range(self.eval_batches):
+            start = self.train_count + b * self.batch_size
+            yield self._batch(range(start, start + self.batch_size))
+
+
+def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, seed: int, data: EvalData,
+                       device: torch.device) -> dict:
+    """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2} (raw terms)."""
+    from .genotype import apply_phenotype, decode_genotype
+    from .trainer import _optimizer, build_recipe_model
+
+    torch.manual_seed(seed)
+    model = build_recipe_model(recipe)
+    apply_phenotype(model, x, noise_seed)
+    model.to(device)
+    optimizer = _optimizer(recipe, model)
+    model.train()
+    for images, labels in data.train_batches(recipe.evolution.eval_steps, order_seed):
+        images, labels = images.to(device), labels.to(device)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    loss_sum = r1_sum = 0.0
+    count = 0
+    with torch.no_grad():
+        for images, labels in data.held_out():
+            images, labels = images.to(device), labels.to(device)
+            y_steps = model.forward_steps(images).float()  # [T, N, classes]
+            loss_sum += F.cross_entropy(y_steps.mean(0), labels, reduction="sum").item()
+            r1_sum += temporal_difference(y_steps).sum().item()  # eq. 13
+            count += len(labels)
+    _, _, gene_matrix = decode_genotype(x, model.genome.genes)
+    loss, r1 = loss_sum / count, r1_sum / count
+    return {"loss": loss if math.isfinite(loss) else None, "r1": r1 if math.isfinite(r1) else None,
+            "r2": spatial_entropy(gene_matrix)}
