@@ -118,25 +118,32 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
     ref = next((r for r in opened if r.name == "torch"), None)
     evaluations = {}
     rows, latency = [], []
-    for rt in opened:
+    for rt, label in zip(opened, _labels(opened)):
         if tuple(rt.info.input_shape) != tuple(images.shape[1:]):
             raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.info.input_shape))}] but {name} images "
                               f"are {list(images.shape[1:])}")
         say(f"{rt.name}: evaluating {len(images)} samples of {name}")
         ev = evaluations[rt] = evaluate(rt, images, labels)
-        row = runtime_stats(rt, ev)
+        row = {**runtime_stats(rt, ev), "runtime": label, "kind": rt.name}
         if ref is not None:
             row["parity"] = compare(evaluations[ref], ev)
         for b in batch_sizes:
             say(f"{rt.name}: timing batch {b}")
             x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
-            latency.append(time_runtime(rt, x, min_time=min_time))
+            latency.append({**time_runtime(rt, x, min_time=min_time), "runtime": label})
         rows.append(row)
+    ref_label = rows[0]["runtime"] if ref is not None else None
     for lat in latency:
-        base = next((r for r in latency if r["runtime"] == "torch" and r["batch"] == lat["batch"]), None)
+        base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)
         lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
     return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].info.timesteps,
             "batch_sizes": list(batch_sizes), "machine": _machine(threads), "runtimes": rows, "latency": latency}
+
+
+def _labels(runtimes: list[Runtime]) -> list[str]:
+    """Runtime names, with the file's stem added where two files run on the same runtime."""
+    names = [r.name for r in runtimes]
+    return [f"{r.name}:{r.path.stem}" if names.count(r.name) > 1 else r.name for r in runtimes]
 
 
 def _machine(threads: int | None) -> dict:

@@ -16,16 +16,17 @@ def _fmt(v, spec: str) -> str:
 def summary_table(report: dict) -> str:
     """One row per runtime and batch size: every latency, accuracy, parity, spike and energy number."""
     stats = {r["runtime"]: r for r in report["runtimes"]}
-    head = (f"{'runtime':<9} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'samples/s':>10} "
+    w = max(9, *(len(name) for name in stats))
+    head = (f"{'runtime':<{w}} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'samples/s':>10} "
             f"{'x torch':>7} {'acc':>7} {'top1 agr':>8} {'max dlogit':>10} {'spikes/smp':>10} {'energy uJ':>9}")
     lines = [head, "-" * len(head)]
     for lat in report["latency"]:
         r = stats[lat["runtime"]]
         par = r.get("parity", {})
         lines.append(
-            f"{lat['runtime']:<9} {lat['batch']:>5} {lat['p50_ms']:>8.3f} {lat['p90_ms']:>8.3f} {lat['p99_ms']:>8.3f} "
-            f"{lat['samples_per_s']:>10.1f} {_fmt(lat.get('speedup_vs_torch'), '>7.2f')} {r['accuracy']:>7.2%} "
-            f"{_fmt(par.get('top1_agreement'), '>8.2%')} {_fmt(par.get('max_logit_diff'), '>10.2e')} "
+            f"{lat['runtime']:<{w}} {lat['batch']:>5} {lat['p50_ms']:>8.3f} {lat['p90_ms']:>8.3f} {lat['p99_ms']:>8.3f} "
+            f"{lat['samples_per_s']:>10.1f} {_fmt(lat.get('speedup_vs_torch'), '7.2f'):>7} {r['accuracy']:>7.2%} "
+            f"{_fmt(par.get('top1_agreement'), '.2%'):>8} {_fmt(par.get('max_logit_diff'), '.2e'):>10} "
             f"{r['spikes_per_sample']:>10.1f} {r['energy']['energy_pj'] / 1e6:>9.4f}")
     return "\n".join(lines)
 

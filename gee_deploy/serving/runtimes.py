@@ -193,6 +193,11 @@ class OrtRuntime(Runtime):
             opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3
+        if kind == "ort-trt":  # cache built engines beside the model: the first TensorRT build takes minutes
+            cache = str(self.path.parent / f".{self.path.stem}.trt-cache")
+            providers = [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                        "trt_engine_cache_path": cache,
+                                                        "trt_timing_cache_enable": True}), *providers[1:]]
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
