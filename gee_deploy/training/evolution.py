@@ -276,6 +276,8 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
         raise ConfigError(str(e)) from None
     out = Path(out)
     main = dist is None or dist.main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     seed = recipe.train.seed
     es = _new_strategy(ev, genes, seed)
     settings = _settings(recipe, genotype_dimension(genes), es.popsize)

@@ -1,0 +1,143 @@
+"""The paper's Table IV protocol: the same recipe as Random, Baseline, Baseline + r1, Baseline + r2 and STE,
+over several seeds, reported as mean +- std of the final test accuracy.
+
+Run directory::
+
+    <variant>/seed<i>/       an ordinary ``gee-deploy train`` run (plus evolution.png when it evolved)
+    ablation.json            per run and per variant: test accuracy, firing rate, minutes, evolution's best
+    ablation.md              the table
+    ablation.png             test accuracy per variant (mean +- std, every seed as a dot)
+
+Seed i sets ``train.seed = recipe seed + i`` (initialisation, shuffling, and every evolution seed). A run
+that finished is reused, an interrupted one is resumed, so re-running the same command continues.
+The accuracy is the last epoch's (not the best epoch's, which would select on the test set).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io import atomic_path, read_jsonl, write_json
+from .evolution import LOG_FILE, check_evolution
+from .evolution_plots import plot_evolution
+
+__all__ = ["VARIANTS", "run_ablation"]
+
+# key -> (label, evolution overrides); enabled = false is the Random model
+VARIANTS = {
+    "random": ("Random", {"enabled": False}),
+    "baseline": ("Baseline", {"enabled": True, "fitness": "loss"}),
+    "r1": ("Baseline + r1", {"enabled": True, "fitness": "loss+r1"}),
+    "r2": ("Baseline + r2", {"enabled": True, "fitness": "loss+r2"}),
+    "ste": ("STE", {"enabled": True, "fitness": "ste"}),
+}
+
+
+def _variant_recipe(recipe, overrides: dict, seed_offset: int):
+    r = copy.deepcopy(recipe)
+    for key, value in overrides.items():
+        setattr(r.evolution, key, value)
+    r.train.seed = recipe.train.seed + seed_offset
+    return r
+
+
+def _run(recipe, run_dir: Path, progress) -> dict:
+    """Train (or resume, or reuse) one run; returns its record."""
+    from .trainer import train
+
+    record_path = run_dir / "ablation_run.json"
+    rows = read_jsonl(run_dir / "train.jsonl")
+    if record_path.exists() and rows and rows[-1].get("epoch") == recipe.train.epochs:
+        import json
+
+        return json.loads(record_path.read_text())
+    resume = (run_dir / "last.pt").exists() or (run_dir / LOG_FILE).exists()
+    started = time.perf_counter()
+    metrics = train(recipe, run_dir, resume=resume, progress=progress)
+    evo = read_jsonl(run_dir / LOG_FILE)
+    record = {"seed": recipe.train.seed, "test_acc": metrics["test_acc"], "firing_rate": metrics["firing_rate"],
+              "minutes": (time.perf_counter() - started) / 60, "resumed": resume,
+              "evolution_minutes": sum(r["seconds"] for r in evo) / 60 if evo else 0.0,
+              "best_fitness": evo[-1]["best_fitness"] if evo else None,
+              "best": evo[-1]["best"] if evo else None}
+    write_json(record_path, record)
+    if evo:
+        plot_evolution(run_dir)
+    return record
+
+
+def _plot(summary: dict, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["variants"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(rows))
+    ax.bar(xs, [100 * r["mean"] for r in rows], yerr=[100 * r["std"] for r in rows], capsize=5, color="#9ecae1")
+    for x, r in zip(xs, rows):
+        accs = [100 * a for a in r["test_acc"]]
+        ax.plot([x] * len(accs), accs, "k.", alpha=0.7)
+    ax.set_xticks(list(xs), [r["label"] for r in rows])
+    low = min(100 * a for r in rows for a in r["test_acc"])
+    ax.set_ylim(max(0.0, low - 5), min(100.0, max(100 * (r["mean"] + r["std"]) for r in rows) + 2))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{summary['model']} g={summary['genes']} on {summary['dataset']}, {summary['seeds']} seeds")
+    fig.tight_layout()
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(summary: dict) -> str:
+    lines = [f"Ablation (Table IV protocol): {summary['model']} g={summary['genes']} T={summary['timesteps']} on "
+             f"{summary['dataset']}, {summary['seeds']} seeds, {summary['epochs']} epochs; "
+             f"{summary['minutes']:.1f} minutes in all.", "",
+             "| Model | Test accuracy (%) | Per seed (%) | Firing rate | Minutes per run (evolution) |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in summary["variants"]:
+        per_seed = ", ".join(f"{100 * a:.2f}" for a in r["test_acc"])
+        lines.append(f"| {r['label']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {per_seed} | "
+                     f"{r['firing_rate']:.4f} | {r['minutes']:.1f} ({r['evolution_minutes']:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str] | None = None,
+                 progress: bool | None = None) -> dict:
+    """Run every variant x seed of ``recipe`` into ``out``; write ablation.json/.md/.png; return the summary."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if recipe.train.epochs < 1:
+        raise ConfigError(f"an ablation compares trained models: train.epochs must be >= 1, got {recipe.train.epochs}")
+    variants = list(VARIANTS) if not variants else variants
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown ablation variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    probe = copy.deepcopy(recipe.evolution)
+    probe.fitness = "ste"  # each variant sets its own fitness; check everything else once, before any run
+    check_evolution(probe)
+    out = Path(out)
+    started = time.perf_counter()
+    rows = []
+    for key in variants:
+        label, overrides = VARIANTS[key]
+        runs = [_run(_variant_recipe(recipe, overrides, i), out / key / f"seed{i}", progress) for i in range(seeds)]
+        accs = [r["test_acc"] for r in runs]
+        rows.append({"variant": key, "label": label, "test_acc": accs, "mean": statistics.fmean(accs),
+                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "firing_rate": statistics.fmean(r["firing_rate"] for r in runs),
+                     "minutes": statistics.fmean(r["minutes"] for r in runs),
+                     "evolution_minutes": statistics.fmean(r["evolution_minutes"] for r in runs), "runs": runs})
+    summary = {"model": recipe.model.name, "genes": recipe.model.genes, "timesteps": recipe.model.timesteps,
+               "dataset": recipe.data.name, "epochs": recipe.train.epochs, "seeds": seeds,
+               "minutes": (time.perf_counter() - started) / 60, "recipe": recipe.to_dict(), "variants": rows}
+    write_json(out / "ablation.json", summary)
+    with atomic_path(out / "ablation.md") as tmp:
+        tmp.write_text(_markdown(summary))
+    _plot(summary, out / "ablation.png")
+    return summary

@@ -1,0 +1,286 @@
+"""Evolution (Algorithm 1): eq. 9 sampling, eq. 13-16 fitness, genotype round trip, resumable CMA-ES,
+worker-count invariance, the ablation command, and bad input."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_recipe
+from gee_deploy.errors import ConfigError
+from gee_deploy.training.evolution import STATE_FILE, run_evolution
+from gee_deploy.training.fitness import (FAILED_FITNESS, combine_fitness, generation_seeds, spatial_entropy,
+                                         temporal_difference)
+from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, encode_genotype, genotype_dimension,
+                                          sample_encodings)
+from gee_deploy.training.trainer import build_recipe_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("gee-deploy"))
+
+
+def evo_recipe(**evolution):
+    ev = {"enabled": True, "generations": 2, "population": 4, "eval_steps": 2, "eval_batches": 1, **evolution}
+    return tiny_recipe(evolution=ev)
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def read_rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "evolution.jsonl").read_text().splitlines()]
+
+
+# ---- eq. 9 ----------------------------------------------------------------------------------------------
+
+def test_eq9_clips_to_beta2_and_has_std_beta1():
+    shapes = {"a": (200, 9, 32), "b": (100, 1, 32)}
+    wide = sample_encodings(shapes, beta1=0.7, beta2=100.0, noise_seed=5)
+    assert wide["a"].std().item() == pytest.approx(0.7, rel=0.02)  # no clipping at beta2 >> beta1
+    assert wide["a"].mean().item() == pytest.approx(0.0, abs=0.01)
+    tight = sample_encodings(shapes, beta1=0.7, beta2=0.5, noise_seed=5)
+    for name, e in tight.items():
+        assert e.abs().max().item() == pytest.approx(0.5)  # clipped exactly to the bound
+        assert (e.abs() == 0.5).float().mean().item() > 0.3  # P(|A| > 0.5) = 0.475 for sigma 0.7
+        inside = wide[name].abs() < 0.5
+        assert torch.equal(e[inside], wide[name][inside])  # untouched where A lies inside the bound
+
+
+def test_eq9_shares_noise_within_a_seed():
+    shapes = {"x": (16, 9, 8), "y": (4, 1, 8)}
+    a = sample_encodings(shapes, 1.0, 10.0, noise_seed=3)
+    b = sample_encodings(shapes, 2.0, 20.0, noise_seed=3)
+    for name in shapes:  # common random numbers: candidates differ only through their betas
+        torch.testing.assert_close(b[name], 2.0 * a[name])
+    reordered = sample_encodings({"y": (4, 1, 8), "x": (16, 9, 8)}, 1.0, 10.0, noise_seed=3)
+    assert all(torch.equal(a[n], reordered[n]) for n in shapes)
+    other = sample_encodings(shapes, 1.0, 10.0, noise_seed=4)
+    assert not torch.equal(a["x"], other["x"])
+    assert generation_seeds(0, 1) != generation_seeds(0, 2) and generation_seeds(0, 1) != generation_seeds(1, 1)
+
+
+# ---- genotype <-> phenotype -----------------------------------------------------------------------------
+
+def test_genotype_round_trip_and_phenotype_in_place():
+    g = torch.randn(8, 8)
+    x = encode_genotype(0.4, 1.5, g)
+    assert x.shape == (genotype_dimension(8),) == (66,)
+    b1, b2, g2 = decode_genotype(x, 8)
+    assert (b1, b2) == pytest.approx((0.4, 1.5), rel=1e-12)
+    torch.testing.assert_close(g2, g)
+    model = build_recipe_model(evo_recipe())
+    layer_g = next(m.gene_matrix for m in model.modules() if hasattr(m, "e_in_full"))
+    apply_phenotype(model, x, noise_seed=11)
+    assert layer_g is model.genome.gene_matrix  # written in place: the layers see the phenotype
+    torch.testing.assert_close(model.genome.gene_matrix.data, g)
+    shapes = {n: tuple(p.shape) for n, p in model.genome.encodings.items()}
+    expected = sample_encodings(shapes, 0.4, 1.5, 11)
+    for name, p in model.genome.encodings.items():
+        assert torch.equal(p.data, expected[name])
+        assert p.abs().max().item() <= 1.5
+    with pytest.raises(ValueError):
+        decode_genotype(x[:-1], 8)
+    with pytest.raises(ValueError):
+        encode_genotype(-0.1, 1.0, g)
+
+
+# ---- eq. 13-16 ------------------------------------------------------------------------------------------
+
+def test_r1_matches_hand_computation():
+    y = torch.tensor([[[0.0, 1.0], [2.0, 2.0]],
+                      [[1.0, 1.0], [2.0, 0.0]],
+                      [[1.0, 3.0], [2.0, 0.0]]])  # [T=3, N=2, classes=2]
+    # sample 0: (1-0)^2 + 0 + 0 + (3-1)^2 = 5; sample 1: 0 + (0-2)^2 + 0 + 0 = 4
+    assert temporal_difference(y).tolist() == [5.0, 4.0]
+    assert temporal_difference(y[:1]).tolist() == [0.0, 0.0]  # one timestep: nothing changes
+    with pytest.raises(ValueError):
+        temporal_difference(y[0])
+
+
+def test_r2_matches_hand_computation():
+    g = torch.tensor([[1.0, -1.0], [2.0, 0.0]])  # P = |G| / 4 = [1/4, 1/4, 1/2, 0]
+    assert spatial_entropy(g) == pytest.approx(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)))
+    assert spatial_entropy(torch.full((5, 5), -3.0)) == pytest.approx(math.log(25))  # uniform: the maximum
+    assert spatial_entropy(torch.tensor([[0.0, 7.0], [0.0, 0.0]])) == 0.0  # one gene pair: no entropy
+
+
+def test_fitness_formula_and_decay():
+    assert combine_fitness("ste", 2.0, 3.0, 4.0, 0, -0.5, -0.5) == pytest.approx(2.0 - 3.0 - 4.0)
+    assert combine_fitness("ste", 2.0, 3.0, 4.0, 2, -0.5, -0.25) == pytest.approx(
+        2.0 - math.exp(-1.0) * 3.0 - math.exp(-0.5) * 4.0)
+    assert combine_fitness("loss", 2.0, 3.0, 4.0, 0, -0.5, -0.5) == 2.0
+    assert combine_fitness("loss+r1", 2.0, 3.0, 4.0, 1, -1.0, -0.5) == pytest.approx(2.0 - math.exp(-1.0) * 3.0)
+    assert combine_fitness("loss+r2", 2.0, 3.0, 4.0, 1, -0.5, -1.0) == pytest.approx(2.0 - math.exp(-1.0) * 4.0)
+    late = [combine_fitness("ste", 2.0, 3.0, 4.0, t, -0.5, -0.5) for t in range(6)]
+    assert late == sorted(late) and late[-1] < 2.0  # the regularisers fade but never vanish
+    assert combine_fitness("ste", None, None, 4.0, 0, -0.5, -0.5) == FAILED_FITNESS  # diverged candidate
+    assert combine_fitness("loss", float("nan"), 1.0, 1.0, 0, -0.5, -0.5) == FAILED_FITNESS
+
+
+# ---- the loop: logging, best genotype, resume -----------------------------------------------------------
+
+def test_evolution_logs_and_sets_the_best_phenotype(tmp_path):
+    recipe = evo_recipe(fitness="ste")
+    model = build_recipe_model(recipe)
+    summary = run_evolution(recipe, tmp_path, model, torch.device("cpu"), progress=False)
+    rows = read_rows(tmp_path)
+    assert [r["generation"] for r in rows] == [0, 1]
+    for t, row in enumerate(rows):
+        assert len(row["candidates"]) == 4
+        for c in row["candidates"]:
+            assert c["fitness"] == pytest.approx(combine_fitness("ste", c["loss"], c["r1"], c["r2"], t, -0.5, -0.5))
+            assert c["r1"] >= 0 and 0 < c["r2"] <= math.log(64) and c["beta1"] > 0 and c["beta2"] > 0
+        assert row["median_fitness"] == pytest.approx(float(np.median([c["fitness"] for c in row["candidates"]])))
+    assert rows[0]["beta1"] == pytest.approx(1.0) and rows[0]["beta2"] == pytest.approx(3.0)  # recipe's start
+    # the incumbent is the lowest fitness under the last generation's weights, over both generations
+    rescored = [(combine_fitness("ste", c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5), r["generation"], c["index"])
+                for r in rows for c in r["candidates"]]
+    best_f, best_gen, best_idx = min(rescored)
+    assert rows[-1]["best_fitness"] == pytest.approx(best_f) == pytest.approx(summary["best_fitness"])
+    assert (rows[-1]["best"]["generation"], rows[-1]["best"]["index"]) == (best_gen, best_idx)
+    best_c = rows[best_gen]["candidates"][best_idx]
+    assert summary["beta1"] == pytest.approx(best_c["beta1"])
+    assert model.genome.encodings["c1"].abs().max().item() == pytest.approx(best_c["beta2"], rel=1e-6)
+
+
+def test_resume_replays_cma_and_matches_uninterrupted(tmp_path):
+    recipe = evo_recipe(fitness="loss+r1", generations=3)
+    full = build_recipe_model(recipe)
+    run_evolution(recipe, tmp_path / "full", full, torch.device("cpu"), progress=False)
+
+    part = tmp_path / "part"
+    first = evo_recipe(fitness="loss+r1", generations=1)
+    run_evolution(first, part, build_recipe_model(first), torch.device("cpu"), progress=False)
+    state = json.loads((part / STATE_FILE).read_text())
+    assert state["generations_done"] == 1 and len(state["fitness"][0]) == 4
+    # a kill between the log append and the state write leaves a row the state does not hold
+    with open(part / "evolution.jsonl", "a") as fh:
+        fh.write(json.dumps({"generation": 1, "best_fitness": -1e9}) + "\n" + '{"generation": 2, "torn')
+    resumed = build_recipe_model(recipe)
+    run_evolution(recipe, part, resumed, torch.device("cpu"), progress=False)
+    assert strip_times(read_rows(part)) == strip_times(read_rows(tmp_path / "full"))
+    for (name, a), b in zip(full.genome.named_parameters(), resumed.genome.parameters()):
+        assert torch.equal(a, b), name
+    assert json.loads((part / STATE_FILE).read_text())["mean"] == \
+        json.loads((tmp_path / "full" / STATE_FILE).read_text())["mean"]
+
+    changed = evo_recipe(fitness="loss+r1", generations=3, sigma0=0.5)
+    with pytest.raises(ConfigError, match="evolution.sigma0"):
+        run_evolution(changed, part, build_recipe_model(changed), torch.device("cpu"), progress=False)
+
+
+def test_dense_model_cannot_evolve(tmp_path):
+    recipe = tiny_recipe(model={"genes": 0}, evolution={"enabled": True})
+    with pytest.raises(ConfigError, match="genetic model"):
+        run_evolution(recipe, tmp_path, build_recipe_model(recipe), torch.device("cpu"), progress=False)
+
+
+# ---- the CLI: SIGKILL + --resume, and 2 workers, give the same evolution --------------------------------
+
+DEMO_ARGS = ["--set", "evolution.enabled=true", "--set", "evolution.generations=3", "--set", "evolution.population=4",
+             "--set", "evolution.eval_steps=2", "--set", "evolution.eval_batches=1", "--set", "data.batch_size=32",
+             "--set", "data.train_limit=256", "--set", "data.test_limit=64", "--set", "train.epochs=0",
+             "--set", "model.genes=16", "--set", "model.timesteps=2", "--quiet"]
+
+
+def _cli(out, *extra, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([CLI, "train", str(ROOT / "models" / "demo.toml"), "--out", str(out), *DEMO_ARGS, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_cli_sigkill_resume_and_two_workers_match(tmp_path):
+    killed = tmp_path / "killed"
+    proc = _cli(killed)
+    log = killed / "evolution.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "first generation did not finish in 4 minutes"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_rows(killed)) < 3 and not (killed / "best.pt").exists()
+    resumed = _cli(killed, "--resume")
+    parallel = _cli(tmp_path / "parallel", "--set", "evolution.workers=2")
+    for p in (resumed, parallel):
+        _, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err
+    a, b = read_rows(killed), read_rows(tmp_path / "parallel")
+    assert [r["generation"] for r in a] == [0, 1, 2]
+    assert strip_times(a) == strip_times(b)  # same candidates, fitness terms and best, bit for bit
+    ga = torch.load(killed / "best.pt", weights_only=True)["state_dict"]
+    gb = torch.load(tmp_path / "parallel" / "best.pt", weights_only=True)["state_dict"]
+    genome_keys = [k for k in ga if k.startswith("genome.")]
+    assert genome_keys and all(torch.equal(ga[k], gb[k]) for k in genome_keys)
+
+
+# ---- ablation -------------------------------------------------------------------------------------------
+
+def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
+    from gee_deploy.training.ablation import run_ablation
+
+    recipe = evo_recipe(generations=2)
+    summary = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)
+    assert [r["label"] for r in summary["variants"]] == ["Random", "STE"]
+    for row in summary["variants"]:
+        accs = [run["test_acc"] for run in row["runs"]]
+        assert row["mean"] == pytest.approx(np.mean(accs)) and row["std"] == pytest.approx(np.std(accs, ddof=1))
+        assert [run["seed"] for run in row["runs"]] == [0, 1]
+    assert not (tmp_path / "random" / "seed0" / "evolution.jsonl").exists()  # Random does not evolve
+    assert (tmp_path / "ste" / "seed1" / "evolution.png").stat().st_size > 0
+    assert json.loads((tmp_path / "ste" / "seed0" / "config.json").read_text())["evolution"]["fitness"] == "ste"
+    # different seeds evolve differently
+    assert read_rows(tmp_path / "ste" / "seed0") != read_rows(tmp_path / "ste" / "seed1")
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| STE |" in table and "| Random |" in table and "±" in table
+    assert (tmp_path / "ablation.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["variants"][1]["test_acc"] == summary["variants"][1]["test_acc"]
+    again = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)  # finished runs are reused
+    assert again["variants"][1]["runs"] == summary["variants"][1]["runs"]
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, words", [
+    ("evolution.fitness=bogus", "unknown evolution.fitness"),
+    ("evolution.population=1", "evolution.population must be >= 2"),
+    ("evolution.generations=0", "evolution.generations must be >= 1"),
+    ("evolution.population=abc", "evolution.population must be an integer"),
+    ("evolution.lambda1=nan", "evolution.lambda1 must be a finite number"),
+    ("evolution.sigma0=0", "evolution.sigma0 must be > 0"),
+])
+def test_bad_evolution_settings_are_one_line(tmp_path, capsys, setting, words):
+    from gee_deploy.cli import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(ROOT / "models" / "demo.toml"), "--out", str(out), "--set", "evolution.enabled=true",
+              "--set", setting, "--quiet"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not out.exists()  # nothing written before the check
+
+
+@pytest.mark.parametrize("args, words", [(["--seeds", "0"], "--seeds must be >= 1"),
+                                         (["--variants", "random,nope"], "unknown ablation variant")])
+def test_bad_ablate_options_are_one_line(tmp_path, capsys, args, words):
+    from gee_deploy.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ablate", str(ROOT / "models" / "demo.toml"), "--out", str(tmp_path / "abl"), *args, "--quiet"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
