@@ -95,6 +95,15 @@ def test_broken_model_files_are_one_line_errors(serving_onnx, tmp_path):
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(ModelFileError, match="lacks gee-deploy metadata"):
         OrtRuntime(tmp_path / "bare.onnx")
+    streaming = onnx.load(str(serving_onnx))
+    props = {p.key: p for p in streaming.metadata_props}
+    if "gee.streaming" in props:
+        props["gee.streaming"].value = "true"
+    else:
+        streaming.metadata_props.add(key="gee.streaming", value="true")
+    onnx.save(streaming, str(tmp_path / "streaming.onnx"))
+    with pytest.raises(ModelFileError, match="streaming graph"):
+        OrtRuntime(tmp_path / "streaming.onnx")
     with pytest.raises(ModelFileError, match="suffix"):
         open_runtime(tmp_path / "model.bin")
     result = CliRunner().invoke(cli, ["bench", str(truncated), "--out", str(tmp_path / "b")], standalone_mode=False)
@@ -277,6 +286,20 @@ def test_bench_energy_equals_recomputation_from_report(bench_report):
         assert r["energy"]["energy_pj"] == pytest.approx(energy, rel=1e-12)
     torch_e, ort_e = (r["energy"]["energy_pj"] for r in report["runtimes"])
     assert ort_e == pytest.approx(torch_e, rel=1e-9)  # same spikes, same MACs
+
+
+def test_bench_of_deployed_files_alone(serving_onnx, tmp_path):
+    from gee_deploy.serving.bench import run_bench
+    from gee_deploy.serving.report import summary_table
+
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(serving_onnx.read_bytes())
+    report = run_bench([serving_onnx, copy], batch_sizes=(2,), limit=16, threads=1, min_time=0.01)
+    labels = [r["runtime"] for r in report["runtimes"]]
+    assert labels == ["ort-cpu:tiny", "ort-cpu:copy"]
+    assert all("parity" not in r and lat["speedup_vs_torch"] is None
+               for r, lat in zip(report["runtimes"], report["latency"]))
+    assert summary_table(report).splitlines()[2].split()[6] == "-"  # no reference: blank, not invented
 
 
 def test_bench_bad_options(tiny_checkpoint, tmp_path):

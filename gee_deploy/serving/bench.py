@@ -143,7 +143,8 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
 def _labels(runtimes: list[Runtime]) -> list[str]:
     """Runtime names, with the file's stem added where two files run on the same runtime."""
     names = [r.name for r in runtimes]
-    return [f"{r.name}:{r.path.stem}" if names.count(r.name) > 1 else r.name for r in runtimes]
+    labels = [f"{r.name}:{r.path.stem}" if names.count(r.name) > 1 else r.name for r in runtimes]
+    return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
 def _machine(threads: int | None) -> dict:

@@ -203,6 +203,9 @@ class OrtRuntime(Runtime):
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
             raise ModelFileError(f"{self.path} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        if meta.get("gee.streaming") == "true":
+            raise ModelFileError(f"{self.path} is a streaming graph (one timestep per call); bench and serve take "
+                                 "the T-unrolled export (gee-deploy export without --streaming)")
         self.info = _parse_metadata(meta, str(self.path))
         names = [o.name for o in self.session.get_outputs()]
         if names[:2] != ["logits", "spike_counts"] or self.session.get_inputs()[0].name != "input":
