@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(),
+              help="The .onnx file (onnx), repository directory (triton) or .plan file (tensorrt).")
+@click.option("--variant", default="dense", show_default=True, metavar="dense|factorised|auto",
+              help="dense: fold E_in G E_out^T into plain convs; factorised: keep the per-tap rank-g form; "
+                   "auto: per layer, the one with fewer MACs (or lower latency with --profile).")
+@click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|triton|tensorrt",
+              help="What to write.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
+@click.option("--streaming", is_flag=True,
+              help="One timestep per call, membrane potentials as graph inputs/outputs.")
+@click.option("--atol", type=float, default=None, help="Max abs logit difference per validation sample.")
+@click.option("--samples", type=int, default=None, help="Test images to validate on (default 256).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the checkpoint's dataset lives (default: its standard place).")
+@click.option("--profile", is_flag=True, help="With --variant auto: choose per layer by measured latency.")
+@click.option("--max-batch-size", type=int, default=64, show_default=True,
+              help="Triton max_batch_size / TensorRT optimisation profile maximum.")
+@click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export(checkpoint, out, variant, fmt, opset, streaming, atol, samples, data_dir, profile, max_batch_size,
+           fp16, as_json):
+    """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository or a TensorRT
+    plan, and validate it against the PyTorch model on test images of the checkpoint's dataset.
+
+    Nothing is written unless validation passes; failures are listed together and exit with status 1.
+    """
+    from ..export import export_model
+    from ..export.api import report_json
+
+    report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, atol=atol,
+                          samples=samples, data_dir=data_dir, profile=profile, max_batch_size=max_batch_size,
+                          fp16=fp16)
+    click.echo(report_json(report) if as_json else report.summary())

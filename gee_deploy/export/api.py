@@ -1,0 +1,226 @@
+"""``export_model``: checkpoint -> validated ONNX file, Triton repository or TensorRT plan."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..checkpoint import file_sha256, load_model
+from ..data import dataset_info, load_split
+from ..errors import DataError, GeeError
+from ..io import atomic_path
+from .choose import make_chooser
+from .configs import DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, lookup
+from .errors import ExportError, UnknownOptionError
+from .validate import ValidationReport, validate_export, validate_streaming
+from .writer import GraphInfo, write_graph
+
+__all__ = ["ExportReport", "export_model", "export_loaded", "build_onnx", "validation_data"]
+
+
+@dataclass
+class ExportReport:
+    """What one export produced, for the CLI and for scripts."""
+
+    out: str
+    format: str
+    variant: str
+    opset: int
+    streaming: bool
+    layers: list[dict] = field(default_factory=list)
+    macs_per_sample: int = 0  # sum over layers of macs x calls: one inference of one sample
+    dense_macs_per_sample: int = 0  # the same network with every layer dense
+    validation: dict = field(default_factory=dict)
+    streaming_validation: dict = field(default_factory=dict)
+    tensorrt_problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, opset {self.opset}"
+                 f"{', streaming' if self.streaming else ''})"]
+        lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} MACs {l['macs']:>13,} x{l['calls']}"
+                  for l in self.layers]
+        lines.append(f"  MACs per sample: {self.macs_per_sample:,} (all dense: {self.dense_macs_per_sample:,})")
+        v = self.validation
+        if v:
+            lines.append(f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
+                         f"max |logit diff| {v['max_abs_diff']['logits']:.3g}, spikes {v['spikes_export']:.0f} vs "
+                         f"{v['spikes_reference']:.0f}")
+        if self.streaming_validation:
+            s = self.streaming_validation
+            lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_abs_diff']['logits']:.3g}, "
+                         f"spike counts diff {s['max_abs_diff']['spike_counts']:.3g}")
+        for p in self.tensorrt_problems:
+            lines.append(f"  TensorRT compatibility: {p}")
+        return "\n".join(lines)
+
+
+def _report_dict(r: ValidationReport) -> dict:
+    return {"samples": r.samples, "max_abs_diff": r.max_abs_diff, **r.stats,
+            "checks": [list(row) for row in r.rows]}
+
+
+def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``samples`` test images [S, C, H, W] and labels of ``dataset``."""
+    ds = load_split(dataset, "test", data_dir=data_dir, limit=samples)
+    if len(ds) == 0:
+        raise DataError(f"the test split of {dataset} is empty; nothing to validate on")
+    images, labels = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(images), torch.as_tensor(labels)
+
+
+def _metadata(model: nn.Module, variant: str, checkpoint_sha256: str, streaming: bool) -> dict:
+    ckpt = getattr(model, "checkpoint", {}) or {}
+    dataset = (ckpt.get("dataset") or {}).get("name", "")
+    classes = list((ckpt.get("dataset") or {}).get("classes") or [])
+    if len(classes) != model.num_classes:
+        try:
+            classes = list(dataset_info(dataset).classes)
+        except GeeError:
+            classes = []
+    if len(classes) != model.num_classes:
+        classes = [str(i) for i in range(model.num_classes)]
+    args = {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()}
+    return {
+        "gee.format": "1",
+        "gee.timesteps": str(model.timesteps),
+        "gee.input_shape": [model.in_channels, model.image_size, model.image_size],
+        "gee.class_names": classes,
+        "gee.variant": variant,
+        "gee.checkpoint_sha256": checkpoint_sha256,
+        "gee.model_name": getattr(model, "model_name", type(model).__name__),
+        "gee.model_args": args,
+        "gee.dataset": dataset,
+        "gee.streaming": "true" if streaming else "false",
+    }
+
+
+def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
+               checkpoint_sha256: str = "", profile: bool = False) -> tuple[onnx.ModelProto, GraphInfo]:
+    """The checked ONNX graph of eval-mode ``model`` (no file written)."""
+    v = lookup(VARIANTS, variant, "variant")
+    opset = _opset(opset)
+    choose = make_chooser(v, profile, model.timesteps, opset)
+    proto, info = write_graph(model.eval(), choose, opset, _metadata(model, variant, checkpoint_sha256, streaming),
+                              streaming)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the written graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
+    return proto, info
+
+
+def _opset(opset: int | None) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not MIN_OPSET <= opset <= newest:
+        raise UnknownOptionError(f"opset {opset} is not supported; use {MIN_OPSET}..{newest}")
+    return opset
+
+
+def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "dense", fmt: str = "onnx",
+                  opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
+                  labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
+                  checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
+                  fp16: bool = False) -> ExportReport:
+    """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept."""
+    start = time.perf_counter()
+    f = lookup(FORMATS, fmt, "format")
+    lookup(VARIANTS, variant, "variant")
+    cfg = validation or ValidationConfig()
+    if images is None or len(images) == 0:
+        raise ExportError("validation needs at least one image")
+    if f.name == "tensorrt":
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
+    unrolled, info = build_onnx(model, variant, opset, False, checkpoint_sha256, profile)
+    report = ExportReport(str(out), f.name, variant, _opset(opset), streaming,
+                          layers=[l.metadata() for l in info.layers],
+                          macs_per_sample=sum(l.macs * l.calls for l in info.layers),
+                          dense_macs_per_sample=sum(l.dense_macs * l.calls for l in info.layers))
+    data = unrolled.SerializeToString()
+    val = validate_export(model, data, images, labels, cfg)
+    report.validation = _report_dict(val)
+    final = unrolled
+    if streaming:
+        # same per-layer choices as the validated unrolled graph, one step per call
+        chosen = {l.name: l.variant for l in info.layers}
+        stream, _ = _build_with_choices(model, chosen, report.opset, checkpoint_sha256, variant)
+        sv = validate_streaming(stream.SerializeToString(), data, images, model.timesteps,
+                                [i.name for i in stream.graph.input[1:]], cfg)
+        report.streaming_validation = _report_dict(sv)
+        final = stream
+    from .tensorrt import compatibility_problems
+
+    report.tensorrt_problems = compatibility_problems(final)
+    _write(f.name, final, Path(out), max_batch_size, fp16, report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _build_with_choices(model, chosen: dict[str, str], opset: int, sha: str, variant: str):
+    proto, info = write_graph(model, lambda name, *a: chosen[name], opset,
+                              _metadata(model, variant, sha, True), True)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, info
+
+
+def _write(fmt: str, proto: onnx.ModelProto, out: Path, max_batch_size: int, fp16: bool,
+           report: ExportReport) -> None:
+    if fmt == "onnx":
+        with atomic_path(out) as tmp:
+            onnx.save_model(proto, str(tmp))
+    elif fmt == "triton":
+        from .triton import write_triton_repository
+
+        report.out = str(write_triton_repository(proto, out, max_batch_size))
+    else:
+        from .tensorrt import build_plan
+
+        build_plan(proto, out, max_batch_size=max_batch_size, fp16=fp16)
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "dense", fmt: str = "onnx",
+                 opset: int | None = None, streaming: bool = False, atol: float | None = None,
+                 samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
+                 max_batch_size: int = 64, fp16: bool = False) -> ExportReport:
+    """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
+
+    Args:
+        checkpoint: a gee-deploy checkpoint (``best.pt``).
+        out: the .onnx file, the Triton repository directory, or the TensorRT .plan file.
+        variant: dense, factorised or auto (per layer by MACs; by latency with ``profile``).
+        fmt: onnx, triton or tensorrt.
+        opset: ONNX opset (default 18).
+        streaming: one timestep per call with membrane potentials as graph inputs/outputs.
+        atol: max abs logit difference per sample (default :class:`ValidationConfig`).
+        samples: test images to validate on.
+        data_dir: where the checkpoint's dataset lives, if not at its default place.
+        profile: with ``auto``, choose per layer by measured onnxruntime latency instead of MACs.
+        max_batch_size: Triton's max_batch_size / TensorRT profile max.
+        fp16: TensorRT only: build an FP16 plan.
+    """
+    lookup(FORMATS, fmt, "format")
+    lookup(VARIANTS, variant, "variant")
+    _opset(opset)
+    cfg = ValidationConfig()
+    cfg = replace(cfg, **{k: v for k, v in (("atol", atol), ("samples", samples)) if v is not None})
+    model = load_model(checkpoint)
+    dataset = (model.checkpoint.get("dataset") or {}).get("name")
+    if not dataset:
+        raise ExportError(f"{checkpoint} names no dataset; cannot validate the export")
+    images, labels = validation_data(dataset, cfg.samples, data_dir)
+    return export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
+                         labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
+                         profile=profile, max_batch_size=max_batch_size, fp16=fp16)
+
+
+def report_json(report: ExportReport) -> str:
+    return json.dumps(asdict(report), indent=2)

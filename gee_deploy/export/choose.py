@@ -1,0 +1,56 @@
+"""Per-layer choice between the dense and factorised forms of a genetic layer (``--variant auto``).
+
+By MAC count (the default), or with ``profile=True`` by measured onnxruntime latency of the layer alone,
+written both ways at the batch it runs at in the unrolled graph (T x batch for body layers).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .configs import Variant
+from .factorised import FactorisedCost, emit_factorised
+from .folding import FoldedLayer, dense_macs, emit_dense
+from .graph import GraphBuilder, tensor_info
+from .writer import Chooser
+
+__all__ = ["make_chooser", "layer_latency"]
+
+
+def layer_latency(f: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tuple, out_shape: tuple, batch: int,
+                  opset: int, repeats: int = 30) -> float:
+    """Median seconds of one onnxruntime run of layer ``f`` alone, written as ``form``, on ``batch`` inputs."""
+    from .validate import onnx_session
+
+    g = GraphBuilder()
+    y = emit_factorised(g, "x", f, cost, out_shape, "layer") if form == "factorised" else emit_dense(g, "x", f, "layer")
+    g.op("Identity", [y], out_names=["y"])
+    model = g.model([tensor_info("x", ["n", *in_shape])], [tensor_info("y", ["n", *out_shape])], opset, {})
+    session = onnx_session(model.SerializeToString())
+    x = np.random.default_rng(0).integers(0, 2, (batch, *in_shape)).astype(np.float32)  # spike-like input
+    for _ in range(3):
+        session.run(None, {"x": x})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, batch: int = 1) -> Chooser:
+    """The :data:`Chooser` of ``variant``; ``profile`` switches per-layer choices from MACs to latency."""
+    if variant.per_layer is None:
+        return lambda name, f, in_shape, out_shape, cost: variant.fixed
+
+    def by_cost(name, f: FoldedLayer, in_shape, out_shape, cost: FactorisedCost) -> str:
+        out_pixels = int(np.prod(out_shape[1:])) if f.kind == "conv" else 1
+        if not profile:
+            return "factorised" if cost.macs < dense_macs(f, out_pixels) else "dense"
+        n = batch * timesteps
+        dense_s = layer_latency(f, "dense", cost, in_shape, out_shape, n, opset)
+        fact_s = layer_latency(f, "factorised", cost, in_shape, out_shape, n, opset)
+        return "factorised" if fact_s < dense_s else "dense"
+
+    return by_cost

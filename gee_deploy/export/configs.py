@@ -1,0 +1,87 @@
+"""What varies per export, declared as data and looked up by name (variants, formats, tolerances)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnknownOptionError
+
+__all__ = ["Variant", "Format", "ValidationConfig", "VARIANTS", "FORMATS", "MIN_OPSET", "DEFAULT_OPSET",
+           "INPUT_NAME", "OUTPUT_NAMES", "BATCH_DIM", "lookup"]
+
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "spike_counts")
+BATCH_DIM = "batch"
+MIN_OPSET = 18  # Split(num_outputs) and ReduceMean with axes as an input
+DEFAULT_OPSET = 18  # the newest opset TensorRT 10's ONNX parser and onnxruntime both cover fully
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How genetic layers are written.
+
+    Attributes:
+        name: the CLI spelling.
+        per_layer: None = every genetic layer uses ``fixed``; "macs" / "latency" = chosen per layer.
+        fixed: the form of every genetic layer when ``per_layer`` is None.
+    """
+
+    name: str
+    fixed: str | None
+    per_layer: str | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Format:
+    """An output format: what ``--out`` names and which writer produces it."""
+
+    name: str
+    out_is_dir: bool
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Tolerances of the parity check against the PyTorch model (optimum-style, everything reported at once).
+
+    Spiking layers are threshold functions: a float32 rounding difference of 1e-7 can flip one spike near
+    threshold and move that sample's logits by a whole synapse weight. So logits are compared per sample and a
+    small fraction of samples may exceed ``atol``; totals and top-1 must agree within the stated fractions.
+
+    Attributes:
+        atol: max abs logit difference for a sample to count as matching.
+        min_match: fraction of samples whose logits match within ``atol`` and spike counts exactly.
+        min_top1_agreement: fraction of samples with the same arg-max.
+        max_spike_rel_diff: |total ONNX spikes - total PyTorch spikes| / total PyTorch spikes.
+        max_accuracy_delta: |accuracy difference| (fraction, 0.001 = 0.1 points), when labels are known.
+        samples: how many test images of the checkpoint's dataset to compare on.
+        batch_size: batch size of both runs.
+    """
+
+    atol: float = 1e-4
+    min_match: float = 0.99
+    min_top1_agreement: float = 0.999
+    max_spike_rel_diff: float = 1e-3
+    max_accuracy_delta: float = 1e-3
+    samples: int = 256
+    batch_size: int = 64
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("dense", "dense", help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
+    Variant("factorised", "factorised", help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
+    Variant("auto", None, "macs", help="per layer, whichever of dense / factorised has fewer MACs"),
+)}
+
+FORMATS = {f.name: f for f in (
+    Format("onnx", False, "one self-contained .onnx file"),
+    Format("triton", True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
+    Format("tensorrt", False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)"),
+)}
+
+
+def lookup(table: dict, name: str, what: str):
+    """``table[name]``, or one clear line naming the choices."""
+    if name not in table:
+        raise UnknownOptionError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}")
+    return table[name]

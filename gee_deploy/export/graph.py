@@ -1,0 +1,66 @@
+"""A minimal ONNX graph builder: unique names, deduplicated constants, nodes in order."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["GraphBuilder", "tensor_info"]
+
+
+def tensor_info(name: str, dims: list, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    """A value info; string dims are symbolic (the batch axis)."""
+    return helper.make_tensor_value_info(name, elem_type, dims)
+
+
+class GraphBuilder:
+    """Collects nodes and initializers of one graph; ``op`` returns the name(s) of the node's output(s)."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._used: set[str] = set()
+        self._consts: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        base = hint.replace("/", ".")
+        name, i = base, 1
+        while name in self._used:
+            name, i = f"{base}_{i}", i + 1
+        self._used.add(name)
+        return name
+
+    def const(self, value, hint: str = "const", dtype=np.float32) -> str:
+        """An initializer holding ``value`` cast to ``dtype`` (float32 by default); equal constants are shared."""
+        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if array.size <= 16 and key in self._consts:
+            return self._consts[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        if array.size <= 16:
+            self._consts[key] = name
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1,
+           out_names: list[str] | None = None, **attrs) -> str | list[str]:
+        hint = hint or op_type.lower()
+        names = out_names or [self.fresh(hint if outputs == 1 else f"{hint}.{j}") for j in range(outputs)]
+        for n in out_names or ():
+            self._used.add(n)
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"n.{hint}"), **attrs))
+        return names[0] if outputs == 1 else names
+
+    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int,
+              metadata: dict[str, object], doc: str = "") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "gee_deploy", inputs, outputs, self.initializers)
+        opsets = [helper.make_opsetid("", opset)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="gee-deploy", doc_string=doc,
+                                  ir_version=helper.find_min_ir_version_for(opsets))
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key = key
+            entry.value = value if isinstance(value, str) else json.dumps(value)
+        return model

@@ -1,0 +1,362 @@
+"""Export: folding, factorised forms, the graph contract, validation, streaming, Triton, TensorRT, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gee_deploy.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from gee_deploy.export import ExportValidationError, build_onnx, export_loaded
+from gee_deploy.export.configs import OUTPUT_NAMES, VARIANTS, ValidationConfig
+from gee_deploy.export.factorised import emit_factorised, factorised_cost
+from gee_deploy.export.folding import dense_macs, emit_dense, fold_layer
+from gee_deploy.export.graph import GraphBuilder, tensor_info
+from gee_deploy.export.tensorrt import compatibility_problems, to_float16
+from gee_deploy.export.validate import onnx_session, validate_export
+from gee_deploy.genetic import Genome, GeneticConv2d, GeneticLinear
+from gee_deploy.zoo import create_model, list_models
+
+# small sizes: each model exports and validates in seconds on one CPU thread
+SMALL = {"smallnet": {}, "cifarnet": dict(image_size=8), "resnet18": dict(image_size=8),
+         "resnet19": dict(image_size=8), "resnet34": dict(image_size=32), "vgg11": dict(image_size=32),
+         "vgg16": dict(image_size=32)}
+CONTRACT_KEYS = ["gee.timesteps", "gee.input_shape", "gee.class_names", "gee.spiking_layers",
+                 "gee.neurons_per_layer", "gee.layers", "gee.variant", "gee.checkpoint_sha256",
+                 "gee.model_name", "gee.dataset"]
+# Random deep nets calibrated to fire are chaotic: one float32 rounding difference can flip one spike and
+# cascade through 30 layers, so a few samples may differ; a wrong fold or tap order changes every sample.
+FAST = ValidationConfig(samples=4, batch_size=4, min_match=0.75, min_top1_agreement=0.75, max_spike_rel_diff=0.01)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many small ops: on a shared 2-core machine one thread is faster than two fighting for it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def lively(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Random BatchNorm affines, then running stats calibrated on ``images``, so every layer fires.
+
+    Untrained nets at random init go silent after a layer or two, which would make parity trivial. A
+    train-mode pass with momentum 1 sets running stats to the batch stats of the final affines.
+    """
+    gen = torch.Generator().manual_seed(0)
+    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for bn in bns:
+        bn.weight.data = torch.rand(bn.num_features, generator=gen) * 0.7 + 0.8
+        bn.bias.data = torch.rand(bn.num_features, generator=gen) * 0.6 + 0.6
+        bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(images)
+    return model.eval()
+
+
+def small_model(name: str, genes: int | None, timesteps: int = 2) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    kw = {"in_channels": 3, **SMALL[name]} if name != "smallnet" else {}
+    model = create_model(name, genes=genes, timesteps=timesteps, num_classes=4, **kw)
+    images = torch.rand(8, model.in_channels, model.image_size, model.image_size)
+    return lively(model, images), images[:FAST.samples]
+
+
+def metadata(proto: onnx.ModelProto) -> dict:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+# ---- folding and factorised forms: exact per layer -------------------------------------------------------
+
+def _genetic_conv(c_in, c_out, k, stride, padding, genes=3):
+    genome = Genome(genes)
+    genome.population("a", c_in, k * k)
+    genome.population("b", c_out, k * k)
+    conv = GeneticConv2d(genome.encodings["a"], genome.encodings["b"], genome.gene_matrix, k, stride, padding)
+    bn = nn.BatchNorm2d(c_out)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3), bn.weight.data.uniform_(-2, 2)
+    bn.bias.data.uniform_(-1, 1)
+    return conv, bn.eval()
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding", [(5, 7, 3, 1, 1), (4, 6, 3, 2, 1), (6, 5, 1, 2, 0),
+                                                         (4, 8, 3, 1, 0), (3, 4, 5, 2, 2)])
+def test_dense_and_factorised_forms_equal_the_genetic_conv_and_bn(c_in, c_out, k, stride, padding):
+    torch.manual_seed(k * 10 + stride)
+    conv, bn = _genetic_conv(c_in, c_out, k, stride, padding)
+    x = (torch.rand(3, c_in, 9, 9) < 0.3).float()  # spikes
+    with torch.no_grad():
+        ref = bn(conv(x)).numpy()
+        w64 = torch.einsum("ipa,ab,opb->oip", conv.e_in.double(), conv.gene_matrix.double(), conv.e_out.double())
+        w64 = (w64 * float(conv.scale)).reshape(c_out, c_in, k, k)  # eq. 1 in float64
+        ref64 = F.batch_norm(F.conv2d(x.double(), w64, None, stride, padding),
+                             bn.running_mean.double(), bn.running_var.double(), bn.weight.double(),
+                             bn.bias.double(), False, 0.0, bn.eps).numpy()
+    f = fold_layer(conv, bn)
+    folded = F.conv2d(x.double(), torch.from_numpy(f.weight), torch.from_numpy(f.bias), stride, padding).numpy()
+    assert np.abs(folded - ref64).max() < 1e-10  # the float64 fold is exact
+    cost = factorised_cost(f, tuple(x.shape[1:]), tuple(ref.shape[1:]))
+    assert cost.form == ("shift-first" if stride > 1 or padding < k // 2 else "pointwise-first")
+    for form in ("dense", "factorised"):
+        g = GraphBuilder()
+        y = emit_factorised(g, "x", f, cost, ref.shape[1:], "l") if form == "factorised" else emit_dense(g, "x", f, "l")
+        g.op("Identity", [y], out_names=["y"])
+        proto = g.model([tensor_info("x", ["n", *x.shape[1:]])], [tensor_info("y", ["n", *ref.shape[1:]])], 18, {})
+        onnx.checker.check_model(proto, full_check=True)
+        (got,) = onnx_session(proto.SerializeToString()).run(None, {"x": x.numpy()})
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), form
+
+
+def test_factorised_macs_match_the_design_formula():
+    conv, bn = _genetic_conv(16, 32, 3, 1, 1, genes=4)
+    f = fold_layer(conv, bn)
+    cost = factorised_cost(f, (16, 8, 8), (32, 8, 8))
+    assert cost.macs == 9 * 4 * (16 + 32) * 64  # k^2 g (Cin + Cout) per output pixel
+    assert cost.spike_macs == 16 * 9 * 4 * 64
+    assert dense_macs(f, 64) == 16 * 32 * 9 * 64
+    lin = GeneticLinear(torch.randn(10, 1, 4), torch.randn(6, 1, 4), torch.randn(4, 4))
+    fl = fold_layer(lin)
+    assert factorised_cost(fl, (10,), (6,)).macs == 4 * (10 + 6)
+    with torch.no_grad():
+        x = torch.randn(2, 10)
+        assert np.allclose(x.double().numpy() @ fl.weight.T + fl.bias, lin(x).numpy(), atol=1e-5)
+
+
+# ---- every architecture, both twins ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("genes", [6, None], ids=["genetic", "dense-twin"])
+@pytest.mark.parametrize("name", list_models())
+def test_zoo_exports_validate_and_honour_the_contract(name, genes, tmp_path):
+    model, images = small_model(name, genes)
+    variants = ["dense", "factorised"] if genes else ["dense"]
+    for variant in variants:
+        out = tmp_path / f"{name}_{variant}.onnx"
+        report = export_loaded(model, out, variant=variant, images=images, validation=FAST)
+        proto = onnx.load(str(out))
+        assert not proto.graph.initializer or all(not t.external_data for t in proto.graph.initializer)
+        onnx.checker.check_model(proto, full_check=True)
+        assert [i.name for i in proto.graph.input] == ["input"]
+        assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        meta = metadata(proto)
+        assert set(CONTRACT_KEYS) <= set(meta)
+        spiking = json.loads(meta["gee.spiking_layers"])
+        lifs = [n for n, m in model.named_modules() if type(m).__name__ == "LIF"]
+        assert sorted(spiking) == sorted(lifs)
+        layers = json.loads(meta["gee.layers"])
+        weight_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear,
+                                                                                GeneticConv2d, GeneticLinear))]
+        assert sorted(l["name"] for l in layers) == sorted(weight_layers)
+        assert layers[0]["name"] == "stem.0" and not layers[0]["input_is_spikes"] and layers[0]["calls"] == 1
+        assert all(l["spiking_input_layer"] in spiking for l in layers if l["input_is_spikes"])
+        want = "dense" if (variant == "dense" or not genes) else "factorised"
+        assert {l["variant"] for l in layers} == {want}
+        # the parity is not trivial: every spiking layer fired
+        assert len(report.validation["spikes_per_layer_export"]) == len(spiking)
+        assert min(report.validation["spikes_per_layer_export"]) > 0
+        assert report.validation["top1_agreement"] >= FAST.min_top1_agreement
+        assert report.tensorrt_problems == []  # the static TensorRT check passes every export
+
+
+def test_auto_picks_the_form_with_fewer_macs_per_layer(tmp_path):
+    model, images = small_model("smallnet", genes=4)
+    proto, info = build_onnx(model, "auto")
+    assert {l.variant for l in info.layers} == {"dense", "factorised"}  # the 1-channel stem stays dense
+    for layer in info.layers:
+        assert layer.macs == min(layer.dense_macs, layer.factorised_macs)
+        assert layer.variant == ("factorised" if layer.factorised_macs < layer.dense_macs else "dense")
+    report = export_loaded(model, tmp_path / "auto.onnx", variant="auto", images=images, validation=FAST)
+    assert report.macs_per_sample < report.dense_macs_per_sample
+
+
+def test_auto_with_profile_measures_each_layer_and_still_validates(tmp_path):
+    model, images = small_model("smallnet", genes=4)
+    report = export_loaded(model, tmp_path / "p.onnx", variant="auto", profile=True, images=images, validation=FAST)
+    assert {l["variant"] for l in report.layers} <= {"dense", "factorised"}
+
+
+# ---- validation reports every failure --------------------------------------------------------------------
+
+def test_validation_collects_every_failure_and_exits_1(tmp_path):
+    model, images = small_model("smallnet", genes=4)
+    proto, _ = build_onnx(model, "dense")
+    other, _ = small_model("smallnet", genes=4)
+    for bn in [m for m in other.modules() if isinstance(m, nn.BatchNorm2d)]:
+        bn.bias.data += 0.7  # a different model: more spikes, other logits
+    with pytest.raises(ExportValidationError) as e:
+        validate_export(other, proto.SerializeToString(), images, torch.zeros(len(images), dtype=torch.long), FAST)
+    err = e.value
+    assert err.exit_code == 1
+    assert len(err.failures) >= 2  # matching samples and spike totals at least, reported together
+    assert "total spike count rel diff" in str(err) and "samples matching" in str(err)
+
+
+def test_validation_names_wrong_output_names():
+    model, images = small_model("smallnet", genes=4)
+    proto, _ = build_onnx(model, "dense")
+    proto.graph.output[0].name = "scores"
+    for n in proto.graph.node:
+        n.output[:] = ["scores" if o == "logits" else o for o in n.output]
+    with pytest.raises(ExportValidationError, match="output names"):
+        validate_export(model, proto.SerializeToString(), images, None, FAST)
+
+
+# ---- streaming ---------------------------------------------------------------------------------------------
+
+def test_streaming_export_matches_the_unrolled_graph_over_t_calls(tmp_path):
+    model, images = small_model("resnet18", genes=4, timesteps=3)
+    out = tmp_path / "stream.onnx"
+    report = export_loaded(model, out, variant="auto", streaming=True, images=images, validation=FAST)
+    proto = onnx.load(str(out))
+    meta = metadata(proto)
+    states = json.loads(meta["gee.state_inputs"])
+    assert len(states) == len(json.loads(meta["gee.spiking_layers"])) and meta["gee.streaming"] == "true"
+    assert [i.name for i in proto.graph.input] == ["input"] + states
+    assert report.streaming_validation["max_abs_diff"]["spike_counts"] == 0.0
+    # one call is one step: feeding zeros twice differs from carrying the state (the state matters)
+    sess = onnx_session(str(out))
+    x = images.numpy()
+    zeros = {i.name: np.zeros([len(x)] + list(i.shape[1:]), np.float32) for i in sess.get_inputs()[1:]}
+    first = sess.run(None, {"input": x, **zeros})
+    carried = sess.run(None, {"input": x, **dict(zip(states, first[2:]))})
+    assert not np.array_equal(first[1], carried[1])
+
+
+# ---- Triton and TensorRT -----------------------------------------------------------------------------------
+
+def test_triton_repository_layout_and_config(tmp_path):
+    model, images = small_model("smallnet", genes=4)
+    model.model_name = "smallnet"
+    report = export_loaded(model, tmp_path / "repo", fmt="triton", images=images, validation=FAST, max_batch_size=32)
+    model_dir = tmp_path / "repo" / "smallnet"
+    assert report.out == str(model_dir)
+    config = (model_dir / "config.pbtxt").read_text()
+    assert 'name: "smallnet"' in config and "max_batch_size: 32" in config and "dynamic_batching" in config
+    assert 'name: "input"' in config and "dims: [ 1, 28, 28 ]" in config
+    assert 'name: "spike_counts"' in config and "dims: [ 4 ]" in config  # 4 spiking layers
+    proto = onnx.load(str(model_dir / "1" / "model.onnx"))
+    assert metadata(proto)["gee.model_name"] == "smallnet"
+    # exporting again replaces the model directory atomically (no leftovers)
+    export_loaded(model, tmp_path / "repo", fmt="triton", images=images, validation=FAST)
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["smallnet"]
+
+
+def test_tensorrt_static_check_passes_our_graphs_and_flags_problems():
+    model, _ = small_model("smallnet", genes=4)
+    for variant in VARIANTS:
+        proto, _ = build_onnx(model, variant)
+        assert compatibility_problems(proto) == []
+    assert compatibility_problems(to_float16(proto)) == []
+    bad, _ = build_onnx(model, "dense")
+    bad.graph.node[0].op_type = "CenterCropPad"
+    bad.graph.initializer[0].data_type = onnx.TensorProto.DOUBLE
+    bad.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8  # a static batch
+    bad.graph.output[1].type.tensor_type.shape.dim[1].dim_param = "layers"
+    problems = " | ".join(compatibility_problems(bad))
+    assert "CenterCropPad" in problems and "DOUBLE" in problems
+    assert "input: axis 0 is not a dynamic batch axis" in problems and "spike_counts: axes [1]" in problems
+
+
+def test_float16_conversion_keeps_float32_io_and_close_values():
+    model, images = small_model("smallnet", genes=4)
+    proto, _ = build_onnx(model, "dense")
+    half = to_float16(proto)
+    onnx.checker.check_model(half, full_check=True)
+    got = onnx_session(half.SerializeToString()).run(None, {"input": images.numpy()})
+    ref = onnx_session(proto.SerializeToString()).run(None, {"input": images.numpy()})
+    assert got[0].dtype == np.float32 and got[0].shape == ref[0].shape
+    assert (got[0].argmax(1) == ref[0].argmax(1)).mean() >= 0.75  # fp16 flips some spikes; close, not exact
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_plan_builds(tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA device")
+    model, images = small_model("smallnet", genes=4)
+    export_loaded(model, tmp_path / "m.plan", fmt="tensorrt", images=images, validation=FAST)
+    assert (tmp_path / "m.plan").stat().st_size > 0 and (tmp_path / "m.plan.cache").exists()
+
+
+# ---- the CLI on a real checkpoint, and bad input -----------------------------------------------------------
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    from gee_deploy.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_exports_the_checkpoint_with_its_metadata(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code, stdout, err = run_cli(["export", str(tiny_checkpoint), "--out", str(out), "--samples", "32"], capsys)
+    assert code == 0, err
+    assert "validated on 32 samples" in stdout
+    meta = metadata(onnx.load(str(out)))
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert meta["gee.checkpoint_sha256"] == file_sha256(tiny_checkpoint)
+    assert meta["gee.timesteps"] == "2" and json.loads(meta["gee.input_shape"]) == [1, 28, 28]
+    assert meta["gee.model_name"] == "smallnet" and meta["gee.dataset"] == ckpt["dataset"]["name"]
+    assert json.loads(meta["gee.class_names"]) == list(ckpt["dataset"]["classes"])
+
+
+def test_cli_tensorrt_without_tensorrt_is_one_line_and_exit_2(tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "m.plan"
+    code, _, err = run_cli(["export", str(tiny_checkpoint), "--out", str(out), "--format", "tensorrt"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "TensorRT is not installed" in err
+    assert not out.exists()
+
+
+def _bad_inputs(tiny_checkpoint, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:2000])
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    wrong = tmp_path / "wrong.pt"
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "stem" not in k}
+    save_checkpoint(wrong, {k: v for k, v in ckpt.items() if k != "format"})
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    good = str(tiny_checkpoint)
+    return {
+        "truncated": ([str(truncated)], "not a readable checkpoint"),
+        "not-a-checkpoint": ([str(text)], "not a readable checkpoint"),
+        "missing": ([str(tmp_path / "nope.pt")], "not found"),
+        "other-architecture": ([str(wrong)], "does not match"),
+        "unknown-variant": ([good, "--variant", "sparse"], "unknown variant 'sparse'"),
+        "unknown-format": ([good, "--format", "tflite"], "unknown format 'tflite'"),
+        "bad-opset": ([good, "--opset", "11"], "opset 11 is not supported"),
+        "unwritable": ([good, "--samples", "8"], "cannot write"),
+    }, blocker
+
+
+@pytest.mark.parametrize("case", ["truncated", "not-a-checkpoint", "missing", "other-architecture",
+                                  "unknown-variant", "unknown-format", "bad-opset", "unwritable"])
+def test_bad_input_is_one_line_nonzero_exit_and_no_file(case, tiny_checkpoint, tmp_path, capsys):
+    cases, blocker = _bad_inputs(tiny_checkpoint, tmp_path)
+    args, message = cases[case]
+    out = blocker / "model.onnx" if case == "unwritable" else tmp_path / "out" / "model.onnx"
+    code, _, err = run_cli(["export", *args, "--out", str(out)], capsys)
+    assert code != 0
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert message in err
+    assert not out.exists() and not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
