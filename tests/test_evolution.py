@@ -284,3 +284,20 @@ def test_bad_ablate_options_are_one_line(tmp_path, capsys, args, words):
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_ranks_share_the_population(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed in this environment")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["train", str(ROOT / "models" / "demo.toml"), *DEMO_ARGS, "--set", "evolution.generations=2"]
+    ranks = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gee_deploy.cli", *common,
+                            "--out", str(tmp_path / "ranks")], capture_output=True, text=True, env=env, timeout=600)
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    single = subprocess.run([CLI, *common, "--out", str(tmp_path / "single")], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert strip_times(read_rows(tmp_path / "ranks")) == strip_times(read_rows(tmp_path / "single"))

@@ -34,6 +34,7 @@ population (candidate i on rank i mod world) and sum the results; every rank run
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -97,14 +98,19 @@ def _new_strategy(ev, genes: int, seed: int):
     return cma.CMAEvolutionStrategy(initial_genotype(genes, ev.beta1, ev.beta2, seed), ev.sigma0, opts)
 
 
+# train keys the candidates' short training does not read (everything else must match on resume)
+_NOT_IN_EVOLUTION = {"epochs", "warmup_epochs", "label_smoothing", "grad_clip", "device", "amp", "channels_last",
+                     "compile", "threads"}
+
+
 def _settings(recipe, dimension: int, popsize: int) -> dict:
     """Everything a generation's results depend on; a resume must match it (generations and workers may change)."""
     ev = {k: v for k, v in recipe.to_dict()["evolution"].items() if k not in ("enabled", "generations", "workers")}
-    d, t = recipe.data, recipe.train
-    return {"dimension": dimension, "popsize": popsize, "evolution": ev, "model": recipe.to_dict()["model"],
-            "data": {"name": d.name, "train_limit": d.train_limit, "batch_size": d.batch_size},
-            "train": {"seed": t.seed, "optimizer": t.optimizer, "lr": t.lr, "weight_decay": t.weight_decay,
-                      "momentum": t.momentum}}
+    d = recipe.data
+    settings = {"dimension": dimension, "popsize": popsize, "evolution": ev, "model": recipe.to_dict()["model"],
+                "data": {"name": d.name, "train_limit": d.train_limit, "batch_size": d.batch_size},
+                "train": {k: v for k, v in recipe.to_dict()["train"].items() if k not in _NOT_IN_EVOLUTION}}
+    return json.loads(json.dumps(settings))  # as the state file will hold it (tuples become lists)
 
 
 def _load_eval_data(recipe) -> EvalData:
@@ -198,9 +204,13 @@ class _Evaluator:
                        for i in range(len(xs))]
         return results
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers: let them finish (normal end) or kill them (an error or Ctrl-C in the loop)."""
         if self.pool is not None:
-            self.pool.close()
+            if wait:
+                self.pool.close()
+            else:
+                self.pool.terminate()
             self.pool.join()
             self.pool = None
 
@@ -208,8 +218,6 @@ class _Evaluator:
 # ---- state ----------------------------------------------------------------------------------------------
 
 def _save_state(path: Path, settings: dict, terms: list, fitness: list, es) -> None:
-    import json
-
     import cma
 
     state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
@@ -220,8 +228,6 @@ def _save_state(path: Path, settings: dict, terms: list, fitness: list, es) -> N
 
 
 def _load_state(path: Path, settings: dict) -> dict | None:
-    import json
-
     if not path.exists():
         return None
     try:
@@ -302,13 +308,12 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
         rows = [r for r in read_jsonl(log_path) if r.get("generation", -1) < done]
         with atomic_path(log_path) as tmp:
-            import json
-
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     # ---- generations ---------------------------------------------------------------------------------
     show = progress is not False and main
     evaluator = _Evaluator(recipe, device, dist) if done < ev.generations else None
+    finished = False
     try:
         for generation in range(done, ev.generations):
             started = time.perf_counter()
@@ -350,9 +355,10 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                     tqdm.write(f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
                                f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
                                f"beta2 {row['beta2']:.3f} ({row['seconds']:.0f} s)")
+        finished = True
     finally:
         if evaluator is not None:
-            evaluator.close()
+            evaluator.close(wait=finished)
 
     # ---- Algorithm 1, line 11: the best genotype becomes the model ---------------------------------------
     best = _rescored_best(history, ev.generations - 1, ev)
