@@ -1,0 +1,65 @@
+"""Wall time per evolution generation with 1 and N worker processes (issue 3's benchmark).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evolution_workers.py [--recipe models/demo.toml]
+        [--workers 1 2] [--generations 3] [--population 4]
+
+Runs the same evolution once per worker count (each candidate evaluated with ``eval_threads`` = 1 thread)
+and prints a flat dict per run: seconds of the first generation (includes spawning the workers and loading
+their data), the median of the later generations (steady state), the whole evolution's wall time, and the
+speed-up over the first worker count. It also checks that every run logged the same fitness values.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def bench(recipe_path: str, workers: int, generations: int, population: int, overrides: list[str]) -> dict:
+    import torch
+
+    from gee_deploy.recipe import load_recipe
+    from gee_deploy.training.evolution import run_evolution
+    from gee_deploy.training.trainer import build_recipe_model
+
+    recipe = load_recipe(recipe_path, [*overrides, "evolution.enabled=true", f"evolution.workers={workers}",
+                                       f"evolution.generations={generations}", f"evolution.population={population}"])
+    torch.manual_seed(recipe.train.seed)
+    model = build_recipe_model(recipe)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        run_evolution(recipe, out, model, torch.device("cpu"), progress=False)
+        total = time.perf_counter() - started
+        rows = [json.loads(line) for line in (Path(out) / "evolution.jsonl").read_text().splitlines()]
+    seconds = [r["seconds"] for r in rows]
+    return {"workers": workers, "population": population, "first_generation_s": seconds[0],
+            "steady_generation_s": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
+            "total_s": total, "fitness": [[c["fitness"] for c in r["candidates"]] for r in rows]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="models/demo.toml")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--generations", type=int, default=3)
+    p.add_argument("--population", type=int, default=4)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = p.parse_args()
+    results = [bench(args.recipe, w, args.generations, args.population, args.overrides) for w in args.workers]
+    base = results[0]
+    for r in results:
+        fitness = r.pop("fitness")
+        r["same_fitness_as_first"] = fitness == (base.get("_fitness") or fitness)
+        base.setdefault("_fitness", fitness)
+        r["speedup_steady"] = base["steady_generation_s"] / r["steady_generation_s"]
+        r["speedup_total"] = base["total_s"] / r["total_s"]
+    base.pop("_fitness")
+    for r in results:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
+
+
+if __name__ == "__main__":
+    main()
