@@ -37,9 +37,16 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     diff vs the checkpoint; spikes per sample, firing rate per layer and eq. 17 energy from the runtime's
     own spike counts. Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png.
     """
+    import os
+    from pathlib import Path
+
+    from ..errors import GeeError
     from ..serving.bench import run_bench
     from ..serving.report import summary_table, write_report
 
+    existing = next(p for p in (Path(out).absolute(), *Path(out).absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):  # fail before minutes of timing, not after
+        raise GeeError(f"cannot write {out}: {existing} is not a writable directory")
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say)
