@@ -38,40 +38,9 @@ def tiny_checkpoint(tiny_run):
 
 @pytest.fixture(scope="session")
 def serving_onnx(tiny_checkpoint, tmp_path_factory):
-    """The tiny checkpoint as an ONNX file that follows the export contract (serving tests read it)."""
-    import json
+    """The tiny checkpoint exported (dense, validated) by `gee-deploy export`: what the serving tests read."""
+    from gee_deploy.export import export_model
 
-    import onnx
-    from torch import nn
-
-    from gee_deploy.checkpoint import file_sha256, load_model
-    from gee_deploy.neurons import SpikeRecorder
-    from gee_deploy.serving.energy import layer_table
-
-    class Contract(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            with SpikeRecorder(self.model) as rec:
-                logits = self.model(x)
-            return logits, rec.stacked()
-
-    model = load_model(tiny_checkpoint)
     out = tmp_path_factory.mktemp("serving_onnx") / "tiny.onnx"
-    x = torch.rand(2, model.in_channels, model.image_size, model.image_size)
-    torch.onnx.export(Contract(model).eval(), (x,), str(out), dynamo=True, external_data=False,
-                      input_names=["input"], output_names=["logits", "spike_counts"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
-    layers, names, sizes = layer_table(model)
-    graph = onnx.load(str(out))
-    meta = {"gee.timesteps": str(model.timesteps), "gee.input_shape": json.dumps([1, 28, 28]),
-            "gee.class_names": json.dumps(model.checkpoint["dataset"]["classes"]),
-            "gee.spiking_layers": json.dumps(names), "gee.neurons_per_layer": json.dumps(sizes),
-            "gee.layers": json.dumps(layers), "gee.variant": "dense", "gee.model_name": "smallnet",
-            "gee.checkpoint_sha256": file_sha256(tiny_checkpoint), "gee.dataset": "synthetic"}
-    for k, v in meta.items():
-        graph.metadata_props.add(key=k, value=v)
-    onnx.save(graph, str(out))
+    export_model(tiny_checkpoint, out, variant="dense", samples=64)
     return out

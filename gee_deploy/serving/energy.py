@@ -84,7 +84,7 @@ def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
             macs = _macs_per_item(mod, out)
             rows.append({"name": name, "kind": type(mod).__name__, "variant": "eager", "macs": macs,
                          "input_is_spikes": binary, "spiking_input_layer": last_lif[0] if binary else None,
-                         "spike_macs": macs if binary else 0, "calls": out.shape[0] // len(x_in)})
+                         "spike_macs": macs, "calls": out.shape[0] // len(x_in)})
         hooks.append(module.register_forward_hook(hook))
     for name, module in model.named_modules():
         if isinstance(module, LIF):
