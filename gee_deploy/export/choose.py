@@ -1,7 +1,9 @@
 """Per-layer choice between the dense and factorised forms of a genetic layer (``--variant auto``).
 
-By MAC count (the default), or with ``profile=True`` by measured onnxruntime latency of the layer alone,
-written both ways at the batch it runs at in the unrolled graph (T x batch for body layers).
+By estimated cost (the default): the factorised form wins when its MACs plus the data movement of its
+intermediates (:attr:`FactorisedCost.effective_macs`) are fewer than the dense MACs; MACs alone favour the
+factorised form on layers where it is slower on a CPU. With ``profile=True``: by measured onnxruntime
+latency of the layer alone, written both ways, at the batch it runs at in the unrolled graph (T x batch).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
     def by_cost(name, f: FoldedLayer, in_shape, out_shape, cost: FactorisedCost) -> str:
         out_pixels = int(np.prod(out_shape[1:])) if f.kind == "conv" else 1
         if not profile:
-            return "factorised" if cost.macs < dense_macs(f, out_pixels) else "dense"
+            return "factorised" if cost.effective_macs < dense_macs(f, out_pixels) else "dense"
         n = batch * timesteps
         dense_s = layer_latency(f, "dense", cost, in_shape, out_shape, n, opset)
         fact_s = layer_latency(f, "factorised", cost, in_shape, out_shape, n, opset)

@@ -70,7 +70,7 @@ class ValidationConfig:
 VARIANTS = {v.name: v for v in (
     Variant("dense", "dense", help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
     Variant("factorised", "factorised", help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
-    Variant("auto", None, "macs", help="per layer, whichever of dense / factorised has fewer MACs"),
+    Variant("auto", None, "macs", help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
 )}
 
 FORMATS = {f.name: f for f in (

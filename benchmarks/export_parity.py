@@ -1,0 +1,71 @@
+"""Parity of dense / factorised / auto exports with the PyTorch model on a whole test set.
+
+    python benchmarks/export_parity.py runs/fmnist/best.pt                       # its dataset's test split
+    python benchmarks/export_parity.py runs/demo/best.pt --dataset fashion-mnist  # another split of that shape
+
+Reports per variant: top-1 agreement, accuracy of both and their delta, total spike counts and their
+relative delta, the fraction of samples with identical spike counts, and the max |logit difference|.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from gee_deploy.checkpoint import load_model
+from gee_deploy.export import build_onnx
+from gee_deploy.export.api import validation_data
+from gee_deploy.export.configs import ValidationConfig
+from gee_deploy.export.validate import validate_export
+
+
+def run(checkpoint: str, variants=("dense", "factorised", "auto"), dataset: str | None = None,
+        samples: int = 10_000, batch_size: int = 250) -> list[dict]:
+    model = load_model(checkpoint)
+    dataset = dataset or model.checkpoint["dataset"]["name"]
+    images, labels = validation_data(dataset, samples)
+    cfg = ValidationConfig(samples=len(images), batch_size=batch_size)
+    rows = []
+    for variant in variants:
+        t0 = time.perf_counter()
+        proto, _ = build_onnx(model, variant)
+        report = validate_export(model, proto.SerializeToString(), images, labels, cfg, raise_on_failure=False)
+        s = report.stats
+        rows.append({"variant": variant, "dataset": dataset, "samples": len(images),
+                     "top1_agreement": s["top1_agreement"], "accuracy_torch": s["accuracy_reference"],
+                     "accuracy_onnx": s["accuracy_export"],
+                     "accuracy_delta_points": 100 * (s["accuracy_export"] - s["accuracy_reference"]),
+                     "spikes_torch": s["spikes_reference"], "spikes_onnx": s["spikes_export"],
+                     "spike_rel_delta": s["spike_rel_diff"], "samples_identical": s["match_fraction"],
+                     "max_logit_diff": report.max_abs_diff["logits"], "passed": report.ok,
+                     "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's own dataset")
+    p.add_argument("--samples", type=int, default=10_000)
+    p.add_argument("--variants", nargs="+", default=["dense", "factorised", "auto"])
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    rows = run(args.checkpoint, args.variants, args.dataset, args.samples)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print("| variant | samples | top-1 agreement | acc torch | acc onnx | delta (points) | spikes torch | "
+          "spikes onnx | spike delta | samples identical | max logit diff | passed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['samples']} | {r['top1_agreement']:.4%} | {r['accuracy_torch']:.4f} | "
+              f"{r['accuracy_onnx']:.4f} | {r['accuracy_delta_points']:+.2f} | {r['spikes_torch']:.0f} | "
+              f"{r['spikes_onnx']:.0f} | {r['spike_rel_delta']:.2e} | {r['samples_identical']:.4f} | "
+              f"{r['max_logit_diff']:.3g} | {r['passed']} |")
+
+
+if __name__ == "__main__":
+    main()
