@@ -95,6 +95,8 @@ def test_tritonclient_round_trip_equals_onnxruntime(server, runtime, images):
                              "data": ["a"] * 784}]}).encode(), 400, "list of numbers"),
     (_request(np.zeros((1, 1, 28, 28), np.float32), outputs=[{"name": "membrane"}]), 400, "unknown output"),
     (_request(np.zeros((1, 1, 28, 28), np.float32)).replace(b'"input"', b'"image"'), 400, "named 'input'"),
+    (_request(np.zeros((1, 1, 28, 28), np.float32)).replace(b'[1, 1, 28, 28]', b'[99999999999999999999, 1, 28, 28]'),
+     400, "needs 78399999999999999999216"),
 ])
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, images, body, status, message):
     code, answer = _post(server, "/v2/models/tiny/infer", body)
@@ -112,6 +114,7 @@ def test_oversized_unknown_and_malformed_binary_requests(server, images):
     assert _post(server, "/v2/models/tiny/versions/2/infer", _request(images[:1]))[0] == 404
     assert _get(server, "/v2/models/tiny/infer")[0] == 405
     assert _get(server, "/nowhere")[0] == 404
+    assert _post(server, "/v2/models/tiny/infer", b"{}", {"Content-Length": "-5"})[0] == 400
     head = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
                                    "parameters": {"binary_data_size": 100}}]}).encode()
     code, answer = _post(server, "/v2/models/tiny/infer", head + b"\0" * 100,

@@ -13,6 +13,7 @@ serving. The standard library's threading HTTP server is enough at this scale an
 from __future__ import annotations
 
 import json
+import math
 import queue
 import re
 import threading
@@ -196,7 +197,7 @@ def _decode_input(body: bytes, header_length: int | None, info) -> tuple[np.ndar
     want = [*info.input_shape]
     if len(shape) != 4 or shape[1:] != want or shape[0] < 1:
         raise RequestError(400, f"input shape must be [N, {', '.join(map(str, want))}] with N >= 1, got {shape}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
     params = t.get("parameters") or {}
     if "binary_data_size" in params:
         if header_length is None:
@@ -402,6 +403,9 @@ def _handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self.close_connection = True
                 raise RequestError(411, "a Content-Length header is required") from None
+            if length < 0:
+                self.close_connection = True
+                raise RequestError(400, f"Content-Length {length} is negative")
             if length > server.max_body:
                 self._discard(length)
                 raise RequestError(413, f"request body of {length} bytes exceeds the limit of {server.max_body}")
