@@ -364,6 +364,7 @@ def test_check_passes_on_a_faithful_export(tiny_checkpoint, serving_onnx):
                                  "--min-speedup", "0"])
     assert r.exit_code == 0, r.output
     assert "top-1 agreement 100.0000%" in r.output and "check passed" in r.output
+    assert "another checkpoint" not in r.output
 
 
 def test_check_fails_with_one_line_per_regression(tiny_checkpoint, serving_onnx, tmp_path):

@@ -39,6 +39,9 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
                f"delta {m['accuracy_delta'] * 100:+.3f} points, spike-count delta {m['spike_count_delta']:.4%}, "
                f"max logit diff {m['max_logit_diff']:.2e}, batch-1 p50 torch {m['torch_p50_ms']:.2f} ms / "
                f"onnxruntime {m['ort_p50_ms']:.2f} ms = {m['speedup']:.2f}x")
+    if not m["same_checkpoint"]:
+        click.echo(f"warning: {onnx_model} was exported from another checkpoint (its gee.checkpoint_sha256 "
+                   f"differs from {checkpoint})", err=True)
     for line in failures:
         click.echo(f"FAIL: {line}", err=True)
     if failures:

@@ -167,6 +167,7 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thres
     measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels))
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
+    measured.update(same_checkpoint=ort.info.checkpoint_sha256 in ("", ref.info.checkpoint_sha256))
     measured.update(dataset=name, samples=int(len(images)), torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
                     speedup=t_ref["p50_ms"] / t_ort["p50_ms"])
     return measured, failed_gates(measured, thresholds)
