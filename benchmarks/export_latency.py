@@ -22,41 +22,62 @@ from gee_deploy.zoo import create_model
 VARIANTS = ("dense", "factorised", "auto", "auto-profile")
 
 
-def time_session(session, x: np.ndarray, warmup: int = 5, iters: int = 50, max_seconds: float = 20.0) -> dict:
-    """Warm up, then time ``iters`` runs (stopping early after ``max_seconds``); ms p50 / p90 and samples/s."""
-    for _ in range(warmup):
-        session.run(None, {"input": x})
-    times, start = [], time.perf_counter()
-    while len(times) < iters and (time.perf_counter() - start < max_seconds or len(times) < 5):
-        t0 = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - t0)
-    ms = np.array(times) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "samples_per_s": float(len(x) / np.median(times)), "iters": len(times)}
+def time_sessions(sessions: dict, x: np.ndarray, rounds: int = 8, iters: int = 10, warmup: int = 3) -> dict:
+    """Latency of each session on ``x``: ``rounds`` interleaved blocks of ``iters`` timed runs each.
+
+    Interleaving the variants block by block makes load from other processes on a shared machine hit all of
+    them alike; the median is over every timed run of a variant.
+    """
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, {"input": x})
+    times = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                s.run(None, {"input": x})
+                times[k].append(time.perf_counter() - t0)
+    out = {}
+    for k, t in times.items():
+        ms = np.array(t) * 1e3
+        out[k] = {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                  "samples_per_s": float(len(x) / np.median(t))}
+    return out
 
 
-def run(model: torch.nn.Module, label: str, batches=(1, 64), threads: int = 1, variants=VARIANTS) -> list[dict]:
-    rows = []
+def run(model: torch.nn.Module, label: str, batches=(1, 64), threads: int = 1, variants=VARIANTS,
+        rounds: int = 8) -> list[dict]:
+    """Rows of {model, variant, layers (D/F per layer), batch, macs per sample, p50_ms, p90_ms, samples_per_s}."""
+    sessions, meta = {}, {}
     for variant in variants:
         proto, info = build_onnx(model, "auto" if variant.startswith("auto") else variant,
                                  profile=variant == "auto-profile")
-        macs = sum(l.macs * l.calls for l in info.layers)
-        session = onnx_session(proto.SerializeToString(), threads=threads)
-        chosen = "".join("F" if l.variant == "factorised" else "D" for l in info.layers)
-        for batch in batches:
-            x = np.random.default_rng(0).random((batch, model.in_channels, model.image_size, model.image_size),
-                                                dtype=np.float32)
-            rows.append({"model": label, "variant": variant, "layers": chosen, "batch": batch, "macs": macs,
-                         **time_session(session, x)})
+        sessions[variant] = onnx_session(proto.SerializeToString(), threads=threads)
+        meta[variant] = {"layers": "".join("F" if l.variant == "factorised" else "D" for l in info.layers),
+                         "macs": sum(l.macs * l.calls for l in info.layers)}
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, model.in_channels, model.image_size, model.image_size),
+                                            dtype=np.float32)
+        iters = max(2, 40 // batch)
+        for variant, stats in time_sessions(sessions, x, rounds, iters).items():
+            rows.append({"model": label, "variant": variant, "batch": batch, **meta[variant], **stats})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | variant | layers (D/F) | MMACs/sample | batch | p50 ms | p90 ms | samples/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    """Rows as a Markdown table, with each variant's p50 relative to the better of dense and factorised."""
+    best = {}
+    for r in rows:
+        if r["variant"] in ("dense", "factorised"):
+            key = (r["model"], r["batch"])
+            best[key] = min(best.get(key, float("inf")), r["p50_ms"])
+    lines = ["| model | variant | layers (D/F) | MMACs/sample | batch | p50 ms | p90 ms | samples/s | vs best of D/F |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['variant']} | {r['layers']} | {r['macs'] / 1e6:.1f} | {r['batch']} | "
-              f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['samples_per_s']:.0f} |" for r in rows]
+              f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['samples_per_s']:.0f} | "
+              f"{r['p50_ms'] / best[(r['model'], r['batch'])] - 1:+.1%} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -66,7 +66,9 @@ def factorised_cost(f: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[
     pointwise_first = f.c_in * taps * g * in_pixels
     shift_first = taps * f.c_in * g * out_pixels
     if shift_first < pointwise_first:
-        moved = taps * f.c_in * out_pixels + taps * g * out_pixels  # shifted copies of x, projection
+        padded = f.c_in * (in_shape[1] + 2 * f.padding) * (in_shape[2] + 2 * f.padding) if f.padding else 0
+        # padded x, k^2 slices written then concatenated (twice), projection
+        moved = padded + 2 * taps * f.c_in * out_pixels + taps * g * out_pixels
         return FactorisedCost("shift-first", shift_first + mixing, shift_first, moved)
     moved = taps * g * (in_pixels + out_pixels)  # projection, shifted projection
     return FactorisedCost("pointwise-first", pointwise_first + mixing, pointwise_first, moved)
