@@ -117,10 +117,18 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 
 def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     t = recipe.train
-    # no weight decay on BN/bias (1-d) parameters; encodings and G are decayed like weights
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # no weight decay on BN/bias (1-d) parameters; encodings and G get their own learning rate
+    genome = getattr(model, "genome", None)
+    genetic = {id(p) for p in genome.parameters()} if genome is not None else set()
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if id(p) in genetic], "weight_decay": t.weight_decay,
+         "lr": t.lr * t.genetic_lr_scale},
+        {"params": [p for p in params if id(p) not in genetic and p.dim() > 1], "weight_decay": t.weight_decay,
+         "lr": t.lr},
+        {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, "lr": t.lr},
+    ]
+    groups = [g for g in groups if g["params"]]
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     if t.optimizer == "sgd":

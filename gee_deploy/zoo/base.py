@@ -33,10 +33,11 @@ class SpikingNet(nn.Module):
         image_size: H = W of the input.
         mean: per-channel normalisation mean (inside the model); None = 0.5.
         std: per-channel normalisation std; None = 0.5.
+        stem_kernel: kernel size of the first conv (sets the input population's tap count).
     """
 
     def __init__(self, *, genes: int | None, timesteps: int, num_classes: int, in_channels: int,
-                 image_size: int, mean=None, std=None):
+                 image_size: int, mean=None, std=None, stem_kernel: int = 3):
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
@@ -51,7 +52,7 @@ class SpikingNet(nn.Module):
         std = std if std is not None else (0.5,) * in_channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.factory.population("input", in_channels)
+        self.factory.population("input", in_channels, taps=stem_kernel * stem_kernel)
 
     @property
     def genes(self) -> int | None:

@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
 class ResNet(SpikingNet):
     def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_width: int, imagenet_stem: bool,
                  hidden: tuple[int, ...] = (), **kw):
-        super().__init__(**kw)
+        super().__init__(stem_kernel=7 if imagenet_stem else 3, **kw)
         f = self.factory
         src = f.population("stem", stem_width)
         if imagenet_stem:

@@ -1,7 +1,9 @@
 """A small spiking CNN sized for 28x28 images on a CPU (our own design, not from the paper).
 
-stem 32C3 -> LIF -> MP2 -> 64C3 -> LIF -> MP2 -> 128C3 -> LIF -> MP2 -> FC256 (as a valid conv over the
-remaining map) -> LIF -> FC classes. Max pooling keeps every conv input binary (spikes).
+32C3 -> AP2 -> LIF -> 64C3 -> AP2 -> LIF -> 128C3 -> AP2 -> LIF -> FC256 (as a valid conv over the
+remaining 3x3 map) -> LIF -> FC classes, every conv followed by BN. Pooling the membrane input before the
+LIF (rather than the spikes after it) keeps every conv input binary, runs the LIFs on 4x fewer neurons,
+and lets the stem's pool run once instead of T times: the cheapest ordering on a CPU.
 """
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ class SmallNet(SpikingNet):
         side = self.image_size // 8  # map side left after three 2x2 pools
         f.population("hidden", hidden, taps=side * side)
         f.population("classes", self.num_classes, taps=1)
-        self.stem = nn.Sequential(f.conv("input", c1, 3), nn.BatchNorm2d(widths[0]))
+        self.stem = nn.Sequential(f.conv("input", c1, 3), nn.BatchNorm2d(widths[0]), nn.AvgPool2d(2))
         self.body = nn.Sequential(
-            Lif(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(f, c1, c2), Lif(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(f, c2, c3), Lif(), SeqToBatch(nn.MaxPool2d(2)),
+            Lif(),
+            conv_bn(f, c1, c2), SeqToBatch(nn.AvgPool2d(2)), Lif(),
+            conv_bn(f, c2, c3), SeqToBatch(nn.AvgPool2d(2)), Lif(),
             conv_bn(f, c3, "hidden", kernel_size=side, padding=0), Lif(),
             SeqToBatch(nn.Flatten(), f.linear("hidden", "classes")),
         )

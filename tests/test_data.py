@@ -1,0 +1,132 @@
+"""Loaders read the real on-disk formats (written here in miniature); nothing is downloaded."""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from gee_deploy.data import FMNIST_DIR, dataset_info, load_split
+from gee_deploy.errors import DataError
+
+
+def write_idx(path, array: np.ndarray, compress=True):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n), compress=False)
+    return tmp_path
+
+
+def test_fashion_mnist_idx(fmnist_dir):
+    train = load_split("fashion-mnist", "train", fmnist_dir)
+    test = load_split("fashion-mnist", "test", fmnist_dir, limit=3)
+    assert len(train) == 12 and len(test) == 3
+    x, y = train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    raw = np.frombuffer(gzip.open(fmnist_dir / "train-images-idx3-ubyte.gz").read()[16:16 + 784], np.uint8)
+    torch.testing.assert_close(x.flatten(), torch.from_numpy(raw.astype(np.float32)) / 255)
+
+
+def test_truncated_idx_is_a_data_error(fmnist_dir):
+    path = fmnist_dir / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(DataError, match="truncated"):
+        load_split("fashion-mnist", "train", fmnist_dir)
+
+
+def test_data_dir_from_environment(fmnist_dir, monkeypatch):
+    monkeypatch.setenv("GEE_DATA_DIR", str(fmnist_dir))
+    assert len(load_split("fashion-mnist", "test")) == 5
+
+
+def test_missing_directory_and_unknown_names(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_split("fashion-mnist", "train", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_split("mnist-but-not", "train")
+    with pytest.raises(DataError, match="needs --data-dir"):
+        load_split("cifar10", "train")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_pickles(tmp_path, name):
+    rng = np.random.default_rng(1)
+    if name == "cifar10":
+        base = tmp_path / "cifar-10-batches-py"
+        base.mkdir()
+        files, key = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels"
+    else:
+        base = tmp_path / "cifar-100-python"
+        base.mkdir()
+        files, key = ["train", "test"], "fine_labels"
+    for f in files:
+        entry = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), key: list(rng.integers(0, 10, 4))}
+        with open(base / f, "wb") as fh:
+            pickle.dump(entry, fh)
+    train = load_split(name, "train", tmp_path, augment=True)
+    test = load_split(name, "test", tmp_path)
+    assert len(train) == (20 if name == "cifar10" else 4) and len(test) == 4
+    x, _ = test[0]
+    assert x.shape == (3, 32, 32)
+    with open(base / files[-1], "rb") as fh:
+        first = pickle.load(fh)["data"][0].reshape(3, 32, 32)
+    torch.testing.assert_close(x, torch.from_numpy(first.astype(np.float32)) / 255)
+    assert dataset_info(name).num_classes == (10 if name == "cifar10" else 100)
+
+
+def test_corrupt_cifar_batch(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    (base / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="not a cifar10 batch"):
+        load_split("cifar10", "test", tmp_path)
+
+
+def test_imagenet_imagefolder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((300, 260, 3), 100, np.uint8)).save(tmp_path / split / cls / "a.JPEG")
+    ds = load_split("imagenet", "test", tmp_path)
+    x, y = ds[1]
+    assert len(ds) == 2 and x.shape == (3, 224, 224) and y == 1
+
+
+def test_embedded_subset_is_balanced_real_fashion_mnist():
+    train = load_split("fashion-mnist-mini", "train")
+    test = load_split("fashion-mnist-mini", "test")
+    assert len(train) == 4000 and len(test) == 1000
+    assert torch.bincount(test.labels).tolist() == [100] * 10
+    assert test.images.float().mean() / 255 == pytest.approx(dataset_info("fashion-mnist").mean[0], abs=0.03)
+
+
+def test_augmentation_keeps_shape_and_is_seeded():
+    ds = load_split("fashion-mnist-mini", "train", augment=True)
+    torch.manual_seed(3)
+    a = ds[5][0]
+    torch.manual_seed(3)
+    b = ds[5][0]
+    assert a.shape == (1, 28, 28) and torch.equal(a, b)
+
+
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist for the real set")
+def test_real_fashion_mnist_sizes():
+    assert len(load_split("fashion-mnist", "train")) == 60000
+    assert len(load_split("fashion-mnist", "test")) == 10000

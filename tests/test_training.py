@@ -1,0 +1,135 @@
+"""Trainer: run-dir contents, exact resume, checkpoints that rebuild their model, DDP on gloo."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from conftest import tiny_recipe
+from gee_deploy import load_model
+from gee_deploy.checkpoint import load_checkpoint, save_checkpoint
+from gee_deploy.errors import CheckpointError, ConfigError
+from gee_deploy.training import train
+
+
+def test_run_dir_contents(tiny_run):
+    assert {p.name for p in tiny_run.iterdir()} >= {"config.json", "train.jsonl", "best.pt", "last.pt"}
+    rows = [json.loads(line) for line in (tiny_run / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    for key in ("epoch", "train_loss", "test_acc", "firing_rate", "seconds", "train_images_per_s"):
+        assert key in rows[0]
+    assert 0 <= rows[0]["test_acc"] <= 1 and 0 < rows[0]["firing_rate"] < 1
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["model"]["name"] == "smallnet" and config["data"]["name"] == "synthetic"
+
+
+def test_training_learns_the_synthetic_task(tmp_path):
+    metrics = train(tiny_recipe(train={"epochs": 3}, data={"train_limit": 256}), tmp_path, progress=False)
+    assert metrics["test_acc"] > 0.5  # chance is 0.1
+
+
+def test_load_model_rebuilds_the_trained_network(tiny_run):
+    model = load_model(tiny_run / "best.pt")
+    assert not model.training and model.model_name == "smallnet" and model.genes == 8
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    assert ckpt["dataset"]["name"] == "synthetic" and len(ckpt["dataset"]["classes"]) == 10
+    x = torch.rand(3, 1, 28, 28)
+    again = load_model(tiny_run / "best.pt")
+    torch.testing.assert_close(model(x), again(x))
+
+
+def test_resume_ends_with_the_same_weights(tmp_path):
+    recipe = tiny_recipe(train={"epochs": 2})
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(recipe, full, progress=False)
+    _train_and_stop_after(recipe, part, epochs_done=1)
+    assert load_checkpoint(part / "last.pt")["epoch"] == 1
+    train(recipe, part, resume=True, progress=False)
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert len((part / "train.jsonl").read_text().splitlines()) == 2
+
+
+def _train_and_stop_after(recipe, out, epochs_done):
+    """Run ``recipe`` but stop (as a crash would) once ``epochs_done`` epochs are checkpointed."""
+    from gee_deploy.io import append_jsonl
+    import gee_deploy.training.trainer as trainer
+
+    real_append = append_jsonl
+    calls = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def append_then_maybe_stop(path, obj):
+        real_append(path, obj)
+        calls["n"] += 1
+        if calls["n"] >= epochs_done:
+            raise Stop
+
+    trainer.append_jsonl, saved = append_then_maybe_stop, trainer.append_jsonl
+    try:
+        with pytest.raises(Stop):
+            train(recipe, out, progress=False)
+    finally:
+        trainer.append_jsonl = saved
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_recipe(), tiny_run, progress=False)
+    with pytest.raises(ConfigError, match="no last.pt"):
+        train(tiny_recipe(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_truncated_and_foreign_checkpoints(tiny_run, tmp_path):
+    data = (tiny_run / "best.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_model(cut)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    with pytest.raises(CheckpointError):
+        load_model(junk)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    with pytest.raises(CheckpointError, match="not a gee-deploy checkpoint"):
+        load_model(plain)
+    other = load_checkpoint(tiny_run / "best.pt")
+    other["model_args"] = {**other["model_args"], "genes": 12}  # weights of g=8 under an architecture of g=12
+    swapped = tmp_path / "swapped.pt"
+    save_checkpoint(swapped, other)
+    with pytest.raises(CheckpointError, match="does not match architecture"):
+        load_model(swapped)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    train(tiny_recipe(train={"device": "cpu"}), out, progress=False)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_ddp_two_processes_on_gloo(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 1  # rank 0 alone writes
+    assert load_model(tmp_path / "last.pt").model_name == "smallnet"

@@ -1,0 +1,65 @@
+"""Every registered architecture: builds as genetic and dense twin, runs forward/backward, counts match."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gee_deploy import create_model, list_models
+from gee_deploy.errors import UnknownModelError
+from gee_deploy.zoo.summary import count_parameters, parameter_table
+
+
+def small_kwargs(name: str) -> dict:
+    """Shrink inputs so each architecture runs in well under a second."""
+    size = 28 if name == "smallnet" else 32
+    return {"timesteps": 2, "num_classes": 5, "image_size": size}
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("genes", [None, 4])
+def test_forward_backward_shapes(name, genes):
+    torch.manual_seed(0)
+    model = create_model(name, genes=genes, **small_kwargs(name)).train()
+    x = torch.rand(2, model.in_channels, model.image_size, model.image_size)
+    steps = model.forward_steps(x)
+    assert steps.shape == (2, 2, 5)  # [T, N, classes]
+    logits = model(x)
+    assert logits.shape == (2, 5)
+    torch.testing.assert_close(logits, model.forward_steps(x).mean(0))
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.model_name == name and model.model_args["genes"] == genes
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_wrong_input_shape_is_named(name):
+    model = create_model(name, genes=4, **small_kwargs(name))
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.rand(2, model.in_channels + 1, model.image_size, model.image_size))
+    with pytest.raises(ValueError, match="floating-point"):
+        model(torch.zeros(1, model.in_channels, model.image_size, model.image_size, dtype=torch.uint8))
+
+
+# Dense counts of the architectures the paper compares against (Tables I and II), in millions.
+PAPER_DENSE_M = {"resnet34": 21.79, "vgg16": 33.6, "vgg11": 9.27, "resnet19": 12.63}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_DENSE_M))
+def test_dense_twins_match_the_papers_parameter_counts(name):
+    dense = count_parameters(create_model(name, genes=None))
+    assert dense / 1e6 == pytest.approx(PAPER_DENSE_M[name], rel=0.01)
+
+
+def test_genetic_models_compress_at_the_papers_gene_count():
+    rows = {r["model"]: r for r in parameter_table(["resnet19", "vgg16", "smallnet"])}
+    assert rows["resnet19"]["genetic_params"] / 1e6 == pytest.approx(4.35, rel=0.05)  # Table II: 4.35/4.38 M
+    assert all(r["ratio"] < 0.5 for r in rows.values())
+
+
+def test_create_model_errors_and_none_dropping():
+    with pytest.raises(UnknownModelError, match="unknown model 'nope'"):
+        create_model("nope")
+    with pytest.raises(UnknownModelError, match="takes no argument"):
+        create_model("smallnet", width=3)
+    model = create_model("smallnet", timesteps=None, genes=0)  # None = keep default; genes 0 = dense twin
+    assert model.timesteps == 4 and model.genes is None
