@@ -347,17 +347,20 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
         "unknown-format": ([good, "--format", "tflite"], "unknown format 'tflite'"),
         "bad-opset": ([good, "--opset", "11"], "opset 11 is not supported"),
         "unwritable": ([good, "--samples", "8"], "cannot write"),
+        "out-is-a-directory": ([good, "--samples", "8"], "is a directory"),
     }, blocker
 
 
 @pytest.mark.parametrize("case", ["truncated", "not-a-checkpoint", "missing", "other-architecture",
-                                  "unknown-variant", "unknown-format", "bad-opset", "unwritable"])
+                                  "unknown-variant", "unknown-format", "bad-opset", "unwritable",
+                                  "out-is-a-directory"])
 def test_bad_input_is_one_line_nonzero_exit_and_no_file(case, tiny_checkpoint, tmp_path, capsys):
     cases, blocker = _bad_inputs(tiny_checkpoint, tmp_path)
     args, message = cases[case]
-    out = blocker / "model.onnx" if case == "unwritable" else tmp_path / "out" / "model.onnx"
+    out = {"unwritable": blocker / "model.onnx", "out-is-a-directory": tmp_path}.get(case, tmp_path / "o" / "m.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run_cli(["export", *args, "--out", str(out)], capsys)
     assert code != 0
     assert err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert message in err
-    assert not out.exists() and not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp files left

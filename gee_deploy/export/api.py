@@ -136,6 +136,8 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     cfg = validation or ValidationConfig()
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
+    if not f.out_is_dir and Path(out).is_dir():
+        raise ExportError(f"--out {out} is a directory; {f.name} writes a file")
     if f.name == "tensorrt":
         from .tensorrt import require_tensorrt
 

@@ -41,6 +41,12 @@ class ValidationReport:
         if not ok:
             self.failures.append(error(f"{what}: {measured:{fmt}} (limit {limit:{fmt}})"))
 
+    def require(self, what: str, ok: bool, error: ExportError) -> None:
+        """A pass/fail check (names, shapes) whose failure is ``error``."""
+        self.rows.append((what, "yes" if ok else "no", "yes", ok))
+        if not ok:
+            self.failures.append(error)
+
     def table(self) -> str:
         width = max(len(r[0]) for r in self.rows) if self.rows else 10
         lines = [f"{'check':<{width}}  {'measured':>12}  {'limit':>12}  ok"]
@@ -118,20 +124,19 @@ def validate_export(model: nn.Module, onnx_path, images: torch.Tensor, labels: t
     session = onnx_session(onnx_path)
     x = images.float().contiguous()
     names, arrays = run_onnx(session, x.numpy(), cfg.batch_size)
-    ok_names = list(names) == list(OUTPUT_NAMES)
-    report.check("output names are " + ", ".join(OUTPUT_NAMES), float(ok_names), 1.0, ok_names, "g", ShapeError)
-    if not ok_names:
-        report.failures[-1] = ShapeError(f"output names {names}, expected {list(OUTPUT_NAMES)}")
-        report.raise_if_failed("export") if raise_on_failure else None
+    report.require("output names are " + ", ".join(OUTPUT_NAMES), list(names) == list(OUTPUT_NAMES),
+                   ShapeError(f"output names {names}, expected {list(OUTPUT_NAMES)}"))
+    if not report.ok:
+        if raise_on_failure:
+            report.raise_if_failed("export")
         return report
     got = dict(zip(names, arrays))
     ref = reference_outputs(model, x, cfg.batch_size)
     for name in OUTPUT_NAMES:
-        shape_ok = got[name].shape == ref[name].shape and got[name].dtype == np.float32
-        report.check(f"{name} shape {list(ref[name].shape)} float32", float(shape_ok), 1.0, shape_ok, "g", ShapeError)
-        if not shape_ok:
-            report.failures[-1] = ShapeError(f"{name} is {got[name].dtype} {list(got[name].shape)}, expected "
-                                             f"float32 {list(ref[name].shape)}")
+        report.require(f"{name} is float32 {list(ref[name].shape)}",
+                       got[name].shape == ref[name].shape and got[name].dtype == np.float32,
+                       ShapeError(f"{name} is {got[name].dtype} {list(got[name].shape)}, expected float32 "
+                                  f"{list(ref[name].shape)}"))
     if report.ok:
         _compare(report, ref, got, cfg, None if labels is None else labels.numpy())
     if raise_on_failure:
