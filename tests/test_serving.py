@@ -13,6 +13,7 @@ from gee_deploy.errors import InputError, ModelFileError, RuntimeUnavailableErro
 from gee_deploy.serving.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer, layer_table
 from gee_deploy.serving.parity import Thresholds, evaluate, failed_gates, load_arrays
 from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
+from gee_deploy.zoo import list_models
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +304,28 @@ def test_export_layer_table_matches_the_reference_trace(runtimes):
     assert ort.info.neurons_per_layer == ref.info.neurons_per_layer
     keys = ("name", "macs", "calls", "input_is_spikes", "spiking_input_layer", "spike_macs")
     assert [{k: r[k] for k in keys} for r in ort.info.layers] == [{k: r[k] for k in keys} for r in ref.info.layers]
+
+
+SMALL_IMAGES = {"cifarnet": 8, "resnet18": 8, "resnet19": 8, "resnet34": 32, "vgg11": 32, "vgg16": 32}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_reference_trace_agrees_with_the_exporter_across_the_zoo(name):
+    """Which LIF feeds which layer is data flow (ResNet shortcuts read the block input; average pooling
+    makes spikes analog): the serving trace and the exporter's graph walk must agree on every architecture."""
+    from gee_deploy.export import build_onnx
+    from gee_deploy.zoo import create_model
+
+    torch.manual_seed(0)
+    kw = {"image_size": SMALL_IMAGES[name]} if name in SMALL_IMAGES else {}
+    model = create_model(name, genes=4, timesteps=2, num_classes=4, **kw).eval()
+    layers, names, sizes = layer_table(model)
+    proto, _ = build_onnx(model, "dense")
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key in
+            ("gee.layers", "gee.spiking_layers", "gee.neurons_per_layer")}
+    keys = ("name", "macs", "calls", "input_is_spikes", "spiking_input_layer", "spike_macs")
+    assert [{k: r[k] for k in keys} for r in layers] == [{k: r[k] for k in keys} for r in meta["gee.layers"]]
+    assert names == meta["gee.spiking_layers"] and sizes == meta["gee.neurons_per_layer"]
 
 
 def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, data, tmp_path):

@@ -61,13 +61,19 @@ def _macs_per_item(module: nn.Module, out: torch.Tensor) -> int:
     return int(out[0].numel() * (module.in_channels // groups) * k[0] * k[1])
 
 
+# Modules that keep a binary spike tensor binary; average pooling and everything else makes it analog.
+_SPIKE_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+
 @torch.no_grad()
 def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
     """Trace one forward of ``model`` and describe its weight layers as the ONNX ``gee.layers`` does.
 
-    A layer reads spikes when its input is binary on a random analog image; the LIF that ran last before
-    it is the one whose firing rate scales its ACs. ``calls`` is how often it runs per sample: the batch
-    axis it sees is N for the stem and T x N in the body.
+    Spikes are followed by data flow, not by call order: every LIF output is tagged with the LIF's name,
+    views of it (``SeqToBatch``'s flatten, slicing) share its storage and keep the tag, and modules that keep
+    spikes binary (max-pooling, flatten) pass it on. A weight layer whose input carries a tag reads that
+    LIF's spikes (so a ResNet shortcut reads the block's input, not the LIF that ran just before it).
+    ``calls`` is how often a layer runs per sample: the batch axis it sees is N for the stem, T x N in the body.
 
     Returns:
         (layers, spiking layer names, neurons per sample of each spiking layer)
@@ -75,20 +81,34 @@ def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
     from ..neurons import LIF, SpikeRecorder
 
     rows: list[dict] = []
-    last_lif: list[str | None] = [None]
-    hooks = []
-    for name, module in _weight_layers(model):
-        def hook(mod, args, out, name=name):
-            x = args[0]
-            binary = bool(((x == 0) | (x == 1)).all())
-            macs = _macs_per_item(mod, out)
-            rows.append({"name": name, "kind": type(mod).__name__, "variant": "eager", "macs": macs,
-                         "input_is_spikes": binary, "spiking_input_layer": last_lif[0] if binary else None,
-                         "spike_macs": macs, "calls": out.shape[0] // len(x_in)})
-        hooks.append(module.register_forward_hook(hook))
+    source: dict[int, str] = {}  # storage address -> LIF name
+    alive: list[torch.Tensor] = []  # tagged tensors stay referenced, so no later tensor reuses their storage
+
+    def tag(t: torch.Tensor, name: str) -> None:
+        source[t.untyped_storage().data_ptr()] = name
+        alive.append(t)
+
+    def src(t: torch.Tensor) -> str | None:
+        return source.get(t.untyped_storage().data_ptr())
+
+    def on_weight(mod, args, out, name):
+        spikes_of = src(args[0])
+        macs = _macs_per_item(mod, out)
+        rows.append({"name": name, "kind": type(mod).__name__, "variant": "eager", "macs": macs,
+                     "input_is_spikes": spikes_of is not None, "spiking_input_layer": spikes_of,
+                     "spike_macs": macs, "calls": out.shape[0] // len(x_in)})
+
+    def on_preserving(mod, args, out):
+        if src(args[0]) is not None:
+            tag(out, src(args[0]))
+
+    hooks = [m.register_forward_hook(lambda mod, a, o, name=name: on_weight(mod, a, o, name))
+             for name, m in _weight_layers(model)]
     for name, module in model.named_modules():
         if isinstance(module, LIF):
-            hooks.append(module.register_forward_hook(lambda mod, a, o, name=name: last_lif.__setitem__(0, name)))
+            hooks.append(module.register_forward_hook(lambda mod, a, o, name=name: tag(o, name)))
+        elif isinstance(module, _SPIKE_PRESERVING):
+            hooks.append(module.register_forward_hook(on_preserving))
     c, s = model.in_channels, model.image_size
     x_in = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     try:
