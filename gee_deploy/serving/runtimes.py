@@ -257,8 +257,9 @@ class TensorRTRuntime(Runtime):
         self.info = self._plan_info(self.path)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)  # must outlive the engine it deserialises
         try:
-            engine = trt.Runtime(self._logger).deserialize_cuda_engine(self.path.read_bytes())
+            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         except OSError as e:
             raise ModelFileError(f"cannot read {self.path}: {e.strerror}") from None
         if engine is None:
