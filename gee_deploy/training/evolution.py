@@ -135,15 +135,14 @@ def _threads(n: int | None):
 # ---- worker processes (spawned: safe after CUDA init) ---------------------------------------------------
 
 _WORKER: dict = {}
+_TERMS = ("loss", "r1", "r2")
 
 
-def _init_worker(recipe_dict: dict, devices: list[str], threads: int) -> None:
-    import multiprocessing
-
+def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
+    """Pool initializer: take a device from the ``devices`` queue, load the evaluation data once."""
     from ..recipe import recipe_from_dict
 
-    ident = (multiprocessing.current_process()._identity or (1,))[0] - 1
-    device = torch.device(devices[ident % len(devices)])
+    device = torch.device(devices.get())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.set_num_threads(threads)
@@ -169,11 +168,11 @@ class _Evaluator:
         ev = recipe.evolution
         self.threads = ev.eval_threads if device.type == "cpu" else None
         if ev.workers > 1 and self.dist is None:
-            if device.type == "cuda":
-                devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-            else:
-                devices = ["cpu"]
+            gpus = torch.cuda.device_count() if device.type == "cuda" else 0
             ctx = torch.multiprocessing.get_context("spawn")
+            devices = ctx.Queue()  # one per GPU; more workers than GPUs share them round-robin
+            for i in range(ev.workers):
+                devices.put(f"cuda:{i % gpus}" if gpus else "cpu")
             self.pool = ctx.Pool(ev.workers, _init_worker, (recipe.to_dict(), devices, ev.eval_threads))
         else:
             self.data = _load_eval_data(recipe)
@@ -197,10 +196,9 @@ class _Evaluator:
         if self.dist is not None:  # each entry is filled by exactly one rank; the others add 0
             flat = []
             for r in results:
-                flat += [math.nan if r is None or r[k] is None else r[k] for k in ("loss", "r1", "r2")] \
-                    if r is not None else [0.0, 0.0, 0.0]
+                flat += [0.0] * 3 if r is None else [math.nan if r[k] is None else r[k] for k in _TERMS]
             summed = self.dist.all_reduce_sum(*flat)
-            results = [{k: (None if math.isnan(v) else v) for k, v in zip(("loss", "r1", "r2"), summed[3 * i:3 * i + 3])}
+            results = [{k: None if math.isnan(v) else v for k, v in zip(_TERMS, summed[3 * i:3 * i + 3])}
                        for i in range(len(xs))]
         return results
 

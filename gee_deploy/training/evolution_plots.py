@@ -16,6 +16,7 @@ def plot_evolution(run_dir: str | os.PathLike, target: str | os.PathLike | None 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "evolution.jsonl")
@@ -26,6 +27,7 @@ def plot_evolution(run_dir: str | os.PathLike, target: str | os.PathLike | None 
     fig, (ax_f, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
     ax_f.plot(gens, [r["best_fitness"] for r in rows], "o-", label="best so far")
     ax_f.plot(gens, [r["median_fitness"] for r in rows], "s--", label="generation median")
+    ax_f.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_f.set_xlabel("generation")
     ax_f.set_ylabel("fitness (eq. 16, lower is better)")
     ax_f.legend()
