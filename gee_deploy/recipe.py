@@ -43,7 +43,7 @@ class TrainSection:
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 2e-3  # peak learning rate (cosine decay to 0 after warm-up)
     warmup_epochs: float = 0.0  # linear warm-up length, may be fractional
-    genetic_lr_scale: float = 5.0  # lr multiplier for encodings and G: W is a product of three O(1) factors,
+    genetic_lr_scale: float = 10.0  # lr multiplier for encodings and G: W is a product of three O(1) factors,
     # so the same Adam step moves W about 4x less (relatively) than a dense Kaiming weight; this evens it out
     weight_decay: float = 0.0  # decoupled weight decay (adamw) or L2 (sgd)
     momentum: float = 0.9  # sgd only

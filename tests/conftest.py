@@ -15,7 +15,7 @@ def tiny_recipe(**sections):
 
     data = {"model": {"name": "smallnet", "genes": 8, "timesteps": 2},
             "data": {"name": "synthetic", "batch_size": 32, "train_limit": 128, "test_limit": 64},
-            "train": {"epochs": 1, "seed": 0, "lr": 3e-3}}
+            "train": {"epochs": 1, "seed": 0, "lr": 1e-2}}
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return recipe_from_dict(data)
