@@ -7,7 +7,7 @@ from torch import nn
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
-__all__ = ["SpikingNet", "conv_bn", "Lif"]
+__all__ = ["SpikingNet", "conv_bn", "pooled_head", "Lif"]
 
 Lif = LIF
 
@@ -16,6 +16,18 @@ def conv_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: i
             padding: int | None = None) -> SeqToBatch:
     """Conv (genetic or dense) + BatchNorm applied to [T, N, C, H, W] with T folded into the batch."""
     return SeqToBatch(f.conv(src, dst, kernel_size, stride, padding), nn.BatchNorm2d(f.channels[dst]))
+
+
+def pooled_head(f: LayerFactory, src: str, hidden: tuple[int, ...], num_classes: int) -> list[nn.Module]:
+    """Global average pool, hidden FC + BN + LIF layers of widths ``hidden``, then the classifier FC."""
+    layers: list[nn.Module] = [SeqToBatch(nn.AdaptiveAvgPool2d(1), nn.Flatten())]
+    for j, width in enumerate(hidden):
+        dst = f.population(f"fc{j}", width, taps=1)
+        layers += [SeqToBatch(f.linear(src, dst), nn.BatchNorm1d(width)), LIF()]
+        src = dst
+    f.population("classes", num_classes, taps=1)
+    layers.append(SeqToBatch(f.linear(src, "classes")))
+    return layers
 
 
 class SpikingNet(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from .base import Lif, SpikingNet, conv_bn
+from .base import Lif, SpikingNet, conv_bn, pooled_head
 from ..genetic import LayerFactory
 from ..neurons import SeqToBatch
 
@@ -48,14 +48,7 @@ class ResNet(SpikingNet):
                 dst = src if (stride == 1 and f.channels[src] == width) else f.population(f"s{s}out", width)
                 layers.append(BasicBlock(f, src, mid, dst, stride))
                 src = dst
-        layers.append(SeqToBatch(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-        for j, width in enumerate(hidden):
-            dst = f.population(f"fc{j}", width, taps=1)
-            layers += [SeqToBatch(f.linear(src, dst), nn.BatchNorm1d(width)), Lif()]
-            src = dst
-        f.population("classes", self.num_classes, taps=1)
-        layers.append(SeqToBatch(f.linear(src, "classes")))
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers, *pooled_head(f, src, hidden, self.num_classes))
 
 
 def _resnet(blocks, widths, stem_width, imagenet_stem, hidden=(), **kw) -> ResNet:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from .base import Lif, SpikingNet, conv_bn
+from .base import Lif, SpikingNet, conv_bn, pooled_head
 from ..neurons import SeqToBatch
 
 CONFIGS = {
@@ -35,14 +35,7 @@ class VGG(SpikingNet):
                 layers += [conv_bn(f, src, pops[i]), Lif()]
                 src = pops[i]
                 i += 1
-        layers.append(SeqToBatch(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-        for j, width in enumerate(classifier):
-            dst = f.population(f"fc{j}", width, taps=1)
-            layers += [SeqToBatch(f.linear(src, dst), nn.BatchNorm1d(width)), Lif()]
-            src = dst
-        f.population("classes", self.num_classes, taps=1)
-        layers.append(SeqToBatch(f.linear(src, "classes")))
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers, *pooled_head(f, src, classifier, self.num_classes))
 
 
 @register_model
