@@ -21,10 +21,8 @@ install: $(BIN)/gee-deploy
 demo: install
 	rm -rf $(RUN)
 	$(BIN)/gee-deploy train models/demo.toml --out $(RUN)
-	@if $(BIN)/gee-deploy export --help >/dev/null 2>&1; then \
-	  $(BIN)/gee-deploy export $(RUN)/best.pt --out $(RUN)/model.onnx; fi
-	@if $(BIN)/gee-deploy bench --help >/dev/null 2>&1; then \
-	  $(BIN)/gee-deploy bench $(RUN)/best.pt $(RUN)/model.onnx --out $(RUN)/bench; fi
+	$(BIN)/gee-deploy export $(RUN)/best.pt --out $(RUN)/model.onnx
+	$(BIN)/gee-deploy bench $(RUN)/best.pt $(RUN)/model.onnx --out $(RUN)/bench
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

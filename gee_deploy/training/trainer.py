@@ -263,7 +263,8 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                    **evaluate(net, test_loader, device, dist, autocast, channels_last),
-                   "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+                   "lr": scheduler.get_last_lr()[-1],  # the plain group (genetic: x genetic_lr_scale)
+                   "seconds": time.perf_counter() - started,
                    "train_images_per_s": seen / train_seconds}
         best_acc = max(best_acc, metrics["test_acc"])
         metrics["best_acc"] = best_acc
