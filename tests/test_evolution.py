@@ -293,11 +293,19 @@ def test_torchrun_ranks_share_the_population(tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun is not installed in this environment")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", str(ROOT / "models" / "demo.toml"), *DEMO_ARGS, "--set", "evolution.generations=2"]
-    ranks = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gee_deploy.cli", *common,
-                            "--out", str(tmp_path / "ranks")], capture_output=True, text=True, env=env, timeout=600)
-    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    # train.epochs=1: the trainer's epochs=0 branch evaluates on rank 0 only, and its all-reduce waits forever
+    common = ["train", str(ROOT / "models" / "demo.toml"), *DEMO_ARGS, "--set", "evolution.generations=2",
+              "--set", "train.epochs=1"]
+    ranks = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gee_deploy.cli", *common,
+                              "--out", str(tmp_path / "ranks")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env, start_new_session=True)
+    try:
+        _, err = ranks.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(ranks.pid, signal.SIGKILL)  # the ranks too, not only torchrun
+        raise
+    assert ranks.returncode == 0, err[-2000:]
     single = subprocess.run([CLI, *common, "--out", str(tmp_path / "single")], capture_output=True, text=True,
-                            env=env, timeout=600)
+                            env=env, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     assert strip_times(read_rows(tmp_path / "ranks")) == strip_times(read_rows(tmp_path / "single"))
