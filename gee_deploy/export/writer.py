@@ -229,7 +229,6 @@ class _Writer:
             xs = [x.name] if steps == 1 else g.op("Split", [x.name], f"{name}.x", outputs=steps, axis=0,
                                                    num_outputs=steps)
         tau, v_th, v_reset = (g.const(v, f"{name}.const") for v in (m.tau, m.v_threshold, m.v_reset))
-        one = g.const(1.0, "one")
         v = None  # None: still at v_reset (the start of a sequence)
         if self.streaming:
             v = f"v_in.{name}"
@@ -240,18 +239,15 @@ class _Writer:
                 h = g.op("Div", [xt, tau], f"{name}.h")  # v - v_reset == 0 at t = 0
                 h = g.op("Add", [v_reset, h], f"{name}.h") if m.v_reset != 0 else h
             else:
-                h = g.op("Div", [g.op("Sub", [xt, g.op("Sub", [v, v_reset], f"{name}.d")], f"{name}.d"), tau],
-                         f"{name}.d")
-                h = g.op("Add", [v, h], f"{name}.h")
-            s = g.op("Cast", [g.op("GreaterOrEqual", [h, v_th], f"{name}.fire")], f"{name}.s",
-                     to=TensorProto.FLOAT)
-            spikes.append(s)
+                d = g.op("Sub", [v, v_reset], f"{name}.d") if m.v_reset != 0 else v  # v - 0 is v exactly
+                h = g.op("Add", [v, g.op("Div", [g.op("Sub", [xt, d], f"{name}.d"), tau], f"{name}.d")],
+                         f"{name}.h")
+            fire = g.op("GreaterOrEqual", [h, v_th], f"{name}.fire")
+            spikes.append(g.op("Cast", [fire], f"{name}.s", to=TensorProto.FLOAT))
             if t < steps - 1 or self.streaming:
+                # hard reset: h (1 - s) + v_reset s with s in {0, 1} is exactly Where(s, v_reset, h)
                 out = [f"v_out.{name}"] if self.streaming and t == steps - 1 else None
-                kept = g.op("Mul", [h, g.op("Sub", [one, s], f"{name}.ns")], f"{name}.v",
-                            out_names=None if m.v_reset != 0 else out)
-                v = kept if m.v_reset == 0 else g.op("Add", [kept, g.op("Mul", [v_reset, s], f"{name}.r")],
-                                                     f"{name}.v", out_names=out)
+                v = g.op("Where", [fire, v_reset, h], f"{name}.v", out_names=out)
         total = g.op("Sum", spikes, f"{name}.total") if steps > 1 else spikes[0]
         flat = g.op("Flatten", [total], f"{name}.flat", axis=1)
         self.counts.append(g.op("ReduceSum", [flat, g.const([1], "axis1", np.int64)], f"{name}.count",
