@@ -6,16 +6,25 @@
 Runs the same evolution once per worker count (each candidate evaluated with ``eval_threads`` = 1 thread)
 and prints a flat dict per run: seconds of the first generation (includes spawning the workers and loading
 their data), the median of the later generations (steady state), the whole evolution's wall time, and the
-speed-up over the first worker count. It also checks that every run logged the same fitness values.
+speed-up over the first worker count, and the CPU seconds it used (cores_used = CPU s / wall s: on a
+machine shared with other jobs, fewer cores than workers means the workers were waiting for a CPU). It also
+checks that every run logged the same fitness values.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped children (the spawned workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def bench(recipe_path: str, workers: int, generations: int, population: int, overrides: list[str]) -> dict:
@@ -30,14 +39,16 @@ def bench(recipe_path: str, workers: int, generations: int, population: int, ove
     torch.manual_seed(recipe.train.seed)
     model = build_recipe_model(recipe)
     with tempfile.TemporaryDirectory() as out:
+        cpu_before = _cpu_seconds()
         started = time.perf_counter()
         run_evolution(recipe, out, model, torch.device("cpu"), progress=False)
         total = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu_before  # workers are reaped when the evolution ends, so they count
         rows = [json.loads(line) for line in (Path(out) / "evolution.jsonl").read_text().splitlines()]
     seconds = [r["seconds"] for r in rows]
     return {"workers": workers, "population": population, "first_generation_s": seconds[0],
             "steady_generation_s": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
-            "total_s": total, "fitness": [[c["fitness"] for c in r["candidates"]] for r in rows]}
+            "total_s": total, "cpu_s": cpu, "cores_used": cpu / total, "fitness": [[c["fitness"] for c in r["candidates"]] for r in rows]}
 
 
 def main() -> None:
