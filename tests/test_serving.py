@@ -248,7 +248,7 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
 def bench_report(tiny_checkpoint, serving_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     result = CliRunner().invoke(cli, ["bench", str(tiny_checkpoint), str(serving_onnx), "--out", str(out),
-                                      "--batch-sizes", "1,4", "--limit", "64", "--threads", "1",
+                                      "--batch-sizes", "1,4", "--limit", "300", "--threads", "1",
                                       "--min-time", "0.05", "--quiet"])
     assert result.exit_code == 0, result.output
     return out, result.output

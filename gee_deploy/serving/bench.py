@@ -50,7 +50,7 @@ def runtime_stats(runtime: Runtime, ev: Evaluation) -> dict:
     per_layer = energy_per_layer(info.layers, dict(zip(info.spiking_layers, rates.tolist())), info.timesteps)
     return {"runtime": runtime.name, **runtime.describe(), "variant": info.variant, "accuracy": ev.accuracy,
             "spikes_per_sample": ev.spikes_per_sample,
-            "spikes_per_layer": dict(zip(info.spiking_layers, ev.spikes.mean(0).astype(float).tolist())),
+            "spikes_per_layer": dict(zip(info.spiking_layers, ev.spikes.astype(np.float64).mean(0).tolist())),
             "neurons_per_layer": dict(zip(info.spiking_layers, info.neurons_per_layer)),
             "firing_rates": dict(zip(info.spiking_layers, rates.tolist())),
             "energy": {**total_energy(per_layer), "per_layer": [e.as_dict() for e in per_layer]}}

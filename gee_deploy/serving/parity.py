@@ -23,7 +23,7 @@ class Evaluation:
 
     @property
     def spikes_per_sample(self) -> float:
-        return float(self.spikes.sum(1).mean())
+        return float(self.spikes.astype(np.float64).sum(1).mean())
 
 
 def load_arrays(dataset: str, data_dir=None, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
