@@ -129,6 +129,22 @@ def test_fitness_formula_and_decay():
 
 # ---- the loop: logging, best genotype, resume -----------------------------------------------------------
 
+def test_cma_default_population_and_separable_above_threshold():
+    from gee_deploy.training.evolution import _new_strategy
+
+    full = _new_strategy(evo_recipe(population=0).evolution, 8, seed=0)
+    assert full.popsize == 4 + int(3 * math.log(66))  # cma's default for 66 dimensions
+    assert not full.opts["CMA_diagonal"] and full.sm.__class__.__name__ == "GaussFullSampler"
+    sep = _new_strategy(evo_recipe(diagonal_above=50).evolution, 8, seed=0)
+    assert sep.opts["CMA_diagonal"] and sep.sm.__class__.__name__ == "GaussStandardConstant" and sep.popsize == 4
+    # the strategy's samples come from our seeded generator, not numpy's global state
+    np.random.seed(123)
+    a = _new_strategy(evo_recipe().evolution, 8, seed=0).ask()
+    np.random.seed(456)
+    b = _new_strategy(evo_recipe().evolution, 8, seed=0).ask()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_evolution_logs_and_sets_the_best_phenotype(tmp_path):
     recipe = evo_recipe(fitness="ste")
     model = build_recipe_model(recipe)
