@@ -280,9 +280,10 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
                 tqdm.write(f"epoch {epoch + 1}/{t.epochs}: loss {metrics['train_loss']:.4f} "
                            f"test acc {metrics['test_acc']:.4f} firing rate {metrics['firing_rate']:.4f} "
                            f"({metrics['seconds']:.0f} s, {metrics['train_images_per_s']:.0f} img/s)")
-    if t.epochs == 0 and dist.main:  # evolution-only or export-only runs still get a checkpoint
+    if t.epochs == 0:  # evolution-only runs still get a checkpoint; every rank joins evaluate's all-reduce
         metrics = {"epoch": 0, **evaluate(net, test_loader, device, dist, autocast, channels_last)}
         metrics["best_acc"] = metrics["test_acc"]
+    if t.epochs == 0 and dist.main:
         state = {**meta, "state_dict": model.state_dict(), "epoch": 0, "metrics": metrics,
                  "best_acc": metrics["test_acc"]}
         save_checkpoint(out / "best.pt", state)
