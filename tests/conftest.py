@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if "OMP_NUM_THREADS" not in os.environ:  # honour a caller's thread setting (shared machines)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def tiny_recipe(**sections):
