@@ -5,6 +5,9 @@ A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_
     format        "gee-deploy/1"
     model_name    registered architecture
     model_args    resolved create_model kwargs (genes, timesteps, num_classes, ..., mean, std)
+    architecture  fingerprint of the module tree (:func:`architecture_fingerprint`): a checkpoint written by
+                  another version of an architecture (a pool moved, a kernel changed) is refused, even
+                  when its parameter names and shapes still fit
     recipe        the resolved recipe (dict)
     dataset       {"name", "classes"}
     state_dict    model weights
@@ -25,7 +28,8 @@ from torch import nn
 from .errors import CheckpointError
 from .io import atomic_path
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "file_sha256"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "file_sha256",
+           "architecture_fingerprint"]
 
 FORMAT = "gee-deploy/1"
 _REQUIRED = ("format", "model_name", "model_args", "state_dict")
@@ -53,11 +57,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+def architecture_fingerprint(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the module tree as printed: layer types, kernels, strides, pools, order."""
+    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
+
+
 def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
     """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch."""
     from .zoo import create_model
 
     model = create_model(ckpt["model_name"], **ckpt["model_args"])
+    stored = ckpt.get("architecture")
+    if stored is not None and stored != architecture_fingerprint(model):
+        raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
+                              "(its layer structure differs from this installation's); retrain or use the matching "
+                              "gee-deploy version")
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \

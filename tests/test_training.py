@@ -110,6 +110,12 @@ def test_truncated_and_foreign_checkpoints(tiny_run, tmp_path):
         load_model(swapped)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.pt")
+    moved = load_checkpoint(tiny_run / "best.pt")
+    moved["architecture"] = "0" * 16  # e.g. a pool moved: same parameter names and shapes, another network
+    stale = tmp_path / "stale.pt"
+    save_checkpoint(stale, moved)
+    with pytest.raises(CheckpointError, match="another version of architecture"):
+        load_model(stale)
 
 
 def _free_port() -> int:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import architecture_fingerprint, load_checkpoint, save_checkpoint
 from ..data import dataset_info, load_split, make_loader
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json
@@ -193,7 +193,8 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     torch.manual_seed(t.seed)
     model = build_recipe_model(recipe)
     info = dataset_info(d.name)
-    meta = {"model_name": model.model_name, "model_args": model.model_args, "recipe": recipe.to_dict(),
+    meta = {"model_name": model.model_name, "model_args": model.model_args,
+            "architecture": architecture_fingerprint(model), "recipe": recipe.to_dict(),
             "dataset": {"name": info.name, "classes": list(info.classes)}}
 
     # ---- evolution (Algorithm 1, lines 1-11): sets the model's encodings and G to the best phenotype ----
