@@ -67,16 +67,16 @@ def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
     from .zoo import create_model
 
     model = create_model(ckpt["model_name"], **ckpt["model_args"])
-    stored = ckpt.get("architecture")
-    if stored is not None and stored != architecture_fingerprint(model):
-        raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
-                              "(its layer structure differs from this installation's); retrain or use the matching "
-                              "gee-deploy version")
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \
                (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
         raise CheckpointError(f"{source} does not match architecture {ckpt['model_name']!r}: {what.strip()}")
+    stored = ckpt.get("architecture")  # weights fit: is it still the same network around them?
+    if stored is not None and stored != architecture_fingerprint(model):
+        raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
+                              "(its layer structure differs from this installation's); retrain or use the matching "
+                              "gee-deploy version")
     return model
 
 
