@@ -15,6 +15,7 @@ same number, so a resumed run on CPU ends with the same weights as an uninterrup
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -28,7 +29,7 @@ from torch import nn
 from ..checkpoint import architecture_fingerprint, load_checkpoint, save_checkpoint
 from ..data import dataset_info, load_split, make_loader
 from ..errors import ConfigError
-from ..io import append_jsonl, read_jsonl, write_json
+from ..io import append_jsonl, atomic_path, read_jsonl, write_json
 from ..neurons import SpikeRecorder
 from ..recipe import Recipe
 from ..zoo import create_model
@@ -221,8 +222,8 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         start_epoch, best_acc = ckpt["epoch"], ckpt.get("best_acc", 0.0)
         if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
             rows = [r for r in read_jsonl(out / "train.jsonl") if r.get("epoch", 0) <= start_epoch]
-            with open(out / "train.jsonl", "w") as fh:
-                fh.writelines(__import__("json").dumps(r) + "\n" for r in rows)
+            with atomic_path(out / "train.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     net = model
     if dist.world > 1:

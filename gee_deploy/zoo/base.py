@@ -7,9 +7,8 @@ from torch import nn
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
-__all__ = ["SpikingNet", "conv_bn", "pooled_head", "Lif"]
+__all__ = ["SpikingNet", "conv_bn", "pooled_head"]
 
-Lif = LIF
 
 
 def conv_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,

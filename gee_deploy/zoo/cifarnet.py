@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from .base import Lif, SpikingNet, conv_bn
-from ..neurons import SeqToBatch
+from .base import SpikingNet, conv_bn
+from ..neurons import LIF, SeqToBatch
 
 
 class CIFARNet(SpikingNet):
@@ -25,13 +25,13 @@ class CIFARNet(SpikingNet):
         f.population("classes", self.num_classes, taps=1)
         self.stem = nn.Sequential(f.conv("input", "c1", 3), nn.BatchNorm2d(128))
         self.body = nn.Sequential(
-            Lif(),
-            conv_bn(f, "c1", "c2"), Lif(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(f, "c2", "c3"), Lif(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(f, "c3", "c4"), Lif(),
-            conv_bn(f, "c4", "c5"), Lif(), SeqToBatch(nn.AvgPool2d(2)),
-            conv_bn(f, "c5", "fc1", kernel_size=side, padding=0), Lif(),
-            SeqToBatch(nn.Flatten(), f.linear("fc1", "fc2"), nn.BatchNorm1d(512)), Lif(),
+            LIF(),
+            conv_bn(f, "c1", "c2"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
+            conv_bn(f, "c2", "c3"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
+            conv_bn(f, "c3", "c4"), LIF(),
+            conv_bn(f, "c4", "c5"), LIF(), SeqToBatch(nn.AvgPool2d(2)),
+            conv_bn(f, "c5", "fc1", kernel_size=side, padding=0), LIF(),
+            SeqToBatch(nn.Flatten(), f.linear("fc1", "fc2"), nn.BatchNorm1d(512)), LIF(),
             SeqToBatch(f.linear("fc2", "classes")),
         )
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from .base import Lif, SpikingNet, conv_bn, pooled_head
+from .base import SpikingNet, conv_bn, pooled_head
 from ..genetic import LayerFactory
-from ..neurons import SeqToBatch
+from ..neurons import LIF, SeqToBatch
 
 
 class BasicBlock(nn.Module):
     def __init__(self, f: LayerFactory, src: str, mid: str, dst: str, stride: int):
         super().__init__()
         self.conv1 = conv_bn(f, src, mid, 3, stride)
-        self.lif1 = Lif()
+        self.lif1 = LIF()
         self.conv2 = conv_bn(f, mid, dst, 3)
         self.shortcut = conv_bn(f, src, dst, 1, stride, 0) if src != dst else nn.Identity()
-        self.lif2 = Lif()
+        self.lif2 = LIF()
 
     def forward(self, x_seq):  # [T, N, C, H, W] spikes
         out = self.conv2(self.lif1(self.conv1(x_seq)))
@@ -37,10 +37,10 @@ class ResNet(SpikingNet):
         src = f.population("stem", stem_width)
         if imagenet_stem:
             self.stem = nn.Sequential(f.conv("input", src, 7, 2), nn.BatchNorm2d(stem_width))
-            layers: list[nn.Module] = [Lif(), SeqToBatch(nn.MaxPool2d(3, 2, 1))]
+            layers: list[nn.Module] = [LIF(), SeqToBatch(nn.MaxPool2d(3, 2, 1))]
         else:
             self.stem = nn.Sequential(f.conv("input", src, 3), nn.BatchNorm2d(stem_width))
-            layers = [Lif()]
+            layers = [LIF()]
         for s, (n, width) in enumerate(zip(blocks, widths)):
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from .base import Lif, SpikingNet, conv_bn
-from ..neurons import SeqToBatch
+from .base import SpikingNet, conv_bn
+from ..neurons import LIF, SeqToBatch
 
 
 class SmallNet(SpikingNet):
@@ -24,10 +24,10 @@ class SmallNet(SpikingNet):
         f.population("classes", self.num_classes, taps=1)
         self.stem = nn.Sequential(f.conv("input", c1, 3), nn.BatchNorm2d(widths[0]), nn.AvgPool2d(2))
         self.body = nn.Sequential(
-            Lif(),
-            conv_bn(f, c1, c2), SeqToBatch(nn.AvgPool2d(2)), Lif(),
-            conv_bn(f, c2, c3), SeqToBatch(nn.AvgPool2d(2)), Lif(),
-            conv_bn(f, c3, "hidden", kernel_size=side, padding=0), Lif(),
+            LIF(),
+            conv_bn(f, c1, c2), SeqToBatch(nn.AvgPool2d(2)), LIF(),
+            conv_bn(f, c2, c3), SeqToBatch(nn.AvgPool2d(2)), LIF(),
+            conv_bn(f, c3, "hidden", kernel_size=side, padding=0), LIF(),
             SeqToBatch(nn.Flatten(), f.linear("hidden", "classes")),
         )
 

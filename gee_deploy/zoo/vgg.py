@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from .base import Lif, SpikingNet, conv_bn, pooled_head
-from ..neurons import SeqToBatch
+from .base import SpikingNet, conv_bn, pooled_head
+from ..neurons import LIF, SeqToBatch
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -25,14 +25,14 @@ class VGG(SpikingNet):
         widths = [c for c in config if c != "M"]
         pops = [f.population(f"c{i}", w) for i, w in enumerate(widths)]
         self.stem = nn.Sequential(f.conv("input", pops[0], 3), nn.BatchNorm2d(widths[0]))
-        layers: list[nn.Module] = [Lif()]
+        layers: list[nn.Module] = [LIF()]
         src = pops[0]
         i = 1
         for c in config[1:]:
             if c == "M":
                 layers.append(SeqToBatch(nn.MaxPool2d(2)))
             else:
-                layers += [conv_bn(f, src, pops[i]), Lif()]
+                layers += [conv_bn(f, src, pops[i]), LIF()]
                 src = pops[i]
                 i += 1
         self.body = nn.Sequential(*layers, *pooled_head(f, src, classifier, self.num_classes))
