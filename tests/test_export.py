@@ -114,6 +114,37 @@ def test_dense_and_factorised_forms_equal_the_genetic_conv_and_bn(c_in, c_out, k
         assert np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), form
 
 
+@pytest.mark.parametrize("k,size", [(3, 9), (3, 8), (1, 7), (5, 10)])
+def test_pooled_forms_equal_conv_pool_then_bn(k, size):
+    """A ConvPool's conv: dense = one (k+1)x(k+1) stride-2 Conv, factorised = conv + AveragePool; BN folded."""
+    from gee_deploy.zoo.base import ConvPool
+
+    torch.manual_seed(k + size)
+    conv, bn = _genetic_conv(4, 6, k, 1, k // 2)
+    x = (torch.rand(3, 4, size, size) < 0.3).float()
+    with torch.no_grad():
+        ref = bn(F.avg_pool2d(conv(x), 2)).numpy()
+        assert np.abs(bn(ConvPool(conv)(x)).numpy() - ref).max() < 1e-5
+    f = fold_layer(conv, bn, pooled=True)
+    out_shape = ref.shape[1:]
+    cost = factorised_cost(f, tuple(x.shape[1:]), out_shape)
+    unpooled = factorised_cost(fold_layer(conv, bn), tuple(x.shape[1:]), (6, size, size))
+    assert cost.form == "pointwise-first" and cost.macs == unpooled.macs
+    assert cost.moved == unpooled.moved + 6 * size * size  # AveragePool reads the conv output
+    assert dense_macs(f, out_shape[1] * out_shape[2]) == 6 * 4 * (k + 1) ** 2 * out_shape[1] * out_shape[2]
+    for form in ("dense", "factorised"):
+        g = GraphBuilder()
+        y = emit_factorised(g, "x", f, cost, out_shape, "l") if form == "factorised" else emit_dense(g, "x", f, "l")
+        g.op("Identity", [y], out_names=["y"])
+        proto = g.model([tensor_info("x", ["n", *x.shape[1:]])], [tensor_info("y", ["n", *out_shape])], 18, {})
+        onnx.checker.check_model(proto, full_check=True)
+        ops = [n.op_type for n in proto.graph.node]
+        assert ("AveragePool" in ops) == (form == "factorised")
+        (got,) = onnx_session(proto.SerializeToString()).run(None, {"x": x.numpy()})
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), form
+
+
 def test_factorised_macs_match_the_design_formula():
     conv, bn = _genetic_conv(16, 32, 3, 1, 1, genes=4)
     f = fold_layer(conv, bn)
@@ -154,7 +185,7 @@ def test_zoo_exports_validate_and_honour_the_contract(name, genes, tmp_path):
         weight_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear,
                                                                                 GeneticConv2d, GeneticLinear))]
         assert sorted(l["name"] for l in layers) == sorted(weight_layers)
-        assert layers[0]["name"] == "stem.0" and not layers[0]["input_is_spikes"] and layers[0]["calls"] == 1
+        assert layers[0]["name"].startswith("stem.") and not layers[0]["input_is_spikes"] and layers[0]["calls"] == 1
         assert all(l["spiking_input_layer"] in spiking for l in layers if l["input_is_spikes"])
         want = "dense" if (variant == "dense" or not genes) else "factorised"
         assert {l["variant"] for l in layers} == {want}

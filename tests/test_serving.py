@@ -14,6 +14,7 @@ from gee_deploy.serving.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer, layer
 from gee_deploy.serving.parity import Thresholds, evaluate, failed_gates, load_arrays
 from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
 from gee_deploy.zoo import list_models
+from gee_deploy.zoo.base import ConvPool
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_layer_table_reads_spikes_after_the_first_lif(tiny_checkpoint):
     layers, names, sizes = layer_table(model)
     assert [r["input_is_spikes"] for r in layers] == [False] + [True] * (len(layers) - 1)
     assert [r["calls"] for r in layers] == [1] + [model.timesteps] * (len(layers) - 1)
-    assert layers[0]["macs"] == 32 * 1 * 9 * 28 * 28  # stem 32C3 on 28x28, padding 1
+    assert layers[0]["macs"] == 32 * 1 * 16 * 14 * 14  # stem 32C3 + AP2 on 28x28: a 4x4 stride-2 conv
     assert layers[-1]["macs"] == 256 * 10 and layers[-1]["spiking_input_layer"] == names[-1]
     assert len(sizes) == len(names) == 4 and sizes[-1] == 256  # the hidden FC layer's neurons
 
@@ -185,6 +186,29 @@ def test_energy_is_eq17():
         energy_per_layer([{**layers[1], "spiking_input_layer": "lif9"}], {"lif1": 0.1}, 4)
 
 
+def _fan_out_bounds(module, in_shape) -> tuple[float, float]:
+    """Least and most synapses of one input neuron of ``module``, as fractions of eq. 17's uniform share.
+
+    Eq. 17 spreads a layer's MACs evenly over its input neurons; zero padding gives border neurons fewer
+    synapses, and a stride that skips the last rows or columns (a ConvPool on an odd map) gives the covered
+    ones more, so the exact SynOp count lies between these fractions of eq. 17's count.
+    """
+    if isinstance(module, torch.nn.Linear) or len(in_shape) == 1:
+        return 1.0, 1.0
+    conv = module[0] if isinstance(module, ConvPool) else module
+    k = conv.kernel_size if isinstance(conv.kernel_size, int) else conv.kernel_size[0]
+    stride = conv.stride if isinstance(conv.stride, int) else conv.stride[0]
+    pad = conv.padding if isinstance(conv.padding, int) else conv.padding[0]
+    if isinstance(module, ConvPool):
+        k, stride = k + 1, 2
+    ones = torch.ones(1, 1, *in_shape[-2:], requires_grad=True)
+    out = torch.nn.functional.conv2d(ones, torch.ones(1, 1, k, k), stride=stride, padding=pad)
+    out.sum().backward()
+    fan = ones.grad  # kernel taps that read each input pixel
+    share = k * k * out[0, 0].numel() / fan.numel()  # eq. 17's taps per input pixel
+    return fan.min().item() / share, fan.max().item() / share
+
+
 def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
     """MACs and SOPs of eq. 17 against spikingjelly's MAC and SynOp counters on the PyTorch model.
 
@@ -200,6 +224,11 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
 
     model = load_model(tiny_checkpoint)
     layers, names, sizes = layer_table(model)
+    modules = dict(model.named_modules())
+    # the module that runs each layer: a ConvPool runs its conv as one fused stride-2 conv
+    runs = {r["name"]: modules[r["name"]] for r in layers}
+    runs.update({f"{n}.0": m for n, m in modules.items() if isinstance(m, ConvPool)})
+    where = {m: n for n, m in modules.items()}
     x = torch.from_numpy(data[0][:16])
     counted = []
     for n in (8, 16):
@@ -207,16 +236,19 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
         with torch.no_grad(), DispatchCounterMode([syn, mac]):
             model(x[:n])
         prefix = type(model).__name__
-        counted.append(({r["name"]: sum(syn.records[f"{prefix}.{r['name']}"].values()) for r in layers},
-                        {r["name"]: sum(mac.records[f"{prefix}.{r['name']}"].values()) for r in layers}))
+        counted.append(({r["name"]: sum(syn.records[f"{prefix}.{where[runs[r['name']]]}"].values()) for r in layers},
+                        {r["name"]: sum(mac.records[f"{prefix}.{where[runs[r['name']]]}"].values()) for r in layers}))
     (syn8, mac8), (syn16, mac16) = counted
     sj_sops = {k: syn16[k] - syn8[k] for k in syn16}  # samples 8..15
     sj_macs = {k: mac16[k] - mac8[k] for k in mac16}
 
-    # Input firing rate of every layer on samples 8..15, and the LIF rates the report uses.
-    seen = {}
-    hooks = [m.register_forward_hook(lambda mod, a, o, name=name: seen.__setitem__(name, a[0].float().mean().item()))
-             for name, m in model.named_modules() if name in syn16]
+    # Input firing rate and input shape of every layer on samples 8..15, and the LIF rates the report uses.
+    seen, shapes = {}, {}
+
+    def record(name, inp):
+        seen[name], shapes[name] = inp.float().mean().item(), tuple(inp.shape[1:])
+
+    hooks = [m.register_forward_hook(lambda mod, a, o, name=name: record(name, a[0])) for name, m in runs.items()]
     with torch.no_grad(), SpikeRecorder(model) as rec:
         model(x[8:])
     for h in hooks:
@@ -233,11 +265,8 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
     for r in layers[1:]:
         name = r["name"]
         assert sj_macs[name] == 0  # binary input: no MACs, only accumulates
-        padded = getattr(dict(model.named_modules())[name], "padding", 0) not in (0, (0, 0))
-        if padded:
-            assert 4 / 9 * 8 * uniform[name].sops <= sj_sops[name] <= 8 * uniform[name].sops
-        else:
-            assert sj_sops[name] == pytest.approx(8 * uniform[name].sops, rel=1e-9)
+        low, high = _fan_out_bounds(runs[name], shapes[name])
+        assert low * 8 * uniform[name].sops * (1 - 1e-9) <= sj_sops[name] <= high * 8 * uniform[name].sops * (1 + 1e-9)
     classifier = layers[-1]["name"]  # reads its LIF directly: the report's own rate is exact
     assert sj_sops[classifier] == pytest.approx(8 * report[classifier].sops, rel=1e-9)
 

@@ -63,3 +63,40 @@ def test_create_model_errors_and_none_dropping():
         create_model("smallnet", width=3)
     model = create_model("smallnet", timesteps=None, genes=0)  # None = keep default; genes 0 = dense twin
     assert model.timesteps == 4 and model.genes is None
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("size", [7, 8, 14])
+@pytest.mark.parametrize("genes", [None, 4])
+def test_conv_pool_equals_conv_then_average_pool(kernel_size, size, genes):
+    """The fused stride-2 conv gives the values and the gradients of the conv followed by 2x2 pooling."""
+    from torch import nn
+
+    from gee_deploy.genetic import LayerFactory
+    from gee_deploy.zoo.base import ConvPool
+
+    torch.manual_seed(0)
+    f = LayerFactory(genes)
+    f.population("a", 3, taps=kernel_size ** 2)
+    f.population("b", 5, taps=kernel_size ** 2)
+    fused = ConvPool(f.conv("a", "b", kernel_size)).double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    y = fused(x)
+    ref = nn.functional.avg_pool2d(fused[0](x), 2)
+    assert y.shape == ref.shape == (2, 5, size // 2, size // 2)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    params = [x] + list(fused.parameters())
+    grads = torch.autograd.grad((y * ref.detach()).sum(), params)
+    ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), params)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
+def test_conv_pool_rejects_convs_it_cannot_fuse():
+    from torch import nn
+
+    from gee_deploy.zoo.base import ConvPool
+
+    for conv in (nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.Conv2d(2, 2, 3, padding=0), nn.Conv2d(2, 2, 2)):
+        with pytest.raises(ValueError, match="ConvPool needs"):
+            ConvPool(conv)

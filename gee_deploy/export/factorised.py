@@ -22,11 +22,12 @@ dense MACs (see :data:`MOVE_COST`); ``--profile`` measures instead of estimating
 
 Both read the layer input (binary spikes in the body) only in their first op, so only that op's MACs are
 accumulates (AC) in the paper's energy model (``spike_macs``); the mixing op reads analog values.
-A Linear layer is the k = 1 case without shifts: Gemm Cin -> g, Gemm g -> Cout.
+A Linear layer is the k = 1 case without shifts: Gemm Cin -> g, Gemm g -> Cout. A pooled layer (a
+ConvPool's conv) is written pointwise-first at input resolution, then AveragePool 2x2.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -62,6 +63,9 @@ def factorised_cost(f: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[
         return FactorisedCost("linear", f.c_in * g + g * f.c_out, f.c_in * g, g)
     in_pixels = in_shape[1] * in_shape[2]
     out_pixels = out_shape[1] * out_shape[2]
+    if f.pooled:  # the factorised conv runs at input resolution ("same", stride 1); AveragePool reads its output
+        cost = factorised_cost(replace(f, pooled=False), in_shape, (f.c_out,) + tuple(in_shape[1:]))
+        return replace(cost, moved=cost.moved + f.c_out * in_pixels)
     mixing = taps * g * f.c_out * out_pixels
     pointwise_first = f.c_in * taps * g * in_pixels
     shift_first = taps * f.c_in * g * out_pixels
@@ -105,6 +109,11 @@ def _shifted_copies(g: GraphBuilder, x: str, f: FoldedLayer, out_shape, hint: st
 def emit_factorised(g: GraphBuilder, x: str, f: FoldedLayer, cost: FactorisedCost, out_shape: tuple[int, ...],
                     hint: str) -> str:
     """Write genetic layer ``f`` in its factorised ``cost.form``; returns the output's name."""
+    if f.pooled:
+        if cost.form != "pointwise-first":
+            raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
+        y = emit_factorised(g, x, replace(f, pooled=False), cost, out_shape, f"{hint}.conv")
+        return g.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
     genes, taps = f.genes, f.kernel_size ** 2
     # E_in as a 1x1 conv / grouped 1x1 conv weight: row p*g + a holds E_in[:, p, a]
     project = f.e_in.transpose(1, 2, 0).reshape(taps * genes, f.c_in)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
+from ..zoo.base import fuse_average_pool
 from .errors import UnsupportedModuleError
 from .graph import GraphBuilder
 
@@ -38,6 +39,8 @@ class FoldedLayer:
         weight: [Cout, Cin, k, k] (conv) or [Cout, Cin] (linear).
         bias: [Cout].
         kernel_size, stride, padding: conv geometry (1, 1, 0 for linear).
+        pooled: a 2x2 average pool follows (:class:`~gee_deploy.zoo.base.ConvPool`); both forms include it,
+            the dense one as a single (k+1) x (k+1) stride-2 conv.
         e_in: genetic layers only: the input encoding as read, [Cin, k*k, g].
         mix: genetic layers only: s * G E_out^T with the BatchNorm scale, per tap, [k*k, g, Cout];
             weight[o, i, p] = sum_a e_in[i, p, a] mix[p, a, o].
@@ -49,6 +52,7 @@ class FoldedLayer:
     kernel_size: int = 1
     stride: int = 1
     padding: int = 0
+    pooled: bool = False
     e_in: np.ndarray | None = None
     mix: np.ndarray | None = None
 
@@ -104,8 +108,12 @@ def _conv_geometry(m: nn.Module) -> tuple[int, int, int]:
     return m.kernel_size, m.stride, m.padding
 
 
-def fold_layer(m: nn.Module, bn: nn.Module | None = None) -> FoldedLayer:
-    """Fold weight layer ``m`` (Conv2d, Linear or their genetic versions) and the BatchNorm ``bn`` after it."""
+def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False) -> FoldedLayer:
+    """Fold weight layer ``m`` (Conv2d, Linear or their genetic versions) and the BatchNorm ``bn`` after it.
+
+    ``pooled``: ``m`` is a ConvPool's conv, so a 2x2 average pool sits between it and ``bn`` (an eval-mode BN is
+    a per-channel affine map, so it commutes with the pool and folds all the same).
+    """
     if not is_weight_layer(m):
         raise UnsupportedModuleError(f"{type(m).__name__} is not a weight layer")
     kind = "conv" if isinstance(m, CONV_TYPES) else "linear"
@@ -120,20 +128,23 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None) -> FoldedLayer:
         mix = np.einsum("ab,opb->pao", g, e_out) * float(m.scale) * scale
         weight = np.einsum("ipa,pao->oip", e_in, mix)  # eq. 1, per tap
         weight = weight.reshape(c_out, -1, k, k) if kind == "conv" else weight[..., 0]
-        return FoldedLayer(kind, weight, bias, k, stride, padding, e_in, mix)
+        return FoldedLayer(kind, weight, bias, k, stride, padding, pooled, e_in, mix)
     weight = _f64(m.weight)
     weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
-    return FoldedLayer(kind, weight, bias, k, stride, padding)
+    return FoldedLayer(kind, weight, bias, k, stride, padding, pooled)
 
 
 def dense_macs(f: FoldedLayer, out_pixels: int) -> int:
-    """MACs of the folded dense layer per sample per call: Cout Cin k^2 per output pixel."""
-    return f.c_out * f.c_in * f.kernel_size ** 2 * out_pixels
+    """MACs of the folded dense layer per sample per call: Cout Cin k^2 per output pixel ((k+1)^2 if pooled)."""
+    return f.c_out * f.c_in * (f.kernel_size + f.pooled) ** 2 * out_pixels
 
 
 def emit_dense(g: GraphBuilder, x: str, f: FoldedLayer, hint: str) -> str:
     """Write ``f`` as one Conv or Gemm (weights cast to float32 here, once); returns the output's name."""
-    w, b = g.const(f.weight, f"{hint}.weight"), g.const(f.bias, f"{hint}.bias")
+    weight, stride = f.weight, f.stride
+    if f.pooled:  # conv + 2x2 average pool as one stride-2 conv, as ConvPool runs it
+        weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
+    w, b = g.const(weight, f"{hint}.weight"), g.const(f.bias, f"{hint}.bias")
     if f.kind == "conv":
-        return g.op("Conv", [x, w, b], hint, pads=[f.padding] * 4, strides=[f.stride] * 2)
+        return g.op("Conv", [x, w, b], hint, pads=[f.padding] * 4, strides=[stride] * 2)
     return g.op("Gemm", [x, w, b], hint, transB=1)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
 from ..neurons import LIF, SeqToBatch, lif_reference
+from ..zoo.base import ConvPool
 from .configs import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES
 from .errors import UnsupportedModuleError
 from .factorised import FactorisedCost, emit_factorised, factorised_cost
@@ -141,7 +142,11 @@ class _Writer:
             local, m = children[i]
             name = f"{prefix}.{local}" if local else prefix
             nxt = children[i + 1][1] if i + 1 < len(children) else None
-            if is_weight_layer(m) and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if isinstance(m, ConvPool) and isinstance(nxt, nn.BatchNorm2d):
+                x, i = self.weight(f"{name}.0", m[0], nxt, x, pooled=m), i + 2
+            elif isinstance(m, ConvPool):
+                x, i = self.weight(f"{name}.0", m[0], None, x, pooled=m), i + 1
+            elif is_weight_layer(m) and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 x, i = self.weight(name, m, nxt, x), i + 2
             elif is_weight_layer(m):
                 x, i = self.weight(name, m, None, x), i + 1
@@ -153,10 +158,12 @@ class _Writer:
 
     # -- layers ------------------------------------------------------------------------------------------
 
-    def weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: _Value) -> _Value:
-        f = fold_layer(m, bn)
+    def weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: _Value,
+               pooled: ConvPool | None = None) -> _Value:
+        """Weight layer ``m`` (inside ConvPool ``pooled``, if given) with the BatchNorm ``bn`` folded in."""
+        f = fold_layer(m, bn, pooled=pooled is not None)
         with torch.no_grad():
-            sample = m(x.sample)
+            sample = (pooled if pooled is not None else m)(x.sample)
             sample = bn(sample) if bn is not None else sample
         out_shape = tuple(sample.shape[1:])
         out_pixels = int(np.prod(out_shape[1:])) if f.kind == "conv" else 1

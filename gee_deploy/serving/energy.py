@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..genetic import GeneticConv2d, GeneticLinear
+from ..zoo.base import ConvPool
+
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "layer_table", "firing_rates", "energy_per_layer", "total_energy"]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), as in the paper
@@ -46,14 +49,18 @@ class LayerEnergy:
 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from ..genetic import GeneticConv2d, GeneticLinear
-
+    """(name, module) of each weight layer as it runs: a ConvPool stands for its conv (and keeps its name)."""
     kinds = (nn.Conv2d, nn.Linear, GeneticConv2d, GeneticLinear)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+    pooled = {f"{n}.0": m for n, m in model.named_modules() if isinstance(m, ConvPool)}
+    return [(n, pooled.get(n, m)) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
 def _macs_per_item(module: nn.Module, out: torch.Tensor) -> int:
     """MACs for one item of the call's batch axis (one sample at one timestep in the body)."""
+    if isinstance(module, ConvPool):  # runs as one stride-2 conv with a (k+1) x (k+1) kernel
+        k = module[0].kernel_size
+        k = k[0] if isinstance(k, tuple) else k
+        return int(out[0].numel() * module[0].in_channels * (k + 1) ** 2)
     if isinstance(module, nn.Linear) or out.dim() == 2:
         return int(module.in_features * module.out_features)
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2

@@ -2,19 +2,53 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
-__all__ = ["SpikingNet", "conv_bn", "pooled_head"]
-
+__all__ = ["ConvPool", "SpikingNet", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
 
 
 def conv_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,
             padding: int | None = None) -> SeqToBatch:
     """Conv (genetic or dense) + BatchNorm applied to [T, N, C, H, W] with T folded into the batch."""
     return SeqToBatch(f.conv(src, dst, kernel_size, stride, padding), nn.BatchNorm2d(f.channels[dst]))
+
+
+class ConvPool(nn.Sequential):
+    """A stride-1 "same" k x k conv followed by 2x2 average pooling, computed as one (k+1) x (k+1) conv of stride 2.
+
+    Averaging the four conv outputs of a pooling window equals one conv whose kernel is the k x k kernel
+    box-filtered to (k+1) x (k+1): exact, with (k+1)^2 / (4 k^2) of the MACs (16/36 for k = 3) and no
+    pooling pass. Both children stay as they are, so checkpoints and the genome see a plain conv and a plain
+    pool; the ONNX export writes the same fused conv (dense form) or the factorised conv + AveragePool.
+    """
+
+    def __init__(self, conv: nn.Module):
+        k, stride, padding = (conv.kernel_size, conv.stride, conv.padding)
+        k, stride, padding = (v[0] if isinstance(v, tuple) else v for v in (k, stride, padding))
+        if stride != 1 or k % 2 == 0 or padding != k // 2:
+            raise ValueError(f"ConvPool needs an odd-kernel stride-1 'same' conv, got k={k} stride={stride} "
+                             f"padding={padding}")
+        super().__init__(conv, nn.AvgPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self[0]
+        return F.conv2d(x, fuse_average_pool(conv.weight), getattr(conv, "bias", None), stride=2,
+                        padding=conv.padding)
+
+
+def fuse_average_pool(weight: torch.Tensor) -> torch.Tensor:
+    """The (k+1) x (k+1) stride-2 kernel of a k x k "same" conv followed by 2x2 average pooling: [..., k+1, k+1]."""
+    w = F.pad(weight, (0, 1, 0, 1))
+    return (w + w.roll(1, -1) + w.roll(1, -2) + w.roll((1, 1), (-2, -1))) * 0.25
+
+
+def conv_pool_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3) -> SeqToBatch:
+    """Conv + 2x2 average pool (fused, see :class:`ConvPool`) + BatchNorm on [T, N, C, H, W]."""
+    return SeqToBatch(ConvPool(f.conv(src, dst, kernel_size)), nn.BatchNorm2d(f.channels[dst]))
 
 
 def pooled_head(f: LayerFactory, src: str, hidden: tuple[int, ...], num_classes: int) -> list[nn.Module]:
