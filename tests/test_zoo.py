@@ -97,6 +97,8 @@ def test_conv_pool_rejects_convs_it_cannot_fuse():
 
     from gee_deploy.zoo.base import ConvPool
 
-    for conv in (nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.Conv2d(2, 2, 3, padding=0), nn.Conv2d(2, 2, 2)):
+    for conv in (nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.Conv2d(2, 2, 3, padding=0), nn.Conv2d(2, 2, 2),
+                 nn.Conv2d(2, 2, 3, padding=1, groups=2), nn.Conv2d(2, 2, 3, padding=1, dilation=2),
+                 nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")):
         with pytest.raises(ValueError, match="ConvPool needs"):
             ConvPool(conv)

@@ -29,9 +29,11 @@ class ConvPool(nn.Sequential):
     def __init__(self, conv: nn.Module):
         k, stride, padding = (conv.kernel_size, conv.stride, conv.padding)
         k, stride, padding = (v[0] if isinstance(v, tuple) else v for v in (k, stride, padding))
-        if stride != 1 or k % 2 == 0 or padding != k // 2:
-            raise ValueError(f"ConvPool needs an odd-kernel stride-1 'same' conv, got k={k} stride={stride} "
-                             f"padding={padding}")
+        plain = getattr(conv, "groups", 1) == 1 and getattr(conv, "dilation", 1) in (1, (1, 1)) \
+            and getattr(conv, "padding_mode", "zeros") == "zeros"
+        if stride != 1 or k % 2 == 0 or padding != k // 2 or not plain:
+            raise ValueError(f"ConvPool needs an odd-kernel stride-1 'same' conv without groups or dilation, "
+                             f"got {conv}")
         super().__init__(conv, nn.AvgPool2d(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
