@@ -30,6 +30,7 @@ def _cpu_seconds() -> float:
 def bench(recipe_path: str, workers: int, generations: int, population: int, overrides: list[str]) -> dict:
     import torch
 
+    from gee_deploy.io import read_jsonl
     from gee_deploy.recipe import load_recipe
     from gee_deploy.training.evolution import run_evolution
     from gee_deploy.training.trainer import build_recipe_model
@@ -44,7 +45,7 @@ def bench(recipe_path: str, workers: int, generations: int, population: int, ove
         run_evolution(recipe, out, model, torch.device("cpu"), progress=False)
         total = time.perf_counter() - started
         cpu = _cpu_seconds() - cpu_before  # workers are reaped when the evolution ends, so they count
-        rows = [json.loads(line) for line in (Path(out) / "evolution.jsonl").read_text().splitlines()]
+        rows = read_jsonl(Path(out) / "evolution.jsonl")
     seconds = [r["seconds"] for r in rows]
     return {"workers": workers, "population": population, "first_generation_s": seconds[0],
             "steady_generation_s": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
@@ -60,14 +61,11 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args()
     results = [bench(args.recipe, w, args.generations, args.population, args.overrides) for w in args.workers]
-    base = results[0]
+    base, first = results[0], results[0]["fitness"]
     for r in results:
-        fitness = r.pop("fitness")
-        r["same_fitness_as_first"] = fitness == (base.get("_fitness") or fitness)
-        base.setdefault("_fitness", fitness)
+        r["same_fitness_as_first"] = r.pop("fitness") == first
         r["speedup_steady"] = base["steady_generation_s"] / r["steady_generation_s"]
         r["speedup_total"] = base["total_s"] / r["total_s"]
-    base.pop("_fitness")
     for r in results:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
 

@@ -15,7 +15,7 @@ import sys
 import urllib.request
 
 from gee_deploy.serving.loadtest import load_test
-from gee_deploy.serving.parity import load_arrays
+from gee_deploy.data import load_test_arrays
 from gee_deploy.serving.runtimes import read_onnx_info
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     info = read_onnx_info(args.model)
-    images = load_arrays(info.dataset, limit=args.samples)[0]
+    images = load_test_arrays(info.dataset, limit=args.samples)[0]
     cmd = [sys.executable, "-m", "gee_deploy.cli", "serve", args.model, "--name", "bench", "--port", "0",
            "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)]
     if args.threads:

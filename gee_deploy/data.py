@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 
-__all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_split", "make_loader", "FMNIST_DIR",
-           "MINI_PATH", "build_mini"]
+__all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_split", "load_test_arrays", "make_loader",
+           "FMNIST_DIR", "MINI_PATH", "build_mini"]
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MINI_PATH = Path(__file__).parent / "assets" / "fashion_mnist_mini.npz"
@@ -225,6 +225,16 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
         images, labels = images[:limit], labels[:limit]
     return InMemoryImages(torch.from_numpy(np.array(images, order="C")), torch.from_numpy(labels.astype(np.int64)),
                           info.crop_padding if augment else 0, info.flip and augment)
+
+
+def load_test_arrays(name: str, data_dir: str | os.PathLike | None = None,
+                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The test split of ``name`` as (images float32 [N, C, H, W] in [0, 1], labels int64 [N])."""
+    ds = load_split(name, "test", data_dir=data_dir, limit=limit)
+    if len(ds) == 0:
+        raise DataError(f"the test split of {name} is empty")
+    xs, ys = zip(*DataLoader(ds, batch_size=512, shuffle=False))
+    return torch.cat(xs).numpy().astype(np.float32), torch.cat(ys).numpy()
 
 
 def _imagenet(directory: Path, split: str, augment: bool, limit: int | None) -> Dataset:

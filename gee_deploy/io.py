@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_json", "append_jsonl", "read_jsonl"]
+__all__ = ["atomic_path", "write_json", "write_jsonl", "append_jsonl", "read_jsonl"]
 
 
 @contextmanager
@@ -35,6 +35,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def write_json(target: str | os.PathLike, obj) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(target: str | os.PathLike, rows) -> None:
+    """Replace ``target`` with one JSON object per line, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_jsonl(target: str | os.PathLike, obj) -> None:

@@ -14,11 +14,15 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-__all__ = ["LIF", "SeqToBatch", "SpikeRecorder", "lif_reference"]
+__all__ = ["LIF", "SPIKE_PRESERVING", "SeqToBatch", "SpikeRecorder", "lif_reference"]
 
 TAU = 2.0
 V_THRESHOLD = 1.0
 V_RESET = 0.0
+
+# Modules that keep a binary spike tensor binary (the layer after them still reads spikes); average pooling
+# and everything else makes it analog.
+SPIKE_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
 def lif_reference(x_seq: torch.Tensor, tau: float = TAU, v_threshold: float = V_THRESHOLD,

@@ -309,9 +309,7 @@ def test_torchrun_ranks_share_the_population(tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun is not installed in this environment")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # train.epochs=1: the trainer's epochs=0 branch evaluates on rank 0 only, and its all-reduce waits forever
-    common = ["train", str(ROOT / "models" / "demo.toml"), *DEMO_ARGS, "--set", "evolution.generations=2",
-              "--set", "train.epochs=1"]
+    common = ["train", str(ROOT / "models" / "demo.toml"), *DEMO_ARGS, "--set", "evolution.generations=2"]
     ranks = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gee_deploy.cli", *common,
                               "--out", str(tmp_path / "ranks")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env, start_new_session=True)

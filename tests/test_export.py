@@ -208,10 +208,17 @@ def test_auto_picks_the_cheaper_form_per_layer(tmp_path):
     assert report.macs_per_sample < report.dense_macs_per_sample
 
 
-def test_auto_with_profile_measures_each_layer_and_still_validates(tmp_path):
+def test_auto_with_profile_measures_each_layer_and_still_validates(tmp_path, monkeypatch):
+    from gee_deploy.export import choose
+
+    timed = []
+    real = choose.layer_latency
+    monkeypatch.setattr(choose, "layer_latency", lambda f, form, *a, **k: timed.append(form) or real(f, form, *a, **k))
     model, images = small_model("smallnet", genes=4)
     report = export_loaded(model, tmp_path / "p.onnx", variant="auto", profile=True, images=images, validation=FAST)
     assert {l["variant"] for l in report.layers} <= {"dense", "factorised"}
+    genetic = [l for l in report.layers if l["factorised_macs"] is not None]
+    assert genetic and sorted(timed) == sorted(["dense", "factorised"] * len(genetic))  # both forms timed per layer
 
 
 # ---- validation reports every failure --------------------------------------------------------------------

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from gee_deploy.serving.loadtest import load_test
-from gee_deploy.serving.parity import load_arrays
+from gee_deploy.data import load_test_arrays
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.serving.server import Batcher, InferenceServer
 
 
 @pytest.fixture(scope="module")
 def images():
-    return load_arrays("synthetic", limit=64)[0]
+    return load_test_arrays("synthetic", limit=64)[0]
 
 
 @pytest.fixture(scope="module")

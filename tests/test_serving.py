@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from gee_deploy.cli import cli
 from gee_deploy.errors import InputError, ModelFileError, RuntimeUnavailableError
 from gee_deploy.serving.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer, layer_table
-from gee_deploy.serving.parity import Thresholds, evaluate, failed_gates, load_arrays
+from gee_deploy.data import load_test_arrays
+from gee_deploy.serving.parity import Thresholds, evaluate, failed_gates
 from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
 from gee_deploy.zoo import list_models
 from gee_deploy.zoo.base import ConvPool
@@ -19,7 +20,7 @@ from gee_deploy.zoo.base import ConvPool
 
 @pytest.fixture(scope="module")
 def data():
-    return load_arrays("synthetic", limit=64)
+    return load_test_arrays("synthetic", limit=64)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import file_sha256, load_model
-from ..data import dataset_info, load_split
-from ..errors import DataError, GeeError
+from ..data import dataset_info, load_test_arrays
+from ..errors import GeeError
 from ..io import atomic_path
 from .choose import make_chooser
 from .configs import DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, lookup
@@ -68,11 +68,8 @@ def _report_dict(r: ValidationReport) -> dict:
 
 def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``samples`` test images [S, C, H, W] and labels of ``dataset``."""
-    ds = load_split(dataset, "test", data_dir=data_dir, limit=samples)
-    if len(ds) == 0:
-        raise DataError(f"the test split of {dataset} is empty; nothing to validate on")
-    images, labels = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(images), torch.as_tensor(labels)
+    images, labels = load_test_arrays(dataset, data_dir, samples)
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def _metadata(model: nn.Module, variant: str, checkpoint_sha256: str, streaming: bool) -> dict:
@@ -102,11 +99,17 @@ def _metadata(model: nn.Module, variant: str, checkpoint_sha256: str, streaming:
 
 
 def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
-               checkpoint_sha256: str = "", profile: bool = False) -> tuple[onnx.ModelProto, GraphInfo]:
-    """The checked ONNX graph of eval-mode ``model`` (no file written)."""
+               checkpoint_sha256: str = "", profile: bool = False,
+               choices: dict[str, str] | None = None) -> tuple[onnx.ModelProto, GraphInfo]:
+    """The checked ONNX graph of eval-mode ``model`` (no file written).
+
+    ``choices``: the form ("dense" / "factorised") of every genetic layer by name, as an earlier build chose
+    them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
+    """
     v = lookup(VARIANTS, variant, "variant")
     opset = _opset(opset)
-    choose = make_chooser(v, profile, model.timesteps, opset)
+    choose = make_chooser(v, profile, model.timesteps, opset) if choices is None else \
+        (lambda name, *_: choices[name])
     proto, info = write_graph(model.eval(), choose, opset, _metadata(model, variant, checkpoint_sha256, streaming),
                               streaming)
     try:
@@ -154,7 +157,7 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     if streaming:
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in info.layers}
-        stream, _ = _build_with_choices(model, chosen, report.opset, checkpoint_sha256, variant)
+        stream, _ = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen)
         sv = validate_streaming(stream.SerializeToString(), data, images, model.timesteps,
                                 [i.name for i in stream.graph.input[1:]], cfg)
         report.streaming_validation = _report_dict(sv)
@@ -165,13 +168,6 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     _write(f.name, final, Path(out), max_batch_size, fp16, report)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _build_with_choices(model, chosen: dict[str, str], opset: int, sha: str, variant: str):
-    proto, info = write_graph(model, lambda name, *a: chosen[name], opset,
-                              _metadata(model, variant, sha, True), True)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto, info
 
 
 def _write(fmt: str, proto: onnx.ModelProto, out: Path, max_batch_size: int, fp16: bool,

@@ -26,7 +26,7 @@ from onnx import TensorProto
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
-from ..neurons import LIF, SeqToBatch, lif_reference
+from ..neurons import LIF, SPIKE_PRESERVING, SeqToBatch, lif_reference
 from ..zoo.base import ConvPool
 from .configs import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES
 from .errors import UnsupportedModuleError
@@ -36,8 +36,6 @@ from .graph import GraphBuilder, tensor_info
 
 __all__ = ["LayerRecord", "GraphInfo", "Chooser", "write_graph"]
 
-# modules that keep a binary spike tensor binary (so the layer after them still reads spikes)
-_SPIKE_PRESERVING = (nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 
 
 @dataclass
@@ -142,14 +140,13 @@ class _Writer:
             local, m = children[i]
             name = f"{prefix}.{local}" if local else prefix
             nxt = children[i + 1][1] if i + 1 < len(children) else None
-            if isinstance(m, ConvPool) and isinstance(nxt, nn.BatchNorm2d):
-                x, i = self.weight(f"{name}.0", m[0], nxt, x, pooled=m), i + 2
-            elif isinstance(m, ConvPool):
-                x, i = self.weight(f"{name}.0", m[0], None, x, pooled=m), i + 1
-            elif is_weight_layer(m) and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                x, i = self.weight(name, m, nxt, x), i + 2
-            elif is_weight_layer(m):
-                x, i = self.weight(name, m, None, x), i + 1
+            if isinstance(m, ConvPool) or is_weight_layer(m):
+                bn = nxt if isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)) else None
+                if isinstance(m, ConvPool):  # its conv, named as such, with the pool written in
+                    x = self.weight(f"{name}.0", m[0], bn, x, pooled=m)
+                else:
+                    x = self.weight(name, m, bn, x)
+                i += 2 if bn is not None else 1
             elif isinstance(m, LIF) or list(m.children()):
                 x, i = self.module(name, m, x), i + 1
             else:
@@ -210,7 +207,7 @@ class _Writer:
             y = g.op("Flatten", [x.name], name, axis=1)
         else:
             raise UnsupportedModuleError(f"cannot export {name} ({m!r}): no ONNX translation for it")
-        keeps = isinstance(m, _SPIKE_PRESERVING)
+        keeps = isinstance(m, SPIKE_PRESERVING)
         return _Value(y, sample, x.static, x.spikes_from if keeps else None)
 
     def add(self, a: _Value, b: _Value) -> _Value:

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .energy import energy_per_layer, firing_rates, total_energy
-from .parity import Evaluation, Thresholds, compare, evaluate, failed_gates, load_arrays
+from ..data import load_test_arrays
+from .parity import Evaluation, Thresholds, compare, evaluate, failed_gates
 from .runtimes import RUNTIMES, Runtime, default_runtimes, open_runtime
 
 __all__ = ["time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
@@ -114,7 +115,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
     say = progress or (lambda msg: None)
     opened = open_runtimes(models, runtimes, threads)
     name = _dataset(opened, dataset)
-    images, labels = load_arrays(name, data_dir, limit)
+    images, labels = load_test_arrays(name, data_dir, limit)
     ref = next((r for r in opened if r.name == "torch"), None)
     evaluations = {}
     rows, latency = [], []
@@ -163,7 +164,7 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thres
     ref = open_runtime(checkpoint, "torch", threads)
     ort = open_runtime(onnx_path, "ort-cpu", threads)
     name = _dataset([ref, ort], dataset)
-    images, labels = load_arrays(name, data_dir, limit)
+    images, labels = load_test_arrays(name, data_dir, limit)
     measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels))
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)

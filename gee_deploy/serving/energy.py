@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
+from ..neurons import SPIKE_PRESERVING
 from ..zoo.base import ConvPool
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "layer_table", "firing_rates", "energy_per_layer", "total_energy"]
@@ -56,20 +57,13 @@ def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _macs_per_item(module: nn.Module, out: torch.Tensor) -> int:
-    """MACs for one item of the call's batch axis (one sample at one timestep in the body)."""
-    if isinstance(module, ConvPool):  # runs as one stride-2 conv with a (k+1) x (k+1) kernel
-        k = module[0].kernel_size
-        k = k[0] if isinstance(k, tuple) else k
-        return int(out[0].numel() * module[0].in_channels * (k + 1) ** 2)
+    """MACs for one item of the call's batch axis (one sample at one timestep in the body); a ConvPool
+    describes the fused (k+1) x (k+1) conv it runs."""
     if isinstance(module, nn.Linear) or out.dim() == 2:
         return int(module.in_features * module.out_features)
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
     groups = getattr(module, "groups", 1)
     return int(out[0].numel() * (module.in_channels // groups) * k[0] * k[1])
-
-
-# Modules that keep a binary spike tensor binary; average pooling and everything else makes it analog.
-_SPIKE_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
 @torch.no_grad()
@@ -114,7 +108,7 @@ def layer_table(model: nn.Module) -> tuple[list[dict], list[str], list[int]]:
     for name, module in model.named_modules():
         if isinstance(module, LIF):
             hooks.append(module.register_forward_hook(lambda mod, a, o, name=name: tag(o, name)))
-        elif isinstance(module, _SPIKE_PRESERVING):
+        elif isinstance(module, SPIKE_PRESERVING):
             hooks.append(module.register_forward_hook(on_preserving))
     c, s = model.in_channels, model.image_size
     x_in = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Evaluation", "load_arrays", "evaluate", "compare", "Thresholds", "failed_gates"]
+__all__ = ["Evaluation", "evaluate", "compare", "Thresholds", "failed_gates"]
 
 
 @dataclass
@@ -24,18 +24,6 @@ class Evaluation:
     @property
     def spikes_per_sample(self) -> float:
         return float(self.spikes.astype(np.float64).sum(1).mean())
-
-
-def load_arrays(dataset: str, data_dir=None, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Test split of ``dataset`` as (images float32 [N, C, H, W] in [0, 1], labels int64 [N])."""
-    import torch
-
-    from ..data import load_split
-
-    ds = load_split(dataset, "test", data_dir=data_dir, limit=limit)
-    loader = torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False)
-    xs, ys = zip(*loader)
-    return torch.cat(xs).numpy().astype(np.float32), torch.cat(ys).numpy()
 
 
 def evaluate(runtime, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> Evaluation:

@@ -19,7 +19,6 @@ import re
 import threading
 import time
 from concurrent.futures import Future
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np

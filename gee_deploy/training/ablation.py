@@ -47,7 +47,7 @@ def _variant_recipe(recipe, overrides: dict, seed_offset: int):
 
 def _run(recipe, run_dir: Path, progress) -> dict:
     """Train (or resume, or reuse) one run; returns its record."""
-    from .trainer import train
+    from .trainer import holds_run, train
 
     record_path = run_dir / "ablation_run.json"
     rows = read_jsonl(run_dir / "train.jsonl")
@@ -55,7 +55,7 @@ def _run(recipe, run_dir: Path, progress) -> dict:
         import json
 
         return json.loads(record_path.read_text())
-    resume = (run_dir / "last.pt").exists() or (run_dir / LOG_FILE).exists()
+    resume = holds_run(run_dir)
     started = time.perf_counter()
     metrics = train(recipe, run_dir, resume=resume, progress=progress)
     evo = read_jsonl(run_dir / LOG_FILE)

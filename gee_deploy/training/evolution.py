@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..io import append_jsonl, atomic_path, read_jsonl
+from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 
@@ -221,8 +221,7 @@ def _save_state(path: Path, settings: dict, terms: list, fitness: list, es) -> N
     state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
              "generations_done": len(fitness), "terms": terms, "fitness": fitness,
              "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma)}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(state))
+    write_json(path, state)
 
 
 def _load_state(path: Path, settings: dict) -> dict | None:
@@ -304,9 +303,7 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
         terms_log, fitness_log = state["terms"], state["fitness"]
     done = len(history)
     if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
-        rows = [r for r in read_jsonl(log_path) if r.get("generation", -1) < done]
-        with atomic_path(log_path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("generation", -1) < done])
 
     # ---- generations ---------------------------------------------------------------------------------
     show = progress is not False and main

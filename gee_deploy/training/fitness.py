@@ -105,6 +105,7 @@ class EvalData:
                               f"(eval_batches={self.eval_batches} held-out batches plus one training batch of "
                               f"{self.batch_size}); the training split has {len(self.dataset)}")
         self.train_count = len(self.dataset) - held
+        self._held_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the same for every candidate
 
     def _batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         items = [self.dataset[int(i)] for i in indices]
@@ -119,10 +120,12 @@ class EvalData:
         for s in range(steps):
             yield self._batch(perm[s * self.batch_size:(s + 1) * self.batch_size])
 
-    def held_out(self):
-        for b in range(self.eval_batches):
-            start = self.train_count + b * self.batch_size
-            yield self._batch(range(start, start + self.batch_size))
+    def held_out(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``eval_batches`` batches after the training part, collated once and reused."""
+        if self._held_out is None:
+            starts = (self.train_count + b * self.batch_size for b in range(self.eval_batches))
+            self._held_out = [self._batch(range(s, s + self.batch_size)) for s in starts]
+        return self._held_out
 
 
 def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, seed: int, data: EvalData,

@@ -15,7 +15,6 @@ same number, so a resumed run on CPU ends with the same weights as an uninterrup
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -29,7 +28,7 @@ from torch import nn
 from ..checkpoint import architecture_fingerprint, load_checkpoint, save_checkpoint
 from ..data import dataset_info, load_split, make_loader
 from ..errors import ConfigError
-from ..io import append_jsonl, atomic_path, read_jsonl, write_json
+from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
 from ..recipe import Recipe
 from ..zoo import create_model
@@ -127,7 +126,7 @@ def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
          "lr": t.lr * t.genetic_lr_scale},
         {"params": [p for p in params if id(p) not in genetic and p.dim() > 1], "weight_decay": t.weight_decay,
          "lr": t.lr},
-        {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, "lr": t.lr},
+        {"params": [p for p in params if id(p) not in genetic and p.dim() <= 1], "weight_decay": 0.0, "lr": t.lr},
     ]
     groups = [g for g in groups if g["params"]]
     if t.optimizer == "adamw":
@@ -135,6 +134,11 @@ def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
     raise ConfigError(f"unknown train.optimizer {t.optimizer!r}; use adamw or sgd")
+
+
+def holds_run(out: str | os.PathLike) -> bool:
+    """Whether run directory ``out`` holds a started run (a checkpoint, or evolution under way)."""
+    return (Path(out) / "last.pt").exists() or (Path(out) / "evolution.jsonl").exists()
 
 
 def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
@@ -150,9 +154,9 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
 
         check_evolution(recipe.evolution)
     last_path = out / "last.pt"
-    if resume and not last_path.exists() and not (out / "evolution.jsonl").exists():
+    if resume and not holds_run(out):
         raise ConfigError(f"--resume: {out} has no last.pt to resume from")
-    if not resume and (last_path.exists() or (out / "evolution.jsonl").exists()):
+    if not resume and holds_run(out):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     # ---- set-up ---------------------------------------------------------------------------------------
@@ -221,9 +225,8 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc = ckpt["epoch"], ckpt.get("best_acc", 0.0)
         if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
-            rows = [r for r in read_jsonl(out / "train.jsonl") if r.get("epoch", 0) <= start_epoch]
-            with atomic_path(out / "train.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            write_jsonl(out / "train.jsonl", [r for r in read_jsonl(out / "train.jsonl")
+                                              if r.get("epoch", 0) <= start_epoch])
 
     net = model
     if dist.world > 1:

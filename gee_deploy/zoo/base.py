@@ -35,11 +35,13 @@ class ConvPool(nn.Sequential):
             raise ValueError(f"ConvPool needs an odd-kernel stride-1 'same' conv without groups or dilation, "
                              f"got {conv}")
         super().__init__(conv, nn.AvgPool2d(2))
+        # the geometry of the fused conv that runs (what MAC counts read)
+        self.in_channels, self.kernel_size, self.stride, self.padding = conv.in_channels, k + 1, 2, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self[0]
-        return F.conv2d(x, fuse_average_pool(conv.weight), getattr(conv, "bias", None), stride=2,
-                        padding=conv.padding)
+        return F.conv2d(x, fuse_average_pool(conv.weight), getattr(conv, "bias", None), stride=self.stride,
+                        padding=self.padding)
 
 
 def fuse_average_pool(weight: torch.Tensor) -> torch.Tensor:
