@@ -1,0 +1,259 @@
+"""The deployment contract: one typed description of a deployed model, shared by export and serving.
+
+A :class:`ModelSpec` says what a graph takes and returns and what it costs: the input's name, shape and dtype,
+the output names, T, the class names, the spiking (LIF) layers in ``spike_counts`` column order with their
+neurons per sample, and one :class:`LayerSpec` per weight layer (MACs, calls per sample, which LIF's spikes it
+reads, form and variant). The exporter builds it in the one walk of the model that also writes the graph
+(:mod:`gee_deploy.walk`); the PyTorch reference builds the same description from the same walk.
+
+It travels as ONNX ``metadata_props`` (string values; lists and dicts as JSON) and, for artefacts that hold no
+metadata (TensorRT plans, Triton repositories), as a JSON sidecar with the same keys
+(:func:`sidecar_path`). Everything downstream (energy, runtimes, bench, server, tests) reads it through
+:meth:`ModelSpec.from_metadata`, :meth:`ModelSpec.from_onnx` or :meth:`ModelSpec.from_artefact`. Names, keys
+and their encodings are spelled here and nowhere else (STYLE 11: optimum's ``OnnxConfig``).
+
+Graph I/O:
+
+* input ``input``: float32 [N, C, H, W], pixels in [0, 1], N a dynamic axis named ``batch``; normalisation
+  happens inside the graph.
+* outputs ``logits``: float32 [N, classes], the mean over the T timesteps of the classifier, and
+  ``spike_counts``: float32 [N, L], the spikes each of the L spiking layers emitted for each sample, summed
+  over its neurons and the T steps (firing rate = count / (neurons x T)).
+* streaming graphs (one timestep per call) add inputs ``v_in.<lif>`` and outputs ``v_out.<lif>`` [N, ...]:
+  membrane potentials, zeros at the start of a sequence, fed back on the next call.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ModelFileError
+
+__all__ = ["INPUT_NAME", "LOGITS", "SPIKE_COUNTS", "OUTPUT_NAMES", "BATCH_DIM", "SPEC_FORMAT", "LayerSpec",
+           "ModelSpec", "sidecar_path", "state_names"]
+
+INPUT_NAME = "input"
+LOGITS = "logits"
+SPIKE_COUNTS = "spike_counts"
+OUTPUT_NAMES = (LOGITS, SPIKE_COUNTS)
+BATCH_DIM = "batch"
+SPEC_FORMAT = "1"
+_PREFIX = "gee."
+
+
+def state_names(lif: str) -> tuple[str, str]:
+    """Streaming graphs: the (input, output) names of LIF layer ``lif``'s membrane potential."""
+    return f"v_in.{lif}", f"v_out.{lif}"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One weight layer (conv or linear) as it runs in the deployed graph, per sample.
+
+    Attributes:
+        name: module path in the model (a ConvPool is named by its conv, ``...0``).
+        kind: "conv" or "linear".
+        variant: "dense" or "factorised" (how the exporter wrote it); "eager" for the PyTorch reference.
+        macs: multiply-accumulates per call (all ops of the layer).
+        input_is_spikes: the layer reads binary spikes (accumulates only: eq. 17's AC term).
+        spiking_input_layer: the LIF whose spikes it reads (its firing rate scales the SOPs), or None.
+        spike_macs: MACs of the op that reads the layer input; in a factorised layer only the first op reads
+            spikes, the later ones work on analog values.
+        calls: runs per sample per graph call: 1 for the stem (computed once on the analog image), T for
+            body layers (1 in a streaming graph).
+        form: "dense", "pointwise-first", "shift-first" or "linear".
+        dense_macs: MACs per call of the dense form.
+        factorised_macs: MACs per call of the factorised form (None for non-genetic layers).
+    """
+
+    name: str
+    kind: str
+    variant: str
+    macs: int
+    input_is_spikes: bool
+    spiking_input_layer: str | None
+    spike_macs: int
+    calls: int
+    form: str = "dense"
+    dense_macs: int = 0
+    factorised_macs: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> LayerSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a deployed model takes, returns and costs (the module docstring has the graph contract).
+
+    Attributes:
+        timesteps: T.
+        input_shape: [C, H, W] of one sample.
+        class_names: one per logit column.
+        spiking_layers: LIF module names, in ``spike_counts`` column order.
+        neurons_per_layer: neurons per sample of each spiking layer (same order).
+        layers: the weight layers in the order they run.
+        variant: requested export variant (dense / factorised / auto), "eager" for the PyTorch model.
+        streaming: one timestep per call, membranes as extra inputs/outputs.
+        model_name, model_args, dataset: what the checkpoint says it is.
+        checkpoint_sha256: sha256 of the checkpoint file it came from ("" when unknown).
+    """
+
+    timesteps: int
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    spiking_layers: tuple[str, ...]
+    neurons_per_layer: tuple[int, ...]
+    layers: tuple[LayerSpec, ...]
+    variant: str = "dense"
+    streaming: bool = False
+    model_name: str = ""
+    model_args: dict = field(default_factory=dict)
+    dataset: str = ""
+    checkpoint_sha256: str = ""
+
+    input_name = INPUT_NAME
+    input_dtype = "float32"
+    output_names = OUTPUT_NAMES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def state_inputs(self) -> list[str]:
+        return [state_names(l)[0] for l in self.spiking_layers] if self.streaming else []
+
+    @property
+    def state_outputs(self) -> list[str]:
+        return [state_names(l)[1] for l in self.spiking_layers] if self.streaming else []
+
+    @property
+    def macs_per_sample(self) -> int:
+        """One inference of one sample: sum over layers of MACs x calls."""
+        return sum(l.macs * l.calls for l in self.layers)
+
+    @property
+    def dense_macs_per_sample(self) -> int:
+        """The same network with every layer dense."""
+        return sum(l.dense_macs * l.calls for l in self.layers)
+
+    def with_(self, **changes) -> ModelSpec:
+        return replace(self, **changes)
+
+    # -- encoding ---------------------------------------------------------------------------------------
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``gee.*`` key/value pairs (strings; lists and dicts as JSON) of ONNX metadata_props and sidecars."""
+        meta = {
+            "format": SPEC_FORMAT,
+            "timesteps": str(self.timesteps),
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+            "variant": self.variant,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "model_name": self.model_name,
+            "model_args": self.model_args,
+            "dataset": self.dataset,
+            "streaming": "true" if self.streaming else "false",
+            "spiking_layers": list(self.spiking_layers),
+            "neurons_per_layer": list(self.neurons_per_layer),
+            "layers": [l.as_dict() for l in self.layers],
+        }
+        if self.streaming:
+            meta["state_inputs"], meta["state_outputs"] = self.state_inputs, self.state_outputs
+        return {_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], source: str) -> ModelSpec:
+        """The spec in ``gee.*`` key/value pairs; :class:`ModelFileError` naming ``source`` when absent or malformed."""
+        required = ("timesteps", "input_shape", "class_names", "spiking_layers", "neurons_per_layer", "layers")
+        missing = [_PREFIX + k for k in required if _PREFIX + k not in meta]
+        if missing:
+            raise ModelFileError(f"{source} lacks gee-deploy metadata ({', '.join(missing)}); export it with "
+                                 "`gee-deploy export`")
+
+        def get(key: str, default: str = ""):
+            return meta.get(_PREFIX + key, default)
+
+        def js(key: str, default: str = "null"):
+            return json.loads(get(key, default))
+
+        try:
+            return cls(
+                timesteps=int(get("timesteps")),
+                input_shape=tuple(int(v) for v in js("input_shape")),
+                class_names=tuple(str(c) for c in js("class_names")),
+                spiking_layers=tuple(js("spiking_layers")),
+                neurons_per_layer=tuple(int(v) for v in js("neurons_per_layer")),
+                layers=tuple(LayerSpec.from_dict(l) for l in js("layers")),
+                variant=get("variant"),
+                streaming=get("streaming", "false") == "true",
+                model_name=get("model_name"),
+                model_args=js("model_args", "{}") or {},
+                dataset=get("dataset"),
+                checkpoint_sha256=get("checkpoint_sha256"))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike) -> ModelSpec:
+        """The spec in an ONNX file's metadata_props (the graph is read, not run)."""
+        import onnx
+
+        if not Path(path).is_file():
+            raise ModelFileError(f"{path} not found")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf DecodeError, OSError
+            raise ModelFileError(f"{path} is not a readable ONNX file (truncated or corrupt?): {e}") from None
+        return cls.from_metadata({p.key: p.value for p in model.metadata_props}, str(path))
+
+    @classmethod
+    def from_sidecar(cls, path: str | os.PathLike) -> ModelSpec:
+        """The spec in a JSON sidecar written by :meth:`write_sidecar`."""
+        p = Path(path)
+        try:
+            meta = json.loads(p.read_text())
+        except OSError as e:
+            raise ModelFileError(f"cannot read {p}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"{p} is not JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{p} is not a gee-deploy model spec (expected a JSON object)")
+        return cls.from_metadata(meta, str(p))
+
+    @classmethod
+    def from_artefact(cls, path: str | os.PathLike) -> ModelSpec:
+        """The spec of any exported artefact: an ONNX file's metadata, else the sidecar beside it."""
+        p = Path(path)
+        if p.suffix.lower() == ".onnx":
+            return cls.from_onnx(p)
+        side = sidecar_path(p)
+        if side.is_file():
+            return cls.from_sidecar(side)
+        raise ModelFileError(f"no model spec for {p}: expected {side} (written by `gee-deploy export`)")
+
+    def write_sidecar(self, artefact: str | os.PathLike) -> Path:
+        """Write the spec beside ``artefact`` (atomically); returns the sidecar's path."""
+        from .io import atomic_path
+
+        side = sidecar_path(artefact)
+        with atomic_path(side) as tmp:
+            tmp.write_text(json.dumps(self.to_metadata(), indent=1) + "\n")
+        return side
+
+
+def sidecar_path(artefact: str | os.PathLike) -> Path:
+    """Where the spec of ``artefact`` lives when the artefact holds no metadata: ``<file>.json`` beside a file,
+    ``<dir>/spec.json`` inside a directory (a Triton model directory)."""
+    p = Path(artefact)
+    return p / "spec.json" if p.is_dir() else p.with_name(p.name + ".json")
