@@ -18,6 +18,8 @@ COMMANDS = {
     "bench": "Benchmark runtimes: latency, accuracy, parity, spikes and energy.",
     "check": "CI gate: parity and latency ratio of an ONNX export against its checkpoint.",
     "serve": "Serve an ONNX model over the Open Inference Protocol (KServe v2 REST).",
+    "robustness": "Fig. 2: accuracy under Gaussian noise of a fraction of each image's L2 norm.",
+    "sweep": "Fig. 3: train each gene count g and the dense twin; accuracy, parameters, energy.",
 }
 
 
