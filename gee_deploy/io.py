@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_json", "write_jsonl", "append_jsonl", "read_jsonl"]
+__all__ = ["atomic_path", "write_json", "write_jsonl", "append_jsonl", "read_jsonl", "write_report_files"]
 
 
 @contextmanager
@@ -62,3 +62,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue  # torn last line of a killed run
     return rows
+
+
+def write_report_files(out: str | os.PathLike, stem: str, data, markdown: str, figure) -> list[Path]:
+    """Write ``out/<stem>.json`` (``data``), ``<stem>.md`` and ``<stem>.png`` (a matplotlib figure, closed
+    afterwards), each atomically; returns the three paths."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    try:
+        write_json(paths[0], data)
+        with atomic_path(paths[1]) as tmp:
+            tmp.write_text(markdown)
+        with atomic_path(paths[2], suffix=".png") as tmp:
+            figure.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(figure)
+    return paths

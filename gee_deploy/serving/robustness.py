@@ -36,7 +36,7 @@ import numpy as np
 
 from ..data import load_test_arrays
 from ..errors import ConfigError
-from ..io import atomic_path, write_json
+from ..io import write_report_files
 from .parity import Evaluation, evaluate
 from .runtimes import Runtime, open_runtime
 
@@ -244,7 +244,7 @@ def robustness_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _plot(report: dict, target: Path) -> None:
+def _figure(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,17 +264,9 @@ def _plot(report: dict, target: Path) -> None:
     spk_ax.set(ylabel="spikes per image", title="spikes per image")
     acc_ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(target, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_robustness(report: dict, out: str | os.PathLike) -> list[Path]:
     """Write ``out``/robustness.json, robustness.md and robustness.png (each atomically); returns the paths."""
-    out = Path(out)
-    paths = [out / "robustness.json", out / "robustness.md", out / "robustness.png"]
-    write_json(paths[0], report)
-    with atomic_path(paths[1]) as tmp:
-        tmp.write_text(robustness_markdown(report))
-    _plot(report, paths[2])
-    return paths
+    return write_report_files(out, "robustness", report, robustness_markdown(report), _figure(report))

@@ -1,0 +1,244 @@
+"""Gene scale (the paper's Fig. 3, with Tables I-II's parameters and eq. 17 energy beside the accuracy).
+
+One recipe is trained at every gene count g of a list and as the dense twin (genes = 0), for one or several
+architectures; each point is reported with its final-epoch test accuracy, parameters (the genetic network's
+count, eq. 2 with shared encodings and G counted once, as `gee-deploy models` gives it), MACs per image,
+spikes per image and eq. 17 energy per image.
+
+Run directory::
+
+    <model>/g<g>/ and <model>/dense/   an ordinary ``gee-deploy train`` run per point, plus point.json
+    sweep.json                         every point's record and the resolved recipe
+    sweep.md                           the table
+    sweep.png                          accuracy, parameters and energy against g (dense twin dashed)
+
+Resuming: a point whose point.json exists is reused, never retrained (its recorded recipe must equal this
+one's, or the sweep stops with an error naming the point); a point with a checkpoint but no point.json was
+interrupted and continues with ``train(..., resume=True)``; so re-running the same command continues a
+killed sweep. The dense twin never evolves (the genotype {beta1, beta2, G} does not exist without genes).
+
+Accuracy is the last epoch's (not the best epoch's, which would select on the test set); spikes are counted
+by the final weights (``last.pt``) on the same test images the trainer evaluated.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..checkpoint import load_model
+from ..data import load_split, make_loader
+from ..errors import ConfigError
+from ..io import read_jsonl, write_json, write_report_files
+from ..neurons import SpikeRecorder
+from ..recipe import Recipe
+from ..zoo.summary import count_parameters
+from .trainer import build_recipe_model, holds_run, select_device, train
+
+__all__ = ["POINT_FILE", "point_recipe", "point_dir", "run_sweep", "write_sweep", "sweep_markdown"]
+
+POINT_FILE = "point.json"
+# recipe keys that say how a run executes, not what it computes: a resumed point may change them
+_EXECUTION_KEYS = {("data", "data_dir"), ("data", "workers"), ("train", "device"), ("train", "threads"),
+                   ("train", "compile"), ("evolution", "workers")}
+
+
+def point_recipe(recipe: Recipe, model: str, genes: int) -> Recipe:
+    """``recipe`` with architecture ``model`` at ``genes`` (0: the dense twin, which does not evolve)."""
+    r = copy.deepcopy(recipe)
+    r.model.name, r.model.genes = model, genes
+    if genes == 0:
+        r.evolution.enabled = False
+    return r
+
+
+def point_dir(out: str | os.PathLike, model: str, genes: int) -> Path:
+    return Path(out) / model / ("dense" if genes == 0 else f"g{genes}")
+
+
+def _what_it_computes(recipe: dict) -> dict:
+    return {s: {k: v for k, v in values.items() if (s, k) not in _EXECUTION_KEYS} for s, values in recipe.items()}
+
+
+def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | None) -> tuple[list[int], list[str]]:
+    """Validated gene counts (dense twin first) and models; builds every point once so a mismatch between a
+    model and the recipe's arguments or dataset fails before anything is trained."""
+    if recipe.train.epochs < 1:
+        raise ConfigError(f"a sweep compares trained models: train.epochs must be >= 1, got {recipe.train.epochs}")
+    if not genes:
+        raise ConfigError("--genes is empty: give at least one gene count, e.g. --genes 4,8,16,32")
+    bad = [g for g in genes if g < 0]
+    if bad:
+        raise ConfigError(f"gene counts must be >= 1 (0 is the dense twin, always trained), got {bad[0]}")
+    if models is not None and not models:
+        raise ConfigError("--models is empty: give at least one architecture (see `gee-deploy models`)")
+    models = list(dict.fromkeys(models or [recipe.model.name]))
+    grid = sorted({0, *genes})
+    if recipe.evolution.enabled:
+        from .evolution import check_evolution
+
+        check_evolution(recipe.evolution)
+    for model in models:
+        for g in grid:
+            r = point_recipe(recipe, model, g)
+            try:
+                net = build_recipe_model(r).eval()
+            except ConfigError as e:
+                raise ConfigError(f"{model} at genes={g} does not fit recipe: {e}") from None
+            shape = (1, net.in_channels, net.image_size, net.image_size)
+            try:
+                with torch.no_grad():
+                    net(torch.zeros(shape))
+            except (RuntimeError, ValueError) as e:
+                raise ConfigError(f"{model} cannot run on {recipe.data.name} images {list(shape[1:])}: "
+                                  f"{str(e).splitlines()[0][:200]}") from None
+    return grid, models
+
+
+@torch.no_grad()
+def _spikes(run_dir: Path, recipe: Recipe) -> dict:
+    """Accuracy and spikes per image per spiking layer of ``last.pt`` on the recipe's test images."""
+    model = load_model(run_dir / "last.pt")
+    device = select_device(recipe.train.device)
+    model.to(device)
+    d = recipe.data
+    test = load_split(d.name, "test", d.data_dir or None, limit=d.test_limit or None)
+    correct = count = 0
+    totals: torch.Tensor | None = None
+    with SpikeRecorder(model) as rec:
+        for x, y in make_loader(test, d.batch_size, False):
+            rec.counts.clear()
+            rec.sizes.clear()
+            logits = model(x.to(device))
+            correct += (logits.argmax(1).cpu() == y).sum().item()
+            count += len(y)
+            batch = rec.stacked().double().sum(0).cpu()  # [L]
+            totals = batch if totals is None else totals + batch
+    per_layer = (totals / count).tolist()
+    return {"eval_accuracy": correct / count, "samples": count,
+            "spikes_per_layer": dict(zip(rec.names, per_layer)),
+            "neurons_per_layer": dict(zip(rec.names, rec.sizes)),
+            "spikes_per_image": sum(per_layer)}
+
+
+def _point(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -> dict:
+    """Train (or resume, or reuse) one point; returns its record."""
+    label = f"{recipe.model.name} {'dense' if not recipe.model.genes else f'g={recipe.model.genes}'}"
+    record_path = run_dir / POINT_FILE
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if _what_it_computes(record["recipe"]) != _what_it_computes(recipe.to_dict()):
+            raise ConfigError(f"{run_dir} was trained with another recipe; use another --out (or remove it)")
+        say(f"{label}: finished earlier, reused ({run_dir})")
+        return {**record, "status": "reused"}
+    status = "trained"
+    if holds_run(run_dir):
+        stored = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
+        if stored is not None and _what_it_computes(stored) != _what_it_computes(recipe.to_dict()):
+            raise ConfigError(f"{run_dir} holds a run of another recipe; use another --out (or remove it)")
+        status = "resumed"
+    say(f"{label}: {'resuming' if status == 'resumed' else 'training'} in {run_dir}")
+    metrics = train(recipe, run_dir, resume=status == "resumed", progress=False)
+    rows = read_jsonl(run_dir / "train.jsonl")
+    evo = read_jsonl(run_dir / "evolution.jsonl")
+    model = build_recipe_model(recipe)
+    record = {"model": recipe.model.name, "genes": recipe.model.genes, "test_acc": metrics["test_acc"],
+              "epochs": recipe.train.epochs, "parameters": count_parameters(model),
+              "train_minutes": sum(r.get("seconds", 0.0) for r in rows) / 60,
+              "evolution_minutes": sum(r.get("seconds", 0.0) for r in evo) / 60,
+              **_spikes(run_dir, recipe), "recipe": recipe.to_dict()}
+    write_json(record_path, record)
+    return {**record, "status": status}
+
+
+def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, models: Sequence[str] | None = None,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Train every (model, g) point and each model's dense twin into ``out``; write and return the summary.
+
+    Args:
+        recipe: the recipe every point trains with (only ``model.name`` and ``model.genes`` change).
+        genes: gene counts g >= 1 (0, the dense twin, is always added).
+        out: sweep directory (module docstring); re-running continues an interrupted sweep.
+        models: architectures (default: the recipe's).
+        progress: callable(str) told what runs now.
+
+    Returns:
+        ``{"recipe", "dataset", "epochs", "minutes", "points": [...]}``; each point: model, genes,
+        test_acc, parameters, param_ratio (vs its dense twin), spikes_per_image, spikes_per_layer,
+        train/evolution minutes, status (trained / resumed / reused).
+
+    Raises:
+        ConfigError: empty or negative gene list, empty model list, a model the recipe cannot build or run,
+            untrained recipe (epochs < 1), a point directory holding another recipe's run.
+    """
+    say = progress or (lambda msg: None)
+    grid, models = _check_points(recipe, genes, models)
+    started = time.perf_counter()
+    points = []
+    for model in models:
+        rows = [_point(point_recipe(recipe, model, g), point_dir(out, model, g), say) for g in grid]
+        dense = rows[0]
+        for r in rows:
+            r["param_ratio"] = r["parameters"] / dense["parameters"]
+            r["spike_ratio"] = r["spikes_per_image"] / dense["spikes_per_image"] if dense["spikes_per_image"] else None
+        points += rows
+    summary = {"dataset": recipe.data.name, "epochs": recipe.train.epochs, "timesteps": recipe.model.timesteps,
+               "models": models, "genes": [g for g in grid if g], "minutes": (time.perf_counter() - started) / 60,
+               "recipe": recipe.to_dict(), "points": [{k: v for k, v in p.items() if k != "recipe"} for p in points]}
+    write_sweep(summary, out)
+    return summary
+
+
+def sweep_markdown(summary: dict) -> str:
+    """The table: one row per point, each model's dense twin first."""
+    lines = [f"Gene scale (Fig. 3 protocol): {', '.join(summary['models'])} on {summary['dataset']}, "
+             f"T = {summary['timesteps']}, {summary['epochs']} epochs per point; this invocation "
+             f"{summary['minutes']:.1f} minutes.", "",
+             "| model | g | parameters | of dense | spikes / image | of dense | test acc (%) | train min | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for p in summary["points"]:
+        spike_ratio = "-" if p["spike_ratio"] is None else f"{p['spike_ratio']:.1%}"
+        lines.append(f"| {p['model']} | {p['genes'] or 'dense'} | {p['parameters']:,} | {p['param_ratio']:.1%} | "
+                     f"{p['spikes_per_image']:,.0f} | {spike_ratio} | {100 * p['test_acc']:.2f} | "
+                     f"{p['train_minutes']:.1f} | {p['status']} |")
+    lines += ["", "Accuracy: final epoch on the recipe's test images; parameters: unique parameters of the network "
+              "(shared encodings and G counted once, as `gee-deploy models`); spikes: all LIF layers, summed over "
+              "neurons and the T steps, mean per test image, counted by the final weights."]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(summary: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("test_acc", "test accuracy (%)", 100.0), ("parameters", "parameters", 1.0),
+              ("spikes_per_image", "spikes per image", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for i, model in enumerate(summary["models"]):
+        color = f"C{i}"
+        rows = [p for p in summary["points"] if p["model"] == model]
+        genetic = [p for p in rows if p["genes"]]
+        dense = next(p for p in rows if not p["genes"])
+        for ax, (key, label, scale) in zip(axes, panels):
+            ax.plot([p["genes"] for p in genetic], [scale * p[key] for p in genetic], "o-", color=color, label=model)
+            ax.axhline(scale * dense[key], color=color, linestyle="--", linewidth=1, label=f"{model} dense")
+            ax.set(xscale="log", xlabel="genes g", ylabel=label)
+            ax.set_xticks([p["genes"] for p in genetic], [str(p["genes"]) for p in genetic])
+            ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].set_title(f"Gene scale on {summary['dataset']}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_sweep(summary: dict, out: str | os.PathLike) -> list[Path]:
+    """Write ``out``/sweep.json, sweep.md and sweep.png (each atomically); returns the paths."""
+    return write_report_files(out, "sweep", summary, sweep_markdown(summary), _figure(summary))
