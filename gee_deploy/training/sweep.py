@@ -38,6 +38,7 @@ from ..io import read_jsonl, write_json, write_report_files
 from ..neurons import SpikeRecorder
 from ..recipe import Recipe
 from ..zoo.summary import count_parameters
+from .evolution import check_evolution
 from .trainer import build_recipe_model, holds_run, select_device, train
 
 __all__ = ["POINT_FILE", "point_recipe", "point_dir", "run_sweep", "write_sweep", "sweep_markdown"]
@@ -80,8 +81,6 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
     models = list(dict.fromkeys(models or [recipe.model.name]))
     grid = sorted({0, *genes})
     if recipe.evolution.enabled:
-        from .evolution import check_evolution
-
         check_evolution(recipe.evolution)
     for model in models:
         for g in grid:
