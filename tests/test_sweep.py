@@ -13,8 +13,11 @@ import pytest
 from conftest import tiny_recipe
 from test_cli import run as run_cli  # main() as the console script runs it: (exit code, stdout, stderr)
 
+from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ConfigError
 from gee_deploy.io import read_jsonl
+from gee_deploy.serving.bench import evaluate, runtime_stats
+from gee_deploy.serving.runtimes import open_runtime
 from gee_deploy.training.sweep import POINT_FILE, point_dir, run_sweep
 from gee_deploy.zoo import create_model
 from gee_deploy.zoo.summary import count_parameters
@@ -57,10 +60,24 @@ def test_sweep_trains_every_point_and_the_dense_twin(swept):
         assert p["spikes_per_image"] == pytest.approx(sum(p["spikes_per_layer"].values()))
         firing = p["spikes_per_image"] / (sum(p["neurons_per_layer"].values()) * 1)  # T = 1
         assert firing == pytest.approx(rows[-1]["firing_rate"], rel=1e-6)  # the trainer's own count agrees
+    assert dense["macs_per_image"] == g4["macs_per_image"] > 0  # W is generated, then run as a dense conv
     report = json.loads((out / "sweep.json").read_text())
     assert [p["genes"] for p in report["points"]] == [0, 4] and "recipe" not in report["points"][0]
     assert "| smallnet | dense |" in (out / "sweep.md").read_text()
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_spikes_and_energy_equal_bench_on_the_same_checkpoint(swept):
+    """The training stage's count (SpikeRecorder + walk) and the serving stage's (runtime + bench) agree."""
+    out, summary = swept
+    for p in summary["points"]:
+        runtime = open_runtime(point_dir(out, "smallnet", p["genes"]) / "last.pt")
+        images, labels = load_test_arrays("synthetic", limit=32)
+        stats = runtime_stats(runtime, evaluate(runtime, images, labels))
+        assert p["eval_accuracy"] == stats["accuracy"]
+        assert p["spikes_per_image"] == pytest.approx(stats["spikes_per_sample"], rel=1e-9)
+        assert p["energy_pj"] == pytest.approx(stats["energy"]["energy_pj"], rel=1e-9)
+        assert p["macs_per_image"] == stats["energy"]["macs_per_sample"]
 
 
 def test_finished_points_are_reused_not_retrained(swept):

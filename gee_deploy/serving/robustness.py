@@ -37,7 +37,8 @@ import numpy as np
 from ..data import load_test_arrays
 from ..errors import ConfigError
 from ..io import write_report_files
-from .parity import Evaluation, evaluate
+from ..parity import Outputs
+from .bench import evaluate
 from .runtimes import Runtime, open_runtime
 
 __all__ = ["NOISE_KINDS", "noise_directions", "add_noise", "check_noise", "run_robustness", "write_robustness",
@@ -118,7 +119,7 @@ def _labels(runtimes: list[Runtime]) -> list[str]:
 def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     if dataset:
         return dataset
-    named = {r.info.dataset for r in runtimes if r.info.dataset}
+    named = {r.spec.dataset for r in runtimes if r.spec.dataset}
     if not named:
         raise ConfigError("the models do not name their dataset; pass --dataset")
     if len(named) > 1:
@@ -173,11 +174,11 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
     name = _dataset(opened, dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
     for rt in opened:
-        if tuple(rt.info.input_shape) != tuple(images.shape[1:]):
-            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.info.input_shape))}] but {name} images "
+        if tuple(rt.spec.input_shape) != tuple(images.shape[1:]):
+            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
                               f"are {list(images.shape[1:])}")
     directions = noise_directions(images.shape, seed, noise)
-    evals: list[list[Evaluation]] = [[] for _ in opened]
+    evals: list[list[Outputs]] = [[] for _ in opened]
     realised = []
     for r in grid:
         noisy, per_image = add_noise(images, directions, r, clip)
@@ -198,8 +199,8 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
                 p["top1_agreement_vs_reference"] = float((e.logits.argmax(1) == e_ref.logits.argmax(1)).mean())
         clean, noisy_acc = ev[0].accuracy, ev[head].accuracy
         entries.append({
-            "label": label, "path": str(rt.path), "runtime": rt.name, "variant": rt.info.variant,
-            "model_name": rt.info.model_name, "checkpoint_sha256": rt.info.checkpoint_sha256,
+            "label": label, "path": str(rt.path), "runtime": rt.name, "variant": rt.spec.variant,
+            "model_name": rt.spec.model_name, "checkpoint_sha256": rt.spec.checkpoint_sha256,
             "clean_accuracy": clean, "noisy_accuracy": noisy_acc, "drop_points": 100 * (clean - noisy_acc),
             "relative_drop": (clean - noisy_acc) / clean if clean else None,
             "max_abs_accuracy_delta_vs_reference": (max(abs(p["accuracy_delta_vs_reference"]) for p in points)

@@ -10,7 +10,7 @@ Run directory::
     <model>/g<g>/ and <model>/dense/   an ordinary ``gee-deploy train`` run per point, plus point.json
     sweep.json                         every point's record and the resolved recipe
     sweep.md                           the table
-    sweep.png                          accuracy, parameters and energy against g (dense twin dashed)
+    sweep.png                          accuracy, parameters, spikes and energy against g (dense twin dashed)
 
 Resuming: a point whose point.json exists is reused, never retrained (its recorded recipe must equal this
 one's, or the sweep stops with an error naming the point); a point with a checkpoint but no point.json was
@@ -29,14 +29,17 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..checkpoint import load_model
 from ..data import load_split, make_loader
+from ..energy import energy_per_layer, total_energy
 from ..errors import ConfigError
 from ..io import read_jsonl, write_json, write_report_files
 from ..neurons import SpikeRecorder
 from ..recipe import Recipe
+from ..walk import describe
 from ..zoo.summary import count_parameters
 from .evolution import check_evolution
 from .trainer import build_recipe_model, holds_run, select_device, train
@@ -100,29 +103,33 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
 
 
 @torch.no_grad()
-def _spikes(run_dir: Path, recipe: Recipe) -> dict:
-    """Accuracy and spikes per image per spiking layer of ``last.pt`` on the recipe's test images."""
+def _measure(run_dir: Path, recipe: Recipe) -> dict:
+    """Accuracy, spikes per image per spiking layer, MACs and eq. 17 energy of ``last.pt`` on the recipe's
+    test images (the ones the trainer scored the final epoch on)."""
     model = load_model(run_dir / "last.pt")
+    spec = describe(model, dataset=recipe.data.name)  # eager: every layer dense, as PyTorch runs it
     device = select_device(recipe.train.device)
     model.to(device)
     d = recipe.data
     test = load_split(d.name, "test", d.data_dir or None, limit=d.test_limit or None)
     correct = count = 0
-    totals: torch.Tensor | None = None
-    with SpikeRecorder(model) as rec:
-        for x, y in make_loader(test, d.batch_size, False):
-            rec.counts.clear()
-            rec.sizes.clear()
+    totals = torch.zeros(len(spec.spiking_layers), dtype=torch.float64)
+    for x, y in make_loader(test, d.batch_size, False):
+        with SpikeRecorder(model) as rec:
             logits = model(x.to(device))
-            correct += (logits.argmax(1).cpu() == y).sum().item()
-            count += len(y)
-            batch = rec.stacked().double().sum(0).cpu()  # [L]
-            totals = batch if totals is None else totals + batch
-    per_layer = (totals / count).tolist()
+        correct += (logits.argmax(1).cpu() == y).sum().item()
+        count += len(y)
+        totals += rec.stacked().double().sum(0).cpu()  # [L]
+    per_image = (totals / count).numpy()
+    rates = per_image / (np.asarray(spec.neurons_per_layer, dtype=np.float64) * spec.timesteps)
+    energy = total_energy(energy_per_layer(spec.layers, dict(zip(spec.spiking_layers, rates.tolist())),
+                                           spec.timesteps))
     return {"eval_accuracy": correct / count, "samples": count,
-            "spikes_per_layer": dict(zip(rec.names, per_layer)),
-            "neurons_per_layer": dict(zip(rec.names, rec.sizes)),
-            "spikes_per_image": sum(per_layer)}
+            "spikes_per_layer": dict(zip(spec.spiking_layers, per_image.tolist())),
+            "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),
+            "spikes_per_image": float(per_image.sum()), "macs_per_image": spec.macs_per_sample,
+            "sops_per_image": energy["sops"], "analog_macs_per_image": energy["analog_macs"],
+            "energy_pj": energy["energy_pj"]}
 
 
 def _point(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -> dict:
@@ -150,7 +157,7 @@ def _point(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -> dict:
               "epochs": recipe.train.epochs, "parameters": count_parameters(model),
               "train_minutes": sum(r.get("seconds", 0.0) for r in rows) / 60,
               "evolution_minutes": sum(r.get("seconds", 0.0) for r in evo) / 60,
-              **_spikes(run_dir, recipe), "recipe": recipe.to_dict()}
+              **_measure(run_dir, recipe), "recipe": recipe.to_dict()}
     write_json(record_path, record)
     return {**record, "status": status}
 
@@ -185,6 +192,7 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
         for r in rows:
             r["param_ratio"] = r["parameters"] / dense["parameters"]
             r["spike_ratio"] = r["spikes_per_image"] / dense["spikes_per_image"] if dense["spikes_per_image"] else None
+            r["energy_ratio"] = r["energy_pj"] / dense["energy_pj"] if dense["energy_pj"] else None
         points += rows
     summary = {"dataset": recipe.data.name, "epochs": recipe.train.epochs, "timesteps": recipe.model.timesteps,
                "models": models, "genes": [g for g in grid if g], "minutes": (time.perf_counter() - started) / 60,
@@ -193,21 +201,29 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
     return summary
 
 
+def _share(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
 def sweep_markdown(summary: dict) -> str:
     """The table: one row per point, each model's dense twin first."""
     lines = [f"Gene scale (Fig. 3 protocol): {', '.join(summary['models'])} on {summary['dataset']}, "
              f"T = {summary['timesteps']}, {summary['epochs']} epochs per point; this invocation "
              f"{summary['minutes']:.1f} minutes.", "",
-             "| model | g | parameters | of dense | spikes / image | of dense | test acc (%) | train min | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| model | g | parameters | of dense | MACs / image | spikes / image | of dense | energy / image (uJ) "
+             "| of dense | test acc (%) | train min | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for p in summary["points"]:
-        spike_ratio = "-" if p["spike_ratio"] is None else f"{p['spike_ratio']:.1%}"
         lines.append(f"| {p['model']} | {p['genes'] or 'dense'} | {p['parameters']:,} | {p['param_ratio']:.1%} | "
-                     f"{p['spikes_per_image']:,.0f} | {spike_ratio} | {100 * p['test_acc']:.2f} | "
+                     f"{p['macs_per_image']:,} | {p['spikes_per_image']:,.0f} | {_share(p['spike_ratio'])} | "
+                     f"{p['energy_pj'] / 1e6:.4f} | {_share(p['energy_ratio'])} | {100 * p['test_acc']:.2f} | "
                      f"{p['train_minutes']:.1f} | {p['status']} |")
-    lines += ["", "Accuracy: final epoch on the recipe's test images; parameters: unique parameters of the network "
-              "(shared encodings and G counted once, as `gee-deploy models`); spikes: all LIF layers, summed over "
-              "neurons and the T steps, mean per test image, counted by the final weights."]
+    lines += ["", "Accuracy: final epoch on the recipe's test images. Parameters: unique parameters of the network "
+              "(shared encodings and G counted once, as `gee-deploy models`). MACs: one inference as PyTorch runs "
+              "it (stem once, body layers T times). Spikes: all LIF layers, summed over neurons and the T steps, "
+              "mean per test image, counted by the final weights. Energy: eq. 17, 4.6 pJ per MAC of the layers "
+              "that read analog values + 0.9 pJ per synaptic operation (fr x T x MACs of the layers that read "
+              "spikes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -217,23 +233,24 @@ def _figure(summary: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("test_acc", "test accuracy (%)", 100.0), ("parameters", "parameters", 1.0),
-              ("spikes_per_image", "spikes per image", 1.0))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    panels = (("test_acc", "test accuracy (%)", 100.0, "linear"), ("parameters", "parameters", 1.0, "log"),
+              ("spikes_per_image", "spikes per image", 1.0, "linear"),
+              ("energy_pj", "eq. 17 energy per image (uJ)", 1e-6, "linear"))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     for i, model in enumerate(summary["models"]):
         color = f"C{i}"
         rows = [p for p in summary["points"] if p["model"] == model]
         genetic = [p for p in rows if p["genes"]]
         dense = next(p for p in rows if not p["genes"])
-        for ax, (key, label, scale) in zip(axes, panels):
+        for ax, (key, label, scale, yscale) in zip(axes.flat, panels):
             ax.plot([p["genes"] for p in genetic], [scale * p[key] for p in genetic], "o-", color=color, label=model)
-            ax.axhline(scale * dense[key], color=color, linestyle="--", linewidth=1, label=f"{model} dense")
-            ax.set(xscale="log", xlabel="genes g", ylabel=label)
+            ax.axhline(scale * dense[key], color=color, linestyle="--", linewidth=1, label=f"{model} dense twin")
+            ax.set(xscale="log", yscale=yscale, xlabel="genes g", ylabel=label)
             ax.set_xticks([p["genes"] for p in genetic], [str(p["genes"]) for p in genetic])
+            ax.minorticks_off()
             ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[0].set_title(f"Gene scale on {summary['dataset']}")
-    axes[0].legend(fontsize=8)
+    axes[0, 0].set_title(f"Gene scale on {summary['dataset']}")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
