@@ -16,7 +16,8 @@ from test_cli import run as run_cli  # main() as the console script runs it: (ex
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ConfigError
 from gee_deploy.io import read_jsonl
-from gee_deploy.serving.bench import evaluate, runtime_stats
+from gee_deploy.serving.bench import evaluate, run_bench, runtime_stats
+from gee_deploy.serving.report import write_report
 from gee_deploy.serving.runtimes import open_runtime
 from gee_deploy.training.sweep import POINT_FILE, point_dir, run_sweep
 from gee_deploy.zoo import create_model
@@ -78,6 +79,24 @@ def test_sweep_spikes_and_energy_equal_bench_on_the_same_checkpoint(swept):
         assert p["spikes_per_image"] == pytest.approx(stats["spikes_per_sample"], rel=1e-9)
         assert p["energy_pj"] == pytest.approx(stats["energy"]["energy_pj"], rel=1e-9)
         assert p["macs_per_image"] == stats["energy"]["macs_per_sample"]
+
+
+def test_bench_report_puts_each_genetic_model_beside_its_dense_twin(swept, serving_onnx, tmp_path):
+    """Table III: bench the sweep's g = 4 point with its dense twin (same recipe); shares are of the twin's."""
+    out, summary = swept
+    dense, g4 = summary["points"]
+    paths = [point_dir(out, "smallnet", g) / "last.pt" for g in (4, 0)]
+    report = run_bench(paths, batch_sizes=(1,), limit=32, threads=1, min_time=0.01)
+    assert [(r["model_name"], r["genes"]) for r in report["runtimes"]] == [("smallnet", 4), ("smallnet", 0)]
+    write_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    table = md.split("(Table III)")[1].split("\n\n")[1].splitlines()
+    assert table[2].startswith(f"| torch:last#0 | {paths[0]} | smallnet | 4 | ") and table[3].split(" | ")[3] == "dense"
+    assert f"| {g4['energy_pj'] / 1e6:.4f} | {g4['energy_pj'] / dense['energy_pj']:.1%} |" in table[2]
+    assert table[3].endswith("| 100.0% |")
+    onnx = open_runtime(serving_onnx)  # an export carries its gene count in the spec, so bench can pair it too
+    images, labels = load_test_arrays("synthetic", limit=8)
+    assert runtime_stats(onnx, evaluate(onnx, images, labels))["genes"] == 8
 
 
 def test_finished_points_are_reused_not_retrained(swept):

@@ -59,7 +59,9 @@ def runtime_stats(runtime: Runtime, ev: Outputs) -> dict:
     spec = runtime.spec
     rates = firing_rates(ev.spikes, spec.neurons_per_layer, spec.timesteps)
     per_layer = energy_per_layer(spec.layers, dict(zip(spec.spiking_layers, rates.tolist())), spec.timesteps)
-    return {"runtime": runtime.name, **runtime.describe(), "variant": spec.variant, "accuracy": ev.accuracy,
+    genes = (spec.model_args["genes"] or 0) if "genes" in spec.model_args else None  # 0: dense twin; None: unknown
+    return {"runtime": runtime.name, **runtime.describe(), "variant": spec.variant, "model_name": spec.model_name,
+            "genes": genes, "accuracy": ev.accuracy,
             "spikes_per_sample": ev.spikes_per_sample,
             "spikes_per_layer": dict(zip(spec.spiking_layers, ev.spikes.astype(np.float64).mean(0).tolist())),
             "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),

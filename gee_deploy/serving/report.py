@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..io import atomic_path, write_json
 
-__all__ = ["summary_table", "write_report"]
+__all__ = ["summary_table", "spikes_table", "write_report"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -31,11 +31,44 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def spikes_table(report: dict) -> list[str]:
+    """Table III of the paper: accuracy, spikes and eq. 17 energy per image of each genetic model beside its
+    dense twin (the same architecture at genes = 0, on the same runtime kind; bench it in the same run).
+
+    Returns Markdown lines; empty when no model says its gene count (files exported before the spec had it).
+    """
+    rows = [r for r in report["runtimes"] if r.get("genes") is not None]
+    if not rows:
+        return []
+
+    def twin(r: dict) -> dict | None:
+        dense = [d for d in rows if d["model_name"] == r["model_name"] and d["genes"] == 0]
+        return next((d for d in dense if d["kind"] == r["kind"]), dense[0] if dense else None)
+
+    def share(v: float, d: float | None) -> str:
+        return "-" if not d else f"{v / d:.1%}"
+
+    out = ["## Spikes and energy per image, genetic vs dense twin (Table III)", "",
+           "| runtime | file | model | genes | accuracy | spikes / image | of dense twin | energy / image (uJ) | "
+           "of dense twin |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d = twin(r)
+        out.append(f"| {r['runtime']} | {r['path']} | {r['model_name']} | {r['genes'] or 'dense'} | {r['accuracy']:.2%} | "
+                   f"{r['spikes_per_sample']:,.1f} | {share(r['spikes_per_sample'], d and d['spikes_per_sample'])} | "
+                   f"{r['energy']['energy_pj'] / 1e6:.4f} | "
+                   f"{share(r['energy']['energy_pj'], d and d['energy']['energy_pj'])} |")
+    if all(twin(r) is None for r in rows):
+        out += ["", "No dense twin in this run: bench the dense twin trained with the same recipe "
+                "(`gee-deploy train RECIPE --set model.genes=0`) beside the genetic model to fill the shares."]
+    return out + [""]
+
+
 def _markdown(report: dict) -> str:
     out = [f"# gee-deploy bench: {report['dataset']} ({report['samples']} test samples, T = {report['timesteps']})",
            "", f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
            f"threads per runtime: {report['machine']['threads'] or 'runtime default'}.", "",
-           "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", ""]
+           "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", "",
+           *spikes_table(report)]
     for r in report["runtimes"]:
         out += [f"## {r['runtime']}: {r['path']}", "",
                 f"Accuracy {r['accuracy']:.2%}; {r['spikes_per_sample']:.1f} spikes per sample; "
