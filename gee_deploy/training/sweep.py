@@ -174,9 +174,11 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
         progress: callable(str) told what runs now.
 
     Returns:
-        ``{"recipe", "dataset", "epochs", "minutes", "points": [...]}``; each point: model, genes,
-        test_acc, parameters, param_ratio (vs its dense twin), spikes_per_image, spikes_per_layer,
-        train/evolution minutes, status (trained / resumed / reused).
+        ``{"recipe", "dataset", "epochs", "timesteps", "models", "genes", "minutes", "points": [...]}``; each
+        point: model, genes (0: dense twin), test_acc (fraction), parameters, param_ratio (of its dense twin's),
+        macs_per_image, spikes_per_image, spikes_per_layer, neurons_per_layer, spike_ratio, energy_pj (eq. 17,
+        pJ per image), sops_per_image, analog_macs_per_image, energy_ratio, train/evolution minutes, status
+        (trained / resumed / reused).
 
     Raises:
         ConfigError: empty or negative gene list, empty model list, a model the recipe cannot build or run,
