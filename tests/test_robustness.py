@@ -110,3 +110,14 @@ def test_library_checks_before_loading_anything():
         run_robustness([])
     with pytest.raises(ConfigError, match="unknown noise kind"):
         run_robustness(["/nonexistent.pt"], noise="uniform")
+
+
+def test_models_with_the_same_file_name_are_told_apart(tiny_checkpoint, tmp_path):
+    paths = []
+    for d in ("g8", "dense"):
+        (tmp_path / d).mkdir()
+        paths.append(tmp_path / d / "best.pt")
+        paths[-1].write_bytes(tiny_checkpoint.read_bytes())
+    report = run_robustness(paths, ratio=0.5, ratios=[], limit=16)
+    assert [m["label"] for m in report["models"]] == ["g8/best.pt (torch)", "dense/best.pt (torch)"]
+    assert report["models"][1]["max_abs_accuracy_delta_vs_reference"] == 0.0  # same weights, same noisy images

@@ -111,9 +111,14 @@ def check_noise(kind: str, ratios: Sequence[float]) -> None:
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
-    """``file (runtime)``, made unique with an index where two entries would read the same."""
-    labels = [f"{r.path.name} ({r.name})" for r in runtimes]
-    return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+    """``file (runtime)``, the file named by as many trailing path parts as it takes to tell them apart
+    (``g32/last.pt`` and ``dense/last.pt``), with an index where even the full paths are equal."""
+    parts = [r.path.absolute().parts for r in runtimes]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = [f"{'/'.join(p[-depth:])} ({r.name})" for p, r in zip(parts, runtimes)]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{label} #{i + 1}" for i, label in enumerate(labels)]
 
 
 def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
