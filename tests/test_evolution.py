@@ -22,7 +22,7 @@ from gee_deploy.training.fitness import (FAILED_FITNESS, combine_fitness, genera
                                          temporal_difference)
 from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, encode_genotype, genotype_dimension,
                                           sample_encodings)
-from gee_deploy.training.trainer import build_recipe_model
+from gee_deploy.training.setup import build_recipe_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("gee-deploy"))

@@ -150,14 +150,14 @@ RECIPES = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.tom
 def test_every_recipe_builds_and_takes_a_training_step(path):
     """Paper rows need a GPU and real data: here they build and take one step on random images of their shape."""
     from gee_deploy.recipe import load_recipe
-    from gee_deploy.training.trainer import _optimizer, build_recipe_model
+    from gee_deploy.training.setup import build_optimizer, build_recipe_model
 
     recipe = load_recipe(path)
     torch.manual_seed(0)
     model = build_recipe_model(recipe).train()
     x = torch.rand(2, model.in_channels, model.image_size, model.image_size)
     y = torch.randint(0, model.num_classes, (2,))
-    optimizer = _optimizer(recipe, model)
+    optimizer = build_optimizer(recipe, model)
     before = [p.detach().clone() for p in model.parameters()]
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert all(p.grad is not None for p in model.parameters())  # no dead parameter in the graph

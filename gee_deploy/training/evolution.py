@@ -44,8 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
+from ..recipe import recipe_from_dict
 from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 
@@ -114,8 +116,6 @@ def _settings(recipe, dimension: int, popsize: int) -> dict:
 
 
 def _load_eval_data(recipe) -> EvalData:
-    from ..data import load_split
-
     d = recipe.data
     train_set = load_split(d.name, "train", d.data_dir or None, augment=False, limit=d.train_limit or None)
     return EvalData(train_set, d.batch_size, recipe.evolution.eval_batches)
@@ -140,8 +140,6 @@ _TERMS = ("loss", "r1", "r2")
 
 def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
     """Pool initializer: take a device from the ``devices`` queue, load the evaluation data once."""
-    from ..recipe import recipe_from_dict
-
     device = torch.device(devices.get())
     if device.type == "cuda":
         torch.cuda.set_device(device)

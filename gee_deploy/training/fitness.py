@@ -28,6 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+from .genotype import apply_phenotype, decode_genotype
+from .setup import build_optimizer, build_recipe_model, train_step
+
 __all__ = ["FITNESS_MODES", "FAILED_FITNESS", "temporal_difference", "spatial_entropy", "combine_fitness",
            "generation_seeds", "candidate_seed", "EvalData", "evaluate_candidate"]
 
@@ -66,12 +70,12 @@ def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, 
     use_r1, use_r2 = FITNESS_MODES[mode]
     if loss is None or (use_r1 and r1 is None) or not math.isfinite(loss):
         return FAILED_FITNESS
-    f = loss
+    fitness = loss
     if use_r1:
-        f -= math.exp(lambda1 * generation) * r1  # eq. 16
+        fitness -= math.exp(lambda1 * generation) * r1  # eq. 16
     if use_r2:
-        f -= math.exp(lambda2 * generation) * r2  # eq. 16
-    return f if math.isfinite(f) else FAILED_FITNESS
+        fitness -= math.exp(lambda2 * generation) * r2  # eq. 16
+    return fitness if math.isfinite(fitness) else FAILED_FITNESS
 
 
 def _seed(*words: int) -> int:
@@ -99,8 +103,6 @@ class EvalData:
     def __post_init__(self):
         held = self.eval_batches * self.batch_size
         if len(self.dataset) < held + self.batch_size:
-            from ..errors import ConfigError
-
             raise ConfigError(f"evolution needs at least {held + self.batch_size} training images "
                               f"(eval_batches={self.eval_batches} held-out batches plus one training batch of "
                               f"{self.batch_size}); the training split has {len(self.dataset)}")
@@ -131,21 +133,14 @@ class EvalData:
 def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, seed: int, data: EvalData,
                        device: torch.device) -> dict:
     """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2} (raw terms)."""
-    from .genotype import apply_phenotype, decode_genotype
-    from .trainer import _optimizer, build_recipe_model
-
     torch.manual_seed(seed)
     model = build_recipe_model(recipe)
     apply_phenotype(model, x, noise_seed)
     model.to(device)
-    optimizer = _optimizer(recipe, model)
+    optimizer = build_optimizer(recipe, model)
     model.train()
     for images, labels in data.train_batches(recipe.evolution.eval_steps, order_seed):
-        images, labels = images.to(device), labels.to(device)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images.to(device), labels.to(device))
     loss_sum = r1_sum = 0.0
     count = 0
     with torch.no_grad():
