@@ -1,4 +1,4 @@
-"""Wall time per evolution generation with 1 and N worker processes (issue 3's benchmark).
+"""Wall time per evolution generation with 1 and N worker processes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evolution_workers.py [--recipe models/demo.toml]
         [--workers 1 2] [--generations 3] [--population 4]

@@ -112,7 +112,8 @@ def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
                (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
         raise CheckpointError(f"{source} does not match architecture {ckpt['model_name']!r}: {what.strip()}")
     stored = ckpt.get("architecture")  # weights fit: is it still the same network around them?
-    if stored is not None and stored not in (architecture_fingerprint(model), legacy_architecture_fingerprint(model)):
+    known = (architecture_fingerprint(model), legacy_architecture_fingerprint(model))
+    if stored is not None and stored not in known:
         raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
                               "(its layer structure differs from this installation's); retrain or use the matching "
                               "gee-deploy version")

@@ -40,11 +40,11 @@ VARIANTS = {
 
 
 def _variant_recipe(recipe, overrides: dict, seed_offset: int):
-    r = copy.deepcopy(recipe)
+    variant = copy.deepcopy(recipe)
     for key, value in overrides.items():
-        setattr(r.evolution, key, value)
-    r.train.seed = recipe.train.seed + seed_offset
-    return r
+        setattr(variant.evolution, key, value)
+    variant.train.seed = recipe.train.seed + seed_offset
+    return variant
 
 
 def _run(recipe, run_dir: Path, progress) -> dict:
