@@ -125,6 +125,10 @@ def test_fitness_formula_and_decay():
     assert late == sorted(late) and late[-1] < 2.0  # the regularisers fade but never vanish
     assert combine_fitness("ste", None, None, 4.0, 0, -0.5, -0.5) == FAILED_FITNESS  # diverged candidate
     assert combine_fitness("loss", float("nan"), 1.0, 1.0, 0, -0.5, -0.5) == FAILED_FITNESS
+    # exp(lambda t) beyond float range (a growing weight, lambda > 0) fails the candidate instead of raising
+    assert combine_fitness("ste", 2.0, 3.0, 4.0, 1, 1000.0, -0.5) == FAILED_FITNESS
+    assert combine_fitness("loss+r2", 2.0, 3.0, 4.0, 3, -0.5, 400.0) == FAILED_FITNESS
+    assert combine_fitness("loss", 2.0, 3.0, 4.0, 3, 1000.0, 1000.0) == 2.0  # unused terms are not computed
 
 
 # ---- the loop: logging, best genotype, resume -----------------------------------------------------------
@@ -271,11 +275,11 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
 
 @pytest.mark.parametrize("setting, words", [
     ("evolution.fitness=bogus", "unknown evolution.fitness"),
-    ("evolution.population=1", "evolution.population must be >= 2"),
-    ("evolution.generations=0", "evolution.generations must be >= 1"),
+    ("evolution.population=1", "evolution.population must be 0 or an integer in [2, 100000]"),
+    ("evolution.generations=0", "evolution.generations must be an integer in [1, 100000]"),
     ("evolution.population=abc", "evolution.population must be an integer"),
     ("evolution.lambda1=nan", "evolution.lambda1 must be a finite number"),
-    ("evolution.sigma0=0", "evolution.sigma0 must be > 0"),
+    ("evolution.sigma0=0", "evolution.sigma0 must be a finite number in (0, 10]"),
 ])
 def test_bad_evolution_settings_are_one_line(tmp_path, capsys, setting, words):
     from gee_deploy.cli import main

@@ -47,7 +47,7 @@ import torch
 from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
-from ..recipe import recipe_from_dict
+from ..recipe import check_section, recipe_from_dict
 from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 
@@ -59,23 +59,11 @@ STATE_FORMAT = "gee-deploy-evolution/1"
 
 
 def check_evolution(ev) -> None:
-    """One-line ConfigErrors for evolution settings that cannot work."""
+    """One-line ConfigErrors for evolution settings that cannot work: the fitness mode, and every numeric key
+    against its range in :data:`gee_deploy.recipe.ALLOWED`."""
     if ev.fitness not in FITNESS_MODES:
         raise ConfigError(f"unknown evolution.fitness {ev.fitness!r}; use one of {', '.join(FITNESS_MODES)}")
-    if ev.generations < 1:
-        raise ConfigError(f"evolution.generations must be >= 1, got {ev.generations}")
-    if ev.population != 0 and ev.population < 2:
-        raise ConfigError(f"evolution.population must be >= 2 (or 0 for the cma default), got {ev.population}")
-    for key in ("lambda1", "lambda2", "sigma0", "beta1", "beta2"):
-        if not math.isfinite(getattr(ev, key)):
-            raise ConfigError(f"evolution.{key} must be a finite number, got {getattr(ev, key)!r}")
-    for key in ("sigma0", "beta1", "beta2"):
-        if getattr(ev, key) <= 0:
-            raise ConfigError(f"evolution.{key} must be > 0, got {getattr(ev, key)}")
-    for key, low in (("eval_steps", 0), ("eval_batches", 1), ("workers", 1), ("eval_threads", 1),
-                     ("diagonal_above", 0)):
-        if getattr(ev, key) < low:
-            raise ConfigError(f"evolution.{key} must be >= {low}, got {getattr(ev, key)}")
+    check_section("evolution", ev)
 
 
 class SeededNormal:
@@ -108,24 +96,24 @@ _NOT_IN_EVOLUTION = {"epochs", "warmup_epochs", "label_smoothing", "grad_clip", 
 def _settings(recipe, dimension: int, popsize: int) -> dict:
     """Everything a generation's results depend on; a resume must match it (generations and workers may change)."""
     ev = {k: v for k, v in recipe.to_dict()["evolution"].items() if k not in ("enabled", "generations", "workers")}
-    d = recipe.data
+    data = recipe.data
     settings = {"dimension": dimension, "popsize": popsize, "evolution": ev, "model": recipe.to_dict()["model"],
-                "data": {"name": d.name, "train_limit": d.train_limit, "batch_size": d.batch_size},
+                "data": {"name": data.name, "train_limit": data.train_limit, "batch_size": data.batch_size},
                 "train": {k: v for k, v in recipe.to_dict()["train"].items() if k not in _NOT_IN_EVOLUTION}}
     return json.loads(json.dumps(settings))  # as the state file will hold it (tuples become lists)
 
 
 def _load_eval_data(recipe) -> EvalData:
-    d = recipe.data
-    train_set = load_split(d.name, "train", d.data_dir or None, augment=False, limit=d.train_limit or None)
-    return EvalData(train_set, d.batch_size, recipe.evolution.eval_batches)
+    data = recipe.data
+    train_set = load_split(data.name, "train", data.data_dir or None, augment=False, limit=data.train_limit or None)
+    return EvalData(train_set, data.batch_size, recipe.evolution.eval_batches)
 
 
 @contextmanager
-def _threads(n: int | None):
+def _threads(count: int | None):
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    if count:
+        torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -150,8 +138,8 @@ def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
 
 def _work(task: tuple) -> tuple[int, dict]:
     index, x, noise_seed, order_seed, seed = task
-    w = _WORKER
-    return index, evaluate_candidate(w["recipe"], x, noise_seed, order_seed, seed, w["data"], w["device"])
+    return index, evaluate_candidate(_WORKER["recipe"], x, noise_seed, order_seed, seed, _WORKER["data"],
+                                     _WORKER["device"])
 
 
 class _Evaluator:
@@ -239,9 +227,9 @@ def _load_state(path: Path, settings: dict) -> dict | None:
     return state
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def _flatten(nested: dict, prefix: str = "") -> dict:
     out = {}
-    for k, v in d.items():
+    for k, v in nested.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
@@ -253,13 +241,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _rescored_best(history: list[list[dict]], generation: int, ev) -> dict:
     """The candidate with the lowest fitness under generation ``generation``'s weights (ties: earliest)."""
-    best, best_f = None, math.inf
-    for cands in history:
-        for c in cands:
-            f = combine_fitness(ev.fitness, c["loss"], c["r1"], c["r2"], generation, ev.lambda1, ev.lambda2)
-            if f < best_f:
-                best, best_f = c, f
-    return {**best, "rescored_fitness": best_f}
+    best, best_fitness = None, math.inf
+    for candidates in history:
+        for candidate in candidates:
+            fitness = combine_fitness(ev.fitness, candidate["loss"], candidate["r1"], candidate["r2"], generation,
+                                      ev.lambda1, ev.lambda2)
+            if fitness < best_fitness:
+                best, best_fitness = candidate, fitness
+    return {**best, "rescored_fitness": best_fitness}
 
 
 def run_evolution(recipe, out, model, device: torch.device, dist=None, progress: bool | None = None) -> dict:
@@ -290,11 +279,11 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     fitness_log: list = []
     state = _load_state(state_path, settings)
     if state is not None:
-        for g, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
+        for generation, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
             xs = es.ask()
             es.tell(xs, fitness)
-            history.append([{"x": x, "generation": g, "index": i, "loss": t[0], "r1": t[1], "r2": t[2], "fitness": f}
-                            for i, (x, t, f) in enumerate(zip(xs, terms, fitness))])
+            history.append([{"x": x, "generation": generation, "index": i, "loss": loss, "r1": r1, "r2": r2,
+                             "fitness": value} for i, (x, (loss, r1, r2), value) in enumerate(zip(xs, terms, fitness))])
         if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
             raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
                               f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
@@ -327,8 +316,8 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             fitness = [combine_fitness(ev.fitness, r["loss"], r["r1"], r["r2"], generation, ev.lambda1, ev.lambda2)
                        for r in results]
             es.tell(xs, fitness)
-            history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": f}
-                            for i, (x, r, f) in enumerate(zip(xs, results, fitness))])
+            history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": value}
+                            for i, (x, r, value) in enumerate(zip(xs, results, fitness))])
             terms_log.append([[r["loss"], r["r1"], r["r2"]] for r in results])
             fitness_log.append(fitness)
             best = _rescored_best(history, generation, ev)
@@ -338,9 +327,9 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                    "sigma": float(es.sigma),
                    "best": {k: best[k] for k in ("generation", "index", "loss", "r1", "r2")},
                    "seconds": time.perf_counter() - started,
-                   "candidates": [{"index": i, "fitness": f, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
+                   "candidates": [{"index": i, "fitness": value, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
                                    "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
-                                  for i, (x, r, f) in enumerate(zip(xs, results, fitness))]}
+                                  for i, (x, r, value) in enumerate(zip(xs, results, fitness))]}
             if main:
                 append_jsonl(log_path, row)
                 _save_state(state_path, settings, terms_log, fitness_log, es)

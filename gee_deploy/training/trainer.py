@@ -33,8 +33,9 @@ from ..data import dataset_info, load_split, make_loader
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
-from ..recipe import Recipe
+from ..recipe import Recipe, check_recipe
 from .evolution import check_evolution, run_evolution
+from .fitness import check_eval_data_size
 from .setup import build_optimizer, build_recipe_model, train_step
 
 __all__ = ["train", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext"]
@@ -57,10 +58,10 @@ class DistContext:
         return self.rank == 0
 
     def all_reduce_sum(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        totals = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world > 1:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
+            torch.distributed.all_reduce(totals)
+        return totals.tolist()
 
 
 def select_device(name: str) -> torch.device:
@@ -135,9 +136,8 @@ class _Runtime:
 
 
 def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> None:
-    """Everything that can be refused without touching the disk (bad settings, a run dir in the way)."""
-    if recipe.train.epochs < 0:
-        raise ConfigError(f"train.epochs must be >= 0, got {recipe.train.epochs}")
+    """The settings and the run directory: what can be refused before the data is even read."""
+    check_recipe(recipe)
     if recipe.evolution.enabled:
         check_evolution(recipe.evolution)
     if resume and not holds_run(out):
@@ -180,6 +180,21 @@ def _load_data(recipe: Recipe, runtime: _Runtime):
     test_loader = make_loader(test_set, data.batch_size, False, workers=data.workers, pin_memory=runtime.pin_memory,
                               sampler=test_sampler)
     return train_set, sampler, test_loader
+
+
+def _check_data_fits(recipe: Recipe, images: int, world: int) -> None:
+    """Refuse a training split of ``images`` that gives no optimiser step (with drop_last) or too few images
+    for evolution's held-out batches; one line naming the keys to change."""
+    data = recipe.data
+    if recipe.train.epochs > 0 and images // (data.batch_size * world) == 0:
+        per_step = data.batch_size * world
+        processes = f" x {world} processes" if world > 1 else ""
+        limit = f" after data.train_limit={data.train_limit}" if data.train_limit else ""
+        raise ConfigError(f"data.batch_size={data.batch_size}{processes} is more than the {images} training images"
+                          f"{limit}: an epoch (full batches only) would take no optimiser step; allowed "
+                          f"data.batch_size <= {images // world} (or more images)")
+    if recipe.evolution.enabled:
+        check_eval_data_size(images, data.batch_size, recipe.evolution.eval_batches)
 
 
 def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> dict:
@@ -248,18 +263,17 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     settings, data = recipe.train, recipe.data
     _check_before_writing(recipe, out, resume)
 
-    # ---- set-up ---------------------------------------------------------------------------------------
+    # ---- set-up, data and model: every refusal happens here, before the run directory exists -------------
     runtime = _set_up(settings)
     dist = runtime.dist
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", recipe.to_dict())
     train_set, sampler, test_loader = _load_data(recipe, runtime)
-
-    # ---- model ----------------------------------------------------------------------------------------
+    _check_data_fits(recipe, len(train_set), dist.world)
     torch.manual_seed(settings.seed)
     model = build_recipe_model(recipe)
     meta = _checkpoint_meta(recipe, model)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", recipe.to_dict())
 
     # ---- evolution (Algorithm 1, lines 1-11): sets the model's encodings and G to the best phenotype ----
     ckpt = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
