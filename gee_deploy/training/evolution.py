@@ -7,6 +7,13 @@ CMA-ES is the ``cma`` package (ask/tell). Full covariance up to ``evolution.diag
 (default 2,000: the O(n^2) memory and O(n^3) eigendecompositions of full CMA stay under a second per
 generation there), separable CMA (``CMA_diagonal``) above it (g = 150 gives 22,502 dimensions).
 
+The default wiring. Besides CMA-ES's samples, the first generation also scores the Random model itself
+(the network the trainer builds without evolution: torch seeded with ``train.seed``, encodings and G as
+initialised), with the same short training and batches as the samples. It is not told to CMA-ES (it is no
+sample of its distribution), but it competes for the incumbent and wins ties, so evolution returns the
+default wiring unless its own fitness ranks something strictly better. It is logged as ``default`` in the
+first generation's row, and a ``best`` index of -1 means it.
+
 The best genotype. Eq. 16's regulariser weights fade with the generation t, so raw fitness values of
 different generations are not comparable (an early candidate subtracts more regulariser and would always
 win). After generation t the incumbent is the candidate, among all evaluated so far, with the lowest
@@ -18,7 +25,7 @@ Run directory::
     evolution.jsonl        one object per finished generation: generation, best_fitness, median_fitness,
                            beta1 / beta2 / sigma of the CMA-ES mean that sampled it, best (generation,
                            index, loss, r1, r2), seconds, candidates [{index, fitness, loss, r1, r2, beta1,
-                           beta2}]
+                           beta2}], and in the first generation default {fitness, loss, r1, r2}
     evolution_state.json   what resuming needs, written atomically after every generation
 
 Resume without pickles: the state file holds the settings and every generation's raw fitness terms. CMA-ES
@@ -50,12 +57,14 @@ from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..recipe import check_section, recipe_from_dict
 from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
+from .setup import build_recipe_model
 
 __all__ = ["run_evolution", "check_evolution", "LOG_FILE", "STATE_FILE"]
 
 LOG_FILE = "evolution.jsonl"
 STATE_FILE = "evolution_state.json"
 STATE_FORMAT = "gee-deploy-evolution/1"
+DEFAULT_INDEX = -1  # the index that names the default wiring in logs and summaries
 
 
 def check_evolution(ev) -> None:
@@ -163,16 +172,20 @@ class _Evaluator:
         else:
             self.data = _load_eval_data(recipe)
 
-    def evaluate(self, xs: list[np.ndarray], generation: int, on_result) -> list[dict]:
+    def evaluate(self, xs: list[np.ndarray], generation: int, on_result,
+                 with_default: bool = False) -> tuple[list[dict], dict | None]:
+        """Raw terms of each candidate of ``xs`` and, with ``with_default``, of the default wiring (else None)."""
         seed = self.recipe.train.seed
         noise_seed, order_seed = generation_seeds(seed, generation)
         tasks = [(i, x, noise_seed, order_seed, candidate_seed(seed, generation, i)) for i, x in enumerate(xs)]
-        results: list[dict | None] = [None] * len(xs)
+        if with_default:  # the Random model: seeded like the trainer's model, no phenotype
+            tasks.append((len(xs), None, noise_seed, order_seed, seed))
+        results: list[dict | None] = [None] * len(tasks)
         if self.pool is not None:
             for i, terms in self.pool.imap_unordered(_work, tasks):
                 results[i] = terms
                 on_result(i, terms)
-            return results
+            return self._split(results, len(xs), with_default)
         world, rank = (self.dist.world, self.dist.rank) if self.dist is not None else (1, 0)
         with _threads(self.threads):
             for task in tasks[rank::world]:
@@ -185,8 +198,12 @@ class _Evaluator:
                 flat += [0.0] * 3 if r is None else [math.nan if r[k] is None else r[k] for k in _TERMS]
             summed = self.dist.all_reduce_sum(*flat)
             results = [{k: None if math.isnan(v) else v for k, v in zip(_TERMS, summed[3 * i:3 * i + 3])}
-                       for i in range(len(xs))]
-        return results
+                       for i in range(len(tasks))]
+        return self._split(results, len(xs), with_default)
+
+    @staticmethod
+    def _split(results: list[dict], candidates: int, with_default: bool) -> tuple[list[dict], dict | None]:
+        return results[:candidates], (results[candidates] if with_default else None)
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers: let them finish (normal end) or kill them (an error or Ctrl-C in the loop)."""
@@ -201,12 +218,13 @@ class _Evaluator:
 
 # ---- state ----------------------------------------------------------------------------------------------
 
-def _save_state(path: Path, settings: dict, terms: list, fitness: list, es) -> None:
+def _save_state(path: Path, settings: dict, terms: list, fitness: list, es, default: dict | None) -> None:
     import cma
 
     state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
              "generations_done": len(fitness), "terms": terms, "fitness": fitness,
-             "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma)}
+             "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma),
+             "default": None if default is None else {k: default[k] for k in ("generation", *_TERMS)}}
     write_json(path, state)
 
 
@@ -216,7 +234,8 @@ def _load_state(path: Path, settings: dict) -> dict | None:
     try:
         state = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not a readable evolution state (corrupt?); delete it to restart evolution") from None
+        raise ConfigError(f"{path} is not a readable evolution state (corrupt?); "
+                          "delete it to restart evolution") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path} is not a {STATE_FORMAT} evolution state")
     if state["settings"] != settings:
@@ -239,10 +258,11 @@ def _flatten(nested: dict, prefix: str = "") -> dict:
 
 # ---- the loop -------------------------------------------------------------------------------------------
 
-def _rescored_best(history: list[list[dict]], generation: int, ev) -> dict:
-    """The candidate with the lowest fitness under generation ``generation``'s weights (ties: earliest)."""
+def _rescored_best(history: list[list[dict]], generation: int, ev, default: dict | None) -> dict:
+    """The candidate with the lowest fitness under generation ``generation``'s weights (ties: the default
+    wiring, then the earliest)."""
     best, best_fitness = None, math.inf
-    for candidates in history:
+    for candidates in ([[default]] if default is not None else []) + history:
         for candidate in candidates:
             fitness = combine_fitness(ev.fitness, candidate["loss"], candidate["r1"], candidate["r2"], generation,
                                       ev.lambda1, ev.lambda2)
@@ -277,6 +297,7 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     history: list[list[dict]] = []  # per generation, per candidate: x, generation, index, loss, r1, r2, fitness
     terms_log: list = []
     fitness_log: list = []
+    default: dict | None = None  # the default wiring's entry, once scored
     state = _load_state(state_path, settings)
     if state is not None:
         for generation, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
@@ -288,6 +309,8 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
                               f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
         terms_log, fitness_log = state["terms"], state["fitness"]
+        if state.get("default") is not None:  # states written before the default was scored lack it
+            default = {"x": None, "index": DEFAULT_INDEX, **state["default"]}
     done = len(history)
     if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
         write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("generation", -1) < done])
@@ -302,8 +325,9 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             sampling_mean = np.asarray(es.mean, dtype=float)
             xs = es.ask()
             fits: list[float] = []
-            bar = tqdm(total=len(xs), desc=f"evolution {generation + 1}/{ev.generations}", leave=False,
-                       disable=True if not show else None)
+            with_default = default is None
+            bar = tqdm(total=len(xs) + with_default, desc=f"evolution {generation + 1}/{ev.generations}",
+                       leave=False, disable=True if not show else None)
 
             def on_result(i, terms, bar=bar, fits=fits, generation=generation):
                 fits.append(combine_fitness(ev.fitness, terms["loss"], terms["r1"], terms["r2"], generation,
@@ -311,8 +335,10 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                 bar.update(1)
                 bar.set_postfix(best=f"{min(fits):.4f}", median=f"{statistics.median(fits):.4f}")
 
-            results = evaluator.evaluate(xs, generation, on_result)
+            results, default_terms = evaluator.evaluate(xs, generation, on_result, with_default)
             bar.close()
+            if default_terms is not None:
+                default = {"x": None, "generation": generation, "index": DEFAULT_INDEX, **default_terms}
             fitness = [combine_fitness(ev.fitness, r["loss"], r["r1"], r["r2"], generation, ev.lambda1, ev.lambda2)
                        for r in results]
             es.tell(xs, fitness)
@@ -320,7 +346,7 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                             for i, (x, r, value) in enumerate(zip(xs, results, fitness))])
             terms_log.append([[r["loss"], r["r1"], r["r2"]] for r in results])
             fitness_log.append(fitness)
-            best = _rescored_best(history, generation, ev)
+            best = _rescored_best(history, generation, ev, default)
             row = {"generation": generation, "best_fitness": best["rescored_fitness"],
                    "median_fitness": statistics.median(fitness),
                    "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]),
@@ -330,9 +356,12 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                    "candidates": [{"index": i, "fitness": value, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
                                    "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
                                   for i, (x, r, value) in enumerate(zip(xs, results, fitness))]}
+            if default_terms is not None:
+                row["default"] = {"fitness": combine_fitness(ev.fitness, *(default_terms[k] for k in _TERMS),
+                                                             generation, ev.lambda1, ev.lambda2), **default_terms}
             if main:
                 append_jsonl(log_path, row)
-                _save_state(state_path, settings, terms_log, fitness_log, es)
+                _save_state(state_path, settings, terms_log, fitness_log, es, default)
                 if show:
                     tqdm.write(f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
                                f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
@@ -343,9 +372,14 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             evaluator.close(wait=finished)
 
     # ---- Algorithm 1, line 11: the best genotype becomes the model ---------------------------------------
-    best = _rescored_best(history, ev.generations - 1, ev)
-    noise_seed, _ = generation_seeds(seed, best["generation"])
-    apply_phenotype(model, best["x"], noise_seed)
+    best = _rescored_best(history, ev.generations - 1, ev, default)
+    if best["x"] is None:  # the default wiring: the Random model's encodings and G
+        torch.manual_seed(seed)
+        genome_of(model).load_state_dict(genome_of(build_recipe_model(recipe)).state_dict())
+        betas = {"beta1": None, "beta2": None}
+    else:
+        noise_seed, _ = generation_seeds(seed, best["generation"])
+        apply_phenotype(model, best["x"], noise_seed)
+        betas = {"beta1": math.exp(best["x"][0]), "beta2": math.exp(best["x"][1])}
     return {"best_fitness": best["rescored_fitness"], "generation": best["generation"], "index": best["index"],
-            "loss": best["loss"], "r1": best["r1"], "r2": best["r2"], "beta1": math.exp(best["x"][0]),
-            "beta2": math.exp(best["x"][1])}
+            "loss": best["loss"], "r1": best["r1"], "r2": best["r2"], **betas}

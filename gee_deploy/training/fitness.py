@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .genotype import apply_phenotype, decode_genotype
+from .genotype import apply_phenotype
 from .setup import build_optimizer, build_recipe_model, train_step
 
 __all__ = ["FITNESS_MODES", "FAILED_FITNESS", "temporal_difference", "spatial_entropy", "combine_fitness",
@@ -143,12 +143,19 @@ class EvalData:
         return self._held_out
 
 
-def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, seed: int, data: EvalData,
+def evaluate_candidate(recipe, x: np.ndarray | None, noise_seed: int, order_seed: int, seed: int, data: EvalData,
                        device: torch.device) -> dict:
-    """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2} (raw terms)."""
+    """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2} (raw terms).
+
+    ``x = None`` is the default wiring: the Random model exactly as the trainer builds it (torch seeded with
+    ``seed`` = ``train.seed``, encodings and G as initialised, no phenotype drawn), trained and scored the
+    same way. r2 is measured on G before the short training in both cases.
+    """
     torch.manual_seed(seed)
     model = build_recipe_model(recipe)
-    apply_phenotype(model, x, noise_seed)
+    if x is not None:
+        apply_phenotype(model, x, noise_seed)
+    gene_matrix = model.genome.gene_matrix.detach().clone()
     model.to(device)
     optimizer = build_optimizer(recipe, model)
     model.train()
@@ -163,7 +170,6 @@ def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, 
             loss_sum += F.cross_entropy(y_steps.mean(0), labels, reduction="sum").item()
             r1_sum += temporal_difference(y_steps).sum().item()  # eq. 13
             count += len(labels)
-    _, _, gene_matrix = decode_genotype(x, model.genome.genes)
     loss, r1 = loss_sum / count, r1_sum / count
     return {"loss": loss if math.isfinite(loss) else None, "r1": r1 if math.isfinite(r1) else None,
             "r2": spatial_entropy(gene_matrix)}
