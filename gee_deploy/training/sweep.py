@@ -42,7 +42,8 @@ from ..recipe import Recipe
 from ..walk import describe
 from ..zoo.summary import count_parameters
 from .evolution import check_evolution
-from .trainer import build_recipe_model, holds_run, select_device, train
+from .setup import build_recipe_model
+from .trainer import holds_run, select_device, train
 
 __all__ = ["POINT_FILE", "point_recipe", "point_dir", "run_sweep", "write_sweep", "sweep_markdown"]
 
