@@ -21,6 +21,7 @@ from gee_deploy.serving.codec import classify
 from gee_deploy.serving.loadtest import load_test
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.serving.server import InferenceServer
+from gee_deploy.serving.service import describe
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 
 
@@ -103,7 +104,7 @@ def test_tritonclient_http_round_trip_equals_onnxruntime(server, runtime, images
         top = result.as_numpy(LOGITS)
         assert top.shape == (8, 3)
         as_text = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in top]  # JSON gives str
-        assert as_text == _top_k(want_logits, 3, runtime.info.class_names)
+        assert as_text == _top_k(want_logits, 3, describe(runtime).class_names)
     result = client.infer("tiny", [inp])  # no outputs named: all of them, binary
     assert np.array_equal(result.as_numpy(LOGITS), want_logits)
 
@@ -111,7 +112,7 @@ def test_tritonclient_http_round_trip_equals_onnxruntime(server, runtime, images
     assert config["max_batch_size"] == 16 and config["platform"] == "onnxruntime_onnx"
     assert config["input"] == [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [1, 28, 28]}]
     assert [(o["name"], o["dims"]) for o in config["output"]] == [
-        (LOGITS, [len(runtime.info.class_names)]), (SPIKE_COUNTS, [len(runtime.info.spiking_layers)])]
+        (LOGITS, [len(describe(runtime).class_names)]), (SPIKE_COUNTS, [len(describe(runtime).spiking_layers)])]
     stats = client.get_inference_statistics("tiny")["model_stats"][0]
     assert stats["name"] == "tiny" and stats["inference_count"] >= 5 * 8
     assert stats["inference_stats"]["success"]["count"] >= 5
@@ -140,7 +141,7 @@ def test_tritonclient_grpc_round_trip_equals_onnxruntime(server, runtime, images
     assert result.get_response().id == "g1"
     result = client.infer("tiny", [inp], outputs=[grpcclient.InferRequestedOutput(LOGITS, class_count=2)])
     assert [[v.decode() for v in row] for row in result.as_numpy(LOGITS)] == _top_k(want_logits, 2,
-                                                                                       runtime.info.class_names)
+                                                                                       describe(runtime).class_names)
     config = client.get_model_config("tiny", as_json=True)["config"]
     assert config["max_batch_size"] == 16 and config["input"][0]["dims"] == ["1", "28", "28"]
     stats = client.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
@@ -298,7 +299,7 @@ def test_metrics_count_requests_errors_batches_and_spikes(runtime, images):
     batches = _metric(text, "gee_batch_size_count")
     assert _metric(text, "gee_batch_size_sum") == 8 and batches < 8  # some were merged
     served = runtime(images[:8])[1].sum(0)
-    for name, total in zip(runtime.info.spiking_layers, served):
+    for name, total in zip(describe(runtime).spiking_layers, served):
         assert _metric(text, f'gee_spikes_total{{layer="{name}",model="tiny"}}') == total
 
 

@@ -12,8 +12,9 @@ Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
 Protocol errors from :mod:`.codec` become statuses in :data:`STATUS` (one table) with ``{"error": message}``
 bodies. A body over ``max_body_bytes`` gets 413 without being read; the connection stays open, so the server
 reads past the rest of the body and the client, once done sending, reads the 413 (closing instead would
-reset the connection under a client still writing: a broken pipe, not an answer). While the server drains
-(SIGTERM) every response carries ``Connection: close``.
+reset the connection under a client still writing: a broken pipe, not an answer). Once the server has
+stopped listening (SIGTERM) every response carries ``Connection: close``; not before, or clients would
+reconnect into a listener about to close and be reset.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class _Edge:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                if not service.ready:
+                if service.draining:
                     message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             await send(message)
 

@@ -157,6 +157,7 @@ class _Uvicorn(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
+        owner.service.draining = True
         state = self.server_state
         # In-flight requests finish. HTTP responses say Connection: close, so the client reconnects elsewhere;
         # a connection idle longer than idle_grace_s is closed. gRPC has no such header: for idle_grace_s new

@@ -59,7 +59,8 @@ class ModelService:
         self.stats = Statistics()
         self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
         self.inflight = 0
-        self.ready = True  # false once draining: readiness probes see it before the listener closes
+        self.ready = True  # false from SIGTERM on: readiness probes see it before the listener closes
+        self.draining = False  # true once the listener is closed: HTTP answers say Connection: close
 
     def _on_batch(self, size: int, seconds: float, spike_counts) -> None:
         self.metrics.observe_batch(size, spike_counts)
