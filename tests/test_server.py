@@ -154,6 +154,8 @@ def test_tritonclient_grpc_round_trip_equals_onnxruntime(server, runtime, images
         client.infer("tiny", [bad])
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_config("other")
+    with pytest.raises(InferenceServerException, match="not implemented"):  # UNIMPLEMENTED, server keeps going
+        client.get_model_repository_index()
     with pytest.raises(InferenceServerException, match="classification applies to"):
         client.infer("tiny", [inp], outputs=[grpcclient.InferRequestedOutput(SPIKE_COUNTS, class_count=2)])
     client.close()
@@ -183,6 +185,12 @@ _ZEROS = np.zeros((1, 1, 28, 28), np.float32)
                              "data": ["a"] * 784}]}).encode(), 400, "inputs.0.data: must be a flat or nested list"),
     (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
                              "data": [10 ** 400] * 784}]}).encode(), 400, "inputs.0.data"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": ["0.5"] * 784}]}).encode(), 400, "inputs.0.data: must be a flat or nested"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [True] * 784}]}).encode(), 400, "inputs.0.data: must be a flat or nested"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [1e300] * 784}]}).encode(), 400, "NaN or Inf"),
     (_request(_ZEROS, outputs=[{"name": "membrane"}]), 400, "outputs.0.name: unknown output"),
     (_request(_ZEROS, outputs=[{"name": LOGITS}, {"name": LOGITS}]), 400, "requested twice"),
     (_request(_ZEROS).replace(b'"input"', b'"image"'), 400, "inputs.0.name: this model's input is 'input'"),

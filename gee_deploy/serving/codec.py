@@ -203,9 +203,12 @@ def tensor_from_bytes(raw: bytes | memoryview, shape: list[int], where: str, spe
 def tensor_from_values(values, shape: list[int], where: str, spec) -> np.ndarray:
     """An FP32 tensor from JSON ``data`` (flat or nested numbers) or gRPC ``fp32_contents``, validated."""
     try:
-        x = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{where}.data: must be a flat or nested list of numbers") from None
+        x = np.asarray(values)  # no dtype: strings, booleans and nulls must not pass as numbers
+    except (ValueError, TypeError, OverflowError):  # ragged nesting
+        x = None
+    if x is None or x.dtype.kind not in "fiu":
+        raise InvalidInput(f"{where}.data: must be a flat or nested list of numbers (int64 range)")
+    x = x.astype(np.float32)  # beyond float32's range becomes Inf, which validation refuses
     count = math.prod(shape)
     if x.size != count:
         raise InvalidInput(f"{where}.data: holds {x.size} values; shape {list(shape)} needs {count}")

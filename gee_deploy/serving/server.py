@@ -77,6 +77,7 @@ class _TimedProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
         self.last_active = self.loop.time()
+        self._message_cycle = None
         self._deadline = self.loop.call_later(self.request_timeout, self._expired)
 
     def data_received(self, data: bytes) -> None:
@@ -85,8 +86,13 @@ class _TimedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._message_cycle = None  # this message's cycle, once its headers are in
         self._disarm()
         self._deadline = self.loop.call_later(self.request_timeout, self._expired)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._message_cycle = self.cycle
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -109,7 +115,8 @@ class _TimedProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+        # 408 unless this message was already answered (a 413 sent early, its body still arriving)
+        if self._message_cycle is None or not self._message_cycle.response_started:
             body = b'{"error": "the request was not received within %g s"}' % self.request_timeout
             self.transport.write(_TIMEOUT_RESPONSE % (len(body), body))
         self.transport.close()
