@@ -332,6 +332,15 @@ def test_concurrency_limit_answers_503_beyond_it(runtime, images):
     assert [c for c, _ in answers] == [200, 200]
 
 
+def test_a_request_that_outwaits_its_timeout_gets_503_and_is_not_run(runtime, images):
+    with InferenceServer(runtime, "tiny", port=0, max_batch=64, max_delay_ms=1000, infer_timeout_s=0.2) as srv:
+        code, answer = _post(srv, "/v2/models/tiny/infer", _request(images[:1]))
+        assert code == 503 and "did not finish within 0.2 s" in answer["error"]
+        assert srv.service.inflight == 0
+    stats = srv.service.stats.as_dict("tiny", "1")  # after close, so the batcher has finished what it held
+    assert stats["inference_stats"]["fail"]["count"] == 1 and stats["inference_count"] == 0
+
+
 def test_stalled_connections_do_not_block_and_are_released_after_the_timeout(runtime, images):
     """200 clients that send half a request and wait: health still answers, and each stalled client gets a
     408 and a closed connection once the request timeout passes."""

@@ -55,15 +55,21 @@ class Metrics:
         spikes = Counter("gee_spikes", "Spikes emitted per spiking layer over all samples.", ["model", "layer"],
                          registry=r)
         self.spikes = [spikes.labels(model, layer) for layer in spiking_layers]
+        self._children: dict[tuple, tuple] = {}
 
     def observe_request(self, protocol: str, endpoint: str, code, seconds: float | None = None,
                         error: bool = False) -> None:
         """One answered request; ``seconds`` only for successful inferences."""
-        self.requests.labels(protocol, endpoint, str(code)).inc()
+        key = (protocol, endpoint, code)
+        child = self._children.get(key)
+        if child is None:  # labels() costs a lock and a tuple check per call: resolve each series once
+            child = self._children[key] = (self.requests.labels(protocol, endpoint, str(code)),
+                                           self.errors.labels(protocol), self.latency.labels(protocol))
+        child[0].inc()
         if error:
-            self.errors.labels(protocol).inc()
+            child[1].inc()
         if seconds is not None:
-            self.latency.labels(protocol).observe(seconds)
+            child[2].observe(seconds)
 
     def observe_batch(self, size: int, spike_counts: np.ndarray) -> None:
         """One runtime call of ``size`` samples; ``spike_counts`` [size, L]."""

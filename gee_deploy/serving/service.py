@@ -96,10 +96,17 @@ class ModelService:
             decoded = decode()
             t1 = time.perf_counter()
             fut = asyncio.wrap_future(self.batcher.submit(decoded.x))
+            # A timer that cancels the future (asyncio.wait_for would wrap it in one more future and callback
+            # per request); the batcher skips a request cancelled before its batch starts.
+            timer = asyncio.get_running_loop().call_later(self.infer_timeout, fut.cancel)
             try:
-                result = await asyncio.wait_for(fut, self.infer_timeout)
-            except asyncio.TimeoutError:
-                raise InferenceTimeout(f"inference did not finish within {self.infer_timeout:g} s") from None
+                result = await fut
+            except asyncio.CancelledError:
+                if not timer.cancelled() and fut.cancelled() and timer.when() <= asyncio.get_running_loop().time():
+                    raise InferenceTimeout(f"inference did not finish within {self.infer_timeout:g} s") from None
+                raise
+            finally:
+                timer.cancel()
             t2 = time.perf_counter()
             answer = encode(decoded, result)
             t3 = time.perf_counter()
