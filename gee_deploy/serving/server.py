@@ -225,7 +225,7 @@ class InferenceServer:
         self.sock = socket.create_server((host, port), backlog=1024)
         protocol = type("TimedProtocol", (_TimedProtocol,), {"request_timeout": request_timeout_s})
         config = uvicorn.Config(create_app(self.service, max_body_bytes), loop="asyncio", http=protocol,
-                                lifespan="off", log_level="warning", access_log=False,
+                                lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
                                 timeout_keep_alive=keep_alive_s, server_header=False)
         self._uv = _Uvicorn(config, self)
         self._thread: threading.Thread | None = None

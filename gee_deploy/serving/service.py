@@ -8,8 +8,10 @@ batcher with a timeout and records Triton's statistics; errors come out as :mod:
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
+from collections import deque
 from typing import Callable, TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
@@ -59,6 +61,9 @@ class ModelService:
         self.stats = Statistics()
         self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
         self.inflight = 0
+        self._results: deque = deque()  # (asyncio future, finished batcher future), filled by the batcher thread
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = True  # false from SIGTERM on: readiness probes see it before the listener closes
         self.draining = False  # true once the listener is closed: HTTP answers say Connection: close
 
@@ -95,14 +100,19 @@ class ModelService:
         try:
             decoded = decode()
             t1 = time.perf_counter()
-            fut = asyncio.wrap_future(self.batcher.submit(decoded.x))
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            fut = loop.create_future()
+            job = self.batcher.submit(decoded.x)
+            job.add_done_callback(functools.partial(self._finished, fut))
             # A timer that cancels the future (asyncio.wait_for would wrap it in one more future and callback
             # per request); the batcher skips a request cancelled before its batch starts.
-            timer = asyncio.get_running_loop().call_later(self.infer_timeout, fut.cancel)
+            timer = loop.call_later(self.infer_timeout, fut.cancel)
             try:
                 result = await fut
             except asyncio.CancelledError:
-                if not timer.cancelled() and fut.cancelled() and timer.when() <= asyncio.get_running_loop().time():
+                job.cancel()
+                if timer.when() <= loop.time():
                     raise InferenceTimeout(f"inference did not finish within {self.infer_timeout:g} s") from None
                 raise
             finally:
@@ -118,6 +128,28 @@ class ModelService:
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
+
+    def _finished(self, fut: asyncio.Future, job) -> None:
+        """On the batcher's thread: queue the result and wake the event loop once per batch, not per request
+        (each wake-up is a write to the loop's self-pipe and a pass of the loop)."""
+        self._results.append((fut, job))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the event loop: hand every finished batch result to its waiting request."""
+        self._wake_pending = False  # before draining, so a result queued meanwhile schedules another pass
+        while self._results:
+            fut, job = self._results.popleft()
+            if fut.done():  # timed out or the client went away
+                continue
+            if job.cancelled():
+                fut.cancel()
+            elif job.exception() is not None:
+                fut.set_exception(job.exception())
+            else:
+                fut.set_result(job.result())
 
     def close(self) -> None:
         """Finish what the batcher holds, then stop it."""
