@@ -6,8 +6,8 @@
 Prints one JSON line per run: protocol, requests, errors, refused, client-side p50/p90/p99 latency and
 throughput, plus the server's own batch-size histogram from /metrics. With ``--old-tree`` the server of that
 checkout (same model, same options) runs interleaved with this one, round after round, and a last line gives
-this server's throughput over the old one's (median of the rounds): on a shared machine only ratios measured
-in one run mean anything. ``--sigterm`` sends SIGTERM halfway through a load run and reports cut requests and
+this server's throughput and CPU per request over the old one's (medians of the rounds): on a shared machine
+only ratios measured in one run mean anything, and CPU per request does not depend on the scheduler's share. ``--sigterm`` sends SIGTERM halfway through a load run and reports cut requests and
 the exit code; ``--stalled N`` opens N half-sent requests and reports how fast /v2/health/ready answers and
 when the stalled connections are released. Loopback only; every loop is bounded.
 """
@@ -69,12 +69,23 @@ def stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_run(tree: Path, label: str, protocol: str, model: str, images, args) -> dict:
     proc, port, grpc_port = start_server(tree, model, args, protocol == "grpc")
     try:
+        cpu0 = cpu_seconds(proc.pid)
         result = load_test("127.0.0.1", grpc_port if protocol == "grpc" else port, "bench", images,
                            clients=args.clients, duration_s=args.seconds, protocol=protocol)
-        result.update(server=label, **server_batches(port), max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
+        # The server's CPU per answered request: unlike requests/s, it does not depend on how much of a
+        # shared machine the scheduler gave the server during the run.
+        cpu_ms = (cpu_seconds(proc.pid) - cpu0) / max(result["ok"], 1) * 1e3
+        result.update(server=label, server_cpu_ms_per_request=cpu_ms, **server_batches(port),
+                      max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
     finally:
         stop(proc)
     print(json.dumps(result), flush=True)
@@ -168,8 +179,13 @@ def main() -> None:
             results.setdefault((label, protocol), []).append(load_run(tree, label, protocol, args.model, images, args))
     if args.old_tree is not None and args.rounds > 0:
         old = statistics.median(x["throughput_rps"] for x in results[("old", "http")])
+        old_cpu = statistics.median(x["server_cpu_ms_per_request"] for x in results[("old", "http")])
         summary = {f"{label}_{protocol}": {"rps_median": statistics.median(x["throughput_rps"] for x in rs),
                                            "ratio_to_old_http": statistics.median(x["throughput_rps"] for x in rs) / old,
+                                           "cpu_ms_per_request_median": statistics.median(
+                                               x["server_cpu_ms_per_request"] for x in rs),
+                                           "cpu_ratio_to_old_http": statistics.median(
+                                               x["server_cpu_ms_per_request"] for x in rs) / old_cpu,
                                            "errors": sum(x["errors"] for x in rs),
                                            "refused": sum(x["refused"] for x in rs)}
                    for (label, protocol), rs in results.items()}

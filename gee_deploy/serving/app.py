@@ -1,4 +1,4 @@
-"""The HTTP side of `gee-deploy serve`: a Starlette app speaking KServe v2 REST plus Triton's extensions.
+"""The HTTP side of `gee-deploy serve`: Starlette routes speaking KServe v2 REST plus Triton's extensions.
 
 Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
 
@@ -19,6 +19,7 @@ reconnect into a listener about to close and be reset.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from starlette.exceptions import HTTPException
@@ -38,6 +39,7 @@ __all__ = ["create_app", "STATUS"]
 STATUS = {Unsupported: 400, UnsupportedMediaType: 415, InvalidInput: 400, ModelNotFound: 404, PayloadTooLarge: 413,
           ServerBusy: 503, NotReady: 503, InferenceTimeout: 503}
 _CLIENT_GONE = 499  # nginx's "client closed request": recorded in metrics, never sent
+_log = logging.getLogger("gee_deploy.serve")
 
 
 def _status(exc: ProtocolError) -> int:
@@ -69,19 +71,26 @@ class _Edge:
             await send(message)
 
         try:
+            headers = None
             try:
                 await self.router(scope, receive, send_wrapper)
                 error = None
             except ProtocolError as e:
                 error = (_status(e), str(e))
             except HTTPException as e:
-                path = scope["path"]
+                path, headers = scope["path"], e.headers  # 405 carries Allow
                 error = (e.status_code, f"no endpoint {path}" if e.status_code == 404 else
                          f"{scope['method']} is not allowed on {path}" if e.status_code == 405 else e.detail)
             except ClientDisconnect:  # the connection is gone: nothing to answer
                 error = None
+            except Exception as e:  # a bug: logged with its traceback, counted as a 500, the server goes on
+                _log.exception("error while answering %s %s", scope["method"], scope["path"])
+                error = (500, f"internal error: {type(e).__name__}")
             if error is not None and status[0] == _CLIENT_GONE:
-                await _json_response({"error": error[1]}, error[0])(scope, receive, send_wrapper)
+                response = _json_response({"error": error[1]}, error[0])
+                if headers:
+                    response.headers.update(headers)
+                await response(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             endpoint = route.name if route is not None else "unknown"

@@ -2,7 +2,7 @@
 
 One process, one asyncio event loop, one batcher thread:
 
-* HTTP: the Starlette app of :mod:`.app` under uvicorn (httptools parser), KServe v2 REST + Triton's binary
+* HTTP: the ASGI app of :mod:`.app` (Starlette routes) under uvicorn (httptools parser), KServe v2 REST + Triton's binary
   tensor, model configuration, statistics and classification extensions; Prometheus metrics at ``/metrics``.
 * gRPC (``grpc_port``): the OIP ``GRPCInferenceService`` of :mod:`.grpc_service` on ``grpc.aio``, on the same
   loop, sharing the :class:`~.service.ModelService` (batcher, concurrency limit, statistics).
