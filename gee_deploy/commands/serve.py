@@ -33,6 +33,7 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     Works with stock clients such as tritonclient (HTTP and gRPC); Prometheus metrics at /metrics. SIGTERM or
     Ctrl-C drains in-flight requests (bounded by --drain-s) and exits 0.
     """
+    import os
     from pathlib import Path
 
     from ..serving.runtimes import OrtRuntime
@@ -45,7 +46,9 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
                                  int(max_body_mb * (1 << 20)), request_timeout_s=request_timeout_s,
                                  max_concurrency=max_concurrency, drain_s=drain_s)
     except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        where = f"{host}:{port}" + (f" (gRPC {host}:{grpc_port})" if grpc_port is not None else "")
+        raise click.ClickException(f"cannot listen on {where}: {reason}") from None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--name") from None
 

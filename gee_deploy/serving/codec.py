@@ -208,7 +208,8 @@ def tensor_from_values(values, shape: list[int], where: str, spec) -> np.ndarray
         x = None
     if x is None or x.dtype.kind not in "fiu":
         raise InvalidInput(f"{where}.data: must be a flat or nested list of numbers (int64 range)")
-    x = x.astype(np.float32)  # beyond float32's range becomes Inf, which validation refuses
+    with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, which validation refuses
+        x = x.astype(np.float32)
     count = math.prod(shape)
     if x.size != count:
         raise InvalidInput(f"{where}.data: holds {x.size} values; shape {list(shape)} needs {count}")

@@ -205,7 +205,7 @@ class InferenceServer:
         idle_grace_s: while draining, how long an idle keep-alive connection may still send a request.
 
     Raises:
-        OSError: the HTTP port cannot be bound.
+        OSError: the HTTP or gRPC port cannot be bound.
         ValueError: a bad name or limit.
     """
 
@@ -223,6 +223,12 @@ class InferenceServer:
         self.grpc = None
         self.startup_error: Exception | None = None
         self.sock = socket.create_server((host, port), backlog=1024)
+        if grpc_port:  # a busy gRPC port fails here with one OSError, not later inside grpc's C core (which logs)
+            try:
+                socket.create_server((host, grpc_port)).close()
+            except OSError:
+                self.sock.close()
+                raise
         protocol = type("TimedProtocol", (_TimedProtocol,), {"request_timeout": request_timeout_s})
         config = uvicorn.Config(create_app(self.service, max_body_bytes), loop="asyncio", http=protocol,
                                 lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
