@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import nir
 import onnx
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from ..io import atomic_path
 from .choose import make_chooser
 from .configs import DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, lookup
 from .errors import ExportError, UnknownOptionError
+from .nir import write_nir
+from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
 from .writer import GraphInfo, write_graph
 
@@ -42,8 +45,8 @@ class ExportReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, opset {self.opset}"
-                 f"{', streaming' if self.streaming else ''})"]
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}"
+                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''})"]
         lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} MACs {l['macs']:>13,} x{l['calls']}"
                   for l in self.layers]
         lines.append(f"  MACs per sample: {self.macs_per_sample:,} (all dense: {self.dense_macs_per_sample:,})")
@@ -141,6 +144,8 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
         raise ExportError("validation needs at least one image")
     if not f.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {f.name} writes a file")
+    if f.name == "nir":
+        return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
     if f.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
@@ -166,6 +171,26 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
 
     report.tensorrt_problems = compatibility_problems(final)
     _write(f.name, final, Path(out), max_batch_size, fp16, report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _export_nir(model: nn.Module, out: Path, variant: str, opset: int | None, streaming: bool, images: torch.Tensor,
+                labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str, start: float) -> ExportReport:
+    """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
+    for bad, why in ((variant != "dense", f"--variant {variant}"), (streaming, "--streaming"),
+                     (opset is not None, "--opset")):
+        if bad:
+            raise UnknownOptionError(f"{why} does not apply to --format nir (it writes the folded dense network, "
+                                     "one step per call)")
+    graph, info = write_nir(model.eval(), _metadata(model, "dense", checkpoint_sha256, False))
+    report = ExportReport(str(out), "nir", "dense", 0, False, layers=[l.metadata() for l in info.layers],
+                          macs_per_sample=sum(l.macs * l.calls for l in info.layers),
+                          dense_macs_per_sample=sum(l.dense_macs * l.calls for l in info.layers))
+    with atomic_path(out) as tmp:
+        nir.write(tmp, graph)
+        val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
+    report.validation = _report_dict(val)
     report.seconds = time.perf_counter() - start
     return report
 
