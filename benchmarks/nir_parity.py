@@ -1,0 +1,91 @@
+"""Parity of a NIR export with the PyTorch model on a whole test set, and what the threshold convention changes.
+
+    python benchmarks/nir_parity.py runs/fmnist/best.pt --out /tmp/fmnist.nir          # its dataset's test split
+
+Exports CHECKPOINT with ``gee-deploy export --format nir`` semantics (validated on every test image), then runs
+the file three ways against the same PyTorch reference: the NIR executor as written (v > 1 - 2^-24), the NIR
+executor with v_threshold = 1 (what a file without the one-ulp nudge would give under NIR's v > v_th), and
+SpikingJelly's NIR importer (its own LIFNode, which fires on >=). Prints one JSON object per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from gee_deploy.checkpoint import file_sha256, load_model
+from gee_deploy.export import export_loaded
+from gee_deploy.export.api import validation_data
+from gee_deploy.export.configs import ValidationConfig
+from gee_deploy.export.nir_validate import nir_inputs, read_nir, run_nir
+from gee_deploy.export.validate import reference_outputs
+from gee_deploy.spec import LOGITS, SPIKE_COUNTS
+
+
+def _spikingjelly(path: str, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    spec, _, mean, std = nir_inputs(read_nir(path), path)
+    net = import_from_nir(path)
+    logits = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = (images[i:i + batch_size] - mean) / std
+            state, total = None, 0.0
+            for _ in range(spec.timesteps):
+                y, state = net(x, state)
+                total = total + y
+            logits.append((total / spec.timesteps).numpy())
+    return {LOGITS: np.concatenate(logits)}
+
+
+def _row(what: str, ref: dict, got: dict, labels: np.ndarray, seconds: float) -> dict:
+    row = {"run": what, "samples": len(labels),
+           "top1_agreement": float((got[LOGITS].argmax(1) == ref[LOGITS].argmax(1)).mean()),
+           "accuracy_torch": float((ref[LOGITS].argmax(1) == labels).mean()),
+           "accuracy_nir": float((got[LOGITS].argmax(1) == labels).mean()),
+           "max_abs_logit_diff": float(np.abs(got[LOGITS] - ref[LOGITS]).max()), "seconds": round(seconds, 1)}
+    if SPIKE_COUNTS in got:
+        t, n = float(ref[SPIKE_COUNTS].sum()), float(got[SPIKE_COUNTS].sum())
+        row.update(spikes_torch=t, spikes_nir=n, spike_rel_diff=abs(n - t) / max(t, 1.0),
+                   samples_identical_spikes=float((got[SPIKE_COUNTS] == ref[SPIKE_COUNTS]).all(1).mean()))
+    return row
+
+
+def run(checkpoint: str, out: str, samples: int = 10_000, batch_size: int = 250) -> list[dict]:
+    model = load_model(checkpoint)
+    images, labels = validation_data(model.checkpoint["dataset"]["name"], samples)
+    cfg = ValidationConfig(samples=len(images), batch_size=batch_size)
+    t0 = time.perf_counter()
+    report = export_loaded(model, out, fmt="nir", images=images, labels=labels, validation=cfg,
+                           checkpoint_sha256=file_sha256(checkpoint))
+    rows = [{"run": "export (validated)", "seconds": round(time.perf_counter() - t0, 1), **report.validation}]
+    rows[0].pop("checks", None)
+    ref = reference_outputs(model, images, batch_size)
+    graph, y = read_nir(out), labels.numpy()
+    for what, threshold in (("NIR executor, file as written (v > 1 - 2^-24)", None),
+                            ("NIR executor, v_threshold = 1 (no nudge)", 1.0)):
+        t0 = time.perf_counter()
+        rows.append(_row(what, ref, run_nir(graph, images, batch_size, out, threshold), y, time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    rows.append(_row("SpikingJelly import_from_nir (fires on >=)", ref, _spikingjelly(out, images, batch_size), y,
+                     time.perf_counter() - t0))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--out", default="model.nir")
+    p.add_argument("--samples", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=250)
+    args = p.parse_args()
+    for row in run(args.checkpoint, args.out, args.samples, args.batch_size):
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
