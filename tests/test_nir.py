@@ -24,7 +24,7 @@ from gee_deploy.spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from gee_deploy.zoo import create_model, list_models
 
 from test_cli import run
-from test_export import FAST, SMALL, lively, one_thread  # noqa: F401  (autouse: one thread)
+from test_export import FAST, SMALL, _bad_inputs, lively, one_thread  # noqa: F401  (autouse: one thread)
 
 
 def _lif_graph(shape: tuple[int, ...], v_threshold: float) -> nir.NIRGraph:
@@ -278,3 +278,14 @@ def test_corrupt_or_foreign_files_fail_in_one_line(tmp_path):
     nir.write(foreign, _lif_graph((3,), 1.0))
     with pytest.raises(ModelFileError, match="lacks gee-deploy metadata"):
         run_nir(read_nir(foreign), torch.zeros(1, 3), 1, str(foreign))
+
+
+@pytest.mark.parametrize("case", ["truncated", "other-architecture", "unwritable", "out-is-a-directory"])
+def test_bad_input_to_nir_export_is_one_line_and_no_file(case, tiny_checkpoint, tmp_path, capsys):
+    cases, blocker = _bad_inputs(tiny_checkpoint, tmp_path)
+    args, message = cases[case]
+    out = {"unwritable": blocker / "model.nir", "out-is-a-directory": tmp_path}.get(case, tmp_path / "o" / "m.nir")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(["export", *args, "--format", "nir", "--out", str(out)], capsys)
+    assert code != 0 and err.startswith("error: ") and err.strip().count("\n") == 0 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
