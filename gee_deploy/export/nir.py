@@ -42,7 +42,7 @@ from ..zoo.base import ConvPool, fuse_average_pool
 
 __all__ = ["DT", "NIR_METADATA", "nir_threshold", "write_nir"]
 
-DT = 1e-4  # seconds per step: the default of the NIR importers (SpikingJelly's, snntorch's, norse's)
+DT = 1e-4  # seconds per step: the default dt of SpikingJelly's NIR importer and exporter and of snntorch's exporter
 
 # keys of the NIR-specific part of the graph metadata (the gee.* part is the model spec's)
 NIR_METADATA = {
