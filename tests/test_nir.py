@@ -16,10 +16,11 @@ from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ModelFileError
 from gee_deploy.export import ExportValidationError, export_loaded
 from gee_deploy.export.configs import ValidationConfig
-from gee_deploy.export.errors import UnsupportedModuleError
+from gee_deploy.errors import UnsupportedModuleError
 from gee_deploy.export.nir import DT, NIR_METADATA, nir_threshold, write_nir
 from gee_deploy.export.nir_validate import NIRExecutor, nir_inputs, read_nir, run_nir, validate_nir
 from gee_deploy.neurons import TAU, V_RESET, V_THRESHOLD, lif_reference
+from gee_deploy.parity import Thresholds
 from gee_deploy.spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from gee_deploy.zoo import create_model, list_models
 
@@ -121,7 +122,7 @@ def test_every_zoo_model_round_trips_or_is_refused_in_one_line(name, tmp_path):
         assert not out.exists()
         return
     report = export_loaded(model, out, fmt="nir", images=images, validation=FAST)
-    assert report.validation["top1_agreement"] >= FAST.min_top1_agreement
+    assert report.validation["top1_agreement"] >= FAST.thresholds.min_top1_agreement
     graph = read_nir(out)
     spec, dt, mean, std = nir_inputs(graph, str(out))
     assert spec.timesteps == model.timesteps and dt == DT
@@ -135,12 +136,12 @@ def test_every_zoo_model_round_trips_or_is_refused_in_one_line(name, tmp_path):
 
 def test_resnet_residual_adds_are_two_edges_into_one_lif():
     model, _ = _model("resnet18")
-    graph, info = write_nir(model, {})
+    graph, spec = write_nir(model)
     into = {}
     for src, dst in graph.edges:
         into.setdefault(dst, []).append(src)
     # every block's second LIF sums its conv2 path and its shortcut (identity: the block input's LIF)
-    block_ends = [n for n in info.spiking_layers if n.endswith("lif2")]
+    block_ends = [n for n in spec.spiking_layers if n.endswith("lif2")]
     assert block_ends and all(len(into[n]) == 2 for n in block_ends)
     assert any(isinstance(graph.nodes[s], nir.LIF) for n in block_ends for s in into[n])  # an identity shortcut
 
@@ -148,7 +149,7 @@ def test_resnet_residual_adds_are_two_edges_into_one_lif():
 def test_dense_twin_and_genetic_fold_to_the_same_node_types(tmp_path):
     for genes in (None, 8):
         model, images = _model("smallnet", genes=genes)
-        graph, _ = write_nir(model, {})
+        graph, _ = write_nir(model)
         kinds = sorted({type(n).__name__ for n in graph.nodes.values()})
         assert kinds == ["Affine", "Conv2d", "Flatten", "Input", "LIF", "Output"]
         report = validate_nir(model, graph, images, None, ValidationConfig(samples=8, batch_size=8))
@@ -214,7 +215,7 @@ def test_nudged_threshold_gives_our_spikes_on_real_images(real_nir):
         fired += int(ours.sum())
     assert fired > 0 and len(currents) == len(spec.spiking_layers)
     report = validate_nir(model, graph, images, labels, ValidationConfig(batch_size=250))
-    assert report.stats["top1_agreement"] >= 0.999 and report.stats["spike_rel_diff"] < 1e-5
+    assert report.stats["top1_agreement"] >= 0.999 and report.stats["spike_count_delta"] < 1e-5
 
 
 def test_spikingjelly_importer_runs_our_file(real_nir):
@@ -239,16 +240,16 @@ def test_spikingjelly_importer_runs_our_file(real_nir):
 def test_failed_validation_lists_every_check_and_writes_nothing(tmp_path):
     model, images = _model("smallnet")
     out = tmp_path / "m.nir"
-    impossible = ValidationConfig(samples=8, batch_size=8, atol=-1.0, max_spike_rel_diff=-1.0)
+    impossible = ValidationConfig(Thresholds(atol=-1.0, max_spike_delta=-1.0), samples=8, batch_size=8)
     with pytest.raises(ExportValidationError) as e:
         export_loaded(model, out, fmt="nir", images=images, validation=impossible)
-    assert len(e.value.failures) == 2 and "samples matching" in str(e.value) and "spike count" in str(e.value)
+    assert len(e.value.failures) == 2 and "samples matching" in str(e.value) and "spike-count delta" in str(e.value)
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_a_tampered_weight_fails_validation():
     model, images = _model("smallnet")
-    graph, _ = write_nir(model, {})
+    graph, _ = write_nir(model)
     graph.nodes["body.7.1"].weight = graph.nodes["body.7.1"].weight * 1.5
     report = validate_nir(model, graph, images, None, ValidationConfig(samples=8, batch_size=8),
                           raise_on_failure=False)

@@ -20,9 +20,9 @@ NIR describes one step of a network in continuous time; a simulator or chip runs
 Max pooling (CIFARNet, VGG, the ResNet-34 stem) has no NIR primitive: export stops with one line naming the
 module instead of writing an approximation.
 
-The model is walked by the ONNX writer's traversal (:class:`.writer._Writer`: torch.fx over the zoo model's
-forward, the same leaves, static vs per-step values, spike sources, a torch sample for shapes); this module only
-overrides what each visited layer becomes.
+:class:`NIRWriter` is the core model walk (:mod:`gee_deploy.walk`, shared with the ONNX writer and the PyTorch
+reference: dataflow, spike sources, the layer table, the spiking layers) with NIR emitters: this module only says
+which NIR node each step becomes.
 """
 from __future__ import annotations
 
@@ -33,14 +33,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..neurons import LIF, SPIKE_PRESERVING, lif_reference
+from ..errors import UnsupportedModuleError
+from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
-from .errors import ExportError, UnsupportedModuleError
-from .folding import dense_macs, fold_layer
-from .writer import LayerRecord, _pool_geometry, _Value, _Writer
+from ..walk import ModelWalk, Value
 from ..zoo.base import ConvPool, fuse_average_pool
+from .errors import ExportError
+from .folding import fold_layer
+from .writer import _pool_geometry
 
-__all__ = ["DT", "NIR_METADATA", "nir_threshold", "write_nir"]
+__all__ = ["DT", "NIR_METADATA", "NIRWriter", "nir_threshold", "write_nir"]
 
 DT = 1e-4  # seconds per step: the default dt of SpikingJelly's NIR importer and exporter and of snntorch's exporter
 
@@ -63,32 +65,36 @@ def nir_threshold(v_threshold: float) -> float:
     return float(np.nextafter(np.float32(v_threshold), np.float32(-np.inf)))
 
 
-class _NIRWriter(_Writer):
-    """The ONNX writer's traversal with every visited layer written as NIR nodes.
+class NIRWriter(ModelWalk):
+    """The model walk writing NIR nodes into ``nodes`` / ``edges``.
 
     A value's ``name`` is the tuple of NIR node names whose outputs sum to it (NIR adds a node's inputs), so a
-    residual add is only the union of its operands' sources.
+    residual add is only the union of its operands' sources, and repeating a static value over the steps is
+    nothing at all (NIR runs every node at every step).
     """
 
+    variant = "dense"
+
     def __init__(self, model: nn.Module):
-        super().__init__(model, choose=lambda *_: "dense", streaming=False)
+        super().__init__(model)
         self.nodes: dict[str, nir.NIRNode] = {}
         self.edges: list[tuple[str, str]] = []
 
-    def node(self, name: str, node: nir.NIRNode, x: _Value) -> tuple[str, ...]:
+    def node(self, name: str, node: nir.NIRNode, x: Value) -> tuple[str, ...]:
         if name in self.nodes:
             raise ExportError(f"two NIR nodes would be named {name!r}")
         self.nodes[name] = node
         self.edges += [(src, name) for src in x.name]
         return (name,)
 
-    def weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: _Value,
-               pooled: ConvPool | None = None) -> _Value:
+    def emit_input(self) -> tuple[str, ...]:
+        c, s = self.model.in_channels, self.model.image_size
+        self.nodes[INPUT_NAME] = nir.Input(input_type={"input": np.array([c, s, s])})
+        return (INPUT_NAME,)
+
+    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
+                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[tuple[str, ...], LayerSpec]:
         f = fold_layer(m, bn, pooled=pooled is not None)
-        with torch.no_grad():
-            sample = (pooled if pooled is not None else m)(x.sample)
-            sample = bn(sample) if bn is not None else sample
-        out_shape = tuple(sample.shape[1:])
         bias = f.bias.astype(np.float32)
         if f.kind == "conv":
             weight, stride = f.weight, f.stride
@@ -96,110 +102,82 @@ class _NIRWriter(_Writer):
                 weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
             node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight.astype(np.float32), stride=stride,
                               padding=f.padding, dilation=1, groups=1, bias=bias)
-            out_pixels = int(np.prod(out_shape[1:]))
         else:
-            if len(x.shape) != 1:
-                raise UnsupportedModuleError(f"{name}: Linear on a {len(x.shape) + 1}-d input is not supported")
             node = nir.Affine(weight=f.weight.astype(np.float32), bias=bias)
-            out_pixels = 1
-        macs = dense_macs(f, out_pixels)
-        self.info.layers.append(LayerRecord(
-            name, f.kind, "dense", int(macs), x.spikes_from is not None, x.spikes_from, int(macs),
-            1 if x.static else self.model.timesteps, "dense", int(macs), None))
-        return _Value(self.node(name, node, x), sample, x.static)
+        _, layer = super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
+        return self.node(name, node, x), layer
 
-    def layer(self, name: str, m: nn.Module, x: _Value) -> _Value:
-        with torch.no_grad():
-            sample = m(x.sample)
+    def emit_layer(self, name: str, m: nn.Module, x: Value) -> tuple[str, ...]:
         if isinstance(m, (nn.Identity, nn.Dropout)):
-            y = x.name
-        elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            return x.name
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
             raise UnsupportedModuleError(
                 f"{name} ({m!r}) max-pools spikes and NIR has no max-pooling primitive; "
                 f"{getattr(self.model, 'model_name', type(self.model).__name__)} cannot be exported to NIR "
                 "(use --format onnx, or an architecture with average pooling such as smallnet or resnet18/19)")
-        elif isinstance(m, nn.AvgPool2d) and m.divisor_override is None and not m.ceil_mode \
+        if isinstance(m, nn.AvgPool2d) and m.divisor_override is None and not m.ceil_mode \
                 and (m.count_include_pad or _pool_geometry(m)[2] == 0):
             k, s, p, _ = _pool_geometry(m)
-            y = self.node(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
-                                              padding=np.array([p, p])), x)
-        elif isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            return self.node(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
+                                                 padding=np.array([p, p])), x)
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             h, w = x.shape[1:]
-            y = self.node(name, nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
-                                              padding=np.array([0, 0])), x)
-        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            return self.node(name, nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
+                                                 padding=np.array([0, 0])), x)
+        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             # NIR shapes exclude the batch: torch dims 1..-1 are NIR dims 0..-1
-            y = self.node(name, nir.Flatten(input_type={"input": np.array(x.shape)}, start_dim=0, end_dim=-1), x)
-        else:
-            raise UnsupportedModuleError(f"cannot export {name} ({m!r}) to NIR: no NIR primitive for it")
-        keeps = isinstance(m, SPIKE_PRESERVING)
-        return _Value(y, sample, x.static, x.spikes_from if keeps else None)
+            return self.node(name, nir.Flatten(input_type={"input": np.array(x.shape)}, start_dim=0, end_dim=-1), x)
+        raise UnsupportedModuleError(f"cannot export {name} ({m!r}) to NIR: no NIR primitive for it")
 
-    def add(self, a: _Value, b: _Value) -> _Value:
-        a, b = (self.per_step(a), self.per_step(b)) if a.static != b.static else (a, b)
-        return _Value(a.name + b.name, a.sample + b.sample, a.static)
+    def emit_add(self, a: Value, b: Value) -> tuple[str, ...]:
+        return a.name + b.name
 
-    def per_step(self, x: _Value) -> _Value:
-        """NIR runs every node at every step: repeating a static value over T only changes the torch sample."""
-        if not x.static:
-            return x
-        return _Value(x.name, x.sample.repeat(self.steps, *[1] * len(x.shape)), False, x.spikes_from)
+    def emit_repeat(self, x: Value) -> tuple[str, ...]:
+        return x.name
 
-    def lif(self, name: str, m: LIF, x: _Value) -> _Value:
-        shape = x.shape
+    def emit_lif(self, name: str, m: LIF, x: Value) -> tuple[str, ...]:
         # neuron parameters in float64: tau = 2 * DT exactly, so dt / tau is exactly 1 / m.tau for any reader
-        full = lambda v: np.full(shape, v, dtype=np.float64)  # noqa: E731
-        node = nir.LIF(tau=full(m.tau * DT), r=full(1.0), v_leak=full(m.v_reset),
-                       v_threshold=full(nir_threshold(m.v_threshold)), v_reset=full(m.v_reset))
-        with torch.no_grad():
-            seq = x.sample.expand(self.steps, *shape) if x.static else x.sample
-            sample = lif_reference(seq.unsqueeze(1), m.tau, m.v_threshold, m.v_reset).squeeze(1)
-        self.info.spiking_layers.append(name)
-        self.info.neurons_per_layer.append(int(np.prod(shape)))
-        self.info.state_shapes.append(list(shape))
-        return _Value(self.node(name, node, x), sample, False, name)
+        full = lambda v: np.full(x.shape, v, dtype=np.float64)  # noqa: E731
+        return self.node(name, nir.LIF(tau=full(m.tau * DT), r=full(1.0), v_leak=full(m.v_reset),
+                                       v_threshold=full(nir_threshold(m.v_threshold)), v_reset=full(m.v_reset)), x)
 
 
-def write_nir(model: nn.Module, metadata: dict[str, str]):
-    """The ``nir.NIRGraph`` of eval-mode SpikingNet ``model`` and the writer's :class:`.writer.GraphInfo`.
+def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: str = "",
+              checkpoint_sha256: str = "") -> tuple[nir.NIRGraph, ModelSpec]:
+    """The ``nir.NIRGraph`` of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
+
+    The graph's metadata holds the spec's ``gee.*`` keys and the NIR keys of :data:`NIR_METADATA`.
 
     Args:
         model: a zoo model (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ``num_classes``).
-        metadata: the checkpoint's ``gee.*`` keys (values: strings, or lists/dicts written as JSON); the walk adds
-            the spiking layers and weight layers, and the NIR keys of :data:`NIR_METADATA` are added.
+        class_names, dataset, checkpoint_sha256: recorded in the spec.
 
     Raises:
         UnsupportedModuleError: a module with no NIR primitive (max pooling of spikes), named in one line.
         ExportError: the graph fails NIR's own type check.
     """
-    w = _NIRWriter(model.eval())
-    c, s = model.in_channels, model.image_size
-    w.nodes[INPUT_NAME] = nir.Input(input_type={"input": np.array([c, s, s])})
-    x = _Value((INPUT_NAME,), torch.rand(1, c, s, s, dtype=torch.float32), True)
-    with torch.no_grad():
-        x.sample = (x.sample - model.mean) / model.std
-    x = w.module("stem", model.stem, x)
-    y = w.run_traced(model.body, "body", x)
-    if not w.info.spiking_layers:
-        raise UnsupportedModuleError(f"{model.model_name} has no LIF layer: nothing spikes")
+    w = NIRWriter(model.eval())
+    y = w.walk()
     w.nodes[LOGITS] = nir.Output(output_type={"output": np.array([model.num_classes])})
     w.edges += [(src, LOGITS) for src in y.name]
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    walked = ModelSpec(timesteps=model.timesteps, input_shape=(c, s, s), class_names=(),
-                       spiking_layers=tuple(w.info.spiking_layers), neurons_per_layer=tuple(w.info.neurons_per_layer),
-                       layers=tuple(LayerSpec.from_dict(layer.metadata()) for layer in w.info.layers)).to_metadata()
-    meta.update({k: v for k, v in walked.items() if k not in meta})  # what only the walk knows
-    meta.update({
-        NIR_METADATA["dt"]: repr(DT),
-        NIR_METADATA["input"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "
-                               f"{NIR_METADATA['std']}, fed unchanged at each of the T steps",
-        NIR_METADATA["mean"]: json.dumps(model.mean.flatten().tolist()),
-        NIR_METADATA["std"]: json.dumps(model.std.flatten().tolist()),
-        NIR_METADATA["output"]: "the classifier's value at each step; logits = its mean over the T steps",
-        NIR_METADATA["threshold"]: "NIR fires on v > v_threshold, the model on v >= its threshold; v_threshold is "
-                                   "the largest float32 below it, which makes the two identical in float32"})
+    spec = ModelSpec(
+        timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
+        class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
+        spiking_layers=tuple(w.spiking_layers), neurons_per_layer=tuple(w.neurons_per_layer), layers=tuple(w.layers),
+        variant=w.variant, model_name=getattr(model, "model_name", type(model).__name__),
+        model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
+        dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+    meta = {**spec.to_metadata(),
+            NIR_METADATA["dt"]: repr(DT),
+            NIR_METADATA["input"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "
+                                   f"{NIR_METADATA['std']}, fed unchanged at each of the T steps",
+            NIR_METADATA["mean"]: json.dumps(model.mean.flatten().tolist()),
+            NIR_METADATA["std"]: json.dumps(model.std.flatten().tolist()),
+            NIR_METADATA["output"]: "the classifier's value at each step; logits = its mean over the T steps",
+            NIR_METADATA["threshold"]: "NIR fires on v > v_threshold, the model on v >= its threshold; v_threshold "
+                                       "is the largest float32 below it, which makes the two identical in float32"}
     try:
         graph = nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta, type_check=True)
     except (ValueError, AssertionError, NotImplementedError) as e:
         raise ExportError(f"the written NIR graph fails NIR's type check: {str(e).splitlines()[0][:300]}") from None
-    return graph, w.info
+    return graph, spec

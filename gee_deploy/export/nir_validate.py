@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelFileError
-from ..spec import LOGITS, SPIKE_COUNTS, ModelSpec
+from ..errors import ModelFileError, UnsupportedModuleError
+from ..parity import Outputs
+from ..spec import ModelSpec
 from .configs import ValidationConfig
-from .errors import ShapeError, UnsupportedModuleError
+from .errors import ShapeError
 from .nir import NIR_METADATA
 from .validate import ValidationReport, _compare, reference_outputs
 
@@ -196,7 +197,7 @@ def nir_inputs(graph: nir.NIRGraph, source: str) -> tuple[ModelSpec, float, torc
 
 
 def run_nir(graph: nir.NIRGraph, images: torch.Tensor, batch_size: int, source: str = "NIR graph",
-            threshold: float | None = None) -> dict[str, np.ndarray]:
+            threshold: float | None = None, labels: np.ndarray | None = None) -> Outputs:
     """Logits [S, classes] and spike counts [S, L] (the spec's spiking-layer order) of ``graph`` on ``images``
     [S, C, H, W] in [0, 1], reading T, dt and the normalisation from the graph's metadata.
 
@@ -216,7 +217,7 @@ def run_nir(graph: nir.NIRGraph, images: torch.Tensor, batch_size: int, source: 
         y, c = run.run((x[i:i + batch_size] - mean) / std, spec.timesteps)
         logits.append(y.numpy())
         counts.append(torch.stack([c[name] for name in spec.spiking_layers], 1).numpy())
-    return {LOGITS: np.concatenate(logits).astype(np.float32), SPIKE_COUNTS: np.concatenate(counts)}
+    return Outputs(np.concatenate(logits).astype(np.float32), np.concatenate(counts), labels, spec.spiking_layers)
 
 
 def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, labels: torch.Tensor | None,
@@ -232,13 +233,14 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
         ModelFileError: the graph lacks the metadata or LIF nodes it needs.
     """
     report = ValidationReport(samples=len(images))
-    got = run_nir(graph, images, cfg.batch_size, source)
-    ref = reference_outputs(model, images.float().contiguous(), cfg.batch_size)
-    for name in (LOGITS, SPIKE_COUNTS):
-        report.require(f"{name} is {list(ref[name].shape)}", got[name].shape == ref[name].shape,
-                       ShapeError(f"NIR {name} is {list(got[name].shape)}, expected {list(ref[name].shape)}"))
+    y = None if labels is None else labels.numpy()
+    got = run_nir(graph, images, cfg.batch_size, source, labels=y)
+    ref = reference_outputs(model, images.float().contiguous(), cfg.batch_size, y)
+    for what, g, r in (("logits", got.logits, ref.logits), ("spike counts", got.spikes, ref.spikes)):
+        report.require(f"NIR {what} are {list(r.shape)}", g.shape == r.shape,
+                       ShapeError(f"NIR {what} are {list(g.shape)}, expected {list(r.shape)}"))
     if report.ok:
-        _compare(report, ref, got, cfg, None if labels is None else labels.numpy())
+        _compare(report, ref, got, cfg.thresholds)
     if raise_on_failure:
         report.raise_if_failed("NIR export")
     return report
