@@ -5,7 +5,7 @@
 Layers that read analog values (the stem, computed once for all T steps) cost E_MAC = 4.6 pJ per MAC;
 layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l = fr_l T MACs_l, where
 fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. In a factorised layer
-only the first op reads spikes; the ops after it work on analog values and count as MACs (DESIGN section 8).
+only the first op reads spikes; the ops after it work on analog values and count as MACs.
 
 The layer table is a :class:`~gee_deploy.spec.ModelSpec`'s ``layers``: an exported graph's (its metadata) or,
 for the PyTorch reference, :func:`gee_deploy.walk.describe`'s. ``tests/test_serving.py`` checks both terms

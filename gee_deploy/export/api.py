@@ -132,21 +132,21 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
                   fp16: bool = False) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept."""
     start = time.perf_counter()
-    f = lookup(FORMATS, fmt, "format")
+    output_format = lookup(FORMATS, fmt, "format")
     lookup(VARIANTS, variant, "variant")
     cfg = validation or ValidationConfig()
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
-    if not f.out_is_dir and Path(out).is_dir():
-        raise ExportError(f"--out {out} is a directory; {f.name} writes a file")
-    if f.name == "nir":
+    if not output_format.out_is_dir and Path(out).is_dir():
+        raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
+    if output_format.name == "nir":
         return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
-    if f.name == "tensorrt":
+    if output_format.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
     unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile)
-    report = ExportReport(str(out), f.name, variant, _opset(opset), streaming,
+    report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
@@ -162,7 +162,7 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
-    _write(f.name, final, spec, Path(out), max_batch_size, fp16, report)
+    _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
     report.seconds = time.perf_counter() - start
     return report
 

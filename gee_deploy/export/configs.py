@@ -58,7 +58,7 @@ VARIANTS = {v.name: v for v in (
     Variant("auto", None, "macs", help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
 )}
 
-FORMATS = {f.name: f for f in (
+FORMATS = {fmt.name: fmt for fmt in (
     Format("onnx", False, "one self-contained .onnx file"),
     Format("triton", True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
     Format("tensorrt", False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)"),

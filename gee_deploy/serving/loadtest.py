@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from ..spec import INPUT_NAME, LOGITS
+
 __all__ = ["load_test"]
 
 
@@ -29,9 +31,9 @@ def load_test(host: str, port: int, model: str, images: np.ndarray, clients: int
         max_requests: stop earlier after this many requests in total.
         timeout_s: socket timeout per request.
     """
-    bodies = [json.dumps({"inputs": [{"name": "input", "shape": [1, *img.shape], "datatype": "FP32",
+    bodies = [json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, *img.shape], "datatype": "FP32",
                                       "data": img.ravel().tolist()}],
-                          "outputs": [{"name": "logits"}]}).encode() for img in images]
+                          "outputs": [{"name": LOGITS}]}).encode() for img in images]
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
