@@ -49,7 +49,7 @@ DT = 1e-4  # seconds per step: the default dt of SpikingJelly's NIR importer and
 # keys of the NIR-specific part of the graph metadata (the gee.* part is the model spec's)
 NIR_METADATA = {
     "dt": "nir.dt",  # seconds per step, str(float)
-    "input": "nir.input",  # what the input node expects
+    "feed": "nir.input",  # what the input node expects
     "mean": "nir.input_mean",  # JSON list, per channel
     "std": "nir.input_std",  # JSON list, per channel
     "output": "nir.output",  # what the output node gives
@@ -89,7 +89,7 @@ class NIRWriter(ModelWalk):
 
     def emit_input(self) -> tuple[str, ...]:
         c, s = self.model.in_channels, self.model.image_size
-        self.nodes[INPUT_NAME] = nir.Input(input_type={"input": np.array([c, s, s])})
+        self.nodes[INPUT_NAME] = nir.Input(input_type=np.array([c, s, s]))
         return (INPUT_NAME,)
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
@@ -126,7 +126,7 @@ class NIRWriter(ModelWalk):
                                                  padding=np.array([0, 0])), x)
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             # NIR shapes exclude the batch: torch dims 1..-1 are NIR dims 0..-1
-            return self.node(name, nir.Flatten(input_type={"input": np.array(x.shape)}, start_dim=0, end_dim=-1), x)
+            return self.node(name, nir.Flatten(input_type=np.array(x.shape), start_dim=0, end_dim=-1), x)
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}) to NIR: no NIR primitive for it")
 
     def emit_add(self, a: Value, b: Value) -> tuple[str, ...]:
@@ -158,7 +158,7 @@ def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: s
     """
     w = NIRWriter(model.eval())
     y = w.walk()
-    w.nodes[LOGITS] = nir.Output(output_type={"output": np.array([model.num_classes])})
+    w.nodes[LOGITS] = nir.Output(output_type=np.array([model.num_classes]))
     w.edges += [(src, LOGITS) for src in y.name]
     spec = ModelSpec(
         timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
@@ -169,7 +169,7 @@ def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: s
         dataset=dataset, checkpoint_sha256=checkpoint_sha256)
     meta = {**spec.to_metadata(),
             NIR_METADATA["dt"]: repr(DT),
-            NIR_METADATA["input"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "
+            NIR_METADATA["feed"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "
                                    f"{NIR_METADATA['std']}, fed unchanged at each of the T steps",
             NIR_METADATA["mean"]: json.dumps(model.mean.flatten().tolist()),
             NIR_METADATA["std"]: json.dumps(model.std.flatten().tolist()),

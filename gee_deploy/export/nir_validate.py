@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ModelFileError, UnsupportedModuleError
 from ..parity import Outputs
-from ..spec import ModelSpec
+from ..spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from .configs import ValidationConfig
 from .errors import ShapeError
 from .nir import NIR_METADATA
@@ -236,7 +236,7 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
     y = None if labels is None else labels.numpy()
     got = run_nir(graph, images, cfg.batch_size, source, labels=y)
     ref = reference_outputs(model, images.float().contiguous(), cfg.batch_size, y)
-    for what, g, r in (("logits", got.logits, ref.logits), ("spike counts", got.spikes, ref.spikes)):
+    for what, g, r in ((LOGITS, got.logits, ref.logits), (SPIKE_COUNTS, got.spikes, ref.spikes)):
         report.require(f"NIR {what} are {list(r.shape)}", g.shape == r.shape,
                        ShapeError(f"NIR {what} are {list(g.shape)}, expected {list(r.shape)}"))
     if report.ok:
