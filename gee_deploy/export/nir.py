@@ -36,11 +36,10 @@ from torch import nn
 from ..errors import UnsupportedModuleError
 from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
-from ..walk import ModelWalk, Value
+from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool, fuse_average_pool
 from .errors import ExportError
 from .folding import fold_layer
-from .writer import _pool_geometry
 
 __all__ = ["DT", "NIR_METADATA", "NIRWriter", "nir_threshold", "write_nir"]
 
@@ -116,8 +115,8 @@ class NIRWriter(ModelWalk):
                 f"{getattr(self.model, 'model_name', type(self.model).__name__)} cannot be exported to NIR "
                 "(use --format onnx, or an architecture with average pooling such as smallnet or resnet18/19)")
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None and not m.ceil_mode \
-                and (m.count_include_pad or _pool_geometry(m)[2] == 0):
-            k, s, p, _ = _pool_geometry(m)
+                and (m.count_include_pad or pool_geometry(m)[2] == 0):
+            k, s, p, _ = pool_geometry(m)
             return self.node(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
                                                  padding=np.array([p, p])), x)
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
@@ -160,13 +159,7 @@ def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: s
     y = w.walk()
     w.nodes[LOGITS] = nir.Output(output_type=np.array([model.num_classes]))
     w.edges += [(src, LOGITS) for src in y.name]
-    spec = ModelSpec(
-        timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
-        class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
-        spiking_layers=tuple(w.spiking_layers), neurons_per_layer=tuple(w.neurons_per_layer), layers=tuple(w.layers),
-        variant=w.variant, model_name=getattr(model, "model_name", type(model).__name__),
-        model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
-        dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)
     meta = {**spec.to_metadata(),
             NIR_METADATA["dt"]: repr(DT),
             NIR_METADATA["feed"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "

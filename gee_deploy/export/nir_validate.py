@@ -38,7 +38,7 @@ from ..spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from .configs import ValidationConfig
 from .errors import ShapeError
 from .nir import NIR_METADATA
-from .validate import ValidationReport, _compare, reference_outputs
+from .validate import ValidationReport, compare_outputs, reference_outputs
 
 __all__ = ["read_nir", "NIRExecutor", "nir_inputs", "run_nir", "validate_nir"]
 
@@ -240,7 +240,7 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
         report.require(f"NIR {what} are {list(r.shape)}", g.shape == r.shape,
                        ShapeError(f"NIR {what} are {list(g.shape)}, expected {list(r.shape)}"))
     if report.ok:
-        _compare(report, ref, got, cfg.thresholds)
+        compare_outputs(report, ref, got, cfg.thresholds)
     if raise_on_failure:
         report.raise_if_failed("NIR export")
     return report
