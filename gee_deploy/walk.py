@@ -34,7 +34,8 @@ from .neurons import LIF, SPIKE_PRESERVING, SeqToBatch, lif_reference
 from .spec import LayerSpec, ModelSpec
 from .zoo.base import ConvPool
 
-__all__ = ["Value", "ModelWalk", "describe", "is_weight_layer", "weight_macs", "CONV_TYPES", "LINEAR_TYPES"]
+__all__ = ["Value", "ModelWalk", "describe", "is_weight_layer", "weight_macs", "pool_geometry", "CONV_TYPES",
+           "LINEAR_TYPES"]
 
 CONV_TYPES = (nn.Conv2d, GeneticConv2d)
 LINEAR_TYPES = (nn.Linear, GeneticLinear)
@@ -55,6 +56,21 @@ def weight_macs(m: nn.Module, out_shape: tuple[int, ...]) -> int:
         return int(m.in_features * m.out_features)
     k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
     return int(np.prod(out_shape)) * (m.in_channels // getattr(m, "groups", 1)) * k[0] * k[1]
+
+
+def pool_geometry(m: nn.Module) -> tuple[int, int, int, int]:
+    """(kernel, stride, padding, dilation) of a square pooling module.
+
+    Raises:
+        UnsupportedModuleError: the pooling window is not square.
+    """
+    def single(v):
+        v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+        if len(set(v)) != 1:
+            raise UnsupportedModuleError(f"{m!r}: only square pooling is supported")
+        return v[0]
+    return (single(m.kernel_size), single(m.stride if m.stride is not None else m.kernel_size),
+            single(m.padding), single(getattr(m, "dilation", 1)))
 
 
 @dataclass
@@ -221,6 +237,19 @@ class ModelWalk:
         self.state_shapes.append(list(x.shape))
         return Value(y, sample, False, name)
 
+    def spec(self, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = "",
+             variant: str | None = None) -> ModelSpec:
+        """The :class:`ModelSpec` of what :meth:`walk` found (call it after the walk)."""
+        model = self.model
+        return ModelSpec(
+            timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
+            class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
+            spiking_layers=tuple(self.spiking_layers), neurons_per_layer=tuple(self.neurons_per_layer),
+            layers=tuple(self.layers), variant=variant or self.variant, streaming=self.streaming,
+            model_name=getattr(model, "model_name", type(model).__name__),
+            model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
+            dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+
     # -- hooks: what a writer emits (the base walk emits nothing) --------------------------------------------
 
     def emit_input(self) -> str | None:
@@ -252,9 +281,4 @@ def describe(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: st
     """The :class:`ModelSpec` of eval-mode ``model`` as PyTorch runs it (variant "eager": every layer dense)."""
     w = ModelWalk(model)
     w.walk()
-    return ModelSpec(
-        timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
-        class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
-        spiking_layers=tuple(w.spiking_layers), neurons_per_layer=tuple(w.neurons_per_layer),
-        layers=tuple(w.layers), variant=w.variant, model_name=getattr(model, "model_name", type(model).__name__),
-        model_args=dict(getattr(model, "model_args", {})), dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+    return w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)

@@ -20,7 +20,8 @@ from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from .configs import ValidationConfig
 from .errors import ExportError, ExportValidationError, ShapeError, ToleranceError
 
-__all__ = ["ValidationReport", "reference_outputs", "run_graph", "validate_export", "validate_streaming"]
+__all__ = ["ValidationReport", "compare_outputs", "reference_outputs", "run_graph", "validate_export",
+           "validate_streaming"]
 
 
 @dataclass
@@ -80,7 +81,7 @@ def run_graph(session, images: np.ndarray, batch_size: int) -> tuple[list[str], 
     return names, [np.concatenate([c[j] for c in chunks]) for j in range(len(names))]
 
 
-def _compare(report: ValidationReport, ref: Outputs, got: Outputs, t: Thresholds) -> None:
+def compare_outputs(report: ValidationReport, ref: Outputs, got: Outputs, t: Thresholds) -> None:
     """The value checks shared by PyTorch-vs-graph and streaming-vs-unrolled validation."""
     stats = compare(ref, got, t.atol)
     report.max_abs_diff = {LOGITS: stats["max_logit_diff"], SPIKE_COUNTS: stats["max_spike_count_diff"]}
@@ -112,7 +113,7 @@ def validate_export(model: nn.Module, graph, images: torch.Tensor, labels: torch
                            ShapeError(f"{name} is {got[name].dtype} {list(got[name].shape)}, expected float32 "
                                       f"{list(want.shape)}"))
         if report.ok:
-            _compare(report, ref, Outputs(got[LOGITS], got[SPIKE_COUNTS], ref.labels, ref.spiking_layers),
+            compare_outputs(report, ref, Outputs(got[LOGITS], got[SPIKE_COUNTS], ref.labels, ref.spiking_layers),
                      cfg.thresholds)
     if raise_on_failure:
         report.raise_if_failed("export")
@@ -139,7 +140,7 @@ def validate_streaming(stream, unrolled, images: torch.Tensor, timesteps: int, s
         logits.append(sum_logits / timesteps)
         counts.append(sum_counts)
     got = Outputs(np.concatenate(logits).astype(np.float32), np.concatenate(counts))
-    _compare(report, Outputs(ref_logits, ref_counts), got, cfg.thresholds)
+    compare_outputs(report, Outputs(ref_logits, ref_counts), got, cfg.thresholds)
     if raise_on_failure:
         report.raise_if_failed("streaming export")
     return report

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..errors import UnsupportedModuleError
 from ..neurons import LIF, charge, fire, reset
-from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
-from ..walk import ModelWalk, Value
+from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, state_names
+from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool
 from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
@@ -104,12 +104,12 @@ class OnnxWriter(ModelWalk):
             dims = (-1,) + (1,) * (len(x.shape) - 1)
             y = graph.op("Mul", [x.name, graph.const(scale.reshape(dims), f"{name}.scale")], name)
             return graph.op("Add", [y, graph.const(shift.reshape(dims), f"{name}.shift")], name)
-        if isinstance(m, nn.MaxPool2d) and not m.return_indices and _pool_geometry(m)[3] == 1:
-            k, s, p, _ = _pool_geometry(m)
+        if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
+            k, s, p, _ = pool_geometry(m)
             return graph.op("MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
                         ceil_mode=int(m.ceil_mode))
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
-            k, s, p, _ = _pool_geometry(m)
+            k, s, p, _ = pool_geometry(m)
             return graph.op("AveragePool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
                         ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
@@ -151,16 +151,6 @@ class OnnxWriter(ModelWalk):
         return graph.op("Concat", spikes, f"{name}.spikes", axis=0) if steps > 1 else spikes[0]
 
 
-def _pool_geometry(m: nn.Module) -> tuple[int, int, int, int]:
-    def single(v):
-        v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
-        if len(set(v)) != 1:
-            raise UnsupportedModuleError(f"{m!r}: only square pooling is supported")
-        return v[0]
-    return (single(m.kernel_size), single(m.stride if m.stride is not None else m.kernel_size),
-            single(m.padding), single(getattr(m, "dilation", 1)))
-
-
 def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, class_names: tuple[str, ...],
                 dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
@@ -186,13 +176,7 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, 
                         "per_step_logits")
         graph.op("ReduceMean", [per_step, graph.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
     graph.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
-    spec = ModelSpec(
-        timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
-        class_names=tuple(class_names), spiking_layers=tuple(w.spiking_layers),
-        neurons_per_layer=tuple(w.neurons_per_layer), layers=tuple(w.layers), variant=variant, streaming=streaming,
-        model_name=getattr(model, "model_name", type(model).__name__),
-        model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
-        dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=variant)
     n, c, s = BATCH_DIM, model.in_channels, model.image_size
     inputs = [tensor_info(INPUT_NAME, [n, c, s, s])]
     outputs = [tensor_info(LOGITS, [n, model.num_classes]), tensor_info(SPIKE_COUNTS, [n, len(w.counts)])]
