@@ -16,7 +16,7 @@ import torch
 
 from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
-from gee_deploy.export.validate import onnx_session
+from gee_deploy.ort_session import create_session
 from gee_deploy.zoo import create_model
 
 VARIANTS = ("dense", "factorised", "auto", "auto-profile")
@@ -53,7 +53,7 @@ def run(model: torch.nn.Module, label: str, batches=(1, 64), threads: int = 1, v
     for variant in variants:
         proto, info = build_onnx(model, "auto" if variant.startswith("auto") else variant,
                                  profile=variant == "auto-profile")
-        sessions[variant] = onnx_session(proto.SerializeToString(), threads=threads)
+        sessions[variant] = create_session(proto.SerializeToString(), threads=threads)
         meta[variant] = {"layers": "".join("F" if l.variant == "factorised" else "D" for l in info.layers),
                          "macs": sum(l.macs * l.calls for l in info.layers)}
     rows = []

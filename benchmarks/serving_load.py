@@ -16,7 +16,7 @@ import urllib.request
 
 from gee_deploy.serving.loadtest import load_test
 from gee_deploy.data import load_test_arrays
-from gee_deploy.serving.runtimes import read_onnx_info
+from gee_deploy.spec import ModelSpec
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256, help="distinct test images the clients cycle through")
     args = ap.parse_args()
 
-    info = read_onnx_info(args.model)
+    info = ModelSpec.from_onnx(args.model)
     images = load_test_arrays(info.dataset, limit=args.samples)[0]
     cmd = [sys.executable, "-m", "gee_deploy.cli", "serve", args.model, "--name", "bench", "--port", "0",
            "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)]

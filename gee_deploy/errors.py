@@ -28,6 +28,10 @@ class ModelFileError(GeeError):
     """A model file (ONNX graph, TensorRT plan) is missing, corrupt or lacks the gee-deploy metadata."""
 
 
+class UnsupportedModuleError(GeeError):
+    """The model contains a module or operation that cannot be walked or written as the requested graph."""
+
+
 class InputError(GeeError):
     """An input tensor has the wrong shape or dtype, or holds NaN/Inf."""
 

@@ -1,20 +1,30 @@
 """LIF neurons in multi-step mode, and the helpers that move between [T, N, ...] and [T*N, ...].
 
-Training uses spikingjelly's ``lif_multi_step`` (ATan surrogate, hard reset to 0, detach_reset). The eval
-path is the same recurrence written with plain tensor ops (Heaviside as a comparison), so it exports to
-ONNX and runs on any runtime; a test checks that both paths emit identical spikes.
+Training uses spikingjelly's ``lif_multi_step`` (ATan surrogate, hard reset to 0, detach_reset). Everywhere
+else the dynamics are the three steps below, written once over an :class:`Ops` backend, split as
+spikingjelly's nodes are (``neuronal_charge``, ``neuronal_fire``, ``neuronal_reset``):
 
-Spike counts: inside ``with SpikeRecorder(model) as rec:`` every LIF appends the spikes it emitted per
-sample (summed over its neurons and the T steps) to ``rec.counts``; export and bench read them from there.
+.. math:: H_t = V_{t-1} + (X_t - (V_{t-1} - V_{reset})) / \\tau,\\quad S_t = [H_t \\ge V_{th}],\\quad
+          V_t = S_t ? V_{reset} : H_t
+
+With :data:`TENSOR_OPS` they are the PyTorch eval path (plain tensor ops, Heaviside as a comparison); the
+ONNX exporter runs the same functions with graph-building ops, so the graph computes the same floats in the
+same order. A test checks that the eval path emits exactly the spikes of spikingjelly's training path.
+
+Spike counts: inside ``with SpikeRecorder(model) as rec:`` a forward hook on every LIF appends the spikes it
+emitted per sample (summed over its neurons and the T steps, in float32 whatever the autocast dtype) to
+``rec.counts``; the hooks are removed when the block ends.
 """
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-__all__ = ["LIF", "SPIKE_PRESERVING", "SeqToBatch", "SpikeRecorder", "lif_reference"]
+__all__ = ["LIF", "SPIKE_PRESERVING", "SeqToBatch", "SpikeRecorder", "Ops", "TENSOR_OPS", "charge", "fire",
+           "reset", "lif_reference"]
 
 TAU = 2.0
 V_THRESHOLD = 1.0
@@ -25,25 +35,83 @@ V_RESET = 0.0
 SPIKE_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
+class Ops(Protocol):
+    """The arithmetic the LIF dynamics need. ``what`` names the quantity of the equation being computed (the
+    graph writer names its tensors after it); scalars are Python floats."""
+
+    def add(self, a: Any, b: Any, what: str) -> Any: ...
+    def sub(self, a: Any, b: Any, what: str) -> Any: ...
+    def div(self, a: Any, b: Any, what: str) -> Any: ...
+    def greater_equal(self, a: Any, b: Any, what: str) -> Any: ...
+    def where(self, cond: Any, a: Any, b: Any, what: str) -> Any: ...
+    def to_float(self, a: Any, what: str) -> Any: ...
+
+
+class _TensorOps:
+    """:class:`Ops` on torch tensors."""
+
+    def add(self, a, b, what):
+        return a + b
+
+    def sub(self, a, b, what):
+        return a - b
+
+    def div(self, a, b, what):
+        return a / b
+
+    def greater_equal(self, a, b, what):
+        return a >= b
+
+    def where(self, cond, a, b, what):
+        return torch.where(cond, a, b)
+
+    def to_float(self, a, what):
+        return a.float()
+
+
+TENSOR_OPS = _TensorOps()
+
+
+def charge(ops: Ops, v, x, tau: float = TAU, v_reset: float = V_RESET):
+    """H_t = V_{t-1} + (X_t - (V_{t-1} - V_reset)) / tau; ``v`` None means the neuron rests at V_reset (t = 0).
+
+    The shortcuts are exact: at rest the bracket is X_t, and V - 0 is V.
+    """
+    if v is None:
+        h = ops.div(x, tau, "h")
+        return h if v_reset == 0 else ops.add(v_reset, h, "h")
+    d = v if v_reset == 0 else ops.sub(v, v_reset, "d")
+    return ops.add(v, ops.div(ops.sub(x, d, "d"), tau, "d"), "h")
+
+
+def fire(ops: Ops, h, v_threshold: float = V_THRESHOLD):
+    """S_t = [H_t >= V_th], as a boolean (Heaviside as a comparison)."""
+    return ops.greater_equal(h, v_threshold, "fire")
+
+
+def reset(ops: Ops, h, spike, v_reset: float = V_RESET):
+    """Hard reset: V_t = V_reset where S_t, else H_t (equal to H_t (1 - S_t) + V_reset S_t for S_t in {0, 1})."""
+    return ops.where(spike, v_reset, h, "v")
+
+
 def lif_reference(x_seq: torch.Tensor, tau: float = TAU, v_threshold: float = V_THRESHOLD,
                   v_reset: float = V_RESET) -> torch.Tensor:
-    """LIF over ``x_seq`` [T, N, ...] with plain tensor ops; returns spikes [T, N, ...].
-
-    .. math:: H_t = V_{t-1} + (X_t - (V_{t-1} - V_{reset})) / \\tau,\\; S_t = [H_t \\ge V_{th}],\\;
-              V_t = H_t (1 - S_t) + V_{reset} S_t
-    """
-    v = torch.full_like(x_seq[0], v_reset)
-    spikes = []
+    """LIF over ``x_seq`` [T, N, ...] with plain tensor ops; returns spikes [T, N, ...] in ``x_seq``'s dtype."""
+    v, spikes = None, []
     for t in range(x_seq.shape[0]):
-        h = v + (x_seq[t] - (v - v_reset)) / tau
-        s = (h >= v_threshold).to(x_seq.dtype)
-        v = h * (1.0 - s) + v_reset * s
+        h = charge(TENSOR_OPS, v, x_seq[t], tau, v_reset)
+        s = fire(TENSOR_OPS, h, v_threshold)
+        v = reset(TENSOR_OPS, h, s, v_reset)
         spikes.append(s)
-    return torch.stack(spikes)
+    return torch.stack(spikes).to(x_seq.dtype)
 
 
 class LIF(nn.Module):
-    """Multi-step LIF layer: [T, N, ...] in, binary spikes [T, N, ...] out. Stateless across calls."""
+    """Multi-step LIF layer: [T, N, ...] in, binary spikes [T, N, ...] out. Stateless across calls.
+
+    Raises:
+        ValueError: the input is not multi-step (fewer than 3 dimensions).
+    """
 
     def __init__(self, tau: float = TAU, v_threshold: float = V_THRESHOLD, v_reset: float = V_RESET):
         super().__init__()
@@ -53,7 +121,6 @@ class LIF(nn.Module):
         self.v_threshold = v_threshold
         self.v_reset = v_reset
         self.surrogate = surrogate.ATan()
-        self._recorder: SpikeRecorder | None = None
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 3:
@@ -64,12 +131,8 @@ class LIF(nn.Module):
             v0 = torch.full_like(x_seq[0], self.v_reset)
             spikes, _, _ = lif_multi_step(x_seq, v0, self.tau, True, self.v_threshold, self.v_reset,
                                           self.surrogate, True, False)
-        else:
-            spikes = lif_reference(x_seq, self.tau, self.v_threshold, self.v_reset)
-        if self._recorder is not None:
-            self._recorder.counts.append(spikes.sum(dim=[0] + list(range(2, spikes.dim()))))  # [N]
-            self._recorder.sizes.append(spikes[0, 0].numel())
-        return spikes
+            return spikes
+        return lif_reference(x_seq, self.tau, self.v_threshold, self.v_reset)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
@@ -78,7 +141,8 @@ class LIF(nn.Module):
 class SpikeRecorder(AbstractContextManager):
     """Collects per-sample spike counts of every LIF layer of ``model`` during the forward passes inside it.
 
-    ``counts`` holds one [N] tensor per LIF call in call order; ``sizes`` the neurons per sample of each.
+    A forward hook per LIF (spikingjelly's ``OutputMonitor`` pattern); ``counts`` holds one float32 [N] tensor
+    per LIF call in call order, ``sizes`` the neurons per sample of each.
     """
 
     def __init__(self, model: nn.Module):
@@ -86,15 +150,24 @@ class SpikeRecorder(AbstractContextManager):
         self.names = [n for n, m in model.named_modules() if isinstance(m, LIF)]
         self.counts: list[torch.Tensor] = []
         self.sizes: list[int] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _record(self, module: nn.Module, args, spikes: torch.Tensor) -> None:
+        # summed in float32: a bf16/fp16 sum of 0/1 values rounds above 256 (bf16) or 2048 (fp16)
+        self.counts.append(spikes.sum(dim=[0] + list(range(2, spikes.dim())), dtype=torch.float32))  # [N]
+        self.sizes.append(spikes[0, 0].numel())
 
     def __enter__(self) -> SpikeRecorder:
-        for layer in self.layers:
-            layer._recorder = self
+        self._hooks = [layer.register_forward_hook(self._record) for layer in self.layers]
         return self
 
     def __exit__(self, *exc) -> None:
-        for layer in self.layers:
-            layer._recorder = None
+        self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def stacked(self) -> torch.Tensor:
         """Counts as [N, L], L = number of LIF layers."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -146,8 +146,12 @@ class ModelSpec:
         """The same network with every layer dense."""
         return sum(l.dense_macs * l.calls for l in self.layers)
 
-    def with_(self, **changes) -> ModelSpec:
-        return replace(self, **changes)
+    @staticmethod
+    def key(field_name: str) -> str:
+        """The metadata key of one of the spec's fields (e.g. ``"timesteps"`` -> ``"gee.timesteps"``)."""
+        if field_name not in {f.name for f in fields(ModelSpec)} | {"format", "state_inputs", "state_outputs"}:
+            raise KeyError(f"ModelSpec has no field {field_name!r}")
+        return _PREFIX + field_name
 
     # -- encoding ---------------------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """Export: folding, factorised forms, the graph contract, validation, streaming, Triton, TensorRT, bad input."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx
@@ -12,25 +11,27 @@ from torch import nn
 
 from gee_deploy.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from gee_deploy.export import ExportValidationError, build_onnx, export_loaded
-from gee_deploy.export.configs import OUTPUT_NAMES, VARIANTS, ValidationConfig
+from gee_deploy.export.configs import VARIANTS, ValidationConfig
 from gee_deploy.export.factorised import emit_factorised, factorised_cost
-from gee_deploy.export.folding import dense_macs, emit_dense, fold_layer
+from gee_deploy.export.folding import emit_dense, fold_layer
 from gee_deploy.export.graph import GraphBuilder, tensor_info
 from gee_deploy.export.tensorrt import compatibility_problems, to_float16
-from gee_deploy.export.validate import onnx_session, validate_export
+from gee_deploy.export.validate import validate_export
 from gee_deploy.genetic import Genome, GeneticConv2d, GeneticLinear
+from gee_deploy.ort_session import create_session
+from gee_deploy.parity import Thresholds
+from gee_deploy.spec import BATCH_DIM, INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec, sidecar_path
+from gee_deploy.walk import weight_macs
 from gee_deploy.zoo import create_model, list_models
 
 # small sizes: each model exports and validates in seconds on one CPU thread
 SMALL = {"smallnet": {}, "cifarnet": dict(image_size=8), "resnet18": dict(image_size=8),
          "resnet19": dict(image_size=8), "resnet34": dict(image_size=32), "vgg11": dict(image_size=32),
          "vgg16": dict(image_size=32)}
-CONTRACT_KEYS = ["gee.timesteps", "gee.input_shape", "gee.class_names", "gee.spiking_layers",
-                 "gee.neurons_per_layer", "gee.layers", "gee.variant", "gee.checkpoint_sha256",
-                 "gee.model_name", "gee.dataset"]
 # Random deep nets calibrated to fire are chaotic: one float32 rounding difference can flip one spike and
 # cascade through 30 layers, so a few samples may differ; a wrong fold or tap order changes every sample.
-FAST = ValidationConfig(samples=4, batch_size=4, min_match=0.75, min_top1_agreement=0.75, max_spike_rel_diff=0.01)
+FAST = ValidationConfig(Thresholds(min_match=0.75, min_top1_agreement=0.75, max_spike_delta=0.01), samples=4,
+                        batch_size=4)
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +69,8 @@ def small_model(name: str, genes: int | None, timesteps: int = 2) -> tuple[nn.Mo
     return lively(model, images), images[:FAST.samples]
 
 
-def metadata(proto: onnx.ModelProto) -> dict:
-    return {p.key: p.value for p in proto.metadata_props}
+def spec_of(proto: onnx.ModelProto) -> ModelSpec:
+    return ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, "graph")
 
 
 # ---- folding and factorised forms: exact per layer -------------------------------------------------------
@@ -109,7 +110,7 @@ def test_dense_and_factorised_forms_equal_the_genetic_conv_and_bn(c_in, c_out, k
         g.op("Identity", [y], out_names=["y"])
         proto = g.model([tensor_info("x", ["n", *x.shape[1:]])], [tensor_info("y", ["n", *ref.shape[1:]])], 18, {})
         onnx.checker.check_model(proto, full_check=True)
-        (got,) = onnx_session(proto.SerializeToString()).run(None, {"x": x.numpy()})
+        (got,) = create_session(proto.SerializeToString()).run(None, {"x": x.numpy()})
         assert got.shape == ref.shape
         assert np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), form
 
@@ -131,7 +132,7 @@ def test_pooled_forms_equal_conv_pool_then_bn(k, size):
     unpooled = factorised_cost(fold_layer(conv, bn), tuple(x.shape[1:]), (6, size, size))
     assert cost.form == "pointwise-first" and cost.macs == unpooled.macs
     assert cost.moved == unpooled.moved + 6 * size * size  # AveragePool reads the conv output
-    assert dense_macs(f, out_shape[1] * out_shape[2]) == 6 * 4 * (k + 1) ** 2 * out_shape[1] * out_shape[2]
+    assert weight_macs(ConvPool(conv), out_shape) == 6 * 4 * (k + 1) ** 2 * out_shape[1] * out_shape[2]
     for form in ("dense", "factorised"):
         g = GraphBuilder()
         y = emit_factorised(g, "x", f, cost, out_shape, "l") if form == "factorised" else emit_dense(g, "x", f, "l")
@@ -140,7 +141,7 @@ def test_pooled_forms_equal_conv_pool_then_bn(k, size):
         onnx.checker.check_model(proto, full_check=True)
         ops = [n.op_type for n in proto.graph.node]
         assert ("AveragePool" in ops) == (form == "factorised")
-        (got,) = onnx_session(proto.SerializeToString()).run(None, {"x": x.numpy()})
+        (got,) = create_session(proto.SerializeToString()).run(None, {"x": x.numpy()})
         assert got.shape == ref.shape
         assert np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), form
 
@@ -151,7 +152,7 @@ def test_factorised_macs_match_the_design_formula():
     cost = factorised_cost(f, (16, 8, 8), (32, 8, 8))
     assert cost.macs == 9 * 4 * (16 + 32) * 64  # k^2 g (Cin + Cout) per output pixel
     assert cost.spike_macs == 16 * 9 * 4 * 64
-    assert dense_macs(f, 64) == 16 * 32 * 9 * 64
+    assert weight_macs(conv, (32, 8, 8)) == 16 * 32 * 9 * 64
     lin = GeneticLinear(torch.randn(10, 1, 4), torch.randn(6, 1, 4), torch.randn(4, 4))
     fl = fold_layer(lin)
     assert factorised_cost(fl, (10,), (6,)).macs == 4 * (10 + 6)
@@ -173,26 +174,27 @@ def test_zoo_exports_validate_and_honour_the_contract(name, genes, tmp_path):
         proto = onnx.load(str(out))
         assert not proto.graph.initializer or all(not t.external_data for t in proto.graph.initializer)
         onnx.checker.check_model(proto, full_check=True)
-        assert [i.name for i in proto.graph.input] == ["input"]
+        assert [i.name for i in proto.graph.input] == [INPUT_NAME]
         assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
-        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-        meta = metadata(proto)
-        assert set(CONTRACT_KEYS) <= set(meta)
-        spiking = json.loads(meta["gee.spiking_layers"])
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == BATCH_DIM
+        spec = spec_of(proto)
+        assert spec.timesteps == model.timesteps and spec.variant == variant and spec.num_classes == model.num_classes
+        assert spec.input_shape == (model.in_channels, model.image_size, model.image_size)
+        spiking = spec.spiking_layers
         lifs = [n for n, m in model.named_modules() if type(m).__name__ == "LIF"]
         assert sorted(spiking) == sorted(lifs)
-        layers = json.loads(meta["gee.layers"])
+        layers = spec.layers
         weight_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear,
                                                                                 GeneticConv2d, GeneticLinear))]
-        assert sorted(l["name"] for l in layers) == sorted(weight_layers)
-        assert layers[0]["name"].startswith("stem.") and not layers[0]["input_is_spikes"] and layers[0]["calls"] == 1
-        assert all(l["spiking_input_layer"] in spiking for l in layers if l["input_is_spikes"])
+        assert sorted(l.name for l in layers) == sorted(weight_layers)
+        assert layers[0].name.startswith("stem.") and not layers[0].input_is_spikes and layers[0].calls == 1
+        assert all(l.spiking_input_layer in spiking for l in layers if l.input_is_spikes)
         want = "dense" if (variant == "dense" or not genes) else "factorised"
-        assert {l["variant"] for l in layers} == {want}
+        assert {l.variant for l in layers} == {want}
         # the parity is not trivial: every spiking layer fired
-        assert len(report.validation["spikes_per_layer_export"]) == len(spiking)
-        assert min(report.validation["spikes_per_layer_export"]) > 0
-        assert report.validation["top1_agreement"] >= FAST.min_top1_agreement
+        assert len(report.validation["spikes_per_layer_deployed"]) == len(spiking)
+        assert min(report.validation["spikes_per_layer_deployed"]) > 0
+        assert report.validation["top1_agreement"] >= FAST.thresholds.min_top1_agreement
         assert report.tensorrt_problems == []  # the static TensorRT check passes every export
 
 
@@ -242,7 +244,7 @@ def test_validation_names_wrong_output_names():
     proto, _ = build_onnx(model, "dense")
     proto.graph.output[0].name = "scores"
     for n in proto.graph.node:
-        n.output[:] = ["scores" if o == "logits" else o for o in n.output]
+        n.output[:] = ["scores" if o == LOGITS else o for o in n.output]
     with pytest.raises(ExportValidationError, match="output names"):
         validate_export(model, proto.SerializeToString(), images, None, FAST)
 
@@ -254,17 +256,18 @@ def test_streaming_export_matches_the_unrolled_graph_over_t_calls(tmp_path):
     out = tmp_path / "stream.onnx"
     report = export_loaded(model, out, variant="auto", streaming=True, images=images, validation=FAST)
     proto = onnx.load(str(out))
-    meta = metadata(proto)
-    states = json.loads(meta["gee.state_inputs"])
-    assert len(states) == len(json.loads(meta["gee.spiking_layers"])) and meta["gee.streaming"] == "true"
-    assert [i.name for i in proto.graph.input] == ["input"] + states
-    assert report.streaming_validation["max_abs_diff"]["spike_counts"] == 0.0
+    spec = spec_of(proto)
+    states = spec.state_inputs
+    assert spec.streaming and len(states) == len(spec.spiking_layers) and all(l.calls == 1 for l in spec.layers)
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME] + states
+    assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES) + spec.state_outputs
+    assert report.streaming_validation["max_spike_count_diff"] == 0.0
     # one call is one step: feeding zeros twice differs from carrying the state (the state matters)
-    sess = onnx_session(str(out))
+    sess = create_session(str(out))
     x = images.numpy()
     zeros = {i.name: np.zeros([len(x)] + list(i.shape[1:]), np.float32) for i in sess.get_inputs()[1:]}
-    first = sess.run(None, {"input": x, **zeros})
-    carried = sess.run(None, {"input": x, **dict(zip(states, first[2:]))})
+    first = sess.run(None, {INPUT_NAME: x, **zeros})
+    carried = sess.run(None, {INPUT_NAME: x, **dict(zip(states, first[2:]))})
     assert not np.array_equal(first[1], carried[1])
 
 
@@ -278,10 +281,11 @@ def test_triton_repository_layout_and_config(tmp_path):
     assert report.out == str(model_dir)
     config = (model_dir / "config.pbtxt").read_text()
     assert 'name: "smallnet"' in config and "max_batch_size: 32" in config and "dynamic_batching" in config
-    assert 'name: "input"' in config and "dims: [ 1, 28, 28 ]" in config
-    assert 'name: "spike_counts"' in config and "dims: [ 4 ]" in config  # 4 spiking layers
+    assert f'name: "{INPUT_NAME}"' in config and "dims: [ 1, 28, 28 ]" in config
+    assert f'name: "{SPIKE_COUNTS}"' in config and "dims: [ 4 ]" in config  # 4 spiking layers
     proto = onnx.load(str(model_dir / "1" / "model.onnx"))
-    assert metadata(proto)["gee.model_name"] == "smallnet"
+    assert spec_of(proto).model_name == "smallnet"
+    assert ModelSpec.from_artefact(model_dir) == spec_of(proto)  # the sidecar beside the repository's graph
     # exporting again replaces the model directory atomically (no leftovers)
     export_loaded(model, tmp_path / "repo", fmt="triton", images=images, validation=FAST)
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["smallnet"]
@@ -308,8 +312,8 @@ def test_float16_conversion_keeps_float32_io_and_close_values():
     proto, _ = build_onnx(model, "dense")
     half = to_float16(proto)
     onnx.checker.check_model(half, full_check=True)
-    got = onnx_session(half.SerializeToString()).run(None, {"input": images.numpy()})
-    ref = onnx_session(proto.SerializeToString()).run(None, {"input": images.numpy()})
+    got = create_session(half.SerializeToString()).run(None, {INPUT_NAME: images.numpy()})
+    ref = create_session(proto.SerializeToString()).run(None, {INPUT_NAME: images.numpy()})
     assert got[0].dtype == np.float32 and got[0].shape == ref[0].shape
     assert (got[0].argmax(1) == ref[0].argmax(1)).mean() >= 0.75  # fp16 flips some spikes; close, not exact
 
@@ -322,6 +326,7 @@ def test_tensorrt_plan_builds(tmp_path):
     model, images = small_model("smallnet", genes=4)
     export_loaded(model, tmp_path / "m.plan", fmt="tensorrt", images=images, validation=FAST)
     assert (tmp_path / "m.plan").stat().st_size > 0 and (tmp_path / "m.plan.cache").exists()
+    assert ModelSpec.from_artefact(tmp_path / "m.plan") == ModelSpec.from_sidecar(sidecar_path(tmp_path / "m.plan"))
 
 
 # ---- the CLI on a real checkpoint, and bad input -----------------------------------------------------------
@@ -343,12 +348,13 @@ def test_cli_exports_the_checkpoint_with_its_metadata(tiny_checkpoint, tmp_path,
     code, stdout, err = run_cli(["export", str(tiny_checkpoint), "--out", str(out), "--samples", "32"], capsys)
     assert code == 0, err
     assert "validated on 32 samples" in stdout
-    meta = metadata(onnx.load(str(out)))
+    spec = ModelSpec.from_onnx(out)
     ckpt = load_checkpoint(tiny_checkpoint)
-    assert meta["gee.checkpoint_sha256"] == file_sha256(tiny_checkpoint)
-    assert meta["gee.timesteps"] == "2" and json.loads(meta["gee.input_shape"]) == [1, 28, 28]
-    assert meta["gee.model_name"] == "smallnet" and meta["gee.dataset"] == ckpt["dataset"]["name"]
-    assert json.loads(meta["gee.class_names"]) == list(ckpt["dataset"]["classes"])
+    assert spec.checkpoint_sha256 == file_sha256(tiny_checkpoint)
+    assert spec.timesteps == 2 and spec.input_shape == (1, 28, 28)
+    assert spec.model_name == "smallnet" and spec.dataset == ckpt["dataset"]["name"]
+    assert list(spec.class_names) == list(ckpt["dataset"]["classes"])
+    assert spec.model_args == {k: list(v) if isinstance(v, tuple) else v for k, v in ckpt["model_args"].items()}
 
 
 def test_cli_tensorrt_without_tensorrt_is_one_line_and_exit_2(tiny_checkpoint, tmp_path, capsys):

@@ -44,4 +44,14 @@ def test_recorder_counts_spikes_per_sample():
     torch.testing.assert_close(rec.stacked()[:, 0], first.sum(dim=(0, 2)))
     torch.testing.assert_close(rec.stacked()[:, 1], out.sum(dim=(0, 2)))
     assert rec.sizes == [6, 6]
-    assert all(layer._recorder is None for layer in rec.layers)  # detached after the block
+    assert all(not layer._forward_hooks for layer in rec.layers)  # hooks removed after the block
+    assert not any(k.startswith("_rec") for layer in rec.layers for k in vars(layer))  # no state injected
+
+
+def test_recorder_counts_in_float32_under_half_precision():
+    """bf16 holds integers exactly only up to 256: counts of half-precision spikes must not be summed in bf16."""
+    lif = LIF().eval()
+    x = torch.full((4, 2, 1000), 3.0, dtype=torch.bfloat16)  # every neuron fires at every step
+    with SpikeRecorder(torch.nn.Sequential(lif)) as rec:
+        lif(x)
+    assert rec.counts[0].dtype == torch.float32 and rec.counts[0].tolist() == [4000.0, 4000.0]

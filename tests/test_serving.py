@@ -10,10 +10,13 @@ from click.testing import CliRunner
 
 from gee_deploy.cli import cli
 from gee_deploy.errors import InputError, ModelFileError, RuntimeUnavailableError
-from gee_deploy.serving.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer, layer_table
 from gee_deploy.data import load_test_arrays
-from gee_deploy.serving.parity import Thresholds, evaluate, failed_gates
+from gee_deploy.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer
+from gee_deploy.parity import CHECK_GATES, Thresholds, checks
+from gee_deploy.serving.bench import evaluate
 from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
+from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
+from gee_deploy.walk import describe
 from gee_deploy.zoo import list_models
 from gee_deploy.zoo.base import ConvPool
 
@@ -57,15 +60,15 @@ def test_torch_runtime_is_the_model_with_its_spike_counts(tiny_checkpoint, runti
     logits, spikes = runtimes[0](x)
     assert np.array_equal(logits, want.numpy())
     assert np.array_equal(spikes, rec.stacked().numpy())
-    assert spikes.shape == (8, len(runtimes[0].info.spiking_layers))
-    assert runtimes[0].info.neurons_per_layer == rec.sizes
+    assert spikes.shape == (8, len(runtimes[0].spec.spiking_layers))
+    assert list(runtimes[0].spec.neurons_per_layer) == rec.sizes
 
 
 def test_ort_runtime_matches_the_reference(runtimes, data):
     ref, ort = runtimes
     images, labels = data
     a, b = evaluate(ref, images, labels, batch_size=16), evaluate(ort, images, labels, batch_size=16)
-    assert ort.info.spiking_layers == ref.info.spiking_layers
+    assert ort.spec.spiking_layers == ref.spec.spiking_layers
     assert np.abs(a.logits - b.logits).max() < 1e-4
     assert (a.logits.argmax(1) == b.logits.argmax(1)).all()
     assert np.array_equal(a.spikes, b.spikes)
@@ -150,7 +153,7 @@ def test_tensorrt_plan_matches_onnxruntime(serving_onnx, runtimes, data, tmp_pat
     config.add_optimization_profile(profile)
     plan = tmp_path / "tiny.plan"
     plan.write_bytes(bytes(builder.build_serialized_network(network, config)))
-    (tmp_path / "tiny.onnx").write_bytes(serving_onnx.read_bytes())  # metadata beside the plan
+    ModelSpec.from_onnx(serving_onnx).write_sidecar(plan)  # what `export --format tensorrt` writes beside it
     rt = open_runtime(plan)
     logits, spikes = rt(data[0][:16])
     ref_logits, ref_spikes = runtimes[1](data[0][:16])
@@ -164,19 +167,19 @@ def test_layer_table_reads_spikes_after_the_first_lif(tiny_checkpoint):
     from gee_deploy.checkpoint import load_model
 
     model = load_model(tiny_checkpoint)
-    layers, names, sizes = layer_table(model)
-    assert [r["input_is_spikes"] for r in layers] == [False] + [True] * (len(layers) - 1)
-    assert [r["calls"] for r in layers] == [1] + [model.timesteps] * (len(layers) - 1)
-    assert layers[0]["macs"] == 32 * 1 * 16 * 14 * 14  # stem 32C3 + AP2 on 28x28: a 4x4 stride-2 conv
-    assert layers[-1]["macs"] == 256 * 10 and layers[-1]["spiking_input_layer"] == names[-1]
+    spec = describe(model)
+    layers, names, sizes = spec.layers, spec.spiking_layers, spec.neurons_per_layer
+    assert [r.input_is_spikes for r in layers] == [False] + [True] * (len(layers) - 1)
+    assert [r.calls for r in layers] == [1] + [model.timesteps] * (len(layers) - 1)
+    assert layers[0].macs == 32 * 1 * 16 * 14 * 14  # stem 32C3 + AP2 on 28x28: a 4x4 stride-2 conv
+    assert layers[-1].macs == 256 * 10 and layers[-1].spiking_input_layer == names[-1]
     assert len(sizes) == len(names) == 4 and sizes[-1] == 256  # the hidden FC layer's neurons
 
 
 def test_energy_is_eq17():
-    layers = [{"name": "stem", "macs": 1000, "calls": 1, "input_is_spikes": False, "spiking_input_layer": None},
-              {"name": "conv", "macs": 500, "calls": 4, "input_is_spikes": True, "spiking_input_layer": "lif1"},
-              {"name": "factorised", "macs": 300, "spike_macs": 100, "calls": 4, "input_is_spikes": True,
-               "spiking_input_layer": "lif1"}]
+    layers = [LayerSpec("stem", "conv", "dense", 1000, False, None, 1000, 1),
+              LayerSpec("conv", "conv", "dense", 500, True, "lif1", 500, 4),
+              LayerSpec("factorised", "conv", "factorised", 300, True, "lif1", 100, 4)]
     per = energy_per_layer(layers, {"lif1": 0.1}, timesteps=4)
     assert per[0].energy_pj == pytest.approx(E_MAC_PJ * 1000)  # the stem runs once, not T times
     assert per[1].sops == pytest.approx(0.1 * 4 * 500)
@@ -184,7 +187,7 @@ def test_energy_is_eq17():
     assert per[2].op == "AC+MAC" and per[2].analog_macs == 200 * 4
     assert per[2].energy_pj == pytest.approx(E_AC_PJ * 0.1 * 4 * 100 + E_MAC_PJ * 200 * 4)
     with pytest.raises(ModelFileError, match="lif9"):
-        energy_per_layer([{**layers[1], "spiking_input_layer": "lif9"}], {"lif1": 0.1}, 4)
+        energy_per_layer([LayerSpec("conv", "conv", "dense", 500, True, "lif9", 500, 4)], {"lif1": 0.1}, 4)
 
 
 def _fan_out_bounds(module, in_shape) -> tuple[float, float]:
@@ -224,10 +227,11 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
     from gee_deploy.neurons import SpikeRecorder
 
     model = load_model(tiny_checkpoint)
-    layers, names, sizes = layer_table(model)
+    spec = describe(model)
+    layers, names, sizes = spec.layers, spec.spiking_layers, spec.neurons_per_layer
     modules = dict(model.named_modules())
     # the module that runs each layer: a ConvPool runs its conv as one fused stride-2 conv
-    runs = {r["name"]: modules[r["name"]] for r in layers}
+    runs = {r.name: modules[r.name] for r in layers}
     runs.update({f"{n}.0": m for n, m in modules.items() if isinstance(m, ConvPool)})
     where = {m: n for n, m in modules.items()}
     x = torch.from_numpy(data[0][:16])
@@ -237,8 +241,8 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
         with torch.no_grad(), DispatchCounterMode([syn, mac]):
             model(x[:n])
         prefix = type(model).__name__
-        counted.append(({r["name"]: sum(syn.records[f"{prefix}.{where[runs[r['name']]]}"].values()) for r in layers},
-                        {r["name"]: sum(mac.records[f"{prefix}.{where[runs[r['name']]]}"].values()) for r in layers}))
+        counted.append(({r.name: sum(syn.records[f"{prefix}.{where[runs[r.name]]}"].values()) for r in layers},
+                        {r.name: sum(mac.records[f"{prefix}.{where[runs[r.name]]}"].values()) for r in layers}))
     (syn8, mac8), (syn16, mac16) = counted
     sj_sops = {k: syn16[k] - syn8[k] for k in syn16}  # samples 8..15
     sj_macs = {k: mac16[k] - mac8[k] for k in mac16}
@@ -255,20 +259,20 @@ def test_energy_cross_checked_with_spikingjelly(tiny_checkpoint, data):
     for h in hooks:
         h.remove()
     t = model.timesteps
-    lif_rates = dict(zip(names, (rec.stacked().double().mean(0) / (torch.tensor(sizes) * t)).tolist()))
+    lif_rates = dict(zip(names, (rec.stacked().double().mean(0) / (torch.tensor(list(sizes)) * t)).tolist()))
     report = {e.name: e for e in energy_per_layer(layers, lif_rates, t)}
-    input_rates = {r["spiking_input_layer"]: seen[r["name"]] for r in layers if r["input_is_spikes"]}
+    input_rates = {r.spiking_input_layer: seen[r.name] for r in layers if r.input_is_spikes}
     uniform = {e.name: e for e in energy_per_layer(layers, input_rates, t)}
 
-    stem = layers[0]["name"]
+    stem = layers[0].name
     assert report[stem].op == "MAC" and sj_macs[stem] == 8 * report[stem].macs
     assert sj_sops[stem] == 0
     for r in layers[1:]:
-        name = r["name"]
+        name = r.name
         assert sj_macs[name] == 0  # binary input: no MACs, only accumulates
         low, high = _fan_out_bounds(runs[name], shapes[name])
         assert low * 8 * uniform[name].sops * (1 - 1e-9) <= sj_sops[name] <= high * 8 * uniform[name].sops * (1 + 1e-9)
-    classifier = layers[-1]["name"]  # reads its LIF directly: the report's own rate is exact
+    classifier = layers[-1].name  # reads its LIF directly: the report's own rate is exact
     assert sj_sops[classifier] == pytest.approx(8 * report[classifier].sops, rel=1e-9)
 
 
@@ -326,36 +330,37 @@ def test_bench_energy_equals_recomputation_from_report(bench_report):
     assert ort_e == pytest.approx(torch_e, rel=1e-3)  # same MACs; spikes equal up to float-rounding flips
 
 
-def test_export_layer_table_matches_the_reference_trace(runtimes):
-    """The exporter's MACs per layer (gee.layers) and the serving stage's own trace of the PyTorch model are
-    computed independently; they must describe the same network."""
+def test_export_spec_matches_the_reference_spec(runtimes):
+    """The exported graph's spec (read back from its metadata) and the PyTorch reference's spec describe the
+    same network: the same spiking layers, neurons, MACs, calls and spike sources per layer."""
     ref, ort = runtimes
-    assert ort.info.spiking_layers == ref.info.spiking_layers
-    assert ort.info.neurons_per_layer == ref.info.neurons_per_layer
+    assert ort.spec.spiking_layers == ref.spec.spiking_layers
+    assert ort.spec.neurons_per_layer == ref.spec.neurons_per_layer
     keys = ("name", "macs", "calls", "input_is_spikes", "spiking_input_layer", "spike_macs")
-    assert [{k: r[k] for k in keys} for r in ort.info.layers] == [{k: r[k] for k in keys} for r in ref.info.layers]
+    assert [{k: getattr(r, k) for k in keys} for r in ort.spec.layers] == \
+        [{k: getattr(r, k) for k in keys} for r in ref.spec.layers]
 
 
 SMALL_IMAGES = {"cifarnet": 8, "resnet18": 8, "resnet19": 8, "resnet34": 32, "vgg11": 32, "vgg16": 32}
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_reference_trace_agrees_with_the_exporter_across_the_zoo(name):
+def test_reference_spec_agrees_with_the_exporter_across_the_zoo(name):
     """Which LIF feeds which layer is data flow (ResNet shortcuts read the block input; average pooling
-    makes spikes analog): the serving trace and the exporter's graph walk must agree on every architecture."""
+    makes spikes analog): the eager spec and the dense graph's metadata agree on every architecture."""
     from gee_deploy.export import build_onnx
     from gee_deploy.zoo import create_model
 
     torch.manual_seed(0)
     kw = {"image_size": SMALL_IMAGES[name]} if name in SMALL_IMAGES else {}
     model = create_model(name, genes=4, timesteps=2, num_classes=4, **kw).eval()
-    layers, names, sizes = layer_table(model)
+    eager = describe(model)
     proto, _ = build_onnx(model, "dense")
-    meta = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key in
-            ("gee.layers", "gee.spiking_layers", "gee.neurons_per_layer")}
-    keys = ("name", "macs", "calls", "input_is_spikes", "spiking_input_layer", "spike_macs")
-    assert [{k: r[k] for k in keys} for r in layers] == [{k: r[k] for k in keys} for r in meta["gee.layers"]]
-    assert names == meta["gee.spiking_layers"] and sizes == meta["gee.neurons_per_layer"]
+    exported = ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, "graph")
+    keys = ("name", "kind", "macs", "calls", "input_is_spikes", "spiking_input_layer", "spike_macs", "dense_macs")
+    assert [{k: getattr(r, k) for k in keys} for r in eager.layers] == \
+        [{k: getattr(r, k) for k in keys} for r in exported.layers]
+    assert eager.spiking_layers == exported.spiking_layers and eager.neurons_per_layer == exported.neurons_per_layer
 
 
 def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, data, tmp_path):
@@ -368,7 +373,7 @@ def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, da
     row = json.loads(json.dumps(runtime_stats(rt, evaluate(rt, *data))))
     mixed = [e for e in row["energy"]["per_layer"] if e["op"] == "AC+MAC"]
     assert mixed and all(0 < e["spike_macs"] < e["macs"] and e["analog_macs"] > 0 for e in mixed)
-    assert row["energy"]["energy_pj"] == pytest.approx(_recomputed_energy(row, rt.info.timesteps), rel=1e-12)
+    assert row["energy"]["energy_pj"] == pytest.approx(_recomputed_energy(row, rt.spec.timesteps), rel=1e-12)
 
 
 def test_bench_of_deployed_files_alone(serving_onnx, tmp_path):
@@ -403,11 +408,11 @@ def test_bench_bad_options(tiny_checkpoint, tmp_path):
 
 # ---- check ---------------------------------------------------------------------------------------------
 
-def test_failed_gates_lists_every_failure():
+def test_check_gates_list_every_failure():
     good = {"top1_agreement": 1.0, "accuracy_delta": 0.0, "spike_count_delta": 0.0, "speedup": 5.0}
-    assert failed_gates(good, Thresholds()) == []
+    assert all(c.ok for c in checks(good, Thresholds(), CHECK_GATES))
     bad = {"top1_agreement": 0.99, "accuracy_delta": -0.002, "spike_count_delta": 0.01, "speedup": 1.5}
-    lines = failed_gates(bad, Thresholds())
+    lines = [c.message for c in checks(bad, Thresholds(), CHECK_GATES) if not c.ok]
     assert len(lines) == 4
     assert [w.split()[0] for w in lines] == ["top-1", "accuracy", "spike-count", "onnxruntime"]
 

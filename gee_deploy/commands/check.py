@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ..serving.parity import Thresholds
+from ..parity import Thresholds
 
 _T = Thresholds()
 
@@ -33,15 +33,16 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     """
     from ..serving.bench import run_check
 
-    thresholds = Thresholds(min_agreement, max_acc_delta, max_spike_delta, min_speedup)
+    thresholds = Thresholds(min_top1_agreement=min_agreement, max_accuracy_delta=max_acc_delta,
+                            max_spike_delta=max_spike_delta, min_speedup=min_speedup)
     m, failures = run_check(checkpoint, onnx_model, thresholds, dataset, data_dir, limit or None, threads)
     click.echo(f"{m['samples']} samples of {m['dataset']}: top-1 agreement {m['top1_agreement']:.4%}, accuracy "
                f"delta {m['accuracy_delta'] * 100:+.3f} points, spike-count delta {m['spike_count_delta']:.4%}, "
                f"max logit diff {m['max_logit_diff']:.2e}, batch-1 p50 torch {m['torch_p50_ms']:.2f} ms / "
                f"onnxruntime {m['ort_p50_ms']:.2f} ms = {m['speedup']:.2f}x")
     if not m["same_checkpoint"]:
-        click.echo(f"warning: {onnx_model} was exported from another checkpoint (its gee.checkpoint_sha256 "
-                   f"differs from {checkpoint})", err=True)
+        click.echo(f"warning: {onnx_model} was exported from another checkpoint (the checkpoint digest "
+                   f"in its metadata differs from {checkpoint}'s)", err=True)
     for line in failures:
         click.echo(f"FAIL: {line}", err=True)
     if failures:

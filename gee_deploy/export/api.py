@@ -15,11 +15,13 @@ from ..checkpoint import file_sha256, load_model
 from ..data import dataset_info, load_test_arrays
 from ..errors import GeeError
 from ..io import atomic_path
+from ..parity import Thresholds
+from ..spec import ModelSpec
 from .choose import make_chooser
 from .configs import DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, lookup
 from .errors import ExportError, UnknownOptionError
 from .validate import ValidationReport, validate_export, validate_streaming
-from .writer import GraphInfo, write_graph
+from .writer import write_graph
 
 __all__ = ["ExportReport", "export_model", "export_loaded", "build_onnx", "validation_data"]
 
@@ -50,20 +52,19 @@ class ExportReport:
         v = self.validation
         if v:
             lines.append(f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
-                         f"max |logit diff| {v['max_abs_diff']['logits']:.3g}, spikes {v['spikes_export']:.0f} vs "
+                         f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} vs "
                          f"{v['spikes_reference']:.0f}")
         if self.streaming_validation:
             s = self.streaming_validation
-            lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_abs_diff']['logits']:.3g}, "
-                         f"spike counts diff {s['max_abs_diff']['spike_counts']:.3g}")
+            lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_logit_diff']:.3g}, "
+                         f"spike counts diff {s['max_spike_count_diff']:.3g}")
         for p in self.tensorrt_problems:
             lines.append(f"  TensorRT compatibility: {p}")
         return "\n".join(lines)
 
 
 def _report_dict(r: ValidationReport) -> dict:
-    return {"samples": r.samples, "max_abs_diff": r.max_abs_diff, **r.stats,
-            "checks": [list(row) for row in r.rows]}
+    return {**r.stats, "samples": r.samples, "checks": [list(row) for row in r.rows]}
 
 
 def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,51 +73,45 @@ def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Te
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _metadata(model: nn.Module, variant: str, checkpoint_sha256: str, streaming: bool) -> dict:
+def _class_names(model: nn.Module) -> tuple[str, ...]:
+    """The checkpoint's class names, else its dataset's, else "0".."classes-1"."""
     ckpt = getattr(model, "checkpoint", {}) or {}
-    dataset = (ckpt.get("dataset") or {}).get("name", "")
     classes = list((ckpt.get("dataset") or {}).get("classes") or [])
     if len(classes) != model.num_classes:
         try:
-            classes = list(dataset_info(dataset).classes)
+            classes = list(dataset_info((ckpt.get("dataset") or {}).get("name", "")).classes)
         except GeeError:
             classes = []
     if len(classes) != model.num_classes:
         classes = [str(i) for i in range(model.num_classes)]
-    args = {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()}
-    return {
-        "gee.format": "1",
-        "gee.timesteps": str(model.timesteps),
-        "gee.input_shape": [model.in_channels, model.image_size, model.image_size],
-        "gee.class_names": classes,
-        "gee.variant": variant,
-        "gee.checkpoint_sha256": checkpoint_sha256,
-        "gee.model_name": getattr(model, "model_name", type(model).__name__),
-        "gee.model_args": args,
-        "gee.dataset": dataset,
-        "gee.streaming": "true" if streaming else "false",
-    }
+    return tuple(classes)
 
 
 def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
                checkpoint_sha256: str = "", profile: bool = False,
-               choices: dict[str, str] | None = None) -> tuple[onnx.ModelProto, GraphInfo]:
-    """The checked ONNX graph of eval-mode ``model`` (no file written).
+               choices: dict[str, str] | None = None) -> tuple[onnx.ModelProto, ModelSpec]:
+    """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
     ``choices``: the form ("dense" / "factorised") of every genetic layer by name, as an earlier build chose
     them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
+
+    Raises:
+        UnknownOptionError: unknown variant or unsupported opset.
+        UnsupportedModuleError: the model holds something the writer cannot translate.
+        ExportError: the written graph fails onnx.checker.
     """
     v = lookup(VARIANTS, variant, "variant")
     opset = _opset(opset)
     choose = make_chooser(v, profile, model.timesteps, opset) if choices is None else \
         (lambda name, *_: choices[name])
-    proto, info = write_graph(model.eval(), choose, opset, _metadata(model, variant, checkpoint_sha256, streaming),
-                              streaming)
+    dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
+    proto, spec = write_graph(model.eval(), choose, opset, variant=variant, class_names=_class_names(model),
+                              dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the written graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
-    return proto, info
+    return proto, spec
 
 
 def _opset(opset: int | None) -> int:
@@ -145,44 +140,43 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
-    unrolled, info = build_onnx(model, variant, opset, False, checkpoint_sha256, profile)
+    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile)
     report = ExportReport(str(out), f.name, variant, _opset(opset), streaming,
-                          layers=[l.metadata() for l in info.layers],
-                          macs_per_sample=sum(l.macs * l.calls for l in info.layers),
-                          dense_macs_per_sample=sum(l.dense_macs * l.calls for l in info.layers))
+                          layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
+                          dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
     val = validate_export(model, data, images, labels, cfg)
     report.validation = _report_dict(val)
     final = unrolled
     if streaming:
         # same per-layer choices as the validated unrolled graph, one step per call
-        chosen = {l.name: l.variant for l in info.layers}
-        stream, _ = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen)
-        sv = validate_streaming(stream.SerializeToString(), data, images, model.timesteps,
-                                [i.name for i in stream.graph.input[1:]], cfg)
+        chosen = {l.name: l.variant for l in spec.layers}
+        final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen)
+        sv = validate_streaming(final.SerializeToString(), data, images, model.timesteps, spec.state_inputs, cfg)
         report.streaming_validation = _report_dict(sv)
-        final = stream
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
-    _write(f.name, final, Path(out), max_batch_size, fp16, report)
+    _write(f.name, final, spec, Path(out), max_batch_size, fp16, report)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _write(fmt: str, proto: onnx.ModelProto, out: Path, max_batch_size: int, fp16: bool,
+def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_batch_size: int, fp16: bool,
            report: ExportReport) -> None:
+    """Write ``proto`` as ``fmt``; artefacts without metadata of their own get the spec as a sidecar."""
     if fmt == "onnx":
         with atomic_path(out) as tmp:
             onnx.save_model(proto, str(tmp))
     elif fmt == "triton":
         from .triton import write_triton_repository
 
-        report.out = str(write_triton_repository(proto, out, max_batch_size))
+        report.out = str(write_triton_repository(proto, spec, out, max_batch_size))
     else:
         from .tensorrt import build_plan
 
         build_plan(proto, out, max_batch_size=max_batch_size, fp16=fp16)
+        spec.write_sidecar(out)
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "dense", fmt: str = "onnx",
@@ -198,7 +192,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
         fmt: onnx, triton or tensorrt.
         opset: ONNX opset (default 18).
         streaming: one timestep per call with membrane potentials as graph inputs/outputs.
-        atol: max abs logit difference per sample (default :class:`ValidationConfig`).
+        atol: max abs logit difference per sample (default :class:`gee_deploy.parity.Thresholds`).
         samples: test images to validate on.
         data_dir: where the checkpoint's dataset lives, if not at its default place.
         profile: with ``auto``, choose per layer by measured onnxruntime latency instead of MACs.
@@ -208,8 +202,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
     lookup(FORMATS, fmt, "format")
     lookup(VARIANTS, variant, "variant")
     _opset(opset)
-    cfg = ValidationConfig()
-    cfg = replace(cfg, **{k: v for k, v in (("atol", atol), ("samples", samples)) if v is not None})
+    cfg = ValidationConfig(thresholds=Thresholds() if atol is None else Thresholds(atol=atol))
+    cfg = cfg if samples is None else replace(cfg, samples=samples)
     model = load_model(checkpoint)
     dataset = (model.checkpoint.get("dataset") or {}).get("name")
     if not dataset:

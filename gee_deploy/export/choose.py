@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 
+from ..ort_session import create_session
 from .configs import Variant
 from .factorised import FactorisedCost, emit_factorised
-from .folding import FoldedLayer, dense_macs, emit_dense
+from .folding import FoldedLayer, emit_dense
 from .graph import GraphBuilder, tensor_info
 from .writer import Chooser
 
@@ -23,13 +24,11 @@ __all__ = ["make_chooser", "layer_latency"]
 def layer_latency(f: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tuple, out_shape: tuple, batch: int,
                   opset: int, repeats: int = 30) -> float:
     """Median seconds of one onnxruntime run of layer ``f`` alone, written as ``form``, on ``batch`` inputs."""
-    from .validate import onnx_session
-
     g = GraphBuilder()
     y = emit_factorised(g, "x", f, cost, out_shape, "layer") if form == "factorised" else emit_dense(g, "x", f, "layer")
     g.op("Identity", [y], out_names=["y"])
     model = g.model([tensor_info("x", ["n", *in_shape])], [tensor_info("y", ["n", *out_shape])], opset, {})
-    session = onnx_session(model.SerializeToString())
+    session = create_session(model.SerializeToString())
     x = np.random.default_rng(0).integers(0, 2, (batch, *in_shape)).astype(np.float32)  # spike-like input
     for _ in range(3):
         session.run(None, {"x": x})
@@ -44,12 +43,11 @@ def layer_latency(f: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tup
 def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, batch: int = 1) -> Chooser:
     """The :data:`Chooser` of ``variant``; ``profile`` switches per-layer choices from MACs to latency."""
     if variant.per_layer is None:
-        return lambda name, f, in_shape, out_shape, cost: variant.fixed
+        return lambda name, f, in_shape, out_shape, cost, dense_macs: variant.fixed
 
-    def by_cost(name, f: FoldedLayer, in_shape, out_shape, cost: FactorisedCost) -> str:
-        out_pixels = int(np.prod(out_shape[1:])) if f.kind == "conv" else 1
+    def by_cost(name, f: FoldedLayer, in_shape, out_shape, cost: FactorisedCost, dense_macs: int) -> str:
         if not profile:
-            return "factorised" if cost.effective_macs < dense_macs(f, out_pixels) else "dense"
+            return "factorised" if cost.effective_macs < dense_macs else "dense"
         n = batch * timesteps
         dense_s = layer_latency(f, "dense", cost, in_shape, out_shape, n, opset)
         fact_s = layer_latency(f, "factorised", cost, in_shape, out_shape, n, opset)

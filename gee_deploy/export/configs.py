@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..parity import Thresholds
 from .errors import UnknownOptionError
 
-__all__ = ["Variant", "Format", "ValidationConfig", "VARIANTS", "FORMATS", "MIN_OPSET", "DEFAULT_OPSET",
-           "INPUT_NAME", "OUTPUT_NAMES", "BATCH_DIM", "lookup"]
+__all__ = ["Variant", "Format", "ValidationConfig", "VARIANTS", "FORMATS", "MIN_OPSET", "DEFAULT_OPSET", "lookup"]
 
-INPUT_NAME = "input"
-OUTPUT_NAMES = ("logits", "spike_counts")
-BATCH_DIM = "batch"
 MIN_OPSET = 18  # Split(num_outputs) and ReduceMean with axes as an input
 DEFAULT_OPSET = 18  # the newest opset TensorRT 10's ONNX parser and onnxruntime both cover fully
 
@@ -42,27 +39,15 @@ class Format:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Tolerances of the parity check against the PyTorch model (optimum-style, everything reported at once).
-
-    Spiking layers are threshold functions: a float32 rounding difference of 1e-7 can flip one spike near
-    threshold and move that sample's logits by a whole synapse weight. So logits are compared per sample and a
-    small fraction of samples may exceed ``atol``; totals and top-1 must agree within the stated fractions.
+    """How every export is checked against its PyTorch model before it is written (everything reported at once).
 
     Attributes:
-        atol: max abs logit difference for a sample to count as matching.
-        min_match: fraction of samples whose logits match within ``atol`` and spike counts exactly.
-        min_top1_agreement: fraction of samples with the same arg-max.
-        max_spike_rel_diff: |total ONNX spikes - total PyTorch spikes| / total PyTorch spikes.
-        max_accuracy_delta: |accuracy difference| (fraction, 0.001 = 0.1 points), when labels are known.
+        thresholds: parity limits (:class:`gee_deploy.parity.Thresholds`, shared with `gee-deploy check`).
         samples: how many test images of the checkpoint's dataset to compare on.
         batch_size: batch size of both runs.
     """
 
-    atol: float = 1e-4
-    min_match: float = 0.99
-    min_top1_agreement: float = 0.999
-    max_spike_rel_diff: float = 1e-3
-    max_accuracy_delta: float = 1e-3
+    thresholds: Thresholds = Thresholds()
     samples: int = 256
     batch_size: int = 64
 

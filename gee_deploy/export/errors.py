@@ -1,7 +1,7 @@
 """Errors of the export stage; the CLI turns each into one line and its ``exit_code``."""
 from __future__ import annotations
 
-from ..errors import ConfigError, GeeError
+from ..errors import ConfigError, GeeError, UnsupportedModuleError
 
 __all__ = ["ExportError", "UnsupportedModuleError", "ExportValidationError", "ShapeError", "ToleranceError",
            "TensorRTUnavailableError", "UnknownOptionError"]
@@ -9,10 +9,6 @@ __all__ = ["ExportError", "UnsupportedModuleError", "ExportValidationError", "Sh
 
 class ExportError(GeeError):
     """The model cannot be written as the requested graph."""
-
-
-class UnsupportedModuleError(ExportError):
-    """The model contains a module or operation the graph writer has no translation for."""
 
 
 class UnknownOptionError(ConfigError):

@@ -15,19 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UnsupportedModuleError
 from ..genetic import GeneticConv2d, GeneticLinear
+from ..walk import CONV_TYPES, is_weight_layer
 from ..zoo.base import fuse_average_pool
-from .errors import UnsupportedModuleError
 from .graph import GraphBuilder
 
-__all__ = ["FoldedLayer", "fold_layer", "is_weight_layer", "batchnorm_affine", "dense_macs", "emit_dense"]
-
-CONV_TYPES = (nn.Conv2d, GeneticConv2d)
-LINEAR_TYPES = (nn.Linear, GeneticLinear)
-
-
-def is_weight_layer(m: nn.Module) -> bool:
-    return isinstance(m, CONV_TYPES + LINEAR_TYPES)
+__all__ = ["FoldedLayer", "fold_layer", "batchnorm_affine", "emit_dense"]
 
 
 @dataclass(frozen=True)
@@ -132,11 +126,6 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False) 
     weight = _f64(m.weight)
     weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     return FoldedLayer(kind, weight, bias, k, stride, padding, pooled)
-
-
-def dense_macs(f: FoldedLayer, out_pixels: int) -> int:
-    """MACs of the folded dense layer per sample per call: Cout Cin k^2 per output pixel ((k+1)^2 if pooled)."""
-    return f.c_out * f.c_in * (f.kernel_size + f.pooled) ** 2 * out_pixels
 
 
 def emit_dense(g: GraphBuilder, x: str, f: FoldedLayer, hint: str) -> str:

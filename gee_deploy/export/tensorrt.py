@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..io import atomic_path
-from .configs import INPUT_NAME
+from ..spec import INPUT_NAME
 from .errors import ExportError, TensorRTUnavailableError
 
 __all__ = ["TENSORRT_ONNX_OPS", "compatibility_problems", "require_tensorrt", "build_plan", "to_float16"]

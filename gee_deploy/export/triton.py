@@ -1,4 +1,5 @@
-"""A Triton Inference Server model repository: ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/1/model.onnx``."""
+"""A Triton Inference Server model repository: ``REPO/<name>/config.pbtxt``, ``REPO/<name>/1/model.onnx`` and the
+model spec beside them (``REPO/<name>/spec.json``, :func:`gee_deploy.spec.sidecar_path`)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import GeeError
+from ..spec import ModelSpec
 
 __all__ = ["triton_config", "write_triton_repository"]
 
@@ -23,9 +25,8 @@ def _tensor(v: onnx.ValueInfoProto) -> str:
     return f'  {{\n    name: "{v.name}"\n    data_type: {_TYPES[tt.elem_type]}\n    dims: [ {dims} ]\n  }}'
 
 
-def triton_config(model: onnx.ModelProto, name: str, max_batch_size: int) -> str:
+def triton_config(model: onnx.ModelProto, spec: ModelSpec, name: str, max_batch_size: int) -> str:
     """config.pbtxt text: onnxruntime backend, batch axis 0, dynamic batching."""
-    meta = {p.key: p.value for p in model.metadata_props}
     preferred = sorted({b for b in (max_batch_size // 4, max_batch_size // 2, max_batch_size) if b > 0})
     return "\n".join([
         f'name: "{name}"',
@@ -36,18 +37,18 @@ def triton_config(model: onnx.ModelProto, name: str, max_batch_size: int) -> str
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
         "  max_queue_delay_microseconds: 500\n}",
-        'parameters: {\n  key: "gee.timesteps"\n  value: { string_value: "' + meta.get("gee.timesteps", "") + '" }\n}',
+        'parameters: {\n  key: "' + ModelSpec.key("timesteps") + '"\n  value: { string_value: "'
+        + str(spec.timesteps) + '" }\n}',
         "",
     ])
 
 
-def write_triton_repository(model: onnx.ModelProto, repo: str | os.PathLike, max_batch_size: int = 64,
-                            name: str | None = None) -> Path:
+def write_triton_repository(model: onnx.ModelProto, spec: ModelSpec, repo: str | os.PathLike,
+                            max_batch_size: int = 64, name: str | None = None) -> Path:
     """Write (or atomically replace) the model directory ``repo/name``; returns it."""
     if max_batch_size < 1:
         raise GeeError(f"max batch size must be >= 1, got {max_batch_size}")
-    meta = {p.key: p.value for p in model.metadata_props}
-    name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", meta.get("gee.model_name", "model"))
+    name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", spec.model_name or "model")
     repo = Path(repo)
     target = repo / name
     try:
@@ -58,7 +59,8 @@ def write_triton_repository(model: onnx.ModelProto, repo: str | os.PathLike, max
     try:
         (staging / "1").mkdir()
         onnx.save_model(model, str(staging / "1" / "model.onnx"))
-        (staging / "config.pbtxt").write_text(triton_config(model, name, max_batch_size))
+        (staging / "config.pbtxt").write_text(triton_config(model, spec, name, max_batch_size))
+        spec.write_sidecar(staging)
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo))

@@ -14,13 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from .energy import energy_per_layer, firing_rates, total_energy
 from ..data import load_test_arrays
-from .parity import Evaluation, Thresholds, compare, evaluate, failed_gates
+from ..energy import energy_per_layer, firing_rates, total_energy
+from ..errors import ConfigError
+from ..parity import CHECK_GATES, Outputs, Thresholds, checks, compare
 from .runtimes import RUNTIMES, Runtime, default_runtimes, open_runtime
 
-__all__ = ["time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
+__all__ = ["evaluate", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
+
+
+def evaluate(runtime: Runtime, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> Outputs:
+    """Run ``runtime`` over ``images`` [N, C, H, W] in batches; keeps every logit and spike count."""
+    logits, spikes = [], []
+    for i in range(0, len(images), batch_size):
+        out_logits, out_spikes = runtime(images[i:i + batch_size])
+        logits.append(out_logits)
+        spikes.append(out_spikes)
+    return Outputs(np.concatenate(logits), np.concatenate(spikes), labels, tuple(runtime.spec.spiking_layers))
 
 
 def time_runtime(runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: int = 20, max_iters: int = 2000,
@@ -44,16 +54,16 @@ def time_runtime(runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: in
             "samples_per_s": float(len(x) * len(times) / (ms.sum() / 1e3))}
 
 
-def runtime_stats(runtime: Runtime, ev: Evaluation) -> dict:
+def runtime_stats(runtime: Runtime, ev: Outputs) -> dict:
     """Accuracy, spikes and eq. 17 energy of one runtime's evaluation."""
-    info = runtime.info
-    rates = firing_rates(ev.spikes, info.neurons_per_layer, info.timesteps)
-    per_layer = energy_per_layer(info.layers, dict(zip(info.spiking_layers, rates.tolist())), info.timesteps)
-    return {"runtime": runtime.name, **runtime.describe(), "variant": info.variant, "accuracy": ev.accuracy,
+    spec = runtime.spec
+    rates = firing_rates(ev.spikes, spec.neurons_per_layer, spec.timesteps)
+    per_layer = energy_per_layer(spec.layers, dict(zip(spec.spiking_layers, rates.tolist())), spec.timesteps)
+    return {"runtime": runtime.name, **runtime.describe(), "variant": spec.variant, "accuracy": ev.accuracy,
             "spikes_per_sample": ev.spikes_per_sample,
-            "spikes_per_layer": dict(zip(info.spiking_layers, ev.spikes.astype(np.float64).mean(0).tolist())),
-            "neurons_per_layer": dict(zip(info.spiking_layers, info.neurons_per_layer)),
-            "firing_rates": dict(zip(info.spiking_layers, rates.tolist())),
+            "spikes_per_layer": dict(zip(spec.spiking_layers, ev.spikes.astype(np.float64).mean(0).tolist())),
+            "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),
+            "firing_rates": dict(zip(spec.spiking_layers, rates.tolist())),
             "energy": {**total_energy(per_layer), "per_layer": [e.as_dict() for e in per_layer]}}
 
 
@@ -89,7 +99,7 @@ def _applicable(path) -> tuple[str, ...]:
 
 
 def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
-    name = dataset or next((r.info.dataset for r in runtimes if r.info.dataset), "")
+    name = dataset or next((r.spec.dataset for r in runtimes if r.spec.dataset), "")
     if not name:
         raise ConfigError("the model does not name its dataset; pass --dataset")
     return name
@@ -120,8 +130,8 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
     evaluations = {}
     rows, latency = [], []
     for rt, label in zip(opened, _labels(opened)):
-        if tuple(rt.info.input_shape) != tuple(images.shape[1:]):
-            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.info.input_shape))}] but {name} images "
+        if tuple(rt.spec.input_shape) != tuple(images.shape[1:]):
+            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
                               f"are {list(images.shape[1:])}")
         say(f"{rt.name}: evaluating {len(images)} samples of {name}")
         ev = evaluations[rt] = evaluate(rt, images, labels)
@@ -137,7 +147,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
     for lat in latency:
         base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)
         lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
-    return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].info.timesteps,
+    return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].spec.timesteps,
             "batch_sizes": list(batch_sizes), "machine": _machine(threads), "runtimes": rows, "latency": latency}
 
 
@@ -156,7 +166,8 @@ def _machine(threads: int | None) -> dict:
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
               dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
               min_time: float = 1.0) -> tuple[dict, list[str]]:
-    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint``.
+    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint``; the gates
+    are :data:`gee_deploy.parity.CHECK_GATES`.
 
     Returns:
         (measured values, one line per failed gate)
@@ -165,10 +176,10 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thres
     ort = open_runtime(onnx_path, "ort-cpu", threads)
     name = _dataset([ref, ort], dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
-    measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels))
+    measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
-    measured.update(same_checkpoint=ort.info.checkpoint_sha256 in ("", ref.info.checkpoint_sha256))
+    measured.update(same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256))
     measured.update(dataset=name, samples=int(len(images)), torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
                     speedup=t_ref["p50_ms"] / t_ort["p50_ms"])
-    return measured, failed_gates(measured, thresholds)
+    return measured, [c.message for c in checks(measured, thresholds, CHECK_GATES) if not c.ok]

@@ -24,11 +24,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from ..errors import InputError
+from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from .runtimes import Runtime, validate_input
 
 __all__ = ["Batcher", "Metrics", "InferenceServer", "RequestError"]
 
-OUTPUTS = ("logits", "spike_counts")
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
 
 
@@ -186,7 +186,7 @@ def _decode_input(body: bytes, header_length: int | None, info) -> tuple[np.ndar
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
         raise RequestError(400, "request must be a JSON object with exactly one tensor in 'inputs'")
     t = req["inputs"][0]
-    if not isinstance(t, dict) or t.get("name") != "input":
+    if not isinstance(t, dict) or t.get("name") != INPUT_NAME:
         raise RequestError(400, "the input tensor must be named 'input'")
     if t.get("datatype") != "FP32":
         raise RequestError(400, f"input datatype must be FP32, got {t.get('datatype')!r}")
@@ -227,13 +227,13 @@ def _requested_outputs(req: dict) -> list[tuple[str, bool]]:
     default_binary = bool((req.get("parameters") or {}).get("binary_data_output", False))
     asked = req.get("outputs")
     if asked is None:
-        return [(name, default_binary) for name in OUTPUTS]
+        return [(name, default_binary) for name in OUTPUT_NAMES]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise RequestError(400, "'outputs' must be a list of objects")
     out = []
     for o in asked:
-        if o.get("name") not in OUTPUTS:
-            raise RequestError(400, f"unknown output {o.get('name')!r}; this model has {', '.join(OUTPUTS)}")
+        if o.get("name") not in OUTPUT_NAMES:
+            raise RequestError(400, f"unknown output {o.get('name')!r}; this model has {', '.join(OUTPUT_NAMES)}")
         out.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", default_binary))))
     return out
 
@@ -258,7 +258,7 @@ class InferenceServer:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
         self.runtime, self.name, self.max_body, self.timeout = runtime, name, max_body_bytes, timeout_s
-        self.metrics = Metrics(runtime.info.spiking_layers)
+        self.metrics = Metrics(runtime.spec.spiking_layers)
         self.batcher = Batcher(runtime, max_batch, max_delay_ms, self.metrics)
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
@@ -273,23 +273,23 @@ class InferenceServer:
         return f"{self.httpd.server_address[0]}:{self.port}"
 
     def metadata(self) -> dict:
-        info = self.runtime.info
+        info = self.runtime.spec
         return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *info.input_shape]}],
-                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(info.class_names)]},
-                            {"name": "spike_counts", "datatype": "FP32", "shape": [-1, len(info.spiking_layers)]}],
-                "parameters": {"timesteps": info.timesteps, "class_names": info.class_names,
-                               "spiking_layers": info.spiking_layers, "model_name": info.model_name}}
+                "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *info.input_shape]}],
+                "outputs": [{"name": LOGITS, "datatype": "FP32", "shape": [-1, len(info.class_names)]},
+                            {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [-1, len(info.spiking_layers)]}],
+                "parameters": {"timesteps": info.timesteps, "class_names": list(info.class_names),
+                               "spiking_layers": list(info.spiking_layers), "model_name": info.model_name}}
 
     def infer(self, body: bytes, header_length: int | None) -> tuple[bytes, dict]:
         """Answer one infer request: (response body, extra headers)."""
-        x, req = _decode_input(body, header_length, self.runtime.info)
+        x, req = _decode_input(body, header_length, self.runtime.spec)
         outputs = _requested_outputs(req)
         try:
             logits, spikes = self.batcher.submit(x).result(timeout=self.timeout)
         except TimeoutError:
             raise RequestError(503, f"inference did not finish within {self.timeout:g} s") from None
-        values = {"logits": logits, "spike_counts": spikes}
+        values = {LOGITS: logits, SPIKE_COUNTS: spikes}
         tensors, blobs = [], []
         for name, binary in outputs:
             arr = np.ascontiguousarray(values[name], dtype="<f4")

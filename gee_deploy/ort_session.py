@@ -1,0 +1,71 @@
+"""The one onnxruntime session factory: export validation, ``--profile``, bench, check and serve all use it.
+
+Options are chosen for latency on a shared machine (onnxruntime docs, "Tune performance"): every graph
+optimisation (ORT_ENABLE_ALL: constant folding, Conv+Add fusion, NCHWc layouts), sequential execution (the
+unrolled graph is a chain; parallel branches buy nothing), one inter-op thread, ``threads`` intra-op threads,
+and no spinning worker threads (spinning cuts batch-1 latency a little but burns cores other processes need).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModelFileError, RuntimeUnavailableError
+
+__all__ = ["PROVIDERS", "create_session"]
+
+# runtime name -> execution providers, most preferred first
+PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
+             "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+             "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")}
+
+
+def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
+                   spin: bool = False, profile_prefix: str | None = None):
+    """An ``onnxruntime.InferenceSession`` over ``model`` (serialised bytes or a path).
+
+    Args:
+        model: the ONNX graph as bytes, or its path.
+        kind: ``ort-cpu``, ``ort-cuda`` or ``ort-trt`` (see :data:`PROVIDERS`).
+        threads: intra-op threads; None or 0 = onnxruntime's default (one per physical core).
+        spin: let idle intra-op threads spin.
+        profile_prefix: turn on onnxruntime's profiler, writing ``<prefix>_<date>.json`` (``end_profiling()``).
+
+    Raises:
+        RuntimeUnavailableError: ``kind`` is unknown or its provider is missing from this onnxruntime.
+        ModelFileError: the file is missing or onnxruntime cannot load it.
+    """
+    import onnxruntime as ort
+
+    if kind not in PROVIDERS:
+        raise RuntimeUnavailableError(f"unknown onnxruntime runtime {kind!r}; use one of {', '.join(PROVIDERS)}")
+    providers: list = list(PROVIDERS[kind])
+    if providers[0] not in ort.get_available_providers():
+        raise RuntimeUnavailableError(f"{kind} needs {providers[0]}, which this onnxruntime lacks "
+                                      f"(has {', '.join(ort.get_available_providers())})")
+    source = model if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes) and not Path(source).is_file():
+        raise ModelFileError(f"{source} not found")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    if kind == "ort-trt" and not isinstance(model, bytes):
+        # cache built engines beside the model: the first TensorRT build takes minutes
+        path = Path(source)
+        cache = str(path.parent / f".{path.stem}.trt-cache")
+        providers[0] = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                      "trt_engine_cache_path": cache,
+                                                      "trt_timing_cache_enable": True})
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
+        what = "the graph" if isinstance(model, bytes) else source
+        raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None

@@ -1,0 +1,162 @@
+"""Parity of a deployed model with the PyTorch model it came from: one set of metrics and thresholds.
+
+Export validation (every export, before anything is written) and serving (``bench``'s parity columns,
+``check``'s CI gates) compare the same things the same way:
+
+* top-1 agreement: the fraction of samples whose arg-max class equals the reference's;
+* samples matching: logits within ``atol`` of the reference and identical spike counts. Spiking layers are
+  threshold functions: a float32 rounding difference of 1e-7 can flip one spike near the threshold and move
+  that sample's logits by a whole synapse weight, so a small fraction of samples may differ;
+* total spike count delta: |total - reference total| / reference total (and the largest per-layer delta);
+* accuracy delta, when labels are known;
+* (``check`` only) the latency ratio PyTorch eager p50 / deployed p50 at batch 1, measured in the same run.
+
+Each gate is a :class:`Check` (what was measured, the limit, ok, the one-line failure message); callers pick
+the gates they enforce, so a table and the failure lines come from one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Thresholds", "Outputs", "compare", "Check", "checks", "EXPORT_GATES", "CHECK_GATES"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Parity limits; the defaults are the export issue's targets, shared by export validation and `check`.
+
+    Attributes:
+        atol: max abs logit difference for a sample to count as matching.
+        min_match: fraction of samples whose logits match within ``atol`` and whose spike counts are equal.
+        min_top1_agreement: fraction of samples with the reference's arg-max.
+        max_spike_delta: relative difference of the total spike count.
+        max_accuracy_delta: |accuracy difference| as a fraction (0.001 = 0.1 points).
+        min_speedup: PyTorch eager p50 / deployed p50 at batch 1 (``check`` only).
+    """
+
+    atol: float = 1e-4
+    min_match: float = 0.99
+    min_top1_agreement: float = 0.999
+    max_spike_delta: float = 1e-3
+    max_accuracy_delta: float = 1e-3
+    min_speedup: float = 2.0
+
+
+@dataclass
+class Outputs:
+    """What one model produced on a set of samples.
+
+    Attributes:
+        logits: [N, classes] float32.
+        spikes: [N, L] spike counts per sample and spiking layer.
+        labels: [N] class indices, or None when unknown.
+        spiking_layers: names of the L columns.
+    """
+
+    logits: np.ndarray
+    spikes: np.ndarray
+    labels: np.ndarray | None = None
+    spiking_layers: tuple[str, ...] = ()
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.labels is None else float((self.logits.argmax(1) == self.labels).mean())
+
+    @property
+    def spikes_per_sample(self) -> float:
+        return float(self.spikes.astype(np.float64).sum(1).mean())
+
+
+def compare(ref: Outputs, other: Outputs, atol: float = Thresholds.atol) -> dict:
+    """Parity of ``other`` (deployed) with ``ref`` (the reference) on the same samples, as a flat dict.
+
+    Spike columns are matched by position (both follow the model's LIF order); ``layer_names_match`` says
+    whether their names agree too.
+
+    Raises:
+        ValueError: the logits or spike counts have different shapes.
+    """
+    if ref.logits.shape != other.logits.shape:
+        raise ValueError(f"logits of shape {ref.logits.shape} and {other.logits.shape} cannot be compared")
+    if ref.spikes.shape != other.spikes.shape:
+        raise ValueError(f"spike counts of shape {ref.spikes.shape} and {other.spikes.shape} cannot be compared")
+    logit_diff = np.abs(other.logits - ref.logits)
+    per_sample = logit_diff.max(axis=1) if logit_diff.size else np.zeros(len(ref.logits))
+    same_counts = (other.spikes == ref.spikes).all(axis=1)
+    ref_layer, layer = ref.spikes.astype(np.float64).sum(0), other.spikes.astype(np.float64).sum(0)
+    ref_total, total = float(ref_layer.sum()), float(layer.sum())
+    layer_delta = np.abs(layer - ref_layer) / np.maximum(ref_layer, 1.0)
+    acc_ref, acc = ref.accuracy, other.accuracy
+    return {
+        "samples": int(len(ref.logits)),
+        "top1_agreement": float((ref.logits.argmax(1) == other.logits.argmax(1)).mean()),
+        "max_logit_diff": float(logit_diff.max()) if logit_diff.size else 0.0,
+        "max_spike_count_diff": float(np.abs(other.spikes - ref.spikes).max()) if ref.spikes.size else 0.0,
+        "match_fraction": float(((per_sample <= atol) & same_counts).mean()),
+        "spikes_reference": ref_total,
+        "spikes_deployed": total,
+        "spike_count_delta": abs(total - ref_total) / max(ref_total, 1.0),
+        "spike_layer_max_delta": float(layer_delta.max()) if len(layer_delta) else 0.0,
+        "spikes_per_layer_deployed": layer.tolist(),
+        "layer_names_match": tuple(ref.spiking_layers) == tuple(other.spiking_layers),
+        "accuracy_reference": acc_ref,
+        "accuracy_deployed": acc,
+        "accuracy_delta": None if acc is None or acc_ref is None else acc - acc_ref,
+    }
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate: ``what`` was measured as ``measured`` against ``limit``; ``message`` is its failure line."""
+
+    what: str
+    measured: float
+    limit: float
+    ok: bool
+    message: str
+
+
+def _match(m: dict, t: Thresholds) -> Check:
+    v = m["match_fraction"]
+    return Check(f"samples matching (logits within atol {t.atol:g}, equal spike counts)", v, t.min_match,
+                 v >= t.min_match, f"samples matching {v:.4%} < {t.min_match:.4%} (logits within atol {t.atol:g}, "
+                                   "equal spike counts)")
+
+
+def _top1(m: dict, t: Thresholds) -> Check:
+    v = m["top1_agreement"]
+    return Check("top-1 agreement", v, t.min_top1_agreement, v >= t.min_top1_agreement,
+                 f"top-1 agreement {v:.4%} < {t.min_top1_agreement:.4%}")
+
+
+def _spikes(m: dict, t: Thresholds) -> Check:
+    v = m["spike_count_delta"]
+    return Check("total spike count rel diff", v, t.max_spike_delta, v <= t.max_spike_delta,
+                 f"spike-count delta {v:.4%} > {t.max_spike_delta:.4%}")
+
+
+def _accuracy(m: dict, t: Thresholds) -> Check | None:
+    v = m.get("accuracy_delta")
+    if v is None:
+        return None
+    return Check("accuracy delta", abs(v), t.max_accuracy_delta, abs(v) <= t.max_accuracy_delta,
+                 f"accuracy delta {v * 100:+.3f} points exceeds +/-{t.max_accuracy_delta * 100:.3f}")
+
+
+def _speedup(m: dict, t: Thresholds) -> Check:
+    v = m["speedup"]
+    return Check("speed-up vs PyTorch eager at batch 1", v, t.min_speedup, v >= t.min_speedup,
+                 f"onnxruntime is {v:.2f}x PyTorch eager at batch 1 (p50), below the required {t.min_speedup:.2f}x")
+
+
+_GATES = {"match": _match, "top1": _top1, "spikes": _spikes, "accuracy": _accuracy, "speedup": _speedup}
+EXPORT_GATES = ("match", "top1", "spikes", "accuracy")  # every export, before it is written
+CHECK_GATES = ("top1", "accuracy", "spikes", "speedup")  # `gee-deploy check` in CI
+
+
+def checks(measured: dict, t: Thresholds, gates: tuple[str, ...]) -> list[Check]:
+    """The :class:`Check` of each gate in ``gates`` (in that order) that ``measured`` has the numbers for."""
+    found = (_GATES[g](measured, t) for g in gates)
+    return [c for c in found if c is not None]

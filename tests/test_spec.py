@@ -1,0 +1,71 @@
+"""The deployment contract: ModelSpec round trips through ONNX metadata and sidecars, and says what is wrong."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from gee_deploy.errors import ModelFileError
+from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
+
+SPEC = ModelSpec(timesteps=4, input_shape=(1, 28, 28), class_names=("a", "b"), spiking_layers=("body.1", "body.3"),
+                 neurons_per_layer=(512, 256),
+                 layers=(LayerSpec("stem.0.0", "conv", "dense", 100, False, None, 100, 1, "dense", 100, None),
+                         LayerSpec("body.2.0", "linear", "factorised", 60, True, "body.1", 20, 4, "linear", 80, 60)),
+                 variant="auto", model_name="smallnet", model_args={"genes": 8, "mean": [0.5]}, dataset="fashion-mnist",
+                 checkpoint_sha256="ab" * 32)
+
+
+def test_metadata_round_trip_is_exact():
+    meta = SPEC.to_metadata()
+    assert all(isinstance(v, str) for v in meta.values()) and all(k.startswith("gee.") for k in meta)
+    assert ModelSpec.from_metadata(meta, "x") == SPEC
+    assert SPEC.macs_per_sample == 100 + 60 * 4 and SPEC.dense_macs_per_sample == 100 + 80 * 4
+
+
+def test_streaming_spec_names_its_state_io():
+    stream = ModelSpec.from_metadata({**SPEC.to_metadata(), ModelSpec.key("streaming"): "true"}, "x")
+    assert stream.state_inputs == ["v_in.body.1", "v_in.body.3"] and stream.state_outputs[0] == "v_out.body.1"
+    assert json.loads(stream.to_metadata()[ModelSpec.key("state_inputs")]) == stream.state_inputs
+    assert SPEC.state_inputs == []
+
+
+def test_plan_sidecar_round_trip_without_tensorrt(tmp_path):
+    """What `export --format tensorrt` writes beside a plan is what the TensorRT runtime reads back."""
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not a real engine: the spec never reads it")
+    side = SPEC.write_sidecar(plan)
+    assert side == sidecar_path(plan) == tmp_path / "model.plan.json"
+    assert ModelSpec.from_artefact(plan) == SPEC
+    repo = tmp_path / "triton_model"
+    repo.mkdir()
+    SPEC.write_sidecar(repo)
+    assert ModelSpec.from_artefact(repo) == SPEC and (repo / "spec.json").is_file()
+
+
+def test_missing_or_malformed_specs_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelFileError, match=r"no model spec for .*model.plan: expected .*model.plan.json"):
+        ModelSpec.from_artefact(tmp_path / "model.plan")
+    meta = SPEC.to_metadata()
+    del meta[ModelSpec.key("layers")]
+    with pytest.raises(ModelFileError, match="lacks gee-deploy metadata .*gee.layers"):
+        ModelSpec.from_metadata(meta, "m.onnx")
+    with pytest.raises(ModelFileError, match="malformed"):
+        ModelSpec.from_metadata({**SPEC.to_metadata(), ModelSpec.key("timesteps"): "four"}, "m.onnx")
+    (tmp_path / "m.plan.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="is not JSON"):
+        ModelSpec.from_artefact(tmp_path / "m.plan")
+    (tmp_path / "n.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelFileError, match="not a readable ONNX file"):
+        ModelSpec.from_onnx(tmp_path / "n.onnx")
+    with pytest.raises(KeyError):
+        ModelSpec.key("timestep")
+
+
+def test_exported_graph_carries_the_spec(serving_onnx):
+    spec = ModelSpec.from_onnx(serving_onnx)
+    graph = onnx.load(str(serving_onnx))
+    assert [i.name for i in graph.graph.input] == [spec.input_name]
+    assert [o.name for o in graph.graph.output] == list(spec.output_names)
+    assert len(spec.spiking_layers) == graph.graph.output[1].type.tensor_type.shape.dim[1].dim_value
