@@ -47,7 +47,8 @@ class ExportReport:
     def summary(self) -> str:
         lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, opset {self.opset}"
                  f"{', streaming' if self.streaming else ''})"]
-        lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} MACs {l['macs']:>13,} x{l['calls']}"
+        lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
+                  f"MACs {l['macs']:>13,} x{l['calls']}"
                   for l in self.layers]
         lines.append(f"  MACs per sample: {self.macs_per_sample:,} (all dense: {self.dense_macs_per_sample:,})")
         v = self.validation
