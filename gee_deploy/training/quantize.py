@@ -52,18 +52,20 @@ class QuantizeReport:
     qat_firing_rate: float
     epochs: float
     steps: int
-    seconds: float
+    train_seconds: float  # the fine-tune's training steps
+    seconds: float  # everything: loading, three evaluations, training, saving
     original_train_seconds: float | None
 
     def summary(self) -> str:
-        share = (f" ({self.seconds / self.original_train_seconds:.1%} of the original training's "
+        share = (f" ({self.train_seconds / self.original_train_seconds:.1%} of the original training's "
                  f"{self.original_train_seconds:.0f} s)") if self.original_train_seconds else ""
         return "\n".join([
             f"wrote {self.out}: {len(self.layers)} layers int8 per output channel ({', '.join(self.layers)})",
             f"  test accuracy: fp32 {self.fp32_acc:.4f}, int8 without fine-tune {self.ptq_acc:.4f}, "
             f"int8 fine-tuned {self.qat_acc:.4f} ({(self.qat_acc - self.fp32_acc) * 100:+.2f} points vs fp32)",
             f"  firing rate: fp32 {self.fp32_firing_rate:.4f}, int8 fine-tuned {self.qat_firing_rate:.4f}",
-            f"  fine-tune: {self.epochs:g} epoch(s), {self.steps} steps, {self.seconds:.0f} s{share}"])
+            f"  fine-tune: {self.epochs:g} epoch(s), {self.steps} steps, {self.train_seconds:.0f} s of training{share}; "
+            f"{self.seconds:.0f} s in all with the three evaluations"])
 
 
 def _original_seconds(checkpoint: Path, ckpt: dict) -> float | None:
@@ -183,6 +185,6 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
                                    "source": str(checkpoint), "source_sha256": file_sha256(checkpoint)}})
     save_checkpoint(out, state)
     return QuantizeReport(str(out), layers, fp32["test_acc"], ptq["test_acc"], qat["test_acc"],
-                          fp32["firing_rate"], qat["firing_rate"], epochs, total, time.perf_counter() - started,
-                          _original_seconds(checkpoint, ckpt))
+                          fp32["firing_rate"], qat["firing_rate"], epochs, total, tune_seconds,
+                          time.perf_counter() - started, _original_seconds(checkpoint, ckpt))
 
