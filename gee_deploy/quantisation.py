@@ -33,7 +33,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .genetic import GeneticConv2d, GeneticLinear
-from .neurons import LIF, SPIKE_PRESERVING
+from .walk import describe
 from .zoo.base import ConvPool
 
 __all__ = ["QMAX", "SCHEME", "quantise_weight", "fake_quantise", "quantisable_modules", "spike_reading_layers",
@@ -76,45 +76,16 @@ def quantisable_modules(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-@torch.no_grad()
 def spike_reading_layers(model: nn.Module) -> list[str]:
-    """Weight layers whose input is a LIF's binary spikes, followed by data flow on one random image.
-
-    Every LIF output is tagged; views of it (``SeqToBatch``'s flatten) share its storage and keep the tag, and
-    modules that keep spikes binary (max pooling, flatten: :data:`~gee_deploy.neurons.SPIKE_PRESERVING`) pass
-    it on; anything else (average pooling, a residual sum) makes a new, untagged tensor. Structural, so it
-    holds whatever the weights (a network whose deep layers never fire still has the same answer).
-    """
-    source: set[int] = set()
-    alive: list[torch.Tensor] = []  # tagged tensors stay referenced, so no later tensor reuses their storage
-    reads: dict[str, bool] = {}
-
-    def tag(t: torch.Tensor) -> None:
-        source.add(t.untyped_storage().data_ptr())
-        alive.append(t)
-
-    def tagged(t: torch.Tensor) -> bool:
-        return t.untyped_storage().data_ptr() in source
-
-    hooks = []
-    for name, m in quantisable_modules(model).items():
-        hooks.append(m.register_forward_pre_hook(
-            lambda _m, args, name=name: reads.__setitem__(name, reads.get(name, True) and tagged(args[0]))))
-    for m in model.modules():
-        if isinstance(m, LIF):
-            hooks.append(m.register_forward_hook(lambda _m, _a, out: tag(out)))
-        elif isinstance(m, SPIKE_PRESERVING):
-            hooks.append(m.register_forward_hook(lambda _m, args, out: tag(out) if tagged(args[0]) else None))
+    """Weight layers whose input is a LIF's binary spikes, as the model walk follows them by data flow
+    (:mod:`gee_deploy.walk`: max pooling and flatten keep spikes binary, average pooling and residual sums do
+    not). Structural: the answer does not depend on the weights or on any data."""
     was_training = model.training
-    model.eval()
+    model.eval()  # the walk runs one sample through every module: no BatchNorm statistics may move
     try:
-        model(torch.rand(1, model.in_channels, model.image_size, model.image_size,
-                         generator=torch.Generator().manual_seed(0)))
+        return [layer.name for layer in describe(model).layers if layer.input_is_spikes]
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return [name for name, spikes in reads.items() if spikes]
 
 
 def attach_quantisers(model: nn.Module, layers: Iterable[str]) -> None:
