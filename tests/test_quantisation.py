@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from gee_deploy.checkpoint import load_model
 from gee_deploy.cli import cli
-from gee_deploy.errors import ConfigError
+from gee_deploy.errors import CheckpointError, ConfigError
 from gee_deploy.quantisation import (QMAX, attach_quantisers, fake_quantise, int8_weight, quantisable_modules,
                                      quantise_weight, quantised_layers, spike_reading_layers)
 from gee_deploy.zoo import create_model, list_models
@@ -115,4 +115,5 @@ def test_quantize_command_writes_a_checkpoint_that_rebuilds_its_int8_model(tiny_
     assert quantised_layers(model) == model.checkpoint["quantisation"]["layers"]
     assert model.checkpoint["metrics"]["ptq_test_acc"] >= 0.0
     again = CliRunner().invoke(cli, ["quantize", str(out), "--out", str(tmp_path / "q2.pt")])
-    assert again.exit_code != 0 and "already int8 fine-tuned" in again.output
+    assert isinstance(again.exception, CheckpointError) and "already int8 fine-tuned" in str(again.exception)
+    assert not (tmp_path / "q2.pt").exists()
