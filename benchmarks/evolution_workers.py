@@ -1,4 +1,4 @@
-"""Wall time per evolution generation with 1 and N worker processes (issue 3's benchmark).
+"""Wall time per evolution generation with 1 and N worker processes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evolution_workers.py [--recipe models/demo.toml]
         [--workers 1 2] [--generations 3] [--population 4]
@@ -33,7 +33,7 @@ def bench(recipe_path: str, workers: int, generations: int, population: int, ove
     from gee_deploy.io import read_jsonl
     from gee_deploy.recipe import load_recipe
     from gee_deploy.training.evolution import run_evolution
-    from gee_deploy.training.trainer import build_recipe_model
+    from gee_deploy.training.setup import build_recipe_model
 
     recipe = load_recipe(recipe_path, [*overrides, "evolution.enabled=true", f"evolution.workers={workers}",
                                        f"evolution.generations={generations}", f"evolution.population={population}"])

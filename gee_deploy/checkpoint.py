@@ -7,7 +7,8 @@ A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_
     model_args    resolved create_model kwargs (genes, timesteps, num_classes, ..., mean, std)
     architecture  fingerprint of the module tree (:func:`architecture_fingerprint`): a checkpoint written by
                   another version of an architecture (a pool moved, a kernel changed) is refused, even
-                  when its parameter names and shapes still fit
+                  when its parameter names and shapes still fit; files written before the fingerprint was
+                  computed from geometry hold :func:`legacy_architecture_fingerprint` and still load
     recipe        the resolved recipe (dict)
     dataset       {"name", "classes"}
     state_dict    model weights
@@ -21,6 +22,7 @@ A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -30,9 +32,10 @@ from torch import nn
 from .errors import CheckpointError, GeeError
 from .io import atomic_path
 from .quantisation import SCHEME, attach_quantisers
+from .zoo import create_model
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "file_sha256",
-           "architecture_fingerprint"]
+           "architecture_fingerprint", "legacy_architecture_fingerprint"]
 
 FORMAT = "gee-deploy/1"
 _REQUIRED = ("format", "model_name", "model_args", "state_dict")
@@ -60,15 +63,51 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+# What a module's forward reads besides its parameters: conv, pool and flatten geometry (the fused ConvPool
+# carries the geometry of the conv it runs) and the LIF constants. Channel counts come from parameter shapes.
+_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "output_size",
+             "ceil_mode", "count_include_pad", "divisor_override", "return_indices", "start_dim", "end_dim",
+             "tau", "v_threshold", "v_reset")
+
+
+def _plain(value):
+    """``value`` as JSON can hold it: tuples become lists, anything else unusual its str()."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
 def architecture_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex digits) of the module tree as printed: layer types, kernels, strides, pools, order."""
+    """sha256 (16 hex digits) of the network's explicit geometry, module by module in registration order.
+
+    Each entry holds the module's qualified name and type, the geometry attributes it has among
+    ``kernel_size, stride, padding, dilation, groups, padding_mode, output_size, ceil_mode, count_include_pad,
+    divisor_override, return_indices, start_dim, end_dim`` (and a LIF's ``tau, v_threshold, v_reset``), and
+    the names and shapes of its own parameters and buffers. A moved pool, a changed kernel or stride, or a reordered block changes it; a reworded
+    ``extra_repr`` or another torch release's module printout does not.
+    """
+    entries = []
+    for name, module in model.named_modules():
+        entries.append({
+            "name": name, "type": type(module).__name__,
+            "geometry": {key: _plain(getattr(module, key)) for key in _GEOMETRY if hasattr(module, key)},
+            "parameters": [[n, list(p.shape)] for n, p in module.named_parameters(recurse=False)],
+            "buffers": [[n, list(b.shape)] for n, b in module.named_buffers(recurse=False)],
+        })
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def legacy_architecture_fingerprint(model: nn.Module) -> str:
+    """The fingerprint checkpoints held before :func:`architecture_fingerprint`: sha256 of ``repr(model)``."""
     return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
 
 
 def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
-    """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch."""
-    from .zoo import create_model
+    """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch.
 
+    The stored fingerprint may be the current one or the legacy repr-based one (files written before it).
+    """
     model = create_model(ckpt["model_name"], **ckpt["model_args"])
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
@@ -76,7 +115,8 @@ def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
                (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
         raise CheckpointError(f"{source} does not match architecture {ckpt['model_name']!r}: {what.strip()}")
     stored = ckpt.get("architecture")  # weights fit: is it still the same network around them?
-    if stored is not None and stored != architecture_fingerprint(model):
+    known = (architecture_fingerprint(model), legacy_architecture_fingerprint(model))
+    if stored is not None and stored not in known:
         raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
                               "(its layer structure differs from this installation's); retrain or use the matching "
                               "gee-deploy version")

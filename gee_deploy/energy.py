@@ -5,7 +5,7 @@
 Layers that read analog values (the stem, computed once for all T steps) cost E_MAC = 4.6 pJ per MAC;
 layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l = fr_l T MACs_l, where
 fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. In a factorised layer
-only the first op reads spikes; the ops after it work on analog values and count as MACs (DESIGN section 8).
+only the first op reads spikes; the ops after it work on analog values and count as MACs.
 
 Int8 layers (``LayerSpec.precision == "int8"``, DESIGN section 11) use the 8-bit constants of the same table
 (Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm): 8-bit add 0.03 pJ per SOP, 8-bit multiply +

@@ -1,4 +1,4 @@
-"""Exceptions the CLI turns into one line and a non-zero exit code (DESIGN section 10)."""
+"""Exceptions the CLI turns into one line and a non-zero exit code."""
 from __future__ import annotations
 
 

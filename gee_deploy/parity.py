@@ -26,7 +26,7 @@ __all__ = ["Thresholds", "Outputs", "compare", "Check", "checks", "EXPORT_GATES"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Parity limits; the defaults are the export issue's targets, shared by export validation and `check`.
+    """Parity limits; the defaults are the project's parity targets, shared by export validation and `check`.
 
     Attributes:
         atol: max abs logit difference for a sample to count as matching.

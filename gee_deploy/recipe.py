@@ -1,12 +1,14 @@
 """Recipes: one TOML file per experiment with sections [model], [data], [train], [evolution].
 
 Defaults live in the dataclasses below (one comment per field); a recipe overrides them and
-``--set section.key=value`` overrides the recipe. Unknown sections or keys and values of the wrong type are
-one-line :class:`ConfigError`s. The resolved recipe is written as ``config.json`` beside every run.
+``--set section.key=value`` overrides the recipe. Unknown sections or keys, values of the wrong type and
+values outside the ranges of :data:`ALLOWED` are one-line :class:`ConfigError`s, raised when the recipe is
+read, before any work starts. The resolved recipe is written as ``config.json`` beside every run.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -14,8 +16,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "load_recipe",
-           "recipe_from_dict", "parse_override"]
+__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "Allowed", "ALLOWED",
+           "check_recipe", "check_section", "load_recipe", "recipe_from_dict", "parse_override"]
 
 
 @dataclass
@@ -90,6 +92,111 @@ class Recipe:
         return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, **self.model.args}
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """The values a recipe key accepts: a closed or open interval of finite numbers, or a list of choices.
+
+    ``zero`` also admits 0 when it lies outside the interval (keys where 0 means "off" or "the default").
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False  # high itself excluded
+    zero: bool = False
+    choices: tuple[str, ...] = ()
+
+    def admits(self, value) -> bool:
+        if self.choices:
+            return value in self.choices
+        if self.zero and value == 0:
+            return True
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self, integer: bool) -> str:
+        """The range in words, e.g. "an integer >= 1", "a finite number in (0, 1]", "0 or an integer >= 2"."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        kind = "an integer" if integer else "a finite number"
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            text = f"{kind} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {low}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {high}"
+        else:
+            text = kind
+        return f"0 or {text}" if self.zero else text
+
+
+def _number(value: float | None) -> str:
+    """A bound as a reader types it: 1048576, 0.5, 1e+06 (not 1.04858e+06)."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+# Every numeric key (and the keys with a fixed set of values) of the sections above, section.key -> Allowed.
+# Bounds come from what the code downstream can use: a batch holds >= 1 image, seeds feed numpy's
+# SeedSequence (non-negative, and seed * 1000 + epoch must stay within torch's 64-bit seed), eq. 16's weights
+# exp(lambda t) must fade (lambda <= 0, which also keeps exp from overflowing), and beta1 / beta2 / sigma0
+# are log-space CMA-ES quantities that exp() must map back to finite numbers.
+ALLOWED: dict[str, Allowed] = {
+    "model.genes": Allowed(low=0, high=4096),
+    "model.timesteps": Allowed(low=1, high=1024),
+    "data.batch_size": Allowed(low=1, high=1 << 20),
+    "data.workers": Allowed(low=0, high=256),
+    "data.train_limit": Allowed(low=0),
+    "data.test_limit": Allowed(low=0),
+    "train.epochs": Allowed(low=0, high=100_000),
+    "train.optimizer": Allowed(choices=("adamw", "sgd")),
+    "train.lr": Allowed(low=0, high=100, low_open=True),
+    "train.warmup_epochs": Allowed(low=0, high=100_000),
+    "train.genetic_lr_scale": Allowed(low=0, high=1e6, low_open=True),
+    "train.weight_decay": Allowed(low=0, high=100),
+    "train.momentum": Allowed(low=0, high=1, high_open=True),
+    "train.label_smoothing": Allowed(low=0, high=1, high_open=True),
+    "train.grad_clip": Allowed(low=0, high=1e12),
+    "train.seed": Allowed(low=0, high=2**32 - 1),
+    "train.threads": Allowed(low=0, high=4096),
+    "evolution.generations": Allowed(low=1, high=100_000),
+    "evolution.population": Allowed(low=2, high=100_000, zero=True),
+    "evolution.lambda1": Allowed(low=-1e6, high=0),
+    "evolution.lambda2": Allowed(low=-1e6, high=0),
+    "evolution.sigma0": Allowed(low=0, high=10, low_open=True),
+    "evolution.beta1": Allowed(low=0, high=1e6, low_open=True),
+    "evolution.beta2": Allowed(low=0, high=1e6, low_open=True),
+    "evolution.eval_steps": Allowed(low=0, high=1_000_000),
+    "evolution.eval_batches": Allowed(low=1, high=1_000_000),
+    "evolution.diagonal_above": Allowed(low=0),
+    "evolution.workers": Allowed(low=1, high=4096),
+    "evolution.eval_threads": Allowed(low=1, high=4096),
+}
+
+
+def check_section(section: str, values) -> None:
+    """Raise a one-line ConfigError naming the first key of ``values`` (the recipe's ``[section]``) outside its
+    :data:`ALLOWED` range, and the range."""
+    for name, allowed in ALLOWED.items():
+        if name.split(".")[0] != section:
+            continue
+        value = getattr(values, name.split(".")[1])
+        if not allowed.admits(value):
+            integer = isinstance(value, int) and not isinstance(value, bool)
+            raise ConfigError(f"{name} must be {allowed.describe(integer)}, got {value!r}")
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """:func:`check_section` for every section of ``recipe``."""
+    for section in dataclasses.fields(recipe):
+        check_section(section.name, getattr(recipe, section.name))
+
+
 def _coerce(section: str, key: str, value, annotation):
     """Check ``value`` against a field's annotation; ints widen to floats, nothing else converts."""
     name = f"{section}.{key}"
@@ -122,6 +229,7 @@ def recipe_from_dict(data: dict) -> Recipe:
                     continue
                 raise ConfigError(f"unknown key {section}.{key}; known: {', '.join(fields)}")
             setattr(obj, key, _coerce(section, key, value, fields[key].type))
+    check_recipe(recipe)
     return recipe
 
 

@@ -10,7 +10,7 @@ It travels as ONNX ``metadata_props`` (string values; lists and dicts as JSON) a
 metadata (TensorRT plans, Triton repositories), as a JSON sidecar with the same keys
 (:func:`sidecar_path`). Everything downstream (energy, runtimes, bench, server, tests) reads it through
 :meth:`ModelSpec.from_metadata`, :meth:`ModelSpec.from_onnx` or :meth:`ModelSpec.from_artefact`. Names, keys
-and their encodings are spelled here and nowhere else (STYLE 11: optimum's ``OnnxConfig``).
+and their encodings are spelled here and nowhere else, as optimum's ``OnnxConfig`` does for its exporters.
 
 Graph I/O:
 

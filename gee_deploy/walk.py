@@ -5,7 +5,7 @@ any architecture built from the zoo's blocks (residual adds included) is walked 
 value is held in one of two layouts:
 
 * static ``[N, ...]``: the same at every timestep (the normalised image and the stem conv + BN, computed once:
-  direct encoding repeats the image, DESIGN section 4);
+  direct encoding repeats the image);
 * per-step ``[T*N, ...]``: T folded into the batch, t-major, as ``SeqToBatch`` does.
 
 Every value also carries one sample run through the torch modules, which gives the static shapes the MAC

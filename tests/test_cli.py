@@ -41,7 +41,8 @@ def test_models_json():
 
 def test_train_command_writes_a_run(tmp_path, capsys):
     code, out, err = run(["train", "--out", str(tmp_path / "r"), "--quiet", "--set", "data.name=synthetic",
-                          "--set", "data.train_limit=64", "--set", "data.test_limit=32", "--set", "train.epochs=1",
+                          "--set", "data.train_limit=64", "--set", "data.test_limit=32", "--set", "data.batch_size=32",
+                          "--set", "train.epochs=1",
                           "--set", "model.genes=4", "--set", "model.timesteps=1"], capsys)
     assert code == 0, err
     assert "test acc" in out and (tmp_path / "r" / "best.pt").exists()

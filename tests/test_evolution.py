@@ -22,7 +22,7 @@ from gee_deploy.training.fitness import (FAILED_FITNESS, combine_fitness, genera
                                          temporal_difference)
 from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, encode_genotype, genotype_dimension,
                                           sample_encodings)
-from gee_deploy.training.trainer import build_recipe_model
+from gee_deploy.training.setup import build_recipe_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("gee-deploy"))
@@ -125,6 +125,10 @@ def test_fitness_formula_and_decay():
     assert late == sorted(late) and late[-1] < 2.0  # the regularisers fade but never vanish
     assert combine_fitness("ste", None, None, 4.0, 0, -0.5, -0.5) == FAILED_FITNESS  # diverged candidate
     assert combine_fitness("loss", float("nan"), 1.0, 1.0, 0, -0.5, -0.5) == FAILED_FITNESS
+    # exp(lambda t) beyond float range (a growing weight, lambda > 0) fails the candidate instead of raising
+    assert combine_fitness("ste", 2.0, 3.0, 4.0, 1, 1000.0, -0.5) == FAILED_FITNESS
+    assert combine_fitness("loss+r2", 2.0, 3.0, 4.0, 3, -0.5, 400.0) == FAILED_FITNESS
+    assert combine_fitness("loss", 2.0, 3.0, 4.0, 3, 1000.0, 1000.0) == 2.0  # unused terms are not computed
 
 
 # ---- the loop: logging, best genotype, resume -----------------------------------------------------------
@@ -158,15 +162,46 @@ def test_evolution_logs_and_sets_the_best_phenotype(tmp_path):
             assert c["r1"] >= 0 and 0 < c["r2"] <= math.log(64) and c["beta1"] > 0 and c["beta2"] > 0
         assert row["median_fitness"] == pytest.approx(float(np.median([c["fitness"] for c in row["candidates"]])))
     assert rows[0]["beta1"] == pytest.approx(1.0) and rows[0]["beta2"] == pytest.approx(3.0)  # recipe's start
-    # the incumbent is the lowest fitness under the last generation's weights, over both generations
+    default = rows[0]["default"]  # the Random model, scored in the first generation only
+    assert "default" not in rows[1]
+    assert default["fitness"] == pytest.approx(combine_fitness("ste", default["loss"], default["r1"], default["r2"],
+                                                               0, -0.5, -0.5))
+    # the incumbent is the lowest fitness under the last generation's weights, over both generations and the
+    # default wiring (index -1, which wins ties)
     rescored = [(combine_fitness("ste", c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5), r["generation"], c["index"])
-                for r in rows for c in r["candidates"]]
+                for r in rows for c in [*r["candidates"], *([{**default, "index": -1}] if "default" in r else [])]]
     best_f, best_gen, best_idx = min(rescored)
     assert rows[-1]["best_fitness"] == pytest.approx(best_f) == pytest.approx(summary["best_fitness"])
     assert (rows[-1]["best"]["generation"], rows[-1]["best"]["index"]) == (best_gen, best_idx)
-    best_c = rows[best_gen]["candidates"][best_idx]
-    assert summary["beta1"] == pytest.approx(best_c["beta1"])
-    assert model.genome.encodings["c1"].abs().max().item() == pytest.approx(best_c["beta2"], rel=1e-6)
+    assert best_f <= combine_fitness("ste", default["loss"], default["r1"], default["r2"], 1, -0.5, -0.5)
+    if best_idx == -1:
+        assert_random_model_genome(model, recipe)
+    else:
+        best_c = rows[best_gen]["candidates"][best_idx]
+        assert summary["beta1"] == pytest.approx(best_c["beta1"])
+        assert model.genome.encodings["c1"].abs().max().item() == pytest.approx(best_c["beta2"], rel=1e-6)
+
+
+def assert_random_model_genome(model, recipe):
+    """``model``'s encodings and G are the Random model's: what the trainer builds with torch seeded by train.seed."""
+    torch.manual_seed(recipe.train.seed)
+    random_model = build_recipe_model(recipe)
+    for (name, a), b in zip(model.genome.named_parameters(), random_model.genome.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_evolution_returns_the_default_wiring_unless_it_finds_better(tmp_path):
+    # every sample lies near beta1 = beta2 = 50 (weights 50x too large: the network saturates), so no sample
+    # should beat the default wiring under f = L, and evolution must hand back the Random model unchanged
+    recipe = evo_recipe(fitness="loss", beta1=50.0, beta2=50.0, sigma0=0.01)
+    model = build_recipe_model(recipe)
+    summary = run_evolution(recipe, tmp_path, model, torch.device("cpu"), progress=False)
+    rows = read_rows(tmp_path)
+    losses = [c["loss"] for r in rows for c in r["candidates"] if c["loss"] is not None]
+    assert rows[0]["default"]["loss"] < min(losses, default=math.inf)
+    assert summary["index"] == -1 and summary["beta1"] is None
+    assert rows[-1]["best"]["index"] == -1 and rows[-1]["best_fitness"] == pytest.approx(rows[0]["default"]["loss"])
+    assert_random_model_genome(model, recipe)
 
 
 def test_resume_replays_cma_and_matches_uninterrupted(tmp_path):
@@ -271,11 +306,11 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
 
 @pytest.mark.parametrize("setting, words", [
     ("evolution.fitness=bogus", "unknown evolution.fitness"),
-    ("evolution.population=1", "evolution.population must be >= 2"),
-    ("evolution.generations=0", "evolution.generations must be >= 1"),
+    ("evolution.population=1", "evolution.population must be 0 or an integer in [2, 100000]"),
+    ("evolution.generations=0", "evolution.generations must be an integer in [1, 100000]"),
     ("evolution.population=abc", "evolution.population must be an integer"),
     ("evolution.lambda1=nan", "evolution.lambda1 must be a finite number"),
-    ("evolution.sigma0=0", "evolution.sigma0 must be > 0"),
+    ("evolution.sigma0=0", "evolution.sigma0 must be a finite number in (0, 10]"),
 ])
 def test_bad_evolution_settings_are_one_line(tmp_path, capsys, setting, words):
     from gee_deploy.cli import main

@@ -50,3 +50,92 @@ def test_missing_and_malformed_recipe_files(tmp_path):
 def test_model_section_passes_architecture_arguments_through():
     recipe = load_recipe(None, ["model.image_size=32"])
     assert recipe.model_kwargs()["image_size"] == 32
+
+
+# ---- every value checked before any work starts ---------------------------------------------------------
+
+def _numeric_keys():
+    import dataclasses
+
+    from gee_deploy.recipe import Recipe
+
+    recipe = Recipe()
+    return sorted(f"{section.name}.{field.name}" for section in dataclasses.fields(recipe)
+                  for field in dataclasses.fields(getattr(recipe, section.name))
+                  if field.type in ("int", "float", int, float))
+
+
+def test_every_numeric_key_has_a_declared_range_and_the_defaults_lie_inside():
+    from gee_deploy.recipe import ALLOWED, Recipe, check_recipe
+
+    assert set(_numeric_keys()) <= set(ALLOWED)
+    check_recipe(Recipe())
+    for path in sorted(MODELS.glob("*.toml")):
+        load_recipe(path)  # the shipped recipes pass their own checks
+
+
+def _outside(allowed, integer: bool):
+    """A value just outside ``allowed`` (above the top when there is one, else below the bottom)."""
+    if allowed.high is not None:
+        return allowed.high if allowed.high_open else allowed.high + (1 if integer else allowed.high * 1e-9 + 1e-9)
+    if allowed.low_open:
+        return allowed.low
+    return allowed.low - 1
+
+
+@pytest.mark.parametrize("key", _numeric_keys())
+def test_each_numeric_key_refuses_values_outside_its_range(key):
+    from gee_deploy.recipe import ALLOWED, Recipe
+
+    section, name = key.split(".")
+    integer = isinstance(getattr(getattr(Recipe(), section), name), int)
+    allowed = ALLOWED[key]
+    bad = [_outside(allowed, integer)]
+    if allowed.low is not None:
+        below = allowed.low if allowed.low_open else allowed.low - 1
+        if not (allowed.zero and below == 0):
+            bad.append(below)
+    if not integer:
+        bad += [float("nan"), float("inf"), -float("inf")]
+    for value in bad:
+        literal = {float("inf"): "inf", -float("inf"): "-inf"}.get(value, repr(value))
+        with pytest.raises(ConfigError, match=rf"^{key} must be (0 or )?an? (integer|finite number)"):
+            load_recipe(None, [f"{key}={literal}"])
+
+
+def test_range_messages_name_the_range():
+    with pytest.raises(ConfigError, match=r"^data\.batch_size must be an integer in \[1, 1048576\], got 0$"):
+        load_recipe(None, ["data.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"^evolution\.population must be 0 or an integer in \[2, 100000\], got 1$"):
+        load_recipe(None, ["evolution.population=1"])
+    with pytest.raises(ConfigError, match=r"^train\.lr must be a finite number in \(0, 100\], got 0\.0$"):
+        load_recipe(None, ["train.lr=0"])
+    with pytest.raises(ConfigError, match=r"^train\.optimizer must be one of adamw, sgd, got 'adam'$"):
+        load_recipe(None, ["train.optimizer=adam"])
+
+
+@pytest.mark.parametrize("settings, words", [
+    (["data.batch_size=0"], "error: data.batch_size must be an integer in [1, 1048576], got 0"),
+    (["evolution.enabled=true", "evolution.lambda1=1000"],
+     "error: evolution.lambda1 must be a finite number in [-1000000, 0], got 1000.0"),
+    (["evolution.lambda2=1e400"], "error: evolution.lambda2 must be a finite number in [-1000000, 0], got inf"),
+    (["data.train_limit=10"], "error: data.batch_size=64 is more than the 10 training images after "
+                              "data.train_limit=10: an epoch (full batches only) would take no optimiser step; "
+                              "allowed data.batch_size <= 10"),
+    (["evolution.enabled=true", "evolution.eval_batches=100"], "error: evolution needs at least 6464 training images"),
+    (["model.name=nonet"], "error: unknown model 'nonet'"),
+    (["data.name=nodata"], "error: unknown dataset"),
+])
+def test_cli_refuses_a_bad_recipe_in_one_line_and_writes_nothing(tmp_path, capsys, settings, words):
+    from gee_deploy.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(MODELS / "demo.toml"), "--out", str(out), "--quiet"]
+    for setting in settings:
+        args += ["--set", setting]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2  # ConfigError / DataError
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(words) and len(err.splitlines()) == 1, err
+    assert not out.exists()  # no run directory left behind

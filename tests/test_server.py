@@ -1,20 +1,27 @@
-"""The KServe v2 server: a tritonclient round trip, bad requests, dynamic batching, metrics, load."""
+"""The KServe v2 / OIP server: tritonclient round trips (HTTP and gRPC), Triton's extensions, bad requests,
+dynamic batching, metrics, limits, timeouts, and the CLI's lifecycle. Fuzzing is in test_server_fuzz.py."""
 from __future__ import annotations
 
 import http.client
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from gee_deploy.serving.loadtest import load_test
 from gee_deploy.data import load_test_arrays
+from gee_deploy.serving.batcher import Batcher
+from gee_deploy.serving.codec import classify
+from gee_deploy.serving.loadtest import load_test
 from gee_deploy.serving.runtimes import OrtRuntime
-from gee_deploy.serving.server import Batcher, InferenceServer
+from gee_deploy.serving.server import InferenceServer
+from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +34,23 @@ def runtime(serving_onnx):
     return OrtRuntime(serving_onnx, threads=1)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def server(runtime):
-    with InferenceServer(runtime, "tiny", port=0, max_batch=16, max_delay_ms=5, max_body_bytes=1 << 20) as srv:
+    with InferenceServer(runtime, "tiny", port=0, grpc_port=0, max_batch=16, max_delay_ms=5,
+                         max_body_bytes=1 << 20, drain_s=2) as srv:
         yield srv
 
 
-def _post(srv, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+def _post(srv, path: str, body, headers: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     try:
         conn.request("POST", path, body, headers or {"Content-Type": "application/json"})
         resp = conn.getresponse()
         data = resp.read()
-        return resp.status, json.loads(data) if data else {}
+        try:
+            return resp.status, json.loads(data) if data else {}
+        except ValueError:
+            return resp.status, {"error": data.decode(errors="replace")}
     finally:
         conn.close()
 
@@ -55,74 +66,203 @@ def _get(srv, path: str) -> tuple[int, bytes]:
 
 
 def _request(x: np.ndarray, datatype: str = "FP32", **extra) -> bytes:
-    return json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype,
+    return json.dumps({"inputs": [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": datatype,
                                    "data": x.ravel().tolist()}], **extra}).encode()
 
 
-def test_tritonclient_round_trip_equals_onnxruntime(server, runtime, images):
+def _top_k(logits: np.ndarray, k: int, class_names) -> list[list[str]]:
+    """The classification extension's answer, computed independently of the server's code."""
+    rows = []
+    for row in logits:
+        best = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+        rows.append([f"{row[j]:f}:{j}:{class_names[j]}" for j in best])
+    return rows
+
+
+def test_tritonclient_http_round_trip_equals_onnxruntime(server, runtime, images):
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(server.url)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
     meta = client.get_model_metadata("tiny")
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    assert [o["name"] for o in meta["outputs"]] == ["logits", "spike_counts"]
+    assert meta["inputs"] == [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert [o["name"] for o in meta["outputs"]] == list(OUTPUT_NAMES)
     x = images[:8]
     want_logits, want_spikes = runtime(x)
     for binary in (True, False):
-        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
-        outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("logits", "spike_counts")]
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in OUTPUT_NAMES]
         result = client.infer("tiny", [inp], outputs=outputs, request_id="r1")
-        assert np.array_equal(result.as_numpy("logits"), want_logits)
-        assert np.array_equal(result.as_numpy("spike_counts"), want_spikes)
+        assert np.array_equal(result.as_numpy(LOGITS), want_logits)
+        assert np.array_equal(result.as_numpy(SPIKE_COUNTS), want_spikes)
         assert result.get_response()["id"] == "r1"
+        # classification extension: top-3 as "score:index:label", BYTES [N, 3]
+        result = client.infer("tiny", [inp], outputs=[httpclient.InferRequestedOutput(LOGITS, binary_data=binary,
+                                                                                      class_count=3)])
+        top = result.as_numpy(LOGITS)
+        assert top.shape == (8, 3)
+        as_text = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in top]  # JSON gives str
+        assert as_text == _top_k(want_logits, 3, runtime.spec.class_names)
     result = client.infer("tiny", [inp])  # no outputs named: all of them, binary
-    assert np.array_equal(result.as_numpy("logits"), want_logits)
+    assert np.array_equal(result.as_numpy(LOGITS), want_logits)
+
+    config = client.get_model_config("tiny")
+    assert config["max_batch_size"] == 16 and config["platform"] == "onnxruntime_onnx"
+    assert config["input"] == [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [1, 28, 28]}]
+    assert [(o["name"], o["dims"]) for o in config["output"]] == [
+        (LOGITS, [len(runtime.spec.class_names)]), (SPIKE_COUNTS, [len(runtime.spec.spiking_layers)])]
+    stats = client.get_inference_statistics("tiny")["model_stats"][0]
+    assert stats["name"] == "tiny" and stats["inference_count"] >= 5 * 8
+    assert stats["inference_stats"]["success"]["count"] >= 5
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in stats["batch_stats"]) == stats["inference_count"]
+    assert client.get_inference_statistics()["model_stats"][0]["name"] == "tiny"
     client.close()
+
+
+def test_tritonclient_grpc_round_trip_equals_onnxruntime(server, runtime, images):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny", as_json=True)
+    assert meta["inputs"] == [{"name": INPUT_NAME, "datatype": "FP32", "shape": ["-1", "1", "28", "28"]}]
+    assert [o["name"] for o in meta["outputs"]] == list(OUTPUT_NAMES)
+    assert "classification" in client.get_server_metadata(as_json=True)["extensions"]
+    x = images[:6]
+    want_logits, want_spikes = runtime(x)
+    inp = grpcclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("tiny", [inp], outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUT_NAMES],
+                          request_id="g1")
+    assert np.array_equal(result.as_numpy(LOGITS), want_logits)
+    assert np.array_equal(result.as_numpy(SPIKE_COUNTS), want_spikes)
+    assert result.get_response().id == "g1"
+    result = client.infer("tiny", [inp], outputs=[grpcclient.InferRequestedOutput(LOGITS, class_count=2)])
+    assert [[v.decode() for v in row] for row in result.as_numpy(LOGITS)] == _top_k(want_logits, 2,
+                                                                                       runtime.spec.class_names)
+    config = client.get_model_config("tiny", as_json=True)["config"]
+    assert config["max_batch_size"] == 16 and config["input"][0]["dims"] == ["1", "28", "28"]
+    stats = client.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
+    assert int(stats["inference_count"]) >= 12 and int(stats["execution_count"]) >= 1
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="inputs.0.shape"):
+        bad = grpcclient.InferInput(INPUT_NAME, [1, 1, 28, 27], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 1, 28, 27), np.float32))
+        client.infer("tiny", [bad])
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_model_config("other")
+    with pytest.raises(InferenceServerException, match="not implemented"):  # UNIMPLEMENTED, server keeps going
+        client.get_model_repository_index()
+    with pytest.raises(InferenceServerException, match="classification applies to"):
+        client.infer("tiny", [inp], outputs=[grpcclient.InferRequestedOutput(SPIKE_COUNTS, class_count=2)])
+    client.close()
+
+
+def test_classify_orders_best_first_and_clamps_k():
+    logits = np.array([[0.5, 2.0, 2.0, -1.0]], np.float32)
+    assert classify(logits, 3, ["a", "b", "c", "d"]).tolist() == [[b"2.000000:1:b", b"2.000000:2:c",
+                                                                    b"0.500000:0:a"]]
+    assert classify(logits, 10, []).shape == (1, 4) and classify(logits, 1, [])[0, 0] == b"2.000000:1"
+
+
+_ZEROS = np.zeros((1, 1, 28, 28), np.float32)
 
 
 @pytest.mark.parametrize("body, status, message", [
     (b"{not json", 400, "not valid JSON"),
-    (b"[]", 400, "exactly one tensor"),
-    (_request(np.zeros((1, 1, 28, 27), np.float32)), 400, "shape must be [N, 1, 28, 28]"),
-    (_request(np.zeros((1, 1, 28, 28), np.float32), datatype="INT32"), 400, "datatype must be FP32"),
+    (b"[]", 400, "body: Input should be an object"),
+    (b'{"inputs": 5}', 400, "inputs: Input should be a valid array"),
+    (_request(np.zeros((1, 1, 28, 27), np.float32)), 400, "inputs.0.shape: input shape must be [N, 1, 28, 28]"),
+    (_request(_ZEROS, datatype="INT32"), 400, "inputs.0.datatype: input datatype must be FP32"),
     (_request(np.full((1, 1, 28, 28), np.nan, np.float32)), 400, "NaN or Inf"),
     (_request(np.full((1, 1, 28, 28), np.inf, np.float32)), 400, "NaN or Inf"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
                              "data": [1.0] * 5}]}).encode(), 400, "holds 5 values"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                             "data": ["a"] * 784}]}).encode(), 400, "list of numbers"),
-    (_request(np.zeros((1, 1, 28, 28), np.float32), outputs=[{"name": "membrane"}]), 400, "unknown output"),
-    (_request(np.zeros((1, 1, 28, 28), np.float32)).replace(b'"input"', b'"image"'), 400, "named 'input'"),
-    (_request(np.zeros((1, 1, 28, 28), np.float32)).replace(b'[1, 1, 28, 28]', b'[99999999999999999999, 1, 28, 28]'),
-     400, "needs 78399999999999999999216"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": ["a"] * 784}]}).encode(), 400, "inputs.0.data: must be a flat or nested list"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [10 ** 400] * 784}]}).encode(), 400, "inputs.0.data"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": ["0.5"] * 784}]}).encode(), 400, "inputs.0.data: must be a flat or nested"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [True] * 784}]}).encode(), 400, "inputs.0.data: must be a flat or nested"),
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [1e300] * 784}]}).encode(), 400, "NaN or Inf"),
+    (_request(_ZEROS, outputs=[{"name": "membrane"}]), 400, "outputs.0.name: unknown output"),
+    (_request(_ZEROS, outputs=[{"name": LOGITS}, {"name": LOGITS}]), 400, "requested twice"),
+    (_request(_ZEROS).replace(b'"input"', b'"image"'), 400, "inputs.0.name: this model's input is 'input'"),
+    (_request(_ZEROS).replace(b'[1, 1, 28, 28]', b'[99999999999999999999, 1, 28, 28]'), 400,
+     "needs 78399999999999999999216"),
+    # the issue's cases: a wrongly typed field was a 500, a string "false" was read as true
+    (json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [0.0] * 784, "parameters": 5}]}).encode(), 400, "inputs.0.parameters"),
+    (_request(_ZEROS, parameters={"binary_data_output": "false"}), 400, "parameters.binary_data_output"),
+    (_request(_ZEROS, id=7), 400, "id: Input should be a valid string"),
+    (_request(_ZEROS, outputs=[{"name": SPIKE_COUNTS, "parameters": {"classification": 2}}]), 400,
+     "classification applies to 'logits' only"),
+    (_request(_ZEROS, outputs=[{"name": LOGITS, "parameters": {"classification": -1}}]), 400,
+     "outputs.0.parameters.classification"),
+    (_request(_ZEROS, outputs=[{"name": LOGITS, "parameters": {"shared_memory_region": "r"}}]), 400,
+     "shared_memory extension is not implemented"),
+    (_request(_ZEROS, parameters={"sequence_id": 3}), 400, "sequence extension is not implemented"),
+    (_request(_ZEROS, parameters={"custom": {"nested": 1}}), 400, "parameters.custom"),
+    (_request(_ZEROS, output=[{"name": LOGITS}]), 400, "output: Extra inputs are not permitted"),
 ])
-def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, images, body, status, message):
+def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_serving(server, images, body, status,
+                                                                            message):
     code, answer = _post(server, "/v2/models/tiny/infer", body)
-    assert code == status and message in answer["error"]
+    assert code == status and message in answer["error"], answer
     code, answer = _post(server, "/v2/models/tiny/infer", _request(images[:1]))
     assert code == 200 and answer["outputs"][0]["shape"] == [1, 10]
 
 
-def test_oversized_unknown_and_malformed_binary_requests(server, images):
-    big = _request(np.zeros((400, 1, 28, 28), np.float32))  # > 1 MiB limit of the fixture
-    assert len(big) > 1 << 20
-    code, answer = _post(server, "/v2/models/tiny/infer", big)
-    assert code == 413 and "exceeds the limit" in answer["error"]
+def test_binary_data_output_false_returns_json(server, images):
+    code, answer = _post(server, "/v2/models/tiny/infer", _request(images[:2], parameters={"binary_data_output": False}))
+    assert code == 200 and all("data" in o for o in answer["outputs"])
+
+
+def test_unknown_paths_methods_and_malformed_binary_requests(server, images):
     assert _post(server, "/v2/models/other/infer", _request(images[:1]))[0] == 404
-    assert _post(server, "/v2/models/tiny/versions/2/infer", _request(images[:1]))[0] == 404
-    assert _get(server, "/v2/models/tiny/infer")[0] == 405
+    code, answer = _post(server, "/v2/models/tiny/versions/2/infer", _request(images[:1]))
+    assert code == 404 and "only version 1" in answer["error"]
+    code, body = _get(server, "/v2/models/tiny/infer")
+    assert code == 405 and "GET is not allowed" in json.loads(body)["error"]
     assert _get(server, "/nowhere")[0] == 404
-    assert _post(server, "/v2/models/tiny/infer", b"{}", {"Content-Length": "-5"})[0] == 400
-    head = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+    assert _get(server, "/v2/models/tiny/config")[0] == 200 and _get(server, "/v2/models/tiny/versions/1/stats")[0] == 200
+    head = json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 1, 28, 28], "datatype": "FP32",
                                    "parameters": {"binary_data_size": 100}}]}).encode()
     code, answer = _post(server, "/v2/models/tiny/infer", head + b"\0" * 100,
                          {"Inference-Header-Content-Length": str(len(head))})
     assert code == 400 and "needs 3136" in answer["error"]
     code, answer = _post(server, "/v2/models/tiny/infer", head, {"Inference-Header-Content-Length": "99999"})
     assert code == 400 and "does not fit" in answer["error"]
+    code, answer = _post(server, "/v2/models/tiny/infer", head, {"Inference-Header-Content-Length": "x"})
+    assert code == 400 and "must be an integer" in answer["error"]
+    code, answer = _post(server, "/v2/models/tiny/infer", _request(images[:1]), {"Content-Encoding": "gzip"})
+    assert code == 415
     assert _post(server, "/v2/models/tiny/infer", _request(images[:1]))[0] == 200
+
+
+def test_oversized_body_gets_a_413_the_client_can_read(server, images):
+    """The issue's case: 300 MB against the limit; the client finishes sending and reads the 413."""
+    chunk = b"\0" * (1 << 20)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v2/models/tiny/infer", (chunk for _ in range(300)),
+                 {"Content-Length": str(300 << 20), "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 413 and "exceeds the limit of 1048576" in json.loads(resp.read())["error"]
+    # the connection is still usable: the server read past the refused body
+    conn.request("POST", "/v2/models/tiny/infer", _request(images[:1]), {"Content-Type": "application/json"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    # a chunked body (no Content-Length) is refused once it passes the limit
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v2/models/tiny/infer", (chunk for _ in range(3)), encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413 and "exceeds the limit" in json.loads(resp.read())["error"]
+    conn.close()
 
 
 def test_batcher_merges_concurrent_requests_and_splits_results(runtime, images):
@@ -134,9 +274,16 @@ def test_batcher_merges_concurrent_requests_and_splits_results(runtime, images):
         results = [f.result(timeout=30) for f in futures]
     finally:
         batcher.close()
-    for chunk, (logits, spikes) in zip(chunks, results):
+    for chunk, r in zip(chunks, results):
         want_logits, want_spikes = runtime(chunk)
-        assert np.allclose(logits, want_logits, atol=1e-5) and np.array_equal(spikes, want_spikes)
+        assert np.allclose(r.logits, want_logits, atol=1e-5) and np.array_equal(r.spike_counts, want_spikes)
+        assert r.batch_size == 10 and r.queue_s >= 0
+
+
+def _metric(text: str, line: str) -> float:
+    m = re.search(rf"^{re.escape(line)} (\S+)$", text, re.M)
+    assert m, f"{line} not in metrics"
+    return float(m[1])
 
 
 def test_metrics_count_requests_errors_batches_and_spikes(runtime, images):
@@ -151,47 +298,140 @@ def test_metrics_count_requests_errors_batches_and_spikes(runtime, images):
         code, text = _get(srv, "/metrics")
     text = text.decode()
     assert code == 200
-    assert 'gee_requests_total{endpoint="infer",code="200"} 8' in text
-    assert 'gee_requests_total{endpoint="infer",code="400"} 1' in text
-    assert "gee_request_errors_total 1" in text
-    assert 'gee_inference_duration_seconds_count 8' in text
-    batches = int(re.search(r"gee_batch_size_count (\d+)", text)[1])
-    assert int(re.search(r"gee_batch_size_sum (\d+)", text)[1]) == 8 and batches < 8  # some were merged
+    assert _metric(text, 'gee_requests_total{code="200",endpoint="infer",protocol="http"}') == 8
+    assert _metric(text, 'gee_requests_total{code="400",endpoint="infer",protocol="http"}') == 1
+    assert _metric(text, 'gee_request_errors_total{protocol="http"}') == 1
+    assert _metric(text, 'gee_inference_duration_seconds_count{protocol="http"}') == 8
+    assert _metric(text, "gee_inflight_requests") == 0
+    batches = _metric(text, "gee_batch_size_count")
+    assert _metric(text, "gee_batch_size_sum") == 8 and batches < 8  # some were merged
     served = runtime(images[:8])[1].sum(0)
-    for name, total in zip(runtime.info.spiking_layers, served):
-        assert f'gee_spikes_total{{model="tiny",layer="{name}"}} {total:.0f}' in text
+    for name, total in zip(runtime.spec.spiking_layers, served):
+        assert _metric(text, f'gee_spikes_total{{layer="{name}",model="tiny"}}') == total
 
 
-def test_short_load_has_no_errors(server, images):
-    result = load_test("127.0.0.1", server.port, "tiny", images, clients=4, duration_s=2.0)
-    assert result["errors"] == 0, result["error_examples"]
-    assert result["ok"] > 10
+def test_concurrency_limit_answers_503_beyond_it(runtime, images):
+    with InferenceServer(runtime, "tiny", port=0, max_batch=64, max_delay_ms=1500, max_concurrency=2) as srv:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(_post(srv, "/v2/models/tiny/infer",
+                                                                         _request(images[:1]))))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        for _ in range(500):  # bounded: until both wait in the batcher's window
+            if srv.service.inflight == 2:
+                break
+            time.sleep(0.002)
+        assert srv.service.inflight == 2
+        code, answer = _post(srv, "/v2/models/tiny/infer", _request(images[:1]))
+        assert code == 503 and "limit is 2" in answer["error"]
+        assert _get(srv, "/v2/health/ready")[0] == 200  # probes are not limited
+        for t in threads:
+            t.join()
+    assert [c for c, _ in answers] == [200, 200]
+
+
+def test_a_request_that_outwaits_its_timeout_gets_503_and_is_not_run(runtime, images):
+    with InferenceServer(runtime, "tiny", port=0, max_batch=64, max_delay_ms=1000, infer_timeout_s=0.2) as srv:
+        code, answer = _post(srv, "/v2/models/tiny/infer", _request(images[:1]))
+        assert code == 503 and "did not finish within 0.2 s" in answer["error"]
+        assert srv.service.inflight == 0
+    stats = srv.service.stats.as_dict("tiny", "1")  # after close, so the batcher has finished what it held
+    assert stats["inference_stats"]["fail"]["count"] == 1 and stats["inference_count"] == 0
+
+
+def test_stalled_connections_do_not_block_and_are_released_after_the_timeout(runtime, images):
+    """200 clients that send half a request and wait: health still answers, and each stalled client gets a
+    408 and a closed connection once the request timeout passes."""
+    with InferenceServer(runtime, "tiny", port=0, request_timeout_s=1.0) as srv:
+        body = _request(images[:1])
+        socks = []
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+            if i % 2:  # headers, then half the body
+                s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                          + body[:len(body) // 2])
+            else:  # half the headers
+                s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
+            socks.append(s)
+        t0 = time.perf_counter()
+        code, answer = _get(srv, "/v2/health/ready")
+        print(f"ready answered in {1e3 * (time.perf_counter() - t0):.1f} ms with 200 stalled connections")
+        assert code == 200 and json.loads(answer) == {"ready": True}
+        assert _post(srv, "/v2/models/tiny/infer", body)[0] == 200
+        released = 0
+        for s in socks:  # each read returns once the server answers 408 and closes (socket timeout: 30 s)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            released += data.startswith(b"HTTP/1.1 408")
+            s.close()
+        assert released == 200
+
+
+def test_short_load_has_no_errors_over_http_and_grpc(server, images):
+    for protocol, port in (("http", server.port), ("grpc", server.grpc_port)):
+        result = load_test("127.0.0.1", port, "tiny", images, clients=4, duration_s=1.5, protocol=protocol)
+        assert result["errors"] == 0 and result["refused"] == 0, result["error_examples"]
+        assert result["ok"] > 10
 
 
 @pytest.mark.slow
 def test_load_16_clients_for_20_seconds(server, images):
-    result = load_test("127.0.0.1", server.port, "tiny", images, clients=16, duration_s=20.0)
-    print(json.dumps(result))
-    assert result["errors"] == 0, result["error_examples"]
-    assert result["ok"] > 16
+    for protocol, port in (("http", server.port), ("grpc", server.grpc_port)):
+        result = load_test("127.0.0.1", port, "tiny", images, clients=16, duration_s=20.0, protocol=protocol)
+        print(json.dumps(result))
+        assert result["errors"] == 0, result["error_examples"]
+        assert result["ok"] > 16
 
 
-def test_serve_cli_binds_loopback_and_answers(serving_onnx, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "gee_deploy.cli", "serve", str(serving_onnx), "--port", "0",
-                             "--name", "tiny", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+def _start_cli(onnx, *extra) -> tuple[subprocess.Popen, int, int | None]:
+    proc = subprocess.Popen([sys.executable, "-m", "gee_deploy.cli", "serve", str(onnx), "--port", "0", "--name",
+                             "tiny", "--threads", "1", *extra], stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)/v2/models/tiny/infer(?:; gRPC at 127\.0\.0\.1:(\d+))?", line)
+    if m is None:
+        proc.kill()
+        pytest.fail(f"server did not start: {line}")
+    return proc, int(m[1]), int(m[2]) if m[2] else None
+
+
+def test_serve_cli_binds_loopback_answers_and_refuses_a_bad_file(serving_onnx, tmp_path):
+    proc, port, _ = _start_cli(serving_onnx)
     try:
-        line = proc.stderr.readline()
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/v2/models/tiny/infer", line)
-        assert m, line
-        conn = http.client.HTTPConnection("127.0.0.1", int(m[1]), timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/v2/health/ready")
         assert conn.getresponse().status == 200
         conn.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        r = subprocess.run([sys.executable, "-m", "gee_deploy.cli", "serve", str(serving_onnx), "--port", "0",
+                            "--grpc-port", str(busy.getsockname()[1])], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Address already in use" in r.stderr, r.stderr
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
     r = subprocess.run([sys.executable, "-m", "gee_deploy.cli", "serve", str(bad)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.onnx cannot be loaded" in r.stderr
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_sigterm_under_load_cuts_no_request_and_exits_0(serving_onnx, images, protocol):
+    """What an orchestrator does: SIGTERM while 8 clients send. Every request the server took is answered;
+    afterwards connections are refused (the clients stop), and the process exits 0 without a traceback."""
+    proc, port, grpc_port = _start_cli(serving_onnx, "--grpc-port", "0", "--max-delay-ms", "5")
+    result = {}
+    loader = threading.Thread(target=lambda: result.update(load_test(
+        "127.0.0.1", port if protocol == "http" else grpc_port, "tiny", images, clients=8, duration_s=20,
+        protocol=protocol)))
+    loader.start()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    loader.join(timeout=60)
+    stderr = proc.stderr.read()
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert result["errors"] == 0, result["error_examples"]
+    assert result["ok"] > 8 and result["refused"] == 8  # every client stopped on a refusal, none on an error

@@ -69,3 +69,34 @@ def test_exported_graph_carries_the_spec(serving_onnx):
     assert [i.name for i in graph.graph.input] == [spec.input_name]
     assert [o.name for o in graph.graph.output] == list(spec.output_names)
     assert len(spec.spiking_layers) == graph.graph.output[1].type.tensor_type.shape.dim[1].dim_value
+
+
+def _string_constants(path) -> list[str]:
+    """String literals of a module, less dict keys (a Triton config's "input" field is not our tensor's name)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    keys = {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys if k is not None}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in keys]
+
+
+def test_names_and_keys_are_spelled_only_in_the_spec_module():
+    """The graph's I/O names and the gee.* metadata keys live in gee_deploy/spec.py; everyone else imports them
+    (a literal elsewhere is a second copy of the contract that can drift)."""
+    from pathlib import Path
+
+    import gee_deploy
+    from gee_deploy.spec import INPUT_NAME, LOGITS, SPIKE_COUNTS
+
+    root = Path(gee_deploy.__file__).parent
+    deploy = ("export", "serving", "commands")  # "input" is also a genome population's name in the zoo
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "spec.py" and path.parent == root:
+            continue
+        names = {LOGITS, SPIKE_COUNTS} | ({INPUT_NAME} if path.parent.name in deploy else set())
+        for value in _string_constants(path):
+            if value in names or value.startswith("gee."):
+                offenders.append(f"{path.relative_to(root)}: {value!r}")
+    assert not offenders, offenders

@@ -150,14 +150,14 @@ RECIPES = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.tom
 def test_every_recipe_builds_and_takes_a_training_step(path):
     """Paper rows need a GPU and real data: here they build and take one step on random images of their shape."""
     from gee_deploy.recipe import load_recipe
-    from gee_deploy.training.trainer import _optimizer, build_recipe_model
+    from gee_deploy.training.setup import build_optimizer, build_recipe_model
 
     recipe = load_recipe(path)
     torch.manual_seed(0)
     model = build_recipe_model(recipe).train()
     x = torch.rand(2, model.in_channels, model.image_size, model.image_size)
     y = torch.randint(0, model.num_classes, (2,))
-    optimizer = _optimizer(recipe, model)
+    optimizer = build_optimizer(recipe, model)
     before = [p.detach().clone() for p in model.parameters()]
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert all(p.grad is not None for p in model.parameters())  # no dead parameter in the graph
@@ -167,3 +167,38 @@ def test_every_recipe_builds_and_takes_a_training_step(path):
     if recipe.model.genes:
         assert {id(p) for p in model.genome.parameters()} <= {id(p) for g in optimizer.param_groups for p in g["params"]
                                                               if g["lr"] == recipe.train.lr * recipe.train.genetic_lr_scale}
+
+
+def test_fingerprint_reads_geometry_not_the_printout(monkeypatch):
+    from gee_deploy.checkpoint import architecture_fingerprint, legacy_architecture_fingerprint
+    from gee_deploy.zoo import create_model
+
+    model = create_model("smallnet", genes=8, timesteps=2)
+    before, legacy = architecture_fingerprint(model), legacy_architecture_fingerprint(model)
+    assert before == architecture_fingerprint(create_model("smallnet", genes=8, timesteps=2))
+    monkeypatch.setattr(torch.nn.BatchNorm2d, "extra_repr", lambda self: "reworded by another torch release")
+    assert architecture_fingerprint(model) == before and legacy_architecture_fingerprint(model) != legacy
+    monkeypatch.undo()
+    pool = model.stem[0][1]  # the 2x2 average pool fused into the stem's conv
+    pool.kernel_size = 3  # same parameters, another network
+    assert architecture_fingerprint(model) != before
+    pool.kernel_size = 2
+    assert architecture_fingerprint(model) == before
+    model.body[0] = torch.nn.Identity()  # a LIF replaced: no parameter changes
+    assert architecture_fingerprint(model) != before
+    wider = create_model("smallnet", genes=8, timesteps=2, num_classes=12)
+    assert architecture_fingerprint(wider) != before
+
+
+def test_checkpoint_with_the_legacy_fingerprint_still_loads(tiny_run, tmp_path):
+    from gee_deploy.checkpoint import architecture_fingerprint, legacy_architecture_fingerprint
+
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    model = load_model(tiny_run / "best.pt")
+    assert ckpt["architecture"] == architecture_fingerprint(model)  # what the trainer writes now
+    legacy = legacy_architecture_fingerprint(model)
+    assert legacy != ckpt["architecture"]
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {**ckpt, "architecture": legacy})  # as written before the geometry fingerprint
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(load_model(old)(x), model(x))

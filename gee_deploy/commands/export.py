@@ -6,15 +6,16 @@ import click
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(),
-              help="The .onnx file (onnx), repository directory (triton) or .plan file (tensorrt).")
+              help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir).")
 @click.option("--variant", default="dense", show_default=True, metavar="dense|factorised|auto|int8",
               help="dense: fold E_in G E_out^T into plain convs; factorised: keep the per-tap rank-g form; "
                    "auto: per layer, the one with fewer MACs (or lower latency with --profile); int8: dense, and "
                    "every layer reading spikes as uint8 spikes x int8 per-channel weights (stem stays float32).")
 @click.option("--allow-int8", is_flag=True,
               help="With --variant auto: spike-reading layers of at least 16,384 MACs per call get int8 weights.")
-@click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|triton|tensorrt",
-              help="What to write.")
+@click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|triton|tensorrt|nir",
+              help="What to write. nir: the folded dense network as a NIR graph, validated by an independent "
+                   "NIR executor (see docs/export.md).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
 @click.option("--streaming", is_flag=True,
               help="One timestep per call, membrane potentials as graph inputs/outputs.")
@@ -29,8 +30,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, samples, data_dir, profile,
            max_batch_size, fp16, as_json):
-    """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository or a TensorRT
-    plan, and validate it against the PyTorch model on test images of the checkpoint's dataset.
+    """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
+    plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
 
     Nothing is written unless validation passes; failures are listed together and exit with status 1.
     Int8 layers of a checkpoint not fine-tuned for them (`gee-deploy quantize`) are validated against the

@@ -1,4 +1,4 @@
-"""``export_model``: checkpoint -> validated ONNX file, Triton repository or TensorRT plan."""
+"""``export_model``: checkpoint -> validated ONNX file, Triton repository, TensorRT plan or NIR graph."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import nir
 import onnx
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from .choose import make_chooser, make_int8_chooser
 from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
                       validation_thresholds)
 from .errors import ExportError, UnknownOptionError
+from .nir import write_nir
+from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
 from .writer import write_graph
 
@@ -45,8 +48,8 @@ class ExportReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, opset {self.opset}"
-                 f"{', streaming' if self.streaming else ''})"]
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}"
+                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''})"]
         lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
                   f"MACs {l['macs']:>13,} x{l['calls']}"
                   for l in self.layers]
@@ -147,23 +150,26 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     (:func:`~gee_deploy.export.configs.validation_thresholds`).
     """
     start = time.perf_counter()
-    f = lookup(FORMATS, fmt, "format")
+    output_format = lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
     cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != "never",
                                                                           bool(quantised_layers(model))))
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
-    if not f.out_is_dir and Path(out).is_dir():
-        raise ExportError(f"--out {out} is a directory; {f.name} writes a file")
-    if f.name == "tensorrt" and v.int8 != "never":
-        raise ExportError(f"--format tensorrt cannot run int8 layers (MatMulInteger is an onnxruntime op; TensorRT's "
-                          f"int8 is QDQ only): export --variant dense or auto without --allow-int8")
-    if f.name == "tensorrt":
+    if not output_format.out_is_dir and Path(out).is_dir():
+        raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
+    if output_format.name in ("tensorrt", "nir") and v.int8 != "never":
+        raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
+                          f"MatMulInteger; TensorRT's int8 is QDQ only, NIR has no int8): export --variant dense or "
+                          f"auto without --allow-int8")
+    if output_format.name == "nir":
+        return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
+    if output_format.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
     unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8)
-    report = ExportReport(str(out), f.name, variant, _opset(opset), streaming,
+    report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
@@ -180,7 +186,28 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
-    _write(f.name, final, spec, Path(out), max_batch_size, fp16, report)
+    _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _export_nir(model: nn.Module, out: Path, variant: str, opset: int | None, streaming: bool, images: torch.Tensor,
+                labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str, start: float) -> ExportReport:
+    """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
+    for bad, why in ((variant != "dense", f"--variant {variant}"), (streaming, "--streaming"),
+                     (opset is not None, "--opset")):
+        if bad:
+            raise UnknownOptionError(f"{why} does not apply to --format nir (it writes the folded dense network, "
+                                     "one step per call)")
+    dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
+    graph, spec = write_nir(model.eval(), class_names=_class_names(model), dataset=dataset,
+                            checkpoint_sha256=checkpoint_sha256)
+    report = ExportReport(str(out), "nir", "dense", 0, False, layers=[l.as_dict() for l in spec.layers],
+                          macs_per_sample=spec.macs_per_sample, dense_macs_per_sample=spec.dense_macs_per_sample)
+    with atomic_path(out) as tmp:
+        nir.write(tmp, graph)
+        val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
+    report.validation = _report_dict(val)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -210,10 +237,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
 
     Args:
         checkpoint: a gee-deploy checkpoint (``best.pt``).
-        out: the .onnx file, the Triton repository directory, or the TensorRT .plan file.
+        out: the .onnx file, the Triton repository directory, the TensorRT .plan file or the .nir file.
         variant: dense, factorised, auto (per layer by MACs; by latency with ``profile``) or int8 (dense, every
             spike-reading layer int8).
-        fmt: onnx, triton or tensorrt.
+        fmt: onnx, triton, tensorrt or nir.
         opset: ONNX opset (default 18).
         streaming: one timestep per call with membrane potentials as graph inputs/outputs.
         atol: max abs logit difference per sample (default :class:`gee_deploy.parity.Thresholds`).

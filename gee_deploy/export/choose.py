@@ -21,13 +21,16 @@ from .writer import Chooser, Int8Chooser
 __all__ = ["make_chooser", "make_int8_chooser", "layer_latency"]
 
 
-def layer_latency(f: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tuple, out_shape: tuple, batch: int,
+def layer_latency(layer: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tuple, out_shape: tuple, batch: int,
                   opset: int, repeats: int = 30) -> float:
-    """Median seconds of one onnxruntime run of layer ``f`` alone, written as ``form``, on ``batch`` inputs."""
-    g = GraphBuilder()
-    y = emit_factorised(g, "x", f, cost, out_shape, "layer") if form == "factorised" else emit_dense(g, "x", f, "layer")
-    g.op("Identity", [y], out_names=["y"])
-    model = g.model([tensor_info("x", ["n", *in_shape])], [tensor_info("y", ["n", *out_shape])], opset, {})
+    """Median seconds of one onnxruntime run of layer ``layer`` alone, written as ``form``, on ``batch`` inputs."""
+    graph = GraphBuilder()
+    if form == "factorised":
+        y = emit_factorised(graph, "x", layer, cost, out_shape, "layer")
+    else:
+        y = emit_dense(graph, "x", layer, "layer")
+    graph.op("Identity", [y], out_names=["y"])
+    model = graph.model([tensor_info("x", ["n", *in_shape])], [tensor_info("y", ["n", *out_shape])], opset, {})
     session = create_session(model.SerializeToString())
     x = np.random.default_rng(0).integers(0, 2, (batch, *in_shape)).astype(np.float32)  # spike-like input
     for _ in range(3):
@@ -43,14 +46,14 @@ def layer_latency(f: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tup
 def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, batch: int = 1) -> Chooser:
     """The :data:`Chooser` of ``variant``; ``profile`` switches per-layer choices from MACs to latency."""
     if variant.per_layer is None:
-        return lambda name, f, in_shape, out_shape, cost, dense_macs: variant.fixed
+        return lambda name, layer, in_shape, out_shape, cost, dense_macs: variant.fixed
 
-    def by_cost(name, f: FoldedLayer, in_shape, out_shape, cost: FactorisedCost, dense_macs: int) -> str:
+    def by_cost(name, layer: FoldedLayer, in_shape, out_shape, cost: FactorisedCost, dense_macs: int) -> str:
         if not profile:
             return "factorised" if cost.effective_macs < dense_macs else "dense"
         n = batch * timesteps
-        dense_s = layer_latency(f, "dense", cost, in_shape, out_shape, n, opset)
-        fact_s = layer_latency(f, "factorised", cost, in_shape, out_shape, n, opset)
+        dense_s = layer_latency(layer, "dense", cost, in_shape, out_shape, n, opset)
+        fact_s = layer_latency(layer, "factorised", cost, in_shape, out_shape, n, opset)
         return "factorised" if fact_s < dense_s else "dense"
 
     return by_cost

@@ -70,10 +70,11 @@ VARIANTS = {v.name: v for v in (
 INT8_MIN_MACS = 16384
 
 
-FORMATS = {f.name: f for f in (
+FORMATS = {fmt.name: fmt for fmt in (
     Format("onnx", False, "one self-contained .onnx file"),
     Format("triton", True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
     Format("tensorrt", False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)"),
+    Format("nir", False, "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips"),
 )}
 
 

@@ -56,77 +56,78 @@ class FactorisedCost:
         return self.macs + MOVE_COST * self.moved
 
 
-def factorised_cost(f: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
-    """Cost of the factorised form of genetic layer ``f`` for per-sample shapes ``in_shape`` -> ``out_shape``."""
-    g, taps = f.genes, f.kernel_size ** 2
-    if f.kind == "linear":
-        return FactorisedCost("linear", f.c_in * g + g * f.c_out, f.c_in * g, g)
+def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
+    """Cost of the factorised form of genetic layer ``layer`` for per-sample shapes ``in_shape`` -> ``out_shape``."""
+    genes, taps = layer.genes, layer.kernel_size ** 2
+    if layer.kind == "linear":
+        return FactorisedCost("linear", layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
     in_pixels = in_shape[1] * in_shape[2]
     out_pixels = out_shape[1] * out_shape[2]
-    if f.pooled:  # the factorised conv runs at input resolution ("same", stride 1); AveragePool reads its output
-        cost = factorised_cost(replace(f, pooled=False), in_shape, (f.c_out,) + tuple(in_shape[1:]))
-        return replace(cost, moved=cost.moved + f.c_out * in_pixels)
-    mixing = taps * g * f.c_out * out_pixels
-    pointwise_first = f.c_in * taps * g * in_pixels
-    shift_first = taps * f.c_in * g * out_pixels
+    if layer.pooled:  # the factorised conv runs at input resolution ("same", stride 1); AveragePool reads its output
+        cost = factorised_cost(replace(layer, pooled=False), in_shape, (layer.c_out,) + tuple(in_shape[1:]))
+        return replace(cost, moved=cost.moved + layer.c_out * in_pixels)
+    mixing = taps * genes * layer.c_out * out_pixels
+    pointwise_first = layer.c_in * taps * genes * in_pixels
+    shift_first = taps * layer.c_in * genes * out_pixels
     if shift_first < pointwise_first:
-        padded = f.c_in * (in_shape[1] + 2 * f.padding) * (in_shape[2] + 2 * f.padding) if f.padding else 0
+        padded = layer.c_in * (in_shape[1] + 2 * layer.padding) * (in_shape[2] + 2 * layer.padding) \
+            if layer.padding else 0
         # padded x, k^2 slices written then concatenated (twice), projection
-        moved = padded + 2 * taps * f.c_in * out_pixels + taps * g * out_pixels
+        moved = padded + 2 * taps * layer.c_in * out_pixels + taps * genes * out_pixels
         return FactorisedCost("shift-first", shift_first + mixing, shift_first, moved)
-    moved = taps * g * (in_pixels + out_pixels)  # projection, shifted projection
+    moved = taps * genes * (in_pixels + out_pixels)  # projection, shifted projection
     return FactorisedCost("pointwise-first", pointwise_first + mixing, pointwise_first, moved)
 
 
-def _one_hot_shift(g: GraphBuilder, u: str, f: FoldedLayer, hint: str) -> str:
+def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str) -> str:
     """Channel block p of ``u`` (g channels each) moved by tap p's offset: a one-hot depthwise k x k conv."""
-    k, genes = f.kernel_size, f.genes
-    if k == 1 and f.stride == 1 and f.padding == 0:
+    k, genes = layer.kernel_size, layer.genes
+    if k == 1 and layer.stride == 1 and layer.padding == 0:
         return u  # a 1x1 stride-1 conv has nothing to shift
     one_hot = np.zeros((k * k * genes, 1, k, k), np.float32)
     for p in range(k * k):
         one_hot[p * genes:(p + 1) * genes, 0, p // k, p % k] = 1.0  # row-major taps, as W[o, i, p]
-    return g.op("Conv", [u, g.const(one_hot, f"{hint}.shift")], f"{hint}.shifted", group=k * k * genes,
-                kernel_shape=[k, k], pads=[f.padding] * 4, strides=[f.stride] * 2)
+    return graph.op("Conv", [u, graph.const(one_hot, f"{hint}.shift")], f"{hint}.shifted", group=k * k * genes,
+                kernel_shape=[k, k], pads=[layer.padding] * 4, strides=[layer.stride] * 2)
 
 
-def _shifted_copies(g: GraphBuilder, x: str, f: FoldedLayer, out_shape, hint: str) -> list[str]:
+def _shifted_copies(graph: GraphBuilder, x: str, layer: FoldedLayer, out_shape, hint: str) -> list[str]:
     """k^2 strided slices of the zero-padded ``x``, one per tap (row-major), each [*, Cin, Ho, Wo]."""
-    k, s, pad = f.kernel_size, f.stride, f.padding
+    k, s, pad = layer.kernel_size, layer.stride, layer.padding
     if k == 1 and s == 1 and pad == 0:
         return [x]
     if pad:
-        x = g.op("Pad", [x, g.const([0, 0, pad, pad, 0, 0, pad, pad], "pads", np.int64)], f"{hint}.pad")
+        x = graph.op("Pad", [x, graph.const([0, 0, pad, pad, 0, 0, pad, pad], "pads", np.int64)], f"{hint}.pad")
     ho, wo = out_shape[1], out_shape[2]
     taps = []
     for p in range(k * k):
         dy, dx = divmod(p, k)
         bounds = ([dy, dx], [dy + (ho - 1) * s + 1, dx + (wo - 1) * s + 1], [2, 3], [s, s])
-        taps.append(g.op("Slice", [x] + [g.const(v, "slice", np.int64) for v in bounds], f"{hint}.tap{p}"))
+        taps.append(graph.op("Slice", [x] + [graph.const(v, "slice", np.int64) for v in bounds], f"{hint}.tap{p}"))
     return taps
 
 
-def emit_factorised(g: GraphBuilder, x: str, f: FoldedLayer, cost: FactorisedCost, out_shape: tuple[int, ...],
+def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: FactorisedCost, out_shape: tuple[int, ...],
                     hint: str) -> str:
-    """Write genetic layer ``f`` in its factorised ``cost.form``; returns the output's name."""
-    if f.pooled:
+    """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name."""
+    if layer.pooled:
         if cost.form != "pointwise-first":
             raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
-        y = emit_factorised(g, x, replace(f, pooled=False), cost, out_shape, f"{hint}.conv")
-        return g.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
-    genes, taps = f.genes, f.kernel_size ** 2
+        y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv")
+        return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
+    genes, taps = layer.genes, layer.kernel_size ** 2
     # E_in as a 1x1 conv / grouped 1x1 conv weight: row p*g + a holds E_in[:, p, a]
-    project = f.e_in.transpose(1, 2, 0).reshape(taps * genes, f.c_in)
-    mix = f.mix.transpose(2, 0, 1).reshape(f.c_out, taps * genes)  # [Cout, p*g + a]
-    bias = g.const(f.bias, f"{hint}.bias")
+    project = layer.e_in.transpose(1, 2, 0).reshape(taps * genes, layer.c_in)
+    mix = layer.mix.transpose(2, 0, 1).reshape(layer.c_out, taps * genes)  # [Cout, p*g + a]
+    bias = graph.const(layer.bias, f"{hint}.bias")
     if cost.form == "linear":
-        u = g.op("Gemm", [x, g.const(project, f"{hint}.e_in")], f"{hint}.project", transB=1)
-        return g.op("Gemm", [u, g.const(mix, f"{hint}.mix"), bias], hint, transB=1)
+        u = graph.op("Gemm", [x, graph.const(project, f"{hint}.e_in")], f"{hint}.project", transB=1)
+        return graph.op("Gemm", [u, graph.const(mix, f"{hint}.mix"), bias], hint, transB=1)
     if cost.form == "pointwise-first":
-        u = g.op("Conv", [x, g.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project")
-        z = _one_hot_shift(g, u, f, hint)
+        u = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project")
+        z = _one_hot_shift(graph, u, layer, hint)
     else:
-        parts = _shifted_copies(g, x, f, out_shape, hint)
-        x = g.op("Concat", parts, f"{hint}.taps", axis=1) if len(parts) > 1 else parts[0]
-        z = g.op("Conv", [x, g.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project", group=taps)
-    return g.op("Conv", [z, g.const(mix[:, :, None, None], f"{hint}.mix"), bias], hint)
+        parts = _shifted_copies(graph, x, layer, out_shape, hint)
+        x = graph.op("Concat", parts, f"{hint}.taps", axis=1) if len(parts) > 1 else parts[0]
+        z = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project", group=taps)
+    return graph.op("Conv", [z, graph.const(mix[:, :, None, None], f"{hint}.mix"), bias], hint)

@@ -117,9 +117,9 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False) 
     bias = getattr(m, "bias", None)
     bias = shift + scale * _f64(bias) if bias is not None else shift
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
-        e_in, e_out, g = _f64(m.e_in), _f64(m.e_out), _f64(m.gene_matrix)
+        e_in, e_out, gene_matrix = _f64(m.e_in), _f64(m.e_out), _f64(m.gene_matrix)
         # mix[p, a, o] = s * sum_b G[a, b] E_out[o, p, b] * bn_scale[o]
-        mix = np.einsum("ab,opb->pao", g, e_out) * float(m.scale) * scale
+        mix = np.einsum("ab,opb->pao", gene_matrix, e_out) * float(m.scale) * scale
         weight = np.einsum("ipa,pao->oip", e_in, mix)  # eq. 1, per tap
         weight = weight.reshape(c_out, -1, k, k) if kind == "conv" else weight[..., 0]
         return FoldedLayer(kind, weight, bias, k, stride, padding, pooled, e_in, mix)
@@ -128,12 +128,12 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False) 
     return FoldedLayer(kind, weight, bias, k, stride, padding, pooled)
 
 
-def emit_dense(g: GraphBuilder, x: str, f: FoldedLayer, hint: str) -> str:
-    """Write ``f`` as one Conv or Gemm (weights cast to float32 here, once); returns the output's name."""
-    weight, stride = f.weight, f.stride
-    if f.pooled:  # conv + 2x2 average pool as one stride-2 conv, as ConvPool runs it
+def emit_dense(graph: GraphBuilder, x: str, layer: FoldedLayer, hint: str) -> str:
+    """Write ``layer`` as one Conv or Gemm (weights cast to float32 here, once); returns the output's name."""
+    weight, stride = layer.weight, layer.stride
+    if layer.pooled:  # conv + 2x2 average pool as one stride-2 conv, as ConvPool runs it
         weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
-    w, b = g.const(weight, f"{hint}.weight"), g.const(f.bias, f"{hint}.bias")
-    if f.kind == "conv":
-        return g.op("Conv", [x, w, b], hint, pads=[f.padding] * 4, strides=[stride] * 2)
-    return g.op("Gemm", [x, w, b], hint, transB=1)
+    w, b = graph.const(weight, f"{hint}.weight"), graph.const(layer.bias, f"{hint}.bias")
+    if layer.kind == "conv":
+        return graph.op("Conv", [x, w, b], hint, pads=[layer.padding] * 4, strides=[stride] * 2)
+    return graph.op("Gemm", [x, w, b], hint, transB=1)

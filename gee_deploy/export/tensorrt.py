@@ -87,30 +87,30 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float16 copy of one of our graphs with float32 I/O (Cast after the inputs, before the outputs)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
-    for t in g.initializer:
+    graph = m.graph
+    for t in graph.initializer:
         if t.data_type == TensorProto.FLOAT:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-    for n in g.node:
+    for n in graph.node:
         for a in n.attribute:
             if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
                 a.i = TensorProto.FLOAT16
     casts = []
-    for v in g.input:
+    for v in graph.input:
         internal = f"{v.name}.fp16"
-        for n in g.node:
+        for n in graph.node:
             n.input[:] = [internal if i == v.name else i for i in n.input]
         casts.append(onnx.helper.make_node("Cast", [v.name], [internal], to=TensorProto.FLOAT16))
-    for v in g.output:
+    for v in graph.output:
         internal = f"{v.name}.fp16"
-        for n in g.node:
+        for n in graph.node:
             n.output[:] = [internal if o == v.name else o for o in n.output]
             n.input[:] = [internal if i == v.name else i for i in n.input]
         casts.append(onnx.helper.make_node("Cast", [internal], [v.name], to=TensorProto.FLOAT))
-    nodes = list(g.node)
-    del g.node[:]
-    g.node.extend(casts[:len(g.input)] + nodes + casts[len(g.input):])
-    del g.value_info[:]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts[:len(graph.input)] + nodes + casts[len(graph.input):])
+    del graph.value_info[:]
     return m
 
 

@@ -86,9 +86,9 @@ class OnnxWriter(ModelWalk):
         self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast (shared by every int8 reader)
 
     def emit_input(self) -> str:
-        g, model = self.graph, self.model
-        return g.op("Div", [g.op("Sub", [INPUT_NAME, g.const(model.mean.numpy(), "mean")], "normalise"),
-                            g.const(model.std.numpy(), "std")], "normalised")
+        graph, model = self.graph, self.model
+        return graph.op("Div", [graph.op("Sub", [INPUT_NAME, graph.const(model.mean.numpy(), "mean")], "normalise"),
+                            graph.const(model.std.numpy(), "std")], "normalised")
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
@@ -116,26 +116,26 @@ class OnnxWriter(ModelWalk):
                             int(spike_macs), calls, form, int(dense_macs), None if fact is None else int(fact.macs))
 
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str:
-        g = self.graph
+        graph = self.graph
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x.name
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             scale, shift = batchnorm_affine(m, m.num_features)
             dims = (-1,) + (1,) * (len(x.shape) - 1)
-            y = g.op("Mul", [x.name, g.const(scale.reshape(dims), f"{name}.scale")], name)
-            return g.op("Add", [y, g.const(shift.reshape(dims), f"{name}.shift")], name)
+            y = graph.op("Mul", [x.name, graph.const(scale.reshape(dims), f"{name}.scale")], name)
+            return graph.op("Add", [y, graph.const(shift.reshape(dims), f"{name}.shift")], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and _pool_geometry(m)[3] == 1:
             k, s, p, _ = _pool_geometry(m)
-            return g.op("MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
+            return graph.op("MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
                         ceil_mode=int(m.ceil_mode))
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             k, s, p, _ = _pool_geometry(m)
-            return g.op("AveragePool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
+            return graph.op("AveragePool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
                         ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-            return g.op("GlobalAveragePool", [x.name], name)
+            return graph.op("GlobalAveragePool", [x.name], name)
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            return g.op("Flatten", [x.name], name, axis=1)
+            return graph.op("Flatten", [x.name], name, axis=1)
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}): no ONNX translation for it")
 
     def emit_add(self, a: Value, b: Value) -> str:
@@ -147,13 +147,13 @@ class OnnxWriter(ModelWalk):
 
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
         """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count."""
-        g, steps = self.graph, self.steps
+        graph, steps = self.graph, self.steps
         if x.static:
             xs = [x.name] * steps
         else:
-            xs = [x.name] if steps == 1 else g.op("Split", [x.name], f"{name}.x", outputs=steps, axis=0,
+            xs = [x.name] if steps == 1 else graph.op("Split", [x.name], f"{name}.x", outputs=steps, axis=0,
                                                    num_outputs=steps)
-        ops = _GraphOps(g, name)
+        ops = _GraphOps(graph, name)
         v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
         spikes = []
         for t, xt in enumerate(xs):
@@ -164,11 +164,11 @@ class OnnxWriter(ModelWalk):
                 if self.streaming and t == steps - 1:
                     ops.out_name = state_names(name)[1]
                 v = reset(ops, h, spike, m.v_reset)
-        total = g.op("Sum", spikes, f"{name}.total") if steps > 1 else spikes[0]
-        flat = g.op("Flatten", [total], f"{name}.flat", axis=1)
-        self.counts.append(g.op("ReduceSum", [flat, g.const([1], "axis1", np.int64)], f"{name}.count",
+        total = graph.op("Sum", spikes, f"{name}.total") if steps > 1 else spikes[0]
+        flat = graph.op("Flatten", [total], f"{name}.flat", axis=1)
+        self.counts.append(graph.op("ReduceSum", [flat, graph.const([1], "axis1", np.int64)], f"{name}.count",
                                 keepdims=1))  # [N, 1]
-        return g.op("Concat", spikes, f"{name}.spikes", axis=0) if steps > 1 else spikes[0]
+        return graph.op("Concat", spikes, f"{name}.spikes", axis=0) if steps > 1 else spikes[0]
 
 
 def _pool_geometry(m: nn.Module) -> tuple[int, int, int, int]:
@@ -199,14 +199,14 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, 
     """
     w = OnnxWriter(model, choose, streaming, int8)
     y = w.walk()
-    g = w.graph
+    graph = w.graph
     if y.static or w.steps == 1:
-        g.op("Identity", [y.name], out_names=[LOGITS])
+        graph.op("Identity", [y.name], out_names=[LOGITS])
     else:
-        per_step = g.op("Reshape", [y.name, g.const([w.steps, -1, model.num_classes], "steps_shape", np.int64)],
+        per_step = graph.op("Reshape", [y.name, graph.const([w.steps, -1, model.num_classes], "steps_shape", np.int64)],
                         "per_step_logits")
-        g.op("ReduceMean", [per_step, g.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
-    g.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
+        graph.op("ReduceMean", [per_step, graph.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
+    graph.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
     spec = ModelSpec(
         timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
         class_names=tuple(class_names), spiking_layers=tuple(w.spiking_layers),
@@ -220,4 +220,4 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, 
     for v_in, v_out, shape in zip(spec.state_inputs, spec.state_outputs, w.state_shapes):
         inputs.append(tensor_info(v_in, [n] + shape))
         outputs.append(tensor_info(v_out, [n] + shape))
-    return g.model(inputs, outputs, opset, spec.to_metadata()), spec
+    return graph.model(inputs, outputs, opset, spec.to_metadata()), spec

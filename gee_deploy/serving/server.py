@@ -1,333 +1,286 @@
-"""`gee-deploy serve`: the Open Inference Protocol (KServe v2 REST) over onnxruntime, with dynamic batching.
+"""`gee-deploy serve`: the Open Inference Protocol over onnxruntime with dynamic batching, on production parts.
 
-Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/1]``,
-``/v2/models/{name}[/versions/1]/ready``, ``POST /v2/models/{name}[/versions/1]/infer`` and ``GET /metrics``
-(Prometheus text). Tensors travel as JSON ``data`` or with Triton's binary tensor extension (the
-``Inference-Header-Content-Length`` header), which is what ``tritonclient.http`` sends by default.
+One process, one asyncio event loop, one batcher thread:
 
-Concurrent requests are queued and merged into one onnxruntime call of up to ``max_batch`` samples, waiting
-at most ``max_delay_ms`` after the first for others to arrive. Bad requests (malformed JSON, wrong shape or
-dtype, NaN/Inf, a body over ``max_body_bytes``) get a 4xx with ``{"error": "..."}`` and the server keeps
-serving. The standard library's threading HTTP server is enough at this scale and adds no dependency.
+* HTTP: the ASGI app of :mod:`.app` (Starlette routes) under uvicorn (httptools parser), KServe v2 REST + Triton's binary
+  tensor, model configuration, statistics and classification extensions; Prometheus metrics at ``/metrics``.
+* gRPC (``grpc_port``): the OIP ``GRPCInferenceService`` of :mod:`.grpc_service` on ``grpc.aio``, on the same
+  loop, sharing the :class:`~.service.ModelService` (batcher, concurrency limit, statistics).
+
+Lifecycle as orchestrators expect (DESIGN 13): on SIGTERM or SIGINT readiness turns false, the listeners close
+(no new connections), requests in flight finish and are answered with ``Connection: close``, idle keep-alive
+connections get ``idle_grace_s`` to send one last request, new gRPC calls get UNAVAILABLE for ``idle_grace_s``
+(clients move on) before gRPC stops, all bounded by ``drain_s``; then the process exits 0. A second SIGINT forces exit. A client that has not sent a whole
+request ``request_timeout_s`` after starting it (headers or body stalled) gets 408 and is disconnected;
+idle keep-alive connections close after ``keep_alive_s``.
 """
 from __future__ import annotations
 
-import json
-import math
-import queue
-import re
+import asyncio
+import signal
+import socket
 import threading
-import time
-from concurrent.futures import Future
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..errors import InputError
-from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
-from .runtimes import Runtime, validate_input
+from .app import create_app
+from .grpc_service import start_grpc
+from .runtimes import Runtime
+from .service import ModelService
 
-__all__ = ["Batcher", "Metrics", "InferenceServer", "RequestError"]
+__all__ = ["InferenceServer"]
 
-_MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
-
-
-class RequestError(Exception):
-    """A client error: becomes an HTTP 4xx with ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s")
 
 
-class Metrics:
-    """Counters and histograms, rendered in the Prometheus text exposition format."""
+class _Coalescing:
+    """A transport whose writes within one event-loop step leave in one ``send``.
 
-    LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-    def __init__(self, spiking_layers: list[str]):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}  # (endpoint, status) -> count
-        self.latency = [0] * (len(self.LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.batches = [0] * (len(self.BATCH_BUCKETS) + 1)
-        self.batch_sum = 0
-        self.samples = 0
-        self.spikes = dict.fromkeys(spiking_layers, 0.0)
-
-    @staticmethod
-    def _bucket(bounds, value) -> int:
-        return next((i for i, b in enumerate(bounds) if value <= b), len(bounds))
-
-    def observe_request(self, endpoint: str, status: int, seconds: float | None) -> None:
-        with self.lock:
-            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
-            if seconds is not None:
-                self.latency[self._bucket(self.LATENCY_BUCKETS, seconds)] += 1
-                self.latency_sum += seconds
-
-    def observe_batch(self, size: int, spike_counts: np.ndarray) -> None:
-        totals = spike_counts.sum(0)
-        with self.lock:
-            self.batches[self._bucket(self.BATCH_BUCKETS, size)] += 1
-            self.batch_sum += size
-            self.samples += size
-            for name, v in zip(self.spikes, totals.tolist()):
-                self.spikes[name] += v
-
-    @staticmethod
-    def _histogram(name: str, bounds, counts, total) -> list[str]:
-        lines, cum = [], 0
-        for b, c in zip(bounds, counts):
-            cum += c
-            lines.append(f'{name}_bucket{{le="{b}"}} {cum}')
-        cum += counts[-1]
-        return lines + [f'{name}_bucket{{le="+Inf"}} {cum}', f"{name}_sum {total}", f"{name}_count {cum}"]
-
-    def render(self, model: str) -> str:
-        with self.lock:
-            out = ["# HELP gee_requests_total HTTP requests by endpoint and status code.",
-                   "# TYPE gee_requests_total counter"]
-            out += [f'gee_requests_total{{endpoint="{e}",code="{c}"}} {n}' for (e, c), n in sorted(self.requests.items())]
-            errors = sum(n for (e, c), n in self.requests.items() if c >= 400)
-            out += ["# HELP gee_request_errors_total Requests answered with a 4xx or 5xx.",
-                    "# TYPE gee_request_errors_total counter", f"gee_request_errors_total {errors}",
-                    "# HELP gee_inference_duration_seconds Time from request to response of successful infers.",
-                    "# TYPE gee_inference_duration_seconds histogram"]
-            out += self._histogram("gee_inference_duration_seconds", self.LATENCY_BUCKETS, self.latency,
-                                   self.latency_sum)
-            out += ["# HELP gee_batch_size Samples per onnxruntime call after dynamic batching.",
-                    "# TYPE gee_batch_size histogram"]
-            out += self._histogram("gee_batch_size", self.BATCH_BUCKETS, self.batches, self.batch_sum)
-            out += ["# HELP gee_samples_total Samples inferred.", "# TYPE gee_samples_total counter",
-                    f'gee_samples_total{{model="{model}"}} {self.samples}',
-                    "# HELP gee_spikes_total Spikes emitted per spiking layer over all samples.",
-                    "# TYPE gee_spikes_total counter"]
-            out += [f'gee_spikes_total{{model="{model}",layer="{k}"}} {v:.0f}' for k, v in self.spikes.items()]
-        return "\n".join(out) + "\n"
-
-
-class Batcher:
-    """Merges concurrent requests into one runtime call of at most ``max_batch`` samples.
-
-    The first queued request opens a window of ``max_delay_ms``; requests that arrive in it join the batch
-    while it has room. One worker thread owns the runtime, so calls never overlap.
+    uvicorn writes a response's headers and body separately; as two segments the client wakes twice and, with
+    Nagle on at its end, its delayed ACK can hold the second one 40 ms. The previous server measured that and
+    sent one segment; this keeps it. Everything but ``write`` and ``close`` goes to the real transport.
     """
 
-    def __init__(self, runtime: Runtime, max_batch: int = 32, max_delay_ms: float = 2.0,
-                 metrics: Metrics | None = None):
-        if max_batch < 1 or max_delay_ms < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
-        self.runtime, self.max_batch, self.max_delay = runtime, max_batch, max_delay_ms / 1e3
-        self.metrics = metrics
-        self.queue: queue.Queue = queue.Queue()
-        self._held = None
-        self._worker = threading.Thread(target=self._loop, name="gee-batcher", daemon=True)
-        self._worker.start()
+    def __init__(self, transport, loop):
+        self._transport, self._loop = transport, loop
+        self._pending: list[bytes] = []
 
-    def submit(self, x: np.ndarray) -> Future:
-        """Queue ``x`` [n, C, H, W] (already validated); the future resolves to (logits, spike_counts)."""
-        fut: Future = Future()
-        self.queue.put((x, fut))
-        return fut
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
 
     def close(self) -> None:
-        self.queue.put(None)
-        self._worker.join(timeout=5)
+        self._flush()
+        self._transport.close()
 
-    def _next_batch(self) -> list | None:
-        first = self._held if self._held is not None else self.queue.get()
-        self._held = None
-        if first is None:
-            return None
-        items, size = [first], len(first[0])
-        deadline = time.perf_counter() + self.max_delay
-        while size < self.max_batch:
-            remaining = deadline - time.perf_counter()
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+class _TimedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with coalesced writes (:class:`_Coalescing`), a deadline for receiving each
+    whole request (uvicorn times out only idle keep-alive connections), and the time of the last activity (for
+    draining)."""
+
+    request_timeout = 30.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(_Coalescing(transport, self.loop))
+        self.last_active = self.loop.time()
+        self._message_cycle = None
+        self._deadline = self.loop.call_later(self.request_timeout, self._expired)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._message_cycle = None  # this message's cycle, once its headers are in
+        self._disarm()
+        self._deadline = self.loop.call_later(self.request_timeout, self._expired)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._message_cycle = self.cycle
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def on_response_complete(self) -> None:
+        self.last_active = self.loop.time()
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        # 408 unless this message was already answered (a 413 sent early, its body still arriving)
+        if self._message_cycle is None or not self._message_cycle.response_started:
+            body = b'{"error": "the request was not received within %g s"}' % self.request_timeout
+            self.transport.write(_TIMEOUT_RESPONSE % (len(body), body))
+        self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server with our drain: readiness first, then stop accepting, let requests finish, exit 0."""
+
+    def __init__(self, config: uvicorn.Config, owner: InferenceServer):
+        super().__init__(config)
+        self.owner = owner
+        self.ready_event = threading.Event()
+
+    def handle_exit(self, sig, frame) -> None:
+        # uvicorn records the signal and re-raises it after shutdown, so the process would die of SIGTERM
+        # (exit 143); a drained server exits 0.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.owner.service.ready = False
+            self.should_exit = True
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.owner.grpc_port is not None:
             try:
-                item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None or size + len(item[0]) > self.max_batch:
-                self._held = item  # runs first in the next batch (or stops the loop)
-                break
-            items.append(item)
-            size += len(item[0])
-        return items
+                self.owner.grpc, self.owner.grpc_port = await start_grpc(
+                    self.owner.service, self.owner.host, self.owner.grpc_port, self.owner.max_body)
+            except RuntimeError as e:  # grpc cannot bind
+                self.owner.startup_error = e
+                self.should_exit = True
+        self.ready_event.set()
 
-    def _loop(self) -> None:
-        while True:
-            items = self._next_batch()
-            if items is None:
-                return
-            try:
-                x = items[0][0] if len(items) == 1 else np.concatenate([x for x, _ in items])
-                logits, spikes = self.runtime.run(x)
-                if self.metrics is not None:
-                    self.metrics.observe_batch(len(x), spikes)
-                start = 0
-                for xi, fut in items:
-                    fut.set_result((logits[start:start + len(xi)], spikes[start:start + len(xi)]))
-                    start += len(xi)
-            except Exception as e:  # a runtime failure fails every request of the batch, not the server
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
-
-
-def _decode_input(body: bytes, header_length: int | None, info) -> tuple[np.ndarray, dict]:
-    """Parse an infer request body into a validated float32 input and the request JSON."""
-    json_part = body if header_length is None else body[:header_length]
-    try:
-        req = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
-        raise RequestError(400, "request must be a JSON object with exactly one tensor in 'inputs'")
-    t = req["inputs"][0]
-    if not isinstance(t, dict) or t.get("name") != INPUT_NAME:
-        raise RequestError(400, "the input tensor must be named 'input'")
-    if t.get("datatype") != "FP32":
-        raise RequestError(400, f"input datatype must be FP32, got {t.get('datatype')!r}")
-    shape = t.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise RequestError(400, f"input shape must be a list of non-negative integers, got {shape!r}")
-    want = [*info.input_shape]
-    if len(shape) != 4 or shape[1:] != want or shape[0] < 1:
-        raise RequestError(400, f"input shape must be [N, {', '.join(map(str, want))}] with N >= 1, got {shape}")
-    count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
-    params = t.get("parameters") or {}
-    if "binary_data_size" in params:
-        if header_length is None:
-            raise RequestError(400, "binary_data_size given without an Inference-Header-Content-Length header")
-        raw = body[header_length:]
-        if params["binary_data_size"] != len(raw) or len(raw) != 4 * count:
-            raise RequestError(400, f"binary input holds {len(raw)} bytes; shape {shape} FP32 needs {4 * count}")
-        x = np.frombuffer(raw, dtype="<f4").reshape(shape)
-    else:
-        data = t.get("data")
-        if not isinstance(data, list):
-            raise RequestError(400, "input has neither 'data' nor binary data")
-        try:
-            x = np.asarray(data, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise RequestError(400, "input 'data' must be a flat or nested list of numbers") from None
-        if x.size != count:
-            raise RequestError(400, f"input 'data' holds {x.size} values; shape {shape} needs {count}")
-        x = x.reshape(shape)
-    try:
-        return validate_input(np.ascontiguousarray(x, dtype=np.float32), info), req
-    except InputError as e:
-        raise RequestError(400, str(e)) from None
-
-
-def _requested_outputs(req: dict) -> list[tuple[str, bool]]:
-    """(output name, as binary) pairs the request asks for; all outputs when it names none."""
-    default_binary = bool((req.get("parameters") or {}).get("binary_data_output", False))
-    asked = req.get("outputs")
-    if asked is None:
-        return [(name, default_binary) for name in OUTPUT_NAMES]
-    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
-        raise RequestError(400, "'outputs' must be a list of objects")
-    out = []
-    for o in asked:
-        if o.get("name") not in OUTPUT_NAMES:
-            raise RequestError(400, f"unknown output {o.get('name')!r}; this model has {', '.join(OUTPUT_NAMES)}")
-        out.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", default_binary))))
-    return out
+    async def shutdown(self, sockets=None) -> None:
+        owner = self.owner
+        owner.service.ready = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + owner.drain_s
+        grpc_until = loop.time() + owner.idle_grace_s if owner.grpc is not None else 0.0
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        owner.service.draining = True
+        state = self.server_state
+        # In-flight requests finish. HTTP responses say Connection: close, so the client reconnects elsewhere;
+        # a connection idle longer than idle_grace_s is closed. gRPC has no such header: for idle_grace_s new
+        # calls get UNAVAILABLE from the service (never run, safe to retry) so clients leave before grpc's
+        # stop(), which cancels calls that arrive while it runs.
+        while ((state.connections or state.tasks or owner.service.inflight or loop.time() < grpc_until)
+               and loop.time() < deadline and not self.force_exit):
+            now = loop.time()
+            for conn in list(state.connections):
+                if getattr(conn, "idle", True) and now - getattr(conn, "last_active", 0.0) > owner.idle_grace_s:
+                    conn.shutdown()
+            await asyncio.sleep(0.02)
+        for conn in list(state.connections):
+            conn.shutdown()
+        for task in list(state.tasks):
+            task.cancel()
+        if owner.grpc is not None:
+            await owner.grpc.stop(max(0.0, deadline - loop.time()))
 
 
 class InferenceServer:
-    """A KServe v2 REST server for one model.
+    """KServe v2 REST (and, with ``grpc_port``, OIP gRPC) for one model.
 
     Args:
         runtime: what answers (an :class:`OrtRuntime` for ``gee-deploy serve``).
         name: the model name in URLs.
         host: bind address; loopback unless told otherwise.
-        port: TCP port; 0 picks a free one (see ``.port``).
+        port: HTTP port; 0 picks a free one (see ``.port``).
+        grpc_port: gRPC port (0 picks one; see ``.grpc_port`` after start); None serves no gRPC.
         max_batch: largest dynamic batch in samples.
         max_delay_ms: how long the first request of a batch waits for company.
-        max_body_bytes: larger request bodies get 413.
-        timeout_s: seconds a request may wait for its result before a 503.
+        max_body_bytes: larger request bodies get 413 (gRPC: RESOURCE_EXHAUSTED).
+        infer_timeout_s: seconds a request may wait for its batch before a 503.
+        request_timeout_s: seconds a client has to send a whole request before a 408 and disconnect.
+        keep_alive_s: idle keep-alive connections close after this.
+        max_concurrency: inference requests in flight before 503 (gRPC: UNAVAILABLE).
+        drain_s: bound on the graceful shutdown.
+        idle_grace_s: while draining, how long an idle keep-alive connection may still send a request.
+
+    Raises:
+        OSError: the HTTP or gRPC port cannot be bound.
+        ValueError: a bad name or limit.
     """
 
     def __init__(self, runtime: Runtime, name: str = "gee", host: str = "127.0.0.1", port: int = 8000,
-                 max_batch: int = 32, max_delay_ms: float = 2.0, max_body_bytes: int = 16 << 20,
-                 timeout_s: float = 30.0):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
-        self.runtime, self.name, self.max_body, self.timeout = runtime, name, max_body_bytes, timeout_s
-        self.metrics = Metrics(runtime.spec.spiking_layers)
-        self.batcher = Batcher(runtime, max_batch, max_delay_ms, self.metrics)
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self.httpd.daemon_threads = True
+                 grpc_port: int | None = None, max_batch: int = 32, max_delay_ms: float = 2.0,
+                 max_body_bytes: int = 16 << 20, infer_timeout_s: float = 30.0, request_timeout_s: float = 30.0,
+                 keep_alive_s: float = 5.0, max_concurrency: int = 256, drain_s: float = 10.0,
+                 idle_grace_s: float = 1.0):
+        if request_timeout_s <= 0 or drain_s < 0 or max_body_bytes < 1:
+            raise ValueError(f"request_timeout_s must be > 0, drain_s >= 0, max_body_bytes >= 1; got "
+                             f"{request_timeout_s}, {drain_s}, {max_body_bytes}")
+        self.service = ModelService(runtime, name, max_batch, max_delay_ms, max_concurrency, infer_timeout_s)
+        self.name, self.host, self.grpc_port, self.max_body = name, host, grpc_port, max_body_bytes
+        self.drain_s, self.idle_grace_s = drain_s, idle_grace_s
+        self.grpc = None
+        self.startup_error: Exception | None = None
+        self.sock = socket.create_server((host, port), backlog=1024)
+        if grpc_port:  # a busy gRPC port fails here with one OSError, not later inside grpc's C core (which logs)
+            try:
+                socket.create_server((host, grpc_port)).close()
+            except OSError:
+                self.sock.close()
+                raise
+        protocol = type("TimedProtocol", (_TimedProtocol,), {"request_timeout": request_timeout_s})
+        config = uvicorn.Config(create_app(self.service, max_body_bytes), loop="asyncio", http=protocol,
+                                lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
+                                timeout_keep_alive=keep_alive_s, server_header=False)
+        self._uv = _Uvicorn(config, self)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1]
+        return self.sock.getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"{self.httpd.server_address[0]}:{self.port}"
+        return f"{self.host}:{self.port}"
 
-    def metadata(self) -> dict:
-        info = self.runtime.spec
-        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *info.input_shape]}],
-                "outputs": [{"name": LOGITS, "datatype": "FP32", "shape": [-1, len(info.class_names)]},
-                            {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [-1, len(info.spiking_layers)]}],
-                "parameters": {"timesteps": info.timesteps, "class_names": list(info.class_names),
-                               "spiking_layers": list(info.spiking_layers), "model_name": info.model_name}}
-
-    def infer(self, body: bytes, header_length: int | None) -> tuple[bytes, dict]:
-        """Answer one infer request: (response body, extra headers)."""
-        x, req = _decode_input(body, header_length, self.runtime.spec)
-        outputs = _requested_outputs(req)
+    def serve_forever(self, on_ready=None) -> None:
+        """Serve on this thread until SIGTERM/SIGINT, drain, return. ``on_ready()`` runs once both
+        protocols listen."""
+        if on_ready is not None:
+            threading.Thread(target=self._notify, args=(on_ready,), daemon=True).start()
         try:
-            logits, spikes = self.batcher.submit(x).result(timeout=self.timeout)
-        except TimeoutError:
-            raise RequestError(503, f"inference did not finish within {self.timeout:g} s") from None
-        values = {LOGITS: logits, SPIKE_COUNTS: spikes}
-        tensors, blobs = [], []
-        for name, binary in outputs:
-            arr = np.ascontiguousarray(values[name], dtype="<f4")
-            t = {"name": name, "datatype": "FP32", "shape": list(arr.shape)}
-            if binary:
-                blobs.append(arr.tobytes())
-                t["parameters"] = {"binary_data_size": len(blobs[-1])}
-            else:
-                t["data"] = arr.ravel().tolist()
-            tensors.append(t)
-        head = {"model_name": self.name, "model_version": "1", "outputs": tensors}
-        if "id" in req:
-            head["id"] = req["id"]
-        head_bytes = json.dumps(head).encode()
-        if not blobs:
-            return head_bytes, {"Content-Type": "application/json"}
-        return head_bytes + b"".join(blobs), {"Content-Type": "application/octet-stream",
-                                              "Inference-Header-Content-Length": str(len(head_bytes))}
+            self._uv.run(sockets=[self.sock])
+        finally:
+            self.service.close()
+        if self.startup_error is not None:
+            raise OSError(f"cannot serve gRPC on {self.host}:{self.grpc_port}: {self.startup_error}")
 
-    def start(self) -> InferenceServer:
-        """Serve in a background thread (tests, notebooks); ``close()`` stops it."""
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="gee-http", daemon=True)
+    def _notify(self, on_ready) -> None:
+        self._uv.ready_event.wait()
+        if self.startup_error is None:
+            on_ready()
+
+    def start(self, timeout_s: float = 30.0) -> InferenceServer:
+        """Serve in a background thread (tests, notebooks); ``close()`` drains and stops it."""
+        self._thread = threading.Thread(target=self._uv.run, kwargs={"sockets": [self.sock]}, name="gee-serve",
+                                        daemon=True)
         self._thread.start()
+        if not self._uv.ready_event.wait(timeout_s) or self.startup_error is not None:
+            self.close()
+            raise OSError(f"the server did not start: {self.startup_error or 'timeout'}")
         return self
 
-    def serve_forever(self) -> None:
-        try:
-            self.httpd.serve_forever()
-        finally:
-            self.close()
-
     def close(self) -> None:
+        """Drain (bounded by ``drain_s``) and stop; the batcher finishes what it holds."""
         if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread.join(timeout=5)
+            self.service.ready = False
+            self._uv.should_exit = True
+            self._thread.join(timeout=self.drain_s + 10)
             self._thread = None
-        self.httpd.server_close()
-        self.batcher.close()
+        else:
+            self.sock.close()
+        self.service.close()
 
     def __enter__(self) -> InferenceServer:
         return self.start()
@@ -335,125 +288,3 @@ class InferenceServer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as tritonclient's connection pool expects
-        server_version = "gee-deploy"
-        # Headers and body leave in one segment: with Nagle on and two writes, the client's delayed ACK
-        # added 40 ms to every response on loopback.
-        disable_nagle_algorithm = True
-        wbufsize = 1 << 16  # flushed by BaseHTTPRequestHandler after each request
-
-        def log_message(self, fmt, *args) -> None:  # access logs would cost more than the inference
-            pass
-
-        def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
-            self.send_response(status)
-            headers = headers or ({"Content-Type": "application/json"} if body else {})
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, obj) -> None:
-            self._send(status, json.dumps(obj).encode())
-
-        def _route(self, method: str) -> tuple[str, callable]:
-            path = self.path.split("?", 1)[0]
-            if method == "GET" and path == "/metrics":
-                return "metrics", lambda: self._send(200, server.metrics.render(server.name).encode(),
-                                                     {"Content-Type": "text/plain; version=0.0.4"})
-            if method == "GET" and path in ("/v2", "/v2/"):
-                return "server", lambda: self._json(200, {"name": "gee-deploy", "version": "1",
-                                                          "extensions": ["binary_tensor_data"]})
-            if method == "GET" and path in ("/v2/health/live", "/v2/health/ready"):
-                key = path.rsplit("/", 1)[1]
-                return "health", lambda: self._json(200, {key: True})
-            m = _MODEL_PATH.match(path)
-            if m is None:
-                raise RequestError(404, f"no endpoint {path}")
-            if m["name"] != server.name:
-                raise RequestError(404, f"unknown model {m['name']!r}; this server has {server.name!r}")
-            if m["version"] not in (None, "1"):
-                raise RequestError(404, f"model {server.name!r} has only version 1")
-            rest = m["rest"] or ""
-            if (method == "POST") != (rest == "/infer"):
-                raise RequestError(405, f"{method} is not allowed on {path}")
-            if rest == "/ready":
-                return "model_ready", lambda: self._json(200, {"name": server.name, "ready": True})
-            if rest == "":
-                return "model", lambda: self._json(200, server.metadata())
-            return "infer", self._infer
-
-        def _infer(self) -> None:
-            start = time.perf_counter()
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                self.close_connection = True
-                raise RequestError(411, "chunked bodies are not supported; send Content-Length")
-            if self.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-                self.close_connection = True
-                raise RequestError(415, "compressed request bodies are not supported")
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                raise RequestError(411, "a Content-Length header is required") from None
-            if length < 0:
-                self.close_connection = True
-                raise RequestError(400, f"Content-Length {length} is negative")
-            if length > server.max_body:
-                self._discard(length)
-                raise RequestError(413, f"request body of {length} bytes exceeds the limit of {server.max_body}")
-            body = self.rfile.read(length)
-            header_length = self.headers.get("Inference-Header-Content-Length")
-            if header_length is not None:
-                try:
-                    header_length = int(header_length)
-                except ValueError:
-                    raise RequestError(400, "Inference-Header-Content-Length must be an integer") from None
-                if not 0 < header_length <= len(body):
-                    raise RequestError(400, f"Inference-Header-Content-Length {header_length} does not fit "
-                                            f"a body of {len(body)} bytes")
-            payload, headers = server.infer(body, header_length)
-            self._send(200, payload, headers)
-            return time.perf_counter() - start
-
-        def _discard(self, length: int) -> None:
-            """Read and drop a refused body (closing on unread data would reset the connection before the
-            client reads the 413), up to 4x the limit; beyond that just close."""
-            self.close_connection = True
-            left = length if length <= 4 * server.max_body else 0
-            while left > 0:
-                chunk = self.rfile.read(min(left, 1 << 16))
-                if not chunk:
-                    break
-                left -= len(chunk)
-
-        def _handle(self, method: str) -> None:
-            endpoint, status, seconds = "unknown", 500, None
-            try:
-                endpoint, action = self._route(method)
-                seconds = action()
-                status = 200
-            except RequestError as e:
-                status = e.status
-                if method == "POST" and status in (404, 405):  # the body was not read: drop the connection
-                    self.close_connection = True
-                self._json(status, {"error": str(e)})
-            except Exception as e:  # a bug must not kill the server; the client learns what happened
-                self.close_connection = True
-                self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
-            finally:
-                server.metrics.observe_request(endpoint, status, seconds if status == 200 else None)
-
-        def do_GET(self) -> None:
-            self._handle("GET")
-
-        def do_POST(self) -> None:
-            self._handle("POST")
-
-    return Handler

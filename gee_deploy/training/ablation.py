@@ -15,6 +15,7 @@ The accuracy is the last epoch's (not the best epoch's, which would select on th
 from __future__ import annotations
 
 import copy
+import json
 import os
 import statistics
 import time
@@ -24,6 +25,7 @@ from ..errors import ConfigError
 from ..io import atomic_path, read_jsonl, write_json
 from .evolution import LOG_FILE, check_evolution
 from .evolution_plots import plot_evolution
+from .trainer import holds_run, train
 
 __all__ = ["VARIANTS", "run_ablation"]
 
@@ -38,22 +40,18 @@ VARIANTS = {
 
 
 def _variant_recipe(recipe, overrides: dict, seed_offset: int):
-    r = copy.deepcopy(recipe)
+    variant = copy.deepcopy(recipe)
     for key, value in overrides.items():
-        setattr(r.evolution, key, value)
-    r.train.seed = recipe.train.seed + seed_offset
-    return r
+        setattr(variant.evolution, key, value)
+    variant.train.seed = recipe.train.seed + seed_offset
+    return variant
 
 
 def _run(recipe, run_dir: Path, progress) -> dict:
     """Train (or resume, or reuse) one run; returns its record."""
-    from .trainer import holds_run, train
-
     record_path = run_dir / "ablation_run.json"
     rows = read_jsonl(run_dir / "train.jsonl")
     if record_path.exists() and rows and rows[-1].get("epoch") == recipe.train.epochs:
-        import json
-
         return json.loads(record_path.read_text())
     resume = holds_run(run_dir)
     started = time.perf_counter()

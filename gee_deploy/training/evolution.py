@@ -7,6 +7,13 @@ CMA-ES is the ``cma`` package (ask/tell). Full covariance up to ``evolution.diag
 (default 2,000: the O(n^2) memory and O(n^3) eigendecompositions of full CMA stay under a second per
 generation there), separable CMA (``CMA_diagonal``) above it (g = 150 gives 22,502 dimensions).
 
+The default wiring. Besides CMA-ES's samples, the first generation also scores the Random model itself
+(the network the trainer builds without evolution: torch seeded with ``train.seed``, encodings and G as
+initialised), with the same short training and batches as the samples. It is not told to CMA-ES (it is no
+sample of its distribution), but it competes for the incumbent and wins ties, so evolution returns the
+default wiring unless its own fitness ranks something strictly better. It is logged as ``default`` in the
+first generation's row, and a ``best`` index of -1 means it.
+
 The best genotype. Eq. 16's regulariser weights fade with the generation t, so raw fitness values of
 different generations are not comparable (an early candidate subtracts more regulariser and would always
 win). After generation t the incumbent is the candidate, among all evaluated so far, with the lowest
@@ -18,7 +25,7 @@ Run directory::
     evolution.jsonl        one object per finished generation: generation, best_fitness, median_fitness,
                            beta1 / beta2 / sigma of the CMA-ES mean that sampled it, best (generation,
                            index, loss, r1, r2), seconds, candidates [{index, fitness, loss, r1, r2, beta1,
-                           beta2}]
+                           beta2}], and in the first generation default {fitness, loss, r1, r2}
     evolution_state.json   what resuming needs, written atomically after every generation
 
 Resume without pickles: the state file holds the settings and every generation's raw fitness terms. CMA-ES
@@ -44,36 +51,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
+from ..recipe import check_section, recipe_from_dict
 from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
+from .setup import build_recipe_model
 
 __all__ = ["run_evolution", "check_evolution", "LOG_FILE", "STATE_FILE"]
 
 LOG_FILE = "evolution.jsonl"
 STATE_FILE = "evolution_state.json"
 STATE_FORMAT = "gee-deploy-evolution/1"
+DEFAULT_INDEX = -1  # the index that names the default wiring in logs and summaries
 
 
 def check_evolution(ev) -> None:
-    """One-line ConfigErrors for evolution settings that cannot work."""
+    """One-line ConfigErrors for evolution settings that cannot work: the fitness mode, and every numeric key
+    against its range in :data:`gee_deploy.recipe.ALLOWED`."""
     if ev.fitness not in FITNESS_MODES:
         raise ConfigError(f"unknown evolution.fitness {ev.fitness!r}; use one of {', '.join(FITNESS_MODES)}")
-    if ev.generations < 1:
-        raise ConfigError(f"evolution.generations must be >= 1, got {ev.generations}")
-    if ev.population != 0 and ev.population < 2:
-        raise ConfigError(f"evolution.population must be >= 2 (or 0 for the cma default), got {ev.population}")
-    for key in ("lambda1", "lambda2", "sigma0", "beta1", "beta2"):
-        if not math.isfinite(getattr(ev, key)):
-            raise ConfigError(f"evolution.{key} must be a finite number, got {getattr(ev, key)!r}")
-    for key in ("sigma0", "beta1", "beta2"):
-        if getattr(ev, key) <= 0:
-            raise ConfigError(f"evolution.{key} must be > 0, got {getattr(ev, key)}")
-    for key, low in (("eval_steps", 0), ("eval_batches", 1), ("workers", 1), ("eval_threads", 1),
-                     ("diagonal_above", 0)):
-        if getattr(ev, key) < low:
-            raise ConfigError(f"evolution.{key} must be >= {low}, got {getattr(ev, key)}")
+    check_section("evolution", ev)
 
 
 class SeededNormal:
@@ -106,26 +105,24 @@ _NOT_IN_EVOLUTION = {"epochs", "warmup_epochs", "label_smoothing", "grad_clip", 
 def _settings(recipe, dimension: int, popsize: int) -> dict:
     """Everything a generation's results depend on; a resume must match it (generations and workers may change)."""
     ev = {k: v for k, v in recipe.to_dict()["evolution"].items() if k not in ("enabled", "generations", "workers")}
-    d = recipe.data
+    data = recipe.data
     settings = {"dimension": dimension, "popsize": popsize, "evolution": ev, "model": recipe.to_dict()["model"],
-                "data": {"name": d.name, "train_limit": d.train_limit, "batch_size": d.batch_size},
+                "data": {"name": data.name, "train_limit": data.train_limit, "batch_size": data.batch_size},
                 "train": {k: v for k, v in recipe.to_dict()["train"].items() if k not in _NOT_IN_EVOLUTION}}
     return json.loads(json.dumps(settings))  # as the state file will hold it (tuples become lists)
 
 
 def _load_eval_data(recipe) -> EvalData:
-    from ..data import load_split
-
-    d = recipe.data
-    train_set = load_split(d.name, "train", d.data_dir or None, augment=False, limit=d.train_limit or None)
-    return EvalData(train_set, d.batch_size, recipe.evolution.eval_batches)
+    data = recipe.data
+    train_set = load_split(data.name, "train", data.data_dir or None, augment=False, limit=data.train_limit or None)
+    return EvalData(train_set, data.batch_size, recipe.evolution.eval_batches)
 
 
 @contextmanager
-def _threads(n: int | None):
+def _threads(count: int | None):
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    if count:
+        torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -140,8 +137,6 @@ _TERMS = ("loss", "r1", "r2")
 
 def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
     """Pool initializer: take a device from the ``devices`` queue, load the evaluation data once."""
-    from ..recipe import recipe_from_dict
-
     device = torch.device(devices.get())
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -152,8 +147,8 @@ def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
 
 def _work(task: tuple) -> tuple[int, dict]:
     index, x, noise_seed, order_seed, seed = task
-    w = _WORKER
-    return index, evaluate_candidate(w["recipe"], x, noise_seed, order_seed, seed, w["data"], w["device"])
+    return index, evaluate_candidate(_WORKER["recipe"], x, noise_seed, order_seed, seed, _WORKER["data"],
+                                     _WORKER["device"])
 
 
 class _Evaluator:
@@ -177,16 +172,20 @@ class _Evaluator:
         else:
             self.data = _load_eval_data(recipe)
 
-    def evaluate(self, xs: list[np.ndarray], generation: int, on_result) -> list[dict]:
+    def evaluate(self, xs: list[np.ndarray], generation: int, on_result,
+                 with_default: bool = False) -> tuple[list[dict], dict | None]:
+        """Raw terms of each candidate of ``xs`` and, with ``with_default``, of the default wiring (else None)."""
         seed = self.recipe.train.seed
         noise_seed, order_seed = generation_seeds(seed, generation)
         tasks = [(i, x, noise_seed, order_seed, candidate_seed(seed, generation, i)) for i, x in enumerate(xs)]
-        results: list[dict | None] = [None] * len(xs)
+        if with_default:  # the Random model: seeded like the trainer's model, no phenotype
+            tasks.append((len(xs), None, noise_seed, order_seed, seed))
+        results: list[dict | None] = [None] * len(tasks)
         if self.pool is not None:
             for i, terms in self.pool.imap_unordered(_work, tasks):
                 results[i] = terms
                 on_result(i, terms)
-            return results
+            return self._split(results, len(xs), with_default)
         world, rank = (self.dist.world, self.dist.rank) if self.dist is not None else (1, 0)
         with _threads(self.threads):
             for task in tasks[rank::world]:
@@ -199,8 +198,12 @@ class _Evaluator:
                 flat += [0.0] * 3 if r is None else [math.nan if r[k] is None else r[k] for k in _TERMS]
             summed = self.dist.all_reduce_sum(*flat)
             results = [{k: None if math.isnan(v) else v for k, v in zip(_TERMS, summed[3 * i:3 * i + 3])}
-                       for i in range(len(xs))]
-        return results
+                       for i in range(len(tasks))]
+        return self._split(results, len(xs), with_default)
+
+    @staticmethod
+    def _split(results: list[dict], candidates: int, with_default: bool) -> tuple[list[dict], dict | None]:
+        return results[:candidates], (results[candidates] if with_default else None)
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers: let them finish (normal end) or kill them (an error or Ctrl-C in the loop)."""
@@ -215,12 +218,13 @@ class _Evaluator:
 
 # ---- state ----------------------------------------------------------------------------------------------
 
-def _save_state(path: Path, settings: dict, terms: list, fitness: list, es) -> None:
+def _save_state(path: Path, settings: dict, terms: list, fitness: list, es, default: dict | None) -> None:
     import cma
 
     state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
              "generations_done": len(fitness), "terms": terms, "fitness": fitness,
-             "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma)}
+             "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma),
+             "default": None if default is None else {k: default[k] for k in ("generation", *_TERMS)}}
     write_json(path, state)
 
 
@@ -230,7 +234,8 @@ def _load_state(path: Path, settings: dict) -> dict | None:
     try:
         state = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not a readable evolution state (corrupt?); delete it to restart evolution") from None
+        raise ConfigError(f"{path} is not a readable evolution state (corrupt?); "
+                          "delete it to restart evolution") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path} is not a {STATE_FORMAT} evolution state")
     if state["settings"] != settings:
@@ -241,9 +246,9 @@ def _load_state(path: Path, settings: dict) -> dict | None:
     return state
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def _flatten(nested: dict, prefix: str = "") -> dict:
     out = {}
-    for k, v in d.items():
+    for k, v in nested.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
@@ -253,15 +258,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 # ---- the loop -------------------------------------------------------------------------------------------
 
-def _rescored_best(history: list[list[dict]], generation: int, ev) -> dict:
-    """The candidate with the lowest fitness under generation ``generation``'s weights (ties: earliest)."""
-    best, best_f = None, math.inf
-    for cands in history:
-        for c in cands:
-            f = combine_fitness(ev.fitness, c["loss"], c["r1"], c["r2"], generation, ev.lambda1, ev.lambda2)
-            if f < best_f:
-                best, best_f = c, f
-    return {**best, "rescored_fitness": best_f}
+def _rescored_best(history: list[list[dict]], generation: int, ev, default: dict | None) -> dict:
+    """The candidate with the lowest fitness under generation ``generation``'s weights (ties: the default
+    wiring, then the earliest)."""
+    best, best_fitness = None, math.inf
+    for candidates in ([[default]] if default is not None else []) + history:
+        for candidate in candidates:
+            fitness = combine_fitness(ev.fitness, candidate["loss"], candidate["r1"], candidate["r2"], generation,
+                                      ev.lambda1, ev.lambda2)
+            if fitness < best_fitness:
+                best, best_fitness = candidate, fitness
+    return {**best, "rescored_fitness": best_fitness}
 
 
 def run_evolution(recipe, out, model, device: torch.device, dist=None, progress: bool | None = None) -> dict:
@@ -290,17 +297,20 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     history: list[list[dict]] = []  # per generation, per candidate: x, generation, index, loss, r1, r2, fitness
     terms_log: list = []
     fitness_log: list = []
+    default: dict | None = None  # the default wiring's entry, once scored
     state = _load_state(state_path, settings)
     if state is not None:
-        for g, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
+        for generation, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
             xs = es.ask()
             es.tell(xs, fitness)
-            history.append([{"x": x, "generation": g, "index": i, "loss": t[0], "r1": t[1], "r2": t[2], "fitness": f}
-                            for i, (x, t, f) in enumerate(zip(xs, terms, fitness))])
+            history.append([{"x": x, "generation": generation, "index": i, "loss": loss, "r1": r1, "r2": r2,
+                             "fitness": value} for i, (x, (loss, r1, r2), value) in enumerate(zip(xs, terms, fitness))])
         if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
             raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
                               f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
         terms_log, fitness_log = state["terms"], state["fitness"]
+        if state.get("default") is not None:  # states written before the default was scored lack it
+            default = {"x": None, "index": DEFAULT_INDEX, **state["default"]}
     done = len(history)
     if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
         write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("generation", -1) < done])
@@ -315,8 +325,9 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             sampling_mean = np.asarray(es.mean, dtype=float)
             xs = es.ask()
             fits: list[float] = []
-            bar = tqdm(total=len(xs), desc=f"evolution {generation + 1}/{ev.generations}", leave=False,
-                       disable=True if not show else None)
+            with_default = default is None
+            bar = tqdm(total=len(xs) + with_default, desc=f"evolution {generation + 1}/{ev.generations}",
+                       leave=False, disable=True if not show else None)
 
             def on_result(i, terms, bar=bar, fits=fits, generation=generation):
                 fits.append(combine_fitness(ev.fitness, terms["loss"], terms["r1"], terms["r2"], generation,
@@ -324,28 +335,33 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                 bar.update(1)
                 bar.set_postfix(best=f"{min(fits):.4f}", median=f"{statistics.median(fits):.4f}")
 
-            results = evaluator.evaluate(xs, generation, on_result)
+            results, default_terms = evaluator.evaluate(xs, generation, on_result, with_default)
             bar.close()
+            if default_terms is not None:
+                default = {"x": None, "generation": generation, "index": DEFAULT_INDEX, **default_terms}
             fitness = [combine_fitness(ev.fitness, r["loss"], r["r1"], r["r2"], generation, ev.lambda1, ev.lambda2)
                        for r in results]
             es.tell(xs, fitness)
-            history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": f}
-                            for i, (x, r, f) in enumerate(zip(xs, results, fitness))])
+            history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": value}
+                            for i, (x, r, value) in enumerate(zip(xs, results, fitness))])
             terms_log.append([[r["loss"], r["r1"], r["r2"]] for r in results])
             fitness_log.append(fitness)
-            best = _rescored_best(history, generation, ev)
+            best = _rescored_best(history, generation, ev, default)
             row = {"generation": generation, "best_fitness": best["rescored_fitness"],
                    "median_fitness": statistics.median(fitness),
                    "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]),
                    "sigma": float(es.sigma),
                    "best": {k: best[k] for k in ("generation", "index", "loss", "r1", "r2")},
                    "seconds": time.perf_counter() - started,
-                   "candidates": [{"index": i, "fitness": f, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
+                   "candidates": [{"index": i, "fitness": value, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
                                    "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
-                                  for i, (x, r, f) in enumerate(zip(xs, results, fitness))]}
+                                  for i, (x, r, value) in enumerate(zip(xs, results, fitness))]}
+            if default_terms is not None:
+                row["default"] = {"fitness": combine_fitness(ev.fitness, *(default_terms[k] for k in _TERMS),
+                                                             generation, ev.lambda1, ev.lambda2), **default_terms}
             if main:
                 append_jsonl(log_path, row)
-                _save_state(state_path, settings, terms_log, fitness_log, es)
+                _save_state(state_path, settings, terms_log, fitness_log, es, default)
                 if show:
                     tqdm.write(f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
                                f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
@@ -356,9 +372,14 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             evaluator.close(wait=finished)
 
     # ---- Algorithm 1, line 11: the best genotype becomes the model ---------------------------------------
-    best = _rescored_best(history, ev.generations - 1, ev)
-    noise_seed, _ = generation_seeds(seed, best["generation"])
-    apply_phenotype(model, best["x"], noise_seed)
+    best = _rescored_best(history, ev.generations - 1, ev, default)
+    if best["x"] is None:  # the default wiring: the Random model's encodings and G
+        torch.manual_seed(seed)
+        genome_of(model).load_state_dict(genome_of(build_recipe_model(recipe)).state_dict())
+        betas = {"beta1": None, "beta2": None}
+    else:
+        noise_seed, _ = generation_seeds(seed, best["generation"])
+        apply_phenotype(model, best["x"], noise_seed)
+        betas = {"beta1": math.exp(best["x"][0]), "beta2": math.exp(best["x"][1])}
     return {"best_fitness": best["rescored_fitness"], "generation": best["generation"], "index": best["index"],
-            "loss": best["loss"], "r1": best["r1"], "r2": best["r2"], "beta1": math.exp(best["x"][0]),
-            "beta2": math.exp(best["x"][1])}
+            "loss": best["loss"], "r1": best["r1"], "r2": best["r2"], **betas}

@@ -28,8 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+from .genotype import apply_phenotype
+from .setup import build_optimizer, build_recipe_model, train_step
+
 __all__ = ["FITNESS_MODES", "FAILED_FITNESS", "temporal_difference", "spatial_entropy", "combine_fitness",
-           "generation_seeds", "candidate_seed", "EvalData", "evaluate_candidate"]
+           "generation_seeds", "candidate_seed", "check_eval_data_size", "EvalData", "evaluate_candidate"]
 
 # which regularisers each ablation uses: (r1, r2)
 FITNESS_MODES = {"loss": (False, False), "loss+r1": (True, False), "loss+r2": (False, True), "ste": (True, True)}
@@ -52,30 +56,37 @@ def spatial_entropy(gene_matrix: torch.Tensor) -> float:
 
     .. math:: r_2 = -\\sum_{i,j} P_{ij} \\log P_{ij},\\quad P = |G| / \\textstyle\\sum |G|
     """
-    a = gene_matrix.detach().double().abs().flatten()
-    total = a.sum()
+    magnitude = gene_matrix.detach().double().abs().flatten()
+    total = magnitude.sum()
     if total <= 0:
         return 0.0
-    p = a[a > 0] / total  # eq. 14
-    return float(-(p * p.log()).sum())  # eq. 15
+    prob = magnitude[magnitude > 0] / total  # eq. 14
+    return float(-(prob * prob.log()).sum())  # eq. 15
 
 
 def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
                     lambda2: float) -> float:
-    """Eq. 16 with the ablation's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised)."""
+    """Eq. 16 with the ablation's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised).
+
+    Never raises: a weight exp(lambda t) beyond float range (only possible with lambda > 0, which recipes
+    refuse) or a non-finite sum gives :data:`FAILED_FITNESS`, like a diverged candidate.
+    """
     use_r1, use_r2 = FITNESS_MODES[mode]
     if loss is None or (use_r1 and r1 is None) or not math.isfinite(loss):
         return FAILED_FITNESS
-    f = loss
-    if use_r1:
-        f -= math.exp(lambda1 * generation) * r1  # eq. 16
-    if use_r2:
-        f -= math.exp(lambda2 * generation) * r2  # eq. 16
-    return f if math.isfinite(f) else FAILED_FITNESS
+    fitness = loss
+    try:
+        if use_r1:
+            fitness -= math.exp(lambda1 * generation) * r1  # eq. 16
+        if use_r2:
+            fitness -= math.exp(lambda2 * generation) * r2  # eq. 16
+    except OverflowError:
+        return FAILED_FITNESS
+    return fitness if math.isfinite(fitness) else FAILED_FITNESS
 
 
 def _seed(*words: int) -> int:
-    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(word) for word in words]).generate_state(1)[0])
 
 
 def generation_seeds(seed: int, generation: int) -> tuple[int, int]:
@@ -88,6 +99,16 @@ def candidate_seed(seed: int, generation: int, index: int) -> int:
     return _seed(seed, 2, generation, index)
 
 
+def check_eval_data_size(images: int, batch_size: int, eval_batches: int) -> None:
+    """Raise a one-line ConfigError when a training split of ``images`` cannot give ``eval_batches`` held-out
+    batches plus one training batch (what :class:`EvalData` cuts it into)."""
+    needed = (eval_batches + 1) * batch_size
+    if images < needed:
+        raise ConfigError(f"evolution needs at least {needed} training images (evolution.eval_batches="
+                          f"{eval_batches} held-out batches plus one training batch of data.batch_size="
+                          f"{batch_size}); the training split has {images}")
+
+
 @dataclass
 class EvalData:
     """The training split cut into the part candidates train on and the held-out batches they are scored on."""
@@ -97,14 +118,8 @@ class EvalData:
     eval_batches: int
 
     def __post_init__(self):
-        held = self.eval_batches * self.batch_size
-        if len(self.dataset) < held + self.batch_size:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"evolution needs at least {held + self.batch_size} training images "
-                              f"(eval_batches={self.eval_batches} held-out batches plus one training batch of "
-                              f"{self.batch_size}); the training split has {len(self.dataset)}")
-        self.train_count = len(self.dataset) - held
+        check_eval_data_size(len(self.dataset), self.batch_size, self.eval_batches)
+        self.train_count = len(self.dataset) - self.eval_batches * self.batch_size
         self._held_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the same for every candidate
 
     def _batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,35 +132,35 @@ class EvalData:
         perm = torch.empty(0, dtype=torch.long)
         while len(perm) < steps * self.batch_size:
             perm = torch.cat([perm, torch.randperm(self.train_count, generator=gen)])
-        for s in range(steps):
-            yield self._batch(perm[s * self.batch_size:(s + 1) * self.batch_size])
+        for step in range(steps):
+            yield self._batch(perm[step * self.batch_size:(step + 1) * self.batch_size])
 
     def held_out(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The ``eval_batches`` batches after the training part, collated once and reused."""
         if self._held_out is None:
-            starts = (self.train_count + b * self.batch_size for b in range(self.eval_batches))
-            self._held_out = [self._batch(range(s, s + self.batch_size)) for s in starts]
+            starts = (self.train_count + batch * self.batch_size for batch in range(self.eval_batches))
+            self._held_out = [self._batch(range(start, start + self.batch_size)) for start in starts]
         return self._held_out
 
 
-def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, seed: int, data: EvalData,
+def evaluate_candidate(recipe, x: np.ndarray | None, noise_seed: int, order_seed: int, seed: int, data: EvalData,
                        device: torch.device) -> dict:
-    """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2} (raw terms)."""
-    from .genotype import apply_phenotype, decode_genotype
-    from .trainer import _optimizer, build_recipe_model
+    """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2} (raw terms).
 
+    ``x = None`` is the default wiring: the Random model exactly as the trainer builds it (torch seeded with
+    ``seed`` = ``train.seed``, encodings and G as initialised, no phenotype drawn), trained and scored the
+    same way. r2 is measured on G before the short training in both cases.
+    """
     torch.manual_seed(seed)
     model = build_recipe_model(recipe)
-    apply_phenotype(model, x, noise_seed)
+    if x is not None:
+        apply_phenotype(model, x, noise_seed)
+    gene_matrix = model.genome.gene_matrix.detach().clone()
     model.to(device)
-    optimizer = _optimizer(recipe, model)
+    optimizer = build_optimizer(recipe, model)
     model.train()
     for images, labels in data.train_batches(recipe.evolution.eval_steps, order_seed):
-        images, labels = images.to(device), labels.to(device)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images.to(device), labels.to(device))
     loss_sum = r1_sum = 0.0
     count = 0
     with torch.no_grad():
@@ -155,7 +170,6 @@ def evaluate_candidate(recipe, x: np.ndarray, noise_seed: int, order_seed: int, 
             loss_sum += F.cross_entropy(y_steps.mean(0), labels, reduction="sum").item()
             r1_sum += temporal_difference(y_steps).sum().item()  # eq. 13
             count += len(labels)
-    _, _, gene_matrix = decode_genotype(x, model.genome.genes)
     loss, r1 = loss_sum / count, r1_sum / count
     return {"loss": loss if math.isfinite(loss) else None, "r1": r1 if math.isfinite(r1) else None,
             "r2": spatial_entropy(gene_matrix)}

@@ -34,9 +34,9 @@ def encode_genotype(beta1: float, beta2: float, gene_matrix: torch.Tensor | np.n
     """(beta1, beta2, G) -> x = [log beta1, log beta2, vec(G)] as float64."""
     if not (beta1 > 0 and beta2 > 0):
         raise ValueError(f"beta1 and beta2 must be positive, got {beta1}, {beta2}")
-    g = np.asarray(gene_matrix.detach().cpu() if isinstance(gene_matrix, torch.Tensor) else gene_matrix,
-                   dtype=np.float64)
-    return np.concatenate([[math.log(beta1), math.log(beta2)], g.reshape(-1)])
+    matrix = np.asarray(gene_matrix.detach().cpu() if isinstance(gene_matrix, torch.Tensor) else gene_matrix,
+                        dtype=np.float64)
+    return np.concatenate([[math.log(beta1), math.log(beta2)], matrix.reshape(-1)])
 
 
 def decode_genotype(x: np.ndarray, genes: int) -> tuple[float, float, torch.Tensor]:
@@ -86,6 +86,6 @@ def apply_phenotype(model: nn.Module, x: np.ndarray, noise_seed: int) -> None:
     genome = genome_of(model)
     beta1, beta2, gene_matrix = decode_genotype(x, genome.genes)
     shapes = {name: tuple(p.shape) for name, p in genome.encodings.items()}
-    for name, e in sample_encodings(shapes, beta1, beta2, noise_seed).items():
-        genome.encodings[name].data.copy_(e)
+    for name, encoding in sample_encodings(shapes, beta1, beta2, noise_seed).items():
+        genome.encodings[name].data.copy_(encoding)
     genome.gene_matrix.data.copy_(gene_matrix)

@@ -18,22 +18,27 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
 
 from ..checkpoint import architecture_fingerprint, load_checkpoint, save_checkpoint
 from ..data import dataset_info, load_split, make_loader
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
-from ..recipe import Recipe
-from ..zoo import create_model
+from ..recipe import Recipe, check_recipe
+from .evolution import check_evolution, run_evolution
+from .fitness import check_eval_data_size
+from .setup import build_optimizer, build_recipe_model, train_step
 
-__all__ = ["train", "build_recipe_model", "evaluate", "select_device", "DistContext"]
+__all__ = ["train", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext"]
 
 
 class DistContext:
@@ -53,10 +58,10 @@ class DistContext:
         return self.rank == 0
 
     def all_reduce_sum(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        totals = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world > 1:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
+            torch.distributed.all_reduce(totals)
+        return totals.tolist()
 
 
 def select_device(name: str) -> torch.device:
@@ -67,17 +72,6 @@ def select_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
     return torch.device(name)
-
-
-def build_recipe_model(recipe: Recipe) -> nn.Module:
-    """The recipe's architecture, sized and normalised for the recipe's dataset unless the recipe says otherwise."""
-    info = dataset_info(recipe.data.name)
-    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
-              "mean": info.mean, "std": info.std, **recipe.model_kwargs()}
-    try:
-        return create_model(recipe.model.name, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"cannot build {recipe.model.name!r}: {e}") from None
 
 
 @torch.no_grad()
@@ -105,35 +99,15 @@ def evaluate(model: nn.Module, loader, device: torch.device, dist: DistContext |
             "firing_rate": spikes / max(neurons, 1)}
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def f(step: int) -> float:
+def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LambdaLR factor at optimiser step ``step``: linear warm-up over ``warmup_steps``, then cosine to 0."""
+    def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-    return f
-
-
-def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    t = recipe.train
-    # no weight decay on BN/bias (1-d) parameters; encodings and G get their own learning rate
-    genome = getattr(model, "genome", None)
-    genetic = {id(p) for p in genome.parameters()} if genome is not None else set()
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if id(p) in genetic], "weight_decay": t.weight_decay,
-         "lr": t.lr * t.genetic_lr_scale},
-        {"params": [p for p in params if id(p) not in genetic and p.dim() > 1], "weight_decay": t.weight_decay,
-         "lr": t.lr},
-        {"params": [p for p in params if id(p) not in genetic and p.dim() <= 1], "weight_decay": 0.0, "lr": t.lr},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
-    raise ConfigError(f"unknown train.optimizer {t.optimizer!r}; use adamw or sgd")
+    return factor
 
 
 def holds_run(out: str | os.PathLike) -> bool:
@@ -141,158 +115,223 @@ def holds_run(out: str | os.PathLike) -> bool:
     return (Path(out) / "last.pt").exists() or (Path(out) / "evolution.jsonl").exists()
 
 
-def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
-    """Run a recipe into run directory ``out``; returns the last epoch's metrics (plus best_acc)."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Runtime:
+    """Where and how this process computes: device, DDP ranks, mixed precision, memory format."""
 
-    out = Path(out)
-    t = recipe.train
-    if t.epochs < 0:
-        raise ConfigError(f"train.epochs must be >= 0, got {t.epochs}")
-    if recipe.evolution.enabled:  # bad evolution settings fail before anything is written
-        from .evolution import check_evolution
+    device: torch.device
+    dist: DistContext
+    autocast: Callable[[], AbstractContextManager]
+    channels_last: bool
 
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.type == "cuda"
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+
+def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> None:
+    """The settings and the run directory: what can be refused before the data is even read."""
+    check_recipe(recipe)
+    if recipe.evolution.enabled:
         check_evolution(recipe.evolution)
-    last_path = out / "last.pt"
     if resume and not holds_run(out):
         raise ConfigError(f"--resume: {out} has no last.pt to resume from")
     if not resume and holds_run(out):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
-    # ---- set-up ---------------------------------------------------------------------------------------
-    device = select_device(t.device)
+
+def _set_up(settings) -> _Runtime:
+    """Device, CPU threads, DDP process group, AMP dtype and memory format of the recipe's [train] section."""
+    device = select_device(settings.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     dist = DistContext(device)
-    use_amp = t.amp and device.type == "cuda"
-    channels_last = t.channels_last and device.type == "cuda"
+    use_amp = settings.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
-    def autocast():
+    def autocast() -> AbstractContextManager:
         return torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
 
+    return _Runtime(device, dist, autocast, settings.channels_last and device.type == "cuda")
+
+
+def _load_data(recipe: Recipe, runtime: _Runtime):
+    """(training set, its DDP sampler or None, test loader); each rank sees its share under torchrun."""
+    data, dist = recipe.data, runtime.dist
+    data_dir = data.data_dir or None
+    train_set = load_split(data.name, "train", data_dir, augment=data.augment, limit=data.train_limit or None)
+    test_set = load_split(data.name, "test", data_dir, limit=data.test_limit or None)
+    sampler = test_sampler = None
+    if dist.world > 1:
+        sampler = DistributedSampler(train_set, dist.world, dist.rank, shuffle=True, seed=recipe.train.seed,
+                                     drop_last=True)
+        test_sampler = DistributedSampler(test_set, dist.world, dist.rank, shuffle=False)
+    test_loader = make_loader(test_set, data.batch_size, False, workers=data.workers, pin_memory=runtime.pin_memory,
+                              sampler=test_sampler)
+    return train_set, sampler, test_loader
+
+
+def _check_data_fits(recipe: Recipe, images: int, world: int) -> None:
+    """Refuse a training split of ``images`` that gives no optimiser step (with drop_last) or too few images
+    for evolution's held-out batches; one line naming the keys to change."""
+    data = recipe.data
+    if recipe.train.epochs > 0 and images // (data.batch_size * world) == 0:
+        per_step = data.batch_size * world
+        processes = f" x {world} processes" if world > 1 else ""
+        limit = f" after data.train_limit={data.train_limit}" if data.train_limit else ""
+        raise ConfigError(f"data.batch_size={data.batch_size}{processes} is more than the {images} training images"
+                          f"{limit}: an epoch (full batches only) would take no optimiser step; allowed "
+                          f"data.batch_size <= {images // world} (or more images)")
+    if recipe.evolution.enabled:
+        check_eval_data_size(images, data.batch_size, recipe.evolution.eval_batches)
+
+
+def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> dict:
+    """What every checkpoint of this run carries besides weights and training state (see :mod:`..checkpoint`)."""
+    info = dataset_info(recipe.data.name)
+    return {"model_name": model.model_name, "model_args": model.model_args,
+            "architecture": architecture_fingerprint(model), "recipe": recipe.to_dict(),
+            "dataset": {"name": info.name, "classes": list(info.classes)}}
+
+
+def _resume(ckpt: dict, model: nn.Module, optimizer, scheduler, out: Path, dist: DistContext) -> tuple[int, float]:
+    """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far)."""
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    epochs_done = ckpt["epoch"]
+    if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
+        write_jsonl(out / "train.jsonl", [row for row in read_jsonl(out / "train.jsonl")
+                                          if row.get("epoch", 0) <= epochs_done])
+    return epochs_done, ckpt.get("best_acc", 0.0)
+
+
+def _train_epoch(net: nn.Module, loader, optimizer, scheduler, settings, runtime: _Runtime, desc: str,
+                 show: bool) -> dict:
+    """One pass over ``loader``; returns train_loss, train_acc (summed over ranks) and train_images_per_s."""
+    from tqdm.auto import tqdm
+
+    net.train()
+    started = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True)
+    for x, y in bar:
+        x, y = runtime.to_device(x, y)
+        loss, logits = train_step(net, optimizer, x, y, label_smoothing=settings.label_smoothing,
+                                  grad_clip=settings.grad_clip, autocast=runtime.autocast)
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    loss_sum, correct, seen = runtime.dist.all_reduce_sum(loss_sum, correct, seen)
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "train_images_per_s": seen / (time.perf_counter() - started)}
+
+
+def _write_checkpoints(out: Path, meta: dict, model: nn.Module, optimizer, scheduler, metrics: dict) -> None:
+    """best.pt when this epoch holds the best accuracy so far; last.pt (with the optimiser, for --resume) always."""
+    state = {**meta, "state_dict": model.state_dict(), "epoch": metrics["epoch"], "metrics": metrics,
+             "best_acc": metrics["best_acc"]}
+    if metrics["test_acc"] >= metrics["best_acc"]:
+        save_checkpoint(out / "best.pt", state)
+    save_checkpoint(out / "last.pt", {**state, "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict()})
+
+
+def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
+    """Run a recipe into run directory ``out``; returns the last epoch's metrics (plus best_acc).
+
+    Raises:
+        ConfigError: bad settings, ``out`` already holds a run (without ``resume``) or holds none (with it);
+            raised before anything is written.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    settings, data = recipe.train, recipe.data
+    _check_before_writing(recipe, out, resume)
+
+    # ---- set-up, data and model: every refusal happens here, before the run directory exists -------------
+    runtime = _set_up(settings)
+    dist = runtime.dist
+    train_set, sampler, test_loader = _load_data(recipe, runtime)
+    _check_data_fits(recipe, len(train_set), dist.world)
+    torch.manual_seed(settings.seed)
+    model = build_recipe_model(recipe)
+    meta = _checkpoint_meta(recipe, model)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", recipe.to_dict())
 
-    # ---- data -----------------------------------------------------------------------------------------
-    d = recipe.data
-    data_dir = d.data_dir or None
-    train_set = load_split(d.name, "train", data_dir, augment=d.augment, limit=d.train_limit or None)
-    test_set = load_split(d.name, "test", data_dir, limit=d.test_limit or None)
-    sampler = test_sampler = None
-    if dist.world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_set, dist.world, dist.rank, shuffle=True, seed=t.seed, drop_last=True)
-        test_sampler = DistributedSampler(test_set, dist.world, dist.rank, shuffle=False)
-    pin = device.type == "cuda"
-    test_loader = make_loader(test_set, d.batch_size, False, workers=d.workers, pin_memory=pin, sampler=test_sampler)
-
-    # ---- model ----------------------------------------------------------------------------------------
-    torch.manual_seed(t.seed)
-    model = build_recipe_model(recipe)
-    info = dataset_info(d.name)
-    meta = {"model_name": model.model_name, "model_args": model.model_args,
-            "architecture": architecture_fingerprint(model), "recipe": recipe.to_dict(),
-            "dataset": {"name": info.name, "classes": list(info.classes)}}
-
     # ---- evolution (Algorithm 1, lines 1-11): sets the model's encodings and G to the best phenotype ----
-    ckpt = load_checkpoint(last_path) if resume and last_path.exists() else None
+    ckpt = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
     if recipe.evolution.enabled and ckpt is None:
-        from .evolution import run_evolution
+        run_evolution(recipe, out, model, runtime.device, dist=dist, progress=progress)
 
-        run_evolution(recipe, out, model, device, dist=dist, progress=progress)
-
-    model.to(device)
-    if channels_last:
+    # ---- optimiser and schedule -------------------------------------------------------------------------
+    model.to(runtime.device)
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(recipe, model)
-    steps_per_epoch = max(1, len(train_set) // (d.batch_size * dist.world))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(steps_per_epoch * max(t.epochs, 1), int(t.warmup_epochs * steps_per_epoch)))
+    optimizer = build_optimizer(recipe, model)
+    steps_per_epoch = max(1, len(train_set) // (data.batch_size * dist.world))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
+        steps_per_epoch * max(settings.epochs, 1), int(settings.warmup_epochs * steps_per_epoch)))
 
     # ---- resume ---------------------------------------------------------------------------------------
     start_epoch, best_acc = 0, 0.0
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_acc = ckpt["epoch"], ckpt.get("best_acc", 0.0)
-        if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
-            write_jsonl(out / "train.jsonl", [r for r in read_jsonl(out / "train.jsonl")
-                                              if r.get("epoch", 0) <= start_epoch])
-
+        start_epoch, best_acc = _resume(ckpt, model, optimizer, scheduler, out, dist)
     net = model
     if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if settings.compile:
         net = torch.compile(net)
 
-    # ---- epochs ---------------------------------------------------------------------------------------
+    # ---- epochs (none: an evolution-only run still gets its checkpoint of the evolved model) ------------
     metrics: dict = {}
-    for epoch in range(start_epoch, t.epochs):
-        epoch_seed = t.seed * 1000 + epoch
+    for epoch in range(start_epoch, settings.epochs):
+        epoch_seed = settings.seed * 1000 + epoch
         torch.manual_seed(epoch_seed)  # augmentation draws
         if sampler is not None:
             sampler.set_epoch(epoch)
-        loader = make_loader(train_set, d.batch_size, True, seed=epoch_seed, workers=d.workers, pin_memory=pin,
-                             sampler=sampler, drop_last=True)
-        net.train()
+        loader = make_loader(train_set, data.batch_size, True, seed=epoch_seed, workers=data.workers,
+                             pin_memory=runtime.pin_memory, sampler=sampler, drop_last=True)
         started = time.perf_counter()
-        loss_sum = correct = seen = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=True if (progress is False or not dist.main) else None)
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)
-        train_seconds = time.perf_counter() - started
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                   **evaluate(net, test_loader, device, dist, autocast, channels_last),
+        trained = _train_epoch(net, loader, optimizer, scheduler, settings, runtime,
+                               f"epoch {epoch + 1}/{settings.epochs}", show=progress is not False and dist.main)
+        metrics = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"],
+                   **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
                    "lr": scheduler.get_last_lr()[-1],  # the plain group (genetic: x genetic_lr_scale)
                    "seconds": time.perf_counter() - started,
-                   "train_images_per_s": seen / train_seconds}
+                   "train_images_per_s": trained["train_images_per_s"]}
         best_acc = max(best_acc, metrics["test_acc"])
         metrics["best_acc"] = best_acc
         if dist.main:
-            state = {**meta, "state_dict": model.state_dict(), "epoch": epoch + 1, "metrics": metrics,
-                     "best_acc": best_acc}
-            if metrics["test_acc"] >= best_acc:
-                save_checkpoint(out / "best.pt", state)
-            save_checkpoint(last_path, {**state, "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict()})
+            _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
             append_jsonl(out / "train.jsonl", metrics)
             if progress is not False:
-                tqdm.write(f"epoch {epoch + 1}/{t.epochs}: loss {metrics['train_loss']:.4f} "
+                tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
                            f"test acc {metrics['test_acc']:.4f} firing rate {metrics['firing_rate']:.4f} "
                            f"({metrics['seconds']:.0f} s, {metrics['train_images_per_s']:.0f} img/s)")
-    if t.epochs == 0:  # evolution-only runs still get a checkpoint; every rank joins evaluate's all-reduce
-        metrics = {"epoch": 0, **evaluate(net, test_loader, device, dist, autocast, channels_last)}
+    if settings.epochs == 0:  # every rank joins evaluate's all-reduce
+        metrics = {"epoch": 0, **evaluate(net, test_loader, runtime.device, dist, runtime.autocast,
+                                          runtime.channels_last)}
         metrics["best_acc"] = metrics["test_acc"]
-    if t.epochs == 0 and dist.main:
-        state = {**meta, "state_dict": model.state_dict(), "epoch": 0, "metrics": metrics,
-                 "best_acc": metrics["test_acc"]}
-        save_checkpoint(out / "best.pt", state)
-        save_checkpoint(last_path, {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        if dist.main:
+            _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
     if ckpt is not None and not metrics:
         metrics = ckpt.get("metrics", {})
     if dist.world > 1:

@@ -13,10 +13,10 @@ from ..neurons import LIF, SeqToBatch
 __all__ = ["ConvPool", "SpikingNet", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
 
 
-def conv_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,
+def conv_bn(factory: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,
             padding: int | None = None) -> SeqToBatch:
     """Conv (genetic or dense) + BatchNorm applied to [T, N, C, H, W] with T folded into the batch."""
-    return SeqToBatch(f.conv(src, dst, kernel_size, stride, padding), nn.BatchNorm2d(f.channels[dst]))
+    return SeqToBatch(factory.conv(src, dst, kernel_size, stride, padding), nn.BatchNorm2d(factory.channels[dst]))
 
 
 class ConvPool(nn.Sequential):
@@ -29,8 +29,8 @@ class ConvPool(nn.Sequential):
     """
 
     def __init__(self, conv: nn.Module):
-        k, stride, padding = (conv.kernel_size, conv.stride, conv.padding)
-        k, stride, padding = (v[0] if isinstance(v, tuple) else v for v in (k, stride, padding))
+        geometry = (conv.kernel_size, conv.stride, conv.padding)
+        k, stride, padding = (v[0] if isinstance(v, tuple) else v for v in geometry)
         plain = getattr(conv, "groups", 1) == 1 and getattr(conv, "dilation", 1) in (1, (1, 1)) \
             and getattr(conv, "padding_mode", "zeros") == "zeros"
         if stride != 1 or k % 2 == 0 or padding != k // 2 or not plain:
@@ -58,20 +58,20 @@ def fuse_average_pool(weight: torch.Tensor) -> torch.Tensor:
     return (w + w.roll(1, -1) + w.roll(1, -2) + w.roll((1, 1), (-2, -1))) * 0.25
 
 
-def conv_pool_bn(f: LayerFactory, src: str, dst: str, kernel_size: int = 3) -> SeqToBatch:
+def conv_pool_bn(factory: LayerFactory, src: str, dst: str, kernel_size: int = 3) -> SeqToBatch:
     """Conv + 2x2 average pool (fused, see :class:`ConvPool`) + BatchNorm on [T, N, C, H, W]."""
-    return SeqToBatch(ConvPool(f.conv(src, dst, kernel_size)), nn.BatchNorm2d(f.channels[dst]))
+    return SeqToBatch(ConvPool(factory.conv(src, dst, kernel_size)), nn.BatchNorm2d(factory.channels[dst]))
 
 
-def pooled_head(f: LayerFactory, src: str, hidden: tuple[int, ...], num_classes: int) -> list[nn.Module]:
+def pooled_head(factory: LayerFactory, src: str, hidden: tuple[int, ...], num_classes: int) -> list[nn.Module]:
     """Global average pool, hidden FC + BN + LIF layers of widths ``hidden``, then the classifier FC."""
     layers: list[nn.Module] = [SeqToBatch(nn.AdaptiveAvgPool2d(1), nn.Flatten())]
     for j, width in enumerate(hidden):
-        dst = f.population(f"fc{j}", width, taps=1)
-        layers += [SeqToBatch(f.linear(src, dst), nn.BatchNorm1d(width)), LIF()]
+        dst = factory.population(f"fc{j}", width, taps=1)
+        layers += [SeqToBatch(factory.linear(src, dst), nn.BatchNorm1d(width)), LIF()]
         src = dst
-    f.population("classes", num_classes, taps=1)
-    layers.append(SeqToBatch(f.linear(src, "classes")))
+    factory.population("classes", num_classes, taps=1)
+    layers.append(SeqToBatch(factory.linear(src, "classes")))
     return layers
 
 
@@ -116,9 +116,9 @@ class SpikingNet(nn.Module):
         return self.factory.genes
 
     def check_input(self, x: torch.Tensor) -> None:
-        c, s = self.in_channels, self.image_size
-        if x.dim() != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
-            raise ValueError(f"expected input [N, {c}, {s}, {s}], got shape {tuple(x.shape)}")
+        channels, side = self.in_channels, self.image_size
+        if x.dim() != 4 or x.shape[1] != channels or x.shape[2] != side or x.shape[3] != side:
+            raise ValueError(f"expected input [N, {channels}, {side}, {side}], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"expected a floating-point input in [0, 1], got dtype {x.dtype}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from .registry import register_model
 from .base import SpikingNet, conv_bn
 from ..neurons import LIF, SeqToBatch
 
@@ -16,23 +16,23 @@ from ..neurons import LIF, SeqToBatch
 class CIFARNet(SpikingNet):
     def __init__(self, **kw):
         super().__init__(**kw)
-        f = self.factory
+        factory = self.factory
         for name, width in [("c1", 128), ("c2", 256), ("c3", 512), ("c4", 1024), ("c5", 512)]:
-            f.population(name, width)
+            factory.population(name, width)
         side = self.image_size // 8  # after MP2, MP2, AP2
-        f.population("fc1", 1024, taps=side * side)
-        f.population("fc2", 512, taps=1)
-        f.population("classes", self.num_classes, taps=1)
-        self.stem = nn.Sequential(f.conv("input", "c1", 3), nn.BatchNorm2d(128))
+        factory.population("fc1", 1024, taps=side * side)
+        factory.population("fc2", 512, taps=1)
+        factory.population("classes", self.num_classes, taps=1)
+        self.stem = nn.Sequential(factory.conv("input", "c1", 3), nn.BatchNorm2d(128))
         self.body = nn.Sequential(
             LIF(),
-            conv_bn(f, "c1", "c2"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(f, "c2", "c3"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(f, "c3", "c4"), LIF(),
-            conv_bn(f, "c4", "c5"), LIF(), SeqToBatch(nn.AvgPool2d(2)),
-            conv_bn(f, "c5", "fc1", kernel_size=side, padding=0), LIF(),
-            SeqToBatch(nn.Flatten(), f.linear("fc1", "fc2"), nn.BatchNorm1d(512)), LIF(),
-            SeqToBatch(f.linear("fc2", "classes")),
+            conv_bn(factory, "c1", "c2"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
+            conv_bn(factory, "c2", "c3"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
+            conv_bn(factory, "c3", "c4"), LIF(),
+            conv_bn(factory, "c4", "c5"), LIF(), SeqToBatch(nn.AvgPool2d(2)),
+            conv_bn(factory, "c5", "fc1", kernel_size=side, padding=0), LIF(),
+            SeqToBatch(nn.Flatten(), factory.linear("fc1", "fc2"), nn.BatchNorm1d(512)), LIF(),
+            SeqToBatch(factory.linear("fc2", "classes")),
         )
 
 

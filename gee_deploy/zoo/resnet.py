@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from .registry import register_model
 from .base import SpikingNet, conv_bn, pooled_head
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, f: LayerFactory, src: str, mid: str, dst: str, stride: int):
+    def __init__(self, factory: LayerFactory, src: str, mid: str, dst: str, stride: int):
         super().__init__()
-        self.conv1 = conv_bn(f, src, mid, 3, stride)
+        self.conv1 = conv_bn(factory, src, mid, 3, stride)
         self.lif1 = LIF()
-        self.conv2 = conv_bn(f, mid, dst, 3)
-        self.shortcut = conv_bn(f, src, dst, 1, stride, 0) if src != dst else nn.Identity()
+        self.conv2 = conv_bn(factory, mid, dst, 3)
+        self.shortcut = conv_bn(factory, src, dst, 1, stride, 0) if src != dst else nn.Identity()
         self.lif2 = LIF()
 
     def forward(self, x_seq):  # [T, N, C, H, W] spikes
@@ -33,22 +33,23 @@ class ResNet(SpikingNet):
     def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_width: int, imagenet_stem: bool,
                  hidden: tuple[int, ...] = (), **kw):
         super().__init__(stem_kernel=7 if imagenet_stem else 3, **kw)
-        f = self.factory
-        src = f.population("stem", stem_width)
+        factory = self.factory
+        src = factory.population("stem", stem_width)
         if imagenet_stem:
-            self.stem = nn.Sequential(f.conv("input", src, 7, 2), nn.BatchNorm2d(stem_width))
+            self.stem = nn.Sequential(factory.conv("input", src, 7, 2), nn.BatchNorm2d(stem_width))
             layers: list[nn.Module] = [LIF(), SeqToBatch(nn.MaxPool2d(3, 2, 1))]
         else:
-            self.stem = nn.Sequential(f.conv("input", src, 3), nn.BatchNorm2d(stem_width))
+            self.stem = nn.Sequential(factory.conv("input", src, 3), nn.BatchNorm2d(stem_width))
             layers = [LIF()]
-        for s, (n, width) in enumerate(zip(blocks, widths)):
-            for b in range(n):
-                stride = 2 if (s > 0 and b == 0) else 1
-                mid = f.population(f"s{s}b{b}mid", width)
-                dst = src if (stride == 1 and f.channels[src] == width) else f.population(f"s{s}out", width)
-                layers.append(BasicBlock(f, src, mid, dst, stride))
+        for stage, (count, width) in enumerate(zip(blocks, widths)):
+            for block in range(count):
+                stride = 2 if (stage > 0 and block == 0) else 1
+                mid = factory.population(f"s{stage}b{block}mid", width)
+                keeps_population = stride == 1 and factory.channels[src] == width
+                dst = src if keeps_population else factory.population(f"s{stage}out", width)
+                layers.append(BasicBlock(factory, src, mid, dst, stride))
                 src = dst
-        self.body = nn.Sequential(*layers, *pooled_head(f, src, hidden, self.num_classes))
+        self.body = nn.Sequential(*layers, *pooled_head(factory, src, hidden, self.num_classes))
 
 
 def _resnet(blocks, widths, stem_width, imagenet_stem, hidden=(), **kw) -> ResNet:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from .registry import register_model
 from .base import ConvPool, SpikingNet, conv_bn, conv_pool_bn
 from ..neurons import LIF, SeqToBatch
 
@@ -18,18 +18,18 @@ from ..neurons import LIF, SeqToBatch
 class SmallNet(SpikingNet):
     def __init__(self, widths=(32, 64, 128), hidden: int = 256, **kw):
         super().__init__(**kw)
-        f = self.factory
-        c1, c2, c3 = (f.population(f"c{i + 1}", w) for i, w in enumerate(widths))
+        factory = self.factory
+        c1, c2, c3 = (factory.population(f"c{i + 1}", w) for i, w in enumerate(widths))
         side = self.image_size // 8  # map side left after three 2x2 pools
-        f.population("hidden", hidden, taps=side * side)
-        f.population("classes", self.num_classes, taps=1)
-        self.stem = nn.Sequential(ConvPool(f.conv("input", c1, 3)), nn.BatchNorm2d(widths[0]))
+        factory.population("hidden", hidden, taps=side * side)
+        factory.population("classes", self.num_classes, taps=1)
+        self.stem = nn.Sequential(ConvPool(factory.conv("input", c1, 3)), nn.BatchNorm2d(widths[0]))
         self.body = nn.Sequential(
             LIF(),
-            conv_pool_bn(f, c1, c2), LIF(),
-            conv_pool_bn(f, c2, c3), LIF(),
-            conv_bn(f, c3, "hidden", kernel_size=side, padding=0), LIF(),
-            SeqToBatch(nn.Flatten(), f.linear("hidden", "classes")),
+            conv_pool_bn(factory, c1, c2), LIF(),
+            conv_pool_bn(factory, c2, c3), LIF(),
+            conv_bn(factory, c3, "hidden", kernel_size=side, padding=0), LIF(),
+            SeqToBatch(nn.Flatten(), factory.linear("hidden", "classes")),
         )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import create_model, model_defaults
+from .registry import create_model, model_defaults
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -14,9 +14,9 @@ def count_parameters(model: nn.Module) -> int:
 def parameter_table(names: list[str], genes: int | None = None) -> list[dict]:
     rows = []
     for name in names:
-        g = genes if genes is not None else model_defaults(name)["genes"]
+        model_genes = genes if genes is not None else model_defaults(name)["genes"]
         dense = count_parameters(create_model(name, genes=None))
-        genetic = count_parameters(create_model(name, genes=g))
-        rows.append({"model": name, "genes": g, "dense_params": dense, "genetic_params": genetic,
+        genetic = count_parameters(create_model(name, genes=model_genes))
+        rows.append({"model": name, "genes": model_genes, "dense_params": dense, "genetic_params": genetic,
                      "ratio": genetic / dense})
     return rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from .registry import register_model
 from .base import SpikingNet, conv_bn, pooled_head
 from ..neurons import LIF, SeqToBatch
 
@@ -21,10 +21,10 @@ CONFIGS = {
 class VGG(SpikingNet):
     def __init__(self, config: list, classifier: tuple[int, ...], **kw):
         super().__init__(**kw)
-        f = self.factory
+        factory = self.factory
         widths = [c for c in config if c != "M"]
-        pops = [f.population(f"c{i}", w) for i, w in enumerate(widths)]
-        self.stem = nn.Sequential(f.conv("input", pops[0], 3), nn.BatchNorm2d(widths[0]))
+        pops = [factory.population(f"c{i}", w) for i, w in enumerate(widths)]
+        self.stem = nn.Sequential(factory.conv("input", pops[0], 3), nn.BatchNorm2d(widths[0]))
         layers: list[nn.Module] = [LIF()]
         src = pops[0]
         i = 1
@@ -32,10 +32,10 @@ class VGG(SpikingNet):
             if c == "M":
                 layers.append(SeqToBatch(nn.MaxPool2d(2)))
             else:
-                layers += [conv_bn(f, src, pops[i]), LIF()]
+                layers += [conv_bn(factory, src, pops[i]), LIF()]
                 src = pops[i]
                 i += 1
-        self.body = nn.Sequential(*layers, *pooled_head(f, src, classifier, self.num_classes))
+        self.body = nn.Sequential(*layers, *pooled_head(factory, src, classifier, self.num_classes))
 
 
 @register_model

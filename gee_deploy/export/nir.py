@@ -1,0 +1,183 @@
+"""Write a SpikingNet as a NIR graph (Neuromorphic Intermediate Representation, PyPI ``nir``).
+
+NIR describes one step of a network in continuous time; a simulator or chip runs it step by step. What we write
+(docs/export.md, "NIR", has the reasoning and the user-facing story):
+
+* the folded dense network: every conv / linear with its BatchNorm folded in (:func:`.folding.fold_layer`,
+  float64, cast to float32 once), as ``Conv2d`` / ``Affine``; a :class:`~gee_deploy.zoo.base.ConvPool` as the
+  one (k+1) x (k+1) stride-2 conv the model runs;
+* every LIF as ``nir.LIF`` with ``dt`` = :data:`DT` seconds: tau = 2 dt, r = 1, v_leak = v_reset = 0, so NIR's
+  forward-Euler step :math:`v_t = v_{t-1} + \\frac{dt}{\\tau}(v_{leak} - v_{t-1} + r I_t)` is our
+  :math:`H_t = V_{t-1} + (X_t - V_{t-1}) / \\tau` (input decay included); v_threshold is the largest float32
+  below our threshold, because NIR fires on v > v_th and we fire on v >= v_th (identical for float32 membranes);
+* global / 2x2 average pooling as ``AvgPool2d``, flatten as ``Flatten`` (NIR dims exclude the batch);
+* residual adds as two edges into one node (NIR sums a node's inputs);
+* the graph input is the normalised image (x - mean) / std, fed at every step (direct encoding; NIR has no
+  constant node, so the normalisation cannot fold into the zero-padded stem conv exactly and stays outside);
+  the stem conv + BN, computed once by the PyTorch model, runs at every step in NIR (same values, T times the
+  work); the output is the classifier's per-step value, whose mean over the T steps is the logits.
+
+Max pooling (CIFARNet, VGG, the ResNet-34 stem) has no NIR primitive: export stops with one line naming the
+module instead of writing an approximation.
+
+:class:`NIRWriter` is the core model walk (:mod:`gee_deploy.walk`, shared with the ONNX writer and the PyTorch
+reference: dataflow, spike sources, the layer table, the spiking layers) with NIR emitters: this module only says
+which NIR node each step becomes.
+"""
+from __future__ import annotations
+
+import json
+
+import nir
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModuleError
+from ..neurons import LIF
+from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
+from ..walk import ModelWalk, Value
+from ..zoo.base import ConvPool, fuse_average_pool
+from .errors import ExportError
+from .folding import fold_layer
+from .writer import _pool_geometry
+
+__all__ = ["DT", "NIR_METADATA", "NIRWriter", "nir_threshold", "write_nir"]
+
+DT = 1e-4  # seconds per step: the default dt of SpikingJelly's NIR importer and exporter and of snntorch's exporter
+
+# keys of the NIR-specific part of the graph metadata (the gee.* part is the model spec's)
+NIR_METADATA = {
+    "dt": "nir.dt",  # seconds per step, str(float)
+    "feed": "nir.input",  # what the input node expects
+    "mean": "nir.input_mean",  # JSON list, per channel
+    "std": "nir.input_std",  # JSON list, per channel
+    "output": "nir.output",  # what the output node gives
+    "threshold": "nir.threshold_convention",
+}
+
+
+def nir_threshold(v_threshold: float) -> float:
+    """The NIR ``v_threshold`` (fires on v > it) equal to ours (fires on v >= ``v_threshold``) in float32.
+
+    For float32 v there is no float32 strictly between the two, so v > nextafter(v_th, -inf) <=> v >= v_th.
+    """
+    return float(np.nextafter(np.float32(v_threshold), np.float32(-np.inf)))
+
+
+class NIRWriter(ModelWalk):
+    """The model walk writing NIR nodes into ``nodes`` / ``edges``.
+
+    A value's ``name`` is the tuple of NIR node names whose outputs sum to it (NIR adds a node's inputs), so a
+    residual add is only the union of its operands' sources, and repeating a static value over the steps is
+    nothing at all (NIR runs every node at every step).
+    """
+
+    variant = "dense"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.nodes: dict[str, nir.NIRNode] = {}
+        self.edges: list[tuple[str, str]] = []
+
+    def node(self, name: str, node: nir.NIRNode, x: Value) -> tuple[str, ...]:
+        if name in self.nodes:
+            raise ExportError(f"two NIR nodes would be named {name!r}")
+        self.nodes[name] = node
+        self.edges += [(src, name) for src in x.name]
+        return (name,)
+
+    def emit_input(self) -> tuple[str, ...]:
+        c, s = self.model.in_channels, self.model.image_size
+        self.nodes[INPUT_NAME] = nir.Input(input_type=np.array([c, s, s]))
+        return (INPUT_NAME,)
+
+    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
+                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[tuple[str, ...], LayerSpec]:
+        f = fold_layer(m, bn, pooled=pooled is not None)
+        bias = f.bias.astype(np.float32)
+        if f.kind == "conv":
+            weight, stride = f.weight, f.stride
+            if f.pooled:  # conv + 2x2 average pool as the one stride-2 conv ConvPool runs
+                weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
+            node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight.astype(np.float32), stride=stride,
+                              padding=f.padding, dilation=1, groups=1, bias=bias)
+        else:
+            node = nir.Affine(weight=f.weight.astype(np.float32), bias=bias)
+        _, layer = super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
+        return self.node(name, node, x), layer
+
+    def emit_layer(self, name: str, m: nn.Module, x: Value) -> tuple[str, ...]:
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return x.name
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            raise UnsupportedModuleError(
+                f"{name} ({m!r}) max-pools spikes and NIR has no max-pooling primitive; "
+                f"{getattr(self.model, 'model_name', type(self.model).__name__)} cannot be exported to NIR "
+                "(use --format onnx, or an architecture with average pooling such as smallnet or resnet18/19)")
+        if isinstance(m, nn.AvgPool2d) and m.divisor_override is None and not m.ceil_mode \
+                and (m.count_include_pad or _pool_geometry(m)[2] == 0):
+            k, s, p, _ = _pool_geometry(m)
+            return self.node(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
+                                                 padding=np.array([p, p])), x)
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            h, w = x.shape[1:]
+            return self.node(name, nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
+                                                 padding=np.array([0, 0])), x)
+        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            # NIR shapes exclude the batch: torch dims 1..-1 are NIR dims 0..-1
+            return self.node(name, nir.Flatten(input_type=np.array(x.shape), start_dim=0, end_dim=-1), x)
+        raise UnsupportedModuleError(f"cannot export {name} ({m!r}) to NIR: no NIR primitive for it")
+
+    def emit_add(self, a: Value, b: Value) -> tuple[str, ...]:
+        return a.name + b.name
+
+    def emit_repeat(self, x: Value) -> tuple[str, ...]:
+        return x.name
+
+    def emit_lif(self, name: str, m: LIF, x: Value) -> tuple[str, ...]:
+        # neuron parameters in float64: tau = 2 * DT exactly, so dt / tau is exactly 1 / m.tau for any reader
+        full = lambda v: np.full(x.shape, v, dtype=np.float64)  # noqa: E731
+        return self.node(name, nir.LIF(tau=full(m.tau * DT), r=full(1.0), v_leak=full(m.v_reset),
+                                       v_threshold=full(nir_threshold(m.v_threshold)), v_reset=full(m.v_reset)), x)
+
+
+def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: str = "",
+              checkpoint_sha256: str = "") -> tuple[nir.NIRGraph, ModelSpec]:
+    """The ``nir.NIRGraph`` of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
+
+    The graph's metadata holds the spec's ``gee.*`` keys and the NIR keys of :data:`NIR_METADATA`.
+
+    Args:
+        model: a zoo model (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ``num_classes``).
+        class_names, dataset, checkpoint_sha256: recorded in the spec.
+
+    Raises:
+        UnsupportedModuleError: a module with no NIR primitive (max pooling of spikes), named in one line.
+        ExportError: the graph fails NIR's own type check.
+    """
+    w = NIRWriter(model.eval())
+    y = w.walk()
+    w.nodes[LOGITS] = nir.Output(output_type=np.array([model.num_classes]))
+    w.edges += [(src, LOGITS) for src in y.name]
+    spec = ModelSpec(
+        timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
+        class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
+        spiking_layers=tuple(w.spiking_layers), neurons_per_layer=tuple(w.neurons_per_layer), layers=tuple(w.layers),
+        variant=w.variant, model_name=getattr(model, "model_name", type(model).__name__),
+        model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
+        dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+    meta = {**spec.to_metadata(),
+            NIR_METADATA["dt"]: repr(DT),
+            NIR_METADATA["feed"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "
+                                   f"{NIR_METADATA['std']}, fed unchanged at each of the T steps",
+            NIR_METADATA["mean"]: json.dumps(model.mean.flatten().tolist()),
+            NIR_METADATA["std"]: json.dumps(model.std.flatten().tolist()),
+            NIR_METADATA["output"]: "the classifier's value at each step; logits = its mean over the T steps",
+            NIR_METADATA["threshold"]: "NIR fires on v > v_threshold, the model on v >= its threshold; v_threshold "
+                                       "is the largest float32 below it, which makes the two identical in float32"}
+    try:
+        graph = nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta, type_check=True)
+    except (ValueError, AssertionError, NotImplementedError) as e:
+        raise ExportError(f"the written NIR graph fails NIR's type check: {str(e).splitlines()[0][:300]}") from None
+    return graph, spec

@@ -1,0 +1,201 @@
+"""The HTTP side of `gee-deploy serve`: Starlette routes speaking KServe v2 REST plus Triton's extensions.
+
+Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
+
+* ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (503 while draining), ``GET /metrics`` (Prometheus).
+* ``GET /v2/models/{name}`` (metadata), ``/ready``, ``/config`` (Triton model configuration), ``/stats`` and
+  ``GET /v2/models/stats`` (Triton statistics).
+* ``POST /v2/models/{name}/infer``: JSON tensors or Triton's binary tensor extension (the
+  ``Inference-Header-Content-Length`` header, what ``tritonclient.http`` sends by default); an output's
+  ``classification`` parameter returns the top-k as ``"score:index:label"`` (BYTES).
+
+Protocol errors from :mod:`.codec` (and Starlette's 404/405) become statuses in :data:`STATUS` (one table),
+in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body over ``max_body_bytes`` gets 413 without being read; the connection stays open, so the server
+reads past the rest of the body and the client, once done sending, reads the 413 (closing instead would
+reset the connection under a client still writing: a broken pipe, not an answer). Once the server has
+stopped listening (SIGTERM) every response carries ``Connection: close``; not before, or clients would
+reconnect into a listener about to close and be reset.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+
+from .batcher import BatchResult
+from .codec import (VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, NotReady, PayloadTooLarge,
+                    ProtocolError, ServerBusy, Unsupported, UnsupportedMediaType, decode_json_request,
+                    encode_json_response, model_config, model_metadata, server_metadata)
+from .service import ModelService
+
+__all__ = ["create_app", "STATUS"]
+
+# Protocol errors -> HTTP status, most specific class first (the handler walks the exception's MRO).
+STATUS = {Unsupported: 400, UnsupportedMediaType: 415, InvalidInput: 400, ModelNotFound: 404, PayloadTooLarge: 413,
+          ServerBusy: 503, NotReady: 503, InferenceTimeout: 503}
+_CLIENT_GONE = 499  # nginx's "client closed request": recorded in metrics, never sent
+_log = logging.getLogger("gee_deploy.serve")
+
+
+def _status(exc: ProtocolError) -> int:
+    return next(STATUS[k] for k in type(exc).__mro__ if k in STATUS)
+
+
+class _Edge:
+    """The ASGI app around the routes: maps errors to statuses (one place), counts requests in Prometheus,
+    and says ``Connection: close`` while draining. A plain ASGI wrapper around Starlette's router: the
+    ``Starlette`` application would add two middleware layers per request for what this does in one, and the
+    event loop's time per request is what bounds the server's throughput (profiled under load)."""
+
+    def __init__(self, router: Router, service: ModelService):
+        self.router, self.service = router, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.router(scope, receive, send)
+        scope["app"] = self.router  # with an app in scope, Starlette's routing raises 404/405 as HTTPException
+        status = [_CLIENT_GONE]
+        start = time.perf_counter()
+        service = self.service
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                if service.draining:
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        try:
+            headers = None
+            try:
+                await self.router(scope, receive, send_wrapper)
+                error = None
+            except ProtocolError as e:
+                error = (_status(e), str(e))
+            except HTTPException as e:
+                path, headers = scope["path"], e.headers  # 405 carries Allow
+                error = (e.status_code, f"no endpoint {path}" if e.status_code == 404 else
+                         f"{scope['method']} is not allowed on {path}" if e.status_code == 405 else e.detail)
+            except ClientDisconnect:  # the connection is gone: nothing to answer
+                error = None
+            except Exception as e:  # a bug: logged with its traceback, counted as a 500, the server goes on
+                _log.exception("error while answering %s %s", scope["method"], scope["path"])
+                error = (500, f"internal error: {type(e).__name__}")
+            if error is not None and status[0] == _CLIENT_GONE:
+                response = _json_response({"error": error[1]}, error[0])
+                if headers:
+                    response.headers.update(headers)
+                await response(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = route.name if route is not None else "unknown"
+            code = status[0]
+            ok = code < 400
+            service.metrics.observe_request("http", endpoint, code, time.perf_counter() - start
+                                            if ok and endpoint == "infer" else None, error=not ok)
+
+
+def _json_response(obj, status: int = 200) -> Response:
+    return Response(json.dumps(obj).encode(), status, media_type="application/json")
+
+
+async def _not_found(scope, receive, send):
+    raise HTTPException(404)
+
+
+def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
+    """The ASGI app for ``service``: Starlette routes inside the bookkeeping edge.
+
+    Args:
+        service: the model, its batcher and its counters.
+        max_body_bytes: larger infer bodies get 413.
+    """
+    spec = service.spec
+
+    _json = _json_response
+
+    async def server(request: Request) -> Response:
+        return _json(server_metadata())
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return _json({"ready": service.ready}, 200 if service.ready else 503)
+
+    def _model(request: Request) -> None:
+        service.check_model(request.path_params["name"], request.path_params.get("version"))
+
+    async def metadata(request: Request) -> Response:
+        _model(request)
+        return _json(model_metadata(service.name, spec))
+
+    async def model_ready(request: Request) -> Response:
+        _model(request)
+        return _json({"name": service.name, "ready": service.ready}, 200 if service.ready else 503)
+
+    async def config(request: Request) -> Response:
+        _model(request)
+        return _json(model_config(service.name, spec, service.max_batch, service.max_delay_ms))
+
+    async def stats(request: Request) -> Response:
+        if "name" in request.path_params:
+            _model(request)
+        return _json({"model_stats": [service.stats.as_dict(service.name, VERSION)]})
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    async def infer(request: Request) -> Response:
+        _model(request)
+        headers = request.headers
+        if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+            raise UnsupportedMediaType(f"Content-Encoding {headers['content-encoding']!r}: compressed request "
+                                       "bodies are not supported")
+        header_length = headers.get("inference-header-content-length")
+        if header_length is not None:
+            try:
+                header_length = int(header_length)
+            except ValueError:
+                raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
+        body = await _read_body(request, max_body_bytes)
+
+        def encode(decoded: Decoded, result: BatchResult) -> Response:
+            head, tail = encode_json_response(service.name, decoded.outputs, service.values(result), decoded.id,
+                                              spec.class_names)
+            if tail is None:
+                return Response(head, media_type="application/json")
+            return Response(head + tail, media_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(len(head))})
+
+        return await service.infer(lambda: decode_json_request(body, header_length, spec), encode)
+
+    model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    routes = [Route(p + "/infer", infer, methods=["POST"], name="infer") for p in model_paths]  # matched first
+    routes += [Route("/v2", server, name="server"), Route("/v2/health/live", live, name="health"),
+               Route("/v2/health/ready", ready, name="health"), Route("/metrics", metrics, name="metrics"),
+               Route("/v2/models/stats", stats, name="stats")]
+    for p in model_paths:
+        routes += [Route(p, metadata, name="model"), Route(p + "/ready", model_ready, name="model_ready"),
+                   Route(p + "/config", config, name="config"), Route(p + "/stats", stats, name="stats")]
+    return _Edge(Router(routes, default=_not_found), service)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or :class:`PayloadTooLarge` as soon as it is known to exceed ``limit`` bytes (from
+    Content-Length, before reading; or while reading a chunked body)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

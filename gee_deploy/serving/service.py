@@ -1,0 +1,150 @@
+"""One served model, shared by the HTTP app and the gRPC service: admission, batching, timing, statistics.
+
+Both protocol edges run on the same asyncio event loop, so the in-flight count needs no lock; the batcher's
+worker thread is the only one that touches the runtime. Protocol edges pass a ``decode`` and an ``encode``
+function to :meth:`ModelService.infer`, which admits the request (concurrency limit), runs it through the
+batcher with a timeout and records Triton's statistics; errors come out as :mod:`.codec` exceptions.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+from collections import deque
+from typing import Callable, TypeVar
+
+from ..spec import LOGITS, SPIKE_COUNTS
+from .batcher import Batcher, BatchResult
+from .codec import VERSION, Decoded, InferenceTimeout, ModelNotFound, ServerBusy
+from .metrics import Metrics, Statistics
+from .runtimes import Runtime
+
+__all__ = ["ModelService"]
+
+R = TypeVar("R")
+
+
+class ModelService:
+    """A model behind a dynamic batcher, with a concurrency limit and Triton statistics.
+
+    Args:
+        runtime: what answers (an onnxruntime session for ``gee-deploy serve``); only the batcher calls it.
+        name: the model name clients use (letters, digits, ``_.-``).
+        max_batch: largest dynamic batch in samples.
+        max_delay_ms: how long the first request of a batch waits for company.
+        max_concurrency: inference requests in flight (HTTP and gRPC together) before new ones get
+            :class:`ServerBusy`.
+        infer_timeout_s: seconds a request may wait for its batch before :class:`InferenceTimeout`.
+
+    Raises:
+        ValueError: a bad name or limit.
+    """
+
+    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32, max_delay_ms: float = 2.0,
+                 max_concurrency: int = 256, infer_timeout_s: float = 30.0):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
+        if max_concurrency < 1 or infer_timeout_s <= 0:
+            raise ValueError(f"max_concurrency must be >= 1 and infer_timeout_s > 0, got {max_concurrency}, "
+                             f"{infer_timeout_s}")
+        self.name, self.spec = name, runtime.spec
+        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
+        self.max_concurrency, self.infer_timeout = max_concurrency, infer_timeout_s
+        self.metrics = Metrics(name, self.spec.spiking_layers)
+        self.stats = Statistics()
+        self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
+        self.inflight = 0
+        self._results: deque = deque()  # (asyncio future, finished batcher future), filled by the batcher thread
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.ready = True  # false from SIGTERM on: readiness probes see it before the listener closes
+        self.draining = False  # true once the listener is closed: HTTP answers say Connection: close
+
+    def _on_batch(self, size: int, seconds: float, spike_counts) -> None:
+        self.metrics.observe_batch(size, spike_counts)
+        self.stats.observe_execution(size, seconds)
+
+    def check_model(self, name: str, version: str | None) -> None:
+        """Raise :class:`ModelNotFound` unless ``name`` (and ``version``, when given) is what this serves."""
+        if name != self.name:
+            raise ModelNotFound(f"unknown model {name!r}; this server has {self.name!r}")
+        if version not in (None, "", VERSION):
+            raise ModelNotFound(f"model {self.name!r} has only version {VERSION}, not {version!r}")
+
+    @staticmethod
+    def values(result: BatchResult) -> dict:
+        """Output name -> array, in the contract's names."""
+        return {LOGITS: result.logits, SPIKE_COUNTS: result.spike_counts}
+
+    async def infer(self, decode: Callable[[], Decoded], encode: Callable[[Decoded, BatchResult], R]) -> R:
+        """Admit, decode, batch, encode one request; record its statistics.
+
+        Raises:
+            ServerBusy: ``max_concurrency`` requests are already in flight.
+            InferenceTimeout: the batch did not come back within ``infer_timeout_s``.
+            InvalidInput: from ``decode``.
+        """
+        if self.inflight >= self.max_concurrency:
+            raise ServerBusy(f"{self.inflight} inference requests in flight, the limit is {self.max_concurrency}; "
+                             "retry later")
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        t0 = time.perf_counter()
+        try:
+            decoded = decode()
+            t1 = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            fut = loop.create_future()
+            job = self.batcher.submit(decoded.x)
+            job.add_done_callback(functools.partial(self._finished, fut))
+            # A timer that cancels the future (asyncio.wait_for would wrap it in one more future and callback
+            # per request); the batcher skips a request cancelled before its batch starts.
+            timer = loop.call_later(self.infer_timeout, fut.cancel)
+            try:
+                result = await fut
+            except asyncio.CancelledError:
+                job.cancel()
+                if timer.when() <= loop.time():
+                    raise InferenceTimeout(f"inference did not finish within {self.infer_timeout:g} s") from None
+                raise
+            finally:
+                timer.cancel()
+            t2 = time.perf_counter()
+            answer = encode(decoded, result)
+            t3 = time.perf_counter()
+            self.stats.observe_success(t3 - t0, t1 - t0, result.queue_s, result.compute_s, t3 - t2)
+            return answer
+        except BaseException:
+            self.stats.observe_failure(time.perf_counter() - t0)
+            raise
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+
+    def _finished(self, fut: asyncio.Future, job) -> None:
+        """On the batcher's thread: queue the result and wake the event loop once per batch, not per request
+        (each wake-up is a write to the loop's self-pipe and a pass of the loop)."""
+        self._results.append((fut, job))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the event loop: hand every finished batch result to its waiting request."""
+        self._wake_pending = False  # before draining, so a result queued meanwhile schedules another pass
+        while self._results:
+            fut, job = self._results.popleft()
+            if fut.done():  # timed out or the client went away
+                continue
+            if job.cancelled():
+                fut.cancel()
+            elif job.exception() is not None:
+                fut.set_exception(job.exception())
+            else:
+                fut.set_result(job.result())
+
+    def close(self) -> None:
+        """Finish what the batcher holds, then stop it."""
+        self.batcher.close()

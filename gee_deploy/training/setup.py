@@ -1,0 +1,92 @@
+"""What the trainer and the evolution share, below both: the recipe's model, its optimiser, one training step.
+
+The trainer trains the best phenotype for epochs; the evolution trains every candidate for
+``evolution.eval_steps`` steps. Both build the model, the optimiser and the step here, so a candidate is
+scored under exactly the optimisation the winner will get, and neither module imports the other.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import dataset_info
+from ..errors import ConfigError
+from ..recipe import Recipe
+from ..zoo import create_model
+
+__all__ = ["build_recipe_model", "build_optimizer", "train_step"]
+
+
+def build_recipe_model(recipe: Recipe) -> nn.Module:
+    """The recipe's architecture, sized and normalised for the recipe's dataset unless the recipe says otherwise.
+
+    Raises:
+        ConfigError: the architecture refuses the recipe's arguments (one line naming the model).
+    """
+    info = dataset_info(recipe.data.name)
+    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
+              "mean": info.mean, "std": info.std, **recipe.model_kwargs()}
+    try:
+        return create_model(recipe.model.name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build {recipe.model.name!r}: {e}") from None
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``model``'s parameters, in up to three groups (empty ones dropped):
+
+    1. encodings and G (the genome): ``lr * genetic_lr_scale``, with weight decay;
+    2. other weights (2-d and up): ``lr``, with weight decay;
+    3. BatchNorm parameters and biases (1-d): ``lr``, no weight decay.
+
+    Raises:
+        ConfigError: ``train.optimizer`` is neither ``adamw`` nor ``sgd``.
+    """
+    settings = recipe.train
+    genome = getattr(model, "genome", None)
+    genetic = {id(p) for p in genome.parameters()} if genome is not None else set()
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if id(p) in genetic], "weight_decay": settings.weight_decay,
+         "lr": settings.lr * settings.genetic_lr_scale},
+        {"params": [p for p in params if id(p) not in genetic and p.dim() > 1],
+         "weight_decay": settings.weight_decay, "lr": settings.lr},
+        {"params": [p for p in params if id(p) not in genetic and p.dim() <= 1], "weight_decay": 0.0,
+         "lr": settings.lr},
+    ]
+    groups = [group for group in groups if group["params"]]
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=settings.lr)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True)
+    raise ConfigError(f"unknown train.optimizer {settings.optimizer!r}; use adamw or sgd")
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, *,
+               label_smoothing: float = 0.0, grad_clip: float = 0.0,
+               autocast: Callable[[], AbstractContextManager] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch: forward (under ``autocast``), cross-entropy, backward, clip, step.
+
+    Args:
+        net: the model in train mode (possibly wrapped by DDP or torch.compile); images [N, C, H, W] and
+            labels [N] already on its device.
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: max total gradient norm over ``net``'s parameters (0 = no clipping).
+        autocast: a factory of the mixed-precision context (CUDA AMP) or ``nullcontext``.
+
+    Returns:
+        (loss, a 0-d tensor; logits [N, classes]), both still attached to the graph of this step.
+    """
+    with autocast():
+        logits = net(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optimizer.step()
+    return loss, logits
