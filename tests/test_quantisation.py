@@ -11,6 +11,7 @@ from gee_deploy.errors import CheckpointError, ConfigError
 from gee_deploy.quantisation import (QMAX, attach_quantisers, fake_quantise, int8_weight, quantisable_modules,
                                      quantise_weight, quantised_layers, spike_reading_layers)
 from gee_deploy.zoo import create_model, list_models
+from test_export import small_model
 
 
 def test_codes_are_int8_per_output_channel_and_round_to_nearest():
@@ -66,13 +67,9 @@ def test_spike_reading_layers_do_not_depend_on_the_weights():
 
 
 def test_forward_uses_the_codes_int8_weight_returns():
-    model = create_model("smallnet", genes=8, timesteps=2).eval()
-    with torch.no_grad():  # an untrained net barely fires: larger BN gains make every layer see spikes
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                m.weight.fill_(4.0)
+    model, _ = small_model("smallnet", 8)  # BatchNorms calibrated so that every layer fires
     layers = spike_reading_layers(model)
-    x = torch.rand(3, 1, 28, 28)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         fp32 = model(x)
     attach_quantisers(model, layers)

@@ -60,9 +60,10 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
 
 
 def make_int8_chooser(variant: Variant) -> Int8Chooser | None:
-    """Which spike-reading layers ``variant`` writes int8: none, all, or those of at least INT8_MIN_MACS."""
+    """Which spike-reading layers ``variant`` writes int8: none, all, or (``choose``) those of at least
+    INT8_MIN_MACS per call whose inputs need no strided-slice gathering (see export.int8.gather_form)."""
     if variant.int8 == "never":
         return None
     if variant.int8 == "all":
-        return lambda name, dense_macs: True
-    return lambda name, dense_macs: dense_macs >= INT8_MIN_MACS
+        return lambda name, dense_macs, gather: True
+    return lambda name, dense_macs, gather: dense_macs >= INT8_MIN_MACS and gather != "slices"

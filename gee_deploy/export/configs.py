@@ -22,7 +22,7 @@ class Variant:
         per_layer: None = every genetic layer uses ``fixed``; "macs" / "latency" = chosen per layer.
         fixed: the form of every genetic layer when ``per_layer`` is None.
         int8: which layers that read spikes get int8 weights: "never", "all", or "choose" (those with at least
-            :data:`INT8_MIN_MACS` per call; ``auto`` with ``--allow-int8``).
+            :data:`INT8_MIN_MACS` per call that need no strided-slice gathering; ``auto`` with ``--allow-int8``).
     """
 
     name: str

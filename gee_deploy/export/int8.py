@@ -30,7 +30,7 @@ from ..zoo.base import ConvPool
 from .folding import FoldedLayer, batchnorm_affine, fold_layer
 from .graph import GraphBuilder
 
-__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "emit_int8"]
+__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,19 @@ def dequantised_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | Non
                        layer.padding)
 
 
+def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
+    """How ``layer`` gathers its inputs: "matmul" (linear, or a conv covering its whole unpadded input: none),
+    "space-to-depth" (stride s > 1 dividing k: (k/s)^2 unstrided slices), "slices" (k^2 strided slices).
+
+    benchmarks/deploy_speed.py: on ResNet-19's stride-1 3x3 convs the k^2 slices and their Concat (C bytes per
+    copy) cost more than the int8 GEMM saves (int8 0.8-1.0x of float32), on SmallNet's stride-2 and whole-input
+    layers int8 ran 1.5-1.6x; ``auto --allow-int8`` therefore leaves "slices" layers float32.
+    """
+    if layer.kind == "linear" or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2):
+        return "matmul"
+    return "space-to-depth" if layer.stride > 1 and layer.kernel_size % layer.stride == 0 else "slices"
+
+
 def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str) -> str:
     """Write ``layer`` reading uint8 spikes ``x_u8`` ([N, C, H, W] or [N, features]); returns its float32 output
     [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape."""
@@ -94,14 +107,15 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
         return matmul(x_u8, np.ascontiguousarray(q.T))
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
-    if p == 0 and (h, w) == (k, k):  # the kernel covers the whole input: one row per sample
+    form = gather_form(layer, in_shape)
+    if form == "matmul":  # the kernel covers the whole input: one row per sample
         y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), np.ascontiguousarray(q.reshape(cout, -1).T))
         return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     nhwc = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
     axes = g.const([1, 2], "axes12", np.int64)
     cols = []
-    if s > 1 and k % s == 0:
+    if form == "space-to-depth":
         # space-to-depth: [N, Hp, Wp, C] -> [N, Hp/s, Wp/s, s*s*C] (channels ordered (di, dj, c)), padded to
         # multiples of s; tap (i, j) = (s a + di, s b + dj) is then block offset (a, b) of an unstrided slice
         hp, wp = -(-(h + 2 * p) // s) * s, -(-(w + 2 * p) // s) * s

@@ -23,15 +23,16 @@ from ..zoo.base import ConvPool
 from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, tensor_info
-from .int8 import dequantised_layer, emit_int8, int8_layer
+from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer
 
 __all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
 #   -> "dense" | "factorised"
 Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], str]
-# (layer name, dense MACs per call) of a layer that reads spikes -> write it int8?
-Int8Chooser = Callable[[str, int], bool]
+# (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
+#   -> write it int8?
+Int8Chooser = Callable[[str, int, str], bool]
 
 
 class _GraphOps:
@@ -92,8 +93,8 @@ class OnnxWriter(ModelWalk):
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
-        if x.spikes_from is not None and self.int8 is not None and self.int8(name, dense_macs):
-            layer = int8_layer(m, bn, pooled)
+        layer = int8_layer(m, bn, pooled) if x.spikes_from is not None and self.int8 is not None else None
+        if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
             if x.name not in self._uint8:  # 0/1 spikes as uint8: exact
                 self._uint8[x.name] = self.graph.op("Cast", [x.name], f"{x.spikes_from}.uint8", to=TensorProto.UINT8)
             y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name)
