@@ -16,6 +16,8 @@ A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_
     epoch         epochs finished
     metrics       last epoch's metrics; best_acc
     rng           CPU RNG state, for an exact resume
+    quantisation  (int8 fine-tuned checkpoints only) {"scheme", "layers"}: layers whose forward uses int8
+                  fake-quantised weights (:mod:`gee_deploy.quantisation`), re-attached on load
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, GeeError
 from .io import atomic_path
+from .quantisation import SCHEME, attach_quantisers
 from .zoo import create_model
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "file_sha256",
@@ -117,6 +120,15 @@ def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
         raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
                               "(its layer structure differs from this installation's); retrain or use the matching "
                               "gee-deploy version")
+    quant = ckpt.get("quantisation")
+    if quant:  # an int8 fine-tuned checkpoint computes with its quantised weights, in eval as in training
+        if quant.get("scheme") != SCHEME:
+            raise CheckpointError(f"{source} uses quantisation scheme {quant.get('scheme')!r}; this gee-deploy "
+                                  f"knows {SCHEME!r}")
+        try:
+            attach_quantisers(model, quant.get("layers", []))
+        except GeeError as e:
+            raise CheckpointError(f"{source}: {e}") from None
     return model
 
 

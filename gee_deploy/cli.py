@@ -13,6 +13,7 @@ import click
 COMMANDS = {
     "models": "List architectures with dense / genetic parameter counts.",
     "train": "Evolve (optional) and train a recipe into a run directory.",
+    "quantize": "Int8 fine-tune of a checkpoint (weights int8 per channel, spikes exact in the int8 export).",
     "ablate": "Table IV ablation: Random / Baseline / +r1 / +r2 / STE over seeds.",
     "export": "Export a checkpoint to ONNX (dense / factorised / auto), Triton or TensorRT.",
     "bench": "Benchmark runtimes: latency, accuracy, parity, spikes and energy.",

@@ -7,6 +7,11 @@ layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l
 fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. In a factorised layer
 only the first op reads spikes; the ops after it work on analog values and count as MACs.
 
+Int8 layers (``LayerSpec.precision == "int8"``, DESIGN section 11) use the 8-bit constants of the same table
+(Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm): 8-bit add 0.03 pJ per SOP, 8-bit multiply +
+add 0.2 + 0.03 = 0.23 pJ per MAC. (The graph accumulates in int32, whose add the same table prices at 0.1 pJ:
+0.03 is the 8-bit figure the issue asks for; :data:`CONSTANTS` names what a report used.)
+
 The layer table is a :class:`~gee_deploy.spec.ModelSpec`'s ``layers``: an exported graph's (its metadata) or,
 for the PyTorch reference, :func:`gee_deploy.walk.describe`'s. ``tests/test_serving.py`` checks both terms
 against spikingjelly's MAC and SynOp counters.
@@ -20,10 +25,16 @@ import numpy as np
 from .errors import ModelFileError
 from .spec import LayerSpec
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "firing_rates", "energy_per_layer", "total_energy"]
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MAC_INT8_PJ", "E_AC_INT8_PJ", "CONSTANTS", "LayerEnergy", "firing_rates",
+           "energy_per_layer", "total_energy"]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), as in the paper
 E_AC_PJ = 0.9  # 32-bit float accumulate
+E_MAC_INT8_PJ = 0.23  # 8-bit integer multiply (0.2) + add (0.03), 45 nm (Horowitz 2014)
+E_AC_INT8_PJ = 0.03  # 8-bit integer add
+# per precision: (pJ per MAC, pJ per SOP), with the source, for reports to name
+CONSTANTS = {"fp32": (E_MAC_PJ, E_AC_PJ), "int8": (E_MAC_INT8_PJ, E_AC_INT8_PJ),
+             "source": "Horowitz, ISSCC 2014, 45 nm: fp32 mult 3.7 + add 0.9; int8 mult 0.2 + add 0.03 pJ"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,9 @@ class LayerEnergy:
     spike_macs: int  # MACs per call of the op that reads spikes (0 for analog layers)
     sops: float  # synaptic operations per sample: fr T spike_macs
     analog_macs: int  # MACs per sample on analog values: macs x calls, less the ops that read spikes
-    energy_pj: float
+    energy_pj: float  # with the constants of the layer's precision
+    precision: str = "fp32"
+    energy_fp32_pj: float = 0.0  # the same operations at the fp32 constants (the paper's eq. 17)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -58,16 +71,18 @@ def energy_per_layer(layers: tuple[LayerSpec, ...], rates: dict[str, float], tim
     A layer reading spikes costs E_AC per SOP of the op that reads them (``spike_macs``, all of ``macs`` for a
     dense layer); what else it computes (the later ops of a factorised layer) works on analog values and costs
     E_MAC per MAC on each of its ``calls``. A layer reading analog values costs E_MAC x macs x calls.
+    E_MAC and E_AC are those of the layer's precision (:data:`CONSTANTS`).
 
     Raises:
         ModelFileError: a layer reads spikes of a layer that has no firing rate.
     """
     out = []
     for layer in layers:
+        e_mac, e_ac = CONSTANTS[layer.precision]
         if not layer.input_is_spikes:
             analog = layer.macs * layer.calls
             out.append(LayerEnergy(layer.name, layer.kind, layer.macs, layer.calls, "MAC", None, None, 0, 0.0, analog,
-                                   E_MAC_PJ * analog))
+                                   e_mac * analog, layer.precision, E_MAC_PJ * analog))
             continue
         src = layer.spiking_input_layer
         if src not in rates:
@@ -76,13 +91,19 @@ def energy_per_layer(layers: tuple[LayerSpec, ...], rates: dict[str, float], tim
         sops = fr * timesteps * layer.spike_macs  # eq. 17, SOPs term
         analog = (layer.macs - layer.spike_macs) * layer.calls
         out.append(LayerEnergy(layer.name, layer.kind, layer.macs, layer.calls, "AC+MAC" if analog else "AC", src,
-                               fr, layer.spike_macs, sops, analog, E_AC_PJ * sops + E_MAC_PJ * analog))
+                               fr, layer.spike_macs, sops, analog, e_ac * sops + e_mac * analog, layer.precision,
+                               E_AC_PJ * sops + E_MAC_PJ * analog))
     return out
 
 
 def total_energy(per_layer: list[LayerEnergy]) -> dict:
-    """Totals per sample: energy in pJ, MACs on analog values, SOPs on spikes."""
+    """Totals per sample: energy in pJ (each layer at its precision's constants, and all at fp32's), MACs on
+    analog values, SOPs on spikes, and the constants used."""
+    used = sorted({e.precision for e in per_layer})
     return {"energy_pj": sum(e.energy_pj for e in per_layer),
+            "energy_fp32_pj": sum(e.energy_fp32_pj for e in per_layer),
+            "constants": {**{p: {"mac_pj": CONSTANTS[p][0], "ac_pj": CONSTANTS[p][1]} for p in used},
+                          "source": CONSTANTS["source"]},
             "analog_macs": sum(e.analog_macs for e in per_layer),
             "sops": sum(e.sops for e in per_layer),
             "macs_per_sample": sum(e.macs * e.calls for e in per_layer)}

@@ -16,6 +16,7 @@ Kaiming-like W, while beta1 and the magnitude of G still change W (the evolution
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,14 @@ class _GeneticWeight(nn.Module):
         self._out_taps = _tap_slice(e_out, kernel_size)
         fan_in = e_in.shape[0] * kernel_size * kernel_size
         self.register_buffer("scale", torch.tensor(kaiming_std(fan_in) / gene_matrix.shape[0]), persistent=False)
+        # W -> the weight the forward uses (int8 fake quantisation, see gee_deploy.quantisation); None = W
+        self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the forward uses: the generated W, through ``quantiser`` when one is attached."""
+        w = self.unquantised_weight
+        return w if self.quantiser is None else self.quantiser(w)
 
     @property
     def genes(self) -> int:
@@ -120,7 +129,7 @@ class GeneticConv2d(_GeneticWeight):
         self.padding = padding
 
     @property
-    def weight(self) -> torch.Tensor:
+    def unquantised_weight(self) -> torch.Tensor:
         """The generated W, [Cout, Cin, k, k]."""
         k = self.kernel_size
         return self.generate().reshape(self.out_channels, self.in_channels, k, k)
@@ -145,7 +154,7 @@ class GeneticLinear(_GeneticWeight):
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
 
     @property
-    def weight(self) -> torch.Tensor:
+    def unquantised_weight(self) -> torch.Tensor:
         """The generated W, [out_features, in_features]."""
         return self.generate()[..., 0]
 

@@ -67,6 +67,11 @@ class LayerSpec:
         form: "dense", "pointwise-first", "shift-first" or "linear".
         dense_macs: MACs per call of the dense form.
         factorised_macs: MACs per call of the factorised form (None for non-genetic layers).
+        precision: "fp32", or "int8": the layer reads its spikes as uint8 0/1 (exact), multiplies them by int8
+            weights, symmetric per output channel, accumulates in int32, and its output is
+            float32(acc) * weight_scales[o] + bias[o] (:mod:`gee_deploy.quantisation`; DESIGN section 11).
+        weight_scales: int8 layers only: the float32 scale of each output channel as the graph applies it
+            (the weight's per-channel scale times the folded BatchNorm's), [Cout]; None for fp32 layers.
     """
 
     name: str
@@ -80,14 +85,22 @@ class LayerSpec:
     form: str = "dense"
     dense_macs: int = 0
     factorised_macs: int | None = None
+    precision: str = "fp32"
+    weight_scales: tuple[float, ...] | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["weight_scales"] is not None:
+            d["weight_scales"] = list(d["weight_scales"])
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> LayerSpec:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if d.get("weight_scales") is not None:
+            d["weight_scales"] = tuple(float(v) for v in d["weight_scales"])
+        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ import sys
 
 import click
 
-from ..parity import Thresholds
+from dataclasses import replace
+
+from ..parity import INT8_PTQ_THRESHOLDS as _I, Thresholds
 
 _T = Thresholds()
 
@@ -12,12 +14,16 @@ _T = Thresholds()
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--min-agreement", default=_T.min_top1_agreement, show_default=True, type=click.FloatRange(0, 1),
-              help="Lowest top-1 agreement with the checkpoint (fraction of samples).")
-@click.option("--max-acc-delta", default=_T.max_accuracy_delta, show_default=True, type=click.FloatRange(min=0),
-              help="Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points).")
-@click.option("--max-spike-delta", default=_T.max_spike_delta, show_default=True, type=click.FloatRange(min=0),
-              help="Largest relative difference of the total spike count.")
+@click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
+              help=f"Lowest top-1 agreement with the checkpoint (fraction of samples) [default: "
+                   f"{_T.min_top1_agreement}; {_I.min_top1_agreement} for int8 layers the checkpoint was not "
+                   "fine-tuned for].")
+@click.option("--max-acc-delta", default=None, type=click.FloatRange(min=0),
+              help=f"Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points) [default: "
+                   f"{_T.max_accuracy_delta}; post-training int8 {_I.max_accuracy_delta}].")
+@click.option("--max-spike-delta", default=None, type=click.FloatRange(min=0),
+              help=f"Largest relative difference of the total spike count [default: {_T.max_spike_delta}; "
+                   f"post-training int8 {_I.max_spike_delta}].")
 @click.option("--min-speedup", default=_T.min_speedup, show_default=True, type=click.FloatRange(min=0),
               help="Lowest PyTorch-eager / onnxruntime latency ratio at batch 1 (p50, same run).")
 @click.option("--dataset", default=None, help="Dataset (default: the model's own).")
@@ -29,12 +35,20 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
           limit, threads):
     """CI gate: parity and batch-1 latency ratio of MODEL.onnx (onnxruntime CPU) against CHECKPOINT.
 
+    The parity limits default to the export's own: fp32's,
+    or the post-training int8 ones when MODEL.onnx has int8 layers and CHECKPOINT was not fine-tuned for them.
     Exits 1 with one line per failed gate; prints the measured values either way.
     """
+    from ..checkpoint import load_checkpoint
+    from ..parity import validation_thresholds
     from ..serving.bench import run_check
+    from ..spec import ModelSpec
 
-    thresholds = Thresholds(min_top1_agreement=min_agreement, max_accuracy_delta=max_acc_delta,
-                            max_spike_delta=max_spike_delta, min_speedup=min_speedup)
+    int8 = any(layer.precision == "int8" for layer in ModelSpec.from_onnx(onnx_model).layers)
+    base = validation_thresholds(int8, bool(load_checkpoint(checkpoint).get("quantisation")))
+    given = {"min_top1_agreement": min_agreement, "max_accuracy_delta": max_acc_delta,
+             "max_spike_delta": max_spike_delta, "min_speedup": min_speedup}
+    thresholds = replace(base, **{k: v for k, v in given.items() if v is not None})
     m, failures = run_check(checkpoint, onnx_model, thresholds, dataset, data_dir, limit or None, threads)
     click.echo(f"{m['samples']} samples of {m['dataset']}: top-1 agreement {m['top1_agreement']:.4%}, accuracy "
                f"delta {m['accuracy_delta'] * 100:+.3f} points, spike-count delta {m['spike_count_delta']:.4%}, "

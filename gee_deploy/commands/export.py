@@ -7,9 +7,12 @@ import click
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(),
               help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir).")
-@click.option("--variant", default="dense", show_default=True, metavar="dense|factorised|auto",
+@click.option("--variant", default="dense", show_default=True, metavar="dense|factorised|auto|int8",
               help="dense: fold E_in G E_out^T into plain convs; factorised: keep the per-tap rank-g form; "
-                   "auto: per layer, the one with fewer MACs (or lower latency with --profile).")
+                   "auto: per layer, the one with fewer MACs (or lower latency with --profile); int8: dense, and "
+                   "every layer reading spikes as uint8 spikes x int8 per-channel weights (stem stays float32).")
+@click.option("--allow-int8", is_flag=True,
+              help="With --variant auto: spike-reading layers of at least 16,384 MACs per call get int8 weights.")
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|triton|tensorrt|nir",
               help="What to write. nir: the folded dense network as a NIR graph, validated by an independent "
                    "NIR executor (see docs/export.md).")
@@ -25,17 +28,19 @@ import click
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(checkpoint, out, variant, fmt, opset, streaming, atol, samples, data_dir, profile, max_batch_size,
-           fp16, as_json):
+def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, samples, data_dir, profile,
+           max_batch_size, fp16, as_json):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
 
     Nothing is written unless validation passes; failures are listed together and exit with status 1.
+    Int8 layers of a checkpoint not fine-tuned for them (`gee-deploy quantize`) are validated against the
+    post-training limits (top-1 agreement >= 95%, spikes within 0.5%, accuracy within 0.3 points).
     """
     from ..export import export_model
     from ..export.api import report_json
 
     report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, atol=atol,
                           samples=samples, data_dir=data_dir, profile=profile, max_batch_size=max_batch_size,
-                          fp16=fp16)
+                          fp16=fp16, allow_int8=allow_int8)
     click.echo(report_json(report) if as_json else report.summary())

@@ -16,10 +16,11 @@ from ..checkpoint import file_sha256, load_model
 from ..data import dataset_info, load_test_arrays
 from ..errors import GeeError
 from ..io import atomic_path
-from ..parity import Thresholds
+from ..quantisation import quantised_layers
 from ..spec import ModelSpec
-from .choose import make_chooser
-from .configs import DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, lookup
+from .choose import make_chooser, make_int8_chooser
+from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
+                      validation_thresholds)
 from .errors import ExportError, UnknownOptionError
 from .nir import write_nir
 from .nir_validate import read_nir, validate_nir
@@ -49,7 +50,8 @@ class ExportReport:
     def summary(self) -> str:
         lines = [f"wrote {self.out} ({self.format}, variant {self.variant}"
                  f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''})"]
-        lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} MACs {l['macs']:>13,} x{l['calls']}"
+        lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
+                  f"MACs {l['macs']:>13,} x{l['calls']}"
                   for l in self.layers]
         lines.append(f"  MACs per sample: {self.macs_per_sample:,} (all dense: {self.dense_macs_per_sample:,})")
         v = self.validation
@@ -90,26 +92,38 @@ def _class_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(classes)
 
 
+def _variant(variant: str, allow_int8: bool) -> Variant:
+    v = lookup(VARIANTS, variant, "variant")
+    if allow_int8:
+        if v.per_layer is None:
+            raise UnknownOptionError(f"--allow-int8 lets --variant auto choose int8 per layer; with --variant "
+                                     f"{variant} use --variant int8 for every spike-reading layer")
+        v = replace(v, int8="choose")
+    return v
+
+
 def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
                checkpoint_sha256: str = "", profile: bool = False,
-               choices: dict[str, str] | None = None) -> tuple[onnx.ModelProto, ModelSpec]:
+               choices: dict[str, str] | None = None, allow_int8: bool = False) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
     ``choices``: the form ("dense" / "factorised") of every genetic layer by name, as an earlier build chose
     them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
+    ``allow_int8``: with ``auto``, spike-reading layers of at least INT8_MIN_MACS per call get int8 weights.
 
     Raises:
-        UnknownOptionError: unknown variant or unsupported opset.
+        UnknownOptionError: unknown variant, unsupported opset, or ``allow_int8`` with a fixed variant.
         UnsupportedModuleError: the model holds something the writer cannot translate.
         ExportError: the written graph fails onnx.checker.
     """
-    v = lookup(VARIANTS, variant, "variant")
+    v = _variant(variant, allow_int8)
     opset = _opset(opset)
     choose = make_chooser(v, profile, model.timesteps, opset) if choices is None else \
         (lambda name, *_: choices[name])
     dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
     proto, spec = write_graph(model.eval(), choose, opset, variant=variant, class_names=_class_names(model),
-                              dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming)
+                              dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming,
+                              int8=make_int8_chooser(v))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -129,23 +143,32 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
                   opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
                   labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
-                  fp16: bool = False) -> ExportReport:
-    """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept."""
+                  fp16: bool = False, allow_int8: bool = False) -> ExportReport:
+    """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
+
+    ``validation`` None: the default sample count with the variant's thresholds
+    (:func:`~gee_deploy.export.configs.validation_thresholds`).
+    """
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
-    lookup(VARIANTS, variant, "variant")
-    cfg = validation or ValidationConfig()
+    v = _variant(variant, allow_int8)
+    cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != "never",
+                                                                          bool(quantised_layers(model))))
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
+    if output_format.name in ("tensorrt", "nir") and v.int8 != "never":
+        raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
+                          f"MatMulInteger; TensorRT's int8 is QDQ only, NIR has no int8): export --variant dense or "
+                          f"auto without --allow-int8")
     if output_format.name == "nir":
         return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
     if output_format.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
-    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile)
+    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8)
     report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
@@ -156,7 +179,8 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     if streaming:
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in spec.layers}
-        final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen)
+        final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen,
+                                 allow_int8=allow_int8)
         sv = validate_streaming(final.SerializeToString(), data, images, model.timesteps, spec.state_inputs, cfg)
         report.streaming_validation = _report_dict(sv)
     from .tensorrt import compatibility_problems
@@ -208,13 +232,14 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "dense", fmt: str = "onnx",
                  opset: int | None = None, streaming: bool = False, atol: float | None = None,
                  samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
-                 max_batch_size: int = 64, fp16: bool = False) -> ExportReport:
+                 max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
 
     Args:
         checkpoint: a gee-deploy checkpoint (``best.pt``).
         out: the .onnx file, the Triton repository directory, the TensorRT .plan file or the .nir file.
-        variant: dense, factorised or auto (per layer by MACs; by latency with ``profile``).
+        variant: dense, factorised, auto (per layer by MACs; by latency with ``profile``) or int8 (dense, every
+            spike-reading layer int8).
         fmt: onnx, triton, tensorrt or nir.
         opset: ONNX opset (default 18).
         streaming: one timestep per call with membrane potentials as graph inputs/outputs.
@@ -224,20 +249,25 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
         profile: with ``auto``, choose per layer by measured onnxruntime latency instead of MACs.
         max_batch_size: Triton's max_batch_size / TensorRT profile max.
         fp16: TensorRT only: build an FP16 plan.
+        allow_int8: with ``auto``: spike-reading layers may be int8 (those of at least INT8_MIN_MACS per call).
+
+    Validation limits: :func:`~gee_deploy.export.configs.validation_thresholds` (fp32's, or the post-training
+    int8 ones when int8 layers meet a checkpoint not fine-tuned for them), ``atol`` overriding theirs.
     """
     lookup(FORMATS, fmt, "format")
-    lookup(VARIANTS, variant, "variant")
+    v = _variant(variant, allow_int8)
     _opset(opset)
-    cfg = ValidationConfig(thresholds=Thresholds() if atol is None else Thresholds(atol=atol))
-    cfg = cfg if samples is None else replace(cfg, samples=samples)
     model = load_model(checkpoint)
+    thresholds = validation_thresholds(v.int8 != "never", bool(quantised_layers(model)))
+    cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))
+    cfg = cfg if samples is None else replace(cfg, samples=samples)
     dataset = (model.checkpoint.get("dataset") or {}).get("name")
     if not dataset:
         raise ExportError(f"{checkpoint} names no dataset; cannot validate the export")
     images, labels = validation_data(dataset, cfg.samples, data_dir)
     return export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
                          labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
-                         profile=profile, max_batch_size=max_batch_size, fp16=fp16)
+                         profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
 
 
 def report_json(report: ExportReport) -> str:

@@ -12,13 +12,13 @@ import time
 import numpy as np
 
 from ..ort_session import create_session
-from .configs import Variant
+from .configs import INT8_MIN_MACS, Variant
 from .factorised import FactorisedCost, emit_factorised
 from .folding import FoldedLayer, emit_dense
 from .graph import GraphBuilder, tensor_info
-from .writer import Chooser
+from .writer import Chooser, Int8Chooser
 
-__all__ = ["make_chooser", "layer_latency"]
+__all__ = ["make_chooser", "make_int8_chooser", "layer_latency"]
 
 
 def layer_latency(layer: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tuple, out_shape: tuple, batch: int,
@@ -57,3 +57,13 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
         return "factorised" if fact_s < dense_s else "dense"
 
     return by_cost
+
+
+def make_int8_chooser(variant: Variant) -> Int8Chooser | None:
+    """Which spike-reading layers ``variant`` writes int8: none, all, or (``choose``) those of at least
+    INT8_MIN_MACS per call whose inputs need no strided-slice gathering (see export.int8.gather_form)."""
+    if variant.int8 == "never":
+        return None
+    if variant.int8 == "all":
+        return lambda name, dense_macs, gather: True
+    return lambda name, dense_macs, gather: dense_macs >= INT8_MIN_MACS and gather != "slices"

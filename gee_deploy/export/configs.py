@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..parity import Thresholds
+from ..parity import INT8_PTQ_THRESHOLDS, Thresholds, validation_thresholds
 from .errors import UnknownOptionError
 
-__all__ = ["Variant", "Format", "ValidationConfig", "VARIANTS", "FORMATS", "MIN_OPSET", "DEFAULT_OPSET", "lookup"]
+__all__ = ["Variant", "Format", "ValidationConfig", "VARIANTS", "FORMATS", "MIN_OPSET", "DEFAULT_OPSET", "lookup",
+           "INT8_MIN_MACS", "INT8_PTQ_THRESHOLDS", "validation_thresholds"]
 
 MIN_OPSET = 18  # Split(num_outputs) and ReduceMean with axes as an input
 DEFAULT_OPSET = 18  # the newest opset TensorRT 10's ONNX parser and onnxruntime both cover fully
@@ -20,12 +21,15 @@ class Variant:
         name: the CLI spelling.
         per_layer: None = every genetic layer uses ``fixed``; "macs" / "latency" = chosen per layer.
         fixed: the form of every genetic layer when ``per_layer`` is None.
+        int8: which layers that read spikes get int8 weights: "never", "all", or "choose" (those with at least
+            :data:`INT8_MIN_MACS` per call that need no strided-slice gathering; ``auto`` with ``--allow-int8``).
     """
 
     name: str
     fixed: str | None
     per_layer: str | None = None
     help: str = ""
+    int8: str = "never"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,15 @@ VARIANTS = {v.name: v for v in (
     Variant("dense", "dense", help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
     Variant("factorised", "factorised", help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
     Variant("auto", None, "macs", help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
+    Variant("int8", "dense", int8="all", help="dense, and every layer that reads spikes as uint8 spikes x int8 "
+                                              "per-channel weights -> int32 (the stem stays float32)"),
 )}
+
+# Smallest layer (MACs per call) ``auto --allow-int8`` writes int8: benchmarks/int8_conv.py measured a 256 -> 10
+# Gemm (2,560 MACs) 0.8x as fast in int8 (per-op overhead: Cast, Mul, Add) and a 1,152 -> 256 one (295k MACs)
+# 21x as fast.
+INT8_MIN_MACS = 16384
+
 
 FORMATS = {fmt.name: fmt for fmt in (
     Format("onnx", False, "one self-contained .onnx file"),

@@ -23,12 +23,16 @@ from ..zoo.base import ConvPool
 from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, tensor_info
+from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer
 
-__all__ = ["Chooser", "OnnxWriter", "write_graph"]
+__all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
 #   -> "dense" | "factorised"
 Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], str]
+# (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
+#   -> write it int8?
+Int8Chooser = Callable[[str, int, str], bool]
 
 
 class _GraphOps:
@@ -68,13 +72,19 @@ class _GraphOps:
 
 
 class OnnxWriter(ModelWalk):
-    """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts."""
+    """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts.
 
-    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False):
+    ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
+    Layers reading analog values (the stem, an average pool of spikes) always stay float32.
+    """
+
+    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None):
         super().__init__(model, streaming)
         self.choose = choose
+        self.int8 = int8
         self.graph = GraphBuilder()
         self.counts: list[str] = []
+        self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast (shared by every int8 reader)
 
     def emit_input(self) -> str:
         graph, model = self.graph, self.model
@@ -83,7 +93,18 @@ class OnnxWriter(ModelWalk):
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
-        folded = fold_layer(m, bn, pooled=pooled is not None)
+        layer = int8_layer(m, bn, pooled) if x.spikes_from is not None and self.int8 is not None else None
+        if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
+            if x.name not in self._uint8:  # 0/1 spikes as uint8: exact
+                self._uint8[x.name] = self.graph.op("Cast", [x.name], f"{x.spikes_from}.uint8", to=TensorProto.UINT8)
+            y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name)
+            return y, LayerSpec(name, layer.kind, "dense", int(dense_macs), True, x.spikes_from, int(dense_macs), calls,
+                                "dense", int(dense_macs), None, precision="int8",
+                                weight_scales=tuple(float(v) for v in layer.scale))
+        if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
+            folded = dequantised_layer(m, bn, pooled)  # an int8 fine-tuned layer computes with q s
+        else:
+            folded = fold_layer(m, bn, pooled=pooled is not None)
         fact = factorised_cost(folded, x.shape, out_shape) if folded.genetic else None
         variant = self.choose(name, folded, x.shape, out_shape, fact, dense_macs) if fact is not None else "dense"
         if variant == "factorised":
@@ -152,7 +173,7 @@ class OnnxWriter(ModelWalk):
 
 
 def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, class_names: tuple[str, ...],
-                dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False):
+                dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False, int8: Int8Chooser | None = None):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     Args:
@@ -162,11 +183,12 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, 
         variant: the requested variant, recorded in the spec.
         class_names, dataset, checkpoint_sha256: recorded in the spec.
         streaming: one timestep per call with the membrane potentials as graph inputs and outputs.
+        int8: which spike-reading layers get int8 weights (None: none).
 
     Raises:
         UnsupportedModuleError: a module or operation has no translation.
     """
-    w = OnnxWriter(model, choose, streaming)
+    w = OnnxWriter(model, choose, streaming, int8)
     y = w.walk()
     graph = w.graph
     if y.static or w.steps == 1:

@@ -1,6 +1,8 @@
 """What every architecture shares: input checks, in-graph normalisation, the once-computed stem, T."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,11 +39,17 @@ class ConvPool(nn.Sequential):
         super().__init__(conv, nn.AvgPool2d(2))
         # the geometry of the fused conv that runs (what MAC counts read)
         self.in_channels, self.kernel_size, self.stride, self.padding = conv.in_channels, k + 1, 2, padding
+        # fused kernel -> the kernel that runs (int8 fake quantisation, see gee_deploy.quantisation); None = as is
+        self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def fused_weight(self) -> torch.Tensor:
+        """The (k+1) x (k+1) kernel of the conv + pool, before any quantiser: [Cout, Cin, k+1, k+1]."""
+        return fuse_average_pool(self[0].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self[0]
-        return F.conv2d(x, fuse_average_pool(conv.weight), getattr(conv, "bias", None), stride=self.stride,
-                        padding=self.padding)
+        w = self.fused_weight()
+        w = w if self.quantiser is None else self.quantiser(w)
+        return F.conv2d(x, w, getattr(self[0], "bias", None), stride=self.stride, padding=self.padding)
 
 
 def fuse_average_pool(weight: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,190 @@
+"""Quantisation-aware fine-tune: a short run that makes every spike-reading layer's weight int8 per channel.
+
+``gee-deploy quantize CHECKPOINT --out Q.pt`` (issue 9, DESIGN section 11). Sections in the order they run:
+
+1. load the fp32 checkpoint and its recipe; find the layers that read spikes (every weight layer after the
+   stem, by data flow: :func:`gee_deploy.quantisation.spike_reading_layers`); the stem and layers reading
+   analog values (an average pool of spikes) stay fp32;
+2. evaluate the fp32 model, then the same weights post-training quantised (fake quantisation attached,
+   no training): the accuracy an int8 export of the fp32 checkpoint would have;
+3. fine-tune with the quantisers attached: the forward uses W_q = q s (int8 codes per output channel),
+   the backward passes the gradient straight through to the generated W = scale E G E^T (so E, G and the
+   BatchNorms learn weights that work after rounding); AdamW, cosine decay from ``lr_scale`` x the recipe's
+   learning rate, genetic parameters at the recipe's ``genetic_lr_scale``;
+4. evaluate and save: the checkpoint records ``quantisation`` (scheme and layers), so it rebuilds its
+   quantised model alone and its eval path computes with the int8 weights the int8 export writes.
+
+The fine-tune's time is reported against the original training's (its run directory's train.jsonl,
+or the checkpoint's epoch count x its last epoch's seconds).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import architecture_fingerprint, build_model, file_sha256, load_checkpoint, save_checkpoint
+from ..data import load_split, make_loader
+from ..errors import CheckpointError, ConfigError
+from ..io import read_jsonl
+from ..quantisation import attach_quantisers, quantisation_record, spike_reading_layers
+from ..recipe import recipe_from_dict
+from .trainer import evaluate, select_device
+
+__all__ = ["QuantizeReport", "quantize"]
+
+
+@dataclass
+class QuantizeReport:
+    """What one fine-tune did (accuracies as fractions on the full test split)."""
+
+    out: str
+    layers: list[str]
+    fp32_acc: float
+    ptq_acc: float  # fp32 weights, rounded to int8 without training
+    qat_acc: float  # after the fine-tune
+    fp32_firing_rate: float
+    qat_firing_rate: float
+    epochs: float
+    steps: int
+    train_seconds: float  # the fine-tune's training steps
+    seconds: float  # everything: loading, three evaluations, training, saving
+    original_train_seconds: float | None
+
+    def summary(self) -> str:
+        share = (f" ({self.train_seconds / self.original_train_seconds:.1%} of the original training's "
+                 f"{self.original_train_seconds:.0f} s)") if self.original_train_seconds else ""
+        return "\n".join([
+            f"wrote {self.out}: {len(self.layers)} layers int8 per output channel ({', '.join(self.layers)})",
+            f"  test accuracy: fp32 {self.fp32_acc:.4f}, int8 without fine-tune {self.ptq_acc:.4f}, "
+            f"int8 fine-tuned {self.qat_acc:.4f} ({(self.qat_acc - self.fp32_acc) * 100:+.2f} points vs fp32)",
+            f"  firing rate: fp32 {self.fp32_firing_rate:.4f}, int8 fine-tuned {self.qat_firing_rate:.4f}",
+            f"  fine-tune: {self.epochs:g} epoch(s), {self.steps} steps, {self.train_seconds:.0f} s of training{share}; "
+            f"{self.seconds:.0f} s in all with the three evaluations"])
+
+
+def _original_seconds(checkpoint: Path, ckpt: dict) -> float | None:
+    log = checkpoint.parent / "train.jsonl"
+    if log.is_file():
+        rows = [r for r in read_jsonl(log) if "seconds" in r and r.get("epoch", 0) <= ckpt.get("epoch", 10 ** 9)]
+        if rows:
+            return float(sum(r["seconds"] for r in rows))
+    metrics = ckpt.get("metrics") or {}
+    if "seconds" in metrics and ckpt.get("epoch"):
+        return float(metrics["seconds"]) * int(ckpt["epoch"])
+    return None
+
+
+def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: float = 1.0, lr_scale: float = 0.1,
+             batch_size: int | None = None, train_limit: int | None = None, test_limit: int | None = None,
+             data_dir: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None,
+             seed: int = 0, progress: bool = True) -> QuantizeReport:
+    """Fine-tune fp32 ``checkpoint`` with int8 fake-quantised weights into checkpoint ``out``.
+
+    Args:
+        checkpoint: a gee-deploy checkpoint (best.pt) whose recipe names its dataset.
+        out: the quantised checkpoint to write (refused if it exists or equals ``checkpoint``).
+        epochs: fine-tune length in passes over the training split (fractions allowed; > 0).
+        lr_scale: peak learning rate as a multiple of the recipe's ``train.lr``.
+        batch_size: default the recipe's.
+        train_limit / test_limit: use only the first N images of each split (tests, quick looks).
+        data_dir: where the dataset lives, if not at its default place.
+        device: auto | cpu | cuda[:N].
+        threads: torch CPU threads (default the recipe's, else torch's).
+        seed: shuffling seed.
+        progress: print one line per phase.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or one already quantised.
+        ConfigError: bad options, an existing ``out``, a model with no spike-reading layer, or one whose
+            spike-reading layers are plain nn.Conv2d / nn.Linear (dense twins outside ConvPool).
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not epochs > 0:
+        raise ConfigError(f"--epochs must be > 0, got {epochs}")
+    if not lr_scale > 0:
+        raise ConfigError(f"--lr-scale must be > 0, got {lr_scale}")
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists; choose another path")
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("quantisation"):
+        raise CheckpointError(f"{checkpoint} is already int8 fine-tuned")
+    recipe = recipe_from_dict(ckpt.get("recipe") or {})
+    dataset = (ckpt.get("dataset") or {}).get("name") or recipe.data.name
+    started = time.perf_counter()
+
+    # ---- 1. model, layers, data -----------------------------------------------------------------------
+    device_ = select_device(device)
+    if threads or recipe.train.threads:
+        torch.set_num_threads(threads or recipe.train.threads)
+    model = build_model(ckpt, str(checkpoint))
+    layers = spike_reading_layers(model)
+    if not layers:
+        raise ConfigError(f"{checkpoint}: no weight layer reads spikes; nothing to quantise")
+    model.to(device_)
+    batch = batch_size or recipe.data.batch_size
+    train_set = load_split(dataset, "train", data_dir or recipe.data.data_dir or None, augment=recipe.data.augment,
+                           limit=train_limit)
+    test_set = load_split(dataset, "test", data_dir or recipe.data.data_dir or None, limit=test_limit)
+    test_loader = make_loader(test_set, batch, False)
+    say = print if progress else (lambda *_: None)
+
+    # ---- 2. fp32 and post-training int8 accuracy -------------------------------------------------------
+    fp32 = evaluate(model, test_loader, device_)
+    say(f"fp32 test accuracy {fp32['test_acc']:.4f}")
+    attach_quantisers(model, layers)
+    ptq = evaluate(model, test_loader, device_)
+    say(f"int8 without fine-tune {ptq['test_acc']:.4f}")
+
+    # ---- 3. fine-tune with straight-through fake quantisation ----------------------------------------
+    t = recipe.train
+    genome = getattr(model, "genome", None)
+    genetic = {id(p) for p in genome.parameters()} if genome is not None else set()
+    params = list(model.parameters())
+    lr = t.lr * lr_scale
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in params if id(p) in genetic], "lr": lr * t.genetic_lr_scale},
+        {"params": [p for p in params if id(p) not in genetic], "lr": lr}], weight_decay=0.0)
+    steps_per_epoch = max(1, len(train_set) // batch)
+    total = max(1, round(epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
+    step = 0
+    tuned_at = time.perf_counter()
+    while step < total:
+        loader = make_loader(train_set, batch, True, seed=seed * 1000 + step // steps_per_epoch, drop_last=True)
+        model.train()
+        for x, y in loader:
+            x, y = x.to(device_), y.to(device_)
+            loss = F.cross_entropy(model(x), y, label_smoothing=t.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step >= total:
+                break
+    tune_seconds = time.perf_counter() - tuned_at
+
+    # ---- 4. evaluate and save -------------------------------------------------------------------------
+    qat = evaluate(model, test_loader, device_)
+    say(f"int8 fine-tuned {qat['test_acc']:.4f}")
+    metrics = {**qat, "fp32_test_acc": fp32["test_acc"], "ptq_test_acc": ptq["test_acc"],
+               "fp32_firing_rate": fp32["firing_rate"], "quantize_seconds": tune_seconds}
+    model.cpu()
+    state = {key: ckpt[key] for key in ("model_name", "model_args", "recipe", "dataset") if key in ckpt}
+    state.update({"architecture": architecture_fingerprint(model), "state_dict": model.state_dict(),
+                  "epoch": ckpt.get("epoch", 0), "metrics": metrics, "best_acc": qat["test_acc"],
+                  "quantisation": {**quantisation_record(model), "epochs": epochs, "lr_scale": lr_scale,
+                                   "source": str(checkpoint), "source_sha256": file_sha256(checkpoint)}})
+    save_checkpoint(out, state)
+    return QuantizeReport(str(out), layers, fp32["test_acc"], ptq["test_acc"], qat["test_acc"],
+                          fp32["firing_rate"], qat["firing_rate"], epochs, total, tune_seconds,
+                          time.perf_counter() - started, _original_seconds(checkpoint, ckpt))
+

@@ -1,0 +1,167 @@
+"""The int8 export: exact uint8 spikes x int8 weights, every zoo model, fallbacks, options and metadata."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from gee_deploy.cli import cli
+from gee_deploy.energy import E_AC_INT8_PJ, E_AC_PJ, energy_per_layer
+from gee_deploy.export import build_onnx, export_loaded
+from gee_deploy.export.configs import INT8_MIN_MACS, INT8_PTQ_THRESHOLDS, validation_thresholds
+from gee_deploy.export.errors import UnknownOptionError
+from gee_deploy.export.int8 import emit_int8, int8_layer
+from gee_deploy.export.graph import GraphBuilder, tensor_info
+from gee_deploy.neurons import SpikeRecorder
+from gee_deploy.ort_session import create_session
+from gee_deploy.quantisation import attach_quantisers, quantise_weight, spike_reading_layers
+from gee_deploy.spec import ModelSpec
+from gee_deploy.zoo import list_models
+from gee_deploy.zoo.base import ConvPool
+from test_export import FAST, small_model, spec_of
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _layer_graph(layer, in_shape):
+    g = GraphBuilder()
+    y = emit_int8(g, "x", layer, in_shape, "layer")
+    g.op("Identity", [y], out_names=["y"])
+    proto = g.model([tensor_info("x", ["n", *in_shape], TensorProto.UINT8)], [tensor_info("y", ["n"])], 18, {})
+    return create_session(proto.SerializeToString())
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", [
+    (5, 7, 3, 1, 1, 6),  # strided-slice patches
+    (4, 6, 4, 2, 1, 7),  # space-to-depth patches (odd map: padded to a multiple of the stride)
+    (6, 5, 1, 2, 0, 5),  # a 1x1 stride-2 shortcut
+    (8, 9, 3, 1, 0, 3),  # kernel covers the input: one MatMulInteger
+    (3, 4, 5, 2, 2, 9)])
+def test_uint8_spikes_times_int8_weights_is_the_exact_integer_sum(c_in, c_out, k, stride, padding, size):
+    """The property the int8 variant rests on: 0/1 inputs as uint8 are exact and the int32 sum is exact, so the
+    layer's output is float32(exact integer sum) * scale + bias, bit for bit."""
+    conv = nn.Conv2d(c_in, c_out, k, stride, padding, bias=False)
+    bn = nn.BatchNorm2d(c_out)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3), bn.weight.data.uniform_(-2, 2)
+    bn.bias.data.uniform_(-1, 1)
+    layer = int8_layer(conv, bn.eval())
+    spikes = (torch.rand(3, c_in, size, size) < 0.3).to(torch.uint8)
+    got = _layer_graph(layer, (c_in, size, size)).run(None, {"x": spikes.numpy()})[0]
+    acc = torch.nn.functional.conv2d(spikes.double(), torch.from_numpy(layer.q).double(), stride=stride,
+                                     padding=padding).numpy()  # integers: exact in float64
+    want = acc.astype(np.float32) * layer.scale.reshape(-1, 1, 1) + layer.bias.reshape(-1, 1, 1)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    q, _ = quantise_weight(conv.weight.float())
+    assert np.array_equal(layer.q, q.numpy())  # the BatchNorm fold left the codes alone
+
+
+def test_pooled_layer_quantises_the_fused_kernel_it_runs():
+    model, _ = small_model("smallnet", 6)
+    pool = next(m for m in model.modules() if isinstance(m, ConvPool) and m is not model.stem[0])
+    layer = int8_layer(pool[0], None, pool)
+    assert layer.kernel_size == pool.kernel_size == 4 and layer.stride == 2
+    assert np.array_equal(layer.q, quantise_weight(pool.fused_weight())[0].numpy())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_int8_export_of_every_zoo_model_validates(name, tmp_path):
+    """Every spike-reading layer int8, every other float32; with the quantisers attached (what a fine-tuned
+    checkpoint carries) the graph computes what the model computes and validates under the fp32 limits.
+    (Post-training int8 of these random, chaotic nets moves samples by design: its limits are for trained ones.)"""
+    model, images = small_model(name, 6)
+    spiking = set(spike_reading_layers(model))
+    attach_quantisers(model, sorted(spiking))
+    report = export_loaded(model, tmp_path / "int8.onnx", variant="int8", images=images, validation=FAST)
+    spec = spec_of(onnx.load(str(tmp_path / "int8.onnx")))
+    assert spec.variant == "int8"
+    for layer in spec.layers:
+        assert layer.precision == ("int8" if layer.name in spiking else "fp32"), layer.name
+        assert (layer.weight_scales is not None) == (layer.precision == "int8")
+        if layer.precision == "int8":
+            assert layer.input_is_spikes and len(layer.weight_scales) > 0
+    assert min(report.validation["spikes_per_layer_deployed"]) > 0
+    assert report.validation["top1_agreement"] >= FAST.thresholds.min_top1_agreement
+
+
+def test_quantised_model_and_its_int8_graph_agree_exactly():
+    model, _ = small_model("smallnet", 6, timesteps=4)
+    attach_quantisers(model, spike_reading_layers(model))
+    images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    proto, spec = build_onnx(model, "int8")
+    logits, counts = create_session(proto.SerializeToString()).run(None, {"input": images.numpy()})
+    with torch.no_grad(), SpikeRecorder(model) as rec:
+        ref = model(images)
+    assert np.array_equal(counts, rec.stacked().numpy())  # every spike of every layer and sample
+    assert np.abs(logits - ref.numpy()).max() < 1e-5
+
+
+def test_layers_reading_analog_values_stay_float32():
+    """A pooled head's classifier reads an average of spikes (not binary): documented fp32 fallback."""
+    model, _ = small_model("resnet19", 6)
+    _, spec = build_onnx(model, "int8")
+    analog = [l for l in spec.layers if not l.input_is_spikes]
+    assert len(analog) >= 2 and all(l.precision == "fp32" for l in analog)
+    assert any(l.precision == "int8" for l in spec.layers)
+
+
+def test_auto_allow_int8_picks_large_spike_reading_layers_that_gather_cheaply():
+    model, _ = small_model("smallnet", 6)  # stride-2 ConvPools, a whole-input conv, a tiny classifier
+    _, spec = build_onnx(model, "auto", allow_int8=True)
+    for layer in spec.layers:
+        want = layer.input_is_spikes and layer.dense_macs >= INT8_MIN_MACS
+        assert (layer.precision == "int8") == want, layer.name
+    assert {l.precision for l in spec.layers} == {"fp32", "int8"}
+    # ResNet-19's spike-reading convs (3x3 stride 1, 1x1 stride-2 shortcuts) gather by strided slices, its
+    # linear layers read pooled (analog) values: auto keeps all float32, --variant int8 still makes them int8
+    resnet, _ = small_model("resnet19", 6)
+    _, spec = build_onnx(resnet, "auto", allow_int8=True)
+    assert {l.precision for l in spec.layers} == {"fp32"}
+    _, forced = build_onnx(resnet, "int8")
+    assert "int8" in {l.precision for l in forced.layers}
+    _, plain = build_onnx(model, "auto")
+    assert {l.precision for l in plain.layers} == {"fp32"}
+    with pytest.raises(UnknownOptionError, match="--allow-int8"):
+        build_onnx(model, "dense", allow_int8=True)
+
+
+def test_int8_layer_metadata_round_trips():
+    model, _ = small_model("smallnet", 6)
+    proto, spec = build_onnx(model, "int8")
+    again = ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, "graph")
+    assert again == spec and any(l.weight_scales for l in again.layers)
+
+
+def test_thresholds_per_variant():
+    assert validation_thresholds(False, False) == validation_thresholds(True, True)  # fp32's
+    assert validation_thresholds(True, False) == INT8_PTQ_THRESHOLDS
+    assert INT8_PTQ_THRESHOLDS.max_accuracy_delta == 0.003 and INT8_PTQ_THRESHOLDS.max_spike_delta == 0.005
+
+
+def test_energy_uses_int8_constants_for_int8_layers():
+    model, _ = small_model("smallnet", 6)
+    _, fp32 = build_onnx(model, "dense")
+    _, int8 = build_onnx(model, "int8")
+    rates = {name: 0.1 for name in fp32.spiking_layers}
+    e32 = {e.name: e for e in energy_per_layer(fp32.layers, rates, fp32.timesteps)}
+    e8 = {e.name: e for e in energy_per_layer(int8.layers, rates, int8.timesteps)}
+    for layer in int8.layers:
+        if layer.precision == "int8":
+            assert e8[layer.name].energy_pj == pytest.approx(e32[layer.name].energy_pj * E_AC_INT8_PJ / E_AC_PJ)
+        else:
+            assert e8[layer.name].energy_pj == e32[layer.name].energy_pj
+
+
+def test_cli_rejects_allow_int8_with_a_fixed_variant(tiny_checkpoint, tmp_path):
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"),
+                                 "--variant", "dense", "--allow-int8"], standalone_mode=False)
+    assert isinstance(r.exception, UnknownOptionError) and not (tmp_path / "m.onnx").exists()
