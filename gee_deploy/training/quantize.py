@@ -9,8 +9,9 @@
    no training): the accuracy an int8 export of the fp32 checkpoint would have;
 3. fine-tune with the quantisers attached: the forward uses W_q = q s (int8 codes per output channel),
    the backward passes the gradient straight through to the generated W = scale E G E^T (so E, G and the
-   BatchNorms learn weights that work after rounding); AdamW, cosine decay from ``lr_scale`` x the recipe's
-   learning rate, genetic parameters at the recipe's ``genetic_lr_scale``;
+   BatchNorms learn weights that work after rounding) with the recipe's optimiser policy
+   (:func:`~gee_deploy.training.setup.build_optimizer`: genetic parameters at ``genetic_lr_scale``), cosine
+   decay from ``lr_scale`` x the recipe's learning rate, no weight decay;
 4. evaluate and save: the checkpoint records ``quantisation`` (scheme and layers), so it rebuilds its
    quantised model alone and its eval path computes with the int8 weights the int8 export writes.
 
@@ -19,14 +20,12 @@ or the checkpoint's epoch count x its last epoch's seconds).
 """
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import architecture_fingerprint, build_model, file_sha256, load_checkpoint, save_checkpoint
 from ..data import load_split, make_loader
@@ -34,7 +33,8 @@ from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
 from ..quantisation import attach_quantisers, quantisation_record, spike_reading_layers
 from ..recipe import recipe_from_dict
-from .trainer import evaluate, select_device
+from .setup import build_optimizer, train_step
+from .trainer import cosine_schedule, evaluate, select_device
 
 __all__ = ["QuantizeReport", "quantize"]
 
@@ -142,30 +142,20 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     say(f"int8 without fine-tune {ptq['test_acc']:.4f}")
 
     # ---- 3. fine-tune with straight-through fake quantisation ----------------------------------------
-    t = recipe.train
-    genome = getattr(model, "genome", None)
-    genetic = {id(p) for p in genome.parameters()} if genome is not None else set()
-    params = list(model.parameters())
-    lr = t.lr * lr_scale
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in params if id(p) in genetic], "lr": lr * t.genetic_lr_scale},
-        {"params": [p for p in params if id(p) not in genetic], "lr": lr}], weight_decay=0.0)
+    # the recipe's own optimiser policy and training step, at lr_scale x its learning rate, no weight decay
+    t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
+    optimizer = build_optimizer(replace(recipe, train=t), model)
     steps_per_epoch = max(1, len(train_set) // batch)
     total = max(1, round(epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total, 0))
     step = 0
     tuned_at = time.perf_counter()
     while step < total:
         loader = make_loader(train_set, batch, True, seed=seed * 1000 + step // steps_per_epoch, drop_last=True)
         model.train()
         for x, y in loader:
-            x, y = x.to(device_), y.to(device_)
-            loss = F.cross_entropy(model(x), y, label_smoothing=t.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
+            train_step(model, optimizer, x.to(device_), y.to(device_), label_smoothing=t.label_smoothing,
+                       grad_clip=t.grad_clip)
             scheduler.step()
             step += 1
             if step >= total:
