@@ -433,3 +433,17 @@ def test_check_fails_with_one_line_per_regression(tiny_checkpoint, serving_onnx,
     assert r.exit_code == 1
     fails = [line for line in r.output.splitlines() if line.startswith("FAIL: ")]
     assert [f.split()[1] for f in fails] == ["top-1", "accuracy", "spike-count", "onnxruntime"], r.output
+
+
+def test_bench_profile_ops_splits_the_graph_time_by_operator(serving_onnx, tmp_path):
+    from gee_deploy.serving.bench import run_bench
+    from gee_deploy.serving.report import write_report
+
+    report = run_bench([serving_onnx], batch_sizes=(4,), limit=8, threads=1, min_time=0.01, profile=True)
+    prof = report["runtimes"][0]["op_profile"]
+    ops = {o["op"]: o for o in prof["ops"]}
+    assert prof["batch"] == 4 and "Conv" in ops and "GreaterOrEqual" in ops  # the convs and the LIF threshold
+    assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
+    assert all(o["ms_per_call"] >= 0 and o["nodes"] >= 1 for o in prof["ops"])
+    write_report(report, tmp_path)
+    assert "| Conv |" in (tmp_path / "report.md").read_text()

@@ -29,13 +29,16 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
               help="Intra-op threads for every runtime (default: each runtime's own).")
 @click.option("--min-time", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds of timed calls per runtime and batch size.")
+@click.option("--profile-ops", is_flag=True,
+              help="Add onnxruntime's per-operator time split (its profiler, at the largest batch) to the report.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
-def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, quiet):
+def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, profile_ops, quiet):
     """Benchmark MODELS (checkpoints, ONNX files, TensorRT plans) against the PyTorch reference.
 
     Per runtime and batch size: latency p50/p90/p99 and throughput; accuracy, top-1 agreement and max logit
     diff vs the checkpoint; spikes per sample, firing rate per layer and eq. 17 energy from the runtime's
-    own spike counts. Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png.
+    own spike counts; with --profile-ops, where each onnxruntime graph's time goes, per operator type.
+    Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png.
     """
     import os
     from pathlib import Path
@@ -49,7 +52,7 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
         raise GeeError(f"cannot write {out}: {existing} is not a writable directory")
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
-                       limit or None, threads, min_time, progress=say)
+                       limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)
     click.echo(summary_table(report))
     if not quiet:

@@ -7,8 +7,10 @@ energy by eq. 17. Timing lives here, never in unit-test assertions.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,10 +19,12 @@ import numpy as np
 from ..data import load_test_arrays
 from ..energy import energy_per_layer, firing_rates, total_energy
 from ..errors import ConfigError
+from ..ort_session import create_session
 from ..parity import CHECK_GATES, Outputs, Thresholds, checks, compare
-from .runtimes import RUNTIMES, Runtime, default_runtimes, open_runtime
+from ..spec import INPUT_NAME, OUTPUT_NAMES
+from .runtimes import RUNTIMES, OrtRuntime, Runtime, default_runtimes, open_runtime
 
-__all__ = ["evaluate", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
+__all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
 
 
 def evaluate(runtime: Runtime, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> Outputs:
@@ -107,10 +111,35 @@ def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     return name
 
 
+def profile_ops(runtime: OrtRuntime, x: np.ndarray, iters: int = 20) -> list[dict]:
+    """Where an onnxruntime graph's time goes: onnxruntime's own profiler over ``iters`` calls on batch ``x``.
+
+    Returns one row per operator type, most expensive first: ``op``, ``ms_per_call`` (summed kernel time of its
+    nodes per call), ``share`` of all kernel time, ``nodes`` (how many nodes of that type ran per call). Source:
+    the ``Node`` events (``*_kernel_time``) of ``SessionOptions.enable_profiling``'s trace.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        session = create_session(runtime.path, runtime.name, runtime.threads, profile_prefix=str(Path(tmp) / "ort"))
+        for _ in range(iters):
+            session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total_us: dict[str, float] = {}
+    nodes: dict[str, set] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            total_us[op] = total_us.get(op, 0.0) + float(e.get("dur", 0))
+            nodes.setdefault(op, set()).add(e["name"])
+    grand = sum(total_us.values()) or 1.0
+    rows = [{"op": op, "ms_per_call": us / 1e3 / iters, "share": us / grand, "nodes": len(nodes[op])}
+            for op, us in total_us.items()]
+    return sorted(rows, key=lambda r: -r["ms_per_call"])
+
+
 def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None,
               batch_sizes: tuple[int, ...] = (1, 16, 64), dataset: str | None = None, data_dir=None,
               limit: int | None = 1000, threads: int | None = None, min_time: float = 1.0,
-              progress=None) -> dict:
+              progress=None, profile: bool = False) -> dict:
     """Benchmark every runtime of ``models`` and return the report (see ``report.write_report``).
 
     Args:
@@ -123,6 +152,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         threads: intra-op threads for every runtime (the same for all, so the comparison is fair).
         min_time: seconds of timed calls per runtime and batch size.
         progress: callable(str) told what runs now.
+        profile: add each onnxruntime runtime's per-op time split at the largest batch size (:func:`profile_ops`).
     """
     say = progress or (lambda msg: None)
     opened = open_runtimes(models, runtimes, threads)
@@ -144,6 +174,9 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
             say(f"{rt.name}: timing batch {b}")
             x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
             latency.append({**time_runtime(rt, x, min_time=min_time), "runtime": label})
+        if profile and isinstance(rt, OrtRuntime):
+            say(f"{rt.name}: profiling ops at batch {len(x)}")
+            row["op_profile"] = {"batch": int(len(x)), "ops": profile_ops(rt, x)}
         rows.append(row)
     ref_label = rows[0]["runtime"] if ref is not None else None
     for lat in latency:

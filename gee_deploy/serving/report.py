@@ -89,6 +89,12 @@ def _markdown(report: dict) -> str:
                        f"{e['spiking_input_layer'] or '-'} | {_fmt(e['firing_rate'], '.4f')} | {e['sops']:,.0f} | "
                        f"{e['analog_macs']:,} | {e['energy_pj']:,.0f} |")
         out.append("")
+        if "op_profile" in r:
+            prof = r["op_profile"]
+            out += [f"onnxruntime profiler, batch {prof['batch']}: kernel time per operator type (per call)", "",
+                    "| op | ms per call | share | nodes |", "|---|---:|---:|---:|"]
+            out += [f"| {o['op']} | {o['ms_per_call']:.3f} | {o['share']:.1%} | {o['nodes']} |" for o in prof["ops"]]
+            out.append("")
     out += ["Energy: eq. 17 of the paper, E = 4.6 pJ x analog MACs (the stem, computed once; in a factorised "
             "layer also the ops after the one that reads spikes) + 0.9 pJ x sum_l fr_l x T x MACs_l over the ops "
             "that read spikes, fr_l the firing rate of the LIF feeding layer l.", "",
