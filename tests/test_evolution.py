@@ -18,8 +18,8 @@ import torch
 from conftest import tiny_recipe
 from gee_deploy.errors import ConfigError
 from gee_deploy.training.evolution import STATE_FILE, run_evolution
-from gee_deploy.training.fitness import (FAILED_FITNESS, combine_fitness, generation_seeds, spatial_entropy,
-                                         temporal_difference)
+from gee_deploy.training.fitness import (FAILED_FITNESS, FITNESS_MODES, combine_fitness, generation_seeds,
+                                         spatial_entropy, temporal_difference, term_scales)
 from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, encode_genotype, genotype_dimension,
                                           sample_encodings)
 from gee_deploy.training.setup import build_recipe_model
@@ -131,6 +131,39 @@ def test_fitness_formula_and_decay():
     assert combine_fitness("loss", 2.0, 3.0, 4.0, 3, 1000.0, 1000.0) == 2.0  # unused terms are not computed
 
 
+def _generation(loss, r1, r2):
+    return [{"loss": a, "r1": b, "r2": c} for a, b, c in zip(loss, r1, r2)]
+
+
+def test_scaled_fitness_standardises_each_term_across_the_generation():
+    gen = _generation([2.0, 2.2, 2.4, None], [10.0, 40.0, 70.0, 5.0], [5.25, 5.25, 5.25, 5.25])
+    scales = term_scales(gen)  # the diverged candidate (loss None) does not count
+    assert scales["loss"] == pytest.approx((2.2, np.std([2.0, 2.2, 2.4])))
+    assert scales["r1"] == pytest.approx((40.0, np.std([10.0, 40.0, 70.0])))
+    assert scales["r2"] == (5.25, 0.0)  # no spread: ranks nothing
+    z = math.sqrt(1.5)  # (x - mean) / std of three evenly spaced values: -z, 0, +z
+    assert combine_fitness("ste-scaled", 2.0, 10.0, 5.25, 0, -0.5, -0.5, scales) == pytest.approx(-z + z)
+    assert combine_fitness("loss+r1-scaled", 2.4, 10.0, 5.25, 2, -0.5, -0.5, scales) == pytest.approx(
+        z + math.exp(-1.0) * z)
+    assert combine_fitness("loss+r2-scaled", 2.4, 10.0, 5.25, 0, -0.5, -0.5, scales) == pytest.approx(z)
+    assert combine_fitness("ste-scaled", None, 10.0, 5.25, 0, -0.5, -0.5, scales) == FAILED_FITNESS
+    assert combine_fitness("ste-scaled", 2.0, 10.0, 5.25, 1, 1000.0, -0.5, scales) == FAILED_FITNESS  # overflow
+    with pytest.raises(ValueError, match="scales"):
+        combine_fitness("ste-scaled", 2.0, 10.0, 5.25, 0, -0.5, -0.5)
+    assert term_scales(gen[:1])["loss"] == (2.0, 0.0)  # one candidate: nothing to standardise by
+    # scale-free: r1 in other units (x 100, + 7: more classes, larger T, larger outputs) and L in bits give the
+    # same fitness, where the literal form's ranking flips
+    other = _generation([2.0 / math.log(2), 2.2 / math.log(2), 2.4 / math.log(2)], [1007.0, 4007.0, 7007.0],
+                        [5.0, 5.3, 5.1])
+    base = _generation([2.0, 2.2, 2.4], [10.0, 40.0, 70.0], [5.0, 5.3, 5.1])
+    for mode in [m for m, (_, _, scaled) in FITNESS_MODES.items() if scaled]:
+        a = [combine_fitness(mode, c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5, term_scales(base)) for c in base]
+        b = [combine_fitness(mode, c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5, term_scales(other)) for c in other]
+        assert a == pytest.approx(b), mode
+    literal = [combine_fitness("loss+r1", c["loss"], c["r1"], c["r2"], 0, -0.5, -0.5) for c in base]
+    assert np.argsort(literal).tolist() == [2, 1, 0]  # r1 (10-70) swamps L (2.0-2.4): the largest r1 wins
+
+
 # ---- the loop: logging, best genotype, resume -----------------------------------------------------------
 
 def test_cma_default_population_and_separable_above_threshold():
@@ -149,31 +182,36 @@ def test_cma_default_population_and_separable_above_threshold():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_evolution_logs_and_sets_the_best_phenotype(tmp_path):
-    recipe = evo_recipe(fitness="ste")
+@pytest.mark.parametrize("mode", ["ste", "ste-scaled"])
+def test_evolution_logs_and_sets_the_best_phenotype(tmp_path, mode):
+    recipe = evo_recipe(fitness=mode)
     model = build_recipe_model(recipe)
     summary = run_evolution(recipe, tmp_path, model, torch.device("cpu"), progress=False)
     rows = read_rows(tmp_path)
     assert [r["generation"] for r in rows] == [0, 1]
+    scales = [term_scales(row["candidates"]) for row in rows]  # what the -scaled mode standardises with
     for t, row in enumerate(rows):
         assert len(row["candidates"]) == 4
+        assert row["scales"] == {k: list(v) for k, v in scales[t].items()}
         for c in row["candidates"]:
-            assert c["fitness"] == pytest.approx(combine_fitness("ste", c["loss"], c["r1"], c["r2"], t, -0.5, -0.5))
+            assert c["fitness"] == pytest.approx(combine_fitness(mode, c["loss"], c["r1"], c["r2"], t, -0.5, -0.5,
+                                                                 scales[t]))
             assert c["r1"] >= 0 and 0 < c["r2"] <= math.log(64) and c["beta1"] > 0 and c["beta2"] > 0
         assert row["median_fitness"] == pytest.approx(float(np.median([c["fitness"] for c in row["candidates"]])))
     assert rows[0]["beta1"] == pytest.approx(1.0) and rows[0]["beta2"] == pytest.approx(3.0)  # recipe's start
     default = rows[0]["default"]  # the Random model, scored in the first generation only
     assert "default" not in rows[1]
-    assert default["fitness"] == pytest.approx(combine_fitness("ste", default["loss"], default["r1"], default["r2"],
-                                                               0, -0.5, -0.5))
+    assert default["fitness"] == pytest.approx(combine_fitness(mode, default["loss"], default["r1"], default["r2"],
+                                                               0, -0.5, -0.5, scales[0]))
     # the incumbent is the lowest fitness under the last generation's weights, over both generations and the
     # default wiring (index -1, which wins ties)
-    rescored = [(combine_fitness("ste", c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5), r["generation"], c["index"])
+    rescored = [(combine_fitness(mode, c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5, scales[1]), r["generation"],
+                 c["index"])
                 for r in rows for c in [*r["candidates"], *([{**default, "index": -1}] if "default" in r else [])]]
     best_f, best_gen, best_idx = min(rescored)
     assert rows[-1]["best_fitness"] == pytest.approx(best_f) == pytest.approx(summary["best_fitness"])
     assert (rows[-1]["best"]["generation"], rows[-1]["best"]["index"]) == (best_gen, best_idx)
-    assert best_f <= combine_fitness("ste", default["loss"], default["r1"], default["r2"], 1, -0.5, -0.5)
+    assert best_f <= combine_fitness(mode, default["loss"], default["r1"], default["r2"], 1, -0.5, -0.5, scales[1])
     if best_idx == -1:
         assert_random_model_genome(model, recipe)
     else:

@@ -18,6 +18,15 @@ Choices the paper leaves open, and why:
   running statistics are still mostly their initial values and would rank candidates by how far their
   activations sit from N(0, 1) rather than by how well they learn.
 - A candidate whose loss is not finite (diverged) gets fitness :data:`FAILED_FITNESS`.
+- The terms' scales (the paper fixes the form of eq. 16, not the units of its terms). ``loss``, ``loss+r1``,
+  ``loss+r2`` and ``ste`` are the paper's literal form: raw L (nats), raw r1 (squared output units, which
+  grow with the number of classes, T and the output's magnitude; 10-80 against L ~ 2 on SmallNet) and raw
+  r2 (nats, bounded by ln g^2). The ``-scaled`` modes standardise each term across the generation's
+  candidates first, z = (v - mean) / std over the CMA-ES samples of that generation (:func:`term_scales`),
+  so each term has unit spread whatever the architecture, classes or T, and eq. 16's weights exp(lambda t)
+  set how the terms trade off. CMA-ES only uses the ranking within a generation, so this changes nothing
+  but the trade-off. A term with no spread (all equal, or fewer than two finite values) ranks nothing and
+  contributes 0.
 """
 from __future__ import annotations
 
@@ -32,12 +41,15 @@ from ..errors import ConfigError
 from .genotype import apply_phenotype
 from .setup import build_optimizer, build_recipe_model, train_step
 
-__all__ = ["FITNESS_MODES", "FAILED_FITNESS", "temporal_difference", "spatial_entropy", "combine_fitness",
-           "generation_seeds", "candidate_seed", "check_eval_data_size", "EvalData", "evaluate_candidate"]
+__all__ = ["FITNESS_MODES", "FAILED_FITNESS", "TERMS", "temporal_difference", "spatial_entropy",
+           "term_scales", "combine_fitness", "generation_seeds", "candidate_seed", "check_eval_data_size", "EvalData", "evaluate_candidate"]
 
-# which regularisers each ablation uses: (r1, r2)
-FITNESS_MODES = {"loss": (False, False), "loss+r1": (True, False), "loss+r2": (False, True), "ste": (True, True)}
+# which terms each mode uses and whether they are standardised across the generation: (r1, r2, scaled)
+FITNESS_MODES = {"loss": (False, False, False), "loss+r1": (True, False, False), "loss+r2": (False, True, False),
+                 "ste": (True, True, False), "loss+r1-scaled": (True, False, True),
+                 "loss+r2-scaled": (False, True, True), "ste-scaled": (True, True, True)}
 FAILED_FITNESS = 1e9
+TERMS = ("loss", "r1", "r2")  # the raw terms :func:`evaluate_candidate` returns
 
 
 def temporal_difference(y_steps: torch.Tensor) -> torch.Tensor:
@@ -64,23 +76,57 @@ def spatial_entropy(gene_matrix: torch.Tensor) -> float:
     return float(-(prob * prob.log()).sum())  # eq. 15
 
 
-def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
-                    lambda2: float) -> float:
-    """Eq. 16 with the ablation's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised).
+def term_scales(candidates: list[dict]) -> dict[str, tuple[float, float]]:
+    """{term: (mean, std)} over ``candidates`` (dicts with loss, r1, r2) for the ``-scaled`` modes.
 
-    Never raises: a weight exp(lambda t) beyond float range (only possible with lambda > 0, which recipes
-    refuse) or a non-finite sum gives :data:`FAILED_FITNESS`, like a diverged candidate.
+    Only candidates whose loss and r1 are finite count (a diverged one is failed anyway). std is the
+    population standard deviation; a term with fewer than two values or no spread gets std 0 (ignored by
+    :func:`combine_fitness`).
     """
-    use_r1, use_r2 = FITNESS_MODES[mode]
+    usable = [c for c in candidates if all(c[k] is not None and math.isfinite(c[k]) for k in TERMS)]
+    scales = {}
+    for term in TERMS:
+        values = np.array([c[term] for c in usable], dtype=np.float64)
+        if len(values) == 0:
+            scales[term] = (0.0, 0.0)
+            continue
+        mean, std = float(values.mean()), float(values.std())  # one value: std 0
+        scales[term] = (mean, std if math.isfinite(std) and std > 1e-12 * max(1.0, abs(mean)) else 0.0)
+    return scales
+
+
+def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
+                    lambda2: float, scales: dict[str, tuple[float, float]] | None = None) -> float:
+    """Eq. 16 with the mode's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised).
+
+    A ``-scaled`` mode replaces each term v by (v - mean) / std with ``scales`` from :func:`term_scales`
+    (required for those modes; ignored by the literal ones); a term with std 0 contributes 0.
+
+    Never raises for numbers: a weight exp(lambda t) beyond float range (only possible with lambda > 0,
+    which recipes refuse) or a non-finite sum gives :data:`FAILED_FITNESS`, like a diverged candidate.
+
+    Raises:
+        ValueError: a ``-scaled`` mode without ``scales``.
+    """
+    use_r1, use_r2, scaled = FITNESS_MODES[mode]
+    if scaled and scales is None:
+        raise ValueError(f"fitness {mode!r} standardises its terms across the generation: pass scales")
     if loss is None or (use_r1 and r1 is None) or not math.isfinite(loss):
         return FAILED_FITNESS
-    fitness = loss
+
+    def term(name: str, value: float) -> float:
+        if not scaled:
+            return value
+        mean, std = scales[name]
+        return (value - mean) / std if std > 0 else 0.0
+
     try:
+        fitness = term("loss", loss)
         if use_r1:
-            fitness -= math.exp(lambda1 * generation) * r1  # eq. 16
+            fitness -= math.exp(lambda1 * generation) * term("r1", r1)  # eq. 16
         if use_r2:
-            fitness -= math.exp(lambda2 * generation) * r2  # eq. 16
-    except OverflowError:
+            fitness -= math.exp(lambda2 * generation) * term("r2", r2)  # eq. 16
+    except (OverflowError, ZeroDivisionError):
         return FAILED_FITNESS
     return fitness if math.isfinite(fitness) else FAILED_FITNESS
 
