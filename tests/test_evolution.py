@@ -338,6 +338,28 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
     assert saved["variants"][1]["test_acc"] == summary["variants"][1]["test_acc"]
     again = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)  # finished runs are reused
     assert again["variants"][1]["runs"] == summary["variants"][1]["runs"]
+    # paired against Random, per seed; CPU seconds of every run
+    random_row, ste_row = summary["variants"]
+    assert random_row["paired_p"] is None and summary["reference"] == "Random"
+    diffs = [a - b for a, b in zip(ste_row["test_acc"], random_row["test_acc"])]
+    assert ste_row["paired_diff"] == pytest.approx(np.mean(diffs))
+    assert ste_row["paired_p"] == (1.0 if diffs[0] * diffs[1] <= 0 or not all(diffs) else 0.5)
+    assert all(run["cpu_seconds"] > 0 for row in summary["variants"] for run in row["runs"])
+    assert "paired p" in table and "CPU s per run" in table
+
+
+def test_sign_flip_p_is_the_exact_permutation_test():
+    from gee_deploy.training.ablation import sign_flip_p
+
+    assert sign_flip_p([0.01, 0.02, 0.03, 0.04, 0.05]) == 2 / 32  # all positive: only +/- all of them as extreme
+    assert sign_flip_p([0.0, 0.0]) == 1.0
+    # [1, 1, -1]: |sum| = 1; assignments with |sum| >= 1 are all 8 (sums are +-1 or +-3)
+    assert sign_flip_p([1.0, 1.0, -1.0]) == 1.0
+    assert sign_flip_p([3.0, 1.0, 1.0]) == 2 / 8  # |sum| 5; the others give |sum| 3 or 1
+    with pytest.raises(ValueError):
+        sign_flip_p([])
+    many = sign_flip_p([0.01] * 25)  # Monte Carlo above 20 pairs: about 2 / 2^25, never 0
+    assert 0 < many < 1e-5
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
