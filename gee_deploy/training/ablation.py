@@ -201,7 +201,8 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
         first = row is rows[0]
         row["paired_diff"] = None if first else statistics.fmean(diffs)
         row["paired_p"] = None if first else sign_flip_p(diffs)
-    summary = {"reference": rows[0]["label"], "model": recipe.model.name, "genes": recipe.model.genes, "timesteps": recipe.model.timesteps,
+    summary = {"reference": rows[0]["label"], "model": recipe.model.name, "genes": recipe.model.genes,
+               "timesteps": recipe.model.timesteps,
                "dataset": recipe.data.name, "epochs": recipe.train.epochs, "seeds": seeds,
                "minutes": (time.perf_counter() - started) / 60, "recipe": recipe.to_dict(), "variants": rows}
     write_json(out / "ablation.json", summary)

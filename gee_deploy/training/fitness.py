@@ -41,8 +41,9 @@ from ..errors import ConfigError
 from .genotype import apply_phenotype
 from .setup import build_optimizer, build_recipe_model, train_step
 
-__all__ = ["FITNESS_MODES", "FAILED_FITNESS", "TERMS", "temporal_difference", "spatial_entropy",
-           "term_scales", "combine_fitness", "generation_seeds", "candidate_seed", "check_eval_data_size", "EvalData", "evaluate_candidate"]
+__all__ = ["FITNESS_MODES", "FAILED_FITNESS", "TERMS", "temporal_difference", "spatial_entropy", "term_scales",
+           "combine_fitness", "generation_seeds", "candidate_seed", "check_eval_data_size", "EvalData",
+           "evaluate_candidate"]
 
 # which terms each mode uses and whether they are standardised across the generation: (r1, r2, scaled)
 FITNESS_MODES = {"loss": (False, False, False), "loss+r1": (True, False, False), "loss+r2": (False, True, False),
