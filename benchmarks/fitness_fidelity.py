@@ -18,6 +18,8 @@ the Spearman rank correlation rho between **-fitness** (fitness is minimised, so
 ranks genotypes like trained accuracy does) and the trained test accuracy, with a percentile bootstrap
 interval over the genotypes; also rho of each raw term, and the CPU seconds one candidate's scoring costs.
 
+Eq. 16's weights are those of generation 0 (exp(0) = 1), as in the first generation.
+
 Resumable: every genotype's terms and trained accuracy go into the ``--cache`` JSON as soon as they exist
 (written atomically); re-running the same command skips them. The cache records the settings and refuses
 to mix runs with different ones. The last line is one JSON object with every number printed.
@@ -38,8 +40,8 @@ from gee_deploy.data import load_split, make_loader
 from gee_deploy.errors import ConfigError
 from gee_deploy.io import write_json
 from gee_deploy.recipe import load_recipe
-from gee_deploy.training.fitness import (FITNESS_MODES, TERMS, EvalData, candidate_seed, combine_fitness,
-                                         evaluate_candidate, generation_seeds, term_scales)
+from gee_deploy.training.fitness import (FITNESS_MODES, TERMS, EvalData, candidate_seed, evaluate_candidate,
+                                         fitness_of, generation_seeds, term_scales)
 from gee_deploy.training.genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 from gee_deploy.training.setup import build_optimizer, build_recipe_model, train_step
 from gee_deploy.training.trainer import cosine_schedule, evaluate
@@ -139,8 +141,7 @@ def report(cache: dict, eval_steps: list[int], resamples: int) -> dict:
             row["terms"][term] = {"min": float(np.nanmin(values)), "max": float(np.nanmax(values)),
                                   "rho_with_acc": spearman(values, acc)}
         for mode in FITNESS_MODES:
-            fitness = np.array([combine_fitness(mode, t["loss"], t["r1"], t["r2"], 0, -0.5, -0.5, scales)
-                                for t in terms])
+            fitness = np.array([fitness_of(mode, t, 0, -0.5, -0.5, scales) for t in terms])
             low, high = bootstrap_interval(-fitness, acc, resamples, seed=steps)
             row["modes"][mode] = {"rho": spearman(-fitness, acc), "low": low, "high": high}
         out["by_eval_steps"][str(steps)] = row
@@ -206,8 +207,8 @@ def run(args) -> None:
     for k, x in enumerate(genotypes):
         entry = cache["genotypes"].setdefault(str(k), {"beta1": math.exp(x[0]), "beta2": math.exp(x[1]), "terms": {}})
         for steps in eval_steps:
-            if str(steps) in entry["terms"]:
-                continue
+            if all(k in entry["terms"].get(str(steps), {}) for k in TERMS):
+                continue  # scored (a cache from before a term existed is scored again)
             scoring = load_recipe(args.recipe, [*overrides, f"evolution.eval_steps={steps}"])
             cpu = time.process_time()
             terms = evaluate_candidate(scoring, x, noise_seed, order_seed, candidate_seed(seed, 0, k), eval_data,

@@ -18,8 +18,9 @@ import torch
 from conftest import tiny_recipe
 from gee_deploy.errors import ConfigError
 from gee_deploy.training.evolution import STATE_FILE, run_evolution
-from gee_deploy.training.fitness import (FAILED_FITNESS, FITNESS_MODES, combine_fitness, generation_seeds,
-                                         spatial_entropy, temporal_difference, term_scales)
+from gee_deploy.training.fitness import (FAILED_FITNESS, FITNESS_MODES, combine_fitness, fitness_of, generation_seeds,
+                                         relative_temporal_difference, spatial_entropy, temporal_difference,
+                                         term_scales)
 from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, encode_genotype, genotype_dimension,
                                           sample_encodings)
 from gee_deploy.training.setup import build_recipe_model
@@ -107,6 +108,14 @@ def test_r1_matches_hand_computation():
         temporal_difference(y[0])
 
 
+def test_relative_r1_is_scale_free():
+    y = torch.tensor([[[0.0, 1.0], [2.0, 2.0]],
+                      [[1.0, 1.0], [2.0, 0.0]]])  # [T=2, N=2, classes=2]: changes 1 + 4, magnitudes 9 + 6
+    assert relative_temporal_difference(y) == (5.0, 15.0)
+    change, magnitude = relative_temporal_difference(37.0 * y)  # larger outputs: raw r1 x 37^2, ratio the same
+    assert change / magnitude == pytest.approx(5.0 / 15.0)
+
+
 def test_r2_matches_hand_computation():
     g = torch.tensor([[1.0, -1.0], [2.0, 0.0]])  # P = |G| / 4 = [1/4, 1/4, 1/2, 0]
     assert spatial_entropy(g) == pytest.approx(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)))
@@ -131,8 +140,8 @@ def test_fitness_formula_and_decay():
     assert combine_fitness("loss", 2.0, 3.0, 4.0, 3, 1000.0, 1000.0) == 2.0  # unused terms are not computed
 
 
-def _generation(loss, r1, r2):
-    return [{"loss": a, "r1": b, "r2": c} for a, b, c in zip(loss, r1, r2)]
+def _generation(loss, r1, r2):  # r1 doubles as r1_rel: the -scaled modes read that one
+    return [{"loss": a, "r1": b, "r2": c, "r1_rel": b} for a, b, c in zip(loss, r1, r2)]
 
 
 def test_scaled_fitness_standardises_each_term_across_the_generation():
@@ -157,11 +166,17 @@ def test_scaled_fitness_standardises_each_term_across_the_generation():
                         [5.0, 5.3, 5.1])
     base = _generation([2.0, 2.2, 2.4], [10.0, 40.0, 70.0], [5.0, 5.3, 5.1])
     for mode in [m for m, (_, _, scaled) in FITNESS_MODES.items() if scaled]:
-        a = [combine_fitness(mode, c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5, term_scales(base)) for c in base]
-        b = [combine_fitness(mode, c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5, term_scales(other)) for c in other]
+        a = [fitness_of(mode, c, 1, -0.5, -0.5, term_scales(base)) for c in base]
+        b = [fitness_of(mode, c, 1, -0.5, -0.5, term_scales(other)) for c in other]
         assert a == pytest.approx(b), mode
-    literal = [combine_fitness("loss+r1", c["loss"], c["r1"], c["r2"], 0, -0.5, -0.5) for c in base]
+    literal = [fitness_of("loss+r1", c, 0, -0.5, -0.5) for c in base]
     assert np.argsort(literal).tolist() == [2, 1, 0]  # r1 (10-70) swamps L (2.0-2.4): the largest r1 wins
+    # the -scaled modes read r1_rel, the literal ones raw r1
+    c = {"loss": 2.0, "r1": 50.0, "r2": 5.0, "r1_rel": 0.3}
+    sc = {"loss": (2.0, 1.0), "r1": (0.0, 1.0), "r2": (5.0, 1.0), "r1_rel": (0.1, 0.1)}
+    assert fitness_of("loss+r1-scaled", c, 0, -0.5, -0.5, sc) == pytest.approx(-2.0)
+    assert fitness_of("loss+r1", c, 0, -0.5, -0.5, sc) == pytest.approx(-48.0)
+    assert fitness_of("ste-scaled", {**c, "r1_rel": None}, 0, -0.5, -0.5, sc) == FAILED_FITNESS
 
 
 # ---- the loop: logging, best genotype, resume -----------------------------------------------------------
@@ -194,24 +209,22 @@ def test_evolution_logs_and_sets_the_best_phenotype(tmp_path, mode):
         assert len(row["candidates"]) == 4
         assert row["scales"] == {k: list(v) for k, v in scales[t].items()}
         for c in row["candidates"]:
-            assert c["fitness"] == pytest.approx(combine_fitness(mode, c["loss"], c["r1"], c["r2"], t, -0.5, -0.5,
-                                                                 scales[t]))
+            assert c["fitness"] == pytest.approx(fitness_of(mode, c, t, -0.5, -0.5, scales[t]))
             assert c["r1"] >= 0 and 0 < c["r2"] <= math.log(64) and c["beta1"] > 0 and c["beta2"] > 0
+            assert 0 <= c["r1_rel"] <= 4  # ||a - b||^2 <= 2 (||a||^2 + ||b||^2)
         assert row["median_fitness"] == pytest.approx(float(np.median([c["fitness"] for c in row["candidates"]])))
     assert rows[0]["beta1"] == pytest.approx(1.0) and rows[0]["beta2"] == pytest.approx(3.0)  # recipe's start
     default = rows[0]["default"]  # the Random model, scored in the first generation only
     assert "default" not in rows[1]
-    assert default["fitness"] == pytest.approx(combine_fitness(mode, default["loss"], default["r1"], default["r2"],
-                                                               0, -0.5, -0.5, scales[0]))
+    assert default["fitness"] == pytest.approx(fitness_of(mode, default, 0, -0.5, -0.5, scales[0]))
     # the incumbent is the lowest fitness under the last generation's weights, over both generations and the
     # default wiring (index -1, which wins ties)
-    rescored = [(combine_fitness(mode, c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5, scales[1]), r["generation"],
-                 c["index"])
+    rescored = [(fitness_of(mode, c, 1, -0.5, -0.5, scales[1]), r["generation"], c["index"])
                 for r in rows for c in [*r["candidates"], *([{**default, "index": -1}] if "default" in r else [])]]
     best_f, best_gen, best_idx = min(rescored)
     assert rows[-1]["best_fitness"] == pytest.approx(best_f) == pytest.approx(summary["best_fitness"])
     assert (rows[-1]["best"]["generation"], rows[-1]["best"]["index"]) == (best_gen, best_idx)
-    assert best_f <= combine_fitness(mode, default["loss"], default["r1"], default["r2"], 1, -0.5, -0.5, scales[1])
+    assert best_f <= fitness_of(mode, default, 1, -0.5, -0.5, scales[1])
     if best_idx == -1:
         assert_random_model_genome(model, recipe)
     else:
