@@ -256,12 +256,12 @@ def test_evolution_returns_the_default_wiring_unless_it_finds_better(tmp_path):
 
 
 def test_resume_replays_cma_and_matches_uninterrupted(tmp_path):
-    recipe = evo_recipe(fitness="loss+r1", generations=3)
+    recipe = evo_recipe(fitness="ste-scaled", generations=3)  # the incumbent needs every generation's scales
     full = build_recipe_model(recipe)
     run_evolution(recipe, tmp_path / "full", full, torch.device("cpu"), progress=False)
 
     part = tmp_path / "part"
-    first = evo_recipe(fitness="loss+r1", generations=1)
+    first = evo_recipe(fitness="ste-scaled", generations=1)
     run_evolution(first, part, build_recipe_model(first), torch.device("cpu"), progress=False)
     state = json.loads((part / STATE_FILE).read_text())
     assert state["generations_done"] == 1 and len(state["fitness"][0]) == 4
@@ -276,7 +276,7 @@ def test_resume_replays_cma_and_matches_uninterrupted(tmp_path):
     assert json.loads((part / STATE_FILE).read_text())["mean"] == \
         json.loads((tmp_path / "full" / STATE_FILE).read_text())["mean"]
 
-    changed = evo_recipe(fitness="loss+r1", generations=3, sigma0=0.5)
+    changed = evo_recipe(fitness="ste-scaled", generations=3, sigma0=0.5)
     with pytest.raises(ConfigError, match="evolution.sigma0"):
         run_evolution(changed, part, build_recipe_model(changed), torch.device("cpu"), progress=False)
 
@@ -292,7 +292,8 @@ def test_dense_model_cannot_evolve(tmp_path):
 DEMO_ARGS = ["--set", "evolution.enabled=true", "--set", "evolution.generations=3", "--set", "evolution.population=4",
              "--set", "evolution.eval_steps=2", "--set", "evolution.eval_batches=1", "--set", "data.batch_size=32",
              "--set", "data.train_limit=256", "--set", "data.test_limit=64", "--set", "train.epochs=0",
-             "--set", "model.genes=16", "--set", "model.timesteps=2", "--quiet"]
+             "--set", "model.genes=16", "--set", "model.timesteps=2", "--set", "evolution.fitness=ste-scaled",
+             "--quiet"]
 
 
 def _cli(out, *extra, **kw):
@@ -333,23 +334,24 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
     from gee_deploy.training.ablation import run_ablation
 
     recipe = evo_recipe(generations=2)
-    summary = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)
-    assert [r["label"] for r in summary["variants"]] == ["Random", "STE"]
+    summary = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=False)
+    assert [r["label"] for r in summary["variants"]] == ["Random", "STE (scaled)"]
     for row in summary["variants"]:
         accs = [run["test_acc"] for run in row["runs"]]
         assert row["mean"] == pytest.approx(np.mean(accs)) and row["std"] == pytest.approx(np.std(accs, ddof=1))
         assert [run["seed"] for run in row["runs"]] == [0, 1]
     assert not (tmp_path / "random" / "seed0" / "evolution.jsonl").exists()  # Random does not evolve
-    assert (tmp_path / "ste" / "seed1" / "evolution.png").stat().st_size > 0
-    assert json.loads((tmp_path / "ste" / "seed0" / "config.json").read_text())["evolution"]["fitness"] == "ste"
+    assert (tmp_path / "ste-scaled" / "seed1" / "evolution.png").stat().st_size > 0
+    config = json.loads((tmp_path / "ste-scaled" / "seed0" / "config.json").read_text())
+    assert config["evolution"]["fitness"] == "ste-scaled"
     # different seeds evolve differently
-    assert read_rows(tmp_path / "ste" / "seed0") != read_rows(tmp_path / "ste" / "seed1")
+    assert read_rows(tmp_path / "ste-scaled" / "seed0") != read_rows(tmp_path / "ste-scaled" / "seed1")
     table = (tmp_path / "ablation.md").read_text()
-    assert "| STE |" in table and "| Random |" in table and "±" in table
+    assert "| STE (scaled) |" in table and "| Random |" in table and "±" in table
     assert (tmp_path / "ablation.png").stat().st_size > 0
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["variants"][1]["test_acc"] == summary["variants"][1]["test_acc"]
-    again = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)  # finished runs are reused
+    again = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=False)  # finished runs are reused
     assert again["variants"][1]["runs"] == summary["variants"][1]["runs"]
     # paired against Random, per seed; CPU seconds of every run
     random_row, ste_row = summary["variants"]

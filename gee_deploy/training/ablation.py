@@ -43,16 +43,23 @@ from .evolution import LOG_FILE, check_evolution
 from .evolution_plots import plot_evolution
 from .trainer import holds_run, train
 
-__all__ = ["VARIANTS", "run_ablation", "sign_flip_p", "cpu_seconds"]
+__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "run_ablation", "sign_flip_p", "cpu_seconds"]
 
-# key -> (label, evolution overrides); enabled = false is the Random model
+# key -> (label, evolution overrides); enabled = false is the Random model. The -scaled variants use the
+# scale-free terms (r1 relative to the output's magnitude, each term standardised across the generation);
+# r1, r2 and ste are eq. 16 literally, where raw r1 (10-80) swamps L (~2) and decides every ranking.
 VARIANTS = {
     "random": ("Random", {"enabled": False}),
     "baseline": ("Baseline", {"enabled": True, "fitness": "loss"}),
-    "r1": ("Baseline + r1", {"enabled": True, "fitness": "loss+r1"}),
-    "r2": ("Baseline + r2", {"enabled": True, "fitness": "loss+r2"}),
-    "ste": ("STE", {"enabled": True, "fitness": "ste"}),
+    "r1-scaled": ("Baseline + r1 (scaled)", {"enabled": True, "fitness": "loss+r1-scaled"}),
+    "r2-scaled": ("Baseline + r2 (scaled)", {"enabled": True, "fitness": "loss+r2-scaled"}),
+    "ste-scaled": ("STE (scaled)", {"enabled": True, "fitness": "ste-scaled"}),
+    "r1": ("Baseline + r1 (literal)", {"enabled": True, "fitness": "loss+r1"}),
+    "r2": ("Baseline + r2 (literal)", {"enabled": True, "fitness": "loss+r2"}),
+    "ste": ("STE (literal)", {"enabled": True, "fitness": "ste"}),
 }
+# what runs without --variants: Table IV's five rows with the scale-free terms
+DEFAULT_VARIANTS = ["random", "baseline", "r1-scaled", "r2-scaled", "ste-scaled"]
 
 
 def _variant_recipe(recipe, overrides: dict, seed_offset: int):
@@ -175,7 +182,7 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if recipe.train.epochs < 1:
         raise ConfigError(f"an ablation compares trained models: train.epochs must be >= 1, got {recipe.train.epochs}")
-    variants = list(VARIANTS) if not variants else variants
+    variants = list(DEFAULT_VARIANTS) if not variants else variants
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown ablation variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
