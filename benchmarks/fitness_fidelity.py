@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from gee_deploy.data import load_split, make_loader
-from gee_deploy.errors import ConfigError
+from gee_deploy.errors import ConfigError, GeeError
 from gee_deploy.io import write_json
 from gee_deploy.recipe import load_recipe
 from gee_deploy.training.fitness import (FITNESS_MODES, TERMS, EvalData, candidate_seed, evaluate_candidate,
@@ -118,8 +118,11 @@ def train_phenotype(recipe, x: np.ndarray, noise_seed: int, train_set, test_load
 def _load_cache(path: Path, settings: dict) -> dict:
     if not path.exists():
         return {"format": CACHE_FORMAT, "settings": settings, "genotypes": {}}
-    cache = json.loads(path.read_text())
-    if cache.get("format") != CACHE_FORMAT or cache.get("settings") != settings:
+    try:
+        cache = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not a readable fidelity cache (corrupt?); delete it to start over") from None
+    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT or cache.get("settings") != settings:
         raise ConfigError(f"{path} holds a fidelity run with other settings; pass another --cache or delete it")
     return cache
 
@@ -165,7 +168,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         run(args)
-    except ConfigError as e:
+    except GeeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
