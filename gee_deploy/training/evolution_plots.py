@@ -43,13 +43,15 @@ def plot_evolution(run_dir: str | os.PathLike, target: str | os.PathLike | None 
     mode = _fitness_mode(run_dir)
     ax_f.set_ylabel("fitness (eq. 16, standardised terms; lower is better)" if mode.endswith("-scaled")
                     else "fitness (eq. 16, lower is better)")
-    ax_loss = ax_f.twinx()  # the best's raw held-out loss: comparable across generations in every mode
-    best_loss = [math.nan if r["best"]["loss"] is None else r["best"]["loss"] for r in rows]
-    ax_loss.plot(gens, best_loss, "^:", color="tab:red", label="best's held-out loss L")
-    ax_loss.set_ylabel("held-out loss L (nats)", color="tab:red")
     handles, labels = ax_f.get_legend_handles_labels()
-    extra_h, extra_l = ax_loss.get_legend_handles_labels()
-    ax_f.legend(handles + extra_h, labels + extra_l)
+    if mode != "loss":  # the best's raw held-out loss: comparable across generations in every mode
+        ax_loss = ax_f.twinx()
+        best_loss = [math.nan if r["best"]["loss"] is None else r["best"]["loss"] for r in rows]
+        ax_loss.plot(gens, best_loss, "^:", color="tab:red", label="best's held-out loss L")
+        ax_loss.set_ylabel("held-out loss L (nats)", color="tab:red")
+        extra_h, extra_l = ax_loss.get_legend_handles_labels()
+        handles, labels = handles + extra_h, labels + extra_l
+    ax_f.legend(handles, labels)
     ax_f.set_title(f"fitness ({mode or 'eq. 16'})")
     b1 = [c["beta1"] for r in rows for c in r["candidates"]]
     b2 = [c["beta2"] for r in rows for c in r["candidates"]]
