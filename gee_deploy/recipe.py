@@ -64,7 +64,8 @@ class EvolutionSection:
     enabled: bool = False  # evolve {beta1, beta2, G} before training (Algorithm 1); false = Random
     generations: int = 5  # T_g
     population: int = 0  # lambda; 0 = the cma package's default
-    fitness: str = "ste"  # ste | loss | loss+r1 | loss+r2
+    fitness: str = "loss"  # loss | loss+r1 | loss+r2 | ste (eq. 16 literally) | loss+r1-scaled | loss+r2-scaled |
+    # ste-scaled (scale-free terms); "loss" ranks like trained accuracy best (benchmarks/fitness_fidelity.py)
     lambda1: float = -0.5  # decay of the r1 weight, exp(lambda1 t) (eq. 16)
     lambda2: float = -0.5  # decay of the r2 weight, exp(lambda2 t) (eq. 16)
     sigma0: float = 0.3  # initial CMA-ES step size

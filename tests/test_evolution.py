@@ -18,8 +18,9 @@ import torch
 from conftest import tiny_recipe
 from gee_deploy.errors import ConfigError
 from gee_deploy.training.evolution import STATE_FILE, run_evolution
-from gee_deploy.training.fitness import (FAILED_FITNESS, combine_fitness, generation_seeds, spatial_entropy,
-                                         temporal_difference)
+from gee_deploy.training.fitness import (FAILED_FITNESS, FITNESS_MODES, combine_fitness, fitness_of, generation_seeds,
+                                         relative_temporal_difference, spatial_entropy, temporal_difference,
+                                         term_scales)
 from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, encode_genotype, genotype_dimension,
                                           sample_encodings)
 from gee_deploy.training.setup import build_recipe_model
@@ -107,6 +108,14 @@ def test_r1_matches_hand_computation():
         temporal_difference(y[0])
 
 
+def test_relative_r1_is_scale_free():
+    y = torch.tensor([[[0.0, 1.0], [2.0, 2.0]],
+                      [[1.0, 1.0], [2.0, 0.0]]])  # [T=2, N=2, classes=2]: changes 1 + 4, magnitudes 9 + 6
+    assert relative_temporal_difference(y) == (5.0, 15.0)
+    change, magnitude = relative_temporal_difference(37.0 * y)  # larger outputs: raw r1 x 37^2, ratio the same
+    assert change / magnitude == pytest.approx(5.0 / 15.0)
+
+
 def test_r2_matches_hand_computation():
     g = torch.tensor([[1.0, -1.0], [2.0, 0.0]])  # P = |G| / 4 = [1/4, 1/4, 1/2, 0]
     assert spatial_entropy(g) == pytest.approx(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)))
@@ -131,6 +140,45 @@ def test_fitness_formula_and_decay():
     assert combine_fitness("loss", 2.0, 3.0, 4.0, 3, 1000.0, 1000.0) == 2.0  # unused terms are not computed
 
 
+def _generation(loss, r1, r2):  # r1 doubles as r1_rel: the -scaled modes read that one
+    return [{"loss": a, "r1": b, "r2": c, "r1_rel": b} for a, b, c in zip(loss, r1, r2)]
+
+
+def test_scaled_fitness_standardises_each_term_across_the_generation():
+    gen = _generation([2.0, 2.2, 2.4, None], [10.0, 40.0, 70.0, 5.0], [5.25, 5.25, 5.25, 5.25])
+    scales = term_scales(gen)  # the diverged candidate (loss None) does not count
+    assert scales["loss"] == pytest.approx((2.2, np.std([2.0, 2.2, 2.4])))
+    assert scales["r1"] == pytest.approx((40.0, np.std([10.0, 40.0, 70.0])))
+    assert scales["r2"] == (5.25, 0.0)  # no spread: ranks nothing
+    z = math.sqrt(1.5)  # (x - mean) / std of three evenly spaced values: -z, 0, +z
+    assert combine_fitness("ste-scaled", 2.0, 10.0, 5.25, 0, -0.5, -0.5, scales) == pytest.approx(-z + z)
+    assert combine_fitness("loss+r1-scaled", 2.4, 10.0, 5.25, 2, -0.5, -0.5, scales) == pytest.approx(
+        z + math.exp(-1.0) * z)
+    assert combine_fitness("loss+r2-scaled", 2.4, 10.0, 5.25, 0, -0.5, -0.5, scales) == pytest.approx(z)
+    assert combine_fitness("ste-scaled", None, 10.0, 5.25, 0, -0.5, -0.5, scales) == FAILED_FITNESS
+    assert combine_fitness("ste-scaled", 2.0, 10.0, 5.25, 1, 1000.0, -0.5, scales) == FAILED_FITNESS  # overflow
+    with pytest.raises(ValueError, match="scales"):
+        combine_fitness("ste-scaled", 2.0, 10.0, 5.25, 0, -0.5, -0.5)
+    assert term_scales(gen[:1])["loss"] == (2.0, 0.0)  # one candidate: nothing to standardise by
+    # scale-free: r1 in other units (x 100, + 7: more classes, larger T, larger outputs) and L in bits give the
+    # same fitness, where the literal form's ranking flips
+    other = _generation([2.0 / math.log(2), 2.2 / math.log(2), 2.4 / math.log(2)], [1007.0, 4007.0, 7007.0],
+                        [5.0, 5.3, 5.1])
+    base = _generation([2.0, 2.2, 2.4], [10.0, 40.0, 70.0], [5.0, 5.3, 5.1])
+    for mode in [m for m, (_, _, scaled) in FITNESS_MODES.items() if scaled]:
+        a = [fitness_of(mode, c, 1, -0.5, -0.5, term_scales(base)) for c in base]
+        b = [fitness_of(mode, c, 1, -0.5, -0.5, term_scales(other)) for c in other]
+        assert a == pytest.approx(b), mode
+    literal = [fitness_of("loss+r1", c, 0, -0.5, -0.5) for c in base]
+    assert np.argsort(literal).tolist() == [2, 1, 0]  # r1 (10-70) swamps L (2.0-2.4): the largest r1 wins
+    # the -scaled modes read r1_rel, the literal ones raw r1
+    c = {"loss": 2.0, "r1": 50.0, "r2": 5.0, "r1_rel": 0.3}
+    sc = {"loss": (2.0, 1.0), "r1": (0.0, 1.0), "r2": (5.0, 1.0), "r1_rel": (0.1, 0.1)}
+    assert fitness_of("loss+r1-scaled", c, 0, -0.5, -0.5, sc) == pytest.approx(-2.0)
+    assert fitness_of("loss+r1", c, 0, -0.5, -0.5, sc) == pytest.approx(-48.0)
+    assert fitness_of("ste-scaled", {**c, "r1_rel": None}, 0, -0.5, -0.5, sc) == FAILED_FITNESS
+
+
 # ---- the loop: logging, best genotype, resume -----------------------------------------------------------
 
 def test_cma_default_population_and_separable_above_threshold():
@@ -149,31 +197,34 @@ def test_cma_default_population_and_separable_above_threshold():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_evolution_logs_and_sets_the_best_phenotype(tmp_path):
-    recipe = evo_recipe(fitness="ste")
+@pytest.mark.parametrize("mode", ["ste", "ste-scaled"])
+def test_evolution_logs_and_sets_the_best_phenotype(tmp_path, mode):
+    recipe = evo_recipe(fitness=mode)
     model = build_recipe_model(recipe)
     summary = run_evolution(recipe, tmp_path, model, torch.device("cpu"), progress=False)
     rows = read_rows(tmp_path)
     assert [r["generation"] for r in rows] == [0, 1]
+    scales = [term_scales(row["candidates"]) for row in rows]  # what the -scaled mode standardises with
     for t, row in enumerate(rows):
         assert len(row["candidates"]) == 4
+        assert row["scales"] == {k: list(v) for k, v in scales[t].items()}
         for c in row["candidates"]:
-            assert c["fitness"] == pytest.approx(combine_fitness("ste", c["loss"], c["r1"], c["r2"], t, -0.5, -0.5))
+            assert c["fitness"] == pytest.approx(fitness_of(mode, c, t, -0.5, -0.5, scales[t]))
             assert c["r1"] >= 0 and 0 < c["r2"] <= math.log(64) and c["beta1"] > 0 and c["beta2"] > 0
+            assert 0 <= c["r1_rel"] <= 4  # ||a - b||^2 <= 2 (||a||^2 + ||b||^2)
         assert row["median_fitness"] == pytest.approx(float(np.median([c["fitness"] for c in row["candidates"]])))
     assert rows[0]["beta1"] == pytest.approx(1.0) and rows[0]["beta2"] == pytest.approx(3.0)  # recipe's start
     default = rows[0]["default"]  # the Random model, scored in the first generation only
     assert "default" not in rows[1]
-    assert default["fitness"] == pytest.approx(combine_fitness("ste", default["loss"], default["r1"], default["r2"],
-                                                               0, -0.5, -0.5))
+    assert default["fitness"] == pytest.approx(fitness_of(mode, default, 0, -0.5, -0.5, scales[0]))
     # the incumbent is the lowest fitness under the last generation's weights, over both generations and the
     # default wiring (index -1, which wins ties)
-    rescored = [(combine_fitness("ste", c["loss"], c["r1"], c["r2"], 1, -0.5, -0.5), r["generation"], c["index"])
+    rescored = [(fitness_of(mode, c, 1, -0.5, -0.5, scales[1]), r["generation"], c["index"])
                 for r in rows for c in [*r["candidates"], *([{**default, "index": -1}] if "default" in r else [])]]
     best_f, best_gen, best_idx = min(rescored)
     assert rows[-1]["best_fitness"] == pytest.approx(best_f) == pytest.approx(summary["best_fitness"])
     assert (rows[-1]["best"]["generation"], rows[-1]["best"]["index"]) == (best_gen, best_idx)
-    assert best_f <= combine_fitness("ste", default["loss"], default["r1"], default["r2"], 1, -0.5, -0.5)
+    assert best_f <= fitness_of(mode, default, 1, -0.5, -0.5, scales[1])
     if best_idx == -1:
         assert_random_model_genome(model, recipe)
     else:
@@ -205,12 +256,12 @@ def test_evolution_returns_the_default_wiring_unless_it_finds_better(tmp_path):
 
 
 def test_resume_replays_cma_and_matches_uninterrupted(tmp_path):
-    recipe = evo_recipe(fitness="loss+r1", generations=3)
+    recipe = evo_recipe(fitness="ste-scaled", generations=3)  # the incumbent needs every generation's scales
     full = build_recipe_model(recipe)
     run_evolution(recipe, tmp_path / "full", full, torch.device("cpu"), progress=False)
 
     part = tmp_path / "part"
-    first = evo_recipe(fitness="loss+r1", generations=1)
+    first = evo_recipe(fitness="ste-scaled", generations=1)
     run_evolution(first, part, build_recipe_model(first), torch.device("cpu"), progress=False)
     state = json.loads((part / STATE_FILE).read_text())
     assert state["generations_done"] == 1 and len(state["fitness"][0]) == 4
@@ -225,7 +276,7 @@ def test_resume_replays_cma_and_matches_uninterrupted(tmp_path):
     assert json.loads((part / STATE_FILE).read_text())["mean"] == \
         json.loads((tmp_path / "full" / STATE_FILE).read_text())["mean"]
 
-    changed = evo_recipe(fitness="loss+r1", generations=3, sigma0=0.5)
+    changed = evo_recipe(fitness="ste-scaled", generations=3, sigma0=0.5)
     with pytest.raises(ConfigError, match="evolution.sigma0"):
         run_evolution(changed, part, build_recipe_model(changed), torch.device("cpu"), progress=False)
 
@@ -241,7 +292,8 @@ def test_dense_model_cannot_evolve(tmp_path):
 DEMO_ARGS = ["--set", "evolution.enabled=true", "--set", "evolution.generations=3", "--set", "evolution.population=4",
              "--set", "evolution.eval_steps=2", "--set", "evolution.eval_batches=1", "--set", "data.batch_size=32",
              "--set", "data.train_limit=256", "--set", "data.test_limit=64", "--set", "train.epochs=0",
-             "--set", "model.genes=16", "--set", "model.timesteps=2", "--quiet"]
+             "--set", "model.genes=16", "--set", "model.timesteps=2", "--set", "evolution.fitness=ste-scaled",
+             "--quiet"]
 
 
 def _cli(out, *extra, **kw):
@@ -282,24 +334,47 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
     from gee_deploy.training.ablation import run_ablation
 
     recipe = evo_recipe(generations=2)
-    summary = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)
-    assert [r["label"] for r in summary["variants"]] == ["Random", "STE"]
+    summary = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=False)
+    assert [r["label"] for r in summary["variants"]] == ["Random", "STE (scaled)"]
     for row in summary["variants"]:
         accs = [run["test_acc"] for run in row["runs"]]
         assert row["mean"] == pytest.approx(np.mean(accs)) and row["std"] == pytest.approx(np.std(accs, ddof=1))
         assert [run["seed"] for run in row["runs"]] == [0, 1]
     assert not (tmp_path / "random" / "seed0" / "evolution.jsonl").exists()  # Random does not evolve
-    assert (tmp_path / "ste" / "seed1" / "evolution.png").stat().st_size > 0
-    assert json.loads((tmp_path / "ste" / "seed0" / "config.json").read_text())["evolution"]["fitness"] == "ste"
+    assert (tmp_path / "ste-scaled" / "seed1" / "evolution.png").stat().st_size > 0
+    config = json.loads((tmp_path / "ste-scaled" / "seed0" / "config.json").read_text())
+    assert config["evolution"]["fitness"] == "ste-scaled"
     # different seeds evolve differently
-    assert read_rows(tmp_path / "ste" / "seed0") != read_rows(tmp_path / "ste" / "seed1")
+    assert read_rows(tmp_path / "ste-scaled" / "seed0") != read_rows(tmp_path / "ste-scaled" / "seed1")
     table = (tmp_path / "ablation.md").read_text()
-    assert "| STE |" in table and "| Random |" in table and "±" in table
+    assert "| STE (scaled) |" in table and "| Random |" in table and "±" in table
     assert (tmp_path / "ablation.png").stat().st_size > 0
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["variants"][1]["test_acc"] == summary["variants"][1]["test_acc"]
-    again = run_ablation(recipe, 2, tmp_path, ["random", "ste"], progress=False)  # finished runs are reused
+    again = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=False)  # finished runs are reused
     assert again["variants"][1]["runs"] == summary["variants"][1]["runs"]
+    # paired against Random, per seed; CPU seconds of every run
+    random_row, ste_row = summary["variants"]
+    assert random_row["paired_p"] is None and summary["reference"] == "Random"
+    diffs = [a - b for a, b in zip(ste_row["test_acc"], random_row["test_acc"])]
+    assert ste_row["paired_diff"] == pytest.approx(np.mean(diffs))
+    assert ste_row["paired_p"] == (1.0 if diffs[0] * diffs[1] <= 0 or not all(diffs) else 0.5)
+    assert all(run["cpu_seconds"] > 0 for row in summary["variants"] for run in row["runs"])
+    assert "paired p" in table and "CPU s per run" in table
+
+
+def test_sign_flip_p_is_the_exact_permutation_test():
+    from gee_deploy.training.ablation import sign_flip_p
+
+    assert sign_flip_p([0.01, 0.02, 0.03, 0.04, 0.05]) == 2 / 32  # all positive: only +/- all of them as extreme
+    assert sign_flip_p([0.0, 0.0]) == 1.0
+    # [1, 1, -1]: |sum| = 1; assignments with |sum| >= 1 are all 8 (sums are +-1 or +-3)
+    assert sign_flip_p([1.0, 1.0, -1.0]) == 1.0
+    assert sign_flip_p([3.0, 1.0, 1.0]) == 2 / 8  # |sum| 5; the others give |sum| 3 or 1
+    with pytest.raises(ValueError):
+        sign_flip_p([])
+    many = sign_flip_p([0.01] * 25)  # Monte Carlo above 20 pairs: about 2 / 2^25, never 0
+    assert 0 < many < 1e-5
 
 
 # ---- bad input ------------------------------------------------------------------------------------------

@@ -17,15 +17,17 @@ first generation's row, and a ``best`` index of -1 means it.
 The best genotype. Eq. 16's regulariser weights fade with the generation t, so raw fitness values of
 different generations are not comparable (an early candidate subtracts more regulariser and would always
 win). After generation t the incumbent is the candidate, among all evaluated so far, with the lowest
-fitness *re-scored with generation t's weights*; the logged ``best_fitness`` is that value. With
-``fitness = loss`` this is simply the lowest loss so far.
+fitness *re-scored with generation t's weights* (and, for the ``-scaled`` modes, with generation t's
+standardisation of the terms: :func:`.fitness.term_scales` over its CMA-ES samples); the logged
+``best_fitness`` is that value. With ``fitness = loss`` this is simply the lowest loss so far.
 
 Run directory::
 
     evolution.jsonl        one object per finished generation: generation, best_fitness, median_fitness,
                            beta1 / beta2 / sigma of the CMA-ES mean that sampled it, best (generation,
-                           index, loss, r1, r2), seconds, candidates [{index, fitness, loss, r1, r2, beta1,
-                           beta2}], and in the first generation default {fitness, loss, r1, r2}
+                           index, loss, r1, r2, r1_rel), seconds, scales {term: [mean, std]} over the
+                           generation's samples, candidates [{index, fitness, loss, r1, r2, r1_rel, beta1,
+                           beta2}], and in the first generation default {fitness, loss, r1, r2, r1_rel}
     evolution_state.json   what resuming needs, written atomically after every generation
 
 Resume without pickles: the state file holds the settings and every generation's raw fitness terms. CMA-ES
@@ -55,7 +57,8 @@ from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..recipe import check_section, recipe_from_dict
-from .fitness import FITNESS_MODES, EvalData, candidate_seed, combine_fitness, evaluate_candidate, generation_seeds
+from .fitness import (FITNESS_MODES, TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
+                      generation_seeds, term_scales)
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 from .setup import build_recipe_model
 
@@ -132,7 +135,6 @@ def _threads(count: int | None):
 # ---- worker processes (spawned: safe after CUDA init) ---------------------------------------------------
 
 _WORKER: dict = {}
-_TERMS = ("loss", "r1", "r2")
 
 
 def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
@@ -195,9 +197,10 @@ class _Evaluator:
         if self.dist is not None:  # each entry is filled by exactly one rank; the others add 0
             flat = []
             for r in results:
-                flat += [0.0] * 3 if r is None else [math.nan if r[k] is None else r[k] for k in _TERMS]
+                flat += [0.0] * len(TERMS) if r is None else [math.nan if r[k] is None else r[k] for k in TERMS]
             summed = self.dist.all_reduce_sum(*flat)
-            results = [{k: None if math.isnan(v) else v for k, v in zip(_TERMS, summed[3 * i:3 * i + 3])}
+            n = len(TERMS)
+            results = [{k: None if math.isnan(v) else v for k, v in zip(TERMS, summed[n * i:n * i + n])}
                        for i in range(len(tasks))]
         return self._split(results, len(xs), with_default)
 
@@ -224,7 +227,7 @@ def _save_state(path: Path, settings: dict, terms: list, fitness: list, es, defa
     state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
              "generations_done": len(fitness), "terms": terms, "fitness": fitness,
              "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma),
-             "default": None if default is None else {k: default[k] for k in ("generation", *_TERMS)}}
+             "default": None if default is None else {k: default.get(k) for k in ("generation", *TERMS)}}
     write_json(path, state)
 
 
@@ -258,14 +261,19 @@ def _flatten(nested: dict, prefix: str = "") -> dict:
 
 # ---- the loop -------------------------------------------------------------------------------------------
 
+def _terms(values: list) -> dict:
+    """A state's recorded terms as a dict; states written before r1_rel existed hold [loss, r1, r2]."""
+    return {k: values[i] if i < len(values) else None for i, k in enumerate(TERMS)}
+
+
 def _rescored_best(history: list[list[dict]], generation: int, ev, default: dict | None) -> dict:
-    """The candidate with the lowest fitness under generation ``generation``'s weights (ties: the default
-    wiring, then the earliest)."""
+    """The candidate with the lowest fitness under generation ``generation``'s weights and term scales
+    (ties: the default wiring, then the earliest)."""
     best, best_fitness = None, math.inf
+    scales = term_scales(history[generation])
     for candidates in ([[default]] if default is not None else []) + history:
         for candidate in candidates:
-            fitness = combine_fitness(ev.fitness, candidate["loss"], candidate["r1"], candidate["r2"], generation,
-                                      ev.lambda1, ev.lambda2)
+            fitness = fitness_of(ev.fitness, candidate, generation, ev.lambda1, ev.lambda2, scales)
             if fitness < best_fitness:
                 best, best_fitness = candidate, fitness
     return {**best, "rescored_fitness": best_fitness}
@@ -294,7 +302,7 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     state_path, log_path = out / STATE_FILE, out / LOG_FILE
 
     # ---- resume: replay ask/tell with the recorded fitness ---------------------------------------------
-    history: list[list[dict]] = []  # per generation, per candidate: x, generation, index, loss, r1, r2, fitness
+    history: list[list[dict]] = []  # per generation, per candidate: x, generation, index, TERMS, fitness
     terms_log: list = []
     fitness_log: list = []
     default: dict | None = None  # the default wiring's entry, once scored
@@ -303,14 +311,14 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
         for generation, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
             xs = es.ask()
             es.tell(xs, fitness)
-            history.append([{"x": x, "generation": generation, "index": i, "loss": loss, "r1": r1, "r2": r2,
-                             "fitness": value} for i, (x, (loss, r1, r2), value) in enumerate(zip(xs, terms, fitness))])
+            history.append([{"x": x, "generation": generation, "index": i, **_terms(values), "fitness": value}
+                            for i, (x, values, value) in enumerate(zip(xs, terms, fitness))])
         if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
             raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
                               f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
         terms_log, fitness_log = state["terms"], state["fitness"]
         if state.get("default") is not None:  # states written before the default was scored lack it
-            default = {"x": None, "index": DEFAULT_INDEX, **state["default"]}
+            default = {"x": None, "index": DEFAULT_INDEX, **_terms([]), **state["default"]}
     done = len(history)
     if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
         write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("generation", -1) < done])
@@ -329,36 +337,35 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
             bar = tqdm(total=len(xs) + with_default, desc=f"evolution {generation + 1}/{ev.generations}",
                        leave=False, disable=True if not show else None)
 
-            def on_result(i, terms, bar=bar, fits=fits, generation=generation):
-                fits.append(combine_fitness(ev.fitness, terms["loss"], terms["r1"], terms["r2"], generation,
-                                            ev.lambda1, ev.lambda2))
+            def on_result(i, terms, bar=bar, fits=fits):  # the loss: a -scaled fitness needs the whole generation
+                fits.append(math.inf if terms["loss"] is None else terms["loss"])
                 bar.update(1)
-                bar.set_postfix(best=f"{min(fits):.4f}", median=f"{statistics.median(fits):.4f}")
+                bar.set_postfix(best_loss=f"{min(fits):.4f}", median_loss=f"{statistics.median(fits):.4f}")
 
             results, default_terms = evaluator.evaluate(xs, generation, on_result, with_default)
             bar.close()
             if default_terms is not None:
                 default = {"x": None, "generation": generation, "index": DEFAULT_INDEX, **default_terms}
-            fitness = [combine_fitness(ev.fitness, r["loss"], r["r1"], r["r2"], generation, ev.lambda1, ev.lambda2)
-                       for r in results]
+            scales = term_scales(results)  # used by the -scaled modes only
+            fitness = [fitness_of(ev.fitness, r, generation, ev.lambda1, ev.lambda2, scales) for r in results]
             es.tell(xs, fitness)
             history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": value}
                             for i, (x, r, value) in enumerate(zip(xs, results, fitness))])
-            terms_log.append([[r["loss"], r["r1"], r["r2"]] for r in results])
+            terms_log.append([[r[k] for k in TERMS] for r in results])
             fitness_log.append(fitness)
             best = _rescored_best(history, generation, ev, default)
             row = {"generation": generation, "best_fitness": best["rescored_fitness"],
                    "median_fitness": statistics.median(fitness),
                    "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]),
                    "sigma": float(es.sigma),
-                   "best": {k: best[k] for k in ("generation", "index", "loss", "r1", "r2")},
-                   "seconds": time.perf_counter() - started,
-                   "candidates": [{"index": i, "fitness": value, "loss": r["loss"], "r1": r["r1"], "r2": r["r2"],
+                   "best": {k: best[k] for k in ("generation", "index", *TERMS)},
+                   "seconds": time.perf_counter() - started, "scales": {k: list(v) for k, v in scales.items()},
+                   "candidates": [{"index": i, "fitness": value, **r,
                                    "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
                                   for i, (x, r, value) in enumerate(zip(xs, results, fitness))]}
             if default_terms is not None:
-                row["default"] = {"fitness": combine_fitness(ev.fitness, *(default_terms[k] for k in _TERMS),
-                                                             generation, ev.lambda1, ev.lambda2), **default_terms}
+                row["default"] = {"fitness": fitness_of(ev.fitness, default_terms, generation, ev.lambda1,
+                                                        ev.lambda2, scales), **default_terms}
             if main:
                 append_jsonl(log_path, row)
                 _save_state(state_path, settings, terms_log, fitness_log, es, default)
@@ -382,4 +389,4 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
         apply_phenotype(model, best["x"], noise_seed)
         betas = {"beta1": math.exp(best["x"][0]), "beta2": math.exp(best["x"][1])}
     return {"best_fitness": best["rescored_fitness"], "generation": best["generation"], "index": best["index"],
-            "loss": best["loss"], "r1": best["r1"], "r2": best["r2"], **betas}
+            **{k: best[k] for k in TERMS}, **betas}

@@ -1,6 +1,8 @@
 """Plots of one evolution run (from its evolution.jsonl): fitness per generation and the betas (paper Fig. 4)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -9,9 +11,18 @@ from ..io import atomic_path, read_jsonl
 __all__ = ["plot_evolution"]
 
 
+def _fitness_mode(run_dir: Path) -> str:
+    """The run's evolution.fitness from its config.json ("" when there is none, e.g. evolution run alone)."""
+    try:
+        return str(json.loads((run_dir / "config.json").read_text())["evolution"]["fitness"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def plot_evolution(run_dir: str | os.PathLike, target: str | os.PathLike | None = None) -> Path | None:
-    """Write ``run_dir``/evolution.png: best / median fitness per generation, and every candidate's
-    (beta1, beta2) coloured by generation with the CMA-ES mean's path (the paper's Fig. 4). None if no log."""
+    """Write ``run_dir``/evolution.png: best / median fitness and the best's held-out loss per generation, and
+    every candidate's (beta1, beta2) coloured by generation with the CMA-ES mean's path (the paper's Fig. 4).
+    None if no log."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,9 +40,19 @@ def plot_evolution(run_dir: str | os.PathLike, target: str | os.PathLike | None 
     ax_f.plot(gens, [r["median_fitness"] for r in rows], "s--", label="generation median")
     ax_f.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_f.set_xlabel("generation")
-    ax_f.set_ylabel("fitness (eq. 16, lower is better)")
-    ax_f.legend()
-    ax_f.set_title("fitness")
+    mode = _fitness_mode(run_dir)
+    ax_f.set_ylabel("fitness (eq. 16, standardised terms; lower is better)" if mode.endswith("-scaled")
+                    else "fitness (eq. 16, lower is better)")
+    handles, labels = ax_f.get_legend_handles_labels()
+    if mode != "loss":  # the best's raw held-out loss: comparable across generations in every mode
+        ax_loss = ax_f.twinx()
+        best_loss = [math.nan if r["best"]["loss"] is None else r["best"]["loss"] for r in rows]
+        ax_loss.plot(gens, best_loss, "^:", color="tab:red", label="best's held-out loss L")
+        ax_loss.set_ylabel("held-out loss L (nats)", color="tab:red")
+        extra_h, extra_l = ax_loss.get_legend_handles_labels()
+        handles, labels = handles + extra_h, labels + extra_l
+    ax_f.legend(handles, labels)
+    ax_f.set_title(f"fitness ({mode or 'eq. 16'})")
     b1 = [c["beta1"] for r in rows for c in r["candidates"]]
     b2 = [c["beta2"] for r in rows for c in r["candidates"]]
     colour = [r["generation"] for r in rows for _ in r["candidates"]]
