@@ -10,7 +10,9 @@ from .options import quiet_option, set_option
 @click.option("--seeds", "-n", type=int, default=3, show_default=True, help="Runs per variant (train.seed + i).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for runs and report.")
 @click.option("--variants", default=None, metavar="LIST",
-              help="Comma-separated subset of random,baseline,r1,r2,ste (default: all five).")
+              help="Comma-separated variants: random, baseline, r1, r2, ste (eq. 16 as written) and r1-scaled, "
+                   "r2-scaled, ste-scaled (each term standardised across the generation); default: random, "
+                   "baseline, r1-scaled, r2-scaled, ste-scaled.")
 @set_option
 @quiet_option
 def ablate(recipe, seeds, out, variants, overrides, quiet):
@@ -25,7 +27,8 @@ def ablate(recipe, seeds, out, variants, overrides, quiet):
 
     chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     summary = run_ablation(load_recipe(recipe, overrides), seeds, out, chosen, progress=not quiet)
-    click.echo(f"{'model':<16} {'test acc (%)':>16}")
+    width = max([5] + [len(r["label"]) for r in summary["variants"]])
+    click.echo(f"{'model':<{width}} {'test acc (%)':>16}")
     for r in summary["variants"]:
-        click.echo(f"{r['label']:<16} {100 * r['mean']:>8.2f} ± {100 * r['std']:.2f}")
+        click.echo(f"{r['label']:<{width}} {100 * r['mean']:>8.2f} ± {100 * r['std']:.2f}")
     click.echo(f"report: {out}/ablation.md ({summary['minutes']:.1f} minutes)")

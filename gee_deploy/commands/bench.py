@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from .options import check_out_dir
+
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
     try:
@@ -40,16 +42,10 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     own spike counts; with --profile-ops, where each onnxruntime graph's time goes, per operator type.
     Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png.
     """
-    import os
-    from pathlib import Path
-
-    from ..errors import GeeError
     from ..serving.bench import run_bench
     from ..serving.report import summary_table, write_report
 
-    existing = next(p for p in (Path(out).absolute(), *Path(out).absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):  # fail before minutes of timing, not after
-        raise GeeError(f"cannot write {out}: {existing} is not a writable directory")
+    check_out_dir(out)  # fail before minutes of timing, not after
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
