@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from collections import defaultdict
 
@@ -32,6 +31,7 @@ import torch
 
 from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
+from gee_deploy.serving.bench import profile_ops
 from gee_deploy.ort_session import create_session
 from gee_deploy.spec import INPUT_NAME
 from gee_deploy.walk import describe
@@ -88,19 +88,7 @@ def timed(fns: dict, threads: int, rounds: int, min_block_s: float = 0.3) -> dic
 
 def op_split(model_bytes: bytes, x: np.ndarray, threads: int, runs: int = 5) -> dict[str, float]:
     """Share of onnxruntime's kernel time per op type (profiler), after 2 warm-up runs."""
-    with tempfile.TemporaryDirectory() as d:
-        s = create_session(model_bytes, threads=threads, profile_prefix=os.path.join(d, "p"))
-        for _ in range(2 + runs):
-            s.run(None, {INPUT_NAME: x})
-        with open(s.end_profiling()) as f:
-            events = json.load(f)
-    since = sorted(e["ts"] for e in events if e.get("name") == "model_run")[2]
-    us = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
-            us[e["args"]["op_name"]] += e["dur"]
-    total = sum(us.values()) or 1.0
-    return {k: v / total for k, v in sorted(us.items(), key=lambda kv: -kv[1])}
+    return {r["op"]: r["share"] for r in profile_ops(model_bytes, x, threads or None, iters=runs)}
 
 
 def run(models: dict[str, torch.nn.Module], variants=tuple(VARIANTS), baselines: dict[str, tuple[str, bytes]] = {},

@@ -45,3 +45,12 @@ def serving_onnx(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("serving_onnx") / "tiny.onnx"
     export_model(tiny_checkpoint, out, variant="dense", samples=64)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Many small ops: on a shared 2-core machine one thread is faster than two fighting for it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

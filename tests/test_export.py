@@ -34,13 +34,7 @@ FAST = ValidationConfig(Thresholds(min_match=0.75, min_top1_agreement=0.75, max_
                         batch_size=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: on a shared 2-core machine one thread is faster than two fighting for it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: many small ops run faster on one thread
 
 
 def lively(model: nn.Module, images: torch.Tensor) -> nn.Module:

@@ -25,12 +25,7 @@ from gee_deploy.zoo.base import ConvPool
 from test_export import FAST, small_model, spec_of
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: many small ops run faster on one thread
 
 
 def _layer_graph(layer, in_shape):

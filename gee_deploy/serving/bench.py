@@ -111,22 +111,31 @@ def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     return name
 
 
-def profile_ops(runtime: OrtRuntime, x: np.ndarray, iters: int = 20) -> list[dict]:
+def profile_ops(model: bytes | str | os.PathLike, x: np.ndarray, threads: int | None = None, kind: str = "ort-cpu",
+                iters: int = 20, warmup: int = 2) -> list[dict]:
     """Where an onnxruntime graph's time goes: onnxruntime's own profiler over ``iters`` calls on batch ``x``.
 
-    Returns one row per operator type, most expensive first: ``op``, ``ms_per_call`` (summed kernel time of its
-    nodes per call), ``share`` of all kernel time, ``nodes`` (how many nodes of that type ran per call). Source:
-    the ``Node`` events (``*_kernel_time``) of ``SessionOptions.enable_profiling``'s trace.
+    Args:
+        model: the ONNX graph (bytes or path); x: its input batch [N, C, H, W]; threads, kind: as
+            :func:`gee_deploy.ort_session.create_session`; warmup: calls before the counted ones (their
+            allocations would otherwise be charged to the ops).
+
+    Returns:
+        One row per operator type, most expensive first: ``op``, ``ms_per_call`` (kernel time of its nodes per
+        call), ``share`` of all kernel time, ``nodes`` (how many nodes of that type ran). Source: the ``Node``
+        events (``*_kernel_time``) of ``SessionOptions.enable_profiling``'s trace.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        session = create_session(runtime.path, runtime.name, runtime.threads, profile_prefix=str(Path(tmp) / "ort"))
-        for _ in range(iters):
+        session = create_session(model, kind, threads, profile_prefix=str(Path(tmp) / "ort"))
+        for _ in range(warmup + iters):
             session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    since = runs[warmup] if len(runs) > warmup else 0
     total_us: dict[str, float] = {}
     nodes: dict[str, set] = {}
     for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e.get("ts", 0) >= since:
             op = e.get("args", {}).get("op_name", "?")
             total_us[op] = total_us.get(op, 0.0) + float(e.get("dur", 0))
             nodes.setdefault(op, set()).add(e["name"])
@@ -176,7 +185,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
             latency.append({**time_runtime(rt, x, min_time=min_time), "runtime": label})
         if profile and isinstance(rt, OrtRuntime):
             say(f"{rt.name}: profiling ops at batch {len(x)}")
-            row["op_profile"] = {"batch": int(len(x)), "ops": profile_ops(rt, x)}
+            row["op_profile"] = {"batch": int(len(x)), "ops": profile_ops(rt.path, x, rt.threads, rt.name)}
         rows.append(row)
     ref_label = rows[0]["runtime"] if ref is not None else None
     for lat in latency:
