@@ -25,7 +25,9 @@ from gee_deploy.spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from gee_deploy.zoo import create_model, list_models
 
 from test_cli import run
-from test_export import FAST, SMALL, _bad_inputs, lively, one_thread  # noqa: F401  (autouse: one thread)
+from test_export import FAST, SMALL, _bad_inputs, lively
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: many small ops run faster on one thread
 
 
 def _lif_graph(shape: tuple[int, ...], v_threshold: float) -> nir.NIRGraph:
