@@ -8,12 +8,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_json", "write_jsonl", "append_jsonl", "read_jsonl", "write_report_files"]
+__all__ = ["atomic_path", "publish_mode", "write_json", "write_jsonl", "append_jsonl", "read_jsonl", "write_report_files"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give a file (or directory) made by ``tempfile`` (mode 0600 / 0700) the mode a plain ``open`` would:
+    0666 / 0777 less the umask, so a serving container running as another user can read the artefact."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, full & ~_umask())
 
 
 @contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yields a temp path beside ``target``; renames it onto ``target`` only if the block succeeds."""
+    """Yields a temp path beside ``target``; renames it onto ``target`` only if the block succeeds.
+
+    The result gets the usual permissions (0666 less the umask), not ``mkstemp``'s private 0600.
+    """
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +42,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        publish_mode(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -100,3 +100,21 @@ def test_names_and_keys_are_spelled_only_in_the_spec_module():
             if value in names or value.startswith("gee."):
                 offenders.append(f"{path.relative_to(root)}: {value!r}")
     assert not offenders, offenders
+
+
+def test_artefacts_are_readable_by_other_users(tmp_path, serving_onnx):
+    """mkstemp/mkdtemp make private files; an exported model must get the umask's usual mode (a Triton or
+    serving container often runs as another user)."""
+    import os
+    import stat
+
+    from gee_deploy.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "report.json", {"a": 1})
+        SPEC.write_sidecar(tmp_path / "model.plan")
+    finally:
+        os.umask(old)
+    for name in ("report.json", "model.plan.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

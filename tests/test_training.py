@@ -202,3 +202,16 @@ def test_checkpoint_with_the_legacy_fingerprint_still_loads(tiny_run, tmp_path):
     save_checkpoint(old, {**ckpt, "architecture": legacy})  # as written before the geometry fingerprint
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(load_model(old)(x), model(x))
+
+
+def test_a_pickle_is_refused_without_suggesting_to_unpickle_it(tmp_path):
+    import argparse
+
+    from gee_deploy.checkpoint import load_checkpoint
+    from gee_deploy.errors import CheckpointError
+
+    path = tmp_path / "other.pt"
+    torch.save({"model": argparse.Namespace(a=1)}, path)  # a pickled object weights_only loading refuses
+    with pytest.raises(CheckpointError, match="holds pickled Python objects") as e:
+        load_checkpoint(path)
+    assert "weights_only` set to `False`" not in str(e.value) and "\n" not in str(e.value)

@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import GeeError
+from ..io import publish_mode
 from ..spec import ModelSpec
 
 __all__ = ["triton_config", "write_triton_repository"]
@@ -61,6 +62,7 @@ def write_triton_repository(model: onnx.ModelProto, spec: ModelSpec, repo: str |
         onnx.save_model(model, str(staging / "1" / "model.onnx"))
         (staging / "config.pbtxt").write_text(triton_config(model, spec, name, max_batch_size))
         spec.write_sidecar(staging)
+        publish_mode(staging)  # mkdtemp made it 0700: Triton's container may run as another user
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo))
