@@ -54,9 +54,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError, zipfile errors...
-        if "weights_only" in str(e) or "Weights only" in str(e):  # pickled objects: never unpickle them here
+        if "Unsupported global" in str(e):  # a pickle of Python objects: never unpickle it here
             raise CheckpointError(f"{p} is not a gee-deploy checkpoint: it holds pickled Python objects, which "
                                   "gee-deploy never loads (checkpoints are read with weights_only=True)") from None
+        if "Weights only load failed" in str(e):  # torch's advice to re-run unsafely is not ours to give
+            hint = "an ONNX graph? bench and serve take those" if p.suffix == ".onnx" else "another kind of file?"
+            raise CheckpointError(f"{p} is not a gee-deploy checkpoint (torch.load cannot read it as weights; "
+                                  f"{hint})") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first[:200]}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):

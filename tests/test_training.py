@@ -215,3 +215,8 @@ def test_a_pickle_is_refused_without_suggesting_to_unpickle_it(tmp_path):
     with pytest.raises(CheckpointError, match="holds pickled Python objects") as e:
         load_checkpoint(path)
     assert "weights_only` set to `False`" not in str(e.value) and "\n" not in str(e.value)
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"\x08\x09\x12\x0bgee-deploy")  # protobuf bytes, as an ONNX file starts
+    with pytest.raises(CheckpointError, match="not a gee-deploy checkpoint") as e:
+        load_checkpoint(graph)
+    assert "False" not in str(e.value) and "\n" not in str(e.value)
