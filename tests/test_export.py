@@ -383,7 +383,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
     good = str(tiny_checkpoint)
     return {
         "truncated": ([str(truncated)], "not a readable checkpoint"),
-        "not-a-checkpoint": ([str(text)], "not a readable checkpoint"),
+        "not-a-checkpoint": ([str(text)], "not a gee-deploy checkpoint"),
         "missing": ([str(tmp_path / "nope.pt")], "not found"),
         "other-architecture": ([str(wrong)], "does not match"),
         "unknown-variant": ([good, "--variant", "sparse"], "unknown variant 'sparse'"),
