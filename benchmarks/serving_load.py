@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gee_deploy.data import load_test_arrays
 from gee_deploy.serving.loadtest import load_test
+from gee_deploy.serving.server import parse_ready_line
 from gee_deploy.spec import ModelSpec
 
 HERE = Path(__file__).resolve().parents[1]
@@ -46,11 +47,11 @@ def start_server(tree: Path, model: str, args, grpc: bool, *extra: str) -> tuple
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/[^;\s]*(?:; gRPC at 127\.0\.0\.1:(\d+))?", line)
-    if m is None:
+    ports = parse_ready_line(line)
+    if ports is None:
         proc.kill()
         sys.exit(f"server in {tree} did not start: {line.strip()}")
-    return proc, int(m[1]), int(m[2]) if m[2] else None
+    return proc, *ports
 
 
 def server_batches(port: int) -> dict:

@@ -20,7 +20,7 @@ from gee_deploy.serving.batcher import Batcher
 from gee_deploy.serving.codec import classify
 from gee_deploy.serving.loadtest import load_test
 from gee_deploy.serving.runtimes import OrtRuntime
-from gee_deploy.serving.server import InferenceServer
+from gee_deploy.serving.server import InferenceServer, parse_ready_line, ready_line
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 
 
@@ -389,11 +389,11 @@ def _start_cli(onnx, *extra) -> tuple[subprocess.Popen, int, int | None]:
     proc = subprocess.Popen([sys.executable, "-m", "gee_deploy.cli", "serve", str(onnx), "--port", "0", "--name",
                              "tiny", "--threads", "1", *extra], stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/v2/models/tiny/infer(?:; gRPC at 127\.0\.0\.1:(\d+))?", line)
-    if m is None:
+    ports = parse_ready_line(line)
+    if ports is None or "/v2/models/tiny/infer" not in line:
         proc.kill()
         pytest.fail(f"server did not start: {line}")
-    return proc, int(m[1]), int(m[2]) if m[2] else None
+    return proc, *ports
 
 
 def test_serve_cli_binds_loopback_answers_and_refuses_a_bad_file(serving_onnx, tmp_path):
@@ -435,3 +435,9 @@ def test_sigterm_under_load_cuts_no_request_and_exits_0(serving_onnx, images, pr
     assert code == 0 and "Traceback" not in stderr, stderr
     assert result["errors"] == 0, result["error_examples"]
     assert result["ok"] > 8 and result["refused"] == 8  # every client stopped on a refusal, none on an error
+
+
+def test_the_ready_line_scripts_wait_for_round_trips():
+    assert parse_ready_line(ready_line("m", "m.onnx", "127.0.0.1:8000", None)) == (8000, None)
+    assert parse_ready_line(ready_line("m", "m.onnx", "127.0.0.1:8000", "127.0.0.1:8001")) == (8000, 8001)
+    assert parse_ready_line("error: cannot listen on 127.0.0.1:8000: Address in use") is None

@@ -37,7 +37,7 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     from pathlib import Path
 
     from ..serving.runtimes import OrtRuntime
-    from ..serving.server import InferenceServer
+    from ..serving.server import InferenceServer, ready_line
 
     runtime = OrtRuntime(model, kind, threads)
     name = name or Path(model).stem
@@ -53,9 +53,8 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
         raise click.BadParameter(str(e), param_hint="--name") from None
 
     def announce() -> None:
-        grpc = f"; gRPC at {host}:{server.grpc_port}" if grpc_port is not None else ""
-        click.echo(f"serving {name} ({model}) at http://{server.url}/v2/models/{name}/infer{grpc}; metrics at "
-                   "/metrics", err=True)
+        grpc = f"{host}:{server.grpc_port}" if grpc_port is not None else None
+        click.echo(ready_line(name, model, server.url, grpc), err=True)
 
     try:
         server.serve_forever(on_ready=announce)

@@ -17,6 +17,7 @@ idle keep-alive connections close after ``keep_alive_s``.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import threading
@@ -29,7 +30,21 @@ from .grpc_service import start_grpc
 from .runtimes import Runtime
 from .service import ModelService
 
-__all__ = ["InferenceServer"]
+__all__ = ["InferenceServer", "ready_line", "parse_ready_line"]
+
+_READY = re.compile(r"at http://[^:/\s]+:(\d+)/\S*?(?:; gRPC at [^:\s]+:(\d+))?;")
+
+
+def ready_line(name: str, model: str, url: str, grpc_address: str | None) -> str:
+    """The line ``gee-deploy serve`` prints on stderr once it accepts requests (scripts wait for it)."""
+    grpc = f"; gRPC at {grpc_address}" if grpc_address else ""
+    return f"serving {name} ({model}) at http://{url}/v2/models/{name}/infer{grpc}; metrics at /metrics"
+
+
+def parse_ready_line(line: str) -> tuple[int, int | None] | None:
+    """(HTTP port, gRPC port or None) from a :func:`ready_line`; None when ``line`` is not one."""
+    m = _READY.search(line)
+    return (int(m[1]), int(m[2]) if m[2] else None) if m else None
 
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                      b"content-length: %d\r\n\r\n%s")
