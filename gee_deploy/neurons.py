@@ -17,6 +17,7 @@ emitted per sample (summed over its neurons and the T steps, in float32 whatever
 """
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -41,9 +42,11 @@ class Ops(Protocol):
 
     def add(self, a: Any, b: Any, what: str) -> Any: ...
     def sub(self, a: Any, b: Any, what: str) -> Any: ...
+    def mul(self, a: Any, b: Any, what: str) -> Any: ...
     def div(self, a: Any, b: Any, what: str) -> Any: ...
     def greater_equal(self, a: Any, b: Any, what: str) -> Any: ...
     def where(self, cond: Any, a: Any, b: Any, what: str) -> Any: ...
+    def zero_where_fired(self, h: Any, spike: Any, threshold: float, what: str) -> Any: ...
     def to_float(self, a: Any, what: str) -> Any: ...
 
 
@@ -56,6 +59,9 @@ class _TensorOps:
     def sub(self, a, b, what):
         return a - b
 
+    def mul(self, a, b, what):
+        return a * b
+
     def div(self, a, b, what):
         return a / b
 
@@ -65,6 +71,9 @@ class _TensorOps:
     def where(self, cond, a, b, what):
         return torch.where(cond, a, b)
 
+    def zero_where_fired(self, h, spike, threshold, what):
+        return torch.where(spike, torch.zeros((), dtype=h.dtype, device=h.device), h)
+
     def to_float(self, a, what):
         return a.float()
 
@@ -72,16 +81,27 @@ class _TensorOps:
 TENSOR_OPS = _TensorOps()
 
 
+def _is_power_of_two(value: float) -> bool:
+    return value > 0 and math.frexp(value)[0] == 0.5
+
+
+def _divide(ops: Ops, a, tau: float, what: str):
+    """a / tau; as a * (1 / tau) when tau is a power of two, where the two are the same float (and Mul is the
+    cheaper op: onnxruntime's Div costs about twice its Mul, benchmarks/lif_forms.py)."""
+    return ops.mul(a, 1.0 / tau, what) if _is_power_of_two(tau) else ops.div(a, tau, what)
+
+
 def charge(ops: Ops, v, x, tau: float = TAU, v_reset: float = V_RESET):
     """H_t = V_{t-1} + (X_t - (V_{t-1} - V_reset)) / tau; ``v`` None means the neuron rests at V_reset (t = 0).
 
-    The shortcuts are exact: at rest the bracket is X_t, and V - 0 is V.
+    The shortcuts are exact: at rest the bracket is X_t, and V - 0 is V. The order of operations is
+    spikingjelly's, so the floats are its training kernel's.
     """
     if v is None:
-        h = ops.div(x, tau, "h")
+        h = _divide(ops, x, tau, "h")
         return h if v_reset == 0 else ops.add(v_reset, h, "h")
     d = v if v_reset == 0 else ops.sub(v, v_reset, "d")
-    return ops.add(v, ops.div(ops.sub(x, d, "d"), tau, "d"), "h")
+    return ops.add(v, _divide(ops, ops.sub(x, d, "d"), tau, "d"), "h")
 
 
 def fire(ops: Ops, h, v_threshold: float = V_THRESHOLD):
@@ -89,9 +109,17 @@ def fire(ops: Ops, h, v_threshold: float = V_THRESHOLD):
     return ops.greater_equal(h, v_threshold, "fire")
 
 
-def reset(ops: Ops, h, spike, v_reset: float = V_RESET):
-    """Hard reset: V_t = V_reset where S_t, else H_t (equal to H_t (1 - S_t) + V_reset S_t for S_t in {0, 1})."""
-    return ops.where(spike, v_reset, h, "v")
+def reset(ops: Ops, h, spike, v_threshold: float = V_THRESHOLD, v_reset: float = V_RESET):
+    """Hard reset: V_t = V_reset where S_t, else H_t (equal to H_t (1 - S_t) + V_reset S_t for S_t in {0, 1}).
+
+    With V_reset = 0 each backend writes its cheapest exact form (``zero_where_fired``): torch a ``where``; the
+    graph H_t - ThresholdedRelu(H_t, alpha) with alpha the float32 just below V_th, which keeps exactly the
+    H_t >= V_th, so it is H_t - H_t = +0 where the neuron fired and H_t - 0 = H_t elsewhere, bit for bit,
+    without onnxruntime's Where (several times the cost of the two ops together, benchmarks/lif_forms.py).
+    """
+    if v_reset != 0:
+        return ops.where(spike, v_reset, h, "v")
+    return ops.zero_where_fired(h, spike, v_threshold, "v")
 
 
 def lif_reference(x_seq: torch.Tensor, tau: float = TAU, v_threshold: float = V_THRESHOLD,
@@ -101,7 +129,7 @@ def lif_reference(x_seq: torch.Tensor, tau: float = TAU, v_threshold: float = V_
     for t in range(x_seq.shape[0]):
         h = charge(TENSOR_OPS, v, x_seq[t], tau, v_reset)
         s = fire(TENSOR_OPS, h, v_threshold)
-        v = reset(TENSOR_OPS, h, s, v_reset)
+        v = reset(TENSOR_OPS, h, s, v_threshold, v_reset)
         spikes.append(s)
     return torch.stack(spikes).to(x_seq.dtype)
 

@@ -7,9 +7,11 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from torch import nn
 
 from gee_deploy.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from gee_deploy.cli import cli
 from gee_deploy.export import ExportValidationError, build_onnx, export_loaded
 from gee_deploy.export.configs import VARIANTS, ValidationConfig
 from gee_deploy.export.factorised import emit_factorised, factorised_cost
@@ -407,3 +409,17 @@ def test_bad_input_is_one_line_nonzero_exit_and_no_file(case, tiny_checkpoint, t
     assert err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp files left
+
+
+def test_export_json_failure_prints_a_json_document_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    import json
+
+    import gee_deploy.export.api as api
+
+    # an unmeetable top-1 limit makes the real validation fail
+    monkeypatch.setattr(api, "validation_thresholds", lambda *a: Thresholds(min_top1_agreement=1.01))
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(out), "--json"], standalone_mode=False)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and any("top-1 agreement" in f for f in doc["failures"])
+    assert isinstance(r.exception, ExportValidationError) and not out.exists()

@@ -432,7 +432,9 @@ def test_check_fails_with_one_line_per_regression(tiny_checkpoint, serving_onnx,
                                  "--min-speedup", "1000"])
     assert r.exit_code == 1
     fails = [line for line in r.output.splitlines() if line.startswith("FAIL: ")]
-    assert [f.split()[1] for f in fails] == ["top-1", "accuracy", "spike-count", "onnxruntime"], r.output
+    # all 64 predictions move to one class, but on synthetic labels that costs one sample of accuracy: the paired
+    # accuracy gate (tests/test_parity.py) does not call that a loss; top-1 agreement does
+    assert [f.split()[1] for f in fails] == ["top-1", "spike-count", "onnxruntime"], r.output
 
 
 def test_bench_profile_ops_splits_the_graph_time_by_operator(serving_onnx, tmp_path):

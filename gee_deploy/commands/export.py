@@ -33,14 +33,22 @@ def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, sa
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
 
-    Nothing is written unless validation passes; failures are listed together and exit with status 1.
+    Nothing is written unless validation passes; failures are listed together and exit with status 1 (with
+    --json, stdout then holds {"ok": false, "failures": [...]}).
     Int8 layers of a checkpoint not fine-tuned for them (`gee-deploy quantize`) are validated against the
     post-training limits (top-1 agreement >= 95%, spikes within 0.5%, accuracy within 0.3 points).
     """
-    from ..export import export_model
+    import json
+
+    from ..export import ExportValidationError, export_model
     from ..export.api import report_json
 
-    report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, atol=atol,
-                          samples=samples, data_dir=data_dir, profile=profile, max_batch_size=max_batch_size,
-                          fp16=fp16, allow_int8=allow_int8)
+    try:
+        report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
+                              atol=atol, samples=samples, data_dir=data_dir, profile=profile,
+                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+    except ExportValidationError as e:
+        if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
+            click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures]}, indent=2))
+        raise
     click.echo(report_json(report) if as_json else report.summary())

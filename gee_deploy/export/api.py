@@ -21,7 +21,7 @@ from ..spec import ModelSpec
 from .choose import make_chooser, make_int8_chooser
 from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
                       validation_thresholds)
-from .errors import ExportError, UnknownOptionError
+from .errors import ExportError, ExportValidationError, UnknownOptionError
 from .nir import write_nir
 from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
@@ -173,7 +173,14 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
-    val = validate_export(model, data, images, labels, cfg)
+    try:
+        val = validate_export(model, data, images, labels, cfg)
+    except ExportValidationError as e:
+        if any(l.precision == "int8" for l in spec.layers) and not quantised_layers(model):
+            raise ExportValidationError(f"{e}\nhint: int8 weights this checkpoint was not trained with moved it; "
+                                        f"`gee-deploy quantize CHECKPOINT --out Q.pt` fine-tunes it so its int8 "
+                                        f"export is exact", e.failures) from None
+        raise
     report.validation = _report_dict(val)
     final = unrolled
     if streaming:

@@ -38,7 +38,7 @@ Int8Chooser = Callable[[str, int, str], bool]
 class _GraphOps:
     """:class:`gee_deploy.neurons.Ops` that append nodes to a graph; tensors are names, scalars become constants.
 
-    ``out_name``, when set, names the output of the next ``where`` (a streaming graph's ``v_out.<lif>``).
+    ``out_name``, when set, names the next membrane ``v`` written (a streaming graph's ``v_out.<lif>``).
     """
 
     def __init__(self, graph: GraphBuilder, layer: str):
@@ -49,6 +49,8 @@ class _GraphOps:
         return v if isinstance(v, str) else self.graph.const(v, f"{self.layer}.const")
 
     def _op(self, op_type: str, inputs: list, what: str, **kw) -> str:
+        if what == "v" and self.out_name:
+            kw["out_names"], self.out_name = [self.out_name], None
         return self.graph.op(op_type, [self._tensor(v) for v in inputs], f"{self.layer}.{what}", **kw)
 
     def add(self, a, b, what):
@@ -57,6 +59,9 @@ class _GraphOps:
     def sub(self, a, b, what):
         return self._op("Sub", [a, b], what)
 
+    def mul(self, a, b, what):
+        return self._op("Mul", [a, b], what)
+
     def div(self, a, b, what):
         return self._op("Div", [a, b], what)
 
@@ -64,8 +69,11 @@ class _GraphOps:
         return self._op("GreaterOrEqual", [a, b], what)
 
     def where(self, cond, a, b, what):
-        out, self.out_name = ([self.out_name] if self.out_name else None), None
-        return self._op("Where", [cond, a, b], what, out_names=out)
+        return self._op("Where", [cond, a, b], what)
+
+    def zero_where_fired(self, h, spike, threshold, what):
+        alpha = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # keeps exactly h >= threshold
+        return self._op("Sub", [h, self._op("ThresholdedRelu", [h], "fired_h", alpha=alpha)], what)
 
     def to_float(self, a, what):
         return self._op("Cast", [a], what, to=TensorProto.FLOAT)
@@ -85,6 +93,7 @@ class OnnxWriter(ModelWalk):
         self.graph = GraphBuilder()
         self.counts: list[str] = []
         self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast (shared by every int8 reader)
+        self._fired: dict[str, str] = {}  # a LIF's float spikes -> the boolean fire maps they were cast from
 
     def emit_input(self) -> str:
         graph, model = self.graph, self.model
@@ -95,8 +104,9 @@ class OnnxWriter(ModelWalk):
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
         layer = int8_layer(m, bn, pooled) if x.spikes_from is not None and self.int8 is not None else None
         if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
-            if x.name not in self._uint8:  # 0/1 spikes as uint8: exact
-                self._uint8[x.name] = self.graph.op("Cast", [x.name], f"{x.spikes_from}.uint8", to=TensorProto.UINT8)
+            if x.name not in self._uint8:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
+                self._uint8[x.name] = self.graph.op("Cast", [self._fired.get(x.name, x.name)], f"{x.spikes_from}.uint8",
+                                                    to=TensorProto.UINT8)
             y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name)
             return y, LayerSpec(name, layer.kind, "dense", int(dense_macs), True, x.spikes_from, int(dense_macs), calls,
                                 "dense", int(dense_macs), None, precision="int8",
@@ -147,7 +157,12 @@ class OnnxWriter(ModelWalk):
         return self.graph.op("Tile", [x.name, reps], "repeat")
 
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
-        """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count."""
+        """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count.
+
+        The T boolean fire maps are concatenated (1 byte each) and cast to float once; the count is one
+        ReduceSum of that float tensor (viewed as [T, N, neurons]) over steps and neurons: exact, every partial
+        sum is an integer below 2^24.
+        """
         graph, steps = self.graph, self.steps
         if x.static:
             xs = [x.name] * steps
@@ -156,20 +171,24 @@ class OnnxWriter(ModelWalk):
                                                    num_outputs=steps)
         ops = _GraphOps(graph, name)
         v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
-        spikes = []
+        fired = []
         for t, xt in enumerate(xs):
             h = charge(ops, v, xt, m.tau, m.v_reset)
             spike = fire(ops, h, m.v_threshold)
-            spikes.append(ops.to_float(spike, "s"))
+            fired.append(spike)
             if t < steps - 1 or self.streaming:
                 if self.streaming and t == steps - 1:
                     ops.out_name = state_names(name)[1]
-                v = reset(ops, h, spike, m.v_reset)
-        total = graph.op("Sum", spikes, f"{name}.total") if steps > 1 else spikes[0]
-        flat = graph.op("Flatten", [total], f"{name}.flat", axis=1)
-        self.counts.append(graph.op("ReduceSum", [flat, graph.const([1], "axis1", np.int64)], f"{name}.count",
-                                keepdims=1))  # [N, 1]
-        return graph.op("Concat", spikes, f"{name}.spikes", axis=0) if steps > 1 else spikes[0]
+                v = reset(ops, h, spike, m.v_threshold, m.v_reset)
+        both = graph.op("Concat", fired, f"{name}.fired", axis=0) if steps > 1 else fired[0]
+        spikes = ops.to_float(both, "spikes")
+        self._fired[spikes] = both
+        per_step = graph.op("Reshape", [spikes, graph.const([steps, -1, int(np.prod(x.shape))], f"{name}.steps_shape",
+                                                            np.int64)], f"{name}.per_step")
+        count = graph.op("ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
+                         keepdims=1)  # [1, N, 1]
+        self.counts.append(graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count"))
+        return spikes
 
 
 def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, class_names: tuple[str, ...],
