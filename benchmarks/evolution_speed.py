@@ -1,8 +1,8 @@
 """The paper's IV-D comparison at a CPU scale: wall time for each fitness mode's evolution to reach the same best
 held-out loss.
 
-    python benchmarks/evolution_speed.py                                   # ablation recipe, 12 generations, 3 seeds
-    python benchmarks/evolution_speed.py --modes loss ste-scaled ste --generations 12 --seeds 3 --json runs/evo_speed.json
+    python benchmarks/evolution_speed.py                      # ablation recipe, loss / ste-scaled / ste, 12 gens, 3 seeds
+    python benchmarks/evolution_speed.py --generations 6 --seeds 3 --set evolution.eval_steps=32 --json runs/evo.json
 
 Each mode evolves from the same seeds (the same initial mean, the same CMA-ES draws in generation 0, the same
 data order) with the recipe's scoring settings; every generation logs its wall seconds and every candidate's

@@ -15,14 +15,14 @@ Two measurements (design input for issue 9, DESIGN section 11):
 
 Forms (tau = 2, v_th = 1, v_reset = 0, the project's LIF) combine four choices (:class:`Form`):
 
-* charge: ``div`` h = v + (x - v) / tau (the writer today, and spikingjelly's training kernel); ``mul`` the
+* charge: ``div`` h = v + (x - v) / tau (the writer before issue 9, and spikingjelly's training kernel); ``mul`` the
   same with * 0.5 (bit-identical to div: 1/tau is a power of two); ``avg`` h = (x + v) * 0.5 (one rounding
   where div has two: NOT bit-identical to div); ``pre`` 1/tau folded into the producing conv's weights and
   bias (exact: scaling by a power of two), h = x' + 0.5 v (bit-identical to avg); ``pow2`` per-step conv
   weights scaled by 2^(t-1), state u_t = 2^t h_t, threshold 2^t, no scaling op at all (bit-identical to avg).
-* reset: ``where`` Where(fire, 0, h) (today); ``less`` h * Cast(h < th); ``trelu`` h - ThresholdedRelu(h)
+* reset: ``where`` Where(fire, 0, h) (the writer before); ``less`` h * Cast(h < th); ``trelu`` h - ThresholdedRelu(h)
   with alpha = the float below th (ThresholdedRelu passes h > alpha, i.e. h >= th). All exact.
-* spikes: ``float`` one Cast per step, Sum + Flatten + ReduceSum for the counts, float Concat (today);
+* spikes: ``float`` one Cast per step, Sum + Flatten + ReduceSum for the counts, float Concat (the writer before);
   ``bool`` the fire maps concatenated as bool (1 byte), one Cast, one ReduceSum for the counts; ``clip``
   (trelu only) spikes = Clip(ThresholdedRelu(h), 0, th), no comparison op.
 * per_step: the conv after the LIF runs once per step on batch N (no Split, no Concat) instead of once on T*N.
