@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import click
 
 from .options import check_out_dir
@@ -13,6 +15,12 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1")
     return sizes
+
+
+def busy_cpus() -> float:
+    """CPUs' worth of work other processes were doing over the last minute (0.0 when under half a CPU)."""
+    load = os.getloadavg()[0]
+    return load if load >= 0.5 else 0.0
 
 
 @click.command()
@@ -47,6 +55,11 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
 
     check_out_dir(out)  # fail before minutes of timing, not after
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    busy = busy_cpus()
+    if busy and threads != 1:  # multi-threaded runtimes wait for cores other processes hold, PyTorch's most
+        click.echo(f"warning: {busy:.1f} of {os.cpu_count()} CPUs are busy with other processes (load average); "
+                   f"multi-threaded latencies and the ratios between runtimes may mislead: consider --threads 1",
+                   err=True)
     report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)
