@@ -160,8 +160,8 @@ class OnnxWriter(ModelWalk):
         """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count.
 
         The T boolean fire maps are concatenated (1 byte each) and cast to float once; the count is one
-        ReduceSum of that float tensor (viewed as [T, N, neurons]) over steps and neurons: exact, every partial
-        sum is an integer below 2^24.
+        ReduceSum of that float tensor (viewed as [T, N, neurons]) over steps and neurons, exact while a layer's
+        count per sample stays below 2^24 (T x neurons: 25,088 for SmallNet's largest layer).
         """
         graph, steps = self.graph, self.steps
         if x.static:
@@ -180,9 +180,9 @@ class OnnxWriter(ModelWalk):
                 if self.streaming and t == steps - 1:
                     ops.out_name = state_names(name)[1]
                 v = reset(ops, h, spike, m.v_threshold, m.v_reset)
-        both = graph.op("Concat", fired, f"{name}.fired", axis=0) if steps > 1 else fired[0]
-        spikes = ops.to_float(both, "spikes")
-        self._fired[spikes] = both
+        fire_maps = graph.op("Concat", fired, f"{name}.fired", axis=0) if steps > 1 else fired[0]
+        spikes = ops.to_float(fire_maps, "spikes")
+        self._fired[spikes] = fire_maps
         per_step = graph.op("Reshape", [spikes, graph.const([steps, -1, int(np.prod(x.shape))], f"{name}.steps_shape",
                                                             np.int64)], f"{name}.per_step")
         count = graph.op("ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",

@@ -80,7 +80,7 @@ def _original_seconds(checkpoint: Path, ckpt: dict) -> float | None:
     return None
 
 
-def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: float = 1.0, lr_scale: float = 0.1,
+def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: float = 0.5, lr_scale: float = 0.02,
              batch_size: int | None = None, train_limit: int | None = None, test_limit: int | None = None,
              data_dir: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None,
              seed: int = 0, progress: bool = True) -> QuantizeReport:
