@@ -441,3 +441,19 @@ def test_the_ready_line_scripts_wait_for_round_trips():
     assert parse_ready_line(ready_line("m", "m.onnx", "127.0.0.1:8000", None)) == (8000, None)
     assert parse_ready_line(ready_line("m", "m.onnx", "127.0.0.1:8000", "127.0.0.1:8001")) == (8000, 8001)
     assert parse_ready_line("error: cannot listen on 127.0.0.1:8000: Address in use") is None
+
+
+def test_a_batch_above_the_advertised_max_batch_size_is_refused_over_http_and_grpc(server, images):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    x = images[:17]  # the server fixture advertises max_batch_size 16
+    code, answer = _post(server, "/v2/models/tiny/infer", _request(x))
+    assert code == 400 and "inputs[0].shape" in answer["error"] and "max_batch_size 16" in answer["error"]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    inp = grpcclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException, match="max_batch_size 16"):
+        client.infer("tiny", [inp])
+    client.close()
+    assert _post(server, "/v2/models/tiny/infer", _request(images[:16]))[0] == 200

@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
 from .batcher import Batcher, BatchResult
-from .codec import VERSION, Decoded, InferenceTimeout, ModelNotFound, ServerBusy
+from .codec import VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, ServerBusy
 from .metrics import Metrics, Statistics
 from .runtimes import Runtime
 
@@ -83,7 +83,8 @@ class ModelService:
         Raises:
             ServerBusy: ``max_concurrency`` requests are already in flight.
             InferenceTimeout: the batch did not come back within ``infer_timeout_s``.
-            InvalidInput: from ``decode``.
+            InvalidInput: from ``decode``, or a batch larger than ``max_batch`` (the ``max_batch_size`` the model
+                configuration advertises; Triton refuses such a request the same way).
         """
         if self.inflight >= self.max_concurrency:
             raise ServerBusy(f"{self.inflight} inference requests in flight, the limit is {self.max_concurrency}; "
@@ -93,6 +94,9 @@ class ModelService:
         t0 = time.perf_counter()
         try:
             decoded = decode()
+            if len(decoded.x) > self.max_batch:
+                raise InvalidInput(f"inputs[0].shape: a batch of {len(decoded.x)} exceeds this model's "
+                                   f"max_batch_size {self.max_batch}; split the request")
             t1 = time.perf_counter()
             loop = asyncio.get_running_loop()
             self._loop = loop
