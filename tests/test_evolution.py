@@ -353,6 +353,9 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
     assert saved["variants"][1]["test_acc"] == summary["variants"][1]["test_acc"]
     again = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=False)  # finished runs are reused
     assert again["variants"][1]["runs"] == summary["variants"][1]["runs"]
+    # the reported total is the runs' own minutes, however many invocations did them
+    every_run = [r["minutes"] for row in again["variants"] for r in row["runs"]]
+    assert again["minutes"] == pytest.approx(sum(every_run)) and again["minutes"] > again["minutes_this_invocation"]
     # paired against Random, per seed; CPU seconds of every run
     random_row, ste_row = summary["variants"]
     assert random_row["paired_p"] is None and summary["reference"] == "Random"
