@@ -1,7 +1,7 @@
 """The paper's IV-D comparison at a CPU scale: wall time for each fitness mode's evolution to reach the same best
 held-out loss.
 
-    python benchmarks/evolution_speed.py                      # ablation recipe, loss / ste-scaled / ste, 12 gens, 3 seeds
+    python benchmarks/evolution_speed.py                      # ablation recipe: loss, ste-scaled, ste; 12 gens, 3 seeds
     python benchmarks/evolution_speed.py --generations 6 --seeds 3 --set evolution.eval_steps=32 --json runs/evo.json
 
 Each mode evolves from the same seeds (the same initial mean, the same CMA-ES draws in generation 0, the same
@@ -60,12 +60,19 @@ def evolve(recipe_path: str | None, overrides: list[str], mode: str, seed: int, 
     return best_loss_curve(read_jsonl(out / LOG_FILE))
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="models/ablation_fmnist.toml")
     p.add_argument("--modes", nargs="+", default=["loss", "ste-scaled", "ste"], choices=FITNESS_MODES)
-    p.add_argument("--generations", type=int, default=12)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--generations", type=positive, default=12)
+    p.add_argument("--seeds", type=positive, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="also write the per-seed curves here")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -83,7 +90,7 @@ def main() -> None:
     except GeeError as e:
         sys.exit(f"error: {e}")
     targets = [max(curves[m][s][-1][1] for m in args.modes) for s in range(args.seeds)]
-    print(f"\n{args.generations} generations, {args.seeds} seeds, recipe {args.recipe} {' '.join(args.overrides)}; "
+    print(f"\n{args.generations} generation(s), {args.seeds} seed(s), recipe {args.recipe} {' '.join(args.overrides)}; "
           "target per seed = the highest final best L over the modes\n")
     print("| fitness | final best L (mean) | s per generation | s to target (mean) | generations to target (mean) |")
     print("|---|---:|---:|---:|---:|")

@@ -190,7 +190,7 @@ def _accuracy(m: dict, t: Thresholds) -> Check | None:
     excess = abs(v) - t.max_accuracy_delta
     ok = excess <= ACCURACY_Z * se
     note = f" by {excess / se:.1f} standard errors ({lost} lost, {gained} gained of {n})" if se > 0 else ""
-    return Check("accuracy delta (paired)", abs(v), t.max_accuracy_delta, ok,
+    return Check("|accuracy delta| (points, paired)", 100 * abs(v), 100 * t.max_accuracy_delta, ok,
                  f"accuracy delta {v * 100:+.3f} points exceeds +/-{t.max_accuracy_delta * 100:.3f}{note}")
 
 

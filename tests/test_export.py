@@ -411,6 +411,17 @@ def test_bad_input_is_one_line_nonzero_exit_and_no_file(case, tiny_checkpoint, t
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp files left
 
 
+def test_export_json_says_ok_and_refuses_a_sample_count_below_one(tiny_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(out), "--json", "--samples", "32"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["ok"] is True and out.exists()
+    for bad in ("0", "-5"):
+        r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "n.onnx"), "--samples", bad])
+        assert r.exit_code == 2 and "--samples" in r.output and not (tmp_path / "n.onnx").exists()
+
+
 def test_export_json_failure_prints_a_json_document_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     import json
 
@@ -421,5 +432,5 @@ def test_export_json_failure_prints_a_json_document_and_writes_nothing(tiny_chec
     out = tmp_path / "m.onnx"
     r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(out), "--json"], standalone_mode=False)
     doc = json.loads(r.stdout)
-    assert doc["ok"] is False and any("top-1 agreement" in f for f in doc["failures"])
+    assert doc["ok"] is False and any("top-1 agreement" in f for f in doc["failures"]) and "check" in doc["error"]
     assert isinstance(r.exception, ExportValidationError) and not out.exists()

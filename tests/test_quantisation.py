@@ -114,3 +114,10 @@ def test_quantize_command_writes_a_checkpoint_that_rebuilds_its_int8_model(tiny_
     again = CliRunner().invoke(cli, ["quantize", str(out), "--out", str(tmp_path / "q2.pt")])
     assert isinstance(again.exception, CheckpointError) and "already int8 fine-tuned" in str(again.exception)
     assert not (tmp_path / "q2.pt").exists()
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--train-limit", "--test-limit"])
+def test_quantize_refuses_counts_below_one_before_any_work(tiny_checkpoint, tmp_path, option):
+    out = tmp_path / "q.pt"
+    r = CliRunner().invoke(cli, ["quantize", str(tiny_checkpoint), "--out", str(out), option, "0"])
+    assert r.exit_code == 2 and option in r.output and not out.exists()

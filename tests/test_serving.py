@@ -304,7 +304,9 @@ def test_bench_writes_report_and_prints_every_number(bench_report):
     lines = printed.strip().splitlines()
     assert len(lines) == 2 + 4 and lines[2].split()[:2] == ["torch", "1"] and lines[-1].split()[:2] == ["ort-cpu", "4"]
     assert "-" not in lines[-1].split()[2:]  # no blank column for the deployed runtime
-    assert "| body.0 |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| body.0 |" in md and "| fp32 |" in md and "Energy constants used (pJ): fp32 4.6 per MAC, 0.9 per SOP" in md
+    assert report["machine"]["load_average"] >= 0 and "load average when the run started" in md
 
 
 def _recomputed_energy(row: dict, timesteps: int) -> float:

@@ -17,12 +17,6 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
     return sizes
 
 
-def busy_cpus() -> float:
-    """CPUs' worth of work other processes were doing over the last minute (0.0 when under half a CPU)."""
-    load = os.getloadavg()[0]
-    return load if load >= 0.5 else 0.0
-
-
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -55,11 +49,11 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
 
     check_out_dir(out)  # fail before minutes of timing, not after
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    busy = busy_cpus()
-    if busy and threads != 1:  # multi-threaded runtimes wait for cores other processes hold, PyTorch's most
-        click.echo(f"warning: {busy:.1f} of {os.cpu_count()} CPUs are busy with other processes (load average); "
-                   f"multi-threaded latencies and the ratios between runtimes may mislead: consider --threads 1",
-                   err=True)
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load >= 0.5 and (threads != 1 or load > cpus - 1):  # runtimes would wait for cores other work holds
+        advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
+        click.echo(f"warning: load average {load:.1f} on {cpus} CPUs before the run: latencies and the ratios between "
+                   f"runtimes may mislead ({advice}); report.md records the load", err=True)
     report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)

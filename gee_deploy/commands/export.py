@@ -19,8 +19,11 @@ import click
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
 @click.option("--streaming", is_flag=True,
               help="One timestep per call, membrane potentials as graph inputs/outputs.")
-@click.option("--atol", type=float, default=None, help="Max abs logit difference per validation sample.")
-@click.option("--samples", type=int, default=None, help="Test images to validate on (default 256).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Max abs logit difference for a validation sample to count as matching (fp32 limits; a "
+                   "post-training int8 export does not gate on matching samples).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Test images to validate on (default 256; at most the test split's size).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the checkpoint's dataset lives (default: its standard place).")
 @click.option("--profile", is_flag=True, help="With --variant auto: choose per layer by measured latency.")
@@ -34,7 +37,7 @@ def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, sa
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
 
     Nothing is written unless validation passes; failures are listed together and exit with status 1 (with
-    --json, stdout then holds {"ok": false, "failures": [...]}).
+    --json, stdout then holds {"ok": false, "failures": [...], "error": the message with the checks table}).
     Int8 layers of a checkpoint not fine-tuned for them (`gee-deploy quantize`) are validated against the
     post-training limits (top-1 agreement >= 95%, spikes within 0.5%, accuracy within 0.3 points).
     """
@@ -49,6 +52,7 @@ def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, sa
                               max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
     except ExportValidationError as e:
         if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
-            click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures]}, indent=2))
+            click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures],
+                                   "error": str(e)}, indent=2))
         raise
     click.echo(report_json(report) if as_json else report.summary())

@@ -13,9 +13,9 @@ from .options import quiet_option
 @click.option("--lr-scale", type=float, default=0.02, show_default=True,
               help="Peak learning rate as a multiple of the recipe's train.lr (cosine decay to 0); a converged model "
                    "lost 0.46 points at 0.1, 0.05 at 0.02 (docs/export.md).")
-@click.option("--batch-size", type=int, default=None, help="Default: the recipe's.")
-@click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
-@click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's.")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the checkpoint's dataset lives, if not at its default place.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")

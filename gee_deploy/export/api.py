@@ -57,8 +57,8 @@ class ExportReport:
         v = self.validation
         if v:
             lines.append(f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
-                         f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} vs "
-                         f"{v['spikes_reference']:.0f}")
+                         f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} (graph) vs "
+                         f"{v['spikes_reference']:.0f} (PyTorch)")
         if self.streaming_validation:
             s = self.streaming_validation
             lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_logit_diff']:.3g}, "
@@ -159,9 +159,9 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
     if output_format.name in ("tensorrt", "nir") and v.int8 != "never":
+        why = "TensorRT's int8 is QDQ only" if output_format.name == "tensorrt" else "NIR has no int8 type"
         raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
-                          f"MatMulInteger; TensorRT's int8 is QDQ only, NIR has no int8): export --variant dense or "
-                          f"auto without --allow-int8")
+                          f"MatMulInteger; {why}): export --variant dense or auto without --allow-int8")
     if output_format.name == "nir":
         return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
     if output_format.name == "tensorrt":
@@ -278,4 +278,5 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
 
 
 def report_json(report: ExportReport) -> str:
-    return json.dumps(asdict(report), indent=2)
+    """The report as JSON, with ``"ok": true`` first (a failed export prints ``"ok": false`` instead)."""
+    return json.dumps({"ok": True, **asdict(report)}, indent=2)

@@ -204,7 +204,7 @@ def _labels(runtimes: list[Runtime]) -> list[str]:
 
 def _machine(threads: int | None) -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": threads}
+            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0]}
 
 
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),

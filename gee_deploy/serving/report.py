@@ -66,7 +66,8 @@ def spikes_table(report: dict) -> list[str]:
 def _markdown(report: dict) -> str:
     out = [f"# gee-deploy bench: {report['dataset']} ({report['samples']} test samples, T = {report['timesteps']})",
            "", f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
-           f"threads per runtime: {report['machine']['threads'] or 'runtime default'}.", "",
+           f"threads per runtime: {report['machine']['threads'] or 'runtime default'}, load average when the run "
+           f"started: {report['machine'].get('load_average', float('nan')):.2f}.", "",
            "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", "",
            *spikes_table(report)]
     for r in report["runtimes"]:
@@ -82,13 +83,16 @@ def _markdown(report: dict) -> str:
         out += ["| spiking layer | neurons | spikes / sample | firing rate |", "|---|---:|---:|---:|"]
         for name, fr in r["firing_rates"].items():
             out.append(f"| {name} | {r['neurons_per_layer'][name]:,} | {r['spikes_per_layer'][name]:.1f} | {fr:.4f} |")
-        out += ["", "| weight layer | kind | op | MACs / call | calls | reads spikes of | firing rate | SOPs | "
-                "analog MACs | energy pJ |", "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+        out += ["", "| weight layer | kind | precision | op | MACs / call | calls | reads spikes of | firing rate | "
+                "SOPs | analog MACs | energy pJ |", "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
         for e in r["energy"]["per_layer"]:
-            out.append(f"| {e['name']} | {e['kind']} | {e['op']} | {e['macs']:,} | {e['calls']} | "
-                       f"{e['spiking_input_layer'] or '-'} | {_fmt(e['firing_rate'], '.4f')} | {e['sops']:,.0f} | "
-                       f"{e['analog_macs']:,} | {e['energy_pj']:,.0f} |")
-        out.append("")
+            out.append(f"| {e['name']} | {e['kind']} | {e.get('precision', 'fp32')} | {e['op']} | {e['macs']:,} | "
+                       f"{e['calls']} | {e['spiking_input_layer'] or '-'} | {_fmt(e['firing_rate'], '.4f')} | "
+                       f"{e['sops']:,.0f} | {e['analog_macs']:,} | {e['energy_pj']:,.0f} |")
+        constants = r["energy"].get("constants", {})
+        out += ["", "Energy constants used (pJ): " + "; ".join(
+            f"{p} {c['mac_pj']:g} per MAC, {c['ac_pj']:g} per SOP" for p, c in constants.items() if p != "source")
+            + (f" ({constants['source']})." if "source" in constants else "."), ""]
         if "op_profile" in r:
             prof = r["op_profile"]
             out += [f"onnxruntime profiler, batch {prof['batch']}: kernel time per operator type (per call)", "",
@@ -97,7 +101,8 @@ def _markdown(report: dict) -> str:
             out.append("")
     out += ["Energy: eq. 17 of the paper, E = 4.6 pJ x analog MACs (the stem, computed once; in a factorised "
             "layer also the ops after the one that reads spikes) + 0.9 pJ x sum_l fr_l x T x MACs_l over the ops "
-            "that read spikes, fr_l the firing rate of the LIF feeding layer l.", "",
+            "that read spikes, fr_l the firing rate of the LIF feeding layer l; int8 layers use the 8-bit constants "
+            "listed under each runtime.", "",
             "Plots: latency.png, firing_rate.png, energy.png.", ""]
     return "\n".join(out)
 
