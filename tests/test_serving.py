@@ -285,7 +285,7 @@ def bench_report(tiny_checkpoint, serving_onnx, tmp_path_factory):
                                       "--batch-sizes", "1,4", "--limit", "300", "--threads", "1",
                                       "--min-time", "0.05", "--quiet"])
     assert result.exit_code == 0, result.output
-    return out, result.output
+    return out, result.stdout
 
 
 def test_bench_writes_report_and_prints_every_number(bench_report):

@@ -50,7 +50,7 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     check_out_dir(out)  # fail before minutes of timing, not after
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load >= 0.5 and (threads != 1 or load > cpus - 1):  # runtimes would wait for cores other work holds
+    if not quiet and load >= 0.5 and (threads != 1 or load > cpus - 1):  # runtimes would wait for busy cores
         advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
         click.echo(f"warning: load average {load:.1f} on {cpus} CPUs before the run: latencies and the ratios between "
                    f"runtimes may mislead ({advice}); report.md records the load", err=True)
