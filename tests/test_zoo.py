@@ -102,3 +102,36 @@ def test_conv_pool_rejects_convs_it_cannot_fuse():
                  nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")):
         with pytest.raises(ValueError, match="ConvPool needs"):
             ConvPool(conv)
+
+
+def test_smallnet_widths_and_hidden_are_recipe_arguments():
+    """Wider SmallNets keep the genetic model's parameters linear in width while the dense twin's grow quadratically."""
+    from gee_deploy.recipe import recipe_from_dict
+    from gee_deploy.training.setup import build_recipe_model
+
+    recipe = recipe_from_dict({"model": {"name": "smallnet", "genes": 8, "args": {"widths": [8, 16, 24], "hidden": 40}},
+                               "data": {"name": "synthetic"}})
+    model = build_recipe_model(recipe)
+    assert [m.out_channels for m in model.modules() if hasattr(m, "out_channels")][:4] == [8, 16, 24, 40]
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    narrow, wide = (count_parameters(create_model("smallnet", genes=16, widths=w, hidden=h))
+                    for w, h in [((16, 32, 64), 128), ((32, 64, 128), 256)])
+    narrow_dense, wide_dense = (count_parameters(create_model("smallnet", genes=None, widths=w, hidden=h))
+                                for w, h in [((16, 32, 64), 128), ((32, 64, 128), 256)])
+    assert wide / narrow < 2.1 and wide_dense / narrow_dense > 3.5
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"widths": [8, 16]}, "widths must be three integers >= 1"),
+    ({"widths": [8, 0, 16]}, "widths must be three integers >= 1"),
+    ({"widths": "wide"}, "widths must be three integers >= 1"),
+    ({"hidden": 0}, "hidden must be an integer >= 1"),
+])
+def test_smallnet_refuses_bad_widths_in_one_line(args, message):
+    from gee_deploy.errors import ConfigError
+    from gee_deploy.recipe import recipe_from_dict
+    from gee_deploy.training.setup import build_recipe_model
+
+    recipe = recipe_from_dict({"model": {"name": "smallnet", "args": args}, "data": {"name": "synthetic"}})
+    with pytest.raises(ConfigError, match=f"cannot build 'smallnet': {message}"):
+        build_recipe_model(recipe)

@@ -35,7 +35,24 @@ class SmallNet(SpikingNet):
 
 @register_model
 def smallnet(*, genes: int | None = 32, timesteps: int = 4, num_classes: int = 10, in_channels: int = 1,
-             image_size: int = 28, mean=None, std=None) -> SmallNet:
-    """SmallNet for Fashion-MNIST-sized inputs (about 0.4 M dense parameters)."""
+             image_size: int = 28, mean=None, std=None, widths=(32, 64, 128), hidden: int = 256) -> SmallNet:
+    """SmallNet for Fashion-MNIST-sized inputs (about 0.4 M dense parameters at the default widths).
+
+    Args:
+        widths: channels of the three conv populations (a recipe sets them as ``model.args.widths``).
+        hidden: neurons of the hidden fully connected population.
+
+    Raises:
+        ValueError: ``widths`` is not three integers >= 1, or ``hidden`` is not an integer >= 1.
+    """
+    widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
+    if not (isinstance(widths, tuple) and len(widths) == 3 and all(_positive_int(w) for w in widths)):
+        raise ValueError(f"widths must be three integers >= 1 (conv channels), got {widths!r}")
+    if not _positive_int(hidden):
+        raise ValueError(f"hidden must be an integer >= 1, got {hidden!r}")
     return SmallNet(genes=genes, timesteps=timesteps, num_classes=num_classes, in_channels=in_channels,
-                    image_size=image_size, mean=mean, std=std)
+                    image_size=image_size, mean=mean, std=std, widths=widths, hidden=hidden)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
