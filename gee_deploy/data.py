@@ -201,8 +201,12 @@ def _data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
 
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, augment: bool = False,
-               limit: int | None = None) -> Dataset:
-    """The ``split`` ('train' or 'test') of dataset ``name``; ``limit`` keeps the first N samples."""
+               limit: int | None = None, crop_padding: int | None = None) -> Dataset:
+    """The ``split`` ('train' or 'test') of dataset ``name``; ``limit`` keeps the first N samples.
+
+    ``augment`` draws a random crop (zero padding ``crop_padding``, None or -1 = the dataset's own, 0 = no
+    crop) and a horizontal flip per image and epoch.
+    """
     info = dataset_info(name)
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
@@ -224,7 +228,11 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return InMemoryImages(torch.from_numpy(np.array(images, order="C")), torch.from_numpy(labels.astype(np.int64)),
-                          info.crop_padding if augment else 0, info.flip and augment)
+                          _padding(info, crop_padding) if augment else 0, info.flip and augment)
+
+
+def _padding(info: DatasetInfo, crop_padding: int | None) -> int:
+    return info.crop_padding if crop_padding is None or crop_padding < 0 else crop_padding
 
 
 def load_test_arrays(name: str, data_dir: str | os.PathLike | None = None,

@@ -37,6 +37,8 @@ class DataSection:
     train_limit: int = 0  # use only the first N training images (0 = all)
     test_limit: int = 0  # evaluate on the first N test images (0 = all)
     augment: bool = True  # random crop + flip on the training split
+    crop_padding: int = -1  # the random crop's zero padding when augmenting; -1 = the dataset's own (2 for
+    # Fashion-MNIST, 4 for CIFAR), 0 = flip only
 
 
 @dataclass
@@ -154,6 +156,7 @@ ALLOWED: dict[str, Allowed] = {
     "data.workers": Allowed(low=0, high=256),
     "data.train_limit": Allowed(low=0),
     "data.test_limit": Allowed(low=0),
+    "data.crop_padding": Allowed(low=-1, high=64),
     "train.epochs": Allowed(low=0, high=100_000),
     "train.optimizer": Allowed(choices=("adamw", "sgd")),
     "train.lr": Allowed(low=0, high=100, low_open=True),

@@ -126,6 +126,31 @@ def test_augmentation_keeps_shape_and_is_seeded():
     assert a.shape == (1, 28, 28) and torch.equal(a, b)
 
 
+def test_crop_padding_zero_augments_by_flips_alone():
+    """data.crop_padding = 0: every augmented image is the original or its mirror image, never shifted."""
+    plain = load_split("fashion-mnist-mini", "train")
+    flips = load_split("fashion-mnist-mini", "train", augment=True, crop_padding=0)
+    cropped = load_split("fashion-mnist-mini", "train", augment=True)  # the dataset's own padding, 2
+    assert (flips.crop_padding, flips.flip, cropped.crop_padding) == (0, True, 2)
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(40):
+        x, original = flips[i][0], plain[i][0]
+        mirrored = torch.equal(x, original.flip(-1)) and not torch.equal(x, original)
+        assert torch.equal(x, original) or mirrored
+        seen.add(mirrored)
+    assert seen == {True, False}
+
+
+def test_crop_padding_is_a_checked_recipe_key():
+    from gee_deploy.errors import ConfigError
+    from gee_deploy.recipe import load_recipe
+
+    assert load_recipe(None, ["data.crop_padding=0"]).data.crop_padding == 0
+    with pytest.raises(ConfigError, match="data.crop_padding"):
+        load_recipe(None, ["data.crop_padding=-2"])
+
+
 @pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist for the real set")
 def test_real_fashion_mnist_sizes():
     assert len(load_split("fashion-mnist", "train")) == 60000

@@ -129,7 +129,7 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     model.to(device_)
     batch = batch_size or recipe.data.batch_size
     train_set = load_split(dataset, "train", data_dir or recipe.data.data_dir or None, augment=recipe.data.augment,
-                           limit=train_limit)
+                           limit=train_limit, crop_padding=recipe.data.crop_padding)
     test_set = load_split(dataset, "test", data_dir or recipe.data.data_dir or None, limit=test_limit)
     test_loader = make_loader(test_set, batch, False)
     say = print if progress else (lambda *_: None)

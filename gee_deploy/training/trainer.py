@@ -170,7 +170,8 @@ def _load_data(recipe: Recipe, runtime: _Runtime):
     """(training set, its DDP sampler or None, test loader); each rank sees its share under torchrun."""
     data, dist = recipe.data, runtime.dist
     data_dir = data.data_dir or None
-    train_set = load_split(data.name, "train", data_dir, augment=data.augment, limit=data.train_limit or None)
+    train_set = load_split(data.name, "train", data_dir, augment=data.augment, limit=data.train_limit or None,
+                           crop_padding=data.crop_padding)
     test_set = load_split(data.name, "test", data_dir, limit=data.test_limit or None)
     sampler = test_sampler = None
     if dist.world > 1:
