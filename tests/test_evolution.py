@@ -415,6 +415,18 @@ def test_bad_ablate_options_are_one_line(tmp_path, capsys, args, words):
     assert words in err and len(err.splitlines()) == 1
 
 
+def test_ablation_variants_answer_to_their_fitness_mode_names_too():
+    from gee_deploy.errors import ConfigError
+    from gee_deploy.training.ablation import VARIANTS, _variant_key
+    from gee_deploy.training.fitness import FITNESS_MODES
+
+    assert _variant_key("loss") == "baseline" and _variant_key("loss+r1-scaled") == "r1-scaled"
+    assert all(VARIANTS[_variant_key(mode)][1]["fitness"] == mode for mode in FITNESS_MODES)
+    assert _variant_key("random") == "random"
+    with pytest.raises(ConfigError, match="unknown ablation variant 'nope'; known: random, baseline"):
+        _variant_key("nope")
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_ranks_share_the_population(tmp_path):

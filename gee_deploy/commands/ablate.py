@@ -11,8 +11,9 @@ from .options import quiet_option, set_option
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for runs and report.")
 @click.option("--variants", default=None, metavar="LIST",
               help="Comma-separated variants: random, baseline, r1, r2, ste (eq. 16 as written) and r1-scaled, "
-                   "r2-scaled, ste-scaled (each term standardised across the generation); default: random, "
-                   "baseline, r1-scaled, r2-scaled, ste-scaled.")
+                   "r2-scaled, ste-scaled (each term standardised across the generation), or a fitness mode's "
+                   "name (loss = baseline, loss+r1-scaled = r1-scaled, ...); default: random, baseline, r1-scaled, "
+                   "r2-scaled, ste-scaled.")
 @set_option
 @quiet_option
 def ablate(recipe, seeds, out, variants, overrides, quiet):

@@ -176,6 +176,22 @@ def _markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _variant_key(name: str) -> str:
+    """A variant's key, also from its fitness mode's name (``loss+r1-scaled`` is ``r1-scaled``, ``loss`` is
+    ``baseline``), the names ``evolution.fitness`` and ``benchmarks/evolution_speed.py --modes`` use.
+
+    Raises:
+        ConfigError: neither a variant nor a fitness mode.
+    """
+    if name in VARIANTS:
+        return name
+    by_fitness = {overrides.get("fitness"): key for key, (_, overrides) in VARIANTS.items()}
+    if name in by_fitness:
+        return by_fitness[name]
+    raise ConfigError(f"unknown ablation variant {name!r}; known: {', '.join(VARIANTS)} "
+                      f"(or a fitness mode: {', '.join(k for k in by_fitness if k)})")
+
+
 def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str] | None = None,
                  progress: bool | None = None) -> dict:
     """Run every variant x seed of ``recipe`` into ``out``; write ablation.json/.md/.png; return the summary."""
@@ -183,10 +199,7 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if recipe.train.epochs < 1:
         raise ConfigError(f"an ablation compares trained models: train.epochs must be >= 1, got {recipe.train.epochs}")
-    variants = list(DEFAULT_VARIANTS) if not variants else variants
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown ablation variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    variants = list(DEFAULT_VARIANTS) if not variants else list(dict.fromkeys(_variant_key(v) for v in variants))
     probe = copy.deepcopy(recipe.evolution)
     probe.fitness = "ste"  # each variant sets its own fitness; check everything else once, before any run
     check_evolution(probe)
