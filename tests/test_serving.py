@@ -451,3 +451,16 @@ def test_bench_profile_ops_splits_the_graph_time_by_operator(serving_onnx, tmp_p
     assert all(o["ms_per_call"] >= 0 and o["nodes"] >= 1 for o in prof["ops"])
     write_report(report, tmp_path)
     assert "| Conv |" in (tmp_path / "report.md").read_text()
+
+
+def test_load_warning_names_the_load_and_what_to_do():
+    import os
+
+    from gee_deploy.serving.bench import load_warning
+
+    cpus = os.cpu_count() or 1
+    assert load_warning(0.2, None) is None
+    assert load_warning(cpus - 1, 1) is None or cpus == 1  # a single thread finds a free core
+    busy = load_warning(cpus + 0.5, None)
+    assert busy.startswith(f"warning: load average {cpus + 0.5:.1f} on {cpus} CPUs") and "consider --threads 1" in busy
+    assert "a single thread still shares its core" in load_warning(cpus + 0.5, 1)

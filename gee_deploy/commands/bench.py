@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-
 import click
 
 from .options import check_out_dir
@@ -49,11 +47,6 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
 
     check_out_dir(out)  # fail before minutes of timing, not after
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if not quiet and load >= 0.5 and (threads != 1 or load > cpus - 1):  # runtimes would wait for busy cores
-        advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
-        click.echo(f"warning: load average {load:.1f} on {cpus} CPUs before the run: latencies and the ratios between "
-                   f"runtimes may mislead ({advice}); report.md records the load", err=True)
     report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)

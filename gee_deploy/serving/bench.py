@@ -164,9 +164,13 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         profile: add each onnxruntime runtime's per-op time split at the largest batch size (:func:`profile_ops`).
     """
     say = progress or (lambda msg: None)
+    machine = _machine(threads)  # before the first runtime loads: the load of the other processes
     opened = open_runtimes(models, runtimes, threads)
     name = _dataset(opened, dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
+    warning = load_warning(machine["load_average"], threads)
+    if warning:
+        say(warning)
     ref = next((r for r in opened if r.name == "torch"), None)
     evaluations = {}
     rows, latency = [], []
@@ -192,7 +196,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)
         lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
     return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].spec.timesteps,
-            "batch_sizes": list(batch_sizes), "machine": _machine(threads), "runtimes": rows, "latency": latency}
+            "batch_sizes": list(batch_sizes), "machine": machine, "runtimes": rows, "latency": latency}
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
@@ -200,6 +204,21 @@ def _labels(runtimes: list[Runtime]) -> list[str]:
     names = [r.name for r in runtimes]
     labels = [f"{r.name}:{r.path.stem}" if names.count(r.name) > 1 else r.name for r in runtimes]
     return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
+def load_warning(load: float, threads: int | None) -> str | None:
+    """The warning for a run that starts while other processes hold the CPUs, or None.
+
+    Args:
+        load: the 1-minute load average when the run started.
+        threads: the intra-op threads every runtime gets (None: each runtime's own, usually all cores).
+    """
+    cpus = os.cpu_count() or 1
+    if load < 0.5 or (threads == 1 and load <= cpus - 1):  # a single thread still finds a free core
+        return None
+    advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
+    return (f"warning: load average {load:.1f} on {cpus} CPUs before the run: latencies and the ratios between "
+            f"runtimes may mislead ({advice}); report.md records the load")
 
 
 def _machine(threads: int | None) -> dict:
