@@ -344,6 +344,15 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def test_cli_says_when_samples_exceed_the_test_split(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code, stdout, err = run_cli(["export", str(tiny_checkpoint), "--out", str(out), "--samples", "100000"], capsys)
+    assert code == 0, err
+    held = int(stdout.split("validated on ")[1].split()[0])
+    assert held < 100000
+    assert f"note: --samples 100000: the synthetic test split holds {held} images; validated on all" in stdout
+
+
 def test_cli_exports_the_checkpoint_with_its_metadata(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     code, stdout, err = run_cli(["export", str(tiny_checkpoint), "--out", str(out), "--samples", "32"], capsys)

@@ -46,6 +46,7 @@ class ExportReport:
     streaming_validation: dict = field(default_factory=dict)
     tensorrt_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"wrote {self.out} ({self.format}, variant {self.variant}"
@@ -65,6 +66,7 @@ class ExportReport:
                          f"spike counts diff {s['max_spike_count_diff']:.3g}")
         for p in self.tensorrt_problems:
             lines.append(f"  TensorRT compatibility: {p}")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -272,9 +274,12 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
     if not dataset:
         raise ExportError(f"{checkpoint} names no dataset; cannot validate the export")
     images, labels = validation_data(dataset, cfg.samples, data_dir)
-    return export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
-                         labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
-                         profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+    report = export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
+                           labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
+                           profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+    if samples is not None and len(images) < samples:
+        report.notes.append(f"--samples {samples}: the {dataset} test split holds {len(images)} images; validated on all")
+    return report
 
 
 def report_json(report: ExportReport) -> str:
