@@ -57,6 +57,14 @@ class DistContext:
     def main(self) -> bool:
         return self.rank == 0
 
+    def close(self) -> None:
+        """Wait for every rank, then shut the process group down, as torch.distributed's docs ask before exit
+        (left up, gloo's threads race the interpreter's exit: a rank aborted once in CI with "terminate called
+        without an active exception")."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def all_reduce_sum(self, *values: float) -> list[float]:
         totals = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world > 1:
@@ -335,6 +343,5 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
             _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
     if ckpt is not None and not metrics:
         metrics = ckpt.get("metrics", {})
-    if dist.world > 1:
-        torch.distributed.barrier()
+    dist.close()
     return metrics
