@@ -201,11 +201,10 @@ def _data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
 
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, augment: bool = False,
-               limit: int | None = None, crop_padding: int | None = None) -> Dataset:
+               limit: int | None = None, crop_padding: int = -1) -> Dataset:
     """The ``split`` ('train' or 'test') of dataset ``name``; ``limit`` keeps the first N samples.
 
-    ``augment`` draws a random crop (zero padding ``crop_padding``, None or -1 = the dataset's own, 0 = no
-    crop) and a horizontal flip per image and epoch.
+    ``augment`` draws a random crop (zero padding ``crop_padding``, -1 = the dataset's own, 0 = no crop) and a horizontal flip per image and epoch.
     """
     info = dataset_info(name)
     if split not in ("train", "test"):
@@ -228,11 +227,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return InMemoryImages(torch.from_numpy(np.array(images, order="C")), torch.from_numpy(labels.astype(np.int64)),
-                          _padding(info, crop_padding) if augment else 0, info.flip and augment)
-
-
-def _padding(info: DatasetInfo, crop_padding: int | None) -> int:
-    return info.crop_padding if crop_padding is None or crop_padding < 0 else crop_padding
+                          (info.crop_padding if crop_padding < 0 else crop_padding) if augment else 0,
+                          info.flip and augment)
 
 
 def load_test_arrays(name: str, data_dir: str | os.PathLike | None = None,

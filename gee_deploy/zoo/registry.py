@@ -43,10 +43,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     args = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     if "genes" in kwargs and not kwargs["genes"]:
         args["genes"] = None  # genes=None (or 0 from a recipe / CLI) asks for the dense twin
-    if isinstance(args.get("mean"), list):
-        args["mean"] = tuple(args["mean"])
-    if isinstance(args.get("std"), list):
-        args["std"] = tuple(args["std"])
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}  # TOML / JSON arrays: mean, widths
     model = _MODELS[name](**args)
     model.model_name = name
     model.model_args = args

@@ -45,7 +45,6 @@ def smallnet(*, genes: int | None = 32, timesteps: int = 4, num_classes: int = 1
     Raises:
         ValueError: ``widths`` is not three integers >= 1, or ``hidden`` is not an integer >= 1.
     """
-    widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
     if not (isinstance(widths, tuple) and len(widths) == 3 and all(_positive_int(w) for w in widths)):
         raise ValueError(f"widths must be three integers >= 1 (conv channels), got {widths!r}")
     if not _positive_int(hidden):
