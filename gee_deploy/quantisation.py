@@ -119,12 +119,13 @@ def quantisation_record(model: nn.Module) -> dict | None:
 @torch.no_grad()
 def int8_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(q int8, s float32 [Cout]) of the weight ``module``'s forward runs with: the fused kernel of a ConvPool,
-    the generated W of a genetic layer, the plain weight otherwise; from the unquantised float32 weight, so the
-    codes equal those the fake-quantised forward used."""
+    the generated W of a genetic layer (generated in float64, rounded to float32 once: ``exact_weight``, the
+    weight the exporter computes too), the plain weight otherwise; the codes equal those the fake-quantised
+    forward uses."""
     if isinstance(module, ConvPool):
-        w = module.fused_weight()
+        w = module.quantisation_source()
     elif isinstance(module, (GeneticConv2d, GeneticLinear)):
-        w = module.unquantised_weight
+        w = module.exact_weight()
     else:
         w = module.weight
     return quantise_weight(w.float())

@@ -118,6 +118,10 @@ class ModelSpec:
         streaming: one timestep per call, membranes as extra inputs/outputs.
         model_name, model_args, dataset: what the checkpoint says it is.
         checkpoint_sha256: sha256 of the checkpoint file it came from ("" when unknown).
+        storage: what the file holds: "folded" (the weights as initializers; every file written before this
+            field existed) or "genetic" (the genetic parameters, E once per population, G once, the scales
+            and BatchNorm parameters, and an initializer-only subgraph that computes the weights from them;
+            docs/export.md, "Storage").
     """
 
     timesteps: int
@@ -132,6 +136,7 @@ class ModelSpec:
     model_args: dict = field(default_factory=dict)
     dataset: str = ""
     checkpoint_sha256: str = ""
+    storage: str = "folded"
 
     input_name = INPUT_NAME
     input_dtype = "float32"
@@ -185,6 +190,8 @@ class ModelSpec:
             "neurons_per_layer": list(self.neurons_per_layer),
             "layers": [l.as_dict() for l in self.layers],
         }
+        if self.storage != "folded":  # folded files keep the metadata they had before storage was a choice
+            meta["storage"] = self.storage
         if self.streaming:
             meta["state_inputs"], meta["state_outputs"] = self.state_inputs, self.state_outputs
         return {_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
@@ -217,7 +224,8 @@ class ModelSpec:
                 model_name=get("model_name"),
                 model_args=js("model_args", "{}") or {},
                 dataset=get("dataset"),
-                checkpoint_sha256=get("checkpoint_sha256"))
+                checkpoint_sha256=get("checkpoint_sha256"),
+                storage=get("storage", "folded"))
         except (ValueError, TypeError, AttributeError) as e:
             raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
 

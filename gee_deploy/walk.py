@@ -238,7 +238,7 @@ class ModelWalk:
         return Value(y, sample, False, name)
 
     def spec(self, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = "",
-             variant: str | None = None) -> ModelSpec:
+             variant: str | None = None, storage: str = "folded") -> ModelSpec:
         """The :class:`ModelSpec` of what :meth:`walk` found (call it after the walk)."""
         model = self.model
         return ModelSpec(
@@ -248,7 +248,7 @@ class ModelWalk:
             layers=tuple(self.layers), variant=variant or self.variant, streaming=self.streaming,
             model_name=getattr(model, "model_name", type(model).__name__),
             model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
-            dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+            dataset=dataset, checkpoint_sha256=checkpoint_sha256, storage=storage)
 
     # -- hooks: what a writer emits (the base walk emits nothing) --------------------------------------------
 

@@ -96,7 +96,7 @@ def test_dense_and_factorised_forms_equal_the_genetic_conv_and_bn(c_in, c_out, k
                              bn.running_mean.double(), bn.running_var.double(), bn.weight.double(),
                              bn.bias.double(), False, 0.0, bn.eps).numpy()
     f = fold_layer(conv, bn)
-    folded = F.conv2d(x.double(), torch.from_numpy(f.weight), torch.from_numpy(f.bias), stride, padding).numpy()
+    folded = F.conv2d(x.double(), torch.from_numpy(f.weight.value), torch.from_numpy(f.bias.value), stride, padding).numpy()
     assert np.abs(folded - ref64).max() < 1e-10  # the float64 fold is exact
     cost = factorised_cost(f, tuple(x.shape[1:]), tuple(ref.shape[1:]))
     assert cost.form == ("shift-first" if stride > 1 or padding < k // 2 else "pointwise-first")
@@ -154,7 +154,7 @@ def test_factorised_macs_match_the_design_formula():
     assert factorised_cost(fl, (10,), (6,)).macs == 4 * (10 + 6)
     with torch.no_grad():
         x = torch.randn(2, 10)
-        assert np.allclose(x.double().numpy() @ fl.weight.T + fl.bias, lin(x).numpy(), atol=1e-5)
+        assert np.allclose(x.double().numpy() @ fl.weight.value.T + fl.bias.value, lin(x).numpy(), atol=1e-5)
 
 
 # ---- every architecture, both twins ----------------------------------------------------------------------

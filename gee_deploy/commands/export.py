@@ -13,6 +13,11 @@ import click
                    "every layer reading spikes as uint8 spikes x int8 per-channel weights (stem stays float32).")
 @click.option("--allow-int8", is_flag=True,
               help="With --variant auto: spike-reading layers of at least 16,384 MACs per call get int8 weights.")
+@click.option("--storage", type=click.Choice(["genetic", "folded"]), default=None,
+              help="What the file holds. genetic (default for a genetic checkpoint's onnx/triton export): E once per "
+                   "population, G, the scales and BatchNorm parameters, and a constant subgraph that computes the "
+                   "weights when a session loads the file (same weights, bit for bit, at folded speed); folded: the "
+                   "computed weights (the only choice for a dense twin, tensorrt and nir).")
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|triton|tensorrt|nir",
               help="What to write. nir: the folded dense network as a NIR graph, validated by an independent "
                    "NIR executor (see docs/export.md).")
@@ -31,7 +36,7 @@ import click
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, samples, data_dir, profile,
+def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming, atol, samples, data_dir, profile,
            max_batch_size, fp16, as_json):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
@@ -49,7 +54,7 @@ def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, sa
     try:
         report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
                               atol=atol, samples=samples, data_dir=data_dir, profile=profile,
-                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8, storage=storage)
     except ExportValidationError as e:
         if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
             click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures],

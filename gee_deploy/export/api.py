@@ -15,6 +15,7 @@ from torch import nn
 from ..checkpoint import file_sha256, load_model
 from ..data import dataset_info, load_test_arrays
 from ..errors import GeeError
+from ..genetic import GeneticConv2d, GeneticLinear
 from ..io import atomic_path
 from ..quantisation import quantised_layers
 from ..spec import ModelSpec
@@ -25,6 +26,7 @@ from .errors import ExportError, ExportValidationError, UnknownOptionError
 from .nir import write_nir
 from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
+from .weights import STORAGES
 from .writer import write_graph
 
 __all__ = ["ExportReport", "export_model", "export_loaded", "build_onnx", "validation_data"]
@@ -39,6 +41,8 @@ class ExportReport:
     variant: str
     opset: int
     streaming: bool
+    storage: str = "folded"
+    bytes: int = 0  # size of the written file (a Triton repository: its model.onnx); 0 when not written
     layers: list[dict] = field(default_factory=list)
     macs_per_sample: int = 0  # sum over layers of macs x calls: one inference of one sample
     dense_macs_per_sample: int = 0  # the same network with every layer dense
@@ -49,8 +53,9 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}"
-                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''})"]
+        size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, {self.storage} storage"
+                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"]
         lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
                   f"MACs {l['macs']:>13,} x{l['calls']}"
                   for l in self.layers]
@@ -104,10 +109,42 @@ def _variant(variant: str, allow_int8: bool) -> Variant:
     return v
 
 
+def is_genetic(model: nn.Module) -> bool:
+    """Whether ``model`` has genetic layers (a dense twin has none)."""
+    return any(isinstance(m, (GeneticConv2d, GeneticLinear)) for m in model.modules())
+
+
+def resolve_storage(model: nn.Module, storage: str | None, fmt: str = "onnx") -> str:
+    """The storage an export uses: ``storage``, or by default ``genetic`` for a genetic model in an ONNX file
+    or Triton repository and ``folded`` otherwise.
+
+    Raises:
+        UnknownOptionError: an unknown storage; ``genetic`` for a dense twin, a TensorRT plan or a NIR file.
+    """
+    if storage is None:
+        return "genetic" if is_genetic(model) and fmt in ("onnx", "triton") else "folded"
+    lookup({s: s for s in STORAGES}, storage, "storage")
+    if storage == "genetic":
+        if fmt == "tensorrt":
+            raise UnknownOptionError("--storage genetic does not apply to --format tensorrt: a plan holds TensorRT's "
+                                     "own engine, built from the folded weights (leave --storage out)")
+        if fmt == "nir":
+            raise UnknownOptionError("--storage genetic does not apply to --format nir: NIR has no constant "
+                                     "computation, so a NIR file holds the folded weights (leave --storage out)")
+        if not is_genetic(model):
+            raise UnknownOptionError("--storage genetic needs a genetic model; this is a dense twin (genes = 0), "
+                                     "whose only storage is folded")
+    return storage
+
+
 def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
                checkpoint_sha256: str = "", profile: bool = False,
-               choices: dict[str, str] | None = None, allow_int8: bool = False) -> tuple[onnx.ModelProto, ModelSpec]:
+               choices: dict[str, str] | None = None, allow_int8: bool = False,
+               storage: str | None = "folded") -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
+
+    ``storage``: "folded" (the weights as initializers), "genetic" (the genetic parameters and the subgraph
+    computing the weights from them; :mod:`gee_deploy.export.weights`) or None (genetic for a genetic model).
 
     ``choices``: the form ("dense" / "factorised") of every genetic layer by name, as an earlier build chose
     them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
@@ -125,7 +162,7 @@ def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = Non
     dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
     proto, spec = write_graph(model.eval(), choose, opset, variant=variant, class_names=_class_names(model),
                               dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming,
-                              int8=make_int8_chooser(v))
+                              int8=make_int8_chooser(v), storage=resolve_storage(model, storage))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -145,15 +182,16 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
                   opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
                   labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
-                  fp16: bool = False, allow_int8: bool = False) -> ExportReport:
+                  fp16: bool = False, allow_int8: bool = False, storage: str | None = None) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
 
     ``validation`` None: the default sample count with the variant's thresholds
-    (:func:`~gee_deploy.export.configs.validation_thresholds`).
+    (:func:`~gee_deploy.export.configs.validation_thresholds`). ``storage``: see :func:`resolve_storage`.
     """
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
+    storage = resolve_storage(model, storage, output_format.name)
     cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != "never",
                                                                           bool(quantised_layers(model))))
     if images is None or len(images) == 0:
@@ -165,13 +203,17 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
         raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
                           f"MatMulInteger; {why}): export --variant dense or auto without --allow-int8")
     if output_format.name == "nir":
-        return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
+        report = _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
+        if is_genetic(model):
+            report.notes.append("NIR has no constant computation: the file holds the folded weights")
+        return report
     if output_format.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
-    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8)
-    report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming,
+    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8,
+                                storage=storage)
+    report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming, storage,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
@@ -189,13 +231,15 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in spec.layers}
         final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen,
-                                 allow_int8=allow_int8)
+                                 allow_int8=allow_int8, storage=storage)
         sv = validate_streaming(final.SerializeToString(), data, images, model.timesteps, spec.state_inputs, cfg)
         report.streaming_validation = _report_dict(sv)
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
     _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
+    written = Path(report.out) / "1" / "model.onnx" if output_format.out_is_dir else Path(report.out)
+    report.bytes = written.stat().st_size if written.is_file() else 0
     report.seconds = time.perf_counter() - start
     return report
 
@@ -211,12 +255,13 @@ def _export_nir(model: nn.Module, out: Path, variant: str, opset: int | None, st
     dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
     graph, spec = write_nir(model.eval(), class_names=_class_names(model), dataset=dataset,
                             checkpoint_sha256=checkpoint_sha256)
-    report = ExportReport(str(out), "nir", "dense", 0, False, layers=[l.as_dict() for l in spec.layers],
+    report = ExportReport(str(out), "nir", "dense", 0, False, "folded", layers=[l.as_dict() for l in spec.layers],
                           macs_per_sample=spec.macs_per_sample, dense_macs_per_sample=spec.dense_macs_per_sample)
     with atomic_path(out) as tmp:
         nir.write(tmp, graph)
         val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
     report.validation = _report_dict(val)
+    report.bytes = out.stat().st_size
     report.seconds = time.perf_counter() - start
     return report
 
@@ -241,7 +286,8 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "dense", fmt: str = "onnx",
                  opset: int | None = None, streaming: bool = False, atol: float | None = None,
                  samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
-                 max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False) -> ExportReport:
+                 max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
+                 storage: str | None = None) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
 
     Args:
@@ -259,6 +305,9 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
         max_batch_size: Triton's max_batch_size / TensorRT profile max.
         fp16: TensorRT only: build an FP16 plan.
         allow_int8: with ``auto``: spike-reading layers may be int8 (those of at least INT8_MIN_MACS per call).
+        storage: "genetic" (E, G, scales and BatchNorm parameters, the weights computed in the graph when a
+            session loads it), "folded" (the weights), or None: genetic for a genetic checkpoint's ONNX file or
+            Triton repository, folded otherwise (:func:`resolve_storage`).
 
     Validation limits: :func:`~gee_deploy.export.configs.validation_thresholds` (fp32's, or the post-training
     int8 ones when int8 layers meet a checkpoint not fine-tuned for them), ``atol`` overriding theirs.
@@ -267,6 +316,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
     v = _variant(variant, allow_int8)
     _opset(opset)
     model = load_model(checkpoint)
+    resolve_storage(model, storage, fmt)
     thresholds = validation_thresholds(v.int8 != "never", bool(quantised_layers(model)))
     cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))
     cfg = cfg if samples is None else replace(cfg, samples=samples)
@@ -276,7 +326,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
     images, labels = validation_data(dataset, cfg.samples, data_dir)
     report = export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
                            labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
-                           profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+                           profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8,
+                           storage=storage)
     if samples is not None and len(images) < samples:
         report.notes.append(f"--samples {samples}: the {dataset} test split holds {len(images)} images; validated on all")
     return report

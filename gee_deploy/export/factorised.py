@@ -33,6 +33,7 @@ import numpy as np
 
 from .folding import FoldedLayer
 from .graph import GraphBuilder
+from .weights import WeightOps
 
 __all__ = ["FactorisedCost", "factorised_cost", "emit_factorised", "MOVE_COST"]
 
@@ -79,15 +80,25 @@ def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tu
     return FactorisedCost("pointwise-first", pointwise_first + mixing, pointwise_first, moved)
 
 
-def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str) -> str:
-    """Channel block p of ``u`` (g channels each) moved by tap p's offset: a one-hot depthwise k x k conv."""
+def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str, ops: WeightOps) -> str:
+    """Channel block p of ``u`` (g channels each) moved by tap p's offset: a one-hot depthwise k x k conv.
+
+    The kernel [k^2 g, 1, k, k] is the k^2 x k^2 identity, each row repeated g times: stored as the identity
+    and expanded in the graph's initializer-only subgraph when the weights are computed in the graph.
+    """
     k, genes = layer.kernel_size, layer.genes
     if k == 1 and layer.stride == 1 and layer.padding == 0:
         return u  # a 1x1 stride-1 conv has nothing to shift
-    one_hot = np.zeros((k * k * genes, 1, k, k), np.float32)
-    for p in range(k * k):
-        one_hot[p * genes:(p + 1) * genes, 0, p // k, p % k] = 1.0  # row-major taps, as W[o, i, p]
-    return graph.op("Conv", [u, graph.const(one_hot, f"{hint}.shift")], f"{hint}.shifted", group=k * k * genes,
+    eye = np.eye(k * k, dtype=np.float32)[:, None, :]  # [p, 1, p']: row-major taps, as W[o, i, p]
+    one_hot = np.broadcast_to(eye, (k * k, genes, k * k)).reshape(k * k * genes, 1, k, k)
+    if ops.graph is None:
+        kernel = graph.const(one_hot, f"{hint}.shift")
+    else:
+        rows = graph.op("Expand", [graph.const(eye, f"shift_eye{k}"), graph.const([k * k, genes, k * k],
+                                                                                   "shift_rows", np.int64)],
+                        f"{hint}.shift_rows")
+        kernel = graph.op("Reshape", [rows, graph.const(one_hot.shape, "shift_shape", np.int64)], f"{hint}.shift")
+    return graph.op("Conv", [u, kernel], f"{hint}.shifted", group=k * k * genes,
                 kernel_shape=[k, k], pads=[layer.padding] * 4, strides=[layer.stride] * 2)
 
 
@@ -108,26 +119,34 @@ def _shifted_copies(graph: GraphBuilder, x: str, layer: FoldedLayer, out_shape, 
 
 
 def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: FactorisedCost, out_shape: tuple[int, ...],
-                    hint: str) -> str:
-    """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name."""
+                    hint: str, ops: WeightOps | None = None) -> str:
+    """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name.
+
+    ``ops``: the weight arithmetic of the graph (:mod:`gee_deploy.export.weights`); default: plain initializers.
+    """
+    ops = ops or WeightOps()
     if layer.pooled:
         if cost.form != "pointwise-first":
             raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
-        y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv")
+        y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv", ops)
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
-    genes, taps = layer.genes, layer.kernel_size ** 2
+    genes, taps, c_in, c_out = layer.genes, layer.kernel_size ** 2, layer.c_in, layer.c_out
     # E_in as a 1x1 conv / grouped 1x1 conv weight: row p*g + a holds E_in[:, p, a]
-    project = layer.e_in.transpose(1, 2, 0).reshape(taps * genes, layer.c_in)
-    mix = layer.mix.transpose(2, 0, 1).reshape(layer.c_out, taps * genes)  # [Cout, p*g + a]
-    bias = graph.const(layer.bias, f"{hint}.bias")
+    project = ops.reshape(layer.project, (taps * genes, c_in) if cost.form == "linear" else
+                          (taps * genes, c_in, 1, 1), f"{hint}.project_rows")
+    mix = ops.reshape(ops.transpose(layer.mix, (1, 0, 2), f"{hint}.mix_rows"),  # [Cout, p*g + a]
+                      (c_out, taps * genes) if cost.form == "linear" else (c_out, taps * genes, 1, 1),
+                      f"{hint}.mix_rows")
+    project, mix = ops.output(graph, project, f"{hint}.e_in"), ops.output(graph, mix, f"{hint}.mix")
+    bias = ops.output(graph, layer.bias, f"{hint}.bias")
     if cost.form == "linear":
-        u = graph.op("Gemm", [x, graph.const(project, f"{hint}.e_in")], f"{hint}.project", transB=1)
-        return graph.op("Gemm", [u, graph.const(mix, f"{hint}.mix"), bias], hint, transB=1)
+        u = graph.op("Gemm", [x, project], f"{hint}.project", transB=1)
+        return graph.op("Gemm", [u, mix, bias], hint, transB=1)
     if cost.form == "pointwise-first":
-        u = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project")
-        z = _one_hot_shift(graph, u, layer, hint)
+        u = graph.op("Conv", [x, project], f"{hint}.project")
+        z = _one_hot_shift(graph, u, layer, hint, ops)
     else:
         parts = _shifted_copies(graph, x, layer, out_shape, hint)
         x = graph.op("Concat", parts, f"{hint}.taps", axis=1) if len(parts) > 1 else parts[0]
-        z = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project", group=taps)
-    return graph.op("Conv", [z, graph.const(mix[:, :, None, None], f"{hint}.mix"), bias], hint)
+        z = graph.op("Conv", [x, project], f"{hint}.project", group=taps)
+    return graph.op("Conv", [z, mix, bias], hint)
