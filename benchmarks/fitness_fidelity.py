@@ -1,4 +1,4 @@
-"""Fitness fidelity: does a fitness mode rank genotypes the way real training does? (issue 10, DESIGN section 12)
+"""Fitness fidelity: does a fitness mode rank genotypes the way real training does? (docs/design.md, "Fitness scaling")
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fitness_fidelity.py [--recipe models/ablation_fmnist.toml]
         [--genotypes 16] [--sigma 0.5] [--eval-steps 8 32] [--train-limit N] [--test-limit N] [--epochs N]

@@ -7,10 +7,10 @@ layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l
 fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. In a factorised layer
 only the first op reads spikes; the ops after it work on analog values and count as MACs.
 
-Int8 layers (``LayerSpec.precision == "int8"``, DESIGN section 11) use the 8-bit constants of the same table
-(Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm): 8-bit add 0.03 pJ per SOP, 8-bit multiply +
-add 0.2 + 0.03 = 0.23 pJ per MAC. (The graph accumulates in int32, whose add the same table prices at 0.1 pJ:
-0.03 is the 8-bit figure the issue asks for; :data:`CONSTANTS` names what a report used.)
+Int8 layers (``LayerSpec.precision == "int8"``; docs/design.md, "Int8 layers") use the 8-bit constants of the
+same table (Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm): 8-bit add 0.03 pJ per SOP, 8-bit
+multiply + add 0.2 + 0.03 = 0.23 pJ per MAC. (The graph accumulates in int32, whose add the same table prices
+at 0.1 pJ: we price the 8-bit add of the operands' width; :data:`CONSTANTS` names what a report used.)
 
 The layer table is a :class:`~gee_deploy.spec.ModelSpec`'s ``layers``: an exported graph's (its metadata) or,
 for the PyTorch reference, :func:`gee_deploy.walk.describe`'s. ``tests/test_serving.py`` checks both terms

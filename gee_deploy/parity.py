@@ -48,13 +48,13 @@ class Thresholds:
     min_speedup: float = 2.0
 
 
-# Validation of a post-training int8 export (the fp32 checkpoint's weights rounded to int8 per channel), against
-# the fp32 model: the weights differ by design, so logits never match within 1e-4 and a membrane near the
-# threshold may cross it. The int8 limits are accuracy within 0.3 points and total spikes within 0.5%;
-# its top-1 agreement target (98%) is reported, and gated here at 95% only: rounding alone moved 2.2% of the
-# demo checkpoint's 1,000 test images (accuracy unchanged, spikes 0.03%), while a wrong int8 layer (codes, tap
-# order, scale) drops agreement to near chance. An int8 export of an int8 fine-tuned checkpoint
-# (`gee-deploy quantize`) computes what its model computes, so it keeps the fp32 limits.
+# Validation of a post-training int8 export (the fp32 checkpoint's weights rounded to int8 per channel), against the
+# fp32 model: the weights differ by design, so logits never match within 1e-4 and a membrane near the threshold may
+# cross it. Its limits (docs/design.md, "Parity") are accuracy within 0.3 points and total spikes within 0.5%; our
+# top-1 agreement target (98%) is reported, and gated here at 95% only: rounding alone moved 2.2% of the demo
+# checkpoint's 1,000 test images (accuracy unchanged, spikes 0.03%), while a wrong int8 layer (codes, tap order,
+# scale) drops agreement to near chance. An int8 export of an int8 fine-tuned checkpoint (`gee-deploy quantize`)
+# computes what its model computes, so it keeps the fp32 limits.
 INT8_PTQ_THRESHOLDS = Thresholds(atol=1e-4, min_match=0.0, min_top1_agreement=0.95, max_spike_delta=5e-3,
                                  max_accuracy_delta=3e-3)
 

@@ -1,4 +1,6 @@
-"""Int8 weights for the layers that read spikes: symmetric per-output-channel quantisation (DESIGN section 11).
+"""Int8 weights for the layers that read spikes: symmetric per-output-channel quantisation.
+
+Why int8 this way: docs/design.md, "Int8 layers".
 
 After the stem every conv / linear layer reads spikes, exactly 0 or 1, so as uint8 they are exact and only the
 weights lose precision. One function, :func:`quantise_weight`, defines the int8 codes and scales; the
@@ -22,7 +24,8 @@ checkpoint's keys and fingerprint).
 
 A quantised checkpoint stores ``"quantisation": {"scheme": SCHEME, "layers": [names]}``;
 :func:`gee_deploy.checkpoint.build_model` re-attaches the quantisers, so the checkpoint rebuilds its model
-alone (STYLE 5). Layer names follow :class:`~gee_deploy.spec.LayerSpec` (a ConvPool is named by its conv).
+alone (docs/design.md, "Checkpoints"). Layer names follow :class:`~gee_deploy.spec.LayerSpec` (a ConvPool is
+named by its conv).
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class LayerSpec:
         factorised_macs: MACs per call of the factorised form (None for non-genetic layers).
         precision: "fp32", or "int8": the layer reads its spikes as uint8 0/1 (exact), multiplies them by int8
             weights, symmetric per output channel, accumulates in int32, and its output is
-            float32(acc) * weight_scales[o] + bias[o] (:mod:`gee_deploy.quantisation`; DESIGN section 11).
+            float32(acc) * weight_scales[o] + bias[o] (:mod:`gee_deploy.quantisation`; docs/design.md, "Int8 layers").
         weight_scales: int8 layers only: the float32 scale of each output channel as the graph applies it
             (the weight's per-channel scale times the folded BatchNorm's), [Cout]; None for fp32 layers.
     """

@@ -8,7 +8,7 @@ active inputs is exact, so the layer computes
 .. math:: y_o = \\mathrm{float32}(\\textstyle\\sum_j q_{o,j} s_j) \\cdot (s_o \\gamma_o / \\sqrt{\\sigma_o^2 + \\epsilon}) + b_o
 
 with the BatchNorm folded into the per-channel scale (the codes do not change, see :mod:`gee_deploy.quantisation`)
-and the shift into the bias: the membrane input and the LIF stay float32 (DESIGN section 11).
+and the shift into the bias: the membrane input and the LIF stay float32 (docs/design.md, "Int8 layers").
 
 Ops (standard ONNX only, chosen by ``benchmarks/int8_conv.py`` on onnxruntime 1.32 CPU): MatMulInteger with
 uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger runs, was 2-7x

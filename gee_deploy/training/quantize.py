@@ -1,6 +1,6 @@
 """Quantisation-aware fine-tune: a short run that makes every spike-reading layer's weight int8 per channel.
 
-``gee-deploy quantize CHECKPOINT --out Q.pt`` (issue 9, DESIGN section 11). Sections in the order they run:
+``gee-deploy quantize CHECKPOINT --out Q.pt`` (docs/design.md, "Int8 layers"). Sections in the order they run:
 
 1. load the fp32 checkpoint and its recipe; find the layers that read spikes (every weight layer after the
    stem, by data flow: :func:`gee_deploy.quantisation.spike_reading_layers`); the stem and layers reading
