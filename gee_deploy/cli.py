@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
 def cli() -> None:
     """Genetically encoded spiking neural networks: evolve, train, export, benchmark, serve.
 
-    Typical flow: gee-deploy train models/demo.toml --out runs/demo; gee-deploy export
+    Typical flow: gee-deploy train gee_deploy/recipes/demo.toml --out runs/demo; gee-deploy export
     runs/demo/best.pt --out runs/demo/model.onnx; gee-deploy bench runs/demo/best.pt
     runs/demo/model.onnx --out runs/demo/bench.
     """

@@ -8,10 +8,10 @@ import pytest
 from gee_deploy.errors import ConfigError
 from gee_deploy.recipe import load_recipe, parse_override
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+RECIPES = Path(__file__).resolve().parent.parent / "gee_deploy" / "recipes"
 
 
-@pytest.mark.parametrize("path", sorted(MODELS.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_parses(path):
     recipe = load_recipe(path)
     assert recipe.model.name and recipe.train.epochs >= 1
@@ -21,7 +21,7 @@ def test_overrides_parse_toml_literals():
     assert parse_override("train.lr=1e-3") == ("train", "lr", 1e-3)
     assert parse_override("evolution.enabled=true") == ("evolution", "enabled", True)
     assert parse_override("data.name=cifar10") == ("data", "name", "cifar10")
-    recipe = load_recipe(MODELS / "demo.toml", ["train.epochs=7", "train.lr=1", "model.genes=0"])
+    recipe = load_recipe(RECIPES / "demo.toml", ["train.epochs=7", "train.lr=1", "model.genes=0"])
     assert recipe.train.epochs == 7 and recipe.train.lr == 1.0 and recipe.model_kwargs()["genes"] is None
 
 
@@ -70,7 +70,7 @@ def test_every_numeric_key_has_a_declared_range_and_the_defaults_lie_inside():
 
     assert set(_numeric_keys()) <= set(ALLOWED)
     check_recipe(Recipe())
-    for path in sorted(MODELS.glob("*.toml")):
+    for path in sorted(RECIPES.glob("*.toml")):
         load_recipe(path)  # the shipped recipes pass their own checks
 
 
@@ -130,7 +130,7 @@ def test_cli_refuses_a_bad_recipe_in_one_line_and_writes_nothing(tmp_path, capsy
     from gee_deploy.cli import main
 
     out = tmp_path / "run"
-    args = ["train", str(MODELS / "demo.toml"), "--out", str(out), "--quiet"]
+    args = ["train", str(RECIPES / "demo.toml"), "--out", str(out), "--quiet"]
     for setting in settings:
         args += ["--set", setting]
     with pytest.raises(SystemExit) as exc:
