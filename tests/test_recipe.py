@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gee_deploy.errors import ConfigError
-from gee_deploy.recipe import load_recipe, parse_override
+from gee_deploy.recipe import load_recipe, parse_override, read_recipe_file, resolve_recipe, shipped_recipes
 
 RECIPES = Path(__file__).resolve().parent.parent / "gee_deploy" / "recipes"
 
@@ -15,6 +15,35 @@ RECIPES = Path(__file__).resolve().parent.parent / "gee_deploy" / "recipes"
 def test_every_shipped_recipe_parses(path):
     recipe = load_recipe(path)
     assert recipe.model.name and recipe.train.epochs >= 1
+
+
+def test_every_shipped_recipe_has_a_one_line_description():
+    assert set(shipped_recipes()) == {p.stem for p in RECIPES.glob("*.toml")} and "demo" in shipped_recipes()
+    for name in shipped_recipes():
+        description = read_recipe_file(name)[1]
+        assert description.strip() and "\n" not in description and len(description) <= 110, name
+
+
+def test_a_shipped_recipe_is_named_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    assert load_recipe("demo", ["train.epochs=2"]) == load_recipe(RECIPES / "demo.toml", ["train.epochs=2"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("[train]\nepochs = 3\n")
+    assert resolve_recipe("demo") == Path("demo") and load_recipe("demo").train.epochs == 3
+    for missing in ("nope", "demo.toml", "sub/demo", str(tmp_path / "missing.toml")):
+        with pytest.raises(ConfigError, match=rf"^recipe {missing} not found: neither a file nor a shipped recipe "
+                                              rf"\(ablation_fmnist, .*demo, .*see gee-deploy recipes\)$"):
+            load_recipe(missing)
+
+
+def test_the_description_is_read_beside_the_recipe_not_into_it(tmp_path):
+    described, plain = tmp_path / "a.toml", tmp_path / "b.toml"
+    described.write_text('description = "what it is for"\n[train]\nepochs = 2\n')
+    plain.write_text("[train]\nepochs = 2\n")
+    assert read_recipe_file(described) == ({"train": {"epochs": 2}}, "what it is for")
+    assert read_recipe_file(plain)[1] == "" and load_recipe(described) == load_recipe(plain)
+    described.write_text("description = 3\n")
+    with pytest.raises(ConfigError, match="description must be a string, got 3"):
+        load_recipe(described)
 
 
 def test_overrides_parse_toml_literals():
@@ -139,3 +168,27 @@ def test_cli_refuses_a_bad_recipe_in_one_line_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(words) and len(err.splitlines()) == 1, err
     assert not out.exists()  # no run directory left behind
+
+
+def test_recipes_command_lists_each_shipped_recipe_and_prints_one_to_copy(tmp_path, capsys):
+    from gee_deploy.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    code, out, _ = run(["recipes"])
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["recipe", "model", "dataset"]
+    assert len(lines) == 1 + len(shipped_recipes())
+    demo = next(line for line in lines if line.startswith("demo "))
+    assert demo.split()[1:4] == ["smallnet", "g=32", "fashion-mnist-mini"] and read_recipe_file("demo")[1] in demo
+    code, out, _ = run(["recipes", "fmnist"])
+    assert code == 0 and out == (RECIPES / "fmnist.toml").read_text()
+    (tmp_path / "mine.toml").write_text(out)
+    assert load_recipe(tmp_path / "mine.toml") == load_recipe("fmnist")
+    code, out, err = run(["recipes", "nope"])
+    assert code == 2 and out == "" and err.startswith("error: recipe nope not found") and err.count("\n") == 1
