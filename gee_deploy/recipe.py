@@ -261,6 +261,8 @@ def parse_override(text: str) -> tuple[str, str, object]:
 def shipped_recipes() -> dict[str, Traversable]:
     """The recipes inside the package, name (file stem) -> file, sorted by name."""
     folder = files(__package__) / "recipes"
+    if not folder.is_dir():  # an installation without its package data
+        return {}
     return {f.name.removesuffix(".toml"): f for f in sorted(folder.iterdir(), key=lambda f: f.name)
             if f.name.endswith(".toml") and f.is_file()}
 
@@ -279,7 +281,7 @@ def resolve_recipe(recipe: str | Path) -> Path | Traversable:
     if str(recipe) in shipped:
         return shipped[str(recipe)]
     raise ConfigError(f"recipe {recipe} not found: neither a file nor a shipped recipe "
-                      f"({', '.join(shipped)}; see gee-deploy recipes)")
+                      f"({', '.join(shipped) or 'none installed'}; see gee-deploy recipes)")
 
 
 def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
