@@ -143,6 +143,18 @@ def test_range_messages_name_the_range():
         load_recipe(None, ["train.optimizer=adam"])
 
 
+def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    """``train demo --out demo`` twice (``--resume``) must find the recipe again, not the run directory."""
+    from gee_deploy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "demo", "--out", "demo", "--resume", "--set", "data.batch_size=0"])
+    assert exc.value.code == 2  # the shipped demo was read: its checks ran, not click's "is a directory"
+    assert capsys.readouterr().err.startswith("error: data.batch_size must be an integer")
+
+
 @pytest.mark.parametrize("settings, words", [
     (["data.batch_size=0"], "error: data.batch_size must be an integer in [1, 1048576], got 0"),
     (["evolution.enabled=true", "evolution.lambda1=1000"],

@@ -6,7 +6,7 @@ from .options import quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--seeds", "-n", type=int, default=3, show_default=True, help="Runs per variant (train.seed + i).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for runs and report.")
 @click.option("--variants", default=None, metavar="LIST",

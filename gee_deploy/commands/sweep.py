@@ -6,7 +6,7 @@ from .options import check_out_dir, parse_list, quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--genes", "-g", required=True, metavar="G1,G2,...",
               help="Gene counts to train, e.g. 4,8,16,32 (the dense twin, genes = 0, is always added).")
 @click.option("--models", default=None, metavar="A,B",

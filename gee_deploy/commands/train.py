@@ -6,7 +6,7 @@ from .options import quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @set_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch/generation.")
