@@ -33,6 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "gee_deploy")
 
 
+def _clean_env() -> dict:
+    """This process's environment without what would put the checkout (or another environment) on sys.path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def _run(*args, cwd: Path | None = None) -> str:
+    """Run a command; its stdout, or a failed assertion that shows the command and everything it printed."""
+    r = subprocess.run([str(a) for a in args], cwd=cwd, env=_clean_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, f"{' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
 def _build_wheel(tmp: Path) -> Path:
     src = tmp / "src"
     for name in BUILD_INPUTS:
@@ -41,22 +55,20 @@ def _build_wheel(tmp: Path) -> Path:
         else:
             src.mkdir(exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", tmp / "dist", src)
     (wheel,) = (tmp / "dist").glob("gee_deploy-*.whl")
     return wheel
 
 
 def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    _run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
     # the wheel first, while the new environment sees nothing else: pip must not find the checkout's editable
     # install and call the requirement satisfied
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, capture_output=True, timeout=300)
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel)
+    purelib = _run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
     shared = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
     Path(purelib, "shared-dependencies.pth").write_text("\n".join(shared) + "\n")
     return venv
@@ -74,16 +86,12 @@ def test_the_wheel_installed_alone_trains_exports_checks_and_serves_a_named_reci
     venv = _fresh_venv(tmp_path, wheel)
     work = tmp_path / "work"  # no checkout here or above it
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["OMP_NUM_THREADS"] = "1"
     cli = str(venv / "bin" / "gee-deploy")
 
     def run(*args):
-        r = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"{' '.join(map(str, args))}\n{r.stdout}\n{r.stderr}"
-        return r.stdout
+        return _run(*args, cwd=work)
 
-    where = run(str(venv / "bin" / "python"), "-c", "import gee_deploy; print(gee_deploy.__file__)")
+    where = run(venv / "bin" / "python", "-c", "import gee_deploy; print(gee_deploy.__file__)")
     assert Path(where.strip()).resolve().is_relative_to(venv.resolve()), where
     listing = run(cli, "recipes")
     assert {line.split()[0] for line in listing.splitlines()[1:]} == {Path(n).stem for n in shipped}
@@ -97,7 +105,7 @@ def test_the_wheel_installed_alone_trains_exports_checks_and_serves_a_named_reci
     assert "check passed" in run(cli, "check", "R/best.pt", "R/model.onnx", "--limit", "128", "--min-speedup", "0")
 
     server = subprocess.Popen([cli, "serve", "R/model.onnx", "--name", "demo", "--port", "0", "--threads", "1"],
-                              cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+                              cwd=work, env=_clean_env(), stderr=subprocess.PIPE, text=True)
     try:
         line = server.stderr.readline()
         ports = parse_ready_line(line)
