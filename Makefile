@@ -21,7 +21,7 @@ install: $(BIN)/gee-deploy
 
 demo: install
 	rm -rf $(RUN)
-	$(BIN)/gee-deploy train models/demo.toml --out $(RUN)
+	$(BIN)/gee-deploy train demo --out $(RUN)
 	$(BIN)/gee-deploy export $(RUN)/best.pt --out $(RUN)/model.onnx
 	$(BIN)/gee-deploy bench $(RUN)/best.pt $(RUN)/model.onnx --out $(RUN)/bench
 

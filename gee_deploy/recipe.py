@@ -4,6 +4,11 @@ Defaults live in the dataclasses below (one comment per field); a recipe overrid
 ``--set section.key=value`` overrides the recipe. Unknown sections or keys, values of the wrong type and
 values outside the ranges of :data:`ALLOWED` are one-line :class:`ConfigError`s, raised when the recipe is
 read, before any work starts. The resolved recipe is written as ``config.json`` beside every run.
+
+The recipes of the README ship inside the package (``gee_deploy/recipes/*.toml``, listed by
+``gee-deploy recipes``); wherever a recipe file is asked for, the name of a shipped one (``demo``) works too.
+A recipe may start with a top-level ``description = "..."``: one line saying what it is for, shown by
+``gee-deploy recipes`` and not part of the resolved recipe.
 """
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from .errors import ConfigError
 
 __all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "Allowed", "ALLOWED",
-           "check_recipe", "check_section", "load_recipe", "recipe_from_dict", "parse_override"]
+           "check_recipe", "check_section", "load_recipe", "recipe_from_dict", "parse_override", "shipped_recipes",
+           "resolve_recipe", "read_recipe_file"]
 
 
 @dataclass
@@ -250,20 +258,54 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key, value
 
 
+def shipped_recipes() -> dict[str, Traversable]:
+    """The recipes inside the package, name (file stem) -> file, sorted by name."""
+    folder = files(__package__) / "recipes"
+    if not folder.is_dir():  # an installation without its package data
+        return {}
+    return {f.name.removesuffix(".toml"): f for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".toml") and f.is_file()}
+
+
+def resolve_recipe(recipe: str | Path) -> Path | Traversable:
+    """A recipe argument as the user gave it -> the file to read: a path to an existing file as it is, else the
+    shipped recipe of that name (``demo``, no directory, no ``.toml``).
+
+    Raises:
+        ConfigError: neither; the message lists the shipped names.
+    """
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if str(recipe) in shipped:
+        return shipped[str(recipe)]
+    raise ConfigError(f"recipe {recipe} not found: neither a file nor a shipped recipe "
+                      f"({', '.join(shipped) or 'none installed'}; see gee-deploy recipes)")
+
+
+def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
+    """Read a recipe (a path or a shipped recipe's name, :func:`resolve_recipe`) -> (its sections as parsed
+    TOML, its top-level ``description``, "" when it has none). The sections are not checked here.
+
+    Raises:
+        ConfigError: not found, not valid TOML, or a description that is not a string.
+    """
+    source = resolve_recipe(recipe)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {recipe} is not valid TOML: {e}") from None
+    description = data.pop("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"recipe {recipe}: description must be a string, got {description!r}")
+    return data, description
+
+
 def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read a recipe file (None = defaults) and apply ``--set`` overrides."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {p} not found")
-        try:
-            data = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"recipe {p} is not valid TOML: {e}") from None
+    """Read a recipe (a file, a shipped recipe's name, or None for the defaults) and apply ``--set`` overrides."""
+    data: dict = read_recipe_file(path)[0] if path is not None else {}
     for text in overrides:
         section, key, value = parse_override(text)
         data.setdefault(section, {})[key] = value
     return recipe_from_dict(data)
-
-

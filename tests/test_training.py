@@ -142,7 +142,7 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     assert load_model(tmp_path / "last.pt").model_name == "smallnet"
 
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.toml"))
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "gee_deploy" / "recipes").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if "imagenet" in p.name else p

@@ -6,7 +6,7 @@ from .options import quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--seeds", "-n", type=int, default=3, show_default=True, help="Runs per variant (train.seed + i).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for runs and report.")
 @click.option("--variants", default=None, metavar="LIST",
@@ -17,7 +17,8 @@ from .options import quiet_option, set_option
 @set_option
 @quiet_option
 def ablate(recipe, seeds, out, variants, overrides, quiet):
-    """Table IV ablation of RECIPE: Random, Baseline (f = L), + r1, + r2, STE, over --seeds seeds.
+    """Table IV ablation of RECIPE (a TOML file or a shipped recipe's name, e.g. ablation_fmnist): Random,
+    Baseline (f = L), + r1, + r2, STE, over --seeds seeds.
 
     Writes OUT/ablation.json, ablation.md (mean +- std test accuracy) and ablation.png, one run directory
     per variant and seed (with evolution.png). Re-running the command reuses finished runs and resumes

@@ -6,7 +6,7 @@ from .options import check_out_dir, parse_list, quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--genes", "-g", required=True, metavar="G1,G2,...",
               help="Gene counts to train, e.g. 4,8,16,32 (the dense twin, genes = 0, is always added).")
 @click.option("--models", default=None, metavar="A,B",
@@ -16,7 +16,8 @@ from .options import check_out_dir, parse_list, quiet_option, set_option
 @set_option
 @quiet_option
 def sweep(recipe, genes, models, out, overrides, quiet):
-    """Gene scale (the paper's Fig. 3): train RECIPE at every g of --genes and as the dense twin.
+    """Gene scale (the paper's Fig. 3): train RECIPE (a TOML file or a shipped recipe's name) at every g of
+    --genes and as the dense twin.
 
     Reports per point the final-epoch test accuracy, parameters (and their share of the dense twin's), MACs,
     spikes and eq. 17 energy per image. Re-running the same command reuses finished points and resumes an
