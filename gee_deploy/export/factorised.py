@@ -17,8 +17,9 @@ and a pointwise conv k^2 g -> Cout. Two exact orders exist and we pick per layer
   is smaller than the input (stride 2, or the "valid" conv that stands in for a flatten + FC).
 
 ``moved`` counts the elements of the intermediate tensors a form writes and reads back (per sample). On a
-CPU they cost time the MAC count does not show, so ``auto`` compares ``macs + MOVE_COST * moved`` with the
-dense MACs (see :data:`MOVE_COST`); ``--profile`` measures instead of estimating.
+CPU they cost time the MAC count does not show, and the factorised ops run fewer MACs per second than a dense
+conv, so ``auto`` compares ``MAC_COST * macs + MOVE_COST * moved`` with the dense MACs (see :data:`MAC_COST`,
+:data:`MOVE_COST`); ``--profile`` measures instead of estimating.
 
 Both read the layer input (binary spikes in the body) only in their first op, so only that op's MACs are
 accumulates (AC) in the paper's energy model (``spike_macs``); the mixing op reads analog values.
@@ -35,11 +36,18 @@ from .folding import FoldedLayer
 from .graph import GraphBuilder
 from .weights import WeightOps
 
-__all__ = ["FactorisedCost", "factorised_cost", "emit_factorised", "MOVE_COST"]
+__all__ = ["FactorisedCost", "factorised_cost", "emit_factorised", "MOVE_COST", "MAC_COST"]
 
 # MAC-equivalents per intermediate element: onnxruntime CPU (MLAS, one thread) ran dense convs at ~18 GMAC/s
 # and spent ~3.5 ns per element of a factorised layer's intermediates (fit over 4 layer shapes, g 8-32).
 MOVE_COST = 64
+# Dense MAC-equivalents per factorised MAC. The factorised form's 1x1 convs (Cin -> k^2 g -> Cout, with
+# k^2 g = 1,350 channels at g = 150) run at a lower MAC rate than MLAS's dense k x k conv: on ResNet-19's
+# 512-channel 8 x 8 layers at g = 150 the factorised form (88.5 M MACs) took as long as the dense one (151 M)
+# at batch 1 and 8 (0.9-1.2x, onnxruntime 1.32, one thread), where counting its MACs at face value had made
+# `auto` pick it and run 12% slower than pure dense. At 2 per MAC a layer is factorised when it needs fewer
+# than about half the dense MACs (VGG-16's classifier: 0.07x) and stays dense near break-even (0.59x).
+MAC_COST = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,9 @@ class FactorisedCost:
 
     @property
     def effective_macs(self) -> int:
-        """MACs plus the data movement of the intermediates, in MAC-equivalents (what ``auto`` compares)."""
-        return self.macs + MOVE_COST * self.moved
+        """MACs weighted by :data:`MAC_COST` plus the data movement of the intermediates, in dense
+        MAC-equivalents (what ``auto`` compares with the dense MACs)."""
+        return int(MAC_COST * self.macs + MOVE_COST * self.moved)
 
 
 def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
