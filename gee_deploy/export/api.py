@@ -12,10 +12,10 @@ import onnx
 import torch
 from torch import nn
 
-from ..checkpoint import file_sha256, load_model
-from ..data import dataset_info, load_test_arrays
-from ..errors import GeeError
+from ..checkpoint import file_sha256, load_model, model_origin
+from ..data import load_test_arrays
 from ..io import atomic_path
+from ..kinds import ExportVariant, Int8Policy, Precision
 from ..quantisation import quantised_layers
 from ..spec import ModelSpec
 from .choose import make_chooser, make_int8_chooser
@@ -36,7 +36,7 @@ class ExportReport:
 
     out: str
     format: str
-    variant: str
+    variant: ExportVariant
     opset: int
     streaming: bool
     layers: list[dict] = field(default_factory=list)
@@ -71,7 +71,7 @@ class ExportReport:
 
 
 def _report_dict(r: ValidationReport) -> dict:
-    return {**r.stats, "samples": r.samples, "checks": [list(row) for row in r.rows]}
+    return {**(r.stats.as_dict() if r.stats else {}), "samples": r.samples, "checks": [list(row) for row in r.rows]}
 
 
 def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,36 +80,23 @@ def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Te
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _class_names(model: nn.Module) -> tuple[str, ...]:
-    """The checkpoint's class names, else its dataset's, else "0".."classes-1"."""
-    ckpt = getattr(model, "checkpoint", {}) or {}
-    classes = list((ckpt.get("dataset") or {}).get("classes") or [])
-    if len(classes) != model.num_classes:
-        try:
-            classes = list(dataset_info((ckpt.get("dataset") or {}).get("name", "")).classes)
-        except GeeError:
-            classes = []
-    if len(classes) != model.num_classes:
-        classes = [str(i) for i in range(model.num_classes)]
-    return tuple(classes)
-
-
-def _variant(variant: str, allow_int8: bool) -> Variant:
+def _variant(variant: ExportVariant | str, allow_int8: bool) -> Variant:
     v = lookup(VARIANTS, variant, "variant")
     if allow_int8:
         if v.per_layer is None:
             raise UnknownOptionError(f"--allow-int8 lets --variant auto choose int8 per layer; with --variant "
                                      f"{variant} use --variant int8 for every spike-reading layer")
-        v = replace(v, int8="choose")
+        v = replace(v, int8=Int8Policy.CHOOSE)
     return v
 
 
-def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
-               checkpoint_sha256: str = "", profile: bool = False,
-               choices: dict[str, str] | None = None, allow_int8: bool = False) -> tuple[onnx.ModelProto, ModelSpec]:
+def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DENSE, opset: int | None = None,
+               streaming: bool = False, checkpoint_sha256: str = "", profile: bool = False,
+               choices: dict[str, ExportVariant] | None = None,
+               allow_int8: bool = False) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
-    ``choices``: the form ("dense" / "factorised") of every genetic layer by name, as an earlier build chose
+    ``choices``: how every genetic layer is written (dense / factorised) by name, as an earlier build chose
     them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
     ``allow_int8``: with ``auto``, spike-reading layers of at least INT8_MIN_MACS per call get int8 weights.
 
@@ -122,9 +109,8 @@ def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = Non
     opset = _opset(opset)
     choose = make_chooser(v, profile, model.timesteps, opset) if choices is None else \
         (lambda name, *_: choices[name])
-    dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
-    proto, spec = write_graph(model.eval(), choose, opset, variant=variant, class_names=_class_names(model),
-                              dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming,
+    class_names, dataset = model_origin(model)
+    proto, spec = write_graph(model.eval(), choose, opset, variant=v.name, class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming,
                               int8=make_int8_chooser(v))
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -141,7 +127,8 @@ def _opset(opset: int | None) -> int:
     return opset
 
 
-def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "dense", fmt: str = "onnx",
+def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVariant | str = ExportVariant.DENSE,
+                  fmt: str = "onnx",
                   opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
                   labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
@@ -154,13 +141,13 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
-    cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != "never",
+    cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != Int8Policy.NEVER,
                                                                           bool(quantised_layers(model))))
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
-    if output_format.name in ("tensorrt", "nir") and v.int8 != "never":
+    if output_format.name in ("tensorrt", "nir") and v.int8 != Int8Policy.NEVER:
         why = "TensorRT's int8 is QDQ only" if output_format.name == "tensorrt" else "NIR has no int8 type"
         raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
                           f"MatMulInteger; {why}): export --variant dense or auto without --allow-int8")
@@ -171,14 +158,14 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
 
         require_tensorrt()
     unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8)
-    report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming,
+    report = ExportReport(str(out), output_format.name, v.name, _opset(opset), streaming,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
     try:
         val = validate_export(model, data, images, labels, cfg)
     except ExportValidationError as e:
-        if any(l.precision == "int8" for l in spec.layers) and not quantised_layers(model):
+        if any(l.precision == Precision.INT8 for l in spec.layers) and not quantised_layers(model):
             raise ExportValidationError(f"{e}\nhint: int8 weights this checkpoint was not trained with moved it; "
                                         f"`gee-deploy quantize CHECKPOINT --out Q.pt` fine-tunes it so its int8 "
                                         f"export is exact", e.failures) from None
@@ -200,18 +187,18 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
     return report
 
 
-def _export_nir(model: nn.Module, out: Path, variant: str, opset: int | None, streaming: bool, images: torch.Tensor,
+def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool, images: torch.Tensor,
                 labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str, start: float) -> ExportReport:
     """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
-    for bad, why in ((variant != "dense", f"--variant {variant}"), (streaming, "--streaming"),
+    for bad, why in ((variant != ExportVariant.DENSE, f"--variant {variant}"), (streaming, "--streaming"),
                      (opset is not None, "--opset")):
         if bad:
             raise UnknownOptionError(f"{why} does not apply to --format nir (it writes the folded dense network, "
                                      "one step per call)")
-    dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
-    graph, spec = write_nir(model.eval(), class_names=_class_names(model), dataset=dataset,
+    class_names, dataset = model_origin(model)
+    graph, spec = write_nir(model.eval(), class_names=class_names, dataset=dataset,
                             checkpoint_sha256=checkpoint_sha256)
-    report = ExportReport(str(out), "nir", "dense", 0, False, layers=[l.as_dict() for l in spec.layers],
+    report = ExportReport(str(out), "nir", ExportVariant.DENSE, 0, False, layers=[l.as_dict() for l in spec.layers],
                           macs_per_sample=spec.macs_per_sample, dense_macs_per_sample=spec.dense_macs_per_sample)
     with atomic_path(out) as tmp:
         nir.write(tmp, graph)
@@ -238,7 +225,8 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
         spec.write_sidecar(out)
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "dense", fmt: str = "onnx",
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: ExportVariant | str = ExportVariant.DENSE,
+                 fmt: str = "onnx",
                  opset: int | None = None, streaming: bool = False, atol: float | None = None,
                  samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
                  max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False) -> ExportReport:
@@ -267,10 +255,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
     v = _variant(variant, allow_int8)
     _opset(opset)
     model = load_model(checkpoint)
-    thresholds = validation_thresholds(v.int8 != "never", bool(quantised_layers(model)))
+    thresholds = validation_thresholds(v.int8 != Int8Policy.NEVER, bool(quantised_layers(model)))
     cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))
     cfg = cfg if samples is None else replace(cfg, samples=samples)
-    dataset = (model.checkpoint.get("dataset") or {}).get("name")
+    dataset = model.checkpoint.dataset_name
     if not dataset:
         raise ExportError(f"{checkpoint} names no dataset; cannot validate the export")
     images, labels = validation_data(dataset, cfg.samples, data_dir)

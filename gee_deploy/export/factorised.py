@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..kinds import Form, LayerKind
 from .folding import FoldedLayer
 from .graph import GraphBuilder
 
@@ -45,7 +46,7 @@ MOVE_COST = 64
 class FactorisedCost:
     """MACs per sample per call of the cheaper exact factorised form of one layer."""
 
-    form: str  # "pointwise-first", "shift-first" or "linear"
+    form: Form  # pointwise-first, shift-first or linear
     macs: int
     spike_macs: int  # MACs of the first op, the one that reads the layer's input
     moved: int = 0  # elements of the intermediate tensors
@@ -59,8 +60,8 @@ class FactorisedCost:
 def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
     """Cost of the factorised form of genetic layer ``layer`` for per-sample shapes ``in_shape`` -> ``out_shape``."""
     genes, taps = layer.genes, layer.kernel_size ** 2
-    if layer.kind == "linear":
-        return FactorisedCost("linear", layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
+    if layer.kind == LayerKind.LINEAR:
+        return FactorisedCost(Form.LINEAR, layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
     in_pixels = in_shape[1] * in_shape[2]
     out_pixels = out_shape[1] * out_shape[2]
     if layer.pooled:  # the factorised conv runs at input resolution ("same", stride 1); AveragePool reads its output
@@ -74,9 +75,9 @@ def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tu
             if layer.padding else 0
         # padded x, k^2 slices written then concatenated (twice), projection
         moved = padded + 2 * taps * layer.c_in * out_pixels + taps * genes * out_pixels
-        return FactorisedCost("shift-first", shift_first + mixing, shift_first, moved)
+        return FactorisedCost(Form.SHIFT_FIRST, shift_first + mixing, shift_first, moved)
     moved = taps * genes * (in_pixels + out_pixels)  # projection, shifted projection
-    return FactorisedCost("pointwise-first", pointwise_first + mixing, pointwise_first, moved)
+    return FactorisedCost(Form.POINTWISE_FIRST, pointwise_first + mixing, pointwise_first, moved)
 
 
 def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str) -> str:
@@ -111,7 +112,7 @@ def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: Facto
                     hint: str) -> str:
     """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name."""
     if layer.pooled:
-        if cost.form != "pointwise-first":
+        if cost.form != Form.POINTWISE_FIRST:
             raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
         y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv")
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
@@ -120,10 +121,10 @@ def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: Facto
     project = layer.e_in.transpose(1, 2, 0).reshape(taps * genes, layer.c_in)
     mix = layer.mix.transpose(2, 0, 1).reshape(layer.c_out, taps * genes)  # [Cout, p*g + a]
     bias = graph.const(layer.bias, f"{hint}.bias")
-    if cost.form == "linear":
+    if cost.form == Form.LINEAR:
         u = graph.op("Gemm", [x, graph.const(project, f"{hint}.e_in")], f"{hint}.project", transB=1)
         return graph.op("Gemm", [u, graph.const(mix, f"{hint}.mix"), bias], hint, transB=1)
-    if cost.form == "pointwise-first":
+    if cost.form == Form.POINTWISE_FIRST:
         u = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project")
         z = _one_hot_shift(graph, u, layer, hint)
     else:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import UnsupportedModuleError
 from ..genetic import GeneticConv2d, GeneticLinear
+from ..kinds import LayerKind
 from ..walk import CONV_TYPES, is_weight_layer
 from ..zoo.base import fuse_average_pool
 from .graph import GraphBuilder
@@ -29,7 +30,7 @@ class FoldedLayer:
     """One conv or linear layer with its BatchNorm folded in, float64.
 
     Attributes:
-        kind: "conv" or "linear".
+        kind: conv or linear.
         weight: [Cout, Cin, k, k] (conv) or [Cout, Cin] (linear).
         bias: [Cout].
         kernel_size, stride, padding: conv geometry (1, 1, 0 for linear).
@@ -40,7 +41,7 @@ class FoldedLayer:
             weight[o, i, p] = sum_a e_in[i, p, a] mix[p, a, o].
     """
 
-    kind: str
+    kind: LayerKind
     weight: np.ndarray
     bias: np.ndarray
     kernel_size: int = 1
@@ -110,9 +111,9 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False) 
     """
     if not is_weight_layer(m):
         raise UnsupportedModuleError(f"{type(m).__name__} is not a weight layer")
-    kind = "conv" if isinstance(m, CONV_TYPES) else "linear"
-    k, stride, padding = _conv_geometry(m) if kind == "conv" else (1, 1, 0)
-    c_out = m.out_channels if kind == "conv" else m.out_features
+    kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
+    k, stride, padding = _conv_geometry(m) if kind == LayerKind.CONV else (1, 1, 0)
+    c_out = m.out_channels if kind == LayerKind.CONV else m.out_features
     scale, shift = batchnorm_affine(bn, c_out)
     bias = getattr(m, "bias", None)
     bias = shift + scale * _f64(bias) if bias is not None else shift
@@ -121,7 +122,7 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False) 
         # mix[p, a, o] = s * sum_b G[a, b] E_out[o, p, b] * bn_scale[o]
         mix = np.einsum("ab,opb->pao", gene_matrix, e_out) * float(m.scale) * scale
         weight = np.einsum("ipa,pao->oip", e_in, mix)  # eq. 1, per tap
-        weight = weight.reshape(c_out, -1, k, k) if kind == "conv" else weight[..., 0]
+        weight = weight.reshape(c_out, -1, k, k) if kind == LayerKind.CONV else weight[..., 0]
         return FoldedLayer(kind, weight, bias, k, stride, padding, pooled, e_in, mix)
     weight = _f64(m.weight)
     weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
@@ -134,6 +135,6 @@ def emit_dense(graph: GraphBuilder, x: str, layer: FoldedLayer, hint: str) -> st
     if layer.pooled:  # conv + 2x2 average pool as one stride-2 conv, as ConvPool runs it
         weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
     w, b = graph.const(weight, f"{hint}.weight"), graph.const(layer.bias, f"{hint}.bias")
-    if layer.kind == "conv":
+    if layer.kind == LayerKind.CONV:
         return graph.op("Conv", [x, w, b], hint, pads=[layer.padding] * 4, strides=[stride] * 2)
     return graph.op("Gemm", [x, w, b], hint, transB=1)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModuleError
+from ..kinds import ExportVariant, LayerKind
 from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
 from ..walk import ModelWalk, Value, pool_geometry
@@ -72,7 +73,7 @@ class NIRWriter(ModelWalk):
     nothing at all (NIR runs every node at every step).
     """
 
-    variant = "dense"
+    variant = ExportVariant.DENSE
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -95,7 +96,7 @@ class NIRWriter(ModelWalk):
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[tuple[str, ...], LayerSpec]:
         f = fold_layer(m, bn, pooled=pooled is not None)
         bias = f.bias.astype(np.float32)
-        if f.kind == "conv":
+        if f.kind == LayerKind.CONV:
             weight, stride = f.weight, f.stride
             if f.pooled:  # conv + 2x2 average pool as the one stride-2 conv ConvPool runs
                 weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
