@@ -26,12 +26,13 @@ import onnx
 import torch
 
 from gee_deploy.export import build_onnx
+from gee_deploy.kinds import Storage
 from gee_deploy.ort_session import create_session
 from gee_deploy.spec import INPUT_NAME
 from gee_deploy.zoo import create_model, list_models
 
 VARIANTS = ("dense", "factorised", "auto", "int8")
-STORAGES = ("genetic", "folded")
+STORAGES = tuple(s.value for s in Storage)
 
 
 def genes_of(name: str) -> int:

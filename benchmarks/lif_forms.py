@@ -466,7 +466,7 @@ def main() -> None:
     if a.checkpoint:
         from gee_deploy.data import load_test_arrays
 
-        ds = model.checkpoint["dataset"]["name"]
+        ds = model.checkpoint.dataset_name
         images = torch.from_numpy(load_test_arrays(ds, None, 512)[0])
     else:
         images = torch.rand(256, model.in_channels, model.image_size, model.image_size)

@@ -22,7 +22,7 @@ generated W = scale E_in G E_out^T (paper eq. 1). Plain ``nn.Conv2d`` / ``nn.Lin
 ConvPool are not supported (their forward reads ``weight`` directly; a parametrisation would change the
 checkpoint's keys and fingerprint).
 
-A quantised checkpoint stores ``"quantisation": {"scheme": SCHEME, "layers": [names]}``;
+A quantised checkpoint records its scheme and layers (:class:`gee_deploy.checkpoint.QuantisationRecord`);
 :func:`gee_deploy.checkpoint.build_model` re-attaches the quantisers, so the checkpoint rebuilds its model
 alone (docs/design.md, "Checkpoints"). Layer names follow :class:`~gee_deploy.spec.LayerSpec` (a ConvPool is
 named by its conv).
@@ -40,7 +40,7 @@ from .walk import describe
 from .zoo.base import ConvPool
 
 __all__ = ["QMAX", "SCHEME", "quantise_weight", "fake_quantise", "quantisable_modules", "spike_reading_layers",
-           "attach_quantisers", "quantised_layers", "int8_weight", "quantisation_record"]
+           "attach_quantisers", "quantised_layers", "int8_weight"]
 
 QMAX = 127  # symmetric: -127..127 (no -128, so negation and the zero point stay exact)
 SCHEME = "int8-symmetric-per-output-channel"
@@ -111,12 +111,6 @@ def attach_quantisers(model: nn.Module, layers: Iterable[str]) -> None:
 def quantised_layers(model: nn.Module) -> list[str]:
     """Names of the layers that run with quantised weights."""
     return [n for n, m in quantisable_modules(model).items() if getattr(m, "quantiser", None) is not None]
-
-
-def quantisation_record(model: nn.Module) -> dict | None:
-    """The checkpoint entry describing ``model``'s quantised layers, or None when it has none."""
-    layers = quantised_layers(model)
-    return {"scheme": SCHEME, "layers": layers} if layers else None
 
 
 @torch.no_grad()

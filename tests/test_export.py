@@ -1,6 +1,7 @@
 """Export: folding, factorised forms, the graph contract, validation, streaming, Triton, TensorRT, bad input."""
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -362,9 +363,9 @@ def test_cli_exports_the_checkpoint_with_its_metadata(tiny_checkpoint, tmp_path,
     ckpt = load_checkpoint(tiny_checkpoint)
     assert spec.checkpoint_sha256 == file_sha256(tiny_checkpoint)
     assert spec.timesteps == 2 and spec.input_shape == (1, 28, 28)
-    assert spec.model_name == "smallnet" and spec.dataset == ckpt["dataset"]["name"]
-    assert list(spec.class_names) == list(ckpt["dataset"]["classes"])
-    assert spec.model_args == {k: list(v) if isinstance(v, tuple) else v for k, v in ckpt["model_args"].items()}
+    assert spec.model_name == "smallnet" and spec.dataset == ckpt.dataset.name
+    assert spec.class_names == ckpt.dataset.classes
+    assert spec.model_args == {k: list(v) if isinstance(v, tuple) else v for k, v in ckpt.model_args.items()}
 
 
 def test_cli_tensorrt_without_tensorrt_is_one_line_and_exit_2(tiny_checkpoint, tmp_path, capsys):
@@ -387,8 +388,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
     text.write_text("not a checkpoint")
     wrong = tmp_path / "wrong.pt"
     ckpt = load_checkpoint(tiny_checkpoint)
-    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "stem" not in k}
-    save_checkpoint(wrong, {k: v for k, v in ckpt.items() if k != "format"})
+    save_checkpoint(wrong, replace(ckpt, state_dict={k: v for k, v in ckpt.state_dict.items() if "stem" not in k}))
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
     good = str(tiny_checkpoint)

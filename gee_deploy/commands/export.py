@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from ..kinds import Storage
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
@@ -13,7 +15,7 @@ import click
                    "every layer reading spikes as uint8 spikes x int8 per-channel weights (stem stays float32).")
 @click.option("--allow-int8", is_flag=True,
               help="With --variant auto: spike-reading layers of at least 16,384 MACs per call get int8 weights.")
-@click.option("--storage", type=click.Choice(["genetic", "folded"]), default=None,
+@click.option("--storage", type=click.Choice([s.value for s in Storage]), default=None,
               help="What the file holds. genetic (default for a genetic checkpoint's onnx/triton export): E once per "
                    "population, G, the scales and BatchNorm parameters, and a constant subgraph that computes the "
                    "weights when a session loads the file (same weights, bit for bit, at folded speed); folded: the "

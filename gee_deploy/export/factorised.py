@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..kinds import Form, LayerKind
 from .folding import FoldedLayer
 from .graph import GraphBuilder
 from .weights import WeightOps
@@ -54,7 +55,7 @@ MAC_COST = 2.0
 class FactorisedCost:
     """MACs per sample per call of the cheaper exact factorised form of one layer."""
 
-    form: str  # "pointwise-first", "shift-first" or "linear"
+    form: Form  # pointwise-first, shift-first or linear
     macs: int
     spike_macs: int  # MACs of the first op, the one that reads the layer's input
     moved: int = 0  # elements of the intermediate tensors
@@ -69,8 +70,8 @@ class FactorisedCost:
 def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
     """Cost of the factorised form of genetic layer ``layer`` for per-sample shapes ``in_shape`` -> ``out_shape``."""
     genes, taps = layer.genes, layer.kernel_size ** 2
-    if layer.kind == "linear":
-        return FactorisedCost("linear", layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
+    if layer.kind == LayerKind.LINEAR:
+        return FactorisedCost(Form.LINEAR, layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
     in_pixels = in_shape[1] * in_shape[2]
     out_pixels = out_shape[1] * out_shape[2]
     if layer.pooled:  # the factorised conv runs at input resolution ("same", stride 1); AveragePool reads its output
@@ -84,9 +85,9 @@ def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tu
             if layer.padding else 0
         # padded x, k^2 slices written then concatenated (twice), projection
         moved = padded + 2 * taps * layer.c_in * out_pixels + taps * genes * out_pixels
-        return FactorisedCost("shift-first", shift_first + mixing, shift_first, moved)
+        return FactorisedCost(Form.SHIFT_FIRST, shift_first + mixing, shift_first, moved)
     moved = taps * genes * (in_pixels + out_pixels)  # projection, shifted projection
-    return FactorisedCost("pointwise-first", pointwise_first + mixing, pointwise_first, moved)
+    return FactorisedCost(Form.POINTWISE_FIRST, pointwise_first + mixing, pointwise_first, moved)
 
 
 def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str, ops: WeightOps) -> str:
@@ -135,23 +136,23 @@ def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: Facto
     """
     ops = ops or WeightOps()
     if layer.pooled:
-        if cost.form != "pointwise-first":
+        if cost.form != Form.POINTWISE_FIRST:
             raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
         y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv", ops)
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
     genes, taps, c_in, c_out = layer.genes, layer.kernel_size ** 2, layer.c_in, layer.c_out
     # E_in as a 1x1 conv / grouped 1x1 conv weight: row p*g + a holds E_in[:, p, a]
-    project = ops.reshape(layer.project, (taps * genes, c_in) if cost.form == "linear" else
+    project = ops.reshape(layer.project, (taps * genes, c_in) if cost.form == Form.LINEAR else
                           (taps * genes, c_in, 1, 1), f"{hint}.project_rows")
     mix = ops.reshape(ops.transpose(layer.mix, (1, 0, 2), f"{hint}.mix_rows"),  # [Cout, p*g + a]
-                      (c_out, taps * genes) if cost.form == "linear" else (c_out, taps * genes, 1, 1),
+                      (c_out, taps * genes) if cost.form == Form.LINEAR else (c_out, taps * genes, 1, 1),
                       f"{hint}.mix_rows")
     project, mix = ops.output(graph, project, f"{hint}.e_in"), ops.output(graph, mix, f"{hint}.mix")
     bias = ops.output(graph, layer.bias, f"{hint}.bias")
-    if cost.form == "linear":
+    if cost.form == Form.LINEAR:
         u = graph.op("Gemm", [x, project], f"{hint}.project", transB=1)
         return graph.op("Gemm", [u, mix, bias], hint, transB=1)
-    if cost.form == "pointwise-first":
+    if cost.form == Form.POINTWISE_FIRST:
         u = graph.op("Conv", [x, project], f"{hint}.project")
         z = _one_hot_shift(graph, u, layer, hint, ops)
     else:

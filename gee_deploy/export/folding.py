@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import UnsupportedModuleError
 from ..genetic import GeneticConv2d, GeneticLinear
+from ..kinds import LayerKind
 from ..walk import CONV_TYPES, is_weight_layer
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
@@ -33,7 +34,7 @@ class FoldedLayer:
     """One conv or linear layer with its BatchNorm folded in, float64.
 
     Attributes:
-        kind: "conv" or "linear".
+        kind: conv or linear.
         weight: [Cout, Cin, k, k] (conv) or [Cout, Cin] (linear).
         bias: [Cout].
         kernel_size, stride, padding: conv geometry (1, 1, 0 for linear).
@@ -44,7 +45,7 @@ class FoldedLayer:
             weight[o, i, p] = sum_a mix[p, o, a] project[p, a, i].
     """
 
-    kind: str
+    kind: LayerKind
     weight: Tensor
     bias: Tensor
     kernel_size: int = 1
@@ -145,10 +146,10 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
     ops = ops or WeightOps()
     if not is_weight_layer(m):
         raise UnsupportedModuleError(f"{type(m).__name__} is not a weight layer")
-    kind = "conv" if isinstance(m, CONV_TYPES) else "linear"
-    k, stride, padding = _conv_geometry(m) if kind == "conv" else (1, 1, 0)
-    c_out = m.out_channels if kind == "conv" else m.out_features
-    c_in = m.in_channels if kind == "conv" else m.in_features
+    kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
+    k, stride, padding = _conv_geometry(m) if kind == LayerKind.CONV else (1, 1, 0)
+    c_out = m.out_channels if kind == LayerKind.CONV else m.out_features
+    c_in = m.in_channels if kind == LayerKind.CONV else m.in_features
     scale, shift = batchnorm_affine(ops, bn, c_out, f"{hint}.bn")
     bias = getattr(m, "bias", None)
     if bias is not None:
@@ -156,7 +157,7 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
                                       f"{hint}.bias_scaled"), f"{hint}.bias64")
     else:
         bias = shift
-    shape = (c_out, c_in, k, k) if kind == "conv" else (c_out, c_in)
+    shape = (c_out, c_in, k, k) if kind == LayerKind.CONV else (c_out, c_in)
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
         project, mix = genetic_factors(ops, m, hint)
         mix = ops.mul(mix, ops.reshape(scale, (1, c_out, 1), f"{hint}.bn_scale"), f"{hint}.mix_bn")
@@ -194,6 +195,6 @@ def emit_dense(graph: GraphBuilder, x: str, layer: FoldedLayer, hint: str, ops: 
     ops = ops or WeightOps()
     weight, stride = dense_kernel(ops, layer, f"{hint}.kernel")
     w, b = ops.output(graph, weight, f"{hint}.weight"), ops.output(graph, layer.bias, f"{hint}.bias")
-    if layer.kind == "conv":
+    if layer.kind == LayerKind.CONV:
         return graph.op("Conv", [x, w, b], hint, pads=[layer.padding] * 4, strides=[stride] * 2)
     return graph.op("Gemm", [x, w, b], hint, transB=1)

@@ -40,14 +40,14 @@ class Int8Layer:
     """One layer's int8 weights with its BatchNorm folded into the per-channel scale and the bias.
 
     Attributes:
-        kind: "conv" or "linear".
+        kind: conv or linear.
         q: int8 codes, [Cout, Cin, k, k] or [Cout, Cin] (a ConvPool: its fused (k+1) x (k+1) kernel).
         scale: float32 [Cout], the weight's scale times the BatchNorm's.
         bias: float32 [Cout].
         kernel_size, stride, padding: the conv that runs (1, 1, 0 for linear).
     """
 
-    kind: str
+    kind: LayerKind
     q: Tensor
     scale: Tensor
     bias: Tensor
@@ -122,7 +122,7 @@ def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
     copy) cost more than the int8 GEMM saves (int8 0.8-1.0x of float32), on SmallNet's stride-2 and whole-input
     layers int8 ran 1.5-1.6x; ``auto --allow-int8`` therefore leaves "slices" layers float32.
     """
-    if layer.kind == "linear" or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2):
+    if layer.kind == LayerKind.LINEAR or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2):
         return "matmul"
     return "space-to-depth" if layer.stride > 1 and layer.kernel_size % layer.stride == 0 else "slices"
 
@@ -145,7 +145,7 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
         return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
 
     q = layer.q
-    if layer.kind == "linear":
+    if layer.kind == LayerKind.LINEAR:
         return matmul(x_u8, ops.transpose(q, (1, 0), f"{hint}.rows"))
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding

@@ -33,6 +33,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import UnsupportedModuleError
+from ..kinds import ExportVariant, LayerKind
 from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
 from ..walk import ModelWalk, Value, pool_geometry
@@ -72,7 +73,7 @@ class NIRWriter(ModelWalk):
     nothing at all (NIR runs every node at every step).
     """
 
-    variant = "dense"
+    variant = ExportVariant.DENSE
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -98,7 +99,7 @@ class NIRWriter(ModelWalk):
         bias = f.bias.value.astype(np.float32)
         weight, stride = dense_kernel(ops, f, name)  # a ConvPool: conv + 2x2 average pool as one stride-2 conv
         weight = weight.value.astype(np.float32)
-        if f.kind == "conv":
+        if f.kind == LayerKind.CONV:
             node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight, stride=stride,
                               padding=f.padding, dilation=1, groups=1, bias=bias)
         else:

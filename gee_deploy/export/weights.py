@@ -29,9 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .graph import GraphBuilder
 
-__all__ = ["Tensor", "WeightOps", "STORAGES", "fold_constants", "constant_nodes"]
-
-STORAGES = ("genetic", "folded")
+__all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes"]
 
 _ONNX_TYPES = {np.dtype(np.float64): TensorProto.DOUBLE, np.dtype(np.float32): TensorProto.FLOAT,
                np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,

@@ -16,6 +16,7 @@ from onnx import TensorProto
 from torch import nn
 
 from ..errors import UnsupportedModuleError
+from ..kinds import ExportVariant, Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
@@ -29,8 +30,8 @@ from .weights import WeightOps, fold_constants
 __all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
-#   -> "dense" | "factorised"
-Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], str]
+#   -> ExportVariant.DENSE | ExportVariant.FACTORISED
+Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], ExportVariant]
 # (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
 #   -> write it int8?
 Int8Chooser = Callable[[str, int, str], bool]
@@ -114,23 +115,27 @@ class OnnxWriter(ModelWalk):
                 self._uint8[x.name] = self.graph.op("Cast", [self._fired.get(x.name, x.name)], f"{x.spikes_from}.uint8",
                                                     to=TensorProto.UINT8)
             y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name, ops)
-            return y, LayerSpec(name, layer.kind, "dense", int(dense_macs), True, x.spikes_from, int(dense_macs), calls,
-                                "dense", int(dense_macs), None, precision="int8",
+            return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
+                                input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
+                                calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8,
                                 weight_scales=tuple(float(v) for v in layer.scale.value))
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
             folded = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
         fact = factorised_cost(folded, x.shape, out_shape) if folded.genetic else None
-        variant = self.choose(name, folded, x.shape, out_shape, fact, dense_macs) if fact is not None else "dense"
-        if variant == "factorised":
+        variant = ExportVariant(self.choose(name, folded, x.shape, out_shape, fact, dense_macs)) if fact is not None \
+            else ExportVariant.DENSE
+        if variant == ExportVariant.FACTORISED:
             y = emit_factorised(self.graph, x.name, folded, fact, out_shape, name, ops)
             macs, spike_macs, form = fact.macs, fact.spike_macs, fact.form
         else:
             y = emit_dense(self.graph, x.name, folded, name, ops)
-            macs, spike_macs, form = dense_macs, dense_macs, "dense"
-        return y, LayerSpec(name, folded.kind, variant, int(macs), x.spikes_from is not None, x.spikes_from,
-                            int(spike_macs), calls, form, int(dense_macs), None if fact is None else int(fact.macs))
+            macs, spike_macs, form = dense_macs, dense_macs, Form.DENSE
+        return y, LayerSpec(name=name, kind=folded.kind, variant=variant, macs=int(macs),
+                            input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
+                            spike_macs=int(spike_macs), calls=calls, form=form, dense_macs=int(dense_macs),
+                            factorised_macs=None if fact is None else int(fact.macs))
 
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str:
         graph = self.graph
@@ -199,14 +204,14 @@ class OnnxWriter(ModelWalk):
         return spikes
 
 
-def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, class_names: tuple[str, ...],
+def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: ExportVariant, class_names: tuple[str, ...],
                 dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False, int8: Int8Chooser | None = None,
-                storage: str = "folded"):
+                storage: Storage = Storage.FOLDED):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     Args:
         model: a zoo model (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ``num_classes``).
-        choose: picks "dense" or "factorised" for each genetic layer.
+        choose: picks dense or factorised for each genetic layer.
         opset: ONNX opset (>= 18).
         variant: the requested variant, recorded in the spec.
         class_names, dataset, checkpoint_sha256: recorded in the spec.
@@ -237,4 +242,4 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, 
         inputs.append(tensor_info(v_in, [n] + shape))
         outputs.append(tensor_info(v_out, [n] + shape))
     proto = graph.model(inputs, outputs, opset, spec.to_metadata())
-    return (fold_constants(proto) if storage == "folded" else proto), spec
+    return (fold_constants(proto) if storage == Storage.FOLDED else proto), spec

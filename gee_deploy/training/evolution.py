@@ -56,8 +56,9 @@ import torch
 from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
+from ..kinds import FitnessMode
 from ..recipe import check_section, recipe_from_dict
-from .fitness import (FITNESS_MODES, TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
+from .fitness import (TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
                       generation_seeds, term_scales)
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 from .setup import build_recipe_model
@@ -73,8 +74,8 @@ DEFAULT_INDEX = -1  # the index that names the default wiring in logs and summar
 def check_evolution(ev) -> None:
     """One-line ConfigErrors for evolution settings that cannot work: the fitness mode, and every numeric key
     against its range in :data:`gee_deploy.recipe.ALLOWED`."""
-    if ev.fitness not in FITNESS_MODES:
-        raise ConfigError(f"unknown evolution.fitness {ev.fitness!r}; use one of {', '.join(FITNESS_MODES)}")
+    if ev.fitness not in set(FitnessMode):
+        raise ConfigError(f"unknown evolution.fitness {ev.fitness!r}; use one of {', '.join(FitnessMode)}")
     check_section("evolution", ev)
 
 
