@@ -22,7 +22,6 @@ import platform
 import time
 
 import numpy as np
-import onnx
 import torch
 
 from gee_deploy.export import build_onnx
