@@ -4,8 +4,9 @@ uvicorn times out idle keep-alive connections (``timeout_keep_alive``) and bound
 (``timeout_graceful_shutdown``), but:
 
 * nothing times out a client that sends half a request and waits: ``timeout_keep_alive`` runs only between
-  requests, and an ASGI app or middleware first hears of a request once its headers are complete (uvicorn's
-  issue 157 lists ``--timeout-request-start``; its pull request 1685 was closed unmerged);
+  requests, and an ASGI app or middleware first hears of a request once its headers are complete
+  (``--timeout-request-start`` is an open item of https://github.com/Kludex/uvicorn/issues/157, and
+  https://github.com/Kludex/uvicorn/pull/1685, which added it, was closed unmerged);
 * its shutdown closes the listener and then, at once, every connection that is between two requests. A client
   whose next request is already on the wire reads a reset instead of an answer, so a SIGTERM under load fails
   requests that the server could have answered.
@@ -105,8 +106,8 @@ def protocol_class(app, request_timeout_s: float, drain: Drain) -> type[asyncio.
 
 
 def timeout_response(seconds: float) -> bytes:
-    """The 408 a stalled client reads before its connection closes (framed by h11, which lets a server answer
-    before a request has arrived: RFC 9110 section 15.5.9)."""
+    """The 408 Request Timeout (RFC 9110, section 15.5.9) a stalled client reads before its connection closes,
+    framed by h11, whose server state machine allows an answer before a request has arrived."""
     body = json.dumps({"error": f"the request was not received within {seconds:g} s"}).encode()
     conn = h11.Connection(h11.SERVER)
     head = h11.Response(status_code=408, reason=b"Request Timeout", headers=[

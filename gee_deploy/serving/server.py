@@ -16,7 +16,9 @@ bring one more (:mod:`.connection`). New gRPC calls get UNAVAILABLE from the ser
 (clients move on) before gRPC stops, within the same ``drain_s``; then the process exits 0. A second SIGINT
 forces exit. A client that has not sent a whole request ``request_timeout_s`` after starting it (headers or body
 stalled) gets 408 and is disconnected (:mod:`.connection`); idle keep-alive connections close after
-``keep_alive_s`` (``Config.timeout_keep_alive``). Everything else is uvicorn's public ``Config`` and ``Server``.
+``keep_alive_s`` (``Config.timeout_keep_alive``). Everything else is uvicorn's ``Config`` and ``Server``: their
+options and ``serve``, and the ``should_exit`` / ``force_exit`` / ``started`` attributes that uvicorn's own
+signal handler and its maintainers' run-on-a-thread recipe use.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import time
 
 import uvicorn
 
+from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS
 from .app import create_app
 from .connection import Drain, protocol_class
 from .grpc_service import start_grpc
@@ -50,6 +53,7 @@ def parse_ready_line(line: str) -> tuple[int, int | None] | None:
     """(HTTP port, gRPC port or None) from a :func:`ready_line`; None when ``line`` is not one."""
     m = _READY.search(line)
     return (int(m[1]), int(m[2]) if m[2] else None) if m else None
+
 
 class InferenceServer:
     """KServe v2 REST (and, with ``grpc_port``, OIP gRPC) for one model.
@@ -76,7 +80,8 @@ class InferenceServer:
     """
 
     def __init__(self, runtime: Runtime, name: str = "gee", host: str = "127.0.0.1", port: int = 8000,
-                 grpc_port: int | None = None, max_batch: int = 32, max_delay_ms: float = 2.0,
+                 grpc_port: int | None = None, max_batch: int = 32,
+                 max_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
                  max_body_bytes: int = 16 << 20, infer_timeout_s: float = 30.0, request_timeout_s: float = 30.0,
                  keep_alive_s: float = 5.0, max_concurrency: int = 256, drain_s: float = 10.0,
                  idle_grace_s: float = 1.0):

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Callable, TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
-from ..triton_config import model_config
+from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS, model_config
 from .batcher import Batcher, BatchResult
 from .codec import VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, ServerBusy
 from .metrics import Metrics, Statistics
@@ -42,7 +42,8 @@ class ModelService:
         ValueError: a bad name or limit.
     """
 
-    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32, max_delay_ms: float = 2.0,
+    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32,
+                 max_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
                  max_concurrency: int = 256, infer_timeout_s: float = 30.0):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
