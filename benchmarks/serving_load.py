@@ -7,10 +7,11 @@ Prints one JSON line per run: protocol, requests, errors, refused, client-side p
 throughput, plus the server's own batch-size histogram from /metrics. With ``--old-tree`` the server of that
 checkout (same model, same options) runs interleaved with this one, round after round, and a last line gives
 this server's throughput and CPU per request over the old one's (medians of the rounds): on a shared machine
-only ratios measured in one run mean anything, and CPU per request does not depend on the scheduler's share. ``--sigterm`` sends SIGTERM halfway through a load run and reports cut requests and
-the exit code (``--sigterm-runs`` times per protocol, with a summary: whether a server drains cleanly is a matter
-of races, so one clean run proves little); ``--stalled N`` opens N half-sent requests and reports how fast /v2/health/ready answers and
-when the stalled connections are released. Loopback only; every loop is bounded.
+only ratios measured in one run mean anything, and CPU per request does not depend on the scheduler's share.
+``--sigterm`` sends SIGTERM halfway through a load run and reports cut requests and the exit code
+(``--sigterm-runs`` times per protocol, with a summary: whether a server drains cleanly is a matter of races, so
+one clean run proves little); ``--stalled N`` opens N half-sent requests and reports how fast /v2/health/ready
+answers and when the stalled connections are released. Loopback only; every loop is bounded.
 """
 from __future__ import annotations
 

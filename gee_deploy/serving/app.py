@@ -9,8 +9,9 @@ Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
   ``Inference-Header-Content-Length`` header, what ``tritonclient.http`` sends by default); an output's
   ``classification`` parameter returns the top-k as ``"score:index:label"`` (BYTES).
 
-Protocol errors from :mod:`.codec` (with the HTTP status each states, :func:`~.codec.http_status`) and Starlette's
-404/405 become answers in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body over ``max_body_bytes`` gets 413 without being read; the connection stays open, so the server
+Protocol errors from :mod:`.codec` (with the HTTP status each states, :func:`~.codec.http_status`) and
+Starlette's 404/405 become answers in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body
+over ``max_body_bytes`` gets 413 without being read; the connection stays open, so the server
 reads past the rest of the body and the client, once done sending, reads the 413 (closing instead would
 reset the connection under a client still writing: a broken pipe, not an answer). Once the server has
 stopped listening (SIGTERM) every response carries ``Connection: close``; not before, or clients would
@@ -27,8 +28,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
+from ..triton_config import to_json
 from .batcher import BatchResult
-from ..triton_config import model_config, to_json
 from .codec import (VERSION, Decoded, InvalidInput, PayloadTooLarge, ProtocolError, UnsupportedMediaType,
                     decode_json_request, encode_json_response, http_status, model_metadata, server_metadata)
 from .service import ModelService

@@ -28,10 +28,11 @@ from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from ..triton_config import PLATFORM
 from .runtimes import validate_input
 
-__all__ = ["ProtocolError", "InvalidInput", "Unsupported", "UnsupportedMediaType", "ModelNotFound", "PayloadTooLarge", "ServerBusy",
-           "NotReady", "InferenceTimeout", "OutputRequest", "Decoded", "InferRequest", "decode_json_request",
-           "check_input", "reject_unsupported", "tensor_from_bytes", "tensor_from_values", "select_outputs", "classify", "serialize_bytes", "encode_json_response",
-           "server_metadata", "model_metadata", "http_status", "EXTENSIONS", "VERSION"]
+__all__ = ["ProtocolError", "InvalidInput", "Unsupported", "UnsupportedMediaType", "ModelNotFound",
+           "PayloadTooLarge", "ServerBusy", "NotReady", "InferenceTimeout", "http_status", "OutputRequest", "Decoded",
+           "InferRequest", "decode_json_request", "check_input", "reject_unsupported", "tensor_from_bytes",
+           "tensor_from_values", "select_outputs", "classify", "serialize_bytes", "encode_json_response",
+           "server_metadata", "model_metadata", "EXTENSIONS", "VERSION"]
 
 VERSION = "1"  # the one model version this server has
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")

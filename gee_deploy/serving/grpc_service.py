@@ -1,9 +1,9 @@
 """The Open Inference Protocol's gRPC service (``inference.GRPCInferenceService``) on ``grpc.aio``.
 
 Built on the protos and stubs that ``tritonclient[grpc]`` ships (``tritonclient.grpc.service_pb2``,
-``service_pb2_grpc``, and ``model_config_pb2`` through :mod:`gee_deploy.triton_config`), so the stock ``tritonclient.grpc`` client speaks to it. It runs on
-the HTTP server's event loop and shares its :class:`~.service.ModelService`: one batcher, one concurrency
-limit, one set of statistics. Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata,
+``service_pb2_grpc``, and ``model_config_pb2`` through :mod:`gee_deploy.triton_config`), so the stock
+``tritonclient.grpc`` client speaks to it. It runs on the HTTP server's event loop and shares its
+:class:`~.service.ModelService`: one batcher, one concurrency limit, one set of statistics. Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata,
 ModelMetadata, ModelConfig, ModelStatistics, ModelInfer (``raw_input_contents`` or ``fp32_contents``; the
 ``classification`` output parameter). Everything else (streaming, repository, shared memory, trace, log)
 answers UNIMPLEMENTED. Protocol errors are answered with the gRPC status their class states
