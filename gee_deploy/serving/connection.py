@@ -95,7 +95,7 @@ def protocol_class(app, request_timeout_s: float, drain: Drain) -> type[asyncio.
     Raises:
         RuntimeError: this uvicorn no longer resolves its protocol class as tested.
     """
-    probe = uvicorn.Config(app, http="httptools", lifespan="off", log_config=None)
+    probe = uvicorn.Config(app, http="httptools", ws="none", lifespan="off", log_config=None)
     probe.load()
     inner = getattr(probe, "http_protocol_class", None)
     if not (isinstance(inner, type) and issubclass(inner, asyncio.Protocol)):

@@ -103,9 +103,10 @@ class InferenceServer:
                 raise
         app = create_app(self.service, max_body_bytes)
         self._drain = Drain(self.sock, idle_grace_s, on_drain=self._on_drain)
-        config = uvicorn.Config(app, http=protocol_class(app, request_timeout_s, self._drain), lifespan="off",
-                                log_level="warning", access_log=False, proxy_headers=False, server_header=False,
-                                timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=drain_s)
+        config = uvicorn.Config(app, http=protocol_class(app, request_timeout_s, self._drain), ws="none",
+                                lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
+                                server_header=False, timeout_keep_alive=keep_alive_s,
+                                timeout_graceful_shutdown=drain_s)
         self._uv = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
