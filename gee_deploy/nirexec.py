@@ -38,20 +38,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelFileError, UnsupportedModuleError
+from .spec import ModelSpec
 
-__all__ = ["THRESHOLD_RULES", "SPIKING_NODES", "read_nir", "NIRExecutor", "euler_factor"]
+__all__ = ["THRESHOLD_RULES", "SPIKING_NODES", "read_nir", "NIRExecutor", "euler_factor", "run_spec"]
 
 THRESHOLD_RULES = ("gt", "ge")  # fire on v > v_th (NIR) or v >= v_th (SpikingJelly, gee-deploy)
 SPIKING_NODES = (nir.LIF, nir.IF, nir.CubaLIF)
 
 
 def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
-    """The NIR graph in ``path``; :class:`ModelFileError` (one line) when missing, truncated or not NIR."""
+    """The NIR graph in ``path``; :class:`ModelFileError` (one line) when missing, truncated or not NIR.
+
+    NIR's own type inference is not run on reading: frameworks write types it rejects (snntorch 1.0: shapeless
+    LIF parameters) for graphs that run, and the readers here work out and check every shape themselves.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p} not found")
     try:
-        graph = nir.read(p)
+        graph = nir.read(p, type_check=False)
     except Exception as e:  # h5py OSError on a truncated file, KeyError/ValueError on a foreign HDF5 layout
         raise ModelFileError(f"{p} is not a readable NIR file (truncated or corrupt?): "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -238,3 +243,23 @@ class NIRExecutor:
         """
         y, counts, _ = self.run_steps((x for _ in range(timesteps)), len(x))
         return y, counts
+
+
+@torch.no_grad()
+def run_spec(graph: nir.NIRGraph, spec: ModelSpec, x: np.ndarray, batch_size: int = 64,
+             executor: NIRExecutor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [S, classes] and spike counts [S, L] (``spec.spiking_layers`` order) of ``graph`` on ``x`` in the
+    layout of the graph converted from it (``gee-deploy export MODEL.nir``): [S, *shape] repeated over the T steps,
+    or [S, T, *shape] per step, with the dt, threshold rule and input mode of ``spec.model_args``."""
+    args = spec.model_args
+    run = executor or NIRExecutor(graph, float(args["dt"]), args["threshold_rule"])
+    logits, counts = [], []
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
+        if args["input"] == "sequence":
+            y, c, _ = run.run_steps((xb[:, t] for t in range(spec.timesteps)), len(xb))
+        else:
+            y, c = run.run(xb, spec.timesteps)
+        logits.append(y.numpy())
+        counts.append(torch.stack([c[name] for name in spec.spiking_layers], 1).numpy())
+    return np.concatenate(logits).astype(np.float32), np.concatenate(counts).astype(np.float32)

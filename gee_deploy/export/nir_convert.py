@@ -16,17 +16,16 @@ import torch
 
 from ..checkpoint import file_sha256
 from ..errors import InputError
-from ..nirexec import NIRExecutor, read_nir
+from ..nirexec import read_nir, run_spec
 from ..ort_session import create_session
 from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
-from ..spec import ModelSpec
 from .api import ExportReport, _opset, _report_dict, _write
 from .configs import FORMATS, ValidationConfig, lookup
 from .errors import ExportError, UnknownOptionError
-from .nir_import import NIRImport, graph_dt, import_graph
+from .nir_import import NIRImport, graph_dt, import_graph, topological_order
 from .validate import ValidationReport, compare_outputs, run_graph
 
-__all__ = ["convert_nir", "reference_run", "load_inputs"]
+__all__ = ["convert_nir", "load_inputs"]
 
 
 def load_inputs(path: str | os.PathLike, spec_shape: tuple[int, ...], samples: int | None) -> np.ndarray:
@@ -51,24 +50,6 @@ def load_inputs(path: str | os.PathLike, spec_shape: tuple[int, ...], samples: i
     if not np.isfinite(x).all():
         raise InputError(f"--images {p} holds NaN or Inf")
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-@torch.no_grad()
-def reference_run(graph, spec: ModelSpec, x: np.ndarray, batch_size: int = 64) -> Outputs:
-    """The spec-only NIR executor's logits [S, classes] and spike counts [S, L] on ``x`` (the graph's input
-    layout), with the dt, threshold rule and input mode recorded in ``spec.model_args``."""
-    args = spec.model_args
-    run = NIRExecutor(graph, float(args["dt"]), args["threshold_rule"])
-    logits, counts = [], []
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i:i + batch_size])
-        if args["input"] == "sequence":
-            y, c, _ = run.run_steps((xb[:, t] for t in range(spec.timesteps)), len(xb))
-        else:
-            y, c = run.run(xb, spec.timesteps)
-        logits.append(y.numpy())
-        counts.append(torch.stack([c[name] for name in spec.spiking_layers], 1).numpy())
-    return Outputs(np.concatenate(logits).astype(np.float32), np.concatenate(counts), None, spec.spiking_layers)
 
 
 def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: int | None, dt: float | None = None,
@@ -109,6 +90,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
     opset = _opset(opset)
     graph = read_nir(path)
+    topological_order(graph, str(path))  # unsupported nodes and cycles first: no flag can fix those
     file_dt = graph_dt(graph)
     if dt is None and file_dt is None:
         raise UnknownOptionError(f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch "
@@ -139,7 +121,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     data = proto.SerializeToString()
     val = ValidationReport(samples=len(x))
     _, (logits, counts) = run_graph(create_session(data), x, cfg.batch_size)
-    ref = reference_run(graph, spec, x, cfg.batch_size)
+    ref = Outputs(*run_spec(graph, spec, x, cfg.batch_size), None, spec.spiking_layers)
     compare_outputs(val, ref, Outputs(logits, counts, None, spec.spiking_layers), cfg.thresholds)
     val.raise_if_failed("NIR import")
     report.validation = _report_dict(val)
