@@ -390,6 +390,14 @@ def test_bench_uses_the_nir_file_as_reference(converted, tmp_path):
         run_bench([path], dataset="fashion-mnist-mini", limit=4, batch_sizes=(1,), min_time=0.0)
 
 
+def test_check_takes_the_nir_file_as_reference(converted):
+    from gee_deploy.serving.bench import run_check
+
+    path, onnx_path = converted
+    measured, _ = run_check(path, onnx_path, dataset="fashion-mnist-mini", limit=16, min_time=0.0)
+    assert measured["top1_agreement"] == 1.0 and measured["spike_count_delta"] == 0 and measured["same_checkpoint"]
+
+
 def test_serve_answers_tritonclient(converted, data):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient

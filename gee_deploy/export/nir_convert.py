@@ -117,7 +117,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
                      f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data")
     report = ExportReport(str(out), output_format.name, variant, opset, False,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes)
+                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes, reference="NIR executor")
     data = proto.SerializeToString()
     val = ValidationReport(samples=len(x))
     _, (logits, counts) = run_graph(create_session(data), x, cfg.batch_size)

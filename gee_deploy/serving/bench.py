@@ -235,14 +235,15 @@ def _machine(threads: int | None) -> dict:
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
               dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
               min_time: float = 1.0) -> tuple[dict, list[str]]:
-    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint``; the gates
-    are :data:`gee_deploy.parity.CHECK_GATES`.
+    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint`` (or the NIR
+    file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`.
 
     Returns:
         (measured values, one line per failed gate)
     """
-    ref = open_runtime(checkpoint, "torch", threads)
     ort = open_runtime(onnx_path, "ort-cpu", threads)
+    ref = NIRRuntime(checkpoint, [ort.spec], threads) if Path(checkpoint).suffix.lower() == ".nir" else \
+        open_runtime(checkpoint, "torch", threads)
     name = _dataset([ref, ort], dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
     measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)
