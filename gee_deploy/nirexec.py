@@ -198,10 +198,14 @@ class NIRExecutor:
                           if type(n) not in node_map and not isinstance(n, (nir.Input, nir.Output))})
         if unknown:
             raise UnsupportedModuleError(f"the NIR executor has no map for node type(s) {', '.join(unknown)}")
-        self.module = nirtorch.nir_to_torch(graph, node_map).eval()
-        # nirtorch names submodules after the nodes with '.' -> '_'; keep the NIR names for the counts
-        sanitised = {name.replace(".", "_"): name for name, n in graph.nodes.items() if isinstance(n, SPIKING_NODES)}
-        self.spiking_modules = {sanitised[k]: m for k, m in self.module.named_children() if k in sanitised}
+        # nirtorch names its fx nodes and submodules after the NIR nodes, which breaks on names that are not
+        # Python identifiers ('if', '1.lif'): run it on identifiers and keep the NIR names for the counts
+        ids = {name: f"n{i}" for i, name in enumerate(graph.nodes)}
+        renamed = nir.NIRGraph(nodes={ids[k]: n for k, n in graph.nodes.items()},
+                               edges=[(ids[a], ids[b]) for a, b in graph.edges], type_check=False)
+        self.module = nirtorch.nir_to_torch(renamed, node_map).eval()
+        names = {ids[k]: k for k, n in graph.nodes.items() if isinstance(n, SPIKING_NODES)}
+        self.spiking_modules = {names[k]: m for k, m in self.module.named_children() if k in names}
 
     @property
     def lif_modules(self) -> dict[str, nn.Module]:

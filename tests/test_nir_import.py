@@ -189,7 +189,8 @@ def test_sequence_input_feeds_one_frame_per_step(data, tmp_path, capsys):
 
 def _graph_of_every_node(tmp_path) -> tuple:
     """Input -> Conv2d -> LIF -> SumPool2d -> Scale -> CubaLIF -> AvgPool2d -> Flatten -> Linear -> IF ->
-    Affine -> LI -> Output, plus a skip edge summed into the IF: every supported node type, by hand."""
+    Affine -> LI -> Output, plus a skip edge summed into the IF: every supported node type, by hand. Two nodes
+    have names that trip tools: 'if' (a Python keyword: nirtorch) and 'logits' (our output's name)."""
     gen = np.random.default_rng(0)
     full = lambda shape, v: np.full(shape, v, np.float32)  # noqa: E731
     s1, s2 = (4, 8, 8), (4, 4, 4)
@@ -207,14 +208,14 @@ def _graph_of_every_node(tmp_path) -> tuple:
         "flat": nir.Flatten(input_type={"input": np.array([4, 2, 2])}, start_dim=0, end_dim=-1),
         "lin": nir.Linear(weight=gen.normal(0, 1, (16, 16)).astype(np.float32)),
         "skip": nir.Affine(weight=gen.normal(0, 0.5, (16, 16)).astype(np.float32), bias=full(16, 0.1)),
-        "if1": nir.IF(r=full(16, 1e3), v_threshold=full(16, 1.0), v_reset=full(16, 0.0)),
-        "head": nir.Affine(weight=gen.normal(0, 1, (5, 16)).astype(np.float32), bias=full(5, 0.0)),
+        "if": nir.IF(r=full(16, 1e3), v_threshold=full(16, 1.0), v_reset=full(16, 0.0)),
+        "logits": nir.Affine(weight=gen.normal(0, 1, (5, 16)).astype(np.float32), bias=full(5, 0.0)),
         "li": nir.LI(tau=full(5, 3e-3), r=full(5, 1.0), v_leak=full(5, 0.0)),
         "output": nir.Output(output_type=np.array([5])),
     }
     edges = [("input", "conv"), ("conv", "lif"), ("lif", "sum"), ("sum", "scale"), ("scale", "cuba"),
-             ("cuba", "avg"), ("avg", "flat"), ("flat", "lin"), ("flat", "skip"), ("lin", "if1"), ("skip", "if1"),
-             ("if1", "head"), ("head", "li"), ("li", "output")]
+             ("cuba", "avg"), ("avg", "flat"), ("flat", "lin"), ("flat", "skip"), ("lin", "if"), ("skip", "if"),
+             ("if", "logits"), ("logits", "li"), ("li", "output")]
     path = tmp_path / "every.nir"
     nir.write(path, nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": 1e-3}))
     return path
@@ -234,12 +235,12 @@ def test_every_supported_node_against_the_spec_only_executor(rule, tmp_path, cap
     assert any("random inputs uniform in [0, 1) of shape [2, 8, 8]" in n for n in report["notes"])
     assert report["validation"]["top1_agreement"] == 1.0 and report["validation"]["max_spike_count_diff"] == 0
     spec = ModelSpec.from_onnx(out)
-    assert spec.spiking_layers == ("lif", "cuba", "if1") and spec.neurons_per_layer == (256, 64, 16)
+    assert spec.spiking_layers == ("lif", "cuba", "if") and spec.neurons_per_layer == (256, 64, 16)
     assert spec.model_args["dt"] == 1e-3
     x = np.random.default_rng(1).uniform(0, 1, (32, 2, 8, 8)).astype(np.float32)
     assert (_onnx(out, x)[1].sum(0) > 0).all()
     assert {l.name: l.input_is_spikes for l in spec.layers} == {"conv": False, "lin": False, "skip": False,
-                                                                "head": True}
+                                                                "logits": True}
 
 
 def _write(tmp_path, *nodes, edges=None, metadata=None, name="g.nir"):

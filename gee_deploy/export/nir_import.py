@@ -186,6 +186,8 @@ class _Importer:
     def __init__(self, graph: nir.NIRGraph, opts: NIRImport, source: str):
         self.graph, self.opts, self.source = graph, opts, source
         self.g = GraphBuilder()
+        for reserved in (INPUT_NAME, LOGITS, SPIKE_COUNTS):  # a node may be named so: it gets another tensor name
+            self.g.fresh(reserved)
         self.steps = opts.timesteps
         self.layers: list[LayerSpec] = []
         self.spiking: list[str] = []
