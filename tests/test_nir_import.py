@@ -243,6 +243,17 @@ def test_every_supported_node_against_the_spec_only_executor(rule, tmp_path, cap
                                                                 "logits": True}
 
 
+def test_triton_repository_from_a_nir_file(tmp_path, capsys):
+    path = _graph_of_every_node(tmp_path)
+    repo = tmp_path / "repo"
+    code, stdout, err = _export(capsys, path, repo, "-T", 3, "--format", "triton", "--samples", 8)
+    assert code == 0, err
+    (model_dir,) = [p for p in repo.iterdir() if p.is_dir()]
+    spec = ModelSpec.from_artefact(model_dir)
+    assert spec.timesteps == 3 and spec.spiking_layers == ("lif", "cuba", "if")
+    assert (model_dir / "config.pbtxt").is_file() and (model_dir / "1" / "model.onnx").is_file()
+
+
 def _write(tmp_path, *nodes, edges=None, metadata=None, name="g.nir"):
     """Input [3] -> nodes... -> Output [3] (or the node dict ``nodes[0]`` with ``edges``), without NIR's type check."""
     if edges is None:
