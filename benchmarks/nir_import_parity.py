@@ -81,7 +81,8 @@ def main() -> None:
                         rows.append({"framework": fw, "T": t, "variant": variant, **conv, "error": str(e)[:200]})
                         continue
                     _, (logits, spikes) = run_graph(create_session(str(out)), images, 250)
-                    total, want_total = float(spikes.astype(np.float64).sum()), float(want_spikes.astype(np.float64).sum())
+                    total = float(spikes.astype(np.float64).sum())
+                    want_total = float(want_spikes.astype(np.float64).sum())
                     row = {"framework": fw, "T": t, "variant": variant, **conv,
                            "top1_agreement": float((logits.argmax(1) == want_logits.argmax(1)).mean()),
                            "spikes_onnx": total, "spikes_framework": want_total,

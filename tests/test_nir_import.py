@@ -324,7 +324,8 @@ def _bad_graphs(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["delay", "conv1d", "cycle", "nested", "snntorch-rleaky", "no-shape", "truncated", "foreign",
+@pytest.mark.parametrize("case", ["delay", "conv1d", "cycle", "nested", "snntorch-rleaky", "no-shape", "truncated",
+                                  "foreign",
                                   "no-timesteps", "zero-timesteps", "negative-dt", "no-dt", "rule", "variant",
                                   "streaming", "images-shape", "format-nir"])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, tmp_path, capsys):
