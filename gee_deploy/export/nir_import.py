@@ -388,7 +388,12 @@ class _Importer:
         return self.g.const(a.astype(np.float32), f"{name}.{what}")
 
     def neuron(self, name: str, node, x: _Value) -> _Value:
-        """The recurrence of one neuron node over the T steps, the same float ops as :mod:`gee_deploy.nirexec`."""
+        """The recurrence of one neuron node over the T steps, the same float ops as :mod:`gee_deploy.nirexec`.
+
+        Not :func:`gee_deploy.neurons.charge`: that is SpikingJelly's order for one scalar tau with the leak to
+        v_reset; a NIR neuron leaks to v_leak (which may differ from v_reset) with per-neuron parameters, and the
+        graph must compute the spec executor's floats, op for op, to validate exactly against it.
+        """
         g, dt, shape = self.g, self.opts.dt, x.shape
         p = lambda what: self.param(name, what, getattr(node, what), shape)  # noqa: E731
         cuba = isinstance(node, nir.CubaLIF)
