@@ -403,12 +403,12 @@ def test_bench_uses_the_nir_file_as_reference(converted, tmp_path):
         run_bench([path], dataset="fashion-mnist-mini", limit=4, batch_sizes=(1,), min_time=0.0)
 
 
-def test_check_takes_the_nir_file_as_reference(converted):
-    from gee_deploy.serving.bench import run_check
-
+def test_check_takes_the_nir_file_as_reference(converted, capsys):
     path, onnx_path = converted
-    measured, _ = run_check(path, onnx_path, dataset="fashion-mnist-mini", limit=16, min_time=0.0)
-    assert measured["top1_agreement"] == 1.0 and measured["spike_count_delta"] == 0 and measured["same_checkpoint"]
+    code, stdout, err = run(["check", str(path), str(onnx_path), "--dataset", "fashion-mnist-mini", "--limit", "16",
+                             "--min-speedup", "0"], capsys)
+    assert code == 0, err
+    assert "top-1 agreement 100.0000%" in stdout and "spike-count delta 0.0000%" in stdout and "warning" not in err
 
 
 def test_serve_answers_tritonclient(converted, data):
