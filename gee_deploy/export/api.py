@@ -51,6 +51,7 @@ class ExportReport:
     tensorrt_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    reference: str = "PyTorch"  # what validation compared the graph with
 
     def summary(self) -> str:
         size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
@@ -64,7 +65,7 @@ class ExportReport:
         if v:
             lines.append(f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
                          f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} (graph) vs "
-                         f"{v['spikes_reference']:.0f} (PyTorch)")
+                         f"{v['spikes_reference']:.0f} ({self.reference})")
         if self.streaming_validation:
             s = self.streaming_validation
             lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_logit_diff']:.3g}, "
