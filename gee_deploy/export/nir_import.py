@@ -35,6 +35,7 @@ import torch
 from onnx import TensorProto
 
 from ..errors import ModelFileError, UnsupportedModuleError
+from ..kinds import ExportVariant, Form, LayerKind, Precision
 from ..nirexec import SPIKING_NODES, THRESHOLD_RULES, euler_factor
 from ..quantisation import quantise_weight
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec
@@ -42,6 +43,7 @@ from .errors import ExportError, UnknownOptionError
 from .folding import FoldedLayer, emit_dense
 from .graph import GraphBuilder, tensor_info
 from .int8 import Int8Layer, emit_int8
+from .weights import Tensor
 
 __all__ = ["SUPPORTED_NODES", "INPUT_MODES", "NIRImport", "import_graph", "graph_dt", "topological_order"]
 
@@ -298,16 +300,20 @@ class _Importer:
         if self.opts.variant == "int8" and x.spikes_from is not None and int8_geometry is not None:
             q, s = quantise_weight(torch.from_numpy(weight.astype(np.float32)))
             k, stride, pad = int8_geometry
-            layer = Int8Layer(kind, q.numpy(), s.numpy().astype(np.float32), bias.astype(np.float32), k, stride, pad)
+            layer = Int8Layer(kind, Tensor(q.numpy()), Tensor(s.numpy().astype(np.float32)),
+                              Tensor(bias.astype(np.float32)), k, stride, pad)
             if x.name not in self._uint8:  # 0/1 spikes as uint8: exact
                 self._uint8[x.name] = self.g.op("Cast", [x.name], f"{x.spikes_from}.uint8", to=TensorProto.UINT8)
             y = emit_int8(self.g, self._uint8[x.name], layer, x.shape, name)
-            spec = LayerSpec(name, kind, "dense", macs, True, x.spikes_from, macs, calls, "dense", macs, None,
-                             precision="int8", weight_scales=tuple(float(v) for v in layer.scale))
+            spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs, input_is_spikes=True,
+                             spiking_input_layer=x.spikes_from, spike_macs=macs, calls=calls, form=Form.DENSE,
+                             dense_macs=macs, precision=Precision.INT8,
+                             weight_scales=tuple(float(str(v)) for v in layer.scale.value))
         else:
             y = dense()
-            spec = LayerSpec(name, kind, "dense", macs, x.spikes_from is not None, x.spikes_from, macs, calls,
-                             "dense", macs, None)
+            spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs,
+                             input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
+                             spike_macs=macs, calls=calls, form=Form.DENSE, dense_macs=macs)
         self.layers.append(spec)
         return _Value(y, out_shape, x.static)
 
@@ -317,8 +323,8 @@ class _Importer:
             raise self.error(name, f"has weight {list(w.shape)} but receives [{', '.join(map(str, x.shape))}] (the "
                                    "import runs Affine / Linear on vectors: flatten first)")
         bias = np.asarray(node.bias, np.float64) if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
-        folded = FoldedLayer("linear", w, bias.reshape(-1))
-        return self.weight_layer(name, "linear", x, w, folded.bias, (w.shape[0],), int(w.size),
+        folded = FoldedLayer(LayerKind.LINEAR, Tensor(w), Tensor(bias.reshape(-1)))
+        return self.weight_layer(name, LayerKind.LINEAR, x, w, bias.reshape(-1), (w.shape[0],), int(w.size),
                                  lambda: emit_dense(self.g, x.name, folded, name), (1, 1, 0))
 
     def conv(self, name: str, node: nir.Conv2d, x: _Value) -> _Value:
@@ -346,14 +352,14 @@ class _Importer:
         bias = np.asarray(node.bias, np.float64).reshape(-1) if node.bias is not None else np.zeros(w.shape[0])
         macs = int(np.prod(out_shape)) * w.shape[1] * kh * kw
         square = kh == kw and sh == sw and dh == dw == 1 and groups == 1 and len(set(pads)) == 1
-        folded = FoldedLayer("conv", w, bias, kh, sh, pads[0])
+        folded = FoldedLayer(LayerKind.CONV, Tensor(w), Tensor(bias), kh, sh, pads[0])
 
         def dense() -> str:
             if square:
                 return emit_dense(self.g, x.name, folded, name)
             return self.g.op("Conv", [x.name, self.g.const(w, f"{name}.weight"), self.g.const(bias, f"{name}.bias")],
                              name, pads=pads, strides=[sh, sw], dilations=[dh, dw], group=groups)
-        return self.weight_layer(name, "conv", x, w, bias, out_shape, macs, dense,
+        return self.weight_layer(name, LayerKind.CONV, x, w, bias, out_shape, macs, dense,
                                  (kh, sh, pads[0]) if square else None)
 
     # -- stateless layers ------------------------------------------------------------------------------------
