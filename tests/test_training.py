@@ -220,3 +220,23 @@ def test_a_pickle_is_refused_without_suggesting_to_unpickle_it(tmp_path):
     with pytest.raises(CheckpointError, match="not a gee-deploy checkpoint") as e:
         load_checkpoint(graph)
     assert "False" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_epoch_loop_stops_after_max_steps(one_thread):
+    """quantize's fine-tune is the trainer's epoch loop cut at a step count (fractions of an epoch)."""
+    from gee_deploy.data import load_split, make_loader
+    from gee_deploy.training.setup import build_optimizer, build_recipe_model
+    from gee_deploy.training.trainer import TrainRuntime, cosine_schedule, train_epoch
+
+    recipe = tiny_recipe()
+    model = build_recipe_model(recipe)
+    optimizer = build_optimizer(recipe, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(10, 0))
+    loader = make_loader(load_split("synthetic", "train", limit=128), 32, True, drop_last=True)  # 4 batches
+    before = [p.detach().clone() for p in model.parameters()]
+    done = train_epoch(model, loader, optimizer, scheduler, recipe.train, TrainRuntime.local(torch.device("cpu")),
+                       "test", show=False, max_steps=3)
+    assert done["steps"] == 3 and scheduler.last_epoch == 3 and 0 <= done["train_acc"] <= 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert train_epoch(model, loader, optimizer, scheduler, recipe.train, TrainRuntime.local(torch.device("cpu")),
+                       "test", show=False)["steps"] == 4

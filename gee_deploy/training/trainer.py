@@ -21,7 +21,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +33,22 @@ from ..data import dataset_info, load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
-from ..recipe import Recipe, check_recipe
+from ..recipe import Recipe, TrainSection, check_recipe
 from .evolution import check_evolution, run_evolution
 from .fitness import check_eval_data_size
 from .setup import build_optimizer, build_recipe_model, train_step
 
-__all__ = ["train", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext"]
+__all__ = ["train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext",
+           "TrainRuntime"]
 
 
 class DistContext:
-    """torchrun awareness: rank/world size from the environment; a no-op in a single process."""
+    """torchrun awareness: rank/world size from ``env`` (the environment); a no-op in a single process."""
 
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    def __init__(self, device: torch.device, env: Mapping[str, str] = os.environ):
+        self.world = int(env.get("WORLD_SIZE", "1"))
+        self.rank = int(env.get("RANK", "0"))
+        self.local_rank = int(env.get("LOCAL_RANK", "0"))
         self.device = device
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -124,13 +125,18 @@ def holds_run(out: str | os.PathLike) -> bool:
 
 
 @dataclass
-class _Runtime:
+class TrainRuntime:
     """Where and how this process computes: device, DDP ranks, mixed precision, memory format."""
 
     device: torch.device
     dist: DistContext
     autocast: Callable[[], AbstractContextManager]
     channels_last: bool
+
+    @classmethod
+    def local(cls, device: torch.device) -> TrainRuntime:
+        """One process on ``device``, float32, the default memory format (a fine-tune outside a training run)."""
+        return cls(device, DistContext(device, env={}), nullcontext, False)
 
     @property
     def pin_memory(self) -> bool:
@@ -154,7 +160,7 @@ def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
-def _set_up(settings) -> _Runtime:
+def _set_up(settings) -> TrainRuntime:
     """Device, CPU threads, DDP process group, AMP dtype and memory format of the recipe's [train] section."""
     device = select_device(settings.device)
     if device.type == "cuda":
@@ -171,10 +177,10 @@ def _set_up(settings) -> _Runtime:
     def autocast() -> AbstractContextManager:
         return torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
 
-    return _Runtime(device, dist, autocast, settings.channels_last and device.type == "cuda")
+    return TrainRuntime(device, dist, autocast, settings.channels_last and device.type == "cuda")
 
 
-def _load_data(recipe: Recipe, runtime: _Runtime):
+def _load_data(recipe: Recipe, runtime: TrainRuntime):
     """(training set, its DDP sampler or None, test loader); each rank sees its share under torchrun."""
     data, dist = recipe.data, runtime.dist
     data_dir = data.data_dir or None
@@ -233,27 +239,37 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, out: Path,
     return epochs_done, ckpt.best_acc
 
 
-def _train_epoch(net: nn.Module, loader, optimizer, scheduler, settings, runtime: _Runtime, desc: str,
-                 show: bool) -> dict:
-    """One pass over ``loader``; returns train_loss, train_acc (summed over ranks) and train_images_per_s."""
+def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSection, runtime: TrainRuntime,
+                desc: str, show: bool, max_steps: int | None = None) -> dict:
+    """One pass over ``loader`` (or its first ``max_steps`` batches): a :func:`~.setup.train_step` and a
+    scheduler step per batch, with ``settings``' label smoothing and gradient clipping.
+
+    Returns:
+        train_loss, train_acc (summed over ranks), train_images_per_s and steps (this process's).
+    """
     from tqdm.auto import tqdm
 
     net.train()
     started = time.perf_counter()
     loss_sum = correct = seen = 0.0
+    steps = 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True)
     for x, y in bar:
         x, y = runtime.to_device(x, y)
         loss, logits = train_step(net, optimizer, x, y, label_smoothing=settings.label_smoothing,
                                   grad_clip=settings.grad_clip, autocast=runtime.autocast)
         scheduler.step()
+        steps += 1
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if steps == max_steps:
+            break
+    bar.close()
     loss_sum, correct, seen = runtime.dist.all_reduce_sum(loss_sum, correct, seen)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "train_images_per_s": seen / (time.perf_counter() - started)}
+            "train_images_per_s": seen / (time.perf_counter() - started), "steps": steps}
 
 
 def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, metrics: dict) -> None:
@@ -325,7 +341,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         loader = make_loader(train_set, data.batch_size, True, seed=epoch_seed, workers=data.workers,
                              pin_memory=runtime.pin_memory, sampler=sampler, drop_last=True)
         started = time.perf_counter()
-        trained = _train_epoch(net, loader, optimizer, scheduler, settings, runtime,
+        trained = train_epoch(net, loader, optimizer, scheduler, settings, runtime,
                                f"epoch {epoch + 1}/{settings.epochs}", show=progress is not False and dist.main)
         metrics = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"],
                    **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
