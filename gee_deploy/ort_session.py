@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ModelFileError, RuntimeUnavailableError
+from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError
 
-__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "create_session"]
+__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "import_onnxruntime", "create_session"]
 
 # runtime name -> execution providers, most preferred first
 PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
@@ -22,6 +22,23 @@ PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
 # optimisations (NCHWc) to "extended"'s fusions
 OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
                        "none": "ORT_DISABLE_ALL"}
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, from whichever extra installed it: ``gee-deploy[cpu]`` (onnxruntime) or
+    ``gee-deploy[gpu]`` (onnxruntime-gpu; both distributions provide the module, so one is installed, never both).
+
+    Raises:
+        MissingExtraError: neither is installed.
+    """
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime":  # installed, but something it needs is not: its own message says what
+            raise
+        raise MissingExtraError("onnxruntime is not installed: pip install 'gee-deploy[cpu]' (or "
+                                "'gee-deploy[gpu]' for onnxruntime-gpu and TensorRT on a CUDA machine)") from None
+    return onnxruntime
 
 
 def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
@@ -39,11 +56,10 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
 
     Raises:
         RuntimeUnavailableError: ``kind`` or ``optimization`` is unknown, or ``kind``'s provider is missing from
-            this onnxruntime.
+            this onnxruntime (:class:`~gee_deploy.errors.MissingExtraError`: no onnxruntime at all).
         ModelFileError: the file is missing or onnxruntime cannot load it.
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     if kind not in PROVIDERS:
         raise RuntimeUnavailableError(f"unknown onnxruntime runtime {kind!r}; use one of {', '.join(PROVIDERS)}")
     if optimization not in OPTIMIZATION_LEVELS:
