@@ -36,7 +36,7 @@ from ..neurons import SpikeRecorder
 from ..recipe import Recipe, TrainSection, check_recipe
 from .evolution import check_evolution, run_evolution
 from .fitness import check_eval_data_size
-from .setup import build_optimizer, build_recipe_model, train_step
+from .setup import build_optimizer, build_recipe_model, mixed_precision, train_step
 
 __all__ = ["train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext",
            "TrainRuntime"]
@@ -132,6 +132,7 @@ class TrainRuntime:
     dist: DistContext
     autocast: Callable[[], AbstractContextManager]
     channels_last: bool
+    scaler: torch.amp.GradScaler | None = None  # float16 autocast only (setup.mixed_precision)
 
     @classmethod
     def local(cls, device: torch.device) -> TrainRuntime:
@@ -171,13 +172,14 @@ def _set_up(settings) -> TrainRuntime:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dist = DistContext(device)
-    use_amp = settings.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype, scaled = mixed_precision(device.type, settings.amp,
+                                        device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     def autocast() -> AbstractContextManager:
-        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
-    return TrainRuntime(device, dist, autocast, settings.channels_last and device.type == "cuda")
+    return TrainRuntime(device, dist, autocast, settings.channels_last and device.type == "cuda",
+                        torch.amp.GradScaler("cuda") if scaled else None)
 
 
 def _load_data(recipe: Recipe, runtime: TrainRuntime):
@@ -220,8 +222,8 @@ def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> Checkpoint:
                       dataset=DatasetRecord(name=info.name, classes=tuple(info.classes)))
 
 
-def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, out: Path,
-            dist: DistContext) -> tuple[int, float]:
+def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime,
+            out: Path) -> tuple[int, float]:
     """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far).
 
     Raises:
@@ -232,8 +234,10 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, out: Path,
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
+    if runtime.scaler is not None and ckpt.scaler is not None:  # a float16 run resumed on a float16 GPU
+        runtime.scaler.load_state_dict(ckpt.scaler)
     epochs_done = ckpt.epoch
-    if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
+    if runtime.dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
         write_jsonl(out / "train.jsonl", [row for row in read_jsonl(out / "train.jsonl")
                                           if row.get("epoch", 0) <= epochs_done])
     return epochs_done, ckpt.best_acc
@@ -257,7 +261,7 @@ def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSec
     for x, y in bar:
         x, y = runtime.to_device(x, y)
         loss, logits = train_step(net, optimizer, x, y, label_smoothing=settings.label_smoothing,
-                                  grad_clip=settings.grad_clip, autocast=runtime.autocast)
+                                  grad_clip=settings.grad_clip, autocast=runtime.autocast, scaler=runtime.scaler)
         scheduler.step()
         steps += 1
         loss_sum += loss.item() * len(y)
@@ -272,13 +276,15 @@ def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSec
             "train_images_per_s": seen / (time.perf_counter() - started), "steps": steps}
 
 
-def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, metrics: dict) -> None:
+def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime,
+                       metrics: dict) -> None:
     """best.pt when this epoch holds the best accuracy so far; last.pt (with the optimiser, for --resume) always."""
     state = replace(meta, state_dict=model.state_dict(), epoch=metrics["epoch"], metrics=metrics,
                     best_acc=metrics["best_acc"])
     if metrics["test_acc"] >= metrics["best_acc"]:
         save_checkpoint(out / "best.pt", state)
-    save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
+    save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                             scaler=runtime.scaler.state_dict() if runtime.scaler is not None else None))
 
 
 def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
@@ -323,7 +329,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     # ---- resume ---------------------------------------------------------------------------------------
     start_epoch, best_acc = 0, 0.0
     if ckpt is not None:
-        start_epoch, best_acc = _resume(ckpt, model, optimizer, scheduler, out, dist)
+        start_epoch, best_acc = _resume(ckpt, model, optimizer, scheduler, runtime, out)
     net = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -351,7 +357,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         best_acc = max(best_acc, metrics["test_acc"])
         metrics["best_acc"] = best_acc
         if dist.main:
-            _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
+            _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)
             append_jsonl(out / "train.jsonl", metrics)
             if progress is not False:
                 tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
@@ -362,7 +368,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
                                           runtime.channels_last)}
         metrics["best_acc"] = metrics["test_acc"]
         if dist.main:
-            _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
+            _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)
     if ckpt is not None and not metrics:
         metrics = ckpt.metrics
     dist.close()
