@@ -65,7 +65,8 @@ class QuantisationRecord:
 
     Attributes:
         scheme: :data:`gee_deploy.quantisation.SCHEME` (a checkpoint of another scheme is refused).
-        layers: the layers whose forward uses int8 fake-quantised weights (:func:`~gee_deploy.quantisation.quantised_layers`).
+        layers: the layers whose forward uses int8 fake-quantised weights
+            (:func:`~gee_deploy.quantisation.quantised_layers`).
         epochs, lr_scale: the fine-tune's length (passes over the training split) and peak learning rate (x the
             recipe's); None in a record that does not say.
         source, source_sha256: the fp32 checkpoint it was fine-tuned from ("" when unknown).

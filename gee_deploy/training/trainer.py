@@ -283,8 +283,9 @@ def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer,
                     best_acc=metrics["best_acc"])
     if metrics["test_acc"] >= metrics["best_acc"]:
         save_checkpoint(out / "best.pt", state)
+    scaler = runtime.scaler.state_dict() if runtime.scaler is not None else None
     save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                             scaler=runtime.scaler.state_dict() if runtime.scaler is not None else None))
+                                             scaler=scaler))
 
 
 def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
