@@ -38,3 +38,7 @@ class InputError(GeeError):
 
 class RuntimeUnavailableError(GeeError):
     """A runtime was asked for that this machine cannot provide (no CUDA, no TensorRT)."""
+
+
+class MissingExtraError(RuntimeUnavailableError):
+    """A package that an install extra provides is not installed (the message names the extras)."""

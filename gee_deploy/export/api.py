@@ -186,9 +186,9 @@ def _opset(opset: int | None) -> int:
 
 
 def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVariant | str = ExportVariant.DENSE,
-                  fmt: str = "onnx",
-                  opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
-                  labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
+                  fmt: str = "onnx", opset: int | None = None, streaming: bool = False,
+                  images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                  validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
                   fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
@@ -256,8 +256,9 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
     return report
 
 
-def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool, images: torch.Tensor,
-                labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str, start: float) -> ExportReport:
+def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool,
+                images: torch.Tensor, labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str,
+                start: float) -> ExportReport:
     """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
     for bad, why in ((variant != ExportVariant.DENSE, f"--variant {variant}"), (streaming, "--streaming"),
                      (opset is not None, "--opset")):
@@ -296,10 +297,10 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
         spec.write_sidecar(out)
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: ExportVariant | str = ExportVariant.DENSE,
-                 fmt: str = "onnx",
-                 opset: int | None = None, streaming: bool = False, atol: float | None = None,
-                 samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                 variant: ExportVariant | str = ExportVariant.DENSE, fmt: str = "onnx", opset: int | None = None,
+                 streaming: bool = False, atol: float | None = None, samples: int | None = None,
+                 data_dir: str | os.PathLike | None = None, profile: bool = False,
                  max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
                  storage: Storage | str | None = None) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, ModelFileError, RuntimeUnavailableError
-from ..ort_session import PROVIDERS, create_session
+from ..ort_session import PROVIDERS, create_session, import_onnxruntime
 from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec
 
 __all__ = ["Runtime", "TorchRuntime", "OrtRuntime", "TensorRTRuntime", "NIRRuntime", "RUNTIMES", "REFERENCES",
@@ -132,8 +132,7 @@ class OrtRuntime(Runtime):
         if self.device == "cpu":
             logits, spikes = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
             return logits, spikes
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
         for name in OUTPUT_NAMES:
@@ -143,8 +142,7 @@ class OrtRuntime(Runtime):
         return logits, spikes
 
     def describe(self) -> dict:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         return {**super().describe(), "providers": self.session.get_providers(), "threads": self.threads,
                 "onnxruntime": ort.__version__}
 
@@ -281,7 +279,6 @@ def default_runtimes(path: str | os.PathLike) -> list[str]:
         return ["nir"]
     if suffix in (".plan", ".engine"):
         return ["tensorrt"]
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     have = ort.get_available_providers()
     return ["ort-cpu"] + [k for k in ("ort-cuda",) if PROVIDERS[k][0] in have]
