@@ -27,6 +27,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ..ort_session import import_onnxruntime
 from .graph import GraphBuilder
 
 __all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes"]
@@ -236,8 +237,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     a session of the unfolded graph folds it with the same kernels at creation. A graph with nothing to fold
     comes back unchanged (a copy).
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()  # heavy: imported when a graph is folded, not with this module
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
