@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, GeeError
+from .errors import CheckpointError, GeeError, reason
 from .io import atomic_path
 from .quantisation import SCHEME, attach_quantisers
 from .zoo import create_model
@@ -61,8 +61,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             hint = "an ONNX graph? bench and serve take those" if p.suffix == ".onnx" else "another kind of file?"
             raise CheckpointError(f"{p} is not a gee-deploy checkpoint (torch.load cannot read it as weights; "
                                   f"{hint})") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first[:200]}") from None
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {reason(e)}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
         raise CheckpointError(f"{p} is not a gee-deploy checkpoint (missing model name, args or weights)")
     if ckpt["format"] != FORMAT:

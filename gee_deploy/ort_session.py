@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ModelFileError, RuntimeUnavailableError
+from .errors import ModelFileError, RuntimeUnavailableError, reason
 
 __all__ = ["PROVIDERS", "create_session"]
 
@@ -68,4 +68,4 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
         return ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
         what = "the graph" if isinstance(model, bytes) else source
-        raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None
+        raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None

@@ -449,7 +449,7 @@ def test_a_batch_above_the_advertised_max_batch_size_is_refused_over_http_and_gr
 
     x = images[:17]  # the server fixture advertises max_batch_size 16
     code, answer = _post(server, "/v2/models/tiny/infer", _request(x))
-    assert code == 400 and "inputs[0].shape" in answer["error"] and "max_batch_size 16" in answer["error"]
+    assert code == 400 and "inputs.0.shape" in answer["error"] and "max_batch_size 16" in answer["error"]
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
     inp = grpcclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
     inp.set_data_from_numpy(x)

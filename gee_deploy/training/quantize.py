@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
 from ..quantisation import attach_quantisers, quantisation_record, spike_reading_layers
 from ..recipe import recipe_from_dict
-from .setup import build_optimizer, train_step
+from .setup import build_optimizer, check_training_batches, train_step
 from .trainer import cosine_schedule, evaluate, select_device
 
 __all__ = ["QuantizeReport", "quantize"]
@@ -115,6 +115,11 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     if ckpt.get("quantisation"):
         raise CheckpointError(f"{checkpoint} is already int8 fine-tuned")
     recipe = recipe_from_dict(ckpt.get("recipe") or {})
+    # the recipe's own optimiser policy and training step, at lr_scale x its learning rate, no weight decay
+    try:
+        t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
+    except ConfigError as e:
+        raise ConfigError(f"--lr-scale {lr_scale} x the checkpoint's train.lr {recipe.train.lr}: {e}") from None
     dataset = (ckpt.get("dataset") or {}).get("name") or recipe.data.name
     started = time.perf_counter()
 
@@ -131,6 +136,8 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     train_set = load_split(dataset, "train", data_dir or recipe.data.data_dir or None, augment=recipe.data.augment,
                            limit=train_limit, crop_padding=recipe.data.crop_padding)
     test_set = load_split(dataset, "test", data_dir or recipe.data.data_dir or None, limit=test_limit)
+    limit = f" after --train-limit {train_limit}" if train_limit else ""
+    check_training_batches(model, len(train_set), batch, batch_key="--batch-size", limit=limit)
     test_loader = make_loader(test_set, batch, False)
     say = print if progress else (lambda *_: None)
 
@@ -142,8 +149,6 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     say(f"int8 without fine-tune {ptq['test_acc']:.4f}")
 
     # ---- 3. fine-tune with straight-through fake quantisation ----------------------------------------
-    # the recipe's own optimiser policy and training step, at lr_scale x its learning rate, no weight decay
-    t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
     optimizer = build_optimizer(replace(recipe, train=t), model)
     steps_per_epoch = max(1, len(train_set) // batch)
     total = max(1, round(epochs * steps_per_epoch))
