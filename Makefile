@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo
 PYTEST_ARGS ?=
-# all tests, slow ones included (~2.5 min on 2 cores); quick loop: make test PYTEST_ARGS='-m "not slow"'
+# all tests, slow ones included (about 5 minutes on 2 cores); quick loop: make test PYTEST_ARGS='-m "not slow"'
 
 .PHONY: demo test install clean
 
@@ -21,7 +21,7 @@ install: $(BIN)/gee-deploy
 
 demo: install
 	rm -rf $(RUN)
-	$(BIN)/gee-deploy train models/demo.toml --out $(RUN)
+	$(BIN)/gee-deploy train demo --out $(RUN)
 	$(BIN)/gee-deploy export $(RUN)/best.pt --out $(RUN)/model.onnx
 	$(BIN)/gee-deploy bench $(RUN)/best.pt $(RUN)/model.onnx --out $(RUN)/bench
 

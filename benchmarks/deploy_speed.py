@@ -1,4 +1,4 @@
-"""How close the deployed graphs run to this CPU's limit (issue 9, DESIGN section 11).
+"""How close the deployed graphs run to this CPU's limit (docs/design.md, "Measuring deployment speed").
 
     python benchmarks/deploy_speed.py --checkpoint runs/fmnist/best.pt --baseline old-dense=old_dense.onnx
     python benchmarks/deploy_speed.py --models smallnet resnet19-small --threads 1 0 --batches 1 64

@@ -69,7 +69,7 @@ def positive(text: str) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="models/ablation_fmnist.toml")
+    p.add_argument("--recipe", default="ablation_fmnist")
     p.add_argument("--modes", nargs="+", default=["loss", "ste-scaled", "ste"], choices=FITNESS_MODES)
     p.add_argument("--generations", type=positive, default=12)
     p.add_argument("--seeds", type=positive, default=3)

@@ -1,6 +1,6 @@
 """Wall time per evolution generation with 1 and N worker processes.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evolution_workers.py [--recipe models/demo.toml]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evolution_workers.py [--recipe demo]
         [--workers 1 2] [--generations 3] [--population 4]
 
 Runs the same evolution once per worker count (each candidate evaluated with ``eval_threads`` = 1 thread)
@@ -54,7 +54,7 @@ def bench(recipe_path: str, workers: int, generations: int, population: int, ove
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default="models/demo.toml")
+    p.add_argument("--recipe", default="demo")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--population", type=int, default=4)

@@ -16,6 +16,7 @@ import torch
 
 from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
+from gee_deploy.kinds import ExportVariant
 from gee_deploy.ort_session import create_session
 from gee_deploy.zoo import create_model
 
@@ -54,7 +55,7 @@ def run(model: torch.nn.Module, label: str, batches=(1, 64), threads: int = 1, v
         proto, info = build_onnx(model, "auto" if variant.startswith("auto") else variant,
                                  profile=variant == "auto-profile")
         sessions[variant] = create_session(proto.SerializeToString(), threads=threads)
-        meta[variant] = {"layers": "".join("F" if l.variant == "factorised" else "D" for l in info.layers),
+        meta[variant] = {"layers": "".join("F" if l.variant == ExportVariant.FACTORISED else "D" for l in info.layers),
                          "macs": sum(l.macs * l.calls for l in info.layers)}
     rows = []
     for batch in batches:

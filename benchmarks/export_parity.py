@@ -22,6 +22,7 @@ from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
 from gee_deploy.export.api import validation_data
 from gee_deploy.errors import GeeError
+from gee_deploy.kinds import Precision
 from gee_deploy.export.configs import VARIANTS, ValidationConfig, validation_thresholds
 from gee_deploy.quantisation import quantised_layers
 from gee_deploy.export.validate import validate_export
@@ -37,23 +38,23 @@ def positive(text: str) -> int:
 def run(checkpoint: str, variants=("dense", "factorised", "auto"), dataset: str | None = None,
         samples: int = 10_000, batch_size: int = 250) -> list[dict]:
     model = load_model(checkpoint)
-    dataset = dataset or model.checkpoint["dataset"]["name"]
+    dataset = dataset or model.checkpoint.dataset_name
     images, labels = validation_data(dataset, samples)
     rows = []
     for variant in variants:
         t0 = time.perf_counter()
         proto, spec = build_onnx(model, variant)
-        int8 = any(layer.precision == "int8" for layer in spec.layers)
+        int8 = any(layer.precision == Precision.INT8 for layer in spec.layers)
         cfg = ValidationConfig(samples=len(images), batch_size=batch_size,
                                thresholds=validation_thresholds(int8, bool(quantised_layers(model))))
         report = validate_export(model, proto.SerializeToString(), images, labels, cfg, raise_on_failure=False)
         s = report.stats
         rows.append({"variant": variant, "dataset": dataset, "samples": len(images),
-                     "top1_agreement": s["top1_agreement"], "accuracy_torch": s["accuracy_reference"],
-                     "accuracy_onnx": s["accuracy_deployed"],
-                     "accuracy_delta_points": 100 * (s["accuracy_deployed"] - s["accuracy_reference"]),
-                     "spikes_torch": s["spikes_reference"], "spikes_onnx": s["spikes_deployed"],
-                     "spike_rel_delta": s["spike_count_delta"], "samples_identical": s["match_fraction"],
+                     "top1_agreement": s.top1_agreement, "accuracy_torch": s.accuracy_reference,
+                     "accuracy_onnx": s.accuracy_deployed,
+                     "accuracy_delta_points": 100 * (s.accuracy_deployed - s.accuracy_reference),
+                     "spikes_torch": s.spikes_reference, "spikes_onnx": s.spikes_deployed,
+                     "spike_rel_delta": s.spike_count_delta, "samples_identical": s.match_fraction,
                      "max_logit_diff": report.max_abs_diff["logits"], "passed": report.ok,
                      "seconds": time.perf_counter() - t0})
     return rows

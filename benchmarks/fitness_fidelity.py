@@ -1,6 +1,6 @@
-"""Fitness fidelity: does a fitness mode rank genotypes the way real training does? (issue 10, DESIGN section 12)
+"""Fitness fidelity: does a fitness mode rank genotypes the way real training does? (docs/design.md, "Fitness scaling")
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fitness_fidelity.py [--recipe models/ablation_fmnist.toml]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fitness_fidelity.py [--recipe ablation_fmnist]
         [--genotypes 16] [--sigma 0.5] [--eval-steps 8 32] [--train-limit N] [--test-limit N] [--epochs N]
         [--cache runs/fitness_fidelity.json] [--set key=value ...]
 
@@ -153,7 +153,7 @@ def report(cache: dict, eval_steps: list[int], resamples: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default="models/ablation_fmnist.toml")
+    p.add_argument("--recipe", default="ablation_fmnist")
     p.add_argument("--genotypes", type=int, default=16)
     p.add_argument("--sigma", type=float, default=0.5, help="spread of the draws around the initial mean")
     p.add_argument("--eval-steps", type=int, nargs="+", default=None,

@@ -3,7 +3,7 @@
     python benchmarks/int8_conv.py                  # SmallNet (untrained, g=40, T=4) body layers, batch T*64
     python benchmarks/int8_conv.py --batch 1 --threads 1 2
 
-Every conv after the stem reads spikes, exactly 0 or 1 (DESIGN section 11). Weights are quantised
+Every conv after the stem reads spikes, exactly 0 or 1 (docs/design.md, "Int8 layers"). Weights are quantised
 symmetrically per output channel, W ~= q * s (q int8, s float [Cout]); a uint8 0/1 input is exact and the
 int32 sum of q over the active inputs is exact, so an exact int8 layer is y = float(acc) * s + b.
 

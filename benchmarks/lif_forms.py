@@ -3,7 +3,7 @@
     python benchmarks/lif_forms.py                       # untrained SmallNet g=40, T=4, batch 64 and 1, 1 thread
     python benchmarks/lif_forms.py --checkpoint runs/fmnist/best.pt --threads 1 2
 
-Two measurements (design input for issue 9, DESIGN section 11):
+Two measurements (docs/design.md, "Measuring deployment speed", records what they decided):
 
 1. **Exactness.** Each form's recurrence, run by onnxruntime on the same inputs as a torch formulation, must
    give bit-identical membranes (hence spikes). The inputs are the SmallNet LIF inputs of real images (the
@@ -15,7 +15,8 @@ Two measurements (design input for issue 9, DESIGN section 11):
 
 Forms (tau = 2, v_th = 1, v_reset = 0, the project's LIF) combine four choices (:class:`Form`):
 
-* charge: ``div`` h = v + (x - v) / tau (the writer before issue 9, and spikingjelly's training kernel); ``mul`` the
+* charge: ``div`` h = v + (x - v) / tau (the ONNX writer's form before the leaner LIF, and spikingjelly's
+  training kernel); ``mul`` the
   same with * 0.5 (bit-identical to div: 1/tau is a power of two); ``avg`` h = (x + v) * 0.5 (one rounding
   where div has two: NOT bit-identical to div); ``pre`` 1/tau folded into the producing conv's weights and
   bias (exact: scaling by a power of two), h = x' + 0.5 v (bit-identical to avg); ``pow2`` per-step conv
@@ -465,7 +466,7 @@ def main() -> None:
     if a.checkpoint:
         from gee_deploy.data import load_test_arrays
 
-        ds = model.checkpoint["dataset"]["name"]
+        ds = model.checkpoint.dataset_name
         images = torch.from_numpy(load_test_arrays(ds, None, 512)[0])
     else:
         images = torch.rand(256, model.in_channels, model.image_size, model.image_size)

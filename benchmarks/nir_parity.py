@@ -44,7 +44,7 @@ def _spikingjelly(path: str, images: torch.Tensor, batch_size: int) -> np.ndarra
 
 
 def _row(what: str, ref: Outputs, got: Outputs, seconds: float) -> dict:
-    stats = compare(ref, got)
+    stats = compare(ref, got).as_dict()
     for key in ("spikes_per_layer_deployed", "layer_names_match"):
         stats.pop(key)
     return {"run": what, **stats, "seconds": round(seconds, 1)}
@@ -52,7 +52,7 @@ def _row(what: str, ref: Outputs, got: Outputs, seconds: float) -> dict:
 
 def run(checkpoint: str, out: str, samples: int = 10_000, batch_size: int = 250, exported: bool = False) -> list[dict]:
     model = load_model(checkpoint)
-    images, labels = validation_data(model.checkpoint["dataset"]["name"], samples)
+    images, labels = validation_data(model.checkpoint.dataset_name, samples)
     cfg = ValidationConfig(samples=len(images), batch_size=batch_size)
     rows = []
     if not exported:

@@ -1,6 +1,8 @@
 """Checkpoints that rebuild their model alone and load without executing pickled code.
 
-A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_only=True)``:
+What a checkpoint holds is :class:`Checkpoint`, written and read here only: :meth:`Checkpoint.to_payload` is the
+dict saved with torch.save, :meth:`Checkpoint.from_payload` reads it back (``torch.load(weights_only=True)``),
+files written by earlier releases included. The payload's keys:
 
     format        "gee-deploy/1"
     model_name    registered architecture
@@ -12,47 +14,204 @@ A checkpoint is a dict saved with torch.save and read with ``torch.load(weights_
     recipe        the resolved recipe (dict)
     dataset       {"name", "classes"}
     state_dict    model weights
-    optimizer, scheduler   training state (absent in exported-only files)
+    optimizer, scheduler   training state (last.pt only: what --resume continues from)
     epoch         epochs finished
-    metrics       last epoch's metrics; best_acc
-    rng           CPU RNG state, for an exact resume
-    quantisation  (int8 fine-tuned checkpoints only) {"scheme", "layers"}: layers whose forward uses int8
-                  fake-quantised weights (:mod:`gee_deploy.quantisation`), re-attached on load
+    metrics       last epoch's metrics (a train.jsonl row); best_acc
+    quantisation  (int8 fine-tuned checkpoints only) {"scheme", "layers", "epochs", "lr_scale", "source",
+                  "source_sha256"}: layers whose forward uses int8 fake-quantised weights
+                  (:mod:`gee_deploy.quantisation`), re-attached on load, and the fine-tune that made them
+
+No RNG state is stored: the trainer re-seeds every epoch from the recipe's seed (:mod:`gee_deploy.training.trainer`),
+so a resumed run needs none.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from .data import dataset_info
 from .errors import CheckpointError, GeeError, reason
 from .io import atomic_path
-from .quantisation import SCHEME, attach_quantisers
+from .quantisation import SCHEME, attach_quantisers, quantised_layers
 from .zoo import create_model
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "file_sha256",
-           "architecture_fingerprint", "legacy_architecture_fingerprint"]
+__all__ = ["FORMAT", "Checkpoint", "DatasetRecord", "QuantisationRecord", "save_checkpoint", "load_checkpoint",
+           "load_model", "build_model", "model_origin", "file_sha256", "architecture_fingerprint",
+           "legacy_architecture_fingerprint"]
 
 FORMAT = "gee-deploy/1"
 _REQUIRED = ("format", "model_name", "model_args", "state_dict")
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    payload = {"format": FORMAT, **payload}
+@dataclass(frozen=True, kw_only=True)
+class DatasetRecord:
+    """The dataset a model was trained on: its name (:func:`gee_deploy.data.dataset_info`) and class names."""
+
+    name: str
+    classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantisationRecord:
+    """An int8 fine-tuned checkpoint's quantised layers and the fine-tune that made them.
+
+    Attributes:
+        scheme: :data:`gee_deploy.quantisation.SCHEME` (a checkpoint of another scheme is refused).
+        layers: the layers whose forward uses int8 fake-quantised weights (:func:`~gee_deploy.quantisation.quantised_layers`).
+        epochs, lr_scale: the fine-tune's length (passes over the training split) and peak learning rate (x the
+            recipe's); None in a record that does not say.
+        source, source_sha256: the fp32 checkpoint it was fine-tuned from ("" when unknown).
+    """
+
+    scheme: str = SCHEME
+    layers: tuple[str, ...]
+    epochs: float | None = None
+    lr_scale: float | None = None
+    source: str = ""
+    source_sha256: str = ""
+
+    @classmethod
+    def of_model(cls, model: nn.Module, **provenance) -> QuantisationRecord | None:
+        """The record of ``model``'s quantised layers (None when it has none); ``provenance``: the other fields."""
+        layers = quantised_layers(model)
+        return cls(layers=tuple(layers), **provenance) if layers else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """Everything a checkpoint holds (the module docstring lists the payload keys); built by keyword.
+
+    ``load_model(path).checkpoint`` is the same record without the tensors (:meth:`metadata`).
+    """
+
+    model_name: str
+    model_args: dict[str, Any]
+    state_dict: Mapping[str, torch.Tensor] | None  # None in :meth:`metadata`
+    architecture: str | None = None  # None: written before fingerprints (not checked)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    dataset: DatasetRecord | None = None
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_acc: float = 0.0
+    quantisation: QuantisationRecord | None = None
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        """The training dataset's name, "" when the checkpoint names none."""
+        return self.dataset.name if self.dataset is not None else ""
+
+    def class_names(self, num_classes: int) -> tuple[str, ...]:
+        """One name per logit column: the checkpoint's class names, else its dataset's, else "0".."num_classes-1"
+        (whichever first has ``num_classes`` of them)."""
+        classes = self.dataset.classes if self.dataset is not None else ()
+        if len(classes) != num_classes and self.dataset_name:
+            try:
+                classes = tuple(dataset_info(self.dataset_name).classes)
+            except GeeError:  # a dataset this installation does not know
+                classes = ()
+        if len(classes) != num_classes:
+            classes = tuple(str(i) for i in range(num_classes))
+        return tuple(classes)
+
+    def metadata(self) -> Checkpoint:
+        """This record without weights and training state."""
+        return replace(self, state_dict=None, optimizer=None, scheduler=None)
+
+    # -- the payload torch.save writes ---------------------------------------------------------------------
+
+    def to_payload(self) -> dict:
+        """The dict saved with torch.save: plain containers and tensors only (``weights_only`` loads it), with the
+        keys of earlier releases, so files written now load there too. Absent parts are left out."""
+        if self.state_dict is None:
+            raise ValueError("a checkpoint without weights (Checkpoint.metadata()) cannot be saved")
+        payload: dict[str, Any] = {"format": FORMAT, "model_name": self.model_name, "model_args": self.model_args}
+        if self.architecture is not None:
+            payload["architecture"] = self.architecture
+        payload["recipe"] = self.recipe
+        if self.dataset is not None:
+            payload["dataset"] = {"name": self.dataset.name, "classes": list(self.dataset.classes)}
+        payload.update(state_dict=self.state_dict, epoch=self.epoch, metrics=self.metrics, best_acc=self.best_acc)
+        if self.quantisation is not None:
+            q = self.quantisation
+            payload["quantisation"] = {"scheme": q.scheme, "layers": list(q.layers), "epochs": q.epochs,
+                                       "lr_scale": q.lr_scale, "source": q.source, "source_sha256": q.source_sha256}
+        if self.optimizer is not None:
+            payload["optimizer"] = self.optimizer
+        if self.scheduler is not None:
+            payload["scheduler"] = self.scheduler
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: Any, source: str = "checkpoint") -> Checkpoint:
+        """The checkpoint in a loaded payload, as this release or an earlier one wrote it.
+
+        Raises:
+            CheckpointError: not a gee-deploy payload, another format, or a part of the wrong type.
+        """
+        if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
+            raise CheckpointError(f"{source} is not a gee-deploy checkpoint (missing model name, args or weights)")
+        if payload["format"] != FORMAT:
+            raise CheckpointError(f"{source} has format {payload['format']!r}; this version reads {FORMAT!r}")
+        try:
+            dataset = payload.get("dataset") or None
+            quant = payload.get("quantisation") or None
+            ckpt = cls(
+                model_name=_typed(payload["model_name"], str, "model_name"),
+                model_args=dict(_typed(payload["model_args"], dict, "model_args")),
+                state_dict=_typed(payload["state_dict"], dict, "state_dict"),
+                architecture=payload.get("architecture"),
+                recipe=dict(_typed(payload.get("recipe") or {}, dict, "recipe")),
+                dataset=None if dataset is None else DatasetRecord(
+                    name=str(_typed(dataset, dict, "dataset").get("name") or ""),
+                    classes=tuple(str(c) for c in dataset.get("classes") or ())),
+                epoch=int(payload.get("epoch") or 0),
+                metrics=dict(_typed(payload.get("metrics") or {}, dict, "metrics")),
+                best_acc=float(payload.get("best_acc") or 0.0),
+                quantisation=None if quant is None else QuantisationRecord(
+                    scheme=str(_typed(quant, dict, "quantisation").get("scheme")),
+                    layers=tuple(str(n) for n in quant.get("layers") or ()),
+                    epochs=quant.get("epochs"), lr_scale=quant.get("lr_scale"), source=str(quant.get("source") or ""),
+                    source_sha256=str(quant.get("source_sha256") or "")),
+                optimizer=payload.get("optimizer"),
+                scheduler=payload.get("scheduler"))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source} is not a readable gee-deploy checkpoint: {e}") from None
+        return ckpt
+
+
+def _typed(value, kind: type, key: str):
+    if not isinstance(value, kind):
+        raise TypeError(f"its {key!r} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+    """Write ``ckpt`` to ``path`` atomically (torch.save of :meth:`Checkpoint.to_payload`)."""
+    payload = ckpt.to_payload()
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
+    """The checkpoint in file ``path``, read without executing pickled code.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt, a pickle of Python objects, or not a gee-deploy checkpoint.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} not found")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError, zipfile errors...
         if "Unsupported global" in str(e):  # a pickle of Python objects: never unpickle it here
             raise CheckpointError(f"{p} is not a gee-deploy checkpoint: it holds pickled Python objects, which "
@@ -62,11 +221,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             raise CheckpointError(f"{p} is not a gee-deploy checkpoint (torch.load cannot read it as weights; "
                                   f"{hint})") from None
         raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {reason(e)}") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
-        raise CheckpointError(f"{p} is not a gee-deploy checkpoint (missing model name, args or weights)")
-    if ckpt["format"] != FORMAT:
-        raise CheckpointError(f"{p} has format {ckpt['format']!r}; this version reads {FORMAT!r}")
-    return ckpt
+    return Checkpoint.from_payload(payload, str(p))
 
 
 # What a module's forward reads besides its parameters: conv, pool and flatten geometry (the fused ConvPool
@@ -109,45 +264,53 @@ def legacy_architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
 
 
-def build_model(ckpt: dict, source: str = "checkpoint") -> nn.Module:
+def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
     """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch.
 
     The stored fingerprint may be the current one or the legacy repr-based one (files written before it).
     """
-    model = create_model(ckpt["model_name"], **ckpt["model_args"])
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    model = create_model(ckpt.model_name, **ckpt.model_args)
+    missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
         what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \
                (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
-        raise CheckpointError(f"{source} does not match architecture {ckpt['model_name']!r}: {what.strip()}")
-    stored = ckpt.get("architecture")  # weights fit: is it still the same network around them?
+        raise CheckpointError(f"{source} does not match architecture {ckpt.model_name!r}: {what.strip()}")
     known = (architecture_fingerprint(model), legacy_architecture_fingerprint(model))
-    if stored is not None and stored not in known:
-        raise CheckpointError(f"{source} was written by another version of architecture {ckpt['model_name']!r} "
+    if ckpt.architecture is not None and ckpt.architecture not in known:  # weights fit: same network around them?
+        raise CheckpointError(f"{source} was written by another version of architecture {ckpt.model_name!r} "
                               "(its layer structure differs from this installation's); retrain or use the matching "
                               "gee-deploy version")
-    quant = ckpt.get("quantisation")
-    if quant:  # an int8 fine-tuned checkpoint computes with its quantised weights, in eval as in training
-        if quant.get("scheme") != SCHEME:
-            raise CheckpointError(f"{source} uses quantisation scheme {quant.get('scheme')!r}; this gee-deploy "
+    quant = ckpt.quantisation
+    if quant is not None:  # an int8 fine-tuned checkpoint computes with its quantised weights, in eval as in training
+        if quant.scheme != SCHEME:
+            raise CheckpointError(f"{source} uses quantisation scheme {quant.scheme!r}; this gee-deploy "
                                   f"knows {SCHEME!r}")
         try:
-            attach_quantisers(model, quant.get("layers", []))
+            attach_quantisers(model, quant.layers)
         except GeeError as e:
             raise CheckpointError(f"{source}: {e}") from None
     return model
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
-    """Eval-mode model of checkpoint ``path``; ``model.checkpoint`` keeps the metadata (no weights)."""
+    """Eval-mode model of checkpoint ``path``; ``model.checkpoint`` keeps its :meth:`Checkpoint.metadata`."""
     ckpt = load_checkpoint(path, map_location)
     try:
         model = build_model(ckpt, str(path))
     except RuntimeError as e:  # shape mismatches from load_state_dict
-        raise CheckpointError(f"{path} does not match architecture {ckpt['model_name']!r}: "
+        raise CheckpointError(f"{path} does not match architecture {ckpt.model_name!r}: "
                               f"{str(e).splitlines()[-1].strip()[:200]}") from None
-    model.checkpoint = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
+    model.checkpoint = ckpt.metadata()
     return model.eval()
+
+
+def model_origin(model: nn.Module) -> tuple[tuple[str, ...], str]:
+    """(class names, dataset name) of ``model``: from the checkpoint :func:`load_model` read it from
+    (:meth:`Checkpoint.class_names`), else "0".."classes-1" and "" (a model built in Python)."""
+    ckpt = getattr(model, "checkpoint", None)
+    if isinstance(ckpt, Checkpoint):
+        return ckpt.class_names(model.num_classes), ckpt.dataset_name
+    return tuple(str(i) for i in range(model.num_classes)), ""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -18,6 +18,7 @@ from .errors import GeeError
 
 COMMANDS = {
     "models": "List architectures with dense / genetic parameter counts.",
+    "recipes": "List the shipped recipes, or print one to copy and edit.",
     "train": "Evolve (optional) and train a recipe into a run directory.",
     "quantize": "Int8 fine-tune of a checkpoint (weights int8 per channel, spikes exact in the int8 export).",
     "ablate": "Table IV ablation: Random / Baseline / +r1 / +r2 / STE over seeds.",
@@ -84,7 +85,7 @@ def _fail(message: str, code: int):
 def cli() -> None:
     """Genetically encoded spiking neural networks: evolve, train, export, benchmark, serve.
 
-    Typical flow: gee-deploy train models/demo.toml --out runs/demo; gee-deploy export
+    Typical flow: gee-deploy train demo --out runs/demo; gee-deploy export
     runs/demo/best.pt --out runs/demo/model.onnx; gee-deploy bench runs/demo/best.pt
     runs/demo/model.onnx --out runs/demo/bench.
     """

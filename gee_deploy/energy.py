@@ -7,10 +7,10 @@ layers that read binary spikes cost E_AC = 0.9 pJ per synaptic operation, SOPs_l
 fr_l is the firing rate (spikes / (neurons x T)) of the LIF layer feeding layer l. In a factorised layer
 only the first op reads spikes; the ops after it work on analog values and count as MACs.
 
-Int8 layers (``LayerSpec.precision == "int8"``, DESIGN section 11) use the 8-bit constants of the same table
-(Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm): 8-bit add 0.03 pJ per SOP, 8-bit multiply +
-add 0.2 + 0.03 = 0.23 pJ per MAC. (The graph accumulates in int32, whose add the same table prices at 0.1 pJ:
-0.03 is the 8-bit figure the issue asks for; :data:`CONSTANTS` names what a report used.)
+Int8 layers (``LayerSpec.precision == "int8"``; docs/design.md, "Int8 layers") use the 8-bit constants of the
+same table (Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm): 8-bit add 0.03 pJ per SOP, 8-bit
+multiply + add 0.2 + 0.03 = 0.23 pJ per MAC. (The graph accumulates in int32, whose add the same table prices
+at 0.1 pJ: we price the 8-bit add of the operands' width; :data:`CONSTANTS` names what a report used.)
 
 The layer table is a :class:`~gee_deploy.spec.ModelSpec`'s ``layers``: an exported graph's (its metadata) or,
 for the PyTorch reference, :func:`gee_deploy.walk.describe`'s. ``tests/test_serving.py`` checks both terms
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelFileError
+from .kinds import LayerKind, Precision
 from .spec import LayerSpec
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MAC_INT8_PJ", "E_AC_INT8_PJ", "CONSTANTS", "LayerEnergy", "firing_rates",
@@ -33,7 +34,7 @@ E_AC_PJ = 0.9  # 32-bit float accumulate
 E_MAC_INT8_PJ = 0.23  # 8-bit integer multiply (0.2) + add (0.03), 45 nm (Horowitz 2014)
 E_AC_INT8_PJ = 0.03  # 8-bit integer add
 # per precision: (pJ per MAC, pJ per SOP), with the source, for reports to name
-CONSTANTS = {"fp32": (E_MAC_PJ, E_AC_PJ), "int8": (E_MAC_INT8_PJ, E_AC_INT8_PJ),
+CONSTANTS = {Precision.FP32: (E_MAC_PJ, E_AC_PJ), Precision.INT8: (E_MAC_INT8_PJ, E_AC_INT8_PJ),
              "source": "Horowitz, ISSCC 2014, 45 nm: fp32 mult 3.7 + add 0.9; int8 mult 0.2 + add 0.03 pJ"}
 
 
@@ -42,7 +43,7 @@ class LayerEnergy:
     """One weight layer's share of eq. 17, per sample."""
 
     name: str
-    kind: str
+    kind: LayerKind
     macs: int  # per sample per call of the layer
     calls: int  # calls per sample: 1 for the stem (computed once), T for body layers
     op: str  # "MAC" (reads analog values), "AC" (reads spikes), "AC+MAC" (factorised: only its first op reads spikes)
@@ -52,7 +53,7 @@ class LayerEnergy:
     sops: float  # synaptic operations per sample: fr T spike_macs
     analog_macs: int  # MACs per sample on analog values: macs x calls, less the ops that read spikes
     energy_pj: float  # with the constants of the layer's precision
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     energy_fp32_pj: float = 0.0  # the same operations at the fp32 constants (the paper's eq. 17)
 
     def as_dict(self) -> dict:

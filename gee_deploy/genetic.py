@@ -79,9 +79,8 @@ class _GeneticWeight(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight the forward uses: the generated W, through ``quantiser`` when one is attached."""
-        w = self.unquantised_weight
-        return w if self.quantiser is None else self.quantiser(w)
+        """The weight the forward uses: the generated W, or ``quantiser`` of :meth:`exact_weight` when one is attached."""
+        return self.unquantised_weight if self.quantiser is None else self.quantiser(self.exact_weight())
 
     @property
     def genes(self) -> int:
@@ -103,6 +102,18 @@ class _GeneticWeight(nn.Module):
         # [p, Cout, g] @ [p, g, Cin] -> [p, Cout, Cin]
         w = torch.matmul(self.e_out.transpose(0, 1), e_in_g.permute(1, 2, 0))
         return w.permute(1, 2, 0) * self.scale  # [Cout, Cin, p]
+
+    def exact_weight(self) -> torch.Tensor:
+        """W generated in float64 and rounded to float32 once, in the layer's weight shape (differentiable).
+
+        The weight int8 codes are taken from (:mod:`gee_deploy.quantisation`): the exporter computes the same
+        products in the same order (per tap, s * E_out G^T first, then times E_in; docs/export.md, "Storage"),
+        so the codes do not depend on which BLAS summed the float32 product :meth:`generate` runs.
+        """
+        e_in, e_out, gene_matrix = (t.double() for t in (self.e_in, self.e_out, self.gene_matrix))
+        mix = torch.matmul(e_out.transpose(0, 1), gene_matrix.t()) * float(self.scale)  # [p, Cout, g]
+        w = torch.matmul(mix, e_in.permute(1, 2, 0)).permute(1, 2, 0)  # [Cout, Cin, p]
+        return w.float().reshape(self.unquantised_shape)
 
     def own_parameters(self) -> int:
         """Parameters of this layer counted as if standalone (eq. 2): its taps of E_in, E_out, and G."""
@@ -129,10 +140,13 @@ class GeneticConv2d(_GeneticWeight):
         self.padding = padding
 
     @property
+    def unquantised_shape(self) -> tuple[int, int, int, int]:
+        return self.out_channels, self.in_channels, self.kernel_size, self.kernel_size
+
+    @property
     def unquantised_weight(self) -> torch.Tensor:
         """The generated W, [Cout, Cin, k, k]."""
-        k = self.kernel_size
-        return self.generate().reshape(self.out_channels, self.in_channels, k, k)
+        return self.generate().reshape(self.unquantised_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self.padding)
@@ -152,6 +166,10 @@ class GeneticLinear(_GeneticWeight):
         self.in_features = e_in.shape[0]
         self.out_features = e_out.shape[0]
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
+
+    @property
+    def unquantised_shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
 
     @property
     def unquantised_weight(self) -> torch.Tensor:

@@ -22,6 +22,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import torch
+from spikingjelly.activation_based import surrogate
+from spikingjelly.activation_based.functional import lif_multi_step
 from torch import nn
 
 __all__ = ["LIF", "SPIKE_PRESERVING", "SeqToBatch", "SpikeRecorder", "Ops", "TENSOR_OPS", "charge", "fire",
@@ -143,8 +145,6 @@ class LIF(nn.Module):
 
     def __init__(self, tau: float = TAU, v_threshold: float = V_THRESHOLD, v_reset: float = V_RESET):
         super().__init__()
-        from spikingjelly.activation_based import surrogate
-
         self.tau = tau
         self.v_threshold = v_threshold
         self.v_reset = v_reset
@@ -154,11 +154,10 @@ class LIF(nn.Module):
         if x_seq.dim() < 3:
             raise ValueError(f"LIF expects a multi-step tensor [T, N, ...], got shape {tuple(x_seq.shape)}")
         if self.training and torch.is_grad_enabled():
-            from spikingjelly.activation_based.functional import lif_multi_step
-
             v0 = torch.full_like(x_seq[0], self.v_reset)
-            spikes, _, _ = lif_multi_step(x_seq, v0, self.tau, True, self.v_threshold, self.v_reset,
-                                          self.surrogate, True, False)
+            spikes, _, _ = lif_multi_step(x_seq, v0, tau=self.tau, decay_input=True, v_threshold=self.v_threshold,
+                                          v_reset=self.v_reset, surrogate_function=self.surrogate,
+                                          detach_reset=True, store_v_seq=False)
             return spikes
         return lif_reference(x_seq, self.tau, self.v_threshold, self.v_reset)
 

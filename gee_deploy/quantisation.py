@@ -1,4 +1,6 @@
-"""Int8 weights for the layers that read spikes: symmetric per-output-channel quantisation (DESIGN section 11).
+"""Int8 weights for the layers that read spikes: symmetric per-output-channel quantisation.
+
+Why int8 this way: docs/design.md, "Int8 layers".
 
 After the stem every conv / linear layer reads spikes, exactly 0 or 1, so as uint8 they are exact and only the
 weights lose precision. One function, :func:`quantise_weight`, defines the int8 codes and scales; the
@@ -20,9 +22,10 @@ generated W = scale E_in G E_out^T (paper eq. 1). Plain ``nn.Conv2d`` / ``nn.Lin
 ConvPool are not supported (their forward reads ``weight`` directly; a parametrisation would change the
 checkpoint's keys and fingerprint).
 
-A quantised checkpoint stores ``"quantisation": {"scheme": SCHEME, "layers": [names]}``;
+A quantised checkpoint records its scheme and layers (:class:`gee_deploy.checkpoint.QuantisationRecord`);
 :func:`gee_deploy.checkpoint.build_model` re-attaches the quantisers, so the checkpoint rebuilds its model
-alone (STYLE 5). Layer names follow :class:`~gee_deploy.spec.LayerSpec` (a ConvPool is named by its conv).
+alone (docs/design.md, "Checkpoints"). Layer names follow :class:`~gee_deploy.spec.LayerSpec` (a ConvPool is
+named by its conv).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from .walk import describe
 from .zoo.base import ConvPool
 
 __all__ = ["QMAX", "SCHEME", "quantise_weight", "fake_quantise", "quantisable_modules", "spike_reading_layers",
-           "attach_quantisers", "quantised_layers", "int8_weight", "quantisation_record"]
+           "attach_quantisers", "quantised_layers", "int8_weight"]
 
 QMAX = 127  # symmetric: -127..127 (no -128, so negation and the zero point stay exact)
 SCHEME = "int8-symmetric-per-output-channel"
@@ -110,21 +113,16 @@ def quantised_layers(model: nn.Module) -> list[str]:
     return [n for n, m in quantisable_modules(model).items() if getattr(m, "quantiser", None) is not None]
 
 
-def quantisation_record(model: nn.Module) -> dict | None:
-    """The checkpoint entry describing ``model``'s quantised layers, or None when it has none."""
-    layers = quantised_layers(model)
-    return {"scheme": SCHEME, "layers": layers} if layers else None
-
-
 @torch.no_grad()
 def int8_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(q int8, s float32 [Cout]) of the weight ``module``'s forward runs with: the fused kernel of a ConvPool,
-    the generated W of a genetic layer, the plain weight otherwise; from the unquantised float32 weight, so the
-    codes equal those the fake-quantised forward used."""
+    the generated W of a genetic layer (generated in float64, rounded to float32 once: ``exact_weight``, the
+    weight the exporter computes too), the plain weight otherwise; the codes equal those the fake-quantised
+    forward uses."""
     if isinstance(module, ConvPool):
-        w = module.fused_weight()
+        w = module.quantisation_source()
     elif isinstance(module, (GeneticConv2d, GeneticLinear)):
-        w = module.unquantised_weight
+        w = module.exact_weight()
     else:
         w = module.weight
     return quantise_weight(w.float())

@@ -12,6 +12,11 @@ Ranges come from what the code downstream can use: a batch holds >= 1 image, see
 SeedSequence (non-negative, and seed * 1000 + epoch must stay within torch's 64-bit seed), eq. 16's weights
 exp(lambda t) must fade (lambda <= 0, which also keeps exp from overflowing), and beta1 / beta2 / sigma0 are
 log-space CMA-ES quantities that exp() must map back to finite numbers.
+
+The recipes of the README ship inside the package (``gee_deploy/recipes/*.toml``, listed by
+``gee-deploy recipes``); wherever a recipe file is asked for, the name of a shipped one (``demo``) works too.
+A recipe may start with a top-level ``description = "..."``: one line saying what it is for, shown by
+``gee-deploy recipes`` and not part of the resolved recipe.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -27,13 +34,14 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_vali
 from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError
+from .kinds import FitnessMode
 
-__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "FitnessMode", "Optimizer",
+__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "FITNESS", "Optimizer",
            "GENES", "DEVICE", "SECTIONS", "describe", "unwrap", "check_value", "recipe_field", "load_recipe",
-           "recipe_from_dict", "parse_override"]
+           "recipe_from_dict", "parse_override", "shipped_recipes", "resolve_recipe", "read_recipe_file"]
 
 # one alias per kind of value several keys (or CLI options) share
-FitnessMode = Literal["loss", "loss+r1", "loss+r2", "ste", "loss+r1-scaled", "loss+r2-scaled", "ste-scaled"]
+FITNESS = Literal[tuple(mode.value for mode in FitnessMode)]  # stored as plain strings (checkpoints hold them)
 Optimizer = Literal["adamw", "sgd"]
 GENES = Annotated[int, Field(ge=0, le=4096)]  # g; 0 = the dense twin (plain convs, no encodings)
 DEVICE = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), "auto, cpu, cuda or cuda:N"]
@@ -117,7 +125,7 @@ class EvolutionSection(_Section):
     generations: Annotated[int, Field(ge=1, le=100_000, description="T_g")] = 5
     population: Annotated[Union[Annotated[int, Field(ge=0, le=0)], Annotated[int, Field(ge=2, le=100_000)]],
                           _doc("lambda; 0 = the cma package's default")] = 0
-    fitness: Annotated[FitnessMode, _doc(
+    fitness: Annotated[FITNESS, _doc(
         "eq. 16 literally (loss, loss+r1, loss+r2, ste) or with scale-free terms (-scaled); loss ranks like "
         "trained accuracy best (benchmarks/fitness_fidelity.py)")] = "loss"
     lambda1: Annotated[_DECAY, _doc("decay of the r1 weight, exp(lambda1 t) (eq. 16)")] = -0.5
@@ -280,23 +288,60 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key, value
 
 
-def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read a recipe file (None = defaults) and apply ``--set`` overrides.
+def shipped_recipes() -> dict[str, Traversable]:
+    """The recipes inside the package, name (file stem) -> file, sorted by name."""
+    folder = files(__package__) / "recipes"
+    if not folder.is_dir():  # an installation without its package data
+        return {}
+    return {f.name.removesuffix(".toml"): f for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".toml") and f.is_file()}
+
+
+def resolve_recipe(recipe: str | Path) -> Path | Traversable:
+    """A recipe argument as the user gave it -> the file to read: a path to an existing file as it is, else the
+    shipped recipe of that name (``demo``, no directory, no ``.toml``).
 
     Raises:
-        ConfigError: a missing, unreadable or malformed file, or a bad key or value (see :func:`recipe_from_dict`).
+        ConfigError: neither; the message lists the shipped names.
     """
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {p} not found")
-        try:
-            data = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"recipe {p} is not valid TOML: {e}") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read recipe {p}: {e.strerror or e}") from None
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if str(recipe) in shipped:
+        return shipped[str(recipe)]
+    raise ConfigError(f"recipe {recipe} not found: neither a file nor a shipped recipe "
+                      f"({', '.join(shipped) or 'none installed'}; see gee-deploy recipes)")
+
+
+def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
+    """Read a recipe (a path or a shipped recipe's name, :func:`resolve_recipe`) -> (its sections as parsed
+    TOML, its top-level ``description``, "" when it has none). The sections are not checked here.
+
+    Raises:
+        ConfigError: not found, not valid TOML, or a description that is not a string.
+    """
+    source = resolve_recipe(recipe)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {recipe} is not valid TOML: {e}") from None
+    except OSError as e:  # no read permission, a special file
+        raise ConfigError(f"cannot read recipe {recipe}: {e.strerror or e}") from None
+    description = data.pop("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"recipe {recipe}: description must be a string, got {description!r}")
+    return data, description
+
+
+def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read a recipe (a file, a shipped recipe's name, or None for the defaults) and apply ``--set`` overrides.
+
+    Raises:
+        ConfigError: a recipe not found, unreadable or malformed, or a bad key or value (see
+            :func:`recipe_from_dict`).
+    """
+    data: dict = read_recipe_file(path)[0] if path is not None else {}
     for text in overrides:
         section, key, value = parse_override(text)
         table = data.setdefault(section, {})

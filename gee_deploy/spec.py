@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ModelFileError, reason
+from .kinds import ExportVariant, Form, LayerKind, Precision, Storage
 
 __all__ = ["INPUT_NAME", "LOGITS", "SPIKE_COUNTS", "OUTPUT_NAMES", "BATCH_DIM", "SPEC_FORMAT", "LayerSpec",
            "ModelSpec", "sidecar_path", "state_names"]
@@ -49,9 +50,9 @@ def state_names(lif: str) -> tuple[str, str]:
     return f"v_in.{lif}", f"v_out.{lif}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayerSpec:
-    """One weight layer (conv or linear) as it runs in the deployed graph, per sample.
+    """One weight layer (conv or linear) as it runs in the deployed graph, per sample; built by keyword.
 
     Attributes:
         name: module path in the model (a ConvPool is named by its conv, ``...0``).
@@ -69,23 +70,25 @@ class LayerSpec:
         factorised_macs: MACs per call of the factorised form (None for non-genetic layers).
         precision: "fp32", or "int8": the layer reads its spikes as uint8 0/1 (exact), multiplies them by int8
             weights, symmetric per output channel, accumulates in int32, and its output is
-            float32(acc) * weight_scales[o] + bias[o] (:mod:`gee_deploy.quantisation`; DESIGN section 11).
+            float32(acc) * weight_scales[o] + bias[o] (:mod:`gee_deploy.quantisation`; docs/design.md, "Int8 layers").
         weight_scales: int8 layers only: the float32 scale of each output channel as the graph applies it
             (the weight's per-channel scale times the folded BatchNorm's), [Cout]; None for fp32 layers.
+
+    The field order is the order of the keys in the metadata's JSON: keep it.
     """
 
     name: str
-    kind: str
-    variant: str
+    kind: LayerKind
+    variant: ExportVariant
     macs: int
     input_is_spikes: bool
     spiking_input_layer: str | None
     spike_macs: int
     calls: int
-    form: str = "dense"
+    form: Form = Form.DENSE
     dense_macs: int = 0
     factorised_macs: int | None = None
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     weight_scales: tuple[float, ...] | None = None
 
     def as_dict(self) -> dict:
@@ -96,10 +99,14 @@ class LayerSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> LayerSpec:
+        """The layer in :meth:`as_dict`'s form; ValueError on a kind, variant, form or precision it does not know."""
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         if d.get("weight_scales") is not None:
             d["weight_scales"] = tuple(float(v) for v in d["weight_scales"])
+        for key, kind in (("kind", LayerKind), ("variant", ExportVariant), ("form", Form), ("precision", Precision)):
+            if key in d:
+                d[key] = kind(d[key])
         return cls(**d)
 
 
@@ -118,6 +125,10 @@ class ModelSpec:
         streaming: one timestep per call, membranes as extra inputs/outputs.
         model_name, model_args, dataset: what the checkpoint says it is.
         checkpoint_sha256: sha256 of the checkpoint file it came from ("" when unknown).
+        storage: what the file holds: "folded" (the weights as initializers; every file written before this
+            field existed) or "genetic" (the genetic parameters, E once per population, G once, the scales
+            and BatchNorm parameters, and an initializer-only subgraph that computes the weights from them;
+            docs/export.md, "Storage").
     """
 
     timesteps: int
@@ -126,12 +137,13 @@ class ModelSpec:
     spiking_layers: tuple[str, ...]
     neurons_per_layer: tuple[int, ...]
     layers: tuple[LayerSpec, ...]
-    variant: str = "dense"
+    variant: ExportVariant = ExportVariant.DENSE
     streaming: bool = False
     model_name: str = ""
     model_args: dict = field(default_factory=dict)
     dataset: str = ""
     checkpoint_sha256: str = ""
+    storage: Storage = Storage.FOLDED
 
     input_name = INPUT_NAME
     input_dtype = "float32"
@@ -185,6 +197,8 @@ class ModelSpec:
             "neurons_per_layer": list(self.neurons_per_layer),
             "layers": [l.as_dict() for l in self.layers],
         }
+        if self.storage != Storage.FOLDED:  # folded files keep the metadata they had before storage was a choice
+            meta["storage"] = self.storage
         if self.streaming:
             meta["state_inputs"], meta["state_outputs"] = self.state_inputs, self.state_outputs
         return {_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
@@ -212,12 +226,13 @@ class ModelSpec:
                 spiking_layers=tuple(js("spiking_layers")),
                 neurons_per_layer=tuple(int(v) for v in js("neurons_per_layer")),
                 layers=tuple(LayerSpec.from_dict(l) for l in js("layers")),
-                variant=get("variant"),
+                variant=ExportVariant(get("variant", ExportVariant.DENSE)),
                 streaming=get("streaming", "false") == "true",
                 model_name=get("model_name"),
                 model_args=js("model_args", "{}") or {},
                 dataset=get("dataset"),
-                checkpoint_sha256=get("checkpoint_sha256"))
+                checkpoint_sha256=get("checkpoint_sha256"),
+                storage=Storage(get("storage", Storage.FOLDED)))
         except (ValueError, TypeError, AttributeError) as e:
             raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
 

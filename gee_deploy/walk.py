@@ -30,6 +30,7 @@ from torch import nn
 
 from .errors import UnsupportedModuleError
 from .genetic import GeneticConv2d, GeneticLinear
+from .kinds import ExportVariant, Form, LayerKind, Storage
 from .neurons import LIF, SPIKE_PRESERVING, SeqToBatch, lif_reference
 from .spec import LayerSpec, ModelSpec
 from .zoo.base import ConvPool
@@ -114,7 +115,7 @@ class ModelWalk:
             two-operand adds, or there is no LIF.
     """
 
-    variant = "eager"
+    variant = ExportVariant.EAGER
 
     def __init__(self, model: nn.Module, streaming: bool = False):
         self.model = model
@@ -238,17 +239,17 @@ class ModelWalk:
         return Value(y, sample, False, name)
 
     def spec(self, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = "",
-             variant: str | None = None) -> ModelSpec:
+             variant: ExportVariant | None = None, storage: Storage = Storage.FOLDED) -> ModelSpec:
         """The :class:`ModelSpec` of what :meth:`walk` found (call it after the walk)."""
         model = self.model
         return ModelSpec(
             timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
             class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
             spiking_layers=tuple(self.spiking_layers), neurons_per_layer=tuple(self.neurons_per_layer),
-            layers=tuple(self.layers), variant=variant or self.variant, streaming=self.streaming,
+            layers=tuple(self.layers), variant=ExportVariant(variant or self.variant), streaming=self.streaming,
             model_name=getattr(model, "model_name", type(model).__name__),
             model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
-            dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+            dataset=dataset, checkpoint_sha256=checkpoint_sha256, storage=storage)
 
     # -- hooks: what a writer emits (the base walk emits nothing) --------------------------------------------
 
@@ -259,9 +260,10 @@ class ModelWalk:
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str | None, LayerSpec]:
         """Write weight layer ``m`` (+ ``bn``); returns its output's name and how it runs (dense here)."""
-        kind = "conv" if isinstance(m, CONV_TYPES) else "linear"
-        return None, LayerSpec(name, kind, self.variant, dense_macs, x.spikes_from is not None, x.spikes_from,
-                               dense_macs, calls, "dense", dense_macs, None)
+        kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
+        return None, LayerSpec(name=name, kind=kind, variant=self.variant, macs=dense_macs,
+                               input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
+                               spike_macs=dense_macs, calls=calls, form=Form.DENSE, dense_macs=dense_macs)
 
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str | None:
         return None

@@ -65,6 +65,7 @@ TINY = ('[model]\nname = "smallnet"\ngenes = 4\ntimesteps = 1\n[data]\nname = "s
 COMMANDS = {
     # name: (base argv with {placeholders}, {option: strategy}); "ARG0"/"ARG1" are positional arguments
     "models": (["models", "--json"], {"--genes": BAD_INT}),
+    "recipes": (["recipes", "demo"], {"ARG0": st.one_of(bad_paths(IN_FILES), BAD_TEXT)}),
     "train": (["train", "{recipe}", "--out", "{out}", "-q"],
               {"ARG0": bad_paths(IN_FILES), "--out": bad_paths(OUT_PATHS), "--set": BAD_SET}),
     "sweep": (["sweep", "{recipe}", "--genes", "2", "--out", "{out}", "-q"],

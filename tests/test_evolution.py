@@ -26,6 +26,7 @@ from gee_deploy.training.genotype import (apply_phenotype, decode_genotype, enco
 from gee_deploy.training.setup import build_recipe_model
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "gee_deploy" / "recipes" / "demo.toml")
 CLI = str(Path(sys.executable).with_name("gee-deploy"))
 
 
@@ -298,7 +299,7 @@ DEMO_ARGS = ["--set", "evolution.enabled=true", "--set", "evolution.generations=
 
 def _cli(out, *extra, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([CLI, "train", str(ROOT / "models" / "demo.toml"), "--out", str(out), *DEMO_ARGS, *extra],
+    return subprocess.Popen([CLI, "train", DEMO, "--out", str(out), *DEMO_ARGS, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
@@ -395,7 +396,7 @@ def test_bad_evolution_settings_are_one_line(tmp_path, capsys, setting, words):
 
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        main(["train", str(ROOT / "models" / "demo.toml"), "--out", str(out), "--set", "evolution.enabled=true",
+        main(["train", DEMO, "--out", str(out), "--set", "evolution.enabled=true",
               "--set", setting, "--quiet"])
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip()
@@ -409,7 +410,7 @@ def test_bad_ablate_options_are_one_line(tmp_path, capsys, args, words):
     from gee_deploy.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["ablate", str(ROOT / "models" / "demo.toml"), "--out", str(tmp_path / "abl"), *args, "--quiet"])
+        main(["ablate", DEMO, "--out", str(tmp_path / "abl"), *args, "--quiet"])
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
@@ -434,7 +435,7 @@ def test_torchrun_ranks_share_the_population(tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun is not installed in this environment")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", str(ROOT / "models" / "demo.toml"), *DEMO_ARGS, "--set", "evolution.generations=2"]
+    common = ["train", DEMO, *DEMO_ARGS, "--set", "evolution.generations=2"]
     ranks = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gee_deploy.cli", *common,
                               "--out", str(tmp_path / "ranks")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env, start_new_session=True)

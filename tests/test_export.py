@@ -1,6 +1,7 @@
 """Export: folding, factorised forms, the graph contract, validation, streaming, Triton, TensorRT, bad input."""
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -96,7 +97,7 @@ def test_dense_and_factorised_forms_equal_the_genetic_conv_and_bn(c_in, c_out, k
                              bn.running_mean.double(), bn.running_var.double(), bn.weight.double(),
                              bn.bias.double(), False, 0.0, bn.eps).numpy()
     f = fold_layer(conv, bn)
-    folded = F.conv2d(x.double(), torch.from_numpy(f.weight), torch.from_numpy(f.bias), stride, padding).numpy()
+    folded = F.conv2d(x.double(), torch.from_numpy(f.weight.value), torch.from_numpy(f.bias.value), stride, padding).numpy()
     assert np.abs(folded - ref64).max() < 1e-10  # the float64 fold is exact
     cost = factorised_cost(f, tuple(x.shape[1:]), tuple(ref.shape[1:]))
     assert cost.form == ("shift-first" if stride > 1 or padding < k // 2 else "pointwise-first")
@@ -154,7 +155,7 @@ def test_factorised_macs_match_the_design_formula():
     assert factorised_cost(fl, (10,), (6,)).macs == 4 * (10 + 6)
     with torch.no_grad():
         x = torch.randn(2, 10)
-        assert np.allclose(x.double().numpy() @ fl.weight.T + fl.bias, lin(x).numpy(), atol=1e-5)
+        assert np.allclose(x.double().numpy() @ fl.weight.value.T + fl.bias.value, lin(x).numpy(), atol=1e-5)
 
 
 # ---- every architecture, both twins ----------------------------------------------------------------------
@@ -362,9 +363,9 @@ def test_cli_exports_the_checkpoint_with_its_metadata(tiny_checkpoint, tmp_path,
     ckpt = load_checkpoint(tiny_checkpoint)
     assert spec.checkpoint_sha256 == file_sha256(tiny_checkpoint)
     assert spec.timesteps == 2 and spec.input_shape == (1, 28, 28)
-    assert spec.model_name == "smallnet" and spec.dataset == ckpt["dataset"]["name"]
-    assert list(spec.class_names) == list(ckpt["dataset"]["classes"])
-    assert spec.model_args == {k: list(v) if isinstance(v, tuple) else v for k, v in ckpt["model_args"].items()}
+    assert spec.model_name == "smallnet" and spec.dataset == ckpt.dataset.name
+    assert spec.class_names == ckpt.dataset.classes
+    assert spec.model_args == {k: list(v) if isinstance(v, tuple) else v for k, v in ckpt.model_args.items()}
 
 
 def test_cli_tensorrt_without_tensorrt_is_one_line_and_exit_2(tiny_checkpoint, tmp_path, capsys):
@@ -387,8 +388,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
     text.write_text("not a checkpoint")
     wrong = tmp_path / "wrong.pt"
     ckpt = load_checkpoint(tiny_checkpoint)
-    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "stem" not in k}
-    save_checkpoint(wrong, {k: v for k, v in ckpt.items() if k != "format"})
+    save_checkpoint(wrong, replace(ckpt, state_dict={k: v for k, v in ckpt.state_dict.items() if "stem" not in k}))
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
     good = str(tiny_checkpoint)

@@ -52,12 +52,12 @@ def test_uint8_spikes_times_int8_weights_is_the_exact_integer_sum(c_in, c_out, k
     layer = int8_layer(conv, bn.eval())
     spikes = (torch.rand(3, c_in, size, size) < 0.3).to(torch.uint8)
     got = _layer_graph(layer, (c_in, size, size)).run(None, {"x": spikes.numpy()})[0]
-    acc = torch.nn.functional.conv2d(spikes.double(), torch.from_numpy(layer.q).double(), stride=stride,
+    acc = torch.nn.functional.conv2d(spikes.double(), torch.from_numpy(layer.q.value).double(), stride=stride,
                                      padding=padding).numpy()  # integers: exact in float64
-    want = acc.astype(np.float32) * layer.scale.reshape(-1, 1, 1) + layer.bias.reshape(-1, 1, 1)
+    want = acc.astype(np.float32) * layer.scale.value.reshape(-1, 1, 1) + layer.bias.value.reshape(-1, 1, 1)
     assert got.dtype == np.float32 and np.array_equal(got, want)
     q, _ = quantise_weight(conv.weight.float())
-    assert np.array_equal(layer.q, q.numpy())  # the BatchNorm fold left the codes alone
+    assert np.array_equal(layer.q.value, q.numpy())  # the BatchNorm fold left the codes alone
 
 
 def test_pooled_layer_quantises_the_fused_kernel_it_runs():
@@ -65,7 +65,9 @@ def test_pooled_layer_quantises_the_fused_kernel_it_runs():
     pool = next(m for m in model.modules() if isinstance(m, ConvPool) and m is not model.stem[0])
     layer = int8_layer(pool[0], None, pool)
     assert layer.kernel_size == pool.kernel_size == 4 and layer.stride == 2
-    assert np.array_equal(layer.q, quantise_weight(pool.fused_weight())[0].numpy())
+    assert np.array_equal(layer.q.value, quantise_weight(pool.quantisation_source())[0].numpy())
+    # the source is the float64-generated kernel rounded once: within float32 rounding of the kernel that runs
+    torch.testing.assert_close(pool.quantisation_source(), pool.fused_weight())
 
 
 @pytest.mark.parametrize("name", list_models())

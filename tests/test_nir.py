@@ -217,7 +217,7 @@ def test_nudged_threshold_gives_our_spikes_on_real_images(real_nir):
         fired += int(ours.sum())
     assert fired > 0 and len(currents) == len(spec.spiking_layers)
     report = validate_nir(model, graph, images, labels, ValidationConfig(batch_size=250))
-    assert report.stats["top1_agreement"] >= 0.999 and report.stats["spike_count_delta"] < 1e-5
+    assert report.stats.top1_agreement >= 0.999 and report.stats.spike_count_delta < 1e-5
 
 
 def test_spikingjelly_importer_runs_our_file(real_nir):

@@ -22,8 +22,8 @@ def _accuracy_check(n: int, both: int, lost: int, gained: int, limit: float = 3e
     right[:both] = True
     right[both + lost:both + lost + gained] = True
     m = compare(_outputs(ref_right, labels), _outputs(right, labels))
-    assert (m["accuracy_lost"], m["accuracy_gained"]) == (lost, gained)
-    assert np.isclose(m["accuracy_delta"], (gained - lost) / n)
+    assert (m.accuracy_lost, m.accuracy_gained) == (lost, gained)
+    assert np.isclose(m.accuracy_delta, (gained - lost) / n)
     (check,) = checks(m, Thresholds(max_accuracy_delta=limit), ("accuracy",))
     return check
 

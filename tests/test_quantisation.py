@@ -109,8 +109,8 @@ def test_quantize_command_writes_a_checkpoint_that_rebuilds_its_int8_model(tiny_
     assert r.exit_code == 0, r.output
     assert "int8 fine-tuned" in r.output and out.is_file()
     model = load_model(out)
-    assert quantised_layers(model) == model.checkpoint["quantisation"]["layers"]
-    assert model.checkpoint["metrics"]["ptq_test_acc"] >= 0.0
+    assert tuple(quantised_layers(model)) == model.checkpoint.quantisation.layers
+    assert model.checkpoint.metrics["ptq_test_acc"] >= 0.0
     again = CliRunner().invoke(cli, ["quantize", str(out), "--out", str(tmp_path / "q2.pt")])
     assert isinstance(again.exception, CheckpointError) and "already int8 fine-tuned" in str(again.exception)
     assert not (tmp_path / "q2.pt").exists()

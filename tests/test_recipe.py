@@ -6,22 +6,51 @@ from pathlib import Path
 import pytest
 
 from gee_deploy.errors import ConfigError
-from gee_deploy.recipe import load_recipe, parse_override
+from gee_deploy.recipe import load_recipe, parse_override, read_recipe_file, resolve_recipe, shipped_recipes
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+RECIPES = Path(__file__).resolve().parent.parent / "gee_deploy" / "recipes"
 
 
-@pytest.mark.parametrize("path", sorted(MODELS.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_parses(path):
     recipe = load_recipe(path)
     assert recipe.model.name and recipe.train.epochs >= 1
+
+
+def test_every_shipped_recipe_has_a_one_line_description():
+    assert set(shipped_recipes()) == {p.stem for p in RECIPES.glob("*.toml")} and "demo" in shipped_recipes()
+    for name in shipped_recipes():
+        description = read_recipe_file(name)[1]
+        assert description.strip() and "\n" not in description and len(description) <= 110, name
+
+
+def test_a_shipped_recipe_is_named_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    assert load_recipe("demo", ["train.epochs=2"]) == load_recipe(RECIPES / "demo.toml", ["train.epochs=2"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("[train]\nepochs = 3\n")
+    assert resolve_recipe("demo") == Path("demo") and load_recipe("demo").train.epochs == 3
+    for missing in ("nope", "demo.toml", "sub/demo", str(tmp_path / "missing.toml")):
+        with pytest.raises(ConfigError, match=rf"^recipe {missing} not found: neither a file nor a shipped recipe "
+                                              rf"\(ablation_fmnist, .*demo, .*see gee-deploy recipes\)$"):
+            load_recipe(missing)
+
+
+def test_the_description_is_read_beside_the_recipe_not_into_it(tmp_path):
+    described, plain = tmp_path / "a.toml", tmp_path / "b.toml"
+    described.write_text('description = "what it is for"\n[train]\nepochs = 2\n')
+    plain.write_text("[train]\nepochs = 2\n")
+    assert read_recipe_file(described) == ({"train": {"epochs": 2}}, "what it is for")
+    assert read_recipe_file(plain)[1] == "" and load_recipe(described) == load_recipe(plain)
+    described.write_text("description = 3\n")
+    with pytest.raises(ConfigError, match="description must be a string, got 3"):
+        load_recipe(described)
 
 
 def test_overrides_parse_toml_literals():
     assert parse_override("train.lr=1e-3") == ("train", "lr", 1e-3)
     assert parse_override("evolution.enabled=true") == ("evolution", "enabled", True)
     assert parse_override("data.name=cifar10") == ("data", "name", "cifar10")
-    recipe = load_recipe(MODELS / "demo.toml", ["train.epochs=7", "train.lr=1", "model.genes=0"])
+    recipe = load_recipe(RECIPES / "demo.toml", ["train.epochs=7", "train.lr=1", "model.genes=0"])
     assert recipe.train.epochs == 7 and recipe.train.lr == 1.0 and recipe.model_kwargs()["genes"] is None
 
 
@@ -69,7 +98,7 @@ def test_every_key_is_declared_with_a_doc_and_the_defaults_and_shipped_recipes_p
             assert info.description and len(info.description.splitlines()) == 1, f"{section}.{name} has no doc"
     assert len(_keys()) >= 25  # every number of every section has a declared range
     assert Recipe() == load_recipe(None)
-    for path in sorted(MODELS.glob("*.toml")):
+    for path in sorted(RECIPES.glob("*.toml")):
         load_recipe(path)  # the shipped recipes pass their own checks
 
 
@@ -137,10 +166,16 @@ def test_fitness_modes_are_declared_once():
     """evolution.fitness is checked by the schema; the fitness module implements exactly those modes."""
     import typing
 
-    from gee_deploy.recipe import FitnessMode
+    from gee_deploy.recipe import describe
+    from gee_deploy.kinds import FitnessMode
+    from gee_deploy.recipe import FITNESS, recipe_field
     from gee_deploy.training.fitness import FITNESS_MODES
 
-    assert set(typing.get_args(FitnessMode)) == set(FITNESS_MODES)
+    assert set(typing.get_args(FITNESS)) == set(FitnessMode) == set(FITNESS_MODES)
+    recipe = load_recipe(None, ["evolution.fitness=ste"])
+    recipe.evolution.fitness = FitnessMode.LOSS_R1  # the enum member is kept as its plain string
+    assert type(recipe.evolution.fitness) is str and recipe.evolution.fitness == "loss+r1"
+    assert "one of loss, loss+r1" in describe(recipe_field("evolution.fitness"))
     with pytest.raises(ConfigError, match=r"^evolution\.fitness must be one of loss, loss\+r1, .*got 'loss\+r3'$"):
         load_recipe(None, ["evolution.fitness=loss+r3"])
 
@@ -157,6 +192,18 @@ def test_assignment_and_replace_are_checked_in_one_line():
         dataclasses.replace(recipe.train, lr=1e3)
     with pytest.raises(ConfigError, match=r"^unknown key train\.nope"):
         dataclasses.replace(recipe.train, nope=1)
+
+
+def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    """``train demo --out demo`` twice (``--resume``) must find the recipe again, not the run directory."""
+    from gee_deploy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "demo", "--out", "demo", "--resume", "--set", "data.batch_size=0"])
+    assert exc.value.code == 2  # the shipped demo was read: its checks ran, not click's "is a directory"
+    assert capsys.readouterr().err.startswith("error: data.batch_size must be an integer")
 
 
 @pytest.mark.parametrize("settings, words", [
@@ -179,7 +226,7 @@ def test_cli_refuses_a_bad_recipe_in_one_line_and_writes_nothing(tmp_path, capsy
     from gee_deploy.cli import main
 
     out = tmp_path / "run"
-    args = ["train", str(MODELS / "demo.toml"), "--out", str(out), "--quiet"]
+    args = ["train", str(RECIPES / "demo.toml"), "--out", str(out), "--quiet"]
     for setting in settings:
         args += ["--set", setting]
     with pytest.raises(SystemExit) as exc:
@@ -188,3 +235,27 @@ def test_cli_refuses_a_bad_recipe_in_one_line_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(words) and len(err.splitlines()) == 1, err
     assert not out.exists()  # no run directory left behind
+
+
+def test_recipes_command_lists_each_shipped_recipe_and_prints_one_to_copy(tmp_path, capsys):
+    from gee_deploy.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    code, out, _ = run(["recipes"])
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["recipe", "model", "dataset"]
+    assert len(lines) == 1 + len(shipped_recipes())
+    demo = next(line for line in lines if line.startswith("demo "))
+    assert demo.split()[1:4] == ["smallnet", "g=32", "fashion-mnist-mini"] and read_recipe_file("demo")[1] in demo
+    code, out, _ = run(["recipes", "fmnist"])
+    assert code == 0 and out == (RECIPES / "fmnist.toml").read_text()
+    (tmp_path / "mine.toml").write_text(out)
+    assert load_recipe(tmp_path / "mine.toml") == load_recipe("fmnist")
+    code, out, err = run(["recipes", "nope"])
+    assert code == 2 and out == "" and err.startswith("error: recipe nope not found") and err.count("\n") == 1

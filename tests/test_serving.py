@@ -12,7 +12,8 @@ from gee_deploy.cli import cli
 from gee_deploy.errors import InputError, ModelFileError, RuntimeUnavailableError
 from gee_deploy.data import load_test_arrays
 from gee_deploy.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer
-from gee_deploy.parity import CHECK_GATES, Thresholds, checks
+from gee_deploy.kinds import ExportVariant, LayerKind
+from gee_deploy.parity import CHECK_GATES, Outputs, Thresholds, checks, compare
 from gee_deploy.serving.bench import evaluate
 from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
 from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
@@ -176,10 +177,15 @@ def test_layer_table_reads_spikes_after_the_first_lif(tiny_checkpoint):
     assert len(sizes) == len(names) == 4 and sizes[-1] == 256  # the hidden FC layer's neurons
 
 
+def _layer(name: str, macs: int, reads: str | None, spike_macs: int, calls: int,
+           variant: ExportVariant = ExportVariant.DENSE) -> LayerSpec:
+    return LayerSpec(name=name, kind=LayerKind.CONV, variant=variant, macs=macs, input_is_spikes=reads is not None,
+                     spiking_input_layer=reads, spike_macs=spike_macs, calls=calls)
+
+
 def test_energy_is_eq17():
-    layers = [LayerSpec("stem", "conv", "dense", 1000, False, None, 1000, 1),
-              LayerSpec("conv", "conv", "dense", 500, True, "lif1", 500, 4),
-              LayerSpec("factorised", "conv", "factorised", 300, True, "lif1", 100, 4)]
+    layers = [_layer("stem", 1000, None, 1000, 1), _layer("conv", 500, "lif1", 500, 4),
+              _layer("factorised", 300, "lif1", 100, 4, ExportVariant.FACTORISED)]
     per = energy_per_layer(layers, {"lif1": 0.1}, timesteps=4)
     assert per[0].energy_pj == pytest.approx(E_MAC_PJ * 1000)  # the stem runs once, not T times
     assert per[1].sops == pytest.approx(0.1 * 4 * 500)
@@ -187,7 +193,7 @@ def test_energy_is_eq17():
     assert per[2].op == "AC+MAC" and per[2].analog_macs == 200 * 4
     assert per[2].energy_pj == pytest.approx(E_AC_PJ * 0.1 * 4 * 100 + E_MAC_PJ * 200 * 4)
     with pytest.raises(ModelFileError, match="lif9"):
-        energy_per_layer([LayerSpec("conv", "conv", "dense", 500, True, "lif9", 500, 4)], {"lif1": 0.1}, 4)
+        energy_per_layer([_layer("conv", 500, "lif9", 500, 4)], {"lif1": 0.1}, 4)
 
 
 def _fan_out_bounds(module, in_shape) -> tuple[float, float]:
@@ -411,10 +417,17 @@ def test_bench_bad_options(tiny_checkpoint, tmp_path):
 # ---- check ---------------------------------------------------------------------------------------------
 
 def test_check_gates_list_every_failure():
-    good = {"top1_agreement": 1.0, "accuracy_delta": 0.0, "spike_count_delta": 0.0, "speedup": 5.0}
-    assert all(c.ok for c in checks(good, Thresholds(), CHECK_GATES))
-    bad = {"top1_agreement": 0.99, "accuracy_delta": -0.002, "spike_count_delta": 0.01, "speedup": 1.5}
-    lines = [c.message for c in checks(bad, Thresholds(), CHECK_GATES) if not c.ok]
+    from dataclasses import replace
+
+    rng = np.random.default_rng(0)
+    same = Outputs(rng.normal(size=(1000, 10)).astype(np.float32), np.ones((1000, 2), np.float32),
+                   rng.integers(0, 10, 1000))
+    good = compare(same, same)
+    assert (good.top1_agreement, good.accuracy_delta, good.spike_count_delta) == (1.0, 0.0, 0.0)
+    assert all(c.ok for c in checks(good, Thresholds(), CHECK_GATES, speedup=5.0))
+    bad = replace(good, top1_agreement=0.99, accuracy_delta=-0.02, accuracy_lost=20, accuracy_gained=0,
+                  spike_count_delta=0.01)
+    lines = [c.message for c in checks(bad, Thresholds(), CHECK_GATES, speedup=1.5) if not c.ok]
     assert len(lines) == 4
     assert [w.split()[0] for w in lines] == ["top-1", "accuracy", "spike-count", "onnxruntime"]
 

@@ -7,13 +7,18 @@ import onnx
 import pytest
 
 from gee_deploy.errors import ModelFileError
+from gee_deploy.kinds import ExportVariant, Form, LayerKind
 from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
 
 SPEC = ModelSpec(timesteps=4, input_shape=(1, 28, 28), class_names=("a", "b"), spiking_layers=("body.1", "body.3"),
                  neurons_per_layer=(512, 256),
-                 layers=(LayerSpec("stem.0.0", "conv", "dense", 100, False, None, 100, 1, "dense", 100, None),
-                         LayerSpec("body.2.0", "linear", "factorised", 60, True, "body.1", 20, 4, "linear", 80, 60)),
-                 variant="auto", model_name="smallnet", model_args={"genes": 8, "mean": [0.5]}, dataset="fashion-mnist",
+                 layers=(LayerSpec(name="stem.0.0", kind=LayerKind.CONV, variant=ExportVariant.DENSE, macs=100,
+                                   input_is_spikes=False, spiking_input_layer=None, spike_macs=100, calls=1,
+                                   form=Form.DENSE, dense_macs=100, factorised_macs=None),
+                         LayerSpec(name="body.2.0", kind=LayerKind.LINEAR, variant=ExportVariant.FACTORISED, macs=60,
+                                   input_is_spikes=True, spiking_input_layer="body.1", spike_macs=20, calls=4,
+                                   form=Form.LINEAR, dense_macs=80, factorised_macs=60)),
+                 variant=ExportVariant.AUTO, model_name="smallnet", model_args={"genes": 8, "mean": [0.5]}, dataset="fashion-mnist",
                  checkpoint_sha256="ab" * 32)
 
 

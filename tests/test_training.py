@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_load_model_rebuilds_the_trained_network(tiny_run):
     model = load_model(tiny_run / "best.pt")
     assert not model.training and model.model_name == "smallnet" and model.genes == 8
     ckpt = load_checkpoint(tiny_run / "best.pt")
-    assert ckpt["dataset"]["name"] == "synthetic" and len(ckpt["dataset"]["classes"]) == 10
+    assert ckpt.dataset.name == "synthetic" and len(ckpt.dataset.classes) == 10
     x = torch.rand(3, 1, 28, 28)
     again = load_model(tiny_run / "best.pt")
     torch.testing.assert_close(model(x), again(x))
@@ -47,12 +48,12 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     train(recipe, full, progress=False)
     _train_and_stop_after(recipe, part, epochs_done=1)
-    assert load_checkpoint(part / "last.pt")["epoch"] == 1
+    assert load_checkpoint(part / "last.pt").epoch == 1
     train(recipe, part, resume=True, progress=False)
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
-    assert a["epoch"] == b["epoch"] == 2
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a.epoch == b.epoch == 2
+    for key in a.state_dict:
+        assert torch.equal(a.state_dict[key], b.state_dict[key]), key
     assert len((part / "train.jsonl").read_text().splitlines()) == 2
 
 
@@ -103,16 +104,15 @@ def test_truncated_and_foreign_checkpoints(tiny_run, tmp_path):
     with pytest.raises(CheckpointError, match="not a gee-deploy checkpoint"):
         load_model(plain)
     other = load_checkpoint(tiny_run / "best.pt")
-    other["model_args"] = {**other["model_args"], "genes": 12}  # weights of g=8 under an architecture of g=12
+    other = replace(other, model_args={**other.model_args, "genes": 12})  # weights of g=8 under an architecture of g=12
     swapped = tmp_path / "swapped.pt"
     save_checkpoint(swapped, other)
     with pytest.raises(CheckpointError, match="does not match architecture"):
         load_model(swapped)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.pt")
-    moved = load_checkpoint(tiny_run / "best.pt")
-    moved["architecture"] = "0" * 16  # e.g. a pool moved: same parameter names and shapes, another network
-    stale = tmp_path / "stale.pt"
+    moved = replace(load_checkpoint(tiny_run / "best.pt"), architecture="0" * 16)  # e.g. a pool moved: same
+    stale = tmp_path / "stale.pt"  # parameter names and shapes, another network
     save_checkpoint(stale, moved)
     with pytest.raises(CheckpointError, match="another version of architecture"):
         load_model(stale)
@@ -142,7 +142,7 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     assert load_model(tmp_path / "last.pt").model_name == "smallnet"
 
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.toml"))
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "gee_deploy" / "recipes").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if "imagenet" in p.name else p
@@ -195,11 +195,11 @@ def test_checkpoint_with_the_legacy_fingerprint_still_loads(tiny_run, tmp_path):
 
     ckpt = load_checkpoint(tiny_run / "best.pt")
     model = load_model(tiny_run / "best.pt")
-    assert ckpt["architecture"] == architecture_fingerprint(model)  # what the trainer writes now
+    assert ckpt.architecture == architecture_fingerprint(model)  # what the trainer writes now
     legacy = legacy_architecture_fingerprint(model)
-    assert legacy != ckpt["architecture"]
+    assert legacy != ckpt.architecture
     old = tmp_path / "old.pt"
-    save_checkpoint(old, {**ckpt, "architecture": legacy})  # as written before the geometry fingerprint
+    save_checkpoint(old, replace(ckpt, architecture=legacy))  # as written before the geometry fingerprint
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(load_model(old)(x), model(x))
 

@@ -11,7 +11,7 @@ SEEDS = Annotated[int, Field(ge=1, le=1000)]
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--seeds", "-n", type=Value(SEEDS), default=3, show_default=True,
               help=with_range("Runs per variant, seeded train.seed + i", SEEDS))
 @click.option("--out", "-o", required=True, type=OutPath(directory=True), help="Directory for runs and report.")
@@ -23,7 +23,8 @@ SEEDS = Annotated[int, Field(ge=1, le=1000)]
 @set_option
 @quiet_option
 def ablate(recipe, seeds, out, variants, overrides, quiet):
-    """Table IV ablation of RECIPE: Random, Baseline (f = L), + r1, + r2, STE, over --seeds seeds.
+    """Table IV ablation of RECIPE (a TOML file or a shipped recipe's name, e.g. ablation_fmnist): Random,
+    Baseline (f = L), + r1, + r2, STE, over --seeds seeds.
 
     Writes OUT/ablation.json, ablation.md (mean +- std test accuracy) and ablation.png, one run directory
     per variant and seed (with evolution.png). Re-running the command reuses finished runs and resumes

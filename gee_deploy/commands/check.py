@@ -42,6 +42,7 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     Exits 1 with one line per failed gate; prints the measured values either way.
     """
     from ..checkpoint import load_checkpoint
+    from ..kinds import Precision
     from ..parity import validation_thresholds
     from ..serving.bench import run_check
     from ..spec import ModelSpec
@@ -49,17 +50,18 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     if zipfile.is_zipfile(onnx_model) and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip
         raise ConfigError(f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
                           "usage: gee-deploy check CHECKPOINT MODEL.onnx")
-    int8 = any(layer.precision == "int8" for layer in ModelSpec.from_onnx(onnx_model).layers)
-    base = validation_thresholds(int8, bool(load_checkpoint(checkpoint).get("quantisation")))
+    int8 = any(layer.precision == Precision.INT8 for layer in ModelSpec.from_onnx(onnx_model).layers)
+    base = validation_thresholds(int8, load_checkpoint(checkpoint).quantisation is not None)
     given = {"min_top1_agreement": min_agreement, "max_accuracy_delta": max_acc_delta,
              "max_spike_delta": max_spike_delta, "min_speedup": min_speedup}
     thresholds = replace(base, **{k: v for k, v in given.items() if v is not None})
     m, failures = run_check(checkpoint, onnx_model, thresholds, dataset, data_dir, limit or None, threads)
-    click.echo(f"{m['samples']} samples of {m['dataset']}: top-1 agreement {m['top1_agreement']:.4%}, accuracy "
-               f"delta {m['accuracy_delta'] * 100:+.3f} points, spike-count delta {m['spike_count_delta']:.4%}, "
-               f"max logit diff {m['max_logit_diff']:.2e}, batch-1 p50 torch {m['torch_p50_ms']:.2f} ms / "
-               f"onnxruntime {m['ort_p50_ms']:.2f} ms = {m['speedup']:.2f}x")
-    if not m["same_checkpoint"]:
+    p = m.parity
+    click.echo(f"{p.samples} samples of {m.dataset}: top-1 agreement {p.top1_agreement:.4%}, accuracy "
+               f"delta {p.accuracy_delta * 100:+.3f} points, spike-count delta {p.spike_count_delta:.4%}, "
+               f"max logit diff {p.max_logit_diff:.2e}, batch-1 p50 torch {m.torch_p50_ms:.2f} ms / "
+               f"onnxruntime {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x")
+    if not m.same_checkpoint:
         click.echo(f"warning: {onnx_model} was exported from another checkpoint (the checkpoint digest "
                    f"in its metadata differs from {checkpoint}'s)", err=True)
     for line in failures:

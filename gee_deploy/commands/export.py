@@ -6,9 +6,10 @@ import click
 import onnx
 from pydantic import Field
 
+from ..errors import ConfigError
 from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
                               VARIANTS, ValidationConfig)
-from ..errors import ConfigError
+from ..kinds import Storage
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
 
 OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
@@ -19,12 +20,17 @@ _SAMPLES = ValidationConfig().samples
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=OutPath(directory=None),
               help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir).")
-@click.option("--variant", default="dense", show_default=True, type=click.Choice(list(VARIANTS)),
+@click.option("--variant", default="dense", show_default=True, type=click.Choice([str(v) for v in VARIANTS]),
               help="; ".join(f"{v.name}: {v.help}" for v in VARIANTS.values()) + ".")
 @click.option("--allow-int8", is_flag=True,
               help=f"With --variant auto: spike-reading layers of at least {INT8_MIN_MACS:,} MACs per call get int8 "
                    "weights.")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(list(FORMATS)),
+@click.option("--storage", type=click.Choice([s.value for s in Storage]), default=None,
+              help="What the file holds. genetic (default for a genetic checkpoint's onnx/triton export): E once per "
+                   "population, G, the scales and BatchNorm parameters, and a constant subgraph that computes the "
+                   "weights when a session loads the file (same weights, bit for bit, at folded speed); folded: the "
+                   "computed weights (the only choice for a dense twin, tensorrt and nir).")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice([str(f) for f in FORMATS]),
               help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
                    + " (see docs/export.md).")
 @click.option("--opset", type=Value(OPSET), default=None, help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
@@ -42,7 +48,7 @@ _SAMPLES = ValidationConfig().samples
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, samples, data_dir, profile,
+def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming, atol, samples, data_dir, profile,
            max_batch_size, fp16, as_json):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
@@ -64,7 +70,7 @@ def export(checkpoint, out, variant, allow_int8, fmt, opset, streaming, atol, sa
     try:
         report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
                               atol=atol, samples=samples, data_dir=data_dir, profile=profile,
-                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8, storage=storage)
     except ExportValidationError as e:
         if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
             click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures],

@@ -7,7 +7,7 @@ from .options import NumberList, OutPath, quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--genes", "-g", required=True, type=NumberList(GENES),
               help=f"Gene counts to train, e.g. 4,8,16,32, each {describe(GENES)}; 0 = the dense twin, as "
                    "model.genes = 0 in a recipe, and always trained (--genes 0 trains only the dense twin).")
@@ -18,7 +18,8 @@ from .options import NumberList, OutPath, quiet_option, set_option
 @set_option
 @quiet_option
 def sweep(recipe, genes, models, out, overrides, quiet):
-    """Gene scale (the paper's Fig. 3): train RECIPE at every g of --genes and as the dense twin.
+    """Gene scale (the paper's Fig. 3): train RECIPE (a TOML file or a shipped recipe's name) at every g of
+    --genes and as the dense twin.
 
     Reports per point the final-epoch test accuracy, parameters (and their share of the dense twin's), MACs,
     spikes and eq. 17 energy per image. Re-running the same command reuses finished points and resumes an

@@ -6,14 +6,14 @@ from .options import OutPath, quiet_option, set_option
 
 
 @click.command()
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False)
 @click.option("--out", "-o", required=True, type=OutPath(directory=True),
               help="Run directory to create (refused if it holds a run, unless --resume).")
 @set_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch/generation.")
 @quiet_option
 def train(recipe, out, overrides, resume, quiet):
-    """Train RECIPE (a TOML file in models/; defaults when omitted) into run directory OUT.
+    """Train RECIPE (a TOML file, or a shipped recipe's name: gee-deploy recipes; defaults when omitted) into OUT.
 
     With [evolution] enabled = true, CMA-ES first evolves {beta1, beta2, G} (the paper's Algorithm 1),
     then the best phenotype is trained with surrogate gradients. OUT receives config.json, train.jsonl,

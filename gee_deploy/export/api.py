@@ -12,10 +12,11 @@ import onnx
 import torch
 from torch import nn
 
-from ..checkpoint import file_sha256, load_model
-from ..data import dataset_info, load_test_arrays
-from ..errors import GeeError
+from ..checkpoint import file_sha256, load_model, model_origin
+from ..genetic import GeneticConv2d, GeneticLinear
+from ..data import load_test_arrays
 from ..io import atomic_path
+from ..kinds import ExportVariant, Int8Policy, Precision, Storage
 from ..quantisation import quantised_layers
 from ..spec import ModelSpec
 from .choose import make_chooser, make_int8_chooser
@@ -36,9 +37,11 @@ class ExportReport:
 
     out: str
     format: str
-    variant: str
+    variant: ExportVariant
     opset: int
     streaming: bool
+    storage: Storage = Storage.FOLDED
+    bytes: int = 0  # size of the written file (a Triton repository: its model.onnx); 0 when not written
     layers: list[dict] = field(default_factory=list)
     macs_per_sample: int = 0  # sum over layers of macs x calls: one inference of one sample
     dense_macs_per_sample: int = 0  # the same network with every layer dense
@@ -49,8 +52,9 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}"
-                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''})"]
+        size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, {self.storage} storage"
+                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"]
         lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
                   f"MACs {l['macs']:>13,} x{l['calls']}"
                   for l in self.layers]
@@ -71,7 +75,7 @@ class ExportReport:
 
 
 def _report_dict(r: ValidationReport) -> dict:
-    return {**r.stats, "samples": r.samples, "checks": [list(row) for row in r.rows]}
+    return {**(r.stats.as_dict() if r.stats else {}), "samples": r.samples, "checks": [list(row) for row in r.rows]}
 
 
 def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,36 +84,55 @@ def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Te
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _class_names(model: nn.Module) -> tuple[str, ...]:
-    """The checkpoint's class names, else its dataset's, else "0".."classes-1"."""
-    ckpt = getattr(model, "checkpoint", {}) or {}
-    classes = list((ckpt.get("dataset") or {}).get("classes") or [])
-    if len(classes) != model.num_classes:
-        try:
-            classes = list(dataset_info((ckpt.get("dataset") or {}).get("name", "")).classes)
-        except GeeError:
-            classes = []
-    if len(classes) != model.num_classes:
-        classes = [str(i) for i in range(model.num_classes)]
-    return tuple(classes)
-
-
-def _variant(variant: str, allow_int8: bool) -> Variant:
+def _variant(variant: ExportVariant | str, allow_int8: bool) -> Variant:
     v = lookup(VARIANTS, variant, "variant")
     if allow_int8:
         if v.per_layer is None:
             raise UnknownOptionError(f"--allow-int8 lets --variant auto choose int8 per layer; with --variant "
                                      f"{variant} use --variant int8 for every spike-reading layer")
-        v = replace(v, int8="choose")
+        v = replace(v, int8=Int8Policy.CHOOSE)
     return v
 
 
-def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = None, streaming: bool = False,
-               checkpoint_sha256: str = "", profile: bool = False,
-               choices: dict[str, str] | None = None, allow_int8: bool = False) -> tuple[onnx.ModelProto, ModelSpec]:
+def is_genetic(model: nn.Module) -> bool:
+    """Whether ``model`` has genetic layers (a dense twin has none)."""
+    return any(isinstance(m, (GeneticConv2d, GeneticLinear)) for m in model.modules())
+
+
+def resolve_storage(model: nn.Module, storage: Storage | str | None, fmt: str = "onnx") -> Storage:
+    """The storage an export uses: ``storage``, or by default ``genetic`` for a genetic model in an ONNX file
+    or Triton repository and ``folded`` otherwise.
+
+    Raises:
+        UnknownOptionError: an unknown storage; ``genetic`` for a dense twin, a TensorRT plan or a NIR file.
+    """
+    if storage is None:
+        return Storage.GENETIC if is_genetic(model) and fmt in ("onnx", "triton") else Storage.FOLDED
+    storage = Storage(lookup({s.value: s for s in Storage}, storage, "storage"))
+    if storage == Storage.GENETIC:
+        if fmt == "tensorrt":
+            raise UnknownOptionError("--storage genetic does not apply to --format tensorrt: a plan holds TensorRT's "
+                                     "own engine, built from the folded weights (leave --storage out)")
+        if fmt == "nir":
+            raise UnknownOptionError("--storage genetic does not apply to --format nir: NIR has no constant "
+                                     "computation, so a NIR file holds the folded weights (leave --storage out)")
+        if not is_genetic(model):
+            raise UnknownOptionError("--storage genetic needs a genetic model; this is a dense twin (genes = 0), "
+                                     "whose only storage is folded")
+    return storage
+
+
+def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DENSE, opset: int | None = None,
+               streaming: bool = False, checkpoint_sha256: str = "", profile: bool = False,
+               choices: dict[str, ExportVariant] | None = None,
+               allow_int8: bool = False, storage: Storage | str | None = Storage.FOLDED
+               ) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
-    ``choices``: the form ("dense" / "factorised") of every genetic layer by name, as an earlier build chose
+    ``storage``: folded (the weights as initializers), genetic (the genetic parameters and the subgraph
+    computing the weights from them; :mod:`gee_deploy.export.weights`) or None (:func:`resolve_storage`).
+
+    ``choices``: how every genetic layer is written (dense / factorised) by name, as an earlier build chose
     them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
     ``allow_int8``: with ``auto``, spike-reading layers of at least INT8_MIN_MACS per call get int8 weights.
 
@@ -122,10 +145,10 @@ def build_onnx(model: nn.Module, variant: str = "dense", opset: int | None = Non
     opset = _opset(opset)
     choose = make_chooser(v, profile, model.timesteps, opset) if choices is None else \
         (lambda name, *_: choices[name])
-    dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
-    proto, spec = write_graph(model.eval(), choose, opset, variant=variant, class_names=_class_names(model),
-                              dataset=dataset, checkpoint_sha256=checkpoint_sha256, streaming=streaming,
-                              int8=make_int8_chooser(v))
+    class_names, dataset = model_origin(model)
+    proto, spec = write_graph(model.eval(), choose, opset, variant=v.name, class_names=class_names, dataset=dataset,
+                              checkpoint_sha256=checkpoint_sha256, streaming=streaming, int8=make_int8_chooser(v),
+                              storage=resolve_storage(model, storage))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -141,44 +164,50 @@ def _opset(opset: int | None) -> int:
     return opset
 
 
-def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "dense", fmt: str = "onnx",
+def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVariant | str = ExportVariant.DENSE,
+                  fmt: str = "onnx",
                   opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
                   labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
-                  fp16: bool = False, allow_int8: bool = False) -> ExportReport:
+                  fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
 
     ``validation`` None: the default sample count with the variant's thresholds
-    (:func:`~gee_deploy.export.configs.validation_thresholds`).
+    (:func:`~gee_deploy.export.configs.validation_thresholds`). ``storage``: see :func:`resolve_storage`.
     """
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
-    cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != "never",
+    storage = resolve_storage(model, storage, output_format.name)
+    cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != Int8Policy.NEVER,
                                                                           bool(quantised_layers(model))))
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
-    if output_format.name in ("tensorrt", "nir") and v.int8 != "never":
+    if output_format.name in ("tensorrt", "nir") and v.int8 != Int8Policy.NEVER:
         why = "TensorRT's int8 is QDQ only" if output_format.name == "tensorrt" else "NIR has no int8 type"
         raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
                           f"MatMulInteger; {why}): export --variant dense or auto without --allow-int8")
     if output_format.name == "nir":
-        return _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
+        report = _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
+        if is_genetic(model):
+            report.notes.append("NIR has no constant computation: the file holds the folded weights")
+        return report
     if output_format.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
-    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8)
-    report = ExportReport(str(out), output_format.name, variant, _opset(opset), streaming,
+    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8,
+                                storage=storage)
+    report = ExportReport(str(out), output_format.name, v.name, _opset(opset), streaming, storage,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample)
     data = unrolled.SerializeToString()
     try:
         val = validate_export(model, data, images, labels, cfg)
     except ExportValidationError as e:
-        if any(l.precision == "int8" for l in spec.layers) and not quantised_layers(model):
+        if any(l.precision == Precision.INT8 for l in spec.layers) and not quantised_layers(model):
             raise ExportValidationError(f"{e}\nhint: int8 weights this checkpoint was not trained with moved it; "
                                         f"`gee-deploy quantize CHECKPOINT --out Q.pt` fine-tunes it so its int8 "
                                         f"export is exact", e.failures) from None
@@ -189,34 +218,38 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: str = "d
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in spec.layers}
         final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen,
-                                 allow_int8=allow_int8)
+                                 allow_int8=allow_int8, storage=storage)
         sv = validate_streaming(final.SerializeToString(), data, images, model.timesteps, spec.state_inputs, cfg)
         report.streaming_validation = _report_dict(sv)
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
     _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
+    written = Path(report.out) / "1" / "model.onnx" if output_format.out_is_dir else Path(report.out)
+    report.bytes = written.stat().st_size if written.is_file() else 0
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _export_nir(model: nn.Module, out: Path, variant: str, opset: int | None, streaming: bool, images: torch.Tensor,
+def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool, images: torch.Tensor,
                 labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str, start: float) -> ExportReport:
     """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
-    for bad, why in ((variant != "dense", f"--variant {variant}"), (streaming, "--streaming"),
+    for bad, why in ((variant != ExportVariant.DENSE, f"--variant {variant}"), (streaming, "--streaming"),
                      (opset is not None, "--opset")):
         if bad:
             raise UnknownOptionError(f"{why} does not apply to --format nir (it writes the folded dense network, "
                                      "one step per call)")
-    dataset = ((getattr(model, "checkpoint", {}) or {}).get("dataset") or {}).get("name", "")
-    graph, spec = write_nir(model.eval(), class_names=_class_names(model), dataset=dataset,
+    class_names, dataset = model_origin(model)
+    graph, spec = write_nir(model.eval(), class_names=class_names, dataset=dataset,
                             checkpoint_sha256=checkpoint_sha256)
-    report = ExportReport(str(out), "nir", "dense", 0, False, layers=[l.as_dict() for l in spec.layers],
+    report = ExportReport(str(out), "nir", ExportVariant.DENSE, 0, False, Storage.FOLDED,
+                          layers=[l.as_dict() for l in spec.layers],
                           macs_per_sample=spec.macs_per_sample, dense_macs_per_sample=spec.dense_macs_per_sample)
     with atomic_path(out) as tmp:
         nir.write(tmp, graph)
         val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
     report.validation = _report_dict(val)
+    report.bytes = out.stat().st_size
     report.seconds = time.perf_counter() - start
     return report
 
@@ -238,10 +271,12 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
         spec.write_sidecar(out)
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "dense", fmt: str = "onnx",
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: ExportVariant | str = ExportVariant.DENSE,
+                 fmt: str = "onnx",
                  opset: int | None = None, streaming: bool = False, atol: float | None = None,
                  samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
-                 max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False) -> ExportReport:
+                 max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
+                 storage: Storage | str | None = None) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
 
     Args:
@@ -259,6 +294,9 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
         max_batch_size: Triton's max_batch_size / TensorRT profile max.
         fp16: TensorRT only: build an FP16 plan.
         allow_int8: with ``auto``: spike-reading layers may be int8 (those of at least INT8_MIN_MACS per call).
+        storage: "genetic" (E, G, scales and BatchNorm parameters, the weights computed in the graph when a
+            session loads it), "folded" (the weights), or None: genetic for a genetic checkpoint's ONNX file or
+            Triton repository, folded otherwise (:func:`resolve_storage`).
 
     Validation limits: :func:`~gee_deploy.export.configs.validation_thresholds` (fp32's, or the post-training
     int8 ones when int8 layers meet a checkpoint not fine-tuned for them), ``atol`` overriding theirs.
@@ -267,16 +305,17 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant:
     v = _variant(variant, allow_int8)
     _opset(opset)
     model = load_model(checkpoint)
-    thresholds = validation_thresholds(v.int8 != "never", bool(quantised_layers(model)))
+    thresholds = validation_thresholds(v.int8 != Int8Policy.NEVER, bool(quantised_layers(model)))
     cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))
     cfg = cfg if samples is None else replace(cfg, samples=samples)
-    dataset = (model.checkpoint.get("dataset") or {}).get("name")
+    dataset = model.checkpoint.dataset_name
     if not dataset:
         raise ExportError(f"{checkpoint} names no dataset; cannot validate the export")
     images, labels = validation_data(dataset, cfg.samples, data_dir)
     report = export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
                            labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
-                           profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8)
+                           profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8,
+                           storage=storage)
     if samples is not None and len(images) < samples:
         report.notes.append(f"--samples {samples}: the {dataset} test split holds {len(images)} images; validated on all")
     return report

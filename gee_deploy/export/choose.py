@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from ..kinds import ExportVariant, Int8Policy
 from ..ort_session import create_session
 from .configs import INT8_MIN_MACS, Variant
 from .factorised import FactorisedCost, emit_factorised
@@ -21,11 +22,11 @@ from .writer import Chooser, Int8Chooser
 __all__ = ["make_chooser", "make_int8_chooser", "layer_latency"]
 
 
-def layer_latency(layer: FoldedLayer, form: str, cost: FactorisedCost, in_shape: tuple, out_shape: tuple, batch: int,
-                  opset: int, repeats: int = 30) -> float:
+def layer_latency(layer: FoldedLayer, form: ExportVariant, cost: FactorisedCost, in_shape: tuple, out_shape: tuple,
+                  batch: int, opset: int, repeats: int = 30) -> float:
     """Median seconds of one onnxruntime run of layer ``layer`` alone, written as ``form``, on ``batch`` inputs."""
     graph = GraphBuilder()
-    if form == "factorised":
+    if form == ExportVariant.FACTORISED:
         y = emit_factorised(graph, "x", layer, cost, out_shape, "layer")
     else:
         y = emit_dense(graph, "x", layer, "layer")
@@ -48,13 +49,14 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
     if variant.per_layer is None:
         return lambda name, layer, in_shape, out_shape, cost, dense_macs: variant.fixed
 
-    def by_cost(name, layer: FoldedLayer, in_shape, out_shape, cost: FactorisedCost, dense_macs: int) -> str:
+    def by_cost(name, layer: FoldedLayer, in_shape, out_shape, cost: FactorisedCost,
+                dense_macs: int) -> ExportVariant:
         if not profile:
-            return "factorised" if cost.effective_macs < dense_macs else "dense"
+            return ExportVariant.FACTORISED if cost.effective_macs < dense_macs else ExportVariant.DENSE
         n = batch * timesteps
-        dense_s = layer_latency(layer, "dense", cost, in_shape, out_shape, n, opset)
-        fact_s = layer_latency(layer, "factorised", cost, in_shape, out_shape, n, opset)
-        return "factorised" if fact_s < dense_s else "dense"
+        dense_s = layer_latency(layer, ExportVariant.DENSE, cost, in_shape, out_shape, n, opset)
+        fact_s = layer_latency(layer, ExportVariant.FACTORISED, cost, in_shape, out_shape, n, opset)
+        return ExportVariant.FACTORISED if fact_s < dense_s else ExportVariant.DENSE
 
     return by_cost
 
@@ -62,8 +64,8 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
 def make_int8_chooser(variant: Variant) -> Int8Chooser | None:
     """Which spike-reading layers ``variant`` writes int8: none, all, or (``choose``) those of at least
     INT8_MIN_MACS per call whose inputs need no strided-slice gathering (see export.int8.gather_form)."""
-    if variant.int8 == "never":
+    if variant.int8 == Int8Policy.NEVER:
         return None
-    if variant.int8 == "all":
+    if variant.int8 == Int8Policy.ALL:
         return lambda name, dense_macs, gather: True
     return lambda name, dense_macs, gather: dense_macs >= INT8_MIN_MACS and gather != "slices"

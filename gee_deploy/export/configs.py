@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..kinds import ExportVariant, Int8Policy
 from ..parity import INT8_PTQ_THRESHOLDS, Thresholds, validation_thresholds
 from .errors import UnknownOptionError
 
@@ -19,17 +20,18 @@ class Variant:
 
     Attributes:
         name: the CLI spelling.
-        per_layer: None = every genetic layer uses ``fixed``; "macs" / "latency" = chosen per layer.
-        fixed: the form of every genetic layer when ``per_layer`` is None.
-        int8: which layers that read spikes get int8 weights: "never", "all", or "choose" (those with at least
+        per_layer: None = every genetic layer uses ``fixed``; "macs" = chosen per layer (by measured latency
+            with ``--profile``).
+        fixed: how every genetic layer is written (dense or factorised) when ``per_layer`` is None.
+        int8: which layers that read spikes get int8 weights: never, all, or choose (those with at least
             :data:`INT8_MIN_MACS` per call that need no strided-slice gathering; ``auto`` with ``--allow-int8``).
     """
 
-    name: str
-    fixed: str | None
+    name: ExportVariant
+    fixed: ExportVariant | None
     per_layer: str | None = None
     help: str = ""
-    int8: str = "never"
+    int8: Int8Policy = Int8Policy.NEVER
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,10 @@ class ValidationConfig:
 
 
 VARIANTS = {v.name: v for v in (
-    Variant("dense", "dense", help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
-    Variant("factorised", "factorised", help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
-    Variant("auto", None, "macs", help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
-    Variant("int8", "dense", int8="all", help="dense, and every layer that reads spikes as uint8 spikes x int8 "
+    Variant(ExportVariant.DENSE, ExportVariant.DENSE, help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
+    Variant(ExportVariant.FACTORISED, ExportVariant.FACTORISED, help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
+    Variant(ExportVariant.AUTO, None, "macs", help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
+    Variant(ExportVariant.INT8, ExportVariant.DENSE, int8=Int8Policy.ALL, help="dense, and every layer that reads spikes as uint8 spikes x int8 "
                                               "per-channel weights -> int32 (the stem stays float32)"),
 )}
 

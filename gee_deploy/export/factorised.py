@@ -17,8 +17,9 @@ and a pointwise conv k^2 g -> Cout. Two exact orders exist and we pick per layer
   is smaller than the input (stride 2, or the "valid" conv that stands in for a flatten + FC).
 
 ``moved`` counts the elements of the intermediate tensors a form writes and reads back (per sample). On a
-CPU they cost time the MAC count does not show, so ``auto`` compares ``macs + MOVE_COST * moved`` with the
-dense MACs (see :data:`MOVE_COST`); ``--profile`` measures instead of estimating.
+CPU they cost time the MAC count does not show, and the factorised ops run fewer MACs per second than a dense
+conv, so ``auto`` compares ``MAC_COST * macs + MOVE_COST * moved`` with the dense MACs (see :data:`MAC_COST`,
+:data:`MOVE_COST`); ``--profile`` measures instead of estimating.
 
 Both read the layer input (binary spikes in the body) only in their first op, so only that op's MACs are
 accumulates (AC) in the paper's energy model (``spike_macs``); the mixing op reads analog values.
@@ -31,36 +32,46 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..kinds import Form, LayerKind
 from .folding import FoldedLayer
 from .graph import GraphBuilder
+from .weights import WeightOps
 
-__all__ = ["FactorisedCost", "factorised_cost", "emit_factorised", "MOVE_COST"]
+__all__ = ["FactorisedCost", "factorised_cost", "emit_factorised", "MOVE_COST", "MAC_COST"]
 
 # MAC-equivalents per intermediate element: onnxruntime CPU (MLAS, one thread) ran dense convs at ~18 GMAC/s
 # and spent ~3.5 ns per element of a factorised layer's intermediates (fit over 4 layer shapes, g 8-32).
 MOVE_COST = 64
+# Dense MAC-equivalents per factorised MAC. The factorised form's 1x1 convs (Cin -> k^2 g -> Cout, with
+# k^2 g = 1,350 channels at g = 150) run at a lower MAC rate than MLAS's dense k x k conv: on ResNet-19's
+# 512-channel 8 x 8 layers at g = 150 the factorised form (88.5 M MACs) took as long as the dense one (151 M)
+# at batch 1 and 8 (0.9-1.2x, onnxruntime 1.32, one thread), where counting its MACs at face value had made
+# `auto` pick it and run 12% slower than pure dense. At 2 per MAC a layer is factorised when it needs fewer
+# than about half the dense MACs (VGG-16's classifier: 0.07x) and stays dense near break-even (0.59x).
+MAC_COST = 2.0
 
 
 @dataclass(frozen=True)
 class FactorisedCost:
     """MACs per sample per call of the cheaper exact factorised form of one layer."""
 
-    form: str  # "pointwise-first", "shift-first" or "linear"
+    form: Form  # pointwise-first, shift-first or linear
     macs: int
     spike_macs: int  # MACs of the first op, the one that reads the layer's input
     moved: int = 0  # elements of the intermediate tensors
 
     @property
     def effective_macs(self) -> int:
-        """MACs plus the data movement of the intermediates, in MAC-equivalents (what ``auto`` compares)."""
-        return self.macs + MOVE_COST * self.moved
+        """MACs weighted by :data:`MAC_COST` plus the data movement of the intermediates, in dense
+        MAC-equivalents (what ``auto`` compares with the dense MACs)."""
+        return int(MAC_COST * self.macs + MOVE_COST * self.moved)
 
 
 def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
     """Cost of the factorised form of genetic layer ``layer`` for per-sample shapes ``in_shape`` -> ``out_shape``."""
     genes, taps = layer.genes, layer.kernel_size ** 2
-    if layer.kind == "linear":
-        return FactorisedCost("linear", layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
+    if layer.kind == LayerKind.LINEAR:
+        return FactorisedCost(Form.LINEAR, layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
     in_pixels = in_shape[1] * in_shape[2]
     out_pixels = out_shape[1] * out_shape[2]
     if layer.pooled:  # the factorised conv runs at input resolution ("same", stride 1); AveragePool reads its output
@@ -74,20 +85,30 @@ def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tu
             if layer.padding else 0
         # padded x, k^2 slices written then concatenated (twice), projection
         moved = padded + 2 * taps * layer.c_in * out_pixels + taps * genes * out_pixels
-        return FactorisedCost("shift-first", shift_first + mixing, shift_first, moved)
+        return FactorisedCost(Form.SHIFT_FIRST, shift_first + mixing, shift_first, moved)
     moved = taps * genes * (in_pixels + out_pixels)  # projection, shifted projection
-    return FactorisedCost("pointwise-first", pointwise_first + mixing, pointwise_first, moved)
+    return FactorisedCost(Form.POINTWISE_FIRST, pointwise_first + mixing, pointwise_first, moved)
 
 
-def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str) -> str:
-    """Channel block p of ``u`` (g channels each) moved by tap p's offset: a one-hot depthwise k x k conv."""
+def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str, ops: WeightOps) -> str:
+    """Channel block p of ``u`` (g channels each) moved by tap p's offset: a one-hot depthwise k x k conv.
+
+    The kernel [k^2 g, 1, k, k] is the k^2 x k^2 identity, each row repeated g times: stored as the identity
+    and expanded in the graph's initializer-only subgraph when the weights are computed in the graph.
+    """
     k, genes = layer.kernel_size, layer.genes
     if k == 1 and layer.stride == 1 and layer.padding == 0:
         return u  # a 1x1 stride-1 conv has nothing to shift
-    one_hot = np.zeros((k * k * genes, 1, k, k), np.float32)
-    for p in range(k * k):
-        one_hot[p * genes:(p + 1) * genes, 0, p // k, p % k] = 1.0  # row-major taps, as W[o, i, p]
-    return graph.op("Conv", [u, graph.const(one_hot, f"{hint}.shift")], f"{hint}.shifted", group=k * k * genes,
+    eye = np.eye(k * k, dtype=np.float32)[:, None, :]  # [p, 1, p']: row-major taps, as W[o, i, p]
+    one_hot = np.broadcast_to(eye, (k * k, genes, k * k)).reshape(k * k * genes, 1, k, k)
+    if ops.graph is None:
+        kernel = graph.const(one_hot, f"{hint}.shift")
+    else:
+        rows = graph.op("Expand", [graph.const(eye, f"shift_eye{k}"), graph.const([k * k, genes, k * k],
+                                                                                   "shift_rows", np.int64)],
+                        f"{hint}.shift_rows")
+        kernel = graph.op("Reshape", [rows, graph.const(one_hot.shape, "shift_shape", np.int64)], f"{hint}.shift")
+    return graph.op("Conv", [u, kernel], f"{hint}.shifted", group=k * k * genes,
                 kernel_shape=[k, k], pads=[layer.padding] * 4, strides=[layer.stride] * 2)
 
 
@@ -108,26 +129,34 @@ def _shifted_copies(graph: GraphBuilder, x: str, layer: FoldedLayer, out_shape, 
 
 
 def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: FactorisedCost, out_shape: tuple[int, ...],
-                    hint: str) -> str:
-    """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name."""
+                    hint: str, ops: WeightOps | None = None) -> str:
+    """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name.
+
+    ``ops``: the weight arithmetic of the graph (:mod:`gee_deploy.export.weights`); default: plain initializers.
+    """
+    ops = ops or WeightOps()
     if layer.pooled:
-        if cost.form != "pointwise-first":
+        if cost.form != Form.POINTWISE_FIRST:
             raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
-        y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv")
+        y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv", ops)
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
-    genes, taps = layer.genes, layer.kernel_size ** 2
+    genes, taps, c_in, c_out = layer.genes, layer.kernel_size ** 2, layer.c_in, layer.c_out
     # E_in as a 1x1 conv / grouped 1x1 conv weight: row p*g + a holds E_in[:, p, a]
-    project = layer.e_in.transpose(1, 2, 0).reshape(taps * genes, layer.c_in)
-    mix = layer.mix.transpose(2, 0, 1).reshape(layer.c_out, taps * genes)  # [Cout, p*g + a]
-    bias = graph.const(layer.bias, f"{hint}.bias")
-    if cost.form == "linear":
-        u = graph.op("Gemm", [x, graph.const(project, f"{hint}.e_in")], f"{hint}.project", transB=1)
-        return graph.op("Gemm", [u, graph.const(mix, f"{hint}.mix"), bias], hint, transB=1)
-    if cost.form == "pointwise-first":
-        u = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project")
-        z = _one_hot_shift(graph, u, layer, hint)
+    project = ops.reshape(layer.project, (taps * genes, c_in) if cost.form == Form.LINEAR else
+                          (taps * genes, c_in, 1, 1), f"{hint}.project_rows")
+    mix = ops.reshape(ops.transpose(layer.mix, (1, 0, 2), f"{hint}.mix_rows"),  # [Cout, p*g + a]
+                      (c_out, taps * genes) if cost.form == Form.LINEAR else (c_out, taps * genes, 1, 1),
+                      f"{hint}.mix_rows")
+    project, mix = ops.output(graph, project, f"{hint}.e_in"), ops.output(graph, mix, f"{hint}.mix")
+    bias = ops.output(graph, layer.bias, f"{hint}.bias")
+    if cost.form == Form.LINEAR:
+        u = graph.op("Gemm", [x, project], f"{hint}.project", transB=1)
+        return graph.op("Gemm", [u, mix, bias], hint, transB=1)
+    if cost.form == Form.POINTWISE_FIRST:
+        u = graph.op("Conv", [x, project], f"{hint}.project")
+        z = _one_hot_shift(graph, u, layer, hint, ops)
     else:
         parts = _shifted_copies(graph, x, layer, out_shape, hint)
         x = graph.op("Concat", parts, f"{hint}.taps", axis=1) if len(parts) > 1 else parts[0]
-        z = graph.op("Conv", [x, graph.const(project[:, :, None, None], f"{hint}.e_in")], f"{hint}.project", group=taps)
-    return graph.op("Conv", [z, graph.const(mix[:, :, None, None], f"{hint}.mix"), bias], hint)
+        z = graph.op("Conv", [x, project], f"{hint}.project", group=taps)
+    return graph.op("Conv", [z, mix, bias], hint)

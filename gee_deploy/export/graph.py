@@ -53,9 +53,23 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"n.{hint}"), **attrs))
         return names[0] if outputs == 1 else names
 
+    def live(self, outputs: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """The nodes that contribute to ``outputs`` and the initializers they read, in the order written.
+
+        A writer may compute a weight it then does not use (the int8 form of a layer the chooser kept float32);
+        those nodes and their stored inputs are left out of the file.
+        """
+        needed, nodes = set(outputs), []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                nodes.append(node)
+                needed.update(i for i in node.input if i)
+        return nodes[::-1], [t for t in self.initializers if t.name in needed]
+
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int,
               metadata: dict[str, object], doc: str = "") -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "gee_deploy", inputs, outputs, self.initializers)
+        nodes, initializers = self.live([o.name for o in outputs])
+        graph = helper.make_graph(nodes, "gee_deploy", inputs, outputs, initializers)
         opsets = [helper.make_opsetid("", opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="gee-deploy", doc_string=doc,
                                   ir_version=helper.find_min_ir_version_for(opsets))

@@ -8,7 +8,7 @@ active inputs is exact, so the layer computes
 .. math:: y_o = \\mathrm{float32}(\\textstyle\\sum_j q_{o,j} s_j) \\cdot (s_o \\gamma_o / \\sqrt{\\sigma_o^2 + \\epsilon}) + b_o
 
 with the BatchNorm folded into the per-channel scale (the codes do not change, see :mod:`gee_deploy.quantisation`)
-and the shift into the bias: the membrane input and the LIF stay float32 (DESIGN section 11).
+and the shift into the bias: the membrane input and the LIF stay float32 (docs/design.md, "Int8 layers").
 
 Ops (standard ONNX only, chosen by ``benchmarks/int8_conv.py`` on onnxruntime 1.32 CPU): MatMulInteger with
 uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger runs, was 2-7x
@@ -25,12 +25,14 @@ import numpy as np
 from onnx import TensorProto
 from torch import nn
 
-from ..quantisation import int8_weight
+from ..genetic import GeneticConv2d, GeneticLinear
+from ..quantisation import QMAX
 from ..zoo.base import ConvPool
-from .folding import FoldedLayer, batchnorm_affine, fold_layer
+from .folding import FoldedLayer, batchnorm_affine, fold_layer, fuse_average_pool, genetic_factors, weight_from_factors
 from .graph import GraphBuilder
+from .weights import Tensor, WeightOps
 
-__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8"]
+__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8", "source_weight"]
 
 
 @dataclass(frozen=True)
@@ -38,42 +40,77 @@ class Int8Layer:
     """One layer's int8 weights with its BatchNorm folded into the per-channel scale and the bias.
 
     Attributes:
-        kind: "conv" or "linear".
+        kind: conv or linear.
         q: int8 codes, [Cout, Cin, k, k] or [Cout, Cin] (a ConvPool: its fused (k+1) x (k+1) kernel).
         scale: float32 [Cout], the weight's scale times the BatchNorm's.
         bias: float32 [Cout].
         kernel_size, stride, padding: the conv that runs (1, 1, 0 for linear).
     """
 
-    kind: str
-    q: np.ndarray
-    scale: np.ndarray
-    bias: np.ndarray
+    kind: LayerKind
+    q: Tensor
+    scale: Tensor
+    bias: Tensor
     kernel_size: int = 1
     stride: int = 1
     padding: int = 0
 
 
-def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = None) -> Int8Layer:
-    """The int8 form of weight layer ``m`` (inside ConvPool ``pooled``, if given) with ``bn`` folded in."""
-    f = fold_layer(m, bn, pooled=pooled is not None)  # geometry and the folded bias
-    q, s = int8_weight(pooled if pooled is not None else m)
-    bn_scale, _ = batchnorm_affine(bn, f.c_out)
-    scale = (s.double().numpy() * bn_scale).astype(np.float32)
+def source_weight(ops: WeightOps, m: nn.Module, pooled: ConvPool | None, hint: str) -> Tensor:
+    """The float32 weight whose int8 codes a layer runs with (:func:`gee_deploy.quantisation.int8_weight`).
+
+    A genetic layer's W generated in float64 and rounded to float32 once (its ``exact_weight``), a plain
+    layer's stored weight; inside a ConvPool, the fused (k+1) x (k+1) kernel of that weight, in float32.
+    """
+    if isinstance(m, (GeneticConv2d, GeneticLinear)):
+        shape = (m.out_channels, m.in_channels, m.kernel_size, m.kernel_size) if isinstance(m, GeneticConv2d) \
+            else (m.out_features, m.in_features)
+        project, mix = genetic_factors(ops, m, hint)
+        weight = ops.cast(weight_from_factors(ops, project, mix, shape, f"{hint}.source"), np.float32,
+                          f"{hint}.source_f32")
+    else:
+        weight = ops.cast(ops.stored(m.weight, f"{hint}.weight"), np.float32, f"{hint}.source_f32")
+    return fuse_average_pool(ops, weight, f"{hint}.source") if pooled is not None else weight
+
+
+def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = None, ops: WeightOps | None = None,
+               hint: str = "layer") -> Int8Layer:
+    """The int8 form of weight layer ``m`` (inside ConvPool ``pooled``, if given) with ``bn`` folded in.
+
+    Codes and scales as :func:`gee_deploy.quantisation.quantise_weight` computes them (max |w| / 127 per
+    output channel, round half to even, clip to +-127), here as weight arithmetic so that a graph with
+    ``genetic`` storage computes them from E and G.
+    """
+    ops = ops or WeightOps()
+    f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=hint)  # geometry and the folded bias
+    w = source_weight(ops, m, pooled, hint)
+    amax = ops.abs_max(w, f"{hint}.amax")
+    step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
+                              ops.constant(np.ones(f.c_out), f"{hint}.unit", np.float32), f"{hint}.weight_scale")
+    per_row = ops.reshape(step, (-1,) + (1,) * (len(w.shape) - 1), f"{hint}.weight_scale_rows")
+    q = ops.cast(ops.round_clip(ops.div(w, per_row, f"{hint}.ratio"), QMAX, f"{hint}.codes"), np.int8,
+                 f"{hint}.q")
+    bn_scale, _ = batchnorm_affine(ops, bn, f.c_out, f"{hint}.bn")
+    scale = ops.cast(ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), bn_scale, f"{hint}.scale64"), np.float32,
+                     f"{hint}.scale32")
     k, stride = (pooled.kernel_size, pooled.stride) if pooled is not None else (f.kernel_size, f.stride)
-    return Int8Layer(f.kind, q.numpy(), scale, f.bias.astype(np.float32), k, stride, f.padding)
+    return Int8Layer(f.kind, q, scale, ops.cast(f.bias, np.float32, f"{hint}.bias32"), k, stride, f.padding)
 
 
-def dequantised_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = None) -> FoldedLayer:
+def dequantised_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = None,
+                      ops: WeightOps | None = None, hint: str = "layer") -> FoldedLayer:
     """A fine-tuned (quantised) layer in float: the weight its forward uses, q s, with ``bn`` folded (float64).
 
     Dense only (the factorised form cannot hold rounded weights); a ConvPool's fused kernel is stored as the
     (k+1) x (k+1) stride-2 conv it is.
     """
-    layer = int8_layer(m, bn, pooled)
-    q = layer.q.astype(np.float64)
-    weight = q * (layer.scale.astype(np.float64)).reshape((-1,) + (1,) * (q.ndim - 1))
-    return FoldedLayer(layer.kind, weight, layer.bias.astype(np.float64), layer.kernel_size, layer.stride,
+    ops = ops or WeightOps()
+    layer = int8_layer(m, bn, pooled, ops, hint)
+    q = ops.cast(layer.q, np.float64, f"{hint}.q64")
+    rows = ops.reshape(ops.cast(layer.scale, np.float64, f"{hint}.scale64"), (-1,) + (1,) * (len(q.shape) - 1),
+                       f"{hint}.scale_rows")
+    return FoldedLayer(layer.kind, ops.mul(q, rows, f"{hint}.dequantised"),
+                       ops.cast(layer.bias, np.float64, f"{hint}.bias64"), layer.kernel_size, layer.stride,
                        layer.padding)
 
 
@@ -85,32 +122,37 @@ def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
     copy) cost more than the int8 GEMM saves (int8 0.8-1.0x of float32), on SmallNet's stride-2 and whole-input
     layers int8 ran 1.5-1.6x; ``auto --allow-int8`` therefore leaves "slices" layers float32.
     """
-    if layer.kind == "linear" or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2):
+    if layer.kind == LayerKind.LINEAR or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2):
         return "matmul"
     return "space-to-depth" if layer.stride > 1 and layer.kernel_size % layer.stride == 0 else "slices"
 
 
-def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str) -> str:
+def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str,
+              ops: WeightOps | None = None) -> str:
     """Write ``layer`` reading uint8 spikes ``x_u8`` ([N, C, H, W] or [N, features]); returns its float32 output
-    [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape."""
-    cout = len(layer.scale)
+    [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape; ``ops``: the graph's weight
+    arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers."""
+    ops = ops or WeightOps()
+    cout = layer.scale.shape[0]
     zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
 
-    def matmul(x: str, q_rows: np.ndarray) -> str:  # q_rows [K, Cout] int8; int32 acc, then scale and bias
-        acc = g.op("MatMulInteger", [x, g.const(q_rows, f"{hint}.weight_int8", np.int8)] + zeros, f"{hint}.acc")
+    def matmul(x: str, q_rows: Tensor) -> str:  # q_rows [K, Cout] int8; int32 acc, then scale and bias
+        acc = g.op("MatMulInteger", [x, ops.output(g, q_rows, f"{hint}.weight_int8", np.int8)] + zeros,
+                   f"{hint}.acc")
         # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
         y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
-        y = g.op("Mul", [y, g.const(layer.scale, f"{hint}.scale")], f"{hint}.scaled")
-        return g.op("Add", [y, g.const(layer.bias, f"{hint}.bias")], hint)
+        y = g.op("Mul", [y, ops.output(g, layer.scale, f"{hint}.scale")], f"{hint}.scaled")
+        return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
 
     q = layer.q
-    if layer.kind == "linear":
-        return matmul(x_u8, np.ascontiguousarray(q.T))
+    if layer.kind == LayerKind.LINEAR:
+        return matmul(x_u8, ops.transpose(q, (1, 0), f"{hint}.rows"))
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
     form = gather_form(layer, in_shape)
     if form == "matmul":  # the kernel covers the whole input: one row per sample
-        y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), np.ascontiguousarray(q.reshape(cout, -1).T))
+        rows = ops.transpose(ops.reshape(q, (cout, -1), f"{hint}.flat_q"), (1, 0), f"{hint}.rows")
+        y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows)
         return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     nhwc = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
@@ -132,7 +174,8 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
                 cols.append(g.op("Slice", [x, g.const([a, b], f"{hint}.start", np.int64),
                                            g.const([a + ho, b + wo], f"{hint}.end", np.int64), axes],
                                  f"{hint}.patch"))
-        rows = q.reshape(cout, c, kb, s, kb, s).transpose(2, 4, 3, 5, 1, 0)  # (a, b, di, dj, c, o)
+        rows = ops.transpose(ops.reshape(q, (cout, c, kb, s, kb, s), f"{hint}.blocks_q"), (2, 4, 3, 5, 1, 0),
+                             f"{hint}.rows")  # (a, b, di, dj, c, o)
     else:
         x = g.op("Pad", [nhwc, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded") \
             if p else nhwc
@@ -142,7 +185,7 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
                 cols.append(g.op("Slice", [x, g.const([i, j], f"{hint}.start", np.int64),
                                            g.const([i + s * (ho - 1) + 1, j + s * (wo - 1) + 1], f"{hint}.end",
                                                    np.int64), axes, steps], f"{hint}.patch"))
-        rows = q.transpose(2, 3, 1, 0)  # (i, j, c, o)
+        rows = ops.transpose(q, (2, 3, 1, 0), f"{hint}.rows")  # (i, j, c, o)
     col = g.op("Concat", cols, f"{hint}.patches", axis=3) if len(cols) > 1 else cols[0]  # [N, Ho, Wo, k*k*C]
-    y = matmul(col, np.ascontiguousarray(rows.reshape(-1, cout)))  # [N, Ho, Wo, Cout]
+    y = matmul(col, ops.reshape(rows, (-1, cout), f"{hint}.rows"))  # [N, Ho, Wo, Cout]
     return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])

@@ -30,16 +30,17 @@ import json
 
 import nir
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import UnsupportedModuleError
+from ..kinds import ExportVariant, LayerKind
 from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
 from ..walk import ModelWalk, Value, pool_geometry
-from ..zoo.base import ConvPool, fuse_average_pool
+from ..zoo.base import ConvPool
 from .errors import ExportError
-from .folding import fold_layer
+from .folding import dense_kernel, fold_layer
+from .weights import WeightOps
 
 __all__ = ["DT", "NIR_METADATA", "NIRWriter", "nir_threshold", "write_nir"]
 
@@ -72,7 +73,7 @@ class NIRWriter(ModelWalk):
     nothing at all (NIR runs every node at every step).
     """
 
-    variant = "dense"
+    variant = ExportVariant.DENSE
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -93,16 +94,16 @@ class NIRWriter(ModelWalk):
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[tuple[str, ...], LayerSpec]:
-        f = fold_layer(m, bn, pooled=pooled is not None)
-        bias = f.bias.astype(np.float32)
-        if f.kind == "conv":
-            weight, stride = f.weight, f.stride
-            if f.pooled:  # conv + 2x2 average pool as the one stride-2 conv ConvPool runs
-                weight, stride = fuse_average_pool(torch.from_numpy(weight)).numpy(), 2
-            node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight.astype(np.float32), stride=stride,
+        ops = WeightOps()  # numpy only: NIR has no constant computation, it stores the folded weights
+        f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
+        bias = f.bias.value.astype(np.float32)
+        weight, stride = dense_kernel(ops, f, name)  # a ConvPool: conv + 2x2 average pool as one stride-2 conv
+        weight = weight.value.astype(np.float32)
+        if f.kind == LayerKind.CONV:
+            node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight, stride=stride,
                               padding=f.padding, dilation=1, groups=1, bias=bias)
         else:
-            node = nir.Affine(weight=f.weight.astype(np.float32), bias=bias)
+            node = nir.Affine(weight=weight, bias=bias)
         _, layer = super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
         return self.node(name, node, x), layer
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, numpy_helper
 from ..io import atomic_path
 from ..spec import INPUT_NAME
 from .errors import ExportError, TensorRTUnavailableError
+from .weights import constant_nodes, fold_constants
 
 __all__ = ["TENSORRT_ONNX_OPS", "compatibility_problems", "require_tensorrt", "build_plan", "to_float16"]
 
@@ -43,7 +44,13 @@ MAX_OPSET = 20  # the newest opset TensorRT 10.x parses
 
 
 def compatibility_problems(model: onnx.ModelProto) -> list[str]:
-    """What would stop TensorRT from parsing ``model``: ops, dtypes, non-batch dynamic dims, opset. [] = none."""
+    """What would stop TensorRT from parsing ``model``: ops, dtypes, non-batch dynamic dims, opset. [] = none.
+
+    The graph is judged as :func:`build_plan` hands it to TensorRT's parser: with its initializer-only subgraph
+    (the weights of ``genetic`` storage, computed in float64) folded first.
+    """
+    if constant_nodes(model.graph)[0]:
+        model = fold_constants(model)
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset > MAX_OPSET:
@@ -118,6 +125,7 @@ def build_plan(model: onnx.ModelProto, out: str | os.PathLike, max_batch_size: i
                opt_batch: int | None = None, workspace_gib: float = 2.0) -> Path:
     """Build a TensorRT plan of ``model`` at ``out`` (atomically) with a timing cache ``out``.cache beside it."""
     trt = require_tensorrt()
+    model = fold_constants(model)  # genetic storage: TensorRT parses the folded weights, not the float64 subgraph
     problems = compatibility_problems(model)
     if problems:
         raise ExportError("graph is not TensorRT-compatible: " + "; ".join(problems))

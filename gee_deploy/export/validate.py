@@ -15,7 +15,7 @@ from torch import nn
 
 from ..neurons import SpikeRecorder
 from ..ort_session import create_session
-from ..parity import EXPORT_GATES, Check, Outputs, Thresholds, checks, compare
+from ..parity import EXPORT_GATES, Check, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from .configs import ValidationConfig
 from .errors import ExportError, ExportValidationError, ShapeError, ToleranceError
@@ -26,13 +26,14 @@ __all__ = ["ValidationReport", "compare_outputs", "reference_outputs", "run_grap
 
 @dataclass
 class ValidationReport:
-    """Parity of one export; ``rows`` = (check, measured, limit, ok), ``stats`` = :func:`parity.compare`'s dict."""
+    """Parity of one export; ``rows`` = (check, measured, limit, ok), ``stats`` = :func:`parity.compare`'s result
+    (None until the value checks ran)."""
 
     samples: int
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     rows: list[tuple[str, str, str, bool]] = field(default_factory=list)
     failures: list[ExportError] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    stats: Parity | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,7 +85,7 @@ def run_graph(session, images: np.ndarray, batch_size: int) -> tuple[list[str], 
 def compare_outputs(report: ValidationReport, ref: Outputs, got: Outputs, t: Thresholds) -> None:
     """The value checks shared by PyTorch-vs-graph and streaming-vs-unrolled validation."""
     stats = compare(ref, got, t.atol)
-    report.max_abs_diff = {LOGITS: stats["max_logit_diff"], SPIKE_COUNTS: stats["max_spike_count_diff"]}
+    report.max_abs_diff = {LOGITS: stats.max_logit_diff, SPIKE_COUNTS: stats.max_spike_count_diff}
     for name, diff in report.max_abs_diff.items():
         report.rows.append((f"max abs diff {name}", f"{diff:.3g}", "-", True))
     for c in checks(stats, t, EXPORT_GATES):

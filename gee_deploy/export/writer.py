@@ -16,6 +16,7 @@ from onnx import TensorProto
 from torch import nn
 
 from ..errors import UnsupportedModuleError
+from ..kinds import ExportVariant, Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
@@ -24,12 +25,13 @@ from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, tensor_info
 from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer
+from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
-#   -> "dense" | "factorised"
-Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], str]
+#   -> ExportVariant.DENSE | ExportVariant.FACTORISED
+Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], ExportVariant]
 # (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
 #   -> write it int8?
 Int8Chooser = Callable[[str, int, str], bool]
@@ -83,7 +85,9 @@ class OnnxWriter(ModelWalk):
     """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts.
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
-    Layers reading analog values (the stem, an average pool of spikes) always stay float32.
+    Layers reading analog values (the stem, an average pool of spikes) always stay float32. Every weight is
+    computed in the graph from the stored parameters (:mod:`gee_deploy.export.weights`); :func:`write_graph`
+    folds that subgraph for ``folded`` storage.
     """
 
     def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None):
@@ -91,6 +95,8 @@ class OnnxWriter(ModelWalk):
         self.choose = choose
         self.int8 = int8
         self.graph = GraphBuilder()
+        names = {id(t): n for n, t in model.named_buffers()} | {id(t): n for n, t in model.named_parameters()}
+        self.ops = WeightOps(self.graph, names)
         self.counts: list[str] = []
         self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast (shared by every int8 reader)
         self._fired: dict[str, str] = {}  # a LIF's float spikes -> the boolean fire maps they were cast from
@@ -102,39 +108,46 @@ class OnnxWriter(ModelWalk):
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
-        layer = int8_layer(m, bn, pooled) if x.spikes_from is not None and self.int8 is not None else None
+        ops = self.ops
+        layer = int8_layer(m, bn, pooled, ops, name) if x.spikes_from is not None and self.int8 is not None else None
         if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
             if x.name not in self._uint8:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
                 self._uint8[x.name] = self.graph.op("Cast", [self._fired.get(x.name, x.name)], f"{x.spikes_from}.uint8",
                                                     to=TensorProto.UINT8)
-            y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name)
-            return y, LayerSpec(name, layer.kind, "dense", int(dense_macs), True, x.spikes_from, int(dense_macs), calls,
-                                "dense", int(dense_macs), None, precision="int8",
-                                weight_scales=tuple(float(v) for v in layer.scale))
+            y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name, ops)
+            return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
+                                input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
+                                calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8,
+                                weight_scales=tuple(float(v) for v in layer.scale.value))
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
-            folded = dequantised_layer(m, bn, pooled)  # an int8 fine-tuned layer computes with q s
+            folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
-            folded = fold_layer(m, bn, pooled=pooled is not None)
+            folded = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
         fact = factorised_cost(folded, x.shape, out_shape) if folded.genetic else None
-        variant = self.choose(name, folded, x.shape, out_shape, fact, dense_macs) if fact is not None else "dense"
-        if variant == "factorised":
-            y = emit_factorised(self.graph, x.name, folded, fact, out_shape, name)
+        variant = ExportVariant(self.choose(name, folded, x.shape, out_shape, fact, dense_macs)) if fact is not None \
+            else ExportVariant.DENSE
+        if variant == ExportVariant.FACTORISED:
+            y = emit_factorised(self.graph, x.name, folded, fact, out_shape, name, ops)
             macs, spike_macs, form = fact.macs, fact.spike_macs, fact.form
         else:
-            y = emit_dense(self.graph, x.name, folded, name)
-            macs, spike_macs, form = dense_macs, dense_macs, "dense"
-        return y, LayerSpec(name, folded.kind, variant, int(macs), x.spikes_from is not None, x.spikes_from,
-                            int(spike_macs), calls, form, int(dense_macs), None if fact is None else int(fact.macs))
+            y = emit_dense(self.graph, x.name, folded, name, ops)
+            macs, spike_macs, form = dense_macs, dense_macs, Form.DENSE
+        return y, LayerSpec(name=name, kind=folded.kind, variant=variant, macs=int(macs),
+                            input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
+                            spike_macs=int(spike_macs), calls=calls, form=form, dense_macs=int(dense_macs),
+                            factorised_macs=None if fact is None else int(fact.macs))
 
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str:
         graph = self.graph
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x.name
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            scale, shift = batchnorm_affine(m, m.num_features)
+            ops = self.ops
+            scale, shift = batchnorm_affine(ops, m, m.num_features, name)
             dims = (-1,) + (1,) * (len(x.shape) - 1)
-            y = graph.op("Mul", [x.name, graph.const(scale.reshape(dims), f"{name}.scale")], name)
-            return graph.op("Add", [y, graph.const(shift.reshape(dims), f"{name}.shift")], name)
+            scale = ops.output(graph, ops.reshape(scale, dims, f"{name}.scale_dims"), f"{name}.scale")
+            shift = ops.output(graph, ops.reshape(shift, dims, f"{name}.shift_dims"), f"{name}.shift")
+            return graph.op("Add", [graph.op("Mul", [x.name, scale], name), shift], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
             k, s, p, _ = pool_geometry(m)
             return graph.op("MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
@@ -191,18 +204,21 @@ class OnnxWriter(ModelWalk):
         return spikes
 
 
-def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, class_names: tuple[str, ...],
-                dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False, int8: Int8Chooser | None = None):
+def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: ExportVariant, class_names: tuple[str, ...],
+                dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False, int8: Int8Chooser | None = None,
+                storage: Storage = Storage.FOLDED):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     Args:
         model: a zoo model (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ``num_classes``).
-        choose: picks "dense" or "factorised" for each genetic layer.
+        choose: picks dense or factorised for each genetic layer.
         opset: ONNX opset (>= 18).
         variant: the requested variant, recorded in the spec.
         class_names, dataset, checkpoint_sha256: recorded in the spec.
         streaming: one timestep per call with the membrane potentials as graph inputs and outputs.
         int8: which spike-reading layers get int8 weights (None: none).
+        storage: "genetic" keeps the stored parameters and the initializer-only subgraph that computes the
+            weights from them; "folded" stores the computed weights (:mod:`gee_deploy.export.weights`).
 
     Raises:
         UnsupportedModuleError: a module or operation has no translation.
@@ -217,11 +233,13 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: str, 
                         "per_step_logits")
         graph.op("ReduceMean", [per_step, graph.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
     graph.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
-    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=variant)
+    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=variant,
+                  storage=storage)
     n, c, s = BATCH_DIM, model.in_channels, model.image_size
     inputs = [tensor_info(INPUT_NAME, [n, c, s, s])]
     outputs = [tensor_info(LOGITS, [n, model.num_classes]), tensor_info(SPIKE_COUNTS, [n, len(w.counts)])]
     for v_in, v_out, shape in zip(spec.state_inputs, spec.state_outputs, w.state_shapes):
         inputs.append(tensor_info(v_in, [n] + shape))
         outputs.append(tensor_info(v_out, [n] + shape))
-    return graph.model(inputs, outputs, opset, spec.to_metadata()), spec
+    proto = graph.model(inputs, outputs, opset, spec.to_metadata())
+    return (fold_constants(proto) if storage == Storage.FOLDED else proto), spec

@@ -12,6 +12,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,12 @@ from ..data import load_test_arrays
 from ..energy import energy_per_layer, firing_rates, total_energy
 from ..errors import ConfigError
 from ..ort_session import create_session
-from ..parity import CHECK_GATES, Outputs, Thresholds, checks, compare
+from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
 from .runtimes import RUNTIMES, OrtRuntime, Runtime, default_runtimes, open_runtime
 
-__all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check"]
+__all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
+           "CheckResult"]
 
 
 def evaluate(runtime: Runtime, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> Outputs:
@@ -182,7 +184,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         ev = evaluations[rt] = evaluate(rt, images, labels)
         row = {**runtime_stats(rt, ev), "runtime": label, "kind": rt.name}
         if ref is not None:
-            row["parity"] = compare(evaluations[ref], ev)
+            row["parity"] = compare(evaluations[ref], ev).as_dict()
         for b in batch_sizes:
             say(f"{rt.name}: timing batch {b}")
             x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
@@ -226,23 +228,39 @@ def _machine(threads: int | None) -> dict:
             "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0]}
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and whether the ONNX file's
+    checkpoint digest is the checkpoint's (or absent)."""
+
+    parity: Parity
+    dataset: str
+    torch_p50_ms: float
+    ort_p50_ms: float
+    same_checkpoint: bool
+
+    @property
+    def speedup(self) -> float:
+        """PyTorch eager p50 / onnxruntime p50 at batch 1."""
+        return self.torch_p50_ms / self.ort_p50_ms
+
+
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
               dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
-              min_time: float = 1.0) -> tuple[dict, list[str]]:
+              min_time: float = 1.0) -> tuple[CheckResult, list[str]]:
     """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint``; the gates
     are :data:`gee_deploy.parity.CHECK_GATES`.
 
     Returns:
-        (measured values, one line per failed gate)
+        (what was measured, one line per failed gate)
     """
     ref = open_runtime(checkpoint, "torch", threads)
     ort = open_runtime(onnx_path, "ort-cpu", threads)
     name = _dataset([ref, ort], dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
-    measured = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)
+    parity = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
-    measured.update(same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256))
-    measured.update(dataset=name, samples=int(len(images)), torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
-                    speedup=t_ref["p50_ms"] / t_ort["p50_ms"])
-    return measured, [c.message for c in checks(measured, thresholds, CHECK_GATES) if not c.ok]
+    result = CheckResult(parity=parity, dataset=name, torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
+                         same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256))
+    return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

@@ -3,7 +3,8 @@ classification extension, and the metadata, configuration and statistics documen
 
 Parsing raises what is wrong with a request as a :class:`ProtocolError` subclass naming the field
 (``inputs.0.shape: ...``); it knows nothing about HTTP or gRPC codes. The HTTP app and the gRPC service map
-those classes to statuses, each in one table (STYLE 13, after KServe's ``errors.py``). Request bodies are
+those classes to statuses, each in one table (after KServe's ``errors.py``; docs/design.md, "Serving
+lifecycle"). Request bodies are
 validated by pydantic models (after KServe's ``protocol/rest/v2_datamodels.py``), so a body of any JSON shape
 either parses or becomes one :class:`InvalidInput`.
 

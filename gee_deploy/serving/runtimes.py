@@ -69,17 +69,15 @@ class TorchRuntime(Runtime):
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import torch
 
-        from ..checkpoint import file_sha256, load_model
-        from ..data import dataset_info
+        from ..checkpoint import file_sha256, load_model, model_origin
         from ..walk import describe
 
         if threads:
             torch.set_num_threads(threads)
         self.path = Path(path)
         self.model = load_model(self.path)
-        dataset = self.model.checkpoint.get("dataset", {})
-        classes = dataset.get("classes") or (dataset_info(dataset["name"]).classes if dataset.get("name") else ())
-        self.spec = describe(self.model, class_names=tuple(classes), dataset=dataset.get("name", ""),
+        class_names, dataset = model_origin(self.model)
+        self.spec = describe(self.model, class_names=class_names, dataset=dataset,
                              checkpoint_sha256=file_sha256(self.path))
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

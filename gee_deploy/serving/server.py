@@ -7,7 +7,8 @@ One process, one asyncio event loop, one batcher thread:
 * gRPC (``grpc_port``): the OIP ``GRPCInferenceService`` of :mod:`.grpc_service` on ``grpc.aio``, on the same
   loop, sharing the :class:`~.service.ModelService` (batcher, concurrency limit, statistics).
 
-Lifecycle as orchestrators expect (DESIGN 13): on SIGTERM or SIGINT readiness turns false, the listeners close
+Lifecycle as orchestrators expect (docs/design.md, "Serving lifecycle"): on SIGTERM or SIGINT readiness turns
+false, the listeners close
 (no new connections), requests in flight finish and are answered with ``Connection: close``, idle keep-alive
 connections get ``idle_grace_s`` to send one last request, new gRPC calls get UNAVAILABLE for ``idle_grace_s``
 (clients move on) before gRPC stops, all bounded by ``drain_s``; then the process exits 0. A second SIGINT forces exit. A client that has not sent a whole

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io import atomic_path, read_jsonl, write_json
+from ..kinds import FitnessMode
 from .evolution import LOG_FILE
 from .evolution_plots import plot_evolution
 from .trainer import holds_run, train
@@ -50,13 +51,13 @@ __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "run_ablation", "sign_flip_p", "cpu_s
 # r1, r2 and ste are eq. 16 literally, where raw r1 (10-80) swamps L (~2) and decides every ranking.
 VARIANTS = {
     "random": ("Random", {"enabled": False}),
-    "baseline": ("Baseline", {"enabled": True, "fitness": "loss"}),
-    "r1-scaled": ("Baseline + r1 (scaled)", {"enabled": True, "fitness": "loss+r1-scaled"}),
-    "r2-scaled": ("Baseline + r2 (scaled)", {"enabled": True, "fitness": "loss+r2-scaled"}),
-    "ste-scaled": ("STE (scaled)", {"enabled": True, "fitness": "ste-scaled"}),
-    "r1": ("Baseline + r1 (literal)", {"enabled": True, "fitness": "loss+r1"}),
-    "r2": ("Baseline + r2 (literal)", {"enabled": True, "fitness": "loss+r2"}),
-    "ste": ("STE (literal)", {"enabled": True, "fitness": "ste"}),
+    "baseline": ("Baseline", {"enabled": True, "fitness": FitnessMode.LOSS}),
+    "r1-scaled": ("Baseline + r1 (scaled)", {"enabled": True, "fitness": FitnessMode.LOSS_R1_SCALED}),
+    "r2-scaled": ("Baseline + r2 (scaled)", {"enabled": True, "fitness": FitnessMode.LOSS_R2_SCALED}),
+    "ste-scaled": ("STE (scaled)", {"enabled": True, "fitness": FitnessMode.STE_SCALED}),
+    "r1": ("Baseline + r1 (literal)", {"enabled": True, "fitness": FitnessMode.LOSS_R1}),
+    "r2": ("Baseline + r2 (literal)", {"enabled": True, "fitness": FitnessMode.LOSS_R2}),
+    "ste": ("STE (literal)", {"enabled": True, "fitness": FitnessMode.STE}),
 }
 # what runs without --variants: Table IV's five rows with the scale-free terms
 DEFAULT_VARIANTS = ["random", "baseline", "r1-scaled", "r2-scaled", "ste-scaled"]

@@ -57,7 +57,7 @@ from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..recipe import recipe_from_dict
-from .fitness import (FITNESS_MODES, TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
+from .fitness import (TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
                       generation_seeds, term_scales)
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 from .setup import build_recipe_model

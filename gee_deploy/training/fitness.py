@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..kinds import FitnessMode
 from .genotype import apply_phenotype
 from .setup import build_optimizer, build_recipe_model, train_step
 
@@ -53,9 +54,10 @@ __all__ = ["FITNESS_MODES", "FAILED_FITNESS", "TERMS", "temporal_difference", "r
            "check_eval_data_size", "EvalData", "evaluate_candidate"]
 
 # which terms each mode uses and whether they are standardised across the generation: (r1, r2, scaled)
-FITNESS_MODES = {"loss": (False, False, False), "loss+r1": (True, False, False), "loss+r2": (False, True, False),
-                 "ste": (True, True, False), "loss+r1-scaled": (True, False, True),
-                 "loss+r2-scaled": (False, True, True), "ste-scaled": (True, True, True)}
+FITNESS_MODES = {FitnessMode.LOSS: (False, False, False), FitnessMode.LOSS_R1: (True, False, False),
+                 FitnessMode.LOSS_R2: (False, True, False), FitnessMode.STE: (True, True, False),
+                 FitnessMode.LOSS_R1_SCALED: (True, False, True), FitnessMode.LOSS_R2_SCALED: (False, True, True),
+                 FitnessMode.STE_SCALED: (True, True, True)}
 FAILED_FITNESS = 1e9
 TERMS = ("loss", "r1", "r2", "r1_rel")  # the raw terms :func:`evaluate_candidate` returns
 
@@ -114,7 +116,7 @@ def term_scales(candidates: list[dict]) -> dict[str, tuple[float, float]]:
     return scales
 
 
-def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
+def combine_fitness(mode: FitnessMode, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
                     lambda2: float, scales: dict[str, tuple[float, float]] | None = None) -> float:
     """Eq. 16 with the mode's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised).
 
@@ -126,9 +128,9 @@ def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, 
     which recipes refuse) or a non-finite sum gives :data:`FAILED_FITNESS`, like a diverged candidate.
 
     Raises:
-        ValueError: a ``-scaled`` mode without ``scales``.
+        ValueError: an unknown mode, or a ``-scaled`` mode without ``scales``.
     """
-    use_r1, use_r2, scaled = FITNESS_MODES[mode]
+    use_r1, use_r2, scaled = FITNESS_MODES[FitnessMode(mode)]
     if scaled and scales is None:
         raise ValueError(f"fitness {mode!r} standardises its terms across the generation: pass scales")
     if loss is None or (use_r1 and r1 is None) or not math.isfinite(loss):
@@ -151,11 +153,11 @@ def combine_fitness(mode: str, loss: float | None, r1: float | None, r2: float, 
     return fitness if math.isfinite(fitness) else FAILED_FITNESS
 
 
-def fitness_of(mode: str, terms: dict, generation: int, lambda1: float, lambda2: float,
+def fitness_of(mode: FitnessMode, terms: dict, generation: int, lambda1: float, lambda2: float,
                scales: dict[str, tuple[float, float]] | None = None) -> float:
     """:func:`combine_fitness` of a candidate's ``terms`` (:func:`evaluate_candidate`'s dict): r1_rel as r1 in
     the ``-scaled`` modes, raw r1 in the literal ones."""
-    r1 = terms.get("r1_rel") if FITNESS_MODES[mode][2] else terms["r1"]
+    r1 = terms.get("r1_rel") if FITNESS_MODES[FitnessMode(mode)][2] else terms["r1"]
     return combine_fitness(mode, terms["loss"], r1, terms["r2"], generation, lambda1, lambda2, scales)
 
 

@@ -1,6 +1,6 @@
 """Quantisation-aware fine-tune: a short run that makes every spike-reading layer's weight int8 per channel.
 
-``gee-deploy quantize CHECKPOINT --out Q.pt`` (issue 9, DESIGN section 11). Sections in the order they run:
+``gee-deploy quantize CHECKPOINT --out Q.pt`` (docs/design.md, "Int8 layers"). Sections in the order they run:
 
 1. load the fp32 checkpoint and its recipe; find the layers that read spikes (every weight layer after the
    stem, by data flow: :func:`gee_deploy.quantisation.spike_reading_layers`); the stem and layers reading
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import architecture_fingerprint, build_model, file_sha256, load_checkpoint, save_checkpoint
+from ..checkpoint import (Checkpoint, QuantisationRecord, architecture_fingerprint, build_model, file_sha256,
+                          load_checkpoint, save_checkpoint)
 from ..data import load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
-from ..quantisation import attach_quantisers, quantisation_record, spike_reading_layers
+from ..quantisation import attach_quantisers, spike_reading_layers
 from ..recipe import recipe_from_dict
 from .setup import build_optimizer, check_training_batches, train_step
 from .trainer import cosine_schedule, evaluate, select_device
@@ -68,15 +69,16 @@ class QuantizeReport:
             f"{self.seconds:.0f} s in all with the three evaluations"])
 
 
-def _original_seconds(checkpoint: Path, ckpt: dict) -> float | None:
+def _original_seconds(checkpoint: Path, ckpt: Checkpoint) -> float | None:
+    """Seconds the training of ``ckpt`` took: its run directory's train.jsonl rows up to its epoch, else its last
+    epoch's seconds (its metrics, a train.jsonl row) x its epochs; None when neither says."""
     log = checkpoint.parent / "train.jsonl"
     if log.is_file():
-        rows = [r for r in read_jsonl(log) if "seconds" in r and r.get("epoch", 0) <= ckpt.get("epoch", 10 ** 9)]
+        rows = [r for r in read_jsonl(log) if "seconds" in r and r.get("epoch", 0) <= ckpt.epoch]
         if rows:
             return float(sum(r["seconds"] for r in rows))
-    metrics = ckpt.get("metrics") or {}
-    if "seconds" in metrics and ckpt.get("epoch"):
-        return float(metrics["seconds"]) * int(ckpt["epoch"])
+    if "seconds" in ckpt.metrics and ckpt.epoch:
+        return float(ckpt.metrics["seconds"]) * ckpt.epoch
     return None
 
 
@@ -112,15 +114,15 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     if out.exists():
         raise ConfigError(f"--out {out} already exists; choose another path")
     ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("quantisation"):
+    if ckpt.quantisation is not None:
         raise CheckpointError(f"{checkpoint} is already int8 fine-tuned")
-    recipe = recipe_from_dict(ckpt.get("recipe") or {})
+    recipe = recipe_from_dict(ckpt.recipe)
     # the recipe's own optimiser policy and training step, at lr_scale x its learning rate, no weight decay
     try:
         t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
     except ConfigError as e:
         raise ConfigError(f"--lr-scale {lr_scale} x the checkpoint's train.lr {recipe.train.lr}: {e}") from None
-    dataset = (ckpt.get("dataset") or {}).get("name") or recipe.data.name
+    dataset = ckpt.dataset_name or recipe.data.name
     started = time.perf_counter()
 
     # ---- 1. model, layers, data -----------------------------------------------------------------------
@@ -173,12 +175,11 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     metrics = {**qat, "fp32_test_acc": fp32["test_acc"], "ptq_test_acc": ptq["test_acc"],
                "fp32_firing_rate": fp32["firing_rate"], "quantize_seconds": tune_seconds}
     model.cpu()
-    state = {key: ckpt[key] for key in ("model_name", "model_args", "recipe", "dataset") if key in ckpt}
-    state.update({"architecture": architecture_fingerprint(model), "state_dict": model.state_dict(),
-                  "epoch": ckpt.get("epoch", 0), "metrics": metrics, "best_acc": qat["test_acc"],
-                  "quantisation": {**quantisation_record(model), "epochs": epochs, "lr_scale": lr_scale,
-                                   "source": str(checkpoint), "source_sha256": file_sha256(checkpoint)}})
-    save_checkpoint(out, state)
+    record = QuantisationRecord.of_model(model, epochs=epochs, lr_scale=lr_scale, source=str(checkpoint),
+                                        source_sha256=file_sha256(checkpoint))
+    save_checkpoint(out, replace(ckpt.metadata(), architecture=architecture_fingerprint(model),
+                                 state_dict=model.state_dict(), metrics=metrics, best_acc=qat["test_acc"],
+                                 quantisation=record))
     return QuantizeReport(str(out), layers, fp32["test_acc"], ptq["test_acc"], qat["test_acc"],
                           fp32["firing_rate"], qat["firing_rate"], epochs, total, tune_seconds,
                           time.perf_counter() - started, _original_seconds(checkpoint, ckpt))

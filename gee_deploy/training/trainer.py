@@ -19,7 +19,7 @@ import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from ..checkpoint import architecture_fingerprint, load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, DatasetRecord, architecture_fingerprint, load_checkpoint, save_checkpoint
 from ..data import dataset_info, load_split, make_loader
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
 from ..recipe import Recipe
@@ -200,24 +200,31 @@ def _check_data_fits(recipe: Recipe, model: nn.Module, images: int, world: int) 
         check_eval_data_size(images, data.batch_size, recipe.evolution.eval_batches)
 
 
-def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> dict:
-    """What every checkpoint of this run carries besides weights and training state (see :mod:`..checkpoint`)."""
+def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> Checkpoint:
+    """What every checkpoint of this run carries besides weights and training state (no weights yet)."""
     info = dataset_info(recipe.data.name)
-    return {"model_name": model.model_name, "model_args": model.model_args,
-            "architecture": architecture_fingerprint(model), "recipe": recipe.to_dict(),
-            "dataset": {"name": info.name, "classes": list(info.classes)}}
+    return Checkpoint(model_name=model.model_name, model_args=model.model_args, state_dict=None,
+                      architecture=architecture_fingerprint(model), recipe=recipe.to_dict(),
+                      dataset=DatasetRecord(name=info.name, classes=tuple(info.classes)))
 
 
-def _resume(ckpt: dict, model: nn.Module, optimizer, scheduler, out: Path, dist: DistContext) -> tuple[int, float]:
-    """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far)."""
-    model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    epochs_done = ckpt["epoch"]
+def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, out: Path,
+            dist: DistContext) -> tuple[int, float]:
+    """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far).
+
+    Raises:
+        CheckpointError: ``ckpt`` holds no optimiser or schedule state (not a last.pt).
+    """
+    if ckpt.optimizer is None or ckpt.scheduler is None:
+        raise CheckpointError(f"{out / 'last.pt'} holds no optimiser state to resume from")
+    model.load_state_dict(ckpt.state_dict)
+    optimizer.load_state_dict(ckpt.optimizer)
+    scheduler.load_state_dict(ckpt.scheduler)
+    epochs_done = ckpt.epoch
     if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
         write_jsonl(out / "train.jsonl", [row for row in read_jsonl(out / "train.jsonl")
                                           if row.get("epoch", 0) <= epochs_done])
-    return epochs_done, ckpt.get("best_acc", 0.0)
+    return epochs_done, ckpt.best_acc
 
 
 def _train_epoch(net: nn.Module, loader, optimizer, scheduler, settings, runtime: _Runtime, desc: str,
@@ -243,14 +250,13 @@ def _train_epoch(net: nn.Module, loader, optimizer, scheduler, settings, runtime
             "train_images_per_s": seen / (time.perf_counter() - started)}
 
 
-def _write_checkpoints(out: Path, meta: dict, model: nn.Module, optimizer, scheduler, metrics: dict) -> None:
+def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, metrics: dict) -> None:
     """best.pt when this epoch holds the best accuracy so far; last.pt (with the optimiser, for --resume) always."""
-    state = {**meta, "state_dict": model.state_dict(), "epoch": metrics["epoch"], "metrics": metrics,
-             "best_acc": metrics["best_acc"]}
+    state = replace(meta, state_dict=model.state_dict(), epoch=metrics["epoch"], metrics=metrics,
+                    best_acc=metrics["best_acc"])
     if metrics["test_acc"] >= metrics["best_acc"]:
         save_checkpoint(out / "best.pt", state)
-    save_checkpoint(out / "last.pt", {**state, "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict()})
+    save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
 
 
 def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
@@ -336,6 +342,6 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         if dist.main:
             _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
     if ckpt is not None and not metrics:
-        metrics = ckpt.get("metrics", {})
+        metrics = ckpt.metrics
     dist.close()
     return metrics

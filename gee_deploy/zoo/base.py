@@ -46,9 +46,13 @@ class ConvPool(nn.Sequential):
         """The (k+1) x (k+1) kernel of the conv + pool, before any quantiser: [Cout, Cin, k+1, k+1]."""
         return fuse_average_pool(self[0].weight)
 
+    def quantisation_source(self) -> torch.Tensor:
+        """The fused kernel int8 codes are taken from: of the conv's ``exact_weight`` where it has one (genetic)."""
+        conv = self[0]
+        return fuse_average_pool(conv.exact_weight() if hasattr(conv, "exact_weight") else conv.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.fused_weight()
-        w = w if self.quantiser is None else self.quantiser(w)
+        w = self.fused_weight() if self.quantiser is None else self.quantiser(self.quantisation_source())
         return F.conv2d(x, w, getattr(self[0], "bias", None), stride=self.stride, padding=self.padding)
 
 

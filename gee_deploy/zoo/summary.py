@@ -1,4 +1,4 @@
-"""Parameter counts of the zoo (dense twin vs genetic), for `gee-deploy models` and the README."""
+"""Parameter counts of the zoo (dense twin vs genetic), for `gee-deploy models` and docs/results.md."""
 from __future__ import annotations
 
 from torch import nn

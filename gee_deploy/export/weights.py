@@ -1,0 +1,248 @@
+"""The weights a graph runs with, computed from what the file stores (docs/export.md, "Storage").
+
+An exported graph's weights are a function of the model's stored parameters: the population encodings E, the
+gene matrix G, each layer's constant ``scale``, the BatchNorm statistics and the biases (paper eq. 1-3). Every
+weight the writer needs (a folded dense kernel, a factorised layer's projection and mixing matrices, int8
+codes and their per-channel scales) is built here by :class:`WeightOps`, one arithmetic step at a time. Each
+step is computed eagerly with numpy (its value: shapes, MAC counts, the NIR writer and ``--profile`` read it)
+and, when the ops hold a graph, also written as ONNX nodes fed by the stored parameters:
+
+* ``genetic`` storage keeps those nodes. The file holds each population's encoding once (every layer that
+  reads the population slices the same initializer), G once, the scales and the BatchNorm parameters, and an
+  initializer-only subgraph that computes the weights. onnxruntime folds initializer-only subgraphs when a
+  session is created, so the graph that runs is the folded one.
+* ``folded`` storage is the same graph after :func:`fold_constants`: the subgraph evaluated by onnxruntime's
+  CPU kernels (the ones its session-time constant folding runs) and replaced by plain initializers. Both
+  storages therefore run bit-identical weights.
+
+Float order: the fold runs in float64 and is rounded to float32 once (int8 codes are then taken from that
+float32 weight, :mod:`gee_deploy.quantisation`), so the storage never changes a weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import GraphBuilder
+
+__all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes"]
+
+_ONNX_TYPES = {np.dtype(np.float64): TensorProto.DOUBLE, np.dtype(np.float32): TensorProto.FLOAT,
+               np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
+               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One weight tensor: its value, and the graph tensor that computes it (None outside a graph)."""
+
+    value: np.ndarray
+    name: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.value.dtype
+
+
+class WeightOps:
+    """Arithmetic on weight tensors: numpy always; ONNX nodes too when ``graph`` is given (``genetic`` storage).
+
+    Every method mirrors one numpy expression and one ONNX operator with the same IEEE semantics (matmul in
+    float64, elementwise ops, exact casts, round half to even), so a value and its graph tensor agree.
+    """
+
+    def __init__(self, graph: GraphBuilder | None = None, names: dict[int, str] | None = None):
+        self.graph = graph
+        self.names = names or {}  # id(tensor) -> the model's name for it (initializer names of stored tensors)
+        self._stored: dict[int, tuple[torch.Tensor, Tensor]] = {}
+        self._outputs: dict[tuple[str, str], str] = {}
+
+    # -- what the file stores --------------------------------------------------------------------------------
+
+    def stored(self, t: torch.Tensor, hint: str) -> Tensor:
+        """A parameter or buffer of the model, stored as-is (float32) and read as float64.
+
+        The same tensor object (a population encoding shared by several layers, eq. 3; G) is stored once, as
+        ``stored.<its name in the model>`` (``hint`` when the ops were given no names).
+        """
+        key = id(t)
+        if key in self._stored:
+            return self._stored[key][1]
+        value = t.detach().to("cpu", torch.float32).numpy()
+        name = None
+        if self.graph is not None:
+            raw = self.graph.const(value, "stored." + self.names.get(key, hint))
+            name = self.graph.op("Cast", [raw], f"{raw}.f64", to=TensorProto.DOUBLE)
+        out = Tensor(value.astype(np.float64), name)
+        self._stored[key] = (t, out)  # keep t alive: its id must not be reused while this cache lives
+        return out
+
+    def constant(self, value, hint: str, dtype=np.float64) -> Tensor:
+        """A small constant that is not a model parameter (a layer's scale, a BatchNorm's eps, 1/4)."""
+        array = np.asarray(value, dtype=dtype)
+        return Tensor(array, self.graph.const(array, hint, dtype) if self.graph is not None else None)
+
+    # -- arithmetic ------------------------------------------------------------------------------------------
+
+    def _node(self, op: str, inputs: list[Tensor | str], value: np.ndarray, hint: str, **attrs) -> Tensor:
+        if self.graph is None:
+            return Tensor(value)
+        names = [i if isinstance(i, str) else i.name for i in inputs]
+        return Tensor(value, self.graph.op(op, names, hint, **attrs))
+
+    def _int64(self, values, hint: str) -> str | None:
+        return self.graph.const(list(values), hint, np.int64) if self.graph is not None else None
+
+    def matmul(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
+        return self._node("MatMul", [a, b], np.matmul(a.value, b.value), hint)
+
+    def mul(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
+        return self._node("Mul", [a, b], a.value * b.value, hint)
+
+    def add(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
+        return self._node("Add", [a, b], a.value + b.value, hint)
+
+    def sub(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
+        return self._node("Sub", [a, b], a.value - b.value, hint)
+
+    def neg(self, a: Tensor, hint: str) -> Tensor:
+        return self._node("Neg", [a], -a.value, hint)
+
+    def div(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
+        return self._node("Div", [a, b], a.value / b.value, hint)
+
+    def sqrt(self, a: Tensor, hint: str) -> Tensor:
+        return self._node("Sqrt", [a], np.sqrt(a.value), hint)
+
+    def transpose(self, a: Tensor, perm: tuple[int, ...], hint: str) -> Tensor:
+        return self._node("Transpose", [a], np.transpose(a.value, perm), hint, perm=list(perm))
+
+    def reshape(self, a: Tensor, shape: tuple[int, ...], hint: str) -> Tensor:
+        value = a.value.reshape(shape)
+        if value.shape == a.shape:
+            return a
+        return self._node("Reshape", [a, self._int64(value.shape, f"{hint}.shape")], value, hint)
+
+    def slice(self, a: Tensor, axis: int, start: int, stop: int, hint: str) -> Tensor:
+        if (start, stop) == (0, a.shape[axis]):
+            return a
+        index = [slice(None)] * a.value.ndim
+        index[axis] = slice(start, stop)
+        return self._node("Slice", [a, self._int64([start], f"{hint}.start"), self._int64([stop], f"{hint}.stop"),
+                                    self._int64([axis], f"{hint}.axis")], a.value[tuple(index)], hint)
+
+    def pad(self, a: Tensor, before: tuple[int, ...], after: tuple[int, ...], hint: str) -> Tensor:
+        """Zero padding: ``before[d]`` / ``after[d]`` elements on each side of axis d."""
+        value = np.pad(a.value, list(zip(before, after)))
+        return self._node("Pad", [a, self._int64(list(before) + list(after), f"{hint}.pads")], value, hint)
+
+    def cast(self, a: Tensor, dtype, hint: str) -> Tensor:
+        dtype = np.dtype(dtype)
+        if a.dtype == dtype:
+            return a
+        return self._node("Cast", [a], a.value.astype(dtype), hint, to=_ONNX_TYPES[dtype])
+
+    def abs_max(self, a: Tensor, hint: str) -> Tensor:
+        """max |a| over every axis but the first, [Cout]."""
+        axes = tuple(range(1, a.value.ndim))
+        value = np.abs(a.value).max(axis=axes) if axes else np.abs(a.value)
+        if self.graph is None:
+            return Tensor(value)
+        magnitude = self.graph.op("Abs", [a.name], f"{hint}.abs")
+        return Tensor(value, self.graph.op("ReduceMax", [magnitude, self._int64(axes, f"{hint}.axes")], hint,
+                                           keepdims=0))
+
+    def where_positive(self, a: Tensor, then: Tensor, otherwise: Tensor, hint: str) -> Tensor:
+        value = np.where(a.value > 0, then.value, otherwise.value).astype(then.dtype)
+        if self.graph is None:
+            return Tensor(value)
+        zero = self.graph.const(0, f"{hint}.zero", a.dtype)
+        positive = self.graph.op("Greater", [a.name, zero], f"{hint}.positive")
+        return Tensor(value, self.graph.op("Where", [positive, then.name, otherwise.name], hint))
+
+    def round_clip(self, a: Tensor, bound: float, hint: str) -> Tensor:
+        """clip(round half to even(a), -bound, bound), as ``torch.round`` then ``torch.clamp``."""
+        value = np.clip(np.round(a.value), -bound, bound)
+        if self.graph is None:
+            return Tensor(value)
+        rounded = self.graph.op("Round", [a.name], f"{hint}.round")
+        lo, hi = (self.graph.const(v, f"{hint}.bound", a.dtype) for v in (-bound, bound))
+        return Tensor(value, self.graph.op("Clip", [rounded, lo, hi], hint))
+
+    # -- handing a weight to the compute graph ---------------------------------------------------------------
+
+    def output(self, graph: GraphBuilder, a: Tensor, hint: str, dtype=np.float32) -> str:
+        """The name of ``a`` as ``dtype`` in ``graph``, where a compute op reads it (a Conv's weight, a bias).
+
+        Without a graph of its own (the folded value only) it becomes an initializer; in the genetic graph a
+        Cast named ``hint``, so that after :func:`fold_constants` the initializer has the name a folded export
+        gives it. The same tensor handed over twice is one tensor.
+        """
+        if self.graph is None or a.name is None:
+            return graph.const(a.value, hint, dtype)
+        key = (a.name, np.dtype(dtype).str)
+        if key not in self._outputs:
+            self._outputs[key] = graph.op("Cast", [a.name], hint, to=_ONNX_TYPES[np.dtype(dtype)])
+        return self._outputs[key]
+
+
+# -- folded storage ------------------------------------------------------------------------------------------
+
+def constant_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """(nodes whose inputs are all initializers or outputs of such nodes, the others), each in graph order."""
+    known = {t.name for t in graph.initializer}
+    constant, rest = [], []
+    for node in graph.node:
+        if node.input and all(i in known for i in node.input if i):
+            constant.append(node)
+            known.update(node.output)
+        else:
+            rest.append(node)
+    return constant, rest
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its initializer-only subgraph replaced by the initializers it computes.
+
+    The subgraph is run by onnxruntime's CPU kernels (optimisations off, so it is computed exactly as written);
+    a session of the unfolded graph folds it with the same kernels at creation. A graph with nothing to fold
+    comes back unchanged (a copy).
+    """
+    import onnxruntime as ort
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    constant, rest = constant_nodes(graph)
+    if not constant:
+        return out
+    needed = {i for n in rest for i in n.input} | {o.name for o in graph.output}
+    frontier = [o for n in constant for o in n.output if o in needed]
+    used = {i for n in constant for i in n.input}
+    sub = helper.make_graph(constant, "weights", [], [helper.make_empty_tensor_value_info(o) for o in frontier],
+                            [t for t in graph.initializer if t.name in used])
+    sub_model = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(sub_model, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    del sub_model.graph.output[:]
+    sub_model.graph.output.extend(helper.make_tensor_value_info(o, types[o], None) for o in frontier)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(sub_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = dict(zip(frontier, session.run(frontier, {})))
+    still_read = {i for n in rest for i in n.input}
+    kept = [t for t in graph.initializer if t.name in still_read]
+    del graph.node[:]
+    graph.node.extend(rest)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + [numpy_helper.from_array(values[o], o) for o in frontier])
+    return out
