@@ -51,7 +51,10 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        """click's ``main`` with our error rule; exits (standalone) or returns like click's."""
+        """click's ``main`` with our error rule. ``standalone_mode=False`` keeps click's contract: exceptions
+        reach the caller (a library or a test that inspects them)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except GeeError as e:
@@ -64,9 +67,7 @@ class LazyGroup(click.Group):
         except (click.exceptions.Abort, KeyboardInterrupt):
             click.echo("interrupted", err=True)
             sys.exit(130)
-        if standalone_mode:
-            sys.exit(rv if isinstance(rv, int) else 0)
-        return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _sentence(message: str) -> str:

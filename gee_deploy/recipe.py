@@ -37,7 +37,7 @@ from .errors import ConfigError
 from .kinds import FitnessMode
 
 __all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "FITNESS", "Optimizer",
-           "GENES", "DEVICE", "SECTIONS", "describe", "unwrap", "check_value", "recipe_field", "load_recipe",
+           "GENES", "DEVICE", "SECTIONS", "describe", "bounds", "unwrap", "check_value", "recipe_field", "load_recipe",
            "recipe_from_dict", "parse_override", "shipped_recipes", "resolve_recipe", "read_recipe_file"]
 
 # one alias per kind of value several keys (or CLI options) share
@@ -189,6 +189,22 @@ def unwrap(annotation):
     return annotation, metadata
 
 
+def bounds(annotation) -> tuple[float | None, bool, float | None, bool]:
+    """(low, low excluded, high, high excluded) of a numeric annotation; None where it has no bound."""
+    low = high = None
+    low_open = high_open = False
+    for m in unwrap(annotation)[1]:
+        if isinstance(m, annotated_types.Ge):
+            low = m.ge
+        elif isinstance(m, annotated_types.Gt):
+            low, low_open = m.gt, True
+        elif isinstance(m, annotated_types.Le):
+            high = m.le
+        elif isinstance(m, annotated_types.Lt):
+            high, high_open = m.lt, True
+    return low, low_open, high, high_open
+
+
 def describe(annotation) -> str:
     """What an annotation of this schema admits, in words: "an integer in [1, 1048576]", "a finite number in
     (0, 100]", "0 or an integer in [2, 100000]", "one of adamw, sgd", "true or false"."""
@@ -203,17 +219,7 @@ def describe(annotation) -> str:
         return next((m for m in reversed(metadata) if isinstance(m, str)), "a string")
     if base is dict:
         return "a table"
-    low = high = None
-    low_open = high_open = False
-    for m in metadata:
-        if isinstance(m, annotated_types.Ge):
-            low = m.ge
-        elif isinstance(m, annotated_types.Gt):
-            low, low_open = m.gt, True
-        elif isinstance(m, annotated_types.Le):
-            high = m.le
-        elif isinstance(m, annotated_types.Lt):
-            high, high_open = m.lt, True
+    low, low_open, high, high_open = bounds(annotation)
     if low is not None and low == high:
         return _number(low)
     kind = "an integer" if base is int else "a finite number"

@@ -102,32 +102,12 @@ def test_every_key_is_declared_with_a_doc_and_the_defaults_and_shipped_recipes_p
         load_recipe(path)  # the shipped recipes pass their own checks
 
 
-def _bounds(key):
-    """(low, low_open, high, high_open) of a numeric key, read from its declaration."""
-    import annotated_types
-
-    from gee_deploy.recipe import recipe_field, unwrap
-
-    low = high = None
-    low_open = high_open = False
-    for m in unwrap(recipe_field(key))[1]:
-        if isinstance(m, annotated_types.Ge):
-            low = m.ge
-        elif isinstance(m, annotated_types.Gt):
-            low, low_open = m.gt, True
-        elif isinstance(m, annotated_types.Le):
-            high = m.le
-        elif isinstance(m, annotated_types.Lt):
-            high, high_open = m.lt, True
-    return low, low_open, high, high_open
-
-
 @pytest.mark.parametrize("key", [k for k in _keys() if k != "evolution.population"])
 def test_each_numeric_key_refuses_values_outside_its_range(key):
-    from gee_deploy.recipe import recipe_field, unwrap
+    from gee_deploy.recipe import bounds, recipe_field, unwrap
 
     integer = unwrap(recipe_field(key))[0] is int
-    low, low_open, high, high_open = _bounds(key)
+    low, low_open, high, high_open = bounds(recipe_field(key))
     assert low is not None, f"{key} has no lower bound"
     bad = [low if low_open else low - 1]
     good = [low + (1 if integer else 1e-3) if low_open else low]

@@ -24,7 +24,8 @@ __all__ = ["set_option", "quiet_option", "Value", "NumberList", "ChoiceList", "O
 
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-    help="Override a recipe value, e.g. --set train.epochs=3 (repeatable; values parse as TOML literals).")
+    help="Override a recipe value, e.g. --set train.epochs=3, or --set model.genes=0 for the dense twin "
+         "(repeatable; values parse as TOML literals).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 
 # ranges of options that are not recipe keys (those use gee_deploy.recipe.recipe_field)
