@@ -407,9 +407,10 @@ def test_serve_cli_binds_loopback_answers_and_refuses_a_bad_file(serving_onnx, t
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
         r = subprocess.run([sys.executable, "-m", "gee_deploy.cli", "serve", str(serving_onnx), "--port", "0",
-                            "--grpc-port", str(busy.getsockname()[1])], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Address already in use" in r.stderr, r.stderr
+                            "--grpc-port", str(taken)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == f"error: cannot listen on 127.0.0.1:{taken} (gRPC): Address already in use\n"
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
     r = subprocess.run([sys.executable, "-m", "gee_deploy.cli", "serve", str(bad)], capture_output=True, text=True,

@@ -33,7 +33,8 @@ _SAMPLES = ValidationConfig().samples
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice([str(f) for f in FORMATS]),
               help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
                    + " (see docs/export.md).")
-@click.option("--opset", type=Value(OPSET), default=None, help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
+@click.option("--opset", type=Value(OPSET), default=None,
+              help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
 @click.option("--streaming", is_flag=True,
               help="One timestep per call, membrane potentials as graph inputs/outputs.")
 @click.option("--atol", type=Value(NON_NEGATIVE), default=None,

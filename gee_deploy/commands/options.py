@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..recipe import check_value, describe, unwrap
 
 __all__ = ["set_option", "quiet_option", "Value", "NumberList", "ChoiceList", "OutPath", "check_writable",
-           "with_range", "POSITIVE", "NON_NEGATIVE", "FINITE", "FRACTION", "COUNT", "AT_LEAST_ONE", "THREADS", "SEED"]
+           "with_range", "NON_NEGATIVE", "FRACTION", "COUNT", "AT_LEAST_ONE", "THREADS", "SEED"]
 
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -29,8 +29,6 @@ set_option = click.option(
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 
 # ranges of options that are not recipe keys (those use gee_deploy.recipe.recipe_field)
-FINITE = Annotated[float, Field(ge=-1e300, le=1e300)]
-POSITIVE = Annotated[float, Field(gt=0, le=1e300)]
 NON_NEGATIVE = Annotated[float, Field(ge=0, le=1e300)]
 FRACTION = Annotated[float, Field(ge=0, le=1)]
 COUNT = Annotated[int, Field(ge=0, le=2**62)]  # 0 = all / none
@@ -135,7 +133,8 @@ def check_writable(path: str | os.PathLike, directory: bool | None, name: str = 
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise ConfigError(f"cannot write {name} {path}: no file can be created in {existing} ({e.strerror or e})") from None
+        raise ConfigError(f"cannot write {name} {path}: no file can be created in {existing} "
+                          f"({e.strerror or e})") from None
     return target
 
 

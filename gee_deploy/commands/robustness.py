@@ -22,7 +22,8 @@ RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
                               "drop", RATIO))
 @click.option("--ratios", default="0,0.25,0.5,0.75,1", show_default=True, type=NumberList(RATIO),
               help="Ratios of the curve (0 and --ratio are always added).")
-@click.option("--seed", default=0, show_default=True, type=Value(SEED), help="Seed of the noise (the same for every model).")
+@click.option("--seed", default=0, show_default=True, type=Value(SEED),
+              help="Seed of the noise (the same for every model).")
 @click.option("--clip/--no-clip", default=True, show_default=True,
               help="Clip noisy pixels to [0, 1], the graph's input range (--no-clip: the literal protocol).")
 @click.option("--dataset", default=None, help="Test split to use (default: the models' own).")
