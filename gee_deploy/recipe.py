@@ -325,7 +325,7 @@ def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
     TOML, its top-level ``description``, "" when it has none). The sections are not checked here.
 
     Raises:
-        ConfigError: not found, not valid TOML, or a description that is not a string.
+        ConfigError: not found, not valid TOML, no section at all, or a description that is not a string.
     """
     source = resolve_recipe(recipe)
     try:
@@ -337,6 +337,9 @@ def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"recipe {recipe}: description must be a string, got {description!r}")
+    if not data:  # an empty or truncated file would silently train every default
+        raise ConfigError(f"recipe {recipe} sets nothing (an empty file?); give a recipe, or no RECIPE for the "
+                          "defaults")
     return data, description
 
 

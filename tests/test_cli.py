@@ -150,3 +150,19 @@ def test_serve_names_the_busy_port(serving_onnx, capsys):
         one_error_line(code, err, f"cannot listen on 127.0.0.1:{port} (HTTP): Address already in use")
         code, _, err = run(["serve", str(serving_onnx), "--port", "0", "--grpc-port", str(port)], capsys)
         one_error_line(code, err, f"cannot listen on 127.0.0.1:{port} (gRPC): Address already in use")
+
+
+def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_path, capsys):
+    """ablate trains Random first and sweep the dense twin first; neither may leave runs behind when an evolving
+    run would then find too few images."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('[data]\nname = "synthetic"\nbatch_size = 16\ntrain_limit = 32\n[train]\nepochs = 1\n')
+    for argv in (["ablate", str(recipe), "--seeds", "1", "--out", str(tmp_path / "a")],
+                 ["sweep", str(recipe), "--genes", "4", "--set", "evolution.enabled=true", "--out", str(tmp_path / "s")]):
+        code, _, err = run(argv, capsys)
+        one_error_line(code, err, "evolution needs at least 80 training images")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    code, _, err = run(["train", str(empty), "--out", str(tmp_path / "t")], capsys)
+    one_error_line(code, err, f"recipe {empty} sets nothing (an empty file?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.toml", "tiny.toml"]

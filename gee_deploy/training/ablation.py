@@ -42,6 +42,7 @@ from ..io import atomic_path, read_jsonl, write_json
 from ..kinds import FitnessMode
 from .evolution import LOG_FILE
 from .evolution_plots import plot_evolution
+from .fitness import check_evolution_data
 from .trainer import holds_run, train
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "run_ablation", "sign_flip_p", "cpu_seconds"]
@@ -203,6 +204,9 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
     variants = list(DEFAULT_VARIANTS) if not variants else list(dict.fromkeys(_variant_key(v) for v in variants))
     # every run's recipe is built (so checked: a seed past train.seed's range fails) before the first run
     plans = {key: [_variant_recipe(recipe, VARIANTS[key][1], i) for i in range(seeds)] for key in variants}
+    evolving = [runs[0] for runs in plans.values() if runs[0].evolution.enabled]
+    if evolving:  # their data check, before the Random runs are trained
+        check_evolution_data(evolving[0])
     out = Path(out)
     started = time.perf_counter()
     rows = []

@@ -41,6 +41,7 @@ from ..neurons import SpikeRecorder
 from ..recipe import GENES, Recipe, check_value
 from ..walk import describe
 from ..zoo.summary import count_parameters
+from .fitness import check_evolution_data
 from .setup import build_recipe_model
 from .trainer import holds_run, select_device, train
 
@@ -82,6 +83,8 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
         raise ConfigError("--models is empty: give at least one architecture (see `gee-deploy models`)")
     models = list(dict.fromkeys(models or [recipe.model.name]))
     grid = sorted({0, *genes})
+    if recipe.evolution.enabled and grid[-1] > 0:  # before the dense twin, which never evolves, is trained
+        check_evolution_data(recipe)
     for model in models:
         for g in grid:
             r = point_recipe(recipe, model, g)
