@@ -14,7 +14,7 @@ $(BIN)/gee-deploy: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[cpu,test]'
 	touch $@
 
 install: $(BIN)/gee-deploy

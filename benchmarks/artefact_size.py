@@ -9,7 +9,9 @@ variant (dense, factorised, auto, int8) and storage (genetic, folded) the ONNX f
 ``--latency-models``: onnxruntime session creation (median of ``--sessions``) and p50 latency at batch 1 and 8,
 one intra-op thread, every session of a model measured interleaved in one process (round-robin, so load from
 other processes hits them alike); and whether the genetic and folded files give identical outputs
-(``max |diff|`` over logits and spike counts on random inputs; 0 = bit for bit).
+(``max |diff|`` over logits and spike counts on random inputs; 0 = bit for bit) and whether the graph
+onnxruntime runs after its optimisations (``optimized_model_filepath``, production's level) is the same for
+both: same nodes and same weights, byte for byte, so the same speed.
 
 Times are the calling thread's CPU time: with one intra-op thread onnxruntime runs in the caller's thread, and
 CPU time ignores what other processes took on a shared machine. Prints a Markdown table (and ``--json``).
@@ -21,8 +23,13 @@ import json
 import platform
 import time
 
+import hashlib
+import os
+import tempfile
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 from gee_deploy.export import build_onnx
@@ -54,6 +61,29 @@ def cpu_name() -> str:
         return f"{model} ({', '.join(simd)})"
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+def running_graph(data: bytes) -> list:
+    """The graph onnxruntime runs after its optimisations (production's level, one thread), as a list of nodes
+    (op, attributes, inputs) with every tensor named by what it is: a weight by its bytes, dtype and shape, an
+    intermediate by the node and output that make it (names of folded initializers differ by storage)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        options.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
+    names = {}
+    for t in model.graph.initializer:
+        value = onnx.numpy_helper.to_array(t)
+        names[t.name] = ("weight", value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+    nodes = []
+    for i, n in enumerate(model.graph.node):
+        nodes.append((n.op_type, str(n.attribute), [names.get(x, x) for x in n.input]))
+        names.update({o: ("node", i, j) for j, o in enumerate(n.output)})
+    return nodes
 
 
 def median_cpu_seconds(fn, repeats: int) -> float:
@@ -88,6 +118,11 @@ def measure(name: str, latency: bool, repeats: int, sessions: int, batches: tupl
         data = files[row["variant"], row["storage"]]
         row["session_s"] = median_cpu_seconds(lambda: create_session(data, threads=1), sessions)
         live[row["variant"], row["storage"]] = create_session(data, threads=1)
+    for variant in VARIANTS:  # the graph onnxruntime runs: the same for both storages?
+        same = running_graph(files[variant, "genetic"]) == running_graph(files[variant, "folded"])
+        for row in rows:
+            if row["variant"] == variant:
+                row["same_running_graph"] = same
     for variant in VARIANTS:  # genetic against folded, same inputs
         outs = [live[variant, s].run(None, {INPUT_NAME: inputs[batches[-1]]}) for s in STORAGES]
         diff = max(float(np.abs(a - b).max()) for a, b in zip(*outs))
@@ -124,8 +159,8 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; onnxruntime one intra-op thread; times are the calling thread's CPU time\n")
     print("| model | g | genetic params | dense twin | variant | genetic file | folded file | genetic / params "
           "| session genetic / folded (s) | p50 b1 genetic / folded (ms) | p50 b8 genetic / folded (ms) "
-          "| max diff |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| max diff | same running graph |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     every = []
     for name in a.models:
         batches = (1, 64) if name == "smallnet" else (1, 8)
@@ -138,9 +173,10 @@ def main() -> None:
                 timing = [f"{g['session_s']:.2f} / {f['session_s']:.2f}"] + \
                          [f"{g[f'p50_ms_b{b}']:.1f} / {f[f'p50_ms_b{b}']:.1f} (b{b})" for b in batches]
             diff = f"{g['genetic_vs_folded_max_diff']:.1g}" if "genetic_vs_folded_max_diff" in g else ""
+            same = {True: "yes", False: "no"}.get(g.get("same_running_graph"), "")
             print(f"| {name} | {g['genes']} | {gen_bytes / 2**20:.2f} MiB | {dense_bytes / 2**20:.2f} MiB | {variant} "
                   f"| {g['bytes'] / 2**20:.2f} MiB | {f['bytes'] / 2**20:.2f} MiB | {g['bytes'] / gen_bytes:.3f} "
-                  f"| {' | '.join(timing)} | {diff} |", flush=True)
+                  f"| {' | '.join(timing)} | {diff} | {same} |", flush=True)
             for r in (g, f):
                 r.update(genetic_param_bytes=gen_bytes, dense_param_bytes=dense_bytes)
         every += rows

@@ -48,11 +48,12 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from gee_deploy.export import build_onnx
+from gee_deploy.ort_session import create_session
+from gee_deploy.quantisation import quantise_weight
 from gee_deploy.zoo import create_model
 
 FORMS = ("fp32", "fp32-deq", "fp32-gemm", "convint-u8", "convint-s8", "qdq", "qdq-out", "qlinearconv", "matmulint",
@@ -60,11 +61,10 @@ FORMS = ("fp32", "fp32-deq", "fp32-gemm", "convint-u8", "convint-s8", "qdq", "qd
 
 
 def quantise(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel int8: (q int8 [Cout, ...], s float32 [Cout]) with q * s ~= w."""
-    amax = np.abs(w.reshape(len(w), -1)).max(1)
-    s = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
-    q = np.clip(np.rint(w / s.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
-    return q, s
+    """The product's symmetric per-output-channel int8 (:func:`gee_deploy.quantisation.quantise_weight`) of a
+    float32 array: (q int8 [Cout, ...], s float32 [Cout]) with q * s ~= w."""
+    q, s = quantise_weight(torch.tensor(w))
+    return q.numpy(), s.numpy()
 
 
 def body_layers(model: torch.nn.Module, batch: int) -> list[dict]:
@@ -286,14 +286,9 @@ def profile_ops(proto: onnx.ModelProto, feed: dict, threads: int, runs: int) -> 
     return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
 
 
-def _session(proto: onnx.ModelProto, threads: int, profile: str | None = None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    if profile:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+def _session(proto: onnx.ModelProto, threads: int, profile: str | None = None):
+    """The product's onnxruntime session (:func:`gee_deploy.ort_session.create_session`) over ``proto``."""
+    return create_session(proto.SerializeToString(), threads=threads, profile_prefix=profile)
 
 
 def run(batch: int = 64, threads: int = 1, forms=FORMS, rounds: int = 6, density: float = 0.15) -> list[dict]:

@@ -42,12 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
+from gee_deploy.ort_session import create_session
 from gee_deploy.zoo import create_model
 
 TAU, V_TH = 2.0, 1.0
@@ -254,20 +254,13 @@ def lif_only(name: str, shape: tuple, steps: int) -> onnx.ModelProto:
 
 # -- measurements --------------------------------------------------------------------------------------------
 
-def session(proto: onnx.ModelProto, threads: int, profile_dir: str | None = None,
-            level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = level
-    so.log_severity_level = 3
-    if profile_dir:
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(profile_dir, "p")
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+def session(proto: onnx.ModelProto, threads: int, profile_dir: str | None = None, level: str = "all"):
+    """The product's onnxruntime session (:func:`gee_deploy.ort_session.create_session`) over ``proto``."""
+    return create_session(proto.SerializeToString(), threads=threads, optimization=level,
+                          profile_prefix=os.path.join(profile_dir, "p") if profile_dir else None)
 
 
-def op_split(proto: onnx.ModelProto, x: np.ndarray, threads: int, runs: int, level) -> dict[str, float]:
+def op_split(proto: onnx.ModelProto, x: np.ndarray, threads: int, runs: int, level: str) -> dict[str, float]:
     """Mean ms per run spent in each onnxruntime kernel type (profiler ``op_name``), over ``runs`` runs."""
     warmup = 3
     with tempfile.TemporaryDirectory() as d:
@@ -415,14 +408,12 @@ def run(model: torch.nn.Module, batches=(64, 1), threads=(1,), forms=FORMS, roun
             parity.append({"form": form, "batch": batch, "max |logit diff| vs base": float(np.abs(out[0] - ref[0]).max()),
                            "spike count diff vs base": float(np.abs(out[1] - ref[1]).max())})
         for th in threads:
-            level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sessions = {f: session(g, th) for f, g in graphs.items()}
-            sessions["base (no NCHWc: EXTENDED)"] = session(graphs["base"], th, None,
-                                                           ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+            sessions["base (no NCHWc: EXTENDED)"] = session(graphs["base"], th, None, "extended")
             ms = timed(sessions, x, rounds, max(3, 128 // batch), cpu=th == 1)
             for form, (t, best) in ms.items():
                 g = graphs[form.split(" ")[0]]
-                lvl = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if "EXTENDED" in form else level
+                lvl = "extended" if "EXTENDED" in form else "all"
                 split = op_split(g, x, th, max(3, profile_runs if batch > 1 else 4 * profile_runs), lvl)
                 speed.append({"form": form, "threads": th, "batch": batch, "p50_ms": t, "best_ms": best,
                               "vs_base": ms["base"][0] / t, "best_vs_base": ms["base"][1] / best, "ops": split,

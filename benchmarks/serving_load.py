@@ -1,15 +1,17 @@
 """Load test of `gee-deploy serve`: the server in its own process, N keep-alive clients for a fixed time.
 
     python benchmarks/serving_load.py runs/demo/model.onnx --clients 16 --seconds 20 [--grpc]
-        [--old-tree /path/to/a/checkout/of/main --rounds 2] [--sigterm] [--stalled 200]
+        [--old-tree /path/to/a/checkout/of/main --rounds 2] [--sigterm [--sigterm-runs 8]] [--stalled 200]
 
 Prints one JSON line per run: protocol, requests, errors, refused, client-side p50/p90/p99 latency and
 throughput, plus the server's own batch-size histogram from /metrics. With ``--old-tree`` the server of that
 checkout (same model, same options) runs interleaved with this one, round after round, and a last line gives
 this server's throughput and CPU per request over the old one's (medians of the rounds): on a shared machine
-only ratios measured in one run mean anything, and CPU per request does not depend on the scheduler's share. ``--sigterm`` sends SIGTERM halfway through a load run and reports cut requests and
-the exit code; ``--stalled N`` opens N half-sent requests and reports how fast /v2/health/ready answers and
-when the stalled connections are released. Loopback only; every loop is bounded.
+only ratios measured in one run mean anything, and CPU per request does not depend on the scheduler's share.
+``--sigterm`` sends SIGTERM halfway through a load run and reports cut requests and the exit code
+(``--sigterm-runs`` times per protocol, with a summary: whether a server drains cleanly is a matter of races, so
+one clean run proves little); ``--stalled N`` opens N half-sent requests and reports how fast /v2/health/ready
+answers and when the stalled connections are released. Loopback only; every loop is bounded.
 """
 from __future__ import annotations
 
@@ -165,6 +167,7 @@ def main() -> None:
     ap.add_argument("--old-tree", type=Path, default=None, help="a checkout whose server to compare with (HTTP)")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every configuration (0: none)")
     ap.add_argument("--sigterm", action="store_true", help="SIGTERM halfway through a load run (HTTP and gRPC)")
+    ap.add_argument("--sigterm-runs", type=int, default=1, help="--sigterm runs per protocol (a summary line when > 1)")
     ap.add_argument("--stalled", type=int, default=0, help="stalled connections to open (0: skip)")
     ap.add_argument("--request-timeout-s", type=float, default=3.0, help="server request timeout for --stalled")
     args = ap.parse_args()
@@ -194,7 +197,13 @@ def main() -> None:
                           "seconds": args.seconds}), flush=True)
     if args.sigterm:
         for protocol in ("http", "grpc"):
-            sigterm_run(protocol, args.model, images, args)
+            runs = [sigterm_run(protocol, args.model, images, args) for _ in range(args.sigterm_runs)]
+            if len(runs) > 1:
+                print(json.dumps({"test": "sigterm_summary", "protocol": protocol, "runs": len(runs),
+                                  "runs_with_errors": sum(r["errors"] > 0 for r in runs),
+                                  "errors": sum(r["errors"] for r in runs),
+                                  "exit_codes": sorted({r["exit_code"] for r in runs}),
+                                  "exit_after_s_max": max(r["exit_after_s"] for r in runs)}), flush=True)
     if args.stalled:
         stalled_run(args.stalled, args.model, args)
 

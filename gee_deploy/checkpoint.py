@@ -15,6 +15,7 @@ files written by earlier releases included. The payload's keys:
     dataset       {"name", "classes"}
     state_dict    model weights
     optimizer, scheduler   training state (last.pt only: what --resume continues from)
+    scaler        (float16 mixed precision only) the GradScaler's state, for an exact resume
     epoch         epochs finished
     metrics       last epoch's metrics (a train.jsonl row); best_acc
     quantisation  (int8 fine-tuned checkpoints only) {"scheme", "layers", "epochs", "lr_scale", "source",
@@ -64,7 +65,8 @@ class QuantisationRecord:
 
     Attributes:
         scheme: :data:`gee_deploy.quantisation.SCHEME` (a checkpoint of another scheme is refused).
-        layers: the layers whose forward uses int8 fake-quantised weights (:func:`~gee_deploy.quantisation.quantised_layers`).
+        layers: the layers whose forward uses int8 fake-quantised weights
+            (:func:`~gee_deploy.quantisation.quantised_layers`).
         epochs, lr_scale: the fine-tune's length (passes over the training split) and peak learning rate (x the
             recipe's); None in a record that does not say.
         source, source_sha256: the fp32 checkpoint it was fine-tuned from ("" when unknown).
@@ -103,6 +105,7 @@ class Checkpoint:
     quantisation: QuantisationRecord | None = None
     optimizer: dict | None = None
     scheduler: dict | None = None
+    scaler: dict | None = None
 
     @property
     def dataset_name(self) -> str:
@@ -124,7 +127,7 @@ class Checkpoint:
 
     def metadata(self) -> Checkpoint:
         """This record without weights and training state."""
-        return replace(self, state_dict=None, optimizer=None, scheduler=None)
+        return replace(self, state_dict=None, optimizer=None, scheduler=None, scaler=None)
 
     # -- the payload torch.save writes ---------------------------------------------------------------------
 
@@ -148,6 +151,8 @@ class Checkpoint:
             payload["optimizer"] = self.optimizer
         if self.scheduler is not None:
             payload["scheduler"] = self.scheduler
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler
         return payload
 
     @classmethod
@@ -182,7 +187,8 @@ class Checkpoint:
                     epochs=quant.get("epochs"), lr_scale=quant.get("lr_scale"), source=str(quant.get("source") or ""),
                     source_sha256=str(quant.get("source_sha256") or "")),
                 optimizer=payload.get("optimizer"),
-                scheduler=payload.get("scheduler"))
+                scheduler=payload.get("scheduler"),
+                scaler=payload.get("scaler"))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source} is not a readable gee-deploy checkpoint: {e}") from None
         return ckpt

@@ -40,6 +40,10 @@ class RuntimeUnavailableError(GeeError):
     """A runtime was asked for that this machine cannot provide (no CUDA, no TensorRT)."""
 
 
+class MissingExtraError(RuntimeUnavailableError):
+    """A package that an install extra provides is not installed (the message names the extras)."""
+
+
 def reason(error: BaseException, limit: int = 200) -> str:
     """A library's exception as the tail of one of our one-line messages: its first line, cut at the last
     sentence end (or word) within ``limit`` characters, never mid-word; the type's name when it says nothing."""

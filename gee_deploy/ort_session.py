@@ -10,18 +10,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ModelFileError, RuntimeUnavailableError, reason
+from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError, reason
 
-__all__ = ["PROVIDERS", "create_session"]
+__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "import_onnxruntime", "create_session"]
 
 # runtime name -> execution providers, most preferred first
 PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
              "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
              "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")}
+# ``optimization`` -> onnxruntime's GraphOptimizationLevel member; "all" (the default) adds the layout
+# optimisations (NCHWc) to "extended"'s fusions
+OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                       "none": "ORT_DISABLE_ALL"}
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, from whichever extra installed it: ``gee-deploy[cpu]`` (onnxruntime) or
+    ``gee-deploy[gpu]`` (onnxruntime-gpu; both distributions provide the module, so one is installed, never both).
+
+    Raises:
+        MissingExtraError: neither is installed.
+    """
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime":  # installed, but something it needs is not: its own message says what
+            raise
+        raise MissingExtraError("onnxruntime is not installed: pip install 'gee-deploy[cpu]' (or "
+                                "'gee-deploy[gpu]' for onnxruntime-gpu and TensorRT on a CUDA machine)") from None
+    return onnxruntime
 
 
 def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
-                   spin: bool = False, profile_prefix: str | None = None):
+                   spin: bool = False, profile_prefix: str | None = None, optimization: str = "all"):
     """An ``onnxruntime.InferenceSession`` over ``model`` (serialised bytes or a path).
 
     Args:
@@ -30,15 +51,20 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
         threads: intra-op threads; None or 0 = onnxruntime's default (one per physical core).
         spin: let idle intra-op threads spin.
         profile_prefix: turn on onnxruntime's profiler, writing ``<prefix>_<date>.json`` (``end_profiling()``).
+        optimization: graph optimisation level (:data:`OPTIMIZATION_LEVELS`); below "all" only to measure what
+            the optimisations buy (benchmarks).
 
     Raises:
-        RuntimeUnavailableError: ``kind`` is unknown or its provider is missing from this onnxruntime.
+        RuntimeUnavailableError: ``kind`` or ``optimization`` is unknown, or ``kind``'s provider is missing from
+            this onnxruntime (:class:`~gee_deploy.errors.MissingExtraError`: no onnxruntime at all).
         ModelFileError: the file is missing or onnxruntime cannot load it.
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     if kind not in PROVIDERS:
         raise RuntimeUnavailableError(f"unknown onnxruntime runtime {kind!r}; use one of {', '.join(PROVIDERS)}")
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise RuntimeUnavailableError(f"unknown graph optimisation level {optimization!r}; use one of "
+                                      f"{', '.join(OPTIMIZATION_LEVELS)}")
     providers: list = list(PROVIDERS[kind])
     if providers[0] not in ort.get_available_providers():
         raise RuntimeUnavailableError(f"{kind} needs {providers[0]}, which this onnxruntime lacks "
@@ -47,7 +73,7 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     if not isinstance(model, bytes) and not Path(source).is_file():
         raise ModelFileError(f"{source} not found")
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = 1
     if threads:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Thresholds", "Outputs", "Parity", "compare", "Check", "checks", "EXPORT_GATES", "CHECK_GATES", "INT8_PTQ_THRESHOLDS",
+__all__ = ["Thresholds", "Outputs", "Parity", "compare", "Check", "checks", "EXPORT_GATES", "CHECK_GATES",
+           "INT8_PTQ_THRESHOLDS",
            "validation_thresholds"]
 
 

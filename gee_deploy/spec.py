@@ -71,7 +71,8 @@ class LayerSpec:
         precision: "fp32", or "int8": the layer reads its spikes as uint8 0/1 (exact), multiplies them by int8
             weights, symmetric per output channel, accumulates in int32, and its output is
             float32(acc) * weight_scales[o] + bias[o] (:mod:`gee_deploy.quantisation`; docs/design.md, "Int8 layers").
-        weight_scales: int8 layers only: the float32 scale of each output channel as the graph applies it
+        weight_scales: int8 layers only: the float32 scale of each output channel as the graph applies it, each
+            written as the shortest decimal that reads back as that float32 (half the metadata of a float64 repr)
             (the weight's per-channel scale times the folded BatchNorm's), [Cout]; None for fp32 layers.
 
     The field order is the order of the keys in the metadata's JSON: keep it.

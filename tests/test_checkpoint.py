@@ -104,6 +104,18 @@ def test_files_written_now_keep_the_earlier_layout(tmp_path, quantised):
     assert again["state_dict"].keys() == payload["state_dict"].keys()
 
 
+def test_a_float16_runs_scaler_state_round_trips(tmp_path):
+    """A float16 run's last.pt also holds its GradScaler's state (an exact resume); an earlier release ignores it."""
+    payload, _ = _earlier_release()
+    torch.save(payload, tmp_path / "old.pt")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    save_checkpoint(tmp_path / "new.pt", replace(load_checkpoint(tmp_path / "old.pt"), scaler=scaler.state_dict()))
+    assert torch.load(tmp_path / "new.pt", weights_only=True)["scaler"]["scale"] == 2.0 ** 10
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(load_checkpoint(tmp_path / "new.pt").scaler)
+    assert restored.get_scale() == 2.0 ** 10 and load_model(tmp_path / "new.pt").checkpoint.scaler is None
+
+
 def test_older_files_without_fingerprint_or_dataset_still_load(tmp_path):
     payload, model = _earlier_release()
     for key in ("architecture", "dataset", "recipe", "metrics", "best_acc", "optimizer", "scheduler"):
@@ -119,7 +131,7 @@ def test_older_files_without_fingerprint_or_dataset_still_load(tmp_path):
 def test_a_part_of_the_wrong_type_is_one_clear_error(tmp_path):
     payload, _ = _earlier_release()
     torch.save({**payload, "model_args": [8, 2]}, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"bad.pt is not a readable gee-deploy checkpoint: .*'model_args' is a list"):
+    with pytest.raises(CheckpointError, match=r"bad.pt is not a readable gee-deploy checkpoint: .*'model_args' is a"):
         load_checkpoint(tmp_path / "bad.pt")
     torch.save({**payload, "format": "gee-deploy/0"}, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="has format 'gee-deploy/0'"):

@@ -276,10 +276,13 @@ def test_triton_repository_layout_and_config(tmp_path):
     report = export_loaded(model, tmp_path / "repo", fmt="triton", images=images, validation=FAST, max_batch_size=32)
     model_dir = tmp_path / "repo" / "smallnet"
     assert report.out == str(model_dir)
-    config = (model_dir / "config.pbtxt").read_text()
-    assert 'name: "smallnet"' in config and "max_batch_size: 32" in config and "dynamic_batching" in config
-    assert f'name: "{INPUT_NAME}"' in config and "dims: [ 1, 28, 28 ]" in config
-    assert f'name: "{SPIKE_COUNTS}"' in config and "dims: [ 4 ]" in config  # 4 spiking layers
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())  # as Triton
+    assert config.name == "smallnet" and config.max_batch_size == 32 and config.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in config.input] == [(INPUT_NAME, [1, 28, 28])]
+    assert (SPIKE_COUNTS, [4]) in [(t.name, list(t.dims)) for t in config.output]  # 4 spiking layers
     proto = onnx.load(str(model_dir / "1" / "model.onnx"))
     assert spec_of(proto).model_name == "smallnet"
     assert ModelSpec.from_artefact(model_dir) == spec_of(proto)  # the sidecar beside the repository's graph

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 from gee_deploy.data import load_test_arrays
+from gee_deploy.serving import codec
 from gee_deploy.serving.batcher import Batcher
-from gee_deploy.serving.codec import classify
+from gee_deploy.serving.codec import classify, http_status
 from gee_deploy.serving.loadtest import load_test
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.serving.server import InferenceServer, parse_ready_line, ready_line
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
+from gee_deploy.triton_config import to_json
 
 
 @pytest.fixture(scope="module")
@@ -458,3 +460,76 @@ def test_a_batch_above_the_advertised_max_batch_size_is_refused_over_http_and_gr
         client.infer("tiny", [inp])
     client.close()
     assert _post(server, "/v2/models/tiny/infer", _request(images[:16]))[0] == 200
+
+
+def test_the_config_endpoints_and_the_exported_config_pbtxt_are_one_document(server, runtime, serving_onnx, tmp_path):
+    """/config (HTTP), ModelConfig (gRPC) and `export --format triton`'s config.pbtxt come from one builder: they
+    differ only where the server describes itself (its batching delay, its one CPU instance)."""
+    import onnx
+    import tritonclient.grpc as grpcclient
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from gee_deploy.export.triton import write_triton_repository
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    served = client.get_model_config("tiny").config
+    client.close()
+    code, body = _get(server, "/v2/models/tiny/config")
+    assert code == 200 and json.loads(body) == to_json(served)  # HTTP: the same message, 64-bit ints as numbers
+    repo = write_triton_repository(onnx.load(str(serving_onnx)), runtime.spec, tmp_path, max_batch_size=16, name="tiny")
+    exported = text_format.Parse((repo / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert served.dynamic_batching.max_queue_delay_microseconds == 5000  # the fixture's --max-delay-ms 5
+    assert exported.dynamic_batching.max_queue_delay_microseconds == 2000  # serve's default
+    assert [(g.count, g.kind) for g in served.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert not exported.instance_group  # Triton chooses (one instance per GPU)
+    for config in (served, exported):
+        config.dynamic_batching.max_queue_delay_microseconds = 0
+        config.ClearField("instance_group")
+    assert served == exported
+
+
+def test_every_protocol_error_has_one_grpc_status_and_the_http_status_follows_from_it():
+    """Triton's mapping (src/http_server.cc HttpCodeFromError): UNAVAILABLE is 503, so a full server (ServerBusy)
+    is UNAVAILABLE over gRPC, as Triton answers a full queue; HTTP refines only 413 and 415."""
+    import grpc
+
+    errors = [c for c in vars(codec).values() if isinstance(c, type) and issubclass(c, codec.ProtocolError)]
+    assert len(errors) >= 8
+    for cls in errors:
+        grpc.StatusCode[cls.grpc_code]  # a real gRPC status, or KeyError
+    assert {c.__name__: (http_status(c("x")), c.grpc_code) for c in errors if c is not codec.ProtocolError} == {
+        "InvalidInput": (400, "INVALID_ARGUMENT"), "Unsupported": (400, "INVALID_ARGUMENT"),
+        "UnsupportedMediaType": (415, "INVALID_ARGUMENT"), "ModelNotFound": (404, "NOT_FOUND"),
+        "PayloadTooLarge": (413, "RESOURCE_EXHAUSTED"), "ServerBusy": (503, "UNAVAILABLE"),
+        "NotReady": (503, "UNAVAILABLE"), "InferenceTimeout": (503, "UNAVAILABLE")}
+
+
+def test_a_keep_alive_connection_idle_when_the_drain_starts_may_bring_one_more_request(runtime, images):
+    """What uvicorn's own shutdown does not do (it closes such a connection at once, resetting a request already
+    on its way): the connection is held for idle_grace_s, its request is answered with Connection: close, and the
+    listener refuses new connections meanwhile. Fails when a uvicorn upgrade changes how it closes connections."""
+    srv = InferenceServer(runtime, "tiny", port=0, drain_s=5, idle_grace_s=3.0).start()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("POST", "/v2/models/tiny/infer", _request(images[:1]), {"Content-Type": "application/json"})
+    first = conn.getresponse()
+    assert first.status == 200 and first.getheader("connection") is None
+    first.read()
+    closer = threading.Thread(target=srv.close)
+    closer.start()
+    for _ in range(1000):  # bounded: until the listener is closed
+        try:
+            socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        time.sleep(0.005)
+    else:
+        pytest.fail("the listener did not close")
+    assert not srv.service.ready
+    conn.request("POST", "/v2/models/tiny/infer", _request(images[:1]), {"Content-Type": "application/json"})
+    last = conn.getresponse()
+    assert last.status == 200 and last.getheader("connection") == "close"
+    assert json.loads(last.read())["outputs"][0]["shape"] == [1, 10]
+    conn.close()
+    closer.join(timeout=15)
+    assert not closer.is_alive()

@@ -127,6 +127,21 @@ def test_gpu_runtimes_say_what_is_missing(serving_onnx):
         open_runtime(serving_onnx, "ort-cuda")
 
 
+def test_without_onnxruntime_the_cli_names_the_extras(serving_onnx, tmp_path):
+    """Neither gee-deploy[cpu] nor [gpu] installed: one `error:` line naming both, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['onnxruntime'] = None  # as if no distribution provided the module\n"
+              "from gee_deploy.cli import main; sys.argv = ['gee-deploy'] + sys.argv[1:]; main()")
+    r = subprocess.run([sys.executable, "-c", script, "bench", str(serving_onnx), "--out", str(tmp_path / "b")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: onnxruntime is not installed") and "gee-deploy[cpu]" in r.stderr \
+        and "gee-deploy[gpu]" in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_tensorrt_runtime_without_tensorrt(tmp_path):
     try:
         import tensorrt  # noqa: F401

@@ -18,7 +18,8 @@ SPEC = ModelSpec(timesteps=4, input_shape=(1, 28, 28), class_names=("a", "b"), s
                          LayerSpec(name="body.2.0", kind=LayerKind.LINEAR, variant=ExportVariant.FACTORISED, macs=60,
                                    input_is_spikes=True, spiking_input_layer="body.1", spike_macs=20, calls=4,
                                    form=Form.LINEAR, dense_macs=80, factorised_macs=60)),
-                 variant=ExportVariant.AUTO, model_name="smallnet", model_args={"genes": 8, "mean": [0.5]}, dataset="fashion-mnist",
+                 variant=ExportVariant.AUTO, model_name="smallnet", model_args={"genes": 8, "mean": [0.5]},
+                 dataset="fashion-mnist",
                  checkpoint_sha256="ab" * 32)
 
 

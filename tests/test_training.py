@@ -220,3 +220,56 @@ def test_a_pickle_is_refused_without_suggesting_to_unpickle_it(tmp_path):
     with pytest.raises(CheckpointError, match="not a gee-deploy checkpoint") as e:
         load_checkpoint(graph)
     assert "False" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_epoch_loop_stops_after_max_steps(one_thread):
+    """quantize's fine-tune is the trainer's epoch loop cut at a step count (fractions of an epoch)."""
+    from gee_deploy.data import load_split, make_loader
+    from gee_deploy.training.setup import build_optimizer, build_recipe_model
+    from gee_deploy.training.trainer import TrainRuntime, cosine_schedule, train_epoch
+
+    recipe = tiny_recipe()
+    model = build_recipe_model(recipe)
+    optimizer = build_optimizer(recipe, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(10, 0))
+    loader = make_loader(load_split("synthetic", "train", limit=128), 32, True, drop_last=True)  # 4 batches
+    before = [p.detach().clone() for p in model.parameters()]
+    done = train_epoch(model, loader, optimizer, scheduler, recipe.train, TrainRuntime.local(torch.device("cpu")),
+                       "test", show=False, max_steps=3)
+    assert done["steps"] == 3 and scheduler.last_epoch == 3 and 0 <= done["train_acc"] <= 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert train_epoch(model, loader, optimizer, scheduler, recipe.train, TrainRuntime.local(torch.device("cpu")),
+                       "test", show=False)["steps"] == 4
+
+
+def test_float16_autocast_and_only_it_trains_with_a_grad_scaler():
+    from gee_deploy.training.setup import mixed_precision
+
+    assert mixed_precision("cuda", True, bf16_supported=False) == (torch.float16, True)
+    assert mixed_precision("cuda", True, bf16_supported=True) == (torch.bfloat16, False)
+    assert mixed_precision("cuda", False, bf16_supported=False) == (None, False)
+    assert mixed_precision("cpu", True, bf16_supported=False) == (None, False)
+
+
+def test_a_scaled_step_is_the_plain_step_and_skips_non_finite_gradients():
+    """The scaler's backward runs on loss x 2^16 and unscales before clipping: in float32 the step is the plain
+    one bit for bit (powers of two scale exactly); a batch whose gradients overflow moves nothing and halves
+    the scale (torch.amp's recipe)."""
+    from gee_deploy.training.setup import build_optimizer, build_recipe_model, train_step
+
+    recipe = tiny_recipe(train={"grad_clip": 0.5})
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    runs = []
+    for scaler in (None, torch.amp.GradScaler("cpu")):
+        torch.manual_seed(0)
+        model = build_recipe_model(recipe).train()
+        optimizer = build_optimizer(recipe, model)
+        train_step(model, optimizer, x, y, grad_clip=0.5, scaler=scaler)
+        runs.append((model, optimizer, scaler))
+    for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.equal(a, b)
+    model, optimizer, scaler = runs[1]
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, optimizer, torch.full_like(x, float("inf")), y, grad_clip=0.5, scaler=scaler)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0 ** 15

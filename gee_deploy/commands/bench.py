@@ -33,7 +33,8 @@ MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and bat
               help="Add onnxruntime's per-operator time split (its profiler, at the largest batch) to the report.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
 def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, profile_ops, quiet):
-    """Benchmark MODELS (checkpoints, ONNX files, TensorRT plans) against the PyTorch reference.
+    """Benchmark MODELS (checkpoints, ONNX files, TensorRT plans) against the reference: the PyTorch checkpoint, or
+    for a graph converted from a NIR file, that .nir file run by the spec-only NIR executor (give both files).
 
     Per runtime and batch size: latency p50/p90/p99 and throughput; accuracy, top-1 agreement and max logit
     diff vs the checkpoint; spikes per sample, firing rate per layer and eq. 17 energy from the runtime's

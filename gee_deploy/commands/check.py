@@ -51,7 +51,8 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
         raise ConfigError(f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
                           "usage: gee-deploy check CHECKPOINT MODEL.onnx")
     int8 = any(layer.precision == Precision.INT8 for layer in ModelSpec.from_onnx(onnx_model).layers)
-    base = validation_thresholds(int8, load_checkpoint(checkpoint).quantisation is not None)
+    base = validation_thresholds(int8, not checkpoint.lower().endswith(".nir")  # a NIR file: never fine-tuned
+                                 and load_checkpoint(checkpoint).quantisation is not None)
     given = {"min_top1_agreement": min_agreement, "max_accuracy_delta": max_acc_delta,
              "max_spike_delta": max_spike_delta, "min_speedup": min_speedup}
     thresholds = replace(base, **{k: v for k, v in given.items() if v is not None})

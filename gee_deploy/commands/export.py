@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
                               VARIANTS, ValidationConfig)
 from ..kinds import Storage
+from .nir_options import nir_exporter, nir_options
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
 
 OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
@@ -49,10 +50,13 @@ _SAMPLES = ValidationConfig().samples
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@nir_options
 def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming, atol, samples, data_dir, profile,
-           max_batch_size, fp16, as_json):
+           max_batch_size, fp16, as_json, **nir):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
+    CHECKPOINT may also be a .nir file from any framework (docs/nir.md): unrolled over --timesteps and validated
+    against the spec-only NIR executor.
 
     Nothing is written unless validation passes; failures are listed together and exit with status 1 (with
     --json, stdout then holds {"ok": false, "failures": [...], "error": the message with the checks table}).
@@ -68,6 +72,8 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
         raise ConfigError(f"--profile times each layer's forms for --variant auto to choose from; --variant "
                           f"{variant} writes every layer one way (drop --profile or use --variant auto)")
     check_writable(out, FORMATS[fmt].out_is_dir)
+    export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
+                                data_dir=data_dir, storage=storage) or export_model
     try:
         report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
                               atol=atol, samples=samples, data_dir=data_dir, profile=profile,

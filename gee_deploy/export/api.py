@@ -26,6 +26,7 @@ from .errors import ExportError, ExportValidationError, UnknownOptionError
 from .nir import write_nir
 from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
+from .weights import fold_constants
 from .writer import write_graph
 
 __all__ = ["ExportReport", "export_model", "export_loaded", "build_onnx", "validation_data"]
@@ -50,6 +51,7 @@ class ExportReport:
     tensorrt_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    reference: str = "PyTorch"  # what validation compared the graph with
 
     def summary(self) -> str:
         size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
@@ -63,7 +65,7 @@ class ExportReport:
         if v:
             lines.append(f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
                          f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} (graph) vs "
-                         f"{v['spikes_reference']:.0f} (PyTorch)")
+                         f"{v['spikes_reference']:.0f} ({self.reference})")
         if self.streaming_validation:
             s = self.streaming_validation
             lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_logit_diff']:.3g}, "
@@ -156,6 +158,25 @@ def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DE
     return proto, spec
 
 
+def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec, Storage, list[str]]:
+    """The default storage of a graph with int8 layers: genetic, unless folding makes the file smaller.
+
+    An int8 code takes one byte where the encodings it is computed from take four per parameter, so a model
+    with few genes per weight (ResNet-18/19 at g = 150) ships smaller folded; the user's number is the file.
+    """
+    folded = fold_constants(genetic)
+    if folded.ByteSize() >= genetic.ByteSize():
+        return genetic, spec, Storage.GENETIC, []
+    spec = replace(spec, storage=Storage.FOLDED)
+    del folded.metadata_props[:]
+    for key, value in spec.to_metadata().items():
+        entry = folded.metadata_props.add()
+        entry.key, entry.value = key, value
+    note = (f"folded storage ({folded.ByteSize() / 2**20:.2f} MiB): its int8 codes are smaller than the genetic "
+            f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic keeps those")
+    return folded, spec, Storage.FOLDED, [note]
+
+
 def _opset(opset: int | None) -> int:
     newest = onnx.defs.onnx_opset_version()
     opset = DEFAULT_OPSET if opset is None else opset
@@ -165,9 +186,9 @@ def _opset(opset: int | None) -> int:
 
 
 def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVariant | str = ExportVariant.DENSE,
-                  fmt: str = "onnx",
-                  opset: int | None = None, streaming: bool = False, images: torch.Tensor | None = None,
-                  labels: torch.Tensor | None = None, validation: ValidationConfig | None = None,
+                  fmt: str = "onnx", opset: int | None = None, streaming: bool = False,
+                  images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                  validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
                   fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
@@ -178,6 +199,7 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
+    chosen_storage = storage is not None
     storage = resolve_storage(model, storage, output_format.name)
     cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != Int8Policy.NEVER,
                                                                           bool(quantised_layers(model))))
@@ -200,9 +222,12 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
         require_tensorrt()
     unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8,
                                 storage=storage)
+    notes = []
+    if not chosen_storage and storage == Storage.GENETIC and any(l.precision == Precision.INT8 for l in spec.layers):
+        unrolled, spec, storage, notes = _smaller_storage(unrolled, spec)
     report = ExportReport(str(out), output_format.name, v.name, _opset(opset), streaming, storage,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample)
+                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes)
     data = unrolled.SerializeToString()
     try:
         val = validate_export(model, data, images, labels, cfg)
@@ -231,8 +256,9 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
     return report
 
 
-def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool, images: torch.Tensor,
-                labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str, start: float) -> ExportReport:
+def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool,
+                images: torch.Tensor, labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str,
+                start: float) -> ExportReport:
     """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
     for bad, why in ((variant != ExportVariant.DENSE, f"--variant {variant}"), (streaming, "--streaming"),
                      (opset is not None, "--opset")):
@@ -271,10 +297,10 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
         spec.write_sidecar(out)
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: ExportVariant | str = ExportVariant.DENSE,
-                 fmt: str = "onnx",
-                 opset: int | None = None, streaming: bool = False, atol: float | None = None,
-                 samples: int | None = None, data_dir: str | os.PathLike | None = None, profile: bool = False,
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                 variant: ExportVariant | str = ExportVariant.DENSE, fmt: str = "onnx", opset: int | None = None,
+                 streaming: bool = False, atol: float | None = None, samples: int | None = None,
+                 data_dir: str | os.PathLike | None = None, profile: bool = False,
                  max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
                  storage: Storage | str | None = None) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.

@@ -59,11 +59,15 @@ class ValidationConfig:
 
 
 VARIANTS = {v.name: v for v in (
-    Variant(ExportVariant.DENSE, ExportVariant.DENSE, help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
-    Variant(ExportVariant.FACTORISED, ExportVariant.FACTORISED, help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
-    Variant(ExportVariant.AUTO, None, "macs", help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
-    Variant(ExportVariant.INT8, ExportVariant.DENSE, int8=Int8Policy.ALL, help="dense, and every layer that reads spikes as uint8 spikes x int8 "
-                                              "per-channel weights -> int32 (the stem stays float32)"),
+    Variant(ExportVariant.DENSE, ExportVariant.DENSE,
+            help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
+    Variant(ExportVariant.FACTORISED, ExportVariant.FACTORISED,
+            help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
+    Variant(ExportVariant.AUTO, None, "macs",
+            help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
+    Variant(ExportVariant.INT8, ExportVariant.DENSE, int8=Int8Policy.ALL,
+            help="dense, and every layer that reads spikes as uint8 spikes x int8 per-channel weights -> int32 (the "
+                 "stem stays float32)"),
 )}
 
 # Smallest layer (MACs per call) ``auto --allow-int8`` writes int8: benchmarks/int8_conv.py measured a 256 -> 10

@@ -45,12 +45,14 @@ class GraphBuilder:
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1,
-           out_names: list[str] | None = None, **attrs) -> str | list[str]:
+           out_names: list[str] | None = None, node_name: bool = True, **attrs) -> str | list[str]:
+        """Append one node; ``node_name`` False leaves the (optional) node name out, to save bytes."""
         hint = hint or op_type.lower()
         names = out_names or [self.fresh(hint if outputs == 1 else f"{hint}.{j}") for j in range(outputs)]
         for n in out_names or ():
             self._used.add(n)
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"n.{hint}"), **attrs))
+        name = self.fresh(f"n.{hint}") if node_name else None
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, **attrs))
         return names[0] if outputs == 1 else names
 
     def live(self, outputs: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:

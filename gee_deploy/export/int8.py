@@ -26,6 +26,7 @@ from onnx import TensorProto
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
+from ..kinds import LayerKind
 from ..quantisation import QMAX
 from ..zoo.base import ConvPool
 from .folding import FoldedLayer, batchnorm_affine, fold_layer, fuse_average_pool, genetic_factors, weight_from_factors
@@ -86,7 +87,7 @@ def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = Non
     w = source_weight(ops, m, pooled, hint)
     amax = ops.abs_max(w, f"{hint}.amax")
     step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
-                              ops.constant(np.ones(f.c_out), f"{hint}.unit", np.float32), f"{hint}.weight_scale")
+                              ops.constant(1.0, "one", np.float32), f"{hint}.weight_scale")
     per_row = ops.reshape(step, (-1,) + (1,) * (len(w.shape) - 1), f"{hint}.weight_scale_rows")
     q = ops.cast(ops.round_clip(ops.div(w, per_row, f"{hint}.ratio"), QMAX, f"{hint}.codes"), np.int8,
                  f"{hint}.q")

@@ -10,7 +10,8 @@ NIR describes one step of a network in continuous time; a simulator or chip runs
   forward-Euler step :math:`v_t = v_{t-1} + \\frac{dt}{\\tau}(v_{leak} - v_{t-1} + r I_t)` is our
   :math:`H_t = V_{t-1} + (X_t - V_{t-1}) / \\tau` (input decay included); v_threshold is the largest float32
   below our threshold, because NIR fires on v > v_th and we fire on v >= v_th (identical for float32 membranes);
-* global / 2x2 average pooling as ``AvgPool2d``, flatten as ``Flatten`` (NIR dims exclude the batch);
+* global / 2x2 average pooling as ``AvgPool2d``, flatten as ``Flatten`` over dims -3..-1 (NIR dims exclude the
+  batch; negative dims read the same in importers that forget it, docs/nir.md);
 * residual adds as two edges into one node (NIR sums a node's inputs);
 * the graph input is the normalised image (x - mean) / std, fed at every step (direct encoding; NIR has no
   constant node, so the normalisation cannot fold into the zero-padded stem conv exactly and stays outside);
@@ -125,8 +126,10 @@ class NIRWriter(ModelWalk):
             return self.node(name, nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
                                                  padding=np.array([0, 0])), x)
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            # NIR shapes exclude the batch: torch dims 1..-1 are NIR dims 0..-1
-            return self.node(name, nir.Flatten(input_type=np.array(x.shape), start_dim=0, end_dim=-1), x)
+            # NIR shapes exclude the batch: torch dims 1..-1 are NIR dims 0..-1. Written as negative dims, which
+            # mean the same with or without a batch axis: snntorch 1.0's importer passes NIR's dims to
+            # torch.nn.Flatten unchanged (0 would fold the batch in), SpikingJelly's shifts only dims >= 0
+            return self.node(name, nir.Flatten(input_type=np.array(x.shape), start_dim=-len(x.shape), end_dim=-1), x)
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}) to NIR: no NIR primitive for it")
 
     def emit_add(self, a: Value, b: Value) -> tuple[str, ...]:

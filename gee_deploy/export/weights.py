@@ -27,6 +27,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ..ort_session import import_onnxruntime
 from .graph import GraphBuilder
 
 __all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes"]
@@ -57,11 +58,19 @@ class WeightOps:
 
     Every method mirrors one numpy expression and one ONNX operator with the same IEEE semantics (matmul in
     float64, elementwise ops, exact casts, round half to even), so a value and its graph tensor agree.
+
+    The subgraph's intermediate tensors are named ``w``, ``w_1``, ... and its nodes left unnamed: names are
+    bytes in the file, and only the stored parameters (``stored.<name in the model>``) and the weights handed
+    to the compute graph (:meth:`output`) are worth reading. ``readable`` names every intermediate by its
+    ``hint`` instead (for inspecting a graph).
     """
 
-    def __init__(self, graph: GraphBuilder | None = None, names: dict[int, str] | None = None):
+    def __init__(self, graph: GraphBuilder | None = None, names: dict[int, str] | None = None,
+                 readable: bool = False):
         self.graph = graph
         self.names = names or {}  # id(tensor) -> the model's name for it (initializer names of stored tensors)
+        self.readable = readable
+        self._nodes: dict[tuple, Tensor] = {}  # (op, inputs, attributes) -> its tensor: each step written once
         self._stored: dict[int, tuple[torch.Tensor, Tensor]] = {}
         self._outputs: dict[tuple[str, str], str] = {}
 
@@ -80,7 +89,7 @@ class WeightOps:
         name = None
         if self.graph is not None:
             raw = self.graph.const(value, "stored." + self.names.get(key, hint))
-            name = self.graph.op("Cast", [raw], f"{raw}.f64", to=TensorProto.DOUBLE)
+            name = self._op("Cast", [raw], f"{raw}.f64", to=TensorProto.DOUBLE)
         out = Tensor(value.astype(np.float64), name)
         self._stored[key] = (t, out)  # keep t alive: its id must not be reused while this cache lives
         return out
@@ -88,18 +97,32 @@ class WeightOps:
     def constant(self, value, hint: str, dtype=np.float64) -> Tensor:
         """A small constant that is not a model parameter (a layer's scale, a BatchNorm's eps, 1/4)."""
         array = np.asarray(value, dtype=dtype)
-        return Tensor(array, self.graph.const(array, hint, dtype) if self.graph is not None else None)
+        return Tensor(array, self._const(array, hint, dtype) if self.graph is not None else None)
 
     # -- arithmetic ------------------------------------------------------------------------------------------
 
+    def _hint(self, hint: str) -> str:
+        return hint if self.readable else "w"
+
+    def _op(self, op: str, inputs: list[str], hint: str, **attrs) -> str:
+        return self.graph.op(op, inputs, self._hint(hint), node_name=self.readable, **attrs)
+
     def _node(self, op: str, inputs: list[Tensor | str], value: np.ndarray, hint: str, **attrs) -> Tensor:
+        """``value`` as computed by ``op``; the same op on the same tensors (a layer's BatchNorm scale that both
+        its int8 codes and its bias need, G transposed for every layer) is one node."""
         if self.graph is None:
             return Tensor(value)
         names = [i if isinstance(i, str) else i.name for i in inputs]
-        return Tensor(value, self.graph.op(op, names, hint, **attrs))
+        key = (op, tuple(names), tuple(sorted((k, str(v)) for k, v in attrs.items())))
+        if key not in self._nodes:
+            self._nodes[key] = Tensor(value, self._op(op, names, hint, **attrs))
+        return self._nodes[key]
+
+    def _const(self, value, hint: str, dtype) -> str:
+        return self.graph.const(value, self._hint(hint), dtype)
 
     def _int64(self, values, hint: str) -> str | None:
-        return self.graph.const(list(values), hint, np.int64) if self.graph is not None else None
+        return self._const(list(values), hint, np.int64) if self.graph is not None else None
 
     def matmul(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
         return self._node("MatMul", [a, b], np.matmul(a.value, b.value), hint)
@@ -156,26 +179,24 @@ class WeightOps:
         value = np.abs(a.value).max(axis=axes) if axes else np.abs(a.value)
         if self.graph is None:
             return Tensor(value)
-        magnitude = self.graph.op("Abs", [a.name], f"{hint}.abs")
-        return Tensor(value, self.graph.op("ReduceMax", [magnitude, self._int64(axes, f"{hint}.axes")], hint,
-                                           keepdims=0))
+        magnitude = self._op("Abs", [a.name], f"{hint}.abs")
+        return Tensor(value, self._op("ReduceMax", [magnitude, self._int64(axes, f"{hint}.axes")], hint, keepdims=0))
 
     def where_positive(self, a: Tensor, then: Tensor, otherwise: Tensor, hint: str) -> Tensor:
         value = np.where(a.value > 0, then.value, otherwise.value).astype(then.dtype)
         if self.graph is None:
             return Tensor(value)
-        zero = self.graph.const(0, f"{hint}.zero", a.dtype)
-        positive = self.graph.op("Greater", [a.name, zero], f"{hint}.positive")
-        return Tensor(value, self.graph.op("Where", [positive, then.name, otherwise.name], hint))
+        positive = self._op("Greater", [a.name, self._const(0, f"{hint}.zero", a.dtype)], f"{hint}.positive")
+        return Tensor(value, self._op("Where", [positive, then.name, otherwise.name], hint))
 
     def round_clip(self, a: Tensor, bound: float, hint: str) -> Tensor:
         """clip(round half to even(a), -bound, bound), as ``torch.round`` then ``torch.clamp``."""
         value = np.clip(np.round(a.value), -bound, bound)
         if self.graph is None:
             return Tensor(value)
-        rounded = self.graph.op("Round", [a.name], f"{hint}.round")
-        lo, hi = (self.graph.const(v, f"{hint}.bound", a.dtype) for v in (-bound, bound))
-        return Tensor(value, self.graph.op("Clip", [rounded, lo, hi], hint))
+        rounded = self._op("Round", [a.name], f"{hint}.round")
+        lo, hi = (self._const(v, f"{hint}.bound", a.dtype) for v in (-bound, bound))
+        return Tensor(value, self._op("Clip", [rounded, lo, hi], hint))
 
     # -- handing a weight to the compute graph ---------------------------------------------------------------
 
@@ -216,8 +237,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     a session of the unfolded graph folds it with the same kernels at creation. A graph with nothing to fold
     comes back unchanged (a copy).
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()  # heavy: imported when a graph is folded, not with this module
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph

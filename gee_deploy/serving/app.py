@@ -9,8 +9,9 @@ Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
   ``Inference-Header-Content-Length`` header, what ``tritonclient.http`` sends by default); an output's
   ``classification`` parameter returns the top-k as ``"score:index:label"`` (BYTES).
 
-Protocol errors from :mod:`.codec` (and Starlette's 404/405) become statuses in :data:`STATUS` (one table),
-in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body over ``max_body_bytes`` gets 413 without being read; the connection stays open, so the server
+Protocol errors from :mod:`.codec` (with the HTTP status each states, :func:`~.codec.http_status`) and
+Starlette's 404/405 become answers in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body
+over ``max_body_bytes`` gets 413 without being read; the connection stays open, so the server
 reads past the rest of the body and the client, once done sending, reads the 413 (closing instead would
 reset the connection under a client still writing: a broken pipe, not an answer). Once the server has
 stopped listening (SIGTERM) every response carries ``Connection: close``; not before, or clients would
@@ -27,23 +28,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
+from ..triton_config import to_json
 from .batcher import BatchResult
-from .codec import (VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, NotReady, PayloadTooLarge,
-                    ProtocolError, ServerBusy, Unsupported, UnsupportedMediaType, decode_json_request,
-                    encode_json_response, model_config, model_metadata, server_metadata)
+from .codec import (VERSION, Decoded, InvalidInput, PayloadTooLarge, ProtocolError, UnsupportedMediaType,
+                    decode_json_request, encode_json_response, http_status, model_metadata, server_metadata)
 from .service import ModelService
 
-__all__ = ["create_app", "STATUS"]
+__all__ = ["create_app"]
 
-# Protocol errors -> HTTP status, most specific class first (the handler walks the exception's MRO).
-STATUS = {Unsupported: 400, UnsupportedMediaType: 415, InvalidInput: 400, ModelNotFound: 404, PayloadTooLarge: 413,
-          ServerBusy: 503, NotReady: 503, InferenceTimeout: 503}
 _CLIENT_GONE = 499  # nginx's "client closed request": recorded in metrics, never sent
 _log = logging.getLogger("gee_deploy.serve")
-
-
-def _status(exc: ProtocolError) -> int:
-    return next(STATUS[k] for k in type(exc).__mro__ if k in STATUS)
 
 
 class _Edge:
@@ -76,7 +70,7 @@ class _Edge:
                 await self.router(scope, receive, send_wrapper)
                 error = None
             except ProtocolError as e:
-                error = (_status(e), str(e))
+                error = (http_status(e), str(e))
             except HTTPException as e:
                 path, headers = scope["path"], e.headers  # 405 carries Allow
                 error = (e.status_code, f"no endpoint {path}" if e.status_code == 404 else
@@ -116,6 +110,7 @@ def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
         max_body_bytes: larger infer bodies get 413.
     """
     spec = service.spec
+    service_config = to_json(service.model_config())
 
     _json = _json_response
 
@@ -141,7 +136,7 @@ def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
 
     async def config(request: Request) -> Response:
         _model(request)
-        return _json(model_config(service.name, spec, service.max_batch, service.max_delay_ms))
+        return _json(service_config)
 
     async def stats(request: Request) -> Response:
         if "name" in request.path_params:

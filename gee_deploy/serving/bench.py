@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..ort_session import create_session
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
-from .runtimes import RUNTIMES, OrtRuntime, Runtime, default_runtimes, open_runtime
+from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, OrtRuntime, Runtime, default_runtimes, open_runtime
 
 __all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
            "CheckResult"]
@@ -76,31 +76,37 @@ def runtime_stats(runtime: Runtime, ev: Outputs) -> dict:
 
 
 def open_runtimes(models: list[str | os.PathLike], runtimes: list[str] | None, threads: int | None) -> list[Runtime]:
-    """One runtime per (file, applicable runtime name); the PyTorch reference first."""
+    """One runtime per (file, applicable runtime name); the reference (PyTorch, or a NIR file's executor) first."""
     for name in runtimes or []:
         if name not in RUNTIMES:
             raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
-    opened, used = [], set()
+    opened, used, nir_files = [], set(), []
     for path in models:
         if not Path(path).is_file():
             raise ConfigError(f"{path} not found")
         kinds = default_runtimes(path) if runtimes is None else [
             k for k in runtimes if k in _applicable(path)]
         for kind in kinds:
-            opened.append(open_runtime(path, kind, threads))
+            if kind == "nir":  # opened last: its spec is the converted graph's
+                nir_files.append(path)
+            else:
+                opened.append(open_runtime(path, kind, threads))
             used.add(kind)
+    opened += [NIRRuntime(path, [r.spec for r in opened], threads) for path in nir_files]
     unused = [k for k in runtimes or [] if k not in used]
     if unused:
         raise ConfigError(f"runtime(s) {', '.join(unused)} apply to none of the given files")
     if not opened:
         raise ConfigError("no runtime to benchmark")
-    return sorted(opened, key=lambda r: r.name != "torch")
+    return sorted(opened, key=lambda r: r.name not in REFERENCES)
 
 
 def _applicable(path) -> tuple[str, ...]:
     suffix = Path(path).suffix.lower()
     if suffix in (".pt", ".pth"):
         return ("torch",)
+    if suffix == ".nir":
+        return ("nir",)
     if suffix == ".onnx":
         return ("ort-cpu", "ort-cuda", "ort-trt")
     return ("tensorrt",)
@@ -173,7 +179,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
     warning = load_warning(machine["load_average"], threads)
     if warning:
         say(warning)
-    ref = next((r for r in opened if r.name == "torch"), None)
+    ref = next((r for r in opened if r.name in REFERENCES), None)
     evaluations = {}
     rows, latency = [], []
     for rt, label in zip(opened, _labels(opened)):
@@ -248,14 +254,15 @@ class CheckResult:
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
               dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
               min_time: float = 1.0) -> tuple[CheckResult, list[str]]:
-    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint``; the gates
-    are :data:`gee_deploy.parity.CHECK_GATES`.
+    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint`` (or the NIR
+    file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`.
 
     Returns:
         (what was measured, one line per failed gate)
     """
-    ref = open_runtime(checkpoint, "torch", threads)
     ort = open_runtime(onnx_path, "ort-cpu", threads)
+    ref = NIRRuntime(checkpoint, [ort.spec], threads) if Path(checkpoint).suffix.lower() == ".nir" else \
+        open_runtime(checkpoint, "torch", threads)
     name = _dataset([ref, ort], dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
     parity = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)

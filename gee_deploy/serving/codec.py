@@ -1,12 +1,13 @@
 """The Open Inference Protocol's payloads: KServe v2 JSON, Triton's binary tensor extension, Triton's
-classification extension, and the metadata, configuration and statistics documents of one model.
+classification extension, and the metadata and statistics documents of one model (its configuration is
+:mod:`gee_deploy.triton_config`, shared with the Triton exporter).
 
 Parsing raises what is wrong with a request as a :class:`ProtocolError` subclass naming the field
-(``inputs.0.shape: ...``); it knows nothing about HTTP or gRPC codes. The HTTP app and the gRPC service map
-those classes to statuses, each in one table (after KServe's ``errors.py``; docs/design.md, "Serving
-lifecycle"). Request bodies are
-validated by pydantic models (after KServe's ``protocol/rest/v2_datamodels.py``), so a body of any JSON shape
-either parses or becomes one :class:`InvalidInput`.
+(``inputs.0.shape: ...``). Each class states its gRPC status, and its HTTP status follows from that
+(:func:`http_status`), as Triton derives both from one error code; the HTTP app and the gRPC service turn them
+into answers at their edges, after KServe's ``errors.py``. Request bodies are validated by pydantic models
+(after KServe's ``protocol/rest/v2_datamodels.py``), so a body of any JSON shape either parses or becomes one
+:class:`InvalidInput`.
 
 Sources: KServe v2 protocol (https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/),
 Triton's extensions ``binary_tensor_data``, ``classification``, ``model_configuration`` and ``statistics``
@@ -24,14 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from ..errors import InputError
 from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
+from ..triton_config import PLATFORM
 from .runtimes import validate_input
 
-__all__ = ["ProtocolError", "InvalidInput", "Unsupported", "UnsupportedMediaType", "ModelNotFound", "PayloadTooLarge", "ServerBusy",
-           "NotReady", "InferenceTimeout", "OutputRequest", "Decoded", "InferRequest", "decode_json_request",
-           "check_input", "reject_unsupported", "tensor_from_bytes", "tensor_from_values", "select_outputs", "classify", "serialize_bytes", "encode_json_response",
-           "server_metadata", "model_metadata", "model_config", "EXTENSIONS", "PLATFORM", "VERSION"]
+__all__ = ["ProtocolError", "InvalidInput", "Unsupported", "UnsupportedMediaType", "ModelNotFound",
+           "PayloadTooLarge", "ServerBusy", "NotReady", "InferenceTimeout", "http_status", "OutputRequest", "Decoded",
+           "InferRequest", "decode_json_request", "check_input", "reject_unsupported", "tensor_from_bytes",
+           "tensor_from_values", "select_outputs", "classify", "serialize_bytes", "encode_json_response",
+           "server_metadata", "model_metadata", "EXTENSIONS", "VERSION"]
 
-PLATFORM = "onnxruntime_onnx"
 VERSION = "1"  # the one model version this server has
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 # Request parameters that belong to extensions this server does not implement: asking for them is a 400,
@@ -43,40 +45,75 @@ _UNSUPPORTED = {"shared_memory_region": "shared_memory", "shared_memory_byte_siz
 
 # ---- errors (mapped to HTTP / gRPC statuses at the edge) ----
 
+# gRPC status -> HTTP status, as Triton maps its one error code to both protocols (triton-inference-server/server
+# src/http_server.cc ``HttpCodeFromError``; gRPC's own table, grpc/doc/statuscodes.md, agrees on these).
+_HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 429,
+                  "UNIMPLEMENTED": 501, "INTERNAL": 500}
+
+
 class ProtocolError(Exception):
-    """Base of everything a request can do wrong or the server can refuse; the message names the field."""
+    """Base of everything a request can do wrong or the server can refuse; the message names the field.
+
+    Each class states its gRPC status (``grpc_code``, a ``grpc.StatusCode`` name); its HTTP status follows from it
+    (:func:`http_status`) unless HTTP has a more specific one (``http_code``). One statement per error, so the
+    two protocols cannot disagree.
+    """
+
+    grpc_code = "INTERNAL"
+    http_code: int | None = None
 
 
 class InvalidInput(ProtocolError):
-    """The request is malformed or does not fit the model (HTTP 400, gRPC INVALID_ARGUMENT)."""
+    """The request is malformed or does not fit the model."""
+
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class Unsupported(InvalidInput):
-    """The request asks for a protocol extension this server does not implement (HTTP 400)."""
+    """The request asks for a protocol extension this server does not implement."""
 
 
 class UnsupportedMediaType(InvalidInput):
-    """The body is encoded in a way this server does not read, e.g. compressed (HTTP 415)."""
+    """The body is encoded in a way this server does not read, e.g. compressed."""
+
+    http_code = 415
 
 
 class ModelNotFound(ProtocolError):
-    """No such model or version here (HTTP 404, gRPC NOT_FOUND)."""
+    """No such model or version here."""
+
+    grpc_code = "NOT_FOUND"
 
 
 class PayloadTooLarge(ProtocolError):
-    """The body exceeds the server's limit (HTTP 413, gRPC RESOURCE_EXHAUSTED)."""
+    """The body exceeds the server's limit (gRPC's own code for an oversized message)."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_code = 413
 
 
 class ServerBusy(ProtocolError):
-    """More requests in flight than the concurrency limit (HTTP 503, gRPC RESOURCE_EXHAUSTED)."""
+    """More requests in flight than the concurrency limit. Triton answers its full queue the same way
+    (UNAVAILABLE, HTTP 503: the request never ran, retrying is safe)."""
+
+    grpc_code = "UNAVAILABLE"
 
 
 class NotReady(ProtocolError):
-    """The server is draining before exit and takes no new inference (HTTP 503, gRPC UNAVAILABLE)."""
+    """The server is draining before exit and takes no new inference."""
+
+    grpc_code = "UNAVAILABLE"
 
 
 class InferenceTimeout(ProtocolError):
-    """The batcher did not answer in time (HTTP 503, gRPC DEADLINE_EXCEEDED)."""
+    """The batcher did not answer in time (Triton's queue timeout, "Request timeout expired", is UNAVAILABLE)."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+def http_status(exc: ProtocolError) -> int:
+    """The HTTP status of a protocol error: its own ``http_code``, else the one its gRPC status maps to."""
+    return exc.http_code or _HTTP_FOR_GRPC[exc.grpc_code]
 
 
 # ---- request schema ----
@@ -377,15 +414,3 @@ def model_metadata(name: str, spec) -> dict:
                         {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [-1, len(spec.spiking_layers)]}],
             "parameters": {"timesteps": spec.timesteps, "class_names": list(spec.class_names),
                            "spiking_layers": list(spec.spiking_layers), "model_name": spec.model_name}}
-
-
-def model_config(name: str, spec, max_batch: int, max_delay_ms: float) -> dict:
-    """Triton's model configuration (``GET /v2/models/{name}/config``; gRPC ``ModelConfig``), in the JSON form
-    of Triton's ``model_config.proto``: dims exclude the batch axis because ``max_batch_size`` > 0."""
-    return {"name": name, "platform": PLATFORM, "backend": "onnxruntime", "max_batch_size": max_batch,
-            "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [*spec.input_shape]}],
-            "output": [{"name": LOGITS, "data_type": "TYPE_FP32", "dims": [len(spec.class_names)]},
-                       {"name": SPIKE_COUNTS, "data_type": "TYPE_FP32", "dims": [len(spec.spiking_layers)]}],
-            "dynamic_batching": {"max_queue_delay_microseconds": int(round(max_delay_ms * 1000))},
-            "instance_group": [{"count": 1, "kind": "KIND_CPU"}]}
-

@@ -1,12 +1,13 @@
 """The Open Inference Protocol's gRPC service (``inference.GRPCInferenceService``) on ``grpc.aio``.
 
 Built on the protos and stubs that ``tritonclient[grpc]`` ships (``tritonclient.grpc.service_pb2``,
-``service_pb2_grpc``, ``model_config_pb2``), so the stock ``tritonclient.grpc`` client speaks to it. It runs on
-the HTTP server's event loop and shares its :class:`~.service.ModelService`: one batcher, one concurrency
-limit, one set of statistics. Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata,
+``service_pb2_grpc``, and ``model_config_pb2`` through :mod:`gee_deploy.triton_config`), so the stock
+``tritonclient.grpc`` client speaks to it. It runs on the HTTP server's event loop and shares its
+:class:`~.service.ModelService`: one batcher, one concurrency limit, one set of statistics. Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata,
 ModelMetadata, ModelConfig, ModelStatistics, ModelInfer (``raw_input_contents`` or ``fp32_contents``; the
 ``classification`` output parameter). Everything else (streaming, repository, shared memory, trace, log)
-answers UNIMPLEMENTED. Protocol errors map to status codes in :data:`CODES` (one table).
+answers UNIMPLEMENTED. Protocol errors are answered with the gRPC status their class states
+(:class:`~.codec.ProtocolError`), the one the HTTP status derives from.
 """
 from __future__ import annotations
 
@@ -16,22 +17,14 @@ import time
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .codec import (EXTENSIONS, VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, NotReady,
-                    PayloadTooLarge, ProtocolError, ServerBusy, check_input, classify, model_config, model_metadata,
-                    reject_unsupported, select_outputs, serialize_bytes, tensor_from_bytes, tensor_from_values)
+from .codec import (EXTENSIONS, VERSION, Decoded, InvalidInput, NotReady, ProtocolError, check_input, classify,
+                    model_metadata, reject_unsupported, select_outputs, serialize_bytes, tensor_from_bytes,
+                    tensor_from_values)
 from .service import ModelService
 
-__all__ = ["InferenceServicer", "start_grpc", "CODES", "decode_grpc_request"]
-
-CODES = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, ModelNotFound: grpc.StatusCode.NOT_FOUND,
-         PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED, ServerBusy: grpc.StatusCode.UNAVAILABLE,
-         NotReady: grpc.StatusCode.UNAVAILABLE, InferenceTimeout: grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-def _code(exc: ProtocolError) -> grpc.StatusCode:
-    return next(CODES[k] for k in type(exc).__mro__ if k in CODES)
+__all__ = ["InferenceServicer", "start_grpc", "decode_grpc_request"]
 
 
 def _rpc(endpoint: str):
@@ -44,7 +37,7 @@ def _rpc(endpoint: str):
             try:
                 response = await method(self, request, context)
             except ProtocolError as e:
-                code = _code(e)
+                code = grpc.StatusCode[e.grpc_code]
                 self.service.metrics.observe_request("grpc", endpoint, code.name, error=True)
                 await context.abort(code, str(e))
             self.service.metrics.observe_request("grpc", endpoint, "OK", time.perf_counter() - start
@@ -130,10 +123,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc("config")
     async def ModelConfig(self, request, context):
         self.service.check_model(request.name, request.version)
-        s = self.service
-        config = json_format.ParseDict(model_config(s.name, s.spec, s.max_batch, s.max_delay_ms),
-                                       model_config_pb2.ModelConfig())
-        return service_pb2.ModelConfigResponse(config=config)
+        return service_pb2.ModelConfigResponse(config=self.service.model_config())
 
     @_rpc("stats")
     async def ModelStatistics(self, request, context):

@@ -4,7 +4,7 @@ a fixed time.
 Each client sends one single-sample infer request after another and checks every answer (success, logits
 [1, classes]). An answer that never comes (a reset, a closed connection, a timeout) or is not a success is an
 error. A connection the server refuses because it has stopped listening (after it announced the end with
-``Connection: close``, or gRPC UNAVAILABLE while it shuts down) is counted as ``refused`` and ends that
+``Connection: close``, or gRPC UNAVAILABLE while it shuts down, not for load) is counted as ``refused`` and ends that
 client: the request was never taken, which is what a draining server is allowed to do.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 from ..spec import INPUT_NAME, LOGITS
 
 __all__ = ["load_test"]
+
+_LOAD_ANSWERS = ("the limit is", "did not finish within")  # ServerBusy's and InferenceTimeout's messages
 
 
 def _http_client(host: str, port: int, model: str, images: np.ndarray, timeout_s: float):
@@ -78,7 +80,8 @@ def _grpc_client(host: str, port: int, model: str, images: np.ndarray, timeout_s
             ok = list(resp.outputs[0].shape)[0] == 1
             return channel, None if ok else f"bad answer: {resp.outputs[0]}"
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
+            # UNAVAILABLE is also how the service answers load (concurrency limit, batch timeout): an error here
+            if e.code() == grpc.StatusCode.UNAVAILABLE and not any(m in (e.details() or "") for m in _LOAD_ANSWERS):
                 channel.close()
                 raise ConnectionRefusedError(str(e.details())) from None
             return channel, f"{e.code().name}: {e.details()}"

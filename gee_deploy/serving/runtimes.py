@@ -6,7 +6,9 @@ the columns of ``spike_counts`` are and how many MACs each weight layer costs (f
 
 Runtime names (``--runtimes``): ``torch`` (a checkpoint), ``ort-cpu``, ``ort-cuda``, ``ort-trt`` (an ONNX
 file; the last two need onnxruntime-gpu), ``tensorrt`` (a ``.plan`` built by ``gee-deploy export --format
-tensorrt``; its spec is read from the sidecar the export writes beside it).
+tensorrt``; its spec is read from the sidecar the export writes beside it), ``nir`` (a NIR file run by the
+spec-only NIR executor: the reference of a graph ``gee-deploy export MODEL.nir`` converted from it, whose spec
+gives it T, dt, the threshold rule and the input layout).
 """
 from __future__ import annotations
 
@@ -16,23 +18,25 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, ModelFileError, RuntimeUnavailableError
-from ..ort_session import PROVIDERS, create_session
+from ..ort_session import PROVIDERS, create_session, import_onnxruntime
 from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec
 
-__all__ = ["Runtime", "TorchRuntime", "OrtRuntime", "TensorRTRuntime", "RUNTIMES", "open_runtime",
-           "default_runtimes", "validate_input"]
+__all__ = ["Runtime", "TorchRuntime", "OrtRuntime", "TensorRTRuntime", "NIRRuntime", "RUNTIMES", "REFERENCES",
+           "open_runtime", "default_runtimes", "validate_input"]
 
-RUNTIMES = ("torch", *PROVIDERS, "tensorrt")
+RUNTIMES = ("torch", *PROVIDERS, "tensorrt", "nir")
+REFERENCES = ("torch", "nir")  # the runtimes other runtimes are compared with
 
 
 def validate_input(x, spec: ModelSpec) -> np.ndarray:
-    """``x`` as a C-contiguous float32 [N, C, H, W] array, or an :class:`InputError` saying what is wrong."""
+    """``x`` as a C-contiguous float32 [N, *spec.input_shape] array (our models: [N, C, H, W]), or an
+    :class:`InputError` saying what is wrong."""
     if not isinstance(x, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(x).__name__}")
     if x.dtype != np.float32:
         raise InputError(f"expected dtype float32 (FP32), got {x.dtype}")
     want = tuple(spec.input_shape)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] < 1:
+    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want or x.shape[0] < 1:
         raise InputError(f"expected shape [N, {', '.join(map(str, want))}] with N >= 1, got {list(x.shape)}")
     if not np.isfinite(x).all():
         raise InputError("input holds NaN or Inf")
@@ -128,8 +132,7 @@ class OrtRuntime(Runtime):
         if self.device == "cpu":
             logits, spikes = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
             return logits, spikes
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
         for name in OUTPUT_NAMES:
@@ -139,8 +142,7 @@ class OrtRuntime(Runtime):
         return logits, spikes
 
     def describe(self) -> dict:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         return {**super().describe(), "providers": self.session.get_providers(), "threads": self.threads,
                 "onnxruntime": ort.__version__}
 
@@ -201,6 +203,56 @@ class TensorRTRuntime(Runtime):
         return {**super().describe(), "tensorrt": self._trt.__version__}
 
 
+class NIRRuntime(Runtime):
+    """The spec-only NIR executor (:mod:`gee_deploy.nirexec`) on a NIR file: the reference of the graphs converted
+    from it, for a model that has no PyTorch checkpoint here.
+
+    Args:
+        path: the NIR file.
+        converted: the specs of the other models being run; the one converted from this file (same sha256) gives
+            T, dt, the threshold rule, the input layout and the layer table (as fp32 layers: the reference).
+        threads: torch intra-op threads (process-wide); None leaves torch's default.
+
+    Raises:
+        ModelFileError: no converted graph among ``converted``, or an unreadable file.
+    """
+
+    name = "nir"
+
+    def __init__(self, path: str | os.PathLike, converted: list[ModelSpec], threads: int | None = None):
+        from dataclasses import replace
+
+        import torch
+
+        from ..checkpoint import file_sha256
+        from ..nirexec import NIRExecutor, read_nir
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = Path(path)
+        self.graph = read_nir(self.path)
+        digest = file_sha256(self.path)
+        spec = next((s for s in converted if s.checkpoint_sha256 == digest and "threshold_rule" in s.model_args),
+                    None)
+        if spec is None:
+            raise ModelFileError(f"{self.path} is a reference only: give the ONNX file (or plan) that `gee-deploy "
+                                 "export` converted from it too (its spec holds T, dt and the threshold rule)")
+        self.spec = replace(spec, variant="nir", layers=tuple(replace(l, precision="fp32", weight_scales=None)
+                                                              for l in spec.layers))
+        self.executor = NIRExecutor(self.graph, float(spec.model_args["dt"]), spec.model_args["threshold_rule"])
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from ..nirexec import run_spec
+
+        return run_spec(self.graph, self.spec, x, max(len(x), 1), self.executor)
+
+    def describe(self) -> dict:
+        import nir
+        import torch
+
+        return {**super().describe(), "threads": torch.get_num_threads(), "nir": nir.__version__}
+
+
 def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int | None = None) -> Runtime:
     """The runtime ``kind`` over ``path``; with no kind, by suffix: .pt torch, .onnx ort-cpu, .plan tensorrt."""
     p = Path(path)
@@ -223,9 +275,10 @@ def default_runtimes(path: str | os.PathLike) -> list[str]:
     suffix = Path(path).suffix.lower()
     if suffix in (".pt", ".pth"):
         return ["torch"]
+    if suffix == ".nir":
+        return ["nir"]
     if suffix in (".plan", ".engine"):
         return ["tensorrt"]
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     have = ort.get_available_providers()
     return ["ort-cpu"] + [k for k in ("ort-cuda",) if PROVIDERS[k][0] in have]

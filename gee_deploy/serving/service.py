@@ -15,6 +15,7 @@ from collections import deque
 from typing import Callable, TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
+from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS, model_config
 from .batcher import Batcher, BatchResult
 from .codec import VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, ServerBusy
 from .metrics import Metrics, Statistics
@@ -41,7 +42,8 @@ class ModelService:
         ValueError: a bad name or limit.
     """
 
-    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32, max_delay_ms: float = 2.0,
+    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32,
+                 max_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
                  max_concurrency: int = 256, infer_timeout_s: float = 30.0):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
@@ -51,6 +53,7 @@ class ModelService:
         self.name, self.spec = name, runtime.spec
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self.max_concurrency, self.infer_timeout = max_concurrency, infer_timeout_s
+        self.instance_kind = "KIND_GPU" if getattr(runtime, "device", "cpu") == "cuda" else "KIND_CPU"
         self.metrics = Metrics(name, self.spec.spiking_layers)
         self.stats = Statistics()
         self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
@@ -71,6 +74,11 @@ class ModelService:
             raise ModelNotFound(f"unknown model {name!r}; this server has {self.name!r}")
         if version not in (None, "", VERSION):
             raise ModelNotFound(f"model {self.name!r} has only version {VERSION}, not {version!r}")
+
+    def model_config(self):
+        """Triton's model configuration of what this serves (:func:`gee_deploy.triton_config.model_config`: the one
+        ``gee-deploy export --format triton`` writes), with one instance on this runtime's device."""
+        return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind)
 
     @staticmethod
     def values(result: BatchResult) -> dict:

@@ -34,8 +34,8 @@ from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
 from ..quantisation import attach_quantisers, spike_reading_layers
 from ..recipe import recipe_from_dict
-from .setup import build_optimizer, check_training_batches, train_step
-from .trainer import cosine_schedule, evaluate, select_device
+from .setup import build_optimizer, check_training_batches
+from .trainer import TrainRuntime, cosine_schedule, evaluate, select_device, train_epoch
 
 __all__ = ["QuantizeReport", "quantize"]
 
@@ -117,7 +117,7 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     if ckpt.quantisation is not None:
         raise CheckpointError(f"{checkpoint} is already int8 fine-tuned")
     recipe = recipe_from_dict(ckpt.recipe)
-    # the recipe's own optimiser policy and training step, at lr_scale x its learning rate, no weight decay
+    # the trainer's epoch loop with the recipe's optimiser policy, at lr_scale x its learning rate, no weight decay
     try:
         t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
     except ConfigError as e:
@@ -152,21 +152,16 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
 
     # ---- 3. fine-tune with straight-through fake quantisation ----------------------------------------
     optimizer = build_optimizer(replace(recipe, train=t), model)
-    steps_per_epoch = max(1, len(train_set) // batch)
+    steps_per_epoch = len(train_set) // batch
     total = max(1, round(epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total, 0))
+    runtime = TrainRuntime.local(device_)
     step = 0
     tuned_at = time.perf_counter()
     while step < total:
         loader = make_loader(train_set, batch, True, seed=seed * 1000 + step // steps_per_epoch, drop_last=True)
-        model.train()
-        for x, y in loader:
-            train_step(model, optimizer, x.to(device_), y.to(device_), label_smoothing=t.label_smoothing,
-                       grad_clip=t.grad_clip)
-            scheduler.step()
-            step += 1
-            if step >= total:
-                break
+        step += train_epoch(model, loader, optimizer, scheduler, t, runtime, f"int8 fine-tune ({step}/{total} steps)",
+                            show=progress, max_steps=total - step)["steps"]
     tune_seconds = time.perf_counter() - tuned_at
 
     # ---- 4. evaluate and save -------------------------------------------------------------------------
@@ -181,6 +176,6 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
                                  state_dict=model.state_dict(), metrics=metrics, best_acc=qat["test_acc"],
                                  quantisation=record))
     return QuantizeReport(str(out), layers, fp32["test_acc"], ptq["test_acc"], qat["test_acc"],
-                          fp32["firing_rate"], qat["firing_rate"], epochs, total, tune_seconds,
+                          fp32["firing_rate"], qat["firing_rate"], epochs, step, tune_seconds,
                           time.perf_counter() - started, _original_seconds(checkpoint, ckpt))
 

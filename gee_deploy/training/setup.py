@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..recipe import Recipe
 from ..zoo import create_model
 
-__all__ = ["build_recipe_model", "build_optimizer", "train_step", "check_training_batches"]
+__all__ = ["build_recipe_model", "build_optimizer", "mixed_precision", "train_step", "check_training_batches"]
 
 
 def build_recipe_model(recipe: Recipe) -> nn.Module:
@@ -118,9 +118,24 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown train.optimizer {settings.optimizer!r}; use adamw or sgd")
 
 
+def mixed_precision(device_type: str, amp: bool, bf16_supported: bool) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, whether the step needs a ``torch.amp.GradScaler``) for ``train.amp`` on a device type.
+
+    CUDA only (None, False elsewhere or without ``amp``): bfloat16 where the GPU supports it, else float16.
+    float16 has 5 exponent bits, so small gradients underflow to zero unless the loss is scaled before the
+    backward pass; PyTorch's AMP recipe ("Automatic Mixed Precision examples", torch.amp docs) pairs float16
+    autocast with a GradScaler. bfloat16 has float32's exponent range and needs none.
+    """
+    if not (amp and device_type == "cuda"):
+        return None, False
+    dtype = torch.bfloat16 if bf16_supported else torch.float16
+    return dtype, dtype == torch.float16
+
+
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, *,
                label_smoothing: float = 0.0, grad_clip: float = 0.0,
-               autocast: Callable[[], AbstractContextManager] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+               autocast: Callable[[], AbstractContextManager] = nullcontext,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch: forward (under ``autocast``), cross-entropy, backward, clip, step.
 
     Args:
@@ -129,6 +144,9 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.T
         label_smoothing: cross-entropy label smoothing.
         grad_clip: max total gradient norm over ``net``'s parameters (0 = no clipping).
         autocast: a factory of the mixed-precision context (CUDA AMP) or ``nullcontext``.
+        scaler: float16 autocast's loss scaler (:func:`mixed_precision`): the backward pass runs on the scaled
+            loss, the gradients are unscaled before clipping, and the step is skipped when they hold inf/NaN
+            (torch.amp docs, "Gradient clipping" example).
 
     Returns:
         (loss, a 0-d tensor; logits [N, classes]), both still attached to the graph of this step.
@@ -137,8 +155,16 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.T
         logits = net(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        optimizer.step()
+        return loss, logits
+    scaler.scale(loss).backward()
     if grad_clip:
+        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return loss, logits

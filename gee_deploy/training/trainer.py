@@ -21,7 +21,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +33,22 @@ from ..data import dataset_info, load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
-from ..recipe import Recipe
+from ..recipe import Recipe, TrainSection
 from .evolution import run_evolution
 from .fitness import check_eval_data_size
-from .setup import build_optimizer, build_recipe_model, check_training_batches, train_step
+from .setup import build_optimizer, build_recipe_model, check_training_batches, mixed_precision, train_step
 
-__all__ = ["train", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext"]
+__all__ = ["train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext",
+           "TrainRuntime"]
 
 
 class DistContext:
-    """torchrun awareness: rank/world size from the environment; a no-op in a single process."""
+    """torchrun awareness: rank/world size from ``env`` (the environment); a no-op in a single process."""
 
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    def __init__(self, device: torch.device, env: Mapping[str, str] = os.environ):
+        self.world = int(env.get("WORLD_SIZE", "1"))
+        self.rank = int(env.get("RANK", "0"))
+        self.local_rank = int(env.get("LOCAL_RANK", "0"))
         self.device = device
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -124,13 +125,19 @@ def holds_run(out: str | os.PathLike) -> bool:
 
 
 @dataclass
-class _Runtime:
+class TrainRuntime:
     """Where and how this process computes: device, DDP ranks, mixed precision, memory format."""
 
     device: torch.device
     dist: DistContext
     autocast: Callable[[], AbstractContextManager]
     channels_last: bool
+    scaler: torch.amp.GradScaler | None = None  # float16 autocast only (setup.mixed_precision)
+
+    @classmethod
+    def local(cls, device: torch.device) -> TrainRuntime:
+        """One process on ``device``, float32, the default memory format (a fine-tune outside a training run)."""
+        return cls(device, DistContext(device, env={}), nullcontext, False)
 
     @property
     def pin_memory(self) -> bool:
@@ -151,7 +158,7 @@ def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
-def _set_up(settings) -> _Runtime:
+def _set_up(settings) -> TrainRuntime:
     """Device, CPU threads, DDP process group, AMP dtype and memory format of the recipe's [train] section."""
     device = select_device(settings.device)
     if device.type == "cuda":
@@ -162,16 +169,17 @@ def _set_up(settings) -> _Runtime:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dist = DistContext(device)
-    use_amp = settings.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype, scaled = mixed_precision(device.type, settings.amp,
+                                        device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     def autocast() -> AbstractContextManager:
-        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
-    return _Runtime(device, dist, autocast, settings.channels_last and device.type == "cuda")
+    return TrainRuntime(device, dist, autocast, settings.channels_last and device.type == "cuda",
+                        torch.amp.GradScaler("cuda") if scaled else None)
 
 
-def _load_data(recipe: Recipe, runtime: _Runtime):
+def _load_data(recipe: Recipe, runtime: TrainRuntime):
     """(training set, its DDP sampler or None, test loader); each rank sees its share under torchrun."""
     data, dist = recipe.data, runtime.dist
     data_dir = data.data_dir or None
@@ -208,8 +216,8 @@ def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> Checkpoint:
                       dataset=DatasetRecord(name=info.name, classes=tuple(info.classes)))
 
 
-def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, out: Path,
-            dist: DistContext) -> tuple[int, float]:
+def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime,
+            out: Path) -> tuple[int, float]:
     """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far).
 
     Raises:
@@ -220,43 +228,58 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, out: Path,
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
+    if runtime.scaler is not None and ckpt.scaler is not None:  # a float16 run resumed on a float16 GPU
+        runtime.scaler.load_state_dict(ckpt.scaler)
     epochs_done = ckpt.epoch
-    if dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
+    if runtime.dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
         write_jsonl(out / "train.jsonl", [row for row in read_jsonl(out / "train.jsonl")
                                           if row.get("epoch", 0) <= epochs_done])
     return epochs_done, ckpt.best_acc
 
 
-def _train_epoch(net: nn.Module, loader, optimizer, scheduler, settings, runtime: _Runtime, desc: str,
-                 show: bool) -> dict:
-    """One pass over ``loader``; returns train_loss, train_acc (summed over ranks) and train_images_per_s."""
+def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSection, runtime: TrainRuntime,
+                desc: str, show: bool, max_steps: int | None = None) -> dict:
+    """One pass over ``loader`` (or its first ``max_steps`` batches): a :func:`~.setup.train_step` and a
+    scheduler step per batch, with ``settings``' label smoothing and gradient clipping.
+
+    Returns:
+        train_loss, train_acc (summed over ranks), train_images_per_s and steps (this process's).
+    """
     from tqdm.auto import tqdm
 
     net.train()
     started = time.perf_counter()
     loss_sum = correct = seen = 0.0
+    steps = 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True)
     for x, y in bar:
         x, y = runtime.to_device(x, y)
         loss, logits = train_step(net, optimizer, x, y, label_smoothing=settings.label_smoothing,
-                                  grad_clip=settings.grad_clip, autocast=runtime.autocast)
+                                  grad_clip=settings.grad_clip, autocast=runtime.autocast, scaler=runtime.scaler)
         scheduler.step()
+        steps += 1
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if steps == max_steps:
+            break
+    bar.close()
     loss_sum, correct, seen = runtime.dist.all_reduce_sum(loss_sum, correct, seen)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "train_images_per_s": seen / (time.perf_counter() - started)}
+            "train_images_per_s": seen / (time.perf_counter() - started), "steps": steps}
 
 
-def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, metrics: dict) -> None:
+def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime,
+                       metrics: dict) -> None:
     """best.pt when this epoch holds the best accuracy so far; last.pt (with the optimiser, for --resume) always."""
     state = replace(meta, state_dict=model.state_dict(), epoch=metrics["epoch"], metrics=metrics,
                     best_acc=metrics["best_acc"])
     if metrics["test_acc"] >= metrics["best_acc"]:
         save_checkpoint(out / "best.pt", state)
-    save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
+    scaler = runtime.scaler.state_dict() if runtime.scaler is not None else None
+    save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                             scaler=scaler))
 
 
 def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
@@ -301,7 +324,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     # ---- resume ---------------------------------------------------------------------------------------
     start_epoch, best_acc = 0, 0.0
     if ckpt is not None:
-        start_epoch, best_acc = _resume(ckpt, model, optimizer, scheduler, out, dist)
+        start_epoch, best_acc = _resume(ckpt, model, optimizer, scheduler, runtime, out)
     net = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -319,7 +342,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         loader = make_loader(train_set, data.batch_size, True, seed=epoch_seed, workers=data.workers,
                              pin_memory=runtime.pin_memory, sampler=sampler, drop_last=True)
         started = time.perf_counter()
-        trained = _train_epoch(net, loader, optimizer, scheduler, settings, runtime,
+        trained = train_epoch(net, loader, optimizer, scheduler, settings, runtime,
                                f"epoch {epoch + 1}/{settings.epochs}", show=progress is not False and dist.main)
         metrics = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"],
                    **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
@@ -329,7 +352,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         best_acc = max(best_acc, metrics["test_acc"])
         metrics["best_acc"] = best_acc
         if dist.main:
-            _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
+            _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)
             append_jsonl(out / "train.jsonl", metrics)
             if progress is not False:
                 tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
@@ -340,7 +363,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
                                           runtime.channels_last)}
         metrics["best_acc"] = metrics["test_acc"]
         if dist.main:
-            _write_checkpoints(out, meta, model, optimizer, scheduler, metrics)
+            _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)
     if ckpt is not None and not metrics:
         metrics = ckpt.metrics
     dist.close()

@@ -1,0 +1,57 @@
+"""The options of `gee-deploy export MODEL.nir` (a NIR graph from any framework), defined once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+
+NIR_OPTIONS = ("timesteps", "input_mode", "dt", "threshold_rule", "images")
+
+
+def nir_options(f):
+    """Add the NIR import options to a command (they reach it as keyword arguments named as NIR_OPTIONS)."""
+    options = [
+        click.option("--timesteps", "-T", type=int, default=None,
+                     help="NIR input only: T, the steps unrolled in the graph (required for a .nir file)."),
+        click.option("--input", "input_mode", default=None, metavar="static|sequence",
+                     help="NIR input only: static repeats one input over the T steps (direct encoding, default); "
+                          "sequence takes [N, T, ...] per-step inputs (event data)."),
+        click.option("--dt", type=float, default=None,
+                     help="NIR input only: the Euler step in seconds (default: the file's metadata; SpikingJelly and "
+                          "snntorch export with 1e-4)."),
+        click.option("--threshold-rule", default=None, metavar="gt|ge",
+                     help="NIR input only: gt fires on v > v_th as NIR defines it (snntorch, default); ge on "
+                          "v >= v_th (SpikingJelly). See docs/nir.md."),
+        click.option("--images", type=click.Path(dir_okay=False), default=None,
+                     help="NIR input only: a .npy of validation inputs in the graph's input layout (default: random "
+                          "inputs of the declared shape)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def nir_exporter(model: str, given: dict, **checkpoint_only):
+    """When ``model`` is a .nir file: a function taking ``export_model``'s arguments that converts it with
+    :func:`gee_deploy.export.nir_convert.convert_nir`; else None. :class:`ConfigError` (one line) for an option
+    of the other kind (given before any work)."""
+    is_nir = Path(model).suffix.lower() == ".nir"
+    if not is_nir:
+        extra = [k for k in NIR_OPTIONS if given.get(k) is not None]
+        if extra:
+            raise ConfigError(f"--{extra[0].replace('_mode', '').replace('_', '-')} applies only to a .nir input")
+        return None
+    wrong = [k for k, v in checkpoint_only.items() if v]
+    if wrong:
+        raise ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to a .nir input (it applies to checkpoints)")
+
+    def convert(path, out, *, variant, fmt, opset, atol, samples, max_batch_size, fp16, **_checkpoint_only):
+        from ..export.nir_convert import convert_nir
+
+        return convert_nir(path, out, timesteps=given["timesteps"], dt=given["dt"],
+                           input_mode=given["input_mode"] or "static", threshold_rule=given["threshold_rule"] or "gt",
+                           images=given["images"], variant=variant, fmt=fmt, opset=opset, samples=samples, atol=atol,
+                           max_batch_size=max_batch_size, fp16=fp16)
+    return convert

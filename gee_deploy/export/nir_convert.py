@@ -1,0 +1,133 @@
+"""``convert_nir``: a NIR file from any framework -> validated ONNX file, Triton repository or TensorRT plan.
+
+The graph is written by :mod:`.nir_import` and, before anything is kept, run by onnxruntime and by the spec-only
+NIR executor (:class:`gee_deploy.nirexec.NIRExecutor`) on the user's inputs (``--images``) or on random inputs of
+the declared shape; the checks and limits are our own exports' (:mod:`.validate`, :mod:`gee_deploy.parity`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import file_sha256
+from ..errors import InputError
+from ..nirexec import read_nir, run_spec
+from ..ort_session import create_session
+from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
+from .api import ExportReport, _opset, _report_dict, _write
+from .configs import FORMATS, ValidationConfig, lookup
+from .errors import ExportError, UnknownOptionError
+from .nir_import import NIRImport, graph_dt, import_graph, topological_order
+from .validate import ValidationReport, compare_outputs, run_graph
+
+__all__ = ["convert_nir", "load_inputs"]
+
+
+def load_inputs(path: str | os.PathLike, spec_shape: tuple[int, ...], samples: int | None) -> np.ndarray:
+    """The float32 inputs in ``path`` (.npy) [S, *spec_shape], the first ``samples`` of them.
+
+    Raises:
+        InputError: missing or unreadable file, not floating point, another shape, or NaN / Inf values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--images {p} not found")
+    try:
+        x = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--images {p} is not a readable .npy array: {str(e).splitlines()[0]}") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"--images {p} holds {x.dtype}; the graph takes float32 inputs (scale them as the model "
+                         "was trained, e.g. pixels / 255)")
+    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(spec_shape) or len(x) == 0:
+        raise InputError(f"--images {p} is {list(x.shape)}; the graph takes [S, {', '.join(map(str, spec_shape))}]")
+    x = x[:samples] if samples else x
+    if not np.isfinite(x).all():
+        raise InputError(f"--images {p} holds NaN or Inf")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: int | None, dt: float | None = None,
+                input_mode: str = "static", threshold_rule: str = "gt", variant: str = "dense", fmt: str = "onnx",
+                opset: int | None = None, images: str | os.PathLike | None = None, samples: int | None = None,
+                atol: float | None = None, max_batch_size: int = 64, fp16: bool = False) -> ExportReport:
+    """Convert the NIR file ``path`` and validate it against the NIR executor before writing ``out``.
+
+    Args:
+        path: a NIR file (HDF5, as ``nir.write`` writes it).
+        out: the .onnx file, Triton repository directory or TensorRT .plan file.
+        timesteps: T (required).
+        dt: the Euler step (default: the file's metadata ``nir.dt`` or ``dt``; one of the two must be there).
+        input_mode: "static" (an image repeated over T) or "sequence" ([N, T, ...]).
+        threshold_rule: "gt" (NIR) or "ge" (SpikingJelly).
+        variant: "dense" or "int8".
+        fmt: onnx, triton or tensorrt.
+        opset: ONNX opset (default 18).
+        images: a .npy file of validation inputs in the graph's input layout (default: random inputs).
+        samples: how many inputs to validate on (default 256).
+        atol: max abs logit difference for a sample to count as matching.
+        max_batch_size, fp16: Triton / TensorRT, as for checkpoints.
+
+    Raises:
+        UnknownOptionError, InputError, ModelFileError, UnsupportedModuleError: bad input, one line, before any
+            work; ExportValidationError: a check failed (nothing is written).
+    """
+    start = time.perf_counter()
+    output_format = lookup(FORMATS, fmt, "format")
+    if output_format.name == "nir":
+        raise UnknownOptionError("--format nir: the input is already a NIR file; choose onnx, triton or tensorrt")
+    if timesteps is None:
+        raise UnknownOptionError("a NIR graph has no T of its own: pass --timesteps")
+    if output_format.name == "tensorrt" and variant == "int8":
+        raise ExportError("--format tensorrt cannot hold int8 layers (they are onnxruntime's MatMulInteger; "
+                          "TensorRT's int8 is QDQ only): export --variant dense")
+    if not output_format.out_is_dir and Path(out).is_dir():
+        raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
+    opset = _opset(opset)
+    graph = read_nir(path)
+    topological_order(graph, str(path))  # unsupported nodes and cycles first: no flag can fix those
+    file_dt = graph_dt(graph)
+    if dt is None and file_dt is None:
+        raise UnknownOptionError(f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch "
+                                 "export with dt = 1e-4 s)")
+    opts = NIRImport(timesteps, float(dt if dt is not None else file_dt), input_mode, threshold_rule, variant)
+    opts.check()
+    if output_format.name == "tensorrt":
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
+    proto, spec = import_graph(graph, opts, opset, source=str(path), file_sha256=file_sha256(path))
+    cfg = ValidationConfig(thresholds=INT8_PTQ_THRESHOLDS if variant == "int8" else Thresholds())
+    cfg = cfg if atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=atol))
+    notes = []
+    if dt is not None and file_dt is not None and dt != file_dt:
+        notes.append(f"--dt {dt} replaces the dt = {file_dt} the file states")
+    if images is not None:
+        x = load_inputs(images, spec.input_shape, samples or cfg.samples)
+        notes.append(f"validated on {len(x)} inputs of {images}")
+    else:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()
+        notes.append(f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "
+                     f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data")
+    report = ExportReport(str(out), output_format.name, variant, opset, False,
+                          layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
+                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes, reference="NIR executor")
+    data = proto.SerializeToString()
+    val = ValidationReport(samples=len(x))
+    _, (logits, counts) = run_graph(create_session(data), x, cfg.batch_size)
+    ref = Outputs(*run_spec(graph, spec, x, cfg.batch_size), None, spec.spiking_layers)
+    compare_outputs(val, ref, Outputs(logits, counts, None, spec.spiking_layers), cfg.thresholds)
+    val.raise_if_failed("NIR import")
+    report.validation = _report_dict(val)
+    from .tensorrt import compatibility_problems
+
+    report.tensorrt_problems = compatibility_problems(proto)
+    _write(output_format.name, proto, spec, Path(out), max_batch_size, fp16, report)
+    report.seconds = time.perf_counter() - start
+    return report
