@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .data import dataset_info
-from .errors import CheckpointError, GeeError
+from .errors import CheckpointError, GeeError, reason
 from .io import atomic_path
 from .quantisation import SCHEME, attach_quantisers, quantised_layers
 from .zoo import create_model
@@ -226,8 +226,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
             hint = "an ONNX graph? bench and serve take those" if p.suffix == ".onnx" else "another kind of file?"
             raise CheckpointError(f"{p} is not a gee-deploy checkpoint (torch.load cannot read it as weights; "
                                   f"{hint})") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first[:200]}") from None
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {reason(e)}") from None
     return Checkpoint.from_payload(payload, str(p))
 
 

@@ -1,6 +1,10 @@
 """``gee-deploy``: a thin click group. Each command lives in ``gee_deploy/commands/<name>.py``, is imported
 only when invoked (so ``--help`` is instant), parses its options and calls one library function.
-Our own errors (:class:`gee_deploy.errors.GeeError`) become one line on stderr and a non-zero exit.
+
+Errors and exit codes (docs/design.md): a usage error or an unusable input is one line ``error: ...`` on
+stderr and exit 2, raised while the options are parsed or before any work; a check that ran and failed exits
+1 with its table; an interrupt exits 130. The group maps every error in one place (:meth:`LazyGroup.main`),
+so ``main()``, the console script and click's ``CliRunner`` behave alike.
 """
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import importlib.util
 import sys
 
 import click
+
+from .errors import GeeError
 
 COMMANDS = {
     "models": "List architectures with dense / genetic parameter counts.",
@@ -44,6 +50,36 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's ``main`` with our error rule. ``standalone_mode=False`` keeps click's contract: exceptions
+        reach the caller (a library or a test that inspects them)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except GeeError as e:
+            _fail(str(e), e.exit_code)
+        except click.UsageError as e:  # before a command body ran: wrong option, missing argument, bad choice
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _fail(_sentence(e.format_message()) + hint, 2)
+        except click.ClickException as e:
+            _fail(_sentence(e.format_message()), e.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _sentence(message: str) -> str:
+    """A message as one line (click's can hold newlines)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _fail(message: str, code: int):
+    """Print ``error: message`` (one line for exit 2; a failed check's table keeps its lines) and exit."""
+    click.echo(f"error: {_sentence(message) if code == 2 else message}", err=True)
+    sys.exit(code)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gee-deploy")
@@ -57,22 +93,8 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import GeeError
-
-    try:
-        cli.main(args=argv, standalone_mode=False)
-    except GeeError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    """The console script: :meth:`LazyGroup.main` does the error mapping."""
+    cli.main(args=argv, prog_name="gee-deploy")
 
 
 if __name__ == "__main__":

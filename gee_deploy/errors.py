@@ -42,3 +42,18 @@ class RuntimeUnavailableError(GeeError):
 
 class MissingExtraError(RuntimeUnavailableError):
     """A package that an install extra provides is not installed (the message names the extras)."""
+
+
+def reason(error: BaseException, limit: int = 200) -> str:
+    """A library's exception as the tail of one of our one-line messages: its first line, cut at the last
+    sentence end (or word) within ``limit`` characters, never mid-word; the type's name when it says nothing."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    end = head.rfind(". ")
+    if end > 0:
+        return head[:end]
+    cut = head.rfind(" ")
+    return (head[:cut] if cut > 0 else head).rstrip(",;:") + " ..."

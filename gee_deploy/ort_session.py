@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError
+from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError, reason
 
 __all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "import_onnxruntime", "create_session"]
 
@@ -94,4 +94,4 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
         return ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
         what = "the graph" if isinstance(model, bytes) else source
-        raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None
+        raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None

@@ -1,9 +1,17 @@
 """Recipes: one TOML file per experiment with sections [model], [data], [train], [evolution].
 
-Defaults live in the dataclasses below (one comment per field); a recipe overrides them and
-``--set section.key=value`` overrides the recipe. Unknown sections or keys, values of the wrong type and
-values outside the ranges of :data:`ALLOWED` are one-line :class:`ConfigError`s, raised when the recipe is
-read, before any work starts. The resolved recipe is written as ``config.json`` beside every run.
+The sections below are the schema, declared once: every key with its type, its range and a one-line doc
+(pydantic dataclasses, strict: an integer key refuses 1.5 and true, a float key takes 3 as 3.0, no key takes
+NaN or an infinity). A recipe overrides the defaults and ``--set section.key=value`` overrides the recipe.
+Unknown sections or keys, values of the wrong type and values outside their ranges are one-line
+:class:`ConfigError` s naming the key and its range, raised when the recipe is read (or a key assigned),
+before any work starts. The CLI's options that set the same quantities check them with the same declaration
+(:func:`check_value`, :func:`describe`). The resolved recipe is written as ``config.json`` beside every run.
+
+Ranges come from what the code downstream can use: a batch holds >= 1 image, seeds feed numpy's
+SeedSequence (non-negative, and seed * 1000 + epoch must stay within torch's 64-bit seed), eq. 16's weights
+exp(lambda t) must fade (lambda <= 0, which also keeps exp from overflowing), and beta1 / beta2 / sigma0 are
+log-space CMA-ES quantities that exp() must map back to finite numbers.
 
 The recipes of the README ship inside the package (``gee_deploy/recipes/*.toml``, listed by
 ``gee-deploy recipes``); wherever a recipe file is asked for, the name of a shipped one (``demo``) works too.
@@ -13,82 +21,129 @@ A recipe may start with a top-level ``description = "..."``: one line saying wha
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import annotated_types
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError
+from .kinds import FitnessMode
 
-__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "Allowed", "ALLOWED",
-           "check_recipe", "check_section", "load_recipe", "recipe_from_dict", "parse_override", "shipped_recipes",
-           "resolve_recipe", "read_recipe_file"]
+__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "FITNESS", "Optimizer",
+           "GENES", "DEVICE", "SECTIONS", "describe", "bounds", "unwrap", "check_value", "recipe_field", "load_recipe",
+           "recipe_from_dict", "parse_override", "shipped_recipes", "resolve_recipe", "read_recipe_file"]
 
+# one alias per kind of value several keys (or CLI options) share
+FITNESS = Literal[tuple(mode.value for mode in FitnessMode)]  # stored as plain strings (checkpoints hold them)
+Optimizer = Literal["adamw", "sgd"]
+GENES = Annotated[int, Field(ge=0, le=4096)]  # g; 0 = the dense twin (plain convs, no encodings)
+DEVICE = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), "auto, cpu, cuda or cuda:N"]
+_SEED = Annotated[int, Field(ge=0, le=2**32 - 1)]
+_EPOCHS = Annotated[float, Field(ge=0, le=100_000)]
+_LOG_SPACE = Annotated[float, Field(gt=0, le=1e6)]
+_DECAY = Annotated[float, Field(ge=-1e6, le=0)]
+_COUNT = Annotated[int, Field(ge=0)]  # 0 = all / off
 
-@dataclass
-class ModelSection:
-    name: str = "smallnet"  # a registered architecture (`gee-deploy models`)
-    genes: int = 32  # g; 0 builds the dense twin
-    timesteps: int = 4  # T
-    args: dict = field(default_factory=dict)  # further keyword arguments of the architecture
-
-
-@dataclass
-class DataSection:
-    name: str = "fashion-mnist-mini"  # dataset (`gee_deploy.data.list_datasets()`)
-    data_dir: str = ""  # local copy; "" = $GEE_DATA_DIR or the dataset's default place
-    batch_size: int = 128  # per process
-    workers: int = 0  # DataLoader worker processes (0 = load in the training process)
-    train_limit: int = 0  # use only the first N training images (0 = all)
-    test_limit: int = 0  # evaluate on the first N test images (0 = all)
-    augment: bool = True  # random crop + flip on the training split
-    crop_padding: int = -1  # the random crop's zero padding when augmenting; -1 = the dataset's own (2 for
-    # Fashion-MNIST, 4 for CIFAR), 0 = flip only
+_STRICT = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
-@dataclass
-class TrainSection:
-    epochs: int = 10  # passes over the training split
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3  # peak learning rate (cosine decay to 0 after warm-up)
-    warmup_epochs: float = 0.0  # linear warm-up length, may be fractional
-    genetic_lr_scale: float = 10.0  # lr multiplier for encodings and G: W is a product of three O(1) factors,
-    # so the same Adam step moves W about 4x less (relatively) than a dense Kaiming weight; this evens it out
-    weight_decay: float = 0.0  # decoupled weight decay (adamw) or L2 (sgd)
-    momentum: float = 0.9  # sgd only
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    grad_clip: float = 0.0  # max gradient norm (0 = off)
-    seed: int = 0  # seeds init, shuffling and augmentation (per epoch: seed * 1000 + epoch)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # NHWC memory format on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the model
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+def _doc(text: str):
+    return Field(description=text)
 
 
-@dataclass
-class EvolutionSection:
-    enabled: bool = False  # evolve {beta1, beta2, G} before training (Algorithm 1); false = Random
-    generations: int = 5  # T_g
-    population: int = 0  # lambda; 0 = the cma package's default
-    fitness: str = "loss"  # loss | loss+r1 | loss+r2 | ste (eq. 16 literally) | loss+r1-scaled | loss+r2-scaled |
-    # ste-scaled (scale-free terms); "loss" ranks like trained accuracy best (benchmarks/fitness_fidelity.py)
-    lambda1: float = -0.5  # decay of the r1 weight, exp(lambda1 t) (eq. 16)
-    lambda2: float = -0.5  # decay of the r2 weight, exp(lambda2 t) (eq. 16)
-    sigma0: float = 0.3  # initial CMA-ES step size
-    beta1: float = 1.0  # initial mean of beta1 (std of the encodings, eq. 9)
-    beta2: float = 3.0  # initial mean of beta2 (clip bound, eq. 9)
-    eval_steps: int = 20  # training steps per candidate before its loss L is measured
-    eval_batches: int = 4  # held-out batches L and r1 are measured on
-    diagonal_above: int = 2000  # separable CMA (CMA_diagonal) above this many dimensions
-    workers: int = 1  # processes evaluating candidates in parallel
-    eval_threads: int = 1  # torch CPU threads per evaluating process (results match across worker counts at equal values)
+@dataclass(config=_STRICT)
+class _Section:
+    """Base of the sections: any invalid key, at construction, ``dataclasses.replace`` or assignment, is one
+    ConfigError line naming ``section.key`` and its declared range, not pydantic's multi-line report."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(cls, values, handler):
+        try:
+            return handler(values)
+        except ValidationError as e:
+            raise _config_error(_SECTION_NAMES.get(cls, cls.__name__), cls, e.errors()[0]) from None
 
 
-@dataclass
+@dataclass(config=_STRICT)
+class ModelSection(_Section):
+    name: Annotated[str, _doc("a registered architecture (`gee-deploy models`)")] = "smallnet"
+    genes: Annotated[GENES, _doc("g, the gene count; 0 builds the dense twin")] = 32
+    timesteps: Annotated[int, Field(ge=1, le=1024, description="T, simulation steps per image")] = 4
+    args: Annotated[dict, _doc("further keyword arguments of the architecture (any other key of [model] lands "
+                               "here)")] = field(default_factory=dict)
+
+
+@dataclass(config=_STRICT)
+class DataSection(_Section):
+    name: Annotated[str, _doc("dataset (`gee_deploy.data.list_datasets()`)")] = "fashion-mnist-mini"
+    data_dir: Annotated[str, _doc('local copy; "" = $GEE_DATA_DIR or the dataset\'s default place')] = ""
+    batch_size: Annotated[int, Field(ge=1, le=1 << 20, description="images per optimiser step, per process")] = 128
+    workers: Annotated[int, Field(ge=0, le=256, description="DataLoader worker processes (0 = load in the "
+                                                             "training process)")] = 0
+    train_limit: Annotated[_COUNT, _doc("use only the first N training images (0 = all)")] = 0
+    test_limit: Annotated[_COUNT, _doc("evaluate on the first N test images (0 = all)")] = 0
+    augment: Annotated[bool, _doc("random crop + flip on the training split")] = True
+    crop_padding: Annotated[int, Field(ge=-1, le=64, description="the random crop's zero padding; -1 = the "
+                                                                 "dataset's own (2 Fashion-MNIST, 4 CIFAR), 0 = "
+                                                                 "flip only")] = -1
+
+
+@dataclass(config=_STRICT)
+class TrainSection(_Section):
+    epochs: Annotated[int, Field(ge=0, le=100_000, description="passes over the training split")] = 10
+    optimizer: Annotated[Optimizer, _doc("adamw or sgd (with Nesterov momentum)")] = "adamw"
+    lr: Annotated[float, Field(gt=0, le=100, description="peak learning rate (cosine decay to 0 after "
+                                                         "warm-up)")] = 2e-3
+    warmup_epochs: Annotated[_EPOCHS, _doc("linear warm-up length, may be fractional")] = 0.0
+    genetic_lr_scale: Annotated[float, Field(gt=0, le=1e6, description=(
+        "lr multiplier for encodings and G: W is a product of three O(1) factors, so the same Adam step moves "
+        "W about 4x less (relatively) than a dense Kaiming weight; this evens it out"))] = 10.0
+    weight_decay: Annotated[float, Field(ge=0, le=100, description="decoupled weight decay (adamw) or L2 "
+                                                                   "(sgd)")] = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1, description="sgd only")] = 0.9
+    label_smoothing: Annotated[float, Field(ge=0, lt=1, description="cross-entropy label smoothing")] = 0.0
+    grad_clip: Annotated[float, Field(ge=0, le=1e12, description="max gradient norm (0 = off)")] = 0.0
+    seed: Annotated[_SEED, _doc("seeds init, shuffling and augmentation (per epoch: seed * 1000 + epoch)")] = 0
+    device: Annotated[DEVICE, _doc("auto, cpu, cuda or cuda:N")] = "auto"
+    amp: Annotated[bool, _doc("bf16/fp16 autocast on CUDA (ignored on CPU)")] = True
+    channels_last: Annotated[bool, _doc("NHWC memory format on CUDA (ignored on CPU)")] = True
+    compile: Annotated[bool, _doc("torch.compile the model")] = False
+    threads: Annotated[int, Field(ge=0, le=4096, description="torch CPU threads (0 = torch's default)")] = 0
+
+
+@dataclass(config=_STRICT)
+class EvolutionSection(_Section):
+    enabled: Annotated[bool, _doc("evolve {beta1, beta2, G} before training (Algorithm 1); false = Random")] = False
+    generations: Annotated[int, Field(ge=1, le=100_000, description="T_g")] = 5
+    population: Annotated[Union[Annotated[int, Field(ge=0, le=0)], Annotated[int, Field(ge=2, le=100_000)]],
+                          _doc("lambda; 0 = the cma package's default")] = 0
+    fitness: Annotated[FITNESS, _doc(
+        "eq. 16 literally (loss, loss+r1, loss+r2, ste) or with scale-free terms (-scaled); loss ranks like "
+        "trained accuracy best (benchmarks/fitness_fidelity.py)")] = "loss"
+    lambda1: Annotated[_DECAY, _doc("decay of the r1 weight, exp(lambda1 t) (eq. 16)")] = -0.5
+    lambda2: Annotated[_DECAY, _doc("decay of the r2 weight, exp(lambda2 t) (eq. 16)")] = -0.5
+    sigma0: Annotated[float, Field(gt=0, le=10, description="initial CMA-ES step size")] = 0.3
+    beta1: Annotated[_LOG_SPACE, _doc("initial mean of beta1 (std of the encodings, eq. 9)")] = 1.0
+    beta2: Annotated[_LOG_SPACE, _doc("initial mean of beta2 (clip bound, eq. 9)")] = 3.0
+    eval_steps: Annotated[int, Field(ge=0, le=1_000_000, description="training steps per candidate before its "
+                                                                     "loss L is measured")] = 20
+    eval_batches: Annotated[int, Field(ge=1, le=1_000_000, description="held-out batches L and r1 are measured "
+                                                                       "on")] = 4
+    diagonal_above: Annotated[_COUNT, _doc("separable CMA (CMA_diagonal) above this many dimensions")] = 2000
+    workers: Annotated[int, Field(ge=1, le=4096, description="processes evaluating candidates in parallel")] = 1
+    eval_threads: Annotated[int, Field(ge=1, le=4096, description=(
+        "torch CPU threads per evaluating process (results match across worker counts at equal values)"))] = 1
+
+
+@dataclass(config=_STRICT)
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -103,146 +158,127 @@ class Recipe:
         return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, **self.model.args}
 
 
-@dataclass(frozen=True)
-class Allowed:
-    """The values a recipe key accepts: a closed or open interval of finite numbers, or a list of choices.
-
-    ``zero`` also admits 0 when it lies outside the interval (keys where 0 means "off" or "the default").
-    """
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # low itself excluded
-    high_open: bool = False  # high itself excluded
-    zero: bool = False
-    choices: tuple[str, ...] = ()
-
-    def admits(self, value) -> bool:
-        if self.choices:
-            return value in self.choices
-        if self.zero and value == 0:
-            return True
-        if not math.isfinite(value):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self, integer: bool) -> str:
-        """The range in words, e.g. "an integer >= 1", "a finite number in (0, 1]", "0 or an integer >= 2"."""
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        kind = "an integer" if integer else "a finite number"
-        low, high = _number(self.low), _number(self.high)
-        if self.low is not None and self.high is not None:
-            text = f"{kind} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            text = f"{kind} {'>' if self.low_open else '>='} {low}"
-        elif self.high is not None:
-            text = f"{kind} {'<' if self.high_open else '<='} {high}"
-        else:
-            text = kind
-        return f"0 or {text}" if self.zero else text
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
+_SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
 
 
-def _number(value: float | None) -> str:
+def _config_error(section: str, cls, error: dict) -> ConfigError:
+    """One pydantic error (``ValidationError.errors()[0]``) of ``[section]`` as the schema's one-line message."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    fields = cls.__pydantic_fields__
+    if error["type"] == "unexpected_keyword_argument" or key not in fields:
+        return ConfigError(f"unknown key {section}.{key}; known: {', '.join(fields)}")
+    return ConfigError(f"{section}.{key} must be {describe(fields[key].rebuild_annotation())}, "
+                       f"got {error['input']!r}")
+
+
+# ---- the declaration in words, and checks of single values against it -------------------------------------
+
+def _number(value) -> str:
     """A bound as a reader types it: 1048576, 0.5, 1e+06 (not 1.04858e+06)."""
-    if value is None:
-        return ""
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
-# Every numeric key (and the keys with a fixed set of values) of the sections above, section.key -> Allowed.
-# Bounds come from what the code downstream can use: a batch holds >= 1 image, seeds feed numpy's
-# SeedSequence (non-negative, and seed * 1000 + epoch must stay within torch's 64-bit seed), eq. 16's weights
-# exp(lambda t) must fade (lambda <= 0, which also keeps exp from overflowing), and beta1 / beta2 / sigma0
-# are log-space CMA-ES quantities that exp() must map back to finite numbers.
-ALLOWED: dict[str, Allowed] = {
-    "model.genes": Allowed(low=0, high=4096),
-    "model.timesteps": Allowed(low=1, high=1024),
-    "data.batch_size": Allowed(low=1, high=1 << 20),
-    "data.workers": Allowed(low=0, high=256),
-    "data.train_limit": Allowed(low=0),
-    "data.test_limit": Allowed(low=0),
-    "data.crop_padding": Allowed(low=-1, high=64),
-    "train.epochs": Allowed(low=0, high=100_000),
-    "train.optimizer": Allowed(choices=("adamw", "sgd")),
-    "train.lr": Allowed(low=0, high=100, low_open=True),
-    "train.warmup_epochs": Allowed(low=0, high=100_000),
-    "train.genetic_lr_scale": Allowed(low=0, high=1e6, low_open=True),
-    "train.weight_decay": Allowed(low=0, high=100),
-    "train.momentum": Allowed(low=0, high=1, high_open=True),
-    "train.label_smoothing": Allowed(low=0, high=1, high_open=True),
-    "train.grad_clip": Allowed(low=0, high=1e12),
-    "train.seed": Allowed(low=0, high=2**32 - 1),
-    "train.threads": Allowed(low=0, high=4096),
-    "evolution.generations": Allowed(low=1, high=100_000),
-    "evolution.population": Allowed(low=2, high=100_000, zero=True),
-    "evolution.lambda1": Allowed(low=-1e6, high=0),
-    "evolution.lambda2": Allowed(low=-1e6, high=0),
-    "evolution.sigma0": Allowed(low=0, high=10, low_open=True),
-    "evolution.beta1": Allowed(low=0, high=1e6, low_open=True),
-    "evolution.beta2": Allowed(low=0, high=1e6, low_open=True),
-    "evolution.eval_steps": Allowed(low=0, high=1_000_000),
-    "evolution.eval_batches": Allowed(low=1, high=1_000_000),
-    "evolution.diagonal_above": Allowed(low=0),
-    "evolution.workers": Allowed(low=1, high=4096),
-    "evolution.eval_threads": Allowed(low=1, high=4096),
-}
+def unwrap(annotation):
+    """(base type, constraints) of an annotation: nested ``Annotated`` and pydantic's ``FieldInfo`` unwrapped."""
+    metadata = []
+    while typing.get_origin(annotation) is Annotated:
+        annotation, *extra = typing.get_args(annotation)
+        for item in extra:
+            metadata += getattr(item, "metadata", None) or ([] if hasattr(item, "metadata") else [item])
+    return annotation, metadata
 
 
-def check_section(section: str, values) -> None:
-    """Raise a one-line ConfigError naming the first key of ``values`` (the recipe's ``[section]``) outside its
-    :data:`ALLOWED` range, and the range."""
-    for name, allowed in ALLOWED.items():
-        if name.split(".")[0] != section:
-            continue
-        value = getattr(values, name.split(".")[1])
-        if not allowed.admits(value):
-            integer = isinstance(value, int) and not isinstance(value, bool)
-            raise ConfigError(f"{name} must be {allowed.describe(integer)}, got {value!r}")
+def bounds(annotation) -> tuple[float | None, bool, float | None, bool]:
+    """(low, low excluded, high, high excluded) of a numeric annotation; None where it has no bound."""
+    low = high = None
+    low_open = high_open = False
+    for m in unwrap(annotation)[1]:
+        if isinstance(m, annotated_types.Ge):
+            low = m.ge
+        elif isinstance(m, annotated_types.Gt):
+            low, low_open = m.gt, True
+        elif isinstance(m, annotated_types.Le):
+            high = m.le
+        elif isinstance(m, annotated_types.Lt):
+            high, high_open = m.lt, True
+    return low, low_open, high, high_open
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """:func:`check_section` for every section of ``recipe``."""
-    for section in dataclasses.fields(recipe):
-        check_section(section.name, getattr(recipe, section.name))
+def describe(annotation) -> str:
+    """What an annotation of this schema admits, in words: "an integer in [1, 1048576]", "a finite number in
+    (0, 100]", "0 or an integer in [2, 100000]", "one of adamw, sgd", "true or false"."""
+    base, metadata = unwrap(annotation)
+    if typing.get_origin(base) is Union:
+        return " or ".join(describe(member) for member in typing.get_args(base))
+    if typing.get_origin(base) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(base)))
+    if base is bool:
+        return "true or false"
+    if base is str:  # a constrained string says its values in words, the last item of its Annotated
+        return next((m for m in reversed(metadata) if isinstance(m, str)), "a string")
+    if base is dict:
+        return "a table"
+    low, low_open, high, high_open = bounds(annotation)
+    if low is not None and low == high:
+        return _number(low)
+    kind = "an integer" if base is int else "a finite number"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {_number(low)}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '<='} {_number(high)}"
+    return kind
 
 
-def _coerce(section: str, key: str, value, annotation):
-    """Check ``value`` against a field's annotation; ints widen to floats, nothing else converts."""
-    name = f"{section}.{key}"
-    target = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}.get(
-        annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""), None)
-    if target is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if target is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if target is bool and not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if target is not None and not isinstance(value, target):
-        raise ConfigError(f"{name} must be a {target.__name__}, got {value!r}")
-    return value
+def recipe_field(key: str):
+    """The declared annotation of recipe key ``section.key`` (its type, range and doc)."""
+    section, name = key.split(".", 1)
+    return SECTIONS[section].__pydantic_fields__[name].rebuild_annotation()
+
+
+def _adapter(annotation) -> TypeAdapter:
+    return TypeAdapter(annotation, config=_STRICT)
+
+
+def check_value(annotation, value, name: str):
+    """``value`` if it fits ``annotation`` (a type of this schema, e.g. ``recipe_field("data.batch_size")``),
+    else a one-line ConfigError "``name`` must be <range>, got <value>"."""
+    try:
+        return _adapter(annotation).validate_python(value)
+    except ValidationError:
+        raise ConfigError(f"{name} must be {describe(annotation)}, got {value!r}") from None
+
+
+# ---- reading recipes ------------------------------------------------------------------------------------
+
+def _section(section: str, values) -> object:
+    """``values`` (a TOML table) as the dataclass of ``[section]``; one-line ConfigError for the first bad key."""
+    cls = SECTIONS[section]
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table, got {values!r}")
+    values = dict(values)
+    if section == "model":  # architecture arguments go through to create_model, which checks them
+        extra = {k: values.pop(k) for k in list(values) if k not in cls.__pydantic_fields__}
+        if extra:
+            values["args"] = {**check_value(dict, values.get("args", {}), "model.args"), **extra}
+    return cls(**values)
 
 
 def recipe_from_dict(data: dict) -> Recipe:
-    recipe = Recipe()
-    for section, values in data.items():
-        if not hasattr(recipe, section):
-            raise ConfigError(f"unknown recipe section [{section}]; known: model, data, train, evolution")
-        if not isinstance(values, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        obj = getattr(recipe, section)
-        fields = {f.name: f for f in dataclasses.fields(obj)}
-        for key, value in values.items():
-            if key not in fields:
-                if section == "model":  # architecture arguments go through to create_model, which checks them
-                    obj.args[key] = value
-                    continue
-                raise ConfigError(f"unknown key {section}.{key}; known: {', '.join(fields)}")
-            setattr(obj, key, _coerce(section, key, value, fields[key].type))
-    check_recipe(recipe)
-    return recipe
+    """A :class:`Recipe` from nested tables ({"train": {"epochs": 3}, ...}); missing keys take their defaults.
+
+    Raises:
+        ConfigError: an unknown section or key, or a value of the wrong type or out of its range (one line
+            naming the key and its range).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a recipe must be a table of sections, got {data!r}")
+    for section in data:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown recipe section [{section}]; known: {', '.join(SECTIONS)}")
+    return Recipe(**{section: _section(section, values) for section, values in data.items()})
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -289,23 +325,36 @@ def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
     TOML, its top-level ``description``, "" when it has none). The sections are not checked here.
 
     Raises:
-        ConfigError: not found, not valid TOML, or a description that is not a string.
+        ConfigError: not found, not valid TOML, no section at all, or a description that is not a string.
     """
     source = resolve_recipe(recipe)
     try:
         data = tomllib.loads(source.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe {recipe} is not valid TOML: {e}") from None
+    except OSError as e:  # no read permission, a special file
+        raise ConfigError(f"cannot read recipe {recipe}: {e.strerror or e}") from None
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"recipe {recipe}: description must be a string, got {description!r}")
+    if not data:  # an empty or truncated file would silently train every default
+        raise ConfigError(f"recipe {recipe} sets nothing (an empty file?); give a recipe, or no RECIPE for the "
+                          "defaults")
     return data, description
 
 
 def load_recipe(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read a recipe (a file, a shipped recipe's name, or None for the defaults) and apply ``--set`` overrides."""
+    """Read a recipe (a file, a shipped recipe's name, or None for the defaults) and apply ``--set`` overrides.
+
+    Raises:
+        ConfigError: a recipe not found, unreadable or malformed, or a bad key or value (see
+            :func:`recipe_from_dict`).
+    """
     data: dict = read_recipe_file(path)[0] if path is not None else {}
     for text in overrides:
         section, key, value = parse_override(text)
-        data.setdefault(section, {})[key] = value
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table, got {table!r}")
+        table[key] = value
     return recipe_from_dict(data)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from .errors import ModelFileError
+from .errors import ModelFileError, reason
 from .kinds import ExportVariant, Form, LayerKind, Precision, Storage
 
 __all__ = ["INPUT_NAME", "LOGITS", "SPIKE_COUNTS", "OUTPUT_NAMES", "BATCH_DIM", "SPEC_FORMAT", "LayerSpec",
@@ -247,7 +247,7 @@ class ModelSpec:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # protobuf DecodeError, OSError
-            raise ModelFileError(f"{path} is not a readable ONNX file (truncated or corrupt?): {e}") from None
+            raise ModelFileError(f"{path} is not a readable ONNX file (truncated or corrupt?): {reason(e)}") from None
         return cls.from_metadata({p.key: p.value for p in model.metadata_props}, str(path))
 
     @classmethod

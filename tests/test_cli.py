@@ -61,3 +61,108 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys, args, me
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (out_dir / "best.pt").exists() and not (out_dir / "last.pt").exists()
+
+
+# ---- the one rule: usage errors and unusable inputs are one `error:` line and exit 2 --------------------
+
+def one_error_line(code, err, words):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (code, err)
+
+
+def test_click_usage_errors_are_one_line_too(capsys):
+    code, _, err = run(["train", "--bogus"], capsys)
+    one_error_line(code, err, "No such option '--bogus'")
+    code, _, err = run(["export", "x.pt", "--out", "x.onnx", "--variant", "fast"], capsys)
+    one_error_line(code, err, "'fast' is not one of 'dense', 'factorised', 'auto', 'int8'")
+    result = CliRunner().invoke(cli, ["nope"])  # the same mapping under CliRunner (no standalone main)
+    assert result.exit_code == 2 and result.stderr.startswith("error: No such command 'nope'")
+
+
+def test_genes_zero_is_the_dense_twin_everywhere_and_negative_is_refused_in_the_same_words(capsys):
+    code, _, err = run(["models", "--genes", "-5"], capsys)
+    one_error_line(code, err, "--genes must be an integer in [0, 4096], got -5")
+    code, _, err = run(["sweep", "missing.toml", "--genes", "4,-8", "--out", "x"], capsys)
+    one_error_line(code, err, "--genes must be an integer in [0, 4096], got -8")
+    result = CliRunner().invoke(cli, ["models", "--json", "--genes", "0"])
+    assert result.exit_code == 0, result.output
+    assert all(r["genes"] == 0 and r["genetic_params"] == r["dense_params"] for r in json.loads(result.output))
+    for command in ("models", "sweep"):
+        help_text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+        assert "0 = the dense twin" in help_text
+
+
+def test_out_is_checked_before_anything_is_loaded(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a directory")
+    code, _, err = run(["train", "--out", str(blocker / "run"), "--set", "data.name=synthetic"], capsys)
+    one_error_line(code, err, f"cannot write --out {blocker / 'run'}: {blocker} is a file, not a directory")
+    # the checkpoint does not even exist: the --out error comes first, so nothing was loaded or trained
+    for argv in (["quantize", "missing.pt", "--out", str(blocker / "q.pt")],
+                 ["export", "missing.pt", "--out", str(blocker / "m.onnx")],
+                 ["bench", "missing.pt", "--out", str(blocker / "b")],
+                 ["robustness", "missing.onnx", "--out", str(blocker / "r")],
+                 ["ablate", "missing.toml", "--out", str(blocker / "a")]):
+        code, _, err = run(argv, capsys)
+        one_error_line(code, err, "is a file, not a directory")
+    code, _, err = run(["quantize", "missing.pt", "--out", str(tmp_path)], capsys)
+    one_error_line(code, err, "it is a directory, not a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_numbers_out_of_range_nan_and_infinity_are_refused_where_parsed(capsys):
+    for argv, words in [(["bench", "m.onnx", "--out", "b", "--min-time", "nan"], "--min-time must be a finite number"),
+                        (["check", "a.pt", "b.onnx", "--min-agreement", "nan"], "--min-agreement must be a finite "
+                                                                                 "number in [0, 1], got nan"),
+                        (["serve", "m.onnx", "--max-body-mb", "inf"], "--max-body-mb must be a finite number"),
+                        (["quantize", "a.pt", "--out", "q.pt", "--device", "gpu"], "--device must be auto, cpu, "
+                                                                                     "cuda or cuda:N, got 'gpu'"),
+                        (["bench", "m.onnx", "--out", "b", "--runtimes", "ort-cpu,onnx"],
+                         "--runtimes takes comma-separated names from torch, ort-cpu"),
+                        (["robustness", "m.onnx", "--out", "r", "--ratios", "0,x"], "--ratios must be a number")]:
+        code, _, err = run(argv, capsys)
+        one_error_line(code, err, words)
+
+
+def test_a_truncated_checkpoint_is_named_in_a_whole_sentence(tiny_checkpoint, tmp_path, capsys):
+    data = tiny_checkpoint.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 3])
+    code, _, err = run(["export", str(truncated), "--out", str(tmp_path / "m.onnx")], capsys)
+    one_error_line(code, err, f"{truncated} is not a readable checkpoint (truncated or corrupt?)")
+    assert not err.rstrip().endswith(" is") and "your checkpoint file is" not in err
+
+
+def test_profile_without_auto_and_swapped_check_arguments_are_named(tiny_checkpoint, serving_onnx, tmp_path, capsys):
+    code, _, err = run(["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), "--profile"], capsys)
+    one_error_line(code, err, "--profile times each layer's forms for --variant auto")
+    code, _, err = run(["check", str(serving_onnx), str(tiny_checkpoint)], capsys)
+    one_error_line(code, err, "the arguments are swapped? usage: gee-deploy check CHECKPOINT MODEL.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_serve_names_the_busy_port(serving_onnx, capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        code, _, err = run(["serve", str(serving_onnx), "--port", str(port)], capsys)
+        one_error_line(code, err, f"cannot listen on 127.0.0.1:{port} (HTTP): Address already in use")
+        code, _, err = run(["serve", str(serving_onnx), "--port", "0", "--grpc-port", str(port)], capsys)
+        one_error_line(code, err, f"cannot listen on 127.0.0.1:{port} (gRPC): Address already in use")
+
+
+def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_path, capsys):
+    """ablate trains Random first and sweep the dense twin first; neither may leave runs behind when an evolving
+    run would then find too few images."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('[data]\nname = "synthetic"\nbatch_size = 16\ntrain_limit = 32\n[train]\nepochs = 1\n')
+    for argv in (["ablate", str(recipe), "--seeds", "1", "--out", str(tmp_path / "a")],
+                 ["sweep", str(recipe), "--genes", "4", "--set", "evolution.enabled=true", "--out", str(tmp_path / "s")]):
+        code, _, err = run(argv, capsys)
+        one_error_line(code, err, "evolution needs at least 80 training images")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    code, _, err = run(["train", str(empty), "--out", str(tmp_path / "t")], capsys)
+    one_error_line(code, err, f"recipe {empty} sets nothing (an empty file?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.toml", "tiny.toml"]

@@ -384,10 +384,10 @@ def test_sign_flip_p_is_the_exact_permutation_test():
 # ---- bad input ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setting, words", [
-    ("evolution.fitness=bogus", "unknown evolution.fitness"),
+    ("evolution.fitness=bogus", "evolution.fitness must be one of loss, loss+r1, loss+r2, ste, "),
     ("evolution.population=1", "evolution.population must be 0 or an integer in [2, 100000]"),
     ("evolution.generations=0", "evolution.generations must be an integer in [1, 100000]"),
-    ("evolution.population=abc", "evolution.population must be an integer"),
+    ("evolution.population=abc", "evolution.population must be 0 or an integer in [2, 100000], got 'abc'"),
     ("evolution.lambda1=nan", "evolution.lambda1 must be a finite number"),
     ("evolution.sigma0=0", "evolution.sigma0 must be a finite number in (0, 10]"),
 ])
@@ -404,7 +404,7 @@ def test_bad_evolution_settings_are_one_line(tmp_path, capsys, setting, words):
     assert not out.exists()  # nothing written before the check
 
 
-@pytest.mark.parametrize("args, words", [(["--seeds", "0"], "--seeds must be >= 1"),
+@pytest.mark.parametrize("args, words", [(["--seeds", "0"], "--seeds must be an integer in [1, 1000], got 0"),
                                          (["--variants", "random,nope"], "unknown ablation variant")])
 def test_bad_ablate_options_are_one_line(tmp_path, capsys, args, words):
     from gee_deploy.cli import main

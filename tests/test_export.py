@@ -400,9 +400,9 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
         "not-a-checkpoint": ([str(text)], "not a gee-deploy checkpoint"),
         "missing": ([str(tmp_path / "nope.pt")], "not found"),
         "other-architecture": ([str(wrong)], "does not match"),
-        "unknown-variant": ([good, "--variant", "sparse"], "unknown variant 'sparse'"),
-        "unknown-format": ([good, "--format", "tflite"], "unknown format 'tflite'"),
-        "bad-opset": ([good, "--opset", "11"], "opset 11 is not supported"),
+        "unknown-variant": ([good, "--variant", "sparse"], "'sparse' is not one of 'dense', 'factorised', 'auto'"),
+        "unknown-format": ([good, "--format", "tflite"], "'tflite' is not one of 'onnx', 'triton', 'tensorrt', 'nir'"),
+        "bad-opset": ([good, "--opset", "11"], "--opset must be an integer in [18, "),
         "unwritable": ([good, "--samples", "8"], "cannot write"),
         "out-is-a-directory": ([good, "--samples", "8"], "is a directory"),
     }, blocker

@@ -83,10 +83,10 @@ def test_robustness_command_writes_json_markdown_and_plot(tiny_checkpoint, servi
 
 @pytest.mark.parametrize("args,message", [
     (["--noise", "salt-and-pepper"], "unknown noise kind 'salt-and-pepper'"),
-    (["--ratio", "-0.5"], "must be finite and >= 0"),
-    (["--ratios", "0,-0.1"], "must be finite and >= 0"),
-    (["--ratio", "nan"], "must be finite and >= 0"),
-    (["--ratios", "0,half"], "--ratios expects comma-separated floats"),
+    (["--ratio", "-0.5"], "--ratio must be a finite number in [0, 1000], got -0.5"),
+    (["--ratios", "0,-0.1"], "--ratios must be a finite number in [0, 1000], got -0.1"),
+    (["--ratio", "nan"], "--ratio must be a finite number in [0, 1000], got nan"),
+    (["--ratios", "0,half"], "--ratios must be a number, got 'half'"),
 ])
 def test_bad_noise_is_one_error_line_and_nothing_is_written(tiny_checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "rob"

@@ -146,8 +146,8 @@ def test_killed_sweep_resumes_the_interrupted_point(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--genes", ""], "--genes is empty"),
-    (["--genes", "4,-8"], "gene counts must be >= 1"),
-    (["--genes", "4,eight"], "--genes expects comma-separated ints"),
+    (["--genes", "4,-8"], "--genes must be an integer in [0, 4096], got -8"),
+    (["--genes", "4,eight"], "--genes must be an integer, got 'eight'"),
     (["--genes", "4", "--models", "nonet"], "unknown model 'nonet'"),
     (["--genes", "4", "--models", ","], "--models is empty"),
     (["--genes", "4", "--models", "vgg11"], "vgg11 cannot run on synthetic images [1, 28, 28]"),

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
-import click
+from typing import Annotated
 
-from .options import quiet_option, set_option
+import click
+from pydantic import Field
+
+from .options import OutPath, Value, quiet_option, set_option, with_range
+
+SEEDS = Annotated[int, Field(ge=1, le=1000)]
 
 
 @click.command()
 @click.argument("recipe")
-@click.option("--seeds", "-n", type=int, default=3, show_default=True, help="Runs per variant (train.seed + i).")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for runs and report.")
+@click.option("--seeds", "-n", type=Value(SEEDS), default=3, show_default=True,
+              help=with_range("Runs per variant, seeded train.seed + i", SEEDS))
+@click.option("--out", "-o", required=True, type=OutPath(directory=True), help="Directory for runs and report.")
 @click.option("--variants", default=None, metavar="LIST",
               help="Comma-separated variants: random, baseline, r1, r2, ste (eq. 16 as written) and r1-scaled, "
                    "r2-scaled, ste-scaled (each term standardised across the generation), or a fitness mode's "

@@ -1,36 +1,34 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import click
+from pydantic import Field
 
-from .options import check_out_dir
+from ..recipe import recipe_field
+from ..serving.runtimes import RUNTIMES
+from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, with_range
 
-
-def _int_list(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter("batch sizes must be >= 1")
-    return sizes
+_BATCH = recipe_field("data.batch_size")
+MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and batch size
 
 
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", required=True, type=OutPath(directory=True),
               help="Directory for report.json, report.md and the plots.")
-@click.option("--runtimes", default=None, metavar="A,B",
-              help="Runtimes to use: torch, ort-cpu, ort-cuda, ort-trt, tensorrt (default: all that apply here).")
-@click.option("--batch-sizes", default="1,16,64", callback=_int_list, show_default=True,
-              help="Batch sizes to time.")
+@click.option("--runtimes", default=None, type=ChoiceList(RUNTIMES),
+              help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: all that apply here).")
+@click.option("--batch-sizes", default="1,16,64", type=NumberList(_BATCH), show_default=True,
+              help=with_range("Batch sizes to time, each", _BATCH))
 @click.option("--dataset", default=None, help="Dataset for accuracy and spikes (default: the model's own).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=0),
+@click.option("--limit", default=1000, show_default=True, type=Value(COUNT),
               help="First N test samples (0: all).")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
+@click.option("--threads", default=None, type=Value(THREADS),
               help="Intra-op threads for every runtime (default: each runtime's own).")
-@click.option("--min-time", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="Seconds of timed calls per runtime and batch size.")
+@click.option("--min-time", default=1.0, show_default=True, type=Value(MIN_TIME),
+              help=with_range("Seconds of timed calls per runtime and batch size", MIN_TIME))
 @click.option("--profile-ops", is_flag=True,
               help="Add onnxruntime's per-operator time split (its profiler, at the largest batch) to the report.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
@@ -46,9 +44,8 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     from ..serving.bench import run_bench
     from ..serving.report import summary_table, write_report
 
-    check_out_dir(out)  # fail before minutes of timing, not after
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    report = run_bench(list(models), runtimes.split(",") if runtimes else None, batch_sizes, dataset, data_dir,
+    report = run_bench(list(models), list(runtimes) if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)
     click.echo(summary_table(report))

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import sys
+import zipfile
+from dataclasses import replace
 
 import click
 
-from dataclasses import replace
-
+from ..errors import ConfigError
 from ..parity import INT8_PTQ_THRESHOLDS as _I, Thresholds
+from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value
 
 _T = Thresholds()
 
@@ -14,22 +16,22 @@ _T = Thresholds()
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
+@click.option("--min-agreement", default=None, type=Value(FRACTION),
               help=f"Lowest top-1 agreement with the checkpoint (fraction of samples) [default: "
                    f"{_T.min_top1_agreement}; {_I.min_top1_agreement} for int8 layers the checkpoint was not "
                    "fine-tuned for].")
-@click.option("--max-acc-delta", default=None, type=click.FloatRange(min=0),
+@click.option("--max-acc-delta", default=None, type=Value(FRACTION),
               help=f"Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points) [default: "
                    f"{_T.max_accuracy_delta}; post-training int8 {_I.max_accuracy_delta}].")
-@click.option("--max-spike-delta", default=None, type=click.FloatRange(min=0),
+@click.option("--max-spike-delta", default=None, type=Value(NON_NEGATIVE),
               help=f"Largest relative difference of the total spike count [default: {_T.max_spike_delta}; "
                    f"post-training int8 {_I.max_spike_delta}].")
-@click.option("--min-speedup", default=_T.min_speedup, show_default=True, type=click.FloatRange(min=0),
+@click.option("--min-speedup", default=_T.min_speedup, show_default=True, type=Value(NON_NEGATIVE),
               help="Lowest PyTorch-eager / onnxruntime latency ratio at batch 1 (p50, same run).")
 @click.option("--dataset", default=None, help="Dataset (default: the model's own).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=0), help="First N test samples (0: all).")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=1000, show_default=True, type=Value(COUNT), help="First N test samples (0: all).")
+@click.option("--threads", default=1, show_default=True, type=Value(THREADS),
               help="Intra-op threads for both runtimes (1 keeps the ratio stable on a shared CI machine).")
 def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta, min_speedup, dataset, data_dir,
           limit, threads):
@@ -45,6 +47,9 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     from ..serving.bench import run_check
     from ..spec import ModelSpec
 
+    if zipfile.is_zipfile(onnx_model) and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip
+        raise ConfigError(f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
+                          "usage: gee-deploy check CHECKPOINT MODEL.onnx")
     int8 = any(layer.precision == Precision.INT8 for layer in ModelSpec.from_onnx(onnx_model).layers)
     base = validation_thresholds(int8, not checkpoint.lower().endswith(".nir")  # a NIR file: never fine-tuned
                                  and load_checkpoint(checkpoint).quantisation is not None)

@@ -1,41 +1,52 @@
 from __future__ import annotations
 
-import click
+from typing import Annotated
 
+import click
+import onnx
+from pydantic import Field
+
+from ..errors import ConfigError
+from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
+                              VARIANTS, ValidationConfig)
 from ..kinds import Storage
 from .nir_options import nir_exporter, nir_options
+from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
+
+OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
+_SAMPLES = ValidationConfig().samples
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(),
+@click.option("--out", "-o", required=True, type=OutPath(directory=None),
               help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir).")
-@click.option("--variant", default="dense", show_default=True, metavar="dense|factorised|auto|int8",
-              help="dense: fold E_in G E_out^T into plain convs; factorised: keep the per-tap rank-g form; "
-                   "auto: per layer, the one with fewer MACs (or lower latency with --profile); int8: dense, and "
-                   "every layer reading spikes as uint8 spikes x int8 per-channel weights (stem stays float32).")
+@click.option("--variant", default="dense", show_default=True, type=click.Choice([str(v) for v in VARIANTS]),
+              help="; ".join(f"{v.name}: {v.help}" for v in VARIANTS.values()) + ".")
 @click.option("--allow-int8", is_flag=True,
-              help="With --variant auto: spike-reading layers of at least 16,384 MACs per call get int8 weights.")
+              help=f"With --variant auto: spike-reading layers of at least {INT8_MIN_MACS:,} MACs per call get int8 "
+                   "weights.")
 @click.option("--storage", type=click.Choice([s.value for s in Storage]), default=None,
               help="What the file holds. genetic (default for a genetic checkpoint's onnx/triton export): E once per "
                    "population, G, the scales and BatchNorm parameters, and a constant subgraph that computes the "
                    "weights when a session loads the file (same weights, bit for bit, at folded speed); folded: the "
                    "computed weights (the only choice for a dense twin, tensorrt and nir).")
-@click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|triton|tensorrt|nir",
-              help="What to write. nir: the folded dense network as a NIR graph, validated by an independent "
-                   "NIR executor (see docs/export.md).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice([str(f) for f in FORMATS]),
+              help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
+                   + " (see docs/export.md).")
+@click.option("--opset", type=Value(OPSET), default=None,
+              help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
 @click.option("--streaming", is_flag=True,
               help="One timestep per call, membrane potentials as graph inputs/outputs.")
-@click.option("--atol", type=click.FloatRange(min=0), default=None,
+@click.option("--atol", type=Value(NON_NEGATIVE), default=None,
               help="Max abs logit difference for a validation sample to count as matching (fp32 limits; a "
                    "post-training int8 export does not gate on matching samples).")
-@click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Test images to validate on (default 256; at most the test split's size).")
+@click.option("--samples", type=Value(AT_LEAST_ONE), default=None,
+              help=f"Test images to validate on (default {_SAMPLES}; at most the test split's size).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the checkpoint's dataset lives (default: its standard place).")
 @click.option("--profile", is_flag=True, help="With --variant auto: choose per layer by measured latency.")
-@click.option("--max-batch-size", type=int, default=64, show_default=True,
+@click.option("--max-batch-size", type=Value(AT_LEAST_ONE), default=64, show_default=True,
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
@@ -50,13 +61,17 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     Nothing is written unless validation passes; failures are listed together and exit with status 1 (with
     --json, stdout then holds {"ok": false, "failures": [...], "error": the message with the checks table}).
     Int8 layers of a checkpoint not fine-tuned for them (`gee-deploy quantize`) are validated against the
-    post-training limits (top-1 agreement >= 95%, spikes within 0.5%, accuracy within 0.3 points).
+    post-training limits ({limits}).
     """
     import json
 
     from ..export import ExportValidationError, export_model
     from ..export.api import report_json
 
+    if profile and VARIANTS[variant].per_layer is None:
+        raise ConfigError(f"--profile times each layer's forms for --variant auto to choose from; --variant "
+                          f"{variant} writes every layer one way (drop --profile or use --variant auto)")
+    check_writable(out, FORMATS[fmt].out_is_dir)
     export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
                                 data_dir=data_dir, storage=storage) or export_model
     try:
@@ -69,3 +84,8 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
                                    "error": str(e)}, indent=2))
         raise
     click.echo(report_json(report) if as_json else report.summary())
+
+
+export.help = export.help.replace("{limits}", f"top-1 agreement >= {_I.min_top1_agreement:.0%}, spikes within "
+                                        f"{_I.max_spike_delta:.1%}, accuracy within {_I.max_accuracy_delta * 100:g} "
+                                        "points")

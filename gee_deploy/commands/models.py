@@ -4,9 +4,14 @@ import json
 
 import click
 
+from ..recipe import GENES, describe
+from .options import Value
+
 
 @click.command()
-@click.option("--genes", "-g", type=int, default=None, help="g for the genetic counts (default: each model's own).")
+@click.option("--genes", "-g", type=Value(GENES), default=None,
+              help=f"g for the genetic counts, {describe(GENES)}; 0 = the dense twin, as model.genes = 0 in a "
+                   "recipe (default: each model's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def models(genes, as_json):
     """List architectures: dense-twin parameters, genetic parameters at --genes, compression."""

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import click
+from pydantic import Field
 
 from ..errors import ConfigError
+from ..export.nir_import import INPUT_MODES
+from ..recipe import recipe_field
+from .options import Value
+
+DT = Annotated[float, Field(gt=0, le=1e3)]  # seconds
 
 NIR_OPTIONS = ("timesteps", "input_mode", "dt", "threshold_rule", "images")
 
@@ -13,15 +20,15 @@ NIR_OPTIONS = ("timesteps", "input_mode", "dt", "threshold_rule", "images")
 def nir_options(f):
     """Add the NIR import options to a command (they reach it as keyword arguments named as NIR_OPTIONS)."""
     options = [
-        click.option("--timesteps", "-T", type=int, default=None,
+        click.option("--timesteps", "-T", type=Value(recipe_field("model.timesteps")), default=None,
                      help="NIR input only: T, the steps unrolled in the graph (required for a .nir file)."),
-        click.option("--input", "input_mode", default=None, metavar="static|sequence",
+        click.option("--input", "input_mode", default=None, type=click.Choice(INPUT_MODES),
                      help="NIR input only: static repeats one input over the T steps (direct encoding, default); "
                           "sequence takes [N, T, ...] per-step inputs (event data)."),
-        click.option("--dt", type=float, default=None,
+        click.option("--dt", type=Value(DT), default=None,
                      help="NIR input only: the Euler step in seconds (default: the file's metadata; SpikingJelly and "
                           "snntorch export with 1e-4)."),
-        click.option("--threshold-rule", default=None, metavar="gt|ge",
+        click.option("--threshold-rule", default=None, type=click.Choice(["gt", "ge"]),
                      help="NIR input only: gt fires on v > v_th as NIR defines it (snntorch, default); ge on "
                           "v >= v_th (SpikingJelly). See docs/nir.md."),
         click.option("--images", type=click.Path(dir_okay=False), default=None,

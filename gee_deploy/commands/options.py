@@ -1,30 +1,159 @@
-"""Options shared by several commands, defined once."""
+"""Options shared by several commands, and the parameter types that check a value where click parses it.
+
+Numbers are checked against the same declarations as recipe keys (:mod:`gee_deploy.recipe`: a type with its
+range), so ``--genes -5`` and ``--set model.genes=-5`` fail with the same words; output paths are checked for
+writability before a command loads anything. Every failure is a one-line :class:`ConfigError` naming the
+option (docs/design.md, "Errors and exit codes").
+"""
 from __future__ import annotations
 
 import os
+import tempfile
+import typing
 from pathlib import Path
+from typing import Annotated
 
 import click
+from pydantic import Field
 
 from ..errors import ConfigError
+from ..recipe import check_value, describe, unwrap
+
+__all__ = ["set_option", "quiet_option", "Value", "NumberList", "ChoiceList", "OutPath", "check_writable",
+           "with_range", "NON_NEGATIVE", "FRACTION", "COUNT", "AT_LEAST_ONE", "THREADS", "SEED"]
 
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-    help="Override a recipe value, e.g. --set train.epochs=3 (repeatable; values parse as TOML literals).")
+    help="Override a recipe value, e.g. --set train.epochs=3, or --set model.genes=0 for the dense twin "
+         "(repeatable; values parse as TOML literals).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 
+# ranges of options that are not recipe keys (those use gee_deploy.recipe.recipe_field)
+NON_NEGATIVE = Annotated[float, Field(ge=0, le=1e300)]
+FRACTION = Annotated[float, Field(ge=0, le=1)]
+COUNT = Annotated[int, Field(ge=0, le=2**62)]  # 0 = all / none
+AT_LEAST_ONE = Annotated[int, Field(ge=1, le=2**62)]
+THREADS = Annotated[int, Field(ge=1, le=4096)]
+SEED = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's SeedSequence takes non-negative integers
 
-def parse_list(text: str, kind: type, option: str) -> list:
-    """``"4,8,16"`` -> [4, 8, 16] of ``kind``; a :class:`ConfigError` naming ``option`` when an item does not
-    parse (so the CLI prints one ``error:`` line, not click's usage block). Empty items are skipped."""
+
+def _option_name(param) -> str:
+    return param.opts[0] if param is not None and param.opts else (param.human_readable_name if param else "value")
+
+
+def _parse(text, kind: type, name: str):
+    if not isinstance(text, str):
+        return text
     try:
-        return [kind(v) for v in text.split(",") if v.strip()]
+        return kind(text.strip())
     except ValueError:
-        raise ConfigError(f"{option} expects comma-separated {kind.__name__}s, got {text!r}") from None
+        words = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {words}, got {text!r}") from None
 
 
-def check_out_dir(out: str) -> None:
-    """Fail before minutes of work, not after, when ``out`` cannot be created or written."""
-    existing = next(p for p in (Path(out).absolute(), *Path(out).absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ConfigError(f"cannot write {out}: {existing} is not a writable directory")
+class Value(click.ParamType):
+    """A value checked against a declared type and range, e.g. ``Value(recipe_field("data.batch_size"))``:
+    an integer, a float (finite) or a constrained string."""
+
+    def __init__(self, annotation):
+        self.annotation = annotation
+        self.kind = {int: int, float: float}.get(unwrap(annotation)[0], str)
+        self.name = {int: "integer", float: "float"}.get(self.kind, "text")
+
+    def convert(self, value, param, ctx):
+        name = _option_name(param)
+        return check_value(self.annotation, _parse(value, self.kind, name), name)
+
+
+class NumberList(Value):
+    """Comma-separated numbers, each checked like :class:`Value`; a tuple, empty items skipped."""
+
+    def __init__(self, annotation):
+        super().__init__(annotation)
+        self.name = f"{self.name}s"
+
+    def get_metavar(self, param, ctx=None):
+        return "N1,N2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name = _option_name(param)
+        items = tuple(check_value(self.annotation, _parse(v, self.kind, name), name)
+                      for v in str(value).split(",") if v.strip())
+        if not items:
+            raise ConfigError(f"{name} is empty: give comma-separated values, each {describe(self.annotation)}")
+        return items
+
+
+class ChoiceList(click.ParamType):
+    """Comma-separated names from a registry; a tuple without repeats, empty items skipped."""
+
+    name = "names"
+
+    def __init__(self, choices: typing.Iterable[str]):
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, ctx=None):
+        return ",".join(self.choices[:2]) + ",..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name = _option_name(param)
+        items = tuple(dict.fromkeys(v.strip() for v in str(value).split(",") if v.strip()))
+        unknown = [v for v in items if v not in self.choices]
+        if unknown or not items:
+            got = f"got {unknown[0]!r}" if unknown else "got none"
+            raise ConfigError(f"{name} takes comma-separated names from {', '.join(self.choices)}; {got}")
+        return items
+
+
+def check_writable(path: str | os.PathLike, directory: bool | None, name: str = "--out") -> Path:
+    """Refuse, before any work, an output ``path`` that cannot be written: an empty name, a directory where a
+    file is wanted (``directory=False``) or the reverse (True; None: either), a path under a regular file,
+    or a nearest existing folder in which no file can be created (permissions, a read-only file system).
+
+    Raises:
+        ConfigError: one line naming ``name``, the path and why.
+    """
+    if not str(path).strip():
+        raise ConfigError(f"{name} is empty: give a path to write")
+    target = Path(path)
+    if target.exists():
+        if directory is True and not target.is_dir():
+            raise ConfigError(f"cannot write {name} {path}: it is a file, not a directory")
+        if directory is False and target.is_dir():
+            raise ConfigError(f"cannot write {name} {path}: it is a directory, not a file")
+    absolute = target.absolute()
+    existing = absolute if absolute.is_dir() else next(p for p in absolute.parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write {name} {path}: {existing} is a file, not a directory")
+    try:  # the real test: create a file there (os.access says yes to root even on /proc)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write {name} {path}: no file can be created in {existing} "
+                          f"({e.strerror or e})") from None
+    return target
+
+
+class OutPath(click.ParamType):
+    """An output path, checked by :func:`check_writable` while the options are parsed."""
+
+    name = "path"
+
+    def __init__(self, directory: bool | None):
+        self.directory = directory
+
+    def get_metavar(self, param, ctx=None):
+        return {True: "DIR", False: "FILE", None: "PATH"}[self.directory]
+
+    def convert(self, value, param, ctx):
+        check_writable(value, self.directory, _option_name(param))
+        return str(value)
+
+
+def with_range(text: str, annotation) -> str:
+    """An option's help with its declared range appended: "Images per call (an integer >= 1)."."""
+    return f"{text.rstrip('.')} ({describe(annotation)})."

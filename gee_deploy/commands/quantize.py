@@ -1,24 +1,36 @@
 from __future__ import annotations
 
-import click
+from typing import Annotated
 
-from .options import quiet_option
+import click
+from pydantic import Field
+
+from ..recipe import DEVICE, recipe_field
+from .options import OutPath, Value, quiet_option, with_range
+
+FINE_TUNE_EPOCHS = Annotated[float, Field(gt=0, le=100_000)]
+LR_SCALE = Annotated[float, Field(gt=0, le=1e6)]
+_BATCH, _LIMIT = recipe_field("data.batch_size"), recipe_field("data.train_limit")
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Quantised checkpoint to write.")
-@click.option("--epochs", type=float, default=0.5, show_default=True,
-              help="Fine-tune length in passes over the training split (fractions allowed).")
-@click.option("--lr-scale", type=float, default=0.02, show_default=True,
+@click.option("--out", "-o", required=True, type=OutPath(directory=False), help="Quantised checkpoint to write.")
+@click.option("--epochs", type=Value(FINE_TUNE_EPOCHS), default=0.5, show_default=True,
+              help=with_range("Fine-tune length in passes over the training split (fractions allowed)",
+                              FINE_TUNE_EPOCHS))
+@click.option("--lr-scale", type=Value(LR_SCALE), default=0.02, show_default=True,
               help="Peak learning rate as a multiple of the recipe's train.lr (cosine decay to 0); a converged model "
                    "lost 0.46 points at 0.1, 0.05 at 0.02 (docs/export.md).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's.")
-@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
-@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images.")
+@click.option("--batch-size", type=Value(_BATCH), default=None,
+              help=with_range("Images per step; default: the recipe's data.batch_size", _BATCH))
+@click.option("--train-limit", type=Value(_LIMIT), default=None,
+              help="Use only the first N training images (0: all, as data.train_limit).")
+@click.option("--test-limit", type=Value(_LIMIT), default=None,
+              help="Evaluate on the first N test images (0: all, as data.test_limit).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the checkpoint's dataset lives, if not at its default place.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+@click.option("--device", type=Value(DEVICE), default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @quiet_option
 def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_limit, data_dir, device, quiet):
     """Fine-tune CHECKPOINT so every spike-reading layer's weight is int8 per output channel.
@@ -31,6 +43,6 @@ def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_li
     from ..training.quantize import quantize as run
 
     report = run(checkpoint, out, epochs=epochs, lr_scale=lr_scale, batch_size=batch_size,
-                 train_limit=train_limit, test_limit=test_limit, data_dir=data_dir, device=device,
+                 train_limit=train_limit or None, test_limit=test_limit or None, data_dir=data_dir, device=device,
                  progress=not quiet)
     click.echo(report.summary())

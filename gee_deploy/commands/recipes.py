@@ -14,6 +14,7 @@ def recipes(name):
     from ..recipe import read_recipe_file, recipe_from_dict, resolve_recipe, shipped_recipes
 
     if name is not None:
+        recipe_from_dict(read_recipe_file(name)[0])  # a recipe, not any file: one error line otherwise
         click.echo(resolve_recipe(name).read_text(encoding="utf-8"), nl=False)
         return
     rows = []

@@ -1,29 +1,38 @@
 from __future__ import annotations
 
-import click
+from typing import Annotated
 
-from .options import check_out_dir, parse_list, quiet_option
+import click
+from pydantic import Field
+
+from ..recipe import recipe_field
+from .options import COUNT, SEED, THREADS, NumberList, OutPath, Value, quiet_option, with_range
+
+_BATCH = recipe_field("data.batch_size")
+RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
 
 
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", required=True, type=OutPath(directory=True),
               help="Directory for robustness.json, robustness.md and robustness.png.")
 @click.option("--noise", default="gaussian", show_default=True, help="Noise kind (gaussian).")
-@click.option("--ratio", default=0.5, show_default=True, type=float,
-              help="Headline noise L2 norm / image L2 norm (the paper's 50%) for the clean-vs-noisy drop.")
-@click.option("--ratios", default="0,0.25,0.5,0.75,1", show_default=True, metavar="R1,R2,...",
+@click.option("--ratio", default=0.5, show_default=True, type=Value(RATIO),
+              help=with_range("Headline noise L2 norm / image L2 norm (the paper's 50%) for the clean-vs-noisy "
+                              "drop", RATIO))
+@click.option("--ratios", default="0,0.25,0.5,0.75,1", show_default=True, type=NumberList(RATIO),
               help="Ratios of the curve (0 and --ratio are always added).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise (the same for every model).")
+@click.option("--seed", default=0, show_default=True, type=Value(SEED),
+              help="Seed of the noise (the same for every model).")
 @click.option("--clip/--no-clip", default=True, show_default=True,
               help="Clip noisy pixels to [0, 1], the graph's input range (--no-clip: the literal protocol).")
 @click.option("--dataset", default=None, help="Test split to use (default: the models' own).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--limit", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--limit", default=0, show_default=True, type=Value(COUNT),
               help="First N test images (0: all).")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="Intra-op threads for every runtime.")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Images per runtime call.")
+@click.option("--threads", default=None, type=Value(THREADS), help="Intra-op threads for every runtime.")
+@click.option("--batch-size", default=256, show_default=True, type=Value(_BATCH),
+              help=with_range("Images per runtime call", _BATCH))
 @quiet_option
 def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir, limit, threads, batch_size, quiet):
     """Accuracy of MODELS (checkpoints, ONNX files, TensorRT plans) under additive noise scaled per image to
@@ -35,9 +44,8 @@ def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir,
     """
     from ..serving.robustness import check_noise, run_robustness, summary_table, write_robustness
 
-    grid = parse_list(ratios, float, "--ratios")
+    grid = list(ratios)
     check_noise(noise, [ratio, *grid])  # before any model is opened or anything is written
-    check_out_dir(out)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_robustness(list(models), noise, ratio, grid, seed, clip, dataset, data_dir, limit or None, threads,
                             batch_size, progress=say)

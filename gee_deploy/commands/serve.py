@@ -1,6 +1,29 @@
 from __future__ import annotations
 
+import os
+import socket
+from typing import Annotated
+
 import click
+from pydantic import Field
+
+from ..errors import ConfigError
+from ..ort_session import PROVIDERS
+from .options import AT_LEAST_ONE, THREADS, Value
+
+MS = Annotated[float, Field(ge=0, le=3_600_000)]
+SECONDS = Annotated[float, Field(gt=0, le=86_400)]
+GRACE = Annotated[float, Field(ge=0, le=86_400)]  # seconds, 0 = none
+MEGABYTES = Annotated[float, Field(ge=0.001, le=1 << 20)]
+
+
+def _check_port(host: str, port: int, protocol: str) -> None:
+    """One line naming the port that cannot be bound (busy, privileged, unknown host), before the model loads."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:  # create_server appends the address to strerror; os.strerror has the reason alone
+        why = os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)
+        raise ConfigError(f"cannot listen on {host}:{port} ({protocol}): {why}") from None
 
 
 @click.command()
@@ -11,21 +34,21 @@ import click
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="HTTP port.")
 @click.option("--grpc-port", default=None, type=click.IntRange(0, 65535),
               help="Also serve the Open Inference Protocol over gRPC on this port (Triton uses 8001).")
-@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-batch", default=32, show_default=True, type=Value(AT_LEAST_ONE),
               help="Largest dynamic batch (samples per onnxruntime call).")
-@click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--max-delay-ms", default=2.0, show_default=True, type=Value(MS),
               help="How long the first request of a batch waits for others.")
-@click.option("--max-body-mb", default=16.0, show_default=True, type=click.FloatRange(min=0.001),
+@click.option("--max-body-mb", default=16.0, show_default=True, type=Value(MEGABYTES),
               help="Larger request bodies are refused with 413.")
-@click.option("--max-concurrency", default=256, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-concurrency", default=256, show_default=True, type=Value(AT_LEAST_ONE),
               help="Inference requests in flight (HTTP and gRPC) before new ones get 503.")
-@click.option("--request-timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0.001),
+@click.option("--request-timeout-s", default=30.0, show_default=True, type=Value(SECONDS),
               help="A client that has not sent its whole request by then gets 408 and is disconnected.")
-@click.option("--drain-s", default=10.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--drain-s", default=10.0, show_default=True, type=Value(GRACE),
               help="On SIGTERM/SIGINT: how long in-flight requests may take to finish before exit.")
 @click.option("--runtime", "kind", default="ort-cpu", show_default=True,
-              type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt"]), help="onnxruntime execution provider.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+              type=click.Choice(list(PROVIDERS)), help="onnxruntime execution provider.")
+@click.option("--threads", default=None, type=Value(THREADS), help="onnxruntime intra-op threads.")
 def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_mb, max_concurrency,
           request_timeout_s, drain_s, kind, threads):
     """Serve MODEL.onnx over the Open Inference Protocol (KServe v2 REST, optionally gRPC) with dynamic batching.
@@ -33,22 +56,25 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     Works with stock clients such as tritonclient (HTTP and gRPC); Prometheus metrics at /metrics. SIGTERM or
     Ctrl-C drains in-flight requests (bounded by --drain-s) and exits 0.
     """
-    import os
     from pathlib import Path
 
     from ..serving.runtimes import OrtRuntime
     from ..serving.server import InferenceServer, ready_line
 
+    if grpc_port is not None and grpc_port == port and port != 0:
+        raise ConfigError(f"--grpc-port {grpc_port} is the HTTP --port too; give each protocol its own port")
+    _check_port(host, port, "HTTP")
+    if grpc_port:
+        _check_port(host, grpc_port, "gRPC")
     runtime = OrtRuntime(model, kind, threads)
     name = name or Path(model).stem
     try:
         server = InferenceServer(runtime, name, host, port, grpc_port, max_batch, max_delay_ms,
                                  int(max_body_mb * (1 << 20)), request_timeout_s=request_timeout_s,
                                  max_concurrency=max_concurrency, drain_s=drain_s)
-    except OSError as e:
-        reason = os.strerror(e.errno) if e.errno else str(e)
-        where = f"{host}:{port}" + (f" (gRPC {host}:{grpc_port})" if grpc_port is not None else "")
-        raise click.ClickException(f"cannot listen on {where}: {reason}") from None
+    except OSError as e:  # taken between the check above and now
+        ports = f"{host}:{port} (HTTP)" + (f" or {host}:{grpc_port} (gRPC)" if grpc_port else "")
+        raise ConfigError(f"cannot listen on {ports}: {os.strerror(e.errno) if e.errno else e}") from None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--name") from None
 
@@ -59,5 +85,5 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     try:
         server.serve_forever(on_ready=announce)
     except OSError as e:
-        raise click.ClickException(str(e)) from None
+        raise ConfigError(str(e)) from None
     click.echo("stopped", err=True)

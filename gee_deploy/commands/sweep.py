@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import click
 
-from .options import check_out_dir, parse_list, quiet_option, set_option
+from ..recipe import GENES, describe
+from .options import NumberList, OutPath, quiet_option, set_option
 
 
 @click.command()
 @click.argument("recipe")
-@click.option("--genes", "-g", required=True, metavar="G1,G2,...",
-              help="Gene counts to train, e.g. 4,8,16,32 (the dense twin, genes = 0, is always added).")
+@click.option("--genes", "-g", required=True, type=NumberList(GENES),
+              help=f"Gene counts to train, e.g. 4,8,16,32, each {describe(GENES)}; 0 = the dense twin, as "
+                   "model.genes = 0 in a recipe, and always trained (--genes 0 trains only the dense twin).")
 @click.option("--models", default=None, metavar="A,B",
               help="Architectures to sweep (default: the recipe's; see `gee-deploy models`).")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", required=True, type=OutPath(directory=True),
               help="Sweep directory: one run per point, sweep.json, sweep.md, sweep.png.")
 @set_option
 @quiet_option
@@ -26,12 +28,10 @@ def sweep(recipe, genes, models, out, overrides, quiet):
     from ..recipe import load_recipe
     from ..training.sweep import run_sweep, sweep_markdown
 
-    gene_list = parse_list(genes, int, "--genes")
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
     loaded = load_recipe(recipe, overrides)
-    check_out_dir(out)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    summary = run_sweep(loaded, gene_list, out, model_list, progress=say)
+    summary = run_sweep(loaded, list(genes), out, model_list, progress=say)
     click.echo(sweep_markdown(summary).rstrip())
     if not quiet:
         click.echo(f"report: {out}/sweep.md")

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import click
 
-from .options import quiet_option, set_option
+from .options import OutPath, quiet_option, set_option
 
 
 @click.command()
 @click.argument("recipe", required=False)
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--out", "-o", required=True, type=OutPath(directory=True),
+              help="Run directory to create (refused if it holds a run, unless --resume).")
 @set_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch/generation.")
 @quiet_option

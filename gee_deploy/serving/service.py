@@ -103,7 +103,7 @@ class ModelService:
         try:
             decoded = decode()
             if len(decoded.x) > self.max_batch:
-                raise InvalidInput(f"inputs[0].shape: a batch of {len(decoded.x)} exceeds this model's "
+                raise InvalidInput(f"inputs.0.shape: a batch of {len(decoded.x)} exceeds this model's "
                                    f"max_batch_size {self.max_batch}; split the request")
             t1 = time.perf_counter()
             loop = asyncio.get_running_loop()

@@ -40,8 +40,9 @@ import numpy as np
 from ..errors import ConfigError
 from ..io import atomic_path, read_jsonl, write_json
 from ..kinds import FitnessMode
-from .evolution import LOG_FILE, check_evolution
+from .evolution import LOG_FILE
 from .evolution_plots import plot_evolution
+from .fitness import check_evolution_data
 from .trainer import holds_run, train
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "run_ablation", "sign_flip_p", "cpu_seconds"]
@@ -201,15 +202,17 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
     if recipe.train.epochs < 1:
         raise ConfigError(f"an ablation compares trained models: train.epochs must be >= 1, got {recipe.train.epochs}")
     variants = list(DEFAULT_VARIANTS) if not variants else list(dict.fromkeys(_variant_key(v) for v in variants))
-    probe = copy.deepcopy(recipe.evolution)
-    probe.fitness = FitnessMode.STE  # each variant sets its own fitness; check everything else once, before any run
-    check_evolution(probe)
+    # every run's recipe is built (so checked: a seed past train.seed's range fails) before the first run
+    plans = {key: [_variant_recipe(recipe, VARIANTS[key][1], i) for i in range(seeds)] for key in variants}
+    evolving = [runs[0] for runs in plans.values() if runs[0].evolution.enabled]
+    if evolving:  # their data check, before the Random runs are trained
+        check_evolution_data(evolving[0])
     out = Path(out)
     started = time.perf_counter()
     rows = []
     for key in variants:
-        label, overrides = VARIANTS[key]
-        runs = [_run(_variant_recipe(recipe, overrides, i), out / key / f"seed{i}", progress) for i in range(seeds)]
+        label = VARIANTS[key][0]
+        runs = [_run(plan, out / key / f"seed{i}", progress) for i, plan in enumerate(plans[key])]
         accs = [r["test_acc"] for r in runs]
         rows.append({"variant": key, "label": label, "test_acc": accs, "mean": statistics.fmean(accs),
                      "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,

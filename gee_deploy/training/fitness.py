@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data import load_split
 from ..errors import ConfigError
 from ..kinds import FitnessMode
 from .genotype import apply_phenotype
@@ -51,7 +52,7 @@ from .setup import build_optimizer, build_recipe_model, train_step
 
 __all__ = ["FITNESS_MODES", "FAILED_FITNESS", "TERMS", "temporal_difference", "relative_temporal_difference",
            "spatial_entropy", "term_scales", "combine_fitness", "fitness_of", "generation_seeds", "candidate_seed",
-           "check_eval_data_size", "EvalData", "evaluate_candidate"]
+           "check_eval_data_size", "check_evolution_data", "EvalData", "evaluate_candidate"]
 
 # which terms each mode uses and whether they are standardised across the generation: (r1, r2, scaled)
 FITNESS_MODES = {FitnessMode.LOSS: (False, False, False), FitnessMode.LOSS_R1: (True, False, False),
@@ -183,6 +184,18 @@ def check_eval_data_size(images: int, batch_size: int, eval_batches: int) -> Non
         raise ConfigError(f"evolution needs at least {needed} training images (evolution.eval_batches="
                           f"{eval_batches} held-out batches plus one training batch of data.batch_size="
                           f"{batch_size}); the training split has {images}")
+
+
+def check_evolution_data(recipe) -> None:
+    """:func:`check_eval_data_size` for ``recipe``'s own training split, read without building a model: a command
+    that runs several recipes (ablate, sweep) refuses before its first run, not at its first evolving one.
+
+    Raises:
+        ConfigError: too few training images for ``evolution.eval_batches`` (and DataError: no dataset).
+    """
+    d = recipe.data
+    images = len(load_split(d.name, "train", d.data_dir or None, limit=d.train_limit or None))
+    check_eval_data_size(images, d.batch_size, recipe.evolution.eval_batches)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
 from ..quantisation import attach_quantisers, spike_reading_layers
 from ..recipe import recipe_from_dict
-from .setup import build_optimizer
+from .setup import build_optimizer, check_training_batches
 from .trainer import TrainRuntime, cosine_schedule, evaluate, select_device, train_epoch
 
 __all__ = ["QuantizeReport", "quantize"]
@@ -117,6 +117,11 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     if ckpt.quantisation is not None:
         raise CheckpointError(f"{checkpoint} is already int8 fine-tuned")
     recipe = recipe_from_dict(ckpt.recipe)
+    # the trainer's epoch loop with the recipe's optimiser policy, at lr_scale x its learning rate, no weight decay
+    try:
+        t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
+    except ConfigError as e:
+        raise ConfigError(f"--lr-scale {lr_scale} x the checkpoint's train.lr {recipe.train.lr}: {e}") from None
     dataset = ckpt.dataset_name or recipe.data.name
     started = time.perf_counter()
 
@@ -133,9 +138,8 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     train_set = load_split(dataset, "train", data_dir or recipe.data.data_dir or None, augment=recipe.data.augment,
                            limit=train_limit, crop_padding=recipe.data.crop_padding)
     test_set = load_split(dataset, "test", data_dir or recipe.data.data_dir or None, limit=test_limit)
-    if len(train_set) < batch:  # drop_last: an epoch of no step would never end the fine-tune
-        raise ConfigError(f"batch size {batch} is more than the {len(train_set)} training images; use a smaller "
-                          "--batch-size (or more images)")
+    limit = f" after --train-limit {train_limit}" if train_limit else ""
+    check_training_batches(model, len(train_set), batch, batch_key="--batch-size", limit=limit)
     test_loader = make_loader(test_set, batch, False)
     say = print if progress else (lambda *_: None)
 
@@ -147,8 +151,6 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     say(f"int8 without fine-tune {ptq['test_acc']:.4f}")
 
     # ---- 3. fine-tune with straight-through fake quantisation ----------------------------------------
-    # the trainer's epoch loop with the recipe's optimiser policy, at lr_scale x its learning rate, no weight decay
-    t = replace(recipe.train, lr=recipe.train.lr * lr_scale, weight_decay=0.0)
     optimizer = build_optimizer(replace(recipe, train=t), model)
     steps_per_epoch = len(train_set) // batch
     total = max(1, round(epochs * steps_per_epoch))

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..recipe import Recipe
 from ..zoo import create_model
 
-__all__ = ["build_recipe_model", "build_optimizer", "mixed_precision", "train_step"]
+__all__ = ["build_recipe_model", "build_optimizer", "mixed_precision", "train_step", "check_training_batches"]
 
 
 def build_recipe_model(recipe: Recipe) -> nn.Module:
@@ -34,6 +34,58 @@ def build_recipe_model(recipe: Recipe) -> nn.Module:
         return create_model(recipe.model.name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {recipe.model.name!r}: {e}") from None
+
+
+@torch.no_grad()
+def _batch_norm_values_per_image(model: nn.Module) -> dict[str, int]:
+    """For each BatchNorm of ``model``: how many values per channel one image gives it (timesteps x positions;
+    the stem's runs once for all T), from one eval-mode forward of a zero image (no statistics change)."""
+    counts: dict[str, int] = {}
+    hooks = [module.register_forward_hook(
+        lambda mod, inputs, _, name=name: counts.__setitem__(name, inputs[0].numel() // inputs[0].shape[1]))
+        for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, model.in_channels, model.image_size, model.image_size,
+                                 device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return counts
+
+
+def check_training_batches(model: nn.Module, images: int, batch_size: int, world: int = 1,
+                           batch_key: str = "data.batch_size", limit: str = "") -> None:
+    """Refuse, before training, a batch size at which training cannot run; one line naming ``batch_key``.
+
+    Every training loader here keeps full batches only (``drop_last``; DDP's sampler too), so training batches
+    hold exactly ``batch_size`` images per process, and:
+
+    - fewer than ``batch_size x world`` training ``images`` would give an epoch no optimiser step;
+    - a BatchNorm that gets a single value per channel (one image at T = 1 reaching a 1 x 1 feature map, as
+      SmallNet's classifier BatchNorm does) cannot normalise it in training (PyTorch raises "Expected more than
+      1 value per channel when training"; BatchNorm's variance is over the batch, torch.nn.BatchNorm1d docs).
+
+    Args:
+        model: the model to train (any device; its BatchNorms are measured by one forward of a zero image).
+        images: training images (after any limit); ``limit``: how the user limited them, for the message
+            (e.g. " after data.train_limit=50").
+
+    Raises:
+        ConfigError: either case, with the smallest or largest batch size that works.
+    """
+    if images // (batch_size * world) == 0:
+        processes = f" x {world} processes" if world > 1 else ""
+        raise ConfigError(f"{batch_key}={batch_size}{processes} is more than the {images} training images{limit}: "
+                          f"an epoch (full batches only) would take no optimiser step; allowed {batch_key} <= "
+                          f"{images // world} (or more images)")
+    counts = _batch_norm_values_per_image(model)
+    if counts and batch_size * min(counts.values()) < 2:
+        name = min(counts, key=counts.get)
+        raise ConfigError(f"{batch_key}={batch_size} gives BatchNorm {name} of {type(model).__name__} a single "
+                          f"value per channel in training ({counts[name]} per image: T x its feature map), which "
+                          f"it cannot normalise; use {batch_key} >= 2")
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

@@ -35,13 +35,13 @@ import torch
 from ..checkpoint import load_model
 from ..data import load_split, make_loader
 from ..energy import energy_per_layer, total_energy
-from ..errors import ConfigError
+from ..errors import ConfigError, reason
 from ..io import read_jsonl, write_json, write_report_files
 from ..neurons import SpikeRecorder
-from ..recipe import Recipe
+from ..recipe import GENES, Recipe, check_value
 from ..walk import describe
 from ..zoo.summary import count_parameters
-from .evolution import check_evolution
+from .fitness import check_evolution_data
 from .setup import build_recipe_model
 from .trainer import holds_run, select_device, train
 
@@ -77,15 +77,14 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
         raise ConfigError(f"a sweep compares trained models: train.epochs must be >= 1, got {recipe.train.epochs}")
     if not genes:
         raise ConfigError("--genes is empty: give at least one gene count, e.g. --genes 4,8,16,32")
-    bad = [g for g in genes if g < 0]
-    if bad:
-        raise ConfigError(f"gene counts must be >= 1 (0 is the dense twin, always trained), got {bad[0]}")
+    for g in genes:
+        check_value(GENES, g, "a gene count (0 = the dense twin)")
     if models is not None and not models:
         raise ConfigError("--models is empty: give at least one architecture (see `gee-deploy models`)")
     models = list(dict.fromkeys(models or [recipe.model.name]))
     grid = sorted({0, *genes})
-    if recipe.evolution.enabled:
-        check_evolution(recipe.evolution)
+    if recipe.evolution.enabled and grid[-1] > 0:  # before the dense twin, which never evolves, is trained
+        check_evolution_data(recipe)
     for model in models:
         for g in grid:
             r = point_recipe(recipe, model, g)
@@ -99,7 +98,7 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
                     net(torch.zeros(shape))
             except (RuntimeError, ValueError) as e:
                 raise ConfigError(f"{model} cannot run on {recipe.data.name} images {list(shape[1:])}: "
-                                  f"{str(e).splitlines()[0][:200]}") from None
+                                  f"{reason(e)}") from None
     return grid, models
 
 
@@ -169,7 +168,7 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
 
     Args:
         recipe: the recipe every point trains with (only ``model.name`` and ``model.genes`` change).
-        genes: gene counts g >= 1 (0, the dense twin, is always added).
+        genes: gene counts g (:data:`gee_deploy.recipe.GENES`; 0 = the dense twin, which is always added).
         out: sweep directory (module docstring); re-running continues an interrupted sweep.
         models: architectures (default: the recipe's).
         progress: callable(str) told what runs now.
@@ -182,7 +181,7 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
         (trained / resumed / reused).
 
     Raises:
-        ConfigError: empty or negative gene list, empty model list, a model the recipe cannot build or run,
+        ConfigError: empty gene list, a gene count out of range, empty model list, a model the recipe cannot build or run,
             untrained recipe (epochs < 1), a point directory holding another recipe's run.
     """
     say = progress or (lambda msg: None)

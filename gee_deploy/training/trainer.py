@@ -33,10 +33,10 @@ from ..data import dataset_info, load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
-from ..recipe import Recipe, TrainSection, check_recipe
-from .evolution import check_evolution, run_evolution
+from ..recipe import Recipe, TrainSection
+from .evolution import run_evolution
 from .fitness import check_eval_data_size
-from .setup import build_optimizer, build_recipe_model, mixed_precision, train_step
+from .setup import build_optimizer, build_recipe_model, check_training_batches, mixed_precision, train_step
 
 __all__ = ["train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext",
            "TrainRuntime"]
@@ -152,9 +152,6 @@ class TrainRuntime:
 
 def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> None:
     """The settings and the run directory: what can be refused before the data is even read."""
-    check_recipe(recipe)
-    if recipe.evolution.enabled:
-        check_evolution(recipe.evolution)
     if resume and not holds_run(out):
         raise ConfigError(f"--resume: {out} has no last.pt to resume from")
     if not resume and holds_run(out):
@@ -199,17 +196,14 @@ def _load_data(recipe: Recipe, runtime: TrainRuntime):
     return train_set, sampler, test_loader
 
 
-def _check_data_fits(recipe: Recipe, images: int, world: int) -> None:
-    """Refuse a training split of ``images`` that gives no optimiser step (with drop_last) or too few images
-    for evolution's held-out batches; one line naming the keys to change."""
+def _check_data_fits(recipe: Recipe, model: nn.Module, images: int, world: int) -> None:
+    """Refuse a training split of ``images`` that gives no optimiser step (with drop_last), a batch size that
+    leaves a BatchNorm one value per channel, or too few images for evolution's held-out batches; one line
+    naming the keys to change."""
     data = recipe.data
-    if recipe.train.epochs > 0 and images // (data.batch_size * world) == 0:
-        per_step = data.batch_size * world
-        processes = f" x {world} processes" if world > 1 else ""
+    if recipe.train.epochs > 0 or recipe.evolution.enabled:
         limit = f" after data.train_limit={data.train_limit}" if data.train_limit else ""
-        raise ConfigError(f"data.batch_size={data.batch_size}{processes} is more than the {images} training images"
-                          f"{limit}: an epoch (full batches only) would take no optimiser step; allowed "
-                          f"data.batch_size <= {images // world} (or more images)")
+        check_training_batches(model, images, data.batch_size, world, limit=limit)
     if recipe.evolution.enabled:
         check_eval_data_size(images, data.batch_size, recipe.evolution.eval_batches)
 
@@ -305,9 +299,9 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     runtime = _set_up(settings)
     dist = runtime.dist
     train_set, sampler, test_loader = _load_data(recipe, runtime)
-    _check_data_fits(recipe, len(train_set), dist.world)
     torch.manual_seed(settings.seed)
     model = build_recipe_model(recipe)
+    _check_data_fits(recipe, model, len(train_set), dist.world)
     meta = _checkpoint_meta(recipe, model)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
