@@ -22,10 +22,10 @@ COMMANDS = {
     "train": "Evolve (optional) and train a recipe into a run directory.",
     "quantize": "Int8 fine-tune of a checkpoint (weights int8 per channel, spikes exact in the int8 export).",
     "ablate": "Table IV ablation: Random / Baseline / +r1 / +r2 / STE over seeds.",
-    "export": "Export a checkpoint to ONNX (dense / factorised / auto), Triton or TensorRT.",
+    "export": "Export a checkpoint (or a NIR file) to ONNX (dense / factorised / auto / int8), Triton, TensorRT or NIR.",
     "bench": "Benchmark runtimes: latency, accuracy, parity, spikes and energy.",
     "check": "CI gate: parity and latency ratio of an ONNX export against its checkpoint.",
-    "serve": "Serve an ONNX model over the Open Inference Protocol (KServe v2 REST).",
+    "serve": "Serve an ONNX model over the Open Inference Protocol (KServe v2 REST and gRPC).",
     "robustness": "Fig. 2: accuracy under Gaussian noise of a fraction of each image's L2 norm.",
     "sweep": "Fig. 3: train each gene count g and the dense twin; accuracy, parameters, energy.",
 }
@@ -59,6 +59,9 @@ class LazyGroup(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except GeeError as e:
             _fail(str(e), e.exit_code)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare `gee-deploy` (or group): the help, as click shows it
+            click.echo(e.ctx.get_help())
+            sys.exit(2)
         except click.UsageError as e:  # before a command body ran: wrong option, missing argument, bad choice
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             _fail(_sentence(e.format_message()) + hint, 2)

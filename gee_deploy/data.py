@@ -193,7 +193,8 @@ def _data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
     elif name == "fashion-mnist":
         d = FMNIST_DIR
     else:
-        raise DataError(f"dataset {name!r} needs --data-dir (or $GEE_DATA_DIR) pointing at a local copy")
+        raise DataError(f"dataset {name!r} needs a local copy: --data-dir DIR (export, bench, robustness), "
+                        f"data.data_dir in the recipe (train: --set data.data_dir=DIR), or $GEE_DATA_DIR")
     if not d.is_dir():
         hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
         raise DataError(f"data directory {d} does not exist{hint}")

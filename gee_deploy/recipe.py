@@ -220,6 +220,8 @@ def describe(annotation) -> str:
     if base is dict:
         return "a table"
     low, low_open, high, high_open = bounds(annotation)
+    if high is not None and high >= 2 ** 62:  # a bound that only keeps a count inside int64: say nothing of it
+        high = None
     if low is not None and low == high:
         return _number(low)
     kind = "an integer" if base is int else "a finite number"

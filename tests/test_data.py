@@ -59,7 +59,7 @@ def test_missing_directory_and_unknown_names(tmp_path):
         load_split("fashion-mnist", "train", tmp_path / "nowhere")
     with pytest.raises(DataError, match="unknown dataset"):
         load_split("mnist-but-not", "train")
-    with pytest.raises(DataError, match="needs --data-dir"):
+    with pytest.raises(DataError, match="needs a local copy: --data-dir DIR"):
         load_split("cifar10", "train")
 
 

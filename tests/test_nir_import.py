@@ -313,13 +313,16 @@ def _bad_graphs(tmp_path):
         "truncated": ([truncated, "-T", "2"], "not a readable NIR file"),
         "foreign": ([foreign, "-T", "2"], "not a readable NIR file"),
         "no-timesteps": ([ok], "pass --timesteps"),
-        "zero-timesteps": ([ok, "-T", "0"], "--timesteps must be a positive integer"),
-        "negative-dt": ([ok, "-T", "2", "--dt", "-1"], "--dt must be a positive"),
+        "zero-timesteps": ([ok, "-T", "0"], "--timesteps must be an integer in [1, 1024], got 0"),
+        "negative-dt": ([ok, "-T", "2", "--dt", "-1"], "--dt must be a finite number in (0, 1000]"),
         "no-dt": ([no_dt, "-T", "2"], "states no dt in its metadata: pass --dt"),
-        "rule": ([ok, "-T", "2", "--threshold-rule", "gte"], "--threshold-rule 'gte'"),
+        "rule": ([ok, "-T", "2", "--threshold-rule", "gte"], "'gte' is not one of 'gt', 'ge'"),
         "variant": ([ok, "-T", "2", "--variant", "factorised"], "--variant 'factorised' does not apply"),
         "streaming": ([ok, "-T", "2", "--streaming"], "--streaming does not apply to a .nir input"),
         "images-shape": ([ok, "-T", "2", "--images", tmp_path / "bad.npy"], "the graph takes [S, 3]"),
+        "images-empty": ([ok, "-T", "2", "--images", tmp_path / "empty.npy"], "is not a readable .npy array"),
+        "images-text": ([ok, "-T", "2", "--images", tmp_path / "text.npy"], "not in numpy's .npy format"),
+        "images-npz": ([ok, "-T", "2", "--images", tmp_path / "arrays.npz"], "is an archive"),
         "format-nir": ([ok, "-T", "2", "--format", "nir"], "already a NIR file"),
     }
 
@@ -327,9 +330,13 @@ def _bad_graphs(tmp_path):
 @pytest.mark.parametrize("case", ["delay", "conv1d", "cycle", "nested", "snntorch-rleaky", "no-shape", "truncated",
                                   "foreign",
                                   "no-timesteps", "zero-timesteps", "negative-dt", "no-dt", "rule", "variant",
-                                  "streaming", "images-shape", "format-nir"])
+                                  "streaming", "images-shape", "images-empty", "images-text", "images-npz",
+                                  "format-nir"])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 4), np.float32))
+    (tmp_path / "empty.npy").write_bytes(b"")  # numpy raises EOFError, which click would turn into an interrupt
+    (tmp_path / "text.npy").write_text("0.1 0.2 0.3\n")
+    np.savez(tmp_path / "arrays.npz", x=np.zeros((2, 3), np.float32))
     args, message = _bad_graphs(tmp_path)[case]
     out = tmp_path / "out" / "m.onnx"
     out.parent.mkdir()

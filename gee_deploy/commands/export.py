@@ -27,10 +27,11 @@ _SAMPLES = ValidationConfig().samples
               help=f"With --variant auto: spike-reading layers of at least {INT8_MIN_MACS:,} MACs per call get int8 "
                    "weights.")
 @click.option("--storage", type=click.Choice([s.value for s in Storage]), default=None,
-              help="What the file holds. genetic (default for a genetic checkpoint's onnx/triton export): E once per "
-                   "population, G, the scales and BatchNorm parameters, and a constant subgraph that computes the "
-                   "weights when a session loads the file (same weights, bit for bit, at folded speed); folded: the "
-                   "computed weights (the only choice for a dense twin, tensorrt and nir).")
+              help="What the file holds. genetic: E once per population, G, the scales and BatchNorm parameters, "
+                   "and a constant subgraph that computes the weights when a session loads the file (same weights, "
+                   "bit for bit, at folded speed); folded: the computed weights (the only choice for a dense twin, "
+                   "tensorrt and nir). Default: genetic for a genetic checkpoint's onnx/triton export; with int8 "
+                   "layers, whichever file is smaller (a note says when that is folded).")
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice([str(f) for f in FORMATS]),
               help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
                    + " (see docs/export.md).")

@@ -330,6 +330,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
     lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
     _opset(opset)
+    if fp16 and fmt != "tensorrt":
+        raise UnknownOptionError(f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not {fmt}")
     model = load_model(checkpoint)
     thresholds = validation_thresholds(v.int8 != Int8Policy.NEVER, bool(quantised_layers(model)))
     cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))

@@ -39,8 +39,11 @@ def load_inputs(path: str | os.PathLike, spec_shape: tuple[int, ...], samples: i
         raise InputError(f"--images {p} not found")
     try:
         x = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--images {p} is not a readable .npy array: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # OSError, ValueError (a pickle or text), EOFError (empty), zipfile errors ...
+        why = "not in numpy's .npy format" if "pickled" in str(e) else (str(e).splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--images {p} is not a readable .npy array ({why}); save one with numpy.save") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive (or a torch .pt, which is a zip too)
+        raise InputError(f"--images {p} is an archive, not one .npy array; save the inputs with numpy.save")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"--images {p} holds {x.dtype}; the graph takes float32 inputs (scale them as the model "
                          "was trained, e.g. pixels / 255)")
