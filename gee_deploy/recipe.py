@@ -25,6 +25,8 @@ class ModelSection:
     name: str = "smallnet"  # a registered architecture (`gee-deploy models`)
     genes: int = 32  # g; 0 builds the dense twin
     timesteps: int = 4  # T
+    init: str = "kaiming"  # genetic layers' initialisation: kaiming (scale = Kaiming std / g, E clipped to +-3) |
+    # paper (eq. 1 literally, scale = 1, E and G ~ N(0, 1) unclipped: Table IV's Random); see docs/evolution.md
     args: dict = field(default_factory=dict)  # further keyword arguments of the architecture
 
 
@@ -92,7 +94,8 @@ class Recipe:
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for :func:`gee_deploy.zoo.create_model`."""
-        return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, **self.model.args}
+        return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, "init": self.model.init,
+                **self.model.args}
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ def _number(value: float | None) -> str:
 ALLOWED: dict[str, Allowed] = {
     "model.genes": Allowed(low=0, high=4096),
     "model.timesteps": Allowed(low=1, high=1024),
+    "model.init": Allowed(choices=("kaiming", "paper")),
     "data.batch_size": Allowed(low=1, high=1 << 20),
     "data.workers": Allowed(low=0, high=256),
     "data.train_limit": Allowed(low=0),

@@ -38,7 +38,7 @@ class CIFARNet(SpikingNet):
 
 @register_model
 def cifarnet(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None) -> CIFARNet:
+             image_size: int = 32, mean=None, std=None, init: str = "kaiming") -> CIFARNet:
     """CIFARNet at the paper's g = 150 (Table II: 3.72 M genetic / 17.54 M dense as the paper counts)."""
     return CIFARNet(genes=genes, timesteps=timesteps, num_classes=num_classes, in_channels=in_channels,
-                    image_size=image_size, mean=mean, std=std)
+                    image_size=image_size, mean=mean, std=std, init=init)
