@@ -10,7 +10,7 @@ from torch import nn
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
-__all__ = ["ConvPool", "SpikingNet", "check_widths", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
+__all__ = ["ConvPool", "SpikingNet", "check_widths", "pooled_side", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
 
 
 def check_widths(widths, count: int, hidden=None) -> None:
@@ -23,6 +23,19 @@ def check_widths(widths, count: int, hidden=None) -> None:
         raise ValueError(f"widths must be {count} integers >= 1 (conv channels), got {widths!r}")
     if hidden is not None and not _positive_int(hidden):
         raise ValueError(f"hidden must be an integer >= 1, got {hidden!r}")
+
+
+def pooled_side(image_size: int, pools: int) -> int:
+    """The map side left after ``pools`` 2x2 pools of an ``image_size`` input.
+
+    Raises:
+        ValueError: no map is left (the architecture needs a larger input).
+    """
+    side = image_size // 2 ** pools
+    if side < 1:
+        raise ValueError(f"image_size {image_size} leaves no feature map after {pools} 2x2 pools; "
+                         f"it must be >= {2 ** pools}")
+    return side
 
 
 def _positive_int(value) -> bool:

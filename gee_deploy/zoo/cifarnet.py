@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import register_model
-from .base import SpikingNet, conv_bn
+from .base import SpikingNet, conv_bn, pooled_side
 from ..neurons import LIF, SeqToBatch
 
 
@@ -19,7 +19,7 @@ class CIFARNet(SpikingNet):
         factory = self.factory
         for name, width in [("c1", 128), ("c2", 256), ("c3", 512), ("c4", 1024), ("c5", 512)]:
             factory.population(name, width)
-        side = self.image_size // 8  # after MP2, MP2, AP2
+        side = pooled_side(self.image_size, 3)  # after MP2, MP2, AP2
         factory.population("fc1", 1024, taps=side * side)
         factory.population("fc2", 512, taps=1)
         factory.population("classes", self.num_classes, taps=1)

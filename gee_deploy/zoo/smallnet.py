@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import register_model
-from .base import ConvPool, SpikingNet, check_widths, conv_bn, conv_pool_bn
+from .base import ConvPool, SpikingNet, check_widths, conv_bn, conv_pool_bn, pooled_side
 from ..neurons import LIF, SeqToBatch
 
 
@@ -20,7 +20,7 @@ class SmallNet(SpikingNet):
         super().__init__(**kw)
         factory = self.factory
         c1, c2, c3 = (factory.population(f"c{i + 1}", w) for i, w in enumerate(widths))
-        side = self.image_size // 8  # map side left after three 2x2 pools
+        side = pooled_side(self.image_size, 3)
         factory.population("hidden", hidden, taps=side * side)
         factory.population("classes", self.num_classes, taps=1)
         self.stem = nn.Sequential(ConvPool(factory.conv("input", c1, 3)), nn.BatchNorm2d(widths[0]))
