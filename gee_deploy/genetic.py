@@ -10,8 +10,19 @@ layer i+1's E_in (eq. 3). A 1x1 conv or a Linear layer reads the centre tap of a
 Where a layer's kernel size differs from its population's tap count (a 7x7 stem writing a population read
 by 3x3 convs), :meth:`Genome.encoding` gives that layer a private encoding of its own.
 
-``scale`` is (Kaiming std of the layer) / g, computed from shapes only: unit-variance E and G then give
-Kaiming-like W, while beta1 and the magnitude of G still change W (the evolution searches over them).
+Initialisation (``init``, the recipe's ``model.init``), one of :data:`INITS`:
+
+- ``"kaiming"`` (default): ``scale`` is (Kaiming std of the layer) / g, computed from shapes only, and E is
+  drawn N(0, 1) clipped to [-3, 3], G N(0, 1). Unit-variance E and G then give Kaiming-like W (std
+  sqrt(2 / fan_in)), while beta1 and the magnitude of G still change W (the evolution searches over them).
+  The constant is our choice: eq. 1 has none.
+- ``"paper"``: the literal reading of eq. 1 and of the ablation's Random model ("X_i, O ~ N(0, 1)", section
+  IV, Table IV): ``scale`` = 1, E ~ N(0, 1) unclipped, G ~ N(0, 1). W is then a sum of g^2 products of three
+  unit normals, so its std is g, whatever the layer's fan-in (g / sqrt(2 / fan_in) times the Kaiming std).
+  Evolved phenotypes (eq. 9) go through the same ``scale`` = 1, so beta1 and G set W's spread alone:
+  W std = beta1^2 g std(G), Kaiming-matched at beta1 = sqrt(sqrt(2 / fan_in) / g) for unit G.
+
+The dense twin's plain layers keep PyTorch's own initialisation under either value.
 """
 from __future__ import annotations
 
@@ -22,14 +33,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kinds import Init
+
 __all__ = [
+    "INITS",
     "Genome",
     "GeneticConv2d",
     "GeneticLinear",
     "LayerFactory",
     "kaiming_std",
+    "weight_scale",
     "eq2_parameters",
 ]
+
+
+INITS = tuple(i.value for i in Init)  # model.init: Kaiming-matched scale (ours) | eq. 1 and Table IV's N(0, 1) literally
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def weight_scale(init: str, fan_in: int, genes: int) -> float:
+    """The constant s of W = s E_in G E_out^T: sqrt(2 / fan_in) / g for ``"kaiming"``, 1 for ``"paper"`` (eq. 1).
+
+    Raises:
+        ValueError: ``init`` is not one of :data:`INITS`.
+    """
+    _check_init(init)
+    return kaiming_std(fan_in) / genes if init == "kaiming" else 1.0
 
 
 def kaiming_std(fan_in: int) -> float:
@@ -58,7 +91,8 @@ def _tap_slice(encoding: torch.Tensor, kernel_size: int) -> slice:
 class _GeneticWeight(nn.Module):
     """Shared part of genetic layers: holds references to E_in, E_out, G and generates W."""
 
-    def __init__(self, e_in: nn.Parameter, e_out: nn.Parameter, gene_matrix: nn.Parameter, kernel_size: int):
+    def __init__(self, e_in: nn.Parameter, e_out: nn.Parameter, gene_matrix: nn.Parameter, kernel_size: int,
+                 init: str = "kaiming"):
         super().__init__()
         if e_in.shape[-1] != gene_matrix.shape[0] or e_out.shape[-1] != gene_matrix.shape[1]:
             raise ValueError(
@@ -73,7 +107,8 @@ class _GeneticWeight(nn.Module):
         self._in_taps = _tap_slice(e_in, kernel_size)
         self._out_taps = _tap_slice(e_out, kernel_size)
         fan_in = e_in.shape[0] * kernel_size * kernel_size
-        self.register_buffer("scale", torch.tensor(kaiming_std(fan_in) / gene_matrix.shape[0]), persistent=False)
+        scale = weight_scale(init, fan_in, gene_matrix.shape[0])
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
         # W -> the weight the forward uses (int8 fake quantisation, see gee_deploy.quantisation); None = W
         self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -130,10 +165,12 @@ class GeneticConv2d(_GeneticWeight):
         kernel_size: k; taps must equal k*k, or k == 1 (centre tap).
         stride: as nn.Conv2d.
         padding: as nn.Conv2d.
+        init: sets ``scale`` (module docstring): ``"kaiming"`` or ``"paper"`` (1).
     """
 
-    def __init__(self, e_in, e_out, gene_matrix, kernel_size: int, stride: int = 1, padding: int = 0):
-        super().__init__(e_in, e_out, gene_matrix, kernel_size)
+    def __init__(self, e_in, e_out, gene_matrix, kernel_size: int, stride: int = 1, padding: int = 0,
+                 init: str = "kaiming"):
+        super().__init__(e_in, e_out, gene_matrix, kernel_size, init)
         self.in_channels = e_in.shape[0]
         self.out_channels = e_out.shape[0]
         self.stride = stride
@@ -159,10 +196,10 @@ class GeneticConv2d(_GeneticWeight):
 
 
 class GeneticLinear(_GeneticWeight):
-    """Linear layer whose weight is scale * E_in G E_out^T at the centre tap (k = 1)."""
+    """Linear layer whose weight is scale * E_in G E_out^T at the centre tap (k = 1); ``init`` as GeneticConv2d."""
 
-    def __init__(self, e_in, e_out, gene_matrix, bias: bool = True):
-        super().__init__(e_in, e_out, gene_matrix, kernel_size=1)
+    def __init__(self, e_in, e_out, gene_matrix, bias: bool = True, init: str = "kaiming"):
+        super().__init__(e_in, e_out, gene_matrix, kernel_size=1, init=init)
         self.in_features = e_in.shape[0]
         self.out_features = e_out.shape[0]
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
@@ -187,14 +224,20 @@ class Genome(nn.Module):
     """G and the population encodings of one network.
 
     Every encoding is a leaf Parameter here; the genetic layers register the same objects. Initial values:
-    E ~ N(0, 1) clipped to [-3, 3] and G ~ N(0, 1); evolution overwrites them with its phenotype (eq. 9).
+    G ~ N(0, 1) and E ~ N(0, 1), clipped to [-3, 3] under ``init = "kaiming"``, unclipped under ``"paper"``
+    (Table IV's Random: "X_i, O ~ N(0, 1)"); evolution overwrites them with its phenotype (eq. 9).
+
+    Raises:
+        ValueError: ``genes`` < 1 or ``init`` not one of :data:`INITS`.
     """
 
-    def __init__(self, genes: int):
+    def __init__(self, genes: int, init: str = "kaiming"):
         super().__init__()
         if genes < 1:
             raise ValueError(f"genes must be >= 1, got {genes}")
+        _check_init(init)
         self.genes = genes
+        self.init = init
         self.gene_matrix = nn.Parameter(torch.randn(genes, genes))
         self.encodings = nn.ParameterDict()
 
@@ -202,7 +245,9 @@ class Genome(nn.Module):
         """Create the encoding of a population of ``channels`` feature maps with ``taps`` kernel taps."""
         if name in self.encodings:
             raise ValueError(f"population {name!r} exists already")
-        e = torch.randn(channels, taps, self.genes).clamp_(-3.0, 3.0)
+        e = torch.randn(channels, taps, self.genes)
+        if self.init == "kaiming":
+            e.clamp_(-3.0, 3.0)
         self.encodings[name] = nn.Parameter(e)
         return name
 
@@ -227,13 +272,16 @@ class LayerFactory:
     """Builds the weight layers of an architecture: genetic when ``genes`` is set, plain (dense twin) if None.
 
     Architectures name populations instead of channel counts, so one description yields both twins:
-    ``f.population("s1", 64)`` then ``f.conv("s1", "s2", 3)``.
+    ``f.population("s1", 64)`` then ``f.conv("s1", "s2", 3)``. ``init`` (one of :data:`INITS`) sets the
+    genome's initial values and every genetic layer's ``scale``; the dense twin ignores it.
     """
 
-    def __init__(self, genes: int | None, taps: int = 9):
+    def __init__(self, genes: int | None, taps: int = 9, init: str = "kaiming"):
+        _check_init(init)
         self.genes = genes
         self.taps = taps
-        self.genome = Genome(genes) if genes is not None else None
+        self.init = init
+        self.genome = Genome(genes, init) if genes is not None else None
         self.channels: dict[str, int] = {}
 
     def population(self, name: str, channels: int, taps: int | None = None) -> str:
@@ -248,10 +296,10 @@ class LayerFactory:
             return nn.Conv2d(self.channels[src], self.channels[dst], kernel_size, stride, padding, bias=False)
         g = self.genome
         return GeneticConv2d(g.encoding(src, kernel_size), g.encoding(dst, kernel_size), g.gene_matrix,
-                             kernel_size, stride, padding)
+                             kernel_size, stride, padding, self.init)
 
     def linear(self, src: str, dst: str, bias: bool = True) -> nn.Module:
         if self.genome is None:
             return nn.Linear(self.channels[src], self.channels[dst], bias=bias)
         g = self.genome
-        return GeneticLinear(g.encoding(src, 1), g.encoding(dst, 1), g.gene_matrix, bias=bias)
+        return GeneticLinear(g.encoding(src, 1), g.encoding(dst, 1), g.gene_matrix, bias=bias, init=self.init)

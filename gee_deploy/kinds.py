@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["LayerKind", "Form", "ExportVariant", "Storage", "Precision", "Int8Policy", "FitnessMode"]
+__all__ = ["LayerKind", "Form", "ExportVariant", "Storage", "Precision", "Int8Policy", "FitnessMode", "Init"]
 
 
 class LayerKind(StrEnum):
@@ -77,3 +77,10 @@ class FitnessMode(StrEnum):
     LOSS_R1_SCALED = "loss+r1-scaled"
     LOSS_R2_SCALED = "loss+r2-scaled"
     STE_SCALED = "ste-scaled"
+
+
+class Init(StrEnum):
+    """How genetic layers are initialised (``model.init``; :mod:`gee_deploy.genetic`, docs/evolution.md)."""
+
+    KAIMING = "kaiming"  # scale = Kaiming std / g, E ~ N(0, 1) clipped to +-3: Kaiming-like W (ours)
+    PAPER = "paper"  # eq. 1 literally: scale = 1, E and G ~ N(0, 1) unclipped (Table IV's Random)

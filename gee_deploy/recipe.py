@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_vali
 from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError
+from . import kinds
 from .kinds import FitnessMode
 
 __all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "FITNESS", "Optimizer",
@@ -43,6 +44,7 @@ __all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSe
 # one alias per kind of value several keys (or CLI options) share
 FITNESS = Literal[tuple(mode.value for mode in FitnessMode)]  # stored as plain strings (checkpoints hold them)
 Optimizer = Literal["adamw", "sgd"]
+Init = Literal[tuple(i.value for i in kinds.Init)]  # the genetic layers' initialisations
 GENES = Annotated[int, Field(ge=0, le=4096)]  # g; 0 = the dense twin (plain convs, no encodings)
 DEVICE = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), "auto, cpu, cuda or cuda:N"]
 _SEED = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -77,6 +79,9 @@ class ModelSection(_Section):
     name: Annotated[str, _doc("a registered architecture (`gee-deploy models`)")] = "smallnet"
     genes: Annotated[GENES, _doc("g, the gene count; 0 builds the dense twin")] = 32
     timesteps: Annotated[int, Field(ge=1, le=1024, description="T, simulation steps per image")] = 4
+    init: Annotated[Init, _doc("genetic layers' initialisation: kaiming (scale = Kaiming std / g, E clipped to "
+                               "+-3) or paper (eq. 1 literally: scale = 1, E and G ~ N(0, 1) unclipped, Table IV's "
+                               "Random; docs/evolution.md)")] = "kaiming"
     args: Annotated[dict, _doc("further keyword arguments of the architecture (any other key of [model] lands "
                                "here)")] = field(default_factory=dict)
 
@@ -155,7 +160,8 @@ class Recipe:
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for :func:`gee_deploy.zoo.create_model`."""
-        return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, **self.model.args}
+        return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, "init": self.model.init,
+                **self.model.args}
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}

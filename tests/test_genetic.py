@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gee_deploy import create_model
-from gee_deploy.genetic import GeneticConv2d, GeneticLinear, Genome, eq2_parameters, kaiming_std
+from gee_deploy.genetic import INITS, GeneticConv2d, GeneticLinear, Genome, eq2_parameters, kaiming_std, weight_scale
 
 
 def _layer(c_in=5, c_out=7, k=3, g=4, seed=0):
@@ -53,6 +53,55 @@ def test_scale_gives_kaiming_std_for_unit_variance_factors():
     layer = _layer(c_in=128, c_out=128, k=3, g=64, seed=1)
     std = layer.weight.std().item()
     assert std == pytest.approx(kaiming_std(128 * 9), rel=0.15)
+
+
+@pytest.mark.parametrize("genes", [8, 32])
+def test_paper_init_gives_w_std_g_and_kaiming_init_the_kaiming_std(genes):
+    """init = "paper" is eq. 1 without a constant: W = E_in G E_out^T with unit normals has std g at every
+    fan-in; init = "kaiming" scales the same product down to sqrt(2 / fan_in)."""
+    stds = {}
+    for init in INITS:
+        torch.manual_seed(3)
+        model = create_model("smallnet", genes=genes, timesteps=1, init=init)
+        stds[init] = [(m.weight.std().item(), m.e_in.shape[0] * m.kernel_size ** 2)
+                      for m in model.modules() if isinstance(m, GeneticConv2d)]
+    for (paper, fan_in), (kaiming, _) in zip(stds["paper"], stds["kaiming"]):
+        assert paper == pytest.approx(genes, rel=0.25)
+        assert kaiming == pytest.approx(kaiming_std(fan_in), rel=0.25)
+        assert paper / kaiming == pytest.approx(genes / kaiming_std(fan_in), rel=0.35)
+    assert weight_scale("paper", 288, genes) == 1.0
+    assert weight_scale("kaiming", 288, genes) == pytest.approx(math.sqrt(2 / 288) / genes)
+
+
+def test_paper_init_draws_unclipped_encodings():
+    torch.manual_seed(0)
+    paper, kaiming = Genome(16, "paper"), Genome(16, "kaiming")
+    for genome in (paper, kaiming):
+        genome.population("wide", 4096, 9)
+    assert paper.encodings["wide"].abs().max() > 3.5  # P(|z| > 3.5) ~ 5e-4 over 589,824 draws
+    assert kaiming.encodings["wide"].abs().max() <= 3.0
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(ValueError, match="init must be one of kaiming, paper"):
+        create_model("smallnet", genes=4, init="xavier")
+    with pytest.raises(ValueError, match="init must be one of"):
+        weight_scale("xavier", 9, 4)
+
+
+def test_init_survives_a_checkpoint(tmp_path):
+    """scale is a non-persistent buffer: the model a checkpoint rebuilds must carry its init (model_args)."""
+    from gee_deploy.checkpoint import load_model, save_checkpoint
+
+    model = create_model("smallnet", genes=4, timesteps=1, init="paper")
+    assert model.model_args["init"] == "paper"
+    save_checkpoint(tmp_path / "m.pt", {"model_name": model.model_name, "model_args": model.model_args,
+                                        "state_dict": model.state_dict()})
+    rebuilt = load_model(tmp_path / "m.pt")
+    convs = [(m, r) for m, r in zip(model.modules(), rebuilt.modules()) if isinstance(m, GeneticConv2d)]
+    assert convs and all(r.scale.item() == 1.0 for _, r in convs)
+    for m, r in convs:
+        torch.testing.assert_close(r.weight, m.weight)
 
 
 def test_beta1_and_g_magnitude_still_change_w():

@@ -81,6 +81,31 @@ def test_model_section_passes_architecture_arguments_through():
     assert recipe.model_kwargs()["image_size"] == 32
 
 
+def test_model_init_reaches_the_genetic_layers():
+    """model.init = "paper" builds W = E_in G E_out^T with no constant (eq. 1); the default keeps the
+    Kaiming-matched scale; anything else is a one-line error before work starts."""
+    import torch
+
+    from gee_deploy.genetic import INITS, GeneticConv2d
+    from gee_deploy.recipe import describe, recipe_field
+    from gee_deploy.training.setup import build_recipe_model
+
+    assert describe(recipe_field("model.init")) == "one of " + ", ".join(INITS)
+    default = load_recipe(None)
+    assert default.model.init == "kaiming" and default.model_kwargs()["init"] == "kaiming"
+    for path in ("tableiv_resnet19", "tableiv_vgg11"):
+        recipe = load_recipe(path, ["data.name=synthetic"])
+        model = build_recipe_model(recipe)
+        scales = {m.scale.item() for m in model.modules() if isinstance(m, GeneticConv2d)}
+        assert recipe.model.init == "paper" and scales == {1.0}, path
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    kaiming = build_recipe_model(load_recipe("tableiv_resnet19", ["data.name=synthetic",
+                                                                                 "model.init=kaiming"]))
+    assert all(m.scale.item() < 0.1 for m in kaiming.modules() if isinstance(m, GeneticConv2d))
+    with pytest.raises(ConfigError, match="model.init must be one of kaiming, paper, got 'xavier'"):
+        load_recipe(None, ["model.init=xavier"])
+
+
 # ---- every value checked before any work starts: the schema, declared once ---------------------------------
 
 def _keys(kinds=(int, float)):

@@ -150,7 +150,7 @@ def test_killed_sweep_resumes_the_interrupted_point(tmp_path, capsys):
     (["--genes", "4,eight"], "--genes must be an integer, got 'eight'"),
     (["--genes", "4", "--models", "nonet"], "unknown model 'nonet'"),
     (["--genes", "4", "--models", ","], "--models is empty"),
-    (["--genes", "4", "--models", "vgg11"], "vgg11 cannot run on synthetic images [1, 28, 28]"),
+    (["--genes", "4", "--set", "model.image_size=4"], "image_size 4 leaves no feature map after 3 2x2 pools"),
     (["--genes", "4", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_is_written(tmp_path, capsys, args, message):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from gee_deploy import create_model, list_models
 from gee_deploy.errors import UnknownModelError
@@ -70,7 +71,6 @@ def test_create_model_errors_and_none_dropping():
 @pytest.mark.parametrize("genes", [None, 4])
 def test_conv_pool_equals_conv_then_average_pool(kernel_size, size, genes):
     """The fused stride-2 conv gives the values and the gradients of the conv followed by 2x2 pooling."""
-    from torch import nn
 
     from gee_deploy.genetic import LayerFactory
     from gee_deploy.zoo.base import ConvPool
@@ -93,7 +93,6 @@ def test_conv_pool_equals_conv_then_average_pool(kernel_size, size, genes):
 
 
 def test_conv_pool_rejects_convs_it_cannot_fuse():
-    from torch import nn
 
     from gee_deploy.zoo.base import ConvPool
 
@@ -122,9 +121,9 @@ def test_smallnet_widths_and_hidden_are_recipe_arguments():
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"widths": [8, 16]}, "widths must be three integers >= 1"),
-    ({"widths": [8, 0, 16]}, "widths must be three integers >= 1"),
-    ({"widths": "wide"}, "widths must be three integers >= 1"),
+    ({"widths": [8, 16]}, "widths must be 3 integers >= 1"),
+    ({"widths": [8, 0, 16]}, "widths must be 3 integers >= 1"),
+    ({"widths": "wide"}, "widths must be 3 integers >= 1"),
     ({"hidden": 0}, "hidden must be an integer >= 1"),
 ])
 def test_smallnet_refuses_bad_widths_in_one_line(args, message):
@@ -135,3 +134,22 @@ def test_smallnet_refuses_bad_widths_in_one_line(args, message):
     recipe = recipe_from_dict({"model": {"name": "smallnet", "args": args}, "data": {"name": "synthetic"}})
     with pytest.raises(ConfigError, match=f"cannot build 'smallnet': {message}"):
         build_recipe_model(recipe)
+
+
+def test_resnet19_and_vgg11_take_narrow_widths_for_28x28_inputs():
+    """model.args.widths narrows ResNet-19 (three stages, stem = first) and VGG-11 (eight convs) at equal depth;
+    VGG-11 skips the pool that a 28x28 map has no room for."""
+    resnet = create_model("resnet19", genes=4, timesteps=1, in_channels=1, image_size=28, widths=(8, 16, 32),
+                          hidden=32)
+    vgg = create_model("vgg11", genes=4, timesteps=1, in_channels=1, image_size=28,
+                       widths=(8, 16, 32, 32, 64, 64, 64, 64))
+    for model, channels, depth in [(resnet, [8, 16, 32], 19), (vgg, [8, 16, 32, 64], 8)]:  # 17 3x3 + 2 1x1
+        convs = [m for m in model.modules() if hasattr(m, "out_channels") and hasattr(m, "kernel_size")]
+        assert sorted({c.out_channels for c in convs}) == channels and len(convs) == depth
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.modules()) == 4
+    assert sum(isinstance(m, nn.MaxPool2d) for m in create_model("vgg11", genes=4, timesteps=1).modules()) == 5
+    with pytest.raises(ValueError, match="widths must be 8 integers >= 1"):
+        create_model("vgg11", genes=4, widths=(8, 16))
+    with pytest.raises(ValueError, match="hidden must be an integer >= 1"):
+        create_model("resnet19", genes=4, hidden=0)

@@ -10,7 +10,36 @@ from torch import nn
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
-__all__ = ["ConvPool", "SpikingNet", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
+__all__ = ["ConvPool", "SpikingNet", "check_widths", "pooled_side", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
+
+
+def check_widths(widths, count: int, hidden=None) -> None:
+    """Check an architecture's width arguments as a recipe's ``model.args`` give them (arrays arrive as tuples).
+
+    Raises:
+        ValueError: ``widths`` is not ``count`` integers >= 1, or ``hidden`` (unless None) not an integer >= 1.
+    """
+    if not (isinstance(widths, tuple) and len(widths) == count and all(_positive_int(w) for w in widths)):
+        raise ValueError(f"widths must be {count} integers >= 1 (conv channels), got {widths!r}")
+    if hidden is not None and not _positive_int(hidden):
+        raise ValueError(f"hidden must be an integer >= 1, got {hidden!r}")
+
+
+def pooled_side(image_size: int, pools: int) -> int:
+    """The map side left after ``pools`` 2x2 pools of an ``image_size`` input.
+
+    Raises:
+        ValueError: no map is left (the architecture needs a larger input).
+    """
+    side = image_size // 2 ** pools
+    if side < 1:
+        raise ValueError(f"image_size {image_size} leaves no feature map after {pools} 2x2 pools; "
+                         f"it must be >= {2 ** pools}")
+    return side
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def conv_bn(factory: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,
@@ -95,10 +124,11 @@ class SpikingNet(nn.Module):
         mean: per-channel normalisation mean (inside the model); None = 0.5.
         std: per-channel normalisation std; None = 0.5.
         stem_kernel: kernel size of the first conv (sets the input population's tap count).
+        init: the genetic layers' initialisation, ``"kaiming"`` or ``"paper"`` (:mod:`gee_deploy.genetic`).
     """
 
     def __init__(self, *, genes: int | None, timesteps: int, num_classes: int, in_channels: int,
-                 image_size: int, mean=None, std=None, stem_kernel: int = 3):
+                 image_size: int, mean=None, std=None, stem_kernel: int = 3, init: str = "kaiming"):
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
@@ -106,7 +136,7 @@ class SpikingNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
-        self.factory = LayerFactory(genes)
+        self.factory = LayerFactory(genes, init=init)
         if self.factory.genome is not None:
             self.genome = self.factory.genome
         mean = mean if mean is not None else (0.5,) * in_channels

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import register_model
-from .base import SpikingNet, conv_bn
+from .base import SpikingNet, conv_bn, pooled_side
 from ..neurons import LIF, SeqToBatch
 
 
@@ -19,7 +19,7 @@ class CIFARNet(SpikingNet):
         factory = self.factory
         for name, width in [("c1", 128), ("c2", 256), ("c3", 512), ("c4", 1024), ("c5", 512)]:
             factory.population(name, width)
-        side = self.image_size // 8  # after MP2, MP2, AP2
+        side = pooled_side(self.image_size, 3)  # after MP2, MP2, AP2
         factory.population("fc1", 1024, taps=side * side)
         factory.population("fc2", 512, taps=1)
         factory.population("classes", self.num_classes, taps=1)
@@ -38,7 +38,7 @@ class CIFARNet(SpikingNet):
 
 @register_model
 def cifarnet(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None) -> CIFARNet:
+             image_size: int = 32, mean=None, std=None, init: str = "kaiming") -> CIFARNet:
     """CIFARNet at the paper's g = 150 (Table II: 3.72 M genetic / 17.54 M dense as the paper counts)."""
     return CIFARNet(genes=genes, timesteps=timesteps, num_classes=num_classes, in_channels=in_channels,
-                    image_size=image_size, mean=mean, std=std)
+                    image_size=image_size, mean=mean, std=std, init=init)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import register_model
-from .base import SpikingNet, conv_bn, pooled_head
+from .base import SpikingNet, check_widths, conv_bn, pooled_head
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
 
@@ -58,23 +58,36 @@ def _resnet(blocks, widths, stem_width, imagenet_stem, hidden=(), **kw) -> ResNe
 
 @register_model
 def resnet18(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None) -> ResNet:
+             image_size: int = 32, mean=None, std=None, init: str = "kaiming") -> ResNet:
     """CIFAR ResNet-18: 3x3 stem, [2, 2, 2, 2] blocks of 64-512 channels (11.2 M dense parameters)."""
     return _resnet((2, 2, 2, 2), (64, 128, 256, 512), 64, False, genes=genes, timesteps=timesteps,
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std,
+                   init=init)
 
 
 @register_model
 def resnet19(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None) -> ResNet:
-    """tdBN ResNet-19: 3x3 stem of 128, [3, 3, 2] blocks of 128-512, FC256 (12.6 M dense parameters)."""
-    return _resnet((3, 3, 2), (128, 256, 512), 128, False, (256,), genes=genes, timesteps=timesteps,
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+             image_size: int = 32, mean=None, std=None, init: str = "kaiming", widths=(128, 256, 512),
+             hidden: int = 256) -> ResNet:
+    """tdBN ResNet-19: 3x3 stem of 128, [3, 3, 2] blocks of 128-512, FC256 (12.6 M dense parameters).
+
+    Args:
+        widths: channels of the three stages; the stem has the first stage's (``model.args.widths``).
+        hidden: neurons of the hidden fully connected layer.
+
+    Raises:
+        ValueError: ``widths`` is not three integers >= 1, or ``hidden`` is not an integer >= 1.
+    """
+    check_widths(widths, 3, hidden)
+    return _resnet((3, 3, 2), widths, widths[0], False, (hidden,), genes=genes, timesteps=timesteps,
+                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std,
+                   init=init)
 
 
 @register_model
 def resnet34(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 1000, in_channels: int = 3,
-             image_size: int = 224, mean=None, std=None) -> ResNet:
+             image_size: int = 224, mean=None, std=None, init: str = "kaiming") -> ResNet:
     """ImageNet ResNet-34: 7x7/2 stem + max pool, [3, 4, 6, 3] blocks of 64-512 (21.8 M dense parameters)."""
     return _resnet((3, 4, 6, 3), (64, 128, 256, 512), 64, True, genes=genes, timesteps=timesteps,
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std,
+                   init=init)

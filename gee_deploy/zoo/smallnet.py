@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import register_model
-from .base import ConvPool, SpikingNet, conv_bn, conv_pool_bn
+from .base import ConvPool, SpikingNet, check_widths, conv_bn, conv_pool_bn, pooled_side
 from ..neurons import LIF, SeqToBatch
 
 
@@ -20,7 +20,7 @@ class SmallNet(SpikingNet):
         super().__init__(**kw)
         factory = self.factory
         c1, c2, c3 = (factory.population(f"c{i + 1}", w) for i, w in enumerate(widths))
-        side = self.image_size // 8  # map side left after three 2x2 pools
+        side = pooled_side(self.image_size, 3)
         factory.population("hidden", hidden, taps=side * side)
         factory.population("classes", self.num_classes, taps=1)
         self.stem = nn.Sequential(ConvPool(factory.conv("input", c1, 3)), nn.BatchNorm2d(widths[0]))
@@ -35,7 +35,8 @@ class SmallNet(SpikingNet):
 
 @register_model
 def smallnet(*, genes: int | None = 32, timesteps: int = 4, num_classes: int = 10, in_channels: int = 1,
-             image_size: int = 28, mean=None, std=None, widths=(32, 64, 128), hidden: int = 256) -> SmallNet:
+             image_size: int = 28, mean=None, std=None, widths=(32, 64, 128), hidden: int = 256,
+             init: str = "kaiming") -> SmallNet:
     """SmallNet for Fashion-MNIST-sized inputs (about 0.4 M dense parameters at the default widths).
 
     Args:
@@ -45,13 +46,6 @@ def smallnet(*, genes: int | None = 32, timesteps: int = 4, num_classes: int = 1
     Raises:
         ValueError: ``widths`` is not three integers >= 1, or ``hidden`` is not an integer >= 1.
     """
-    if not (isinstance(widths, tuple) and len(widths) == 3 and all(_positive_int(w) for w in widths)):
-        raise ValueError(f"widths must be three integers >= 1 (conv channels), got {widths!r}")
-    if not _positive_int(hidden):
-        raise ValueError(f"hidden must be an integer >= 1, got {hidden!r}")
+    check_widths(widths, 3, hidden)
     return SmallNet(genes=genes, timesteps=timesteps, num_classes=num_classes, in_channels=in_channels,
-                    image_size=image_size, mean=mean, std=std, widths=widths, hidden=hidden)
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                    image_size=image_size, mean=mean, std=std, widths=widths, hidden=hidden, init=init)
