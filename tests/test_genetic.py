@@ -91,12 +91,12 @@ def test_unknown_init_is_refused():
 
 def test_init_survives_a_checkpoint(tmp_path):
     """scale is a non-persistent buffer: the model a checkpoint rebuilds must carry its init (model_args)."""
-    from gee_deploy.checkpoint import load_model, save_checkpoint
+    from gee_deploy.checkpoint import Checkpoint, load_model, save_checkpoint
 
     model = create_model("smallnet", genes=4, timesteps=1, init="paper")
     assert model.model_args["init"] == "paper"
-    save_checkpoint(tmp_path / "m.pt", {"model_name": model.model_name, "model_args": model.model_args,
-                                        "state_dict": model.state_dict()})
+    save_checkpoint(tmp_path / "m.pt", Checkpoint(model_name=model.model_name, model_args=model.model_args,
+                                                  state_dict=model.state_dict()))
     rebuilt = load_model(tmp_path / "m.pt")
     convs = [(m, r) for m, r in zip(model.modules(), rebuilt.modules()) if isinstance(m, GeneticConv2d)]
     assert convs and all(r.scale.item() == 1.0 for _, r in convs)
