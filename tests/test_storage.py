@@ -87,6 +87,24 @@ def test_the_weight_subgraph_computes_the_float64_fold_rounded_once(pooled):
     np.testing.assert_allclose(got, w64.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_readable_weight_graphs_name_every_step_and_compute_the_same():
+    """WeightOps(readable=True) names intermediates by their hints (for inspecting a graph); the weights match."""
+    torch.manual_seed(0)
+    conv = GeneticConv2d(torch.randn(8, 9, 4), torch.randn(6, 9, 4), torch.randn(4, 4), 3, padding=1)
+    bn = torch.nn.BatchNorm2d(6).eval()
+    weights = []
+    for readable in (False, True):
+        graph = GraphBuilder()
+        ops = WeightOps(graph, readable=readable)
+        layer = fold_layer(conv, bn, ops=ops, hint="l")
+        graph.op("Identity", [ops.output(graph, layer.weight, "w")], out_names=["y"])
+        proto = graph.model([], [tensor_info("y", list(layer.weight.shape))], 18, {})
+        inner = [o for n in proto.graph.node for o in n.output if o != "y"]
+        assert all(o == "w" or o.startswith("w_") for o in inner) != readable, inner
+        weights.append(onnx.numpy_helper.to_array(fold_constants(proto).graph.initializer[-1]))
+    assert np.array_equal(*weights)
+
+
 def test_quantised_checkpoint_stays_exact_with_genetic_storage():
     """int8 codes computed in the graph from E and G equal the fake-quantised forward's, spike for spike."""
     model, _ = small_model("smallnet", 6, timesteps=4)

@@ -133,9 +133,6 @@ class WeightOps:
     def add(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
         return self._node("Add", [a, b], a.value + b.value, hint)
 
-    def sub(self, a: Tensor, b: Tensor, hint: str) -> Tensor:
-        return self._node("Sub", [a, b], a.value - b.value, hint)
-
     def neg(self, a: Tensor, hint: str) -> Tensor:
         return self._node("Neg", [a], -a.value, hint)
 
