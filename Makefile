@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo
 PYTEST_ARGS ?=
-# all tests, slow ones included (about 5 minutes on 2 cores); quick loop: make test PYTEST_ARGS='-m "not slow"'
+# all tests, slow ones included (about 6 minutes on 2 cores); quick loop: make test PYTEST_ARGS='-m "not slow"'
 
 .PHONY: demo test install clean
 
