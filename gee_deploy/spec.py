@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from .errors import ModelFileError, reason
 from .kinds import ExportVariant, Form, LayerKind, Precision, Storage
 
@@ -92,6 +94,10 @@ class LayerSpec:
     precision: Precision = Precision.FP32
     weight_scales: tuple[float, ...] | None = None
 
+    def __post_init__(self):
+        if self.weight_scales is not None:  # each as the shortest decimal of its float32: compact metadata
+            object.__setattr__(self, "weight_scales", tuple(float(str(np.float32(v))) for v in self.weight_scales))
+
     def as_dict(self) -> dict:
         d = asdict(self)
         if d["weight_scales"] is not None:
@@ -103,8 +109,6 @@ class LayerSpec:
         """The layer in :meth:`as_dict`'s form; ValueError on a kind, variant, form or precision it does not know."""
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        if d.get("weight_scales") is not None:
-            d["weight_scales"] = tuple(float(v) for v in d["weight_scales"])
         for key, kind in (("kind", LayerKind), ("variant", ExportVariant), ("form", Form), ("precision", Precision)):
             if key in d:
                 d[key] = kind(d[key])

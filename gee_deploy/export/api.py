@@ -26,6 +26,7 @@ from .errors import ExportError, ExportValidationError, UnknownOptionError
 from .nir import write_nir
 from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
+from .graph import set_metadata
 from .weights import fold_constants
 from .writer import write_graph
 
@@ -168,10 +169,7 @@ def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     if folded.ByteSize() >= genetic.ByteSize():
         return genetic, spec, Storage.GENETIC, []
     spec = replace(spec, storage=Storage.FOLDED)
-    del folded.metadata_props[:]
-    for key, value in spec.to_metadata().items():
-        entry = folded.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(folded, spec.to_metadata())
     note = (f"folded storage ({folded.ByteSize() / 2**20:.2f} MiB): its int8 codes are smaller than the genetic "
             f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic keeps those")
     return folded, spec, Storage.FOLDED, [note]

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["GraphBuilder", "tensor_info"]
+__all__ = ["GraphBuilder", "tensor_info", "set_metadata"]
 
 
 def tensor_info(name: str, dims: list, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
@@ -75,8 +75,14 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="gee-deploy", doc_string=doc,
                                   ir_version=helper.find_min_ir_version_for(opsets))
-        for key, value in metadata.items():
-            entry = model.metadata_props.add()
-            entry.key = key
-            entry.value = value if isinstance(value, str) else json.dumps(value)
+        set_metadata(model, metadata)
         return model
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, object]) -> None:
+    """Replace ``model``'s metadata_props with ``metadata`` (string values; anything else as JSON)."""
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)

@@ -308,7 +308,7 @@ class _Importer:
             spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs, input_is_spikes=True,
                              spiking_input_layer=x.spikes_from, spike_macs=macs, calls=calls, form=Form.DENSE,
                              dense_macs=macs, precision=Precision.INT8,
-                             weight_scales=tuple(float(str(v)) for v in layer.scale.value))
+                             weight_scales=tuple(layer.scale.value.tolist()))
         else:
             y = dense()
             spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs,

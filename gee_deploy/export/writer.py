@@ -118,7 +118,7 @@ class OnnxWriter(ModelWalk):
             return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
                                 input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
                                 calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8,
-                                weight_scales=tuple(float(str(v)) for v in layer.scale.value))
+                                weight_scales=tuple(layer.scale.value.tolist()))
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
