@@ -16,7 +16,8 @@ from gee_deploy.cli import cli
 from gee_deploy.export import ExportValidationError, build_onnx, export_loaded
 from gee_deploy.export.configs import VARIANTS, ValidationConfig
 from gee_deploy.export.factorised import emit_factorised, factorised_cost
-from gee_deploy.export.folding import emit_dense, fold_layer
+from gee_deploy.export.folding import dense_kernel, emit_dense, fold_layer
+from gee_deploy.export.weights import WeightOps
 from gee_deploy.export.graph import GraphBuilder, tensor_info
 from gee_deploy.export.tensorrt import compatibility_problems, to_float16
 from gee_deploy.export.validate import validate_export
@@ -97,8 +98,10 @@ def test_dense_and_factorised_forms_equal_the_genetic_conv_and_bn(c_in, c_out, k
                              bn.running_mean.double(), bn.running_var.double(), bn.weight.double(),
                              bn.bias.double(), False, 0.0, bn.eps).numpy()
     f = fold_layer(conv, bn)
-    folded = F.conv2d(x.double(), torch.from_numpy(f.weight.value), torch.from_numpy(f.bias.value), stride, padding).numpy()
-    assert np.abs(folded - ref64).max() < 1e-10  # the float64 fold is exact
+    kernel, _ = dense_kernel(WeightOps(), f, "l")  # float32 [Cout, Cin, k, k]
+    folded = F.conv2d(x.double(), torch.from_numpy(kernel.value).double(), torch.from_numpy(f.bias.value), stride,
+                      padding).numpy()
+    assert kernel.dtype == np.float32 and np.abs(folded - ref64).max() < 1e-5 * max(1.0, np.abs(ref64).max())
     cost = factorised_cost(f, tuple(x.shape[1:]), tuple(ref.shape[1:]))
     assert cost.form == ("shift-first" if stride > 1 or padding < k // 2 else "pointwise-first")
     for form in ("dense", "factorised"):
@@ -155,7 +158,8 @@ def test_factorised_macs_match_the_design_formula():
     assert factorised_cost(fl, (10,), (6,)).macs == 4 * (10 + 6)
     with torch.no_grad():
         x = torch.randn(2, 10)
-        assert np.allclose(x.double().numpy() @ fl.weight.value.T + fl.bias.value, lin(x).numpy(), atol=1e-5)
+        weight, _ = dense_kernel(WeightOps(), fl, "l")  # [Cout, Cin]
+        assert np.allclose(x.double().numpy() @ weight.value.T + fl.bias.value, lin(x).numpy(), atol=1e-5)
 
 
 # ---- every architecture, both twins ----------------------------------------------------------------------

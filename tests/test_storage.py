@@ -1,6 +1,7 @@
 """Genetic storage: the file holds E, G, scales and BatchNorm parameters, and computes the folded weights."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ from gee_deploy.export import build_onnx, export_loaded
 from gee_deploy.export.errors import UnknownOptionError
 from gee_deploy.export.folding import dense_kernel, fold_layer
 from gee_deploy.export.graph import GraphBuilder, tensor_info
+from gee_deploy.export.int8 import source_weight
 from gee_deploy.export.tensorrt import compatibility_problems
 from gee_deploy.export.weights import WeightOps, constant_nodes, fold_constants
+from gee_deploy.export.writer import folded_with_scales
 from gee_deploy.genetic import GeneticConv2d
 from gee_deploy.neurons import SpikeRecorder
 from gee_deploy.ort_session import create_session
@@ -41,12 +44,15 @@ def _parameter_bytes(model: torch.nn.Module) -> int:
                          [(name, variant) for name in ("smallnet", "resnet19") for variant in ("factorised", "int8")])
 def test_genetic_and_folded_storage_run_the_same_weights(name, variant):
     """Folding the genetic file's constant subgraph gives the folded file, and both compute the same outputs
-    bit for bit; the weights the subgraph computes are the float64 fold rounded once."""
+    bit for bit."""
     model, images = small_model(name, 6)
     genetic, spec = build_onnx(model, variant, storage="genetic")
     folded, folded_spec = build_onnx(model, variant, storage="folded")
     assert (spec.storage, folded_spec.storage) == ("genetic", "folded")
-    assert spec.layers == folded_spec.layers
+    # a genetic file's metadata leaves out the int8 scales its graph computes; folding it finds the folded ones
+    assert spec.layers == tuple(replace(l, weight_scales=None) for l in folded_spec.layers)
+    assert all((l.weight_scales is not None) == (l.precision == "int8") for l in folded_spec.layers)
+    assert folded_with_scales(genetic, spec)[1] == folded_spec
     assert constant_nodes(genetic.graph)[0] and not constant_nodes(folded.graph)[0]
     refolded = fold_constants(genetic)
     assert [n.op_type for n in refolded.graph.node] == [n.op_type for n in folded.graph.node]
@@ -57,34 +63,53 @@ def test_genetic_and_folded_storage_run_the_same_weights(name, variant):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("pooled", [False, True])
-def test_the_weight_subgraph_computes_the_float64_fold_rounded_once(pooled):
-    """onnxruntime's float64 kernels on the stored parameters against the numpy value of the same steps and
-    against eq. 1 written out (einsum over taps with G, then the BatchNorm): equal to float32 rounding."""
+def _genetic_conv_bn(g: int = 16) -> tuple[GeneticConv2d, torch.nn.BatchNorm2d]:
     torch.manual_seed(0)
-    g = 16
-    e_in, e_out, gene = torch.randn(48, 9, g), torch.randn(64, 9, g), torch.randn(g, g)
-    conv = GeneticConv2d(e_in, e_out, gene, 3, padding=1)
+    conv = GeneticConv2d(torch.randn(48, 9, g), torch.randn(64, 9, g), torch.randn(g, g), 3, padding=1)
     bn = torch.nn.BatchNorm2d(64).eval()
     bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3), bn.weight.data.uniform_(-2, 2)
+    return conv, bn
+
+
+def _subgraph_value(ops: WeightOps, graph: GraphBuilder, tensor, dtype=np.float32) -> np.ndarray:
+    """What onnxruntime computes for ``tensor`` from the stored parameters (the whole graph is constant)."""
+    graph.op("Identity", [ops.output(graph, tensor, "w", dtype)], out_names=["y"])
+    proto = graph.model([], [tensor_info("y", list(tensor.shape), onnx.helper.np_dtype_to_tensor_dtype(
+        np.dtype(dtype)))], 18, {})
+    return next(onnx.numpy_helper.to_array(t) for t in fold_constants(proto).graph.initializer if t.name == "y")
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_the_weight_subgraph_computes_eq1_with_the_batchnorm(pooled):
+    """The dense kernel onnxruntime computes from the stored E, G and BatchNorm parameters against eq. 1 written
+    out in float64 (einsum over taps with G, the BatchNorm scale, the 2x2 pool fused): a float32 product."""
+    conv, bn = _genetic_conv_bn()
     graph = GraphBuilder()
     ops = WeightOps(graph)
-    layer = fold_layer(conv, bn, pooled=pooled, ops=ops, hint="l")
-    kernel, _ = dense_kernel(ops, layer, "l.kernel")
-    name = ops.output(graph, kernel, "w")
-    graph.op("Identity", [name], out_names=["y"])
-    proto = graph.model([], [tensor_info("y", list(kernel.shape))], 18, {})
-    got = fold_constants(proto).graph.initializer
-    got = next(onnx.numpy_helper.to_array(t) for t in got if t.name == "y")  # the whole graph is constant
-    value = kernel.value.astype(np.float32)
-    assert (got != value).sum() <= 2  # float64 sums in another order: at most a rare last-bit flip
+    kernel, _ = dense_kernel(ops, fold_layer(conv, bn, pooled=pooled, ops=ops, hint="l"), "l")
+    got = _subgraph_value(ops, graph, kernel)
+    assert got.dtype == np.float32 and got.shape == ((64, 48, 4, 4) if pooled else (64, 48, 3, 3))
     with torch.no_grad():
-        w64 = torch.einsum("ipa,ab,opb->oip", e_in.double(), gene.double(), e_out.double()) * float(conv.scale)
-        w64 = w64.reshape(64, 48, 3, 3) * (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-                                           ).reshape(-1, 1, 1, 1)
+        w64 = torch.einsum("ipa,ab,opb->oip", conv.e_in.double(), conv.gene_matrix.double(), conv.e_out.double())
+        w64 = w64.reshape(64, 48, 3, 3) * float(conv.scale) * (
+            bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).reshape(-1, 1, 1, 1)
         if pooled:
             w64 = fuse_average_pool(w64)
-    np.testing.assert_allclose(got, w64.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, w64.numpy(), rtol=1e-5, atol=1e-6 * np.abs(w64.numpy()).max())
+    np.testing.assert_allclose(got, kernel.value, rtol=1e-5, atol=1e-6 * np.abs(got).max())  # numpy's value
+
+
+def test_the_int8_source_weight_is_the_float64_product_rounded_once():
+    """The weight int8 codes are taken from: computed in float64 by onnxruntime and rounded to float32 once, it
+    is the layer's ``exact_weight`` (what ``gee-deploy quantize`` fake-quantises) but for rare last-bit flips
+    of a float64 sum in another order."""
+    conv, _ = _genetic_conv_bn()
+    graph = GraphBuilder()
+    ops = WeightOps(graph)
+    source = source_weight(ops, conv, None, "l")  # [k, k, Cin, Cout]
+    got = _subgraph_value(ops, graph, source).transpose(3, 2, 0, 1)
+    exact = conv.exact_weight().detach().numpy()
+    assert (got != exact).sum() <= 2 and (source.value.transpose(3, 2, 0, 1) != exact).sum() <= 2
 
 
 def test_readable_weight_graphs_name_every_step_and_compute_the_same():
@@ -96,9 +121,9 @@ def test_readable_weight_graphs_name_every_step_and_compute_the_same():
     for readable in (False, True):
         graph = GraphBuilder()
         ops = WeightOps(graph, readable=readable)
-        layer = fold_layer(conv, bn, ops=ops, hint="l")
-        graph.op("Identity", [ops.output(graph, layer.weight, "w")], out_names=["y"])
-        proto = graph.model([], [tensor_info("y", list(layer.weight.shape))], 18, {})
+        kernel, _ = dense_kernel(ops, fold_layer(conv, bn, ops=ops, hint="l"), "l")
+        graph.op("Identity", [ops.output(graph, kernel, "w")], out_names=["y"])
+        proto = graph.model([], [tensor_info("y", list(kernel.shape))], 18, {})
         inner = [o for n in proto.graph.node for o in n.output if o != "y"]
         assert all(o == "w" or o.startswith("w_") for o in inner) != readable, inner
         weights.append(onnx.numpy_helper.to_array(fold_constants(proto).graph.initializer[-1]))

@@ -26,9 +26,7 @@ from .errors import ExportError, ExportValidationError, UnknownOptionError
 from .nir import write_nir
 from .nir_validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
-from .graph import set_metadata
-from .weights import fold_constants
-from .writer import write_graph
+from .writer import folded_with_scales, write_graph
 
 __all__ = ["ExportReport", "export_model", "export_loaded", "build_onnx", "validation_data"]
 
@@ -165,14 +163,12 @@ def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     An int8 code takes one byte where the encodings it is computed from take four per parameter, so a model
     with few genes per weight (ResNet-18/19 at g = 150) ships smaller folded; the user's number is the file.
     """
-    folded = fold_constants(genetic)
+    folded, folded_spec = folded_with_scales(genetic, spec)
     if folded.ByteSize() >= genetic.ByteSize():
         return genetic, spec, Storage.GENETIC, []
-    spec = replace(spec, storage=Storage.FOLDED)
-    set_metadata(folded, spec.to_metadata())
     note = (f"folded storage ({folded.ByteSize() / 2**20:.2f} MiB): its int8 codes are smaller than the genetic "
             f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic keeps those")
-    return folded, spec, Storage.FOLDED, [note]
+    return folded, folded_spec, Storage.FOLDED, [note]
 
 
 def _opset(opset: int | None) -> int:

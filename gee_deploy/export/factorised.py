@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..kinds import Form, LayerKind
-from .folding import FoldedLayer
+from .folding import FoldedLayer, factorised_weights
 from .graph import GraphBuilder
 from .weights import WeightOps
 
@@ -141,12 +141,10 @@ def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: Facto
         y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv", ops)
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
     genes, taps, c_in, c_out = layer.genes, layer.kernel_size ** 2, layer.c_in, layer.c_out
-    # E_in as a 1x1 conv / grouped 1x1 conv weight: row p*g + a holds E_in[:, p, a]
-    project = ops.reshape(layer.project, (taps * genes, c_in) if cost.form == Form.LINEAR else
-                          (taps * genes, c_in, 1, 1), f"{hint}.project_rows")
-    mix = ops.reshape(ops.transpose(layer.mix, (1, 0, 2), f"{hint}.mix_rows"),  # [Cout, p*g + a]
-                      (c_out, taps * genes) if cost.form == Form.LINEAR else (c_out, taps * genes, 1, 1),
-                      f"{hint}.mix_rows")
+    project, mix = factorised_weights(ops, layer, hint)  # [p g, Cin] (row p g + a: E_in[:, p, a]), [Cout, p g]
+    if cost.form != Form.LINEAR:  # as 1x1 conv weights
+        project = ops.reshape(project, (taps * genes, c_in, 1, 1), f"{hint}.project_conv")
+        mix = ops.reshape(mix, (c_out, taps * genes, 1, 1), f"{hint}.mix_conv")
     project, mix = ops.output(graph, project, f"{hint}.e_in"), ops.output(graph, mix, f"{hint}.mix")
     bias = ops.output(graph, layer.bias, f"{hint}.bias")
     if cost.form == Form.LINEAR:

@@ -1,15 +1,18 @@
 """Fold a weight layer (plain or genetic) and the BatchNorm after it, in float64, with :class:`WeightOps`.
 
-For a genetic layer the weight is generated from its factors (paper eq. 1), per kernel tap p:
+Weights are kept in the tap-major layout [k, k, Cin, Cout] ([Cin, Cout] for a linear layer) until a compute
+op needs them: a genetic layer's weight is generated from its factors (paper eq. 1) in that layout as one
+batched float64 matrix product over the taps p,
 
-.. math:: W[o, i, p] = \\sum_a \\mathrm{mix}[p, o, a] \\, E_{in}[i, p, a], \\quad
-          \\mathrm{mix}[p, o, a] = s \\, \\gamma_o / \\sqrt{\\sigma^2_o + \\epsilon} \\sum_b E_{out}[o, p, b] G[a, b]
+.. math:: W[p, i, o] = \\sum_a E_{in}[i, p, a] \\, B[p, a, o], \\quad
+          B[p, a, o] = s \\, \\gamma_o / \\sqrt{\\sigma^2_o + \\epsilon} \\sum_b G[a, b] \\, E_{out}[o, p, b]
 
-and the BatchNorm shift becomes the bias. Both products are batched float64 matrix products over the taps
-(``mix`` [p, Cout, g] times ``project`` [p, g, Cin]), the layout that needs no large transpose in the graph;
-everything stays float64 until the graph writer casts it to float32 once, so folding adds no rounding of its
-own beyond that single cast. With ``genetic`` storage the same steps are nodes of the exported graph
-(:mod:`gee_deploy.export.weights`).
+(the small factors are arranged first, so the product comes out where the int8 layers' patch matrices want it
+and the dense kernel [Cout, Cin, k, k] is one float32 transpose away), and the BatchNorm shift becomes the bias.
+Everything stays float64 until the single cast to float32, so folding adds no rounding of its own beyond that
+cast. With ``genetic`` storage the same steps are nodes of the exported graph (:mod:`gee_deploy.export.weights`),
+which onnxruntime evaluates when it creates a session: the subgraph is written to materialise as few large
+tensors as it can (each one costs a copy in onnxruntime's constant folding), docs/export.md, "Storage".
 """
 from __future__ import annotations
 
@@ -25,51 +28,82 @@ from ..walk import CONV_TYPES, is_weight_layer
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
-__all__ = ["FoldedLayer", "fold_layer", "batchnorm_affine", "emit_dense", "dense_kernel", "fuse_average_pool",
-           "genetic_factors", "weight_from_factors"]
+__all__ = ["FoldedLayer", "GeneticFactors", "fold_layer", "genetic_factors", "generated_weight", "folded_weight",
+           "factorised_weights", "batchnorm_affine", "emit_dense", "dense_kernel", "fuse_average_pool",
+           "to_tap_major"]
+
+
+@dataclass(frozen=True)
+class GeneticFactors:
+    """What a genetic layer's weight is generated from (eq. 1), as the file stores it.
+
+    Attributes:
+        e_in: float32 [k, k, g, Cin] ([g, Cin] for a linear layer): the taps of the input population's
+            encoding the layer reads, tap-major as stored (:meth:`WeightOps.encoding`).
+        e_out: float32 [k, k, g, Cout] ([g, Cout]), the same of the output population.
+        gene: float64 [g, g], G.
+        scale: the layer's constant s (:func:`gee_deploy.genetic.weight_scale`), float64 [].
+        kernel_size: k of a conv; None for a linear layer.
+    """
+
+    e_in: Tensor
+    e_out: Tensor
+    gene: Tensor
+    scale: Tensor
+    kernel_size: int | None
+
+    @property
+    def genes(self) -> int:
+        return self.e_in.shape[-2]
 
 
 @dataclass(frozen=True)
 class FoldedLayer:
-    """One conv or linear layer with its BatchNorm folded in, float64.
+    """One conv or linear layer with its BatchNorm folded in.
 
     Attributes:
         kind: conv or linear.
-        weight: [Cout, Cin, k, k] (conv) or [Cout, Cin] (linear).
-        bias: [Cout].
+        bias: float64 [Cout].
+        out_scale: float64 [Cout], the BatchNorm's scale (already in ``weight``; a genetic layer applies it when
+            its weight is generated, :func:`folded_weight`).
         kernel_size, stride, padding: conv geometry (1, 1, 0 for linear).
         pooled: a 2x2 average pool follows (:class:`~gee_deploy.zoo.base.ConvPool`); both forms include it,
             the dense one as a single (k+1) x (k+1) stride-2 conv (:func:`dense_kernel`).
-        project: genetic layers only: the input encoding per tap, [k*k, g, Cin] (E_in[i, p, a] at [p, a, i]).
-        mix: genetic layers only: s * G E_out^T with the BatchNorm scale, per tap, [k*k, Cout, g];
-            weight[o, i, p] = sum_a mix[p, o, a] project[p, a, i].
+        weight: plain layers: float64 [k, k, Cout, Cin] (conv) or [Cout, Cin] (linear), BatchNorm scale folded
+            in (:func:`to_tap_major` of the usual [Cout, Cin, k, k]). None for a genetic layer.
+        factors: genetic layers only: what its weight is generated from.
     """
 
     kind: LayerKind
-    weight: Tensor
     bias: Tensor
+    out_scale: Tensor
     kernel_size: int = 1
     stride: int = 1
     padding: int = 0
     pooled: bool = False
-    project: Tensor | None = None
-    mix: Tensor | None = None
+    weight: Tensor | None = None
+    factors: GeneticFactors | None = None
 
     @property
     def genetic(self) -> bool:
-        return self.project is not None
+        return self.factors is not None
 
     @property
     def c_in(self) -> int:
-        return self.weight.shape[1]
+        return self.factors.e_in.shape[-1] if self.genetic else self.weight.shape[-1]
 
     @property
     def c_out(self) -> int:
-        return self.weight.shape[0]
+        return self.bias.shape[0]
 
     @property
     def genes(self) -> int:
-        return self.project.shape[1] if self.genetic else 0
+        return self.factors.genes if self.genetic else 0
+
+
+def to_tap_major(weight: np.ndarray) -> np.ndarray:
+    """[Cout, Cin, k, k] -> [k, k, Cout, Cin] (a linear [Cout, Cin] as it is): the layout this module works in."""
+    return np.ascontiguousarray(weight.transpose(2, 3, 0, 1) if weight.ndim == 4 else weight)
 
 
 def batchnorm_affine(ops: WeightOps, bn: nn.Module | None, channels: int, hint: str) -> tuple[Tensor, Tensor]:
@@ -83,9 +117,10 @@ def batchnorm_affine(ops: WeightOps, bn: nn.Module | None, channels: int, hint: 
         raise UnsupportedModuleError(f"cannot fold {type(bn).__name__} (needs BatchNorm with running statistics)")
     variance = ops.add(ops.stored(bn.running_var, f"{hint}.running_var"), ops.constant(bn.eps, f"{hint}.eps"),
                        f"{hint}.var_eps")
-    scale = ops.div(ops.constant(1.0, "one"), ops.sqrt(variance, f"{hint}.std"), f"{hint}.inv_std")
-    if bn.weight is not None:
-        scale = ops.mul(scale, ops.stored(bn.weight, f"{hint}.weight"), f"{hint}.scale64")
+    # weight / std in one Div: 1 / std times weight is a pattern onnxruntime's graph optimiser may rewrite
+    # (DivMulFusion) before it folds, so that the session's fold would differ from :func:`fold_constants`'s
+    numerator = ops.stored(bn.weight, f"{hint}.weight") if bn.weight is not None else ops.constant(1.0, "one")
+    scale = ops.div(numerator, ops.sqrt(variance, f"{hint}.std"), f"{hint}.scale64")
     shift = ops.mul(ops.neg(ops.stored(bn.running_mean, f"{hint}.running_mean"), f"{hint}.neg_mean"), scale,
                     f"{hint}.shift64")
     if bn.bias is not None:
@@ -109,27 +144,87 @@ def _conv_geometry(m: nn.Module) -> tuple[int, int, int]:
     return m.kernel_size, m.stride, m.padding
 
 
-def genetic_factors(ops: WeightOps, m: GeneticConv2d | GeneticLinear, hint: str) -> tuple[Tensor, Tensor]:
-    """(project [p, g, Cin], s * sum_b E_out[o, p, b] G[a, b] at [p, Cout, g]) of genetic layer ``m``, float64.
+def genetic_factors(ops: WeightOps, m: GeneticConv2d | GeneticLinear, hint: str) -> GeneticFactors:
+    """The stored factors of genetic layer ``m``: its populations' encodings, tap-major (a 1x1 conv or a linear
+    layer reads the centre tap), and G, as the file stores them (float32; G read as float64)."""
+    linear = isinstance(m, GeneticLinear)
 
-    The stored tensors are the population encodings (whole; a 1x1 layer slices the centre tap) and G.
-    """
     def taps(encoding: nn.Parameter, which: slice, what: str) -> Tensor:
-        full = ops.stored(encoding, f"{hint}.{what}")
-        return ops.slice(full, 1, which.start, which.stop, f"{hint}.{what}_taps")
+        full = ops.encoding(encoding, f"{hint}.{what}")  # [K, K, g, C]
+        if which.stop - which.start != encoding.shape[1]:  # the centre tap of a K x K population
+            centre = full.shape[0] // 2
+            for axis in (0, 1):
+                full = ops.slice(full, axis, centre, centre + 1, f"{hint}.{what}_centre")
+        return ops.reshape(full, full.shape[2:], f"{hint}.{what}_rows") if linear else full
 
-    e_in = taps(m.e_in_full, m._in_taps, "e_in")  # [Cin, p, g]
-    e_out = taps(m.e_out_full, m._out_taps, "e_out")  # [Cout, p, g]
-    project = ops.transpose(e_in, (1, 2, 0), f"{hint}.e_in_per_tap")  # [p, g, Cin]
-    gene_t = ops.transpose(ops.stored(m.gene_matrix, "gene_matrix"), (1, 0), "gene_matrix_t")  # [b, a]
-    mix = ops.matmul(ops.transpose(e_out, (1, 0, 2), f"{hint}.e_out_per_tap"), gene_t, f"{hint}.mix_raw")  # [p, Cout, g]
-    return project, ops.mul(mix, ops.constant(float(m.scale), f"{hint}.gene_scale"), f"{hint}.mix_scaled")
+    return GeneticFactors(taps(m.e_in_full, m._in_taps, "e_in"), taps(m.e_out_full, m._out_taps, "e_out"),
+                          ops.stored(m.gene_matrix, "gene_matrix"), ops.constant(float(m.scale), f"{hint}.gene_scale"),
+                          None if linear else m.kernel_size)
 
 
-def weight_from_factors(ops: WeightOps, project: Tensor, mix: Tensor, shape: tuple[int, ...], hint: str) -> Tensor:
-    """W [Cout, Cin, k, k] (or [Cout, Cin]) = sum_a mix[p, o, a] project[p, a, i] at [o, i, p] (eq. 1), float64."""
-    per_tap = ops.matmul(mix, project, f"{hint}.per_tap")  # [p, Cout, Cin]
-    return ops.reshape(ops.transpose(per_tap, (1, 2, 0), f"{hint}.oip"), shape, f"{hint}.generated")
+def _mix(ops: WeightOps, f: GeneticFactors, row_scale: Tensor, hint: str, dtype) -> Tensor:
+    """mix[.., o, a] = (sum_b E_out[o, p, b] G[a, b]) row_scale[o] in ``dtype``: [k, k, Cout, g] ([Cout, g])."""
+    e_out = ops.cast(ops.transpose(f.e_out, _swap_last(f.e_out), f"{hint}.e_out_rows"), dtype, f"{hint}.e_out_cast")
+    gene_t = ops.transpose(ops.cast(f.gene, dtype, "gene_matrix_cast"), (1, 0), "gene_matrix_t")
+    if row_scale.shape:
+        row_scale = ops.reshape(row_scale, (row_scale.shape[0], 1), f"{hint}.row_scale_col")
+    return ops.mul(ops.matmul(e_out, gene_t, f"{hint}.mix_raw"), ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"),
+                   f"{hint}.mix")
+
+
+def _swap_last(t: Tensor) -> tuple[int, ...]:
+    n = len(t.shape)
+    return tuple(range(n - 2)) + (n - 1, n - 2)
+
+
+def generated_weight(ops: WeightOps, f: GeneticFactors, out_scale: Tensor | None, hint: str,
+                     io: bool = False, dtype=np.float32) -> Tensor:
+    """W = (s E_in G E_out^T) ``out_scale`` (eq. 1, scaled per output channel when ``out_scale`` [Cout] is given)
+    in ``dtype``: [k, k, Cout, Cin] ([Cout, Cin] for a linear layer), or [k, k, Cin, Cout] ([Cin, Cout]) with
+    ``io``.
+
+    Per tap, ``mix`` = (E_out G^T) (s out_scale) first, then its product with E_in (Cout Cin k^2 g MACs), both
+    as batched matrix products over the taps, in ``dtype``: float32 for the weights a float layer runs (as the
+    model's own float32 forward computes them; the per-channel factor s out_scale in float64, rounded once),
+    float64 for the weight int8 codes are taken from, rounded to float32 once by the caller (``exact_weight``;
+    docs/export.md, "Float order"). With the encodings stored tap-major the product needs no transpose but the
+    cheap one to [Cout, Cin, k, k] (the taps' axes to the back; onnxruntime moves [k, k, Cin, Cout] into that
+    order ~50x slower per byte), and none at all with ``io``, the int8 patch layout.
+    """
+    row_scale = f.scale if out_scale is None else ops.mul(f.scale, out_scale, f"{hint}.row_scale")  # [] | [Cout]
+    if io:  # [.., Cin, g] @ [.., g, Cout], mix^T[.., a, o] = sum_b G[a, b] E_out[o, p, b] row_scale[o]
+        e_in = ops.cast(ops.transpose(f.e_in, _swap_last(f.e_in), f"{hint}.e_in_rows"), dtype, f"{hint}.e_in_cast")
+        mix_t = ops.matmul(ops.cast(f.gene, dtype, "gene_matrix_cast"), ops.cast(f.e_out, dtype, f"{hint}.e_out_cast"),
+                           f"{hint}.mix_raw")
+        mix_t = ops.mul(mix_t, ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"), f"{hint}.mix")
+        return ops.matmul(e_in, mix_t, f"{hint}.generated")
+    return ops.matmul(_mix(ops, f, row_scale, hint, dtype), ops.cast(f.e_in, dtype, f"{hint}.e_in_cast"),
+                      f"{hint}.generated")  # [.., Cout, g] @ [.., g, Cin]
+
+
+def folded_weight(ops: WeightOps, layer: FoldedLayer, hint: str, product=np.float32) -> Tensor:
+    """The layer's float32 weight with its BatchNorm scale folded in, [k, k, Cout, Cin] (or [Cout, Cin]); a
+    genetic layer's product computed in ``product`` (float64 where no session waits for it: the NIR writer)."""
+    weight = generated_weight(ops, layer.factors, layer.out_scale, hint, dtype=product) if layer.genetic \
+        else layer.weight
+    return ops.cast(weight, np.float32, f"{hint}.weight32")
+
+
+def factorised_weights(ops: WeightOps, layer: FoldedLayer, hint: str) -> tuple[Tensor, Tensor]:
+    """(project, mix) of a genetic layer's factorised form, float32: project [p g, Cin] with row p g + a holding
+    E_in[:, p, a] (the stored values, exactly), mix [Cout, p g] with mix[o, p g + a] =
+    (sum_b E_out[o, p, b] G[a, b]) (s gamma_o / sqrt(var_o + eps)), as :func:`generated_weight`'s mix."""
+    f = layer.factors
+    taps, g = (f.kernel_size or 1) ** 2, f.genes
+    project = ops.reshape(f.e_in, (taps * g, layer.c_in), f"{hint}.project_rows")
+    per_channel = (len(f.e_out.shape) - 1,) + tuple(range(len(f.e_out.shape) - 1))  # [Cout, k, k, g] | [Cout, g]
+    e_out = ops.transpose(f.e_out, per_channel, f"{hint}.e_out_per_channel")
+    gene_t = ops.transpose(ops.cast(f.gene, np.float32, "gene_matrix_cast"), (1, 0), "gene_matrix_t")
+    row_scale = ops.mul(f.scale, layer.out_scale, f"{hint}.row_scale")
+    row_scale = ops.reshape(row_scale, (layer.c_out,) + (1,) * (len(per_channel) - 1), f"{hint}.row_scale_col")
+    mix = ops.mul(ops.matmul(e_out, gene_t, f"{hint}.mix_raw"), ops.cast(row_scale, np.float32,
+                                                                        f"{hint}.row_scale_cast"), f"{hint}.mix")
+    return project, ops.reshape(mix, (layer.c_out, taps * g), f"{hint}.mix_rows")
 
 
 def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, ops: WeightOps | None = None,
@@ -138,7 +233,8 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
 
     ``pooled``: ``m`` is a ConvPool's conv, so a 2x2 average pool sits between it and ``bn`` (an eval-mode BN is
     a per-channel affine map, so it commutes with the pool and folds all the same). ``ops``: where the
-    arithmetic goes (default: numpy only).
+    arithmetic goes (default: numpy only). A genetic layer's weight is not generated here: the form that
+    runs asks for what it needs (:func:`dense_kernel`, :func:`factorised_weights`).
 
     Raises:
         UnsupportedModuleError: ``m`` is not a weight layer, or has geometry the exporter does not handle.
@@ -149,7 +245,6 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
     kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
     k, stride, padding = _conv_geometry(m) if kind == LayerKind.CONV else (1, 1, 0)
     c_out = m.out_channels if kind == LayerKind.CONV else m.out_features
-    c_in = m.in_channels if kind == LayerKind.CONV else m.in_features
     scale, shift = batchnorm_affine(ops, bn, c_out, f"{hint}.bn")
     bias = getattr(m, "bias", None)
     if bias is not None:
@@ -157,43 +252,48 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
                                       f"{hint}.bias_scaled"), f"{hint}.bias64")
     else:
         bias = shift
-    shape = (c_out, c_in, k, k) if kind == LayerKind.CONV else (c_out, c_in)
+    geometry = dict(kernel_size=k, stride=stride, padding=padding, pooled=pooled)
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
-        project, mix = genetic_factors(ops, m, hint)
-        mix = ops.mul(mix, ops.reshape(scale, (1, c_out, 1), f"{hint}.bn_scale"), f"{hint}.mix_bn")
-        weight = weight_from_factors(ops, project, mix, shape, hint)
-        return FoldedLayer(kind, weight, bias, k, stride, padding, pooled, project, mix)
-    weight = ops.stored(m.weight, f"{hint}.weight")
-    weight = ops.mul(weight, ops.reshape(scale, (-1,) + (1,) * (len(shape) - 1), f"{hint}.bn_scale"),
-                     f"{hint}.folded")
-    return FoldedLayer(kind, weight, bias, k, stride, padding, pooled)
+        return FoldedLayer(kind, bias, scale, factors=genetic_factors(ops, m, hint), **geometry)
+    weight = ops.stored(m.weight, f"{hint}.weight", np.float32)
+    if kind == LayerKind.CONV:
+        weight = ops.transpose(weight, (2, 3, 0, 1), f"{hint}.weight_taps")
+    weight = ops.mul(ops.cast(weight, np.float64, f"{hint}.weight64"),
+                     ops.reshape(scale, (c_out, 1), f"{hint}.bn_scale_col"), f"{hint}.folded")
+    return FoldedLayer(kind, bias, scale, weight=weight, **geometry)
 
 
 def fuse_average_pool(ops: WeightOps, weight: Tensor, hint: str) -> Tensor:
-    """The (k+1) x (k+1) stride-2 kernel of a k x k "same" conv followed by 2x2 average pooling, [..., k+1, k+1].
+    """The (k+1) x (k+1) stride-2 kernel of a k x k "same" conv followed by 2x2 average pooling, from and to
+    a layout with the kernel's rows and columns first ([k, k, Cout, Cin] or [k, k, Cin, Cout]).
 
     The four shifted copies are added in the order of :func:`gee_deploy.zoo.base.fuse_average_pool` (which
-    rolls a zero-padded kernel), so both give the same floats in any precision.
+    rolls a zero-padded [Cout, Cin, k, k] kernel), so both give the same floats in any precision.
     """
-    lead = (0,) * (len(weight.shape) - 2)
-    parts = [ops.pad(weight, lead + before, lead + after, f"{hint}.tap")
+    trail = (0,) * (len(weight.shape) - 2)
+    parts = [ops.pad(weight, before + trail, after + trail, f"{hint}.tap")
              for before, after in (((0, 0), (1, 1)), ((0, 1), (1, 0)), ((1, 0), (0, 1)), ((1, 1), (0, 0)))]
     total = ops.add(ops.add(ops.add(parts[0], parts[1], f"{hint}.sum"), parts[2], f"{hint}.sum"), parts[3],
                     f"{hint}.sum")
     return ops.mul(total, ops.constant(0.25, "quarter", weight.dtype), f"{hint}.fused")
 
 
-def dense_kernel(ops: WeightOps, layer: FoldedLayer, hint: str) -> tuple[Tensor, int]:
-    """(the weight the dense form runs, its stride): a pooled layer's conv + pool as one stride-2 conv."""
+def dense_kernel(ops: WeightOps, layer: FoldedLayer, hint: str, product=np.float32) -> tuple[Tensor, int]:
+    """(the float32 weight the dense form runs, [Cout, Cin, k, k] or [Cout, Cin]; its stride): a pooled layer's
+    conv + pool as one (k+1) x (k+1) stride-2 conv, fused in float32 as the model's forward fuses it
+    (:meth:`gee_deploy.zoo.base.ConvPool.fused_weight`). ``product``: see :func:`folded_weight`."""
+    weight, stride = folded_weight(ops, layer, hint, product), layer.stride
     if layer.pooled:
-        return fuse_average_pool(ops, layer.weight, hint), 2
-    return layer.weight, layer.stride
+        weight, stride = fuse_average_pool(ops, weight, f"{hint}.kernel"), 2
+    if layer.kind == LayerKind.CONV:
+        weight = ops.transpose(weight, (2, 3, 0, 1), f"{hint}.kernel")
+    return weight, stride
 
 
 def emit_dense(graph: GraphBuilder, x: str, layer: FoldedLayer, hint: str, ops: WeightOps | None = None) -> str:
-    """Write ``layer`` as one Conv or Gemm (weights cast to float32 here, once); returns the output's name."""
+    """Write ``layer`` as one Conv or Gemm; returns the output's name."""
     ops = ops or WeightOps()
-    weight, stride = dense_kernel(ops, layer, f"{hint}.kernel")
+    weight, stride = dense_kernel(ops, layer, hint)
     w, b = ops.output(graph, weight, f"{hint}.weight"), ops.output(graph, layer.bias, f"{hint}.bias")
     if layer.kind == LayerKind.CONV:
         return graph.op("Conv", [x, w, b], hint, pads=[layer.padding] * 4, strides=[stride] * 2)

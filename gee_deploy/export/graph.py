@@ -23,6 +23,17 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._used: set[str] = set()
         self._consts: dict[tuple, str] = {}
+        self._renames: dict[str, str] = {}
+
+    def rename(self, name: str, hint: str) -> str:
+        """Give the tensor ``name`` a fresh name made from ``hint`` in the model (:meth:`model` applies it), so
+        that ops written before and after keep reading it by ``name``; returns the new name. An initializer
+        keeps its name."""
+        if any(t.name == name for t in self.initializers):
+            return name
+        if name not in self._renames:
+            self._renames[name] = self.fresh(hint)
+        return self._renames[name]
 
     def fresh(self, hint: str) -> str:
         base = hint.replace("/", ".")
@@ -68,9 +79,19 @@ class GraphBuilder:
                 needed.update(i for i in node.input if i)
         return nodes[::-1], [t for t in self.initializers if t.name in needed]
 
+    def _renamed(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        out = onnx.NodeProto()
+        out.CopyFrom(node)
+        for field in (out.input, out.output):
+            for i, name in enumerate(field):
+                field[i] = self._renames.get(name, name)
+        return out
+
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int,
               metadata: dict[str, object], doc: str = "") -> onnx.ModelProto:
         nodes, initializers = self.live([o.name for o in outputs])
+        if self._renames:
+            nodes = [self._renamed(n) for n in nodes]
         graph = helper.make_graph(nodes, "gee_deploy", inputs, outputs, initializers)
         opsets = [helper.make_opsetid("", opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="gee-deploy", doc_string=doc,

@@ -29,11 +29,11 @@ from ..genetic import GeneticConv2d, GeneticLinear
 from ..kinds import LayerKind
 from ..quantisation import QMAX
 from ..zoo.base import ConvPool
-from .folding import FoldedLayer, batchnorm_affine, fold_layer, fuse_average_pool, genetic_factors, weight_from_factors
+from .folding import FoldedLayer, fold_layer, fuse_average_pool, generated_weight, genetic_factors
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
-__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8", "source_weight"]
+__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8", "source_weight", "scale_name"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class Int8Layer:
 
     Attributes:
         kind: conv or linear.
-        q: int8 codes, [Cout, Cin, k, k] or [Cout, Cin] (a ConvPool: its fused (k+1) x (k+1) kernel).
+        q: int8 codes, [k, k, Cin, Cout] or [Cin, Cout] (a ConvPool: its fused (k+1) x (k+1) kernel), the
+            layout of the patch matrices the MatMulInteger reads (:func:`emit_int8`).
         scale: float32 [Cout], the weight's scale times the BatchNorm's.
         bias: float32 [Cout].
         kernel_size, stride, padding: the conv that runs (1, 1, 0 for linear).
@@ -58,19 +59,19 @@ class Int8Layer:
 
 
 def source_weight(ops: WeightOps, m: nn.Module, pooled: ConvPool | None, hint: str) -> Tensor:
-    """The float32 weight whose int8 codes a layer runs with (:func:`gee_deploy.quantisation.int8_weight`).
+    """The float32 weight whose int8 codes a layer runs with (:func:`gee_deploy.quantisation.int8_weight`), in
+    [k, k, Cin, Cout] (or [Cin, Cout]) layout.
 
     A genetic layer's W generated in float64 and rounded to float32 once (its ``exact_weight``), a plain
     layer's stored weight; inside a ConvPool, the fused (k+1) x (k+1) kernel of that weight, in float32.
     """
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
-        shape = (m.out_channels, m.in_channels, m.kernel_size, m.kernel_size) if isinstance(m, GeneticConv2d) \
-            else (m.out_features, m.in_features)
-        project, mix = genetic_factors(ops, m, hint)
-        weight = ops.cast(weight_from_factors(ops, project, mix, shape, f"{hint}.source"), np.float32,
-                          f"{hint}.source_f32")
+        weight = generated_weight(ops, genetic_factors(ops, m, hint), None, f"{hint}.source", io=True,
+                                  dtype=np.float64)
+        weight = ops.cast(weight, np.float32, f"{hint}.source_f32")
     else:
-        weight = ops.cast(ops.stored(m.weight, f"{hint}.weight"), np.float32, f"{hint}.source_f32")
+        weight = ops.transpose(ops.stored(m.weight, f"{hint}.weight", np.float32),
+                               (2, 3, 1, 0) if m.weight.dim() == 4 else (1, 0), f"{hint}.source_taps")
     return fuse_average_pool(ops, weight, f"{hint}.source") if pooled is not None else weight
 
 
@@ -83,17 +84,14 @@ def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = Non
     ``genetic`` storage computes them from E and G.
     """
     ops = ops or WeightOps()
-    f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=hint)  # geometry and the folded bias
+    f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=hint)  # geometry, BatchNorm scale, bias
     w = source_weight(ops, m, pooled, hint)
     amax = ops.abs_max(w, f"{hint}.amax")
     step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
                               ops.constant(1.0, "one", np.float32), f"{hint}.weight_scale")
-    per_row = ops.reshape(step, (-1,) + (1,) * (len(w.shape) - 1), f"{hint}.weight_scale_rows")
-    q = ops.cast(ops.round_clip(ops.div(w, per_row, f"{hint}.ratio"), QMAX, f"{hint}.codes"), np.int8,
-                 f"{hint}.q")
-    bn_scale, _ = batchnorm_affine(ops, bn, f.c_out, f"{hint}.bn")
-    scale = ops.cast(ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), bn_scale, f"{hint}.scale64"), np.float32,
-                     f"{hint}.scale32")
+    q = ops.cast(ops.round_clip(ops.div(w, step, f"{hint}.ratio"), QMAX, f"{hint}.codes"), np.int8, f"{hint}.q")
+    scale = ops.cast(ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), f.out_scale, f"{hint}.scale64"),
+                     np.float32, f"{hint}.scale32")
     k, stride = (pooled.kernel_size, pooled.stride) if pooled is not None else (f.kernel_size, f.stride)
     return Int8Layer(f.kind, q, scale, ops.cast(f.bias, np.float32, f"{hint}.bias32"), k, stride, f.padding)
 
@@ -107,12 +105,17 @@ def dequantised_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | Non
     """
     ops = ops or WeightOps()
     layer = int8_layer(m, bn, pooled, ops, hint)
-    q = ops.cast(layer.q, np.float64, f"{hint}.q64")
-    rows = ops.reshape(ops.cast(layer.scale, np.float64, f"{hint}.scale64"), (-1,) + (1,) * (len(q.shape) - 1),
-                       f"{hint}.scale_rows")
-    return FoldedLayer(layer.kind, ops.mul(q, rows, f"{hint}.dequantised"),
-                       ops.cast(layer.bias, np.float64, f"{hint}.bias64"), layer.kernel_size, layer.stride,
-                       layer.padding)
+    weight = ops.mul(ops.cast(layer.q, np.float64, f"{hint}.q64"), ops.cast(layer.scale, np.float64, f"{hint}.scale64"),
+                     f"{hint}.dequantised")  # the scale per output channel: the last axis
+    weight = ops.transpose(weight, (0, 1, 3, 2) if layer.kind == LayerKind.CONV else (1, 0), f"{hint}.dequantised_oi")
+    return FoldedLayer(layer.kind, ops.cast(layer.bias, np.float64, f"{hint}.bias64"),
+                       ops.constant(np.ones(layer.scale.shape[0]), f"{hint}.ones"), layer.kernel_size, layer.stride,
+                       layer.padding, weight=weight)
+
+
+def scale_name(layer: str) -> str:
+    """The graph tensor of int8 layer ``layer``'s per-channel output scale (an initializer once folded)."""
+    return f"{layer}.weight_scale"
 
 
 def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
@@ -142,17 +145,17 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
                    f"{hint}.acc")
         # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
         y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
-        y = g.op("Mul", [y, ops.output(g, layer.scale, f"{hint}.scale")], f"{hint}.scaled")
+        y = g.op("Mul", [y, ops.output(g, layer.scale, scale_name(hint))], f"{hint}.scaled")
         return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
 
-    q = layer.q
+    q = layer.q  # [k, k, Cin, Cout] or [Cin, Cout]
     if layer.kind == LayerKind.LINEAR:
-        return matmul(x_u8, ops.transpose(q, (1, 0), f"{hint}.rows"))
+        return matmul(x_u8, q)
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
     form = gather_form(layer, in_shape)
     if form == "matmul":  # the kernel covers the whole input: one row per sample
-        rows = ops.transpose(ops.reshape(q, (cout, -1), f"{hint}.flat_q"), (1, 0), f"{hint}.rows")
+        rows = ops.reshape(ops.transpose(q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")  # (c, i, j)
         y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows)
         return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
@@ -175,7 +178,7 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
                 cols.append(g.op("Slice", [x, g.const([a, b], f"{hint}.start", np.int64),
                                            g.const([a + ho, b + wo], f"{hint}.end", np.int64), axes],
                                  f"{hint}.patch"))
-        rows = ops.transpose(ops.reshape(q, (cout, c, kb, s, kb, s), f"{hint}.blocks_q"), (2, 4, 3, 5, 1, 0),
+        rows = ops.transpose(ops.reshape(q, (kb, s, kb, s, c, cout), f"{hint}.blocks_q"), (0, 2, 1, 3, 4, 5),
                              f"{hint}.rows")  # (a, b, di, dj, c, o)
     else:
         x = g.op("Pad", [nhwc, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded") \
@@ -186,7 +189,7 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
                 cols.append(g.op("Slice", [x, g.const([i, j], f"{hint}.start", np.int64),
                                            g.const([i + s * (ho - 1) + 1, j + s * (wo - 1) + 1], f"{hint}.end",
                                                    np.int64), axes, steps], f"{hint}.patch"))
-        rows = ops.transpose(q, (2, 3, 1, 0), f"{hint}.rows")  # (i, j, c, o)
+        rows = q  # (i, j, c, o)
     col = g.op("Concat", cols, f"{hint}.patches", axis=3) if len(cols) > 1 else cols[0]  # [N, Ho, Wo, k*k*C]
     y = matmul(col, ops.reshape(rows, (-1, cout), f"{hint}.rows"))  # [N, Ho, Wo, Cout]
     return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])

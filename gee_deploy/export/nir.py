@@ -98,8 +98,10 @@ class NIRWriter(ModelWalk):
         ops = WeightOps()  # numpy only: NIR has no constant computation, it stores the folded weights
         f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
         bias = f.bias.value.astype(np.float32)
-        weight, stride = dense_kernel(ops, f, name)  # a ConvPool: conv + 2x2 average pool as one stride-2 conv
-        weight = weight.value.astype(np.float32)
+        # a ConvPool: conv + 2x2 average pool as one stride-2 conv; the genetic product in float64 (numpy, no
+        # session to wait for it), rounded once
+        weight, stride = dense_kernel(ops, f, name, product=np.float64)
+        weight = weight.value
         if f.kind == LayerKind.CONV:
             node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight, stride=stride,
                               padding=f.padding, dilation=1, groups=1, bias=bias)

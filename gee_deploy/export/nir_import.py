@@ -40,7 +40,7 @@ from ..nirexec import SPIKING_NODES, THRESHOLD_RULES, euler_factor
 from ..quantisation import quantise_weight
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec
 from .errors import ExportError, UnknownOptionError
-from .folding import FoldedLayer, emit_dense
+from .folding import FoldedLayer, emit_dense, to_tap_major
 from .graph import GraphBuilder, tensor_info
 from .int8 import Int8Layer, emit_int8
 from .weights import Tensor
@@ -300,7 +300,7 @@ class _Importer:
         if self.opts.variant == "int8" and x.spikes_from is not None and int8_geometry is not None:
             q, s = quantise_weight(torch.from_numpy(weight.astype(np.float32)))
             k, stride, pad = int8_geometry
-            layer = Int8Layer(kind, Tensor(q.numpy()), Tensor(s.numpy().astype(np.float32)),
+            layer = Int8Layer(kind, Tensor(np.ascontiguousarray(q.numpy().transpose(2, 3, 1, 0) if q.dim() == 4 else q.numpy().T)), Tensor(s.numpy().astype(np.float32)),
                               Tensor(bias.astype(np.float32)), k, stride, pad)
             if x.name not in self._uint8:  # 0/1 spikes as uint8: exact
                 self._uint8[x.name] = self.g.op("Cast", [x.name], f"{x.spikes_from}.uint8", to=TensorProto.UINT8)
@@ -323,7 +323,8 @@ class _Importer:
             raise self.error(name, f"has weight {list(w.shape)} but receives [{', '.join(map(str, x.shape))}] (the "
                                    "import runs Affine / Linear on vectors: flatten first)")
         bias = np.asarray(node.bias, np.float64) if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
-        folded = FoldedLayer(LayerKind.LINEAR, Tensor(w), Tensor(bias.reshape(-1)))
+        folded = FoldedLayer(LayerKind.LINEAR, Tensor(bias.reshape(-1)), Tensor(np.ones(w.shape[0])),
+                             weight=Tensor(to_tap_major(w)))
         return self.weight_layer(name, LayerKind.LINEAR, x, w, bias.reshape(-1), (w.shape[0],), int(w.size),
                                  lambda: emit_dense(self.g, x.name, folded, name), (1, 1, 0))
 
@@ -352,7 +353,8 @@ class _Importer:
         bias = np.asarray(node.bias, np.float64).reshape(-1) if node.bias is not None else np.zeros(w.shape[0])
         macs = int(np.prod(out_shape)) * w.shape[1] * kh * kw
         square = kh == kw and sh == sw and dh == dw == 1 and groups == 1 and len(set(pads)) == 1
-        folded = FoldedLayer(LayerKind.CONV, Tensor(w), Tensor(bias), kh, sh, pads[0])
+        folded = FoldedLayer(LayerKind.CONV, Tensor(bias), Tensor(np.ones(w.shape[0])), kh, sh, pads[0],
+                             weight=Tensor(to_tap_major(w)))
 
         def dense() -> str:
             if square:

@@ -20,6 +20,7 @@ float32 weight, :mod:`gee_deploy.quantisation`), so the storage never changes a 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,26 +74,45 @@ class WeightOps:
         self._nodes: dict[tuple, Tensor] = {}  # (op, inputs, attributes) -> its tensor: each step written once
         self._stored: dict[int, tuple[torch.Tensor, Tensor]] = {}
         self._outputs: dict[tuple[str, str], str] = {}
+        self._encodings: set[int] = set()  # keys of _stored held tap-major (:meth:`encoding`)
+        self._reshaped: dict[str, Tensor] = {}  # a Reshape's output -> the tensor it reshapes
 
     # -- what the file stores --------------------------------------------------------------------------------
 
-    def stored(self, t: torch.Tensor, hint: str) -> Tensor:
-        """A parameter or buffer of the model, stored as-is (float32) and read as float64.
+    def stored(self, t: torch.Tensor, hint: str, dtype=np.float64) -> Tensor:
+        """A parameter or buffer of the model, stored as-is (float32), read as ``dtype`` (float64 by default).
 
         The same tensor object (a population encoding shared by several layers, eq. 3; G) is stored once, as
-        ``stored.<its name in the model>`` (``hint`` when the ops were given no names).
+        ``stored.<its name in the model>`` (``hint`` when the ops were given no names). Read it as float32 to
+        slice or transpose it before the (exact) cast to float64: a layout op then moves half the bytes.
         """
         key = id(t)
-        if key in self._stored:
-            return self._stored[key][1]
-        value = t.detach().to("cpu", torch.float32).numpy()
-        name = None
-        if self.graph is not None:
-            raw = self.graph.const(value, "stored." + self.names.get(key, hint))
-            name = self._op("Cast", [raw], f"{raw}.f64", to=TensorProto.DOUBLE)
-        out = Tensor(value.astype(np.float64), name)
-        self._stored[key] = (t, out)  # keep t alive: its id must not be reused while this cache lives
-        return out
+        if key in self._encodings:
+            raise ValueError(f"{hint}: stored as an encoding before, now asked for as a plain tensor")
+        if key not in self._stored:
+            value = t.detach().to("cpu", torch.float32).numpy()
+            name = self.graph.const(value, "stored." + self.names.get(key, hint)) if self.graph is not None else None
+            self._stored[key] = (t, Tensor(value, name))  # keep t alive: its id must not be reused while cached
+        return self.cast(self._stored[key][1], dtype, f"{hint}.f64")
+
+    def encoding(self, t: torch.Tensor, hint: str) -> Tensor:
+        """A population encoding [C, k*k, g] (eq. 3), stored tap-major as [k, k, g, C], read as float32.
+
+        The layout the weight products read without a transpose (:func:`gee_deploy.export.folding.generated_weight`);
+        stored once per population like :meth:`stored`.
+        """
+        key = id(t)
+        if key not in self._stored:
+            c, taps, g = t.shape
+            k = math.isqrt(taps)
+            value = t.detach().to("cpu", torch.float32).numpy().reshape(c, k, k, g).transpose(1, 2, 3, 0)
+            value = np.ascontiguousarray(value)
+            name = self.graph.const(value, "stored." + self.names.get(key, hint)) if self.graph is not None else None
+            self._stored[key] = (t, Tensor(value, name))
+            self._encodings.add(key)
+        if key not in self._encodings:
+            raise ValueError(f"{hint}: stored as a plain tensor before, now asked for as an encoding")
+        return self._stored[key][1]
 
     def constant(self, value, hint: str, dtype=np.float64) -> Tensor:
         """A small constant that is not a model parameter (a layer's scale, a BatchNorm's eps, 1/4)."""
@@ -149,7 +169,11 @@ class WeightOps:
         value = a.value.reshape(shape)
         if value.shape == a.shape:
             return a
-        return self._node("Reshape", [a, self._int64(value.shape, f"{hint}.shape")], value, hint)
+        source = self._reshaped.get(a.name, a) if a.name is not None else a  # a reshape of a reshape: one step
+        out = self._node("Reshape", [source, self._int64(value.shape, f"{hint}.shape")], value, hint)
+        if out.name is not None:
+            self._reshaped[out.name] = source
+        return out
 
     def slice(self, a: Tensor, axis: int, start: int, stop: int, hint: str) -> Tensor:
         if (start, stop) == (0, a.shape[axis]):
@@ -171,9 +195,9 @@ class WeightOps:
         return self._node("Cast", [a], a.value.astype(dtype), hint, to=_ONNX_TYPES[dtype])
 
     def abs_max(self, a: Tensor, hint: str) -> Tensor:
-        """max |a| over every axis but the first, [Cout]."""
-        axes = tuple(range(1, a.value.ndim))
-        value = np.abs(a.value).max(axis=axes) if axes else np.abs(a.value)
+        """max |a| over every axis but the last (a weight in [..., Cin, Cout] layout): [Cout]."""
+        axes = tuple(range(a.value.ndim - 1))
+        value = np.abs(a.value).max(axis=axes)
         if self.graph is None:
             return Tensor(value)
         magnitude = self._op("Abs", [a.name], f"{hint}.abs")
@@ -200,15 +224,21 @@ class WeightOps:
     def output(self, graph: GraphBuilder, a: Tensor, hint: str, dtype=np.float32) -> str:
         """The name of ``a`` as ``dtype`` in ``graph``, where a compute op reads it (a Conv's weight, a bias).
 
-        Without a graph of its own (the folded value only) it becomes an initializer; in the genetic graph a
-        Cast named ``hint``, so that after :func:`fold_constants` the initializer has the name a folded export
-        gives it. The same tensor handed over twice is one tensor.
+        Without a graph of its own (the folded value only) it becomes an initializer named ``hint``. In the
+        genetic graph the step that computes it is named ``hint`` in the model (:meth:`GraphBuilder.rename`;
+        a Cast to ``dtype`` first where its type differs), so that after :func:`fold_constants` the initializer
+        has a readable name and costs no extra copy; a stored tensor handed over as it is keeps its ``stored.``
+        name. The same tensor handed over twice is one tensor.
         """
         if self.graph is None or a.name is None:
             return graph.const(a.value, hint, dtype)
         key = (a.name, np.dtype(dtype).str)
         if key not in self._outputs:
-            self._outputs[key] = graph.op("Cast", [a.name], hint, to=_ONNX_TYPES[np.dtype(dtype)])
+            if a.dtype != np.dtype(dtype):
+                self._outputs[key] = graph.op("Cast", [a.name], hint, to=_ONNX_TYPES[np.dtype(dtype)])
+            else:
+                graph.rename(a.name, hint)
+                self._outputs[key] = a.name
         return self._outputs[key]
 
 

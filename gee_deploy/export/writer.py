@@ -9,22 +9,24 @@ concatenates the spikes back.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto
+import onnx
+from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from ..errors import UnsupportedModuleError
 from ..kinds import ExportVariant, Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
-from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, state_names
+from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool
 from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
-from .graph import GraphBuilder, tensor_info
-from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer
+from .graph import GraphBuilder, set_metadata, tensor_info
+from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer, scale_name
 from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
@@ -117,8 +119,7 @@ class OnnxWriter(ModelWalk):
             y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name, ops)
             return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
                                 input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
-                                calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8,
-                                weight_scales=tuple(layer.scale.value.tolist()))
+                                calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8)
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
@@ -242,4 +243,20 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: Expor
         inputs.append(tensor_info(v_in, [n] + shape))
         outputs.append(tensor_info(v_out, [n] + shape))
     proto = graph.model(inputs, outputs, opset, spec.to_metadata())
-    return (fold_constants(proto) if storage == Storage.FOLDED else proto), spec
+    if storage == Storage.GENETIC:  # the graph computes the int8 scales; fold it to read them
+        spec = replace(spec, layers=tuple(replace(l, weight_scales=None) for l in spec.layers))
+        set_metadata(proto, spec.to_metadata())
+        return proto, spec
+    return folded_with_scales(proto, spec)
+
+
+def folded_with_scales(proto: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec]:
+    """``proto`` folded (:func:`fold_constants`), and ``spec`` as folded storage with every int8 layer's
+    ``weight_scales`` read from the folded graph (the float32 values the graph applies), in its metadata."""
+    folded = fold_constants(proto)
+    values = {t.name: t for t in folded.graph.initializer}
+    layers = tuple(replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).tolist()))
+                   if l.precision == Precision.INT8 else l for l in spec.layers)
+    spec = replace(spec, storage=Storage.FOLDED, layers=layers)
+    set_metadata(folded, spec.to_metadata())
+    return folded, spec
