@@ -170,7 +170,7 @@ def main() -> None:
             g, f = (next(r for r in rows if r["variant"] == variant and r["storage"] == s) for s in STORAGES)
             timing = ["", "", ""]
             if "session_s" in g:
-                timing = [f"{g['session_s']:.2f} / {f['session_s']:.2f}"] + \
+                timing = [f"{g['session_s']:.3f} / {f['session_s']:.3f} ({g['session_s'] / f['session_s']:.1f}x)"] + \
                          [f"{g[f'p50_ms_b{b}']:.1f} / {f[f'p50_ms_b{b}']:.1f} (b{b})" for b in batches]
             diff = f"{g['genetic_vs_folded_max_diff']:.1g}" if "genetic_vs_folded_max_diff" in g else ""
             same = {True: "yes", False: "no"}.get(g.get("same_running_graph"), "")

@@ -146,7 +146,8 @@ def test_quantised_checkpoint_stays_exact_with_genetic_storage():
 
 def test_genetic_file_is_the_size_of_the_genetic_parameters():
     """smallnet at g = 32: <= 1.1 x its genetic parameter bytes + 64 KiB of graph. The int8 file stores the same
-    parameters; its in-graph quantisation, patch gathering and per-channel scales in the metadata add graph only."""
+    parameters; its in-graph quantisation and patch gathering add graph only (its metadata leaves out the
+    per-channel scales the graph computes)."""
     torch.manual_seed(0)
     model = create_model("smallnet", genes=32).eval()
     budget = 1.1 * _parameter_bytes(model) + 64 * 1024
@@ -156,7 +157,7 @@ def test_genetic_file_is_the_size_of_the_genetic_parameters():
         sizes[variant] = proto.ByteSize()
         assert sizes[variant] <= budget, (variant, sizes[variant], budget)
     folded, _ = build_onnx(model, "dense", storage="folded")
-    assert sizes["dense"] < folded.ByteSize() and sizes["int8"] <= sizes["dense"] + 32 * 1024
+    assert sizes["dense"] < folded.ByteSize() and sizes["int8"] <= sizes["dense"] + 8 * 1024
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ and, when the ops hold a graph, also written as ONNX nodes fed by the stored par
   CPU kernels (the ones its session-time constant folding runs) and replaced by plain initializers. Both
   storages therefore run bit-identical weights.
 
-Float order: the fold runs in float64 and is rounded to float32 once (int8 codes are then taken from that
-float32 weight, :mod:`gee_deploy.quantisation`), so the storage never changes a weight.
+Float order (docs/export.md, "Float order"): the float forms' products run in float32, the weight int8 codes
+are taken from in float64 rounded once; either way both storages run the weights the same kernels computed.
 """
 from __future__ import annotations
 
