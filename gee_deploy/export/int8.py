@@ -89,7 +89,7 @@ def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = Non
     amax = ops.abs_max(w, f"{hint}.amax")
     step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
                               ops.constant(1.0, "one", np.float32), f"{hint}.weight_scale")
-    q = ops.cast(ops.round_clip(ops.div(w, step, f"{hint}.ratio"), QMAX, f"{hint}.codes"), np.int8, f"{hint}.q")
+    q = ops.round_clip_int8(ops.div(w, step, f"{hint}.ratio"), QMAX, f"{hint}.q")
     scale = ops.cast(ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), f.out_scale, f"{hint}.scale64"),
                      np.float32, f"{hint}.scale32")
     k, stride = (pooled.kernel_size, pooled.stride) if pooled is not None else (f.kernel_size, f.stride)
