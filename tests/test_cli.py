@@ -152,6 +152,11 @@ def test_serve_names_the_busy_port(serving_onnx, capsys):
         one_error_line(code, err, f"cannot listen on 127.0.0.1:{port} (gRPC): Address already in use")
 
 
+def test_serve_points_a_nir_file_to_its_conversion(tmp_path, capsys):
+    code, _, err = run(["serve", str(tmp_path / "snn.nir")], capsys)
+    one_error_line(code, err, f"serve runs ONNX files; convert {tmp_path / 'snn.nir'} first: gee-deploy export")
+
+
 def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_path, capsys):
     """ablate trains Random first and sweep the dense twin first; neither may leave runs behind when an evolving
     run would then find too few images."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -50,4 +51,4 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     write_report(report, out)
     click.echo(summary_table(report))
     if not quiet:
-        click.echo(f"report: {out}/report.md")
+        click.echo(f"report: {Path(out) / 'report.md'}")

@@ -66,6 +66,9 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     _check_port(host, port, "HTTP")
     if grpc_port:
         _check_port(host, grpc_port, "gRPC")
+    if Path(model).suffix.lower() == ".nir":
+        raise ConfigError(f"serve runs ONNX files; convert {model} first: gee-deploy export {model} --out "
+                          f"{Path(model).with_suffix('.onnx')} --timesteps T (see gee-deploy export --help)")
     runtime = OrtRuntime(model, kind, threads)
     name = name or Path(model).stem
     try:
