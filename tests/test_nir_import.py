@@ -443,3 +443,16 @@ def test_serve_answers_tritonclient(converted, data):
         inp.set_data_from_numpy(x)
         assert np.array_equal(client.infer("st", [inp]).as_numpy(LOGITS), want_logits)
         client.close()
+
+
+def test_robustness_takes_the_nir_file_as_reference(converted):
+    from gee_deploy.serving.robustness import run_robustness
+
+    path, onnx_path = converted
+    report = run_robustness([path, onnx_path], ratio=0.5, ratios=(0.0, 0.5), dataset="fashion-mnist-mini",
+                            limit=16, threads=1, batch_size=8)
+    nir_row, ort_row = report["models"]
+    assert (nir_row["runtime"], ort_row["runtime"]) == ("nir", "ort-cpu")
+    assert all(p["top1_agreement_vs_reference"] == 1.0 for p in ort_row["points"])
+    with pytest.raises(Exception, match="is a reference only"):
+        run_robustness([path], dataset="fashion-mnist-mini", limit=4)

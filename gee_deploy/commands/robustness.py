@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -35,7 +36,8 @@ RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
               help=with_range("Images per runtime call", _BATCH))
 @quiet_option
 def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir, limit, threads, batch_size, quiet):
-    """Accuracy of MODELS (checkpoints, ONNX files, TensorRT plans) under additive noise scaled per image to
+    """Accuracy of MODELS (checkpoints, ONNX files, TensorRT plans, NIR files with the ONNX file converted from
+    them) under additive noise scaled per image to
     a fraction of the image's L2 norm: the paper's Fig. 2 protocol.
 
     Every model sees the same noisy images (paired comparison; the first model is the reference), so a
@@ -52,4 +54,4 @@ def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir,
     write_robustness(report, out)
     click.echo(summary_table(report))
     if not quiet:
-        click.echo(f"report: {out}/robustness.md")
+        click.echo(f"report: {Path(out) / 'robustness.md'}")

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..io import write_report_files
 from ..parity import Outputs
 from .bench import evaluate
-from .runtimes import Runtime, open_runtime
+from .runtimes import Runtime, open_each
 
 __all__ = ["NOISE_KINDS", "noise_directions", "add_noise", "check_noise", "run_robustness", "write_robustness",
            "summary_table", "robustness_markdown"]
@@ -141,9 +141,9 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
     """Accuracy of every model under noise of each ratio, on the same noisy test images (paper Fig. 2).
 
     Args:
-        models: checkpoints (.pt, run on PyTorch eager), ONNX files (onnxruntime CPU), TensorRT plans; each
-            through :func:`gee_deploy.serving.runtimes.open_runtime`. The first is the reference of the paired
-            comparison.
+        models: checkpoints (.pt, run on PyTorch eager), ONNX files (onnxruntime CPU), TensorRT plans, NIR files
+            (the NIR executor; the graph converted from the file must be among the models), each through
+            :func:`gee_deploy.serving.runtimes.open_each`. The first is the reference of the paired comparison.
         noise: a key of :data:`NOISE_KINDS`.
         ratio: the headline ratio (the paper's 0.5) the clean-vs-noisy drop is reported at.
         ratios: further ratios for the curve; 0 (clean) and ``ratio`` are always included.
@@ -175,7 +175,7 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
         if not Path(path).is_file():
             raise ConfigError(f"{path} not found")
     started = time.perf_counter()
-    opened = [open_runtime(p, threads=threads) for p in models]
+    opened = open_each(list(models), threads)
     name = _dataset(opened, dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
     for rt in opened:

@@ -270,6 +270,21 @@ def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int 
     raise RuntimeUnavailableError(f"unknown runtime {kind!r}; use one of {', '.join(RUNTIMES)}")
 
 
+def open_each(paths: list[str | os.PathLike], threads: int | None = None) -> list[Runtime]:
+    """One runtime per file, in the order given: :func:`open_runtime`'s by suffix, and for a .nir file its
+    :class:`NIRRuntime`, opened after the others because it takes T, dt and the threshold rule from the spec
+    of the graph converted from it, which must be among them.
+
+    Raises:
+        ModelFileError: a file that cannot be opened, or a .nir file without its converted graph.
+    """
+    nir = {i for i, p in enumerate(paths) if Path(p).suffix.lower() == ".nir"}
+    opened = {i: open_runtime(p, threads=threads) for i, p in enumerate(paths) if i not in nir}
+    specs = [r.spec for r in opened.values()]
+    opened.update({i: NIRRuntime(paths[i], specs, threads) for i in nir})
+    return [opened[i] for i in range(len(paths))]
+
+
 def default_runtimes(path: str | os.PathLike) -> list[str]:
     """The runtimes worth benchmarking for a file on this machine."""
     suffix = Path(path).suffix.lower()
