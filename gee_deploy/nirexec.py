@@ -254,12 +254,18 @@ def run_spec(graph: nir.NIRGraph, spec: ModelSpec, x: np.ndarray, batch_size: in
              executor: NIRExecutor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits [S, classes] and spike counts [S, L] (``spec.spiking_layers`` order) of ``graph`` on ``x`` in the
     layout of the graph converted from it (``gee-deploy export MODEL.nir``): [S, *shape] repeated over the T steps,
-    or [S, T, *shape] per step, with the dt, threshold rule and input mode of ``spec.model_args``."""
+    or [S, T, *shape] per step, with the dt, threshold rule, input mode and input normalisation (when the file
+    stated one) of ``spec.model_args``."""
     args = spec.model_args
     run = executor or NIRExecutor(graph, float(args["dt"]), args["threshold_rule"])
+    shape = spec.input_shape[1:] if args["input"] == "sequence" else spec.input_shape
+    norm = [torch.tensor(args[k], dtype=torch.float32).view(-1, *[1] * (len(shape) - 1))
+            for k in ("input_mean", "input_std") if k in args]
     logits, counts = [], []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
+        if norm:  # the converted graph's (x - mean) / std, float32, the same two ops
+            xb = (xb - norm[0]) / norm[1]
         if args["input"] == "sequence":
             y, c, _ = run.run_steps((xb[:, t] for t in range(spec.timesteps)), len(xb))
         else:

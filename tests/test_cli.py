@@ -152,9 +152,22 @@ def test_serve_names_the_busy_port(serving_onnx, capsys):
         one_error_line(code, err, f"cannot listen on 127.0.0.1:{port} (gRPC): Address already in use")
 
 
-def test_serve_points_a_nir_file_to_its_conversion(tmp_path, capsys):
+def test_serve_points_a_nir_file_or_a_checkpoint_to_its_export(tmp_path, capsys):
     code, _, err = run(["serve", str(tmp_path / "snn.nir")], capsys)
-    one_error_line(code, err, f"serve runs ONNX files; convert {tmp_path / 'snn.nir'} first: gee-deploy export")
+    one_error_line(code, err, f"serve runs ONNX files; convert {tmp_path / 'snn.nir'} first: gee-deploy export "
+                              f"{tmp_path / 'snn.nir'} --out {tmp_path / 'snn.nir.onnx'}")  # not over snn.onnx
+    code, _, err = run(["serve", str(tmp_path / "best.pt")], capsys)
+    one_error_line(code, err, f"looks like a checkpoint: export it first, gee-deploy export {tmp_path / 'best.pt'}")
+
+
+def test_export_takes_its_format_from_the_out_suffix_and_refuses_a_mismatch(tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run(["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.nir"), "--samples", "8"], capsys)
+    assert code == 0, err
+    assert "(nir," in out and (tmp_path / "m.nir").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    for fmt, name in (("onnx", "x.nir"), ("nir", "x.onnx"), ("triton", "x.onnx"), ("onnx", "x.plan")):
+        code, _, err = run(["export", str(tiny_checkpoint), "--out", str(tmp_path / name), "--format", fmt], capsys)
+        one_error_line(code, err, f"--out {tmp_path / name} is named like")
+        assert not (tmp_path / name).exists()
 
 
 def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_path, capsys):

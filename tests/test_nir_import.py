@@ -323,7 +323,7 @@ def _bad_graphs(tmp_path):
         "images-empty": ([ok, "-T", "2", "--images", tmp_path / "empty.npy"], "is not a readable .npy array"),
         "images-text": ([ok, "-T", "2", "--images", tmp_path / "text.npy"], "not in numpy's .npy format"),
         "images-npz": ([ok, "-T", "2", "--images", tmp_path / "arrays.npz"], "is an archive"),
-        "format-nir": ([ok, "-T", "2", "--format", "nir"], "already a NIR file"),
+        "format-nir": ([ok, "-T", "2", "--format", "nir"], "is named like an ONNX file but --format nir writes"),
     }
 
 
@@ -456,3 +456,29 @@ def test_robustness_takes_the_nir_file_as_reference(converted):
     assert all(p["top1_agreement_vs_reference"] == 1.0 for p in ort_row["points"])
     with pytest.raises(Exception, match="is a reference only"):
         run_robustness([path], dataset="fashion-mnist-mini", limit=4)
+
+
+def test_our_own_nir_export_comes_back_as_the_model(tiny_checkpoint, serving_onnx, tmp_path, capsys):
+    """A NIR file written by `gee-deploy export --format nir` records T, the classes, the dataset and the
+    normalisation its Input node expects: converted back without options, the graph takes pixels in [0, 1] like
+    the model's own export, and its logits and spikes on real images are the model's (a graph that skipped the
+    normalisation still validated against an executor that skipped it too, and scored chance)."""
+    from gee_deploy.checkpoint import load_model
+
+    nir_path, back = tmp_path / "ours.nir", tmp_path / "back.onnx"
+    code, _, err = run(["export", str(tiny_checkpoint), "--format", "nir", "--out", str(nir_path), "--samples", "16"],
+                       capsys)
+    assert code == 0, err
+    code, out, err = run(["export", str(nir_path), "--out", str(back)], capsys)
+    assert code == 0, err
+    assert "as the file records" in out and "normalises them with the file's nir.input_mean" in out
+    model, ours = load_model(tiny_checkpoint), ModelSpec.from_onnx(str(serving_onnx))
+    spec = ModelSpec.from_onnx(str(back))
+    assert (spec.timesteps, spec.class_names, spec.dataset) == (ours.timesteps, ours.class_names, ours.dataset)
+    images = load_test_arrays("fashion-mnist-mini", limit=64)[0]
+    logits, spikes = _onnx(back, images)
+    ref_logits, ref_spikes = _onnx(serving_onnx, images)
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(images)).numpy()
+    assert (logits.argmax(1) == torch_logits.argmax(1)).mean() >= 0.98
+    assert abs(spikes.sum() / ref_spikes.sum() - 1) < 0.01 and np.abs(logits - ref_logits).max() < 0.5

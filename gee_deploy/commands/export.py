@@ -7,7 +7,7 @@ import onnx
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
+from ..export.configs import (DEFAULT_OPSET, FORMATS, format_for, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
                               VARIANTS, ValidationConfig)
 from ..kinds import Storage
 from .nir_options import nir_exporter, nir_options
@@ -32,9 +32,9 @@ _SAMPLES = ValidationConfig().samples
                    "bit for bit, at folded speed); folded: the computed weights (the only choice for a dense twin, "
                    "tensorrt and nir). Default: genetic for a genetic checkpoint's onnx/triton export; with int8 "
                    "layers, whichever file is smaller (a note says when that is folded).")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice([str(f) for f in FORMATS]),
+@click.option("--format", "fmt", default=None, type=click.Choice([str(f) for f in FORMATS]),
               help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
-                   + " (see docs/export.md).")
+                   + ". Default: the one --out's suffix names (.onnx, .plan, .nir), else onnx (see docs/export.md).")
 @click.option("--opset", type=Value(OPSET), default=None,
               help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
 @click.option("--streaming", is_flag=True,
@@ -72,6 +72,7 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     if profile and VARIANTS[variant].per_layer is None:
         raise ConfigError(f"--profile times each layer's forms for --variant auto to choose from; --variant "
                           f"{variant} writes every layer one way (drop --profile or use --variant auto)")
+    fmt = format_for(out, fmt)
     check_writable(out, FORMATS[fmt].out_is_dir)
     export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
                                 data_dir=data_dir, storage=storage) or export_model

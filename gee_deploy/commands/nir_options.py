@@ -21,7 +21,8 @@ def nir_options(f):
     """Add the NIR import options to a command (they reach it as keyword arguments named as NIR_OPTIONS)."""
     options = [
         click.option("--timesteps", "-T", type=Value(recipe_field("model.timesteps")), default=None,
-                     help="NIR input only: T, the steps unrolled in the graph (required for a .nir file)."),
+                     help="NIR input only: T, the steps unrolled in the graph (default: the T a file exported by "
+                          "gee-deploy records; required for other frameworks' files)."),
         click.option("--input", "input_mode", default=None, type=click.Choice(INPUT_MODES),
                      help="NIR input only: static repeats one input over the T steps (direct encoding, default); "
                           "sequence takes [N, T, ...] per-step inputs (event data)."),

@@ -66,9 +66,14 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     _check_port(host, port, "HTTP")
     if grpc_port:
         _check_port(host, grpc_port, "gRPC")
-    if Path(model).suffix.lower() == ".nir":
+    suffix = Path(model).suffix.lower()
+    if suffix == ".nir":
         raise ConfigError(f"serve runs ONNX files; convert {model} first: gee-deploy export {model} --out "
-                          f"{Path(model).with_suffix('.onnx')} --timesteps T (see gee-deploy export --help)")
+                          f"{Path(model).with_suffix('.nir.onnx')} (a file from another framework also needs "
+                          "--timesteps T)")
+    if suffix in (".pt", ".pth"):
+        raise ConfigError(f"serve runs ONNX files; {model} looks like a checkpoint: export it first, gee-deploy "
+                          f"export {model} --out {Path(model).with_suffix('.onnx')}")
     runtime = OrtRuntime(model, kind, threads)
     name = name or Path(model).stem
     try:

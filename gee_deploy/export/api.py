@@ -167,7 +167,8 @@ def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     if folded.ByteSize() >= genetic.ByteSize():
         return genetic, spec, Storage.GENETIC, []
     note = (f"folded storage ({folded.ByteSize() / 2**20:.2f} MiB): its int8 codes are smaller than the genetic "
-            f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic keeps those")
+            f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic stores the genetic parameters "
+            "instead")
     return folded, folded_spec, Storage.FOLDED, [note]
 
 
@@ -244,8 +245,6 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
 
     report.tensorrt_problems = compatibility_problems(final)
     _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
-    written = Path(report.out) / "1" / "model.onnx" if output_format.out_is_dir else Path(report.out)
-    report.bytes = written.stat().st_size if written.is_file() else 0
     report.seconds = time.perf_counter() - start
     return report
 
@@ -265,6 +264,7 @@ def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset
     report = ExportReport(str(out), "nir", ExportVariant.DENSE, 0, False, Storage.FOLDED,
                           layers=[l.as_dict() for l in spec.layers],
                           macs_per_sample=spec.macs_per_sample, dense_macs_per_sample=spec.dense_macs_per_sample)
+    _note_replaced(out, report)
     with atomic_path(out) as tmp:
         nir.write(tmp, graph)
         val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
@@ -276,7 +276,9 @@ def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset
 
 def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_batch_size: int, fp16: bool,
            report: ExportReport) -> None:
-    """Write ``proto`` as ``fmt``; artefacts without metadata of their own get the spec as a sidecar."""
+    """Write ``proto`` as ``fmt`` (``report.bytes``: the file's size, a Triton repository's model.onnx);
+    artefacts without metadata of their own get the spec as a sidecar."""
+    _note_replaced(out, report)
     if fmt == "onnx":
         with atomic_path(out) as tmp:
             onnx.save_model(proto, str(tmp))
@@ -289,6 +291,13 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
 
         build_plan(proto, out, max_batch_size=max_batch_size, fp16=fp16)
         spec.write_sidecar(out)
+    written = Path(report.out) / "1" / "model.onnx" if FORMATS[fmt].out_is_dir else Path(report.out)
+    report.bytes = written.stat().st_size if written.is_file() else 0
+
+
+def _note_replaced(out: Path, report: ExportReport) -> None:
+    if out.exists():
+        report.notes.append(f"replaced the existing {out}")
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,

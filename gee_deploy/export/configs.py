@@ -1,7 +1,9 @@
 """What varies per export, declared as data and looked up by name (variants, formats, tolerances)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..kinds import ExportVariant, Int8Policy
 from ..parity import INT8_PTQ_THRESHOLDS, Thresholds, validation_thresholds
@@ -41,6 +43,7 @@ class Format:
     name: str
     out_is_dir: bool
     help: str = ""
+    suffixes: tuple[str, ...] = ()  # file names this format writes (lower case); none for a directory
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,36 @@ INT8_MIN_MACS = 16384
 
 
 FORMATS = {fmt.name: fmt for fmt in (
-    Format("onnx", False, "one self-contained .onnx file"),
+    Format("onnx", False, "one self-contained .onnx file", (".onnx",)),
     Format("triton", True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
-    Format("tensorrt", False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)"),
-    Format("nir", False, "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips"),
+    Format("tensorrt", False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)",
+           (".plan", ".engine")),
+    Format("nir", False, "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips",
+           (".nir",)),
 )}
+
+
+_LIKE = {"onnx": "an ONNX file", "tensorrt": "a TensorRT plan", "nir": "a NIR file"}
+
+
+def format_for(out: str | os.PathLike, fmt: str | None) -> str:
+    """The format an export to ``out`` writes: ``fmt``, or without one the format ``out``'s suffix names
+    (.onnx, .plan / .engine, .nir; onnx for anything else).
+
+    Raises:
+        UnknownOptionError: an unknown ``fmt``, or ``out`` named for another format than ``fmt`` (a .nir file
+            that would hold ONNX, a Triton directory named .onnx).
+    """
+    suffix = Path(out).suffix.lower()
+    named = next((f.name for f in FORMATS.values() if suffix in f.suffixes), None)
+    if fmt is None:
+        return named or "onnx"
+    chosen = lookup(FORMATS, fmt, "format")
+    if named is not None and named != chosen.name:
+        what = "a directory" if chosen.out_is_dir else f"a {' or '.join(chosen.suffixes)} file"
+        raise UnknownOptionError(f"--out {out} is named like {_LIKE[named]} but --format {fmt} writes {what}: "
+                                 "rename --out, or drop --format and let the suffix choose")
+    return chosen.name
 
 
 def lookup(table: dict, name: str, what: str):

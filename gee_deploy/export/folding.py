@@ -28,9 +28,15 @@ from ..walk import CONV_TYPES, is_weight_layer
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
-__all__ = ["FoldedLayer", "GeneticFactors", "fold_layer", "genetic_factors", "generated_weight", "folded_weight",
+__all__ = ["FLOAT_PRODUCT", "FoldedLayer", "GeneticFactors", "fold_layer", "genetic_factors", "generated_weight", "folded_weight",
            "factorised_weights", "batchnorm_affine", "emit_dense", "dense_kernel", "fuse_average_pool",
            "to_tap_major"]
+
+
+# The precision of the product that generates a float layer's genetic weight in an exported graph: float32, as
+# the model's own forward computes W (docs/export.md, "Float order"; benchmarks/fold_precision.py compares it
+# with float64). int8 codes always come from the float64 product.
+FLOAT_PRODUCT = np.float32
 
 
 @dataclass(frozen=True)
@@ -202,11 +208,12 @@ def generated_weight(ops: WeightOps, f: GeneticFactors, out_scale: Tensor | None
                       f"{hint}.generated")  # [.., Cout, g] @ [.., g, Cin]
 
 
-def folded_weight(ops: WeightOps, layer: FoldedLayer, hint: str, product=np.float32) -> Tensor:
+def folded_weight(ops: WeightOps, layer: FoldedLayer, hint: str, product=None) -> Tensor:
     """The layer's float32 weight with its BatchNorm scale folded in, [k, k, Cout, Cin] (or [Cout, Cin]); a
-    genetic layer's product computed in ``product`` (float64 where no session waits for it: the NIR writer)."""
-    weight = generated_weight(ops, layer.factors, layer.out_scale, hint, dtype=product) if layer.genetic \
-        else layer.weight
+    genetic layer's product computed in ``product`` (default :data:`FLOAT_PRODUCT`; float64 where no session
+    waits for it: the NIR writer)."""
+    weight = generated_weight(ops, layer.factors, layer.out_scale, hint, dtype=product or FLOAT_PRODUCT) \
+        if layer.genetic else layer.weight
     return ops.cast(weight, np.float32, f"{hint}.weight32")
 
 
@@ -278,7 +285,7 @@ def fuse_average_pool(ops: WeightOps, weight: Tensor, hint: str) -> Tensor:
     return ops.mul(total, ops.constant(0.25, "quarter", weight.dtype), f"{hint}.fused")
 
 
-def dense_kernel(ops: WeightOps, layer: FoldedLayer, hint: str, product=np.float32) -> tuple[Tensor, int]:
+def dense_kernel(ops: WeightOps, layer: FoldedLayer, hint: str, product=None) -> tuple[Tensor, int]:
     """(the float32 weight the dense form runs, [Cout, Cin, k, k] or [Cout, Cin]; its stride): a pooled layer's
     conv + pool as one (k+1) x (k+1) stride-2 conv, fused in float32 as the model's forward fuses it
     (:meth:`gee_deploy.zoo.base.ConvPool.fused_weight`). ``product``: see :func:`folded_weight`."""

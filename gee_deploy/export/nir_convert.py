@@ -22,7 +22,7 @@ from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
 from .api import ExportReport, _opset, _report_dict, _write
 from .configs import FORMATS, ValidationConfig, lookup
 from .errors import ExportError, UnknownOptionError
-from .nir_import import NIRImport, graph_dt, import_graph, topological_order
+from .nir_import import NIRImport, file_facts, graph_dt, import_graph, topological_order
 from .validate import ValidationReport, compare_outputs, run_graph
 
 __all__ = ["convert_nir", "load_inputs"]
@@ -64,7 +64,8 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     Args:
         path: a NIR file (HDF5, as ``nir.write`` writes it).
         out: the .onnx file, Triton repository directory or TensorRT .plan file.
-        timesteps: T (required).
+        timesteps: T (default: the T a file written by ``gee-deploy export --format nir`` records; required for
+            other files).
         dt: the Euler step (default: the file's metadata ``nir.dt`` or ``dt``; one of the two must be there).
         input_mode: "static" (an image repeated over T) or "sequence" ([N, T, ...]).
         threshold_rule: "gt" (NIR) or "ge" (SpikingJelly).
@@ -83,9 +84,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
     if output_format.name == "nir":
-        raise UnknownOptionError("--format nir: the input is already a NIR file; choose onnx, triton or tensorrt")
-    if timesteps is None:
-        raise UnknownOptionError("a NIR graph has no T of its own: pass --timesteps")
+        raise UnknownOptionError("the input is already a NIR file: write onnx (--out X.onnx), triton or tensorrt")
     if output_format.name == "tensorrt" and variant == "int8":
         raise ExportError("--format tensorrt cannot hold int8 layers (they are onnxruntime's MatMulInteger; "
                           "TensorRT's int8 is QDQ only): export --variant dense")
@@ -94,22 +93,32 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     opset = _opset(opset)
     graph = read_nir(path)
     topological_order(graph, str(path))  # unsupported nodes and cycles first: no flag can fix those
+    facts = file_facts(graph, str(path))  # our own export's T, classes, dataset and input normalisation
+    if timesteps is None and facts.timesteps is None:
+        raise UnknownOptionError("this NIR file states no T (it describes one step): pass --timesteps")
     file_dt = graph_dt(graph)
     if dt is None and file_dt is None:
         raise UnknownOptionError(f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch "
                                  "export with dt = 1e-4 s)")
-    opts = NIRImport(timesteps, float(dt if dt is not None else file_dt), input_mode, threshold_rule, variant)
+    opts = NIRImport(timesteps or facts.timesteps, float(dt if dt is not None else file_dt), input_mode,
+                     threshold_rule, variant, facts.input_mean, facts.input_std)
     opts.check()
     if output_format.name == "tensorrt":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
-    proto, spec = import_graph(graph, opts, opset, source=str(path), file_sha256=file_sha256(path))
+    proto, spec = import_graph(graph, opts, opset, source=str(path), file_sha256=file_sha256(path),
+                               class_names=facts.class_names, dataset=facts.dataset)
     cfg = ValidationConfig(thresholds=INT8_PTQ_THRESHOLDS if variant == "int8" else Thresholds())
     cfg = cfg if atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=atol))
     notes = []
     if dt is not None and file_dt is not None and dt != file_dt:
         notes.append(f"--dt {dt} replaces the dt = {file_dt} the file states")
+    if timesteps is None:
+        notes.append(f"T = {facts.timesteps}, as the file records (--timesteps to change it)")
+    if facts.input_mean is not None:
+        notes.append("the graph takes pixels in [0, 1] and normalises them with the file's nir.input_mean / "
+                     "nir.input_std, as the model it was exported from did")
     if images is not None:
         x = load_inputs(images, spec.input_shape, samples or cfg.samples)
         notes.append(f"validated on {len(x)} inputs of {images}")

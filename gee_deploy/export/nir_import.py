@@ -45,7 +45,8 @@ from .graph import GraphBuilder, tensor_info
 from .int8 import Int8Layer, emit_int8
 from .weights import Tensor
 
-__all__ = ["SUPPORTED_NODES", "INPUT_MODES", "NIRImport", "import_graph", "graph_dt", "topological_order"]
+__all__ = ["SUPPORTED_NODES", "INPUT_MODES", "NIRImport", "FileFacts", "file_facts", "import_graph", "graph_dt",
+           "topological_order"]
 
 SUPPORTED_NODES = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Scale, nir.Conv2d, nir.Flatten,
                    nir.AvgPool2d, nir.SumPool2d, nir.LIF, nir.IF, nir.LI, nir.CubaLIF)
@@ -68,6 +69,9 @@ class NIRImport:
         input_mode: "static" (one input repeated over the T steps) or "sequence" ([N, T, ...] per-step inputs).
         threshold_rule: "gt" (NIR: fire on v > v_th) or "ge" (fire on v >= v_th).
         variant: "dense" or "int8".
+        input_mean, input_std: per channel (the input shape's first axis): the graph takes raw inputs and feeds
+            (x - mean) / std to the Input node, as a file written by ``gee-deploy export --format nir`` states
+            (its Input node takes normalised images); None: the input as it is.
     """
 
     timesteps: int
@@ -75,6 +79,8 @@ class NIRImport:
     input_mode: str = "static"
     threshold_rule: str = "gt"
     variant: str = "dense"
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
     def check(self) -> None:
         """:class:`UnknownOptionError` (one line) for a value outside its range."""
@@ -100,6 +106,34 @@ def graph_dt(graph: nir.NIRGraph) -> float | None:
             except (TypeError, ValueError):
                 raise ModelFileError(f"the file's metadata {key}={value!r} is not a number") from None
     return None
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What a NIR file written by ``gee-deploy export --format nir`` states beyond its nodes (its ``gee.*`` model
+    spec and ``nir.input_*`` keys; nothing for other frameworks' files): T, the class names, the dataset and the
+    per-channel normalisation its Input node expects."""
+
+    timesteps: int | None = None
+    class_names: tuple[str, ...] = ()
+    dataset: str = ""
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+
+
+def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
+    """:class:`FileFacts` of ``graph``; empty without our metadata.
+
+    Raises:
+        ModelFileError: our metadata is there but incomplete or malformed.
+    """
+    from .nir_validate import nir_inputs
+
+    if not any(str(k).startswith("gee.") for k in (graph.metadata or {})):
+        return FileFacts()
+    spec, _, mean, std = nir_inputs(graph, source)
+    return FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset, tuple(mean.flatten().tolist()),
+                     tuple(std.flatten().tolist()))
 
 
 def topological_order(graph: nir.NIRGraph, source: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -244,9 +278,19 @@ class _Importer:
         if shape is None:
             raise self.error(name, "(the Input) declares no shape; the import needs the input's shape (export "
                                    "the model with an example input of the real size)")
+        x = INPUT_NAME
+        if self.opts.input_mean is not None:  # (x - mean) / std per channel, as our own graphs normalise
+            if len(self.opts.input_mean) != shape[0]:
+                raise self.error(name, f"(the Input) has {shape[0]} channels but the file's normalisation "
+                                       f"{len(self.opts.input_mean)}")
+            per_channel = (shape[0],) + (1,) * (len(shape) - 1)
+            mean, std = (np.asarray(v, np.float32).reshape(per_channel)
+                         for v in (self.opts.input_mean, self.opts.input_std))
+            x = self.g.op("Div", [self.g.op("Sub", [x, self.g.const(mean, "input_mean")], "centred"),
+                                  self.g.const(std, "input_std")], "normalised")
         if self.opts.input_mode == "static":
-            return _Value(INPUT_NAME, shape, True)
-        x = self.g.op("Transpose", [INPUT_NAME], "steps_first", perm=[1, 0] + list(range(2, len(shape) + 2)))
+            return _Value(x, shape, True)
+        x = self.g.op("Transpose", [x], "steps_first", perm=[1, 0] + list(range(2, len(shape) + 2)))
         x = self.g.op("Reshape", [x, self.g.const([-1, *shape], "folded_shape", np.int64)], "folded")
         return _Value(x, shape, False)
 
@@ -481,12 +525,14 @@ class _Importer:
 
 
 def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: str = "NIR graph",
-                 file_sha256: str = "", class_names: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, ModelSpec]:
+                 file_sha256: str = "", class_names: tuple[str, ...] = (), dataset: str = ""
+                 ) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of NIR ``graph`` unrolled over ``opts.timesteps`` steps, and its spec.
 
     Graph I/O: input ``input`` float32 [N, *shape] (static) or [N, T, *shape] (sequence), ``shape`` the Input
     node's type; outputs ``logits`` [N, classes] and ``spike_counts`` [N, L], L spiking nodes in dataflow order.
-    The spec's ``model_args`` hold dt, the threshold rule and the input mode, which a reference run needs.
+    The spec's ``model_args`` hold dt, the threshold rule, the input mode and any input normalisation, which a
+    reference run needs (:func:`gee_deploy.nirexec.run_spec`).
 
     Raises:
         UnsupportedModuleError: a node type, subgraph or cycle the import does not run (named, with the
@@ -509,8 +555,10 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
                      class_names=tuple(class_names) or tuple(str(i) for i in range(k)),
                      spiking_layers=tuple(w.spiking), neurons_per_layer=tuple(w.neurons), layers=tuple(w.layers),
                      variant=opts.variant, model_name=f"nir:{source.rsplit('/', 1)[-1]}",
-                     model_args={"dt": opts.dt, "threshold_rule": opts.threshold_rule, "input": opts.input_mode},
-                     checkpoint_sha256=file_sha256)
+                     model_args={"dt": opts.dt, "threshold_rule": opts.threshold_rule, "input": opts.input_mode,
+                                 **({"input_mean": list(opts.input_mean), "input_std": list(opts.input_std)}
+                                    if opts.input_mean is not None else {})},
+                     checkpoint_sha256=file_sha256, dataset=dataset)
     inputs = [tensor_info(INPUT_NAME, [BATCH_DIM, *input_shape])]
     outputs = [tensor_info(LOGITS, [BATCH_DIM, k]), tensor_info(SPIKE_COUNTS, [BATCH_DIM, len(w.counts)])]
     proto = g.model(inputs, outputs, opset, spec.to_metadata())

@@ -17,8 +17,10 @@ def summary_table(report: dict) -> str:
     """One row per runtime and batch size: every latency, accuracy, parity, spike and energy number."""
     stats = {r["runtime"]: r for r in report["runtimes"]}
     w = max(9, *(len(name) for name in stats))
+    ref = report["runtimes"][0]["kind"] if report["runtimes"] else "torch"  # the reference runs first
+    speedup = f"x {ref if ref in ('torch', 'nir') else 'ref'}"
     head = (f"{'runtime':<{w}} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'samples/s':>10} "
-            f"{'x torch':>7} {'acc':>7} {'top1 agr':>8} {'max dlogit':>10} {'spikes/smp':>10} {'energy uJ':>9}")
+            f"{speedup:>7} {'acc':>7} {'top1 agr':>8} {'max dlogit':>10} {'spikes/smp':>10} {'energy uJ':>9}")
     lines = [head, "-" * len(head)]
     for lat in report["latency"]:
         r = stats[lat["runtime"]]

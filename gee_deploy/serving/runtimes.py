@@ -260,7 +260,8 @@ def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int 
         kind = {".pt": "torch", ".pth": "torch", ".onnx": "ort-cpu", ".plan": "tensorrt",
                 ".engine": "tensorrt"}.get(p.suffix.lower())
         if kind is None:
-            raise ModelFileError(f"cannot tell what {p} is from its suffix (.pt, .onnx, .plan)")
+            raise ModelFileError(f"cannot tell what {p} is from its suffix (.pt, .onnx, .plan, .engine; .nir beside "
+                                 "the graph converted from it)")
     if kind == "torch":
         return TorchRuntime(p, threads)
     if kind in PROVIDERS:
