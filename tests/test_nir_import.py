@@ -475,6 +475,7 @@ def test_our_own_nir_export_comes_back_as_the_model(tiny_checkpoint, serving_onn
     model, ours = load_model(tiny_checkpoint), ModelSpec.from_onnx(str(serving_onnx))
     spec = ModelSpec.from_onnx(str(back))
     assert (spec.timesteps, spec.class_names, spec.dataset) == (ours.timesteps, ours.class_names, ours.dataset)
+    assert f"test images of {ours.dataset}, the file's dataset" in out  # validated on real images, not noise
     images = load_test_arrays("fashion-mnist-mini", limit=64)[0]
     logits, spikes = _onnx(back, images)
     ref_logits, ref_spikes = _onnx(serving_onnx, images)

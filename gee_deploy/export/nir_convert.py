@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import file_sha256
-from ..errors import InputError
+from ..data import load_test_arrays
+from ..errors import GeeError, InputError
 from ..nirexec import read_nir, run_spec
 from ..ort_session import create_session
 from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
@@ -119,10 +120,20 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     if facts.input_mean is not None:
         notes.append("the graph takes pixels in [0, 1] and normalises them with the file's nir.input_mean / "
                      "nir.input_std, as the model it was exported from did")
+    x = None
     if images is not None:
         x = load_inputs(images, spec.input_shape, samples or cfg.samples)
         notes.append(f"validated on {len(x)} inputs of {images}")
-    else:
+    elif facts.dataset and opts.input_mode == "static":  # our own file: its dataset's test images, if here
+        try:
+            x = load_test_arrays(facts.dataset, None, samples or cfg.samples)[0]
+        except GeeError:
+            x = None
+        if x is not None and tuple(x.shape[1:]) == tuple(spec.input_shape):
+            notes.append(f"validated on {len(x)} test images of {facts.dataset}, the file's dataset")
+        else:
+            x = None
+    if x is None:
         gen = torch.Generator().manual_seed(0)
         x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()
         notes.append(f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "

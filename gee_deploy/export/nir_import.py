@@ -129,7 +129,7 @@ def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
     """
     from .nir_validate import nir_inputs
 
-    if not any(str(k).startswith("gee.") for k in (graph.metadata or {})):
+    if ModelSpec.key("timesteps") not in (graph.metadata or {}):  # not written by gee-deploy
         return FileFacts()
     spec, _, mean, std = nir_inputs(graph, source)
     return FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset, tuple(mean.flatten().tolist()),
