@@ -33,8 +33,9 @@ def nir_options(f):
                      help="NIR input only: gt fires on v > v_th as NIR defines it (snntorch, default); ge on "
                           "v >= v_th (SpikingJelly). See docs/nir.md."),
         click.option("--images", type=click.Path(dir_okay=False), default=None,
-                     help="NIR input only: a .npy of validation inputs in the graph's input layout (default: random "
-                          "inputs of the declared shape)."),
+                     help="NIR input only: a .npy of validation inputs in the graph's input layout (default: the "
+                          "test images of the dataset a file exported by gee-deploy names, when they are here; "
+                          "else random inputs of the declared shape)."),
     ]
     for option in reversed(options):
         f = option(f)
