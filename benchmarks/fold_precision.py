@@ -15,31 +15,23 @@ last-bit difference near a threshold flips a spike, whichever side rounds it).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-import gee_deploy.export.folding as folding
-from gee_deploy.export import build_onnx
-from gee_deploy.neurons import SpikeRecorder
-from gee_deploy.ort_session import create_session
-from gee_deploy.zoo import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_export import lively  # noqa: E402  (random BatchNorm affines, statistics calibrated: every layer fires)
+
+import gee_deploy.export.folding as folding  # noqa: E402
+from gee_deploy.export import build_onnx  # noqa: E402
+from gee_deploy.neurons import SpikeRecorder  # noqa: E402
+from gee_deploy.ort_session import create_session  # noqa: E402
+from gee_deploy.zoo import create_model  # noqa: E402
 
 PRODUCTS = {"float64": np.float64, "float32": np.float32}
-
-
-def calibrated(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Random BatchNorm affines, running statistics from one train-mode pass over ``images`` (every layer fires)."""
-    gen = torch.Generator().manual_seed(0)
-    for bn in (m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
-        bn.weight.data = torch.rand(bn.num_features, generator=gen) * 0.7 + 0.8
-        bn.bias.data = torch.rand(bn.num_features, generator=gen) * 0.6 + 0.6
-        bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
 
 
 def compare(model: nn.Module, images: np.ndarray, label: str, batch: int) -> None:
@@ -89,7 +81,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(name, genes=genes)
         images = torch.rand(a.images, model.in_channels, model.image_size, model.image_size)
-        compare(calibrated(model, images[:8]), images.numpy(), f"{name} g={genes}", a.batch)
+        compare(lively(model, images[:8]), images.numpy(), f"{name} g={genes}", a.batch)
 
 
 if __name__ == "__main__":

@@ -61,11 +61,6 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     from ..serving.runtimes import OrtRuntime
     from ..serving.server import InferenceServer, ready_line
 
-    if grpc_port is not None and grpc_port == port and port != 0:
-        raise ConfigError(f"--grpc-port {grpc_port} is the HTTP --port too; give each protocol its own port")
-    _check_port(host, port, "HTTP")
-    if grpc_port:
-        _check_port(host, grpc_port, "gRPC")
     suffix = Path(model).suffix.lower()
     if suffix == ".nir":
         raise ConfigError(f"serve runs ONNX files; convert {model} first: gee-deploy export {model} --out "
@@ -74,6 +69,11 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     if suffix in (".pt", ".pth"):
         raise ConfigError(f"serve runs ONNX files; {model} looks like a checkpoint: export it first, gee-deploy "
                           f"export {model} --out {Path(model).with_suffix('.onnx')}")
+    if grpc_port is not None and grpc_port == port and port != 0:
+        raise ConfigError(f"--grpc-port {grpc_port} is the HTTP --port too; give each protocol its own port")
+    _check_port(host, port, "HTTP")
+    if grpc_port:
+        _check_port(host, grpc_port, "gRPC")
     runtime = OrtRuntime(model, kind, threads)
     name = name or Path(model).stem
     try:

@@ -1,18 +1,19 @@
-"""Fold a weight layer (plain or genetic) and the BatchNorm after it, in float64, with :class:`WeightOps`.
+"""Fold a weight layer (plain or genetic) and the BatchNorm after it, with :class:`WeightOps`.
 
-Weights are kept in the tap-major layout [k, k, Cin, Cout] ([Cin, Cout] for a linear layer) until a compute
-op needs them: a genetic layer's weight is generated from its factors (paper eq. 1) in that layout as one
-batched float64 matrix product over the taps p,
+Weights are kept with the kernel taps first, [k, k, Cout, Cin] ([Cout, Cin] for a linear layer), until a
+compute op needs them: a genetic layer's weight is generated from its factors (paper eq. 1) in that layout as
+one batched matrix product over the taps p,
 
-.. math:: W[p, i, o] = \\sum_a E_{in}[i, p, a] \\, B[p, a, o], \\quad
-          B[p, a, o] = s \\, \\gamma_o / \\sqrt{\\sigma^2_o + \\epsilon} \\sum_b G[a, b] \\, E_{out}[o, p, b]
+.. math:: W[p, o, i] = \\sum_a \\mathrm{mix}[p, o, a] \\, E_{in}[i, p, a], \\quad
+          \\mathrm{mix}[p, o, a] = s \\, \\gamma_o / \\sqrt{\\sigma^2_o + \\epsilon} \\sum_b E_{out}[o, p, b] G[a, b]
 
-(the small factors are arranged first, so the product comes out where the int8 layers' patch matrices want it
-and the dense kernel [Cout, Cin, k, k] is one float32 transpose away), and the BatchNorm shift becomes the bias.
-Everything stays float64 until the single cast to float32, so folding adds no rounding of its own beyond that
-cast. With ``genetic`` storage the same steps are nodes of the exported graph (:mod:`gee_deploy.export.weights`),
-which onnxruntime evaluates when it creates a session: the subgraph is written to materialise as few large
-tensors as it can (each one costs a copy in onnxruntime's constant folding), docs/export.md, "Storage".
+(the small factors are arranged first, so the dense kernel [Cout, Cin, k, k] is one cheap transpose away and the
+int8 source, [k, k, Cin, Cout] with ``io``, needs none), and the BatchNorm shift becomes the bias. The float
+forms' product runs in float32 (:data:`FLOAT_PRODUCT`), the int8 source's in float64 rounded once; the BatchNorm
+factors in float64 (docs/export.md, "Float order"). With ``genetic`` storage the same steps are nodes of the
+exported graph (:mod:`gee_deploy.export.weights`), which onnxruntime evaluates when it creates a session: the
+subgraph is written to materialise as few large tensors as it can (each one costs a copy in onnxruntime's
+constant folding), docs/export.md, "Storage".
 """
 from __future__ import annotations
 
@@ -168,18 +169,23 @@ def genetic_factors(ops: WeightOps, m: GeneticConv2d | GeneticLinear, hint: str)
                           None if linear else m.kernel_size)
 
 
-def _mix(ops: WeightOps, f: GeneticFactors, row_scale: Tensor, hint: str, dtype) -> Tensor:
-    """mix[.., o, a] = (sum_b E_out[o, p, b] G[a, b]) row_scale[o] in ``dtype``: [k, k, Cout, g] ([Cout, g])."""
-    e_out = ops.cast(ops.transpose(f.e_out, _swap_last(f.e_out), f"{hint}.e_out_rows"), dtype, f"{hint}.e_out_cast")
+def _mix(ops: WeightOps, f: GeneticFactors, row_scale: Tensor, hint: str, dtype, channel_first: bool = False
+         ) -> Tensor:
+    """mix[.., o, a] = (sum_b E_out[o, p, b] G[a, b]) row_scale[o] in ``dtype``: [k, k, Cout, g] ([Cout, g]), or
+    [Cout, k, k, g] with ``channel_first`` (the factorised form's mixing rows)."""
+    n = len(f.e_out.shape)  # stored [.., g, Cout]
+    perm = (n - 1,) + tuple(range(n - 1)) if channel_first else _swap_last(n)
+    e_out = ops.cast(ops.transpose(f.e_out, perm, f"{hint}.e_out_rows"), dtype, f"{hint}.e_out_cast")
     gene_t = ops.transpose(ops.cast(f.gene, dtype, "gene_matrix_cast"), (1, 0), "gene_matrix_t")
-    if row_scale.shape:
-        row_scale = ops.reshape(row_scale, (row_scale.shape[0], 1), f"{hint}.row_scale_col")
+    if row_scale.shape:  # along the output channels' axis
+        row_scale = ops.reshape(row_scale, (row_scale.shape[0],) + (1,) * (n - 1 - perm.index(n - 1)),
+                                f"{hint}.row_scale_col")
     return ops.mul(ops.matmul(e_out, gene_t, f"{hint}.mix_raw"), ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"),
                    f"{hint}.mix")
 
 
-def _swap_last(t: Tensor) -> tuple[int, ...]:
-    n = len(t.shape)
+def _swap_last(n: int) -> tuple[int, ...]:
+    """The permutation of ``n`` axes that swaps the last two."""
     return tuple(range(n - 2)) + (n - 1, n - 2)
 
 
@@ -199,7 +205,8 @@ def generated_weight(ops: WeightOps, f: GeneticFactors, out_scale: Tensor | None
     """
     row_scale = f.scale if out_scale is None else ops.mul(f.scale, out_scale, f"{hint}.row_scale")  # [] | [Cout]
     if io:  # [.., Cin, g] @ [.., g, Cout], mix^T[.., a, o] = sum_b G[a, b] E_out[o, p, b] row_scale[o]
-        e_in = ops.cast(ops.transpose(f.e_in, _swap_last(f.e_in), f"{hint}.e_in_rows"), dtype, f"{hint}.e_in_cast")
+        e_in = ops.cast(ops.transpose(f.e_in, _swap_last(len(f.e_in.shape)), f"{hint}.e_in_rows"), dtype,
+                        f"{hint}.e_in_cast")
         mix_t = ops.matmul(ops.cast(f.gene, dtype, "gene_matrix_cast"), ops.cast(f.e_out, dtype, f"{hint}.e_out_cast"),
                            f"{hint}.mix_raw")
         mix_t = ops.mul(mix_t, ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"), f"{hint}.mix")
@@ -224,14 +231,8 @@ def factorised_weights(ops: WeightOps, layer: FoldedLayer, hint: str) -> tuple[T
     f = layer.factors
     taps, g = (f.kernel_size or 1) ** 2, f.genes
     project = ops.reshape(f.e_in, (taps * g, layer.c_in), f"{hint}.project_rows")
-    per_channel = (len(f.e_out.shape) - 1,) + tuple(range(len(f.e_out.shape) - 1))  # [Cout, k, k, g] | [Cout, g]
-    e_out = ops.transpose(f.e_out, per_channel, f"{hint}.e_out_per_channel")
-    gene_t = ops.transpose(ops.cast(f.gene, np.float32, "gene_matrix_cast"), (1, 0), "gene_matrix_t")
-    row_scale = ops.mul(f.scale, layer.out_scale, f"{hint}.row_scale")
-    row_scale = ops.reshape(row_scale, (layer.c_out,) + (1,) * (len(per_channel) - 1), f"{hint}.row_scale_col")
-    mix = ops.mul(ops.matmul(e_out, gene_t, f"{hint}.mix_raw"), ops.cast(row_scale, np.float32,
-                                                                        f"{hint}.row_scale_cast"), f"{hint}.mix")
-    return project, ops.reshape(mix, (layer.c_out, taps * g), f"{hint}.mix_rows")
+    mix = _mix(ops, f, ops.mul(f.scale, layer.out_scale, f"{hint}.row_scale"), hint, np.float32, channel_first=True)
+    return project, ops.reshape(mix, (layer.c_out, taps * g), f"{hint}.mix_rows")  # [Cout, k, k, g] -> [Cout, p g]
 
 
 def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, ops: WeightOps | None = None,

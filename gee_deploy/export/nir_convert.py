@@ -56,6 +56,18 @@ def load_inputs(path: str | os.PathLike, spec_shape: tuple[int, ...], samples: i
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _dataset_images(dataset: str, shape: tuple[int, ...], samples: int) -> np.ndarray | None:
+    """The first ``samples`` test images of ``dataset`` (the one a file exported by gee-deploy names), or None
+    when there is none, it is not on this machine, or its images are not of ``shape``."""
+    if not dataset:
+        return None
+    try:
+        x = load_test_arrays(dataset, None, samples)[0]
+    except GeeError:
+        return None
+    return x if tuple(x.shape[1:]) == tuple(shape) else None
+
+
 def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: int | None, dt: float | None = None,
                 input_mode: str = "static", threshold_rule: str = "gt", variant: str = "dense", fmt: str = "onnx",
                 opset: int | None = None, images: str | os.PathLike | None = None, samples: int | None = None,
@@ -124,15 +136,10 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     if images is not None:
         x = load_inputs(images, spec.input_shape, samples or cfg.samples)
         notes.append(f"validated on {len(x)} inputs of {images}")
-    elif facts.dataset and opts.input_mode == "static":  # our own file: its dataset's test images, if here
-        try:
-            x = load_test_arrays(facts.dataset, None, samples or cfg.samples)[0]
-        except GeeError:
-            x = None
-        if x is not None and tuple(x.shape[1:]) == tuple(spec.input_shape):
+    elif opts.input_mode == "static":
+        x = _dataset_images(facts.dataset, spec.input_shape, samples or cfg.samples)
+        if x is not None:
             notes.append(f"validated on {len(x)} test images of {facts.dataset}, the file's dataset")
-        else:
-            x = None
     if x is None:
         gen = torch.Generator().manual_seed(0)
         x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()

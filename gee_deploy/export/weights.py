@@ -86,14 +86,9 @@ class WeightOps:
         ``stored.<its name in the model>`` (``hint`` when the ops were given no names). Read it as float32 to
         slice or transpose it before the (exact) cast to float64: a layout op then moves half the bytes.
         """
-        key = id(t)
-        if key in self._encodings:
+        if id(t) in self._encodings:
             raise ValueError(f"{hint}: stored as an encoding before, now asked for as a plain tensor")
-        if key not in self._stored:
-            value = t.detach().to("cpu", torch.float32).numpy()
-            name = self.graph.const(value, "stored." + self.names.get(key, hint)) if self.graph is not None else None
-            self._stored[key] = (t, Tensor(value, name))  # keep t alive: its id must not be reused while cached
-        return self.cast(self._stored[key][1], dtype, f"{hint}.f64")
+        return self.cast(self._store(t, hint, lambda value: value), dtype, f"{hint}.f64")
 
     def encoding(self, t: torch.Tensor, hint: str) -> Tensor:
         """A population encoding [C, k*k, g] (eq. 3), stored tap-major as [k, k, g, C], read as float32.
@@ -101,17 +96,21 @@ class WeightOps:
         The layout the weight products read without a transpose (:func:`gee_deploy.export.folding.generated_weight`);
         stored once per population like :meth:`stored`.
         """
+        if id(t) in self._stored and id(t) not in self._encodings:
+            raise ValueError(f"{hint}: stored as a plain tensor before, now asked for as an encoding")
+        self._encodings.add(id(t))
+        c, taps, g = t.shape
+        k = math.isqrt(taps)
+        return self._store(t, hint, lambda value: value.reshape(c, k, k, g).transpose(1, 2, 3, 0))
+
+    def _store(self, t: torch.Tensor, hint: str, arrange) -> Tensor:
+        """``t`` as float32 in the layout ``arrange`` gives it, an initializer ``stored.<its name in the model>``
+        (``hint`` when the ops were given no names), written once per tensor object."""
         key = id(t)
         if key not in self._stored:
-            c, taps, g = t.shape
-            k = math.isqrt(taps)
-            value = t.detach().to("cpu", torch.float32).numpy().reshape(c, k, k, g).transpose(1, 2, 3, 0)
-            value = np.ascontiguousarray(value)
+            value = np.ascontiguousarray(arrange(t.detach().to("cpu", torch.float32).numpy()))
             name = self.graph.const(value, "stored." + self.names.get(key, hint)) if self.graph is not None else None
-            self._stored[key] = (t, Tensor(value, name))
-            self._encodings.add(key)
-        if key not in self._encodings:
-            raise ValueError(f"{hint}: stored as a plain tensor before, now asked for as an encoding")
+            self._stored[key] = (t, Tensor(value, name))  # keep t alive: its id must not be reused while cached
         return self._stored[key][1]
 
     def constant(self, value, hint: str, dtype=np.float64) -> Tensor:

@@ -242,12 +242,8 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: Expor
     for v_in, v_out, shape in zip(spec.state_inputs, spec.state_outputs, w.state_shapes):
         inputs.append(tensor_info(v_in, [n] + shape))
         outputs.append(tensor_info(v_out, [n] + shape))
-    proto = graph.model(inputs, outputs, opset, spec.to_metadata())
-    if storage == Storage.GENETIC:  # the graph computes the int8 scales; fold it to read them
-        spec = replace(spec, layers=tuple(replace(l, weight_scales=None) for l in spec.layers))
-        set_metadata(proto, spec.to_metadata())
-        return proto, spec
-    return folded_with_scales(proto, spec)
+    proto = graph.model(inputs, outputs, opset, spec.to_metadata())  # the int8 scales: computed by the graph
+    return (proto, spec) if storage == Storage.GENETIC else folded_with_scales(proto, spec)
 
 
 def folded_with_scales(proto: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec]:
