@@ -31,7 +31,7 @@ import torch
 
 from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
-from gee_deploy.serving.bench import profile_ops
+from gee_deploy.evaluation.bench import profile_ops
 from gee_deploy.ort_session import create_session
 from gee_deploy.spec import INPUT_NAME
 from gee_deploy.walk import describe

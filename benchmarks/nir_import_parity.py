@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import nir_frameworks as nf  # noqa: E402
 
 from gee_deploy.data import load_split, load_test_arrays  # noqa: E402
-from gee_deploy.export.nir_convert import convert_nir  # noqa: E402
+from gee_deploy.nir.convert import convert_nir  # noqa: E402
 from gee_deploy.export.validate import run_graph  # noqa: E402
 from gee_deploy.ort_session import create_session  # noqa: E402
 

@@ -21,7 +21,7 @@ from gee_deploy.checkpoint import file_sha256, load_model
 from gee_deploy.export import export_loaded
 from gee_deploy.export.api import validation_data
 from gee_deploy.export.configs import ValidationConfig
-from gee_deploy.export.nir_validate import nir_inputs, read_nir, run_nir
+from gee_deploy.nir.validate import nir_inputs, read_nir, run_nir
 from gee_deploy.export.validate import reference_outputs
 from gee_deploy.parity import Outputs, compare
 

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from gee_deploy.data import load_test_arrays
-from gee_deploy.serving.loadtest import load_test
+from gee_deploy.evaluation.loadtest import load_test
 from gee_deploy.serving.server import parse_ready_line
 from gee_deploy.spec import ModelSpec
 

@@ -1,5 +1,5 @@
-"""Imports run downward: every module imports on its own, the package's import graph has no cycle, and no
-stage (training, export, serving) imports another.
+"""Imports run downward: every module imports on its own, the package's import graph has no cycle, and a stage
+(training, export, serving, evaluation, nir) imports the core and only the stages ``MAY_IMPORT`` names for it.
 
 The graph is read from the source, not from a running interpreter, so an import placed inside a function
 (the usual way to hide a cycle) is an edge like any other.
@@ -15,7 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "gee_deploy"
-STAGES = ("training", "export", "serving")
+STAGES = ("training", "export", "serving", "evaluation", "nir")
+# the stages each stage may import besides the core: NIR conversion builds ONNX graphs with export's writers;
+# evaluation runs the runtimes serving serves and the NIR executor as a reference; export's --format nir
+# calls the NIR writer until the format registry moves above both
+MAY_IMPORT = {"training": set(), "export": {"nir"}, "serving": set(), "evaluation": {"serving", "nir"},
+              "nir": {"export"}}
 
 
 def package_modules(src_root: Path, package: str) -> dict[str, Path]:
@@ -159,7 +164,7 @@ def test_the_package_has_no_import_cycle():
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_a_stage_imports_no_other_stage(stage):
+def test_a_stage_imports_only_the_stages_it_may(stage):
     graph = import_graph(ROOT, PACKAGE)
 
     def stage_of(module: str) -> str | None:
@@ -167,5 +172,5 @@ def test_a_stage_imports_no_other_stage(stage):
         return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
 
     crossings = sorted(f"{module} -> {target}" for module, targets in graph.items() if stage_of(module) == stage
-                       for target in targets if stage_of(target) not in (None, stage))
+                       for target in targets if stage_of(target) not in (None, stage, *MAY_IMPORT[stage]))
     assert not crossings, "stages import each other:\n" + "\n".join(crossings)

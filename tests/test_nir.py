@@ -17,8 +17,8 @@ from gee_deploy.errors import ModelFileError
 from gee_deploy.export import ExportValidationError, export_loaded
 from gee_deploy.export.configs import ValidationConfig
 from gee_deploy.errors import UnsupportedModuleError
-from gee_deploy.export.nir import DT, NIR_METADATA, nir_threshold, write_nir
-from gee_deploy.export.nir_validate import NIRExecutor, nir_inputs, read_nir, run_nir, validate_nir
+from gee_deploy.nir.writer import DT, NIR_METADATA, nir_threshold, write_nir
+from gee_deploy.nir.validate import NIRExecutor, nir_inputs, read_nir, run_nir, validate_nir
 from gee_deploy.neurons import TAU, V_RESET, V_THRESHOLD, lif_reference
 from gee_deploy.parity import Thresholds
 from gee_deploy.spec import LOGITS, SPIKE_COUNTS, ModelSpec

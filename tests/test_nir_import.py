@@ -15,7 +15,7 @@ import torch
 import nir_frameworks as nf
 from gee_deploy.data import load_test_arrays
 from gee_deploy.export.validate import run_graph
-from gee_deploy.nirexec import read_nir
+from gee_deploy.nir.executor import read_nir
 from gee_deploy.ort_session import create_session
 from gee_deploy.spec import ModelSpec
 
@@ -359,7 +359,7 @@ def test_snntorch_importer_loads_our_nir_export(tiny_checkpoint, tmp_path, capsy
     from snntorch.import_nir import import_from_nir
 
     from gee_deploy.checkpoint import load_model
-    from gee_deploy.export.nir_validate import nir_inputs
+    from gee_deploy.nir.validate import nir_inputs
 
     out = tmp_path / "ours.nir"
     code, _, err = run(["export", str(tiny_checkpoint), "--format", "nir", "--out", str(out), "--samples", "16"],
@@ -389,14 +389,14 @@ def converted(tmp_path_factory, data):
     net = nf.build("snntorch").eval()
     d = tmp_path_factory.mktemp("conv")
     path = nf.export("snntorch", net, d / "st.nir")
-    from gee_deploy.export.nir_convert import convert_nir
+    from gee_deploy.nir.convert import convert_nir
 
     convert_nir(path, d / "st.onnx", timesteps=T, dt=1e-4, images=data[1])
     return path, d / "st.onnx"
 
 
 def test_bench_uses_the_nir_file_as_reference(converted, tmp_path):
-    from gee_deploy.serving.bench import run_bench
+    from gee_deploy.evaluation.bench import run_bench
 
     path, onnx_path = converted
     report = run_bench([onnx_path, path], dataset="fashion-mnist-mini", limit=16, batch_sizes=(2,), min_time=0.0,
@@ -446,7 +446,7 @@ def test_serve_answers_tritonclient(converted, data):
 
 
 def test_robustness_takes_the_nir_file_as_reference(converted):
-    from gee_deploy.serving.robustness import run_robustness
+    from gee_deploy.evaluation.robustness import run_robustness
 
     path, onnx_path = converted
     report = run_robustness([path, onnx_path], ratio=0.5, ratios=(0.0, 0.5), dataset="fashion-mnist-mini",

@@ -8,9 +8,9 @@ import pytest
 
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ConfigError
-from gee_deploy.serving.bench import evaluate
-from gee_deploy.serving.robustness import add_noise, noise_directions, run_robustness
-from gee_deploy.serving.runtimes import open_runtime
+from gee_deploy.evaluation.bench import evaluate
+from gee_deploy.evaluation.robustness import add_noise, noise_directions, run_robustness
+from gee_deploy.evaluation.runtimes import open_runtime
 from test_cli import run as run_cli  # main() as the console script runs it: (exit code, stdout, stderr)
 
 

@@ -19,7 +19,7 @@ from gee_deploy.data import load_test_arrays
 from gee_deploy.serving import codec
 from gee_deploy.serving.batcher import Batcher
 from gee_deploy.serving.codec import classify, http_status
-from gee_deploy.serving.loadtest import load_test
+from gee_deploy.evaluation.loadtest import load_test
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.serving.server import InferenceServer, parse_ready_line, ready_line
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS

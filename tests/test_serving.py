@@ -14,8 +14,9 @@ from gee_deploy.data import load_test_arrays
 from gee_deploy.energy import E_AC_PJ, E_MAC_PJ, energy_per_layer
 from gee_deploy.kinds import ExportVariant, LayerKind
 from gee_deploy.parity import CHECK_GATES, Outputs, Thresholds, checks, compare
-from gee_deploy.serving.bench import evaluate
-from gee_deploy.serving.runtimes import OrtRuntime, TorchRuntime, open_runtime
+from gee_deploy.evaluation.bench import evaluate
+from gee_deploy.evaluation.runtimes import TorchRuntime, open_runtime
+from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
 from gee_deploy.walk import describe
 from gee_deploy.zoo import list_models
@@ -388,7 +389,7 @@ def test_reference_spec_agrees_with_the_exporter_across_the_zoo(name):
 
 def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, data, tmp_path):
     from gee_deploy.export import export_model
-    from gee_deploy.serving.bench import runtime_stats
+    from gee_deploy.evaluation.bench import runtime_stats
 
     path = tmp_path / "fact.onnx"
     export_model(tiny_checkpoint, path, variant="factorised", samples=32)
@@ -400,8 +401,8 @@ def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, da
 
 
 def test_bench_of_deployed_files_alone(serving_onnx, tmp_path):
-    from gee_deploy.serving.bench import run_bench
-    from gee_deploy.serving.report import summary_table
+    from gee_deploy.evaluation.bench import run_bench
+    from gee_deploy.evaluation.report import summary_table
 
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(serving_onnx.read_bytes())
@@ -468,8 +469,8 @@ def test_check_fails_with_one_line_per_regression(tiny_checkpoint, serving_onnx,
 
 
 def test_bench_profile_ops_splits_the_graph_time_by_operator(serving_onnx, tmp_path):
-    from gee_deploy.serving.bench import run_bench
-    from gee_deploy.serving.report import write_report
+    from gee_deploy.evaluation.bench import run_bench
+    from gee_deploy.evaluation.report import write_report
 
     report = run_bench([serving_onnx], batch_sizes=(4,), limit=8, threads=1, min_time=0.01, profile=True)
     prof = report["runtimes"][0]["op_profile"]
@@ -484,7 +485,7 @@ def test_bench_profile_ops_splits_the_graph_time_by_operator(serving_onnx, tmp_p
 def test_load_warning_names_the_load_and_what_to_do():
     import os
 
-    from gee_deploy.serving.bench import load_warning
+    from gee_deploy.evaluation.bench import load_warning
 
     cpus = os.cpu_count() or 1
     assert load_warning(0.2, None) is None

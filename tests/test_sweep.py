@@ -16,9 +16,9 @@ from test_cli import run as run_cli  # main() as the console script runs it: (ex
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ConfigError
 from gee_deploy.io import read_jsonl
-from gee_deploy.serving.bench import evaluate, run_bench, runtime_stats
-from gee_deploy.serving.report import write_report
-from gee_deploy.serving.runtimes import open_runtime
+from gee_deploy.evaluation.bench import evaluate, run_bench, runtime_stats
+from gee_deploy.evaluation.report import write_report
+from gee_deploy.evaluation.runtimes import open_runtime
 from gee_deploy.training.sweep import POINT_FILE, point_dir, run_sweep
 from gee_deploy.zoo import create_model
 from gee_deploy.zoo.summary import count_parameters

@@ -7,7 +7,7 @@ import click
 from pydantic import Field
 
 from ..recipe import recipe_field
-from ..serving.runtimes import RUNTIMES
+from ..evaluation.runtimes import RUNTIMES
 from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, with_range
 
 _BATCH = recipe_field("data.batch_size")
@@ -42,8 +42,8 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     own spike counts; with --profile-ops, where each onnxruntime graph's time goes, per operator type.
     Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png.
     """
-    from ..serving.bench import run_bench
-    from ..serving.report import summary_table, write_report
+    from ..evaluation.bench import run_bench
+    from ..evaluation.report import summary_table, write_report
 
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), list(runtimes) if runtimes else None, batch_sizes, dataset, data_dir,

@@ -44,7 +44,7 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     from ..checkpoint import load_checkpoint
     from ..kinds import Precision
     from ..parity import validation_thresholds
-    from ..serving.bench import run_check
+    from ..evaluation.bench import run_check
     from ..spec import ModelSpec
 
     if zipfile.is_zipfile(onnx_model) and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip

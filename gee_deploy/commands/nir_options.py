@@ -8,7 +8,7 @@ import click
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..export.nir_import import INPUT_MODES
+from ..nir.importer import INPUT_MODES
 from ..recipe import recipe_field
 from .options import Value
 
@@ -44,7 +44,7 @@ def nir_options(f):
 
 def nir_exporter(model: str, given: dict, **checkpoint_only):
     """When ``model`` is a .nir file: a function taking ``export_model``'s arguments that converts it with
-    :func:`gee_deploy.export.nir_convert.convert_nir`; else None. :class:`ConfigError` (one line) for an option
+    :func:`gee_deploy.nir.convert.convert_nir`; else None. :class:`ConfigError` (one line) for an option
     of the other kind (given before any work)."""
     is_nir = Path(model).suffix.lower() == ".nir"
     if not is_nir:
@@ -57,7 +57,7 @@ def nir_exporter(model: str, given: dict, **checkpoint_only):
         raise ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to a .nir input (it applies to checkpoints)")
 
     def convert(path, out, *, variant, fmt, opset, atol, samples, max_batch_size, fp16, **_checkpoint_only):
-        from ..export.nir_convert import convert_nir
+        from ..nir.convert import convert_nir
 
         return convert_nir(path, out, timesteps=given["timesteps"], dt=given["dt"],
                            input_mode=given["input_mode"] or "static", threshold_rule=given["threshold_rule"] or "gt",

@@ -44,7 +44,7 @@ def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir,
     checkpoint and its export can be compared ratio by ratio. Prints the clean-vs-noisy table and writes
     OUT/robustness.json, robustness.md and robustness.png.
     """
-    from ..serving.robustness import check_noise, run_robustness, summary_table, write_robustness
+    from ..evaluation.robustness import check_noise, run_robustness, summary_table, write_robustness
 
     grid = list(ratios)
     check_noise(noise, [ratio, *grid])  # before any model is opened or anything is written

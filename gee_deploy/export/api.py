@@ -23,8 +23,8 @@ from .choose import make_chooser, make_int8_chooser
 from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
                       validation_thresholds)
 from .errors import ExportError, ExportValidationError, UnknownOptionError
-from .nir import write_nir
-from .nir_validate import read_nir, validate_nir
+from ..nir.writer import write_nir
+from ..nir.validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
 from .writer import folded_with_scales, write_graph
 

@@ -1,7 +1,7 @@
-"""Serving stage: runtimes over a deployed graph, `bench` / `check`, and the `serve` inference server.
+"""Serving stage: the runtimes a deployed graph is served on, and the `serve` inference server.
 
-* :mod:`.runtimes`: PyTorch eager (the reference), onnxruntime (CPU, CUDA, TensorRT EPs) and TensorRT plans behind
-  one interface; :mod:`.bench`, :mod:`.report`, :mod:`.robustness` measure them.
+* :mod:`.runtimes`: onnxruntime (CPU, CUDA, TensorRT EPs) and TensorRT plans behind one interface (the evaluation
+  stage measures them against their references).
 * :mod:`.server`: the Open Inference Protocol (KServe v2 REST, OIP gRPC) with dynamic batching (:mod:`.batcher`),
   on uvicorn and grpc.aio; :mod:`.app`, :mod:`.grpc_service`, :mod:`.codec`, :mod:`.service`, :mod:`.metrics`
   are its parts and :mod:`.connection` the one place it goes past uvicorn's public API.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["InferenceServer", "open_runtime", "run_bench"]
+__all__ = ["InferenceServer", "OrtRuntime"]
 
-_HOME = {"InferenceServer": ".server", "open_runtime": ".runtimes", "run_bench": ".bench"}
+_HOME = {"InferenceServer": ".server", "OrtRuntime": ".runtimes"}
 
 
 def __getattr__(name: str):

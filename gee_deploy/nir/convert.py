@@ -1,7 +1,7 @@
 """``convert_nir``: a NIR file from any framework -> validated ONNX file, Triton repository or TensorRT plan.
 
 The graph is written by :mod:`.nir_import` and, before anything is kept, run by onnxruntime and by the spec-only
-NIR executor (:class:`gee_deploy.nirexec.NIRExecutor`) on the user's inputs (``--images``) or on random inputs of
+NIR executor (:class:`gee_deploy.nir.executor.NIRExecutor`) on the user's inputs (``--images``) or on random inputs of
 the declared shape; the checks and limits are our own exports' (:mod:`.validate`, :mod:`gee_deploy.parity`).
 """
 from __future__ import annotations
@@ -17,14 +17,14 @@ import torch
 from ..checkpoint import file_sha256
 from ..data import load_test_arrays
 from ..errors import GeeError, InputError
-from ..nirexec import read_nir, run_spec
+from .executor import read_nir, run_spec
 from ..ort_session import create_session
 from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
-from .api import ExportReport, _opset, _report_dict, _write
-from .configs import FORMATS, ValidationConfig, lookup
-from .errors import ExportError, UnknownOptionError
-from .nir_import import NIRImport, file_facts, graph_dt, import_graph, topological_order
-from .validate import ValidationReport, compare_outputs, run_graph
+from ..export.api import ExportReport, _opset, _report_dict, _write
+from ..export.configs import FORMATS, ValidationConfig, lookup
+from ..export.errors import ExportError, UnknownOptionError
+from .importer import NIRImport, file_facts, graph_dt, import_graph, topological_order
+from ..export.validate import ValidationReport, compare_outputs, run_graph
 
 __all__ = ["convert_nir", "load_inputs"]
 
@@ -117,7 +117,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
                      threshold_rule, variant, facts.input_mean, facts.input_std)
     opts.check()
     if output_format.name == "tensorrt":
-        from .tensorrt import require_tensorrt
+        from ..export.tensorrt import require_tensorrt
 
         require_tensorrt()
     proto, spec = import_graph(graph, opts, opset, source=str(path), file_sha256=file_sha256(path),
@@ -155,7 +155,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     compare_outputs(val, ref, Outputs(logits, counts, None, spec.spiking_layers), cfg.thresholds)
     val.raise_if_failed("NIR import")
     report.validation = _report_dict(val)
-    from .tensorrt import compatibility_problems
+    from ..export.tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(proto)
     _write(output_format.name, proto, spec, Path(out), max_batch_size, fp16, report)

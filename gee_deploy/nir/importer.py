@@ -7,7 +7,7 @@ serve, energy and robustness read it unchanged. docs/nir.md has the user-facing 
 conventions.
 
 * Time: each neuron ODE is integrated with forward Euler over one step ``dt`` (from the file's metadata, or
-  ``--dt``), op for op as the spec-only executor (:mod:`gee_deploy.nirexec`) computes it, so the two agree bit
+  ``--dt``), op for op as the spec-only executor (:mod:`gee_deploy.nir.executor`) computes it, so the two agree bit
   for bit on the neurons: LIF :math:`v_t = v_{t-1} + \\frac{dt}{\\tau}((v_{leak} - v_{t-1}) + R I_t)`, IF
   :math:`v_t = v_{t-1} + (dt R) I_t`, LI (no firing, output v), CubaLIF (the synaptic current first, then the
   membrane with the current of the same step). Spikes: :math:`z_t = [v_t > v_{th}]` (NIR) or ``>=``
@@ -36,14 +36,14 @@ from onnx import TensorProto
 
 from ..errors import ModelFileError, UnsupportedModuleError
 from ..kinds import ExportVariant, Form, LayerKind, Precision
-from ..nirexec import SPIKING_NODES, THRESHOLD_RULES, euler_factor
+from .executor import SPIKING_NODES, THRESHOLD_RULES, euler_factor
 from ..quantisation import quantise_weight
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec
-from .errors import ExportError, UnknownOptionError
-from .folding import FoldedLayer, emit_dense, to_tap_major
-from .graph import GraphBuilder, tensor_info
-from .int8 import Int8Layer, emit_int8
-from .weights import Tensor
+from ..export.errors import ExportError, UnknownOptionError
+from ..export.folding import FoldedLayer, emit_dense, to_tap_major
+from ..export.graph import GraphBuilder, tensor_info
+from ..export.int8 import Int8Layer, emit_int8
+from ..export.weights import Tensor
 
 __all__ = ["SUPPORTED_NODES", "INPUT_MODES", "NIRImport", "FileFacts", "file_facts", "import_graph", "graph_dt",
            "topological_order"]
@@ -127,7 +127,7 @@ def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
     Raises:
         ModelFileError: our metadata is there but incomplete or malformed.
     """
-    from .nir_validate import nir_inputs
+    from .validate import nir_inputs
 
     if ModelSpec.key("timesteps") not in (graph.metadata or {}):  # not written by gee-deploy
         return FileFacts()
@@ -440,7 +440,7 @@ class _Importer:
         return self.g.const(a.astype(np.float32), f"{name}.{what}")
 
     def neuron(self, name: str, node, x: _Value) -> _Value:
-        """The recurrence of one neuron node over the T steps, the same float ops as :mod:`gee_deploy.nirexec`.
+        """The recurrence of one neuron node over the T steps, the same float ops as :mod:`gee_deploy.nir.executor`.
 
         Not :func:`gee_deploy.neurons.charge`: that is SpikingJelly's order for one scalar tau with the leak to
         v_reset; a NIR neuron leaks to v_leak (which may differ from v_reset) with per-neuron parameters, and the
@@ -532,7 +532,7 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
     Graph I/O: input ``input`` float32 [N, *shape] (static) or [N, T, *shape] (sequence), ``shape`` the Input
     node's type; outputs ``logits`` [N, classes] and ``spike_counts`` [N, L], L spiking nodes in dataflow order.
     The spec's ``model_args`` hold dt, the threshold rule, the input mode and any input normalisation, which a
-    reference run needs (:func:`gee_deploy.nirexec.run_spec`).
+    reference run needs (:func:`gee_deploy.nir.executor.run_spec`).
 
     Raises:
         UnsupportedModuleError: a node type, subgraph or cycle the import does not run (named, with the

@@ -39,7 +39,8 @@ from ..errors import ConfigError
 from ..io import write_report_files
 from ..parity import Outputs
 from .bench import evaluate
-from .runtimes import Runtime, open_each
+from ..serving.runtimes import Runtime
+from .runtimes import open_each
 
 __all__ = ["NOISE_KINDS", "noise_directions", "add_noise", "check_noise", "run_robustness", "write_robustness",
            "summary_table", "robustness_markdown"]

@@ -23,7 +23,8 @@ from ..errors import ConfigError
 from ..ort_session import create_session
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
-from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, OrtRuntime, Runtime, default_runtimes, open_runtime
+from ..serving.runtimes import OrtRuntime, Runtime
+from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, default_runtimes, open_runtime
 
 __all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
            "CheckResult"]

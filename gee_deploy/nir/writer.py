@@ -39,9 +39,9 @@ from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
 from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool
-from .errors import ExportError
-from .folding import dense_kernel, fold_layer
-from .weights import WeightOps
+from ..export.errors import ExportError
+from ..export.folding import dense_kernel, fold_layer
+from ..export.weights import WeightOps
 
 __all__ = ["DT", "NIR_METADATA", "NIRWriter", "nir_threshold", "write_nir"]
 

@@ -1,6 +1,6 @@
 """Run a NIR graph of our own export with the spec-only NIR executor and compare it with the PyTorch model.
 
-The executor (:class:`gee_deploy.nirexec.NIRExecutor`: nirtorch's interpreter with node maps written from the
+The executor (:class:`gee_deploy.nir.executor.NIRExecutor`: nirtorch's interpreter with node maps written from the
 NIR primitives' definitions, forward Euler over one step ``dt``) knows nothing of our model code.
 
 Validation (:func:`validate_nir`) feeds the normalised image at every one of the T steps (direct encoding),
@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from ..nirexec import NIRExecutor, read_nir
+from .executor import NIRExecutor, read_nir
 from ..parity import Outputs
 from ..spec import LOGITS, SPIKE_COUNTS, ModelSpec
-from .configs import ValidationConfig
-from .errors import ShapeError
-from .nir import NIR_METADATA
-from .validate import ValidationReport, compare_outputs, reference_outputs
+from ..export.configs import ValidationConfig
+from ..export.errors import ShapeError
+from .writer import NIR_METADATA
+from ..export.validate import ValidationReport, compare_outputs, reference_outputs
 
 __all__ = ["read_nir", "NIRExecutor", "nir_inputs", "run_nir", "validate_nir"]
 

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelFileError, UnsupportedModuleError
-from .spec import ModelSpec
+from ..errors import ModelFileError, UnsupportedModuleError
+from ..spec import ModelSpec
 
 __all__ = ["THRESHOLD_RULES", "SPIKING_NODES", "read_nir", "NIRExecutor", "euler_factor", "run_spec"]
 
