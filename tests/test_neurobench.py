@@ -104,7 +104,7 @@ def test_smallnet_matches_neurobench(genes, data, tmp_path):
     assert all(v > 0 for v in blocks["torch"]["spikes_per_layer"])
     assert theirs["SynapticOperations"]["Effective_ACs"] > 0 and theirs["SynapticOperations"]["Effective_MACs"] > 0
     if genes is None:
-            assert theirs["ConnectionSparsity"] > 0.1  # fewer zeros in the fused 4x4 kernels that run than in 3x3
+        assert theirs["ConnectionSparsity"] > 0.1  # fewer zeros in the fused 4x4 kernels that run than in 3x3
     _assert_equal(blocks["torch"], theirs)
     _assert_equal(blocks["ort-cpu"], theirs, RATIOS)  # the ONNX graph's own spikes and weights
     assert blocks["ort-cpu"]["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
