@@ -84,8 +84,8 @@ def _assert_equal(ours: dict, theirs: dict, keys=INTEGERS + RATIOS):
 @pytest.mark.slow
 @pytest.mark.parametrize("genes", [8, None], ids=["genetic", "dense-twin"])
 def test_smallnet_matches_neurobench(genes, data, tmp_path):
-    from gee_deploy.export import export_model
     from gee_deploy.checkpoint import load_model
+    from gee_deploy.export import export_model
 
     genetic = _smallnet(8)
     model = genetic if genes else _dense_twin(genetic)

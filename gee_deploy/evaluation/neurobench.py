@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..spec import INPUT_NAME, ModelSpec, OUTPUT_NAMES
+from ..spec import INPUT_NAME, ModelSpec
 
 __all__ = ["NEUROBENCH_VERSION", "Connection", "OpCounter", "activation_sparsity", "connection_sparsity",
            "membrane_updates", "module_footprint", "probe", "neurobench_block", "borrow_counts",
@@ -201,19 +201,17 @@ def _probe_torch(runtime, images: np.ndarray, batch_size: int) -> Measured:
     from ..neurons import LIF, TENSOR_OPS, charge, fire, reset
     from ..walk import ModelWalk
 
-    class _Layers(ModelWalk):
-        modules: dict = {}
+    modules: dict[str, tuple] = {}  # layer name -> (the module that runs it, the weight layer)
 
+    class _Layers(ModelWalk):
         def emit_weight(self, name, m, bn, x, out_shape, pooled, dense_macs, calls):
-            self.modules[name] = (pooled if pooled is not None else m, m)
+            modules[name] = (pooled if pooled is not None else m, m)
             return super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
 
     model = runtime.model
-    walk = _Layers(model)
-    walk.modules = {}
     with torch.no_grad():
-        walk.walk()
-        connections = {name: _torch_connection(name, run, m) for name, (run, m) in walk.modules.items()}
+        _Layers(model).walk()
+        connections = {name: _torch_connection(name, run, m) for name, (run, m) in modules.items()}
     ops, updates = OpCounter(connections), [0]
 
     def count(name):  # a weight layer's input: [items, C, H, W] or [items, features] (T folded into items)
@@ -227,7 +225,7 @@ def _probe_torch(runtime, images: np.ndarray, batch_size: int) -> Measured:
             vs.append(v)
         updates[0] += membrane_updates(torch.stack(vs).numpy())
 
-    hooks = [run.register_forward_pre_hook(count(name)) for name, (run, _) in walk.modules.items()]
+    hooks = [run.register_forward_pre_hook(count(name)) for name, (run, _) in modules.items()]
     hooks += [m.register_forward_pre_hook(membranes) for m in model.modules() if isinstance(m, LIF)]
     try:
         with torch.inference_mode():
@@ -313,7 +311,7 @@ def neurobench_block(runtime, spike_counts: np.ndarray, accuracy: float | None, 
              "ParameterCount": None, "ClassificationAccuracy": accuracy,
              "ActivationSparsity": activation_sparsity(spike_counts, spec.neurons_per_layer, spec.timesteps),
              "eq17_sops": eq17_sops, "spikes_per_layer": np.asarray(spike_counts, np.float64).sum(0).tolist(),
-             "samples": int(len(spike_counts)), "counted_from": runtime.name}
+             "samples": len(spike_counts), "counted_from": runtime.name}
     if measured is not None:
         block.update(measured.footprint)
         block.update(_counts(measured))

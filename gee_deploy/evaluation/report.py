@@ -79,7 +79,8 @@ def neurobench_table(report: dict) -> list[str]:
     for r in rows:
         nb, ops = r["neurobench"], r["neurobench"].get("SynapticOperations") or {}
         source = nb["counted_from"] + (f" (layers {', '.join(nb['borrowed_layers'])} per spike of "
-                                       f"{nb['borrowed_from']})" if "borrowed_from" in nb else "")
+                                       f"{nb['borrowed_from']})" if "borrowed_from" in nb else "") \
+            + (f"; MembraneUpdates of {nb['membrane_updates_from']}" if "membrane_updates_from" in nb else "")
         out.append(f"| {r['runtime']} | {_fmt(nb['Footprint'], ',')} | {nb['file_bytes']:,} | "
                    f"{_fmt(nb['ParameterCount'], ',')} | {_fmt(nb.get('ConnectionSparsity'), '.4f')} | "
                    f"{nb['ActivationSparsity']:.6f} | {_fmt(ops.get('Effective_ACs'), ',.1f')} | {nb['eq17_sops']:,.1f} | "
