@@ -8,8 +8,8 @@ forward pre-hook on the module that runs). NeuroBench itself is not imported her
 PyTorch models and compare (tests/test_neurobench.py).
 
 * ``Footprint`` / ``ParameterCount``: bytes of the parameters and buffers / elements of the parameters of the
-  model as stored (a checkpoint's module: E, G, BatchNorm; an ONNX file: its initializers), with the file's
-  bytes beside them (``file_bytes``).
+  model as stored (a checkpoint's module: E, G, BatchNorm; an ONNX file: its initializers; a NIR file: its
+  nodes' float arrays), with the file's bytes beside them (``file_bytes``).
 * ``ConnectionSparsity``: zero weights / all weights of the Linear and Conv layers, over the weights that run
   (a genetic layer's W = s E_in G E_out^T; a conv + pool, the fused kernel), rounded to 4 decimals as NeuroBench
   rounds it.
@@ -167,6 +167,14 @@ def _onnx_footprint(path: Path) -> dict:
     return {"Footprint": size, "ParameterCount": count}
 
 
+def _nir_footprint(graph) -> dict:
+    """A NIR graph's floating-point node arrays (weights, biases and per-neuron parameters such as tau and v_th;
+    integer geometry such as strides left out): their bytes (``Footprint``) and elements (``ParameterCount``)."""
+    arrays = [v for node in graph.nodes.values() for v in vars(node).values()
+              if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)]
+    return {"Footprint": int(sum(a.nbytes for a in arrays)), "ParameterCount": int(sum(a.size for a in arrays))}
+
+
 # -- probes: each runtime's own counts ---------------------------------------------------------------------------
 
 
@@ -260,7 +268,7 @@ def _probe_onnx(runtime, images: np.ndarray, batch_size: int) -> Measured:
     found = {}
     for layer in runtime.spec.layers:
         node = nodes.get(f"n.{layer.name}")
-        if node is not None and node.op_type in WEIGHT_OPS and layer.precision == "fp32" \
+        if node is not None and node.op_type in WEIGHT_OPS and layer.precision == "fp32" and layer.form == "dense" \
                 and all(a.name not in ("group", "dilations") or _trivial(a) for a in node.attribute):
             found[layer.name] = node
     extra = list(dict.fromkeys(t for n in found.values() for t in n.input[:2]))
@@ -312,6 +320,8 @@ def neurobench_block(runtime, spike_counts: np.ndarray, accuracy: float | None, 
              "ActivationSparsity": activation_sparsity(spike_counts, spec.neurons_per_layer, spec.timesteps),
              "eq17_sops": eq17_sops, "spikes_per_layer": np.asarray(spike_counts, np.float64).sum(0).tolist(),
              "samples": len(spike_counts), "counted_from": runtime.name}
+    if measured is None and hasattr(runtime, "graph"):  # the NIR executor: the file's arrays as stored
+        block.update(_nir_footprint(runtime.graph))
     if measured is not None:
         block.update(measured.footprint)
         block.update(_counts(measured))
