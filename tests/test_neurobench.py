@@ -91,7 +91,11 @@ def test_smallnet_matches_neurobench(genes, data, tmp_path):
     model = genetic if genes else _dense_twin(genetic)
     ckpt = _save(model, tmp_path / "m.pt")
     export_model(ckpt, tmp_path / "m.onnx", variant="dense", samples=16)
-    blocks = _bench([ckpt, tmp_path / "m.onnx"])
+    files = [ckpt, tmp_path / "m.onnx"]
+    if genes:  # a factorised graph shows no dense weights: its layers borrow the reference's ops per spike
+        export_model(ckpt, tmp_path / "f.onnx", variant="factorised", samples=16)
+        files.append(tmp_path / "f.onnx")
+    blocks = _bench(files)
     images, labels = data
 
     loaded = load_model(ckpt)
@@ -106,11 +110,17 @@ def test_smallnet_matches_neurobench(genes, data, tmp_path):
     if genes is None:
         assert theirs["ConnectionSparsity"] > 0.1  # fewer zeros in the fused 4x4 kernels that run than in 3x3
     _assert_equal(blocks["torch"], theirs)
-    _assert_equal(blocks["ort-cpu"], theirs, RATIOS)  # the ONNX graph's own spikes and weights
-    assert blocks["ort-cpu"]["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
+    ort = blocks["ort-cpu:m" if genes else "ort-cpu"]
+    _assert_equal(ort, theirs, RATIOS)  # the ONNX graph's own spikes and weights
+    assert ort["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
     # NeuroBench reads membranes from snnTorch's `.mem` only: through TorchModel our LIF shows none
     assert theirs["MembraneUpdates"] == 0 and blocks["torch"]["MembraneUpdates"] > 0
-    assert blocks["ort-cpu"]["MembraneUpdates"] == blocks["torch"]["MembraneUpdates"]  # the reference's
+    assert ort["MembraneUpdates"] == blocks["torch"]["MembraneUpdates"]  # the reference's
+    if genes:
+        factorised = blocks["ort-cpu:f"]
+        assert factorised["borrowed_from"] == "torch"
+        assert factorised["spikes_per_layer"] == blocks["torch"]["spikes_per_layer"]
+        _assert_equal(factorised, theirs, RATIOS)
     if genes:  # genetic storage: far fewer stored parameters than the weights that run
         assert blocks["torch"]["ParameterCount"] < blocks["torch"]["weights"] / 2
 
