@@ -269,7 +269,7 @@ def _probe_onnx(runtime, images: np.ndarray, batch_size: int) -> Measured:
     for layer in runtime.spec.layers:
         node = nodes.get(f"n.{layer.name}")
         if node is not None and node.op_type in WEIGHT_OPS and layer.precision == "fp32" and layer.form == "dense" \
-                and all(a.name not in ("group", "dilations") or _trivial(a) for a in node.attribute):
+                and all(_plain(a) for a in node.attribute):
             found[layer.name] = node
     extra = list(dict.fromkeys(t for n in found.values() for t in n.input[:2]))
     known = {o.name for o in model.graph.output}
@@ -286,8 +286,12 @@ def _probe_onnx(runtime, images: np.ndarray, batch_size: int) -> Measured:
     return Measured(ops or OpCounter({}), len(images), _onnx_footprint(runtime.path), None, unmeasured)
 
 
-def _trivial(attr) -> bool:
-    return all(v == 1 for v in (attr.ints or [attr.i]))
+def _plain(attr) -> bool:
+    """A Conv / Gemm attribute :class:`Connection` covers: no groups, dilation or automatic padding (Gemm's alpha
+    and beta scale values, not which are nonzero)."""
+    if attr.name in ("group", "dilations"):
+        return all(v == 1 for v in (attr.ints or [attr.i]))
+    return attr.name != "auto_pad" or attr.s in (b"", b"NOTSET")
 
 
 def _onnx_connection(name: str, node, weight: np.ndarray) -> Connection:

@@ -86,8 +86,8 @@ def neurobench_table(report: dict) -> list[str]:
                    f"{nb['ActivationSparsity']:.6f} | {_fmt(ops.get('Effective_ACs'), ',.1f')} | {nb['eq17_sops']:,.1f} | "
                    f"{_fmt(ops.get('Effective_MACs'), ',.1f')} | {_fmt(ops.get('Dense'), ',.1f')} | "
                    f"{_fmt(nb.get('MembraneUpdates'), ',.1f')} | {source} |")
-    for r in rows:
-        per_layer, sops = r["neurobench"].get("per_layer", {}), {e["name"]: e for e in r["energy"]["per_layer"]}
+    for r in (r for r in rows if r["neurobench"].get("per_layer")):
+        per_layer, sops = r["neurobench"]["per_layer"], {e["name"]: e for e in r["energy"]["per_layer"]}
         out += ["", f"{r['runtime']}, per weight layer: NeuroBench's ops beside eq. 17's", "",
                 "| layer | Effective_ACs | Effective_MACs | Dense | eq. 17 SOPs | eq. 17 analog MACs |",
                 "|---|---:|---:|---:|---:|---:|"]
