@@ -186,7 +186,7 @@ class Measured:
     ops: OpCounter
     samples: int
     footprint: dict
-    membrane_updates: int | None = None
+    membrane_updates: float | None = None  # per sample
     unmeasured: tuple[str, ...] = ()  # spec layers the runtime's graph gave no input for (borrowed, see below)
 
 
