@@ -26,7 +26,7 @@ in one line naming the node and the supported node types.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nir
 import numpy as np
@@ -70,8 +70,11 @@ class NIRImport:
         threshold_rule: "gt" (NIR: fire on v > v_th) or "ge" (fire on v >= v_th).
         variant: "dense" or "int8".
         input_mean, input_std: per channel (the input shape's first axis): the graph takes raw inputs and feeds
-            (x - mean) / std to the Input node, as a file written by ``gee-deploy export --format nir`` states
-            (its Input node takes normalised images); None: the input as it is.
+            (x - mean) / std to the Input node, as a file written by an earlier ``gee-deploy export --format nir``
+            states (its Input node takes normalised images); None: the input as it is.
+        normalisation_node: the node of a file written by ``gee-deploy export --format nir`` that normalises the
+            raw input (a 1 x 1 Conv2d): written as the same convolution, but as the input's normalisation, not a
+            layer of the spec (our own exports do not count it either); None: none.
     """
 
     timesteps: int
@@ -81,6 +84,7 @@ class NIRImport:
     variant: str = "dense"
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    normalisation_node: str | None = None
 
     def check(self) -> None:
         """:class:`UnknownOptionError` (one line) for a value outside its range."""
@@ -111,14 +115,16 @@ def graph_dt(graph: nir.NIRGraph) -> float | None:
 @dataclass(frozen=True)
 class FileFacts:
     """What a NIR file written by ``gee-deploy export --format nir`` states beyond its nodes (its ``gee.*`` model
-    spec and ``nir.input_*`` keys; nothing for other frameworks' files): T, the class names, the dataset and the
-    per-channel normalisation its Input node expects."""
+    spec and ``nir.input_*`` keys; nothing for other frameworks' files): T, the class names, the dataset, and
+    either the node that normalises the raw input (current files) or the per-channel normalisation the Input node
+    expects (files written before the normalisation was a node)."""
 
     timesteps: int | None = None
     class_names: tuple[str, ...] = ()
     dataset: str = ""
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    normalisation_node: str | None = None
 
 
 def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
@@ -127,13 +133,15 @@ def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
     Raises:
         ModelFileError: our metadata is there but incomplete or malformed.
     """
-    from .validate import nir_inputs
+    from .validate import nir_inputs, normalisation_node
 
     if ModelSpec.key("timesteps") not in (graph.metadata or {}):  # not written by gee-deploy
         return FileFacts()
     spec, _, mean, std = nir_inputs(graph, source)
-    return FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset, tuple(mean.flatten().tolist()),
-                     tuple(std.flatten().tolist()))
+    facts = FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset)
+    if mean is None:
+        return replace(facts, normalisation_node=normalisation_node(graph, source))
+    return replace(facts, input_mean=tuple(mean.flatten().tolist()), input_std=tuple(std.flatten().tolist()))
 
 
 def topological_order(graph: nir.NIRGraph, source: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -405,6 +413,8 @@ class _Importer:
                 return emit_dense(self.g, x.name, folded, name)
             return self.g.op("Conv", [x.name, self.g.const(w, f"{name}.weight"), self.g.const(bias, f"{name}.bias")],
                              name, pads=pads, strides=[sh, sw], dilations=[dh, dw], group=groups)
+        if name == self.opts.normalisation_node:  # the input's normalisation, not a layer of the network
+            return _Value(dense(), out_shape, x.static)
         return self.weight_layer(name, LayerKind.CONV, x, w, bias, out_shape, macs, dense,
                                  (kh, sh, pads[0]) if square else None)
 
