@@ -164,7 +164,7 @@ def _check_importers(report: ValidationReport, graph: nir.NIRGraph, images: torc
         except ImportError:
             report.notes.append(f"{framework} is not installed: its NIR importer was not run on the file")
             continue
-        except Exception as e:  # noqa: BLE001 (the framework's own code: whatever it raises, the file does not run there)
+        except Exception as e:  # noqa: BLE001 (its own code: whatever it raises, the file does not run there)
             report.require(f"{framework}'s NIR importer runs the file", False, ExportError(
                 f"{framework}'s NIR importer cannot run the file: {type(e).__name__}: "
                 f"{(str(e).splitlines() or [''])[0][:200]}"))
