@@ -14,7 +14,8 @@ from gee_deploy.cli import cli
 from gee_deploy.checkpoint import load_model
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ModelFileError
-from gee_deploy.export import ExportValidationError, export_loaded
+from gee_deploy.export import ExportValidationError
+from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import ValidationConfig
 from gee_deploy.errors import UnsupportedModuleError
 from gee_deploy.nir.writer import DT, NIR_METADATA, nir_threshold, write_nir

@@ -389,9 +389,11 @@ def converted(tmp_path_factory, data):
     net = nf.build("snntorch").eval()
     d = tmp_path_factory.mktemp("conv")
     path = nf.export("snntorch", net, d / "st.nir")
+    from gee_deploy.export.options import export_options
     from gee_deploy.nir.convert import convert_nir
+    from gee_deploy.nir.options import NIRImportOptions
 
-    convert_nir(path, d / "st.onnx", timesteps=T, dt=1e-4, images=data[1])
+    convert_nir(path, d / "st.onnx", export_options(), NIRImportOptions(timesteps=T, dt=1e-4, images=data[1]))
     return path, d / "st.onnx"
 
 

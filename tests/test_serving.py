@@ -388,7 +388,7 @@ def test_reference_spec_agrees_with_the_exporter_across_the_zoo(name):
 
 
 def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, data, tmp_path):
-    from gee_deploy.export import export_model
+    from gee_deploy.formats import export_model
     from gee_deploy.evaluation.bench import runtime_stats
 
     path = tmp_path / "fact.onnx"

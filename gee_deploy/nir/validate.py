@@ -72,7 +72,7 @@ def run_nir(graph: nir.NIRGraph, images: torch.Tensor, batch_size: int, source: 
 
 
 def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, labels: torch.Tensor | None,
-                 cfg: ValidationConfig, source: str = "NIR graph", raise_on_failure: bool = True) -> ValidationReport:
+                 cfg: ValidationConfig, raise_on_failure: bool = True) -> ValidationReport:
     """Run ``graph`` with :class:`NIRExecutor` on ``images`` [S, C, H, W] in [0, 1] and compare with ``model``.
 
     Everything the run needs besides the nodes comes from the graph's own metadata (:func:`nir_inputs`), so this
@@ -85,7 +85,7 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
     """
     report = ValidationReport(samples=len(images))
     y = None if labels is None else labels.numpy()
-    got = run_nir(graph, images, cfg.batch_size, source, labels=y)
+    got = run_nir(graph, images, cfg.batch_size, labels=y)
     ref = reference_outputs(model, images.float().contiguous(), cfg.batch_size, y)
     for what, g, r in ((LOGITS, got.logits, ref.logits), (SPIKE_COUNTS, got.spikes, ref.spikes)):
         report.require(f"NIR {what} are {list(r.shape)}", g.shape == r.shape,
