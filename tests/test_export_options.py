@@ -31,9 +31,10 @@ WIDE = {"export", "export_options", "OnnxWriter.emit_weight", "NIRWriter.emit_we
 
 
 @contextmanager
-def recorded_calls():
+def recorded_calls(*paths: Path):
     """Counter of qualname -> calls, and qualname -> parameter count (``self`` / ``cls`` not counted), of every
-    function of the export path called inside the block (this thread)."""
+    function defined under ``paths`` (default: the export path) called inside the block (this thread)."""
+    paths = paths or tuple(EXPORT_PATH)
     calls: Counter = Counter()
     params: dict[str, int] = {}
 
@@ -41,7 +42,7 @@ def recorded_calls():
         if event != "call":
             return
         code = frame.f_code
-        if not any(code.co_filename.startswith(str(p)) for p in EXPORT_PATH):
+        if not any(code.co_filename.startswith(str(p)) for p in paths):
             return
         name = code.co_qualname
         calls[name] += 1

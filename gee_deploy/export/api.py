@@ -37,7 +37,7 @@ class ExportReport:
     """What one export produced, for the CLI and for scripts."""
 
     out: str
-    format: str
+    format: ExportFormat
     variant: ExportVariant
     opset: int
     streaming: bool
