@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import nir_frameworks as nf  # noqa: E402
 
 from gee_deploy.data import load_split, load_test_arrays  # noqa: E402
+from gee_deploy.export.options import export_options  # noqa: E402
 from gee_deploy.nir.convert import convert_nir  # noqa: E402
+from gee_deploy.nir.options import NIRImportOptions  # noqa: E402
 from gee_deploy.export.validate import run_graph  # noqa: E402
 from gee_deploy.ort_session import create_session  # noqa: E402
 
@@ -74,8 +76,8 @@ def main() -> None:
                     out = Path(tmp) / f"{fw}.onnx"
                     start = time.perf_counter()
                     try:
-                        report = convert_nir(path, out, timesteps=t, variant=variant, images=npy,
-                                             samples=len(images), **conv)
+                        report = convert_nir(path, out, export_options(variant=variant, samples=len(images)),
+                                             NIRImportOptions(timesteps=t, images=npy, **conv))
                         validation = report.validation["top1_agreement"]
                     except Exception as e:  # a wrong convention may even fail validation: say so, carry on
                         rows.append({"framework": fw, "T": t, "variant": variant, **conv, "error": str(e)[:200]})

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from gee_deploy.checkpoint import file_sha256, load_model
-from gee_deploy.export import export_loaded
+from gee_deploy.export.options import export_options
 from gee_deploy.export.api import validation_data
 from gee_deploy.export.configs import ValidationConfig
+from gee_deploy.nir.export import export_nir
 from gee_deploy.nir.validate import nir_inputs, read_nir, run_nir
 from gee_deploy.export.validate import reference_outputs
 from gee_deploy.parity import Outputs, compare
@@ -58,8 +59,8 @@ def run(checkpoint: str, out: str, samples: int = 10_000, batch_size: int = 250,
     rows = []
     if not exported:
         t0 = time.perf_counter()
-        report = export_loaded(model, out, fmt="nir", images=images, labels=labels, validation=cfg,
-                               checkpoint_sha256=file_sha256(checkpoint))
+        report = export_nir(model, out, images, labels, export_options(fmt="nir", validation=cfg),
+                            file_sha256(checkpoint))
         rows.append({"run": "export (validated)", "seconds": round(time.perf_counter() - t0, 1), **report.validation})
         rows[0].pop("checks", None)
     y = labels.numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["LayerKind", "Form", "ExportVariant", "Storage", "Precision", "Int8Policy", "FitnessMode", "Init"]
+__all__ = ["LayerKind", "Form", "ExportVariant", "ExportFormat", "Storage", "Precision", "Int8Policy", "FitnessMode", "Init"]
 
 
 class LayerKind(StrEnum):
@@ -40,6 +40,15 @@ class ExportVariant(StrEnum):
     AUTO = "auto"  # per layer, the cheaper of the two
     INT8 = "int8"  # dense, with every spike-reading layer int8
     EAGER = "eager"  # the PyTorch model itself (the reference every export is compared with)
+
+
+class ExportFormat(StrEnum):
+    """What an export writes (``--format``; :data:`gee_deploy.export.configs.FORMATS` describes each)."""
+
+    ONNX = "onnx"  # one self-contained .onnx file
+    TRITON = "triton"  # a Triton model repository holding the .onnx file
+    TENSORRT = "tensorrt"  # a TensorRT plan built from the ONNX graph
+    NIR = "nir"  # a NIR graph of the folded dense network
 
 
 class Storage(StrEnum):

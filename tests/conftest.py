@@ -40,7 +40,7 @@ def tiny_checkpoint(tiny_run):
 @pytest.fixture(scope="session")
 def serving_onnx(tiny_checkpoint, tmp_path_factory):
     """The tiny checkpoint exported (dense, validated) by `gee-deploy export`: what the serving tests read."""
-    from gee_deploy.export import export_model
+    from gee_deploy.formats import export_model
 
     out = tmp_path_factory.mktemp("serving_onnx") / "tiny.onnx"
     export_model(tiny_checkpoint, out, variant="dense", samples=64)

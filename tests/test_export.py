@@ -13,7 +13,8 @@ from torch import nn
 
 from gee_deploy.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from gee_deploy.cli import cli
-from gee_deploy.export import ExportValidationError, build_onnx, export_loaded
+from gee_deploy.export import ExportValidationError, build_onnx
+from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import VARIANTS, ValidationConfig
 from gee_deploy.export.factorised import emit_factorised, factorised_cost
 from gee_deploy.export.folding import dense_kernel, emit_dense, fold_layer
@@ -219,8 +220,8 @@ def test_auto_with_profile_measures_each_layer_and_still_validates(tmp_path, mon
     monkeypatch.setattr(choose, "layer_latency", lambda f, form, *a, **k: timed.append(form) or real(f, form, *a, **k))
     model, images = small_model("smallnet", genes=4)
     report = export_loaded(model, tmp_path / "p.onnx", variant="auto", profile=True, images=images, validation=FAST)
-    assert {l["variant"] for l in report.layers} <= {"dense", "factorised"}
-    genetic = [l for l in report.layers if l["factorised_macs"] is not None]
+    assert {l.variant for l in report.layers} <= {"dense", "factorised"}
+    genetic = [l for l in report.layers if l.factorised_macs is not None]
     assert genetic and sorted(timed) == sorted(["dense", "factorised"] * len(genetic))  # both forms timed per layer
 
 
@@ -441,10 +442,10 @@ def test_export_json_says_ok_and_refuses_a_sample_count_below_one(tiny_checkpoin
 def test_export_json_failure_prints_a_json_document_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     import json
 
-    import gee_deploy.export.api as api
+    import gee_deploy.export.options as options
 
     # an unmeetable top-1 limit makes the real validation fail
-    monkeypatch.setattr(api, "validation_thresholds", lambda *a: Thresholds(min_top1_agreement=1.01))
+    monkeypatch.setattr(options, "validation_thresholds", lambda *a: Thresholds(min_top1_agreement=1.01))
     out = tmp_path / "m.onnx"
     r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(out), "--json"], standalone_mode=False)
     doc = json.loads(r.stdout)

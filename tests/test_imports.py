@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "gee_deploy"
 STAGES = ("training", "export", "serving", "evaluation", "nir")
 # the stages each stage may import besides the core: NIR conversion builds ONNX graphs with export's writers;
-# evaluation runs the runtimes serving serves and the NIR executor as a reference; export's --format nir
-# calls the NIR writer until the format registry moves above both
-MAY_IMPORT = {"training": set(), "export": {"nir"}, "serving": set(), "evaluation": {"serving", "nir"},
+# evaluation runs the runtimes serving serves and the NIR executor as a reference; --format nir is dispatched
+# to the nir stage by gee_deploy.formats, above both
+MAY_IMPORT = {"training": set(), "export": set(), "serving": set(), "evaluation": {"serving", "nir"},
               "nir": {"export"}}
 
 
@@ -174,3 +174,12 @@ def test_a_stage_imports_only_the_stages_it_may(stage):
     crossings = sorted(f"{module} -> {target}" for module, targets in graph.items() if stage_of(module) == stage
                        for target in targets if stage_of(target) not in (None, stage, *MAY_IMPORT[stage]))
     assert not crossings, "stages import each other:\n" + "\n".join(crossings)
+
+
+def test_the_format_dispatch_sits_above_the_stages():
+    """gee_deploy.formats hands an export to the export or the nir stage by format, so only the commands and
+    the package's lazy Python API import it; a stage or core module that did would import both stages."""
+    graph = import_graph(ROOT, PACKAGE)
+    assert {"gee_deploy.export.api", "gee_deploy.nir.export"} <= graph["gee_deploy.formats"]
+    importers = sorted(m for m, targets in graph.items() if "gee_deploy.formats" in targets)
+    assert importers and all(m == PACKAGE or m.startswith(f"{PACKAGE}.commands.") for m in importers), importers

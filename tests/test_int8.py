@@ -11,7 +11,8 @@ from torch import nn
 
 from gee_deploy.cli import cli
 from gee_deploy.energy import E_AC_INT8_PJ, E_AC_PJ, energy_per_layer
-from gee_deploy.export import build_onnx, export_loaded
+from gee_deploy.export import build_onnx
+from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import INT8_MIN_MACS, INT8_PTQ_THRESHOLDS, validation_thresholds
 from gee_deploy.export.errors import UnknownOptionError
 from gee_deploy.export.int8 import emit_int8, int8_layer

@@ -85,7 +85,7 @@ def _assert_equal(ours: dict, theirs: dict, keys=INTEGERS + RATIOS):
 @pytest.mark.parametrize("genes", [8, None], ids=["genetic", "dense-twin"])
 def test_smallnet_matches_neurobench(genes, data, tmp_path):
     from gee_deploy.checkpoint import load_model
-    from gee_deploy.export import export_model
+    from gee_deploy.formats import export_model
 
     genetic = _smallnet(8)
     model = genetic if genes else _dense_twin(genetic)
@@ -129,13 +129,16 @@ def test_smallnet_matches_neurobench(genes, data, tmp_path):
 def test_spikingjelly_model_imported_from_nir_matches_neurobench(data, tmp_path):
     from spikingjelly.activation_based import neuron
 
+    from gee_deploy.export.options import export_options
     from gee_deploy.nir.convert import convert_nir
+    from gee_deploy.nir.options import NIRImportOptions
 
     images, labels = data
     np.save(tmp_path / "images.npy", images)
     net = nf.build("spikingjelly").eval()
     path = nf.export("spikingjelly", net, tmp_path / "sj.nir")
-    convert_nir(path, tmp_path / "sj.onnx", timesteps=T, dt=1e-4, threshold_rule="ge", images=tmp_path / "images.npy")
+    convert_nir(path, tmp_path / "sj.onnx", export_options(),
+                NIRImportOptions(timesteps=T, dt=1e-4, threshold_rule="ge", images=tmp_path / "images.npy"))
     blocks = _bench([tmp_path / "sj.onnx", path])
     theirs = nr.run_neurobench(nr.StemOnce(net, T, neuron.BaseNode), images, labels, neuron.LIFNode)
     assert all(v > 0 for v in blocks["ort-cpu"]["spikes_per_layer"])

@@ -17,7 +17,8 @@ from gee_deploy.cli import cli
 from gee_deploy.checkpoint import load_model
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import GeeError, ModelFileError
-from gee_deploy.export import ExportValidationError, export_loaded
+from gee_deploy.export import ExportValidationError
+from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import ValidationConfig
 from gee_deploy.errors import UnsupportedModuleError
 from gee_deploy.nir.writer import DT, NIR_METADATA, NORMALISE, nir_threshold, write_nir
@@ -340,12 +341,14 @@ def test_a_file_written_before_the_normalisation_node_still_validates(tmp_path):
     assert report.stats.top1_agreement == 1.0 and report.stats.spike_count_delta == 0
     assert report.stats.spikes_reference > 1000  # a network that fires
     assert {f"top-1 agreement in {fw}'s NIR importer" for fw in IMPORTERS} <= {r[0] for r in report.rows}
-    from gee_deploy.nir.convert import convert_nir
-    from gee_deploy.ort_session import create_session
+    from gee_deploy.export.options import export_options
     from gee_deploy.export.validate import run_graph
+    from gee_deploy.nir.convert import convert_nir
+    from gee_deploy.nir.options import NIRImportOptions
+    from gee_deploy.ort_session import create_session
 
     back = tmp_path / "old.onnx"
-    convert_nir(OLD_NIR, back, timesteps=None)
+    convert_nir(OLD_NIR, back, export_options(), NIRImportOptions())
     _, (logits, _) = run_graph(create_session(str(back)), images.numpy(), 64)
     with torch.no_grad():
         want = model(images)

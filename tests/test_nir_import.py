@@ -389,25 +389,27 @@ def converted(tmp_path_factory, data):
     net = nf.build("snntorch").eval()
     d = tmp_path_factory.mktemp("conv")
     path = nf.export("snntorch", net, d / "st.nir")
+    from gee_deploy.export.options import export_options
     from gee_deploy.nir.convert import convert_nir
+    from gee_deploy.nir.options import NIRImportOptions
 
-    convert_nir(path, d / "st.onnx", timesteps=T, dt=1e-4, images=data[1])
+    convert_nir(path, d / "st.onnx", export_options(), NIRImportOptions(timesteps=T, dt=1e-4, images=data[1]))
     return path, d / "st.onnx"
 
 
 def test_bench_uses_the_nir_file_as_reference(converted, tmp_path):
-    from gee_deploy.evaluation.bench import run_bench
+    from gee_deploy.evaluation.bench import bench_options, run_bench
 
     path, onnx_path = converted
-    report = run_bench([onnx_path, path], dataset="fashion-mnist-mini", limit=16, batch_sizes=(2,), min_time=0.0,
-                       threads=1)
+    report = run_bench([onnx_path, path], bench_options(dataset="fashion-mnist-mini", limit=16, batch_sizes=(2,),
+                                                        min_time=0.0, threads=1))
     nir_row, ort_row = report["runtimes"]
     assert nir_row["kind"] == "nir" and ort_row["kind"] == "ort-cpu"
     assert ort_row["parity"]["top1_agreement"] == 1.0 and ort_row["parity"]["spike_count_delta"] == 0
     assert ort_row["spikes_per_sample"] > 0 and ort_row["energy"]["energy_pj"] > 0
     assert nir_row["energy"]["energy_pj"] == pytest.approx(ort_row["energy"]["energy_pj"])
     with pytest.raises(Exception, match="is a reference only"):
-        run_bench([path], dataset="fashion-mnist-mini", limit=4, batch_sizes=(1,), min_time=0.0)
+        run_bench([path], bench_options(dataset="fashion-mnist-mini", limit=4, batch_sizes=(1,), min_time=0.0))
 
 
 def test_check_takes_the_nir_file_as_reference(converted, capsys):
@@ -446,16 +448,16 @@ def test_serve_answers_tritonclient(converted, data):
 
 
 def test_robustness_takes_the_nir_file_as_reference(converted):
-    from gee_deploy.evaluation.robustness import run_robustness
+    from gee_deploy.evaluation.robustness import robustness_options, run_robustness
 
     path, onnx_path = converted
-    report = run_robustness([path, onnx_path], ratio=0.5, ratios=(0.0, 0.5), dataset="fashion-mnist-mini",
-                            limit=16, threads=1, batch_size=8)
+    report = run_robustness([path, onnx_path], robustness_options(ratio=0.5, ratios=(0.0, 0.5), limit=16, threads=1,
+                                                                  dataset="fashion-mnist-mini", batch_size=8))
     nir_row, ort_row = report["models"]
     assert (nir_row["runtime"], ort_row["runtime"]) == ("nir", "ort-cpu")
     assert all(p["top1_agreement_vs_reference"] == 1.0 for p in ort_row["points"])
     with pytest.raises(Exception, match="is a reference only"):
-        run_robustness([path], dataset="fashion-mnist-mini", limit=4)
+        run_robustness([path], robustness_options(dataset="fashion-mnist-mini", limit=4))
 
 
 def test_our_own_nir_export_comes_back_as_the_model(tiny_checkpoint, serving_onnx, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ConfigError
 from gee_deploy.evaluation.bench import evaluate
-from gee_deploy.evaluation.robustness import add_noise, noise_directions, run_robustness
+from gee_deploy.evaluation.robustness import add_noise, noise_directions, robustness_options, run_robustness
 from gee_deploy.evaluation.runtimes import open_runtime
 from test_cli import run as run_cli  # main() as the console script runs it: (exit code, stdout, stderr)
 
@@ -50,7 +50,7 @@ def test_noise_is_seeded_per_sample_in_order():
 
 
 def test_checkpoint_and_export_see_the_same_noisy_images(tiny_checkpoint, serving_onnx):
-    report = run_robustness([tiny_checkpoint, serving_onnx], ratio=0.5, ratios=[0.0, 1.0], limit=64)
+    report = run_robustness([tiny_checkpoint, serving_onnx], robustness_options(ratio=0.5, ratios=[0.0, 1.0], limit=64))
     assert report["ratios"] == [0.0, 0.5, 1.0] and report["samples"] == 64
     ckpt, onnx = report["models"]
     assert ckpt["runtime"] == "torch" and onnx["runtime"] == "ort-cpu"
@@ -109,7 +109,7 @@ def test_library_checks_before_loading_anything():
     with pytest.raises(ConfigError, match="no model"):
         run_robustness([])
     with pytest.raises(ConfigError, match="unknown noise kind"):
-        run_robustness(["/nonexistent.pt"], noise="uniform")
+        run_robustness(["/nonexistent.pt"], robustness_options(noise="uniform"))
 
 
 def test_models_with_the_same_file_name_are_told_apart(tiny_checkpoint, tmp_path):
@@ -118,6 +118,6 @@ def test_models_with_the_same_file_name_are_told_apart(tiny_checkpoint, tmp_path
         (tmp_path / d).mkdir()
         paths.append(tmp_path / d / "best.pt")
         paths[-1].write_bytes(tiny_checkpoint.read_bytes())
-    report = run_robustness(paths, ratio=0.5, ratios=[], limit=16)
+    report = run_robustness(paths, robustness_options(ratio=0.5, ratios=[], limit=16))
     assert [m["label"] for m in report["models"]] == ["g8/best.pt (torch)", "dense/best.pt (torch)"]
     assert report["models"][1]["max_abs_accuracy_delta_vs_reference"] == 0.0  # same weights, same noisy images

@@ -388,7 +388,7 @@ def test_reference_spec_agrees_with_the_exporter_across_the_zoo(name):
 
 
 def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, data, tmp_path):
-    from gee_deploy.export import export_model
+    from gee_deploy.formats import export_model
     from gee_deploy.evaluation.bench import runtime_stats
 
     path = tmp_path / "fact.onnx"
@@ -401,12 +401,12 @@ def test_factorised_export_counts_its_post_spike_ops_as_macs(tiny_checkpoint, da
 
 
 def test_bench_of_deployed_files_alone(serving_onnx, tmp_path):
-    from gee_deploy.evaluation.bench import run_bench
+    from gee_deploy.evaluation.bench import bench_options, run_bench
     from gee_deploy.evaluation.report import summary_table
 
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(serving_onnx.read_bytes())
-    report = run_bench([serving_onnx, copy], batch_sizes=(2,), limit=16, threads=1, min_time=0.01)
+    report = run_bench([serving_onnx, copy], bench_options(batch_sizes=(2,), limit=16, threads=1, min_time=0.01))
     labels = [r["runtime"] for r in report["runtimes"]]
     assert labels == ["ort-cpu:tiny", "ort-cpu:copy"]
     assert all("parity" not in r and lat["speedup_vs_torch"] is None
@@ -469,10 +469,11 @@ def test_check_fails_with_one_line_per_regression(tiny_checkpoint, serving_onnx,
 
 
 def test_bench_profile_ops_splits_the_graph_time_by_operator(serving_onnx, tmp_path):
-    from gee_deploy.evaluation.bench import run_bench
+    from gee_deploy.evaluation.bench import bench_options, run_bench
     from gee_deploy.evaluation.report import write_report
 
-    report = run_bench([serving_onnx], batch_sizes=(4,), limit=8, threads=1, min_time=0.01, profile=True)
+    report = run_bench([serving_onnx], bench_options(batch_sizes=(4,), limit=8, threads=1, min_time=0.01,
+                                                     profile_ops=True))
     prof = report["runtimes"][0]["op_profile"]
     ops = {o["op"]: o for o in prof["ops"]}
     assert prof["batch"] == 4 and "Conv" in ops and "GreaterOrEqual" in ops  # the convs and the LIF threshold

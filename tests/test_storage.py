@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from gee_deploy.cli import cli
-from gee_deploy.export import build_onnx, export_loaded
+from gee_deploy.export import build_onnx
+from gee_deploy.formats import export_loaded
 from gee_deploy.export.errors import UnknownOptionError
 from gee_deploy.export.folding import dense_kernel, fold_layer
 from gee_deploy.export.graph import GraphBuilder, tensor_info

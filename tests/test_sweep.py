@@ -16,7 +16,7 @@ from test_cli import run as run_cli  # main() as the console script runs it: (ex
 from gee_deploy.data import load_test_arrays
 from gee_deploy.errors import ConfigError
 from gee_deploy.io import read_jsonl
-from gee_deploy.evaluation.bench import evaluate, run_bench, runtime_stats
+from gee_deploy.evaluation.bench import bench_options, evaluate, run_bench, runtime_stats
 from gee_deploy.evaluation.report import write_report
 from gee_deploy.evaluation.runtimes import open_runtime
 from gee_deploy.training.sweep import POINT_FILE, point_dir, run_sweep
@@ -86,7 +86,7 @@ def test_bench_report_puts_each_genetic_model_beside_its_dense_twin(swept, servi
     out, summary = swept
     dense, g4 = summary["points"]
     paths = [point_dir(out, "smallnet", g) / "last.pt" for g in (4, 0)]
-    report = run_bench(paths, batch_sizes=(1,), limit=32, threads=1, min_time=0.01)
+    report = run_bench(paths, bench_options(batch_sizes=(1,), limit=32, threads=1, min_time=0.01))
     assert [(r["model_name"], r["genes"]) for r in report["runtimes"]] == [("smallnet", 4), ("smallnet", 0)]
     write_report(report, tmp_path)
     md = (tmp_path / "report.md").read_text()

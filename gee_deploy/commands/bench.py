@@ -49,12 +49,13 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png (and with --neurobench,
     OUT/neurobench/<runtime>.json).
     """
-    from ..evaluation.bench import run_bench
+    from ..evaluation.bench import bench_options, run_bench
     from ..evaluation.report import summary_table, write_neurobench, write_report
 
+    options = bench_options(runtimes=runtimes or None, batch_sizes=batch_sizes, dataset=dataset, data_dir=data_dir,
+                            limit=limit, threads=threads, min_time=min_time, profile_ops=profile_ops)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    report = run_bench(list(models), list(runtimes) if runtimes else None, batch_sizes, dataset, data_dir,
-                       limit or None, threads, min_time, progress=say, profile=profile_ops)
+    report = run_bench(list(models), options, progress=say)
     write_report(report, out)
     if neurobench_json:
         write_neurobench(report, out)

@@ -44,7 +44,7 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     from ..checkpoint import load_checkpoint
     from ..kinds import Precision
     from ..parity import validation_thresholds
-    from ..evaluation.bench import run_check
+    from ..evaluation.bench import check_options, run_check
     from ..spec import ModelSpec
 
     if zipfile.is_zipfile(onnx_model) and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip
@@ -55,8 +55,9 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
                                  and load_checkpoint(checkpoint).quantisation is not None)
     given = {"min_top1_agreement": min_agreement, "max_accuracy_delta": max_acc_delta,
              "max_spike_delta": max_spike_delta, "min_speedup": min_speedup}
-    thresholds = replace(base, **{k: v for k, v in given.items() if v is not None})
-    m, failures = run_check(checkpoint, onnx_model, thresholds, dataset, data_dir, limit or None, threads)
+    options = check_options(thresholds=replace(base, **{k: v for k, v in given.items() if v is not None}),
+                            dataset=dataset, data_dir=data_dir, limit=limit, threads=threads)
+    m, failures = run_check(checkpoint, onnx_model, options)
     p = m.parity
     click.echo(f"{p.samples} samples of {m.dataset}: top-1 agreement {p.top1_agreement:.4%}, accuracy "
                f"delta {p.accuracy_delta * 100:+.3f} points, spike-count delta {p.spike_count_delta:.4%}, "

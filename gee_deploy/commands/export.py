@@ -6,11 +6,10 @@ import click
 import onnx
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..export.configs import (DEFAULT_OPSET, FORMATS, format_for, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
-                              VARIANTS, ValidationConfig)
+from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET, VARIANTS,
+                              ValidationConfig)
 from ..kinds import Storage
-from .nir_options import nir_exporter, nir_options
+from .nir_options import nir_import_options, nir_options
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
 
 OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
@@ -67,20 +66,25 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     """
     import json
 
-    from ..export import ExportValidationError, export_model
+    from ..export import ExportValidationError
     from ..export.api import report_json
+    from ..export.options import export_options
 
-    if profile and VARIANTS[variant].per_layer is None:
-        raise ConfigError(f"--profile times each layer's forms for --variant auto to choose from; --variant "
-                          f"{variant} writes every layer one way (drop --profile or use --variant auto)")
-    fmt = format_for(out, fmt)
-    check_writable(out, FORMATS[fmt].out_is_dir)
-    export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
-                                data_dir=data_dir, storage=storage) or export_model
+    nir_import = nir_import_options(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
+                                    data_dir=data_dir, storage=storage)
+    options = export_options(out=out, fmt=fmt, variant=variant, allow_int8=allow_int8, opset=opset, storage=storage,
+                             streaming=streaming, profile=profile, atol=atol, samples=samples, data_dir=data_dir,
+                             max_batch_size=max_batch_size, fp16=fp16)
+    check_writable(out, options.format.out_is_dir)
     try:
-        report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
-                              atol=atol, samples=samples, data_dir=data_dir, profile=profile,
-                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8, storage=storage)
+        if nir_import is not None:
+            from ..nir.convert import convert_nir
+
+            report = convert_nir(checkpoint, out, options, nir_import)
+        else:
+            from ..formats import export_model
+
+            report = export_model(checkpoint, out, options)
     except ExportValidationError as e:
         if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
             click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures],

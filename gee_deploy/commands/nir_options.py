@@ -1,4 +1,5 @@
-"""The options of `gee-deploy export MODEL.nir` (a NIR graph from any framework), defined once."""
+"""The options of `gee-deploy export MODEL.nir` (a NIR graph from any framework), defined once, and the
+:class:`~gee_deploy.nir.options.NIRImportOptions` they build."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..nir.importer import INPUT_MODES
+from ..nir.options import NIRImportOptions
 from ..recipe import recipe_field
 from .options import Value
 
@@ -42,10 +44,11 @@ def nir_options(f):
     return f
 
 
-def nir_exporter(model: str, given: dict, **checkpoint_only):
-    """When ``model`` is a .nir file: a function taking ``export_model``'s arguments that converts it with
-    :func:`gee_deploy.nir.convert.convert_nir`; else None. :class:`ConfigError` (one line) for an option
-    of the other kind (given before any work)."""
+def nir_import_options(model: str, given: dict, **checkpoint_only) -> NIRImportOptions | None:
+    """When ``model`` is a .nir file: its :class:`~gee_deploy.nir.options.NIRImportOptions` from the NIR options
+    ``given`` (keyword arguments named as NIR_OPTIONS); else None. :class:`ConfigError` (one line) for an option
+    of the other kind (given before any work): a NIR option with a checkpoint, or a checkpoint-only option
+    (``checkpoint_only``: its name -> the value given) with a .nir file."""
     is_nir = Path(model).suffix.lower() == ".nir"
     if not is_nir:
         extra = [k for k in NIR_OPTIONS if given.get(k) is not None]
@@ -55,12 +58,6 @@ def nir_exporter(model: str, given: dict, **checkpoint_only):
     wrong = [k for k, v in checkpoint_only.items() if v]
     if wrong:
         raise ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to a .nir input (it applies to checkpoints)")
-
-    def convert(path, out, *, variant, fmt, opset, atol, samples, max_batch_size, fp16, **_checkpoint_only):
-        from ..nir.convert import convert_nir
-
-        return convert_nir(path, out, timesteps=given["timesteps"], dt=given["dt"],
-                           input_mode=given["input_mode"] or "static", threshold_rule=given["threshold_rule"] or "gt",
-                           images=given["images"], variant=variant, fmt=fmt, opset=opset, samples=samples, atol=atol,
-                           max_batch_size=max_batch_size, fp16=fp16)
-    return convert
+    return NIRImportOptions(timesteps=given["timesteps"], input_mode=given["input_mode"] or "static", dt=given["dt"],
+                            threshold_rule=given["threshold_rule"] or "gt",
+                            images=None if given["images"] is None else Path(given["images"]))

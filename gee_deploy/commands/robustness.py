@@ -44,13 +44,12 @@ def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir,
     checkpoint and its export can be compared ratio by ratio. Prints the clean-vs-noisy table and writes
     OUT/robustness.json, robustness.md and robustness.png.
     """
-    from ..evaluation.robustness import check_noise, run_robustness, summary_table, write_robustness
+    from ..evaluation.robustness import robustness_options, run_robustness, summary_table, write_robustness
 
-    grid = list(ratios)
-    check_noise(noise, [ratio, *grid])  # before any model is opened or anything is written
+    options = robustness_options(noise=noise, ratio=ratio, ratios=ratios, seed=seed, clip=clip, dataset=dataset,
+                                 data_dir=data_dir, limit=limit, threads=threads, batch_size=batch_size)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    report = run_robustness(list(models), noise, ratio, grid, seed, clip, dataset, data_dir, limit or None, threads,
-                            batch_size, progress=say)
+    report = run_robustness(list(models), options, progress=say)
     write_robustness(report, out)
     click.echo(summary_table(report))
     if not quiet:

@@ -7,5 +7,6 @@
 * :mod:`.loadtest`: a bounded load generator for the server (benchmarks and tests).
 
 It reads what export wrote (the graph and its :class:`~gee_deploy.spec.ModelSpec`) and runs the runtimes serving
-serves; nothing imports it but the commands.
+serves; nothing imports it but the commands. Each command builds one frozen options object (``BenchOptions``,
+``CheckOptions``, ``RobustnessOptions``, beside the function that takes it) and passes it down unchanged.
 """

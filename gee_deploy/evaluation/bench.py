@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -28,7 +29,79 @@ from .neurobench import borrow_counts, neurobench_block, probe
 from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, default_runtimes, open_runtime
 
 __all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
-           "CheckResult"]
+           "CheckResult", "BenchOptions", "CheckOptions", "bench_options", "check_options"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """What `gee-deploy bench` measures.
+
+    Attributes:
+        runtimes: runtime names (:data:`~gee_deploy.evaluation.runtimes.RUNTIMES`); None: every one that applies
+            to each file on this machine.
+        batch_sizes: the batch sizes to time (each >= 1).
+        dataset: the dataset for accuracy and spikes; None: the one the model names.
+        data_dir: where that dataset lives; None: its standard place.
+        limit: the first N test samples; None: all.
+        threads: intra-op threads for every runtime (the same for all, so the comparison is fair); None: each
+            runtime's own.
+        min_time: seconds of timed calls per runtime and batch size (>= 0).
+        profile_ops: add each onnxruntime runtime's per-operator time split at the largest batch size.
+    """
+
+    runtimes: tuple[str, ...] | None = None
+    batch_sizes: tuple[int, ...] = (1, 16, 64)
+    dataset: str | None = None
+    data_dir: Path | None = None
+    limit: int | None = 1000
+    threads: int | None = None
+    min_time: float = 1.0
+    profile_ops: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckOptions:
+    """What `gee-deploy check` gates on and how it measures.
+
+    Attributes:
+        thresholds: the parity limits and the lowest batch-1 speedup (:class:`gee_deploy.parity.Thresholds`).
+        dataset, data_dir, limit: as for :class:`BenchOptions`.
+        threads: intra-op threads for both runtimes (1 keeps the ratio stable on a shared machine).
+        min_time: seconds of timed batch-1 calls per runtime.
+    """
+
+    thresholds: Thresholds = Thresholds()
+    dataset: str | None = None
+    data_dir: Path | None = None
+    limit: int | None = 1000
+    threads: int | None = 1
+    min_time: float = 1.0
+
+
+def bench_options(*, runtimes: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1, 16, 64),
+                  dataset: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = 1000,
+                  threads: int | None = None, min_time: float = 1.0, profile_ops: bool = False) -> BenchOptions:
+    """The checked :class:`BenchOptions` (``limit`` 0 or None: every sample; the numbers are checked where the
+    CLI parses them, against their declared ranges).
+
+    Raises:
+        ConfigError: an unknown runtime name.
+    """
+    for name in runtimes or []:
+        if name not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    return BenchOptions(runtimes=None if runtimes is None else tuple(runtimes), batch_sizes=tuple(batch_sizes),
+                        dataset=dataset, data_dir=None if data_dir is None else Path(data_dir),
+                        limit=limit or None, threads=threads, min_time=min_time, profile_ops=profile_ops)
+
+
+def check_options(*, thresholds: Thresholds = Thresholds(), dataset: str | None = None,
+                  data_dir: str | os.PathLike | None = None, limit: int | None = 1000, threads: int | None = 1,
+                  min_time: float = 1.0) -> CheckOptions:
+    """The :class:`CheckOptions` (``limit`` 0 or None: every sample); the numbers are checked where the CLI
+    parses them (their declared ranges), ``thresholds`` by :class:`~gee_deploy.parity.Thresholds` itself."""
+    return CheckOptions(thresholds=thresholds, dataset=dataset, data_dir=None if data_dir is None else Path(data_dir),
+                        limit=limit or None, threads=threads, min_time=min_time)
 
 
 def evaluate(runtime: Runtime, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> Outputs:
@@ -77,11 +150,11 @@ def runtime_stats(runtime: Runtime, ev: Outputs) -> dict:
             "energy": {**total_energy(per_layer), "per_layer": [e.as_dict() for e in per_layer]}}
 
 
-def open_runtimes(models: list[str | os.PathLike], runtimes: list[str] | None, threads: int | None) -> list[Runtime]:
-    """One runtime per (file, applicable runtime name); the reference (PyTorch, or a NIR file's executor) first."""
-    for name in runtimes or []:
-        if name not in RUNTIMES:
-            raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+def open_runtimes(models: list[str | os.PathLike], runtimes: Sequence[str] | None,
+                  threads: int | None) -> list[Runtime]:
+    """One runtime per (file, applicable runtime name); the reference (PyTorch, or a NIR file's executor) first.
+    ``runtimes``: names of :data:`~.runtimes.RUNTIMES` (checked by :func:`~.options.bench_options`); None: every
+    one that applies to each file on this machine."""
     opened, used, nir_files = [], set(), []
     for path in models:
         if not Path(path).is_file():
@@ -155,29 +228,28 @@ def profile_ops(model: bytes | str | os.PathLike, x: np.ndarray, threads: int | 
     return sorted(rows, key=lambda r: -r["ms_per_call"])
 
 
-def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None,
-              batch_sizes: tuple[int, ...] = (1, 16, 64), dataset: str | None = None, data_dir=None,
-              limit: int | None = 1000, threads: int | None = None, min_time: float = 1.0,
-              progress=None, profile: bool = False) -> dict:
-    """Benchmark every runtime of ``models`` and return the report (see ``report.write_report``).
+def run_bench(models: list[str | os.PathLike], options: BenchOptions = BenchOptions(),
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Benchmark every runtime of ``models`` as ``options`` ask and return the report (see
+    ``report.write_report``).
 
     Args:
-        models: checkpoints (.pt), ONNX files, TensorRT plans.
-        runtimes: runtime names to use (None: every one that applies on this machine).
-        batch_sizes: latency batch sizes.
-        dataset: dataset for accuracy and spikes (default: the one the model was trained on).
-        data_dir: where that dataset lives.
-        limit: first N test samples (None: all).
-        threads: intra-op threads for every runtime (the same for all, so the comparison is fair).
-        min_time: seconds of timed calls per runtime and batch size.
+        models: checkpoints (.pt), ONNX files, TensorRT plans, NIR files (with the graph converted from them).
+        options: the runtimes, batch sizes, data, threads and timing (:func:`~.options.bench_options`; with
+            ``profile_ops``, each onnxruntime runtime's per-op time split at the largest batch size:
+            :func:`profile_ops`).
         progress: callable(str) told what runs now.
-        profile: add each onnxruntime runtime's per-op time split at the largest batch size (:func:`profile_ops`).
+
+    Raises:
+        ConfigError: a file not found, runtimes that apply to none of the files, a model without a dataset
+            and no ``options.dataset``, a model whose input is not the dataset's image shape.
     """
     say = progress or (lambda msg: None)
+    threads, batch_sizes = options.threads, options.batch_sizes
     machine = _machine(threads)  # before the first runtime loads: the load of the other processes
-    opened = open_runtimes(models, runtimes, threads)
-    name = _dataset(opened, dataset)
-    images, labels = load_test_arrays(name, data_dir, limit)
+    opened = open_runtimes(models, options.runtimes, threads)
+    name = _dataset(opened, options.dataset)
+    images, labels = load_test_arrays(name, options.data_dir, options.limit)
     warning = load_warning(machine["load_average"], threads)
     if warning:
         say(warning)
@@ -198,8 +270,8 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         for b in batch_sizes:
             say(f"{rt.name}: timing batch {b}")
             x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
-            latency.append({**time_runtime(rt, x, min_time=min_time), "runtime": label})
-        if profile and isinstance(rt, OrtRuntime):
+            latency.append({**time_runtime(rt, x, min_time=options.min_time), "runtime": label})
+        if options.profile_ops and isinstance(rt, OrtRuntime):
             say(f"{rt.name}: profiling ops at batch {len(x)}")
             row["op_profile"] = {"batch": int(len(x)), "ops": profile_ops(rt.path, x, rt.threads, rt.name)}
         rows.append(row)
@@ -256,20 +328,21 @@ class CheckResult:
         return self.torch_p50_ms / self.ort_p50_ms
 
 
-def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
-              dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
-              min_time: float = 1.0) -> tuple[CheckResult, list[str]]:
+def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
+              options: CheckOptions = CheckOptions()) -> tuple[CheckResult, list[str]]:
     """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint`` (or the NIR
-    file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`.
+    file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`,
+    at ``options.thresholds`` (:func:`~.options.check_options`).
 
     Returns:
         (what was measured, one line per failed gate)
     """
+    threads, thresholds, min_time = options.threads, options.thresholds, options.min_time
     ort = open_runtime(onnx_path, "ort-cpu", threads)
     ref = NIRRuntime(checkpoint, [ort.spec], threads) if Path(checkpoint).suffix.lower() == ".nir" else \
         open_runtime(checkpoint, "torch", threads)
-    name = _dataset([ref, ort], dataset)
-    images, labels = load_test_arrays(name, data_dir, limit)
+    name = _dataset([ref, ort], options.dataset)
+    images, labels = load_test_arrays(name, options.data_dir, options.limit)
     parity = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)

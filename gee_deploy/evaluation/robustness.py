@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,7 +43,8 @@ from .bench import evaluate
 from ..serving.runtimes import Runtime
 from .runtimes import open_each
 
-__all__ = ["NOISE_KINDS", "noise_directions", "add_noise", "check_noise", "run_robustness", "write_robustness",
+__all__ = ["NOISE_KINDS", "RobustnessOptions", "robustness_options", "noise_directions", "add_noise", "check_noise",
+           "run_robustness", "write_robustness",
            "summary_table", "robustness_markdown"]
 
 
@@ -73,7 +75,8 @@ def noise_directions(shape: tuple[int, ...], seed: int = 0, kind: str = "gaussia
     Raises:
         ConfigError: unknown ``kind``.
     """
-    check_noise(kind, [0.0])
+    if kind not in NOISE_KINDS:
+        check_noise(kind, [])  # the one message for an unknown kind (run_robustness's options were checked)
     z = NOISE_KINDS[kind](tuple(shape), seed)
     return (z / _norms(z).reshape(-1, *[1] * (z.ndim - 1)).astype(np.float32)).astype(np.float32)
 
@@ -111,6 +114,52 @@ def check_noise(kind: str, ratios: Sequence[float]) -> None:
         raise ConfigError(f"noise ratios must be finite and >= 0 (noise L2 norm / image L2 norm), got {bad[0]:g}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RobustnessOptions:
+    """What `gee-deploy robustness` measures (the paper's Fig. 2 protocol).
+
+    Attributes:
+        noise: a key of :data:`NOISE_KINDS`.
+        ratio: the headline noise L2 norm / image L2 norm (the paper's 0.5) the clean-vs-noisy drop is reported at.
+        ratios: every ratio of the curve, sorted: 0 (clean), ``ratio`` and the ones asked for.
+        seed: seed of the noise directions (the same for every model).
+        clip: clip noisy pixels to [0, 1], the graph's input range.
+        dataset, data_dir, limit, threads: as for :class:`~.bench.BenchOptions` (``limit`` None: all test images).
+        batch_size: images per runtime call (>= 1).
+    """
+
+    noise: str = "gaussian"
+    ratio: float = 0.5
+    ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    seed: int = 0
+    clip: bool = True
+    dataset: str | None = None
+    data_dir: Path | None = None
+    limit: int | None = None
+    threads: int | None = None
+    batch_size: int = 256
+
+
+def robustness_options(*, noise: str = "gaussian", ratio: float = 0.5,
+                       ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, clip: bool = True,
+                       dataset: str | None = None, data_dir: str | os.PathLike | None = None,
+                       limit: int | None = None, threads: int | None = None,
+                       batch_size: int = 256) -> RobustnessOptions:
+    """The checked :class:`RobustnessOptions`: ``ratios`` becomes the sorted grid with 0 and ``ratio`` added;
+    ``limit`` 0 or None: every test image.
+
+    Raises:
+        ConfigError: an unknown noise kind, a ratio that is negative or not finite, a batch size below 1.
+    """
+    grid = tuple(sorted({0.0, float(ratio), *(float(r) for r in ratios)}))
+    check_noise(noise, grid)
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    return RobustnessOptions(noise=noise, ratio=float(ratio), ratios=grid, seed=seed, clip=clip, dataset=dataset,
+                             data_dir=None if data_dir is None else Path(data_dir), limit=limit or None,
+                             threads=threads, batch_size=batch_size)
+
+
 def _labels(runtimes: list[Runtime]) -> list[str]:
     """``file (runtime)``, the file named by as many trailing path parts as it takes to tell them apart
     (``g32/last.pt`` and ``dense/last.pt``), with an index where even the full paths are equal."""
@@ -134,10 +183,7 @@ def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     return named.pop()
 
 
-def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian", ratio: float = 0.5,
-                   ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, clip: bool = True,
-                   dataset: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = None,
-                   threads: int | None = None, batch_size: int = 256,
+def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptions = RobustnessOptions(),
                    progress: Callable[[str], None] | None = None) -> dict:
     """Accuracy of every model under noise of each ratio, on the same noisy test images (paper Fig. 2).
 
@@ -145,16 +191,8 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
         models: checkpoints (.pt, run on PyTorch eager), ONNX files (onnxruntime CPU), TensorRT plans, NIR files
             (the NIR executor; the graph converted from the file must be among the models), each through
             :func:`gee_deploy.serving.runtimes.open_each`. The first is the reference of the paired comparison.
-        noise: a key of :data:`NOISE_KINDS`.
-        ratio: the headline ratio (the paper's 0.5) the clean-vs-noisy drop is reported at.
-        ratios: further ratios for the curve; 0 (clean) and ``ratio`` are always included.
-        seed: seed of the noise directions (the same for every model).
-        clip: clip noisy pixels to [0, 1] (the graph's input contract; module docstring).
-        dataset: test split to use (default: the one the models name; they must agree).
-        data_dir: where that dataset lives.
-        limit: first N test images (None: all).
-        threads: intra-op threads for every runtime.
-        batch_size: images per runtime call.
+        options: the noise, its ratios and seed, clipping, data, threads and batch size
+            (:func:`robustness_options`).
         progress: callable(str) told what runs now.
 
     Returns:
@@ -162,23 +200,20 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
         ``ratios``, ``realised_ratios`` and one entry per model under ``models``.
 
     Raises:
-        ConfigError: unknown noise kind, a negative ratio, no model, models of different datasets or an input
-            shape the dataset does not have. ModelFileError / CheckpointError: a file that cannot be opened.
+        ConfigError: no model, a file not found, models of different datasets or an input shape the dataset
+            does not have. ModelFileError / CheckpointError: a file that cannot be opened.
     """
     say = progress or (lambda msg: None)
-    grid = sorted({0.0, float(ratio), *(float(r) for r in ratios)})
-    check_noise(noise, grid)
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    grid, ratio, noise, clip, seed = list(options.ratios), options.ratio, options.noise, options.clip, options.seed
     if not models:
         raise ConfigError("no model given")
     for path in models:
         if not Path(path).is_file():
             raise ConfigError(f"{path} not found")
     started = time.perf_counter()
-    opened = open_each(list(models), threads)
-    name = _dataset(opened, dataset)
-    images, labels = load_test_arrays(name, data_dir, limit)
+    opened = open_each(list(models), options.threads)
+    name = _dataset(opened, options.dataset)
+    images, labels = load_test_arrays(name, options.data_dir, options.limit)
     for rt in opened:
         if tuple(rt.spec.input_shape) != tuple(images.shape[1:]):
             raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
@@ -191,7 +226,7 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
         realised.append(float(np.nanmean(per_image)) if np.isfinite(per_image).any() else 0.0)
         for i, rt in enumerate(opened):
             say(f"{rt.path.name} ({rt.name}): ratio {r:g}, {len(images)} images")
-            evals[i].append(evaluate(rt, noisy, labels, batch_size))
+            evals[i].append(evaluate(rt, noisy, labels, options.batch_size))
     labels_ = _labels(opened)
     entries = []
     ref = evals[0]

@@ -6,12 +6,17 @@ The graph contract (input ``input`` float32 [N, C, H, W] in [0, 1]; outputs ``lo
 stores it in the graph's ``metadata_props``, and beside artefacts that hold no metadata (TensorRT plans, Triton
 repositories) as a JSON sidecar. One self-contained file (no external data), ``onnx.checker`` clean with
 ``full_check``, opset 18 by default.
+
+What an export does is one :class:`~gee_deploy.export.options.ExportOptions`, checked where it is built; the entry
+point that loads a checkpoint and dispatches on the format (NIR, written by :mod:`gee_deploy.nir`, included) is
+:func:`gee_deploy.formats.export_model`.
 """
 from __future__ import annotations
 
-from .api import ExportReport, build_onnx, export_loaded, export_model
+from .api import ExportReport, build_onnx, export_onnx
 from .configs import FORMATS, VARIANTS, ValidationConfig
 from .errors import ExportError, ExportValidationError, ShapeError, ToleranceError
+from .options import ExportOptions, export_options
 
-__all__ = ["export_model", "export_loaded", "build_onnx", "ExportReport", "ValidationConfig", "VARIANTS",
-           "FORMATS", "ExportError", "ExportValidationError", "ShapeError", "ToleranceError"]
+__all__ = ["export_onnx", "build_onnx", "ExportReport", "ExportOptions", "export_options", "ValidationConfig",
+           "VARIANTS", "FORMATS", "ExportError", "ExportValidationError", "ShapeError", "ToleranceError"]

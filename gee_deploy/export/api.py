@@ -1,34 +1,35 @@
-"""``export_model``: checkpoint -> validated ONNX file, Triton repository, TensorRT plan or NIR graph."""
+"""The export stage's pipeline: a loaded model -> a validated ONNX file, Triton repository or TensorRT plan.
+
+:func:`export_onnx` builds the graph (:func:`onnx_graph`), validates it against the PyTorch model and hands it
+to its format's writer (:data:`FILE_WRITERS`); what it does is fixed by one checked
+:class:`~gee_deploy.export.options.ExportOptions`. The entry point that loads a checkpoint and dispatches on
+the format (NIR included) is :func:`gee_deploy.formats.export_model`.
+"""
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nir
 import onnx
 import torch
 from torch import nn
 
-from ..checkpoint import file_sha256, load_model, model_origin
-from ..genetic import GeneticConv2d, GeneticLinear
 from ..data import load_test_arrays
 from ..io import atomic_path
-from ..kinds import ExportVariant, Int8Policy, Precision, Storage
+from ..kinds import ExportFormat, ExportVariant, Precision, Storage
 from ..quantisation import quantised_layers
-from ..spec import ModelSpec
-from .choose import make_chooser, make_int8_chooser
-from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
-                      validation_thresholds)
-from .errors import ExportError, ExportValidationError, UnknownOptionError
-from ..nir.writer import write_nir
-from ..nir.validate import read_nir, validate_nir
+from ..spec import LayerSpec, ModelSpec
+from .choose import make_chooser
+from .errors import ExportError, ExportValidationError
+from .options import ExportOptions, export_options, storage_for, validation_for
 from .validate import ValidationReport, validate_export, validate_streaming
 from .writer import folded_with_scales, write_graph
 
-__all__ = ["ExportReport", "export_model", "export_loaded", "build_onnx", "validation_data"]
+__all__ = ["ExportReport", "export_onnx", "onnx_graph", "build_onnx", "validation_data", "validation_dict",
+           "write_artefact", "FILE_WRITERS", "report_json"]
 
 
 @dataclass
@@ -36,13 +37,13 @@ class ExportReport:
     """What one export produced, for the CLI and for scripts."""
 
     out: str
-    format: str
+    format: ExportFormat
     variant: ExportVariant
     opset: int
     streaming: bool
     storage: Storage = Storage.FOLDED
     bytes: int = 0  # size of the written file (a Triton repository: its model.onnx); 0 when not written
-    layers: list[dict] = field(default_factory=list)
+    layers: list[LayerSpec] = field(default_factory=list)  # as written, in graph order
     macs_per_sample: int = 0  # sum over layers of macs x calls: one inference of one sample
     dense_macs_per_sample: int = 0  # the same network with every layer dense
     validation: dict = field(default_factory=dict)
@@ -56,8 +57,7 @@ class ExportReport:
         size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
         lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, {self.storage} storage"
                  f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"]
-        lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
-                  f"MACs {l['macs']:>13,} x{l['calls']}"
+        lines += [f"  {l.name:<24} {l.kind:<6} {l.form:<16} {l.precision:<4} MACs {l.macs:>13,} x{l.calls}"
                   for l in self.layers]
         lines.append(f"  MACs per sample: {self.macs_per_sample:,} (all dense: {self.dense_macs_per_sample:,})")
         v = self.validation
@@ -74,8 +74,13 @@ class ExportReport:
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def as_dict(self) -> dict:
+        """The report as JSON-ready values, each layer in :meth:`~gee_deploy.spec.LayerSpec.as_dict`'s form."""
+        return {**asdict(self), "layers": [l.as_dict() for l in self.layers]}
 
-def _report_dict(r: ValidationReport) -> dict:
+
+def validation_dict(r: ValidationReport) -> dict:
+    """A validation's statistics, sample count and checks table, as the report's ``validation`` holds them."""
     return {**(r.stats.as_dict() if r.stats else {}), "samples": r.samples, "checks": [list(row) for row in r.rows]}
 
 
@@ -85,76 +90,47 @@ def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Te
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _variant(variant: ExportVariant | str, allow_int8: bool) -> Variant:
-    v = lookup(VARIANTS, variant, "variant")
-    if allow_int8:
-        if v.per_layer is None:
-            raise UnknownOptionError(f"--allow-int8 lets --variant auto choose int8 per layer; with --variant "
-                                     f"{variant} use --variant int8 for every spike-reading layer")
-        v = replace(v, int8=Int8Policy.CHOOSE)
-    return v
+def onnx_graph(model: nn.Module, options: ExportOptions, storage: Storage, *, streaming: bool = False,
+               checkpoint_sha256: str = "", choices: dict[str, ExportVariant] | None = None
+               ) -> tuple[onnx.ModelProto, ModelSpec]:
+    """The checked ONNX graph of eval-mode ``model`` and its spec (no file written), as ``options`` ask.
 
-
-def is_genetic(model: nn.Module) -> bool:
-    """Whether ``model`` has genetic layers (a dense twin has none)."""
-    return any(isinstance(m, (GeneticConv2d, GeneticLinear)) for m in model.modules())
-
-
-def resolve_storage(model: nn.Module, storage: Storage | str | None, fmt: str = "onnx") -> Storage:
-    """The storage an export uses: ``storage``, or by default ``genetic`` for a genetic model in an ONNX file
-    or Triton repository and ``folded`` otherwise.
+    ``storage``: folded (the weights as initializers) or genetic (the genetic parameters and the subgraph
+    computing the weights from them; :mod:`gee_deploy.export.weights`), as :func:`storage_for` resolved it.
+    ``streaming``: the one-step graph (membrane potentials as inputs/outputs) instead of the T-unrolled one.
+    ``choices``: how every genetic layer is written (dense / factorised) by name, as an earlier build chose
+    them (the streaming graph repeats the validated unrolled graph's choices); None lets the variant choose.
 
     Raises:
-        UnknownOptionError: an unknown storage; ``genetic`` for a dense twin, a TensorRT plan or a NIR file.
+        UnsupportedModuleError: the model holds something the writer cannot translate.
+        ExportError: the written graph fails onnx.checker.
     """
-    if storage is None:
-        return Storage.GENETIC if is_genetic(model) and fmt in ("onnx", "triton") else Storage.FOLDED
-    storage = Storage(lookup({s.value: s for s in Storage}, storage, "storage"))
-    if storage == Storage.GENETIC:
-        if fmt == "tensorrt":
-            raise UnknownOptionError("--storage genetic does not apply to --format tensorrt: a plan holds TensorRT's "
-                                     "own engine, built from the folded weights (leave --storage out)")
-        if fmt == "nir":
-            raise UnknownOptionError("--storage genetic does not apply to --format nir: NIR has no constant "
-                                     "computation, so a NIR file holds the folded weights (leave --storage out)")
-        if not is_genetic(model):
-            raise UnknownOptionError("--storage genetic needs a genetic model; this is a dense twin (genes = 0), "
-                                     "whose only storage is folded")
-    return storage
+    choose = make_chooser(options.variant, options.profile, model.timesteps, options.opset) if choices is None \
+        else (lambda name, *_: choices[name])
+    proto, spec = write_graph(model.eval(), choose, options, storage=storage, streaming=streaming,
+                              checkpoint_sha256=checkpoint_sha256)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the written graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
+    return proto, spec
 
 
-def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DENSE, opset: int | None = None,
-               streaming: bool = False, checkpoint_sha256: str = "", profile: bool = False,
-               choices: dict[str, ExportVariant] | None = None,
-               allow_int8: bool = False, storage: Storage | str | None = Storage.FOLDED
-               ) -> tuple[onnx.ModelProto, ModelSpec]:
-    """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
+def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DENSE, *, streaming: bool = False,
+               storage: Storage | str | None = Storage.FOLDED, **settings) -> tuple[onnx.ModelProto, ModelSpec]:
+    """Python API: the checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
-    ``storage``: folded (the weights as initializers), genetic (the genetic parameters and the subgraph
-    computing the weights from them; :mod:`gee_deploy.export.weights`) or None (:func:`resolve_storage`).
-
-    ``choices``: how every genetic layer is written (dense / factorised) by name, as an earlier build chose
-    them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
-    ``allow_int8``: with ``auto``, spike-reading layers of at least INT8_MIN_MACS per call get int8 weights.
+    ``storage``: folded (the default here), genetic, or None (:func:`storage_for`). ``streaming``: the one-step
+    graph. ``settings``: the other keywords of :func:`~gee_deploy.export.options.export_options` (``opset``,
+    ``allow_int8``, ``profile``), checked there.
 
     Raises:
         UnknownOptionError: unknown variant, unsupported opset, or ``allow_int8`` with a fixed variant.
         UnsupportedModuleError: the model holds something the writer cannot translate.
         ExportError: the written graph fails onnx.checker.
     """
-    v = _variant(variant, allow_int8)
-    opset = _opset(opset)
-    choose = make_chooser(v, profile, model.timesteps, opset) if choices is None else \
-        (lambda name, *_: choices[name])
-    class_names, dataset = model_origin(model)
-    proto, spec = write_graph(model.eval(), choose, opset, variant=v.name, class_names=class_names, dataset=dataset,
-                              checkpoint_sha256=checkpoint_sha256, streaming=streaming, int8=make_int8_chooser(v),
-                              storage=resolve_storage(model, storage))
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"the written graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
-    return proto, spec
+    options = export_options(variant=variant, storage=storage, **settings)
+    return onnx_graph(model, options, storage_for(model, options), streaming=streaming)
 
 
 def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec, Storage, list[str]]:
@@ -172,56 +148,35 @@ def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     return folded, folded_spec, Storage.FOLDED, [note]
 
 
-def _opset(opset: int | None) -> int:
-    newest = onnx.defs.onnx_opset_version()
-    opset = DEFAULT_OPSET if opset is None else opset
-    if not MIN_OPSET <= opset <= newest:
-        raise UnknownOptionError(f"opset {opset} is not supported; use {MIN_OPSET}..{newest}")
-    return opset
+def export_onnx(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None,
+                options: ExportOptions, checkpoint_sha256: str = "") -> ExportReport:
+    """Export an already loaded eval-mode model as an ONNX file, Triton repository or TensorRT plan, as
+    ``options`` ask; validate on ``images`` [S, C, H, W] (and ``labels`` [S], for accuracy) before anything is kept.
 
-
-def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVariant | str = ExportVariant.DENSE,
-                  fmt: str = "onnx", opset: int | None = None, streaming: bool = False,
-                  images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                  validation: ValidationConfig | None = None,
-                  checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
-                  fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None) -> ExportReport:
-    """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
-
-    ``validation`` None: the default sample count with the variant's thresholds
-    (:func:`~gee_deploy.export.configs.validation_thresholds`). ``storage``: see :func:`resolve_storage`.
+    Raises:
+        ExportError: no images; ``out`` a directory where the format writes a file; the graph cannot be written.
+        UnknownOptionError: ``--storage genetic`` for a dense twin.
+        ExportValidationError: a check failed (every failure listed; nothing written).
     """
     start = time.perf_counter()
-    output_format = lookup(FORMATS, fmt, "format")
-    v = _variant(variant, allow_int8)
-    chosen_storage = storage is not None
-    storage = resolve_storage(model, storage, output_format.name)
-    cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != Int8Policy.NEVER,
-                                                                          bool(quantised_layers(model))))
+    output_format = options.format
+    storage = storage_for(model, options)
+    cfg = validation_for(model, options)
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
-    if output_format.name in ("tensorrt", "nir") and v.int8 != Int8Policy.NEVER:
-        why = "TensorRT's int8 is QDQ only" if output_format.name == "tensorrt" else "NIR has no int8 type"
-        raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
-                          f"MatMulInteger; {why}): export --variant dense or auto without --allow-int8")
-    if output_format.name == "nir":
-        report = _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
-        if is_genetic(model):
-            report.notes.append("NIR has no constant computation: the file holds the folded weights")
-        return report
-    if output_format.name == "tensorrt":
+    if output_format.name == ExportFormat.TENSORRT:
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
-    unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8,
-                                storage=storage)
+    unrolled, spec = onnx_graph(model, options, storage, checkpoint_sha256=checkpoint_sha256)
     notes = []
-    if not chosen_storage and storage == Storage.GENETIC and any(l.precision == Precision.INT8 for l in spec.layers):
+    if options.storage is None and storage == Storage.GENETIC and \
+            any(l.precision == Precision.INT8 for l in spec.layers):
         unrolled, spec, storage, notes = _smaller_storage(unrolled, spec)
-    report = ExportReport(str(out), output_format.name, v.name, _opset(opset), streaming, storage,
-                          layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
+    report = ExportReport(str(out), output_format.name, options.variant.name, options.opset, options.streaming,
+                          storage, layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes)
     data = unrolled.SerializeToString()
     try:
@@ -232,127 +187,67 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
                                         f"`gee-deploy quantize CHECKPOINT --out Q.pt` fine-tunes it so its int8 "
                                         f"export is exact", e.failures) from None
         raise
-    report.validation = _report_dict(val)
+    report.validation = validation_dict(val)
     final = unrolled
-    if streaming:
+    if options.streaming:
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in spec.layers}
-        final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen,
-                                 allow_int8=allow_int8, storage=storage)
-        sv = validate_streaming(final.SerializeToString(), data, images, model.timesteps, spec.state_inputs, cfg)
-        report.streaming_validation = _report_dict(sv)
+        final, spec = onnx_graph(model, options, storage, streaming=True, checkpoint_sha256=checkpoint_sha256,
+                                 choices=chosen)
+        sv = validate_streaming(final.SerializeToString(), data, images, spec, cfg)
+        report.streaming_validation = validation_dict(sv)
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
-    _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
+    write_artefact(final, spec, Path(out), options, report)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset: int | None, streaming: bool,
-                images: torch.Tensor, labels: torch.Tensor | None, cfg: ValidationConfig, checkpoint_sha256: str,
-                start: float) -> ExportReport:
-    """The folded dense network as a NIR file, read back and run by an independent NIR executor before it is kept."""
-    for bad, why in ((variant != ExportVariant.DENSE, f"--variant {variant}"), (streaming, "--streaming"),
-                     (opset is not None, "--opset")):
-        if bad:
-            raise UnknownOptionError(f"{why} does not apply to --format nir (it writes the folded dense network, "
-                                     "one step per call)")
-    class_names, dataset = model_origin(model)
-    graph, spec = write_nir(model.eval(), class_names=class_names, dataset=dataset,
-                            checkpoint_sha256=checkpoint_sha256)
-    report = ExportReport(str(out), "nir", ExportVariant.DENSE, 0, False, Storage.FOLDED,
-                          layers=[l.as_dict() for l in spec.layers],
-                          macs_per_sample=spec.macs_per_sample, dense_macs_per_sample=spec.dense_macs_per_sample)
-    _note_replaced(out, report)
+def _write_onnx(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:
     with atomic_path(out) as tmp:
-        nir.write(tmp, graph)
-        val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
-    report.validation = _report_dict(val)
-    report.notes += val.notes
-    report.bytes = out.stat().st_size
-    report.seconds = time.perf_counter() - start
-    return report
+        onnx.save_model(proto, str(tmp))
+    return out
 
 
-def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_batch_size: int, fp16: bool,
-           report: ExportReport) -> None:
-    """Write ``proto`` as ``fmt`` (``report.bytes``: the file's size, a Triton repository's model.onnx);
-    artefacts without metadata of their own get the spec as a sidecar."""
-    _note_replaced(out, report)
-    if fmt == "onnx":
-        with atomic_path(out) as tmp:
-            onnx.save_model(proto, str(tmp))
-    elif fmt == "triton":
-        from .triton import write_triton_repository
+def _write_triton(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:
+    from .triton import write_triton_repository
 
-        report.out = str(write_triton_repository(proto, spec, out, max_batch_size))
-    else:
-        from .tensorrt import build_plan
-
-        build_plan(proto, out, max_batch_size=max_batch_size, fp16=fp16)
-        spec.write_sidecar(out)
-    written = Path(report.out) / "1" / "model.onnx" if FORMATS[fmt].out_is_dir else Path(report.out)
-    report.bytes = written.stat().st_size if written.is_file() else 0
+    return Path(write_triton_repository(proto, spec, out, options.max_batch_size))
 
 
-def _note_replaced(out: Path, report: ExportReport) -> None:
+def _write_tensorrt(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:
+    from .tensorrt import build_plan
+
+    build_plan(proto, out, max_batch_size=options.max_batch_size, fp16=options.fp16)
+    spec.write_sidecar(out)
+    return out
+
+
+# the writer of each format that holds an ONNX graph: (graph, spec, --out, options) -> the path written; NIR's
+# is gee_deploy.nir.export, a stage this one does not import (gee_deploy.formats dispatches on the format)
+FILE_WRITERS = {ExportFormat.ONNX: _write_onnx, ExportFormat.TRITON: _write_triton,
+                ExportFormat.TENSORRT: _write_tensorrt}
+
+
+def write_artefact(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions,
+                   report: ExportReport) -> None:
+    """Write ``proto`` in ``options.format`` with its writer in :data:`FILE_WRITERS` (``report.bytes``: the
+    file's size, a Triton repository's model.onnx; ``report.out``: what was written); artefacts without
+    metadata of their own get the spec as a sidecar."""
+    note_replaced(out, report)
+    written = FILE_WRITERS[options.format.name](proto, spec, out, options)
+    report.out = str(written)
+    sized = written / "1" / "model.onnx" if options.format.out_is_dir else written
+    report.bytes = sized.stat().st_size if sized.is_file() else 0
+
+
+def note_replaced(out: Path, report: ExportReport) -> None:
+    """Add a note to ``report`` when ``out`` exists (the export is about to replace it)."""
     if out.exists():
         report.notes.append(f"replaced the existing {out}")
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
-                 variant: ExportVariant | str = ExportVariant.DENSE, fmt: str = "onnx", opset: int | None = None,
-                 streaming: bool = False, atol: float | None = None, samples: int | None = None,
-                 data_dir: str | os.PathLike | None = None, profile: bool = False,
-                 max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
-                 storage: Storage | str | None = None) -> ExportReport:
-    """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
-
-    Args:
-        checkpoint: a gee-deploy checkpoint (``best.pt``).
-        out: the .onnx file, the Triton repository directory, the TensorRT .plan file or the .nir file.
-        variant: dense, factorised, auto (per layer by MACs; by latency with ``profile``) or int8 (dense, every
-            spike-reading layer int8).
-        fmt: onnx, triton, tensorrt or nir.
-        opset: ONNX opset (default 18).
-        streaming: one timestep per call with membrane potentials as graph inputs/outputs.
-        atol: max abs logit difference per sample (default :class:`gee_deploy.parity.Thresholds`).
-        samples: test images to validate on.
-        data_dir: where the checkpoint's dataset lives, if not at its default place.
-        profile: with ``auto``, choose per layer by measured onnxruntime latency instead of MACs.
-        max_batch_size: Triton's max_batch_size / TensorRT profile max.
-        fp16: TensorRT only: build an FP16 plan.
-        allow_int8: with ``auto``: spike-reading layers may be int8 (those of at least INT8_MIN_MACS per call).
-        storage: "genetic" (E, G, scales and BatchNorm parameters, the weights computed in the graph when a
-            session loads it), "folded" (the weights), or None: genetic for a genetic checkpoint's ONNX file or
-            Triton repository, folded otherwise (:func:`resolve_storage`).
-
-    Validation limits: :func:`~gee_deploy.export.configs.validation_thresholds` (fp32's, or the post-training
-    int8 ones when int8 layers meet a checkpoint not fine-tuned for them), ``atol`` overriding theirs.
-    """
-    lookup(FORMATS, fmt, "format")
-    v = _variant(variant, allow_int8)
-    _opset(opset)
-    if fp16 and fmt != "tensorrt":
-        raise UnknownOptionError(f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not {fmt}")
-    model = load_model(checkpoint)
-    thresholds = validation_thresholds(v.int8 != Int8Policy.NEVER, bool(quantised_layers(model)))
-    cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))
-    cfg = cfg if samples is None else replace(cfg, samples=samples)
-    dataset = model.checkpoint.dataset_name
-    if not dataset:
-        raise ExportError(f"{checkpoint} names no dataset; cannot validate the export")
-    images, labels = validation_data(dataset, cfg.samples, data_dir)
-    report = export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
-                           labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
-                           profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8,
-                           storage=storage)
-    if samples is not None and len(images) < samples:
-        report.notes.append(f"--samples {samples}: the {dataset} test split holds {len(images)} images; validated on all")
-    return report
-
-
 def report_json(report: ExportReport) -> str:
     """The report as JSON, with ``"ok": true`` first (a failed export prints ``"ok": false`` instead)."""
-    return json.dumps({"ok": True, **asdict(report)}, indent=2)
+    return json.dumps({"ok": True, **report.as_dict()}, indent=2)

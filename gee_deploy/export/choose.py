@@ -8,6 +8,7 @@ latency of the layer alone, written both ways, at the batch it runs at in the un
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -17,9 +18,15 @@ from .configs import INT8_MIN_MACS, Variant
 from .factorised import FactorisedCost, emit_factorised
 from .folding import FoldedLayer, emit_dense
 from .graph import GraphBuilder, tensor_info
-from .writer import Chooser, Int8Chooser
 
-__all__ = ["make_chooser", "make_int8_chooser", "layer_latency"]
+__all__ = ["Chooser", "Int8Chooser", "make_chooser", "make_int8_chooser", "layer_latency"]
+
+# (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
+#   -> ExportVariant.DENSE | ExportVariant.FACTORISED
+Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], ExportVariant]
+# (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
+#   -> write it int8?
+Int8Chooser = Callable[[str, int, str], bool]
 
 
 def layer_latency(layer: FoldedLayer, form: ExportVariant, cost: FactorisedCost, in_shape: tuple, out_shape: tuple,

@@ -1,11 +1,9 @@
 """What varies per export, declared as data and looked up by name (variants, formats, tolerances)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..kinds import ExportVariant, Int8Policy
+from ..kinds import ExportFormat, ExportVariant, Int8Policy
 from ..parity import INT8_PTQ_THRESHOLDS, Thresholds, validation_thresholds
 from .errors import UnknownOptionError
 
@@ -38,12 +36,25 @@ class Variant:
 
 @dataclass(frozen=True)
 class Format:
-    """An output format: what ``--out`` names and which writer produces it."""
+    """An output format: what ``--out`` names and what the file can hold (the options checks read these; the
+    function that writes each format is named in :data:`gee_deploy.formats.EXPORTERS`).
 
-    name: str
+    Attributes:
+        name: the ``--format`` spelling.
+        out_is_dir: ``--out`` names a directory (a Triton repository) rather than a file.
+        suffixes: file names this format writes (lower case); none for a directory.
+        no_int8: why the format cannot hold int8 layers ("": it can).
+        no_genetic: why it cannot hold genetic storage ("": it can, and a genetic model defaults to it).
+        fixed_graph: what it always writes, when --variant, --streaming and --opset do not apply ("": they do).
+    """
+
+    name: ExportFormat
     out_is_dir: bool
     help: str = ""
-    suffixes: tuple[str, ...] = ()  # file names this format writes (lower case); none for a directory
+    suffixes: tuple[str, ...] = ()
+    no_int8: str = ""
+    no_genetic: str = ""
+    fixed_graph: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,36 +91,17 @@ INT8_MIN_MACS = 16384
 
 
 FORMATS = {fmt.name: fmt for fmt in (
-    Format("onnx", False, "one self-contained .onnx file", (".onnx",)),
-    Format("triton", True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
-    Format("tensorrt", False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)",
-           (".plan", ".engine")),
-    Format("nir", False, "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips",
-           (".nir",)),
+    Format(ExportFormat.ONNX, False, "one self-contained .onnx file", (".onnx",)),
+    Format(ExportFormat.TRITON, True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
+    Format(ExportFormat.TENSORRT, False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)",
+           (".plan", ".engine"), no_int8="TensorRT's int8 is QDQ only",
+           no_genetic="a plan holds TensorRT's own engine, built from the folded weights"),
+    Format(ExportFormat.NIR, False,
+           "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips", (".nir",),
+           no_int8="NIR has no int8 type",
+           no_genetic="NIR has no constant computation, so a NIR file holds the folded weights",
+           fixed_graph="it writes the folded dense network, one step per call"),
 )}
-
-
-_LIKE = {"onnx": "an ONNX file", "tensorrt": "a TensorRT plan", "nir": "a NIR file"}
-
-
-def format_for(out: str | os.PathLike, fmt: str | None) -> str:
-    """The format an export to ``out`` writes: ``fmt``, or without one the format ``out``'s suffix names
-    (.onnx, .plan / .engine, .nir; onnx for anything else).
-
-    Raises:
-        UnknownOptionError: an unknown ``fmt``, or ``out`` named for another format than ``fmt`` (a .nir file
-            that would hold ONNX, a Triton directory named .onnx).
-    """
-    suffix = Path(out).suffix.lower()
-    named = next((f.name for f in FORMATS.values() if suffix in f.suffixes), None)
-    if fmt is None:
-        return named or "onnx"
-    chosen = lookup(FORMATS, fmt, "format")
-    if named is not None and named != chosen.name:
-        what = "a directory" if chosen.out_is_dir else f"a {' or '.join(chosen.suffixes)} file"
-        raise UnknownOptionError(f"--out {out} is named like {_LIKE[named]} but --format {fmt} writes {what}: "
-                                 "rename --out, or drop --format and let the suffix choose")
-    return chosen.name
 
 
 def lookup(table: dict, name: str, what: str):

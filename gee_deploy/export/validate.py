@@ -16,7 +16,7 @@ from torch import nn
 from ..neurons import SpikeRecorder
 from ..ort_session import create_session
 from ..parity import EXPORT_GATES, Check, Outputs, Parity, Thresholds, checks, compare
-from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
+from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec
 from .configs import ValidationConfig
 from .errors import ExportError, ExportValidationError, ShapeError, ToleranceError
 
@@ -122,9 +122,11 @@ def validate_export(model: nn.Module, graph, images: torch.Tensor, labels: torch
     return report
 
 
-def validate_streaming(stream, unrolled, images: torch.Tensor, timesteps: int, state_inputs: list[str],
-                       cfg: ValidationConfig, raise_on_failure: bool = True) -> ValidationReport:
-    """T calls of the streaming graph (zero initial membranes) against one call of the unrolled graph."""
+def validate_streaming(stream, unrolled, images: torch.Tensor, spec: ModelSpec, cfg: ValidationConfig,
+                       raise_on_failure: bool = True) -> ValidationReport:
+    """T calls of the streaming graph ``stream`` (zero initial membranes; ``spec``: its spec, with T and the
+    membrane inputs) against one call of the unrolled graph on ``images`` [S, C, H, W]."""
+    timesteps, state_inputs = spec.timesteps, spec.state_inputs
     report = ValidationReport(samples=len(images))
     x = images.float().contiguous().numpy()
     _, (ref_logits, ref_counts) = run_graph(create_session(unrolled), x, cfg.batch_size)

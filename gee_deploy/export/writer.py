@@ -10,34 +10,29 @@ concatenates the spikes back.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable
-
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
+from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
 from ..kinds import ExportVariant, Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool
-from .factorised import FactorisedCost, emit_factorised, factorised_cost
-from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
+from .choose import Chooser, Int8Chooser, make_int8_chooser
+from .factorised import emit_factorised, factorised_cost
+from .folding import batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
+from .options import ExportOptions
 from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer, scale_name
 from .steps import repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
 
-# (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
-#   -> ExportVariant.DENSE | ExportVariant.FACTORISED
-Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], ExportVariant]
-# (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
-#   -> write it int8?
-Int8Chooser = Callable[[str, int, str], bool]
 
 
 class GraphOps:
@@ -192,30 +187,31 @@ class OnnxWriter(ModelWalk):
         return spikes
 
 
-def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: ExportVariant, class_names: tuple[str, ...],
-                dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False, int8: Int8Chooser | None = None,
-                storage: Storage = Storage.FOLDED):
+def write_graph(model: nn.Module, choose: Chooser, options: ExportOptions, *, storage: Storage = Storage.FOLDED,
+                streaming: bool = False, checkpoint_sha256: str = ""):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     Args:
-        model: a zoo model (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ``num_classes``).
+        model: a zoo model (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ``num_classes``); its class
+            names and dataset (:func:`~gee_deploy.checkpoint.model_origin`) are recorded in the spec.
         choose: picks dense or factorised for each genetic layer.
-        opset: ONNX opset (>= 18).
-        variant: the requested variant, recorded in the spec.
-        class_names, dataset, checkpoint_sha256: recorded in the spec.
-        streaming: one timestep per call with the membrane potentials as graph inputs and outputs.
-        int8: which spike-reading layers get int8 weights (None: none).
+        options: the export's options: the opset (>= 18) and the variant (recorded in the spec; its int8
+            policy says which spike-reading layers get int8 weights: :func:`.choose.make_int8_chooser`).
         storage: "genetic" keeps the stored parameters and the initializer-only subgraph that computes the
             weights from them; "folded" stores the computed weights (:mod:`gee_deploy.export.weights`).
+        streaming: one timestep per call with the membrane potentials as graph inputs and outputs.
+        checkpoint_sha256: recorded in the spec.
 
     Raises:
         UnsupportedModuleError: a module or operation has no translation.
     """
+    class_names, dataset = model_origin(model)
+    int8 = make_int8_chooser(options.variant)
     w = OnnxWriter(model, choose, streaming, int8)
     y = w.walk()
     graph = w.graph
     write_outputs(graph, y.name, y.static, w.steps, model.num_classes, w.counts)
-    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=variant,
+    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=options.variant.name,
                   storage=storage)
     n, c, s = BATCH_DIM, model.in_channels, model.image_size
     inputs = [tensor_info(INPUT_NAME, [n, c, s, s])]
@@ -223,7 +219,7 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: Expor
     for v_in, v_out, shape in zip(spec.state_inputs, spec.state_outputs, w.state_shapes):
         inputs.append(tensor_info(v_in, [n] + shape))
         outputs.append(tensor_info(v_out, [n] + shape))
-    proto = graph.model(inputs, outputs, opset, spec.to_metadata())  # the int8 scales: computed by the graph
+    proto = graph.model(inputs, outputs, options.opset, spec.to_metadata())  # the int8 scales: computed by the graph
     return (proto, spec) if storage == Storage.GENETIC else folded_with_scales(proto, spec)
 
 

@@ -20,9 +20,12 @@ from ..errors import GeeError, InputError
 from .executor import read_nir, run_spec
 from ..ort_session import create_session
 from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
-from ..export.api import ExportReport, _opset, _report_dict, _write
-from ..export.configs import FORMATS, ValidationConfig, lookup
+from ..export.api import ExportReport, validation_dict, write_artefact
+from ..export.configs import ValidationConfig
 from ..export.errors import ExportError, UnknownOptionError
+from ..export.options import ExportOptions
+from ..kinds import ExportFormat
+from .options import NIRImportOptions
 from .importer import NIRImport, file_facts, graph_dt, import_graph, topological_order
 from ..export.validate import ValidationReport, compare_outputs, run_graph
 
@@ -68,42 +71,30 @@ def _dataset_images(dataset: str, shape: tuple[int, ...], samples: int) -> np.nd
     return x if tuple(x.shape[1:]) == tuple(shape) else None
 
 
-def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: int | None, dt: float | None = None,
-                input_mode: str = "static", threshold_rule: str = "gt", variant: str = "dense", fmt: str = "onnx",
-                opset: int | None = None, images: str | os.PathLike | None = None, samples: int | None = None,
-                atol: float | None = None, max_batch_size: int = 64, fp16: bool = False) -> ExportReport:
+def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
+                nir_import: NIRImportOptions) -> ExportReport:
     """Convert the NIR file ``path`` and validate it against the NIR executor before writing ``out``.
 
     Args:
         path: a NIR file (HDF5, as ``nir.write`` writes it).
         out: the .onnx file, Triton repository directory or TensorRT .plan file.
-        timesteps: T (default: the T a file written by ``gee-deploy export --format nir`` records; required for
-            other files).
-        dt: the Euler step (default: the file's metadata ``nir.dt`` or ``dt``; one of the two must be there).
-        input_mode: "static" (an image repeated over T) or "sequence" ([N, T, ...]).
-        threshold_rule: "gt" (NIR) or "ge" (SpikingJelly).
-        variant: "dense" or "int8".
-        fmt: onnx, triton or tensorrt.
-        opset: ONNX opset (default 18).
-        images: a .npy file of validation inputs in the graph's input layout (default: random inputs).
-        samples: how many inputs to validate on (default 256).
-        atol: max abs logit difference for a sample to count as matching.
-        max_batch_size, fp16: Triton / TensorRT, as for checkpoints.
+        options: the checked export options: the format (onnx, triton or tensorrt), the variant (dense or
+            int8), the opset, ``samples`` (how many inputs to validate on, default 256), ``atol`` (max abs logit
+            difference for a sample to count as matching) and Triton's / TensorRT's settings, as for checkpoints.
+        nir_import: how to read the graph: T, dt, the input mode, the threshold rule and the validation inputs
+            (:class:`~gee_deploy.nir.options.NIRImportOptions`).
 
     Raises:
         UnknownOptionError, InputError, ModelFileError, UnsupportedModuleError: bad input, one line, before any
             work; ExportValidationError: a check failed (nothing is written).
     """
     start = time.perf_counter()
-    output_format = lookup(FORMATS, fmt, "format")
-    if output_format.name == "nir":
+    output_format, variant, samples = options.format, str(options.variant.name), options.samples
+    timesteps, dt, images = nir_import.timesteps, nir_import.dt, nir_import.images
+    if output_format.name == ExportFormat.NIR:
         raise UnknownOptionError("the input is already a NIR file: write onnx (--out X.onnx), triton or tensorrt")
-    if output_format.name == "tensorrt" and variant == "int8":
-        raise ExportError("--format tensorrt cannot hold int8 layers (they are onnxruntime's MatMulInteger; "
-                          "TensorRT's int8 is QDQ only): export --variant dense")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
-    opset = _opset(opset)
     graph = read_nir(path)
     topological_order(graph, str(path))  # unsupported nodes and cycles first: no flag can fix those
     facts = file_facts(graph, str(path))  # our own export's T, classes, dataset and input normalisation
@@ -113,17 +104,17 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     if dt is None and file_dt is None:
         raise UnknownOptionError(f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch "
                                  "export with dt = 1e-4 s)")
-    opts = NIRImport(timesteps or facts.timesteps, float(dt if dt is not None else file_dt), input_mode,
-                     threshold_rule, variant, facts.input_mean, facts.input_std, facts.normalisation_node)
+    opts = NIRImport(timesteps or facts.timesteps, float(dt if dt is not None else file_dt), nir_import.input_mode,
+                     nir_import.threshold_rule, variant, facts.input_mean, facts.input_std, facts.normalisation_node)
     opts.check()
     if output_format.name == "tensorrt":
         from ..export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    proto, spec = import_graph(graph, opts, opset, source=str(path), file_sha256=file_sha256(path),
+    proto, spec = import_graph(graph, opts, options.opset, source=str(path), file_sha256=file_sha256(path),
                                class_names=facts.class_names, dataset=facts.dataset)
     cfg = ValidationConfig(thresholds=INT8_PTQ_THRESHOLDS if variant == "int8" else Thresholds())
-    cfg = cfg if atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=atol))
+    cfg = cfg if options.atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=options.atol))
     notes = []
     if dt is not None and file_dt is not None and dt != file_dt:
         notes.append(f"--dt {dt} replaces the dt = {file_dt} the file states")
@@ -148,8 +139,8 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()
         notes.append(f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "
                      f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data")
-    report = ExportReport(str(out), output_format.name, variant, opset, False,
-                          layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
+    report = ExportReport(str(out), output_format.name, variant, options.opset, False,
+                          layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes, reference="NIR executor")
     data = proto.SerializeToString()
     val = ValidationReport(samples=len(x))
@@ -157,10 +148,10 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     ref = Outputs(*run_spec(graph, spec, x, cfg.batch_size), None, spec.spiking_layers)
     compare_outputs(val, ref, Outputs(logits, counts, None, spec.spiking_layers), cfg.thresholds)
     val.raise_if_failed("NIR import")
-    report.validation = _report_dict(val)
+    report.validation = validation_dict(val)
     from ..export.tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(proto)
-    _write(output_format.name, proto, spec, Path(out), max_batch_size, fp16, report)
+    write_artefact(proto, spec, Path(out), options, report)
     report.seconds = time.perf_counter() - start
     return report

@@ -176,7 +176,7 @@ def _check_importers(report: ValidationReport, graph: nir.NIRGraph, images: torc
 
 
 def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, labels: torch.Tensor | None,
-                 cfg: ValidationConfig, source: str = "NIR graph", raise_on_failure: bool = True) -> ValidationReport:
+                 cfg: ValidationConfig, raise_on_failure: bool = True) -> ValidationReport:
     """Run ``graph`` with :class:`NIRExecutor` and with snntorch's and SpikingJelly's own NIR importers
     (:data:`IMPORTERS`) on ``images`` [S, C, H, W] in [0, 1] and compare with ``model``.
 
@@ -192,7 +192,7 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
     """
     report = ValidationReport(samples=len(images))
     y = None if labels is None else labels.numpy()
-    got = run_nir(graph, images, cfg.batch_size, source, labels=y)
+    got = run_nir(graph, images, cfg.batch_size, labels=y)
     x = images.float().contiguous()
     ref = reference_outputs(model, x, cfg.batch_size, y)
     for what, g, r in ((LOGITS, got.logits, ref.logits), (SPIKE_COUNTS, got.spikes, ref.spikes)):
@@ -200,7 +200,7 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
                        ShapeError(f"NIR {what} are {list(g.shape)}, expected {list(r.shape)}"))
     if report.ok:
         compare_outputs(report, ref, got, cfg.thresholds)
-        spec, _, mean, std = nir_inputs(graph, source)
+        spec, _, mean, std = nir_inputs(graph, "NIR graph")
         _check_importers(report, graph, x if mean is None else (x - mean) / std, ref, spec, cfg)
     if raise_on_failure:
         report.raise_if_failed("NIR export")
