@@ -423,14 +423,14 @@ def test_serve_answers_tritonclient(converted, data):
     import tritonclient.http as httpclient
 
     from gee_deploy.serving.runtimes import OrtRuntime
-    from gee_deploy.serving.server import InferenceServer
+    from gee_deploy.serving.server import InferenceServer, ServeConfig
     from gee_deploy.spec import INPUT_NAME, LOGITS, SPIKE_COUNTS
 
     runtime = OrtRuntime(converted[1], threads=1)
     x = data[0][:4]
     want_logits, want_spikes = runtime(x)
-    with InferenceServer(runtime, "st", port=0, grpc_port=0, max_batch=8, max_delay_ms=2, max_body_bytes=1 << 20,
-                         drain_s=1) as srv:
+    with InferenceServer(runtime, ServeConfig(name="st", port=0, grpc_port=0, max_batch=8, max_delay_ms=2,
+                                                      max_body_bytes=1 << 20, drain_s=1)) as srv:
         client = httpclient.InferenceServerClient(srv.url)
         inp = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)

@@ -58,6 +58,7 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     """
     from pathlib import Path
 
+    from ..serving.config import ServeConfig
     from ..serving.runtimes import OrtRuntime
     from ..serving.server import InferenceServer, ready_line
 
@@ -69,22 +70,21 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     if suffix in (".pt", ".pth"):
         raise ConfigError(f"serve runs ONNX files; {model} looks like a checkpoint: export it first, gee-deploy "
                           f"export {model} --out {Path(model).with_suffix('.onnx')}")
+    name = name or Path(model).stem
+    config = ServeConfig(name=name, host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
+                         max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * (1 << 20)),
+                         request_timeout_s=request_timeout_s, max_concurrency=max_concurrency, drain_s=drain_s)
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ConfigError(f"--grpc-port {grpc_port} is the HTTP --port too; give each protocol its own port")
     _check_port(host, port, "HTTP")
     if grpc_port:
         _check_port(host, grpc_port, "gRPC")
     runtime = OrtRuntime(model, kind, threads)
-    name = name or Path(model).stem
     try:
-        server = InferenceServer(runtime, name, host, port, grpc_port, max_batch, max_delay_ms,
-                                 int(max_body_mb * (1 << 20)), request_timeout_s=request_timeout_s,
-                                 max_concurrency=max_concurrency, drain_s=drain_s)
+        server = InferenceServer(runtime, config)
     except OSError as e:  # taken between the check above and now
         ports = f"{host}:{port} (HTTP)" + (f" or {host}:{grpc_port} (gRPC)" if grpc_port else "")
         raise ConfigError(f"cannot listen on {ports}: {os.strerror(e.errno) if e.errno else e}") from None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--name") from None
 
     def announce() -> None:
         grpc = f"{host}:{server.grpc_port}" if grpc_port is not None else None

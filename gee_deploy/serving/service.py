@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
 from collections import deque
 from typing import Callable, TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
-from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS, model_config
+from ..triton_config import model_config
 from .batcher import Batcher, BatchResult
 from .codec import VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, ServerBusy
+from .config import ServeConfig
 from .metrics import Metrics, Statistics
 from .runtimes import Runtime
 
@@ -31,32 +31,19 @@ class ModelService:
 
     Args:
         runtime: what answers (an onnxruntime session for ``gee-deploy serve``); only the batcher calls it.
-        name: the model name clients use (letters, digits, ``_.-``).
-        max_batch: largest dynamic batch in samples.
-        max_delay_ms: how long the first request of a batch waits for company.
-        max_concurrency: inference requests in flight (HTTP and gRPC together) before new ones get
-            :class:`ServerBusy`.
-        infer_timeout_s: seconds a request may wait for its batch before :class:`InferenceTimeout`.
-
-    Raises:
-        ValueError: a bad name or limit.
+        config: the name and limits (:class:`~.config.ServeConfig`, checked when built): ``max_batch``,
+            ``max_delay_ms``, ``max_concurrency`` (requests in flight, HTTP and gRPC together, before new ones get
+            :class:`ServerBusy`) and ``infer_timeout_s`` (before :class:`InferenceTimeout`).
     """
 
-    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32,
-                 max_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
-                 max_concurrency: int = 256, infer_timeout_s: float = 30.0):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
-        if max_concurrency < 1 or infer_timeout_s <= 0:
-            raise ValueError(f"max_concurrency must be >= 1 and infer_timeout_s > 0, got {max_concurrency}, "
-                             f"{infer_timeout_s}")
-        self.name, self.spec = name, runtime.spec
-        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
-        self.max_concurrency, self.infer_timeout = max_concurrency, infer_timeout_s
+    def __init__(self, runtime: Runtime, config: ServeConfig):
+        self.config, self.name, self.spec = config, config.name, runtime.spec
+        self.max_batch, self.max_delay_ms = config.max_batch, config.max_delay_ms
+        self.max_concurrency, self.infer_timeout = config.max_concurrency, config.infer_timeout_s
         self.instance_kind = "KIND_GPU" if getattr(runtime, "device", "cpu") == "cuda" else "KIND_CPU"
-        self.metrics = Metrics(name, self.spec.spiking_layers)
+        self.metrics = Metrics(self.name, self.spec.spiking_layers)
         self.stats = Statistics()
-        self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
+        self.batcher = Batcher(runtime, config.max_batch, config.max_delay_ms, on_batch=self._on_batch)
         self.inflight = 0
         self._results: deque = deque()  # (asyncio future, finished batcher future), filled by the batcher thread
         self._wake_pending = False
