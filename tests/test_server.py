@@ -505,7 +505,9 @@ def test_the_config_endpoints_and_the_exported_config_pbtxt_are_one_document(ser
 
 def test_every_protocol_error_has_one_grpc_status_and_the_http_status_follows_from_it():
     """Triton's mapping (src/http_server.cc HttpCodeFromError): UNAVAILABLE is 503, so a full server (ServerBusy)
-    is UNAVAILABLE over gRPC, as Triton answers a full queue; HTTP refines only 413 and 415."""
+    is UNAVAILABLE over gRPC, as Triton answers a full queue; HTTP refines only 413 and 415. The sequence
+    extension's refusals: a sequence not live is INVALID_ARGUMENT (Triton's own), a busy one ABORTED (409), a full
+    state table RESOURCE_EXHAUSTED (429)."""
     import grpc
 
     errors = [c for c in vars(codec).values() if isinstance(c, type) and issubclass(c, codec.ProtocolError)]
@@ -516,7 +518,9 @@ def test_every_protocol_error_has_one_grpc_status_and_the_http_status_follows_fr
         "InvalidInput": (400, "INVALID_ARGUMENT"), "Unsupported": (400, "INVALID_ARGUMENT"),
         "UnsupportedMediaType": (415, "INVALID_ARGUMENT"), "ModelNotFound": (404, "NOT_FOUND"),
         "PayloadTooLarge": (413, "RESOURCE_EXHAUSTED"), "ServerBusy": (503, "UNAVAILABLE"),
-        "NotReady": (503, "UNAVAILABLE"), "InferenceTimeout": (503, "UNAVAILABLE")}
+        "NotReady": (503, "UNAVAILABLE"), "InferenceTimeout": (503, "UNAVAILABLE"),
+        "UnknownSequence": (400, "INVALID_ARGUMENT"), "SequenceBusy": (409, "ABORTED"),
+        "TooManySequences": (429, "RESOURCE_EXHAUSTED")}
 
 
 def test_a_keep_alive_connection_idle_when_the_drain_starts_may_bring_one_more_request(runtime, images):

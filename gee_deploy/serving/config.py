@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS
+from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS, DEFAULT_MAX_SEQUENCES, DEFAULT_SEQUENCE_IDLE_S
 
 __all__ = ["ServeConfig", "ServeConfigError"]
 
@@ -67,8 +67,8 @@ class ServeConfig:
     max_concurrency: int = 256
     drain_s: float = 10.0
     idle_grace_s: float = 1.0
-    max_sequences: int = 1024
-    sequence_idle_s: float = 60.0
+    max_sequences: int = DEFAULT_MAX_SEQUENCES
+    sequence_idle_s: float = DEFAULT_SEQUENCE_IDLE_S
 
     def __post_init__(self):
         if not _NAME.fullmatch(self.name):
