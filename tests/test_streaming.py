@@ -460,3 +460,28 @@ def test_64_sequences_over_16_clients_equal_the_unrolled_graph(graphs, tmp_path)
         no_5xx(srv)
     print(f"\n64 sequences x {T} steps over 16 clients: {64 * T / seconds:.0f} steps/s, "
           f"mean batch {batches['inference_count'] / batches['execution_count']:.2f}, all equal to the unrolled graph")
+
+
+# ---- bench ---------------------------------------------------------------------------------------------------
+
+def test_bench_of_a_streaming_graph_reports_step_latency_and_concurrent_sequences_beside_the_unrolled_graph(
+        graphs, tmp_path):
+    from click.testing import CliRunner
+
+    from gee_deploy.cli import cli
+
+    unrolled_path, stream_path, _ = graphs
+    r = CliRunner().invoke(cli, ["bench", str(stream_path), str(unrolled_path), "--out", str(tmp_path / "b"),
+                                 "--batch-sizes", "1,4", "--min-time", "0", "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "b" / "stream_report.json").read_text())
+    assert report["timesteps"] == T and report["step_batch1"]["p50_ms"] > 0
+    assert [row["sequences"] for row in report["server"]] == [1, 4] == [row["sequences"] for row in report["graph"]]
+    assert [row["batch"] for row in report["unrolled"]] == [1, 4]
+    for row in report["server"]:  # whole sequences ran: a multiple of T steps per sequence
+        assert row["rounds"] % T == 0 and row["steps_per_s"] > 0
+        assert row["sequences_per_s"] == pytest.approx(row["steps_per_s"] / T)
+    assert (tmp_path / "b" / "streaming.png").stat().st_size > 1000
+    assert "server steps/s" in r.output and "unrolled smp/s" in r.output
+    r = CliRunner().invoke(cli, ["bench", str(stream_path), str(stream_path), "--out", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "one streaming .onnx" in r.output
