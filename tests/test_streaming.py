@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_export import FAST, small_model
+from test_server import _start_cli
 
 from gee_deploy.export import export_loaded
 from gee_deploy.ort_session import create_session
@@ -21,8 +23,6 @@ from gee_deploy.serving.codec import MEAN_LOGITS, TOTAL_SPIKE_COUNTS
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.serving.server import InferenceServer, ServeConfig
 from gee_deploy.spec import INPUT_NAME, LOGITS, SPIKE_COUNTS, ModelSpec
-from test_export import FAST, small_model
-from test_server import _start_cli
 
 T = 4
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +73,7 @@ def by_hand(path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def serve(stream_path, **limits) -> InferenceServer:
     runtime = OrtRuntime(stream_path, threads=1, allow_streaming=True)
-    config = dict(name="s", port=0, grpc_port=0, max_delay_ms=5, drain_s=2)
+    config = {"name": "s", "port": 0, "grpc_port": 0, "max_delay_ms": 5, "drain_s": 2}
     return InferenceServer(runtime, ServeConfig(**{**config, **limits}))
 
 
@@ -203,8 +203,7 @@ def metric(srv, name: str) -> float:
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 def no_5xx(srv) -> None:
@@ -485,3 +484,41 @@ def test_bench_of_a_streaming_graph_reports_step_latency_and_concurrent_sequence
     assert "server steps/s" in r.output and "unrolled smp/s" in r.output
     r = CliRunner().invoke(cli, ["bench", str(stream_path), str(stream_path), "--out", str(tmp_path / "c")])
     assert r.exit_code != 0 and "one streaming .onnx" in r.output
+
+
+# ---- docs/streaming.md --------------------------------------------------------------------------------------
+
+def test_the_streaming_page_examples_run_against_a_served_streaming_export(graphs, capsys):
+    """docs/streaming.md's curl, tritonclient HTTP and gRPC-stream examples, as written (ports substituted),
+    against a streaming export served as ``demo``."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    _, stream_path, _ = graphs
+    page = (Path(__file__).resolve().parents[1] / "docs" / "streaming.md").read_text(encoding="utf-8")
+    bash = re.findall(r"^```bash\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    python = re.findall(r"^```python\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert len(bash) == 1 and len(python) == 2
+    runtime = OrtRuntime(stream_path, threads=1, allow_streaming=True)
+    with InferenceServer(runtime, ServeConfig(name="demo", port=0, grpc_port=0, drain_s=1)) as srv:
+        def ports(code: str) -> str:
+            return code.replace("127.0.0.1:8000", srv.url).replace("127.0.0.1:8001", f"127.0.0.1:{srv.grpc_port}")
+
+        if shutil.which("curl"):
+            out = subprocess.run(["bash", "-c", ports(bash[0])], capture_output=True, text=True, timeout=120)
+            answers = out.stdout.strip().splitlines()
+            assert out.returncode == 0 and len(answers) >= 6, out
+            for line in answers[:4]:
+                outputs = {o["name"]: o for o in json.loads(line)["outputs"]}
+                assert outputs[MEAN_LOGITS]["datatype"] == "BYTES" and outputs[MEAN_LOGITS]["shape"] == [1, 3]
+            assert "sequence 42: not live (ended with sequence_end)" in json.loads(answers[4])["error"]
+            assert "gee_sequences_ended_total 1.0" in answers
+        scope: dict = {"__name__": "streaming_example"}
+        for block in python:
+            exec(compile(ports(block), "docs/streaming.md", "exec"), scope)
+        printed = capsys.readouterr().out.splitlines()
+        assert len(printed) == 2 * T and [line.split()[0] for line in printed[T:]] == [str(t) for t in range(T)]
+        assert scope["T"] == T and scope["frames"].shape == (T, 1, 1, 28, 28)
+        no_5xx(srv)

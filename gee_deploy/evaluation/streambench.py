@@ -166,10 +166,10 @@ def stream_table(report: dict) -> str:
     """One row per N: steps/s and sequences/s through the server, the graph alone, the unrolled graph."""
     T = report["timesteps"]
     b1 = report["step_batch1"]
-    lines = [f"streaming graph, T = {T}; one step of one sequence, graph alone: p50 {b1['p50_ms']:.3f} ms, "
-             f"p90 {b1['p90_ms']:.3f}, p99 {b1['p99_ms']:.3f}",
-             f"{'N seq':>6} {'server steps/s':>15} {'p50 ms/round':>13} {'p99 ms/round':>13} {'server seq/s':>13} "
-             f"{'graph steps/s':>14} {'graph seq/s':>12} {'unrolled smp/s':>15}",
+    lines = [(f"streaming graph, T = {T}; one step of one sequence, graph alone: p50 {b1['p50_ms']:.3f} ms, "
+              f"p90 {b1['p90_ms']:.3f}, p99 {b1['p99_ms']:.3f}"),
+             (f"{'N seq':>6} {'server steps/s':>15} {'p50 ms/round':>13} {'p99 ms/round':>13} {'server seq/s':>13} "
+              f"{'graph steps/s':>14} {'graph seq/s':>12} {'unrolled smp/s':>15}"),
              "-" * 108]
     unrolled = {r["batch"]: r for r in report["unrolled"]}
     for srv, graph in zip(report["server"], report["graph"]):

@@ -11,7 +11,11 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS, DEFAULT_MAX_SEQUENCES, DEFAULT_SEQUENCE_IDLE_S
+from ..triton_config import (
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+    DEFAULT_MAX_SEQUENCES,
+    DEFAULT_SEQUENCE_IDLE_S,
+)
 
 __all__ = ["ServeConfig", "ServeConfigError"]
 

@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from .codec import MEAN_LOGITS, TOTAL_SPIKE_COUNTS, SequenceBusy, SequenceStep, TooManySequences, UnknownSequence
+from .codec import (
+    MEAN_LOGITS,
+    TOTAL_SPIKE_COUNTS,
+    SequenceBusy,
+    SequenceStep,
+    TooManySequences,
+    UnknownSequence,
+)
 from .metrics import Metrics
 
 __all__ = ["SequenceTable"]
