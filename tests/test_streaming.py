@@ -522,3 +522,39 @@ def test_the_streaming_page_examples_run_against_a_served_streaming_export(graph
         assert len(printed) == 2 * T and [line.split()[0] for line in printed[T:]] == [str(t) for t in range(T)]
         assert scope["T"] == T and scope["frames"].shape == (T, 1, 1, 28, 28)
         no_5xx(srv)
+
+
+# ---- the state table on its own ------------------------------------------------------------------------------
+
+def test_the_state_table_restarts_keeps_state_on_failure_and_expires_by_its_clock():
+    from gee_deploy.serving.codec import SequenceBusy, SequenceStep, UnknownSequence
+    from gee_deploy.serving.metrics import Metrics
+    from gee_deploy.serving.sequences import SequenceTable
+
+    now = [0.0]
+    table = SequenceTable({"v_in.a": (2,)}, max_sequences=4, idle_s=10.0, metrics=Metrics("m", ["a"]),
+                          clock=lambda: now[0])
+    one = np.ones((1, 2), np.float32)
+    start, step = SequenceStep(1, start=True), SequenceStep(1)
+    assert not table.begin(start)["v_in.a"].any()  # zeros at the start
+    table.commit(start, one, one, {"v_in.a": one * 3})
+    with pytest.raises(UnknownSequence):
+        table.begin(SequenceStep(2))
+    np.testing.assert_array_equal(table.begin(step)["v_in.a"], one * 3)  # v_out of the last step fed back
+    with pytest.raises(SequenceBusy):
+        table.begin(step)
+    table.abort(step)  # a failed step: the sequence is as it was
+    np.testing.assert_array_equal(table.begin(step)["v_in.a"], one * 3)
+    summary = table.commit(step, one * 3, one, {"v_in.a": one * 5})
+    np.testing.assert_array_equal(summary[MEAN_LOGITS], one * 2)  # mean of 1 and 3
+    np.testing.assert_array_equal(summary[TOTAL_SPIKE_COUNTS], one * 2)
+    assert not table.begin(start)["v_in.a"].any()  # a restart of a live sequence starts from rest
+    summary = table.commit(start, one, one, {"v_in.a": one})
+    np.testing.assert_array_equal(summary[TOTAL_SPIKE_COUNTS], one)  # and its summary too
+    table.begin(SequenceStep(9, start=True))
+    table.abort(SequenceStep(9, start=True))  # a failed first step leaves no sequence behind
+    assert list(table.live) == [1]
+    now[0] = 10.5
+    assert table.expire() == 1 and not table.live
+    with pytest.raises(UnknownSequence, match="expired after 10 s"):
+        table.begin(step)

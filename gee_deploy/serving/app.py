@@ -8,6 +8,10 @@ Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
 * ``POST /v2/models/{name}/infer``: JSON tensors or Triton's binary tensor extension (the
   ``Inference-Header-Content-Length`` header, what ``tritonclient.http`` sends by default); an output's
   ``classification`` parameter returns the top-k as ``"score:index:label"`` (BYTES).
+  A streaming graph's steps carry Triton's sequence parameters (``sequence_id``, ``sequence_start``,
+  ``sequence_end``; docs/streaming.md).
+
+The endpoints are the methods of :class:`Endpoints`; :data:`ROUTES` is the table of which path runs which.
 
 Protocol errors from :mod:`.codec` (with the HTTP status each states, :func:`~.codec.http_status`) and
 Starlette's 404/405 become answers in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body
