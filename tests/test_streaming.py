@@ -90,11 +90,11 @@ class Refused(Exception):
 class Client:
     """One step at a time over ``protocol`` ("http", "grpc" or "stream": gRPC's ModelStreamInfer)."""
 
-    def __init__(self, srv: InferenceServer, protocol: str):
+    def __init__(self, srv: InferenceServer, protocol: str, model: str = "s"):
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
-        self.protocol = protocol
+        self.protocol, self.model = protocol, model
         self.lib = httpclient if protocol == "http" else grpcclient
         self.client = (httpclient.InferenceServerClient(srv.url) if protocol == "http" else
                        grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}"))
@@ -106,7 +106,7 @@ class Client:
         """Stream only: send without waiting (the answer arrives through :meth:`receive`)."""
         inp = self.lib.InferInput(INPUT_NAME, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        self.client.async_stream_infer("s", [inp], request_id=request_id, sequence_id=sid, sequence_start=start,
+        self.client.async_stream_infer(self.model, [inp], request_id=request_id, sequence_id=sid, sequence_start=start,
                                        sequence_end=end)
 
     def receive(self) -> tuple[str, dict]:
@@ -124,7 +124,7 @@ class Client:
         inp = self.lib.InferInput(INPUT_NAME, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         try:
-            result = self.client.infer("s", [inp], sequence_id=sid, sequence_start=start, sequence_end=end)
+            result = self.client.infer(self.model, [inp], sequence_id=sid, sequence_start=start, sequence_end=end)
         except InferenceServerException as e:
             raise Refused(str(e.status()).removeprefix("StatusCode."), e.message()) from None
         return self._outputs(result)
@@ -390,23 +390,27 @@ def test_an_idle_sequence_expires_and_a_later_step_without_start_is_refused(grap
         no_5xx(srv)
 
 
-def test_sigterm_answers_the_step_in_flight_and_exits_0(graphs):
+@pytest.mark.parametrize("protocol", ["http", "stream"])
+def test_sigterm_answers_the_step_in_flight_and_exits_0(graphs, protocol):
     _, stream_path, images = graphs
-    import tritonclient.http as httpclient
-
-    proc, port, _ = _start_cli(stream_path, "--max-delay-ms", "800")
+    proc, port, grpc_port = _start_cli(stream_path, "--max-delay-ms", "800", "--grpc-port", "0")
     try:
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        inp = httpclient.InferInput(INPUT_NAME, [1, 1, 28, 28], "FP32")
-        inp.set_data_from_numpy(images[:1])
-        got = []
-        th = threading.Thread(target=lambda: got.append(client.infer("tiny", [inp], sequence_id=1,
-                                                                     sequence_start=True)))
+        srv = type("Addresses", (), {"url": f"127.0.0.1:{port}", "grpc_port": grpc_port})()
+        got, sending = [], threading.Event()
+
+        def one_step() -> None:  # the client on its own thread: tritonclient.http's stay where they were made
+            client = Client(srv, protocol, model="tiny")  # the name _start_cli serves
+            sending.set()
+            got.append(client.step(1, images[:1], start=True))
+            client.close()
+
+        th = threading.Thread(target=one_step)
         th.start()
+        assert sending.wait(30)
         time.sleep(0.3)  # the step waits in the batcher's 800 ms window
         proc.send_signal(signal.SIGTERM)
         th.join(timeout=30)
-        assert got and got[0].as_numpy(TOTAL_SPIKE_COUNTS).shape == (1, 4)
+        assert got and got[0][TOTAL_SPIKE_COUNTS].shape == (1, 4)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
