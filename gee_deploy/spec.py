@@ -132,6 +132,9 @@ class ModelSpec:
         streaming: one timestep per call, membranes as extra inputs/outputs; ``input_shape`` is then one step's.
         step_input: streaming graphs: what one step's input is, the image fed at every step (``static``) or
             one frame per step (``frames``).
+        state_layers: streaming graphs: the keys of the membrane tensors (``v_in.<key>`` / ``v_out.<key>``) when
+            they are not one per spiking layer (a NIR import: non-spiking LI nodes hold a membrane too, a CubaLIF
+            also its synaptic current ``<node>.i``); empty: one per spiking layer.
         model_name, model_args, dataset: what the checkpoint says it is.
         checkpoint_sha256: sha256 of the checkpoint file it came from ("" when unknown).
         storage: what the file holds: "folded" (the weights as initializers; every file written before this
@@ -154,6 +157,7 @@ class ModelSpec:
     checkpoint_sha256: str = ""
     storage: Storage = Storage.FOLDED
     step_input: StepInput = StepInput.STATIC
+    state_layers: tuple[str, ...] = ()
 
     input_name = INPUT_NAME
     input_dtype = "float32"
@@ -165,11 +169,11 @@ class ModelSpec:
 
     @property
     def state_inputs(self) -> list[str]:
-        return [state_names(l)[0] for l in self.spiking_layers] if self.streaming else []
+        return [state_names(l)[0] for l in self.state_layers or self.spiking_layers] if self.streaming else []
 
     @property
     def state_outputs(self) -> list[str]:
-        return [state_names(l)[1] for l in self.spiking_layers] if self.streaming else []
+        return [state_names(l)[1] for l in self.state_layers or self.spiking_layers] if self.streaming else []
 
     @property
     def macs_per_sample(self) -> int:
@@ -212,6 +216,8 @@ class ModelSpec:
         if self.streaming:
             meta["state_inputs"], meta["state_outputs"] = self.state_inputs, self.state_outputs
             meta["step_input"] = self.step_input
+            if self.state_layers:
+                meta["state_layers"] = list(self.state_layers)
         return {_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
     @classmethod
@@ -244,7 +250,8 @@ class ModelSpec:
                 dataset=get("dataset"),
                 checkpoint_sha256=get("checkpoint_sha256"),
                 storage=Storage(get("storage", Storage.FOLDED)),
-                step_input=StepInput(get("step_input", StepInput.STATIC)))
+                step_input=StepInput(get("step_input", StepInput.STATIC)),
+                state_layers=tuple(str(k) for k in js("state_layers", "[]")))
         except (ValueError, TypeError, AttributeError) as e:
             raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
 

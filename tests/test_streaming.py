@@ -562,3 +562,68 @@ def test_the_state_table_restarts_keeps_state_on_failure_and_expires_by_its_cloc
     assert table.expire() == 1 and not table.live
     with pytest.raises(UnknownSequence, match="expired after 10 s"):
         table.begin(step)
+
+
+# ---- per-step frames: a NIR import with --input sequence --streaming ---------------------------------------
+
+def test_a_nir_import_of_per_step_frames_streams_and_its_served_steps_equal_the_unrolled_import(tmp_path, capsys):
+    """Every neuron kind (LIF leaking to v_leak, CubaLIF with its synaptic current, IF, a non-spiking LI readout)
+    imported from NIR with ``--input sequence`` twice, unrolled and ``--streaming``: the streaming graph's state
+    I/O is one membrane per neuron node plus the CubaLIF's current, its spec says a step takes one frame, and the
+    served steps of frame sequences equal the unrolled import's answers."""
+    import nir
+    from click.testing import CliRunner
+
+    from gee_deploy.cli import cli
+    from gee_deploy.export.validate import run_graph
+    from gee_deploy.kinds import StepInput
+
+    gen = np.random.default_rng(0)
+    full = lambda shape, v: np.full(shape, v, np.float32)  # noqa: E731
+    s1, s2 = (4, 8, 8), (4, 4, 4)
+    nodes = {
+        "input": nir.Input(input_type=np.array([2, 8, 8])),
+        "conv": nir.Conv2d(input_shape=(8, 8), weight=gen.normal(0, 1, (4, 2, 3, 3)).astype(np.float32), stride=1,
+                           padding=1, dilation=1, groups=1, bias=full(4, 0.2)),
+        "lif": nir.LIF(tau=full(s1, 2e-3), r=full(s1, 10.0), v_leak=full(s1, 0.1), v_threshold=full(s1, 0.5),
+                       v_reset=full(s1, 0.0)),
+        "sum": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+        "cuba": nir.CubaLIF(tau_syn=full(s2, 2e-3), tau_mem=full(s2, 4e-3), r=full(s2, 2.0), v_leak=full(s2, 0.0),
+                            v_threshold=full(s2, 0.3), v_reset=full(s2, 0.0), w_in=full(s2, 5.0)),
+        "flat": nir.Flatten(input_type={"input": np.array([4, 4, 4])}, start_dim=0, end_dim=-1),
+        "lin": nir.Linear(weight=gen.normal(0, 0.3, (16, 64)).astype(np.float32)),
+        "if": nir.IF(r=full(16, 1e3), v_threshold=full(16, 1.0), v_reset=full(16, 0.0)),
+        "readout": nir.Affine(weight=gen.normal(0, 1, (5, 16)).astype(np.float32), bias=full(5, 0.0)),
+        "li": nir.LI(tau=full(5, 3e-3), r=full(5, 1.0), v_leak=full(5, 0.0)),
+        "output": nir.Output(output_type=np.array([5])),
+    }
+    names = list(nodes)
+    path = tmp_path / "frames.nir"
+    nir.write(path, nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:])), metadata={"dt": 1e-3}))
+    frames = gen.uniform(0, 1, (6, T, 2, 8, 8)).astype(np.float32)  # [N, T, C, H, W]: the unrolled layout
+    np.save(tmp_path / "frames.npy", frames)
+    for out, extra in ((tmp_path / "u.onnx", []), (tmp_path / "s.onnx", ["--streaming"])):
+        r = CliRunner().invoke(cli, ["export", str(path), "--out", str(out), "-T", str(T), "--input", "sequence", "--images",
+                  str(tmp_path / "frames.npy"), "--samples", "6", "--json", *extra])
+        assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["streaming_validation"]["max_spike_count_diff"] == 0
+    spec = ModelSpec.from_onnx(tmp_path / "s.onnx")
+    assert spec.streaming and spec.step_input == StepInput.FRAMES and spec.input_shape == (2, 8, 8)
+    assert spec.state_inputs == ["v_in.lif", "v_in.cuba.i", "v_in.cuba", "v_in.if", "v_in.li"]
+    _, (logits, spike_counts) = run_graph(create_session(str(tmp_path / "u.onnx")), frames, 8)
+    assert (spike_counts > 0).all(axis=0).all()  # every spiking node fires: the comparison can fail
+    hand_logits, hand_spikes = by_hand(tmp_path / "s.onnx", np.ascontiguousarray(frames.transpose(1, 0, 2, 3, 4)))
+    with serve(tmp_path / "s.onnx") as srv:
+        client = Client(srv, "grpc")
+        for i in range(len(frames)):
+            answers = [client.step(f"clip-{i}", frames[i, t][None], t == 0, t == T - 1) for t in range(T)]
+            for t, a in enumerate(answers):
+                np.testing.assert_array_equal(a[SPIKE_COUNTS][0], hand_spikes[t, i])
+                np.testing.assert_allclose(a[LOGITS][0], hand_logits[t, i], rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(answers[-1][TOTAL_SPIKE_COUNTS][0], spike_counts[i])
+            np.testing.assert_allclose(answers[-1][MEAN_LOGITS][0], logits[i], rtol=0, atol=1e-5)
+        whole_clip = r"\[1, 2, 8, 8\] \(one step of one sequence; its input is this step's frame\)"
+        with pytest.raises(Refused, match=whole_clip):
+            client.step("clip-x", frames[0][None], start=True)  # the whole clip is not one step
+        client.close()

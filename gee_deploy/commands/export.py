@@ -75,8 +75,8 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
                           f"{variant} writes every layer one way (drop --profile or use --variant auto)")
     fmt = format_for(out, fmt)
     check_writable(out, FORMATS[fmt].out_is_dir)
-    export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
-                                data_dir=data_dir, storage=storage) or export_model
+    export_model = nir_exporter(checkpoint, nir, allow_int8=allow_int8, profile=profile, data_dir=data_dir,
+                                storage=storage) or export_model
     try:
         report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
                               atol=atol, samples=samples, data_dir=data_dir, profile=profile,

@@ -56,11 +56,12 @@ def nir_exporter(model: str, given: dict, **checkpoint_only):
     if wrong:
         raise ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to a .nir input (it applies to checkpoints)")
 
-    def convert(path, out, *, variant, fmt, opset, atol, samples, max_batch_size, fp16, **_checkpoint_only):
+    def convert(path, out, *, variant, fmt, opset, atol, samples, max_batch_size, fp16, streaming,
+                **_checkpoint_only):
         from ..nir.convert import convert_nir
 
         return convert_nir(path, out, timesteps=given["timesteps"], dt=given["dt"],
                            input_mode=given["input_mode"] or "static", threshold_rule=given["threshold_rule"] or "gt",
                            images=given["images"], variant=variant, fmt=fmt, opset=opset, samples=samples, atol=atol,
-                           max_batch_size=max_batch_size, fp16=fp16)
+                           max_batch_size=max_batch_size, fp16=fp16, streaming=streaming)
     return convert

@@ -24,7 +24,7 @@ from ..export.api import ExportReport, _opset, _report_dict, _write
 from ..export.configs import FORMATS, ValidationConfig, lookup
 from ..export.errors import ExportError, UnknownOptionError
 from .importer import NIRImport, file_facts, graph_dt, import_graph, topological_order
-from ..export.validate import ValidationReport, compare_outputs, run_graph
+from ..export.validate import ValidationReport, compare_outputs, run_graph, validate_streaming
 
 __all__ = ["convert_nir", "load_inputs"]
 
@@ -71,7 +71,8 @@ def _dataset_images(dataset: str, shape: tuple[int, ...], samples: int) -> np.nd
 def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: int | None, dt: float | None = None,
                 input_mode: str = "static", threshold_rule: str = "gt", variant: str = "dense", fmt: str = "onnx",
                 opset: int | None = None, images: str | os.PathLike | None = None, samples: int | None = None,
-                atol: float | None = None, max_batch_size: int = 64, fp16: bool = False) -> ExportReport:
+                atol: float | None = None, max_batch_size: int = 64, fp16: bool = False,
+                streaming: bool = False) -> ExportReport:
     """Convert the NIR file ``path`` and validate it against the NIR executor before writing ``out``.
 
     Args:
@@ -89,6 +90,8 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         samples: how many inputs to validate on (default 256).
         atol: max abs logit difference for a sample to count as matching.
         max_batch_size, fp16: Triton / TensorRT, as for checkpoints.
+        streaming: write the one-timestep graph (membranes as graph I/O, docs/streaming.md) after the unrolled
+            graph has been validated against the executor, and check T calls of it against the unrolled graph.
 
     Raises:
         UnknownOptionError, InputError, ModelFileError, UnsupportedModuleError: bad input, one line, before any
@@ -122,6 +125,9 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         require_tensorrt()
     proto, spec = import_graph(graph, opts, opset, source=str(path), file_sha256=file_sha256(path),
                                class_names=facts.class_names, dataset=facts.dataset)
+    # the one-step graph is written before any validation, so what it cannot hold is refused before any work
+    stream = import_graph(graph, replace(opts, streaming=True), opset, source=str(path), file_sha256=file_sha256(path),
+                          class_names=facts.class_names, dataset=facts.dataset) if streaming else None
     cfg = ValidationConfig(thresholds=INT8_PTQ_THRESHOLDS if variant == "int8" else Thresholds())
     cfg = cfg if atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=atol))
     notes = []
@@ -145,7 +151,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()
         notes.append(f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "
                      f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data")
-    report = ExportReport(str(out), output_format.name, variant, opset, False,
+    report = ExportReport(str(out), output_format.name, variant, opset, streaming,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes, reference="NIR executor")
     data = proto.SerializeToString()
@@ -155,6 +161,11 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
     compare_outputs(val, ref, Outputs(logits, counts, None, spec.spiking_layers), cfg.thresholds)
     val.raise_if_failed("NIR import")
     report.validation = _report_dict(val)
+    if streaming:
+        proto, spec = stream
+        sv = validate_streaming(proto.SerializeToString(), data, x, opts.timesteps, spec.state_inputs, cfg,
+                                frames=opts.input_mode == "sequence")
+        report.streaming_validation = _report_dict(sv)
     from ..export.tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(proto)

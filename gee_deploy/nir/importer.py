@@ -16,6 +16,9 @@ conventions.
   direct encoding, and everything computed from it before the first neuron, computed once) or per-step
   ``[T*N, ...]`` (t-major). A node with several inputs sums them (NIR's rule).
 * Input: ``static`` takes ``[N, *shape]`` and feeds it at every step; ``sequence`` takes ``[N, T, *shape]``.
+  ``streaming`` writes one step instead: ``[N, *shape]`` (the image or this step's frame) with every neuron's
+  state as graph I/O (``v_in.<key>`` / ``v_out.<key>``, zeros at the start), what ``gee-deploy serve`` keeps per
+  sequence.
   ``shape`` is the Input node's type. Output: ``logits`` = the output node's value averaged over the T steps,
   ``spike_counts`` = spikes per spiking node (LIF, IF, CubaLIF) per sample, summed over neurons and steps.
 * int8 (``variant="int8"``): every Affine / Linear / Conv2d that reads a spiking node's spikes directly (or
@@ -35,10 +38,10 @@ import torch
 from onnx import TensorProto
 
 from ..errors import ModelFileError, UnsupportedModuleError
-from ..kinds import ExportVariant, Form, LayerKind, Precision
+from ..kinds import ExportVariant, Form, LayerKind, Precision, StepInput
 from .executor import SPIKING_NODES, THRESHOLD_RULES, euler_factor
 from ..quantisation import quantise_weight
-from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec
+from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..export.errors import ExportError, UnknownOptionError
 from ..export.folding import FoldedLayer, emit_dense, to_tap_major
 from ..export.graph import GraphBuilder, tensor_info
@@ -72,6 +75,9 @@ class NIRImport:
         input_mean, input_std: per channel (the input shape's first axis): the graph takes raw inputs and feeds
             (x - mean) / std to the Input node, as a file written by ``gee-deploy export --format nir`` states
             (its Input node takes normalised images); None: the input as it is.
+        streaming: one timestep per call (docs/streaming.md): the input is one step's ``[N, *shape]`` (the image,
+            or with ``input_mode="sequence"`` one frame), and every neuron's membrane (a CubaLIF's synaptic
+            current too) is a graph input ``v_in.<key>`` and output ``v_out.<key>``, zeros at the start.
     """
 
     timesteps: int
@@ -81,6 +87,7 @@ class NIRImport:
     variant: str = "dense"
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    streaming: bool = False
 
     def check(self) -> None:
         """:class:`UnknownOptionError` (one line) for a value outside its range."""
@@ -224,7 +231,8 @@ class _Importer:
         self.g = GraphBuilder()
         for reserved in (INPUT_NAME, LOGITS, SPIKE_COUNTS):  # a node may be named so: it gets another tensor name
             self.g.fresh(reserved)
-        self.steps = opts.timesteps
+        self.steps = 1 if opts.streaming else opts.timesteps
+        self.states: list[tuple[str, tuple[int, ...]]] = []  # streaming: (state key, per-sample shape)
         self.layers: list[LayerSpec] = []
         self.spiking: list[str] = []
         self.neurons: list[int] = []
@@ -288,8 +296,8 @@ class _Importer:
                          for v in (self.opts.input_mean, self.opts.input_std))
             x = self.g.op("Div", [self.g.op("Sub", [x, self.g.const(mean, "input_mean")], "centred"),
                                   self.g.const(std, "input_std")], "normalised")
-        if self.opts.input_mode == "static":
-            return _Value(x, shape, True)
+        if self.opts.input_mode == "static" or self.opts.streaming:  # streaming: one step's image or frame
+            return _Value(x, shape, self.opts.input_mode == "static")
         x = self.g.op("Transpose", [x], "steps_first", perm=[1, 0] + list(range(2, len(shape) + 2)))
         x = self.g.op("Reshape", [x, self.g.const([-1, *shape], "folded_shape", np.int64)], "folded")
         return _Value(x, shape, False)
@@ -457,6 +465,10 @@ class _Importer:
         spiking = isinstance(node, SPIKING_NODES)
         v_th = p("v_threshold").astype(np.float32) if spiking else None
         v_reset = p("v_reset").astype(np.float32) if spiking else np.zeros((), np.float32)
+        if self.opts.streaming and not _all(v_reset, 0.0):
+            raise UnsupportedModuleError(f"{self.source}: node {name!r} rests at v_reset != 0; a streaming graph's "
+                                         "membranes start from zeros (Triton's zero initial state): import it "
+                                         "without --streaming")
 
         def mul(a: str, c: np.ndarray, what: str) -> str:  # x * 1 is x
             return a if _all(c, 1.0) else g.op("Mul", [self.const(name, what, c), a], f"{name}.{what}x")
@@ -465,7 +477,7 @@ class _Importer:
         xs = self.steps_of(x, name)
         if cuba:
             a_syn, w_in = euler_factor(dt, p("tau_syn")), p("w_in").astype(np.float32)
-            syn, currents = None, []
+            syn, currents = self.state_in(f"{name}.i", shape), []
             for t, xt in enumerate(xs):
                 drive = mul(xt, w_in, "w_in")
                 # i + a ((0 - i) + w x), with i = 0 at rest: a ((0 - 0) + w x) = a (w x) exactly
@@ -474,9 +486,10 @@ class _Importer:
                     g.op("Add", [syn, mul(inner, a_syn, "alpha_syn")], f"{name}.i")
                 currents.append(syn)
             xs = currents
+            self.state_out(f"{name}.i", syn)
         static_drive = x.static and not cuba
         drive_once = mul(xs[0], r, "r") if static_drive else None
-        v, outs = None, []
+        v, outs = self.state_in(name, shape), []
         for t, xt in enumerate(xs):
             drive = drive_once if static_drive else mul(xt, r, "r")
             # v + alpha ((v_leak - v) + drive); at rest v = v_reset (a constant)
@@ -497,8 +510,10 @@ class _Importer:
             fired = g.op("GreaterOrEqual" if self.opts.threshold_rule == "ge" else "Greater",
                          [v, self.const(name, "v_threshold", v_th)], f"{name}.fire")
             outs.append(fired)
-            if t < len(xs) - 1:
+            if t < len(xs) - 1 or self.opts.streaming:
                 v = self.reset(name, v, fired, v_th, v_reset)
+        if self.opts.streaming:
+            self.state_out(name, v)
         if not spiking:
             y = g.op("Concat", outs, f"{name}.v_steps", axis=0) if len(outs) > 1 else outs[0]
             return _Value(y, shape, False)
@@ -512,6 +527,17 @@ class _Importer:
         self.spiking.append(name)
         self.neurons.append(neurons)
         return _Value(spikes, shape, False, name)
+
+    def state_in(self, key: str, shape: tuple[int, ...]) -> str | None:
+        """Streaming: the graph input ``v_in.<key>`` holding a state after the previous step; else None (at rest)."""
+        if not self.opts.streaming:
+            return None
+        self.states.append((key, shape))
+        return state_names(key)[0]
+
+    def state_out(self, key: str, value: str) -> None:
+        """Streaming: ``value`` (the state after this step) as the graph output ``v_out.<key>``."""
+        self.g.op("Identity", [value], out_names=[state_names(key)[1]])
 
     def reset(self, name: str, v: str, fired: str, v_th: np.ndarray, v_reset: np.ndarray) -> str:
         """v_reset where it fired, else v. To 0 with one threshold: v - ThresholdedRelu(v) (keeps exactly the v
@@ -550,7 +576,7 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
         per_step = g.op("Reshape", [out.name, g.const([w.steps, -1, k], "steps_shape", np.int64)], "per_step_logits")
         g.op("ReduceMean", [per_step, g.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
     g.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
-    input_shape = in_shape if opts.input_mode == "static" else (opts.timesteps, *in_shape)
+    input_shape = in_shape if opts.input_mode == "static" or opts.streaming else (opts.timesteps, *in_shape)
     spec = ModelSpec(timesteps=opts.timesteps, input_shape=input_shape,
                      class_names=tuple(class_names) or tuple(str(i) for i in range(k)),
                      spiking_layers=tuple(w.spiking), neurons_per_layer=tuple(w.neurons), layers=tuple(w.layers),
@@ -558,9 +584,15 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
                      model_args={"dt": opts.dt, "threshold_rule": opts.threshold_rule, "input": opts.input_mode,
                                  **({"input_mean": list(opts.input_mean), "input_std": list(opts.input_std)}
                                     if opts.input_mean is not None else {})},
-                     checkpoint_sha256=file_sha256, dataset=dataset)
+                     checkpoint_sha256=file_sha256, dataset=dataset, streaming=opts.streaming,
+                     step_input=StepInput.STATIC if opts.input_mode == "static" else StepInput.FRAMES,
+                     state_layers=tuple(key for key, _ in w.states))
     inputs = [tensor_info(INPUT_NAME, [BATCH_DIM, *input_shape])]
     outputs = [tensor_info(LOGITS, [BATCH_DIM, k]), tensor_info(SPIKE_COUNTS, [BATCH_DIM, len(w.counts)])]
+    for key, shape in w.states:
+        v_in, v_out = state_names(key)
+        inputs.append(tensor_info(v_in, [BATCH_DIM, *shape]))
+        outputs.append(tensor_info(v_out, [BATCH_DIM, *shape]))
     proto = g.model(inputs, outputs, opset, spec.to_metadata())
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -45,6 +45,7 @@ _UNSUPPORTED = {"shared_memory_region": "shared_memory", "shared_memory_byte_siz
                 "shared_memory_offset": "shared_memory", "sequence_id": "sequence", "sequence_start": "sequence",
                 "sequence_end": "sequence"}
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
+_STEP_INPUT = {"static": "the image, fed at every step", "frames": "this step's frame"}
 # What a streaming graph's server adds to each step's answer: the running summary of the sequence so far.
 MEAN_LOGITS = "mean_logits"  # [1, classes]: the mean of the step logits so far (at step T: the unrolled logits)
 TOTAL_SPIKE_COUNTS = "total_spike_counts"  # [1, L]: the spikes so far (at step T: the unrolled spike_counts)
@@ -307,7 +308,7 @@ def check_input(name: str, datatype: str, shape: list[int], where: str, spec) ->
     if spec.streaming:
         if len(shape) != 1 + len(want) or list(shape[1:]) != want or shape[0] != 1:
             raise InvalidInput(f"{where}.shape: one step of this streaming model is [1, {', '.join(map(str, want))}] "
-                               f"(one {spec.step_input} input of one sequence), got {list(shape)}")
+                               f"(one step of one sequence; its input is {_STEP_INPUT[spec.step_input]}), got {list(shape)}")
     elif len(shape) != 1 + len(want) or list(shape[1:]) != want or shape[0] < 1:
         raise InvalidInput(f"{where}.shape: input shape must be [N, {', '.join(map(str, want))}] with N >= 1, "
                            f"got {list(shape)}")
