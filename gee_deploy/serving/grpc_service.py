@@ -164,8 +164,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                                                    id=request.id))
             await answers.put(response)
 
+        def forget(key, task: asyncio.Task) -> None:  # a long stream keeps only the requests still running
+            tasks.discard(task)
+            if last_of.get(key) is task:
+                del last_of[key]
+
+        tasks: set[asyncio.Task] = set()
+
         async def read() -> None:
-            tasks = []
             try:
                 async for request in request_iterator:
                     key = _param_value(request.parameters["sequence_id"]) if "sequence_id" in request.parameters \
@@ -173,9 +179,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     task = asyncio.ensure_future(answer(request, last_of.get(key) if key else None))
                     if key:
                         last_of[key] = task
-                    tasks.append(task)
+                    tasks.add(task)
+                    task.add_done_callback(functools.partial(forget, key))
                 if tasks:
-                    await asyncio.wait(tasks)
+                    await asyncio.wait(set(tasks))
             finally:
                 await answers.put(None)
 
