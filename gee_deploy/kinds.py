@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["LayerKind", "Form", "ExportVariant", "ExportFormat", "Storage", "Precision", "Int8Policy", "FitnessMode", "Init"]
+__all__ = ["LayerKind", "Form", "ExportVariant", "ExportFormat", "Storage", "Precision", "Int8Policy", "FitnessMode", "Init",
+           "StepInput"]
 
 
 class LayerKind(StrEnum):
@@ -93,3 +94,10 @@ class Init(StrEnum):
 
     KAIMING = "kaiming"  # scale = Kaiming std / g, E ~ N(0, 1) clipped to +-3: Kaiming-like W (ours)
     PAPER = "paper"  # eq. 1 literally: scale = 1, E and G ~ N(0, 1) unclipped (Table IV's Random)
+
+
+class StepInput(StrEnum):
+    """What one call of a streaming graph takes as ``input`` (one step of a sequence)."""
+
+    STATIC = "static"  # the same image at every step (direct encoding: what the zoo models are trained on)
+    FRAMES = "frames"  # one frame per step (event-camera or sensor data: a NIR import with --input sequence)

@@ -20,7 +20,9 @@ Graph I/O:
   ``spike_counts``: float32 [N, L], the spikes each of the L spiking layers emitted for each sample, summed
   over its neurons and the T steps (firing rate = count / (neurons x T)).
 * streaming graphs (one timestep per call) add inputs ``v_in.<lif>`` and outputs ``v_out.<lif>`` [N, ...]:
-  membrane potentials, zeros at the start of a sequence, fed back on the next call.
+  membrane potentials, zeros at the start of a sequence, fed back on the next call. Their ``input_shape`` is
+  one step's input and ``step_input`` says what it is: the same image at every step ("static") or one frame
+  per step ("frames"); ``logits`` and ``spike_counts`` are that step's.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ModelFileError, reason
-from .kinds import ExportVariant, Form, LayerKind, Precision, Storage
+from .kinds import ExportVariant, Form, LayerKind, Precision, StepInput, Storage
 
 __all__ = ["INPUT_NAME", "LOGITS", "SPIKE_COUNTS", "OUTPUT_NAMES", "BATCH_DIM", "SPEC_FORMAT", "LayerSpec",
            "ModelSpec", "sidecar_path", "state_names"]
@@ -127,7 +129,12 @@ class ModelSpec:
         neurons_per_layer: neurons per sample of each spiking layer (same order).
         layers: the weight layers in the order they run.
         variant: requested export variant (dense / factorised / auto), "eager" for the PyTorch model.
-        streaming: one timestep per call, membranes as extra inputs/outputs.
+        streaming: one timestep per call, membranes as extra inputs/outputs; ``input_shape`` is then one step's.
+        step_input: streaming graphs: what one step's input is, the image fed at every step (``static``) or
+            one frame per step (``frames``).
+        state_layers: streaming graphs: the keys of the membrane tensors (``v_in.<key>`` / ``v_out.<key>``) when
+            they are not one per spiking layer (a NIR import: non-spiking LI nodes hold a membrane too, a CubaLIF
+            also its synaptic current ``<node>.i``); empty: one per spiking layer.
         model_name, model_args, dataset: what the checkpoint says it is.
         checkpoint_sha256: sha256 of the checkpoint file it came from ("" when unknown).
         storage: what the file holds: "folded" (the weights as initializers; every file written before this
@@ -149,6 +156,8 @@ class ModelSpec:
     dataset: str = ""
     checkpoint_sha256: str = ""
     storage: Storage = Storage.FOLDED
+    step_input: StepInput = StepInput.STATIC
+    state_layers: tuple[str, ...] = ()
 
     input_name = INPUT_NAME
     input_dtype = "float32"
@@ -160,11 +169,11 @@ class ModelSpec:
 
     @property
     def state_inputs(self) -> list[str]:
-        return [state_names(l)[0] for l in self.spiking_layers] if self.streaming else []
+        return [state_names(l)[0] for l in self.state_layers or self.spiking_layers] if self.streaming else []
 
     @property
     def state_outputs(self) -> list[str]:
-        return [state_names(l)[1] for l in self.spiking_layers] if self.streaming else []
+        return [state_names(l)[1] for l in self.state_layers or self.spiking_layers] if self.streaming else []
 
     @property
     def macs_per_sample(self) -> int:
@@ -206,6 +215,9 @@ class ModelSpec:
             meta["storage"] = self.storage
         if self.streaming:
             meta["state_inputs"], meta["state_outputs"] = self.state_inputs, self.state_outputs
+            meta["step_input"] = self.step_input
+            if self.state_layers:
+                meta["state_layers"] = list(self.state_layers)
         return {_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
     @classmethod
@@ -237,7 +249,9 @@ class ModelSpec:
                 model_args=js("model_args", "{}") or {},
                 dataset=get("dataset"),
                 checkpoint_sha256=get("checkpoint_sha256"),
-                storage=Storage(get("storage", Storage.FOLDED)))
+                storage=Storage(get("storage", Storage.FOLDED)),
+                step_input=StepInput(get("step_input", StepInput.STATIC)),
+                state_layers=tuple(str(k) for k in js("state_layers", "[]")))
         except (ValueError, TypeError, AttributeError) as e:
             raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
 

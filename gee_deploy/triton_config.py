@@ -10,9 +10,20 @@ Dynamic batching is ``max_queue_delay_microseconds`` alone, what gee-deploy's ow
 up to ``max_batch_size`` that arrives within the delay. Triton's batcher guide ("Recommended Configuration
 Process", https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/batcher.html) starts from
 exactly this and adds ``preferred_batch_size`` only for models measured to need it.
+
+A streaming graph (one timestep per call, membranes as ``v_in.<lif>`` / ``v_out.<lif>`` graph I/O) is a stateful
+model: its configuration has ``sequence_batching`` instead, with each membrane as Triton's implicit ``state``
+(https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/implicit_state_management.html):
+Triton keeps it per sequence, starts it from ``initial_state`` (zeros) at ``sequence_start`` and feeds the step's
+``v_out`` back as the next step's ``v_in``, so the membranes are neither inputs nor outputs a client sees. The
+graph needs no control input: the only thing a START would tell it (reset the membranes) is what the zero
+initial state does, and the batch axis is elementwise, so an empty slot (READY false) changes no other row.
+The ``oldest`` strategy batches steps of up to ``max_candidate_sequences`` sequences with the same queue delay as
+``gee-deploy serve``; ``max_sequence_idle_microseconds`` is serve's ``--sequence-idle-s``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .spec import INPUT_NAME, LOGITS, SPIKE_COUNTS, ModelSpec
@@ -21,11 +32,31 @@ if TYPE_CHECKING:
     import onnx
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-__all__ = ["PLATFORM", "BACKEND", "DEFAULT_MAX_QUEUE_DELAY_MS", "model_config", "to_pbtxt", "to_json"]
+__all__ = ["PLATFORM", "BACKEND", "DEFAULT_MAX_QUEUE_DELAY_MS", "DEFAULT_MAX_SEQUENCES", "DEFAULT_SEQUENCE_IDLE_S",
+           "Sequences", "model_config", "to_pbtxt", "to_json"]
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 DEFAULT_MAX_QUEUE_DELAY_MS = 2.0  # `gee-deploy serve --max-delay-ms`'s default; exported repositories use it too
+DEFAULT_MAX_SEQUENCES = 1024  # `gee-deploy serve --max-sequences`'s default (live sequences of a streaming graph)
+# `--sequence-idle-s`'s default. Triton's own default is 1 s, for clients that stream without pause; 60 s lets a
+# client that thinks between steps (a person with curl, a slow sensor) keep its sequence.
+DEFAULT_SEQUENCE_IDLE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """A streaming graph's sequence batching: its membranes and the limits on live sequences.
+
+    Attributes:
+        state_shapes: ``v_in.<lif>`` -> per-sample membrane shape (the graph's own input shapes, batch axis off).
+        max_sequences: sequences batched together (``oldest.max_candidate_sequences``).
+        idle_s: seconds before an idle sequence is dropped (``max_sequence_idle_microseconds``).
+    """
+
+    state_shapes: dict[str, tuple[int, ...]]
+    max_sequences: int = DEFAULT_MAX_SEQUENCES
+    idle_s: float = DEFAULT_SEQUENCE_IDLE_S
 
 # ONNX TensorProto element type -> Triton DataType name (model_config.proto)
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8",
@@ -45,17 +76,18 @@ def _tensors(spec: ModelSpec, graph: onnx.GraphProto | None) -> tuple[list, list
                 out.append((v.name, _ONNX_TO_TRITON[tt.elem_type], [d.dim_value for d in tt.shape.dim[1:]]))
             return out
 
-        return describe(graph.input), describe(graph.output)
-    if spec.streaming:
-        raise ValueError("a streaming model's membrane tensors have shapes only its graph knows: pass graph=")
+        states = set(spec.state_inputs) | set(spec.state_outputs)  # implicit state: not a client's tensors
+        return ([t for t in describe(graph.input) if t[0] not in states],
+                [t for t in describe(graph.output) if t[0] not in states])
     return ([(INPUT_NAME, "TYPE_FP32", list(spec.input_shape))],
             [(LOGITS, "TYPE_FP32", [spec.num_classes]), (SPIKE_COUNTS, "TYPE_FP32", [len(spec.spiking_layers)])])
 
 
 def model_config(name: str, spec: ModelSpec, max_batch_size: int,
                  max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS, graph: onnx.GraphProto | None = None,
-                 instance_kind: str | None = None) -> ModelConfig:
-    """Triton's ``ModelConfig`` for a gee model: onnxruntime, batch axis 0, dynamic batching.
+                 instance_kind: str | None = None, sequences: Sequences | None = None) -> ModelConfig:
+    """Triton's ``ModelConfig`` for a gee model: onnxruntime, batch axis 0, dynamic batching (a streaming graph:
+    sequence batching with its membranes as implicit state).
 
     Args:
         name: the model name (Triton's directory name, the URL's ``{name}``).
@@ -66,13 +98,15 @@ def model_config(name: str, spec: ModelSpec, max_batch_size: int,
             outputs, fp16 types); without it they follow the spec's non-streaming contract.
         instance_kind: ``"KIND_CPU"`` / ``"KIND_GPU"`` for one instance of that kind; None leaves the instance
             group to Triton (one instance per GPU, or on the CPU when there is none).
+        sequences: a streaming graph's membranes and limits; None for a streaming graph reads the membranes from
+            ``graph`` with the default limits.
 
     Returns:
         ``tritonclient.grpc.model_config_pb2.ModelConfig``.
 
     Raises:
         ValueError: ``max_batch_size`` < 1, a negative delay, a tensor type Triton cannot take, or a streaming
-            spec without its graph.
+            spec with neither its graph nor ``sequences``.
     """
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -84,11 +118,36 @@ def model_config(name: str, spec: ModelSpec, max_batch_size: int,
     for field, tensors in ((config.input, inputs), (config.output, outputs)):
         for tensor_name, data_type, dims in tensors:
             field.add(name=tensor_name, data_type=pb.DataType.Value(data_type), dims=dims)
-    config.dynamic_batching.max_queue_delay_microseconds = int(round(max_queue_delay_ms * 1000))
+    delay_us = int(round(max_queue_delay_ms * 1000))
+    if spec.streaming:
+        _sequence_batching(config.sequence_batching, spec, graph, sequences, delay_us)
+    else:
+        config.dynamic_batching.max_queue_delay_microseconds = delay_us
     if instance_kind is not None:
         config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.Kind.Value(instance_kind))
     config.parameters[ModelSpec.key("timesteps")].string_value = str(spec.timesteps)
     return config
+
+
+def _sequence_batching(batching, spec: ModelSpec, graph: onnx.GraphProto | None, sequences: Sequences | None,
+                       delay_us: int) -> None:
+    """Fill ``ModelSequenceBatching``: oldest-first batching, the idle limit, one zero-initialised implicit state
+    per LIF layer (``v_in.<lif>`` in, ``v_out.<lif>`` out, dims without the batch axis)."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    if sequences is None:
+        if graph is None:
+            raise ValueError("a streaming model's membrane tensors have shapes only its graph knows: pass graph= "
+                             "or sequences=")
+        dims = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:]) for v in graph.input}
+        sequences = Sequences({name: dims[name] for name in spec.state_inputs})
+    batching.max_sequence_idle_microseconds = int(round(sequences.idle_s * 1e6))
+    batching.oldest.max_candidate_sequences = sequences.max_sequences
+    batching.oldest.max_queue_delay_microseconds = delay_us
+    for v_in, v_out in zip(spec.state_inputs, spec.state_outputs):
+        shape = list(sequences.state_shapes[v_in])
+        state = batching.state.add(input_name=v_in, output_name=v_out, data_type=pb.TYPE_FP32, dims=shape)
+        state.initial_state.add(name="rest", data_type=pb.TYPE_FP32, dims=shape, zero_data=True)
 
 
 def to_pbtxt(config: ModelConfig) -> str:

@@ -303,6 +303,9 @@ def _bad_graphs(tmp_path):
     with h5py.File(foreign, "w") as f:
         f.create_dataset("weights", data=np.ones(3))
     no_dt = _write(tmp_path, nir.Affine(weight=np.eye(3), bias=np.zeros(3)), _lif(3), metadata={}, name="nodt.nir")
+    resting = _write(tmp_path, nir.Affine(weight=np.eye(3), bias=np.zeros(3)),
+                     nir.LIF(tau=np.full(3, 2e-4), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3),
+                             v_reset=np.full(3, -0.1)), name="reset.nir")
     return {
         "delay": ([delay, "-T", "2"], "node 'delay' is a NIR Delay node"),
         "conv1d": ([conv1d, "-T", "2"], "is a NIR Conv1d node"),
@@ -318,7 +321,7 @@ def _bad_graphs(tmp_path):
         "no-dt": ([no_dt, "-T", "2"], "states no dt in its metadata: pass --dt"),
         "rule": ([ok, "-T", "2", "--threshold-rule", "gte"], "'gte' is not one of 'gt', 'ge'"),
         "variant": ([ok, "-T", "2", "--variant", "factorised"], "--variant 'factorised' does not apply"),
-        "streaming": ([ok, "-T", "2", "--streaming"], "--streaming does not apply to a .nir input"),
+        "streaming": ([resting, "-T", "2", "--streaming"], "node 'lif' rests at v_reset != 0; a streaming graph's"),
         "images-shape": ([ok, "-T", "2", "--images", tmp_path / "bad.npy"], "the graph takes [S, 3]"),
         "images-empty": ([ok, "-T", "2", "--images", tmp_path / "empty.npy"], "is not a readable .npy array"),
         "images-text": ([ok, "-T", "2", "--images", tmp_path / "text.npy"], "not in numpy's .npy format"),
@@ -425,14 +428,14 @@ def test_serve_answers_tritonclient(converted, data):
     import tritonclient.http as httpclient
 
     from gee_deploy.serving.runtimes import OrtRuntime
-    from gee_deploy.serving.server import InferenceServer
+    from gee_deploy.serving.server import InferenceServer, ServeConfig
     from gee_deploy.spec import INPUT_NAME, LOGITS, SPIKE_COUNTS
 
     runtime = OrtRuntime(converted[1], threads=1)
     x = data[0][:4]
     want_logits, want_spikes = runtime(x)
-    with InferenceServer(runtime, "st", port=0, grpc_port=0, max_batch=8, max_delay_ms=2, max_body_bytes=1 << 20,
-                         drain_s=1) as srv:
+    with InferenceServer(runtime, ServeConfig(name="st", port=0, grpc_port=0, max_batch=8, max_delay_ms=2,
+                                                      max_body_bytes=1 << 20, drain_s=1)) as srv:
         client = httpclient.InferenceServerClient(srv.url)
         inp = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)

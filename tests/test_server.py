@@ -21,7 +21,8 @@ from gee_deploy.serving.batcher import Batcher
 from gee_deploy.serving.codec import classify, http_status
 from gee_deploy.evaluation.loadtest import load_test
 from gee_deploy.serving.runtimes import OrtRuntime
-from gee_deploy.serving.server import InferenceServer, parse_ready_line, ready_line
+from gee_deploy.serving.config import ServeConfigError
+from gee_deploy.serving.server import InferenceServer, ServeConfig, parse_ready_line, ready_line
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from gee_deploy.triton_config import to_json
 
@@ -38,8 +39,8 @@ def runtime(serving_onnx):
 
 @pytest.fixture(scope="module")
 def server(runtime):
-    with InferenceServer(runtime, "tiny", port=0, grpc_port=0, max_batch=16, max_delay_ms=5,
-                         max_body_bytes=1 << 20, drain_s=2) as srv:
+    with InferenceServer(runtime, ServeConfig(name="tiny", port=0, grpc_port=0, max_batch=16, max_delay_ms=5,
+                                                      max_body_bytes=1 << 20, drain_s=2)) as srv:
         yield srv
 
 
@@ -289,7 +290,7 @@ def _metric(text: str, line: str) -> float:
 
 
 def test_metrics_count_requests_errors_batches_and_spikes(runtime, images):
-    with InferenceServer(runtime, "tiny", port=0, max_batch=32, max_delay_ms=100) as srv:
+    with InferenceServer(runtime, ServeConfig(name="tiny", port=0, max_batch=32, max_delay_ms=100)) as srv:
         threads = [threading.Thread(target=_post, args=(srv, "/v2/models/tiny/infer", _request(images[i:i + 1])))
                    for i in range(8)]
         for t in threads:
@@ -313,7 +314,8 @@ def test_metrics_count_requests_errors_batches_and_spikes(runtime, images):
 
 
 def test_concurrency_limit_answers_503_beyond_it(runtime, images):
-    with InferenceServer(runtime, "tiny", port=0, max_batch=64, max_delay_ms=1500, max_concurrency=2) as srv:
+    with InferenceServer(runtime, ServeConfig(name="tiny", port=0, max_batch=64, max_delay_ms=1500,
+                                                      max_concurrency=2)) as srv:
         answers = []
         threads = [threading.Thread(target=lambda: answers.append(_post(srv, "/v2/models/tiny/infer",
                                                                          _request(images[:1]))))
@@ -334,7 +336,8 @@ def test_concurrency_limit_answers_503_beyond_it(runtime, images):
 
 
 def test_a_request_that_outwaits_its_timeout_gets_503_and_is_not_run(runtime, images):
-    with InferenceServer(runtime, "tiny", port=0, max_batch=64, max_delay_ms=1000, infer_timeout_s=0.2) as srv:
+    with InferenceServer(runtime, ServeConfig(name="tiny", port=0, max_batch=64, max_delay_ms=1000,
+                                                      infer_timeout_s=0.2)) as srv:
         code, answer = _post(srv, "/v2/models/tiny/infer", _request(images[:1]))
         assert code == 503 and "did not finish within 0.2 s" in answer["error"]
         assert srv.service.inflight == 0
@@ -345,7 +348,7 @@ def test_a_request_that_outwaits_its_timeout_gets_503_and_is_not_run(runtime, im
 def test_stalled_connections_do_not_block_and_are_released_after_the_timeout(runtime, images):
     """200 clients that send half a request and wait: health still answers, and each stalled client gets a
     408 and a closed connection once the request timeout passes."""
-    with InferenceServer(runtime, "tiny", port=0, request_timeout_s=1.0) as srv:
+    with InferenceServer(runtime, ServeConfig(name="tiny", port=0, request_timeout_s=1.0)) as srv:
         body = _request(images[:1])
         socks = []
         for i in range(200):
@@ -418,6 +421,17 @@ def test_serve_cli_binds_loopback_answers_and_refuses_a_bad_file(serving_onnx, t
     r = subprocess.run([sys.executable, "-m", "gee_deploy.cli", "serve", str(bad)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.onnx cannot be loaded" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gee_deploy.cli", "serve", str(serving_onnx), "--port", "0", "--name",
+                        "a b"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == "error: name (--name) 'a b' must be letters, digits, '_', '.', '-'\n"
+
+
+@pytest.mark.parametrize("field, value, words", [("name", "", "--name"), ("max_batch", 0, "--max-batch"),
+                                                 ("sequence_idle_s", 0.0, "--sequence-idle-s"),
+                                                 ("max_body_bytes", 0, "--max-body-mb"), ("port", 70000, "--port")])
+def test_a_serve_config_is_checked_once_where_it_is_built_and_names_the_option(field, value, words):
+    with pytest.raises(ServeConfigError, match=f"{field} \\({words}\\)"):
+        ServeConfig(**{field: value})
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -491,7 +505,9 @@ def test_the_config_endpoints_and_the_exported_config_pbtxt_are_one_document(ser
 
 def test_every_protocol_error_has_one_grpc_status_and_the_http_status_follows_from_it():
     """Triton's mapping (src/http_server.cc HttpCodeFromError): UNAVAILABLE is 503, so a full server (ServerBusy)
-    is UNAVAILABLE over gRPC, as Triton answers a full queue; HTTP refines only 413 and 415."""
+    is UNAVAILABLE over gRPC, as Triton answers a full queue; HTTP refines only 413 and 415. The sequence
+    extension's refusals: a sequence not live is INVALID_ARGUMENT (Triton's own), a busy one ABORTED (409), a full
+    state table RESOURCE_EXHAUSTED (429)."""
     import grpc
 
     errors = [c for c in vars(codec).values() if isinstance(c, type) and issubclass(c, codec.ProtocolError)]
@@ -502,14 +518,16 @@ def test_every_protocol_error_has_one_grpc_status_and_the_http_status_follows_fr
         "InvalidInput": (400, "INVALID_ARGUMENT"), "Unsupported": (400, "INVALID_ARGUMENT"),
         "UnsupportedMediaType": (415, "INVALID_ARGUMENT"), "ModelNotFound": (404, "NOT_FOUND"),
         "PayloadTooLarge": (413, "RESOURCE_EXHAUSTED"), "ServerBusy": (503, "UNAVAILABLE"),
-        "NotReady": (503, "UNAVAILABLE"), "InferenceTimeout": (503, "UNAVAILABLE")}
+        "NotReady": (503, "UNAVAILABLE"), "InferenceTimeout": (503, "UNAVAILABLE"),
+        "UnknownSequence": (400, "INVALID_ARGUMENT"), "SequenceBusy": (409, "ABORTED"),
+        "TooManySequences": (429, "RESOURCE_EXHAUSTED")}
 
 
 def test_a_keep_alive_connection_idle_when_the_drain_starts_may_bring_one_more_request(runtime, images):
     """What uvicorn's own shutdown does not do (it closes such a connection at once, resetting a request already
     on its way): the connection is held for idle_grace_s, its request is answered with Connection: close, and the
     listener refuses new connections meanwhile. Fails when a uvicorn upgrade changes how it closes connections."""
-    srv = InferenceServer(runtime, "tiny", port=0, drain_s=5, idle_grace_s=3.0).start()
+    srv = InferenceServer(runtime, ServeConfig(name="tiny", port=0, drain_s=5, idle_grace_s=3.0)).start()
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
     conn.request("POST", "/v2/models/tiny/infer", _request(images[:1]), {"Content-Type": "application/json"})
     first = conn.getresponse()

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gee_deploy.serving.runtimes import OrtRuntime
-from gee_deploy.serving.server import InferenceServer
+from gee_deploy.serving.server import InferenceServer, ServeConfig
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES
 
 EXAMPLES = 2000  # the issue asks for >= 2,000; about 25 s on 2 shared cores
@@ -49,7 +49,7 @@ bodies = st.tuples(json_values | request, st.none() | st.integers(-5, 5000), st.
 @pytest.fixture(scope="module")
 def fuzz_server(serving_onnx):
     runtime = OrtRuntime(serving_onnx, threads=1)
-    with InferenceServer(runtime, "tiny", port=0, max_batch=16, max_delay_ms=0, drain_s=2) as srv:
+    with InferenceServer(runtime, ServeConfig(name="tiny", port=0, max_batch=16, max_delay_ms=0, drain_s=2)) as srv:
         yield srv
 
 

@@ -48,7 +48,15 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     where each onnxruntime graph's time goes, per operator type.
     Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png (and with --neurobench,
     OUT/neurobench/<runtime>.json).
+
+    A streaming export (export --streaming), optionally with the unrolled export beside it, is benched as a
+    stream instead (docs/streaming.md): per-step latency, and steps/s with N concurrent sequences (--batch-sizes)
+    through the server; OUT/stream_report.json and streaming.png.
     """
+    from ..evaluation.streambench import is_streaming
+
+    if any(is_streaming(m) for m in models):
+        return _bench_stream(models, out, batch_sizes, threads, min_time, quiet)
     from ..evaluation.bench import bench_options, run_bench
     from ..evaluation.report import summary_table, write_neurobench, write_report
 
@@ -62,3 +70,14 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     click.echo(summary_table(report))
     if not quiet:
         click.echo(f"report: {Path(out) / 'report.md'}")
+
+
+def _bench_stream(models, out, concurrency, threads, min_time, quiet) -> None:
+    from ..evaluation.streambench import run_stream_bench, stream_table, write_stream_report
+
+    say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    report = run_stream_bench(list(models), list(concurrency), threads, min_time, progress=say)
+    paths = write_stream_report(report, out)
+    click.echo(stream_table(report))
+    if not quiet:
+        click.echo(f"report: {paths[0]}")

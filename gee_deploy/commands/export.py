@@ -70,8 +70,8 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     from ..export.api import report_json
     from ..export.options import export_options
 
-    nir_import = nir_import_options(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
-                                    data_dir=data_dir, storage=storage)
+    nir_import = nir_import_options(checkpoint, nir, allow_int8=allow_int8, profile=profile, data_dir=data_dir,
+                                    storage=storage)
     options = export_options(out=out, fmt=fmt, variant=variant, allow_int8=allow_int8, opset=opset, storage=storage,
                              streaming=streaming, profile=profile, atol=atol, samples=samples, data_dir=data_dir,
                              max_batch_size=max_batch_size, fp16=fp16)

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..ort_session import PROVIDERS
+from ..triton_config import DEFAULT_MAX_SEQUENCES, DEFAULT_SEQUENCE_IDLE_S
 from .options import AT_LEAST_ONE, THREADS, Value
 
 MS = Annotated[float, Field(ge=0, le=3_600_000)]
@@ -46,18 +47,26 @@ def _check_port(host: str, port: int, protocol: str) -> None:
               help="A client that has not sent its whole request by then gets 408 and is disconnected.")
 @click.option("--drain-s", default=10.0, show_default=True, type=Value(GRACE),
               help="On SIGTERM/SIGINT: how long in-flight requests may take to finish before exit.")
+@click.option("--max-sequences", default=DEFAULT_MAX_SEQUENCES, show_default=True, type=Value(AT_LEAST_ONE),
+              help="Streaming graphs: live sequences held before a new sequence_start is refused (429).")
+@click.option("--sequence-idle-s", default=DEFAULT_SEQUENCE_IDLE_S, show_default=True, type=Value(SECONDS),
+              help="Streaming graphs: a sequence without a step for this long is dropped (Triton's "
+                   "max_sequence_idle_microseconds).")
 @click.option("--runtime", "kind", default="ort-cpu", show_default=True,
               type=click.Choice(list(PROVIDERS)), help="onnxruntime execution provider.")
 @click.option("--threads", default=None, type=Value(THREADS), help="onnxruntime intra-op threads.")
 def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_mb, max_concurrency,
-          request_timeout_s, drain_s, kind, threads):
+          request_timeout_s, drain_s, max_sequences, sequence_idle_s, kind, threads):
     """Serve MODEL.onnx over the Open Inference Protocol (KServe v2 REST, optionally gRPC) with dynamic batching.
 
     Works with stock clients such as tritonclient (HTTP and gRPC); Prometheus metrics at /metrics. SIGTERM or
-    Ctrl-C drains in-flight requests (bounded by --drain-s) and exits 0.
+    Ctrl-C drains in-flight requests (bounded by --drain-s) and exits 0. A streaming export (export --streaming)
+    is served one timestep per request with Triton's sequence extension (sequence_id, sequence_start,
+    sequence_end), its membranes held per sequence in this process (docs/streaming.md).
     """
     from pathlib import Path
 
+    from ..serving.config import ServeConfig
     from ..serving.runtimes import OrtRuntime
     from ..serving.server import InferenceServer, ready_line
 
@@ -69,22 +78,22 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     if suffix in (".pt", ".pth"):
         raise ConfigError(f"serve runs ONNX files; {model} looks like a checkpoint: export it first, gee-deploy "
                           f"export {model} --out {Path(model).with_suffix('.onnx')}")
+    name = name or Path(model).stem
+    config = ServeConfig(name=name, host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
+                         max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * (1 << 20)),
+                         request_timeout_s=request_timeout_s, max_concurrency=max_concurrency, drain_s=drain_s,
+                         max_sequences=max_sequences, sequence_idle_s=sequence_idle_s)
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ConfigError(f"--grpc-port {grpc_port} is the HTTP --port too; give each protocol its own port")
     _check_port(host, port, "HTTP")
     if grpc_port:
         _check_port(host, grpc_port, "gRPC")
-    runtime = OrtRuntime(model, kind, threads)
-    name = name or Path(model).stem
+    runtime = OrtRuntime(model, kind, threads, allow_streaming=True)
     try:
-        server = InferenceServer(runtime, name, host, port, grpc_port, max_batch, max_delay_ms,
-                                 int(max_body_mb * (1 << 20)), request_timeout_s=request_timeout_s,
-                                 max_concurrency=max_concurrency, drain_s=drain_s)
+        server = InferenceServer(runtime, config)
     except OSError as e:  # taken between the check above and now
         ports = f"{host}:{port} (HTTP)" + (f" or {host}:{grpc_port} (gRPC)" if grpc_port else "")
         raise ConfigError(f"cannot listen on {ports}: {os.strerror(e.errno) if e.errno else e}") from None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--name") from None
 
     def announce() -> None:
         grpc = f"{host}:{server.grpc_port}" if grpc_port is not None else None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..kinds import StepInput
 from ..neurons import SpikeRecorder
 from ..ort_session import create_session
 from ..parity import EXPORT_GATES, Check, Outputs, Parity, Thresholds, checks, compare
@@ -122,13 +123,18 @@ def validate_export(model: nn.Module, graph, images: torch.Tensor, labels: torch
     return report
 
 
-def validate_streaming(stream, unrolled, images: torch.Tensor, spec: ModelSpec, cfg: ValidationConfig,
+def validate_streaming(stream, unrolled, images, spec: ModelSpec, cfg: ValidationConfig,
                        raise_on_failure: bool = True) -> ValidationReport:
     """T calls of the streaming graph ``stream`` (zero initial membranes; ``spec``: its spec, with T and the
-    membrane inputs) against one call of the unrolled graph on ``images`` [S, C, H, W]."""
+    membrane inputs) against one call of the unrolled graph.
+
+    ``images`` (tensor or array) is the unrolled graph's input: [S, C, H, W], fed at every step, or
+    [S, T, ...] when ``spec.step_input`` is ``frames``, step t's call taking ``images[:, t]``.
+    """
     timesteps, state_inputs = spec.timesteps, spec.state_inputs
+    frames = spec.step_input == StepInput.FRAMES
     report = ValidationReport(samples=len(images))
-    x = images.float().contiguous().numpy()
+    x = np.ascontiguousarray(images.float().numpy() if isinstance(images, torch.Tensor) else images, np.float32)
     _, (ref_logits, ref_counts) = run_graph(create_session(unrolled), x, cfg.batch_size)
     session = create_session(stream)
     inputs = {i.name: i for i in session.get_inputs()}
@@ -137,8 +143,9 @@ def validate_streaming(stream, unrolled, images: torch.Tensor, spec: ModelSpec, 
         batch = x[i:i + cfg.batch_size]
         states = {name: np.zeros([len(batch)] + list(inputs[name].shape[1:]), np.float32) for name in state_inputs}
         sum_logits, sum_counts = 0.0, 0.0
-        for _ in range(timesteps):
-            out = session.run(None, {INPUT_NAME: batch, **states})
+        for t in range(timesteps):
+            step = np.ascontiguousarray(batch[:, t]) if frames else batch
+            out = session.run(None, {INPUT_NAME: step, **states})
             sum_logits, sum_counts = sum_logits + out[0], sum_counts + out[1]
             states = dict(zip(state_inputs, out[2:]))
         logits.append(sum_logits / timesteps)

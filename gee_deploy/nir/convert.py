@@ -27,7 +27,7 @@ from ..export.options import ExportOptions
 from ..kinds import ExportFormat
 from .options import NIRImportOptions
 from .importer import NIRImport, file_facts, graph_dt, import_graph, topological_order
-from ..export.validate import ValidationReport, compare_outputs, run_graph
+from ..export.validate import ValidationReport, compare_outputs, run_graph, validate_streaming
 
 __all__ = ["convert_nir", "load_inputs"]
 
@@ -84,6 +84,10 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
         nir_import: how to read the graph: T, dt, the input mode, the threshold rule and the validation inputs
             (:class:`~gee_deploy.nir.options.NIRImportOptions`).
 
+    With ``options.streaming`` the one-timestep graph (membranes as graph I/O, docs/streaming.md) is written after
+    the unrolled graph has been validated against the executor, and T calls of it are checked against the unrolled
+    graph.
+
     Raises:
         UnknownOptionError, InputError, ModelFileError, UnsupportedModuleError: bad input, one line, before any
             work; ExportValidationError: a check failed (nothing is written).
@@ -113,6 +117,10 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
         require_tensorrt()
     proto, spec = import_graph(graph, opts, options.opset, source=str(path), file_sha256=file_sha256(path),
                                class_names=facts.class_names, dataset=facts.dataset)
+    # the one-step graph is written before any validation, so what it cannot hold is refused before any work
+    stream = import_graph(graph, replace(opts, streaming=True), options.opset, source=str(path),
+                          file_sha256=file_sha256(path),
+                          class_names=facts.class_names, dataset=facts.dataset) if options.streaming else None
     cfg = ValidationConfig(thresholds=INT8_PTQ_THRESHOLDS if variant == "int8" else Thresholds())
     cfg = cfg if options.atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=options.atol))
     notes = []
@@ -139,7 +147,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
         x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()
         notes.append(f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "
                      f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data")
-    report = ExportReport(str(out), output_format.name, variant, options.opset, False,
+    report = ExportReport(str(out), output_format.name, variant, options.opset, options.streaming,
                           layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
                           dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes, reference="NIR executor")
     data = proto.SerializeToString()
@@ -149,6 +157,11 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
     compare_outputs(val, ref, Outputs(logits, counts, None, spec.spiking_layers), cfg.thresholds)
     val.raise_if_failed("NIR import")
     report.validation = validation_dict(val)
+    if stream is not None:
+        stream_proto, stream_spec = stream
+        sv = validate_streaming(stream_proto.SerializeToString(), data, x, stream_spec, cfg)
+        report.streaming_validation = validation_dict(sv)
+        proto, spec = stream_proto, stream_spec
     from ..export.tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(proto)

@@ -16,6 +16,9 @@ conventions.
   direct encoding, and everything computed from it before the first neuron, computed once) or per-step
   ``[T*N, ...]`` (t-major). A node with several inputs sums them (NIR's rule).
 * Input: ``static`` takes ``[N, *shape]`` and feeds it at every step; ``sequence`` takes ``[N, T, *shape]``.
+  ``streaming`` writes one step instead: ``[N, *shape]`` (the image or this step's frame) with every neuron's
+  state as graph I/O (``v_in.<key>`` / ``v_out.<key>``, zeros at the start), what ``gee-deploy serve`` keeps per
+  sequence.
   ``shape`` is the Input node's type. Output: ``logits`` = the output node's value averaged over the T steps,
   ``spike_counts`` = spikes per spiking node (LIF, IF, CubaLIF) per sample, summed over neurons and steps.
 * int8 (``variant="int8"``): every Affine / Linear / Conv2d that reads a spiking node's spikes directly (or
@@ -34,10 +37,10 @@ import onnx
 import torch
 
 from ..errors import ModelFileError, UnsupportedModuleError
-from ..kinds import ExportVariant, Form, LayerKind, Precision
+from ..kinds import ExportVariant, Form, LayerKind, Precision, StepInput
 from .executor import SPIKING_NODES, THRESHOLD_RULES, euler_factor
 from ..quantisation import quantise_weight
-from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec
+from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..export.errors import ExportError, UnknownOptionError
 from ..export.folding import FoldedLayer, emit_dense, to_tap_major
 from ..export.graph import GraphBuilder, tensor_info
@@ -76,6 +79,9 @@ class NIRImport:
         normalisation_node: the node of a file written by ``gee-deploy export --format nir`` that normalises the
             raw input (a 1 x 1 Conv2d): written as the same convolution, but as the input's normalisation, not a
             layer of the spec (our own exports do not count it either); None: none.
+        streaming: one timestep per call (docs/streaming.md): the input is one step's ``[N, *shape]`` (the image,
+            or with ``input_mode="sequence"`` one frame), and every neuron's membrane (a CubaLIF's synaptic
+            current too) is a graph input ``v_in.<key>`` and output ``v_out.<key>``, zeros at the start.
     """
 
     timesteps: int
@@ -86,6 +92,7 @@ class NIRImport:
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     normalisation_node: str | None = None
+    streaming: bool = False
 
     def check(self) -> None:
         """:class:`UnknownOptionError` (one line) for a value outside its range."""
@@ -233,7 +240,8 @@ class _Importer:
         self.g = GraphBuilder()
         for reserved in (INPUT_NAME, LOGITS, SPIKE_COUNTS):  # a node may be named so: it gets another tensor name
             self.g.fresh(reserved)
-        self.steps = opts.timesteps
+        self.steps = 1 if opts.streaming else opts.timesteps
+        self.states: list[tuple[str, tuple[int, ...]]] = []  # streaming: (state key, per-sample shape)
         self.layers: list[LayerSpec] = []
         self.spiking: list[str] = []
         self.neurons: list[int] = []
@@ -289,8 +297,8 @@ class _Importer:
                          for v in (self.opts.input_mean, self.opts.input_std))
             x = self.g.op("Div", [self.g.op("Sub", [x, self.g.const(mean, "input_mean")], "centred"),
                                   self.g.const(std, "input_std")], "normalised")
-        if self.opts.input_mode == "static":
-            return _Value(x, shape, True)
+        if self.opts.input_mode == "static" or self.opts.streaming:  # streaming: one step's image or frame
+            return _Value(x, shape, self.opts.input_mode == "static")
         x = self.g.op("Transpose", [x], "steps_first", perm=[1, 0] + list(range(2, len(shape) + 2)))
         x = self.g.op("Reshape", [x, self.g.const([-1, *shape], "folded_shape", np.int64)], "folded")
         return _Value(x, shape, False)
@@ -459,6 +467,10 @@ class _Importer:
         spiking = isinstance(node, SPIKING_NODES)
         v_th = p("v_threshold").astype(np.float32) if spiking else None
         v_reset = p("v_reset").astype(np.float32) if spiking else np.zeros((), np.float32)
+        if self.opts.streaming and not _all(v_reset, 0.0):
+            raise UnsupportedModuleError(f"{self.source}: node {name!r} rests at v_reset != 0; a streaming graph's "
+                                         "membranes start from zeros (Triton's zero initial state): import it "
+                                         "without --streaming")
 
         def mul(a: str, c: np.ndarray, what: str) -> str:  # x * 1 is x
             return a if _all(c, 1.0) else g.op("Mul", [self.const(name, what, c), a], f"{name}.{what}x")
@@ -467,7 +479,7 @@ class _Importer:
         xs = step_slices(g, x.name, x.static, self.steps, name)
         if cuba:
             a_syn, w_in = euler_factor(dt, p("tau_syn")), p("w_in").astype(np.float32)
-            syn, currents = None, []
+            syn, currents = self.state_in(f"{name}.i", shape), []
             for t, xt in enumerate(xs):
                 drive = mul(xt, w_in, "w_in")
                 # i + a ((0 - i) + w x), with i = 0 at rest: a ((0 - 0) + w x) = a (w x) exactly
@@ -476,9 +488,10 @@ class _Importer:
                     g.op("Add", [syn, mul(inner, a_syn, "alpha_syn")], f"{name}.i")
                 currents.append(syn)
             xs = currents
+            self.state_out(f"{name}.i", syn)
         static_drive = x.static and not cuba
         drive_once = mul(xs[0], r, "r") if static_drive else None
-        v, outs = None, []
+        v, outs = self.state_in(name, shape), []
         for t, xt in enumerate(xs):
             drive = drive_once if static_drive else mul(xt, r, "r")
             # v + alpha ((v_leak - v) + drive); at rest v = v_reset (a constant)
@@ -499,8 +512,10 @@ class _Importer:
             fired = g.op("GreaterOrEqual" if self.opts.threshold_rule == "ge" else "Greater",
                          [v, self.const(name, "v_threshold", v_th)], f"{name}.fire")
             outs.append(fired)
-            if t < len(xs) - 1:
+            if t < len(xs) - 1 or self.opts.streaming:
                 v = self.reset(name, v, fired, v_th, v_reset)
+        if self.opts.streaming:
+            self.state_out(name, v)
         if not spiking:
             return _Value(concat_steps(g, outs, f"{name}.v_steps"), shape, False)
         neurons = int(np.prod(shape))
@@ -509,6 +524,17 @@ class _Importer:
         self.spiking.append(name)
         self.neurons.append(neurons)
         return _Value(spikes, shape, False, name)
+
+    def state_in(self, key: str, shape: tuple[int, ...]) -> str | None:
+        """Streaming: the graph input ``v_in.<key>`` holding a state after the previous step; else None (at rest)."""
+        if not self.opts.streaming:
+            return None
+        self.states.append((key, shape))
+        return state_names(key)[0]
+
+    def state_out(self, key: str, value: str) -> None:
+        """Streaming: ``value`` (the state after this step) as the graph output ``v_out.<key>``."""
+        self.g.op("Identity", [value], out_names=[state_names(key)[1]])
 
     def reset(self, name: str, v: str, fired: str, v_th: np.ndarray, v_reset: np.ndarray) -> str:
         """v_reset where it fired, else v. To 0 with one threshold: our own graphs' v - ThresholdedRelu(v)
@@ -542,7 +568,7 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
     out, in_shape = w.run()
     g, k = w.g, out.shape[0]
     write_outputs(g, out.name, out.static, w.steps, k, w.counts)
-    input_shape = in_shape if opts.input_mode == "static" else (opts.timesteps, *in_shape)
+    input_shape = in_shape if opts.input_mode == "static" or opts.streaming else (opts.timesteps, *in_shape)
     spec = ModelSpec(timesteps=opts.timesteps, input_shape=input_shape,
                      class_names=tuple(class_names) or tuple(str(i) for i in range(k)),
                      spiking_layers=tuple(w.spiking), neurons_per_layer=tuple(w.neurons), layers=tuple(w.layers),
@@ -550,9 +576,15 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
                      model_args={"dt": opts.dt, "threshold_rule": opts.threshold_rule, "input": opts.input_mode,
                                  **({"input_mean": list(opts.input_mean), "input_std": list(opts.input_std)}
                                     if opts.input_mean is not None else {})},
-                     checkpoint_sha256=file_sha256, dataset=dataset)
+                     checkpoint_sha256=file_sha256, dataset=dataset, streaming=opts.streaming,
+                     step_input=StepInput.STATIC if opts.input_mode == "static" else StepInput.FRAMES,
+                     state_layers=tuple(key for key, _ in w.states))
     inputs = [tensor_info(INPUT_NAME, [BATCH_DIM, *input_shape])]
     outputs = [tensor_info(LOGITS, [BATCH_DIM, k]), tensor_info(SPIKE_COUNTS, [BATCH_DIM, len(w.counts)])]
+    for key, shape in w.states:
+        v_in, v_out = state_names(key)
+        inputs.append(tensor_info(v_in, [BATCH_DIM, *shape]))
+        outputs.append(tensor_info(v_out, [BATCH_DIM, *shape]))
     proto = g.model(inputs, outputs, opset, spec.to_metadata())
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -3,8 +3,9 @@
 * :mod:`.runtimes`: onnxruntime (CPU, CUDA, TensorRT EPs) and TensorRT plans behind one interface (the evaluation
   stage measures them against their references).
 * :mod:`.server`: the Open Inference Protocol (KServe v2 REST, OIP gRPC) with dynamic batching (:mod:`.batcher`),
-  on uvicorn and grpc.aio; :mod:`.app`, :mod:`.grpc_service`, :mod:`.codec`, :mod:`.service`, :mod:`.metrics`
-  are its parts and :mod:`.connection` the one place it goes past uvicorn's public API.
+  on uvicorn and grpc.aio, built from one :class:`~.config.ServeConfig`; :mod:`.app`, :mod:`.grpc_service`,
+  :mod:`.codec`, :mod:`.service`, :mod:`.metrics` are its parts, :mod:`.sequences` the state table of a streaming
+  graph (Triton's sequence extension) and :mod:`.connection` the one place it goes past uvicorn's public API.
 
 It reads what export wrote (the graph and its :class:`~gee_deploy.spec.ModelSpec`), never the export code. The
 names below load on first use, so importing one module of the stage does not start uvicorn, grpc or onnxruntime.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["InferenceServer", "OrtRuntime"]
+__all__ = ["InferenceServer", "OrtRuntime", "ServeConfig"]
 
-_HOME = {"InferenceServer": ".server", "OrtRuntime": ".runtimes"}
+_HOME = {"InferenceServer": ".server", "OrtRuntime": ".runtimes", "ServeConfig": ".config"}
 
 
 def __getattr__(name: str):

@@ -8,6 +8,10 @@ Endpoints (each model path also under ``/v2/models/{name}/versions/1``):
 * ``POST /v2/models/{name}/infer``: JSON tensors or Triton's binary tensor extension (the
   ``Inference-Header-Content-Length`` header, what ``tritonclient.http`` sends by default); an output's
   ``classification`` parameter returns the top-k as ``"score:index:label"`` (BYTES).
+  A streaming graph's steps carry Triton's sequence parameters (``sequence_id``, ``sequence_start``,
+  ``sequence_end``; docs/streaming.md).
+
+The endpoints are the methods of :class:`Endpoints`; :data:`ROUTES` is the table of which path runs which.
 
 Protocol errors from :mod:`.codec` (with the HTTP status each states, :func:`~.codec.http_status`) and
 Starlette's 404/405 become answers in one place (:class:`_Edge`), with ``{"error": message}`` bodies. A body
@@ -34,7 +38,7 @@ from .codec import (VERSION, Decoded, InvalidInput, PayloadTooLarge, ProtocolErr
                     decode_json_request, encode_json_response, http_status, model_metadata, server_metadata)
 from .service import ModelService
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "Endpoints", "ROUTES"]
 
 _CLIENT_GONE = 499  # nginx's "client closed request": recorded in metrics, never sent
 _log = logging.getLogger("gee_deploy.serve")
@@ -102,52 +106,55 @@ async def _not_found(scope, receive, send):
     raise HTTPException(404)
 
 
-def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
-    """The ASGI app for ``service``: Starlette routes inside the bookkeeping edge.
+class Endpoints:
+    """The HTTP endpoints of one served model, one method each; :data:`ROUTES` says which path runs which.
 
     Args:
-        service: the model, its batcher and its counters.
+        service: the model, its batcher, its counters (and a streaming graph's state table).
         max_body_bytes: larger infer bodies get 413.
     """
-    spec = service.spec
-    service_config = to_json(service.model_config())
 
-    _json = _json_response
+    def __init__(self, service: ModelService, max_body_bytes: int = 16 << 20):
+        self.service, self.spec, self.max_body_bytes = service, service.spec, max_body_bytes
+        self.config = to_json(service.model_config())
 
-    async def server(request: Request) -> Response:
-        return _json(server_metadata())
+    def _model(self, request: Request) -> None:
+        self.service.check_model(request.path_params["name"], request.path_params.get("version"))
 
-    async def live(request: Request) -> Response:
-        return _json({"live": True})
+    async def server(self, request: Request) -> Response:
+        return _json_response(server_metadata(self.spec))
 
-    async def ready(request: Request) -> Response:
-        return _json({"ready": service.ready}, 200 if service.ready else 503)
+    async def live(self, request: Request) -> Response:
+        return _json_response({"live": True})
 
-    def _model(request: Request) -> None:
-        service.check_model(request.path_params["name"], request.path_params.get("version"))
+    async def ready(self, request: Request) -> Response:
+        return _json_response({"ready": self.service.ready}, 200 if self.service.ready else 503)
 
-    async def metadata(request: Request) -> Response:
-        _model(request)
-        return _json(model_metadata(service.name, spec))
+    async def metadata(self, request: Request) -> Response:
+        self._model(request)
+        return _json_response(model_metadata(self.service.name, self.spec))
 
-    async def model_ready(request: Request) -> Response:
-        _model(request)
-        return _json({"name": service.name, "ready": service.ready}, 200 if service.ready else 503)
+    async def model_ready(self, request: Request) -> Response:
+        self._model(request)
+        return _json_response({"name": self.service.name, "ready": self.service.ready},
+                              200 if self.service.ready else 503)
 
-    async def config(request: Request) -> Response:
-        _model(request)
-        return _json(service_config)
+    async def model_config(self, request: Request) -> Response:
+        self._model(request)
+        return _json_response(self.config)
 
-    async def stats(request: Request) -> Response:
+    async def stats(self, request: Request) -> Response:
         if "name" in request.path_params:
-            _model(request)
-        return _json({"model_stats": [service.stats.as_dict(service.name, VERSION)]})
+            self._model(request)
+        return _json_response({"model_stats": [self.service.stats.as_dict(self.service.name, VERSION)]})
 
-    async def metrics(request: Request) -> Response:
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+    async def metrics(self, request: Request) -> Response:
+        if self.service.sequences is not None:
+            self.service.sequences.expire()  # idle sequences leave the live count without waiting for a step
+        return Response(self.service.metrics.render(), media_type=self.service.metrics.content_type)
 
-    async def infer(request: Request) -> Response:
-        _model(request)
+    async def infer(self, request: Request) -> Response:
+        self._model(request)
         headers = request.headers
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             raise UnsupportedMediaType(f"Content-Encoding {headers['content-encoding']!r}: compressed request "
@@ -158,26 +165,40 @@ def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
                 header_length = int(header_length)
             except ValueError:
                 raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
-        body = await _read_body(request, max_body_bytes)
+        body = await _read_body(request, self.max_body_bytes)
+        return await self.service.infer(lambda: decode_json_request(body, header_length, self.spec), self._encode)
 
-        def encode(decoded: Decoded, result: BatchResult) -> Response:
-            head, tail = encode_json_response(service.name, decoded.outputs, service.values(result), decoded.id,
-                                              spec.class_names)
-            if tail is None:
-                return Response(head, media_type="application/json")
-            return Response(head + tail, media_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(len(head))})
+    def _encode(self, decoded: Decoded, result: BatchResult) -> Response:
+        service = self.service
+        head, tail = encode_json_response(service.name, decoded.outputs, service.values(result), decoded.id,
+                                          self.spec.class_names)
+        if tail is None:
+            return Response(head, media_type="application/json")
+        return Response(head + tail, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head))})
 
-        return await service.infer(lambda: decode_json_request(body, header_length, spec), encode)
 
-    model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
-    routes = [Route(p + "/infer", infer, methods=["POST"], name="infer") for p in model_paths]  # matched first
-    routes += [Route("/v2", server, name="server"), Route("/v2/health/live", live, name="health"),
-               Route("/v2/health/ready", ready, name="health"), Route("/metrics", metrics, name="metrics"),
-               Route("/v2/models/stats", stats, name="stats")]
-    for p in model_paths:
-        routes += [Route(p, metadata, name="model"), Route(p + "/ready", model_ready, name="model_ready"),
-                   Route(p + "/config", config, name="config"), Route(p + "/stats", stats, name="stats")]
+_MODEL_PATHS = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+# (path, Endpoints method, HTTP methods, name in the request metrics); the infer paths are matched first.
+ROUTES = ([(p + "/infer", "infer", ["POST"], "infer") for p in _MODEL_PATHS]
+          + [("/v2", "server", None, "server"), ("/v2/health/live", "live", None, "health"),
+             ("/v2/health/ready", "ready", None, "health"), ("/metrics", "metrics", None, "metrics"),
+             ("/v2/models/stats", "stats", None, "stats")]
+          + [(p + suffix, method, None, name) for p in _MODEL_PATHS
+             for suffix, method, name in (("", "metadata", "model"), ("/ready", "model_ready", "model_ready"),
+                                          ("/config", "model_config", "config"), ("/stats", "stats", "stats"))])
+
+
+def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
+    """The ASGI app for ``service``: :data:`ROUTES` over :class:`Endpoints`, inside the bookkeeping edge.
+
+    Args:
+        service: the model, its batcher and its counters.
+        max_body_bytes: larger infer bodies get 413.
+    """
+    endpoints = Endpoints(service, max_body_bytes)
+    routes = [Route(path, getattr(endpoints, method), methods=methods, name=name)
+              for path, method, methods, name in ROUTES]
     return _Edge(Router(routes, default=_not_found), service)
 
 

@@ -4,6 +4,10 @@ The first queued request opens a window of ``max_delay_ms``; requests that arriv
 it has room (``max_batch`` samples). One worker thread owns the runtime, so onnxruntime calls never overlap
 (one session, its intra-op threads sized for the machine, no oversubscription). HTTP and gRPC share one
 batcher: both submit and wait on the future.
+
+Steps of a streaming graph (one timestep of N sequences, with their membranes) batch the same way: the
+membranes of the requests are concatenated per state tensor, the batch runs as one :meth:`Runtime.step`, and
+each request gets its rows of the outputs and of the new membranes back.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class BatchResult(NamedTuple):
     queue_s: float  # from submit to the start of the runtime call
     compute_s: float  # the runtime call of the whole batch
     batch_size: int  # samples in that call
+    states: dict | None = None  # streaming: v_in.<lif> -> [n, ...], the membranes after this step
+    summary: dict | None = None  # streaming: the sequence's running summary, added by the service
 
 
 class Batcher:
@@ -54,10 +60,11 @@ class Batcher:
         self._worker = threading.Thread(target=self._loop, name="gee-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, x: np.ndarray) -> Future:
-        """Queue ``x`` [n, C, H, W] (already validated); the future resolves to a :class:`BatchResult`."""
+    def submit(self, x: np.ndarray, states: dict[str, np.ndarray] | None = None) -> Future:
+        """Queue ``x`` [n, C, H, W] (already validated), with a streaming graph's membranes ``states``
+        (``v_in.<lif>`` -> [n, ...]); the future resolves to a :class:`BatchResult`."""
         fut: Future = Future()
-        self.queue.put((x, fut, time.perf_counter()))
+        self.queue.put((x, fut, time.perf_counter(), states))
         return fut
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -95,19 +102,25 @@ class Batcher:
             if not items:
                 continue
             try:
-                x = items[0][0] if len(items) == 1 else np.concatenate([x for x, _, _ in items])
+                x = items[0][0] if len(items) == 1 else np.concatenate([it[0] for it in items])
+                streaming = items[0][3] is not None
                 t0 = time.perf_counter()
-                logits, spikes = self.runtime.run(x)
+                if streaming:
+                    states = {k: np.concatenate([it[3][k] for it in items]) if len(items) > 1 else v
+                              for k, v in items[0][3].items()}
+                    logits, spikes, after = self.runtime.step(x, states)
+                else:
+                    logits, spikes = self.runtime.run(x)
                 seconds = time.perf_counter() - t0
                 if self.on_batch is not None:
                     self.on_batch(len(x), seconds, spikes)
                 start = 0
-                for xi, fut, queued in items:
-                    n = len(xi)
-                    fut.set_result(BatchResult(logits[start:start + n], spikes[start:start + n], t0 - queued,
-                                               seconds, len(x)))
-                    start += n
+                for xi, fut, queued, _ in items:
+                    rows = slice(start, start + len(xi))
+                    fut.set_result(BatchResult(logits[rows], spikes[rows], t0 - queued, seconds, len(x),
+                                               {k: v[rows] for k, v in after.items()} if streaming else None))
+                    start += len(xi)
             except Exception as e:  # a runtime failure fails every request of the batch, not the server
-                for _, fut, _ in items:
-                    if not fut.done():
-                        fut.set_exception(e)
+                for it in items:
+                    if not it[1].done():
+                        it[1].set_exception(e)

@@ -32,23 +32,32 @@ __all__ = ["ProtocolError", "InvalidInput", "Unsupported", "UnsupportedMediaType
            "PayloadTooLarge", "ServerBusy", "NotReady", "InferenceTimeout", "http_status", "OutputRequest", "Decoded",
            "InferRequest", "decode_json_request", "check_input", "reject_unsupported", "tensor_from_bytes",
            "tensor_from_values", "select_outputs", "classify", "serialize_bytes", "encode_json_response",
-           "server_metadata", "model_metadata", "EXTENSIONS", "VERSION"]
+           "server_metadata", "model_metadata", "EXTENSIONS", "VERSION", "SequenceStep", "UnknownSequence",
+           "SequenceBusy", "TooManySequences", "parse_sequence", "served_outputs", "MEAN_LOGITS",
+           "TOTAL_SPIKE_COUNTS"]
 
 VERSION = "1"  # the one model version this server has
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
+STREAMING_EXTENSIONS = ("sequence",)  # a streaming graph's server speaks Triton's sequence extension too
 # Request parameters that belong to extensions this server does not implement: asking for them is a 400,
-# not a silently different answer.
+# not a silently different answer. The sequence parameters are read for a streaming graph (parse_sequence).
 _UNSUPPORTED = {"shared_memory_region": "shared_memory", "shared_memory_byte_size": "shared_memory",
                 "shared_memory_offset": "shared_memory", "sequence_id": "sequence", "sequence_start": "sequence",
                 "sequence_end": "sequence"}
+_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
+_STEP_INPUT = {"static": "the image, fed at every step", "frames": "this step's frame"}
+# What a streaming graph's server adds to each step's answer: the running summary of the sequence so far.
+MEAN_LOGITS = "mean_logits"  # [1, classes]: the mean of the step logits so far (at step T: the unrolled logits)
+TOTAL_SPIKE_COUNTS = "total_spike_counts"  # [1, L]: the spikes so far (at step T: the unrolled spike_counts)
 
 
 # ---- errors (mapped to HTTP / gRPC statuses at the edge) ----
 
 # gRPC status -> HTTP status, as Triton maps its one error code to both protocols (triton-inference-server/server
-# src/http_server.cc ``HttpCodeFromError``; gRPC's own table, grpc/doc/statuscodes.md, agrees on these).
+# src/http_server.cc ``HttpCodeFromError``; gRPC's own table, grpc/doc/statuscodes.md, agrees on these). ABORTED
+# (a sequence's step while its previous one runs) is 409 Conflict, as google.rpc.Code maps it.
 _HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 429,
-                  "UNIMPLEMENTED": 501, "INTERNAL": 500}
+                  "ABORTED": 409, "UNIMPLEMENTED": 501, "INTERNAL": 500}
 
 
 class ProtocolError(Exception):
@@ -109,6 +118,25 @@ class InferenceTimeout(ProtocolError):
     """The batcher did not answer in time (Triton's queue timeout, "Request timeout expired", is UNAVAILABLE)."""
 
     grpc_code = "UNAVAILABLE"
+
+
+class UnknownSequence(InvalidInput):
+    """A step for a sequence that is not live (never started, ended, or expired) without ``sequence_start``;
+    Triton answers it INVALID_ARGUMENT ("must specify the START flag on the first request of the sequence")."""
+
+
+class SequenceBusy(ProtocolError):
+    """A step of a sequence while its previous step is still running: steps of one sequence run one at a time,
+    in order (HTTP 409 Conflict, gRPC ABORTED: retry once the previous step has been answered)."""
+
+    grpc_code = "ABORTED"
+
+
+class TooManySequences(ProtocolError):
+    """``sequence_start`` while the state table holds ``max_sequences`` live sequences (HTTP 429, gRPC
+    RESOURCE_EXHAUSTED: end a sequence or wait for idle ones to expire)."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 def http_status(exc: ProtocolError) -> int:
@@ -178,13 +206,63 @@ def _validation_message(e: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
-def reject_unsupported(params: _Parameters | dict | None, where: str) -> None:
+def reject_unsupported(params: _Parameters | dict | None, where: str, sequences: bool = False) -> None:
     """Raise :class:`Unsupported` when ``params`` (a parsed parameters object or a key mapping) asks for an
-    extension this server does not implement (shared memory, sequence batching)."""
+    extension this server does not implement (shared memory; sequence batching unless ``sequences``)."""
     keys = params.keys() if isinstance(params, dict) else (params.model_extra or {}) if params is not None else ()
     for key in keys:
-        if key in _UNSUPPORTED:
+        if key in _UNSUPPORTED and not (sequences and key in _SEQUENCE_KEYS):
             raise Unsupported(f"{where}.{key}: the {_UNSUPPORTED[key]} extension is not implemented by this server")
+
+
+# ---- Triton's sequence extension ----
+
+@dataclass(frozen=True)
+class SequenceStep:
+    """One request's place in a sequence: the sequence id (uint64 or string, as Triton's ``sequence_id``) and
+    the ``sequence_start`` / ``sequence_end`` flags."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
+
+    def __str__(self) -> str:
+        return f"sequence {self.id!r}"
+
+
+def parse_sequence(params: dict, where: str = "parameters") -> SequenceStep | None:
+    """The :class:`SequenceStep` of a request's parameters (key -> value, JSON or gRPC), None without
+    ``sequence_id``. Triton's rules: ``sequence_id`` an integer in 1..2^64-1 or a non-empty string (0 and ""
+    mean "no sequence", what tritonclient sends when none is given); the flags booleans.
+
+    Raises:
+        InvalidInput: naming the parameter that is malformed.
+    """
+    sid = params.get("sequence_id")
+    flags = {}
+    for key in ("sequence_start", "sequence_end"):
+        v = params.get(key, False)
+        if not isinstance(v, bool):
+            raise InvalidInput(f"{where}.{key}: must be a boolean, got {v!r}")
+        flags[key] = v
+    if sid is None or sid == 0 or sid == "":
+        if flags["sequence_start"] or flags["sequence_end"]:
+            raise InvalidInput(f"{where}.sequence_id: sequence_start and sequence_end need a sequence_id")
+        return None
+    if isinstance(sid, bool) or not isinstance(sid, int | str) or (isinstance(sid, int) and not 0 < sid < 1 << 64):
+        raise InvalidInput(f"{where}.sequence_id: must be an integer in 1..2^64-1 or a non-empty string, got {sid!r}")
+    if isinstance(sid, str) and len(sid) > 256:
+        raise InvalidInput(f"{where}.sequence_id: a string id holds at most 256 characters, got {len(sid)}")
+    return SequenceStep(sid, flags["sequence_start"], flags["sequence_end"])
+
+
+def served_outputs(spec) -> tuple[str, ...]:
+    """The outputs a request may ask for: the graph's, and for a streaming graph the running summary."""
+    return OUTPUT_NAMES + ((MEAN_LOGITS, TOTAL_SPIKE_COUNTS) if spec.streaming else ())
+
+
+def _classifiable(name: str) -> bool:
+    return name in (LOGITS, MEAN_LOGITS)
 
 
 # ---- decoded request (shared by the HTTP app and the gRPC service) ----
@@ -201,11 +279,13 @@ class OutputRequest:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A parsed inference request: the validated input float32 [N, C, H, W], the outputs to return, the id."""
+    """A parsed inference request: the validated input float32 [N, C, H, W], the outputs to return, the id,
+    and for a streaming graph the step's place in its sequence."""
 
     x: np.ndarray
     outputs: tuple[OutputRequest, ...]
     id: str | None = None
+    sequence: SequenceStep | None = None
 
 
 def check_input(name: str, datatype: str, shape: list[int], where: str, spec) -> int:
@@ -214,7 +294,8 @@ def check_input(name: str, datatype: str, shape: list[int], where: str, spec) ->
     Args:
         name, datatype, shape: as the request states them.
         where: the field path used in messages (``inputs.0``).
-        spec: the model description (its ``input_shape`` [C, H, W]).
+        spec: the model description (its ``input_shape`` [C, H, W]; a streaming graph's one step,
+            ``step_input_shape``, with N = 1: a step holds one sample of one sequence).
 
     Raises:
         InvalidInput: naming the first field that does not fit.
@@ -224,7 +305,11 @@ def check_input(name: str, datatype: str, shape: list[int], where: str, spec) ->
     if datatype != "FP32":
         raise InvalidInput(f"{where}.datatype: input datatype must be FP32, got {datatype!r}")
     want = [*spec.input_shape]
-    if len(shape) != 4 or list(shape[1:]) != want or shape[0] < 1:
+    if spec.streaming:
+        if len(shape) != 1 + len(want) or list(shape[1:]) != want or shape[0] != 1:
+            raise InvalidInput(f"{where}.shape: one step of this streaming model is [1, {', '.join(map(str, want))}] "
+                               f"(one step of one sequence; its input is {_STEP_INPUT[spec.step_input]}), got {list(shape)}")
+    elif len(shape) != 1 + len(want) or list(shape[1:]) != want or shape[0] < 1:
         raise InvalidInput(f"{where}.shape: input shape must be [N, {', '.join(map(str, want))}] with N >= 1, "
                            f"got {list(shape)}")
     return math.prod(shape)  # Python ints: a hostile shape cannot overflow
@@ -261,27 +346,29 @@ def _validated(x: np.ndarray, spec) -> np.ndarray:
         raise InvalidInput(f"inputs.0: {e}") from None
 
 
-def select_outputs(asked: list[tuple[str, bool, int]] | None, default_binary: bool) -> tuple[OutputRequest, ...]:
+def select_outputs(asked: list[tuple[str, bool, int]] | None, default_binary: bool,
+                   names: tuple[str, ...] = OUTPUT_NAMES) -> tuple[OutputRequest, ...]:
     """The outputs to return: every output (as ``default_binary``) when none is named, else the named ones.
 
     Args:
         asked: (name, binary, class_count) per requested output, in request order; None = not given.
         default_binary: the request-level ``binary_data_output``.
+        names: the outputs there are (:func:`served_outputs`).
 
     Raises:
-        InvalidInput: an unknown or repeated name, or classification of an output other than ``logits``.
+        InvalidInput: an unknown or repeated name, or classification of an output other than the logits.
     """
     if asked is None:
-        return tuple(OutputRequest(name, default_binary) for name in OUTPUT_NAMES)
+        return tuple(OutputRequest(name, default_binary) for name in names)
     seen, out = set(), []
     for i, (name, binary, class_count) in enumerate(asked):
-        if name not in OUTPUT_NAMES:
-            raise InvalidInput(f"outputs.{i}.name: unknown output {name!r}; this model has {', '.join(OUTPUT_NAMES)}")
+        if name not in names:
+            raise InvalidInput(f"outputs.{i}.name: unknown output {name!r}; this model has {', '.join(names)}")
         if name in seen:
             raise InvalidInput(f"outputs.{i}.name: output {name!r} is requested twice")
-        if class_count and name != LOGITS:
-            raise InvalidInput(f"outputs.{i}.parameters.classification: classification applies to {LOGITS!r} "
-                               f"only, not {name!r}")
+        if class_count and not _classifiable(name):
+            raise InvalidInput(f"outputs.{i}.parameters.classification: classification applies to "
+                               f"{' and '.join(repr(n) for n in names if _classifiable(n))} only, not {name!r}")
         seen.add(name)
         out.append(OutputRequest(name, binary, class_count))
     return tuple(out)
@@ -307,7 +394,8 @@ def decode_json_request(body: bytes, header_length: int | None, spec) -> Decoded
         req = InferRequest.model_validate_json(body if header_length is None else body[:header_length])
     except ValidationError as e:
         raise InvalidInput(_validation_message(e)) from None
-    reject_unsupported(req.parameters, "parameters")
+    reject_unsupported(req.parameters, "parameters", sequences=spec.streaming)
+    sequence = parse_sequence(req.parameters.model_extra or {}) if spec.streaming and req.parameters else None
     for i, t in enumerate(req.inputs):
         reject_unsupported(t.parameters, f"inputs.{i}.parameters")
     for i, o in enumerate(req.outputs or ()):
@@ -335,7 +423,7 @@ def decode_json_request(body: bytes, header_length: int | None, spec) -> Decoded
     asked = None if req.outputs is None else [
         (o.name, default_binary if o.parameters is None or o.parameters.binary_data is None else o.parameters.binary_data,
          0 if o.parameters is None else o.parameters.classification) for o in req.outputs]
-    return Decoded(x, select_outputs(asked, default_binary), req.id)
+    return Decoded(x, select_outputs(asked, default_binary, served_outputs(spec)), req.id, sequence)
 
 
 # ---- responses ----
@@ -400,17 +488,37 @@ def encode_json_response(model: str, outputs: tuple[OutputRequest, ...], values:
 
 # ---- documents about the server and the model ----
 
-def server_metadata() -> dict:
-    """``GET /v2`` (KServe v2): name, version and the extensions this server speaks."""
-    return {"name": "gee-deploy", "version": VERSION, "extensions": list(EXTENSIONS)}
+def server_metadata(spec=None) -> dict:
+    """``GET /v2`` (KServe v2): name, version and the extensions this server speaks (with ``sequence`` when it
+    serves a streaming graph, ``spec``)."""
+    return {"name": "gee-deploy", "version": VERSION, "extensions": extensions(spec)}
+
+
+def extensions(spec=None) -> list[str]:
+    """The protocol extensions a server of ``spec`` speaks."""
+    return list(EXTENSIONS) + (list(STREAMING_EXTENSIONS) if spec is not None and spec.streaming else [])
 
 
 def model_metadata(name: str, spec) -> dict:
     """``GET /v2/models/{name}``: inputs and outputs with a dynamic batch axis, plus what the graph says of
-    itself (T, class names, spiking layers) as parameters (the gRPC form drops ``parameters``)."""
+    itself (T, class names, spiking layers) as parameters (the gRPC form drops ``parameters``).
+
+    A streaming graph's server takes one step per request (``[1, ...]``) and answers the step's ``logits`` and
+    ``spike_counts`` plus the running summary, ``mean_logits`` and ``total_spike_counts``; its parameters say
+    so (``streaming``, ``step_input``: "static" for an image fed at every step, "frames" for one frame per
+    step; ``summary``: what each summary output holds)."""
+    k, n = len(spec.class_names), len(spec.spiking_layers)
+    batch = 1 if spec.streaming else -1
+    outputs = [{"name": LOGITS, "datatype": "FP32", "shape": [batch, k]},
+               {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [batch, n]}]
+    parameters = {"timesteps": spec.timesteps, "class_names": list(spec.class_names),
+                  "spiking_layers": list(spec.spiking_layers), "model_name": spec.model_name}
+    if spec.streaming:
+        outputs += [{"name": MEAN_LOGITS, "datatype": "FP32", "shape": [1, k]},
+                    {"name": TOTAL_SPIKE_COUNTS, "datatype": "FP32", "shape": [1, n]}]
+        parameters.update(streaming=True, step_input=spec.step_input, summary={
+            MEAN_LOGITS: "mean of the step logits since sequence_start (at step T: the unrolled graph's logits)",
+            TOTAL_SPIKE_COUNTS: "spikes since sequence_start (at step T: the unrolled graph's spike_counts)"})
     return {"name": name, "versions": [VERSION], "platform": PLATFORM,
-            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *spec.input_shape]}],
-            "outputs": [{"name": LOGITS, "datatype": "FP32", "shape": [-1, len(spec.class_names)]},
-                        {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [-1, len(spec.spiking_layers)]}],
-            "parameters": {"timesteps": spec.timesteps, "class_names": list(spec.class_names),
-                           "spiking_layers": list(spec.spiking_layers), "model_name": spec.model_name}}
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [batch, *spec.input_shape]}],
+            "outputs": outputs, "parameters": parameters}

@@ -5,12 +5,17 @@ Built on the protos and stubs that ``tritonclient[grpc]`` ships (``tritonclient.
 ``tritonclient.grpc`` client speaks to it. It runs on the HTTP server's event loop and shares its
 :class:`~.service.ModelService`: one batcher, one concurrency limit, one set of statistics. Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata,
 ModelMetadata, ModelConfig, ModelStatistics, ModelInfer (``raw_input_contents`` or ``fp32_contents``; the
-``classification`` output parameter). Everything else (streaming, repository, shared memory, trace, log)
-answers UNIMPLEMENTED. Protocol errors are answered with the gRPC status their class states
-(:class:`~.codec.ProtocolError`), the one the HTTP status derives from.
+``classification`` output parameter) and the bidirectional ModelStreamInfer (each request answered in one
+``ModelStreamInferResponse``, an error as its ``error_message``, as Triton does; requests of one sequence on one
+stream run in the order they were sent, requests of different sequences concurrently, so they batch). A
+streaming graph's steps carry Triton's sequence parameters (``sequence_id`` as ``int64_param``,
+``uint64_param`` or ``string_param``; ``sequence_start`` / ``sequence_end`` as ``bool_param``). Everything else
+(repository, shared memory, trace, log) answers UNIMPLEMENTED. Protocol errors are answered with the gRPC status
+their class states (:class:`~.codec.ProtocolError`), the one the HTTP status derives from.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 
@@ -19,9 +24,9 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .codec import (EXTENSIONS, VERSION, Decoded, InvalidInput, NotReady, ProtocolError, check_input, classify,
-                    model_metadata, reject_unsupported, select_outputs, serialize_bytes, tensor_from_bytes,
-                    tensor_from_values)
+from .codec import (VERSION, Decoded, InvalidInput, NotReady, ProtocolError, check_input, classify, extensions,
+                    model_metadata, parse_sequence, reject_unsupported, select_outputs, serialize_bytes,
+                    served_outputs, tensor_from_bytes, tensor_from_values)
 from .service import ModelService
 
 __all__ = ["InferenceServicer", "start_grpc", "decode_grpc_request"]
@@ -60,7 +65,8 @@ def decode_grpc_request(request: service_pb2.ModelInferRequest, spec) -> Decoded
     Raises:
         InvalidInput: naming the field; Unsupported: shared memory or sequence parameters.
     """
-    reject_unsupported(dict(request.parameters), "parameters")
+    reject_unsupported(dict(request.parameters), "parameters", sequences=spec.streaming)
+    sequence = parse_sequence({k: _param_value(v) for k, v in request.parameters.items()}) if spec.streaming else None
     for i, t in enumerate(request.inputs):
         reject_unsupported(dict(t.parameters), f"inputs.{i}.parameters")
     for i, o in enumerate(request.outputs):
@@ -88,7 +94,7 @@ def decode_grpc_request(request: service_pb2.ModelInferRequest, spec) -> Decoded
                 raise InvalidInput(f"outputs.{i}.parameters.classification: must be a non-negative integer, "
                                    f"got {k!r}")
             asked.append((o.name, True, k))
-    return Decoded(x, select_outputs(asked, True), request.id or None)
+    return Decoded(x, select_outputs(asked, True, served_outputs(spec)), request.id or None, sequence)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -112,7 +118,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("server")
     async def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(name="gee-deploy", version=VERSION, extensions=list(EXTENSIONS))
+        return service_pb2.ServerMetadataResponse(name="gee-deploy", version=VERSION,
+                                                  extensions=extensions(self.service.spec))
 
     @_rpc("model")
     async def ModelMetadata(self, request, context):
@@ -134,6 +141,59 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("infer")
     async def ModelInfer(self, request, context):
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Triton's bidirectional stream: every request gets one response, an error as ``error_message``
+        (the stream goes on). Requests of one sequence wait for the previous one of the same sequence on this
+        stream, so a client may send a sequence's steps without waiting for their answers."""
+        answers: asyncio.Queue = asyncio.Queue()
+        last_of: dict = {}  # sequence_id parameter -> the task of its latest request on this stream
+
+        async def answer(request, before: asyncio.Task | None) -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            start = time.perf_counter()
+            try:
+                response = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+                self.service.metrics.observe_request("grpc", "stream_infer", "OK", time.perf_counter() - start)
+            except ProtocolError as e:
+                self.service.metrics.observe_request("grpc", "stream_infer", e.grpc_code, error=True)
+                response = service_pb2.ModelStreamInferResponse(error_message=str(e), infer_response=service_pb2.
+                                                                ModelInferResponse(model_name=request.model_name,
+                                                                                   id=request.id))
+            await answers.put(response)
+
+        def forget(key, task: asyncio.Task) -> None:  # a long stream keeps only the requests still running
+            tasks.discard(task)
+            if last_of.get(key) is task:
+                del last_of[key]
+
+        tasks: set[asyncio.Task] = set()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    key = _param_value(request.parameters["sequence_id"]) if "sequence_id" in request.parameters \
+                        else None
+                    task = asyncio.ensure_future(answer(request, last_of.get(key) if key else None))
+                    if key:
+                        last_of[key] = task
+                    tasks.add(task)
+                    task.add_done_callback(functools.partial(forget, key))
+                if tasks:
+                    await asyncio.wait(set(tasks))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+
+    async def _infer(self, request) -> service_pb2.ModelInferResponse:
         s = self.service
         s.check_model(request.model_name, request.model_version)
         if not s.ready:

@@ -11,6 +11,8 @@ Each server has its own :class:`prometheus_client.CollectorRegistry`, so several
 * ``gee_batch_size``: histogram, samples per runtime call after dynamic batching.
 * ``gee_samples_total{model}``, ``gee_spikes_total{model, layer}``: samples inferred and spikes each spiking
   layer emitted over them (read from the graph's own ``spike_counts`` output).
+* streaming graphs (Triton's sequence extension): ``gee_sequences_live`` (gauge), ``gee_sequences_started_total``,
+  ``gee_sequences_ended_total`` (by ``sequence_end``) and ``gee_sequences_expired_total`` (idle past the timeout).
 
 :class:`Statistics` holds the cumulative counts and durations of Triton's statistics extension
 (``GET /v2/models/{name}/stats``, gRPC ``ModelStatistics``), in the JSON form of Triton's ``ModelStatistics``.
@@ -55,6 +57,12 @@ class Metrics:
         spikes = Counter("gee_spikes", "Spikes emitted per spiking layer over all samples.", ["model", "layer"],
                          registry=r)
         self.spikes = [spikes.labels(model, layer) for layer in spiking_layers]
+        self.sequences_live = Gauge("gee_sequences_live", "Sequences whose state the server holds.", registry=r)
+        self.sequences_started = Counter("gee_sequences_started", "Sequences started (sequence_start steps run).",
+                                         registry=r)
+        self.sequences_ended = Counter("gee_sequences_ended", "Sequences ended by sequence_end.", registry=r)
+        self.sequences_expired = Counter("gee_sequences_expired", "Sequences dropped after the idle timeout.",
+                                         registry=r)
         self._children: dict[tuple, tuple] = {}
 
     def observe_request(self, protocol: str, endpoint: str, code, seconds: float | None = None,

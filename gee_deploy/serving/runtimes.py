@@ -2,7 +2,9 @@
 
 Every runtime takes ``x`` float32 [N, C, H, W] in [0, 1] (numpy) and returns ``(logits [N, classes],
 spike_counts [N, L])`` as float32 numpy arrays; its ``spec`` (:class:`gee_deploy.spec.ModelSpec`) says what
-the columns of ``spike_counts`` are and how many MACs each weight layer costs (for eq. 17).
+the columns of ``spike_counts`` are and how many MACs each weight layer costs (for eq. 17). A runtime of a
+streaming graph (one timestep per call, docs/export.md) answers :meth:`Runtime.step` instead: one step with
+the membranes ``v_in.<lif>`` given and ``v_out.<lif>`` returned under the ``v_in`` names, ready to feed back.
 
 The references they are measured against (PyTorch eager, the NIR executor) and the opener by file suffix live
 in :mod:`gee_deploy.evaluation.runtimes`.
@@ -37,14 +39,29 @@ def validate_input(x, spec: ModelSpec) -> np.ndarray:
 
 
 class Runtime:
-    """Base: ``name``, ``path``, ``spec`` and ``run(x) -> (logits, spike_counts)``."""
+    """Base: ``name``, ``path``, ``spec`` and ``run(x) -> (logits, spike_counts)``; for a streaming graph
+    ``state_shapes`` and ``step(x, states) -> (logits, spike_counts, states)``."""
 
     name: str
     path: Path
     spec: ModelSpec
+    state_shapes: dict[str, tuple[int, ...]] = {}  # streaming graphs: v_in.<lif> -> per-sample shape
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def step(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One timestep of a streaming graph.
+
+        Args:
+            x: float32 [N, *spec.input_shape], one step's input of N sequences.
+            states: ``v_in.<lif>`` -> float32 [N, *state_shapes[name]], the membranes after the previous step
+                (zeros at the start of a sequence).
+
+        Returns:
+            (logits [N, classes], spike_counts [N, L], the membranes after this step under the same names).
+        """
+        raise NotImplementedError(f"the {self.name} runtime does not run streaming graphs")
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.run(validate_input(x, self.spec))
@@ -64,17 +81,25 @@ class OrtRuntime(Runtime):
         kind: ``ort-cpu``, ``ort-cuda`` or ``ort-trt``.
         threads: intra-op threads; None = onnxruntime's default (one per physical core).
         spin: let idle intra-op threads spin.
+        allow_streaming: open a streaming graph too (it answers :meth:`step`); without it a streaming graph is
+            refused, since :meth:`run` answers whole samples.
+
+    Raises:
+        ModelFileError: not a gee-deploy graph, or a streaming graph without ``streaming``.
     """
 
     def __init__(self, path: str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
-                 spin: bool = False):
+                 spin: bool = False, allow_streaming: bool = False):
         self.name, self.path, self.threads = kind, Path(path), threads
         self.session = create_session(self.path, kind, threads, spin)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec = ModelSpec.from_metadata(meta, str(self.path))
-        if self.spec.streaming:
-            raise ModelFileError(f"{self.path} is a streaming graph (one timestep per call); bench and serve take "
+        if self.spec.streaming and not allow_streaming:
+            raise ModelFileError(f"{self.path} is a streaming graph (one timestep per call); bench and check take "
                                  "the T-unrolled export (gee-deploy export without --streaming)")
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.state_shapes = {name: tuple(inputs[name].shape[1:]) for name in self.spec.state_inputs}
+        self._step_outputs = [*OUTPUT_NAMES, *self.spec.state_outputs]
         names = [o.name for o in self.session.get_outputs()]
         if names[:2] != list(OUTPUT_NAMES) or self.session.get_inputs()[0].name != INPUT_NAME:
             raise ModelFileError(f"{self.path} does not follow the gee-deploy contract (input {INPUT_NAME!r}, "
@@ -93,6 +118,12 @@ class OrtRuntime(Runtime):
         self.session.run_with_iobinding(binding)
         logits, spikes = binding.copy_outputs_to_cpu()
         return logits, spikes
+
+    def step(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+        if not self.spec.streaming:
+            return super().step(x, states)
+        logits, spikes, *after = self.session.run(self._step_outputs, {INPUT_NAME: x, **states})
+        return logits, spikes, dict(zip(self.spec.state_inputs, after))
 
     def describe(self) -> dict:
         ort = import_onnxruntime()

@@ -31,14 +31,14 @@ import time
 
 import uvicorn
 
-from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS
 from .app import create_app
+from .config import ServeConfig
 from .connection import Drain, protocol_class
 from .grpc_service import start_grpc
 from .runtimes import Runtime
 from .service import ModelService
 
-__all__ = ["InferenceServer", "ready_line", "parse_ready_line"]
+__all__ = ["InferenceServer", "ServeConfig", "ready_line", "parse_ready_line"]
 
 _READY = re.compile(r"at http://[^:/\s]+:(\d+)/\S*?(?:; gRPC at [^:\s]+:(\d+))?;")
 
@@ -56,58 +56,39 @@ def parse_ready_line(line: str) -> tuple[int, int | None] | None:
 
 
 class InferenceServer:
-    """KServe v2 REST (and, with ``grpc_port``, OIP gRPC) for one model.
+    """KServe v2 REST (and, with ``config.grpc_port``, OIP gRPC) for one model.
 
     Args:
-        runtime: what answers (an :class:`OrtRuntime` for ``gee-deploy serve``).
-        name: the model name in URLs.
-        host: bind address; loopback unless told otherwise.
-        port: HTTP port; 0 picks a free one (see ``.port``).
-        grpc_port: gRPC port (0 picks one; see ``.grpc_port`` after start); None serves no gRPC.
-        max_batch: largest dynamic batch in samples.
-        max_delay_ms: how long the first request of a batch waits for company.
-        max_body_bytes: larger request bodies get 413 (gRPC: RESOURCE_EXHAUSTED).
-        infer_timeout_s: seconds a request may wait for its batch before a 503.
-        request_timeout_s: seconds a client has to send a whole request before a 408 and disconnect.
-        keep_alive_s: idle keep-alive connections close after this.
-        max_concurrency: inference requests in flight before 503 (gRPC: UNAVAILABLE).
-        drain_s: bound on the graceful shutdown.
-        idle_grace_s: while draining, how long an idle keep-alive connection may still send a request.
+        runtime: what answers (an :class:`OrtRuntime` for ``gee-deploy serve``; any :class:`Runtime`).
+        config: the name, ports and limits, checked when it was built (:class:`~.config.ServeConfig`).
 
     Raises:
         OSError: the HTTP or gRPC port cannot be bound.
-        ValueError: a bad name or limit.
     """
 
-    def __init__(self, runtime: Runtime, name: str = "gee", host: str = "127.0.0.1", port: int = 8000,
-                 grpc_port: int | None = None, max_batch: int = 32,
-                 max_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
-                 max_body_bytes: int = 16 << 20, infer_timeout_s: float = 30.0, request_timeout_s: float = 30.0,
-                 keep_alive_s: float = 5.0, max_concurrency: int = 256, drain_s: float = 10.0,
-                 idle_grace_s: float = 1.0):
-        if request_timeout_s <= 0 or drain_s < 0 or max_body_bytes < 1:
-            raise ValueError(f"request_timeout_s must be > 0, drain_s >= 0, max_body_bytes >= 1; got "
-                             f"{request_timeout_s}, {drain_s}, {max_body_bytes}")
-        self.service = ModelService(runtime, name, max_batch, max_delay_ms, max_concurrency, infer_timeout_s)
-        self.name, self.host, self.grpc_port, self.max_body = name, host, grpc_port, max_body_bytes
-        self.drain_s, self.idle_grace_s = drain_s, idle_grace_s
+    def __init__(self, runtime: Runtime, config: ServeConfig | None = None):
+        config = config or ServeConfig()
+        self.config = config
+        self.service = ModelService(runtime, config)
+        self.name, self.host, self.grpc_port = config.name, config.host, config.grpc_port
+        self.drain_s, self.idle_grace_s = config.drain_s, config.idle_grace_s
         self.grpc = None
         self.startup_error: Exception | None = None
-        self.sock = socket.create_server((host, port), backlog=1024)
+        self.sock = socket.create_server((config.host, config.port), backlog=1024)
         self._port = self.sock.getsockname()[1]
-        if grpc_port:  # a busy gRPC port fails here with one OSError, not later inside grpc's C core (which logs)
+        if config.grpc_port:  # a busy gRPC port fails here with one OSError, not later inside grpc's C core
             try:
-                socket.create_server((host, grpc_port)).close()
+                socket.create_server((config.host, config.grpc_port)).close()
             except OSError:
                 self.sock.close()
                 raise
-        app = create_app(self.service, max_body_bytes)
-        self._drain = Drain(self.sock, idle_grace_s, on_drain=self._on_drain)
-        config = uvicorn.Config(app, http=protocol_class(app, request_timeout_s, self._drain), ws="none",
-                                lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
-                                server_header=False, timeout_keep_alive=keep_alive_s,
-                                timeout_graceful_shutdown=drain_s)
-        self._uv = uvicorn.Server(config)
+        app = create_app(self.service, config.max_body_bytes)
+        self._drain = Drain(self.sock, config.idle_grace_s, on_drain=self._on_drain)
+        uv_config = uvicorn.Config(app, http=protocol_class(app, config.request_timeout_s, self._drain), ws="none",
+                                   lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
+                                   server_header=False, timeout_keep_alive=config.keep_alive_s,
+                                   timeout_graceful_shutdown=config.drain_s)
+        self._uv = uvicorn.Server(uv_config)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop_at: float | None = None  # time.monotonic() of the first stop request
@@ -166,7 +147,8 @@ class InferenceServer:
     async def _main(self) -> None:
         if self.grpc_port is not None:
             try:
-                self.grpc, self.grpc_port = await start_grpc(self.service, self.host, self.grpc_port, self.max_body)
+                self.grpc, self.grpc_port = await start_grpc(self.service, self.host, self.grpc_port,
+                                                             self.config.max_body_bytes)
             except RuntimeError as e:  # grpc cannot bind
                 self.startup_error = e
                 return

@@ -4,22 +4,27 @@ Both protocol edges run on the same asyncio event loop, so the in-flight count n
 worker thread is the only one that touches the runtime. Protocol edges pass a ``decode`` and an ``encode``
 function to :meth:`ModelService.infer`, which admits the request (concurrency limit), runs it through the
 batcher with a timeout and records Triton's statistics; errors come out as :mod:`.codec` exceptions.
+
+For a streaming graph each request is one step of a sequence: the service takes the sequence's membranes
+from its :class:`~.sequences.SequenceTable`, sends them with the step to the batcher (steps of different
+sequences batch into one graph call) and keeps what comes back, adding the running summary to the answer.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
 from collections import deque
 from typing import Callable, TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
-from ..triton_config import DEFAULT_MAX_QUEUE_DELAY_MS, model_config
+from ..triton_config import Sequences, model_config
 from .batcher import Batcher, BatchResult
 from .codec import VERSION, Decoded, InferenceTimeout, InvalidInput, ModelNotFound, ServerBusy
+from .config import ServeConfig
 from .metrics import Metrics, Statistics
 from .runtimes import Runtime
+from .sequences import SequenceTable
 
 __all__ = ["ModelService"]
 
@@ -31,32 +36,21 @@ class ModelService:
 
     Args:
         runtime: what answers (an onnxruntime session for ``gee-deploy serve``); only the batcher calls it.
-        name: the model name clients use (letters, digits, ``_.-``).
-        max_batch: largest dynamic batch in samples.
-        max_delay_ms: how long the first request of a batch waits for company.
-        max_concurrency: inference requests in flight (HTTP and gRPC together) before new ones get
-            :class:`ServerBusy`.
-        infer_timeout_s: seconds a request may wait for its batch before :class:`InferenceTimeout`.
-
-    Raises:
-        ValueError: a bad name or limit.
+        config: the name and limits (:class:`~.config.ServeConfig`, checked when built): ``max_batch``,
+            ``max_delay_ms``, ``max_concurrency`` (requests in flight, HTTP and gRPC together, before new ones get
+            :class:`ServerBusy`) and ``infer_timeout_s`` (before :class:`InferenceTimeout`).
     """
 
-    def __init__(self, runtime: Runtime, name: str, max_batch: int = 32,
-                 max_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
-                 max_concurrency: int = 256, infer_timeout_s: float = 30.0):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
-        if max_concurrency < 1 or infer_timeout_s <= 0:
-            raise ValueError(f"max_concurrency must be >= 1 and infer_timeout_s > 0, got {max_concurrency}, "
-                             f"{infer_timeout_s}")
-        self.name, self.spec = name, runtime.spec
-        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
-        self.max_concurrency, self.infer_timeout = max_concurrency, infer_timeout_s
+    def __init__(self, runtime: Runtime, config: ServeConfig):
+        self.config, self.name, self.spec = config, config.name, runtime.spec
+        self.max_batch, self.max_delay_ms = config.max_batch, config.max_delay_ms
+        self.max_concurrency, self.infer_timeout = config.max_concurrency, config.infer_timeout_s
         self.instance_kind = "KIND_GPU" if getattr(runtime, "device", "cpu") == "cuda" else "KIND_CPU"
-        self.metrics = Metrics(name, self.spec.spiking_layers)
+        self.metrics = Metrics(self.name, self.spec.spiking_layers)
         self.stats = Statistics()
-        self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
+        self.batcher = Batcher(runtime, config.max_batch, config.max_delay_ms, on_batch=self._on_batch)
+        self.sequences = SequenceTable(runtime.state_shapes, config.max_sequences, config.sequence_idle_s,
+                                       self.metrics) if self.spec.streaming else None
         self.inflight = 0
         self._results: deque = deque()  # (asyncio future, finished batcher future), filled by the batcher thread
         self._wake_pending = False
@@ -78,12 +72,15 @@ class ModelService:
     def model_config(self):
         """Triton's model configuration of what this serves (:func:`gee_deploy.triton_config.model_config`: the one
         ``gee-deploy export --format triton`` writes), with one instance on this runtime's device."""
-        return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind)
+        sequences = None if self.sequences is None else Sequences(
+            self.sequences.state_shapes, self.config.max_sequences, self.config.sequence_idle_s)
+        return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind,
+                            sequences=sequences)
 
     @staticmethod
     def values(result: BatchResult) -> dict:
-        """Output name -> array, in the contract's names."""
-        return {LOGITS: result.logits, SPIKE_COUNTS: result.spike_counts}
+        """Output name -> array, in the contract's names (with a streaming step's running summary)."""
+        return {LOGITS: result.logits, SPIKE_COUNTS: result.spike_counts, **(result.summary or {})}
 
     async def infer(self, decode: Callable[[], Decoded], encode: Callable[[Decoded, BatchResult], R]) -> R:
         """Admit, decode, batch, encode one request; record its statistics.
@@ -92,7 +89,10 @@ class ModelService:
             ServerBusy: ``max_concurrency`` requests are already in flight.
             InferenceTimeout: the batch did not come back within ``infer_timeout_s``.
             InvalidInput: from ``decode``, or a batch larger than ``max_batch`` (the ``max_batch_size`` the model
-                configuration advertises; Triton refuses such a request the same way).
+                configuration advertises; Triton refuses such a request the same way); for a streaming graph, a
+                request without ``sequence_id``.
+            UnknownSequence, SequenceBusy, TooManySequences: a streaming step the state table refuses
+                (:meth:`~.sequences.SequenceTable.begin`).
         """
         if self.inflight >= self.max_concurrency:
             raise ServerBusy(f"{self.inflight} inference requests in flight, the limit is {self.max_concurrency}; "
@@ -106,23 +106,24 @@ class ModelService:
                 raise InvalidInput(f"inputs.0.shape: a batch of {len(decoded.x)} exceeds this model's "
                                    f"max_batch_size {self.max_batch}; split the request")
             t1 = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            self._loop = loop
-            fut = loop.create_future()
-            job = self.batcher.submit(decoded.x)
-            job.add_done_callback(functools.partial(self._finished, fut))
-            # A timer that cancels the future (asyncio.wait_for would wrap it in one more future and callback
-            # per request); the batcher skips a request cancelled before its batch starts.
-            timer = loop.call_later(self.infer_timeout, fut.cancel)
+            step = decoded.sequence
+            if self.sequences is not None:
+                if step is None:
+                    raise InvalidInput(f"parameters.sequence_id: {self.name} is a streaming graph (one timestep per "
+                                       "request); every request names its sequence (sequence_id, with "
+                                       "sequence_start on its first step)")
+                states = self.sequences.begin(step)
+            else:
+                states = None
             try:
-                result = await fut
-            except asyncio.CancelledError:
-                job.cancel()
-                if timer.when() <= loop.time():
-                    raise InferenceTimeout(f"inference did not finish within {self.infer_timeout:g} s") from None
+                result = await self._run(decoded.x, states)
+            except BaseException:
+                if states is not None:
+                    self.sequences.abort(step)
                 raise
-            finally:
-                timer.cancel()
+            if states is not None:
+                result = result._replace(summary=self.sequences.commit(step, result.logits, result.spike_counts,
+                                                                       result.states))
             t2 = time.perf_counter()
             answer = encode(decoded, result)
             t3 = time.perf_counter()
@@ -134,6 +135,26 @@ class ModelService:
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
+
+    async def _run(self, x, states) -> BatchResult:
+        """One request through the batcher, bounded by ``infer_timeout_s``."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        fut = loop.create_future()
+        job = self.batcher.submit(x, states)
+        job.add_done_callback(functools.partial(self._finished, fut))
+        # A timer that cancels the future (asyncio.wait_for would wrap it in one more future and callback
+        # per request); the batcher skips a request cancelled before its batch starts.
+        timer = loop.call_later(self.infer_timeout, fut.cancel)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            job.cancel()
+            if timer.when() <= loop.time():
+                raise InferenceTimeout(f"inference did not finish within {self.infer_timeout:g} s") from None
+            raise
+        finally:
+            timer.cancel()
 
     def _finished(self, fut: asyncio.Future, job) -> None:
         """On the batcher's thread: queue the result and wake the event loop once per batch, not per request
