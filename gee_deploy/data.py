@@ -223,10 +223,10 @@ def _cifar_arrays(directory: Path, name: str, split: str) -> tuple[np.ndarray, n
     (py_dir, py_train, py_test, key), (bin_dir, bin_train, bin_test, label_bytes, label_index) = _CIFAR_LAYOUTS[name]
     if (directory / py_dir).is_dir():
         paths = [directory / py_dir / f for f in (py_train if split == "train" else py_test)]
-        read = lambda p: _cifar_python(p, name, key)  # noqa: E731
+        read = lambda p: _cifar_python(p, name, key)
     elif (directory / bin_dir).is_dir():
         paths = [directory / bin_dir / f for f in (bin_train if split == "train" else bin_test)]
-        read = lambda p: _cifar_binary(p, name, label_bytes, label_index)  # noqa: E731
+        read = lambda p: _cifar_binary(p, name, label_bytes, label_index)
     else:
         raise DataError(f"neither {py_dir}/ nor {bin_dir}/ found in {directory} (the python or binary {name} "
                         "batches)")

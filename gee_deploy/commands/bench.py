@@ -8,7 +8,7 @@ from pydantic import Field
 
 from ..recipe import recipe_field
 from ..evaluation.runtimes import RUNTIMES
-from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, with_range
+from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, refuse_replacing, with_range
 
 _BATCH = recipe_field("data.batch_size")
 MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and batch size
@@ -45,10 +45,13 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     from ..evaluation.bench import run_bench
     from ..evaluation.report import summary_table, write_report
 
+    refuse_replacing(out, [*models, data_dir])
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), list(runtimes) if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)
     click.echo(summary_table(report))
+    for line in report["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     if not quiet:
         click.echo(f"report: {Path(out) / 'report.md'}")

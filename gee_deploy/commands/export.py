@@ -11,7 +11,7 @@ from ..export.configs import (DEFAULT_OPSET, FORMATS, format_for, INT8_MIN_MACS,
                               VARIANTS, ValidationConfig)
 from ..kinds import Storage
 from .nir_options import nir_exporter, nir_options
-from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
+from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, refuse_replacing, with_range
 
 OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
 _SAMPLES = ValidationConfig().samples
@@ -20,7 +20,8 @@ _SAMPLES = ValidationConfig().samples
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=OutPath(directory=None),
-              help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir).")
+              help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir); its "
+                   "folder must exist, and it may not be the checkpoint or another input.")
 @click.option("--variant", default="dense", show_default=True, type=click.Choice([str(v) for v in VARIANTS]),
               help="; ".join(f"{v.name}: {v.help}" for v in VARIANTS.values()) + ".")
 @click.option("--allow-int8", is_flag=True,
@@ -75,6 +76,7 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
                           f"{variant} writes every layer one way (drop --profile or use --variant auto)")
     fmt = format_for(out, fmt)
     check_writable(out, FORMATS[fmt].out_is_dir)
+    refuse_replacing(out, [checkpoint, data_dir, nir.get("images")], replaces_directory=FORMATS[fmt].out_is_dir)
     export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
                                 data_dir=data_dir, storage=storage) or export_model
     try:

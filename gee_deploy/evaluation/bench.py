@@ -24,6 +24,7 @@ from ..ort_session import create_session
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
 from ..serving.runtimes import OrtRuntime, Runtime
+from .provenance import provenance_warnings
 from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, default_runtimes, open_runtime
 
 __all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
@@ -205,7 +206,8 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)
         lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
     return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].spec.timesteps,
-            "batch_sizes": list(batch_sizes), "machine": machine, "runtimes": rows, "latency": latency}
+            "batch_sizes": list(batch_sizes), "machine": machine, "runtimes": rows, "latency": latency,
+            "warnings": provenance_warnings(opened, dataset)}
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
@@ -237,14 +239,14 @@ def _machine(threads: int | None) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckResult:
-    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and whether the ONNX file's
-    checkpoint digest is the checkpoint's (or absent)."""
+    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and the provenance
+    warnings (an ONNX file exported from another checkpoint, a --dataset the model was not trained on)."""
 
     parity: Parity
     dataset: str
     torch_p50_ms: float
     ort_p50_ms: float
-    same_checkpoint: bool
+    warnings: tuple[str, ...] = ()  # :func:`~.provenance.provenance_warnings`
 
     @property
     def speedup(self) -> float:
@@ -270,5 +272,5 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thres
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
     result = CheckResult(parity=parity, dataset=name, torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
-                         same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256))
+                         warnings=tuple(provenance_warnings([ref, ort], dataset)))
     return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

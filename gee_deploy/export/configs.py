@@ -94,21 +94,32 @@ _LIKE = {"onnx": "an ONNX file", "tensorrt": "a TensorRT plan", "nir": "a NIR fi
 
 def format_for(out: str | os.PathLike, fmt: str | None) -> str:
     """The format an export to ``out`` writes: ``fmt``, or without one the format ``out``'s suffix names
-    (.onnx, .plan / .engine, .nir; onnx for anything else).
+    (.onnx, .plan / .engine, .nir). A file is only ever written under a suffix of its format, so a
+    checkpoint's name (.pt) or a typo never receives an ONNX graph; a Triton repository is a directory
+    (--format triton, any name without a file format's suffix).
 
     Raises:
-        UnknownOptionError: an unknown ``fmt``, or ``out`` named for another format than ``fmt`` (a .nir file
-            that would hold ONNX, a Triton directory named .onnx).
+        UnknownOptionError: an unknown ``fmt``; ``out`` named for another format than ``fmt`` (a .nir file
+            that would hold ONNX, a Triton directory named .onnx); a file format's ``out`` without one of its
+            suffixes; no ``fmt`` and a suffix that names no format.
     """
     suffix = Path(out).suffix.lower()
     named = next((f.name for f in FORMATS.values() if suffix in f.suffixes), None)
+    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
     if fmt is None:
-        return named or "onnx"
+        if named is None:
+            raise UnknownOptionError(f"--out {out}: {f'the suffix {suffix}' if suffix else 'a name without a suffix'} "
+                                     f"names no export format; end it in {known}, or give --format triton for a "
+                                     "Triton repository directory")
+        return named
     chosen = lookup(FORMATS, fmt, "format")
     if named is not None and named != chosen.name:
         what = "a directory" if chosen.out_is_dir else f"a {' or '.join(chosen.suffixes)} file"
         raise UnknownOptionError(f"--out {out} is named like {_LIKE[named]} but --format {fmt} writes {what}: "
                                  "rename --out, or drop --format and let the suffix choose")
+    if not chosen.out_is_dir and named is None:
+        raise UnknownOptionError(f"--out {out}: --format {fmt} writes a {' or '.join(chosen.suffixes)} file; "
+                                 "name --out so")
     return chosen.name
 
 
