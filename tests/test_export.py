@@ -400,7 +400,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
     blocker.write_text("a file where a directory should be")
     good = str(tiny_checkpoint)
     return {
-        "truncated": ([str(truncated)], "not a readable checkpoint"),
+        "truncated": ([str(truncated)], "is truncated: a torch.save archive without its end"),
         "not-a-checkpoint": ([str(text)], "not a gee-deploy checkpoint"),
         "missing": ([str(tmp_path / "nope.pt")], "not found"),
         "other-architecture": ([str(wrong)], "does not match"),

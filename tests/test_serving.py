@@ -491,5 +491,6 @@ def test_load_warning_names_the_load_and_what_to_do():
     assert load_warning(0.2, None) is None
     assert load_warning(cpus - 1, 1) is None or cpus == 1  # a single thread finds a free core
     busy = load_warning(cpus + 0.5, None)
-    assert busy.startswith(f"warning: load average {cpus + 0.5:.1f} on {cpus} CPUs") and "consider --threads 1" in busy
+    assert busy.startswith(f"warning: other processes kept {cpus + 0.5:.1f} of {cpus} CPUs busy") and \
+        "consider --threads 1" in busy
     assert "a single thread still shares its core" in load_warning(cpus + 0.5, 1)

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..recipe import check_value, describe, unwrap
 
 __all__ = ["set_option", "quiet_option", "Value", "NumberList", "ChoiceList", "OutPath", "check_writable",
-           "refuse_replacing",
+           "refuse_replacing", "recipe_inputs",
            "with_range", "NON_NEGATIVE", "FRACTION", "COUNT", "AT_LEAST_ONE", "THREADS", "SEED"]
 
 set_option = click.option(
@@ -68,7 +68,8 @@ class Value(click.ParamType):
 
 
 class NumberList(Value):
-    """Comma-separated numbers, each checked like :class:`Value`; a tuple, empty items skipped."""
+    """Comma-separated numbers, each checked like :class:`Value`; a tuple. An empty item (``1,,16``, a
+    trailing comma) is refused: it is a typo, not a value."""
 
     def __init__(self, annotation):
         super().__init__(annotation)
@@ -81,15 +82,18 @@ class NumberList(Value):
         if isinstance(value, tuple):
             return value
         name = _option_name(param)
-        items = tuple(check_value(self.annotation, _parse(v, self.kind, name), name)
-                      for v in str(value).split(",") if v.strip())
-        if not items:
+        parts = str(value).split(",")
+        if not str(value).strip():
             raise ConfigError(f"{name} is empty: give comma-separated values, each {describe(self.annotation)}")
-        return items
+        if any(not v.strip() for v in parts):
+            raise ConfigError(f"{name} {value!r} has an empty item: give comma-separated values without empty "
+                              f"ones, each {describe(self.annotation)}")
+        return tuple(check_value(self.annotation, _parse(v, self.kind, name), name) for v in parts)
 
 
 class ChoiceList(click.ParamType):
-    """Comma-separated names from a registry; a tuple without repeats, empty items skipped."""
+    """Comma-separated names from a registry; a tuple without repeats. An empty item is refused, as in
+    :class:`NumberList`."""
 
     name = "names"
 
@@ -103,7 +107,11 @@ class ChoiceList(click.ParamType):
         if isinstance(value, tuple):
             return value
         name = _option_name(param)
-        items = tuple(dict.fromkeys(v.strip() for v in str(value).split(",") if v.strip()))
+        parts = [v.strip() for v in str(value).split(",")]
+        if str(value).strip() and not all(parts):
+            raise ConfigError(f"{name} {value!r} has an empty item: give comma-separated names from "
+                              f"{', '.join(self.choices)}")
+        items = tuple(dict.fromkeys(v for v in parts if v))
         unknown = [v for v in items if v not in self.choices]
         if unknown or not items:
             got = f"got {unknown[0]!r}" if unknown else "got none"
@@ -176,6 +184,13 @@ def refuse_replacing(out: str | os.PathLike, inputs: typing.Iterable[str | os.Pa
         if replaces_directory and target.resolve() in source.resolve().parents:
             raise ConfigError(f"{name} {out} would replace the directory holding the input {given}; choose "
                               f"another {name}")
+
+
+def recipe_inputs(recipe: str | None, loaded) -> list[str]:
+    """The input paths of a command that reads a recipe: the recipe file (a shipped recipe's name is none) and
+    its data.data_dir, for :func:`refuse_replacing`."""
+    return [p for p in (recipe if recipe is not None and Path(recipe).is_file() else None,
+                        loaded.data.data_dir) if p]
 
 
 class OutPath(click.ParamType):

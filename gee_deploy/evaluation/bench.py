@@ -178,7 +178,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
     opened = open_runtimes(models, runtimes, threads)
     name = _dataset(opened, dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
-    warning = load_warning(machine["load_average"], threads)
+    warning = load_warning(machine["busy_cpus"], threads)
     if warning:
         say(warning)
     ref = next((r for r in opened if r.name in REFERENCES), None)
@@ -217,24 +217,45 @@ def _labels(runtimes: list[Runtime]) -> list[str]:
     return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
-def load_warning(load: float, threads: int | None) -> str | None:
+def load_warning(busy: float, threads: int | None) -> str | None:
     """The warning for a run that starts while other processes hold the CPUs, or None.
 
     Args:
-        load: the 1-minute load average when the run started.
+        busy: CPUs other processes kept busy just before the run (:func:`busy_cpus`).
         threads: the intra-op threads every runtime gets (None: each runtime's own, usually all cores).
     """
     cpus = os.cpu_count() or 1
-    if load < 0.5 or (threads == 1 and load <= cpus - 1):  # a single thread still finds a free core
+    if busy < 0.5 or (threads == 1 and busy <= cpus - 1):  # a single thread still finds a free core
         return None
     advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
-    return (f"warning: load average {load:.1f} on {cpus} CPUs before the run: latencies and the ratios between "
-            f"runtimes may mislead ({advice}); report.md records the load")
+    return (f"warning: other processes kept {busy:.1f} of {cpus} CPUs busy just before the run: latencies and the "
+            f"ratios between runtimes may mislead ({advice}); report.md records the load")
+
+
+def busy_cpus(seconds: float = 0.5) -> float:
+    """How many CPUs other processes keep busy now: the non-idle share of all CPUs' time over ``seconds``
+    while this process sleeps, times the CPU count (Linux /proc/stat, proc(5)); elsewhere the 1-minute load
+    average. Not the load average itself on Linux: that decays over a minute, so right after a training run
+    (``make demo``) it reports the load the run itself caused."""
+    def idle_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return values[3] + (values[4] if len(values) > 4 else 0), sum(values[:8])  # idle + iowait; no guest
+
+    try:
+        idle0, total0 = idle_and_total()
+        time.sleep(seconds)
+        idle1, total1 = idle_and_total()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total = total1 - total0
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / total) if total > 0 else 0.0
 
 
 def _machine(threads: int | None) -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0]}
+            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0],
+            "busy_cpus": busy_cpus()}
 
 
 @dataclass(frozen=True, kw_only=True)

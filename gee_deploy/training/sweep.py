@@ -42,6 +42,7 @@ from ..io import read_jsonl, write_json, write_report_files
 from ..neurons import SpikeRecorder
 from ..recipe import GENES, Recipe, check_value
 from ..walk import describe
+from ..zoo import list_models
 from ..zoo.summary import count_parameters
 from .fitness import check_evolution_data
 from .resume import check_run
@@ -78,6 +79,10 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
     if models is not None and not models:
         raise ConfigError("--models is empty: give at least one architecture (see `gee-deploy models`)")
     models = list(dict.fromkeys(models or [recipe.model.name]))
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ConfigError(f"--models: unknown architecture {unknown[0]!r}; known: {', '.join(list_models())} "
+                          "(gee-deploy models)")
     grid = sorted({0, *genes})
     if recipe.evolution.enabled and grid[-1] > 0:  # before the dense twin, which never evolves, is trained
         check_evolution_data(recipe)
