@@ -35,8 +35,8 @@ _SAMPLES = ValidationConfig().samples
                    "layers, whichever file is smaller (a note says when that is folded).")
 @click.option("--format", "fmt", default=None, type=click.Choice([str(f) for f in FORMATS]),
               help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
-                   + ". Default: the format --out's suffix names (.onnx, .plan, .nir), else onnx (see "
-                   "docs/export.md).")
+                   + ". Default: the format --out's suffix names (.onnx, .plan, .nir); any other suffix needs "
+                   "--format triton (a directory) or is refused (see docs/export.md).")
 @click.option("--opset", type=Value(OPSET), default=None,
               help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
 @click.option("--streaming", is_flag=True,
