@@ -187,7 +187,7 @@ def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> tuple[Chec
     changes = check_run(out, recipe.to_dict(), ckpt)
     if ckpt is not None and recipe.train.epochs < ckpt.epoch:
         raise ConfigError(f"--resume: the run in {out} has trained {ckpt.epoch} epochs already; train.epochs "
-                          f"{recipe.train.epochs} would undo nothing (give train.epochs >= {ckpt.epoch})")
+                          f"{recipe.train.epochs} is fewer (give train.epochs >= {ckpt.epoch})")
     return ckpt, changes
 
 
