@@ -34,7 +34,8 @@ def _spikingjelly(path: str, images: torch.Tensor, batch_size: int) -> np.ndarra
     logits = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = (images[i:i + batch_size] - mean) / std
+            x = images[i:i + batch_size]
+            x = x if mean is None else (x - mean) / std  # a file written before the normalisation was a node
             state, total = None, 0.0
             for _ in range(spec.timesteps):
                 y, state = net(x, state)

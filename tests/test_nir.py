@@ -1,7 +1,10 @@
 """NIR export: the LIF / threshold mapping, the independent executor, every zoo model, another framework's importer."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import nir
 import numpy as np
@@ -13,12 +16,12 @@ from torch import nn
 from gee_deploy.cli import cli
 from gee_deploy.checkpoint import load_model
 from gee_deploy.data import load_test_arrays
-from gee_deploy.errors import ModelFileError
+from gee_deploy.errors import GeeError, ModelFileError
 from gee_deploy.export import ExportValidationError, export_loaded
 from gee_deploy.export.configs import ValidationConfig
 from gee_deploy.errors import UnsupportedModuleError
-from gee_deploy.nir.writer import DT, NIR_METADATA, nir_threshold, write_nir
-from gee_deploy.nir.validate import NIRExecutor, nir_inputs, read_nir, run_nir, validate_nir
+from gee_deploy.nir.writer import DT, NIR_METADATA, NORMALISE, nir_threshold, write_nir
+from gee_deploy.nir.validate import IMPORTERS, NIRExecutor, nir_inputs, read_nir, run_nir, validate_nir
 from gee_deploy.neurons import TAU, V_RESET, V_THRESHOLD, lif_reference
 from gee_deploy.parity import Thresholds
 from gee_deploy.spec import LOGITS, SPIKE_COUNTS, ModelSpec
@@ -128,12 +131,34 @@ def test_every_zoo_model_round_trips_or_is_refused_in_one_line(name, tmp_path):
     graph = read_nir(out)
     spec, dt, mean, std = nir_inputs(graph, str(out))
     assert spec.timesteps == model.timesteps and dt == DT
+    assert mean is None and std is None  # the graph normalises its raw input itself
     assert len(spec.spiking_layers) == sum(isinstance(n, nir.LIF) for n in graph.nodes.values())
-    assert torch.equal(mean, model.mean) and torch.equal(std, model.std)
     assert set(graph.inputs) == {"input"} and list(graph.nodes["input"].input_type["input"]) == \
         [model.in_channels, model.image_size, model.image_size]
     assert list(graph.output_type.values())[0].tolist() == [model.num_classes]
     assert not any(isinstance(n, (nir.Scale,)) for n in graph.nodes.values())
+    checked = {row[0] for row in report.validation["checks"]}
+    assert all(f"top-1 agreement in {fw}'s NIR importer" in checked for fw in IMPORTERS)
+
+
+def test_the_first_node_normalises_the_raw_input():
+    """Input -> a 1 x 1 conv of weight diag(1 / std), bias -mean / std -> the stem: the file takes pixels in [0, 1]
+    in any framework; on raw images it computes the model's normalised input within a float32 rounding."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=3, image_size=8, mean=(0.4914, 0.4822, 0.4465),
+                         std=(0.2470, 0.2435, 0.2616))
+    graph, spec = write_nir(model)
+    assert graph.edges.count(("input", NORMALISE)) == 1 and sum(s == "input" for s, _ in graph.edges) == 1
+    assert [d for s, d in graph.edges if s == NORMALISE] == [spec.layers[0].name]  # the stem conv
+    norm = graph.nodes[NORMALISE]
+    assert isinstance(norm, nir.Conv2d) and norm.weight.shape == (3, 3, 1, 1)
+    assert np.array_equal(norm.weight[:, :, 0, 0], np.diag(np.diag(norm.weight[:, :, 0, 0])))
+    x = torch.rand(16, 3, 8, 8)
+    got = torch.nn.functional.conv2d(x, torch.from_numpy(norm.weight), torch.from_numpy(norm.bias))
+    torch.testing.assert_close(got, (x - model.mean) / model.std, rtol=0, atol=1e-6)
+    meta = json.loads(graph.metadata[NIR_METADATA["normalisation"]])
+    assert meta == {"node": NORMALISE, "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
+    assert NIR_METADATA["mean"] not in graph.metadata  # an earlier reader refuses the file instead of normalising twice
 
 
 def test_resnet_residual_adds_are_two_edges_into_one_lif():
@@ -153,7 +178,7 @@ def test_dense_twin_and_genetic_fold_to_the_same_node_types(tmp_path):
         model, images = _model("smallnet", genes=genes)
         graph, _ = write_nir(model)
         kinds = sorted({type(n).__name__ for n in graph.nodes.values()})
-        assert kinds == ["Affine", "Conv2d", "Flatten", "Input", "LIF", "Output"]
+        assert kinds == ["Affine", "Conv2d", "Flatten", "Input", "LIF", "Output"]  # the normalisation: a Conv2d
         report = validate_nir(model, graph, images, None, ValidationConfig(samples=8, batch_size=8))
         assert report.max_abs_diff[SPIKE_COUNTS] == 0
 
@@ -174,7 +199,7 @@ def test_cli_writes_a_nir_file_with_the_model_spec(cli_nir):
     spec = ModelSpec.from_metadata(graph.metadata, str(out))
     assert spec.num_classes == model.num_classes and spec.variant == "dense" and spec.timesteps == model.timesteps
     assert spec.layers[0].name.startswith("stem") and spec.layers[0].calls == 1
-    assert json.loads(graph.metadata[NIR_METADATA["mean"]]) == model.mean.flatten().tolist()
+    assert json.loads(graph.metadata[NIR_METADATA["normalisation"]])["mean"] == model.mean.flatten().tolist()
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +231,8 @@ def test_nudged_threshold_gives_our_spikes_on_real_images(real_nir):
         return hook
 
     hooks = [m.register_forward_hook(record(name)) for name, m in run.lif_modules.items()]
-    spec, _, mean, std = nir_inputs(graph, str(out))
-    run.run((images - mean) / std, spec.timesteps)
+    spec = nir_inputs(graph, str(out))[0]
+    run.run(images, spec.timesteps)
     for h in hooks:
         h.remove()
     fired = 0
@@ -220,23 +245,112 @@ def test_nudged_threshold_gives_our_spikes_on_real_images(real_nir):
     assert report.stats.top1_agreement >= 0.999 and report.stats.spike_count_delta < 1e-5
 
 
-def test_spikingjelly_importer_runs_our_file(real_nir):
-    """Another framework's NIR importer (SpikingJelly 2.0's, from PyPI) loads the file with its default dt and
-    reproduces the model's logits (its LIFNode fires on >= the nudged threshold: differs from us only on a
-    membrane exactly at 1 - 2^-24)."""
+def test_spikingjelly_importer_runs_our_file_on_raw_pixels(real_nir):
+    """Another framework's NIR importer (SpikingJelly 2.0's, from PyPI) loads the file with its default dt and,
+    fed raw pixels in [0, 1], reproduces the model's logits (its LIFNode fires on >= the nudged threshold: differs
+    from us only on a membrane exactly at 1 - 2^-24)."""
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
     out, model, images, _ = real_nir
-    spec, _, mean, std = nir_inputs(read_nir(out), str(out))
     net = import_from_nir(out)  # dt = 1e-4 by default, as we write
-    x = (images[:200] - mean) / std
     with torch.no_grad():
         state, total = None, 0.0
-        for _ in range(spec.timesteps):
-            y, state = net(x, state)
+        for _ in range(model.timesteps):
+            y, state = net(images[:200], state)
             total = total + y
         ref = model(images[:200])
-    torch.testing.assert_close(total / spec.timesteps, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(total / model.timesteps, ref, rtol=0, atol=1e-5)
+
+
+def _framework_logits(framework: str, path, images: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """What a user of ``framework`` does with our file: its own NIR importer, raw ``images`` fed at each of the
+    T steps, the output averaged over the steps."""
+    if framework == "snntorch":
+        from snntorch import utils
+        from snntorch.import_nir import import_from_nir
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its threshold rescaling per LIF
+            net = import_from_nir(nir.read(path))
+        utils.reset(net)
+    else:
+        from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+        net = import_from_nir(path)  # dt = 1e-4 by default, as we write
+    with torch.no_grad():
+        state, total = None, 0.0
+        for _ in range(timesteps):
+            y, state = net(images, state)
+            total = total + y
+    return total / timesteps
+
+
+def _importers_agree(path, model, images: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        want = model(images).argmax(1)
+    return {fw: (_framework_logits(fw, path, images, model.timesteps).argmax(1) == want).float().mean().item()
+            for fw in IMPORTERS}
+
+
+def test_other_frameworks_run_the_cli_export_on_raw_pixels(cli_nir):
+    """`gee-deploy export CKPT --out m.nir`, loaded by snntorch's and SpikingJelly's own importers and fed raw
+    pixels in [0, 1] like every other artefact: the checkpoint's top-1 on every image (before the normalisation was
+    a node of the graph, raw pixels gave 15.6% agreement in snntorch)."""
+    out, model = cli_nir
+    images = torch.from_numpy(load_test_arrays("fashion-mnist-mini", limit=128)[0])
+    agree = _importers_agree(out, model, images)
+    assert all(a >= 0.999 for a in agree.values()), agree
+
+
+@pytest.mark.slow
+def test_other_frameworks_agree_with_the_demo_checkpoint_on_1000_test_images(tmp_path, capsys):
+    """The README's demo checkpoint (one epoch) exported to NIR; snntorch's and SpikingJelly's importers on the
+    first 1,000 real Fashion-MNIST test images, raw: top-1 agreement with the checkpoint >= 99.9%."""
+    try:
+        images = torch.from_numpy(load_test_arrays("fashion-mnist", None, 1000)[0])
+    except GeeError as e:
+        pytest.skip(f"Fashion-MNIST test split not on this machine: {e}")
+    code, _, err = run(["train", "demo", "--out", str(tmp_path / "demo"), "--quiet", "--set", "train.epochs=1"],
+                       capsys)
+    assert code == 0, err
+    out = tmp_path / "demo.nir"
+    code, stdout, err = run(["export", str(tmp_path / "demo" / "best.pt"), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert all(f"{fw}'s own NIR importer" in stdout for fw in IMPORTERS), stdout
+    agree = _importers_agree(out, load_model(tmp_path / "demo" / "best.pt"), images)
+    assert all(a >= 0.999 for a in agree.values()), agree
+
+
+OLD_NIR = Path(__file__).parent / "data" / "smallnet-w4-nir-9b2b4e4.nir"  # normalisation in the metadata only
+
+
+def test_a_file_written_before_the_normalisation_node_still_validates(tmp_path):
+    """Written by gee-deploy 9b2b4e4 (a SmallNet of widths 4/8/8, hidden 16, 4 genes, T = 4, calibrated on the
+    mini set; its state dict beside it): the Input node takes normalised images and ``nir.input_mean`` /
+    ``nir.input_std`` say so. It still validates against the model it came from (executor and both frameworks'
+    importers fed the normalised images the file takes), and imports as a graph that takes raw pixels."""
+    model = create_model("smallnet", widths=(4, 8, 8), hidden=16, genes=4)
+    model.load_state_dict(torch.load(OLD_NIR.with_suffix(".state.pt"), weights_only=True))
+    model.eval()
+    graph = read_nir(OLD_NIR)
+    assert NORMALISE not in graph.nodes and NIR_METADATA["mean"] in graph.metadata
+    _, _, mean, std = nir_inputs(graph, str(OLD_NIR))
+    assert torch.equal(mean, model.mean) and torch.equal(std, model.std)
+    images, labels = (torch.from_numpy(a) for a in load_test_arrays("fashion-mnist-mini", limit=128))
+    report = validate_nir(model, graph, images, labels, ValidationConfig(samples=128))
+    assert report.stats.top1_agreement == 1.0 and report.stats.spike_count_delta == 0
+    assert report.stats.spikes_reference > 1000  # a network that fires
+    assert {f"top-1 agreement in {fw}'s NIR importer" for fw in IMPORTERS} <= {r[0] for r in report.rows}
+    from gee_deploy.nir.convert import convert_nir
+    from gee_deploy.ort_session import create_session
+    from gee_deploy.export.validate import run_graph
+
+    back = tmp_path / "old.onnx"
+    convert_nir(OLD_NIR, back, timesteps=None)
+    _, (logits, _) = run_graph(create_session(str(back)), images.numpy(), 64)
+    with torch.no_grad():
+        want = model(images)
+    assert (logits.argmax(1) == want.argmax(1).numpy()).mean() == 1.0
+    assert ModelSpec.from_onnx(str(back)).model_args["input_mean"] == model.mean.flatten().tolist()
 
 
 def test_failed_validation_lists_every_check_and_writes_nothing(tmp_path):

@@ -32,24 +32,33 @@ MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and bat
               help=with_range("Seconds of timed calls per runtime and batch size", MIN_TIME))
 @click.option("--profile-ops", is_flag=True,
               help="Add onnxruntime's per-operator time split (its profiler, at the largest batch) to the report.")
+@click.option("--neurobench", "neurobench_json", is_flag=True,
+              help="Also write OUT/neurobench/<runtime>.json: NeuroBench's metrics in the layout its "
+                   "Benchmark.save_benchmark_results writes.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
-def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, profile_ops, quiet):
+def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, profile_ops,
+          neurobench_json, quiet):
     """Benchmark MODELS (checkpoints, ONNX files, TensorRT plans) against the reference: the PyTorch checkpoint, or
     for a graph converted from a NIR file, that .nir file run by the spec-only NIR executor (give both files).
 
     Per runtime and batch size: latency p50/p90/p99 and throughput; accuracy, top-1 agreement and max logit
     diff vs the checkpoint; spikes per sample, firing rate per layer and eq. 17 energy from the runtime's
-    own spike counts; with --profile-ops, where each onnxruntime graph's time goes, per operator type.
-    Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png.
+    own spike counts; NeuroBench's metrics (footprint, connection and activation sparsity, effective ACs / MACs,
+    dense ops, membrane updates; docs/neurobench.md) counted from each runtime's own graph; with --profile-ops,
+    where each onnxruntime graph's time goes, per operator type.
+    Writes OUT/report.json, report.md, latency.png, firing_rate.png, energy.png (and with --neurobench,
+    OUT/neurobench/<runtime>.json).
     """
     from ..evaluation.bench import run_bench
-    from ..evaluation.report import summary_table, write_report
+    from ..evaluation.report import summary_table, write_neurobench, write_report
 
     refuse_replacing(out, [*models, data_dir])
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), list(runtimes) if runtimes else None, batch_sizes, dataset, data_dir,
                        limit or None, threads, min_time, progress=say, profile=profile_ops)
     write_report(report, out)
+    if neurobench_json:
+        write_neurobench(report, out)
     click.echo(summary_table(report))
     for line in report["warnings"]:
         click.echo(f"warning: {line}", err=True)

@@ -24,6 +24,7 @@ from ..ort_session import create_session
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
 from ..serving.runtimes import OrtRuntime, Runtime
+from .neurobench import borrow_counts, neurobench_block, probe
 from .provenance import provenance_warnings
 from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, default_runtimes, open_runtime
 
@@ -191,6 +192,8 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
         say(f"{rt.name}: evaluating {len(images)} samples of {name}")
         ev = evaluations[rt] = evaluate(rt, images, labels)
         row = {**runtime_stats(rt, ev), "runtime": label, "kind": rt.name}
+        say(f"{rt.name}: counting NeuroBench's metrics")
+        row["neurobench"] = neurobench_block(rt, ev.spikes, ev.accuracy, row["energy"]["sops"], probe(rt, images))
         if ref is not None:
             row["parity"] = compare(evaluations[ref], ev).as_dict()
         for b in batch_sizes:
@@ -201,6 +204,7 @@ def run_bench(models: list[str | os.PathLike], runtimes: list[str] | None = None
             say(f"{rt.name}: profiling ops at batch {len(x)}")
             row["op_profile"] = {"batch": int(len(x)), "ops": profile_ops(rt.path, x, rt.threads, rt.name)}
         rows.append(row)
+    borrow_counts([r["neurobench"] for r in rows], [rt.spec for rt in opened])
     ref_label = rows[0]["runtime"] if ref is not None else None
     for lat in latency:
         base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)

@@ -1,12 +1,14 @@
 """The bench report: report.json (everything), report.md (tables), PNG plots, and the printed summary."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from ..io import atomic_path, write_json
 
-__all__ = ["summary_table", "spikes_table", "write_report", "latency_figure", "firing_figure", "energy_figure"]
+__all__ = ["summary_table", "spikes_table", "neurobench_table", "write_report", "write_neurobench", "latency_figure",
+           "firing_figure", "energy_figure"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -65,6 +67,54 @@ def spikes_table(report: dict) -> list[str]:
     return out + [""]
 
 
+def neurobench_table(report: dict) -> list[str]:
+    """NeuroBench's metrics per runtime (:mod:`gee_deploy.evaluation.neurobench`), with eq. 17's SOPs beside
+    ``Effective_ACs`` and, per runtime, the split by weight layer; Markdown lines (empty for a report without them)."""
+    rows = [r for r in report["runtimes"] if "neurobench" in r]
+    if not rows:
+        return []
+    out = [f"## NeuroBench {rows[0]['neurobench']['version']} metrics (per sample; docs/neurobench.md)", "",
+           "| runtime | Footprint B | file B | ParameterCount | ConnectionSparsity | ActivationSparsity | Effective_ACs | "
+           "eq. 17 SOPs | Effective_MACs | Dense | MembraneUpdates | counted from |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        nb, ops = r["neurobench"], r["neurobench"].get("SynapticOperations") or {}
+        source = nb["counted_from"] + (f" (layers {', '.join(nb['borrowed_layers'])} per spike of "
+                                       f"{nb['borrowed_from']})" if "borrowed_from" in nb else "") \
+            + (f"; MembraneUpdates of {nb['membrane_updates_from']}" if "membrane_updates_from" in nb else "")
+        out.append(f"| {r['runtime']} | {_fmt(nb['Footprint'], ',')} | {nb['file_bytes']:,} | "
+                   f"{_fmt(nb['ParameterCount'], ',')} | {_fmt(nb.get('ConnectionSparsity'), '.4f')} | "
+                   f"{nb['ActivationSparsity']:.6f} | {_fmt(ops.get('Effective_ACs'), ',.1f')} | {nb['eq17_sops']:,.1f} | "
+                   f"{_fmt(ops.get('Effective_MACs'), ',.1f')} | {_fmt(ops.get('Dense'), ',.1f')} | "
+                   f"{_fmt(nb.get('MembraneUpdates'), ',.1f')} | {source} |")
+    for r in (r for r in rows if r["neurobench"].get("per_layer")):
+        per_layer, sops = r["neurobench"]["per_layer"], {e["name"]: e for e in r["energy"]["per_layer"]}
+        out += ["", f"{r['runtime']}, per weight layer: NeuroBench's ops beside eq. 17's", "",
+                "| layer | Effective_ACs | Effective_MACs | Dense | eq. 17 SOPs | eq. 17 analog MACs |",
+                "|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {name} | {c['AC']:,.1f} | {c['MAC']:,.1f} | {c['Dense']:,.1f} | "
+                f"{sops[name]['sops'] if name in sops else 0:,.1f} | {sops[name]['analog_macs'] if name in sops else 0:,} |"
+                for name, c in per_layer.items()]
+    return out + ["", "Effective_ACs count each spike times the synapses it reaches (fewer at a padded border); eq. 17's "
+                  "SOPs are firing rate x T x MACs, MACs counting padding taps: docs/neurobench.md says where they "
+                  "part.", ""]
+
+
+def write_neurobench(report: dict, out: str | os.PathLike) -> list[Path]:
+    """OUT/neurobench/<runtime>.json per runtime: the layout ``Benchmark.save_benchmark_results`` writes
+    (``json.dump(results, indent=4)``); returns the paths written."""
+    from .neurobench import neurobench_results
+
+    paths = []
+    for r in report["runtimes"]:
+        path = Path(out) / "neurobench" / f"{r['runtime'].replace('/', '_').replace(':', '_')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(neurobench_results(r["neurobench"]), indent=4))
+        paths.append(path)
+    return paths
+
+
 def _markdown(report: dict) -> str:
     out = [f"# gee-deploy bench: {report['dataset']} ({report['samples']} test samples, T = {report['timesteps']})",
            "", f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
@@ -72,7 +122,7 @@ def _markdown(report: dict) -> str:
            f"started: {report['machine'].get('load_average', float('nan')):.2f}, CPUs other processes kept busy "
            f"just before it: {report['machine'].get('busy_cpus', float('nan')):.2f}.", "",
            "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", "",
-           *spikes_table(report)]
+           *spikes_table(report), *neurobench_table(report)]
     for r in report["runtimes"]:
         out += [f"## {r['runtime']}: {r['path']}", "",
                 f"Accuracy {r['accuracy']:.2%}; {r['spikes_per_sample']:.1f} spikes per sample; "

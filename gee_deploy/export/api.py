@@ -269,6 +269,7 @@ def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset
         nir.write(tmp, graph)
         val = validate_nir(model, read_nir(tmp), images, labels, cfg, source=str(out))
     report.validation = _report_dict(val)
+    report.notes += val.notes
     report.bytes = out.stat().st_size
     report.seconds = time.perf_counter() - start
     return report

@@ -27,13 +27,14 @@ __all__ = ["ValidationReport", "compare_outputs", "reference_outputs", "run_grap
 @dataclass
 class ValidationReport:
     """Parity of one export; ``rows`` = (check, measured, limit, ok), ``stats`` = :func:`parity.compare`'s result
-    (None until the value checks ran)."""
+    (None until the value checks ran), ``notes``: checks that could not run here, and why."""
 
     samples: int
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     rows: list[tuple[str, str, str, bool]] = field(default_factory=list)
     failures: list[ExportError] = field(default_factory=list)
     stats: Parity | None = None
+    notes: list[str] = field(default_factory=list)  # what was not checked, and why
 
     @property
     def ok(self) -> bool:

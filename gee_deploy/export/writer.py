@@ -27,9 +27,10 @@ from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
 from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer, scale_name
+from .steps import repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from .weights import WeightOps, fold_constants
 
-__all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
+__all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
 #   -> ExportVariant.DENSE | ExportVariant.FACTORISED
@@ -39,7 +40,7 @@ Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], Export
 Int8Chooser = Callable[[str, int, str], bool]
 
 
-class _GraphOps:
+class GraphOps:
     """:class:`gee_deploy.neurons.Ops` that append nodes to a graph; tensors are names, scalars become constants.
 
     ``out_name``, when set, names the next membrane ``v`` written (a streaming graph's ``v_out.<lif>``).
@@ -113,10 +114,9 @@ class OnnxWriter(ModelWalk):
         ops = self.ops
         layer = int8_layer(m, bn, pooled, ops, name) if x.spikes_from is not None and self.int8 is not None else None
         if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
-            if x.name not in self._uint8:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
-                self._uint8[x.name] = self.graph.op("Cast", [self._fired.get(x.name, x.name)], f"{x.spikes_from}.uint8",
-                                                    to=TensorProto.UINT8)
-            y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name, ops)
+            # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
+            spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), x.spikes_from)
+            y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
             return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
                                 input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
                                 calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8)
@@ -167,23 +167,15 @@ class OnnxWriter(ModelWalk):
         return self.graph.op("Add", [a.name, b.name], "add")
 
     def emit_repeat(self, x: Value) -> str:
-        reps = self.graph.const([self.steps] + [1] * len(x.shape), "reps", np.int64)
-        return self.graph.op("Tile", [x.name, reps], "repeat")
+        return repeat_steps(self.graph, x.name, len(x.shape), self.steps)
 
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
-        """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count.
-
-        The T boolean fire maps are concatenated (1 byte each) and cast to float once; the count is one
-        ReduceSum of that float tensor (viewed as [T, N, neurons]) over steps and neurons, exact while a layer's
-        count per sample stays below 2^24 (T x neurons: 25,088 for SmallNet's largest layer).
+        """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count
+        (:func:`.steps.spikes_and_count`: exact while T x neurons < 2^24, 25,088 for SmallNet's largest layer).
         """
         graph, steps = self.graph, self.steps
-        if x.static:
-            xs = [x.name] * steps
-        else:
-            xs = [x.name] if steps == 1 else graph.op("Split", [x.name], f"{name}.x", outputs=steps, axis=0,
-                                                   num_outputs=steps)
-        ops = _GraphOps(graph, name)
+        xs = step_slices(graph, x.name, x.static, steps, name)
+        ops = GraphOps(graph, name)
         v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
         fired = []
         for t, xt in enumerate(xs):
@@ -194,14 +186,9 @@ class OnnxWriter(ModelWalk):
                 if self.streaming and t == steps - 1:
                     ops.out_name = state_names(name)[1]
                 v = reset(ops, h, spike, m.v_threshold, m.v_reset)
-        fire_maps = graph.op("Concat", fired, f"{name}.fired", axis=0) if steps > 1 else fired[0]
-        spikes = ops.to_float(fire_maps, "spikes")
+        fire_maps, spikes, count = spikes_and_count(graph, fired, int(np.prod(x.shape)), name)
         self._fired[spikes] = fire_maps
-        per_step = graph.op("Reshape", [spikes, graph.const([steps, -1, int(np.prod(x.shape))], f"{name}.steps_shape",
-                                                            np.int64)], f"{name}.per_step")
-        count = graph.op("ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
-                         keepdims=1)  # [1, N, 1]
-        self.counts.append(graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count"))
+        self.counts.append(count)
         return spikes
 
 
@@ -227,13 +214,7 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: Expor
     w = OnnxWriter(model, choose, streaming, int8)
     y = w.walk()
     graph = w.graph
-    if y.static or w.steps == 1:
-        graph.op("Identity", [y.name], out_names=[LOGITS])
-    else:
-        per_step = graph.op("Reshape", [y.name, graph.const([w.steps, -1, model.num_classes], "steps_shape", np.int64)],
-                        "per_step_logits")
-        graph.op("ReduceMean", [per_step, graph.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
-    graph.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
+    write_outputs(graph, y.name, y.static, w.steps, model.num_classes, w.counts)
     spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=variant,
                   storage=storage)
     n, c, s = BATCH_DIM, model.in_channels, model.image_size

@@ -1,6 +1,6 @@
 """``convert_nir``: a NIR file from any framework -> validated ONNX file, Triton repository or TensorRT plan.
 
-The graph is written by :mod:`.nir_import` and, before anything is kept, run by onnxruntime and by the spec-only
+The graph is written by :mod:`.importer` and, before anything is kept, run by onnxruntime and by the spec-only
 NIR executor (:class:`gee_deploy.nir.executor.NIRExecutor`) on the user's inputs (``--images``) or on random inputs of
 the declared shape; the checks and limits are our own exports' (:mod:`.validate`, :mod:`gee_deploy.parity`).
 """
@@ -114,7 +114,7 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         raise UnknownOptionError(f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch "
                                  "export with dt = 1e-4 s)")
     opts = NIRImport(timesteps or facts.timesteps, float(dt if dt is not None else file_dt), input_mode,
-                     threshold_rule, variant, facts.input_mean, facts.input_std)
+                     threshold_rule, variant, facts.input_mean, facts.input_std, facts.normalisation_node)
     opts.check()
     if output_format.name == "tensorrt":
         from ..export.tensorrt import require_tensorrt
@@ -129,9 +129,12 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, *, timesteps: i
         notes.append(f"--dt {dt} replaces the dt = {file_dt} the file states")
     if timesteps is None:
         notes.append(f"T = {facts.timesteps}, as the file records (--timesteps to change it)")
+    if facts.normalisation_node is not None:
+        notes.append(f"the graph takes pixels in [0, 1]: the file's node {facts.normalisation_node!r} normalises "
+                     "them, as the model it was exported from did")
     if facts.input_mean is not None:
         notes.append("the graph takes pixels in [0, 1] and normalises them with the file's nir.input_mean / "
-                     "nir.input_std, as the model it was exported from did")
+                     "nir.input_std (a file written before the normalisation was a node of the graph)")
     x = None
     if images is not None:
         x = load_inputs(images, spec.input_shape, samples or cfg.samples)

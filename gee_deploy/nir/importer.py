@@ -26,13 +26,12 @@ in one line naming the node and the supported node types.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nir
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto
 
 from ..errors import ModelFileError, UnsupportedModuleError
 from ..kinds import ExportVariant, Form, LayerKind, Precision
@@ -43,7 +42,9 @@ from ..export.errors import ExportError, UnknownOptionError
 from ..export.folding import FoldedLayer, emit_dense, to_tap_major
 from ..export.graph import GraphBuilder, tensor_info
 from ..export.int8 import Int8Layer, emit_int8
+from ..export.steps import concat_steps, repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from ..export.weights import Tensor
+from ..export.writer import GraphOps
 
 __all__ = ["SUPPORTED_NODES", "INPUT_MODES", "NIRImport", "FileFacts", "file_facts", "import_graph", "graph_dt",
            "topological_order"]
@@ -70,8 +71,11 @@ class NIRImport:
         threshold_rule: "gt" (NIR: fire on v > v_th) or "ge" (fire on v >= v_th).
         variant: "dense" or "int8".
         input_mean, input_std: per channel (the input shape's first axis): the graph takes raw inputs and feeds
-            (x - mean) / std to the Input node, as a file written by ``gee-deploy export --format nir`` states
-            (its Input node takes normalised images); None: the input as it is.
+            (x - mean) / std to the Input node, as a file written by an earlier ``gee-deploy export --format nir``
+            states (its Input node takes normalised images); None: the input as it is.
+        normalisation_node: the node of a file written by ``gee-deploy export --format nir`` that normalises the
+            raw input (a 1 x 1 Conv2d): written as the same convolution, but as the input's normalisation, not a
+            layer of the spec (our own exports do not count it either); None: none.
     """
 
     timesteps: int
@@ -81,6 +85,7 @@ class NIRImport:
     variant: str = "dense"
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    normalisation_node: str | None = None
 
     def check(self) -> None:
         """:class:`UnknownOptionError` (one line) for a value outside its range."""
@@ -111,14 +116,16 @@ def graph_dt(graph: nir.NIRGraph) -> float | None:
 @dataclass(frozen=True)
 class FileFacts:
     """What a NIR file written by ``gee-deploy export --format nir`` states beyond its nodes (its ``gee.*`` model
-    spec and ``nir.input_*`` keys; nothing for other frameworks' files): T, the class names, the dataset and the
-    per-channel normalisation its Input node expects."""
+    spec and ``nir.input_*`` keys; nothing for other frameworks' files): T, the class names, the dataset, and
+    either the node that normalises the raw input (current files) or the per-channel normalisation the Input node
+    expects (files written before the normalisation was a node)."""
 
     timesteps: int | None = None
     class_names: tuple[str, ...] = ()
     dataset: str = ""
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    normalisation_node: str | None = None
 
 
 def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
@@ -127,13 +134,15 @@ def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
     Raises:
         ModelFileError: our metadata is there but incomplete or malformed.
     """
-    from .validate import nir_inputs
+    from .validate import nir_inputs, normalisation_node
 
     if ModelSpec.key("timesteps") not in (graph.metadata or {}):  # not written by gee-deploy
         return FileFacts()
     spec, _, mean, std = nir_inputs(graph, source)
-    return FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset, tuple(mean.flatten().tolist()),
-                     tuple(std.flatten().tolist()))
+    facts = FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset)
+    if mean is None:
+        return replace(facts, normalisation_node=normalisation_node(graph, source))
+    return replace(facts, input_mean=tuple(mean.flatten().tolist()), input_std=tuple(std.flatten().tolist()))
 
 
 def topological_order(graph: nir.NIRGraph, source: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -239,15 +248,7 @@ class _Importer:
     def per_step(self, x: _Value) -> _Value:
         if not x.static:
             return x
-        reps = self.g.const([self.steps] + [1] * len(x.shape), "reps", np.int64)
-        return _Value(self.g.op("Tile", [x.name, reps], "repeat"), x.shape, False, x.spikes_from)
-
-    def steps_of(self, x: _Value, hint: str) -> list[str]:
-        if x.static:
-            return [x.name] * self.steps
-        if self.steps == 1:
-            return [x.name]
-        return self.g.op("Split", [x.name], f"{hint}.x", outputs=self.steps, axis=0, num_outputs=self.steps)
+        return _Value(repeat_steps(self.g, x.name, len(x.shape), self.steps), x.shape, False, x.spikes_from)
 
     # -- the walk --------------------------------------------------------------------------------------------
 
@@ -346,9 +347,8 @@ class _Importer:
             k, stride, pad = int8_geometry
             layer = Int8Layer(kind, Tensor(np.ascontiguousarray(q.numpy().transpose(2, 3, 1, 0) if q.dim() == 4 else q.numpy().T)), Tensor(s.numpy().astype(np.float32)),
                               Tensor(bias.astype(np.float32)), k, stride, pad)
-            if x.name not in self._uint8:  # 0/1 spikes as uint8: exact
-                self._uint8[x.name] = self.g.op("Cast", [x.name], f"{x.spikes_from}.uint8", to=TensorProto.UINT8)
-            y = emit_int8(self.g, self._uint8[x.name], layer, x.shape, name)
+            spikes = uint8_spikes(self.g, self._uint8, x.name, x.name, x.spikes_from)  # 0/1 spikes as uint8: exact
+            y = emit_int8(self.g, spikes, layer, x.shape, name)
             spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs, input_is_spikes=True,
                              spiking_input_layer=x.spikes_from, spike_macs=macs, calls=calls, form=Form.DENSE,
                              dense_macs=macs, precision=Precision.INT8,
@@ -405,6 +405,8 @@ class _Importer:
                 return emit_dense(self.g, x.name, folded, name)
             return self.g.op("Conv", [x.name, self.g.const(w, f"{name}.weight"), self.g.const(bias, f"{name}.bias")],
                              name, pads=pads, strides=[sh, sw], dilations=[dh, dw], group=groups)
+        if name == self.opts.normalisation_node:  # the input's normalisation, not a layer of the network
+            return _Value(dense(), out_shape, x.static)
         return self.weight_layer(name, LayerKind.CONV, x, w, bias, out_shape, macs, dense,
                                  (kh, sh, pads[0]) if square else None)
 
@@ -462,7 +464,7 @@ class _Importer:
             return a if _all(c, 1.0) else g.op("Mul", [self.const(name, what, c), a], f"{name}.{what}x")
 
         # the input current r * I (CubaLIF: the synaptic current first)
-        xs = self.steps_of(x, name)
+        xs = step_slices(g, x.name, x.static, self.steps, name)
         if cuba:
             a_syn, w_in = euler_factor(dt, p("tau_syn")), p("w_in").astype(np.float32)
             syn, currents = None, []
@@ -500,27 +502,22 @@ class _Importer:
             if t < len(xs) - 1:
                 v = self.reset(name, v, fired, v_th, v_reset)
         if not spiking:
-            y = g.op("Concat", outs, f"{name}.v_steps", axis=0) if len(outs) > 1 else outs[0]
-            return _Value(y, shape, False)
-        fire_maps = g.op("Concat", outs, f"{name}.fired", axis=0) if len(outs) > 1 else outs[0]
-        spikes = g.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)
+            return _Value(concat_steps(g, outs, f"{name}.v_steps"), shape, False)
         neurons = int(np.prod(shape))
-        per_step = g.op("Reshape", [spikes, g.const([self.steps, -1, neurons], f"{name}.steps_shape", np.int64)],
-                        f"{name}.per_step")
-        count = g.op("ReduceSum", [per_step, g.const([0, 2], "axes02", np.int64)], f"{name}.count", keepdims=1)
-        self.counts.append(g.op("Squeeze", [count, g.const([0], "axis0", np.int64)], f"{name}.count"))
+        _, spikes, count = spikes_and_count(g, outs, neurons, name)
+        self.counts.append(count)
         self.spiking.append(name)
         self.neurons.append(neurons)
         return _Value(spikes, shape, False, name)
 
     def reset(self, name: str, v: str, fired: str, v_th: np.ndarray, v_reset: np.ndarray) -> str:
-        """v_reset where it fired, else v. To 0 with one threshold: v - ThresholdedRelu(v) (keeps exactly the v
-        that fired; :func:`gee_deploy.neurons.reset` has why it beats Where)."""
+        """v_reset where it fired, else v. To 0 with one threshold: our own graphs' v - ThresholdedRelu(v)
+        (:class:`~gee_deploy.export.writer.GraphOps`; keeps exactly the v that fired, :func:`gee_deploy.neurons.reset`
+        has why it beats Where), for a float32 v > th written as the same v >= nextafter(th, +inf)."""
         if _all(v_reset, 0.0) and np.unique(v_th).size == 1:
             th = np.float32(np.unique(v_th)[0])
-            alpha = th if self.opts.threshold_rule == "gt" else np.nextafter(th, np.float32(-np.inf))
-            kept = self.g.op("ThresholdedRelu", [v], f"{name}.fired_v", alpha=float(alpha))
-            return self.g.op("Sub", [v, kept], f"{name}.v")
+            at_least = th if self.opts.threshold_rule == "ge" else np.nextafter(th, np.float32(np.inf))
+            return GraphOps(self.g, name).zero_where_fired(v, fired, float(at_least), "v")
         return self.g.op("Where", [fired, self.const(name, "v_reset", v_reset), v], f"{name}.v")
 
 
@@ -544,12 +541,7 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
     w = _Importer(graph, opts, source)
     out, in_shape = w.run()
     g, k = w.g, out.shape[0]
-    if out.static:
-        g.op("Identity", [out.name], out_names=[LOGITS])
-    else:
-        per_step = g.op("Reshape", [out.name, g.const([w.steps, -1, k], "steps_shape", np.int64)], "per_step_logits")
-        g.op("ReduceMean", [per_step, g.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
-    g.op("Concat", w.counts, out_names=[SPIKE_COUNTS], axis=1)
+    write_outputs(g, out.name, out.static, w.steps, k, w.counts)
     input_shape = in_shape if opts.input_mode == "static" else (opts.timesteps, *in_shape)
     spec = ModelSpec(timesteps=opts.timesteps, input_shape=input_shape,
                      class_names=tuple(class_names) or tuple(str(i) for i in range(k)),

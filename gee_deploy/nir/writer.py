@@ -13,9 +13,12 @@ NIR describes one step of a network in continuous time; a simulator or chip runs
 * global / 2x2 average pooling as ``AvgPool2d``, flatten as ``Flatten`` over dims -3..-1 (NIR dims exclude the
   batch; negative dims read the same in importers that forget it, docs/nir.md);
 * residual adds as two edges into one node (NIR sums a node's inputs);
-* the graph input is the normalised image (x - mean) / std, fed at every step (direct encoding; NIR has no
-  constant node, so the normalisation cannot fold into the zero-padded stem conv exactly and stays outside);
-  the stem conv + BN, computed once by the PyTorch model, runs at every step in NIR (same values, T times the
+* the graph input is the raw image in [0, 1], like every other artefact's, fed at every step (direct
+  encoding); the input normalisation (x - mean) / std is the graph's first node :data:`NORMALISE`, a 1 x 1
+  ``Conv2d`` with weight diag(1 / std) and bias -mean / std per channel (NIR's ``Scale`` has no bias and neither
+  snntorch's nor SpikingJelly's importer maps it; folding into the stem conv is wrong at its zero-padded
+  borders: docs/nir.md, "Input normalisation");
+* the stem conv + BN, computed once by the PyTorch model, runs at every step in NIR (same values, T times the
   work); the output is the classifier's per-step value, whose mean over the T steps is the logits.
 
 Max pooling (CIFARNet, VGG, the ResNet-34 stem) has no NIR primitive: export stops with one line naming the
@@ -43,7 +46,7 @@ from ..export.errors import ExportError
 from ..export.folding import dense_kernel, fold_layer
 from ..export.weights import WeightOps
 
-__all__ = ["DT", "NIR_METADATA", "NIRWriter", "nir_threshold", "write_nir"]
+__all__ = ["DT", "NIR_METADATA", "NORMALISE", "NIRWriter", "nir_threshold", "normalisation_node", "write_nir"]
 
 DT = 1e-4  # seconds per step: the default dt of SpikingJelly's NIR importer and exporter and of snntorch's exporter
 
@@ -51,11 +54,28 @@ DT = 1e-4  # seconds per step: the default dt of SpikingJelly's NIR importer and
 NIR_METADATA = {
     "dt": "nir.dt",  # seconds per step, str(float)
     "feed": "nir.input",  # what the input node expects
-    "mean": "nir.input_mean",  # JSON list, per channel
-    "std": "nir.input_std",  # JSON list, per channel
+    "normalisation": "nir.input_normalisation",  # JSON {"node", "mean", "std"}: the graph's normalisation node
+    # files written before the normalisation was a node: the Input node takes (x - mean) / std, per channel
+    "mean": "nir.input_mean",  # JSON list (read only: an earlier version's key)
+    "std": "nir.input_std",  # JSON list (read only: an earlier version's key)
     "output": "nir.output",  # what the output node gives
     "threshold": "nir.threshold_convention",
 }
+NORMALISE = "input_norm"  # the node that normalises the raw input
+
+
+def normalisation_node(mean: np.ndarray, std: np.ndarray, size: int) -> nir.Conv2d:
+    """(x - mean) / std per channel as a 1 x 1 ``nir.Conv2d`` on [C, size, size]: weight diag(1 / std)
+    [C, C, 1, 1], bias -mean / std [C], both computed in float64 and rounded to float32 once.
+
+    The float32 result x * (1 / std) + (-mean / std) may differ from (x - mean) / std by a rounding (about
+    1e-7 on inputs of order 1); docs/nir.md has what that does to spikes and logits.
+    """
+    mean, std = (np.asarray(v, np.float64).reshape(-1) for v in (mean, std))
+    weight = np.zeros((len(mean), len(mean), 1, 1))
+    weight[np.arange(len(mean)), np.arange(len(mean)), 0, 0] = 1.0 / std
+    return nir.Conv2d(input_shape=(size, size), weight=weight.astype(np.float32), stride=1, padding=0, dilation=1,
+                      groups=1, bias=(-mean / std).astype(np.float32))
 
 
 def nir_threshold(v_threshold: float) -> float:
@@ -89,9 +109,12 @@ class NIRWriter(ModelWalk):
         return (name,)
 
     def emit_input(self) -> tuple[str, ...]:
-        c, s = self.model.in_channels, self.model.image_size
+        model = self.model
+        c, s = model.in_channels, model.image_size
         self.nodes[INPUT_NAME] = nir.Input(input_type=np.array([c, s, s]))
-        return (INPUT_NAME,)
+        self.nodes[NORMALISE] = normalisation_node(model.mean.numpy(), model.std.numpy(), s)
+        self.edges.append((INPUT_NAME, NORMALISE))
+        return (NORMALISE,)
 
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[tuple[str, ...], LayerSpec]:
@@ -168,10 +191,10 @@ def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: s
     spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)
     meta = {**spec.to_metadata(),
             NIR_METADATA["dt"]: repr(DT),
-            NIR_METADATA["feed"]: f"the image normalised per channel as (x - {NIR_METADATA['mean']}) / "
-                                   f"{NIR_METADATA['std']}, fed unchanged at each of the T steps",
-            NIR_METADATA["mean"]: json.dumps(model.mean.flatten().tolist()),
-            NIR_METADATA["std"]: json.dumps(model.std.flatten().tolist()),
+            NIR_METADATA["feed"]: f"the raw image (pixels in [0, 1]), fed unchanged at each of the T steps; node "
+                                   f"{NORMALISE!r} normalises it per channel as (x - mean) / std",
+            NIR_METADATA["normalisation"]: json.dumps({"node": NORMALISE, "mean": model.mean.flatten().tolist(),
+                                                       "std": model.std.flatten().tolist()}),
             NIR_METADATA["output"]: "the classifier's value at each step; logits = its mean over the T steps",
             NIR_METADATA["threshold"]: "NIR fires on v > v_threshold, the model on v >= its threshold; v_threshold "
                                        "is the largest float32 below it, which makes the two identical in float32"}

@@ -80,9 +80,13 @@ class ConvPool(nn.Sequential):
         conv = self[0]
         return fuse_average_pool(conv.exact_weight() if hasattr(conv, "exact_weight") else conv.weight)
 
+    def running_weight(self) -> torch.Tensor:
+        """The kernel :meth:`forward` convolves with: the fused kernel, or its ``quantiser`` image; [Cout, Cin, k+1, k+1]."""
+        return self.fused_weight() if self.quantiser is None else self.quantiser(self.quantisation_source())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.fused_weight() if self.quantiser is None else self.quantiser(self.quantisation_source())
-        return F.conv2d(x, w, getattr(self[0], "bias", None), stride=self.stride, padding=self.padding)
+        return F.conv2d(x, self.running_weight(), getattr(self[0], "bias", None), stride=self.stride,
+                        padding=self.padding)
 
 
 def fuse_average_pool(weight: torch.Tensor) -> torch.Tensor:
