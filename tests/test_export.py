@@ -418,7 +418,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
 def test_bad_input_is_one_line_nonzero_exit_and_no_file(case, tiny_checkpoint, tmp_path, capsys):
     cases, blocker = _bad_inputs(tiny_checkpoint, tmp_path)
     args, message = cases[case]
-    out = {"unwritable": blocker / "model.onnx", "out-is-a-directory": tmp_path}.get(case, tmp_path / "o" / "m.onnx")
+    out = {"unwritable": blocker / "model.onnx", "out-is-a-directory": tmp_path}.get(case, tmp_path / "m.onnx")
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run_cli(["export", *args, "--out", str(out)], capsys)
     assert code != 0

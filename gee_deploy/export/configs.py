@@ -107,6 +107,9 @@ def format_for(out: str | os.PathLike, fmt: str | None) -> str:
     named = next((f.name for f in FORMATS.values() if suffix in f.suffixes), None)
     known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
     if fmt is None:
+        if named is None and Path(out).is_dir():
+            raise UnknownOptionError(f"--out {out} is a directory: give a file ending in {known}, or --format triton "
+                                     "to write a Triton repository there")
         if named is None:
             raise UnknownOptionError(f"--out {out}: {f'the suffix {suffix}' if suffix else 'a name without a suffix'} "
                                      f"names no export format; end it in {known}, or give --format triton for a "
@@ -118,6 +121,9 @@ def format_for(out: str | os.PathLike, fmt: str | None) -> str:
         raise UnknownOptionError(f"--out {out} is named like {_LIKE[named]} but --format {fmt} writes {what}: "
                                  "rename --out, or drop --format and let the suffix choose")
     if not chosen.out_is_dir and named is None:
+        if Path(out).is_dir():
+            raise UnknownOptionError(f"--out {out} is a directory: --format {fmt} writes a "
+                                     f"{' or '.join(chosen.suffixes)} file")
         raise UnknownOptionError(f"--out {out}: --format {fmt} writes a {' or '.join(chosen.suffixes)} file; "
                                  "name --out so")
     return chosen.name
