@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -207,6 +208,30 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         torch.save(payload, tmp)
 
 
+def _check_archive(p: Path) -> None:
+    """Refuse a file that is no torch.save archive (a zip, PyTorch's serialization docs) before torch.load
+    parses it, saying what it is instead: cut short (a zip's start without its end), empty, or text."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(512)
+        whole = zipfile.is_zipfile(p)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {e.strerror or e}") from None
+    if whole or head.startswith(b"\x80"):  # a zip, or torch's legacy (pickle) format: torch.load decides
+        return
+    if head.startswith(b"PK\x03\x04"):
+        raise CheckpointError(f"{p} is truncated: a torch.save archive without its end (a copy or a write cut "
+                              f"short; {p.stat().st_size:,} bytes)")
+    if not head:
+        raise CheckpointError(f"{p} is empty, not a checkpoint")
+    try:
+        head.decode("utf-8")
+        what = "a text file"
+    except UnicodeDecodeError as e:  # a character cut at the 512th byte is still text
+        what = "a text file" if e.start >= len(head) - 3 else "another kind of file"
+    raise CheckpointError(f"{p} is not a gee-deploy checkpoint: {what}, not a torch.save archive")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     """The checkpoint in file ``path``, read without executing pickled code.
 
@@ -216,6 +241,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} not found")
+    _check_archive(p)
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError, zipfile errors...

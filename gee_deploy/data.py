@@ -1,4 +1,5 @@
-"""Datasets: Fashion-MNIST (IDX), its embedded subset, CIFAR-10/100 (torchvision's pickled batches),
+"""Datasets: Fashion-MNIST (IDX), its embedded subset, CIFAR-10/100 (the python batches, read by a
+restricted unpickler, or the binary batches),
 ImageNet (ImageFolder) and a synthetic set for tests. Nothing is downloaded.
 
 Every dataset yields (image float32 [C, H, W] in [0, 1], label int64); normalisation lives in the model,
@@ -7,6 +8,7 @@ padding and horizontal flip for the small-image sets, random resized crop + flip
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
 import pickle
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError
+from .errors import DataError, reason
 
 __all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_split", "load_test_arrays", "make_loader",
            "FMNIST_DIR", "MINI_PATH", "build_mini"]
@@ -144,29 +146,94 @@ def build_mini(source: Path = FMNIST_DIR, out: Path = MINI_PATH, train: int = 40
     return out
 
 
-# ---- CIFAR (torchvision's python pickles) ---------------------------------------------------------------
+# ---- CIFAR: the python batches (a restricted unpickler) or the binary batches ----------------------------
+
+_RECORD_ARRAY = np.zeros(1, np.uint8)
+# The only callables a CIFAR python batch (a dict of lists, strings and one uint8 array) references, as numpy
+# and pickle write them: the array's constructor under protocols 0-4 and 5, its dtype, a numpy scalar
+# (labels written as numpy integers) and _codecs.encode (bytes under protocol 2). Resolved from the objects
+# themselves, so numpy 1's numpy.core and numpy 2's numpy._core both map to them.
+_CIFAR_GLOBALS = {
+    (f.__module__.replace("numpy._core", "numpy.core"), f.__name__): f
+    for f in (_RECORD_ARRAY.__reduce__()[0], _RECORD_ARRAY.__reduce_ex__(5)[0], np.uint8(0).__reduce__()[0])
+}
+_CIFAR_GLOBALS.update({("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                       ("_codecs", "encode"): codecs.encode})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR python batch holds; any other global is refused before it is looked up, so
+    a file whose ``__reduce__`` would run code is never run (Python's pickle docs, "Restricting Globals")."""
+
+    def find_class(self, module: str, name: str):
+        found = _CIFAR_GLOBALS.get((module.replace("numpy._core", "numpy.core"), name))
+        if found is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds (a file "
+                                         "made to run code?)")
+        return found
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it holds a persistent reference, which a CIFAR batch never does")
+
+
+# (python folder, its batch files, label key), (binary folder, its files, label bytes before the pixels,
+# the label's index among them): the layouts of https://www.cs.toronto.edu/~kriz/cifar.html
+_CIFAR_LAYOUTS = {
+    "cifar10": (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+                ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 0)),
+    "cifar100": (("cifar-100-python", ["train"], ["test"], "fine_labels"),
+                 ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 1)),
+}
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _cifar_python(path: Path, name: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as fh:
+            entry = _CifarUnpickler(fh, encoding="latin1").load()
+        if isinstance(entry, dict):
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        return (np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+                np.asarray(entry[key], dtype=np.int64))
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path} is not a {name} batch: refused to unpickle it, {e}; the binary CIFAR batches "
+                        "need no unpickling") from None
+    except (EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataError(f"{path} is not a {name} batch: {reason(e)}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _cifar_binary(path: Path, name: str, label_bytes: int, label_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records of ``label_bytes`` label bytes then 3072 pixel bytes (R, G, B planes of 32 x 32)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    record = label_bytes + _CIFAR_PIXELS
+    if data.size == 0 or data.size % record:
+        raise DataError(f"{path} is not a {name} binary batch: {data.size} bytes is not a whole number of "
+                        f"{record}-byte records")
+    rows = data.reshape(-1, record)
+    return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_index].astype(np.int64)
+
 
 def _cifar_arrays(directory: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    if name == "cifar10":
-        base = directory / "cifar-10-batches-py"
-        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        key = "labels"
+    """The split from ``directory``'s python batches when they are there, else from its binary batches."""
+    (py_dir, py_train, py_test, key), (bin_dir, bin_train, bin_test, label_bytes, label_index) = _CIFAR_LAYOUTS[name]
+    if (directory / py_dir).is_dir():
+        paths = [directory / py_dir / f for f in (py_train if split == "train" else py_test)]
+        read = lambda p: _cifar_python(p, name, key)
+    elif (directory / bin_dir).is_dir():
+        paths = [directory / bin_dir / f for f in (bin_train if split == "train" else bin_test)]
+        read = lambda p: _cifar_binary(p, name, label_bytes, label_index)
     else:
-        base = directory / "cifar-100-python"
-        files = ["train" if split == "train" else "test"]
-        key = "fine_labels"
-    images, labels = [], []
-    for f in files:
-        path = base / f
-        if not path.exists():
-            raise DataError(f"{path} not found (expected torchvision's {name} layout under {directory})")
-        try:
-            with open(path, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(entry[key], dtype=np.int64))
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
-            raise DataError(f"{path} is not a {name} batch: {e}") from None
+        raise DataError(f"neither {py_dir}/ nor {bin_dir}/ found in {directory} (the python or binary {name} "
+                        "batches)")
+    missing = next((p for p in paths if not p.exists()), None)
+    if missing is not None:
+        raise DataError(f"{missing} not found (expected {name}'s {missing.parent.name} layout under {directory})")
+    images, labels = zip(*(read(p) for p in paths))
     return np.concatenate(images), np.concatenate(labels)
 
 

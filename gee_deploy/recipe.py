@@ -21,6 +21,7 @@ A recipe may start with a top-level ``description = "..."``: one line saying wha
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import typing
 from dataclasses import field
@@ -283,9 +284,14 @@ def recipe_from_dict(data: dict) -> Recipe:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"a recipe must be a table of sections, got {data!r}")
-    for section in data:
+    for section, values in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown recipe section [{section}]; known: {', '.join(SECTIONS)}")
+            close = difflib.get_close_matches(section, ["description", *SECTIONS], n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            if isinstance(values, dict):
+                raise ConfigError(f"unknown recipe section [{section}]; known: {', '.join(SECTIONS)}{hint}")
+            raise ConfigError(f"unknown top-level key {section} in the recipe: its top level holds only "
+                              f"description = \"...\" and the sections [{'], ['.join(SECTIONS)}]{hint}")
     return Recipe(**{section: _section(section, values) for section, values in data.items()})
 
 

@@ -129,8 +129,13 @@ def test_a_truncated_checkpoint_is_named_in_a_whole_sentence(tiny_checkpoint, tm
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 3])
     code, _, err = run(["export", str(truncated), "--out", str(tmp_path / "m.onnx")], capsys)
-    one_error_line(code, err, f"{truncated} is not a readable checkpoint (truncated or corrupt?)")
+    one_error_line(code, err, f"{truncated} is truncated: a torch.save archive without its end (a copy or a write "
+                              "cut short;")
     assert not err.rstrip().endswith(" is") and "your checkpoint file is" not in err
+    text = tmp_path / "notes.txt"
+    text.write_text("101\n")  # torch.load once called this "not a readable checkpoint ...: 101"
+    code, _, err = run(["export", str(text), "--out", str(tmp_path / "m.onnx")], capsys)
+    one_error_line(code, err, f"{text} is not a gee-deploy checkpoint: a text file, not a torch.save archive")
 
 
 def test_profile_without_auto_and_swapped_check_arguments_are_named(tiny_checkpoint, serving_onnx, tmp_path, capsys):
@@ -184,3 +189,101 @@ def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_pat
     code, _, err = run(["train", str(empty), "--out", str(tmp_path / "t")], capsys)
     one_error_line(code, err, f"recipe {empty} sets nothing (an empty file?)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.toml", "tiny.toml"]
+
+
+# ---- outputs never replace inputs (commands/options.refuse_replacing) -----------------------------------
+
+def test_no_output_replaces_an_input(tiny_checkpoint, serving_onnx, tmp_path, capsys):
+    import os
+    import shutil
+
+    ckpt, onnx_file = tmp_path / "best.pt", tmp_path / "model.onnx"
+    shutil.copy(tiny_checkpoint, ckpt)
+    shutil.copy(serving_onnx, onnx_file)
+    (tmp_path / "link.onnx").symlink_to(ckpt)
+    os.link(ckpt, tmp_path / "hard.onnx")
+    (tmp_path / "repo").mkdir()
+    shutil.copy(ckpt, tmp_path / "repo" / "inside.pt")
+    before = {p.name: p.read_bytes() for p in (ckpt, onnx_file)}
+    cases = [
+        (["export", str(ckpt), "--out", str(ckpt)], f"--out {ckpt}: the suffix .pt names no export format"),
+        (["export", str(ckpt), "--out", str(ckpt), "--format", "onnx"], "--format onnx writes a .onnx file"),
+        (["export", str(ckpt), "--out", str(tmp_path / "link.onnx")], f"is the input {ckpt}: writing it would "
+                                                                      "replace it"),
+        (["export", str(ckpt), "--out", str(tmp_path / "hard.onnx")], "writing it would replace it"),
+        (["export", str(tmp_path / "repo" / "inside.pt"), "--out", str(tmp_path / "repo"), "--format", "triton"],
+         "would replace the directory holding the input"),
+        (["quantize", str(ckpt), "--out", str(ckpt)], f"--out {ckpt} is the input {ckpt}"),
+        (["quantize", str(ckpt), "--out", str(tmp_path / "q13.onnx")], "quantize writes a checkpoint, a .pt file"),
+        (["bench", str(ckpt), str(onnx_file), "--out", str(tmp_path / "data"), "--data-dir", str(tmp_path / "data")],
+         "is the input"),
+        (["train", "--out", str(tmp_path / "data"), "--set", f"data.data_dir={tmp_path / 'data'}"], "is the input"),
+    ]
+    (tmp_path / "data").mkdir()
+    for argv, words in cases:
+        code, _, err = run(argv, capsys)
+        one_error_line(code, err, words)
+    assert {p.name: p.read_bytes() for p in (ckpt, onnx_file)} == before
+    assert (tmp_path / "hard.onnx").read_bytes() == before["best.pt"] and not list((tmp_path / "data").iterdir())
+
+
+def test_a_missing_folder_of_an_output_file_is_refused_not_created(tiny_checkpoint, tmp_path, capsys):
+    for argv in (["export", str(tiny_checkpoint), "--out", str(tmp_path / "no" / "dir" / "m.onnx")],
+                 ["quantize", str(tiny_checkpoint), "--out", str(tmp_path / "no" / "dir" / "q.pt")]):
+        code, _, err = run(argv, capsys)
+        one_error_line(code, err, f"its folder {tmp_path / 'no' / 'dir'} does not exist (create it first)")
+    assert not (tmp_path / "no").exists()
+    help_text = " ".join(CliRunner().invoke(cli, ["export", "--help"]).output.split())
+    assert "its folder must exist" in help_text
+
+
+def test_item_by_item_refusals(tmp_path, capsys):
+    code, _, err = run(["bench", "a.pt", "--out", str(tmp_path / "b"), "--batch-sizes", "1,,16"], capsys)
+    one_error_line(code, err, "--batch-sizes '1,,16' has an empty item")
+    code, _, err = run(["bench", "a.pt", "--out", str(tmp_path / "b"), "--runtimes", "torch,"], capsys)
+    one_error_line(code, err, "--runtimes 'torch,' has an empty item")
+    code, _, err = run(["train", "--out", str(tmp_path / "t"), "--set", "train.epochs=0"], capsys)
+    one_error_line(code, err, "train.epochs must be >= 1 (0 trains nothing")
+    code, _, err = run(["serve", "m.onnx", "--name", ""], capsys)
+    one_error_line(code, err, "--name is empty")
+    code, _, err = run(["quantize", "a.pt", "--out", str(tmp_path / "q.pt"), "--device", "cuda:7"], capsys)
+    one_error_line(code, err, "--device cuda:7 but ")
+    recipe = tmp_path / "typo.toml"
+    recipe.write_text('descripton = "mine"\n[train]\nepochs = 1\n')
+    code, _, err = run(["train", str(recipe), "--out", str(tmp_path / "t")], capsys)
+    one_error_line(code, err, "unknown top-level key descripton in the recipe: its top level holds only "
+                              'description = "..." and the sections [model], [data], [train], [evolution]; did you '
+                              "mean description?")
+    code, _, err = run(["sweep", "demo", "--genes", "4", "--models", "smallnet,foo", "--out", str(tmp_path / "s")],
+                       capsys)
+    one_error_line(code, err, "--models: unknown architecture 'foo'; known: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.toml"]
+    help_text = " ".join(CliRunner().invoke(cli, ["serve", "--help"]).output.split())
+    assert "a single request of more samples is refused with 400" in help_text
+
+
+# ---- provenance warnings (evaluation/provenance.py) -------------------------------------------------------
+
+def test_evaluations_warn_about_another_checkpoint_and_another_dataset(tiny_checkpoint, serving_onnx, tmp_path,
+                                                                       capsys):
+    from dataclasses import replace
+
+    from gee_deploy.checkpoint import load_checkpoint, save_checkpoint
+
+    other = tmp_path / "other.pt"  # the same weights, another file: its digest is not the one the graph records
+    save_checkpoint(other, replace(load_checkpoint(tiny_checkpoint), best_acc=0.123))
+    small = ["--limit", "16"]
+    for argv in (["bench", str(other), str(serving_onnx), "--out", str(tmp_path / "b"), *small, "--batch-sizes", "1",
+                  "--min-time", "0", "--runtimes", "torch,ort-cpu", "-q"],
+                 ["check", str(other), str(serving_onnx), *small, "--min-speedup", "0"],
+                 ["robustness", str(other), str(serving_onnx), "--out", str(tmp_path / "r"), *small, "--ratios", "0.5",
+                  "-q"]):
+        code, _, err = run(argv, capsys)
+        assert code in (0, 1), err
+        assert f"warning: {serving_onnx} was exported from another checkpoint than {other}" in err, argv
+        code, _, err = run([*argv, "--dataset", "fashion-mnist-mini"], capsys)
+        assert code in (0, 1), err
+        assert f"warning: --dataset fashion-mnist-mini is not the dataset {other} was trained on (synthetic)" in err
+    code, _, err = run(["check", str(tiny_checkpoint), str(serving_onnx), *small, "--min-speedup", "0",
+                        "--dataset", "synthetic"], capsys)
+    assert "warning" not in err, err

@@ -201,3 +201,108 @@ def test_generated_bad_values_give_one_error_line_and_exit_2(command, assets):
 
 
 EXAMPLES = 40  # per command: 440 invocations, about 30 s on a 2-core CPU once torch is imported
+
+
+# ---- kinds of input, not values: an output naming an input, a resume with another recipe -----------------
+
+def _link(root: Path, target: Path, name: str, how: str) -> Path:
+    """``root/name`` naming ``target``: the same path (``how`` = same), a symbolic or a hard link."""
+    import os
+
+    path = root / name
+    if how == "same":
+        return target
+    if how == "symlink":
+        path.symlink_to(target)
+    else:
+        os.link(target, path)
+    return path
+
+
+# command -> (argv builder taking the output path, the input the output names, the suffix the output gets)
+COLLISIONS = {
+    "export": (lambda ws, out: ["export", str(ws / "best.pt"), "--out", str(out), "--format", "onnx"], "best.pt", ".onnx"),
+    "export-nir": (lambda ws, out: ["export", str(ws / "best.pt"), "--out", str(out), "--format", "nir"], "best.pt", ".nir"),
+    "quantize": (lambda ws, out: ["quantize", str(ws / "best.pt"), "--out", str(out)], "best.pt", ".pt"),
+    "bench": (lambda ws, out: ["bench", str(ws / "best.pt"), str(ws / "model.onnx"), "--out", str(out),
+                               "--data-dir", str(ws / "somedir")], "somedir", ""),
+    "robustness": (lambda ws, out: ["robustness", str(ws / "model.onnx"), "--out", str(out), "--data-dir",
+                                    str(ws / "somedir")], "somedir", ""),
+    "train": (lambda ws, out: ["train", "--out", str(out), "--set", f"data.data_dir={ws / 'somedir'}"], "somedir", ""),
+}
+
+
+@settings(max_examples=24, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from(sorted(COLLISIONS)), how=st.sampled_from(["same", "symlink", "hardlink"]))
+def test_an_output_that_names_an_input_is_refused_and_the_input_kept(assets, command, how):
+    build, source, suffix = COLLISIONS[command]
+    if how == "hardlink" and not suffix:  # directories have no hard links
+        how = "symlink"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _workspace(root, assets)
+        out = _link(root, root / source, f"alias{suffix}", how)
+        argv = build(root, out)
+        before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        files = _files(root)
+        with contextlib.chdir(root):
+            result = CliRunner().invoke(cli, argv, catch_exceptions=True)
+        shown = f"{argv!r} -> exit {result.exit_code}\nstderr: {result.stderr!r}"
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), shown
+        # the input's own name under another format's flag is refused for its suffix, before the comparison
+        assert any(w in lines[0] for w in ("is the input", "would replace", "writes a")), shown
+        assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before and _files(root) == files, shown
+
+
+def _toml(recipe: dict) -> str:
+    """A recipe dict as TOML (flat sections of strings, numbers and booleans)."""
+    import json
+
+    lines = []
+    for section, values in recipe.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    return "\n".join(lines) + "\n"
+
+
+RESUME_CHANGES = {  # a valid value other than the tiny run's for keys of every section
+    "model.genes": 4, "model.timesteps": 3, "model.init": "paper", "data.name": "fashion-mnist-mini",
+    "data.batch_size": 16, "data.train_limit": 96, "data.augment": False, "train.lr": 0.1, "train.seed": 3,
+    "train.optimizer": "sgd", "train.warmup_epochs": 0.5, "train.label_smoothing": 0.1, "train.amp": False,
+    "evolution.enabled": True, "evolution.sigma0": 0.5,
+    "train.threads": 1, "train.device": "cpu", "evolution.workers": 2,  # may change
+}
+
+
+@settings(max_examples=16, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(st.sampled_from(sorted(RESUME_CHANGES)), min_size=1, max_size=2, unique=True))
+def test_resume_refuses_every_change_but_the_continuable_ones_and_leaves_the_run_alone(tiny_run, keys):
+    from gee_deploy.checkpoint import load_checkpoint
+    from gee_deploy.training.resume import CONTINUABLE
+
+    recorded = load_checkpoint(tiny_run / "last.pt").recipe
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        run_dir = root / "run"
+        shutil.copytree(tiny_run, run_dir)
+        (root / "recipe.toml").write_text(_toml(recorded))
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        sets = []
+        for key in keys:
+            value = RESUME_CHANGES[key]
+            sets += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else repr(value)}".replace("'", '"')]
+        argv = ["train", str(root / "recipe.toml"), "--out", str(run_dir), "--resume", "-q", *sets]
+        result = CliRunner().invoke(cli, argv, catch_exceptions=True)
+        shown = f"{argv!r} -> exit {result.exit_code}\nstderr: {result.stderr!r}"
+        refused = [k for k in keys if k not in CONTINUABLE]
+        if refused:
+            lines = result.stderr.strip().splitlines()
+            assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: cannot resume"), shown
+            assert all(k in lines[0] for k in refused), shown
+            assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, shown
+        else:
+            assert result.exit_code == 0, shown
+            assert (run_dir / "resumes.jsonl").exists() and (run_dir / "best.pt").read_bytes() == before["best.pt"]

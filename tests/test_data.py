@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 
@@ -87,6 +88,71 @@ def test_cifar_pickles(tmp_path, name):
         first = pickle.load(fh)["data"][0].reshape(3, 32, 32)
     torch.testing.assert_close(x, torch.from_numpy(first.astype(np.float32)) / 255)
     assert dataset_info(name).num_classes == (10 if name == "cifar10" else 100)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_python_batch_as_cifar_writes_it(tmp_path, protocol):
+    """The real files' shape: byte-string keys, python-int labels, one uint8 array; any pickle protocol."""
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    data = np.random.default_rng(2).integers(0, 256, (3, 3072), dtype=np.uint8)
+    entry = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 1, 4], b"data": data,
+             b"filenames": [b"a.png", b"b.png", b"c.png"]}
+    (base / "test_batch").write_bytes(pickle.dumps(entry, protocol=protocol))
+    test = load_split("cifar10", "test", tmp_path)
+    assert [int(test[i][1]) for i in range(3)] == [3, 1, 4]
+    torch.testing.assert_close(test[2][0], torch.from_numpy(data[2].reshape(3, 32, 32).astype(np.float32)) / 255)
+
+
+class _Payload:
+    """A pickle that, when loaded by plain pickle.load, creates a file (the side effect the test looks for)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _OpenPayload(_Payload):
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("payload", [_Payload, _OpenPayload])
+def test_malicious_cifar_batch_is_refused_without_running(tmp_path, payload):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    marker = tmp_path / "ran"
+    entry = {"data": payload(marker), "labels": [0]}
+    (base / "test_batch").write_bytes(pickle.dumps(entry))
+    with pytest.raises(DataError, match=r"refused to unpickle it, it asks for (posix\.system|io\.open)") as e:
+        load_split("cifar10", "test", tmp_path)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()  # the payload never ran
+    pickle.loads((base / "test_batch").read_bytes())  # whereas plain pickle runs it: the test can fail
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_binary_batches(tmp_path, name):
+    rng = np.random.default_rng(3)
+    folder, files, label_bytes = {"cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)]
+                                              + ["test_batch.bin"], 1),
+                                  "cifar100": ("cifar-100-binary", ["train.bin", "test.bin"], 2)}[name]
+    (tmp_path / folder).mkdir()
+    for f in files:
+        pixels = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, (4, label_bytes), dtype=np.uint8)  # cifar100: coarse, fine
+        (tmp_path / folder / f).write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
+    train = load_split(name, "train", tmp_path)
+    test = load_split(name, "test", tmp_path)
+    assert len(train) == (20 if name == "cifar10" else 4) and len(test) == 4
+    assert int(test[3][1]) == int(labels[3, -1])  # cifar100's fine label is the second byte
+    torch.testing.assert_close(test[3][0], torch.from_numpy(pixels[3].reshape(3, 32, 32).astype(np.float32)) / 255)
+    (tmp_path / folder / files[-1]).write_bytes(b"\0" * 100)
+    with pytest.raises(DataError, match="not a whole number of"):
+        load_split(name, "test", tmp_path)
 
 
 def test_corrupt_cifar_batch(tmp_path):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -331,7 +332,7 @@ def test_cli_sigkill_resume_and_two_workers_match(tmp_path):
 
 # ---- ablation -------------------------------------------------------------------------------------------
 
-def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
+def test_ablation_reports_mean_std_and_reuses_runs(tmp_path, capsys):
     from gee_deploy.training.ablation import run_ablation
 
     recipe = evo_recipe(generations=2)
@@ -352,8 +353,18 @@ def test_ablation_reports_mean_std_and_reuses_runs(tmp_path):
     assert (tmp_path / "ablation.png").stat().st_size > 0
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["variants"][1]["test_acc"] == summary["variants"][1]["test_acc"]
-    again = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=False)  # finished runs are reused
+    capsys.readouterr()
+    again = run_ablation(recipe, 2, tmp_path, ["random", "ste-scaled"], progress=None)  # finished runs are reused
     assert again["variants"][1]["runs"] == summary["variants"][1]["runs"]
+    said = capsys.readouterr().out.splitlines()  # which variant and seed, in order
+    assert said[0] == f"Random, seed 0 (run 1/4): finished earlier, reused ({tmp_path / 'random' / 'seed0'})"
+    assert said[3].startswith("STE (scaled), seed 1 (run 4/4): finished earlier, reused")
+    # another recipe over these runs: refused before any run is touched, naming the run and the key
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"cannot resume the run in .*random.seed0 with another recipe: train\.lr"):
+        run_ablation(replace(recipe, train=replace(recipe.train, lr=0.5)), 2, tmp_path, ["random", "ste-scaled"],
+                     progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
     # the reported total is the runs' own minutes, however many invocations did them
     every_run = [r["minutes"] for row in again["variants"] for r in row["runs"]]
     assert again["minutes"] == pytest.approx(sum(every_run)) and again["minutes"] > again["minutes_this_invocation"]
@@ -449,3 +460,16 @@ def test_torchrun_ranks_share_the_population(tmp_path):
                             env=env, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     assert strip_times(read_rows(tmp_path / "ranks")) == strip_times(read_rows(tmp_path / "single"))
+
+
+def test_an_evolution_state_of_other_settings_is_refused_by_the_resume_rule(tmp_path):
+    from gee_deploy.training.evolution import STATE_FORMAT, _load_state
+
+    settings = {"dimension": 3, "popsize": 4, "evolution": {"sigma0": 0.3, "fitness": "loss"}, "train": {"seed": 0}}
+    path = tmp_path / STATE_FILE
+    path.write_text(json.dumps({"format": STATE_FORMAT, "settings": settings}))
+    assert _load_state(path, settings)["settings"] == settings
+    changed = {**settings, "evolution": {"sigma0": 0.5, "fitness": "loss"}, "popsize": 6}
+    with pytest.raises(ConfigError, match=rf"cannot resume evolution in {tmp_path} with another recipe: "
+                                          r"evolution\.sigma0 0\.3 -> 0\.5; popsize 4 -> 6"):
+        _load_state(path, changed)

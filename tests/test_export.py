@@ -401,7 +401,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
     blocker.write_text("a file where a directory should be")
     good = str(tiny_checkpoint)
     return {
-        "truncated": ([str(truncated)], "not a readable checkpoint"),
+        "truncated": ([str(truncated)], "is truncated: a torch.save archive without its end"),
         "not-a-checkpoint": ([str(text)], "not a gee-deploy checkpoint"),
         "missing": ([str(tmp_path / "nope.pt")], "not found"),
         "other-architecture": ([str(wrong)], "does not match"),
@@ -419,7 +419,7 @@ def _bad_inputs(tiny_checkpoint, tmp_path):
 def test_bad_input_is_one_line_nonzero_exit_and_no_file(case, tiny_checkpoint, tmp_path, capsys):
     cases, blocker = _bad_inputs(tiny_checkpoint, tmp_path)
     args, message = cases[case]
-    out = {"unwritable": blocker / "model.onnx", "out-is-a-directory": tmp_path}.get(case, tmp_path / "o" / "m.onnx")
+    out = {"unwritable": blocker / "model.onnx", "out-is-a-directory": tmp_path}.get(case, tmp_path / "m.onnx")
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run_cli(["export", *args, "--out", str(out)], capsys)
     assert code != 0

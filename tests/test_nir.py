@@ -404,7 +404,7 @@ def test_corrupt_or_foreign_files_fail_in_one_line(tmp_path):
 def test_bad_input_to_nir_export_is_one_line_and_no_file(case, tiny_checkpoint, tmp_path, capsys):
     cases, blocker = _bad_inputs(tiny_checkpoint, tmp_path)
     args, message = cases[case]
-    out = {"unwritable": blocker / "model.nir", "out-is-a-directory": tmp_path}.get(case, tmp_path / "o" / "m.nir")
+    out = {"unwritable": blocker / "model.nir", "out-is-a-directory": tmp_path}.get(case, tmp_path / "m.nir")
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run(["export", *args, "--format", "nir", "--out", str(out)], capsys)
     assert code != 0 and err.startswith("error: ") and err.strip().count("\n") == 0 and message in err, err

@@ -492,5 +492,35 @@ def test_load_warning_names_the_load_and_what_to_do():
     assert load_warning(0.2, None) is None
     assert load_warning(cpus - 1, 1) is None or cpus == 1  # a single thread finds a free core
     busy = load_warning(cpus + 0.5, None)
-    assert busy.startswith(f"warning: load average {cpus + 0.5:.1f} on {cpus} CPUs") and "consider --threads 1" in busy
+    assert busy.startswith(f"warning: other processes kept {cpus + 0.5:.1f} of {cpus} CPUs busy") and \
+        "consider --threads 1" in busy
     assert "a single thread still shares its core" in load_warning(cpus + 0.5, 1)
+
+
+def test_busy_cpus_counts_what_the_cpus_do_now_not_the_minute_before(monkeypatch):
+    """Two /proc/stat readings half a second apart: 3 of 4 jiffies busy on every CPU is 0.75 x the CPU count,
+    whatever the load average says (right after a training run it still counts the run)."""
+    import io
+
+    import gee_deploy.evaluation.bench as bench
+
+    readings = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 200 950 0 0 0 0 0 0\n"])
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(next(readings)))
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 4)
+    assert bench.busy_cpus() == pytest.approx(4 * 250 / 400)
+
+
+def test_pixels_outside_0_1_are_computed_as_given_and_overflowing_ones_refused():
+    from gee_deploy.errors import InputError
+    from gee_deploy.serving.codec import InvalidInput, tensor_from_values
+    from gee_deploy.serving.runtimes import MAX_ABS_INPUT, validate_input
+
+    spec = ModelSpec(timesteps=1, input_shape=(1, 2, 2), class_names=("a", "b"), spiking_layers=(),
+                     neurons_per_layer=(), layers=())
+    assert validate_input(np.full((1, 1, 2, 2), -5, np.float32), spec).min() == -5
+    with pytest.raises(InputError, match=r"input holds 3e\+38: pixels are in \[0, 1\]"):
+        validate_input(np.full((1, 1, 2, 2), 3e38, np.float32), spec)
+    with pytest.raises(InvalidInput, match=r"^inputs\.0: input holds -2e\+06"):  # the HTTP/gRPC 400 names the field
+        tensor_from_values([0.5, 0.5, 0.5, -2 * MAX_ABS_INPUT], [1, 1, 2, 2], "inputs.0", spec)

@@ -113,6 +113,21 @@ def test_a_point_of_another_recipe_is_refused(swept):
         run_sweep(tiny_recipe(**TINY, train={"lr": 0.5}), [4], out)
 
 
+def test_a_longer_sweep_trains_its_points_on_and_prints_their_epochs(swept, tmp_path):
+    """More epochs is a change a resumed run may take: finished points train on (not from scratch, not reused),
+    and every epoch is a progress line naming its point."""
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(swept[0], out)
+    lines = []
+    again = run_sweep(tiny_recipe(**TINY, train={"epochs": 2}), [4], out, progress=lines.append)
+    assert [p["status"] for p in again["points"]] == ["resumed", "resumed"]
+    assert [r["epoch"] for r in read_jsonl(point_dir(out, "smallnet", 4) / "train.jsonl")] == [1, 2]
+    assert any(line.startswith("smallnet dense: epoch 2/2: loss ") for line in lines), lines
+    assert any(line.startswith("smallnet g=4: epoch 2/2: loss ") for line in lines), lines
+
+
 def test_killed_sweep_resumes_the_interrupted_point(tmp_path, capsys):
     """Kill a sweep in the second epoch of its second point; the rerun reuses the first and resumes the second."""
     recipe = tmp_path / "r.toml"
@@ -148,7 +163,8 @@ def test_killed_sweep_resumes_the_interrupted_point(tmp_path, capsys):
     (["--genes", ""], "--genes is empty"),
     (["--genes", "4,-8"], "--genes must be an integer in [0, 4096], got -8"),
     (["--genes", "4,eight"], "--genes must be an integer, got 'eight'"),
-    (["--genes", "4", "--models", "nonet"], "unknown model 'nonet'"),
+    (["--genes", "4", "--models", "nonet"], "--models: unknown architecture 'nonet'; known: "),
+    (["--genes", "4", "--models", "smallnet,nonet"], "--models: unknown architecture 'nonet'; known: "),
     (["--genes", "4", "--models", ","], "--models is empty"),
     (["--genes", "4", "--set", "model.image_size=4"], "image_size 4 leaves no feature map after 3 2x2 pools"),
     (["--genes", "4", "--set", "train.epochs=0"], "train.epochs must be >= 1"),

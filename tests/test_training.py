@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +17,7 @@ from gee_deploy import load_model
 from gee_deploy.checkpoint import load_checkpoint, save_checkpoint
 from gee_deploy.errors import CheckpointError, ConfigError
 from gee_deploy.training import train
+from gee_deploy.training.trainer import RESUMES_FILE
 
 
 def test_run_dir_contents(tiny_run):
@@ -93,12 +96,15 @@ def test_truncated_and_foreign_checkpoints(tiny_run, tmp_path):
     data = (tiny_run / "best.pt").read_bytes()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"cut\.pt is truncated: a torch\.save archive without its end"):
         load_model(cut)
     junk = tmp_path / "junk.pt"
     junk.write_text("hello")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"junk\.pt is not a gee-deploy checkpoint: a text file, not a torch"):
         load_model(junk)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt is empty, not a checkpoint"):
+        load_model(tmp_path / "empty.pt")
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(3)}, plain)
     with pytest.raises(CheckpointError, match="not a gee-deploy checkpoint"):
@@ -275,3 +281,68 @@ def test_a_scaled_step_is_the_plain_step_and_skips_non_finite_gradients():
     train_step(model, optimizer, torch.full_like(x, float("inf")), y, grad_clip=0.5, scaler=scaler)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert scaler.get_scale() == 2.0 ** 15
+
+
+# ---- resume checks the recipe before it writes (gee_deploy/training/resume.py) --------------------------
+
+def _snapshot(run_dir):
+    """Every file of a run directory with its bytes: what a refused resume must leave as it found it."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+@pytest.mark.parametrize("change,keys", [
+    ({"model": {"genes": 4}}, "model.genes 8 -> 4"),
+    ({"model": {"timesteps": 3}}, "model.timesteps 2 -> 3"),
+    ({"train": {"lr": 0.1, "seed": 7}}, "train.lr 0.01 -> 0.1; train.seed 0 -> 7"),
+    ({"data": {"name": "fashion-mnist-mini"}}, "data.name 'synthetic' -> 'fashion-mnist-mini'"),
+])
+def test_resume_with_another_recipe_is_refused_before_anything_changes(tiny_run, tmp_path, change, keys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    before = _snapshot(run_dir)
+    with pytest.raises(ConfigError, match="cannot resume the run in .* with another recipe: " + re.escape(keys)) as e:
+        train(tiny_recipe(**change), run_dir, resume=True, progress=False)
+    assert "\n" not in str(e.value)
+    assert _snapshot(run_dir) == before
+
+
+def test_resume_may_train_on_for_more_epochs_and_records_the_change(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    metrics = train(tiny_recipe(train={"epochs": 2, "threads": 1}), run_dir, resume=True, progress=False)
+    assert metrics["epoch"] == 2 and load_checkpoint(run_dir / "last.pt").epoch == 2
+    assert json.loads((run_dir / "config.json").read_text())["train"]["epochs"] == 2
+    (record,) = [json.loads(line) for line in (run_dir / RESUMES_FILE).read_text().splitlines()]
+    assert record["resumed_at_epoch"] == 1
+    assert record["changes"] == {"train.epochs": [1, 2], "train.threads": [0, 1]}
+    with pytest.raises(ConfigError, match="has trained 2 epochs already"):
+        train(tiny_recipe(train={"epochs": 1}), run_dir, resume=True, progress=False)
+
+
+def test_resume_of_a_truncated_last_pt_names_it_before_writing(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    data = (run_dir / "last.pt").read_bytes()
+    (run_dir / "last.pt").write_bytes(data[: len(data) // 2])
+    before = _snapshot(run_dir)
+    with pytest.raises(CheckpointError, match=r"last\.pt is truncated: a torch\.save archive without its end"):
+        train(tiny_recipe(), run_dir, resume=True, progress=False)
+    assert _snapshot(run_dir) == before
+
+
+def test_epochs_zero_is_refused_unless_the_run_only_evolves(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epochs must be >= 1 \(0 trains nothing"):
+        train(tiny_recipe(train={"epochs": 0}), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_log_gets_progress_lines_within_an_epoch(tmp_path, monkeypatch):
+    """Without a terminal (a log file) tqdm draws no bar; the trainer still says how far an epoch got."""
+    import gee_deploy.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "HEARTBEAT_SECONDS", 0.0)  # a line after every batch
+    lines = []
+    train(tiny_recipe(), tmp_path / "r", progress=lines.append)
+    within = [line for line in lines if "images, loss" in line]
+    assert within[0].startswith("epoch 1/1: 32/128 images, loss ") and within[-1].startswith("epoch 1/1: 128/128")
+    assert lines[-1].startswith("epoch 1/1: loss ")

@@ -5,7 +5,7 @@ from typing import Annotated
 import click
 from pydantic import Field
 
-from .options import OutPath, Value, quiet_option, set_option, with_range
+from .options import OutPath, Value, quiet_option, recipe_inputs, refuse_replacing, set_option, with_range
 
 SEEDS = Annotated[int, Field(ge=1, le=1000)]
 
@@ -34,7 +34,9 @@ def ablate(recipe, seeds, out, variants, overrides, quiet):
     from ..training.ablation import run_ablation
 
     chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
-    summary = run_ablation(load_recipe(recipe, overrides), seeds, out, chosen, progress=not quiet)
+    loaded = load_recipe(recipe, overrides)
+    refuse_replacing(out, recipe_inputs(recipe, loaded))
+    summary = run_ablation(loaded, seeds, out, chosen, progress=not quiet)
     width = max([5] + [len(r["label"]) for r in summary["variants"]])
     click.echo(f"{'model':<{width}} {'test acc (%)':>16}")
     for r in summary["variants"]:

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from ..recipe import recipe_field
 from ..evaluation.runtimes import RUNTIMES
-from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, with_range
+from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, refuse_replacing, with_range
 
 _BATCH = recipe_field("data.batch_size")
 MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and batch size
@@ -60,6 +60,7 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     from ..evaluation.bench import bench_options, run_bench
     from ..evaluation.report import summary_table, write_neurobench, write_report
 
+    refuse_replacing(out, [*models, data_dir])
     options = bench_options(runtimes=runtimes or None, batch_sizes=batch_sizes, dataset=dataset, data_dir=data_dir,
                             limit=limit, threads=threads, min_time=min_time, profile_ops=profile_ops)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
@@ -68,6 +69,8 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     if neurobench_json:
         write_neurobench(report, out)
     click.echo(summary_table(report))
+    for line in report["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     if not quiet:
         click.echo(f"report: {Path(out) / 'report.md'}")
 

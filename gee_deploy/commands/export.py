@@ -10,7 +10,7 @@ from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_TH
                               ValidationConfig)
 from ..kinds import Storage
 from .nir_options import nir_import_options, nir_options
-from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
+from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, refuse_replacing, with_range
 
 OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
 _SAMPLES = ValidationConfig().samples
@@ -19,7 +19,8 @@ _SAMPLES = ValidationConfig().samples
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=OutPath(directory=None),
-              help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir).")
+              help="The .onnx file (onnx), repository directory (triton), .plan file (tensorrt) or .nir file (nir); its "
+                   "folder must exist, and it may not be the checkpoint or another input.")
 @click.option("--variant", default="dense", show_default=True, type=click.Choice([str(v) for v in VARIANTS]),
               help="; ".join(f"{v.name}: {v.help}" for v in VARIANTS.values()) + ".")
 @click.option("--allow-int8", is_flag=True,
@@ -33,8 +34,8 @@ _SAMPLES = ValidationConfig().samples
                    "layers, whichever file is smaller (a note says when that is folded).")
 @click.option("--format", "fmt", default=None, type=click.Choice([str(f) for f in FORMATS]),
               help="What to write: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
-                   + ". Default: the format --out's suffix names (.onnx, .plan, .nir), else onnx (see "
-                   "docs/export.md).")
+                   + ". Default: the format --out's suffix names (.onnx, .plan, .nir); any other suffix needs "
+                   "--format triton (a directory) or is refused (see docs/export.md).")
 @click.option("--opset", type=Value(OPSET), default=None,
               help=with_range(f"ONNX opset, default {DEFAULT_OPSET}", OPSET))
 @click.option("--streaming", is_flag=True,
@@ -76,6 +77,7 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
                              streaming=streaming, profile=profile, atol=atol, samples=samples, data_dir=data_dir,
                              max_batch_size=max_batch_size, fp16=fp16)
     check_writable(out, options.format.out_is_dir)
+    refuse_replacing(out, [checkpoint, data_dir, nir.get("images")], replaces_directory=options.format.out_is_dir)
     try:
         if nir_import is not None:
             from ..nir.convert import convert_nir

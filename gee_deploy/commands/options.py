@@ -2,7 +2,8 @@
 
 Numbers are checked against the same declarations as recipe keys (:mod:`gee_deploy.recipe`: a type with its
 range), so ``--genes -5`` and ``--set model.genes=-5`` fail with the same words; output paths are checked for
-writability before a command loads anything. Every failure is a one-line :class:`ConfigError` naming the
+writability before a command loads anything, and compared with the command's inputs (:func:`refuse_replacing`:
+an output never replaces an input). Every failure is a one-line :class:`ConfigError` naming the
 option (docs/design.md, "Errors and exit codes").
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..errors import ConfigError
 from ..recipe import check_value, describe, unwrap
 
 __all__ = ["set_option", "quiet_option", "Value", "NumberList", "ChoiceList", "OutPath", "check_writable",
+           "refuse_replacing", "recipe_inputs",
            "with_range", "NON_NEGATIVE", "FRACTION", "COUNT", "AT_LEAST_ONE", "THREADS", "SEED"]
 
 set_option = click.option(
@@ -66,7 +68,8 @@ class Value(click.ParamType):
 
 
 class NumberList(Value):
-    """Comma-separated numbers, each checked like :class:`Value`; a tuple, empty items skipped."""
+    """Comma-separated numbers, each checked like :class:`Value`; a tuple. An empty item (``1,,16``, a
+    trailing comma) is refused: it is a typo, not a value."""
 
     def __init__(self, annotation):
         super().__init__(annotation)
@@ -79,15 +82,18 @@ class NumberList(Value):
         if isinstance(value, tuple):
             return value
         name = _option_name(param)
-        items = tuple(check_value(self.annotation, _parse(v, self.kind, name), name)
-                      for v in str(value).split(",") if v.strip())
-        if not items:
+        parts = str(value).split(",")
+        if not str(value).strip():
             raise ConfigError(f"{name} is empty: give comma-separated values, each {describe(self.annotation)}")
-        return items
+        if any(not v.strip() for v in parts):
+            raise ConfigError(f"{name} {value!r} has an empty item: give comma-separated values without empty "
+                              f"ones, each {describe(self.annotation)}")
+        return tuple(check_value(self.annotation, _parse(v, self.kind, name), name) for v in parts)
 
 
 class ChoiceList(click.ParamType):
-    """Comma-separated names from a registry; a tuple without repeats, empty items skipped."""
+    """Comma-separated names from a registry; a tuple without repeats. An empty item is refused, as in
+    :class:`NumberList`."""
 
     name = "names"
 
@@ -101,7 +107,11 @@ class ChoiceList(click.ParamType):
         if isinstance(value, tuple):
             return value
         name = _option_name(param)
-        items = tuple(dict.fromkeys(v.strip() for v in str(value).split(",") if v.strip()))
+        parts = [v.strip() for v in str(value).split(",")]
+        if str(value).strip() and not all(parts):
+            raise ConfigError(f"{name} {value!r} has an empty item: give comma-separated names from "
+                              f"{', '.join(self.choices)}")
+        items = tuple(dict.fromkeys(v for v in parts if v))
         unknown = [v for v in items if v not in self.choices]
         if unknown or not items:
             got = f"got {unknown[0]!r}" if unknown else "got none"
@@ -112,7 +122,9 @@ class ChoiceList(click.ParamType):
 def check_writable(path: str | os.PathLike, directory: bool | None, name: str = "--out") -> Path:
     """Refuse, before any work, an output ``path`` that cannot be written: an empty name, a directory where a
     file is wanted (``directory=False``) or the reverse (True; None: either), a path under a regular file,
-    or a nearest existing folder in which no file can be created (permissions, a read-only file system).
+    a file whose folder does not exist (a misspelt folder is not created silently; a directory output is
+    created with its missing parents, as run directories like runs/demo are), or a nearest existing folder in
+    which no file can be created (permissions, a read-only file system).
 
     Raises:
         ConfigError: one line naming ``name``, the path and why.
@@ -126,6 +138,9 @@ def check_writable(path: str | os.PathLike, directory: bool | None, name: str = 
         if directory is False and target.is_dir():
             raise ConfigError(f"cannot write {name} {path}: it is a directory, not a file")
     absolute = target.absolute()
+    if directory is False and not absolute.parent.exists():
+        raise ConfigError(f"cannot write {name} {path}: its folder {absolute.parent} does not exist (create it "
+                          "first)")
     existing = absolute if absolute.is_dir() else next(p for p in absolute.parents if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"cannot write {name} {path}: {existing} is a file, not a directory")
@@ -136,6 +151,46 @@ def check_writable(path: str | os.PathLike, directory: bool | None, name: str = 
         raise ConfigError(f"cannot write {name} {path}: no file can be created in {existing} "
                           f"({e.strerror or e})") from None
     return target
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one file or directory: equal once links are resolved, or one inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist
+        return False
+
+
+def refuse_replacing(out: str | os.PathLike, inputs: typing.Iterable[str | os.PathLike | None],
+                     name: str = "--out", replaces_directory: bool = False) -> None:
+    """Refuse, before any work, an output that would replace one of the command's ``inputs`` (None skipped):
+    ``out`` names an input (the same file or directory once symbolic links are resolved, or a hard link to
+    it), or ``out`` is a directory the command replaces as a whole (``replaces_directory``: a Triton
+    repository) and an input lies inside it. Every command that writes checks its outputs here.
+
+    Raises:
+        ConfigError: one line naming the option, the output and the input.
+    """
+    target = Path(out)
+    for given in inputs:
+        if given is None or not str(given).strip():
+            continue
+        source = Path(given)
+        if _same(target, source):
+            raise ConfigError(f"{name} {out} is the input {given}: writing it would replace it; choose another "
+                              f"{name}")
+        if replaces_directory and target.resolve() in source.resolve().parents:
+            raise ConfigError(f"{name} {out} would replace the directory holding the input {given}; choose "
+                              f"another {name}")
+
+
+def recipe_inputs(recipe: str | None, loaded) -> list[str]:
+    """The input paths of a command that reads a recipe: the recipe file (a shipped recipe's name is none) and
+    its data.data_dir, for :func:`refuse_replacing`."""
+    return [p for p in (recipe if recipe is not None and Path(recipe).is_file() else None,
+                        loaded.data.data_dir) if p]
 
 
 class OutPath(click.ParamType):

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import click
 from pydantic import Field
 
+from ..errors import ConfigError
 from ..recipe import DEVICE, recipe_field
-from .options import OutPath, Value, quiet_option, with_range
+from .options import OutPath, Value, quiet_option, refuse_replacing, with_range
 
 FINE_TUNE_EPOCHS = Annotated[float, Field(gt=0, le=100_000)]
 LR_SCALE = Annotated[float, Field(gt=0, le=1e6)]
@@ -15,7 +17,7 @@ _BATCH, _LIMIT = recipe_field("data.batch_size"), recipe_field("data.train_limit
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=OutPath(directory=False), help="Quantised checkpoint to write.")
+@click.option("--out", "-o", required=True, type=OutPath(directory=False), help="Quantised checkpoint to write: a .pt file (not CHECKPOINT) in an existing folder.")
 @click.option("--epochs", type=Value(FINE_TUNE_EPOCHS), default=0.5, show_default=True,
               help=with_range("Fine-tune length in passes over the training split (fractions allowed)",
                               FINE_TUNE_EPOCHS))
@@ -41,6 +43,13 @@ def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_li
     with. Prints the fp32, untuned-int8 and fine-tuned-int8 test accuracies and the time taken.
     """
     from ..training.quantize import quantize as run
+    from ..training.trainer import select_device
+
+    if Path(out).suffix.lower() not in (".pt", ".pth"):
+        raise ConfigError(f"--out {out}: quantize writes a checkpoint, a .pt file (export it to ONNX afterwards: "
+                          f"gee-deploy export {Path(out).with_suffix('.pt')} --variant int8 --out ...)")
+    refuse_replacing(out, [checkpoint, data_dir])
+    select_device(device, key="--device")  # before any work: no CUDA here is one line naming the flag
 
     report = run(checkpoint, out, epochs=epochs, lr_scale=lr_scale, batch_size=batch_size,
                  train_limit=train_limit or None, test_limit=test_limit or None, data_dir=data_dir, device=device,

@@ -7,7 +7,7 @@ import click
 from pydantic import Field
 
 from ..recipe import recipe_field
-from .options import COUNT, SEED, THREADS, NumberList, OutPath, Value, quiet_option, with_range
+from .options import COUNT, SEED, THREADS, NumberList, OutPath, Value, quiet_option, refuse_replacing, with_range
 
 _BATCH = recipe_field("data.batch_size")
 RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
@@ -46,11 +46,14 @@ def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir,
     """
     from ..evaluation.robustness import robustness_options, run_robustness, summary_table, write_robustness
 
+    refuse_replacing(out, [*models, data_dir])
     options = robustness_options(noise=noise, ratio=ratio, ratios=ratios, seed=seed, clip=clip, dataset=dataset,
                                  data_dir=data_dir, limit=limit, threads=threads, batch_size=batch_size)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_robustness(list(models), options, progress=say)
     write_robustness(report, out)
     click.echo(summary_table(report))
+    for line in report["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     if not quiet:
         click.echo(f"report: {Path(out) / 'robustness.md'}")

@@ -36,7 +36,8 @@ def _check_port(host: str, port: int, protocol: str) -> None:
 @click.option("--grpc-port", default=None, type=click.IntRange(0, 65535),
               help="Also serve the Open Inference Protocol over gRPC on this port (Triton uses 8001).")
 @click.option("--max-batch", default=32, show_default=True, type=Value(AT_LEAST_ONE),
-              help="Largest dynamic batch (samples per onnxruntime call).")
+              help="Largest dynamic batch (samples per onnxruntime call); a single request of more samples is "
+                   "refused with 400, so clients split larger inputs.")
 @click.option("--max-delay-ms", default=2.0, show_default=True, type=Value(MS),
               help="How long the first request of a batch waits for others.")
 @click.option("--max-body-mb", default=16.0, show_default=True, type=Value(MEGABYTES),
@@ -78,6 +79,9 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     if suffix in (".pt", ".pth"):
         raise ConfigError(f"serve runs ONNX files; {model} looks like a checkpoint: export it first, gee-deploy "
                           f"export {model} --out {Path(model).with_suffix('.onnx')}")
+    if name is not None and not name.strip():
+        raise ConfigError("--name is empty: give the model's name in the URLs, or leave --name out for the file's "
+                          f"stem ({Path(model).stem})")
     name = name or Path(model).stem
     config = ServeConfig(name=name, host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
                          max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * (1 << 20)),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..recipe import GENES, describe
-from .options import NumberList, OutPath, quiet_option, set_option
+from .options import NumberList, OutPath, quiet_option, recipe_inputs, refuse_replacing, set_option
 
 
 @click.command()
@@ -30,6 +30,7 @@ def sweep(recipe, genes, models, out, overrides, quiet):
 
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
     loaded = load_recipe(recipe, overrides)
+    refuse_replacing(out, recipe_inputs(recipe, loaded))
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     summary = run_sweep(loaded, list(genes), out, model_list, progress=say)
     click.echo(sweep_markdown(summary).rstrip())

@@ -26,6 +26,7 @@ from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
 from ..serving.runtimes import OrtRuntime, Runtime
 from .neurobench import borrow_counts, neurobench_block, probe
+from .provenance import provenance_warnings
 from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, default_runtimes, open_runtime
 
 __all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
@@ -250,7 +251,7 @@ def run_bench(models: list[str | os.PathLike], options: BenchOptions = BenchOpti
     opened = open_runtimes(models, options.runtimes, threads)
     name = _dataset(opened, options.dataset)
     images, labels = load_test_arrays(name, options.data_dir, options.limit)
-    warning = load_warning(machine["load_average"], threads)
+    warning = load_warning(machine["busy_cpus"], threads)
     if warning:
         say(warning)
     ref = next((r for r in opened if r.name in REFERENCES), None)
@@ -281,7 +282,8 @@ def run_bench(models: list[str | os.PathLike], options: BenchOptions = BenchOpti
         base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)
         lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
     return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].spec.timesteps,
-            "batch_sizes": list(batch_sizes), "machine": machine, "runtimes": rows, "latency": latency}
+            "batch_sizes": list(batch_sizes), "machine": machine, "runtimes": rows, "latency": latency,
+            "warnings": provenance_warnings(opened, options.dataset)}
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
@@ -291,36 +293,57 @@ def _labels(runtimes: list[Runtime]) -> list[str]:
     return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
-def load_warning(load: float, threads: int | None) -> str | None:
+def load_warning(busy: float, threads: int | None) -> str | None:
     """The warning for a run that starts while other processes hold the CPUs, or None.
 
     Args:
-        load: the 1-minute load average when the run started.
+        busy: CPUs other processes kept busy just before the run (:func:`busy_cpus`).
         threads: the intra-op threads every runtime gets (None: each runtime's own, usually all cores).
     """
     cpus = os.cpu_count() or 1
-    if load < 0.5 or (threads == 1 and load <= cpus - 1):  # a single thread still finds a free core
+    if busy < 0.5 or (threads == 1 and busy <= cpus - 1):  # a single thread still finds a free core
         return None
     advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
-    return (f"warning: load average {load:.1f} on {cpus} CPUs before the run: latencies and the ratios between "
-            f"runtimes may mislead ({advice}); report.md records the load")
+    return (f"warning: other processes kept {busy:.1f} of {cpus} CPUs busy just before the run: latencies and the "
+            f"ratios between runtimes may mislead ({advice}); report.md records the load")
+
+
+def busy_cpus(seconds: float = 0.5) -> float:
+    """How many CPUs other processes keep busy now: the non-idle share of all CPUs' time over ``seconds``
+    while this process sleeps, times the CPU count (Linux /proc/stat, proc(5)); elsewhere the 1-minute load
+    average. Not the load average itself on Linux: that decays over a minute, so right after a training run
+    (``make demo``) it reports the load the run itself caused."""
+    def idle_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return values[3] + (values[4] if len(values) > 4 else 0), sum(values[:8])  # idle + iowait; no guest
+
+    try:
+        idle0, total0 = idle_and_total()
+        time.sleep(seconds)
+        idle1, total1 = idle_and_total()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total = total1 - total0
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / total) if total > 0 else 0.0
 
 
 def _machine(threads: int | None) -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0]}
+            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0],
+            "busy_cpus": busy_cpus()}
 
 
 @dataclass(frozen=True, kw_only=True)
 class CheckResult:
-    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and whether the ONNX file's
-    checkpoint digest is the checkpoint's (or absent)."""
+    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and the provenance
+    warnings (an ONNX file exported from another checkpoint, a --dataset the model was not trained on)."""
 
     parity: Parity
     dataset: str
     torch_p50_ms: float
     ort_p50_ms: float
-    same_checkpoint: bool
+    warnings: tuple[str, ...] = ()  # :func:`~.provenance.provenance_warnings`
 
     @property
     def speedup(self) -> float:
@@ -347,5 +370,5 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
     result = CheckResult(parity=parity, dataset=name, torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
-                         same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256))
+                         warnings=tuple(provenance_warnings([ref, ort], options.dataset)))
     return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..io import atomic_path, write_json
 
-__all__ = ["summary_table", "spikes_table", "neurobench_table", "write_report", "write_neurobench"]
+__all__ = ["summary_table", "spikes_table", "neurobench_table", "write_report", "write_neurobench", "latency_figure",
+           "firing_figure", "energy_figure"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -118,7 +119,8 @@ def _markdown(report: dict) -> str:
     out = [f"# gee-deploy bench: {report['dataset']} ({report['samples']} test samples, T = {report['timesteps']})",
            "", f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
            f"threads per runtime: {report['machine']['threads'] or 'runtime default'}, load average when the run "
-           f"started: {report['machine'].get('load_average', float('nan')):.2f}.", "",
+           f"started: {report['machine'].get('load_average', float('nan')):.2f}, CPUs other processes kept busy "
+           f"just before it: {report['machine'].get('busy_cpus', float('nan')):.2f}.", "",
            "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", "",
            *spikes_table(report), *neurobench_table(report)]
     for r in report["runtimes"]:
@@ -166,13 +168,12 @@ def _save(fig, target: Path) -> None:
     plt.close(fig)
 
 
-def _plots(report: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def latency_figure(report: dict):
+    """p50 latency per call against batch size, one line per runtime (bar to p99); log axes ticked at the
+    batch sizes measured."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    paths = [out / "latency.png", out / "firing_rate.png", out / "energy.png"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for rt in dict.fromkeys(lat["runtime"] for lat in report["latency"]):
         rows = [lat for lat in report["latency"] if lat["runtime"] == rt]
@@ -180,27 +181,64 @@ def _plots(report: dict, out: Path) -> list[Path]:
                     yerr=[[0] * len(rows), [r["p99_ms"] - r["p50_ms"] for r in rows]], marker="o", capsize=3, label=rt)
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency per call, ms (p50, bar to p99)",
            title="Latency per runtime and batch")
-    ax.legend()
-    _save(fig, paths[0])
+    batches = sorted({lat["batch"] for lat in report["latency"]})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.legend(fontsize=8)
+    return fig
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    width = 0.8 / max(1, len(report["runtimes"]))
-    for i, r in enumerate(report["runtimes"]):
-        names = list(r["firing_rates"])
-        ax.bar([j + i * width for j in range(len(names))], list(r["firing_rates"].values()), width, label=r["runtime"])
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right")
+
+def _grouped_bars(ax, groups: list[str], series: list[tuple[str, list[float]]]) -> None:
+    """One bar per (group, series), the series side by side within each group, the legend outside the axes
+    (to the right) so it covers no bar."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series):
+        ax.bar([j - 0.4 + (i + 0.5) * width for j in range(len(values))], values, width, label=label)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def firing_figure(report: dict):
+    """Firing rate per spiking layer, one bar per runtime."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(report["runtimes"][0]["firing_rates"])
+    _grouped_bars(ax, names, [(r["runtime"], [r["firing_rates"].get(n, 0.0) for n in names])
+                              for r in report["runtimes"]])
     ax.set(ylabel="firing rate (spikes / neuron / step)", title="Firing rate per spiking layer")
-    ax.legend()
-    _save(fig, paths[1])
+    return fig
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    layers = report["runtimes"][-1]["energy"]["per_layer"]
-    ax.bar([e["name"] for e in layers], [e["energy_pj"] / 1e3 for e in layers],
-           color=["tab:red" if e["op"] == "MAC" else "tab:purple" if e["analog_macs"] else "tab:blue" for e in layers])
-    ax.set(ylabel="energy per sample, nJ", title=f"Eq. 17 energy per layer ({report['runtimes'][-1]['runtime']}; "
-           "red MAC, blue AC, purple both)")
-    ax.tick_params(axis="x", rotation=30)
-    _save(fig, paths[2])
+
+def energy_figure(report: dict):
+    """Eq. 17 energy per layer, one bar per runtime; each layer's label says what its energy counts (MAC:
+    analog multiply-accumulates, AC: synaptic operations on spikes, MAC+AC: both)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    kinds: dict[str, str] = {}  # layer name -> kind, in the order the runtimes list them (they may differ)
+    for r in report["runtimes"]:
+        for e in r["energy"]["per_layer"]:
+            kinds.setdefault(e["name"], "MAC" if e["op"] == "MAC" else "MAC+AC" if e["analog_macs"] else "AC")
+    series = []
+    for r in report["runtimes"]:
+        per_name: dict[str, float] = {}
+        for e in r["energy"]["per_layer"]:
+            per_name[e["name"]] = per_name.get(e["name"], 0.0) + e["energy_pj"] / 1e3
+        series.append((r["runtime"], [per_name.get(name, 0.0) for name in kinds]))
+    _grouped_bars(ax, [f"{name} ({kind})" for name, kind in kinds.items()], series)
+    ax.set(ylabel="energy per sample, nJ", title="Eq. 17 energy per layer")
+    return fig
+
+
+def _plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    paths = [out / "latency.png", out / "firing_rate.png", out / "energy.png"]
+    for figure, path in zip((latency_figure, firing_figure, energy_figure), paths):
+        _save(figure(report), path)
     return paths
 
 

@@ -41,6 +41,7 @@ from ..io import write_report_files
 from ..parity import Outputs
 from .bench import evaluate
 from ..serving.runtimes import Runtime
+from .provenance import provenance_warnings
 from .runtimes import open_each
 
 __all__ = ["NOISE_KINDS", "RobustnessOptions", "robustness_options", "noise_directions", "add_noise", "check_noise",
@@ -250,7 +251,8 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
     return {"protocol": "paper Fig. 2: x + r ||x||_2 z/||z||_2, z ~ N(0, I), per image on [0, 1] pixels",
             "noise": {"kind": noise, "ratio": float(ratio), "seed": seed, "clip": clip},
             "dataset": name, "samples": int(len(images)), "ratios": grid, "realised_ratios": realised,
-            "reference": labels_[0], "models": entries, "minutes": (time.perf_counter() - started) / 60}
+            "reference": labels_[0], "models": entries, "minutes": (time.perf_counter() - started) / 60,
+            "warnings": provenance_warnings(opened, options.dataset)}
 
 
 def summary_table(report: dict) -> str:

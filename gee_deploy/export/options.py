@@ -111,21 +111,40 @@ def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | 
 
 def check_format(fmt: ExportFormat | str | None, out: str | os.PathLike | None = None) -> Format:
     """The format an export to ``out`` writes: ``fmt``, or without one the format ``out``'s suffix names
-    (.onnx, .plan / .engine, .nir; onnx for anything else, and for no ``out``).
+    (.onnx, .plan / .engine, .nir; onnx when there is no ``out``). A file is only ever written under a suffix of
+    its format, so a checkpoint's name (.pt) or a typo never receives an ONNX graph; a Triton repository is a
+    directory (--format triton, any name without a file format's suffix).
 
     Raises:
-        UnknownOptionError: an unknown ``fmt``, or ``out`` named for another format than ``fmt`` (a .nir file
-            that would hold ONNX, a Triton directory named .onnx).
+        UnknownOptionError: an unknown ``fmt``; ``out`` named for another format than ``fmt`` (a .nir file
+            that would hold ONNX, a Triton directory named .onnx); a file format's ``out`` without one of its
+            suffixes; no ``fmt`` and a suffix that names no format.
     """
-    suffix = Path(out).suffix.lower() if out is not None else ""
+    if out is None:
+        return FORMATS[ExportFormat.ONNX] if fmt is None else lookup(FORMATS, fmt, "format")
+    suffix = Path(out).suffix.lower()
     named = next((f for f in FORMATS.values() if suffix and suffix in f.suffixes), None)
+    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
     if fmt is None:
-        return named or FORMATS[ExportFormat.ONNX]
+        if named is None and Path(out).is_dir():
+            raise UnknownOptionError(f"--out {out} is a directory: give a file ending in {known}, or --format triton "
+                                     "to write a Triton repository there")
+        if named is None:
+            raise UnknownOptionError(f"--out {out}: {f'the suffix {suffix}' if suffix else 'a name without a suffix'} "
+                                     f"names no export format; end it in {known}, or give --format triton for a "
+                                     "Triton repository directory")
+        return named
     chosen = lookup(FORMATS, fmt, "format")
     if named is not None and named.name != chosen.name:
         what = "a directory" if chosen.out_is_dir else f"a {' or '.join(chosen.suffixes)} file"
         raise UnknownOptionError(f"--out {out} is named like {_LIKE[named.name]} but --format {fmt} writes {what}: "
                                  "rename --out, or drop --format and let the suffix choose")
+    if not chosen.out_is_dir and named is None:
+        if Path(out).is_dir():
+            raise UnknownOptionError(f"--out {out} is a directory: --format {fmt} writes a "
+                                     f"{' or '.join(chosen.suffixes)} file")
+        raise UnknownOptionError(f"--out {out}: --format {fmt} writes a {' or '.join(chosen.suffixes)} file; "
+                                 "name --out so")
     return chosen
 
 

@@ -23,9 +23,17 @@ from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec
 __all__ = ["Runtime", "OrtRuntime", "TensorRTRuntime", "validate_input"]
 
 
+# Largest |input| taken. Pixels are in [0, 1] (what the loaders produce and the models were trained on),
+# but values outside are computed as given, not refused: the robustness protocol without clipping feeds
+# them on purpose, and a NIR graph's event input counts. Beyond this bound the graph's float32 arithmetic
+# (normalisation, convolution sums) can overflow to Inf/NaN logits, so it is refused (docs/serving.md).
+MAX_ABS_INPUT = 1e6
+
+
 def validate_input(x, spec: ModelSpec) -> np.ndarray:
     """``x`` as a C-contiguous float32 [N, *spec.input_shape] array (our models: [N, C, H, W]), or an
-    :class:`InputError` saying what is wrong."""
+    :class:`InputError` saying what is wrong: not float32, another shape, NaN/Inf, or a value beyond
+    +-:data:`MAX_ABS_INPUT`. Values outside [0, 1] within that bound are accepted and computed as given."""
     if not isinstance(x, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(x).__name__}")
     if x.dtype != np.float32:
@@ -35,6 +43,10 @@ def validate_input(x, spec: ModelSpec) -> np.ndarray:
         raise InputError(f"expected shape [N, {', '.join(map(str, want))}] with N >= 1, got {list(x.shape)}")
     if not np.isfinite(x).all():
         raise InputError("input holds NaN or Inf")
+    worst = float(x.flat[np.abs(x).argmax()]) if x.size else 0.0
+    if abs(worst) > MAX_ABS_INPUT:
+        raise InputError(f"input holds {worst:g}: pixels are in [0, 1] (values outside are computed as given up to "
+                         f"+-{MAX_ABS_INPUT:g}, beyond which the graph's float32 arithmetic overflows)")
     return np.ascontiguousarray(x)
 
 

@@ -32,6 +32,7 @@ import json
 import os
 import resource
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from ..kinds import FitnessMode
 from .evolution import LOG_FILE
 from .evolution_plots import plot_evolution
 from .fitness import check_evolution_data
+from .resume import check_run
 from .trainer import holds_run, train
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "run_ablation", "sign_flip_p", "cpu_seconds"]
@@ -105,13 +107,19 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _run(recipe, run_dir: Path, progress) -> dict:
-    """Train (or resume, or reuse) one run; returns its record."""
+def _run(recipe, run_dir: Path, progress, label: str) -> dict:
+    """Train (or resume, or reuse) one run; returns its record. ``label`` names it in the progress line."""
+    from tqdm.auto import tqdm
+
     record_path = run_dir / "ablation_run.json"
     rows = read_jsonl(run_dir / "train.jsonl")
     if record_path.exists() and rows and rows[-1].get("epoch") == recipe.train.epochs:
+        if progress is not False:
+            tqdm.write(f"{label}: finished earlier, reused ({run_dir})")
         return json.loads(record_path.read_text())
     resume = holds_run(run_dir)
+    if progress is not False:
+        tqdm.write(f"{label}: {'resuming' if resume else 'training'} in {run_dir}")
     started, cpu = time.perf_counter(), cpu_seconds()
     metrics = train(recipe, run_dir, resume=resume, progress=progress)
     evo = read_jsonl(run_dir / LOG_FILE)
@@ -140,13 +148,16 @@ def _plot(summary: dict, target: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary["variants"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows)), 4.5))
     xs = range(len(rows))
     ax.bar(xs, [100 * r["mean"] for r in rows], yerr=[100 * r["std"] for r in rows], capsize=5, color="#9ecae1")
     for x, r in zip(xs, rows):
         accs = [100 * a for a in r["test_acc"]]
         ax.plot([x] * len(accs), accs, "k.", alpha=0.7)
-    ax.set_xticks(list(xs), [r["label"] for r in rows])
+    # labels wrapped at their parenthesis (or a space), so neighbouring ones never run into each other
+    ax.set_xticks(list(xs), ["\n".join(textwrap.fill(part, 14, break_long_words=False)
+                                       for part in r["label"].replace(" (", "\n(").split("\n")) for r in rows],
+                  fontsize=9)
     low = min(100 * a for r in rows for a in r["test_acc"])
     ax.set_ylim(max(0.0, low - 5), min(100.0, max(100 * (r["mean"] + r["std"]) for r in rows) + 2))
     ax.set_ylabel("test accuracy (%)")
@@ -208,11 +219,17 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
     if evolving:  # their data check, before the Random runs are trained
         check_evolution_data(evolving[0])
     out = Path(out)
+    for key, runs in plans.items():  # every run already under way may continue with this recipe: before any work
+        for i, plan in enumerate(runs):
+            check_run(out / key / f"seed{i}", plan.to_dict())
     started = time.perf_counter()
     rows = []
-    for key in variants:
+    total = len(variants) * seeds
+    for k, key in enumerate(variants):
         label = VARIANTS[key][0]
-        runs = [_run(plan, out / key / f"seed{i}", progress) for i, plan in enumerate(plans[key])]
+        runs = [_run(plan, out / key / f"seed{i}", progress,
+                     f"{label}, seed {plan.train.seed} (run {k * seeds + i + 1}/{total})")
+                for i, plan in enumerate(plans[key])]
         accs = [r["test_acc"] for r in runs]
         rows.append({"variant": key, "label": label, "test_acc": accs, "mean": statistics.fmean(accs),
                      "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,

@@ -60,6 +60,7 @@ from ..recipe import recipe_from_dict
 from .fitness import (TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
                       generation_seeds, term_scales)
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
+from .resume import check_resume
 from .setup import build_recipe_model
 
 __all__ = ["run_evolution", "LOG_FILE", "STATE_FILE"]
@@ -233,22 +234,8 @@ def _load_state(path: Path, settings: dict) -> dict | None:
                           "delete it to restart evolution") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path} is not a {STATE_FORMAT} evolution state")
-    if state["settings"] != settings:
-        old, new = _flatten(state["settings"]), _flatten(settings)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ConfigError(f"cannot resume evolution in {path.parent}: settings differ from the interrupted run "
-                          f"({', '.join(diff)}); pass the same recipe and --set values")
+    check_resume(state["settings"], settings, f"evolution in {path.parent}")
     return state
-
-
-def _flatten(nested: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in nested.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ---- the loop -------------------------------------------------------------------------------------------

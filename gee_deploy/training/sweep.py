@@ -12,10 +12,12 @@ Run directory::
     sweep.md                           the table
     sweep.png                          accuracy, parameters, spikes and energy against g (dense twin dashed)
 
-Resuming: a point whose point.json exists is reused, never retrained (its recorded recipe must equal this
-one's, or the sweep stops with an error naming the point); a point with a checkpoint but no point.json was
-interrupted and continues with ``train(..., resume=True)``; so re-running the same command continues a
-killed sweep. The dense twin never evolves (the genotype {beta1, beta2, G} does not exist without genes).
+Resuming: before anything is trained, every point that holds a run is checked against this recipe by the
+rule every resumed run follows (:func:`~.resume.check_run`: only how long and where it runs may change, else
+the sweep stops with one line naming the point and the keys); a point whose point.json exists is then
+reused, never retrained (unless train.epochs grew: it trains on); a point with a checkpoint but no
+point.json was interrupted and continues with ``train(..., resume=True)``; so re-running the same command
+continues a killed sweep. The dense twin never evolves (the genotype {beta1, beta2, G} does not exist without genes).
 
 Accuracy is the last epoch's (not the best epoch's, which would select on the test set); spikes are counted
 by the final weights (``last.pt``) on the same test images the trainer evaluated.
@@ -40,17 +42,16 @@ from ..io import read_jsonl, write_json, write_report_files
 from ..neurons import SpikeRecorder
 from ..recipe import GENES, Recipe, check_value
 from ..walk import describe
+from ..zoo import list_models
 from ..zoo.summary import count_parameters
 from .fitness import check_evolution_data
+from .resume import check_run
 from .setup import build_recipe_model
 from .trainer import holds_run, select_device, train
 
 __all__ = ["POINT_FILE", "point_recipe", "point_dir", "run_sweep", "write_sweep", "sweep_markdown"]
 
 POINT_FILE = "point.json"
-# recipe keys that say how a run executes, not what it computes: a resumed point may change them
-_EXECUTION_KEYS = {("data", "data_dir"), ("data", "workers"), ("train", "device"), ("train", "threads"),
-                   ("train", "compile"), ("evolution", "workers")}
 
 
 def point_recipe(recipe: Recipe, model: str, genes: int) -> Recipe:
@@ -66,10 +67,6 @@ def point_dir(out: str | os.PathLike, model: str, genes: int) -> Path:
     return Path(out) / model / ("dense" if genes == 0 else f"g{genes}")
 
 
-def _what_it_computes(recipe: dict) -> dict:
-    return {s: {k: v for k, v in values.items() if (s, k) not in _EXECUTION_KEYS} for s, values in recipe.items()}
-
-
 def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | None) -> tuple[list[int], list[str]]:
     """Validated gene counts (dense twin first) and models; builds every point once so a mismatch between a
     model and the recipe's arguments or dataset fails before anything is trained."""
@@ -82,6 +79,10 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
     if models is not None and not models:
         raise ConfigError("--models is empty: give at least one architecture (see `gee-deploy models`)")
     models = list(dict.fromkeys(models or [recipe.model.name]))
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ConfigError(f"--models: unknown architecture {unknown[0]!r}; known: {', '.join(list_models())} "
+                          "(gee-deploy models)")
     grid = sorted({0, *genes})
     if recipe.evolution.enabled and grid[-1] > 0:  # before the dense twin, which never evolves, is trained
         check_evolution_data(recipe)
@@ -136,20 +137,13 @@ def _point(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -> dict:
     """Train (or resume, or reuse) one point; returns its record."""
     label = f"{recipe.model.name} {'dense' if not recipe.model.genes else f'g={recipe.model.genes}'}"
     record_path = run_dir / POINT_FILE
-    if record_path.exists():
+    if record_path.exists() and "train.epochs" not in check_run(run_dir, recipe.to_dict()):
         record = json.loads(record_path.read_text())
-        if _what_it_computes(record["recipe"]) != _what_it_computes(recipe.to_dict()):
-            raise ConfigError(f"{run_dir} was trained with another recipe; use another --out (or remove it)")
         say(f"{label}: finished earlier, reused ({run_dir})")
         return {**record, "status": "reused"}
-    status = "trained"
-    if holds_run(run_dir):
-        stored = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
-        if stored is not None and _what_it_computes(stored) != _what_it_computes(recipe.to_dict()):
-            raise ConfigError(f"{run_dir} holds a run of another recipe; use another --out (or remove it)")
-        status = "resumed"
+    status = "resumed" if holds_run(run_dir) else "trained"
     say(f"{label}: {'resuming' if status == 'resumed' else 'training'} in {run_dir}")
-    metrics = train(recipe, run_dir, resume=status == "resumed", progress=False)
+    metrics = train(recipe, run_dir, resume=status == "resumed", progress=lambda line: say(f"{label}: {line}"))
     rows = read_jsonl(run_dir / "train.jsonl")
     evo = read_jsonl(run_dir / "evolution.jsonl")
     model = build_recipe_model(recipe)
@@ -186,6 +180,9 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
     """
     say = progress or (lambda msg: None)
     grid, models = _check_points(recipe, genes, models)
+    for model in models:  # every point a run already holds may continue with this recipe: before any training
+        for g in grid:
+            check_run(point_dir(out, model, g), point_recipe(recipe, model, g).to_dict())
     started = time.perf_counter()
     points = []
     for model in models:

@@ -9,6 +9,7 @@ Run directory::
     train.jsonl    one object per epoch: epoch, train_loss, train_acc, test_loss, test_acc, firing_rate, ...
     last.pt        checkpoint after the latest epoch (with optimiser state: --resume continues from it)
     best.pt        checkpoint of the best test accuracy so far
+    resumes.jsonl  one object per --resume that changed a key a resume may change (train.epochs, ...)
 
 Determinism: every epoch re-seeds torch with ``seed * 1000 + epoch`` and the loader's shuffling with the
 same number, so a resumed run on CPU ends with the same weights as an uninterrupted one.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -28,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from ..checkpoint import Checkpoint, DatasetRecord, architecture_fingerprint, load_checkpoint, save_checkpoint
+from ..checkpoint import (Checkpoint, DatasetRecord, architecture_fingerprint, legacy_architecture_fingerprint,
+                          load_checkpoint, save_checkpoint)
 from ..data import dataset_info, load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
@@ -36,10 +39,15 @@ from ..neurons import SpikeRecorder
 from ..recipe import Recipe, TrainSection
 from .evolution import run_evolution
 from .fitness import check_eval_data_size
+from .resume import check_run
 from .setup import build_optimizer, build_recipe_model, check_training_batches, mixed_precision, train_step
 
-__all__ = ["train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule", "DistContext",
-           "TrainRuntime"]
+__all__ = ["RESUMES_FILE", "train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule",
+           "DistContext", "TrainRuntime"]
+
+
+RESUMES_FILE = "resumes.jsonl"  # one line per resume that changed a continuable key
+HEARTBEAT_SECONDS = 10.0  # a progress line within an epoch this often when the output is no terminal
 
 
 class DistContext:
@@ -73,14 +81,24 @@ class DistContext:
         return totals.tolist()
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, key: str = "train.device") -> torch.device:
+    """The torch device ``name`` (auto, cpu, cuda, cuda:N) names; ``key`` is what the user set it with (a recipe
+    key or a flag), for the error.
+
+    Raises:
+        ConfigError: CUDA asked for on a machine without it, or a GPU index past the last one.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
+    shown = f"{key} {name}" if key.startswith("-") else f"{key}={name!r}"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+        raise ConfigError(f"{shown} but CUDA is not available on this machine (use cpu or auto)")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{shown} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 @torch.no_grad()
@@ -150,12 +168,27 @@ class TrainRuntime:
         return x, y
 
 
-def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> None:
-    """The settings and the run directory: what can be refused before the data is even read."""
-    if resume and not holds_run(out):
+def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> tuple[Checkpoint | None, dict]:
+    """The settings and the run directory: what can be refused before the data is even read. Returns the run's
+    last.pt (None: not resuming, or evolution had not finished) and the recipe changes a resume takes
+    (:func:`~.resume.check_resume`, against the checkpoint's recipe, else config.json's)."""
+    if recipe.train.epochs == 0 and not recipe.evolution.enabled:
+        raise ConfigError("train.epochs must be >= 1 (0 trains nothing; it is meant for an evolution-only run, "
+                          "with evolution.enabled = true)")
+    if not resume:
+        if holds_run(out):
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return None, {}
+    if not holds_run(out):
         raise ConfigError(f"--resume: {out} has no last.pt to resume from")
-    if not resume and holds_run(out):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt = load_checkpoint(out / "last.pt") if (out / "last.pt").exists() else None
+    if ckpt is not None and (ckpt.optimizer is None or ckpt.scheduler is None):
+        raise CheckpointError(f"{out / 'last.pt'} holds no optimiser state to resume from")
+    changes = check_run(out, recipe.to_dict(), ckpt)
+    if ckpt is not None and recipe.train.epochs < ckpt.epoch:
+        raise ConfigError(f"--resume: the run in {out} has trained {ckpt.epoch} epochs already; train.epochs "
+                          f"{recipe.train.epochs} is fewer (give train.epochs >= {ckpt.epoch})")
+    return ckpt, changes
 
 
 def _set_up(settings) -> TrainRuntime:
@@ -220,11 +253,9 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: T
             out: Path) -> tuple[int, float]:
     """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far).
 
-    Raises:
-        CheckpointError: ``ckpt`` holds no optimiser or schedule state (not a last.pt).
+    ``ckpt`` was checked by :func:`_check_before_writing` (optimiser state, recipe) and :func:`train`
+    (architecture fingerprint).
     """
-    if ckpt.optimizer is None or ckpt.scheduler is None:
-        raise CheckpointError(f"{out / 'last.pt'} holds no optimiser state to resume from")
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
@@ -238,9 +269,12 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: T
 
 
 def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSection, runtime: TrainRuntime,
-                desc: str, show: bool, max_steps: int | None = None) -> dict:
+                desc: str, show: bool, max_steps: int | None = None,
+                heartbeat: Callable[[str], None] | None = None) -> dict:
     """One pass over ``loader`` (or its first ``max_steps`` batches): a :func:`~.setup.train_step` and a
-    scheduler step per batch, with ``settings``' label smoothing and gradient clipping.
+    scheduler step per batch, with ``settings``' label smoothing and gradient clipping. ``show``: a tqdm bar
+    when the output is a terminal; ``heartbeat``, when given, is told ``desc``, the images so far and the
+    running loss every :data:`HEARTBEAT_SECONDS` (a log has no bar, and an epoch can take minutes).
 
     Returns:
         train_loss, train_acc (summed over ranks), train_images_per_s and steps (this process's).
@@ -252,6 +286,7 @@ def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSec
     loss_sum = correct = seen = 0.0
     steps = 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True)
+    last_beat = started
     for x, y in bar:
         x, y = runtime.to_device(x, y)
         loss, logits = train_step(net, optimizer, x, y, label_smoothing=settings.label_smoothing,
@@ -262,6 +297,11 @@ def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSec
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        now = time.perf_counter()
+        if heartbeat is not None and now - last_beat >= HEARTBEAT_SECONDS:
+            last_beat = now
+            heartbeat(f"{desc}: {seen:.0f}/{len(loader.dataset) if hasattr(loader, 'dataset') else '?'} images, "
+                      f"loss {loss_sum / seen:.4f}, acc {correct / seen:.3f} ({now - started:.0f} s)")
         if steps == max_steps:
             break
     bar.close()
@@ -282,18 +322,33 @@ def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer,
                                              scaler=scaler))
 
 
-def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | None = None) -> dict:
-    """Run a recipe into run directory ``out``; returns the last epoch's metrics (plus best_acc).
-
-    Raises:
-        ConfigError: bad settings, ``out`` already holds a run (without ``resume``) or holds none (with it);
-            raised before anything is written.
-    """
+def _progress_lines(progress: bool | Callable[[str], None] | None, main: bool) -> Callable[[str], None] | None:
+    """Where the per-epoch lines (and, without a terminal, the lines within an epoch) go: ``progress`` itself
+    when it is a callable, tqdm.write (stdout, between the bars) unless it is False, nowhere on other ranks."""
     from tqdm.auto import tqdm
 
+    if progress is False or not main:
+        return None
+    return progress if callable(progress) else tqdm.write
+
+
+def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
+          progress: bool | Callable[[str], None] | None = None) -> dict:
+    """Run a recipe into run directory ``out``; returns the last epoch's metrics (plus best_acc).
+
+    ``progress``: False for silence; True or None for tqdm bars on a terminal and a line per epoch (plus one
+    every :data:`HEARTBEAT_SECONDS` within an epoch when the output is no terminal); a callable receives
+    those lines instead of stdout and no bar is drawn (a sweep prefixes its point).
+
+    Raises:
+        ConfigError: bad settings, ``out`` already holds a run (without ``resume``) or holds none (with it),
+            or ``resume`` with a recipe that differs from the run's in a key a resume may not change
+            (:mod:`.resume`); raised before anything is written.
+        CheckpointError: ``resume`` and the run's last.pt is unreadable (truncated, corrupt).
+    """
     out = Path(out)
     settings, data = recipe.train, recipe.data
-    _check_before_writing(recipe, out, resume)
+    ckpt, changes = _check_before_writing(recipe, out, resume)
 
     # ---- set-up, data and model: every refusal happens here, before the run directory exists -------------
     runtime = _set_up(settings)
@@ -303,14 +358,22 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
     model = build_recipe_model(recipe)
     _check_data_fits(recipe, model, len(train_set), dist.world)
     meta = _checkpoint_meta(recipe, model)
+    if ckpt is not None and ckpt.architecture and \
+            ckpt.architecture not in (meta.architecture, legacy_architecture_fingerprint(model)):
+        raise CheckpointError(f"--resume: {out / 'last.pt'} holds another architecture than this recipe builds "
+                              "(the code changed since it was written?); train into another --out")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", recipe.to_dict())
+        if changes:  # what this resume changed, and from which epoch on
+            append_jsonl(out / RESUMES_FILE, {"resumed_at_epoch": ckpt.epoch if ckpt is not None else 0,
+                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                              "changes": {k: list(v) for k, v in changes.items()}})
 
     # ---- evolution (Algorithm 1, lines 1-11): sets the model's encodings and G to the best phenotype ----
-    ckpt = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
     if recipe.evolution.enabled and ckpt is None:
-        run_evolution(recipe, out, model, runtime.device, dist=dist, progress=progress)
+        run_evolution(recipe, out, model, runtime.device, dist=dist,
+                      progress=False if callable(progress) else progress)
 
     # ---- optimiser and schedule -------------------------------------------------------------------------
     model.to(runtime.device)
@@ -334,6 +397,9 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
 
     # ---- epochs (none: an evolution-only run still gets its checkpoint of the evolved model) ------------
     metrics: dict = {}
+    say = _progress_lines(progress, dist.main)
+    bars = say is not None and not callable(progress)
+    heartbeat = say if say is not None and (callable(progress) or not sys.stderr.isatty()) else None
     for epoch in range(start_epoch, settings.epochs):
         epoch_seed = settings.seed * 1000 + epoch
         torch.manual_seed(epoch_seed)  # augmentation draws
@@ -343,7 +409,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
                              pin_memory=runtime.pin_memory, sampler=sampler, drop_last=True)
         started = time.perf_counter()
         trained = train_epoch(net, loader, optimizer, scheduler, settings, runtime,
-                               f"epoch {epoch + 1}/{settings.epochs}", show=progress is not False and dist.main)
+                               f"epoch {epoch + 1}/{settings.epochs}", show=bars, heartbeat=heartbeat)
         metrics = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"],
                    **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
                    "lr": scheduler.get_last_lr()[-1],  # the plain group (genetic: x genetic_lr_scale)
@@ -354,8 +420,8 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress
         if dist.main:
             _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)
             append_jsonl(out / "train.jsonl", metrics)
-            if progress is not False:
-                tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
+            if say is not None:
+                say(f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
                            f"test acc {metrics['test_acc']:.4f} firing rate {metrics['firing_rate']:.4f} "
                            f"({metrics['seconds']:.0f} s, {metrics['train_images_per_s']:.0f} img/s)")
     if settings.epochs == 0:  # every rank joins evaluate's all-reduce
