@@ -19,10 +19,6 @@ CPU time ignores what other processes took on a shared machine. Prints a Markdow
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
-
 import hashlib
 import os
 import tempfile
@@ -38,6 +34,8 @@ from gee_deploy.ort_session import create_session
 from gee_deploy.spec import INPUT_NAME
 from gee_deploy.zoo import create_model, list_models
 
+from _timing import call_seconds, cpu_name, median_seconds, write_json
+
 VARIANTS = ("dense", "factorised", "auto", "int8")
 STORAGES = tuple(s.value for s in Storage)
 
@@ -49,18 +47,6 @@ def genes_of(name: str) -> int:
 def parameter_bytes(name: str, genes: int | None) -> int:
     torch.manual_seed(0)
     return 4 * sum(p.numel() for p in create_model(name, genes=genes).parameters())
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-        model = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
-        flags = next(l.split(":", 1)[1].split() for l in lines if l.startswith("flags"))
-        simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
-        return f"{model} ({', '.join(simd)})"
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def running_graph(data: bytes) -> list:
@@ -86,15 +72,6 @@ def running_graph(data: bytes) -> list:
     return nodes
 
 
-def median_cpu_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.thread_time()
-        fn()
-        times.append(time.thread_time() - t0)
-    return float(np.median(times))
-
-
 def measure(name: str, latency: bool, repeats: int, sessions: int, batches: tuple[int, ...]) -> list[dict]:
     genes = genes_of(name)
     torch.manual_seed(0)
@@ -116,7 +93,7 @@ def measure(name: str, latency: bool, repeats: int, sessions: int, batches: tupl
     live = {}
     for row in rows:
         data = files[row["variant"], row["storage"]]
-        row["session_s"] = median_cpu_seconds(lambda: create_session(data, threads=1), sessions)
+        row["session_s"] = median_seconds(lambda: create_session(data, threads=1), sessions)
         live[row["variant"], row["storage"]] = create_session(data, threads=1)
     for variant in VARIANTS:  # the graph onnxruntime runs: the same for both storages?
         same = running_graph(files[variant, "genetic"]) == running_graph(files[variant, "folded"])
@@ -137,9 +114,7 @@ def measure(name: str, latency: bool, repeats: int, sessions: int, batches: tupl
         keys = list(live)
         for r in range(repeats):  # round-robin, rotated, so slow phases of a shared machine hit every session
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                t0 = time.thread_time()
-                live[key].run(None, feed)
-                times[key].append(time.thread_time() - t0)
+                times[key].append(call_seconds(lambda: live[key].run(None, feed)))
         for row in rows:
             row[f"p50_ms_b{b}"] = 1e3 * float(np.median(times[row["variant"], row["storage"]]))
     return rows
@@ -181,8 +156,7 @@ def main() -> None:
                 r.update(genetic_param_bytes=gen_bytes, dense_param_bytes=dense_bytes)
         every += rows
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"cpu": cpu_name(), "rows": every}, fh, indent=1)
+        write_json(a.json, {"cpu": cpu_name(), "rows": every})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ less time than loss-only evolution (Section IV-D).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from gee_deploy.recipe import load_recipe
 from gee_deploy.training.evolution import LOG_FILE, run_evolution
 from gee_deploy.training.fitness import FITNESS_MODES
 from gee_deploy.training.setup import build_recipe_model
+
+from _timing import write_json
 
 
 def best_loss_curve(log: list[dict]) -> list[tuple[float, float]]:
@@ -100,7 +101,7 @@ def main() -> None:
         print(f"| {m} | {statistics.fmean(c[-1][1] for c in curves[m]):.4f} | {per_gen:.2f} | "
               f"{statistics.fmean(r[0] for r in reached):.1f} | {statistics.fmean(r[1] for r in reached):.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "targets": targets, "curves": curves}, indent=1))
+        write_json(args.json, {"args": vars(args), "targets": targets, "curves": curves})
 
 
 if __name__ == "__main__":

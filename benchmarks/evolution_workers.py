@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its reaped children (the spawned workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+from _timing import process_cpu_seconds
 
 
 def bench(recipe_path: str, workers: int, generations: int, population: int, overrides: list[str]) -> dict:
@@ -40,11 +35,11 @@ def bench(recipe_path: str, workers: int, generations: int, population: int, ove
     torch.manual_seed(recipe.train.seed)
     model = build_recipe_model(recipe)
     with tempfile.TemporaryDirectory() as out:
-        cpu_before = _cpu_seconds()
+        cpu_before = process_cpu_seconds()
         started = time.perf_counter()
         run_evolution(recipe, out, model, torch.device("cpu"), progress=False)
         total = time.perf_counter() - started
-        cpu = _cpu_seconds() - cpu_before  # workers are reaped when the evolution ends, so they count
+        cpu = process_cpu_seconds() - cpu_before  # workers are reaped when the evolution ends, so they count
         rows = read_jsonl(Path(out) / "evolution.jsonl")
     seconds = [r["seconds"] for r in rows]
     return {"workers": workers, "population": population, "first_generation_s": seconds[0],

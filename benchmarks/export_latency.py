@@ -9,7 +9,6 @@ Latency does not depend on the weight values, so untrained models at other g are
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -18,6 +17,8 @@ from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
 from gee_deploy.kinds import ExportVariant
 from gee_deploy.ort_session import create_session
+
+from _timing import cpu_name, interleaved
 from gee_deploy.zoo import create_model
 
 VARIANTS = ("dense", "factorised", "auto", "auto-profile")
@@ -29,19 +30,10 @@ def time_sessions(sessions: dict, x: np.ndarray, rounds: int = 8, iters: int = 1
     Interleaving the variants block by block makes load from other processes on a shared machine hit all of
     them alike; the median is over every timed run of a variant.
     """
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(None, {"input": x})
-    times = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                s.run(None, {"input": x})
-                times[k].append(time.perf_counter() - t0)
+    runs = {k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}
     out = {}
-    for k, t in times.items():
-        ms = np.array(t) * 1e3
+    for k, t in interleaved(runs, rounds, iters, warmup=warmup).items():
+        ms = t.ravel() * 1e3
         out[k] = {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
                   "samples_per_s": float(len(x) / np.median(t))}
     return out
@@ -100,6 +92,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(args.model, genes=g, timesteps=args.timesteps).eval()
         rows += run(model, f"{args.model} g={g} (untrained)", args.batches, args.threads)
+    print(f"CPU: {cpu_name()}; onnxruntime {args.threads} intra-op thread(s), wall clock\n")
     print(markdown(rows))
 
 

@@ -15,21 +15,17 @@ last-bit difference near a threshold flips a spike, whichever side rounds it).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_export import lively  # noqa: E402  (random BatchNorm affines, statistics calibrated: every layer fires)
-
-import gee_deploy.export.folding as folding  # noqa: E402
-from gee_deploy.export import build_onnx  # noqa: E402
-from gee_deploy.neurons import SpikeRecorder  # noqa: E402
-from gee_deploy.ort_session import create_session  # noqa: E402
-from gee_deploy.zoo import create_model  # noqa: E402
+import gee_deploy.export.folding as folding
+from gee_deploy.export import build_onnx
+from gee_deploy.neurons import SpikeRecorder
+from gee_deploy.ort_session import create_session
+from gee_deploy.testing import lively  # random BatchNorm affines, statistics calibrated: every layer fires
+from gee_deploy.zoo import create_model
 
 PRODUCTS = {"float64": np.float64, "float32": np.float32}
 

@@ -40,11 +40,6 @@ For each: p50 ms (1 thread by default), the kernels onnxruntime's profiler says 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-import time
-from collections import defaultdict
 
 import numpy as np
 import onnx
@@ -55,6 +50,8 @@ from gee_deploy.export import build_onnx
 from gee_deploy.ort_session import create_session
 from gee_deploy.quantisation import quantise_weight
 from gee_deploy.zoo import create_model
+
+from _timing import best_block, call_seconds, clock, interleaved, kernel_ms
 
 FORMS = ("fp32", "fp32-deq", "fp32-gemm", "convint-u8", "convint-s8", "qdq", "qdq-out", "qlinearconv", "matmulint",
          "im2col-nhwc", "im2col-s2d", "im2col-bmm", "im2col-t")
@@ -272,18 +269,7 @@ def exact_reference(layer: dict, x01: np.ndarray) -> np.ndarray:
 
 def profile_ops(proto: onnx.ModelProto, feed: dict, threads: int, runs: int) -> dict[str, float]:
     """ms per run of each kernel onnxruntime ran (profiler op_name), after 3 warm-up runs."""
-    with tempfile.TemporaryDirectory() as d:
-        s = _session(proto, threads, os.path.join(d, "p"))
-        for _ in range(3 + runs):
-            s.run(None, feed)
-        with open(s.end_profiling()) as f:
-            events = json.load(f)
-    since = sorted(e["ts"] for e in events if e.get("name") == "model_run")[3]
-    ms = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
-            ms[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
-    return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+    return kernel_ms(lambda prefix: _session(proto, threads, prefix), feed, runs)
 
 
 def _session(proto: onnx.ModelProto, threads: int, profile: str | None = None):
@@ -319,20 +305,9 @@ def run(batch: int = 64, threads: int = 1, forms=FORMS, rounds: int = 6, density
                 rows.append({"layer": layer["name"], "form": form, "error": str(e).splitlines()[0][:120]})
                 continue
             protos[form] = proto
-        times = defaultdict(list)
-        for s, feed in sessions.values():
-            for _ in range(3):
-                s.run(None, feed)
-        iters = max(3, 64 // batch)
-        # one intra-op thread runs in the caller's thread: its CPU time ignores what other processes took
-        clock = time.thread_time if threads == 1 else time.perf_counter
-        for _ in range(rounds):
-            for form, (s, feed) in sessions.items():
-                for _ in range(iters):
-                    t0 = clock()
-                    s.run(None, feed)
-                    times[form].append(clock() - t0)
-        best = {f: np.min(np.median(np.reshape(v, (rounds, iters)), axis=1)) for f, v in times.items()}
+        runs = {form: (lambda s=s, feed=feed: s.run(None, feed)) for form, (s, feed) in sessions.items()}
+        times = interleaved(runs, rounds, max(3, 64 // batch), clock(threads))
+        best = {f: best_block(v) for f, v in times.items()}
         base = best["fp32"]
         for form, (s, feed) in sessions.items():
             y = s.run(None, feed)[0]
@@ -363,19 +338,13 @@ def gemm_peaks(m: int = 4096, k: int = 1024, n: int = 1024, runs: int = 8) -> di
         s = _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), 1)
         a = rng.integers(0, 2, (m, k)).astype(an)
         s.run(None, {"a": a})
-        best = min(_thread_seconds(lambda: s.run(None, {"a": a})) for _ in range(runs))
+        best = min(call_seconds(lambda: s.run(None, {"a": a})) for _ in range(runs))
         out[f"MatMulInteger {a_name} x {b_name}"] = m * k * n / best / 1e9
     torch.set_num_threads(1)
     x = torch.randn(2048, 2048)
     x @ x
-    out["torch sgemm fp32"] = 2048 ** 3 / min(_thread_seconds(lambda: x @ x) for _ in range(5)) / 1e9
+    out["torch sgemm fp32"] = 2048 ** 3 / min(call_seconds(lambda: x @ x) for _ in range(5)) / 1e9
     return out
-
-
-def _thread_seconds(fn) -> float:
-    t0 = time.thread_time()
-    fn()
-    return time.thread_time() - t0
 
 
 def markdown(rows: list[dict]) -> str:

@@ -33,10 +33,7 @@ Forms (tau = 2, v_th = 1, v_reset = 0, the project's LIF) combine four choices (
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -49,6 +46,8 @@ from gee_deploy.checkpoint import load_model
 from gee_deploy.export import build_onnx
 from gee_deploy.ort_session import create_session
 from gee_deploy.zoo import create_model
+
+from _timing import best_block, clock, interleaved, kernel_ms
 
 TAU, V_TH = 2.0, 1.0
 
@@ -262,20 +261,8 @@ def session(proto: onnx.ModelProto, threads: int, profile_dir: str | None = None
 
 def op_split(proto: onnx.ModelProto, x: np.ndarray, threads: int, runs: int, level: str) -> dict[str, float]:
     """Mean ms per run spent in each onnxruntime kernel type (profiler ``op_name``), over ``runs`` runs."""
-    warmup = 3
-    with tempfile.TemporaryDirectory() as d:
-        s = session(proto, threads, d, level)
-        for _ in range(warmup + runs):
-            s.run(None, {"input": x})
-        with open(s.end_profiling()) as f:
-            events = json.load(f)
-    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    since = starts[warmup]  # skip the warm-up runs
-    ms = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
-            ms[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
-    return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+    return kernel_ms(lambda prefix: create_session(proto.SerializeToString(), threads=threads, optimization=level,
+                                                   profile_prefix=prefix), {"input": x}, runs)
 
 
 def timed(sessions: dict, x: np.ndarray, rounds: int, iters: int, cpu: bool) -> dict[str, tuple[float, float]]:
@@ -283,19 +270,9 @@ def timed(sessions: dict, x: np.ndarray, rounds: int, iters: int, cpu: bool) -> 
     all alike; the best block is the least disturbed one). ``cpu``: time the calling thread's CPU time, not
     the wall clock: with one intra-op thread onnxruntime runs in the caller's thread, and CPU time does not
     count the time the scheduler gave to other processes on a shared machine."""
-    clock = time.thread_time if cpu else time.perf_counter
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {"input": x})
-    t = defaultdict(list)
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(iters):
-                t0 = clock()
-                s.run(None, {"input": x})
-                t[k].append(clock() - t0)
-    return {k: (float(np.median(v) * 1e3), float(np.min(np.median(np.reshape(v, (rounds, iters)), axis=1)) * 1e3))
-            for k, v in t.items()}
+    runs = {k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}
+    t = interleaved(runs, rounds, iters, clock(1 if cpu else 0))
+    return {k: (float(np.median(v) * 1e3), best_block(v) * 1e3) for k, v in t.items()}
 
 
 def lif_inputs(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
@@ -381,14 +358,8 @@ def op_costs(shape=(64, 32, 14, 14), rounds: int = 15, iters: int = 10) -> dict[
             [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in consts.items()])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
         sessions[name] = (session(model, 1), {n: data[n] for n, _ in ins})
-    t = defaultdict(list)
-    for _ in range(rounds):
-        for k, (s, feed) in sessions.items():
-            for _ in range(iters):
-                t0 = time.thread_time()
-                s.run(None, feed)
-                t[k].append(time.thread_time() - t0)
-    return {k: float(np.min(np.median(np.reshape(v, (rounds, iters)), axis=1)) * 1e3) for k, v in t.items()}
+    runs = {k: (lambda s=s, feed=feed: s.run(None, feed)) for k, (s, feed) in sessions.items()}
+    return {k: best_block(v) * 1e3 for k, v in interleaved(runs, rounds, iters, clock(1), warmup=0).items()}
 
 
 def run(model: torch.nn.Module, batches=(64, 1), threads=(1,), forms=FORMS, rounds: int = 5,

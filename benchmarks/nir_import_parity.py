@@ -4,7 +4,7 @@ against the frameworks' own runs on real Fashion-MNIST test images.
     python benchmarks/nir_import_parity.py                       # 300 training steps, 1,000 test images, T = 4, 8
     python benchmarks/nir_import_parity.py --steps 100 --samples 200
 
-Per framework: build the model of ``tests/nir_frameworks.py`` (Conv -> LIF -> AvgPool -> Conv -> LIF -> AvgPool ->
+Per framework: build the model of :mod:`gee_deploy.testing.nir_frameworks` (Conv -> LIF -> AvgPool -> Conv -> LIF -> AvgPool ->
 Flatten -> Linear -> LIF -> Linear), train it ``--steps`` Adam steps at T = 4 on the training split (so its logits
 are informative: top-1 agreement on untrained ties would mean nothing), write it with the framework's own NIR
 exporter, convert it with `gee-deploy export MODEL.nir` (the framework's flags of docs/nir.md; validated against
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +25,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import nir_frameworks as nf  # noqa: E402
+from gee_deploy.data import load_split, load_test_arrays
+from gee_deploy.export.validate import run_graph
+from gee_deploy.nir.convert import convert_nir
+from gee_deploy.ort_session import create_session
+from gee_deploy.testing import nir_frameworks as nf
 
-from gee_deploy.data import load_split, load_test_arrays  # noqa: E402
-from gee_deploy.export.options import export_options  # noqa: E402
-from gee_deploy.nir.convert import convert_nir  # noqa: E402
-from gee_deploy.nir.options import NIRImportOptions  # noqa: E402
-from gee_deploy.export.validate import run_graph  # noqa: E402
-from gee_deploy.ort_session import create_session  # noqa: E402
+from gee_deploy.export.options import export_options
+from gee_deploy.nir.options import NIRImportOptions
+
+from _timing import write_json
 
 
 def _train_arrays(limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,7 @@ def main() -> None:
               f"{r['top1_agreement']:.2%} | {r['spikes_onnx']:.0f} / {r['spikes_framework']:.0f} | "
               f"{r['spike_delta']:.2e} | {r['accuracy_onnx']:.1%} / {r['accuracy_framework']:.1%} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from gee_deploy.evaluation.loadtest import load_test
 from gee_deploy.serving.server import parse_ready_line
 from gee_deploy.spec import ModelSpec
 
+from _timing import process_cpu_seconds
+
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -72,21 +74,15 @@ def stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load_run(tree: Path, label: str, protocol: str, model: str, images, args) -> dict:
     proc, port, grpc_port = start_server(tree, model, args, protocol == "grpc")
     try:
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0 = process_cpu_seconds(proc.pid)
         result = load_test("127.0.0.1", grpc_port if protocol == "grpc" else port, "bench", images,
                            clients=args.clients, duration_s=args.seconds, protocol=protocol)
         # The server's CPU per answered request: unlike requests/s, it does not depend on how much of a
         # shared machine the scheduler gave the server during the run.
-        cpu_ms = (cpu_seconds(proc.pid) - cpu0) / max(result["ok"], 1) * 1e3
+        cpu_ms = (process_cpu_seconds(proc.pid) - cpu0) / max(result["ok"], 1) * 1e3
         result.update(server=label, server_cpu_ms_per_request=cpu_ms, **server_batches(port),
                       max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
     finally:

@@ -1,18 +1,19 @@
 """Checkpoints that rebuild their model alone and load without executing pickled code.
 
 What a checkpoint holds is :class:`Checkpoint`, written and read here only: :meth:`Checkpoint.to_payload` is the
-dict saved with torch.save, :meth:`Checkpoint.from_payload` reads it back (``torch.load(weights_only=True)``),
-files written by earlier releases included. The payload's keys:
+dict saved with torch.save, :meth:`Checkpoint.from_payload` reads it back (``torch.load(weights_only=True)``)
+through the one reader of stored layouts, :func:`_stored_layout`. The payload's keys (checkpoint format 1, the
+layout gee-deploy has written since b36eec0):
 
-    format        "gee-deploy/1"
+    format        "gee-deploy/1": the format's version tag (:data:`FORMAT_VERSION`)
     model_name    registered architecture
     model_args    resolved create_model kwargs (genes, timesteps, num_classes, ..., mean, std)
     architecture  fingerprint of the module tree (:func:`architecture_fingerprint`): a checkpoint written by
                   another version of an architecture (a pool moved, a kernel changed) is refused, even
-                  when its parameter names and shapes still fit; files written before the fingerprint was
-                  computed from geometry hold :func:`legacy_architecture_fingerprint` and still load
+                  when its parameter names and shapes still fit; absent from a checkpoint built in Python
+                  without one (not checked)
     recipe        the resolved recipe (dict)
-    dataset       {"name", "classes"}
+    dataset       {"name", "classes"}; absent when the checkpoint names none
     state_dict    model weights
     optimizer, scheduler   training state (last.pt only: what --resume continues from)
     scaler        (float16 mixed precision only) the GradScaler's state, for an exact resume
@@ -40,16 +41,18 @@ from torch import nn
 
 from .data import dataset_info
 from .errors import CheckpointError, GeeError, reason
-from .io import atomic_path
+from .io import atomic_path, format_version
 from .quantisation import SCHEME, attach_quantisers, quantised_layers
 from .zoo import create_model
 
-__all__ = ["FORMAT", "Checkpoint", "DatasetRecord", "QuantisationRecord", "save_checkpoint", "load_checkpoint",
-           "load_model", "build_model", "model_origin", "file_sha256", "architecture_fingerprint",
-           "legacy_architecture_fingerprint"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "DatasetRecord", "QuantisationRecord", "save_checkpoint", "load_checkpoint",
+           "load_model", "build_model", "model_origin", "file_sha256", "architecture_fingerprint"]
 
-FORMAT = "gee-deploy/1"
-_REQUIRED = ("format", "model_name", "model_args", "state_dict")
+FORMAT_VERSION = 1  # the layout the module docstring lists
+_FORMAT_PREFIX = "gee-deploy/"
+FORMAT = f"{_FORMAT_PREFIX}{FORMAT_VERSION}"
+_REQUIRED = ("model_name", "model_args", "state_dict", "recipe", "epoch", "metrics", "best_acc")
+_OPTIONAL = ("architecture", "dataset", "quantisation", "optimizer", "scheduler", "scaler")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +100,7 @@ class Checkpoint:
     model_name: str
     model_args: dict[str, Any]
     state_dict: Mapping[str, torch.Tensor] | None  # None in :meth:`metadata`
-    architecture: str | None = None  # None: written before fingerprints (not checked)
+    architecture: str | None = None  # None: a checkpoint built in Python without one (not checked)
     recipe: dict[str, Any] = field(default_factory=dict)
     dataset: DatasetRecord | None = None
     epoch: int = 0
@@ -133,8 +136,8 @@ class Checkpoint:
     # -- the payload torch.save writes ---------------------------------------------------------------------
 
     def to_payload(self) -> dict:
-        """The dict saved with torch.save: plain containers and tensors only (``weights_only`` loads it), with the
-        keys of earlier releases, so files written now load there too. Absent parts are left out."""
+        """The dict saved with torch.save: plain containers and tensors only (``weights_only`` loads it), in
+        checkpoint format :data:`FORMAT_VERSION`'s layout (the module docstring). Absent parts are left out."""
         if self.state_dict is None:
             raise ValueError("a checkpoint without weights (Checkpoint.metadata()) cannot be saved")
         payload: dict[str, Any] = {"format": FORMAT, "model_name": self.model_name, "model_args": self.model_args}
@@ -158,41 +161,61 @@ class Checkpoint:
 
     @classmethod
     def from_payload(cls, payload: Any, source: str = "checkpoint") -> Checkpoint:
-        """The checkpoint in a loaded payload, as this release or an earlier one wrote it.
+        """The checkpoint in a loaded payload (:func:`_stored_layout` reads its layout).
 
         Raises:
-            CheckpointError: not a gee-deploy payload, another format, or a part of the wrong type.
+            CheckpointError: not a gee-deploy payload, another or a newer format, or a part of the wrong type.
         """
-        if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
-            raise CheckpointError(f"{source} is not a gee-deploy checkpoint (missing model name, args or weights)")
-        if payload["format"] != FORMAT:
-            raise CheckpointError(f"{source} has format {payload['format']!r}; this version reads {FORMAT!r}")
+        stored = _stored_layout(payload, source)
         try:
-            dataset = payload.get("dataset") or None
-            quant = payload.get("quantisation") or None
-            ckpt = cls(
-                model_name=_typed(payload["model_name"], str, "model_name"),
-                model_args=dict(_typed(payload["model_args"], dict, "model_args")),
-                state_dict=_typed(payload["state_dict"], dict, "state_dict"),
-                architecture=payload.get("architecture"),
-                recipe=dict(_typed(payload.get("recipe") or {}, dict, "recipe")),
+            dataset, quant = stored["dataset"] or None, stored["quantisation"] or None
+            return cls(
+                model_name=_typed(stored["model_name"], str, "model_name"),
+                model_args=dict(_typed(stored["model_args"], dict, "model_args")),
+                state_dict=_typed(stored["state_dict"], dict, "state_dict"),
+                architecture=stored["architecture"],
+                recipe=dict(_typed(stored["recipe"], dict, "recipe")),
                 dataset=None if dataset is None else DatasetRecord(
                     name=str(_typed(dataset, dict, "dataset").get("name") or ""),
                     classes=tuple(str(c) for c in dataset.get("classes") or ())),
-                epoch=int(payload.get("epoch") or 0),
-                metrics=dict(_typed(payload.get("metrics") or {}, dict, "metrics")),
-                best_acc=float(payload.get("best_acc") or 0.0),
+                epoch=int(stored["epoch"]),
+                metrics=dict(_typed(stored["metrics"], dict, "metrics")),
+                best_acc=float(stored["best_acc"]),
                 quantisation=None if quant is None else QuantisationRecord(
                     scheme=str(_typed(quant, dict, "quantisation").get("scheme")),
                     layers=tuple(str(n) for n in quant.get("layers") or ()),
                     epochs=quant.get("epochs"), lr_scale=quant.get("lr_scale"), source=str(quant.get("source") or ""),
                     source_sha256=str(quant.get("source_sha256") or "")),
-                optimizer=payload.get("optimizer"),
-                scheduler=payload.get("scheduler"),
-                scaler=payload.get("scaler"))
+                optimizer=stored["optimizer"],
+                scheduler=stored["scheduler"],
+                scaler=stored["scaler"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source} is not a readable gee-deploy checkpoint: {e}") from None
-        return ckpt
+
+
+def _stored_layout(payload: Any, source: str) -> dict:
+    """``payload`` with every key of this version's layout (absent optional parts None): the one reader of the
+    checkpoint layouts files hold.
+
+    Format 1 is the only one: what :meth:`Checkpoint.to_payload` writes and gee-deploy has written since b36eec0
+    (tests/test_checkpoint.py builds that commit's files). Layouts of development versions before it (no recipe
+    or metrics, the fingerprint of ``repr(model)``) were never released and are not read.
+
+    Raises:
+        CheckpointError: not a gee-deploy payload, another format, a newer version, or a required key missing.
+    """
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise CheckpointError(f"{source} is not a gee-deploy checkpoint (missing model name, args or weights)")
+    version = format_version(payload["format"], _FORMAT_PREFIX)
+    if version is None or version < 1:
+        raise CheckpointError(f"{source} has format {payload['format']!r}; this version reads {FORMAT!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{source} has checkpoint format {version}, written by a newer gee-deploy; this "
+                              f"version reads format {FORMAT_VERSION}: upgrade gee-deploy to load it")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"{source} is not a gee-deploy checkpoint (missing {', '.join(missing)})")
+    return {**dict.fromkeys(_OPTIONAL), **payload}
 
 
 def _typed(value, kind: type, key: str):
@@ -291,24 +314,16 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def legacy_architecture_fingerprint(model: nn.Module) -> str:
-    """The fingerprint checkpoints held before :func:`architecture_fingerprint`: sha256 of ``repr(model)``."""
-    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
-
-
 def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
-    """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch.
-
-    The stored fingerprint may be the current one or the legacy repr-based one (files written before it).
-    """
+    """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch
+    (parameter names or shapes, or a stored :func:`architecture_fingerprint` that differs)."""
     model = create_model(ckpt.model_name, **ckpt.model_args)
     missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
         what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \
                (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
         raise CheckpointError(f"{source} does not match architecture {ckpt.model_name!r}: {what.strip()}")
-    known = (architecture_fingerprint(model), legacy_architecture_fingerprint(model))
-    if ckpt.architecture is not None and ckpt.architecture not in known:  # weights fit: same network around them?
+    if ckpt.architecture is not None and ckpt.architecture != architecture_fingerprint(model):  # weights fit: same network around them?
         raise CheckpointError(f"{source} was written by another version of architecture {ckpt.model_name!r} "
                               "(its layer structure differs from this installation's); retrain or use the matching "
                               "gee-deploy version")

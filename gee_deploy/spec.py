@@ -6,7 +6,8 @@ neurons per sample, and one :class:`LayerSpec` per weight layer (MACs, calls per
 reads, form and variant). The exporter builds it in the one walk of the model that also writes the graph
 (:mod:`gee_deploy.walk`); the PyTorch reference builds the same description from the same walk.
 
-It travels as ONNX ``metadata_props`` (string values; lists and dicts as JSON) and, for artefacts that hold no
+It travels as ONNX ``metadata_props`` (string values; lists and dicts as JSON; ``gee.format`` the layout's
+version, :data:`SPEC_FORMAT`) and, for artefacts that hold no
 metadata (TensorRT plans, Triton repositories), as a JSON sidecar with the same keys
 (:func:`sidecar_path`). Everything downstream (energy, runtimes, bench, server, tests) reads it through
 :meth:`ModelSpec.from_metadata`, :meth:`ModelSpec.from_onnx` or :meth:`ModelSpec.from_artefact`. Names, keys
@@ -35,6 +36,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ModelFileError, reason
+from .io import format_version
 from .kinds import ExportVariant, Form, LayerKind, Precision, StepInput, Storage
 
 __all__ = ["INPUT_NAME", "LOGITS", "SPIKE_COUNTS", "OUTPUT_NAMES", "BATCH_DIM", "SPEC_FORMAT", "LayerSpec",
@@ -45,7 +47,7 @@ LOGITS = "logits"
 SPIKE_COUNTS = "spike_counts"
 OUTPUT_NAMES = (LOGITS, SPIKE_COUNTS)
 BATCH_DIM = "batch"
-SPEC_FORMAT = "1"
+SPEC_FORMAT = "1"  # the version of the metadata layout (:func:`_stored_fields` reads it)
 _PREFIX = "gee."
 
 
@@ -137,8 +139,8 @@ class ModelSpec:
             also its synaptic current ``<node>.i``); empty: one per spiking layer.
         model_name, model_args, dataset: what the checkpoint says it is.
         checkpoint_sha256: sha256 of the checkpoint file it came from ("" when unknown).
-        storage: what the file holds: "folded" (the weights as initializers; every file written before this
-            field existed) or "genetic" (the genetic parameters, E once per population, G once, the scales
+        storage: what the file holds: "folded" (the weights as initializers) or "genetic" (the genetic
+            parameters, E once per population, G once, the scales
             and BatchNorm parameters, and an initializer-only subgraph that computes the weights from them;
             docs/export.md, "Storage").
     """
@@ -211,7 +213,7 @@ class ModelSpec:
             "neurons_per_layer": list(self.neurons_per_layer),
             "layers": [l.as_dict() for l in self.layers],
         }
-        if self.storage != Storage.FOLDED:  # folded files keep the metadata they had before storage was a choice
+        if self.storage != Storage.FOLDED:  # absent means folded (:func:`_stored_fields`)
             meta["storage"] = self.storage
         if self.streaming:
             meta["state_inputs"], meta["state_outputs"] = self.state_inputs, self.state_outputs
@@ -222,36 +224,33 @@ class ModelSpec:
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str], source: str) -> ModelSpec:
-        """The spec in ``gee.*`` key/value pairs; :class:`ModelFileError` naming ``source`` when absent or malformed."""
-        required = ("timesteps", "input_shape", "class_names", "spiking_layers", "neurons_per_layer", "layers")
-        missing = [_PREFIX + k for k in required if _PREFIX + k not in meta]
-        if missing:
-            raise ModelFileError(f"{source} lacks gee-deploy metadata ({', '.join(missing)}); export it with "
-                                 "`gee-deploy export`")
+        """The spec in ``gee.*`` key/value pairs (:func:`_stored_fields` reads their layout).
 
-        def get(key: str, default: str = ""):
-            return meta.get(_PREFIX + key, default)
+        Raises:
+            ModelFileError: naming ``source``, when the metadata is absent, malformed or of a newer format.
+        """
+        stored = _stored_fields(meta, source)
 
-        def js(key: str, default: str = "null"):
-            return json.loads(get(key, default))
+        def js(key: str):
+            return json.loads(stored[key])
 
         try:
             return cls(
-                timesteps=int(get("timesteps")),
+                timesteps=int(stored["timesteps"]),
                 input_shape=tuple(int(v) for v in js("input_shape")),
                 class_names=tuple(str(c) for c in js("class_names")),
                 spiking_layers=tuple(js("spiking_layers")),
                 neurons_per_layer=tuple(int(v) for v in js("neurons_per_layer")),
                 layers=tuple(LayerSpec.from_dict(l) for l in js("layers")),
-                variant=ExportVariant(get("variant", ExportVariant.DENSE)),
-                streaming=get("streaming", "false") == "true",
-                model_name=get("model_name"),
-                model_args=js("model_args", "{}") or {},
-                dataset=get("dataset"),
-                checkpoint_sha256=get("checkpoint_sha256"),
-                storage=Storage(get("storage", Storage.FOLDED)),
-                step_input=StepInput(get("step_input", StepInput.STATIC)),
-                state_layers=tuple(str(k) for k in js("state_layers", "[]")))
+                variant=ExportVariant(stored["variant"]),
+                streaming=stored["streaming"] == "true",
+                model_name=stored["model_name"],
+                model_args=js("model_args") or {},
+                dataset=stored["dataset"],
+                checkpoint_sha256=stored["checkpoint_sha256"],
+                storage=Storage(stored["storage"]),
+                step_input=StepInput(stored.get("step_input", StepInput.STATIC)),
+                state_layers=tuple(str(k) for k in json.loads(stored.get("state_layers", "[]"))))
         except (ValueError, TypeError, AttributeError) as e:
             raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
 
@@ -301,6 +300,37 @@ class ModelSpec:
         with atomic_path(side) as tmp:
             tmp.write_text(json.dumps(self.to_metadata(), indent=1) + "\n")
         return side
+
+
+_STORED = ("format", "timesteps", "input_shape", "class_names", "variant", "checkpoint_sha256", "model_name",
+           "model_args", "dataset", "streaming", "spiking_layers", "neurons_per_layer", "layers")
+_OPTIONAL = ("storage", "step_input", "state_layers")  # absent: folded; static; one membrane per spiking layer
+
+
+def _stored_fields(meta: Mapping[str, str], source: str) -> dict[str, str]:
+    """The ``gee.*`` values of ``meta`` by field name, every field of this version's layout present: the one
+    reader of the metadata layouts files hold.
+
+    Format "1" is the only one (every file gee-deploy has written, tests/data's b36eec0 export included): the
+    keys :meth:`ModelSpec.to_metadata` writes; ``gee.storage`` absent means "folded" (files written before
+    storage was a choice, and folded files still); ``gee.state_inputs``/``gee.state_outputs`` only in streaming
+    graphs (derived, not read).
+
+    Raises:
+        ModelFileError: a key missing, the format not a version number, or a version newer than this one reads.
+    """
+    missing = [_PREFIX + k for k in _STORED if _PREFIX + k not in meta]
+    if missing:
+        raise ModelFileError(f"{source} lacks gee-deploy metadata ({', '.join(missing)}); export it with "
+                             "`gee-deploy export`")
+    version = format_version(meta[_PREFIX + "format"])
+    if version is None or version < 1:
+        raise ModelFileError(f"{source} has malformed gee-deploy metadata: format {meta[_PREFIX + 'format']!r}")
+    if version > int(SPEC_FORMAT):
+        raise ModelFileError(f"{source} has gee-deploy metadata format {version}, written by a newer gee-deploy; "
+                             f"this version reads format {SPEC_FORMAT}: upgrade gee-deploy to serve it")
+    return {"storage": Storage.FOLDED.value, **{k: meta[_PREFIX + k] for k in (*_STORED, *_OPTIONAL)
+                                               if _PREFIX + k in meta}}
 
 
 def sidecar_path(artefact: str | os.PathLike) -> Path:

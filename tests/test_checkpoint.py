@@ -1,4 +1,4 @@
-"""The checkpoint payload: one typed record, files of an earlier release still load, new files keep its layout."""
+"""The checkpoint payload: one typed record, files of b36eec0 still load, new files keep its layout (format 1)."""
 from __future__ import annotations
 
 import ast
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_recipe
-from gee_deploy.checkpoint import (Checkpoint, DatasetRecord, architecture_fingerprint, load_checkpoint, load_model,
-                                   save_checkpoint)
+from gee_deploy.checkpoint import (FORMAT, FORMAT_VERSION, Checkpoint, DatasetRecord, architecture_fingerprint,
+                                   load_checkpoint, load_model, save_checkpoint)
 from gee_deploy.errors import CheckpointError
 from gee_deploy.quantisation import SCHEME, attach_quantisers, quantised_layers, spike_reading_layers
 from gee_deploy.training import train
@@ -116,9 +116,10 @@ def test_a_float16_runs_scaler_state_round_trips(tmp_path):
     assert restored.get_scale() == 2.0 ** 10 and load_model(tmp_path / "new.pt").checkpoint.scaler is None
 
 
-def test_older_files_without_fingerprint_or_dataset_still_load(tmp_path):
+def test_a_checkpoint_built_in_python_without_fingerprint_or_dataset_loads(tmp_path):
+    """The layout's optional parts: a model saved outside a run names no fingerprint and no dataset."""
     payload, model = _earlier_release()
-    for key in ("architecture", "dataset", "recipe", "metrics", "best_acc", "optimizer", "scheduler"):
+    for key in ("architecture", "dataset", "optimizer", "scheduler"):
         del payload[key]
     torch.save(payload, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
@@ -126,6 +127,27 @@ def test_older_files_without_fingerprint_or_dataset_still_load(tmp_path):
     assert loaded.checkpoint.class_names(10) == tuple(str(i) for i in range(10))
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_checkpoint_carries_its_format_version_and_refuses_others(tmp_path):
+    """Files written now say format 1 (the b36eec0 layout); a newer version or a development layout before
+    b36eec0 (no recipe, metrics or best accuracy) is one clear CheckpointError, read in one place."""
+    payload, _ = _earlier_release()
+    save_checkpoint(tmp_path / "new.pt", load_checkpoint_from(payload, tmp_path / "old.pt"))
+    assert torch.load(tmp_path / "new.pt", weights_only=True)["format"] == FORMAT == f"gee-deploy/{FORMAT_VERSION}"
+    torch.save({**payload, "format": f"gee-deploy/{FORMAT_VERSION + 1}"}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=rf"newer.pt has checkpoint format {FORMAT_VERSION + 1}, written by a "
+                                              "newer gee-deploy"):
+        load_checkpoint(tmp_path / "newer.pt")
+    torch.save({k: v for k, v in payload.items() if k not in ("recipe", "metrics", "best_acc")}, tmp_path / "dev.pt")
+    with pytest.raises(CheckpointError, match=r"dev.pt is not a gee-deploy checkpoint \(missing recipe, metrics, "
+                                              r"best_acc\)"):
+        load_checkpoint(tmp_path / "dev.pt")
+
+
+def load_checkpoint_from(payload: dict, path: Path) -> Checkpoint:
+    torch.save(payload, path)
+    return load_checkpoint(path)
 
 
 def test_a_part_of_the_wrong_type_is_one_clear_error(tmp_path):

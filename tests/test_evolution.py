@@ -462,14 +462,33 @@ def test_torchrun_ranks_share_the_population(tmp_path):
     assert strip_times(read_rows(tmp_path / "ranks")) == strip_times(read_rows(tmp_path / "single"))
 
 
+def test_the_state_file_carries_its_format_version_and_refuses_others(tmp_path):
+    """A state written now says its version; a newer version, or a development layout without the default
+    wiring's entry or r1_rel, is one clear ConfigError before any generation runs."""
+    from gee_deploy.training.evolution import STATE_FORMAT, STATE_VERSION
+
+    recipe = evo_recipe(generations=1)
+    run_evolution(recipe, tmp_path, build_recipe_model(recipe), torch.device("cpu"), progress=False)
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert state["format"] == STATE_FORMAT == f"gee-deploy-evolution/{STATE_VERSION}"
+    more = evo_recipe(generations=2)
+    for layout, words in (({**state, "format": f"gee-deploy-evolution/{STATE_VERSION + 1}"}, "newer gee-deploy"),
+                          ({k: v for k, v in state.items() if k != "default"}, "does not read .default"),
+                          ({**state, "terms": [[t[:3] for t in gen] for gen in state["terms"]]}, "its terms"),
+                          ({**state, "format": "another-tool/1"}, "is not a gee-deploy-evolution/1")):
+        (tmp_path / STATE_FILE).write_text(json.dumps(layout))
+        with pytest.raises(ConfigError, match=words):
+            run_evolution(more, tmp_path, build_recipe_model(more), torch.device("cpu"), progress=False)
+        assert len(read_rows(tmp_path)) == 1  # nothing ran
+
+
 def test_an_evolution_state_of_other_settings_is_refused_by_the_resume_rule(tmp_path):
-    from gee_deploy.training.evolution import STATE_FORMAT, _load_state
+    from gee_deploy.training.evolution import _check_settings
 
     settings = {"dimension": 3, "popsize": 4, "evolution": {"sigma0": 0.3, "fitness": "loss"}, "train": {"seed": 0}}
     path = tmp_path / STATE_FILE
-    path.write_text(json.dumps({"format": STATE_FORMAT, "settings": settings}))
-    assert _load_state(path, settings)["settings"] == settings
+    _check_settings({"settings": settings}, settings, path)
     changed = {**settings, "evolution": {"sigma0": 0.5, "fitness": "loss"}, "popsize": 6}
     with pytest.raises(ConfigError, match=rf"cannot resume evolution in {tmp_path} with another recipe: "
                                           r"evolution\.sigma0 0\.3 -> 0\.5; popsize 4 -> 6"):
-        _load_state(path, changed)
+        _check_settings({"settings": settings}, changed, path)

@@ -25,6 +25,7 @@ from gee_deploy.export.validate import validate_export
 from gee_deploy.genetic import Genome, GeneticConv2d, GeneticLinear
 from gee_deploy.ort_session import create_session
 from gee_deploy.parity import Thresholds
+from gee_deploy.testing import lively
 from gee_deploy.spec import BATCH_DIM, INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec, sidecar_path
 from gee_deploy.walk import weight_macs
 from gee_deploy.zoo import create_model, list_models
@@ -40,24 +41,6 @@ FAST = ValidationConfig(Thresholds(min_match=0.75, min_top1_agreement=0.75, max_
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: many small ops run faster on one thread
-
-
-def lively(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Random BatchNorm affines, then running stats calibrated on ``images``, so every layer fires.
-
-    Untrained nets at random init go silent after a layer or two, which would make parity trivial. A
-    train-mode pass with momentum 1 sets running stats to the batch stats of the final affines.
-    """
-    gen = torch.Generator().manual_seed(0)
-    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    for bn in bns:
-        bn.weight.data = torch.rand(bn.num_features, generator=gen) * 0.7 + 0.8
-        bn.bias.data = torch.rand(bn.num_features, generator=gen) * 0.6 + 0.6
-        bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
 
 
 def small_model(name: str, genes: int | None, timesteps: int = 2) -> tuple[nn.Module, torch.Tensor]:

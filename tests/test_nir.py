@@ -29,7 +29,8 @@ from gee_deploy.spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from gee_deploy.zoo import create_model, list_models
 
 from test_cli import run
-from test_export import FAST, SMALL, _bad_inputs, lively
+from gee_deploy.testing import lively
+from test_export import FAST, SMALL, _bad_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: many small ops run faster on one thread
 

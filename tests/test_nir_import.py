@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-import nir_frameworks as nf
+from gee_deploy.testing import nir_frameworks as nf
 from gee_deploy.data import load_test_arrays
 from gee_deploy.export.validate import run_graph
 from gee_deploy.nir.executor import read_nir

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from gee_deploy.errors import ModelFileError
-from gee_deploy.kinds import ExportVariant, Form, LayerKind
-from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
+from gee_deploy.kinds import ExportVariant, Form, LayerKind, Storage
+from gee_deploy.spec import SPEC_FORMAT, LayerSpec, ModelSpec, sidecar_path
 
 SPEC = ModelSpec(timesteps=4, input_shape=(1, 28, 28), class_names=("a", "b"), spiking_layers=("body.1", "body.3"),
                  neurons_per_layer=(512, 256),
@@ -124,3 +124,21 @@ def test_artefacts_are_readable_by_other_users(tmp_path, serving_onnx):
         os.umask(old)
     for name in ("report.json", "model.plan.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_metadata_carries_its_format_version_and_refuses_a_newer_one():
+    """Written now: gee.format "1"; an export of b36eec0 (no gee.storage) reads through the same reader as
+    folded; a newer version is one clear error naming the file."""
+    from pathlib import Path
+
+    meta = SPEC.to_metadata()
+    assert meta[ModelSpec.key("format")] == SPEC_FORMAT == "1" and ModelSpec.key("storage") not in meta  # folded
+    old = ModelSpec.from_onnx(Path(__file__).parent / "data" / "smallnet-g4-factorised-b36eec0.onnx")
+    assert old.storage == Storage.FOLDED and old.variant == ExportVariant.FACTORISED
+    with pytest.raises(ModelFileError, match="m.onnx has gee-deploy metadata format 2, written by a newer gee-deploy"):
+        ModelSpec.from_metadata({**meta, ModelSpec.key("format"): "2"}, "m.onnx")
+    with pytest.raises(ModelFileError, match="m.onnx has malformed gee-deploy metadata: format 'one'"):
+        ModelSpec.from_metadata({**meta, ModelSpec.key("format"): "one"}, "m.onnx")
+    del meta[ModelSpec.key("format")]
+    with pytest.raises(ModelFileError, match="lacks gee-deploy metadata .gee.format."):
+        ModelSpec.from_metadata(meta, "m.onnx")

@@ -178,14 +178,14 @@ def test_every_recipe_builds_and_takes_a_training_step(path):
 
 
 def test_fingerprint_reads_geometry_not_the_printout(monkeypatch):
-    from gee_deploy.checkpoint import architecture_fingerprint, legacy_architecture_fingerprint
+    from gee_deploy.checkpoint import architecture_fingerprint
     from gee_deploy.zoo import create_model
 
     model = create_model("smallnet", genes=8, timesteps=2)
-    before, legacy = architecture_fingerprint(model), legacy_architecture_fingerprint(model)
+    before, printout = architecture_fingerprint(model), repr(model)
     assert before == architecture_fingerprint(create_model("smallnet", genes=8, timesteps=2))
     monkeypatch.setattr(torch.nn.BatchNorm2d, "extra_repr", lambda self: "reworded by another torch release")
-    assert architecture_fingerprint(model) == before and legacy_architecture_fingerprint(model) != legacy
+    assert architecture_fingerprint(model) == before and repr(model) != printout
     monkeypatch.undo()
     pool = model.stem[0][1]  # the 2x2 average pool fused into the stem's conv
     pool.kernel_size = 3  # same parameters, another network
@@ -198,18 +198,10 @@ def test_fingerprint_reads_geometry_not_the_printout(monkeypatch):
     assert architecture_fingerprint(wider) != before
 
 
-def test_checkpoint_with_the_legacy_fingerprint_still_loads(tiny_run, tmp_path):
-    from gee_deploy.checkpoint import architecture_fingerprint, legacy_architecture_fingerprint
+def test_the_trainer_writes_the_geometry_fingerprint(tiny_run):
+    from gee_deploy.checkpoint import architecture_fingerprint
 
-    ckpt = load_checkpoint(tiny_run / "best.pt")
-    model = load_model(tiny_run / "best.pt")
-    assert ckpt.architecture == architecture_fingerprint(model)  # what the trainer writes now
-    legacy = legacy_architecture_fingerprint(model)
-    assert legacy != ckpt.architecture
-    old = tmp_path / "old.pt"
-    save_checkpoint(old, replace(ckpt, architecture=legacy))  # as written before the geometry fingerprint
-    x = torch.rand(2, 1, 28, 28)
-    torch.testing.assert_close(load_model(old)(x), model(x))
+    assert load_checkpoint(tiny_run / "best.pt").architecture == architecture_fingerprint(load_model(tiny_run / "best.pt"))
 
 
 def test_a_pickle_is_refused_without_suggesting_to_unpickle_it(tmp_path):

@@ -48,6 +48,7 @@ import math
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ import torch
 
 from ..data import load_split
 from ..errors import ConfigError
-from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
+from ..io import append_jsonl, format_version, read_jsonl, write_json, write_jsonl
 from ..recipe import recipe_from_dict
 from .fitness import (TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
                       generation_seeds, term_scales)
@@ -63,11 +64,13 @@ from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_ge
 from .resume import check_resume
 from .setup import build_recipe_model
 
-__all__ = ["run_evolution", "LOG_FILE", "STATE_FILE"]
+__all__ = ["run_evolution", "Candidate", "LOG_FILE", "STATE_FILE"]
 
 LOG_FILE = "evolution.jsonl"
 STATE_FILE = "evolution_state.json"
-STATE_FORMAT = "gee-deploy-evolution/1"
+_STATE_PREFIX = "gee-deploy-evolution/"
+STATE_VERSION = 1  # the layout :func:`_read_state` describes
+STATE_FORMAT = f"{_STATE_PREFIX}{STATE_VERSION}"
 DEFAULT_INDEX = -1  # the index that names the default wiring in logs and summaries
 
 
@@ -125,6 +128,58 @@ def _threads(count: int | None):
         torch.set_num_threads(before)
 
 
+# ---- candidates ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated genotype of a generation, or the default wiring.
+
+    Attributes:
+        x: the genotype [log beta1, log beta2, G...] (:mod:`.genotype`); None for the default wiring.
+        generation, index: the generation that sampled it and its place among the samples
+            (:data:`DEFAULT_INDEX` for the default wiring).
+        terms: its raw fitness terms {loss, r1, r2, r1_rel} (:func:`.fitness.evaluate_candidate`; None where
+            not finite).
+        fitness: what CMA-ES was told (eq. 16 with its generation's weights and scales); None for the default
+            wiring, which is never told.
+    """
+
+    x: np.ndarray | None
+    generation: int
+    index: int
+    terms: dict[str, float | None]
+    fitness: float | None = None
+
+    def summary(self) -> dict:
+        """generation, index and the terms, as logs and the run summary name it."""
+        return {"generation": self.generation, "index": self.index, **{k: self.terms[k] for k in TERMS}}
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One evaluation: the candidate's slot in the generation's results, its genotype (None: the default wiring)
+    and its seeds (:func:`.fitness.generation_seeds`, :func:`.fitness.candidate_seed`). Picklable."""
+
+    slot: int
+    x: np.ndarray | None
+    noise_seed: int
+    order_seed: int
+    seed: int
+
+    def run(self, recipe, data: EvalData, device: torch.device) -> dict:
+        return evaluate_candidate(recipe, self.x, self.noise_seed, self.order_seed, self.seed, data, device)
+
+
+def _tasks(seed: int, generation: int, xs: list[np.ndarray], with_default: bool) -> list[_Task]:
+    """A generation's evaluations: its samples and, with ``with_default``, last, the default wiring (the Random
+    model, seeded like the trainer's model, no phenotype)."""
+    noise_seed, order_seed = generation_seeds(seed, generation)
+    tasks = [_Task(i, x, noise_seed, order_seed, candidate_seed(seed, generation, i)) for i, x in enumerate(xs)]
+    if with_default:
+        tasks.append(_Task(len(xs), None, noise_seed, order_seed, seed))
+    return tasks
+
+
 # ---- worker processes (spawned: safe after CUDA init) ---------------------------------------------------
 
 _WORKER: dict = {}
@@ -140,10 +195,8 @@ def _init_worker(recipe_dict: dict, devices, threads: int) -> None:
     _WORKER.update(recipe=recipe, data=_load_eval_data(recipe), device=device)
 
 
-def _work(task: tuple) -> tuple[int, dict]:
-    index, x, noise_seed, order_seed, seed = task
-    return index, evaluate_candidate(_WORKER["recipe"], x, noise_seed, order_seed, seed, _WORKER["data"],
-                                     _WORKER["device"])
+def _work(task: _Task) -> tuple[int, dict]:
+    return task.slot, task.run(_WORKER["recipe"], _WORKER["data"], _WORKER["device"])
 
 
 class _Evaluator:
@@ -167,26 +220,19 @@ class _Evaluator:
         else:
             self.data = _load_eval_data(recipe)
 
-    def evaluate(self, xs: list[np.ndarray], generation: int, on_result,
-                 with_default: bool = False) -> tuple[list[dict], dict | None]:
-        """Raw terms of each candidate of ``xs`` and, with ``with_default``, of the default wiring (else None)."""
-        seed = self.recipe.train.seed
-        noise_seed, order_seed = generation_seeds(seed, generation)
-        tasks = [(i, x, noise_seed, order_seed, candidate_seed(seed, generation, i)) for i, x in enumerate(xs)]
-        if with_default:  # the Random model: seeded like the trainer's model, no phenotype
-            tasks.append((len(xs), None, noise_seed, order_seed, seed))
+    def evaluate(self, tasks: list[_Task], on_result) -> list[dict]:
+        """The raw terms of each task, in slot order; ``on_result(slot, terms)`` as each finishes here."""
         results: list[dict | None] = [None] * len(tasks)
         if self.pool is not None:
             for i, terms in self.pool.imap_unordered(_work, tasks):
                 results[i] = terms
                 on_result(i, terms)
-            return self._split(results, len(xs), with_default)
+            return results
         world, rank = (self.dist.world, self.dist.rank) if self.dist is not None else (1, 0)
         with _threads(self.threads):
             for task in tasks[rank::world]:
-                i = task[0]
-                results[i] = evaluate_candidate(self.recipe, *task[1:], self.data, self.device)
-                on_result(i, results[i])
+                results[task.slot] = task.run(self.recipe, self.data, self.device)
+                on_result(task.slot, results[task.slot])
         if self.dist is not None:  # each entry is filled by exactly one rank; the others add 0
             flat = []
             for r in results:
@@ -195,11 +241,7 @@ class _Evaluator:
             n = len(TERMS)
             results = [{k: None if math.isnan(v) else v for k, v in zip(TERMS, summed[n * i:n * i + n])}
                        for i in range(len(tasks))]
-        return self._split(results, len(xs), with_default)
-
-    @staticmethod
-    def _split(results: list[dict], candidates: int, with_default: bool) -> tuple[list[dict], dict | None]:
-        return results[:candidates], (results[candidates] if with_default else None)
+        return results
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers: let them finish (normal end) or kill them (an error or Ctrl-C in the loop)."""
@@ -212,19 +254,64 @@ class _Evaluator:
             self.pool = None
 
 
+# ---- history and the best genotype ---------------------------------------------------------------------
+
+@dataclass
+class _History:
+    """Every candidate evaluated so far, generation by generation, and the default wiring once scored."""
+
+    generations: list[list[Candidate]] = field(default_factory=list)
+    default: Candidate | None = None
+
+    def record(self, xs: list[np.ndarray], terms: list[dict], fitness: list[float]) -> list[Candidate]:
+        """Add the next generation's candidates; returns them."""
+        generation = len(self.generations)
+        self.generations.append([Candidate(x, generation, i, t, f)
+                                 for i, (x, t, f) in enumerate(zip(xs, terms, fitness))])
+        return self.generations[-1]
+
+    def best(self, generation: int, ev) -> tuple[Candidate, float]:
+        """(candidate, fitness): the lowest fitness under generation ``generation``'s weights and term scales
+        (ties: the default wiring, then the earliest)."""
+        best, best_fitness = None, math.inf
+        scales = term_scales([c.terms for c in self.generations[generation]])
+        for candidates in ([[self.default]] if self.default is not None else []) + self.generations:
+            for candidate in candidates:
+                fitness = fitness_of(ev.fitness, candidate.terms, generation, ev.lambda1, ev.lambda2, scales)
+                if fitness < best_fitness:
+                    best, best_fitness = candidate, fitness
+        return best, best_fitness
+
+
 # ---- state ----------------------------------------------------------------------------------------------
 
-def _save_state(path: Path, settings: dict, terms: list, fitness: list, es, default: dict | None) -> None:
+def _save_state(path: Path, settings: dict, history: _History, es) -> None:
     import cma
 
+    default = history.default
     state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
-             "generations_done": len(fitness), "terms": terms, "fitness": fitness,
+             "generations_done": len(history.generations),
+             "terms": [[[c.terms[k] for k in TERMS] for c in gen] for gen in history.generations],
+             "fitness": [[c.fitness for c in gen] for gen in history.generations],
              "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma),
-             "default": None if default is None else {k: default.get(k) for k in ("generation", *TERMS)}}
+             "default": None if default is None else {"generation": default.generation,
+                                                      **{k: default.terms[k] for k in TERMS}}}
     write_json(path, state)
 
 
-def _load_state(path: Path, settings: dict) -> dict | None:
+_STATE_KEYS = ("settings", "terms", "fitness", "mean", "default")
+
+
+def _read_state(path: Path) -> dict | None:
+    """The evolution state in ``path`` in this version's layout (None when there is none): the one reader of
+    the state file.
+
+    Format 1 is the only layout: every generation's raw terms [loss, r1, r2, r1_rel] and fitness, the CMA-ES
+    mean and the default wiring's entry (generation and terms).
+
+    Raises:
+        ConfigError: unreadable, another kind of file, a newer format, or a layout this version does not read.
+    """
     if not path.exists():
         return None
     try:
@@ -232,36 +319,122 @@ def _load_state(path: Path, settings: dict) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not a readable evolution state (corrupt?); "
                           "delete it to restart evolution") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    version = format_version(state.get("format") if isinstance(state, dict) else None, _STATE_PREFIX)
+    if version is None:
         raise ConfigError(f"{path} is not a {STATE_FORMAT} evolution state")
-    check_resume(state["settings"], settings, f"evolution in {path.parent}")
+    if version > STATE_VERSION:
+        raise ConfigError(f"{path} has evolution state format {version}, written by a newer gee-deploy; this "
+                          f"version reads format {STATE_VERSION}: resume it with that version or delete it to "
+                          "restart evolution")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if version < STATE_VERSION or missing or not all(len(t) == len(TERMS) for gen in state["terms"] for t in gen):
+        raise ConfigError(f"{path} is an evolution state of a development version this one does not read "
+                          f"({', '.join(missing) or 'its terms'}); delete it to restart evolution")
     return state
+
+
+def _check_settings(state: dict, settings: dict, path: Path) -> None:
+    """The interrupted run's settings against the requested ones, by the one resume rule
+    (:func:`~.resume.check_resume`)."""
+    check_resume(state["settings"], settings, f"evolution in {path.parent}")
+
+
+def _replay(es, state: dict, out: Path) -> _History:
+    """The history of an interrupted run: ask/tell replayed with the recorded fitness, checked against the
+    recorded CMA-ES mean."""
+    history = _History()
+    for terms, fitness in zip(state["terms"], state["fitness"]):
+        xs = es.ask()
+        es.tell(xs, fitness)
+        history.record(xs, [dict(zip(TERMS, values)) for values in terms], fitness)
+    if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
+        raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
+                          f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
+    if state["default"] is not None:
+        entry = state["default"]
+        history.default = Candidate(None, entry["generation"], DEFAULT_INDEX, {k: entry[k] for k in TERMS})
+    return history
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
 
-def _terms(values: list) -> dict:
-    """A state's recorded terms as a dict; states written before r1_rel existed hold [loss, r1, r2]."""
-    return {k: values[i] if i < len(values) else None for i, k in enumerate(TERMS)}
+def _log_row(generation: int, candidates: list[Candidate], default_terms: dict | None, history: _History,
+             sampling_mean: np.ndarray, sigma: float, scales: dict, seconds: float, ev) -> dict:
+    """The evolution.jsonl row of a finished generation (the module docstring lists its keys)."""
+    best, best_fitness = history.best(generation, ev)
+    fitness = [c.fitness for c in candidates]
+    row = {"generation": generation, "best_fitness": best_fitness, "median_fitness": statistics.median(fitness),
+           "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]), "sigma": sigma,
+           "best": best.summary(), "seconds": seconds, "scales": {k: list(v) for k, v in scales.items()},
+           "candidates": [{"index": c.index, "fitness": c.fitness, **c.terms,
+                           "beta1": math.exp(c.x[0]), "beta2": math.exp(c.x[1])} for c in candidates]}
+    if default_terms is not None:
+        row["default"] = {"fitness": fitness_of(ev.fitness, default_terms, generation, ev.lambda1, ev.lambda2,
+                                                scales), **default_terms}
+    return row
 
 
-def _rescored_best(history: list[list[dict]], generation: int, ev, default: dict | None) -> dict:
-    """The candidate with the lowest fitness under generation ``generation``'s weights and term scales
-    (ties: the default wiring, then the earliest)."""
-    best, best_fitness = None, math.inf
-    scales = term_scales(history[generation])
-    for candidates in ([[default]] if default is not None else []) + history:
-        for candidate in candidates:
-            fitness = fitness_of(ev.fitness, candidate, generation, ev.lambda1, ev.lambda2, scales)
-            if fitness < best_fitness:
-                best, best_fitness = candidate, fitness
-    return {**best, "rescored_fitness": best_fitness}
+class _Progress:
+    """The bar over one generation's evaluations: best and median loss so far (a -scaled fitness needs the
+    whole generation)."""
+
+    def __init__(self, tqdm, total: int, desc: str, show: bool):
+        self.bar = tqdm(total=total, desc=desc, leave=False, disable=True if not show else None)
+        self.losses: list[float] = []
+
+    def __call__(self, slot: int, terms: dict) -> None:
+        self.losses.append(math.inf if terms["loss"] is None else terms["loss"])
+        self.bar.update(1)
+        self.bar.set_postfix(best_loss=f"{min(self.losses):.4f}",
+                             median_loss=f"{statistics.median(self.losses):.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _generation(es, history: _History, evaluator: _Evaluator, seed: int, ev, tqdm, show: bool) -> dict:
+    """Ask CMA-ES for a generation, score it (and, the first time, the default wiring), tell CMA-ES its
+    fitness, record it in ``history``; returns its log row."""
+    generation = len(history.generations)
+    started = time.perf_counter()
+    sampling_mean = np.asarray(es.mean, dtype=float)
+    xs = es.ask()
+    tasks = _tasks(seed, generation, xs, with_default=history.default is None)
+    progress = _Progress(tqdm, len(tasks), f"evolution {generation + 1}/{ev.generations}", show)
+    results = evaluator.evaluate(tasks, progress)
+    progress.close()
+    results, default_terms = results[:len(xs)], (results[len(xs)] if len(tasks) > len(xs) else None)
+    if default_terms is not None:
+        history.default = Candidate(None, generation, DEFAULT_INDEX, default_terms)
+    scales = term_scales(results)  # used by the -scaled modes only
+    fitness = [fitness_of(ev.fitness, r, generation, ev.lambda1, ev.lambda2, scales) for r in results]
+    es.tell(xs, fitness)
+    candidates = history.record(xs, results, fitness)
+    return _log_row(generation, candidates, default_terms, history, sampling_mean, float(es.sigma), scales,
+                    time.perf_counter() - started, ev)
+
+
+def _become_best(model, best: Candidate, recipe) -> dict:
+    """Algorithm 1, line 11: the best genotype's phenotype into ``model``; returns its beta1 and beta2."""
+    seed = recipe.train.seed
+    if best.x is None:  # the default wiring: the Random model's encodings and G
+        torch.manual_seed(seed)
+        genome_of(model).load_state_dict(genome_of(build_recipe_model(recipe)).state_dict())
+        return {"beta1": None, "beta2": None}
+    noise_seed, _ = generation_seeds(seed, best.generation)
+    apply_phenotype(model, best.x, noise_seed)
+    return {"beta1": math.exp(best.x[0]), "beta2": math.exp(best.x[1])}
 
 
 def run_evolution(recipe, out, model, device: torch.device, dist=None, progress: bool | None = None) -> dict:
     """Evolve, log to ``out``/evolution.jsonl, and set ``model``'s encodings and G to the best phenotype.
 
-    Resumes from ``out``/evolution_state.json when present. Returns a summary of the best candidate.
+    Resumes from ``out``/evolution_state.json when present. Returns a summary of the best candidate: its
+    rescored fitness (``best_fitness``), generation, index, raw terms, beta1 and beta2 (None for the default
+    wiring).
+
+    Raises:
+        ConfigError: ``model`` has no genome to evolve, or the state file cannot be resumed.
     """
     from tqdm.auto import tqdm
 
@@ -279,74 +452,23 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     settings = _settings(recipe, genotype_dimension(genes), es.popsize)
     state_path, log_path = out / STATE_FILE, out / LOG_FILE
 
-    # ---- resume: replay ask/tell with the recorded fitness ---------------------------------------------
-    history: list[list[dict]] = []  # per generation, per candidate: x, generation, index, TERMS, fitness
-    terms_log: list = []
-    fitness_log: list = []
-    default: dict | None = None  # the default wiring's entry, once scored
-    state = _load_state(state_path, settings)
+    state = _read_state(state_path)
     if state is not None:
-        for generation, (terms, fitness) in enumerate(zip(state["terms"], state["fitness"])):
-            xs = es.ask()
-            es.tell(xs, fitness)
-            history.append([{"x": x, "generation": generation, "index": i, **_terms(values), "fitness": value}
-                            for i, (x, values, value) in enumerate(zip(xs, terms, fitness))])
-        if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
-            raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
-                              f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
-        terms_log, fitness_log = state["terms"], state["fitness"]
-        if state.get("default") is not None:  # states written before the default was scored lack it
-            default = {"x": None, "index": DEFAULT_INDEX, **_terms([]), **state["default"]}
-    done = len(history)
+        _check_settings(state, settings, state_path)
+    history = _History() if state is None else _replay(es, state, out)
+    done = len(history.generations)
     if main and log_path.exists():  # drop rows the state does not hold (killed between log and state write)
         write_jsonl(log_path, [r for r in read_jsonl(log_path) if r.get("generation", -1) < done])
 
-    # ---- generations ---------------------------------------------------------------------------------
     show = progress is not False and main
     evaluator = _Evaluator(recipe, device, dist) if done < ev.generations else None
     finished = False
     try:
         for generation in range(done, ev.generations):
-            started = time.perf_counter()
-            sampling_mean = np.asarray(es.mean, dtype=float)
-            xs = es.ask()
-            fits: list[float] = []
-            with_default = default is None
-            bar = tqdm(total=len(xs) + with_default, desc=f"evolution {generation + 1}/{ev.generations}",
-                       leave=False, disable=True if not show else None)
-
-            def on_result(i, terms, bar=bar, fits=fits):  # the loss: a -scaled fitness needs the whole generation
-                fits.append(math.inf if terms["loss"] is None else terms["loss"])
-                bar.update(1)
-                bar.set_postfix(best_loss=f"{min(fits):.4f}", median_loss=f"{statistics.median(fits):.4f}")
-
-            results, default_terms = evaluator.evaluate(xs, generation, on_result, with_default)
-            bar.close()
-            if default_terms is not None:
-                default = {"x": None, "generation": generation, "index": DEFAULT_INDEX, **default_terms}
-            scales = term_scales(results)  # used by the -scaled modes only
-            fitness = [fitness_of(ev.fitness, r, generation, ev.lambda1, ev.lambda2, scales) for r in results]
-            es.tell(xs, fitness)
-            history.append([{"x": x, "generation": generation, "index": i, **r, "fitness": value}
-                            for i, (x, r, value) in enumerate(zip(xs, results, fitness))])
-            terms_log.append([[r[k] for k in TERMS] for r in results])
-            fitness_log.append(fitness)
-            best = _rescored_best(history, generation, ev, default)
-            row = {"generation": generation, "best_fitness": best["rescored_fitness"],
-                   "median_fitness": statistics.median(fitness),
-                   "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]),
-                   "sigma": float(es.sigma),
-                   "best": {k: best[k] for k in ("generation", "index", *TERMS)},
-                   "seconds": time.perf_counter() - started, "scales": {k: list(v) for k, v in scales.items()},
-                   "candidates": [{"index": i, "fitness": value, **r,
-                                   "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
-                                  for i, (x, r, value) in enumerate(zip(xs, results, fitness))]}
-            if default_terms is not None:
-                row["default"] = {"fitness": fitness_of(ev.fitness, default_terms, generation, ev.lambda1,
-                                                        ev.lambda2, scales), **default_terms}
+            row = _generation(es, history, evaluator, seed, ev, tqdm, show)
             if main:
                 append_jsonl(log_path, row)
-                _save_state(state_path, settings, terms_log, fitness_log, es, default)
+                _save_state(state_path, settings, history, es)
                 if show:
                     tqdm.write(f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
                                f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
@@ -356,15 +478,6 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
         if evaluator is not None:
             evaluator.close(wait=finished)
 
-    # ---- Algorithm 1, line 11: the best genotype becomes the model ---------------------------------------
-    best = _rescored_best(history, ev.generations - 1, ev, default)
-    if best["x"] is None:  # the default wiring: the Random model's encodings and G
-        torch.manual_seed(seed)
-        genome_of(model).load_state_dict(genome_of(build_recipe_model(recipe)).state_dict())
-        betas = {"beta1": None, "beta2": None}
-    else:
-        noise_seed, _ = generation_seeds(seed, best["generation"])
-        apply_phenotype(model, best["x"], noise_seed)
-        betas = {"beta1": math.exp(best["x"][0]), "beta2": math.exp(best["x"][1])}
-    return {"best_fitness": best["rescored_fitness"], "generation": best["generation"], "index": best["index"],
-            **{k: best[k] for k in TERMS}, **betas}
+    best, best_fitness = history.best(ev.generations - 1, ev)
+    betas = _become_best(model, best, recipe)
+    return {"best_fitness": best_fitness, **best.summary(), **betas}

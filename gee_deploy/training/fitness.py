@@ -101,7 +101,7 @@ def term_scales(candidates: list[dict]) -> dict[str, tuple[float, float]]:
     """{term: (mean, std)} over ``candidates`` (dicts with the :data:`TERMS`) for the ``-scaled`` modes.
 
     Only candidates whose loss is finite count (a diverged one is failed anyway), and per term only finite
-    values (a state written before r1_rel existed has None there). std is the population standard
+    values (a candidate whose term was not finite has None there). std is the population standard
     deviation; a term with fewer than two values or no spread gets std 0 (ignored by :func:`combine_fitness`).
     """
     usable = [c for c in candidates if c["loss"] is not None and math.isfinite(c["loss"])]

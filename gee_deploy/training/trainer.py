@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from ..checkpoint import (Checkpoint, DatasetRecord, architecture_fingerprint, legacy_architecture_fingerprint,
-                          load_checkpoint, save_checkpoint)
+from ..checkpoint import Checkpoint, DatasetRecord, architecture_fingerprint, load_checkpoint, save_checkpoint
 from ..data import dataset_info, load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
@@ -358,8 +357,7 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
     model = build_recipe_model(recipe)
     _check_data_fits(recipe, model, len(train_set), dist.world)
     meta = _checkpoint_meta(recipe, model)
-    if ckpt is not None and ckpt.architecture and \
-            ckpt.architecture not in (meta.architecture, legacy_architecture_fingerprint(model)):
+    if ckpt is not None and ckpt.architecture and ckpt.architecture != meta.architecture:
         raise CheckpointError(f"--resume: {out / 'last.pt'} holds another architecture than this recipe builds "
                               "(the code changed since it was written?); train into another --out")
     if dist.main:

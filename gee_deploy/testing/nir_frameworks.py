@@ -1,4 +1,5 @@
-"""SpikingJelly and snntorch models for the NIR import's interop tests and ``benchmarks/nir_import_parity.py``.
+"""SpikingJelly and snntorch models for the NIR import's interop tests (tests/test_nir_import.py) and
+``benchmarks/nir_import_parity.py``.
 
 Each framework's model is built from that framework's own layers, optionally trained a little, written with the
 framework's own NIR exporter, and run by the framework itself for T steps with the image repeated at every step
