@@ -47,7 +47,9 @@ def _check_port(host: str, port: int, protocol: str) -> None:
 @click.option("--drain-s", default=10.0, show_default=True, type=Value(GRACE),
               help="On SIGTERM/SIGINT: how long in-flight requests may take to finish before exit.")
 @click.option("--runtime", "kind", default="ort-cpu", show_default=True,
-              type=click.Choice(list(PROVIDERS)), help="onnxruntime execution provider.")
+              type=click.Choice(list(PROVIDERS)),
+              help="onnxruntime execution provider: CPU, CUDA, TensorRT, or OpenVINO through onnxruntime's OpenVINO "
+                   "plugin (gee-deploy[openvino]) in f32 (exact) or bf16.")
 @click.option("--threads", default=None, type=Value(THREADS), help="onnxruntime intra-op threads.")
 def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_mb, max_concurrency,
           request_timeout_s, drain_s, kind, threads):
@@ -58,9 +60,11 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     """
     from pathlib import Path
 
+    from ..ort_session import require_runtime
     from ..serving.runtimes import OrtRuntime
     from ..serving.server import InferenceServer, ready_line
 
+    require_runtime(kind)
     suffix = Path(model).suffix.lower()
     if suffix == ".nir":
         raise ConfigError(f"serve runs ONNX files; convert {model} first: gee-deploy export {model} --out "

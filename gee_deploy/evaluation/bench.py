@@ -20,7 +20,7 @@ import numpy as np
 from ..data import load_test_arrays
 from ..energy import energy_per_layer, firing_rates, total_energy
 from ..errors import ConfigError
-from ..ort_session import create_session
+from ..ort_session import PROVIDERS, create_session, precision_of, require_runtime
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
 from ..serving.runtimes import OrtRuntime, Runtime
@@ -81,6 +81,8 @@ def open_runtimes(models: list[str | os.PathLike], runtimes: list[str] | None, t
     for name in runtimes or []:
         if name not in RUNTIMES:
             raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+        if name in PROVIDERS:
+            require_runtime(name)  # a missing plugin before any file is opened
     opened, used, nir_files = [], set(), []
     for path in models:
         if not Path(path).is_file():
@@ -109,7 +111,7 @@ def _applicable(path) -> tuple[str, ...]:
     if suffix == ".nir":
         return ("nir",)
     if suffix == ".onnx":
-        return ("ort-cpu", "ort-cuda", "ort-trt")
+        return tuple(PROVIDERS)
     return ("tensorrt",)
 
 
@@ -237,14 +239,16 @@ def _machine(threads: int | None) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckResult:
-    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and whether the ONNX file's
-    checkpoint digest is the checkpoint's (or absent)."""
+    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms), whether the ONNX file's
+    checkpoint digest is the checkpoint's (or absent), and the runtime that ran the file with its precision."""
 
     parity: Parity
     dataset: str
     torch_p50_ms: float
     ort_p50_ms: float
     same_checkpoint: bool
+    runtime: str = "ort-cpu"
+    precision: str = "f32"
 
     @property
     def speedup(self) -> float:
@@ -254,14 +258,15 @@ class CheckResult:
 
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thresholds: Thresholds = Thresholds(),
               dataset: str | None = None, data_dir=None, limit: int | None = 1000, threads: int | None = 1,
-              min_time: float = 1.0) -> tuple[CheckResult, list[str]]:
-    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint`` (or the NIR
-    file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`.
+              min_time: float = 1.0, kind: str = "ort-cpu") -> tuple[CheckResult, list[str]]:
+    """Parity and the batch-1 latency ratio of ``onnx_path`` (on the onnxruntime runtime ``kind``, default its CPU
+    provider; :data:`gee_deploy.ort_session.PROVIDERS`) against ``checkpoint`` (or the NIR file it was converted
+    from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`.
 
     Returns:
         (what was measured, one line per failed gate)
     """
-    ort = open_runtime(onnx_path, "ort-cpu", threads)
+    ort = open_runtime(onnx_path, kind, threads)
     ref = NIRRuntime(checkpoint, [ort.spec], threads) if Path(checkpoint).suffix.lower() == ".nir" else \
         open_runtime(checkpoint, "torch", threads)
     name = _dataset([ref, ort], dataset)
@@ -270,5 +275,6 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, thres
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
     result = CheckResult(parity=parity, dataset=name, torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
-                         same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256))
+                         same_checkpoint=ort.spec.checkpoint_sha256 in ("", ref.spec.checkpoint_sha256),
+                         runtime=kind, precision=precision_of(kind))
     return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

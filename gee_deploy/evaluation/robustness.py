@@ -138,11 +138,11 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
                    ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, clip: bool = True,
                    dataset: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = None,
                    threads: int | None = None, batch_size: int = 256,
-                   progress: Callable[[str], None] | None = None) -> dict:
+                   progress: Callable[[str], None] | None = None, onnx_kind: str = "ort-cpu") -> dict:
     """Accuracy of every model under noise of each ratio, on the same noisy test images (paper Fig. 2).
 
     Args:
-        models: checkpoints (.pt, run on PyTorch eager), ONNX files (onnxruntime CPU), TensorRT plans, NIR files
+        models: checkpoints (.pt, run on PyTorch eager), ONNX files (on ``onnx_kind``), TensorRT plans, NIR files
             (the NIR executor; the graph converted from the file must be among the models), each through
             :func:`gee_deploy.serving.runtimes.open_each`. The first is the reference of the paired comparison.
         noise: a key of :data:`NOISE_KINDS`.
@@ -156,6 +156,8 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
         threads: intra-op threads for every runtime.
         batch_size: images per runtime call.
         progress: callable(str) told what runs now.
+        onnx_kind: the onnxruntime runtime of the ONNX files (:data:`gee_deploy.ort_session.PROVIDERS`: its CPU
+            provider by default, ``openvino`` for OpenVINO in f32 through onnxruntime's plugin).
 
     Returns:
         The report (:func:`write_robustness` writes it): ``noise`` settings, ``dataset``, ``samples``,
@@ -176,7 +178,7 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
         if not Path(path).is_file():
             raise ConfigError(f"{path} not found")
     started = time.perf_counter()
-    opened = open_each(list(models), threads)
+    opened = open_each(list(models), threads, onnx_kind)
     name = _dataset(opened, dataset)
     images, labels = load_test_arrays(name, data_dir, limit)
     for rt in opened:
@@ -205,7 +207,8 @@ def run_robustness(models: Sequence[str | os.PathLike], noise: str = "gaussian",
                 p["top1_agreement_vs_reference"] = float((e.logits.argmax(1) == e_ref.logits.argmax(1)).mean())
         clean, noisy_acc = ev[0].accuracy, ev[head].accuracy
         entries.append({
-            "label": label, "path": str(rt.path), "runtime": rt.name, "variant": rt.spec.variant,
+            "label": label, "path": str(rt.path), "runtime": rt.name, "precision": rt.describe().get("precision"),
+            "variant": rt.spec.variant,
             "model_name": rt.spec.model_name, "checkpoint_sha256": rt.spec.checkpoint_sha256,
             "clean_accuracy": clean, "noisy_accuracy": noisy_acc, "drop_points": 100 * (clean - noisy_acc),
             "relative_drop": (clean - noisy_acc) / clean if clean else None,
