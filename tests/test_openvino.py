@@ -110,3 +110,30 @@ def test_bench_check_and_robustness_name_the_runtime_and_its_precision(tiny_chec
                           "--runtime", "openvino", "--limit", "32", "--ratios", "0.5", "--quiet"], capsys)
     assert code == 0, err
     assert "| openvino |" in out
+
+
+def test_triton_repository_names_the_openvino_accelerator_and_serve_reports_it(tiny_checkpoint, serving_onnx,
+                                                                               tmp_path, capsys):
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from gee_deploy.export.triton import write_triton_repository
+    from gee_deploy.serving.service import ModelService
+
+    code, _, err = run(["export", str(tiny_checkpoint), "--out", str(tmp_path / "repo"), "--format", "triton",
+                        "--triton-accelerator", "openvino", "--samples", "16"], capsys)
+    assert code == 0, err
+    model_dir = next((tmp_path / "repo").iterdir())
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())  # as Triton
+    assert [a.name for a in config.optimization.execution_accelerators.cpu_execution_accelerator] == ["openvino"]
+    assert config.platform == "onnxruntime_onnx"
+    code, _, err = run(["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), "--triton-accelerator",
+                        "openvino"], capsys)
+    assert code == 2 and "applies to --format triton, not onnx" in err and not (tmp_path / "m.onnx").exists()
+    plain = write_triton_repository(onnx.load(str(serving_onnx)), OrtRuntime(serving_onnx, threads=1).spec,
+                                    tmp_path / "plain", name="tiny")
+    assert "execution_accelerators" not in (plain / "config.pbtxt").read_text()
+    if __import__("importlib.util").util.find_spec("onnxruntime_ep_openvino") is not None:
+        served = ModelService(OrtRuntime(serving_onnx, "openvino", 1), "tiny").model_config()
+        assert [a.name for a in served.optimization.execution_accelerators.cpu_execution_accelerator] == ["openvino"]

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..export.configs import (DEFAULT_OPSET, FORMATS, format_for, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
                               VARIANTS, ValidationConfig)
 from ..kinds import Storage
+from ..triton_config import CPU_ACCELERATORS
 from .nir_options import nir_exporter, nir_options
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
 
@@ -51,10 +52,13 @@ _SAMPLES = ValidationConfig().samples
 @click.option("--max-batch-size", type=Value(AT_LEAST_ONE), default=64, show_default=True,
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
+@click.option("--triton-accelerator", type=click.Choice(list(CPU_ACCELERATORS)), default=None,
+              help="Triton: run the model on onnxruntime's OpenVINO execution provider (config.pbtxt's "
+                   "cpu_execution_accelerator).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @nir_options
 def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming, atol, samples, data_dir, profile,
-           max_batch_size, fp16, as_json, **nir):
+           max_batch_size, fp16, triton_accelerator, as_json, **nir):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
     CHECKPOINT may also be a .nir file from any framework (docs/nir.md): unrolled over --timesteps and validated
@@ -76,11 +80,13 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     fmt = format_for(out, fmt)
     check_writable(out, FORMATS[fmt].out_is_dir)
     export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
-                                data_dir=data_dir, storage=storage) or export_model
+                                data_dir=data_dir, storage=storage,
+                                triton_accelerator=triton_accelerator) or export_model
     try:
         report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
                               atol=atol, samples=samples, data_dir=data_dir, profile=profile,
-                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8, storage=storage)
+                              max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8, storage=storage,
+                              triton_accelerator=triton_accelerator)
     except ExportValidationError as e:
         if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
             click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures],

@@ -19,6 +19,7 @@ from ..io import atomic_path
 from ..kinds import ExportVariant, Int8Policy, Precision, Storage
 from ..quantisation import quantised_layers
 from ..spec import ModelSpec
+from ..triton_config import CPU_ACCELERATORS
 from .choose import make_chooser, make_int8_chooser
 from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
                       validation_thresholds)
@@ -185,7 +186,8 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
                   images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                   validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
-                  fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None) -> ExportReport:
+                  fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None,
+                  triton_accelerator: str | None = None) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
 
     ``validation`` None: the default sample count with the variant's thresholds
@@ -244,7 +246,7 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
     from .tensorrt import compatibility_problems
 
     report.tensorrt_problems = compatibility_problems(final)
-    _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report)
+    _write(output_format.name, final, spec, Path(out), max_batch_size, fp16, report, triton_accelerator)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -275,7 +277,7 @@ def _export_nir(model: nn.Module, out: Path, variant: ExportVariant | str, opset
 
 
 def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_batch_size: int, fp16: bool,
-           report: ExportReport) -> None:
+           report: ExportReport, triton_accelerator: str | None = None) -> None:
     """Write ``proto`` as ``fmt`` (``report.bytes``: the file's size, a Triton repository's model.onnx);
     artefacts without metadata of their own get the spec as a sidecar."""
     _note_replaced(out, report)
@@ -285,7 +287,7 @@ def _write(fmt: str, proto: onnx.ModelProto, spec: ModelSpec, out: Path, max_bat
     elif fmt == "triton":
         from .triton import write_triton_repository
 
-        report.out = str(write_triton_repository(proto, spec, out, max_batch_size))
+        report.out = str(write_triton_repository(proto, spec, out, max_batch_size, cpu_accelerator=triton_accelerator))
     else:
         from .tensorrt import build_plan
 
@@ -305,7 +307,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
                  streaming: bool = False, atol: float | None = None, samples: int | None = None,
                  data_dir: str | os.PathLike | None = None, profile: bool = False,
                  max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
-                 storage: Storage | str | None = None) -> ExportReport:
+                 storage: Storage | str | None = None, triton_accelerator: str | None = None) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
 
     Args:
@@ -322,6 +324,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
         profile: with ``auto``, choose per layer by measured onnxruntime latency instead of MACs.
         max_batch_size: Triton's max_batch_size / TensorRT profile max.
         fp16: TensorRT only: build an FP16 plan.
+        triton_accelerator: Triton only: the CPU execution accelerator its config.pbtxt names ("openvino":
+            onnxruntime's OpenVINO execution provider; :data:`gee_deploy.triton_config.CPU_ACCELERATORS`).
         allow_int8: with ``auto``: spike-reading layers may be int8 (those of at least INT8_MIN_MACS per call).
         storage: "genetic" (E, G, scales and BatchNorm parameters, the weights computed in the graph when a
             session loads it), "folded" (the weights), or None: genetic for a genetic checkpoint's ONNX file or
@@ -335,6 +339,12 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
     _opset(opset)
     if fp16 and fmt != "tensorrt":
         raise UnknownOptionError(f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not {fmt}")
+    if triton_accelerator is not None and fmt != "triton":
+        raise UnknownOptionError(f"--triton-accelerator names an accelerator in Triton's config.pbtxt: it applies to "
+                                 f"--format triton, not {fmt}")
+    if triton_accelerator not in (None, *CPU_ACCELERATORS):
+        raise UnknownOptionError(f"unknown --triton-accelerator {triton_accelerator!r}; use one of "
+                                 f"{', '.join(CPU_ACCELERATORS)}")
     model = load_model(checkpoint)
     thresholds = validation_thresholds(v.int8 != Int8Policy.NEVER, bool(quantised_layers(model)))
     cfg = ValidationConfig(thresholds=thresholds if atol is None else replace(thresholds, atol=atol))
@@ -346,7 +356,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
     report = export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
                            labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
                            profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8,
-                           storage=storage)
+                           storage=storage, triton_accelerator=triton_accelerator)
     if samples is not None and len(images) < samples:
         report.notes.append(f"--samples {samples}: the {dataset} test split holds {len(images)} images; validated on all")
     return report

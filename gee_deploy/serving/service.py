@@ -54,6 +54,7 @@ class ModelService:
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self.max_concurrency, self.infer_timeout = max_concurrency, infer_timeout_s
         self.instance_kind = "KIND_GPU" if getattr(runtime, "device", "cpu") == "cuda" else "KIND_CPU"
+        self.cpu_accelerator = "openvino" if runtime.name.startswith("openvino") else None
         self.metrics = Metrics(name, self.spec.spiking_layers)
         self.stats = Statistics()
         self.batcher = Batcher(runtime, max_batch, max_delay_ms, on_batch=self._on_batch)
@@ -78,7 +79,8 @@ class ModelService:
     def model_config(self):
         """Triton's model configuration of what this serves (:func:`gee_deploy.triton_config.model_config`: the one
         ``gee-deploy export --format triton`` writes), with one instance on this runtime's device."""
-        return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind)
+        return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind,
+                            cpu_accelerator=self.cpu_accelerator)
 
     @staticmethod
     def values(result: BatchResult) -> dict:
