@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError, reason
 
-__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "import_onnxruntime", "create_session"]
+__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "import_onnxruntime", "create_session", "openvino_session_options"]
 
 # runtime name -> execution providers, most preferred first
 PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
@@ -95,3 +95,48 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
         what = "the graph" if isinstance(model, bytes) else source
         raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None
+
+
+def openvino_session_options(threads: int | None = None, precision: str = "f32"):
+    """``onnxruntime.SessionOptions`` that run a graph on OpenVINO's CPU device through onnxruntime's OpenVINO
+    execution provider plugin (package ``onnxruntime-ep-openvino``; onnxruntime docs, "Using a Plugin Execution
+    Provider Library"), for ``onnxruntime.InferenceSession(model, options)`` with no ``providers``.
+
+    The plugin library is registered once per process (``register_execution_provider_library``) and its CPU
+    device added with ``add_provider_for_devices``; OpenVINO's properties go through the provider's
+    ``load_config`` (OpenVINO docs, "CPU device"): ``INFERENCE_PRECISION_HINT`` = ``precision`` (f32 by default:
+    the CPU plugin's own default on an AMX CPU is bf16, which moves spikes), ``INFERENCE_NUM_THREADS`` =
+    ``threads`` (None: OpenVINO's default), one stream and the LATENCY hint. Nodes OpenVINO does not take run on
+    onnxruntime's CPU provider.
+
+    Raises:
+        MissingExtraError: the plugin is not installed. RuntimeUnavailableError: it cannot be loaded, or finds no
+            CPU device.
+    """
+    import json
+
+    ort = import_onnxruntime()
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime_ep_openvino":
+            raise
+        raise MissingExtraError("OpenVINO needs onnxruntime's OpenVINO execution provider plugin: "
+                                "pip install onnxruntime-ep-openvino") from None
+    name = plugin.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        try:
+            ort.register_execution_provider_library(name, plugin.get_library_path())
+        except Exception as e:  # a plugin built for another onnxruntime
+            raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot load the OpenVINO plugin: "
+                                          f"{reason(e, 200)}") from None
+    cpu = [d for d in ort.get_ep_devices() if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
+    if not cpu:
+        raise RuntimeUnavailableError("the OpenVINO plugin found no CPU device on this machine")
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_provider_for_devices(cpu[:1], {"load_config": json.dumps({"CPU": config})})
+    return opts
