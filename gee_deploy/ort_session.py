@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError, reason
 
 __all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "OPENVINO_PRECISION", "import_onnxruntime", "require_runtime",
-           "precision_of", "create_session"]
+           "precision_of", "create_session", "openvino_session_options"]
 
 # runtime name -> execution providers, most preferred first
 PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
@@ -89,9 +89,10 @@ def precision_of(kind: str) -> str:
     return OPENVINO_PRECISION.get(kind, "f32")
 
 
-def _add_openvino(ort, opts, kind: str, threads: int | None) -> None:
-    """Register the OpenVINO plugin once per process and add its CPU device to ``opts`` with ``kind``'s
-    precision, ``threads`` inference threads (None: OpenVINO's default, one per physical core), one stream."""
+def _add_openvino(ort, opts, precision: str, threads: int | None) -> None:
+    """Register the OpenVINO plugin once per process and add its CPU device to ``opts`` with ``precision`` (the
+    ``INFERENCE_PRECISION_HINT``), ``threads`` inference threads (None: OpenVINO's default, one per physical
+    core), one stream."""
     plugin = _openvino_plugin()
     name = plugin.get_ep_name()
     if not any(d.ep_name == name for d in ort.get_ep_devices()):
@@ -103,7 +104,7 @@ def _add_openvino(ort, opts, kind: str, threads: int | None) -> None:
     cpu = [d for d in ort.get_ep_devices() if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
     if not cpu:
         raise RuntimeUnavailableError("the OpenVINO plugin found no CPU device on this machine")
-    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[kind], "PERFORMANCE_HINT": "LATENCY",
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
               "NUM_STREAMS": "1"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
@@ -157,7 +158,7 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     if kind in OPENVINO_PRECISION:
-        _add_openvino(ort, opts, kind, threads)
+        _add_openvino(ort, opts, OPENVINO_PRECISION[kind], threads)
         providers = None  # add_provider_for_devices chose them; the CPU provider takes what OpenVINO cannot
     if kind == "ort-trt" and not isinstance(model, bytes):
         # cache built engines beside the model: the first TensorRT build takes minutes
@@ -171,3 +172,21 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
         what = "the graph" if isinstance(model, bytes) else source
         raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None
+
+
+def openvino_session_options(threads: int | None = None, precision: str = "f32"):
+    """``onnxruntime.SessionOptions`` that run a graph on OpenVINO's CPU device through onnxruntime's OpenVINO
+    execution provider plugin, for ``onnxruntime.InferenceSession(model, options)`` with no ``providers``: the
+    plugin registered and its device added as for the ``openvino`` runtimes (module docstring), with
+    ``INFERENCE_PRECISION_HINT`` = ``precision`` (f32 or bf16) and ``threads`` inference threads (None:
+    OpenVINO's default). :func:`create_session` with ``kind="openvino"`` adds the project's other options.
+
+    Raises:
+        MissingExtraError: the plugin is not installed. RuntimeUnavailableError: it cannot be loaded, or finds no
+            CPU device.
+    """
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    _add_openvino(ort, opts, precision, threads)
+    return opts

@@ -9,7 +9,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..export.configs import (DEFAULT_OPSET, FORMATS, format_for, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET,
                               VARIANTS, ValidationConfig)
-from ..kinds import Storage
+from ..kinds import Int8Form, Storage
 from ..triton_config import CPU_ACCELERATORS
 from .nir_options import nir_exporter, nir_options
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, with_range
@@ -27,6 +27,10 @@ _SAMPLES = ValidationConfig().samples
 @click.option("--allow-int8", is_flag=True,
               help=f"With --variant auto: spike-reading layers of at least {INT8_MIN_MACS:,} MACs per call get int8 "
                    "weights.")
+@click.option("--int8-form", type=click.Choice([f.value for f in Int8Form]), default=None,
+              help="How int8 layers are spelt. integer: MatMulInteger on uint8 spikes (onnxruntime's CPU int8 "
+                   "kernels); qdq: QuantizeLinear/DequantizeLinear around Conv/Gemm (TensorRT, OpenVINO). Both "
+                   "compute the same exact integer sums. Default: qdq for tensorrt, integer otherwise.")
 @click.option("--storage", type=click.Choice([s.value for s in Storage]), default=None,
               help="What the file holds. genetic: E once per population, G, the scales and BatchNorm parameters, "
                    "and a constant subgraph that computes the weights when a session loads the file (same weights, "
@@ -57,8 +61,8 @@ _SAMPLES = ValidationConfig().samples
                    "cpu_execution_accelerator).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @nir_options
-def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming, atol, samples, data_dir, profile,
-           max_batch_size, fp16, triton_accelerator, as_json, **nir):
+def export(checkpoint, out, variant, allow_int8, int8_form, storage, fmt, opset, streaming, atol, samples, data_dir,
+           profile, max_batch_size, fp16, triton_accelerator, as_json, **nir):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
     CHECKPOINT may also be a .nir file from any framework (docs/nir.md): unrolled over --timesteps and validated
@@ -80,13 +84,13 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     fmt = format_for(out, fmt)
     check_writable(out, FORMATS[fmt].out_is_dir)
     export_model = nir_exporter(checkpoint, nir, streaming=streaming, allow_int8=allow_int8, profile=profile,
-                                data_dir=data_dir, storage=storage,
+                                data_dir=data_dir, storage=storage, int8_form=int8_form,
                                 triton_accelerator=triton_accelerator) or export_model
     try:
         report = export_model(checkpoint, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming,
                               atol=atol, samples=samples, data_dir=data_dir, profile=profile,
                               max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8, storage=storage,
-                              triton_accelerator=triton_accelerator)
+                              int8_form=int8_form, triton_accelerator=triton_accelerator)
     except ExportValidationError as e:
         if as_json:  # a JSON consumer still gets a document, saying what failed; the error line goes to stderr
             click.echo(json.dumps({"ok": False, "out": str(out), "failures": [str(f) for f in e.failures],

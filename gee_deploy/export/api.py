@@ -16,7 +16,7 @@ from ..checkpoint import file_sha256, load_model, model_origin
 from ..genetic import GeneticConv2d, GeneticLinear
 from ..data import load_test_arrays
 from ..io import atomic_path
-from ..kinds import ExportVariant, Int8Policy, Precision, Storage
+from ..kinds import ExportVariant, Int8Form, Int8Policy, Precision, Storage
 from ..quantisation import quantised_layers
 from ..spec import ModelSpec
 from ..triton_config import CPU_ACCELERATORS
@@ -24,6 +24,7 @@ from .choose import make_chooser, make_int8_chooser
 from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, ValidationConfig, Variant, lookup,
                       validation_thresholds)
 from .errors import ExportError, ExportValidationError, UnknownOptionError
+from .int8 import DEFAULT_INT8_FORM
 from ..nir.writer import write_nir
 from ..nir.validate import read_nir, validate_nir
 from .validate import ValidationReport, validate_export, validate_streaming
@@ -52,10 +53,12 @@ class ExportReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     reference: str = "PyTorch"  # what validation compared the graph with
+    int8_form: Int8Form | None = None  # how int8 layers are spelt; None when the export has none
 
     def summary(self) -> str:
         size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, {self.storage} storage"
+        form = f", int8 form {self.int8_form}" if self.int8_form else ""
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}{form}, {self.storage} storage"
                  f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"]
         lines += [f"  {l['name']:<24} {l['kind']:<6} {l['form']:<16} {l.get('precision', 'fp32'):<4} "
                   f"MACs {l['macs']:>13,} x{l['calls']}"
@@ -96,6 +99,27 @@ def _variant(variant: ExportVariant | str, allow_int8: bool) -> Variant:
     return v
 
 
+def resolve_int8_form(variant: Variant, form: Int8Form | str | None, fmt: str = "onnx") -> Int8Form | None:
+    """How the export spells its int8 layers: ``form``, or by default the one ``fmt``'s runtime runs fastest
+    (:data:`~gee_deploy.export.int8.DEFAULT_INT8_FORM`); None when ``variant`` writes no int8 layer.
+
+    Raises:
+        UnknownOptionError: an unknown form, a form given for an export without int8 layers, or the integer form
+            for TensorRT (its int8 is QDQ only).
+    """
+    if form is not None:
+        form = Int8Form(lookup({f.value: f for f in Int8Form}, form, "int8 form"))
+        if variant.int8 == Int8Policy.NEVER:
+            raise UnknownOptionError(f"--int8-form spells int8 layers; --variant {variant.name} writes none (use "
+                                     "--variant int8, or --variant auto --allow-int8)")
+    if variant.int8 == Int8Policy.NEVER:
+        return None
+    if form == Int8Form.INTEGER and fmt == "tensorrt":
+        raise UnknownOptionError("--int8-form integer is onnxruntime's MatMulInteger, which TensorRT cannot run "
+                                 "(its int8 is QDQ only): use --int8-form qdq (the default for --format tensorrt)")
+    return form or DEFAULT_INT8_FORM.get(fmt, Int8Form.INTEGER)
+
+
 def is_genetic(model: nn.Module) -> bool:
     """Whether ``model`` has genetic layers (a dense twin has none)."""
     return any(isinstance(m, (GeneticConv2d, GeneticLinear)) for m in model.modules())
@@ -127,8 +151,8 @@ def resolve_storage(model: nn.Module, storage: Storage | str | None, fmt: str = 
 def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DENSE, opset: int | None = None,
                streaming: bool = False, checkpoint_sha256: str = "", profile: bool = False,
                choices: dict[str, ExportVariant] | None = None,
-               allow_int8: bool = False, storage: Storage | str | None = Storage.FOLDED
-               ) -> tuple[onnx.ModelProto, ModelSpec]:
+               allow_int8: bool = False, storage: Storage | str | None = Storage.FOLDED,
+               int8_form: Int8Form | str | None = None) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
     ``storage``: folded (the weights as initializers), genetic (the genetic parameters and the subgraph
@@ -137,6 +161,7 @@ def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DE
     ``choices``: how every genetic layer is written (dense / factorised) by name, as an earlier build chose
     them (the streaming graph repeats the validated unrolled graph's choices); None lets ``variant`` choose.
     ``allow_int8``: with ``auto``, spike-reading layers of at least INT8_MIN_MACS per call get int8 weights.
+    ``int8_form``: how int8 layers are spelt (:func:`resolve_int8_form`; default the integer form).
 
     Raises:
         UnknownOptionError: unknown variant, unsupported opset, or ``allow_int8`` with a fixed variant.
@@ -150,7 +175,8 @@ def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DE
     class_names, dataset = model_origin(model)
     proto, spec = write_graph(model.eval(), choose, opset, variant=v.name, class_names=class_names, dataset=dataset,
                               checkpoint_sha256=checkpoint_sha256, streaming=streaming, int8=make_int8_chooser(v),
-                              storage=resolve_storage(model, storage))
+                              storage=resolve_storage(model, storage),
+                              int8_form=resolve_int8_form(v, int8_form) or Int8Form.INTEGER)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -187,27 +213,28 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
                   validation: ValidationConfig | None = None,
                   checkpoint_sha256: str = "", profile: bool = False, max_batch_size: int = 64,
                   fp16: bool = False, allow_int8: bool = False, storage: Storage | str | None = None,
-                  triton_accelerator: str | None = None) -> ExportReport:
+                  int8_form: Int8Form | str | None = None, triton_accelerator: str | None = None) -> ExportReport:
     """Export an already loaded eval-mode model; validate on ``images`` (required) before anything is kept.
 
     ``validation`` None: the default sample count with the variant's thresholds
-    (:func:`~gee_deploy.export.configs.validation_thresholds`). ``storage``: see :func:`resolve_storage`.
+    (:func:`~gee_deploy.export.configs.validation_thresholds`). ``storage``: see :func:`resolve_storage`;
+    ``int8_form``: :func:`resolve_int8_form`.
     """
     start = time.perf_counter()
     output_format = lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
     chosen_storage = storage is not None
     storage = resolve_storage(model, storage, output_format.name)
+    int8_form = resolve_int8_form(v, int8_form, output_format.name)
     cfg = validation or ValidationConfig(thresholds=validation_thresholds(v.int8 != Int8Policy.NEVER,
                                                                           bool(quantised_layers(model))))
     if images is None or len(images) == 0:
         raise ExportError("validation needs at least one image")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
-    if output_format.name in ("tensorrt", "nir") and v.int8 != Int8Policy.NEVER:
-        why = "TensorRT's int8 is QDQ only" if output_format.name == "tensorrt" else "NIR has no int8 type"
-        raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
-                          f"MatMulInteger; {why}): export --variant dense or auto without --allow-int8")
+    if output_format.name == "nir" and v.int8 != Int8Policy.NEVER:
+        raise ExportError("--format nir cannot hold int8 layers (NIR has no int8 type): export --variant dense or "
+                          "auto without --allow-int8")
     if output_format.name == "nir":
         report = _export_nir(model, Path(out), variant, opset, streaming, images, labels, cfg, checkpoint_sha256, start)
         if is_genetic(model):
@@ -218,13 +245,14 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
 
         require_tensorrt()
     unrolled, spec = build_onnx(model, variant, opset, False, checkpoint_sha256, profile, allow_int8=allow_int8,
-                                storage=storage)
+                                storage=storage, int8_form=int8_form)
     notes = []
     if not chosen_storage and storage == Storage.GENETIC and any(l.precision == Precision.INT8 for l in spec.layers):
         unrolled, spec, storage, notes = _smaller_storage(unrolled, spec)
     report = ExportReport(str(out), output_format.name, v.name, _opset(opset), streaming, storage,
                           layers=[l.as_dict() for l in spec.layers], macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes)
+                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes,
+                          int8_form=int8_form if any(l.precision == Precision.INT8 for l in spec.layers) else None)
     data = unrolled.SerializeToString()
     try:
         val = validate_export(model, data, images, labels, cfg)
@@ -240,7 +268,7 @@ def export_loaded(model: nn.Module, out: str | os.PathLike, *, variant: ExportVa
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in spec.layers}
         final, spec = build_onnx(model, variant, report.opset, True, checkpoint_sha256, choices=chosen,
-                                 allow_int8=allow_int8, storage=storage)
+                                 allow_int8=allow_int8, storage=storage, int8_form=int8_form)
         sv = validate_streaming(final.SerializeToString(), data, images, model.timesteps, spec.state_inputs, cfg)
         report.streaming_validation = _report_dict(sv)
     from .tensorrt import compatibility_problems
@@ -307,7 +335,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
                  streaming: bool = False, atol: float | None = None, samples: int | None = None,
                  data_dir: str | os.PathLike | None = None, profile: bool = False,
                  max_batch_size: int = 64, fp16: bool = False, allow_int8: bool = False,
-                 storage: Storage | str | None = None, triton_accelerator: str | None = None) -> ExportReport:
+                 storage: Storage | str | None = None, int8_form: Int8Form | str | None = None,
+                 triton_accelerator: str | None = None) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
 
     Args:
@@ -330,6 +359,9 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
         storage: "genetic" (E, G, scales and BatchNorm parameters, the weights computed in the graph when a
             session loads it), "folded" (the weights), or None: genetic for a genetic checkpoint's ONNX file or
             Triton repository, folded otherwise (:func:`resolve_storage`).
+        int8_form: "integer" (MatMulInteger: onnxruntime's CPU int8 kernels), "qdq" (QuantizeLinear /
+            DequantizeLinear around Conv / Gemm: TensorRT, OpenVINO) or None: qdq for tensorrt, integer otherwise
+            (:func:`resolve_int8_form`; docs/export.md, "Int8").
 
     Validation limits: :func:`~gee_deploy.export.configs.validation_thresholds` (fp32's, or the post-training
     int8 ones when int8 layers meet a checkpoint not fine-tuned for them), ``atol`` overriding theirs.
@@ -337,6 +369,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
     lookup(FORMATS, fmt, "format")
     v = _variant(variant, allow_int8)
     _opset(opset)
+    resolve_int8_form(v, int8_form, fmt)
     if fp16 and fmt != "tensorrt":
         raise UnknownOptionError(f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not {fmt}")
     if triton_accelerator is not None and fmt != "triton":
@@ -356,7 +389,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike,
     report = export_loaded(model, out, variant=variant, fmt=fmt, opset=opset, streaming=streaming, images=images,
                            labels=labels, validation=cfg, checkpoint_sha256=file_sha256(checkpoint),
                            profile=profile, max_batch_size=max_batch_size, fp16=fp16, allow_int8=allow_int8,
-                           storage=storage, triton_accelerator=triton_accelerator)
+                           storage=storage, int8_form=int8_form, triton_accelerator=triton_accelerator)
     if samples is not None and len(images) < samples:
         report.notes.append(f"--samples {samples}: the {dataset} test split holds {len(images)} images; validated on all")
     return report

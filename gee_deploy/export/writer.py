@@ -18,7 +18,7 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from ..errors import UnsupportedModuleError
-from ..kinds import ExportVariant, Form, Precision, Storage
+from ..kinds import ExportVariant, Form, Int8Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
@@ -26,7 +26,7 @@ from ..zoo.base import ConvPool
 from .factorised import FactorisedCost, emit_factorised, factorised_cost
 from .folding import FoldedLayer, batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
-from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer, scale_name
+from .int8 import dequantised_layer, emit_int8, emit_qdq, gather_form, int8_layer, quantise_spikes, scale_name
 from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
@@ -34,8 +34,8 @@ __all__ = ["Chooser", "Int8Chooser", "OnnxWriter", "write_graph"]
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
 #   -> ExportVariant.DENSE | ExportVariant.FACTORISED
 Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], ExportVariant]
-# (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
-#   -> write it int8?
+# (layer name, dense MACs per call, gather form: see export.int8.gather_form; "conv" in the QDQ form, which
+# gathers nothing) of a layer that reads spikes -> write it int8?
 Int8Chooser = Callable[[str, int, str], bool]
 
 
@@ -87,20 +87,23 @@ class OnnxWriter(ModelWalk):
     """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts.
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
+    ``int8_form``: how they are spelt (MatMulInteger or QuantizeLinear / DequantizeLinear).
     Layers reading analog values (the stem, an average pool of spikes) always stay float32. Every weight is
     computed in the graph from the stored parameters (:mod:`gee_deploy.export.weights`); :func:`write_graph`
     folds that subgraph for ``folded`` storage.
     """
 
-    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None):
+    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None,
+                 int8_form: Int8Form = Int8Form.INTEGER):
         super().__init__(model, streaming)
         self.choose = choose
         self.int8 = int8
+        self.int8_form = Int8Form(int8_form)
         self.graph = GraphBuilder()
         names = {id(t): n for n, t in model.named_buffers()} | {id(t): n for n, t in model.named_parameters()}
         self.ops = WeightOps(self.graph, names)
         self.counts: list[str] = []
-        self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast (shared by every int8 reader)
+        self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast / int8 QDQ pair (shared by every reader)
         self._fired: dict[str, str] = {}  # a LIF's float spikes -> the boolean fire maps they were cast from
 
     def emit_input(self) -> str:
@@ -112,11 +115,14 @@ class OnnxWriter(ModelWalk):
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
         ops = self.ops
         layer = int8_layer(m, bn, pooled, ops, name) if x.spikes_from is not None and self.int8 is not None else None
-        if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
-            if x.name not in self._uint8:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
-                self._uint8[x.name] = self.graph.op("Cast", [self._fired.get(x.name, x.name)], f"{x.spikes_from}.uint8",
-                                                    to=TensorProto.UINT8)
-            y = emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name, ops)
+        qdq = self.int8_form == Int8Form.QDQ
+        if layer is not None and self.int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
+            if x.name not in self._uint8:  # 0/1 spikes as 8-bit integers: exact
+                self._uint8[x.name] = quantise_spikes(self.graph, x.name, x.spikes_from) if qdq else \
+                    self.graph.op("Cast", [self._fired.get(x.name, x.name)], f"{x.spikes_from}.uint8",
+                                  to=TensorProto.UINT8)  # from the 1-byte fire maps when they are at hand
+            y = emit_qdq(self.graph, self._uint8[x.name], layer, name, ops) if qdq else \
+                emit_int8(self.graph, self._uint8[x.name], layer, x.shape, name, ops)
             return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
                                 input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
                                 calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8)
@@ -177,7 +183,7 @@ class OnnxWriter(ModelWalk):
         ReduceSum of that float tensor (viewed as [T, N, neurons]) over steps and neurons, exact while a layer's
         count per sample stays below 2^24 (T x neurons: 25,088 for SmallNet's largest layer).
 
-        In a graph with int8 layers the fire maps are cast to uint8 here (what an int8 reader takes) and the count
+        In a graph with int8 layers in the integer form the fire maps are cast to uint8 here (what an int8 reader takes) and the count
         is a MatMulInteger of that uint8 tensor with a column of int8 ones, summed over T in int32 and cast to
         float: the same integers as the float ReduceSum, in one pass over 1 byte per spike on the int8 GEMM
         kernel, and the float spikes are left out of the graph when no float layer reads them (3.7x faster at
@@ -204,7 +210,7 @@ class OnnxWriter(ModelWalk):
         spikes = ops.to_float(fire_maps, "spikes")
         self._fired[spikes] = fire_maps
         shape = graph.const([steps, -1, int(np.prod(x.shape))], f"{name}.steps_shape", np.int64)
-        if self.int8 is None:
+        if self.int8 is None or self.int8_form != Int8Form.INTEGER:  # QDQ graphs: no onnxruntime-only op
             per_step = graph.op("Reshape", [spikes, shape], f"{name}.per_step")
             count = graph.op("ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
                              keepdims=1)  # [1, N, 1]
@@ -221,7 +227,7 @@ class OnnxWriter(ModelWalk):
 
 def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: ExportVariant, class_names: tuple[str, ...],
                 dataset: str = "", checkpoint_sha256: str = "", streaming: bool = False, int8: Int8Chooser | None = None,
-                storage: Storage = Storage.FOLDED):
+                storage: Storage = Storage.FOLDED, int8_form: Int8Form = Int8Form.INTEGER):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     Args:
@@ -232,13 +238,14 @@ def write_graph(model: nn.Module, choose: Chooser, opset: int, *, variant: Expor
         class_names, dataset, checkpoint_sha256: recorded in the spec.
         streaming: one timestep per call with the membrane potentials as graph inputs and outputs.
         int8: which spike-reading layers get int8 weights (None: none).
+        int8_form: how they are spelt (:class:`~gee_deploy.kinds.Int8Form`).
         storage: "genetic" keeps the stored parameters and the initializer-only subgraph that computes the
             weights from them; "folded" stores the computed weights (:mod:`gee_deploy.export.weights`).
 
     Raises:
         UnsupportedModuleError: a module or operation has no translation.
     """
-    w = OnnxWriter(model, choose, streaming, int8)
+    w = OnnxWriter(model, choose, streaming, int8, int8_form)
     y = w.walk()
     graph = w.graph
     if y.static or w.steps == 1:
@@ -265,7 +272,7 @@ def folded_with_scales(proto: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     ``weight_scales`` read from the folded graph (the float32 values the graph applies), in its metadata."""
     folded = fold_constants(proto)
     values = {t.name: t for t in folded.graph.initializer}
-    layers = tuple(replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).tolist()))
+    layers = tuple(replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).reshape(-1).tolist()))
                    if l.precision == Precision.INT8 else l for l in spec.layers)
     spec = replace(spec, storage=Storage.FOLDED, layers=layers)
     set_metadata(folded, spec.to_metadata())
