@@ -183,11 +183,12 @@ class OnnxWriter(ModelWalk):
         ReduceSum of that float tensor (viewed as [T, N, neurons]) over steps and neurons, exact while a layer's
         count per sample stays below 2^24 (T x neurons: 25,088 for SmallNet's largest layer).
 
-        In a graph with int8 layers in the integer form the fire maps are cast to uint8 here (what an int8 reader takes) and the count
-        is a MatMulInteger of that uint8 tensor with a column of int8 ones, summed over T in int32 and cast to
-        float: the same integers as the float ReduceSum, in one pass over 1 byte per spike on the int8 GEMM
-        kernel, and the float spikes are left out of the graph when no float layer reads them (3.7x faster at
-        batch 1, 11x at batch 8 for a [4, N, 131072] map; docs/export.md, "Spike counts").
+        In a graph with int8 layers in the integer form the fire maps are cast to uint8 here (what an int8 reader
+        takes) and the count is a MatMulInteger of that uint8 tensor with a column of int8 ones, summed over T in
+        int32 and cast to float: the same integers as the float ReduceSum, in one pass over 1 byte per spike on the
+        int8 GEMM kernel, and the float spikes are left out of the graph when no float layer reads them (3.7x
+        faster at batch 1, 11x at batch 8 for a [4, N, 131072] map; docs/export.md, "Spike counts"). The QDQ form
+        keeps the ReduceSum: MatMulInteger is onnxruntime's alone.
         """
         graph, steps = self.graph, self.steps
         if x.static:
