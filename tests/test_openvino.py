@@ -8,22 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from gee_deploy.cli import main
 from gee_deploy.data import load_test_arrays
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
+from test_cli import run  # main() as the console script runs it: (exit code, stdout, stderr)
 
 needs_plugin = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("onnxruntime_ep_openvino") is None,
     reason="onnxruntime-ep-openvino (gee-deploy[openvino]) is not installed")
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
