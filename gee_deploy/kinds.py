@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["LayerKind", "Form", "ExportVariant", "ExportFormat", "Storage", "Precision", "Int8Policy", "FitnessMode", "Init",
-           "StepInput"]
+__all__ = ["LayerKind", "Form", "ExportVariant", "ExportFormat", "Storage", "Precision", "Int8Policy", "Int8Form",
+           "FitnessMode", "Init", "StepInput"]
 
 
 class LayerKind(StrEnum):
@@ -72,6 +72,13 @@ class Int8Policy(StrEnum):
     NEVER = "never"
     ALL = "all"
     CHOOSE = "choose"  # those worth it (``auto --allow-int8``: :func:`gee_deploy.export.choose.make_int8_chooser`)
+
+
+class Int8Form(StrEnum):
+    """How an int8 layer is spelt in ONNX (``--int8-form``; :mod:`gee_deploy.export.int8`); both compute the same."""
+
+    INTEGER = "integer"  # MatMulInteger on uint8 spikes (patches gathered for a conv): onnxruntime's CPU int8 kernels
+    QDQ = "qdq"  # QuantizeLinear / DequantizeLinear around Conv / Gemm: TensorRT's and OpenVINO's int8 convention
 
 
 class FitnessMode(StrEnum):

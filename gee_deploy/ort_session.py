@@ -4,20 +4,37 @@ Options are chosen for latency on a shared machine (onnxruntime docs, "Tune perf
 optimisation (ORT_ENABLE_ALL: constant folding, Conv+Add fusion, NCHWc layouts), sequential execution (the
 unrolled graph is a chain; parallel branches buy nothing), one inter-op thread, ``threads`` intra-op threads,
 and no spinning worker threads (spinning cuts batch-1 latency a little but burns cores other processes need).
+
+OpenVINO runs as onnxruntime's OpenVINO execution provider plugin (package ``onnxruntime-ep-openvino``, the
+``gee-deploy[openvino]`` extra; onnxruntime docs, "Using a Plugin Execution Provider Library"): the library is
+registered once per process (``onnxruntime.register_execution_provider_library``) and its CPU device added with
+``SessionOptions.add_provider_for_devices``. OpenVINO's own properties go through the provider's ``load_config``
+(OpenVINO docs, "CPU device: supported properties"): ``INFERENCE_PRECISION_HINT`` f32 (exact; the CPU plugin's
+default on an AMX or AVX-512-BF16 CPU is bf16, which moves spikes: docs/export.md) or bf16 for ``openvino-bf16``,
+``INFERENCE_NUM_THREADS`` = ``threads``, one stream and the LATENCY hint (one request at a time, like the
+intra-op settings above). Nodes OpenVINO cannot take fall back to the CPU provider with the options above.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError, reason
 
-__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "import_onnxruntime", "create_session"]
+__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "OPENVINO_PRECISION", "import_onnxruntime", "require_runtime",
+           "precision_of", "create_session", "openvino_session_options"]
 
 # runtime name -> execution providers, most preferred first
 PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
              "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-             "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")}
+             "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+             "openvino": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
+             "openvino-bf16": ("OpenVINOExecutionProvider", "CPUExecutionProvider")}
+# OpenVINO runtime name -> its INFERENCE_PRECISION_HINT (the float ops' precision; int8 layers stay int8)
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
+_OPENVINO_EXTRA = ("the openvino runtime needs onnxruntime's OpenVINO execution provider plugin: "
+                   "pip install 'gee-deploy[openvino]'")
 # ``optimization`` -> onnxruntime's GraphOptimizationLevel member; "all" (the default) adds the layout
 # optimisations (NCHWc) to "extended"'s fusions
 OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
@@ -41,14 +58,68 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def _openvino_plugin():
+    """The ``onnxruntime_ep_openvino`` module, or :class:`MissingExtraError` naming the extra."""
+    try:
+        import onnxruntime_ep_openvino
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime_ep_openvino":
+            raise
+        raise MissingExtraError(_OPENVINO_EXTRA) from None
+    return onnxruntime_ep_openvino
+
+
+def require_runtime(kind: str) -> None:
+    """Refuse, before any work, a runtime name this installation cannot provide: an unknown name, or an OpenVINO
+    runtime without its plugin (the commands call this while parsing options; the onnxruntime providers are
+    checked when the session is created).
+
+    Raises:
+        RuntimeUnavailableError: unknown ``kind``; MissingExtraError: no OpenVINO plugin (names the extra).
+    """
+    if kind not in PROVIDERS:
+        raise RuntimeUnavailableError(f"unknown onnxruntime runtime {kind!r}; use one of {', '.join(PROVIDERS)}")
+    if kind in OPENVINO_PRECISION:
+        _openvino_plugin()
+
+
+def precision_of(kind: str) -> str:
+    """The precision ``kind`` computes the graph's float ops in: ``bf16`` for ``openvino-bf16``, else ``f32``
+    (onnxruntime's CPU and CUDA providers and TensorRT without its fp16 flag compute float32 as written)."""
+    return OPENVINO_PRECISION.get(kind, "f32")
+
+
+def _add_openvino(ort, opts, precision: str, threads: int | None) -> None:
+    """Register the OpenVINO plugin once per process and add its CPU device to ``opts`` with ``precision`` (the
+    ``INFERENCE_PRECISION_HINT``), ``threads`` inference threads (None: OpenVINO's default, one per physical
+    core), one stream."""
+    plugin = _openvino_plugin()
+    name = plugin.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        try:
+            ort.register_execution_provider_library("openvino", plugin.get_library_path())
+        except Exception as e:  # a plugin built for another onnxruntime
+            raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot load the OpenVINO plugin: "
+                                          f"{reason(e, 200)}") from None
+    cpu = [d for d in ort.get_ep_devices() if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
+    if not cpu:
+        raise RuntimeUnavailableError("the OpenVINO plugin found no CPU device on this machine")
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+              "NUM_STREAMS": "1"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    opts.add_provider_for_devices(cpu[:1], {"load_config": json.dumps({"CPU": config})})
+
+
 def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
                    spin: bool = False, profile_prefix: str | None = None, optimization: str = "all"):
     """An ``onnxruntime.InferenceSession`` over ``model`` (serialised bytes or a path).
 
     Args:
         model: the ONNX graph as bytes, or its path.
-        kind: ``ort-cpu``, ``ort-cuda`` or ``ort-trt`` (see :data:`PROVIDERS`).
-        threads: intra-op threads; None or 0 = onnxruntime's default (one per physical core).
+        kind: ``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``openvino`` or ``openvino-bf16`` (see :data:`PROVIDERS`).
+        threads: intra-op threads (and OpenVINO's inference threads); None or 0 = the default (one per physical
+            core).
         spin: let idle intra-op threads spin.
         profile_prefix: turn on onnxruntime's profiler, writing ``<prefix>_<date>.json`` (``end_profiling()``).
         optimization: graph optimisation level (:data:`OPTIMIZATION_LEVELS`); below "all" only to measure what
@@ -56,7 +127,8 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
 
     Raises:
         RuntimeUnavailableError: ``kind`` or ``optimization`` is unknown, or ``kind``'s provider is missing from
-            this onnxruntime (:class:`~gee_deploy.errors.MissingExtraError`: no onnxruntime at all).
+            this onnxruntime (:class:`~gee_deploy.errors.MissingExtraError`: no onnxruntime at all, or no OpenVINO
+            plugin for an OpenVINO runtime).
         ModelFileError: the file is missing or onnxruntime cannot load it.
     """
     ort = import_onnxruntime()
@@ -65,8 +137,10 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     if optimization not in OPTIMIZATION_LEVELS:
         raise RuntimeUnavailableError(f"unknown graph optimisation level {optimization!r}; use one of "
                                       f"{', '.join(OPTIMIZATION_LEVELS)}")
-    providers: list = list(PROVIDERS[kind])
-    if providers[0] not in ort.get_available_providers():
+    providers: list | None = list(PROVIDERS[kind])
+    if kind in OPENVINO_PRECISION:
+        _openvino_plugin()
+    elif providers[0] not in ort.get_available_providers():
         raise RuntimeUnavailableError(f"{kind} needs {providers[0]}, which this onnxruntime lacks "
                                       f"(has {', '.join(ort.get_available_providers())})")
     source = model if isinstance(model, bytes) else str(model)
@@ -83,6 +157,9 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
+    if kind in OPENVINO_PRECISION:
+        _add_openvino(ort, opts, OPENVINO_PRECISION[kind], threads)
+        providers = None  # add_provider_for_devices chose them; the CPU provider takes what OpenVINO cannot
     if kind == "ort-trt" and not isinstance(model, bytes):
         # cache built engines beside the model: the first TensorRT build takes minutes
         path = Path(source)
@@ -95,3 +172,21 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
         what = "the graph" if isinstance(model, bytes) else source
         raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None
+
+
+def openvino_session_options(threads: int | None = None, precision: str = "f32"):
+    """``onnxruntime.SessionOptions`` that run a graph on OpenVINO's CPU device through onnxruntime's OpenVINO
+    execution provider plugin, for ``onnxruntime.InferenceSession(model, options)`` with no ``providers``: the
+    plugin registered and its device added as for the ``openvino`` runtimes (module docstring), with
+    ``INFERENCE_PRECISION_HINT`` = ``precision`` (f32 or bf16) and ``threads`` inference threads (None:
+    OpenVINO's default). :func:`create_session` with ``kind="openvino"`` adds the project's other options.
+
+    Raises:
+        MissingExtraError: the plugin is not installed. RuntimeUnavailableError: it cannot be loaded, or finds no
+            CPU device.
+    """
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    _add_openvino(ort, opts, precision, threads)
+    return opts

@@ -2,14 +2,19 @@
 
 Why int8 this way: docs/design.md, "Int8 layers".
 
-After the stem every conv / linear layer reads spikes, exactly 0 or 1, so as uint8 they are exact and only the
-weights lose precision. One function, :func:`quantise_weight`, defines the int8 codes and scales; the
-quantisation-aware fine-tune (straight-through fake quantisation, :func:`fake_quantise`), the PyTorch eval path
-of a quantised checkpoint and the int8 exporter all call it on the same float32 weight the model's forward
-uses, so they agree on every code.
+After the stem every conv / linear layer reads spikes, exactly 0 or 1, so as 8-bit integers they are exact and
+only the weights lose precision. One function, :func:`int8_codes`, defines the int8 codes and scales, written
+once over a small set of array operations the way :mod:`gee_deploy.neurons` writes the LIF once: it runs on torch
+tensors here (:data:`TORCH_OPS`: the quantisation-aware fine-tune's straight-through fake quantisation,
+:func:`fake_quantise`, and the PyTorch eval path of a quantised checkpoint, through :func:`quantise_weight`), and
+on :class:`gee_deploy.export.weights.WeightOps` in the exporter (numpy when weights are folded, ONNX operators
+when a ``genetic`` file computes the codes in its graph). Every caller hands it the same float32 weight the
+model's forward uses, so they agree on every code.
 
 .. math:: s_o = \\max_j |W_{o,j}| / 127,\\quad q_{o,j} = \\mathrm{clamp}(\\mathrm{round}(W_{o,j} / s_o), -127, 127),
           \\quad W \\approx q\\,s
+
+with round half to even and an all-zero channel at s = 1 (its codes are 0).
 
 **BatchNorm fold.** An eval-mode BatchNorm multiplies output channel o by a constant b_o and adds a shift, so
 W b_o has the same codes q_o with scale s_o b_o: the fold changes the per-channel float scale, never the
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,24 +45,61 @@ from .genetic import GeneticConv2d, GeneticLinear
 from .walk import describe
 from .zoo.base import ConvPool
 
-__all__ = ["QMAX", "SCHEME", "quantise_weight", "fake_quantise", "quantisable_modules", "spike_reading_layers",
+__all__ = ["QMAX", "SCHEME", "TorchOps", "TORCH_OPS", "int8_codes", "quantise_weight", "fake_quantise", "quantisable_modules", "spike_reading_layers",
            "attach_quantisers", "quantised_layers", "int8_weight"]
 
 QMAX = 127  # symmetric: -127..127 (no -128, so negation and the zero point stay exact)
 SCHEME = "int8-symmetric-per-output-channel"
 
 
-def quantise_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel symmetric int8 codes of ``w`` [Cout, ...]: (q int8 [Cout, ...], s float [Cout]).
+class TorchOps:
+    """The array operations :func:`int8_codes` needs, on torch tensors laid out [..., Cout] (output channel last,
+    as the exporter's weights are). ``hint`` names a graph tensor in the ONNX backend; unused here."""
 
-    The channel's largest |w| maps to exactly +-127; an all-zero channel gets s = 1 (its codes are 0).
-    Rounding is half-to-even (``torch.round``), the same in every caller.
+    _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+    def constant(self, value, hint: str, dtype=np.float64) -> torch.Tensor:
+        return torch.tensor(value, dtype=self._DTYPES[np.dtype(dtype)])
+
+    def abs_max(self, a: torch.Tensor, hint: str) -> torch.Tensor:
+        """max |a| over every axis but the last: [Cout]."""
+        return a.abs().reshape(-1, a.shape[-1]).amax(dim=0)
+
+    def div(self, a: torch.Tensor, b: torch.Tensor, hint: str) -> torch.Tensor:
+        return a / b
+
+    def where_positive(self, a: torch.Tensor, then: torch.Tensor, otherwise: torch.Tensor, hint: str) -> torch.Tensor:
+        return torch.where(a > 0, then, otherwise.to(a.device))
+
+    def round_clip_int8(self, a: torch.Tensor, bound: int, hint: str) -> torch.Tensor:
+        """int8 clip(round half to even(a), -bound, bound)."""
+        return torch.clamp(torch.round(a), -bound, bound).to(torch.int8)
+
+
+TORCH_OPS = TorchOps()
+
+
+def int8_codes(ops, w, hint: str = "weight"):
+    """The int8 rule: (q int8 [..., Cout], s float32 [Cout]) of float32 weight ``w`` [..., Cout] (output channel
+    last), symmetric per output channel.
+
+    s_o = max |w[..., o]| / 127 (1 for an all-zero channel), q = clamp(round half to even(w / s_o), -127, 127):
+    the channel's largest |w| maps to exactly +-127. ``ops``: :data:`TORCH_OPS` for torch tensors, or a
+    :class:`gee_deploy.export.weights.WeightOps` (numpy values, and ONNX nodes when it writes a graph: Abs,
+    ReduceMax, Greater, Where, Div, QuantizeLinear with scale 1 and an int8 Clip); each backend's operations
+    are IEEE float32 with the same rounding, so all give the same codes and scales bit for bit.
     """
-    flat = w.detach().reshape(len(w), -1)
-    amax = flat.abs().amax(dim=1)
-    s = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-    q = torch.clamp(torch.round(w.detach() / s.view(-1, *[1] * (w.dim() - 1))), -QMAX, QMAX)
-    return q.to(torch.int8), s
+    amax = ops.abs_max(w, f"{hint}.amax")
+    step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
+                              ops.constant(1.0, "one", np.float32), f"{hint}.weight_scale")
+    return ops.round_clip_int8(ops.div(w, step, f"{hint}.ratio"), QMAX, f"{hint}.q"), step
+
+
+def quantise_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`int8_codes` of a torch weight in its own layout, [Cout, ...] (output channel first):
+    (q int8 [Cout, ...], s float [Cout])."""
+    q, s = int8_codes(TORCH_OPS, w.detach().movedim(0, -1))
+    return q.movedim(-1, 0).contiguous(), s
 
 
 def fake_quantise(w: torch.Tensor) -> torch.Tensor:

@@ -32,11 +32,14 @@ if TYPE_CHECKING:
     import onnx
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-__all__ = ["PLATFORM", "BACKEND", "DEFAULT_MAX_QUEUE_DELAY_MS", "DEFAULT_MAX_SEQUENCES", "DEFAULT_SEQUENCE_IDLE_S",
-           "Sequences", "model_config", "to_pbtxt", "to_json"]
+__all__ = ["PLATFORM", "BACKEND", "DEFAULT_MAX_QUEUE_DELAY_MS", "CPU_ACCELERATORS", "DEFAULT_MAX_SEQUENCES",
+           "DEFAULT_SEQUENCE_IDLE_S", "Sequences", "model_config", "to_pbtxt", "to_json"]
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
+# the onnxruntime backend's CPU execution accelerators (model_config.proto, ExecutionAccelerators: "openvino",
+# no parameters): the model then runs on onnxruntime's OpenVINO execution provider inside Triton
+CPU_ACCELERATORS = ("openvino",)
 DEFAULT_MAX_QUEUE_DELAY_MS = 2.0  # `gee-deploy serve --max-delay-ms`'s default; exported repositories use it too
 DEFAULT_MAX_SEQUENCES = 1024  # `gee-deploy serve --max-sequences`'s default (live sequences of a streaming graph)
 # `--sequence-idle-s`'s default. Triton's own default is 1 s, for clients that stream without pause; 60 s lets a
@@ -85,7 +88,8 @@ def _tensors(spec: ModelSpec, graph: onnx.GraphProto | None) -> tuple[list, list
 
 def model_config(name: str, spec: ModelSpec, max_batch_size: int,
                  max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS, graph: onnx.GraphProto | None = None,
-                 instance_kind: str | None = None, sequences: Sequences | None = None) -> ModelConfig:
+                 instance_kind: str | None = None, sequences: Sequences | None = None,
+                 cpu_accelerator: str | None = None) -> ModelConfig:
     """Triton's ``ModelConfig`` for a gee model: onnxruntime, batch axis 0, dynamic batching (a streaming graph:
     sequence batching with its membranes as implicit state).
 
@@ -100,19 +104,24 @@ def model_config(name: str, spec: ModelSpec, max_batch_size: int,
             group to Triton (one instance per GPU, or on the CPU when there is none).
         sequences: a streaming graph's membranes and limits; None for a streaming graph reads the membranes from
             ``graph`` with the default limits.
+        cpu_accelerator: one of :data:`CPU_ACCELERATORS` (``optimization { execution_accelerators {
+            cpu_execution_accelerator: [{ name: "openvino" }] } }``), or None for onnxruntime's CPU provider.
 
     Returns:
         ``tritonclient.grpc.model_config_pb2.ModelConfig``.
 
     Raises:
-        ValueError: ``max_batch_size`` < 1, a negative delay, a tensor type Triton cannot take, or a streaming
-            spec with neither its graph nor ``sequences``.
+        ValueError: ``max_batch_size`` < 1, a negative delay, a tensor type Triton cannot take, a streaming
+            spec with neither its graph nor ``sequences``, or an unknown ``cpu_accelerator``.
     """
     from tritonclient.grpc import model_config_pb2 as pb
 
     if max_batch_size < 1 or max_queue_delay_ms < 0:
         raise ValueError(f"max_batch_size must be >= 1 and max_queue_delay_ms >= 0, got {max_batch_size}, "
                          f"{max_queue_delay_ms}")
+    if cpu_accelerator not in (None, *CPU_ACCELERATORS):
+        raise ValueError(f"unknown CPU execution accelerator {cpu_accelerator!r}; use one of "
+                         f"{', '.join(CPU_ACCELERATORS)}")
     inputs, outputs = _tensors(spec, graph)
     config = pb.ModelConfig(name=name, platform=PLATFORM, backend=BACKEND, max_batch_size=max_batch_size)
     for field, tensors in ((config.input, inputs), (config.output, outputs)):
@@ -125,6 +134,8 @@ def model_config(name: str, spec: ModelSpec, max_batch_size: int,
         config.dynamic_batching.max_queue_delay_microseconds = delay_us
     if instance_kind is not None:
         config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.Kind.Value(instance_kind))
+    if cpu_accelerator is not None:
+        config.optimization.execution_accelerators.cpu_execution_accelerator.add(name=cpu_accelerator)
     config.parameters[ModelSpec.key("timesteps")].string_value = str(spec.timesteps)
     return config
 

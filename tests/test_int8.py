@@ -16,6 +16,7 @@ from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import INT8_MIN_MACS, INT8_PTQ_THRESHOLDS, validation_thresholds
 from gee_deploy.export.errors import UnknownOptionError
 from gee_deploy.export.int8 import emit_int8, int8_layer
+from gee_deploy.export.tensorrt import compatibility_problems
 from gee_deploy.export.graph import GraphBuilder, tensor_info
 from gee_deploy.neurons import SpikeRecorder
 from gee_deploy.ort_session import create_session
@@ -95,16 +96,88 @@ def test_int8_export_of_every_zoo_model_validates(name, tmp_path):
     assert report.validation["top1_agreement"] >= FAST.thresholds.min_top1_agreement
 
 
-def test_quantised_model_and_its_int8_graph_agree_exactly():
+@pytest.mark.parametrize("form", ["integer", "qdq"])
+def test_quantised_model_and_its_int8_graph_agree_exactly(form):
     model, _ = small_model("smallnet", 6, timesteps=4)
     attach_quantisers(model, spike_reading_layers(model))
     images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    proto, spec = build_onnx(model, "int8")
+    proto, spec = build_onnx(model, "int8", int8_form=form)
     logits, counts = create_session(proto.SerializeToString()).run(None, {"input": images.numpy()})
     with torch.no_grad(), SpikeRecorder(model) as rec:
         ref = model(images)
     assert np.array_equal(counts, rec.stacked().numpy())  # every spike of every layer and sample
     assert np.abs(logits - ref.numpy()).max() < 1e-5
+
+
+def _qdq_nodes(proto):
+    """The compute graph's QuantizeLinear / DequantizeLinear (of a folded file: the weight subgraph is folded)."""
+    return [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+@pytest.mark.parametrize("name", ["smallnet", "resnet19"])
+def test_qdq_form_computes_what_the_integer_form_computes_bit_for_bit(name):
+    """Unit scales: whichever kernel runs the QDQ Conv / Gemm (onnxruntime's float conv here), its sums are the
+    integer form's exact integer sums, then the same float32 scale and bias: the same logits and spikes."""
+    model, _ = small_model(name, 6, timesteps=2)
+    images = torch.rand(8, model.in_channels, model.image_size, model.image_size,
+                        generator=torch.Generator().manual_seed(2)).numpy()
+    for storage in ("folded", "genetic"):
+        outs = {}
+        for form in ("integer", "qdq"):
+            proto, spec = build_onnx(model, "int8", storage=storage, int8_form=form)
+            ops = {n.op_type for n in proto.graph.node}
+            assert ("MatMulInteger" in ops) == (form == "integer") and ("DequantizeLinear" in ops) == (form == "qdq")
+            outs[form] = create_session(proto.SerializeToString()).run(None, {"input": images})
+        assert all(np.array_equal(a, b) for a, b in zip(outs["integer"], outs["qdq"])), storage
+        assert outs["qdq"][1].sum() > 0
+
+
+def test_qdq_form_is_signed_int8_spikes_at_unit_scale_and_the_int8_codes():
+    """What TensorRT's explicit quantisation reads: QuantizeLinear -> DequantizeLinear pairs on the spikes with
+    scale 1 and an int8 zero point 0, and each weight the layer's int8 codes behind a DequantizeLinear at scale 1
+    (kept as int8 initializers by the folding, never folded to float)."""
+    model, _ = small_model("smallnet", 6)
+    proto, spec = build_onnx(model, "int8", storage="folded", int8_form="qdq")
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    nodes = _qdq_nodes(proto)
+    for n in nodes:
+        scale, zero = values[n.input[1]], values[n.input[2]]  # per tensor: 0-D
+        assert scale.shape == zero.shape == () and scale == 1.0 and zero.dtype == np.int8 and zero == 0
+    weights = [n.input[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in values]
+    int8_layers = [l for l in spec.layers if l.precision == "int8"]
+    assert len(weights) == len(int8_layers) and all(values[w].dtype == np.int8 for w in weights)
+    first = next(m for m in model.modules() if isinstance(m, ConvPool) and m is not model.stem[0])
+    codes = values[f"{int8_layers[0].name}.weight_int8"]  # [Cout, Cin, k, k]
+    assert np.array_equal(codes, quantise_weight(first.quantisation_source())[0].numpy())
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) == len({l.spiking_input_layer for l in int8_layers})
+    assert all(len(l.weight_scales) > 0 for l in int8_layers)
+
+
+@pytest.mark.parametrize("storage", ["folded", "genetic"])
+def test_tensorrt_static_check_passes_a_qdq_int8_export(storage):
+    model, _ = small_model("resnet19", 6)
+    qdq, _ = build_onnx(model, "int8", storage=storage, int8_form="qdq")
+    assert compatibility_problems(qdq) == []
+    integer, _ = build_onnx(model, "int8", storage=storage, int8_form="integer")
+    assert any("MatMulInteger" in p for p in compatibility_problems(integer))
+
+
+def test_openvino_runs_the_qdq_graph_as_onnxruntime_does():
+    """OpenVINO's CPU plugin (f32 precision hint) through onnxruntime's plugin EP: the same logits and spikes."""
+    pytest.importorskip("onnxruntime_ep_openvino", reason="the OpenVINO execution provider plugin is not installed")
+    import onnxruntime as ort
+
+    from gee_deploy.ort_session import openvino_session_options
+
+    model, _ = small_model("smallnet", 6, timesteps=4)
+    attach_quantisers(model, spike_reading_layers(model))
+    images = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), SpikeRecorder(model) as rec:
+        ref = model(images)
+    proto, _ = build_onnx(model, "int8", storage="genetic", int8_form="qdq")
+    session = ort.InferenceSession(proto.SerializeToString(), openvino_session_options(threads=1))
+    logits, counts = session.run(None, {"input": images.numpy()})
+    assert np.array_equal(counts, rec.stacked().numpy()) and np.abs(logits - ref.numpy()).max() < 1e-5
 
 
 def test_layers_reading_analog_values_stay_float32():
@@ -167,3 +240,27 @@ def test_cli_rejects_allow_int8_with_a_fixed_variant(tiny_checkpoint, tmp_path):
     r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"),
                                  "--variant", "dense", "--allow-int8"], standalone_mode=False)
     assert isinstance(r.exception, UnknownOptionError) and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--variant", "dense", "--int8-form", "qdq"], "writes none"),
+    (["--variant", "int8", "--int8-form", "integer", "--format", "tensorrt"], "TensorRT cannot run"),
+])
+def test_cli_refuses_an_int8_form_that_cannot_apply(tiny_checkpoint, tmp_path, args, match):
+    out = tmp_path / ("m.plan" if "tensorrt" in args else "m.onnx")
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(out)] + args, standalone_mode=False)
+    assert isinstance(r.exception, UnknownOptionError) and match in str(r.exception) and not out.exists()
+
+
+def test_tensorrt_takes_int8_in_the_qdq_form(tiny_checkpoint, tmp_path):
+    """--format tensorrt no longer refuses int8: its default form is QDQ, and without TensorRT the one line says so."""
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    from gee_deploy.export.errors import TensorRTUnavailableError
+
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.plan"), "--variant",
+                                 "int8"], standalone_mode=False)
+    assert isinstance(r.exception, TensorRTUnavailableError) and not (tmp_path / "m.plan").exists()

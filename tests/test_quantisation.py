@@ -1,17 +1,65 @@
 """Int8 weight quantisation: codes, straight-through gradient, which layers, checkpoints, the quantize command."""
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
 
-from gee_deploy.checkpoint import load_model
+from gee_deploy.checkpoint import load_checkpoint, load_model
 from gee_deploy.cli import cli
 from gee_deploy.errors import ConfigError
-from gee_deploy.quantisation import (QMAX, attach_quantisers, fake_quantise, int8_weight, quantisable_modules,
-                                     quantise_weight, quantised_layers, spike_reading_layers)
+from gee_deploy.quantisation import (QMAX, TORCH_OPS, attach_quantisers, fake_quantise, int8_codes, int8_weight,
+                                     quantisable_modules, quantise_weight, quantised_layers, spike_reading_layers)
 from gee_deploy.zoo import create_model, list_models
 from test_export import small_model
+
+
+def _codes_in(backend: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`int8_codes` of ``w`` [..., Cout] run on one backend: torch, numpy (the folding), or ONNX operators
+    evaluated by onnxruntime (``genetic`` storage)."""
+    from gee_deploy.export.graph import GraphBuilder, tensor_info
+    from gee_deploy.export.weights import Tensor, WeightOps
+    from gee_deploy.ort_session import create_session
+
+    if backend == "torch":
+        q, s = int8_codes(TORCH_OPS, torch.from_numpy(w))
+        return q.numpy(), s.numpy()
+    if backend == "numpy":
+        q, s = int8_codes(WeightOps(), Tensor(w))
+        return q.value, s.value
+    graph = GraphBuilder()
+    ops = WeightOps(graph)
+    q, s = int8_codes(ops, ops.constant(w, "w", np.float32))
+    graph.op("Identity", [q.name], out_names=["q"])
+    graph.op("Identity", [s.name], out_names=["s"])
+    proto = graph.model([], [tensor_info("q", list(q.shape), onnx.TensorProto.INT8), tensor_info("s", list(s.shape))],
+                        18, {})
+    got = create_session(proto.SerializeToString()).run(None, {})
+    assert np.array_equal(got[0], q.value) and np.array_equal(got[1], s.value)  # the graph and its numpy value
+    return got[0], got[1]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy", "onnx"])
+def test_the_int8_rule_is_symmetric_per_channel_max_over_127_round_half_even_clip_127(backend):
+    """The one definition of the codes (:func:`int8_codes`) in each backend it runs on, against the scheme written
+    out: s_o = max |w_o| / 127 (1 for an all-zero channel), q = clamp(round half to even(w / s_o), -127, 127)."""
+    unit = 2.0 ** -7  # scales that are powers of two keep w / s exact, so ties are ties
+    ties = np.array([127, 2.5, -3.5, 0.5, -0.5, 1.5, 126.5, -125.5])
+    cols = [ties * unit, np.zeros(8), np.array([-127, 63.5, 64.5, 0.25, -1, 0, 3, -2]) * 8.0,
+            np.random.default_rng(0).normal(0, 0.3, 8)]
+    w = np.stack(cols, axis=-1).astype(np.float32).reshape(2, 4, 4)  # [..., Cout]: 4 output channels
+    q, s = _codes_in(backend, w)
+    assert q.dtype == np.int8 and s.dtype == np.float32 and q.shape == w.shape and s.shape == (4,)
+    q = q.reshape(8, 4)
+    assert q[:, 0].tolist() == [127, 2, -4, 0, 0, 2, 126, -126] and s[0] == np.float32(unit)
+    assert q[:, 1].tolist() == [0] * 8 and s[1] == 1.0
+    assert q[:, 2].tolist() == [-127, 64, 64, 0, -1, 0, 3, -2] and s[2] == np.float32(8.0)
+    r = cols[3].astype(np.float32)
+    want_s = np.float32(np.abs(r).max()) / np.float32(QMAX)
+    assert s[3] == want_s and q[:, 3].tolist() == np.clip(np.rint(r / want_s), -QMAX, QMAX).astype(int).tolist()
+    assert np.abs(q[:, 3]).max() == QMAX
 
 
 def test_codes_are_int8_per_output_channel_and_round_to_nearest():
@@ -121,3 +169,31 @@ def test_quantize_refuses_counts_out_of_range_before_any_work(tiny_checkpoint, t
     out = tmp_path / "q.pt"
     r = CliRunner().invoke(cli, ["quantize", str(tiny_checkpoint), "--out", str(out), option, value])
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {option} must be an integer") and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def augmented_checkpoint(tmp_path_factory):
+    """A tiny checkpoint of a dataset with augmentation (fashion-mnist-mini: random crops and flips)."""
+    from conftest import tiny_recipe
+    from gee_deploy.training import train
+
+    out = tmp_path_factory.mktemp("augmented_run")
+    train(tiny_recipe(data={"name": "fashion-mnist-mini", "train_limit": 128, "test_limit": 32}), out, progress=False)
+    return out / "best.pt"
+
+
+def test_quantize_is_repeatable_bit_for_bit(augmented_checkpoint, tmp_path):
+    """The same command twice: the same fine-tuned parameters and accuracies (its data order and augmentation
+    draws seeded, whatever the global RNG held before: a fresh process starts it anywhere)."""
+    from gee_deploy.training.quantize import quantize
+
+    runs = []
+    for i in range(2):
+        torch.manual_seed(1234 + i)
+        out = tmp_path / f"q{i}.pt"
+        quantize(augmented_checkpoint, out, epochs=2.0, train_limit=128, test_limit=32, threads=1, progress=False)
+        runs.append(load_checkpoint(out))
+    a, b = runs
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert a.metrics["test_acc"] == b.metrics["test_acc"]

@@ -17,7 +17,7 @@ from gee_deploy.parity import CHECK_GATES, Outputs, Thresholds, checks, compare
 from gee_deploy.evaluation.bench import evaluate
 from gee_deploy.evaluation.runtimes import TorchRuntime, open_runtime
 from gee_deploy.serving.runtimes import OrtRuntime
-from gee_deploy.spec import LayerSpec, ModelSpec, sidecar_path
+from gee_deploy.spec import LayerSpec, ModelSpec
 from gee_deploy.walk import describe
 from gee_deploy.zoo import list_models
 from gee_deploy.zoo.base import ConvPool

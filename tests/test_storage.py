@@ -240,17 +240,3 @@ def test_int8_export_defaults_to_the_smaller_storage(tmp_path):
     small, images = small_model("smallnet", 6)
     report = export_loaded(small, tmp_path / "s.onnx", variant="int8", images=images)
     assert report.storage == "genetic"  # few genes: the encodings are smaller than the int8 codes
-
-
-def test_int8_rounding_in_the_graph_is_torch_round_then_clamp():
-    """QuantizeLinear (scale 1) + int8 Clip gives torch.clamp(torch.round(x), -127, 127) on ties, the bounds and
-    beyond them, both signs: the codes :func:`gee_deploy.quantisation.quantise_weight` computes."""
-    ties = np.arange(-130, 130) + 0.5
-    x = np.concatenate([ties, np.nextafter(ties, np.inf), np.nextafter(ties, -np.inf), [-1e9, -128.0, 128.0, 1e9, 0.0],
-                        np.random.default_rng(0).normal(0, 80, 1000)]).astype(np.float32)
-    graph = GraphBuilder()
-    ops = WeightOps(graph)
-    codes = ops.round_clip_int8(ops.constant(x, "x", np.float32), 127, "q")
-    got = _subgraph_value(ops, graph, codes, np.int8)
-    want = torch.clamp(torch.round(torch.from_numpy(x)), -127, 127).to(torch.int8).numpy()
-    assert np.array_equal(got, want) and np.array_equal(codes.value, want)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import click
 
 from ..errors import ConfigError
+from ..ort_session import PROVIDERS
 from ..parity import INT8_PTQ_THRESHOLDS as _I, Thresholds
 from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value
 
@@ -33,9 +34,12 @@ _T = Thresholds()
 @click.option("--limit", default=1000, show_default=True, type=Value(COUNT), help="First N test samples (0: all).")
 @click.option("--threads", default=1, show_default=True, type=Value(THREADS),
               help="Intra-op threads for both runtimes (1 keeps the ratio stable on a shared CI machine).")
+@click.option("--runtime", "kind", default="ort-cpu", show_default=True, type=click.Choice(list(PROVIDERS)),
+              help="What runs MODEL.onnx: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through "
+                   "onnxruntime's OpenVINO plugin (gee-deploy[openvino]) in f32 or bf16.")
 def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta, min_speedup, dataset, data_dir,
-          limit, threads):
-    """CI gate: parity and batch-1 latency ratio of MODEL.onnx (onnxruntime CPU) against CHECKPOINT.
+          limit, threads, kind):
+    """CI gate: parity and batch-1 latency ratio of MODEL.onnx (onnxruntime CPU, or --runtime) against CHECKPOINT.
 
     The parity limits default to the export's own: fp32's,
     or the post-training int8 ones when MODEL.onnx has int8 layers and CHECKPOINT was not fine-tuned for them.
@@ -45,8 +49,10 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     from ..kinds import Precision
     from ..parity import validation_thresholds
     from ..evaluation.bench import check_options, run_check
+    from ..ort_session import require_runtime
     from ..spec import ModelSpec
 
+    require_runtime(kind)
     if zipfile.is_zipfile(onnx_model) and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip
         raise ConfigError(f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
                           "usage: gee-deploy check CHECKPOINT MODEL.onnx")
@@ -56,13 +62,13 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     given = {"min_top1_agreement": min_agreement, "max_accuracy_delta": max_acc_delta,
              "max_spike_delta": max_spike_delta, "min_speedup": min_speedup}
     options = check_options(thresholds=replace(base, **{k: v for k, v in given.items() if v is not None}),
-                            dataset=dataset, data_dir=data_dir, limit=limit, threads=threads)
+                            dataset=dataset, data_dir=data_dir, limit=limit, threads=threads, kind=kind)
     m, failures = run_check(checkpoint, onnx_model, options)
     p = m.parity
     click.echo(f"{p.samples} samples of {m.dataset}: top-1 agreement {p.top1_agreement:.4%}, accuracy "
                f"delta {p.accuracy_delta * 100:+.3f} points, spike-count delta {p.spike_count_delta:.4%}, "
                f"max logit diff {p.max_logit_diff:.2e}, batch-1 p50 torch {m.torch_p50_ms:.2f} ms / "
-               f"onnxruntime {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x")
+               f"{m.runtime} ({m.precision}) {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x")
     for line in m.warnings:
         click.echo(f"warning: {line}", err=True)
     for line in failures:

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from ..export.configs import (DEFAULT_OPSET, FORMATS, INT8_MIN_MACS, INT8_PTQ_THRESHOLDS as _I, MIN_OPSET, VARIANTS,
                               ValidationConfig)
-from ..kinds import Storage
+from ..kinds import Int8Form, Storage
+from ..triton_config import CPU_ACCELERATORS
 from .nir_options import nir_import_options, nir_options
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, refuse_replacing, with_range
 
@@ -26,6 +27,10 @@ _SAMPLES = ValidationConfig().samples
 @click.option("--allow-int8", is_flag=True,
               help=f"With --variant auto: spike-reading layers of at least {INT8_MIN_MACS:,} MACs per call get int8 "
                    "weights.")
+@click.option("--int8-form", type=click.Choice([f.value for f in Int8Form]), default=None,
+              help="How int8 layers are spelt. integer: MatMulInteger on uint8 spikes (onnxruntime's CPU int8 "
+                   "kernels); qdq: QuantizeLinear/DequantizeLinear around Conv/Gemm (TensorRT, OpenVINO). Both "
+                   "compute the same exact integer sums. Default: qdq for tensorrt, integer otherwise.")
 @click.option("--storage", type=click.Choice([s.value for s in Storage]), default=None,
               help="What the file holds. genetic: E once per population, G, the scales and BatchNorm parameters, "
                    "and a constant subgraph that computes the weights when a session loads the file (same weights, "
@@ -51,10 +56,13 @@ _SAMPLES = ValidationConfig().samples
 @click.option("--max-batch-size", type=Value(AT_LEAST_ONE), default=64, show_default=True,
               help="Triton max_batch_size / TensorRT optimisation profile maximum.")
 @click.option("--fp16", is_flag=True, help="TensorRT: build an FP16 plan.")
+@click.option("--triton-accelerator", type=click.Choice(list(CPU_ACCELERATORS)), default=None,
+              help="Triton: run the model on onnxruntime's OpenVINO execution provider (config.pbtxt's "
+                   "cpu_execution_accelerator).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @nir_options
-def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming, atol, samples, data_dir, profile,
-           max_batch_size, fp16, as_json, **nir):
+def export(checkpoint, out, variant, allow_int8, int8_form, storage, fmt, opset, streaming, atol, samples, data_dir,
+           profile, max_batch_size, fp16, triton_accelerator, as_json, **nir):
     """Export CHECKPOINT to ONNX (T timesteps unrolled, BatchNorm folded), a Triton repository, a TensorRT
     plan or a NIR graph, and validate it against the PyTorch model on test images of the checkpoint's dataset.
     CHECKPOINT may also be a .nir file from any framework (docs/nir.md): unrolled over --timesteps and validated
@@ -72,10 +80,11 @@ def export(checkpoint, out, variant, allow_int8, storage, fmt, opset, streaming,
     from ..export.options import export_options
 
     nir_import = nir_import_options(checkpoint, nir, allow_int8=allow_int8, profile=profile, data_dir=data_dir,
-                                    storage=storage)
+                                    storage=storage, int8_form=int8_form, triton_accelerator=triton_accelerator)
     options = export_options(out=out, fmt=fmt, variant=variant, allow_int8=allow_int8, opset=opset, storage=storage,
                              streaming=streaming, profile=profile, atol=atol, samples=samples, data_dir=data_dir,
-                             max_batch_size=max_batch_size, fp16=fp16)
+                             max_batch_size=max_batch_size, fp16=fp16, int8_form=int8_form,
+                             triton_accelerator=triton_accelerator)
     check_writable(out, options.format.out_is_dir)
     refuse_replacing(out, [checkpoint, data_dir, nir.get("images")], replaces_directory=options.format.out_is_dir)
     try:

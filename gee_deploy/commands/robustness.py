@@ -6,6 +6,7 @@ from typing import Annotated
 import click
 from pydantic import Field
 
+from ..ort_session import PROVIDERS
 from ..recipe import recipe_field
 from .options import COUNT, SEED, THREADS, NumberList, OutPath, Value, quiet_option, refuse_replacing, with_range
 
@@ -34,8 +35,12 @@ RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
 @click.option("--threads", default=None, type=Value(THREADS), help="Intra-op threads for every runtime.")
 @click.option("--batch-size", default=256, show_default=True, type=Value(_BATCH),
               help=with_range("Images per runtime call", _BATCH))
+@click.option("--runtime", "kind", default="ort-cpu", show_default=True, type=click.Choice(list(PROVIDERS)),
+              help="What runs the ONNX files: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through "
+                   "onnxruntime's OpenVINO plugin (gee-deploy[openvino]) in f32 or bf16.")
 @quiet_option
-def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir, limit, threads, batch_size, quiet):
+def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir, limit, threads, batch_size, kind,
+               quiet):
     """Accuracy of MODELS (checkpoints, ONNX files, TensorRT plans, NIR files with the ONNX file converted from
     them) under additive noise scaled per image to
     a fraction of the image's L2 norm: the paper's Fig. 2 protocol.
@@ -45,10 +50,12 @@ def robustness(models, out, noise, ratio, ratios, seed, clip, dataset, data_dir,
     OUT/robustness.json, robustness.md and robustness.png.
     """
     from ..evaluation.robustness import robustness_options, run_robustness, summary_table, write_robustness
+    from ..ort_session import require_runtime
 
     refuse_replacing(out, [*models, data_dir])
     options = robustness_options(noise=noise, ratio=ratio, ratios=ratios, seed=seed, clip=clip, dataset=dataset,
-                                 data_dir=data_dir, limit=limit, threads=threads, batch_size=batch_size)
+                                 data_dir=data_dir, limit=limit, threads=threads, batch_size=batch_size, onnx_kind=kind)
+    require_runtime(kind)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_robustness(list(models), options, progress=say)
     write_robustness(report, out)

@@ -54,7 +54,9 @@ def _check_port(host: str, port: int, protocol: str) -> None:
               help="Streaming graphs: a sequence without a step for this long is dropped (Triton's "
                    "max_sequence_idle_microseconds).")
 @click.option("--runtime", "kind", default="ort-cpu", show_default=True,
-              type=click.Choice(list(PROVIDERS)), help="onnxruntime execution provider.")
+              type=click.Choice(list(PROVIDERS)),
+              help="onnxruntime execution provider: CPU, CUDA, TensorRT, or OpenVINO through onnxruntime's OpenVINO "
+                   "plugin (gee-deploy[openvino]) in f32 (exact) or bf16.")
 @click.option("--threads", default=None, type=Value(THREADS), help="onnxruntime intra-op threads.")
 def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_mb, max_concurrency,
           request_timeout_s, drain_s, max_sequences, sequence_idle_s, kind, threads):
@@ -67,10 +69,12 @@ def serve(model, name, host, port, grpc_port, max_batch, max_delay_ms, max_body_
     """
     from pathlib import Path
 
+    from ..ort_session import require_runtime
     from ..serving.config import ServeConfig
     from ..serving.runtimes import OrtRuntime
     from ..serving.server import InferenceServer, ready_line
 
+    require_runtime(kind)
     suffix = Path(model).suffix.lower()
     if suffix == ".nir":
         raise ConfigError(f"serve runs ONNX files; convert {model} first: gee-deploy export {model} --out "

@@ -21,7 +21,7 @@ import numpy as np
 from ..data import load_test_arrays
 from ..energy import energy_per_layer, firing_rates, total_energy
 from ..errors import ConfigError
-from ..ort_session import create_session
+from ..ort_session import PROVIDERS, create_session, precision_of, require_runtime
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
 from ..spec import INPUT_NAME, OUTPUT_NAMES
 from ..serving.runtimes import OrtRuntime, Runtime
@@ -69,6 +69,7 @@ class CheckOptions:
         dataset, data_dir, limit: as for :class:`BenchOptions`.
         threads: intra-op threads for both runtimes (1 keeps the ratio stable on a shared machine).
         min_time: seconds of timed batch-1 calls per runtime.
+        kind: the onnxruntime runtime that runs the ONNX file (:data:`gee_deploy.ort_session.PROVIDERS`).
     """
 
     thresholds: Thresholds = Thresholds()
@@ -77,6 +78,7 @@ class CheckOptions:
     limit: int | None = 1000
     threads: int | None = 1
     min_time: float = 1.0
+    kind: str = "ort-cpu"
 
 
 def bench_options(*, runtimes: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1, 16, 64),
@@ -87,10 +89,13 @@ def bench_options(*, runtimes: Sequence[str] | None = None, batch_sizes: Sequenc
 
     Raises:
         ConfigError: an unknown runtime name.
+        RuntimeUnavailableError: a runtime whose package or plugin is not installed (one line naming the extra).
     """
     for name in runtimes or []:
         if name not in RUNTIMES:
             raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+        if name in PROVIDERS:
+            require_runtime(name)  # a missing plugin before any file is opened
     return BenchOptions(runtimes=None if runtimes is None else tuple(runtimes), batch_sizes=tuple(batch_sizes),
                         dataset=dataset, data_dir=None if data_dir is None else Path(data_dir),
                         limit=limit or None, threads=threads, min_time=min_time, profile_ops=profile_ops)
@@ -98,11 +103,11 @@ def bench_options(*, runtimes: Sequence[str] | None = None, batch_sizes: Sequenc
 
 def check_options(*, thresholds: Thresholds = Thresholds(), dataset: str | None = None,
                   data_dir: str | os.PathLike | None = None, limit: int | None = 1000, threads: int | None = 1,
-                  min_time: float = 1.0) -> CheckOptions:
+                  min_time: float = 1.0, kind: str = "ort-cpu") -> CheckOptions:
     """The :class:`CheckOptions` (``limit`` 0 or None: every sample); the numbers are checked where the CLI
     parses them (their declared ranges), ``thresholds`` by :class:`~gee_deploy.parity.Thresholds` itself."""
     return CheckOptions(thresholds=thresholds, dataset=dataset, data_dir=None if data_dir is None else Path(data_dir),
-                        limit=limit or None, threads=threads, min_time=min_time)
+                        limit=limit or None, threads=threads, min_time=min_time, kind=kind)
 
 
 def evaluate(runtime: Runtime, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> Outputs:
@@ -184,7 +189,7 @@ def _applicable(path) -> tuple[str, ...]:
     if suffix == ".nir":
         return ("nir",)
     if suffix == ".onnx":
-        return ("ort-cpu", "ort-cuda", "ort-trt")
+        return tuple(PROVIDERS)
     return ("tensorrt",)
 
 
@@ -336,14 +341,17 @@ def _machine(threads: int | None) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckResult:
-    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms) and the provenance
-    warnings (an ONNX file exported from another checkpoint, a --dataset the model was not trained on)."""
+    """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms), the provenance warnings (an
+    ONNX file exported from another checkpoint, a --dataset the model was not trained on), and the runtime that
+    ran the file with its precision."""
 
     parity: Parity
     dataset: str
     torch_p50_ms: float
     ort_p50_ms: float
     warnings: tuple[str, ...] = ()  # :func:`~.provenance.provenance_warnings`
+    runtime: str = "ort-cpu"
+    precision: str = "f32"
 
     @property
     def speedup(self) -> float:
@@ -353,7 +361,8 @@ class CheckResult:
 
 def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
               options: CheckOptions = CheckOptions()) -> tuple[CheckResult, list[str]]:
-    """Parity and the batch-1 latency ratio of ``onnx_path`` (onnxruntime CPU) against ``checkpoint`` (or the NIR
+    """Parity and the batch-1 latency ratio of ``onnx_path`` (on the onnxruntime runtime ``options.kind``:
+    :data:`gee_deploy.ort_session.PROVIDERS`) against ``checkpoint`` (or the NIR
     file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`,
     at ``options.thresholds`` (:func:`~.options.check_options`).
 
@@ -361,7 +370,7 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
         (what was measured, one line per failed gate)
     """
     threads, thresholds, min_time = options.threads, options.thresholds, options.min_time
-    ort = open_runtime(onnx_path, "ort-cpu", threads)
+    ort = open_runtime(onnx_path, options.kind, threads)
     ref = NIRRuntime(checkpoint, [ort.spec], threads) if Path(checkpoint).suffix.lower() == ".nir" else \
         open_runtime(checkpoint, "torch", threads)
     name = _dataset([ref, ort], options.dataset)
@@ -370,5 +379,6 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
     result = CheckResult(parity=parity, dataset=name, torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
-                         warnings=tuple(provenance_warnings([ref, ort], options.dataset)))
+                         warnings=tuple(provenance_warnings([ref, ort], options.dataset)),
+                         runtime=options.kind, precision=precision_of(options.kind))
     return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

@@ -115,6 +115,14 @@ def write_neurobench(report: dict, out: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def _engine(r: dict) -> list[str]:
+    """The line naming what ran a graph: runtime, execution providers, float precision; none for a reference."""
+    if "providers" not in r:
+        return []
+    return [f"Runtime {r['kind']}: {', '.join(r['providers'])} (onnxruntime {r.get('onnxruntime', '?')}), float "
+            f"ops in {r.get('precision', 'f32')}.", ""]
+
+
 def _markdown(report: dict) -> str:
     out = [f"# gee-deploy bench: {report['dataset']} ({report['samples']} test samples, T = {report['timesteps']})",
            "", f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
@@ -124,7 +132,7 @@ def _markdown(report: dict) -> str:
            "## Latency, accuracy, parity, spikes, energy", "", "```", summary_table(report), "```", "",
            *spikes_table(report), *neurobench_table(report)]
     for r in report["runtimes"]:
-        out += [f"## {r['runtime']}: {r['path']}", "",
+        out += [f"## {r['runtime']}: {r['path']}", "", *_engine(r),
                 f"Accuracy {r['accuracy']:.2%}; {r['spikes_per_sample']:.1f} spikes per sample; "
                 f"eq. 17 energy {r['energy']['energy_pj'] / 1e6:.4f} uJ per sample "
                 f"({r['energy']['analog_macs']:,} analog MACs, {r['energy']['sops']:,.0f} SOPs).", ""]

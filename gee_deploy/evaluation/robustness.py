@@ -127,6 +127,8 @@ class RobustnessOptions:
         clip: clip noisy pixels to [0, 1], the graph's input range.
         dataset, data_dir, limit, threads: as for :class:`~.bench.BenchOptions` (``limit`` None: all test images).
         batch_size: images per runtime call (>= 1).
+        onnx_kind: the onnxruntime runtime of the ONNX files (:data:`gee_deploy.ort_session.PROVIDERS`: its CPU
+            provider by default, ``openvino`` for OpenVINO in f32 through onnxruntime's plugin).
     """
 
     noise: str = "gaussian"
@@ -139,13 +141,14 @@ class RobustnessOptions:
     limit: int | None = None
     threads: int | None = None
     batch_size: int = 256
+    onnx_kind: str = "ort-cpu"
 
 
 def robustness_options(*, noise: str = "gaussian", ratio: float = 0.5,
                        ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, clip: bool = True,
                        dataset: str | None = None, data_dir: str | os.PathLike | None = None,
                        limit: int | None = None, threads: int | None = None,
-                       batch_size: int = 256) -> RobustnessOptions:
+                       batch_size: int = 256, onnx_kind: str = "ort-cpu") -> RobustnessOptions:
     """The checked :class:`RobustnessOptions`: ``ratios`` becomes the sorted grid with 0 and ``ratio`` added;
     ``limit`` 0 or None: every test image.
 
@@ -158,7 +161,7 @@ def robustness_options(*, noise: str = "gaussian", ratio: float = 0.5,
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     return RobustnessOptions(noise=noise, ratio=float(ratio), ratios=grid, seed=seed, clip=clip, dataset=dataset,
                              data_dir=None if data_dir is None else Path(data_dir), limit=limit or None,
-                             threads=threads, batch_size=batch_size)
+                             threads=threads, batch_size=batch_size, onnx_kind=onnx_kind)
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
@@ -189,7 +192,7 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
     """Accuracy of every model under noise of each ratio, on the same noisy test images (paper Fig. 2).
 
     Args:
-        models: checkpoints (.pt, run on PyTorch eager), ONNX files (onnxruntime CPU), TensorRT plans, NIR files
+        models: checkpoints (.pt, run on PyTorch eager), ONNX files (on ``options.onnx_kind``), TensorRT plans, NIR files
             (the NIR executor; the graph converted from the file must be among the models), each through
             :func:`gee_deploy.serving.runtimes.open_each`. The first is the reference of the paired comparison.
         options: the noise, its ratios and seed, clipping, data, threads and batch size
@@ -212,7 +215,7 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
         if not Path(path).is_file():
             raise ConfigError(f"{path} not found")
     started = time.perf_counter()
-    opened = open_each(list(models), options.threads)
+    opened = open_each(list(models), options.threads, options.onnx_kind)
     name = _dataset(opened, options.dataset)
     images, labels = load_test_arrays(name, options.data_dir, options.limit)
     for rt in opened:
@@ -241,7 +244,8 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
                 p["top1_agreement_vs_reference"] = float((e.logits.argmax(1) == e_ref.logits.argmax(1)).mean())
         clean, noisy_acc = ev[0].accuracy, ev[head].accuracy
         entries.append({
-            "label": label, "path": str(rt.path), "runtime": rt.name, "variant": rt.spec.variant,
+            "label": label, "path": str(rt.path), "runtime": rt.name, "precision": rt.describe().get("precision"),
+            "variant": rt.spec.variant,
             "model_name": rt.spec.model_name, "checkpoint_sha256": rt.spec.checkpoint_sha256,
             "clean_accuracy": clean, "noisy_accuracy": noisy_acc, "drop_points": 100 * (clean - noisy_acc),
             "relative_drop": (clean - noisy_acc) / clean if clean else None,

@@ -2,7 +2,8 @@
 are compared with: PyTorch eager on a checkpoint, and the spec-only NIR executor on a NIR file.
 
 Runtime names (``--runtimes``): ``torch`` (a checkpoint), ``ort-cpu``, ``ort-cuda``, ``ort-trt`` (an ONNX
-file; the last two need onnxruntime-gpu), ``tensorrt`` (a ``.plan`` built by ``gee-deploy export --format
+file; the last two need onnxruntime-gpu), ``openvino`` and ``openvino-bf16`` (an ONNX file on onnxruntime's
+OpenVINO execution provider plugin, ``gee-deploy[openvino]``, in f32 or in bf16), ``tensorrt`` (a ``.plan`` built by ``gee-deploy export --format
 tensorrt``; its spec is read from the sidecar the export writes beside it), ``nir`` (a NIR file run by the
 spec-only NIR executor: the reference of a graph ``gee-deploy export MODEL.nir`` converted from it, whose spec
 gives it T, dt, the threshold rule and the input layout).
@@ -115,11 +116,13 @@ class NIRRuntime(Runtime):
         return {**super().describe(), "threads": torch.get_num_threads(), "nir": nir.__version__}
 
 
-def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int | None = None) -> Runtime:
-    """The runtime ``kind`` over ``path``; with no kind, by suffix: .pt torch, .onnx ort-cpu, .plan tensorrt."""
+def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int | None = None,
+                 onnx_kind: str = "ort-cpu") -> Runtime:
+    """The runtime ``kind`` over ``path``; with no kind, by suffix: .pt torch, .onnx ``onnx_kind`` (an onnxruntime
+    runtime of :data:`gee_deploy.ort_session.PROVIDERS`), .plan tensorrt."""
     p = Path(path)
     if kind is None:
-        kind = {".pt": "torch", ".pth": "torch", ".onnx": "ort-cpu", ".plan": "tensorrt",
+        kind = {".pt": "torch", ".pth": "torch", ".onnx": onnx_kind, ".plan": "tensorrt",
                 ".engine": "tensorrt"}.get(p.suffix.lower())
         if kind is None:
             raise ModelFileError(f"cannot tell what {p} is from its suffix (.pt, .onnx, .plan, .engine; .nir beside "
@@ -133,16 +136,17 @@ def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int 
     raise RuntimeUnavailableError(f"unknown runtime {kind!r}; use one of {', '.join(RUNTIMES)}")
 
 
-def open_each(paths: list[str | os.PathLike], threads: int | None = None) -> list[Runtime]:
-    """One runtime per file, in the order given: :func:`open_runtime`'s by suffix, and for a .nir file its
-    :class:`NIRRuntime`, opened after the others because it takes T, dt and the threshold rule from the spec
-    of the graph converted from it, which must be among them.
+def open_each(paths: list[str | os.PathLike], threads: int | None = None,
+              onnx_kind: str = "ort-cpu") -> list[Runtime]:
+    """One runtime per file, in the order given: :func:`open_runtime`'s by suffix (ONNX files on ``onnx_kind``),
+    and for a .nir file its :class:`NIRRuntime`, opened after the others because it takes T, dt and the threshold
+    rule from the spec of the graph converted from it, which must be among them.
 
     Raises:
         ModelFileError: a file that cannot be opened, or a .nir file without its converted graph.
     """
     nir = {i for i, p in enumerate(paths) if Path(p).suffix.lower() == ".nir"}
-    opened = {i: open_runtime(p, threads=threads) for i, p in enumerate(paths) if i not in nir}
+    opened = {i: open_runtime(p, threads=threads, onnx_kind=onnx_kind) for i, p in enumerate(paths) if i not in nir}
     specs = [r.spec for r in opened.values()]
     opened.update({i: NIRRuntime(paths[i], specs, threads) for i in nir})
     return [opened[i] for i in range(len(paths))]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data import load_test_arrays
 from ..io import atomic_path
-from ..kinds import ExportFormat, ExportVariant, Precision, Storage
+from ..kinds import ExportFormat, ExportVariant, Int8Form, Precision, Storage
 from ..quantisation import quantised_layers
 from ..spec import LayerSpec, ModelSpec
 from .choose import make_chooser
@@ -52,10 +52,12 @@ class ExportReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     reference: str = "PyTorch"  # what validation compared the graph with
+    int8_form: Int8Form | None = None  # how int8 layers are spelt; None when the export has none
 
     def summary(self) -> str:
         size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}, {self.storage} storage"
+        form = f", int8 form {self.int8_form}" if self.int8_form else ""
+        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}{form}, {self.storage} storage"
                  f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"]
         lines += [f"  {l.name:<24} {l.kind:<6} {l.form:<16} {l.precision:<4} MACs {l.macs:>13,} x{l.calls}"
                   for l in self.layers]
@@ -177,7 +179,9 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, 
         unrolled, spec, storage, notes = _smaller_storage(unrolled, spec)
     report = ExportReport(str(out), output_format.name, options.variant.name, options.opset, options.streaming,
                           storage, layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes)
+                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes,
+                          int8_form=options.int8_form if any(l.precision == Precision.INT8 for l in spec.layers)
+                          else None)
     data = unrolled.SerializeToString()
     try:
         val = validate_export(model, data, images, labels, cfg)
@@ -213,7 +217,8 @@ def _write_onnx(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: Exp
 def _write_triton(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:
     from .triton import write_triton_repository
 
-    return Path(write_triton_repository(proto, spec, out, options.max_batch_size))
+    return Path(write_triton_repository(proto, spec, out, options.max_batch_size,
+                                        cpu_accelerator=options.triton_accelerator))
 
 
 def _write_tensorrt(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:

@@ -94,7 +94,7 @@ FORMATS = {fmt.name: fmt for fmt in (
     Format(ExportFormat.ONNX, False, "one self-contained .onnx file", (".onnx",)),
     Format(ExportFormat.TRITON, True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
     Format(ExportFormat.TENSORRT, False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)",
-           (".plan", ".engine"), no_int8="TensorRT's int8 is QDQ only",
+           (".plan", ".engine"),
            no_genetic="a plan holds TensorRT's own engine, built from the folded weights"),
     Format(ExportFormat.NIR, False,
            "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips", (".nir",),

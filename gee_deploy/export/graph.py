@@ -43,9 +43,11 @@ class GraphBuilder:
         self._used.add(name)
         return name
 
-    def const(self, value, hint: str = "const", dtype=np.float32) -> str:
-        """An initializer holding ``value`` cast to ``dtype`` (float32 by default); equal constants are shared."""
-        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+    def const(self, value, hint: str = "const", dtype=np.float32, scalar: bool = False) -> str:
+        """An initializer holding ``value`` cast to ``dtype`` (float32 by default), at least 1-D unless ``scalar``
+        (a 0-D tensor: what QuantizeLinear / DequantizeLinear read as a per-tensor scale or zero point); equal
+        constants are shared."""
+        array = np.asarray(value, dtype=dtype) if scalar else np.ascontiguousarray(np.asarray(value, dtype=dtype))
         key = (array.dtype.str, array.shape, array.tobytes())
         if array.size <= 16 and key in self._consts:
             return self._consts[key]

@@ -1,21 +1,32 @@
-"""Int8 weight layers in the ONNX graph: uint8 spikes x int8 weights -> int32, then scale and bias in float32.
+"""Int8 weight layers in the ONNX graph: 8-bit spikes x int8 weights, exact integer sums, then scale and bias in
+float32, in one of two forms (:class:`gee_deploy.kinds.Int8Form`).
 
-A layer that reads spikes (exactly 0 or 1) takes them as uint8, which is exact; its weights are the int8 codes
-of :func:`gee_deploy.quantisation.int8_weight` (the codes the model's own forward uses when it was fine-tuned
-with quantisers; post-training codes of its float32 weight otherwise). The int32 sum of the codes over the
-active inputs is exact, so the layer computes
+A layer that reads spikes (exactly 0 or 1) takes them as 8-bit integers, which is exact; its weights are the int8
+codes of :func:`gee_deploy.quantisation.int8_weight` (the codes the model's own forward uses when it was fine-tuned
+with quantisers; post-training codes of its float32 weight otherwise). The sum of the codes over the active inputs
+is an exact integer, so the layer computes
 
 .. math:: y_o = \\mathrm{float32}(\\textstyle\\sum_j q_{o,j} s_j) \\cdot (s_o \\gamma_o / \\sqrt{\\sigma_o^2 + \\epsilon}) + b_o
 
 with the BatchNorm folded into the per-channel scale (the codes do not change, see :mod:`gee_deploy.quantisation`)
 and the shift into the bias: the membrane input and the LIF stay float32 (docs/design.md, "Int8 layers").
 
-Ops (standard ONNX only, chosen by ``benchmarks/int8_conv.py`` on onnxruntime 1.32 CPU): MatMulInteger with
-uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger runs, was 2-7x
-slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A linear layer,
-or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers its patches
-from the uint8 spikes in NHWC (a space-to-depth first when the stride divides the kernel, then (k/s)^2 Slices;
-k^2 strided Slices otherwise), one Concat, and one MatMulInteger, and returns to NCHW after the scale.
+**integer** (:func:`emit_int8`; standard ONNX, chosen by ``benchmarks/int8_conv.py`` on onnxruntime 1.32 CPU):
+MatMulInteger with uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger
+runs, was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A
+linear layer, or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers
+its patches from the uint8 spikes in NHWC (a space-to-depth first when the stride divides the kernel, then (k/s)^2
+Slices; k^2 strided Slices otherwise), one Concat, and one MatMulInteger, and returns to NCHW after the scale.
+
+**qdq** (:func:`emit_qdq`; the ONNX QuantizeLinear / DequantizeLinear convention that TensorRT's explicit
+quantisation and OpenVINO's low-precision transformations read as int8 layers): QuantizeLinear of the float
+spikes at scale 1, zero point 0, signed int8 (TensorRT takes no uint8), DequantizeLinear at scale 1 into the
+Conv / Gemm, whose weight is DequantizeLinear of the int8 codes at scale 1; then the per-channel scale (Mul) and
+the bias (Add). With unit scales every runtime computes the same exact integer sums the integer form computes (an
+int8 kernel: int32; a float kernel: sums of integers below 2^24, exact in float32 in any order), and the scale and
+bias are the integer form's two float32 ops: both forms give the same output bit for bit on every runtime that
+takes them. (The per-channel scale inside the weight's DequantizeLinear, ``axis`` 0, is the other common spelling;
+onnxruntime's CPU provider runs that Conv in float32 on q s and rounds each partial sum, docs/export.md, "Int8".)
 """
 from __future__ import annotations
 
@@ -26,14 +37,21 @@ from onnx import TensorProto
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
-from ..kinds import LayerKind
-from ..quantisation import QMAX
+from ..kinds import Int8Form, LayerKind
+from ..quantisation import int8_codes
 from ..zoo.base import ConvPool
 from .folding import FoldedLayer, fold_layer, fuse_average_pool, generated_weight, genetic_factors
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
-__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8", "source_weight", "scale_name"]
+__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8", "emit_qdq", "quantise_spikes",
+           "source_weight", "scale_name", "DEFAULT_INT8_FORM"]
+
+
+# --format -> the int8 form its runtime runs fastest (docs/export.md, "Int8"): onnxruntime's CPU provider has int8
+# kernels for MatMulInteger but none for a QDQ Conv without an output QuantizeLinear (it runs the float conv);
+# TensorRT reads only QDQ; OpenVINO runs QDQ at its int8 speed (it takes MatMulInteger too, 6x slower).
+DEFAULT_INT8_FORM = {"onnx": Int8Form.INTEGER, "triton": Int8Form.INTEGER, "tensorrt": Int8Form.QDQ}
 
 
 @dataclass(frozen=True)
@@ -79,17 +97,12 @@ def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = Non
                hint: str = "layer") -> Int8Layer:
     """The int8 form of weight layer ``m`` (inside ConvPool ``pooled``, if given) with ``bn`` folded in.
 
-    Codes and scales as :func:`gee_deploy.quantisation.quantise_weight` computes them (max |w| / 127 per
-    output channel, round half to even, clip to +-127), here as weight arithmetic so that a graph with
-    ``genetic`` storage computes them from E and G.
+    Codes and scales by the one int8 rule, :func:`gee_deploy.quantisation.int8_codes`, run on ``ops`` so that a
+    graph with ``genetic`` storage computes them from E and G.
     """
     ops = ops or WeightOps()
     f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=hint)  # geometry, BatchNorm scale, bias
-    w = source_weight(ops, m, pooled, hint)
-    amax = ops.abs_max(w, f"{hint}.amax")
-    step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
-                              ops.constant(1.0, "one", np.float32), f"{hint}.weight_scale")
-    q = ops.round_clip_int8(ops.div(w, step, f"{hint}.ratio"), QMAX, f"{hint}.q")
+    q, step = int8_codes(ops, source_weight(ops, m, pooled, hint), hint)
     scale = ops.cast(ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), f.out_scale, f"{hint}.scale64"),
                      np.float32, f"{hint}.scale32")
     k, stride = (pooled.kernel_size, pooled.stride) if pooled is not None else (f.kernel_size, f.stride)
@@ -193,3 +206,42 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
     col = g.op("Concat", cols, f"{hint}.patches", axis=3) if len(cols) > 1 else cols[0]  # [N, Ho, Wo, k*k*C]
     y = matmul(col, ops.reshape(rows, (-1, cout), f"{hint}.rows"))  # [N, Ho, Wo, Cout]
     return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])
+
+
+def _unit_scale(g: GraphBuilder) -> tuple[str, str]:
+    """The per-tensor (0-D) scale 1 and int8 zero point 0 of every QuantizeLinear / DequantizeLinear here."""
+    return g.const(1.0, "unit_scale", np.float32, scalar=True), g.const(0, "int8_zero", np.int8, scalar=True)
+
+
+def quantise_spikes(g: GraphBuilder, spikes: str, hint: str) -> str:
+    """float32 0/1 ``spikes`` as the QDQ form's input: QuantizeLinear (scale 1, zero point 0, int8; exact) then
+    DequantizeLinear back, the pair every QDQ reader takes as "this tensor is int8"; returns the float32 name."""
+    unit, zero = _unit_scale(g)
+    return g.op("DequantizeLinear", [g.op("QuantizeLinear", [spikes, unit, zero], f"{hint}.int8"), unit, zero],
+                f"{hint}.int8_dq")
+
+
+def emit_qdq(g: GraphBuilder, x_dq: str, layer: Int8Layer, hint: str, ops: WeightOps | None = None) -> str:
+    """Write ``layer`` in the QDQ form, reading :func:`quantise_spikes` output ``x_dq`` ([N, C, H, W] or
+    [N, features]); returns its float32 output [N, Cout, Ho, Wo] (or [N, Cout]) name. ``ops``: the graph's
+    weight arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers.
+
+    The weight is the int8 codes [Cout, Cin, k, k] (or [Cout, Cin]) behind a DequantizeLinear at scale 1, so the
+    Conv / Gemm output is the exact integer sum; the per-channel scale and the bias follow as Mul and Add.
+    """
+    ops = ops or WeightOps()
+    cout = layer.scale.shape[0]
+    conv = layer.kind == LayerKind.CONV
+    codes = ops.transpose(layer.q, (3, 2, 0, 1) if conv else (1, 0), f"{hint}.codes_oi")  # from [k, k, Cin, Cout]
+    unit, zero = _unit_scale(g)
+    weight = g.op("DequantizeLinear", [ops.output(g, codes, f"{hint}.weight_int8", np.int8), unit, zero],
+                  f"{hint}.weight_dq")
+    if conv:
+        acc = g.op("Conv", [x_dq, weight], f"{hint}.acc", pads=[layer.padding] * 4, strides=[layer.stride] * 2)
+    else:
+        acc = g.op("Gemm", [x_dq, weight], f"{hint}.acc", transB=1)
+    per_channel = (cout, 1, 1) if conv else (cout,)
+    y = g.op("Mul", [acc, ops.output(g, ops.reshape(layer.scale, per_channel, f"{hint}.scale_c"), scale_name(hint))],
+             f"{hint}.scaled")
+    return g.op("Add", [y, ops.output(g, ops.reshape(layer.bias, per_channel, f"{hint}.bias_c"), f"{hint}.bias")],
+                hint)

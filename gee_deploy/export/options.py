@@ -19,14 +19,16 @@ import onnx
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
-from ..kinds import ExportFormat, ExportVariant, Int8Policy, Storage
+from ..kinds import ExportFormat, ExportVariant, Int8Form, Int8Policy, Storage
 from ..quantisation import quantised_layers
+from ..triton_config import CPU_ACCELERATORS
 from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, Format, ValidationConfig, Variant, lookup,
                       validation_thresholds)
 from .errors import ExportError, UnknownOptionError
+from .int8 import DEFAULT_INT8_FORM
 
-__all__ = ["ExportOptions", "export_options", "check_format", "check_variant", "check_opset", "check_storage",
-           "storage_for", "validation_for", "is_genetic"]
+__all__ = ["ExportOptions", "export_options", "check_format", "check_variant", "check_int8_form", "check_opset",
+           "check_storage", "storage_for", "validation_for", "is_genetic"]
 
 _LIKE = {ExportFormat.ONNX: "an ONNX file", ExportFormat.TENSORRT: "a TensorRT plan", ExportFormat.NIR: "a NIR file"}
 
@@ -50,6 +52,10 @@ class ExportOptions:
         data_dir: where the checkpoint's dataset lives; None: its standard place.
         max_batch_size: Triton's max_batch_size / the TensorRT optimisation profile's maximum (>= 1).
         fp16: TensorRT only: build an FP16 plan.
+        int8_form: how int8 layers are spelt (:class:`~gee_deploy.kinds.Int8Form`: MatMulInteger or QDQ); None
+            when the variant writes none.
+        triton_accelerator: Triton only: the CPU execution accelerator its config.pbtxt names (one of
+            :data:`~gee_deploy.triton_config.CPU_ACCELERATORS`), or None for onnxruntime's CPU provider.
     """
 
     format: Format = FORMATS[ExportFormat.ONNX]
@@ -64,6 +70,8 @@ class ExportOptions:
     data_dir: Path | None = None
     max_batch_size: int = 64
     fp16: bool = False
+    int8_form: Int8Form | None = None
+    triton_accelerator: str | None = None
 
 
 def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | str | None = None,
@@ -71,7 +79,8 @@ def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | 
                    opset: int | None = None, storage: Storage | str | None = None, streaming: bool = False,
                    profile: bool = False, validation: ValidationConfig | None = None, atol: float | None = None,
                    samples: int | None = None, data_dir: str | os.PathLike | None = None, max_batch_size: int = 64,
-                   fp16: bool = False) -> ExportOptions:
+                   fp16: bool = False, int8_form: Int8Form | str | None = None,
+                   triton_accelerator: str | None = None) -> ExportOptions:
     """The checked options of an export: the one place an export's input is checked (docs/export.md).
 
     Args:
@@ -79,8 +88,9 @@ def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | 
         fmt: onnx, triton, tensorrt or nir; None: the format ``out``'s suffix names, else onnx.
         variant: dense, factorised, auto or int8; ``allow_int8`` (with auto): spike-reading layers of at least
             INT8_MIN_MACS per call get int8 weights.
-        opset: ONNX opset (default 18); storage: genetic, folded or None (the model's default); the rest:
-            the attributes of :class:`ExportOptions`.
+        opset: ONNX opset (default 18); storage: genetic, folded or None (the model's default); int8_form:
+            integer, qdq or None (the format's default: :func:`check_int8_form`); the rest: the attributes of
+            :class:`ExportOptions`.
 
     Raises:
         UnknownOptionError: an unknown format, variant or storage; an opset out of range; ``--out`` named for
@@ -90,9 +100,8 @@ def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | 
     output_format = check_format(fmt, out)
     chosen = check_variant(variant, allow_int8, profile)
     if output_format.no_int8 and chosen.int8 != Int8Policy.NEVER:
-        raise ExportError(f"--format {output_format.name} cannot hold int8 layers (they are onnxruntime's "
-                          f"MatMulInteger; {output_format.no_int8}): export --variant dense or auto without "
-                          "--allow-int8")
+        raise ExportError(f"--format {output_format.name} cannot hold int8 layers ({output_format.no_int8}): "
+                          "export --variant dense or auto without --allow-int8")
     for bad, why in ((output_format.fixed_graph and chosen.name != ExportVariant.DENSE, f"--variant {chosen.name}"),
                      (output_format.fixed_graph and streaming, "--streaming")):
         if bad:
@@ -102,11 +111,18 @@ def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | 
     if fp16 and output_format.name != ExportFormat.TENSORRT:
         raise UnknownOptionError(f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not "
                                  f"{output_format.name}")
+    if triton_accelerator is not None and output_format.name != ExportFormat.TRITON:
+        raise UnknownOptionError(f"--triton-accelerator names an accelerator in Triton's config.pbtxt: it applies to "
+                                 f"--format triton, not {output_format.name}")
+    if triton_accelerator not in (None, *CPU_ACCELERATORS):
+        raise UnknownOptionError(f"unknown --triton-accelerator {triton_accelerator!r}; use one of "
+                                 f"{', '.join(CPU_ACCELERATORS)}")
     return ExportOptions(format=output_format, variant=chosen, opset=checked_opset,
                          storage=check_storage(storage, output_format), streaming=streaming, profile=profile,
                          validation=validation, atol=atol, samples=samples,
                          data_dir=None if data_dir is None else Path(data_dir), max_batch_size=max_batch_size,
-                         fp16=fp16)
+                         fp16=fp16, int8_form=check_int8_form(int8_form, chosen, output_format),
+                         triton_accelerator=triton_accelerator)
 
 
 def check_format(fmt: ExportFormat | str | None, out: str | os.PathLike | None = None) -> Format:
@@ -166,6 +182,28 @@ def check_variant(variant: ExportVariant | str, allow_int8: bool = False, profil
                                      f"{variant} use --variant int8 for every spike-reading layer")
         chosen = replace(chosen, int8=Int8Policy.CHOOSE)
     return chosen
+
+
+def check_int8_form(form: Int8Form | str | None, variant: Variant, output_format: Format) -> Int8Form | None:
+    """How the export spells its int8 layers: ``form``, or by default the one the format's runtime runs fastest
+    (:data:`~gee_deploy.export.int8.DEFAULT_INT8_FORM`: integer for onnxruntime, QDQ for TensorRT); None when
+    ``variant`` writes no int8 layer.
+
+    Raises:
+        UnknownOptionError: an unknown form, a form given for an export without int8 layers, or the integer form
+            for TensorRT (its int8 is QDQ only).
+    """
+    if form is not None:
+        form = Int8Form(lookup({f.value: f for f in Int8Form}, form, "int8 form"))
+        if variant.int8 == Int8Policy.NEVER:
+            raise UnknownOptionError(f"--int8-form spells int8 layers; --variant {variant.name} writes none (use "
+                                     "--variant int8, or --variant auto --allow-int8)")
+    if variant.int8 == Int8Policy.NEVER:
+        return None
+    if form == Int8Form.INTEGER and output_format.name == ExportFormat.TENSORRT:
+        raise UnknownOptionError("--int8-form integer is onnxruntime's MatMulInteger, which TensorRT cannot run "
+                                 "(its int8 is QDQ only): use --int8-form qdq (the default for --format tensorrt)")
+    return form or DEFAULT_INT8_FORM.get(output_format.name, Int8Form.INTEGER)
 
 
 def check_opset(opset: int | None, output_format: Format) -> int:

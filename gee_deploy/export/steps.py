@@ -6,13 +6,16 @@ Layouts (:mod:`gee_deploy.walk`): a static value is ``[N, ...]``, the same at ev
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from onnx import TensorProto
 
 from ..spec import LOGITS, SPIKE_COUNTS
 from .graph import GraphBuilder
 
-__all__ = ["concat_steps", "repeat_steps", "spikes_and_count", "step_slices", "uint8_spikes", "write_outputs"]
+__all__ = ["concat_steps", "integer_count", "repeat_steps", "spikes_and_count", "step_slices", "uint8_spikes",
+           "write_outputs"]
 
 
 def step_slices(graph: GraphBuilder, x: str, static: bool, steps: int, hint: str) -> list[str]:
@@ -53,6 +56,26 @@ def spikes_and_count(graph: GraphBuilder, fired: list[str], neurons: int, name: 
     count = graph.op("ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
                      keepdims=1)  # [1, N, 1]
     return fire_maps, spikes, graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count")
+
+
+def integer_count(graph: GraphBuilder, uint8: str, steps: int, neurons: int, name: str) -> str:
+    """A spiking layer's count per sample (float32 ``[N, 1]``) from its uint8 fire maps ``uint8``
+    (``[T*N, ...]``, ``neurons`` per sample) on the int8 GEMM kernel: the maps in blocks of B = gcd(neurons, 256)
+    spikes times a column of B int8 ones (MatMulInteger, a constant of at most 256 bytes), summed over the steps
+    and the blocks in int32 and cast to float: the same integers as :func:`spikes_and_count`'s float ReduceSum, in
+    one pass over 1 byte per spike (docs/export.md, "Spike counts"). onnxruntime runs MatMulInteger; TensorRT does
+    not, so QDQ graphs keep the float count.
+    """
+    block = math.gcd(neurons, 256)
+    blocks = graph.op("Reshape", [uint8, graph.const([steps, -1, neurons // block, block], f"{name}.blocks_shape",
+                                                     np.int64)], f"{name}.blocks")
+    ones = graph.const(np.ones((block, 1)), f"{name}.ones", np.int8)
+    sums = graph.op("MatMulInteger", [blocks, ones], f"{name}.block_counts")  # [T, N, neurons / B, 1] int32
+    count = graph.op("ReduceSum", [sums, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
+                     keepdims=1)  # [1, N, 1, 1]
+    count = graph.op("Reshape", [count, graph.const([1, -1, 1], "count_shape", np.int64)], f"{name}.count")
+    count = graph.op("Cast", [count], f"{name}.count", to=TensorProto.FLOAT)  # [1, N, 1]
+    return graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count")
 
 
 def uint8_spikes(graph: GraphBuilder, cache: dict[str, str], spikes: str, source: str, layer: str) -> str:

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..ort_session import import_onnxruntime
 from .graph import GraphBuilder
 
-__all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes"]
+__all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes", "KEEP_UNFOLDED"]
 
 _ONNX_TYPES = {np.dtype(np.float64): TensorProto.DOUBLE, np.dtype(np.float32): TensorProto.FLOAT,
                np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
@@ -250,12 +250,19 @@ class WeightOps:
 
 # -- folded storage ------------------------------------------------------------------------------------------
 
+# Ops never folded: a DequantizeLinear of int8 weights is how a QDQ graph says "this layer is int8"
+# (:func:`gee_deploy.export.int8.emit_qdq`); folded, it would become float32 weights, 4x the bytes, and TensorRT or
+# OpenVINO would run the layer in float.
+KEEP_UNFOLDED = frozenset({"DequantizeLinear"})
+
+
 def constant_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
-    """(nodes whose inputs are all initializers or outputs of such nodes, the others), each in graph order."""
+    """(nodes whose inputs are all initializers or outputs of such nodes, the others), each in graph order;
+    :data:`KEEP_UNFOLDED` ops are never constant."""
     known = {t.name for t in graph.initializer}
     constant, rest = [], []
     for node in graph.node:
-        if node.input and all(i in known for i in node.input if i):
+        if node.input and node.op_type not in KEEP_UNFOLDED and all(i in known for i in node.input if i):
             constant.append(node)
             known.update(node.output)
         else:

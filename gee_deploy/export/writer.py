@@ -9,6 +9,7 @@ concatenates the spikes back.
 """
 from __future__ import annotations
 
+
 from dataclasses import replace
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
-from ..kinds import ExportVariant, Form, Precision, Storage
+from ..kinds import ExportVariant, Form, Int8Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
@@ -27,8 +28,9 @@ from .factorised import emit_factorised, factorised_cost
 from .folding import batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
 from .options import ExportOptions
-from .int8 import dequantised_layer, emit_int8, gather_form, int8_layer, scale_name
-from .steps import repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
+from .int8 import dequantised_layer, emit_int8, emit_qdq, gather_form, int8_layer, quantise_spikes, scale_name
+from .steps import (concat_steps, integer_count, repeat_steps, spikes_and_count, step_slices, uint8_spikes,
+                    write_outputs)
 from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
@@ -83,20 +85,23 @@ class OnnxWriter(ModelWalk):
     """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts.
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
+    ``int8_form``: how they are spelt (MatMulInteger or QuantizeLinear / DequantizeLinear).
     Layers reading analog values (the stem, an average pool of spikes) always stay float32. Every weight is
     computed in the graph from the stored parameters (:mod:`gee_deploy.export.weights`); :func:`write_graph`
     folds that subgraph for ``folded`` storage.
     """
 
-    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None):
+    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None,
+                 int8_form: Int8Form = Int8Form.INTEGER):
         super().__init__(model, streaming)
         self.choose = choose
         self.int8 = int8
+        self.int8_form = Int8Form(int8_form)
         self.graph = GraphBuilder()
         names = {id(t): n for n, t in model.named_buffers()} | {id(t): n for n, t in model.named_parameters()}
         self.ops = WeightOps(self.graph, names)
         self.counts: list[str] = []
-        self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast (shared by every int8 reader)
+        self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast / int8 QDQ pair (shared by every reader)
         self._fired: dict[str, str] = {}  # a LIF's float spikes -> the boolean fire maps they were cast from
 
     def emit_input(self) -> str:
@@ -108,10 +113,16 @@ class OnnxWriter(ModelWalk):
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
         ops = self.ops
         layer = int8_layer(m, bn, pooled, ops, name) if x.spikes_from is not None and self.int8 is not None else None
-        if layer is not None and self.int8(name, dense_macs, gather_form(layer, x.shape)):
-            # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
-            spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), x.spikes_from)
-            y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
+        qdq = self.int8_form == Int8Form.QDQ
+        if layer is not None and self.int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
+            if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
+                if x.name not in self._uint8:
+                    self._uint8[x.name] = quantise_spikes(self.graph, x.name, x.spikes_from)
+                y = emit_qdq(self.graph, self._uint8[x.name], layer, name, ops)
+            else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
+                spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name),
+                                      x.spikes_from)
+                y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
             return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
                                 input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
                                 calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8)
@@ -167,6 +178,11 @@ class OnnxWriter(ModelWalk):
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
         """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count
         (:func:`.steps.spikes_and_count`: exact while T x neurons < 2^24, 25,088 for SmallNet's largest layer).
+
+        In a graph with int8 layers in the integer form the fire maps are cast to uint8 here (what an int8 reader
+        takes) and the count is :func:`.steps.integer_count`, on the int8 GEMM kernel: the same integers, and the
+        float spikes are left out of the graph when no float layer reads them (docs/export.md, "Spike counts").
+        The QDQ form keeps the float count: MatMulInteger is onnxruntime's alone.
         """
         graph, steps = self.graph, self.steps
         xs = step_slices(graph, x.name, x.static, steps, name)
@@ -181,7 +197,14 @@ class OnnxWriter(ModelWalk):
                 if self.streaming and t == steps - 1:
                     ops.out_name = state_names(name)[1]
                 v = reset(ops, h, spike, m.v_threshold, m.v_reset)
-        fire_maps, spikes, count = spikes_and_count(graph, fired, int(np.prod(x.shape)), name)
+        neurons = int(np.prod(x.shape))
+        if self.int8 is None or self.int8_form != Int8Form.INTEGER:  # QDQ graphs: no onnxruntime-only op
+            fire_maps, spikes, count = spikes_and_count(graph, fired, neurons, name)
+        else:
+            fire_maps = concat_steps(graph, fired, f"{name}.fired")
+            spikes = graph.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)
+            self._uint8[spikes] = graph.op("Cast", [fire_maps], f"{name}.uint8", to=TensorProto.UINT8)
+            count = integer_count(graph, self._uint8[spikes], steps, neurons, name)
         self._fired[spikes] = fire_maps
         self.counts.append(count)
         return spikes
@@ -196,7 +219,8 @@ def write_graph(model: nn.Module, choose: Chooser, options: ExportOptions, *, st
             names and dataset (:func:`~gee_deploy.checkpoint.model_origin`) are recorded in the spec.
         choose: picks dense or factorised for each genetic layer.
         options: the export's options: the opset (>= 18) and the variant (recorded in the spec; its int8
-            policy says which spike-reading layers get int8 weights: :func:`.choose.make_int8_chooser`).
+            policy says which spike-reading layers get int8 weights: :func:`.choose.make_int8_chooser`)
+            and the int8 form that spells them (:class:`~gee_deploy.kinds.Int8Form`).
         storage: "genetic" keeps the stored parameters and the initializer-only subgraph that computes the
             weights from them; "folded" stores the computed weights (:mod:`gee_deploy.export.weights`).
         streaming: one timestep per call with the membrane potentials as graph inputs and outputs.
@@ -207,7 +231,7 @@ def write_graph(model: nn.Module, choose: Chooser, options: ExportOptions, *, st
     """
     class_names, dataset = model_origin(model)
     int8 = make_int8_chooser(options.variant)
-    w = OnnxWriter(model, choose, streaming, int8)
+    w = OnnxWriter(model, choose, streaming, int8, options.int8_form or Int8Form.INTEGER)
     y = w.walk()
     graph = w.graph
     write_outputs(graph, y.name, y.static, w.steps, model.num_classes, w.counts)
@@ -228,7 +252,7 @@ def folded_with_scales(proto: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     ``weight_scales`` read from the folded graph (the float32 values the graph applies), in its metadata."""
     folded = fold_constants(proto)
     values = {t.name: t for t in folded.graph.initializer}
-    layers = tuple(replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).tolist()))
+    layers = tuple(replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).reshape(-1).tolist()))
                    if l.precision == Precision.INT8 else l for l in spec.layers)
     spec = replace(spec, storage=Storage.FOLDED, layers=layers)
     set_metadata(folded, spec.to_metadata())

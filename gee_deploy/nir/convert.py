@@ -97,6 +97,9 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
     timesteps, dt, images = nir_import.timesteps, nir_import.dt, nir_import.images
     if output_format.name == ExportFormat.NIR:
         raise UnknownOptionError("the input is already a NIR file: write onnx (--out X.onnx), triton or tensorrt")
+    if output_format.name == ExportFormat.TENSORRT and options.int8_form is not None:
+        raise UnknownOptionError("a NIR import writes int8 layers in the integer form (onnxruntime's MatMulInteger), "
+                                 "which TensorRT cannot run: export --variant dense for --format tensorrt")
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
     graph = read_nir(path)

@@ -1,4 +1,5 @@
-"""The runtimes the server serves: onnxruntime and TensorRT plans, behind one interface.
+"""The runtimes the server serves: onnxruntime (its CPU, CUDA and TensorRT providers, and OpenVINO through its
+OpenVINO execution provider plugin) and TensorRT plans, behind one interface.
 
 Every runtime takes ``x`` float32 [N, C, H, W] in [0, 1] (numpy) and returns ``(logits [N, classes],
 spike_counts [N, L])`` as float32 numpy arrays; its ``spec`` (:class:`gee_deploy.spec.ModelSpec`) says what
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, ModelFileError, RuntimeUnavailableError
-from ..ort_session import PROVIDERS, create_session, import_onnxruntime
+from ..ort_session import create_session, import_onnxruntime, precision_of
 from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec
 
 __all__ = ["Runtime", "OrtRuntime", "TensorRTRuntime", "validate_input"]
@@ -90,7 +91,7 @@ class OrtRuntime(Runtime):
 
     Args:
         path: ONNX file written by ``gee-deploy export``.
-        kind: ``ort-cpu``, ``ort-cuda`` or ``ort-trt``.
+        kind: ``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``openvino`` (OpenVINO in f32) or ``openvino-bf16``.
         threads: intra-op threads; None = onnxruntime's default (one per physical core).
         spin: let idle intra-op threads spin.
         allow_streaming: open a streaming graph too (it answers :meth:`step`); without it a streaming graph is
@@ -116,7 +117,7 @@ class OrtRuntime(Runtime):
         if names[:2] != list(OUTPUT_NAMES) or self.session.get_inputs()[0].name != INPUT_NAME:
             raise ModelFileError(f"{self.path} does not follow the gee-deploy contract (input {INPUT_NAME!r}, "
                                  f"outputs {', '.join(map(repr, OUTPUT_NAMES))}); it has outputs {names}")
-        self.device = "cuda" if kind != "ort-cpu" else "cpu"
+        self.device = "cuda" if kind in ("ort-cuda", "ort-trt") else "cpu"
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.device == "cpu":
@@ -140,7 +141,7 @@ class OrtRuntime(Runtime):
     def describe(self) -> dict:
         ort = import_onnxruntime()
         return {**super().describe(), "providers": self.session.get_providers(), "threads": self.threads,
-                "onnxruntime": ort.__version__}
+                "precision": precision_of(self.name), "onnxruntime": ort.__version__}
 
 
 class TensorRTRuntime(Runtime):

@@ -46,6 +46,7 @@ class ModelService:
         self.max_batch, self.max_delay_ms = config.max_batch, config.max_delay_ms
         self.max_concurrency, self.infer_timeout = config.max_concurrency, config.infer_timeout_s
         self.instance_kind = "KIND_GPU" if getattr(runtime, "device", "cpu") == "cuda" else "KIND_CPU"
+        self.cpu_accelerator = "openvino" if runtime.name.startswith("openvino") else None
         self.metrics = Metrics(self.name, self.spec.spiking_layers)
         self.stats = Statistics()
         self.batcher = Batcher(runtime, config.max_batch, config.max_delay_ms, on_batch=self._on_batch)
@@ -75,7 +76,7 @@ class ModelService:
         sequences = None if self.sequences is None else Sequences(
             self.sequences.state_shapes, self.config.max_sequences, self.config.sequence_idle_s)
         return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind,
-                            sequences=sequences)
+                            sequences=sequences, cpu_accelerator=self.cpu_accelerator)
 
     @staticmethod
     def values(result: BatchResult) -> dict:

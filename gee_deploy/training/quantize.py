@@ -15,7 +15,8 @@
 4. evaluate and save: the checkpoint records ``quantisation`` (scheme and layers), so it rebuilds its
    quantised model alone and its eval path computes with the int8 weights the int8 export writes.
 
-The fine-tune's time is reported against the original training's (its run directory's train.jsonl,
+The fine-tune is seeded (data order and augmentation, as the trainer seeds its epochs): the same command gives
+the same checkpoint bit for bit on one machine. The fine-tune's time is reported against the original training's (its run directory's train.jsonl,
 or the checkpoint's epoch count x its last epoch's seconds).
 """
 from __future__ import annotations
@@ -98,7 +99,8 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
         data_dir: where the dataset lives, if not at its default place.
         device: auto | cpu | cuda[:N].
         threads: torch CPU threads (default the recipe's, else torch's).
-        seed: shuffling seed.
+        seed: the fine-tune's seed: its data order and augmentation draws (per pass ``seed * 1000 + pass``, as
+            the trainer's epochs), so the same call on one machine writes the same checkpoint bit for bit.
         progress: print one line per phase.
 
     Raises:
@@ -159,7 +161,9 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
     step = 0
     tuned_at = time.perf_counter()
     while step < total:
-        loader = make_loader(train_set, batch, True, seed=seed * 1000 + step // steps_per_epoch, drop_last=True)
+        epoch_seed = seed * 1000 + step // steps_per_epoch  # as the trainer seeds its epochs
+        torch.manual_seed(epoch_seed)  # the augmentation's crops and flips: the same command, the same checkpoint
+        loader = make_loader(train_set, batch, True, seed=epoch_seed, drop_last=True)
         step += train_epoch(model, loader, optimizer, scheduler, t, runtime, f"int8 fine-tune ({step}/{total} steps)",
                             show=progress, max_steps=total - step)["steps"]
     tune_seconds = time.perf_counter() - tuned_at
