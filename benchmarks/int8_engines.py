@@ -43,20 +43,19 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_speed import timed  # noqa: E402  (interleaved blocks, p50)
-from test_export import lively  # noqa: E402  (random BatchNorm affines, statistics calibrated: every layer fires)
+from deploy_speed import timed  # interleaved blocks, p50 (this directory is on sys.path when run as a script)
 
-from gee_deploy.evaluation.bench import profile_ops  # noqa: E402
-from gee_deploy.export import build_onnx  # noqa: E402
-from gee_deploy.neurons import SpikeRecorder  # noqa: E402
-from gee_deploy.ort_session import create_session  # noqa: E402
-from gee_deploy.parity import Outputs, Thresholds, checks, compare  # noqa: E402
-from gee_deploy.quantisation import attach_quantisers, spike_reading_layers  # noqa: E402
-from gee_deploy.spec import INPUT_NAME  # noqa: E402
-from gee_deploy.walk import describe  # noqa: E402
-from gee_deploy.zoo import create_model  # noqa: E402
+from gee_deploy.testing import lively  # random BatchNorm affines, statistics calibrated: every layer fires
+
+from gee_deploy.evaluation.bench import profile_ops
+from gee_deploy.export import build_onnx
+from gee_deploy.neurons import SpikeRecorder
+from gee_deploy.ort_session import create_session
+from gee_deploy.parity import Outputs, Thresholds, checks, compare
+from gee_deploy.quantisation import attach_quantisers, spike_reading_layers
+from gee_deploy.spec import INPUT_NAME
+from gee_deploy.walk import describe
+from gee_deploy.zoo import create_model
 
 # engine -> (graph, session kind, reference model, GEMM rate it is measured against)
 ENGINES = {"ort-fp32": ("fp32", "ort-cpu", "fp32", "fp32"), "ort-int8": ("int8", "ort-cpu", "int8", "int8"),

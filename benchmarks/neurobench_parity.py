@@ -6,21 +6,18 @@
 bench counts from each runtime's own graph (:mod:`gee_deploy.evaluation.neurobench`); NeuroBench runs through
 ``TorchModel`` with our LIF registered, its static Footprint / ParameterCount on the checkpoint's model as stored,
 the rest on the same model with its weight layers written as the plain Conv2d / Linear layers that run
-(tests/neurobench_reference.py: NeuroBench sees no genetic layer and no fused conv + pool). One batch per sample:
+(gee_deploy/testing/neurobench_reference.py: NeuroBench sees no genetic layer and no fused conv + pool). One batch per sample:
 NeuroBench sums its op counts in float32, exact below 2^24 per call. Prints one JSON object per runtime and metric.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import neurobench_reference as nr  # noqa: E402
+from gee_deploy.testing import neurobench_reference as nr
 
 
 def main() -> None:

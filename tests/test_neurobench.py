@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import neurobench_reference as nr
-import nir_frameworks as nf
+from gee_deploy.testing import neurobench_reference as nr
+from gee_deploy.testing import nir_frameworks as nf
 from gee_deploy.checkpoint import Checkpoint, DatasetRecord, save_checkpoint
 from gee_deploy.data import load_test_arrays
 from gee_deploy.evaluation.bench import run_bench
