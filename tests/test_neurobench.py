@@ -13,7 +13,7 @@ from gee_deploy.testing import neurobench_reference as nr
 from gee_deploy.testing import nir_frameworks as nf
 from gee_deploy.checkpoint import Checkpoint, DatasetRecord, save_checkpoint
 from gee_deploy.data import load_test_arrays
-from gee_deploy.evaluation.bench import run_bench
+from gee_deploy.evaluation.bench import bench_options, run_bench
 from gee_deploy.evaluation.neurobench import Connection, OpCounter, membrane_updates, neurobench_results
 from gee_deploy.neurons import LIF
 from gee_deploy.zoo import create_model
@@ -67,8 +67,8 @@ def _save(model, path):
 
 
 def _bench(paths):
-    report = run_bench([str(p) for p in paths], dataset=DATASET, limit=SAMPLES, batch_sizes=(1,), min_time=0.0,
-                       threads=1)
+    report = run_bench([str(p) for p in paths], bench_options(dataset=DATASET, limit=SAMPLES, batch_sizes=(1,),
+                                                              min_time=0.0, threads=1))
     return {r["runtime"]: r["neurobench"] for r in report["runtimes"]}
 
 
