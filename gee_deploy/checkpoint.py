@@ -42,6 +42,7 @@ from .errors import CheckpointError, GeeError, reason
 from .io import atomic_path
 from .quantisation import SCHEME, attach_quantisers, quantised_layers
 from .zoo import create_model
+from .zoo.base import SpikingNet
 
 __all__ = ["FORMAT", "Checkpoint", "DatasetRecord", "QuantisationRecord", "save_checkpoint", "load_checkpoint",
            "load_model", "build_model", "model_origin", "file_sha256", "architecture_fingerprint",
@@ -270,7 +271,7 @@ def legacy_architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
 
 
-def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
+def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> SpikingNet:
     """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch.
 
     The stored fingerprint may be the current one or the legacy repr-based one (files written before it).
@@ -298,7 +299,7 @@ def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, map_location="cpu") -> SpikingNet:
     """Eval-mode model of checkpoint ``path``; ``model.checkpoint`` keeps its :meth:`Checkpoint.metadata`."""
     ckpt = load_checkpoint(path, map_location)
     try:
