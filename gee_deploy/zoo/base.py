@@ -1,7 +1,7 @@
 """What every architecture shares: input checks, in-graph normalisation, the once-computed stem, T."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +9,9 @@ from torch import nn
 
 from ..genetic import GeneticConv2d, LayerFactory
 from ..neurons import LIF, SeqToBatch
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 __all__ = ["ConvPool", "SpikingNet", "check_widths", "pooled_side", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
 
@@ -152,6 +155,7 @@ class SpikingNet(nn.Module):
     std: torch.Tensor  # buffer [1, C, 1, 1]
     model_name: str  # set by zoo.create_model
     model_args: dict  # set by zoo.create_model
+    checkpoint: Checkpoint  # set by checkpoint.load_model: the file's metadata
 
     def __init__(self, *, genes: int | None, timesteps: int, num_classes: int, in_channels: int,
                  image_size: int, mean=None, std=None, stem_kernel: int = 3, init: str = "kaiming"):
