@@ -44,6 +44,7 @@ from .errors import CheckpointError, GeeError, reason
 from .io import atomic_path, format_version
 from .quantisation import SCHEME, attach_quantisers, quantised_layers
 from .zoo import create_model
+from .zoo.base import SpikingNet
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "DatasetRecord", "QuantisationRecord", "save_checkpoint", "load_checkpoint",
            "load_model", "build_model", "model_origin", "file_sha256", "architecture_fingerprint"]
@@ -314,7 +315,7 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
+def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> SpikingNet:
     """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch
     (parameter names or shapes, or a stored :func:`architecture_fingerprint` that differs)."""
     model = create_model(ckpt.model_name, **ckpt.model_args)
@@ -339,7 +340,7 @@ def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, map_location="cpu") -> SpikingNet:
     """Eval-mode model of checkpoint ``path``; ``model.checkpoint`` keeps its :meth:`Checkpoint.metadata`."""
     ckpt = load_checkpoint(path, map_location)
     try:

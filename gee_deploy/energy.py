@@ -26,16 +26,17 @@ from .errors import ModelFileError
 from .kinds import LayerKind, Precision
 from .spec import LayerSpec
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MAC_INT8_PJ", "E_AC_INT8_PJ", "CONSTANTS", "LayerEnergy", "firing_rates",
-           "energy_per_layer", "total_energy"]
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MAC_INT8_PJ", "E_AC_INT8_PJ", "CONSTANTS", "CONSTANTS_SOURCE", "LayerEnergy",
+           "firing_rates", "energy_per_layer", "total_energy"]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), as in the paper
 E_AC_PJ = 0.9  # 32-bit float accumulate
 E_MAC_INT8_PJ = 0.23  # 8-bit integer multiply (0.2) + add (0.03), 45 nm (Horowitz 2014)
 E_AC_INT8_PJ = 0.03  # 8-bit integer add
-# per precision: (pJ per MAC, pJ per SOP), with the source, for reports to name
-CONSTANTS = {Precision.FP32: (E_MAC_PJ, E_AC_PJ), Precision.INT8: (E_MAC_INT8_PJ, E_AC_INT8_PJ),
-             "source": "Horowitz, ISSCC 2014, 45 nm: fp32 mult 3.7 + add 0.9; int8 mult 0.2 + add 0.03 pJ"}
+# per precision: (pJ per MAC, pJ per SOP); their source, for reports to name
+CONSTANTS: dict[Precision, tuple[float, float]] = {Precision.FP32: (E_MAC_PJ, E_AC_PJ),
+                                                   Precision.INT8: (E_MAC_INT8_PJ, E_AC_INT8_PJ)}
+CONSTANTS_SOURCE = "Horowitz, ISSCC 2014, 45 nm: fp32 mult 3.7 + add 0.9; int8 mult 0.2 + add 0.03 pJ"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def total_energy(per_layer: list[LayerEnergy]) -> dict:
     return {"energy_pj": sum(e.energy_pj for e in per_layer),
             "energy_fp32_pj": sum(e.energy_fp32_pj for e in per_layer),
             "constants": {**{p: {"mac_pj": CONSTANTS[p][0], "ac_pj": CONSTANTS[p][1]} for p in used},
-                          "source": CONSTANTS["source"]},
+                          "source": CONSTANTS_SOURCE},
             "analog_macs": sum(e.analog_macs for e in per_layer),
             "sops": sum(e.sops for e in per_layer),
             "macs_per_sample": sum(e.macs * e.calls for e in per_layer)}

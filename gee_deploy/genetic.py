@@ -91,6 +91,8 @@ def _tap_slice(encoding: torch.Tensor, kernel_size: int) -> slice:
 class _GeneticWeight(nn.Module):
     """Shared part of genetic layers: holds references to E_in, E_out, G and generates W."""
 
+    scale: torch.Tensor  # buffer, 0-d: the init scale of eq. 1 (weight_scale)
+
     def __init__(self, e_in: nn.Parameter, e_out: nn.Parameter, gene_matrix: nn.Parameter, kernel_size: int,
                  init: str = "kaiming"):
         super().__init__()
@@ -111,6 +113,16 @@ class _GeneticWeight(nn.Module):
         self.register_buffer("scale", torch.tensor(scale), persistent=False)
         # W -> the weight the forward uses (int8 fake quantisation, see gee_deploy.quantisation); None = W
         self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def unquantised_shape(self) -> tuple[int, ...]:
+        """The layer's weight shape (each layer type defines it)."""
+        raise NotImplementedError
+
+    @property
+    def unquantised_weight(self) -> torch.Tensor:
+        """The generated W in the layer's weight shape (each layer type defines it)."""
+        raise NotImplementedError
 
     @property
     def weight(self) -> torch.Tensor:
@@ -290,7 +302,7 @@ class LayerFactory:
             self.genome.population(name, channels, taps or self.taps)
         return name
 
-    def conv(self, src: str, dst: str, kernel_size: int, stride: int = 1, padding: int | None = None) -> nn.Module:
+    def conv(self, src: str, dst: str, kernel_size: int, stride: int = 1, padding: int | None = None) -> nn.Conv2d | GeneticConv2d:
         padding = kernel_size // 2 if padding is None else padding
         if self.genome is None:
             return nn.Conv2d(self.channels[src], self.channels[dst], kernel_size, stride, padding, bias=False)
@@ -298,7 +310,7 @@ class LayerFactory:
         return GeneticConv2d(g.encoding(src, kernel_size), g.encoding(dst, kernel_size), g.gene_matrix,
                              kernel_size, stride, padding, self.init)
 
-    def linear(self, src: str, dst: str, bias: bool = True) -> nn.Module:
+    def linear(self, src: str, dst: str, bias: bool = True) -> nn.Linear | GeneticLinear:
         if self.genome is None:
             return nn.Linear(self.channels[src], self.channels[dst], bias=bias)
         g = self.genome

@@ -35,13 +35,13 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
     except OSError as e:
         from .errors import GeeError
 
         raise GeeError(f"cannot write {target}: {e.strerror or e}") from None
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     try:
         yield tmp
         publish_mode(tmp)
@@ -71,7 +71,7 @@ def append_jsonl(target: str | os.PathLike, obj) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     p = Path(path)
     if not p.exists():
         return rows

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Generic, TypeGuard, TypeVar
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from .genetic import GeneticConv2d, GeneticLinear
 from .kinds import ExportVariant, Form, LayerKind, Storage
 from .neurons import LIF, SPIKE_PRESERVING, SeqToBatch, lif_reference
 from .spec import LayerSpec, ModelSpec
-from .zoo.base import ConvPool
+from .zoo.base import ConvPool, SpikingNet
 
 __all__ = ["Value", "ModelWalk", "describe", "is_weight_layer", "weight_macs", "pool_geometry", "CONV_TYPES",
            "LINEAR_TYPES"]
@@ -41,19 +42,21 @@ __all__ = ["Value", "ModelWalk", "describe", "is_weight_layer", "weight_macs", "
 CONV_TYPES = (nn.Conv2d, GeneticConv2d)
 LINEAR_TYPES = (nn.Linear, GeneticLinear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+WeightLayer = nn.Conv2d | GeneticConv2d | nn.Linear | GeneticLinear
+V = TypeVar("V")  # what a writer names a value by: an ONNX tensor name, the NIR node names, ...
 
 
-def is_weight_layer(m: nn.Module) -> bool:
+def is_weight_layer(m: nn.Module) -> TypeGuard[WeightLayer]:
     return isinstance(m, CONV_TYPES + LINEAR_TYPES)
 
 
-def weight_macs(m: nn.Module, out_shape: tuple[int, ...]) -> int:
+def weight_macs(m: WeightLayer | ConvPool, out_shape: tuple[int, ...]) -> int:
     """MACs of weight layer ``m`` for one item of its batch axis, given its per-item output shape.
 
     A conv costs Cin/groups x kh x kw per output element; a ConvPool describes the fused (k+1) x (k+1) stride-2
     conv it runs; a linear layer costs in x out.
     """
-    if isinstance(m, LINEAR_TYPES) or len(out_shape) == 1:
+    if isinstance(m, LINEAR_TYPES):  # a conv's output is [C, H, W]: 1-d only for linear layers
         return int(m.in_features * m.out_features)
     k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
     return int(np.prod(out_shape)) * (m.in_channels // getattr(m, "groups", 1)) * k[0] * k[1]
@@ -75,7 +78,7 @@ def pool_geometry(m: nn.Module) -> tuple[int, int, int, int]:
 
 
 @dataclass
-class Value:
+class Value(Generic[V]):
     """One value of the walk.
 
     Attributes:
@@ -85,7 +88,7 @@ class Value:
         spikes_from: the LIF whose binary spikes this value holds, or None (analog).
     """
 
-    name: str | None
+    name: V | None
     sample: torch.Tensor
     static: bool
     spikes_from: str | None = None
@@ -100,7 +103,7 @@ class _Tracer(fx.Tracer):
         return isinstance(m, (LIF, SeqToBatch, GeneticConv2d, GeneticLinear)) or super().is_leaf_module(m, qualname)
 
 
-class ModelWalk:
+class ModelWalk(Generic[V]):
     """Walks eval-mode zoo model ``model`` (``stem``, ``body``, ``mean``, ``std``, ``timesteps``, ...).
 
     Args:
@@ -117,7 +120,7 @@ class ModelWalk:
 
     variant = ExportVariant.EAGER
 
-    def __init__(self, model: nn.Module, streaming: bool = False):
+    def __init__(self, model: SpikingNet, streaming: bool = False):
         self.model = model
         self.streaming = streaming
         self.steps = 1 if streaming else model.timesteps
@@ -126,7 +129,7 @@ class ModelWalk:
         self.neurons_per_layer: list[int] = []
         self.state_shapes: list[list[int]] = []
 
-    def walk(self) -> Value:
+    def walk(self) -> Value[V]:
         """Walk input -> stem -> body; returns the body's output (per-step logits, or static for T = 1)."""
         model = self.model
         c, s = model.in_channels, model.image_size
@@ -142,13 +145,13 @@ class ModelWalk:
 
     # -- containers --------------------------------------------------------------------------------------
 
-    def run_traced(self, root: nn.Module, prefix: str, x: Value) -> Value:
+    def run_traced(self, root: nn.Module, prefix: str, x: Value[V]) -> Value[V]:
         """Walk ``root``'s forward as traced by fx (leaves: LIF, SeqToBatch, weight layers, torch.nn)."""
         try:
             graph = _Tracer().trace(root)
         except Exception as e:
             raise UnsupportedModuleError(f"cannot trace {prefix or 'model'}: {e}") from None
-        env: dict[str, Value] = {}
+        env: dict[str, Value[V]] = {}
         for node in graph.nodes:
             if node.op == "placeholder":
                 env[node.name] = x
@@ -163,7 +166,7 @@ class ModelWalk:
                 raise UnsupportedModuleError(f"cannot export {node.op} {node.target} in {prefix or 'model'}")
         raise UnsupportedModuleError(f"{prefix} has no output")
 
-    def module(self, name: str, m: nn.Module, x: Value) -> Value:
+    def module(self, name: str, m: nn.Module, x: Value[V]) -> Value[V]:
         if isinstance(m, LIF):
             return self.lif(name, m, x)
         if isinstance(m, nn.Sequential):  # SeqToBatch included: its layers act on the folded batch
@@ -172,7 +175,7 @@ class ModelWalk:
             return self.run_traced(m, name, x)
         return self.sequence(name, [("", m)], x)
 
-    def sequence(self, prefix: str, children: list[tuple[str, nn.Module]], x: Value) -> Value:
+    def sequence(self, prefix: str, children: list[tuple[str, nn.Module]], x: Value[V]) -> Value[V]:
         """Children in order; a weight layer takes the BatchNorm right after it along (it folds into it)."""
         i = 0
         while i < len(children):
@@ -182,7 +185,7 @@ class ModelWalk:
             if isinstance(m, ConvPool) or is_weight_layer(m):
                 bn = nxt if isinstance(nxt, BATCHNORMS) else None
                 if isinstance(m, ConvPool):  # its conv, named as such, with the pool written in
-                    x = self.weight(f"{name}.0", m[0], bn, x, pooled=m)
+                    x = self.weight(f"{name}.0", m.conv, bn, x, pooled=m)
                 else:
                     x = self.weight(name, m, bn, x)
                 i += 2 if bn is not None else 1
@@ -194,8 +197,8 @@ class ModelWalk:
 
     # -- layers ------------------------------------------------------------------------------------------
 
-    def weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value,
-               pooled: ConvPool | None = None) -> Value:
+    def weight(self, name: str, m: WeightLayer, bn: nn.Module | None, x: Value[V],
+               pooled: ConvPool | None = None) -> Value[V]:
         """Weight layer ``m`` (inside ConvPool ``pooled``, if given) with the BatchNorm ``bn`` after it."""
         with torch.no_grad():
             sample = (pooled if pooled is not None else m)(x.sample)
@@ -209,25 +212,25 @@ class ModelWalk:
         self.layers.append(layer)
         return Value(y, sample, x.static)
 
-    def layer(self, name: str, m: nn.Module, x: Value) -> Value:
+    def layer(self, name: str, m: nn.Module, x: Value[V]) -> Value[V]:
         """A stateless non-weight layer (BatchNorm on its own, pooling, flatten, identity)."""
         with torch.no_grad():
             sample = m(x.sample)
         keeps = isinstance(m, SPIKE_PRESERVING)
         return Value(self.emit_layer(name, m, x), sample, x.static, x.spikes_from if keeps else None)
 
-    def add(self, a: Value, b: Value) -> Value:
+    def add(self, a: Value[V], b: Value[V]) -> Value[V]:
         """A residual add; a static operand is repeated over the steps first."""
         a, b = (self.per_step(a), self.per_step(b)) if a.static != b.static else (a, b)
         return Value(self.emit_add(a, b), a.sample + b.sample, a.static)
 
-    def per_step(self, x: Value) -> Value:
+    def per_step(self, x: Value[V]) -> Value[V]:
         """A static value repeated over the steps: [N, ...] -> [T*N, ...] (t-major, as SeqToBatch folds)."""
         if not x.static:
             return x
         return Value(self.emit_repeat(x), x.sample.repeat(self.steps, *[1] * len(x.shape)), False, x.spikes_from)
 
-    def lif(self, name: str, m: LIF, x: Value) -> Value:
+    def lif(self, name: str, m: LIF, x: Value[V]) -> Value[V]:
         """A LIF layer: per-step spikes of the (possibly static) input; recorded as a spiking layer."""
         y = self.emit_lif(name, m, x)
         with torch.no_grad():
@@ -253,34 +256,34 @@ class ModelWalk:
 
     # -- hooks: what a writer emits (the base walk emits nothing) --------------------------------------------
 
-    def emit_input(self) -> str | None:
+    def emit_input(self) -> V | None:
         """The normalised input [N, C, H, W]."""
         return None
 
-    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
-                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str | None, LayerSpec]:
+    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value[V], out_shape: tuple,
+                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[V | None, LayerSpec]:
         """Write weight layer ``m`` (+ ``bn``); returns its output's name and how it runs (dense here)."""
         kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
         return None, LayerSpec(name=name, kind=kind, variant=self.variant, macs=dense_macs,
                                input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
                                spike_macs=dense_macs, calls=calls, form=Form.DENSE, dense_macs=dense_macs)
 
-    def emit_layer(self, name: str, m: nn.Module, x: Value) -> str | None:
+    def emit_layer(self, name: str, m: nn.Module, x: Value[V]) -> V | None:
         return None
 
-    def emit_add(self, a: Value, b: Value) -> str | None:
+    def emit_add(self, a: Value[V], b: Value[V]) -> V | None:
         return None
 
-    def emit_repeat(self, x: Value) -> str | None:
+    def emit_repeat(self, x: Value[V]) -> V | None:
         return None
 
-    def emit_lif(self, name: str, m: LIF, x: Value) -> str | None:
+    def emit_lif(self, name: str, m: LIF, x: Value[V]) -> V | None:
         return None
 
 
-def describe(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: str = "",
+def describe(model: SpikingNet, *, class_names: tuple[str, ...] = (), dataset: str = "",
              checkpoint_sha256: str = "") -> ModelSpec:
     """The :class:`ModelSpec` of eval-mode ``model`` as PyTorch runs it (variant "eager": every layer dense)."""
-    w = ModelWalk(model)
+    w: ModelWalk[None] = ModelWalk(model)
     w.walk()
     return w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)

@@ -159,10 +159,11 @@ class Endpoints:
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             raise UnsupportedMediaType(f"Content-Encoding {headers['content-encoding']!r}: compressed request "
                                        "bodies are not supported")
-        header_length = headers.get("inference-header-content-length")
-        if header_length is not None:
+        header_text = headers.get("inference-header-content-length")
+        header_length: int | None = None
+        if header_text is not None:
             try:
-                header_length = int(header_length)
+                header_length = int(header_text)
             except ValueError:
                 raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
         body = await _read_body(request, self.max_body_bytes)

@@ -465,7 +465,7 @@ def encode_json_response(model: str, outputs: tuple[OutputRequest, ...], values:
         arr = values[o.name]
         if o.class_count:
             arr = classify(arr, o.class_count, class_names)
-            t = {"name": o.name, "datatype": "BYTES", "shape": list(arr.shape)}
+            t: dict[str, object] = {"name": o.name, "datatype": "BYTES", "shape": list(arr.shape)}
             if o.binary:
                 blobs.append(serialize_bytes(arr))
             else:

@@ -194,9 +194,15 @@ class _Connection(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
 
+    @property
+    def _open_transport(self) -> asyncio.Transport:
+        """The transport; set by ``connection_made``, which asyncio calls before anything else."""
+        assert self._transport is not None
+        return self._transport
+
     def _expired(self) -> None:
         self._deadline = None
-        if self._transport.is_closing():
+        if self._open_transport.is_closing():
             return
         if not self._answered:  # else an answer has begun (a 413 sent before the body arrived): just close
             self._pending.append(timeout_response(self.request_timeout))
@@ -220,8 +226,8 @@ class _Connection(asyncio.Protocol):
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
+            if not self._open_transport.is_closing():
+                self._open_transport.write(data)
 
     def close(self) -> None:
         """uvicorn closes the connection: at once when not draining or after an answer that said Connection:
@@ -242,7 +248,7 @@ class _Connection(asyncio.Protocol):
     def close_now(self) -> None:
         self._disarm()
         self._flush()
-        self._transport.close()
+        self._open_transport.close()
 
 
 class _ResponseHead:

@@ -73,7 +73,7 @@ class InferenceServer:
         self.name, self.host, self.grpc_port = config.name, config.host, config.grpc_port
         self.drain_s, self.idle_grace_s = config.drain_s, config.idle_grace_s
         self.grpc = None
-        self.startup_error: Exception | None = None
+        self.startup_error: BaseException | None = None
         self.sock = socket.create_server((config.host, config.port), backlog=1024)
         self._port = self.sock.getsockname()[1]
         if config.grpc_port:  # a busy gRPC port fails here with one OSError, not later inside grpc's C core
@@ -86,8 +86,10 @@ class InferenceServer:
         self._drain = Drain(self.sock, config.idle_grace_s, on_drain=self._on_drain)
         uv_config = uvicorn.Config(app, http=protocol_class(app, config.request_timeout_s, self._drain), ws="none",
                                    lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
-                                   server_header=False, timeout_keep_alive=config.keep_alive_s,
-                                   timeout_graceful_shutdown=config.drain_s)
+                                   server_header=False,
+                                   # uvicorn annotates these int; it hands them to asyncio timeouts, which take float s
+                                   timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]
+                                   timeout_graceful_shutdown=config.drain_s)  # type: ignore[arg-type]
         self._uv = uvicorn.Server(uv_config)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -113,8 +115,10 @@ class InferenceServer:
             self.start()
             if on_ready is not None:
                 on_ready()
-            while self._thread.is_alive():  # a timed join, so the signal handlers run promptly
-                self._thread.join(0.5)
+            thread = self._thread
+            assert thread is not None  # start() made it
+            while thread.is_alive():  # a timed join, so the signal handlers run promptly
+                thread.join(0.5)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

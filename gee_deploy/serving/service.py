@@ -108,23 +108,25 @@ class ModelService:
                                    f"max_batch_size {self.max_batch}; split the request")
             t1 = time.perf_counter()
             step = decoded.sequence
-            if self.sequences is not None:
+            table = self.sequences
+            if table is not None:
                 if step is None:
                     raise InvalidInput(f"parameters.sequence_id: {self.name} is a streaming graph (one timestep per "
                                        "request); every request names its sequence (sequence_id, with "
                                        "sequence_start on its first step)")
-                states = self.sequences.begin(step)
+                states = table.begin(step)
             else:
                 states = None
             try:
                 result = await self._run(decoded.x, states)
             except BaseException:
-                if states is not None:
-                    self.sequences.abort(step)
+                if table is not None and step is not None:
+                    table.abort(step)
                 raise
-            if states is not None:
-                result = result._replace(summary=self.sequences.commit(step, result.logits, result.spike_counts,
-                                                                       result.states))
+            if table is not None and step is not None:
+                assert result.states is not None  # a run given states returns the next ones
+                result = result._replace(summary=table.commit(step, result.logits, result.spike_counts,
+                                                              result.states))
             t2 = time.perf_counter()
             answer = encode(decoded, result)
             t3 = time.perf_counter()
@@ -163,6 +165,7 @@ class ModelService:
         self._results.append((fut, job))
         if not self._wake_pending:
             self._wake_pending = True
+            assert self._loop is not None  # _run set it before submitting the job
             self._loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:

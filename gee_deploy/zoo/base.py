@@ -1,14 +1,17 @@
 """What every architecture shares: input checks, in-graph normalisation, the once-computed stem, T."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..genetic import LayerFactory
+from ..genetic import GeneticConv2d, LayerFactory
 from ..neurons import LIF, SeqToBatch
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 __all__ = ["ConvPool", "SpikingNet", "check_widths", "pooled_side", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
 
@@ -57,28 +60,38 @@ class ConvPool(nn.Sequential):
     pool; the ONNX export writes the same fused conv (dense form) or the factorised conv + AveragePool.
     """
 
-    def __init__(self, conv: nn.Module):
-        geometry = (conv.kernel_size, conv.stride, conv.padding)
-        k, stride, padding = (v[0] if isinstance(v, tuple) else v for v in geometry)
+    kernel_size: int
+    stride: int
+    padding: int
+
+    def __init__(self, conv: nn.Conv2d | GeneticConv2d):
+        k, stride, padding = (_first(v) for v in (conv.kernel_size, conv.stride, conv.padding))
         plain = getattr(conv, "groups", 1) == 1 and getattr(conv, "dilation", 1) in (1, (1, 1)) \
             and getattr(conv, "padding_mode", "zeros") == "zeros"
-        if stride != 1 or k % 2 == 0 or padding != k // 2 or not plain:
+        if not isinstance(k, int) or stride != 1 or k % 2 == 0 or padding != k // 2 or not plain:
             raise ValueError(f"ConvPool needs an odd-kernel stride-1 'same' conv without groups or dilation, "
                              f"got {conv}")
         super().__init__(conv, nn.AvgPool2d(2))
         # the geometry of the fused conv that runs (what MAC counts read)
-        self.in_channels, self.kernel_size, self.stride, self.padding = conv.in_channels, k + 1, 2, padding
+        self.in_channels, self.kernel_size, self.stride, self.padding = conv.in_channels, k + 1, 2, k // 2
         # fused kernel -> the kernel that runs (int8 fake quantisation, see gee_deploy.quantisation); None = as is
         self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    @property
+    def conv(self) -> nn.Conv2d | GeneticConv2d:
+        """The k x k conv (child 0)."""
+        conv = self[0]
+        assert isinstance(conv, (nn.Conv2d, GeneticConv2d))  # __init__ took one
+        return conv
+
     def fused_weight(self) -> torch.Tensor:
         """The (k+1) x (k+1) kernel of the conv + pool, before any quantiser: [Cout, Cin, k+1, k+1]."""
-        return fuse_average_pool(self[0].weight)
+        return fuse_average_pool(self.conv.weight)
 
     def quantisation_source(self) -> torch.Tensor:
         """The fused kernel int8 codes are taken from: of the conv's ``exact_weight`` where it has one (genetic)."""
-        conv = self[0]
-        return fuse_average_pool(conv.exact_weight() if hasattr(conv, "exact_weight") else conv.weight)
+        conv = self.conv
+        return fuse_average_pool(conv.exact_weight() if isinstance(conv, GeneticConv2d) else conv.weight)
 
     def running_weight(self) -> torch.Tensor:
         """The kernel :meth:`forward` convolves with: the fused kernel, or its ``quantiser`` image; [Cout, Cin, k+1, k+1]."""
@@ -87,6 +100,11 @@ class ConvPool(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.running_weight(), getattr(self[0], "bias", None), stride=self.stride,
                         padding=self.padding)
+
+
+def _first(v):
+    """A square geometry value as one number: ``(3, 3)`` -> 3, ``3`` -> 3 (a string padding stays as is)."""
+    return v[0] if isinstance(v, tuple) else v
 
 
 def fuse_average_pool(weight: torch.Tensor) -> torch.Tensor:
@@ -130,6 +148,14 @@ class SpikingNet(nn.Module):
         stem_kernel: kernel size of the first conv (sets the input population's tap count).
         init: the genetic layers' initialisation, ``"kaiming"`` or ``"paper"`` (:mod:`gee_deploy.genetic`).
     """
+
+    stem: nn.Module
+    body: nn.Module
+    mean: torch.Tensor  # buffer [1, C, 1, 1]
+    std: torch.Tensor  # buffer [1, C, 1, 1]
+    model_name: str  # set by zoo.create_model
+    model_args: dict  # set by zoo.create_model
+    checkpoint: Checkpoint  # set by checkpoint.load_model: the file's metadata
 
     def __init__(self, *, genes: int | None, timesteps: int, num_classes: int, in_channels: int,
                  image_size: int, mean=None, std=None, stem_kernel: int = 3, init: str = "kaiming"):

@@ -7,16 +7,16 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from torch import nn
 
 from ..errors import UnknownModelError
+from .base import SpikingNet
 
 __all__ = ["register_model", "create_model", "list_models", "model_defaults"]
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: dict[str, Callable[..., SpikingNet]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(fn: Callable[..., SpikingNet]) -> Callable[..., SpikingNet]:
     """Register an architecture variant under its function name."""
     _MODELS[fn.__name__] = fn
     return fn
@@ -34,7 +34,7 @@ def model_defaults(name: str) -> dict:
     return {k: p.default for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, **kwargs) -> SpikingNet:
     """Build architecture ``name``; the model keeps ``model_name`` and the resolved ``model_args``."""
     defaults = model_defaults(name)
     unknown = sorted(set(kwargs) - set(defaults))

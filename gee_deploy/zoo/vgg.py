@@ -26,9 +26,9 @@ class VGG(SpikingNet):
         if widths is not None:  # the same stack with other channel counts, in order
             slots = iter(widths)
             config = [c if c == "M" else next(slots) for c in config]
-        widths = [c for c in config if c != "M"]
-        pops = [factory.population(f"c{i}", w) for i, w in enumerate(widths)]
-        self.stem = nn.Sequential(factory.conv("input", pops[0], 3), nn.BatchNorm2d(widths[0]))
+        conv_widths: list[int] = [c for c in config if c != "M"]
+        pops = [factory.population(f"c{i}", w) for i, w in enumerate(conv_widths)]
+        self.stem = nn.Sequential(factory.conv("input", pops[0], 3), nn.BatchNorm2d(conv_widths[0]))
         layers: list[nn.Module] = [LIF()]
         src = pops[0]
         i = 1
