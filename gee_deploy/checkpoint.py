@@ -317,6 +317,8 @@ def architecture_fingerprint(model: nn.Module) -> str:
 def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> nn.Module:
     """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch
     (parameter names or shapes, or a stored :func:`architecture_fingerprint` that differs)."""
+    if ckpt.state_dict is None:
+        raise CheckpointError(f"{source} holds no weights (Checkpoint.metadata()); a model needs them")
     model = create_model(ckpt.model_name, **ckpt.model_args)
     missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
@@ -347,7 +349,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
     except RuntimeError as e:  # shape mismatches from load_state_dict
         raise CheckpointError(f"{path} does not match architecture {ckpt.model_name!r}: "
                               f"{str(e).splitlines()[-1].strip()[:200]}") from None
-    model.checkpoint = ckpt.metadata()
+    setattr(model, "checkpoint", ckpt.metadata())  # not a submodule or tensor: nn.Module's own attribute typing does not apply
     return model.eval()
 
 
