@@ -349,7 +349,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
     except RuntimeError as e:  # shape mismatches from load_state_dict
         raise CheckpointError(f"{path} does not match architecture {ckpt.model_name!r}: "
                               f"{str(e).splitlines()[-1].strip()[:200]}") from None
-    setattr(model, "checkpoint", ckpt.metadata())  # not a submodule or tensor: nn.Module's own attribute typing does not apply
+    model.checkpoint = ckpt.metadata()
     return model.eval()
 
 
