@@ -318,6 +318,8 @@ def architecture_fingerprint(model: nn.Module) -> str:
 def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> SpikingNet:
     """The model a checkpoint describes, with its weights; raises CheckpointError on an architecture mismatch
     (parameter names or shapes, or a stored :func:`architecture_fingerprint` that differs)."""
+    if ckpt.state_dict is None:
+        raise CheckpointError(f"{source} holds no weights (Checkpoint.metadata()); a model needs them")
     model = create_model(ckpt.model_name, **ckpt.model_args)
     missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:

@@ -137,14 +137,14 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     if optimization not in OPTIMIZATION_LEVELS:
         raise RuntimeUnavailableError(f"unknown graph optimisation level {optimization!r}; use one of "
                                       f"{', '.join(OPTIMIZATION_LEVELS)}")
-    providers: list | None = list(PROVIDERS[kind])
+    providers: list = list(PROVIDERS[kind])
     if kind in OPENVINO_PRECISION:
         _openvino_plugin()
     elif providers[0] not in ort.get_available_providers():
         raise RuntimeUnavailableError(f"{kind} needs {providers[0]}, which this onnxruntime lacks "
                                       f"(has {', '.join(ort.get_available_providers())})")
     source = model if isinstance(model, bytes) else str(model)
-    if not isinstance(model, bytes) and not Path(source).is_file():
+    if isinstance(source, str) and not Path(source).is_file():
         raise ModelFileError(f"{source} not found")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
@@ -159,8 +159,7 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
         opts.profile_file_prefix = profile_prefix
     if kind in OPENVINO_PRECISION:
         _add_openvino(ort, opts, OPENVINO_PRECISION[kind], threads)
-        providers = None  # add_provider_for_devices chose them; the CPU provider takes what OpenVINO cannot
-    if kind == "ort-trt" and not isinstance(model, bytes):
+    if kind == "ort-trt" and isinstance(source, str):
         # cache built engines beside the model: the first TensorRT build takes minutes
         path = Path(source)
         cache = str(path.parent / f".{path.stem}.trt-cache")
@@ -168,9 +167,11 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
                                                       "trt_engine_cache_path": cache,
                                                       "trt_timing_cache_enable": True})
     try:
-        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+        # OpenVINO: add_provider_for_devices chose them; the CPU provider takes what OpenVINO cannot
+        return ort.InferenceSession(source, sess_options=opts,
+                                    providers=None if kind in OPENVINO_PRECISION else providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
-        what = "the graph" if isinstance(model, bytes) else source
+        what = "the graph" if isinstance(source, bytes) else source
         raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None
 
 

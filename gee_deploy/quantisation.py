@@ -167,5 +167,7 @@ def int8_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     elif isinstance(module, (GeneticConv2d, GeneticLinear)):
         w = module.exact_weight()
     else:
-        w = module.weight
+        weight = module.weight
+        assert isinstance(weight, torch.Tensor), f"{type(module).__name__} has no weight tensor"
+        w = weight
     return quantise_weight(w.float())

@@ -28,7 +28,7 @@ from dataclasses import field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, cast
 
 import annotated_types
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -198,17 +198,18 @@ def unwrap(annotation):
 
 def bounds(annotation) -> tuple[float | None, bool, float | None, bool]:
     """(low, low excluded, high, high excluded) of a numeric annotation; None where it has no bound."""
-    low = high = None
+    low: float | None = None
+    high: float | None = None
     low_open = high_open = False
-    for m in unwrap(annotation)[1]:
+    for m in unwrap(annotation)[1]:  # annotated_types types its bounds as comparison protocols: numbers here
         if isinstance(m, annotated_types.Ge):
-            low = m.ge
+            low = cast(float, m.ge)
         elif isinstance(m, annotated_types.Gt):
-            low, low_open = m.gt, True
+            low, low_open = cast(float, m.gt), True
         elif isinstance(m, annotated_types.Le):
-            high = m.le
+            high = cast(float, m.le)
         elif isinstance(m, annotated_types.Lt):
-            high, high_open = m.lt, True
+            high, high_open = cast(float, m.lt), True
     return low, low_open, high, high_open
 
 

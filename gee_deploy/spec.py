@@ -125,7 +125,7 @@ class ModelSpec:
 
     Attributes:
         timesteps: T.
-        input_shape: [C, H, W] of one sample.
+        input_shape: [C, H, W] of one sample (a NIR import may give another rank: [T, ...] per-step, [features]).
         class_names: one per logit column.
         spiking_layers: LIF module names, in ``spike_counts`` column order.
         neurons_per_layer: neurons per sample of each spiking layer (same order).
@@ -146,7 +146,7 @@ class ModelSpec:
     """
 
     timesteps: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     spiking_layers: tuple[str, ...]
     neurons_per_layer: tuple[int, ...]

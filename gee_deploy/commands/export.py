@@ -104,6 +104,7 @@ def export(checkpoint, out, variant, allow_int8, int8_form, storage, fmt, opset,
     click.echo(report_json(report) if as_json else report.summary())
 
 
+assert export.help is not None  # click takes it from the docstring
 export.help = export.help.replace("{limits}", f"top-1 agreement >= {_I.min_top1_agreement:.0%}, spikes within "
                                         f"{_I.max_spike_delta:.1%}, accuracy within {_I.max_accuracy_delta * 100:g} "
                                         "points")

@@ -128,7 +128,7 @@ def time_runtime(runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: in
     """
     for _ in range(warmup):
         runtime.run(x)
-    times = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_time):
         t0 = time.perf_counter()

@@ -187,6 +187,13 @@ def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     return named.pop()
 
 
+def _accuracy(ev: Outputs) -> float:
+    """Top-1 accuracy of one evaluation; robustness runs on labelled test images, so there always is one."""
+    accuracy = ev.accuracy
+    assert accuracy is not None, "robustness evaluates labelled images"
+    return accuracy
+
+
 def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptions = RobustnessOptions(),
                    progress: Callable[[str], None] | None = None) -> dict:
     """Accuracy of every model under noise of each ratio, on the same noisy test images (paper Fig. 2).
@@ -236,13 +243,13 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
     ref = evals[0]
     head = grid.index(float(ratio))
     for rt, label, ev in zip(opened, labels_, evals):
-        points = [{"ratio": r, "accuracy": e.accuracy, "spikes_per_sample": e.spikes_per_sample}
+        points = [{"ratio": r, "accuracy": _accuracy(e), "spikes_per_sample": e.spikes_per_sample}
                   for r, e in zip(grid, ev)]
         if ev is not ref:
             for p, e, e_ref in zip(points, ev, ref):
-                p["accuracy_delta_vs_reference"] = e.accuracy - e_ref.accuracy
+                p["accuracy_delta_vs_reference"] = _accuracy(e) - _accuracy(e_ref)
                 p["top1_agreement_vs_reference"] = float((e.logits.argmax(1) == e_ref.logits.argmax(1)).mean())
-        clean, noisy_acc = ev[0].accuracy, ev[head].accuracy
+        clean, noisy_acc = _accuracy(ev[0]), _accuracy(ev[head])
         entries.append({
             "label": label, "path": str(rt.path), "runtime": rt.name, "precision": rt.describe().get("precision"),
             "variant": rt.spec.variant,

@@ -173,7 +173,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, 
 
         require_tensorrt()
     unrolled, spec = onnx_graph(model, options, storage, checkpoint_sha256=checkpoint_sha256)
-    notes = []
+    notes: list[str] = []
     if options.storage is None and storage == Storage.GENETIC and \
             any(l.precision == Precision.INT8 for l in spec.layers):
         unrolled, spec, storage, notes = _smaller_storage(unrolled, spec)

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UnsupportedModuleError
 from ..genetic import GeneticConv2d, GeneticLinear
 from ..kinds import LayerKind
-from ..walk import CONV_TYPES, is_weight_layer
+from ..walk import CONV_TYPES, LINEAR_TYPES
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
@@ -97,7 +97,10 @@ class FoldedLayer:
 
     @property
     def c_in(self) -> int:
-        return self.factors.e_in.shape[-1] if self.genetic else self.weight.shape[-1]
+        if self.factors is not None:
+            return self.factors.e_in.shape[-1]
+        assert self.weight is not None, "a plain layer has its weight"
+        return self.weight.shape[-1]
 
     @property
     def c_out(self) -> int:
@@ -105,7 +108,7 @@ class FoldedLayer:
 
     @property
     def genes(self) -> int:
-        return self.factors.genes if self.genetic else 0
+        return self.factors.genes if self.factors is not None else 0
 
 
 def to_tap_major(weight: np.ndarray) -> np.ndarray:
@@ -120,7 +123,7 @@ def batchnorm_affine(ops: WeightOps, bn: nn.Module | None, channels: int, hint: 
     """
     if bn is None:
         return ops.constant(np.ones(channels), f"{hint}.ones"), ops.constant(np.zeros(channels), f"{hint}.zeros")
-    if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or bn.running_mean is None:
+    if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or bn.running_mean is None or bn.running_var is None:
         raise UnsupportedModuleError(f"cannot fold {type(bn).__name__} (needs BatchNorm with running statistics)")
     variance = ops.add(ops.stored(bn.running_var, f"{hint}.running_var"), ops.constant(bn.eps, f"{hint}.eps"),
                        f"{hint}.var_eps")
@@ -142,7 +145,7 @@ def _single(value, what: str, layer: nn.Module) -> int:
     return values[0]
 
 
-def _conv_geometry(m: nn.Module) -> tuple[int, int, int]:
+def _conv_geometry(m: nn.Conv2d | GeneticConv2d) -> tuple[int, int, int]:
     if isinstance(m, nn.Conv2d):
         if m.groups != 1 or _single(m.dilation, "dilation", m) != 1 or m.padding_mode != "zeros":
             raise UnsupportedModuleError("only Conv2d with groups=1, dilation=1 and zero padding is supported")
@@ -219,8 +222,11 @@ def folded_weight(ops: WeightOps, layer: FoldedLayer, hint: str, product=None) -
     """The layer's float32 weight with its BatchNorm scale folded in, [k, k, Cout, Cin] (or [Cout, Cin]); a
     genetic layer's product computed in ``product`` (default :data:`FLOAT_PRODUCT`; float64 where no session
     waits for it: the NIR writer)."""
-    weight = generated_weight(ops, layer.factors, layer.out_scale, hint, dtype=product or FLOAT_PRODUCT) \
-        if layer.genetic else layer.weight
+    if layer.factors is not None:
+        weight = generated_weight(ops, layer.factors, layer.out_scale, hint, dtype=product or FLOAT_PRODUCT)
+    else:
+        assert layer.weight is not None, "a plain layer has its weight"
+        weight = layer.weight
     return ops.cast(weight, np.float32, f"{hint}.weight32")
 
 
@@ -229,6 +235,7 @@ def factorised_weights(ops: WeightOps, layer: FoldedLayer, hint: str) -> tuple[T
     E_in[:, p, a] (the stored values, exactly), mix [Cout, p g] with mix[o, p g + a] =
     (sum_b E_out[o, p, b] G[a, b]) (s gamma_o / sqrt(var_o + eps)), as :func:`generated_weight`'s mix."""
     f = layer.factors
+    assert f is not None, "only a genetic layer has a factorised form"
     taps, g = (f.kernel_size or 1) ** 2, f.genes
     project = ops.reshape(f.e_in, (taps * g, layer.c_in), f"{hint}.project_rows")
     mix = _mix(ops, f, ops.mul(f.scale, layer.out_scale, f"{hint}.row_scale"), hint, np.float32, channel_first=True)
@@ -248,11 +255,12 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
         UnsupportedModuleError: ``m`` is not a weight layer, or has geometry the exporter does not handle.
     """
     ops = ops or WeightOps()
-    if not is_weight_layer(m):
+    if isinstance(m, CONV_TYPES):
+        kind, (k, stride, padding), c_out = LayerKind.CONV, _conv_geometry(m), m.out_channels
+    elif isinstance(m, LINEAR_TYPES):
+        kind, (k, stride, padding), c_out = LayerKind.LINEAR, (1, 1, 0), m.out_features
+    else:
         raise UnsupportedModuleError(f"{type(m).__name__} is not a weight layer")
-    kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
-    k, stride, padding = _conv_geometry(m) if kind == LayerKind.CONV else (1, 1, 0)
-    c_out = m.out_channels if kind == LayerKind.CONV else m.out_features
     scale, shift = batchnorm_affine(ops, bn, c_out, f"{hint}.bn")
     bias = getattr(m, "bias", None)
     if bias is not None:
@@ -260,15 +268,14 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
                                       f"{hint}.bias_scaled"), f"{hint}.bias64")
     else:
         bias = shift
-    geometry = dict(kernel_size=k, stride=stride, padding=padding, pooled=pooled)
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
-        return FoldedLayer(kind, bias, scale, factors=genetic_factors(ops, m, hint), **geometry)
+        return FoldedLayer(kind, bias, scale, k, stride, padding, pooled, factors=genetic_factors(ops, m, hint))
     weight = ops.stored(m.weight, f"{hint}.weight", np.float32)
     if kind == LayerKind.CONV:
         weight = ops.transpose(weight, (2, 3, 0, 1), f"{hint}.weight_taps")
     weight = ops.mul(ops.cast(weight, np.float64, f"{hint}.weight64"),
                      ops.reshape(scale, (c_out, 1), f"{hint}.bn_scale_col"), f"{hint}.folded")
-    return FoldedLayer(kind, bias, scale, weight=weight, **geometry)
+    return FoldedLayer(kind, bias, scale, k, stride, padding, pooled, weight=weight)
 
 
 def fuse_average_pool(ops: WeightOps, weight: Tensor, hint: str) -> Tensor:

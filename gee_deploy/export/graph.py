@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any, Literal, overload
 
 import numpy as np
 import onnx
@@ -18,7 +20,7 @@ def tensor_info(name: str, dims: list, elem_type: int = TensorProto.FLOAT) -> on
 class GraphBuilder:
     """Collects nodes and initializers of one graph; ``op`` returns the name(s) of the node's output(s)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._used: set[str] = set()
@@ -57,8 +59,18 @@ class GraphBuilder:
             self._consts[key] = name
         return name
 
+    # An ``outputs`` that is an int equal to 1 still returns one name; the list overload is for counts > 1.
+    @overload
+    def op(  # type: ignore[overload-overlap]
+           self, op_type: str, inputs: list[str], hint: str | None = None, outputs: Literal[1] = 1,
+           out_names: list[str] | None = None, node_name: bool = True, **attrs: Any) -> str: ...
+
+    @overload
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, *, outputs: int,
+           out_names: list[str] | None = None, node_name: bool = True, **attrs: Any) -> list[str]: ...
+
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1,
-           out_names: list[str] | None = None, node_name: bool = True, **attrs) -> str | list[str]:
+           out_names: list[str] | None = None, node_name: bool = True, **attrs: Any) -> str | list[str]:
         """Append one node; ``node_name`` False leaves the (optional) node name out, to save bytes."""
         hint = hint or op_type.lower()
         names = out_names or [self.fresh(hint if outputs == 1 else f"{hint}.{j}") for j in range(outputs)]
@@ -90,7 +102,7 @@ class GraphBuilder:
         return out
 
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int,
-              metadata: dict[str, object], doc: str = "") -> onnx.ModelProto:
+              metadata: Mapping[str, object], doc: str = "") -> onnx.ModelProto:
         nodes, initializers = self.live([o.name for o in outputs])
         if self._renames:
             nodes = [self._renamed(n) for n in nodes]
@@ -102,7 +114,7 @@ class GraphBuilder:
         return model
 
 
-def set_metadata(model: onnx.ModelProto, metadata: dict[str, object]) -> None:
+def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, object]) -> None:
     """Replace ``model``'s metadata_props with ``metadata`` (string values; anything else as JSON)."""
     del model.metadata_props[:]
     for key, value in metadata.items():

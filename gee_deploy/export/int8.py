@@ -88,6 +88,7 @@ def source_weight(ops: WeightOps, m: nn.Module, pooled: ConvPool | None, hint: s
                                   dtype=np.float64)
         weight = ops.cast(weight, np.float32, f"{hint}.source_f32")
     else:
+        assert isinstance(m, (nn.Conv2d, nn.Linear)), f"{hint}: not a weight layer"
         weight = ops.transpose(ops.stored(m.weight, f"{hint}.weight", np.float32),
                                (2, 3, 1, 0) if m.weight.dim() == 4 else (1, 0), f"{hint}.source_taps")
     return fuse_average_pool(ops, weight, f"{hint}.source") if pooled is not None else weight

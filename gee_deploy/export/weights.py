@@ -123,21 +123,30 @@ class WeightOps:
     def _hint(self, hint: str) -> str:
         return hint if self.readable else "w"
 
+    @staticmethod
+    def _name(t: Tensor | str | None) -> str:
+        """The graph name of an input: with a graph every tensor and small constant has one."""
+        name = t if isinstance(t, str) or t is None else t.name
+        assert name is not None, "a tensor of WeightOps with a graph has a name"
+        return name
+
     def _op(self, op: str, inputs: list[str], hint: str, **attrs) -> str:
+        assert self.graph is not None, "graph ops need a graph"
         return self.graph.op(op, inputs, self._hint(hint), node_name=self.readable, **attrs)
 
-    def _node(self, op: str, inputs: list[Tensor | str], value: np.ndarray, hint: str, **attrs) -> Tensor:
+    def _node(self, op: str, inputs: list[Tensor | str | None], value: np.ndarray, hint: str, **attrs) -> Tensor:
         """``value`` as computed by ``op``; the same op on the same tensors (a layer's BatchNorm scale that both
         its int8 codes and its bias need, G transposed for every layer) is one node."""
         if self.graph is None:
             return Tensor(value)
-        names = [i if isinstance(i, str) else i.name for i in inputs]
+        names = [self._name(i) for i in inputs]
         key = (op, tuple(names), tuple(sorted((k, str(v)) for k, v in attrs.items())))
         if key not in self._nodes:
             self._nodes[key] = Tensor(value, self._op(op, names, hint, **attrs))
         return self._nodes[key]
 
     def _const(self, value, hint: str, dtype) -> str:
+        assert self.graph is not None, "graph constants need a graph"
         return self.graph.const(value, self._hint(hint), dtype)
 
     def _int64(self, values, hint: str) -> str | None:
@@ -199,15 +208,15 @@ class WeightOps:
         value = np.abs(a.value).max(axis=axes)
         if self.graph is None:
             return Tensor(value)
-        magnitude = self._op("Abs", [a.name], f"{hint}.abs")
-        return Tensor(value, self._op("ReduceMax", [magnitude, self._int64(axes, f"{hint}.axes")], hint, keepdims=0))
+        magnitude = self._op("Abs", [self._name(a)], f"{hint}.abs")
+        return Tensor(value, self._op("ReduceMax", [magnitude, self._const(list(axes), f"{hint}.axes", np.int64)], hint, keepdims=0))
 
     def where_positive(self, a: Tensor, then: Tensor, otherwise: Tensor, hint: str) -> Tensor:
         value = np.where(a.value > 0, then.value, otherwise.value).astype(then.dtype)
         if self.graph is None:
             return Tensor(value)
-        positive = self._op("Greater", [a.name, self._const(0, f"{hint}.zero", a.dtype)], f"{hint}.positive")
-        return Tensor(value, self._op("Where", [positive, then.name, otherwise.name], hint))
+        positive = self._op("Greater", [self._name(a), self._const(0, f"{hint}.zero", a.dtype)], f"{hint}.positive")
+        return Tensor(value, self._op("Where", [positive, self._name(then), self._name(otherwise)], hint))
 
     def round_clip_int8(self, a: Tensor, bound: int, hint: str) -> Tensor:
         """int8 clip(round half to even(a), -bound, bound), as ``torch.round`` then ``torch.clamp`` then a cast.
@@ -220,7 +229,7 @@ class WeightOps:
         if self.graph is None:
             return Tensor(value)
         unit = self._const(1.0, f"{hint}.unit", a.dtype)
-        saturated = self._op("QuantizeLinear", [a.name, unit, self._const(0, f"{hint}.zero", np.int8)],
+        saturated = self._op("QuantizeLinear", [self._name(a), unit, self._const(0, f"{hint}.zero", np.int8)],
                              f"{hint}.saturated")
         lo, hi = (self._const(v, f"{hint}.bound", np.int8) for v in (-bound, bound))
         return Tensor(value, self._op("Clip", [saturated, lo, hi], hint))

@@ -112,20 +112,22 @@ class OnnxWriter(ModelWalk):
     def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
                     pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
         ops = self.ops
-        layer = int8_layer(m, bn, pooled, ops, name) if x.spikes_from is not None and self.int8 is not None else None
+        int8, source = self.int8, x.spikes_from  # int8 weights only for layers that read spikes
         qdq = self.int8_form == Int8Form.QDQ
-        if layer is not None and self.int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
-            if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
-                if x.name not in self._uint8:
-                    self._uint8[x.name] = quantise_spikes(self.graph, x.name, x.spikes_from)
-                y = emit_qdq(self.graph, self._uint8[x.name], layer, name, ops)
-            else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
-                spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name),
-                                      x.spikes_from)
-                y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
-            return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
-                                input_is_spikes=True, spiking_input_layer=x.spikes_from, spike_macs=int(dense_macs),
-                                calls=calls, form=Form.DENSE, dense_macs=int(dense_macs), precision=Precision.INT8)
+        if int8 is not None and source is not None:
+            layer = int8_layer(m, bn, pooled, ops, name)
+            if int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
+                if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
+                    if x.name not in self._uint8:
+                        self._uint8[x.name] = quantise_spikes(self.graph, x.name, source)
+                    y = emit_qdq(self.graph, self._uint8[x.name], layer, name, ops)
+                else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
+                    spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), source)
+                    y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
+                return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
+                                    input_is_spikes=True, spiking_input_layer=source, spike_macs=int(dense_macs),
+                                    calls=calls, form=Form.DENSE, dense_macs=int(dense_macs),
+                                    precision=Precision.INT8)
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
@@ -134,6 +136,7 @@ class OnnxWriter(ModelWalk):
         variant = ExportVariant(self.choose(name, folded, x.shape, out_shape, fact, dense_macs)) if fact is not None \
             else ExportVariant.DENSE
         if variant == ExportVariant.FACTORISED:
+            assert fact is not None  # only a genetic layer with a factorised cost is offered the choice
             y = emit_factorised(self.graph, x.name, folded, fact, out_shape, name, ops)
             macs, spike_macs, form = fact.macs, fact.spike_macs, fact.form
         else:
@@ -152,9 +155,9 @@ class OnnxWriter(ModelWalk):
             ops = self.ops
             scale, shift = batchnorm_affine(ops, m, m.num_features, name)
             dims = (-1,) + (1,) * (len(x.shape) - 1)
-            scale = ops.output(graph, ops.reshape(scale, dims, f"{name}.scale_dims"), f"{name}.scale")
-            shift = ops.output(graph, ops.reshape(shift, dims, f"{name}.shift_dims"), f"{name}.shift")
-            return graph.op("Add", [graph.op("Mul", [x.name, scale], name), shift], name)
+            scale_name = ops.output(graph, ops.reshape(scale, dims, f"{name}.scale_dims"), f"{name}.scale")
+            shift_name = ops.output(graph, ops.reshape(shift, dims, f"{name}.shift_dims"), f"{name}.shift")
+            return graph.op("Add", [graph.op("Mul", [x.name, scale_name], name), shift_name], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
             k, s, p, _ = pool_geometry(m)
             return graph.op("MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,

@@ -234,7 +234,7 @@ class _Evaluator:
                 results[task.slot] = task.run(self.recipe, self.data, self.device)
                 on_result(task.slot, results[task.slot])
         if self.dist is not None:  # each entry is filled by exactly one rank; the others add 0
-            flat = []
+            flat: list[float] = []
             for r in results:
                 flat += [0.0] * len(TERMS) if r is None else [math.nan if r[k] is None else r[k] for k in TERMS]
             summed = self.dist.all_reduce_sum(*flat)

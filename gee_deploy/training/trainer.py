@@ -218,7 +218,8 @@ def _load_data(recipe: Recipe, runtime: TrainRuntime):
     train_set = load_split(data.name, "train", data_dir, augment=data.augment, limit=data.train_limit or None,
                            crop_padding=data.crop_padding)
     test_set = load_split(data.name, "test", data_dir, limit=data.test_limit or None)
-    sampler = test_sampler = None
+    sampler: DistributedSampler | None = None
+    test_sampler: DistributedSampler | None = None
     if dist.world > 1:
         sampler = DistributedSampler(train_set, dist.world, dist.rank, shuffle=True, seed=recipe.train.seed,
                                      drop_last=True)
@@ -255,6 +256,7 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: T
     ``ckpt`` was checked by :func:`_check_before_writing` (optimiser state, recipe) and :func:`train`
     (architecture fingerprint).
     """
+    assert ckpt.state_dict is not None  # read from a file: a saved checkpoint always holds its weights
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
