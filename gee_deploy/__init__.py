@@ -6,6 +6,7 @@ Python API::
 
 Attributes are imported on first use, so ``gee-deploy --help`` does not pay for importing torch.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

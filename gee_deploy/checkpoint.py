@@ -26,15 +26,17 @@ layout gee-deploy has written since b36eec0):
 No RNG state is stored: the trainer re-seeds every epoch from the recipe's seed (:mod:`gee_deploy.training.trainer`),
 so a resumed run needs none.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,8 +48,20 @@ from .quantisation import SCHEME, attach_quantisers, quantised_layers
 from .zoo import create_model
 from .zoo.base import SpikingNet
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "DatasetRecord", "QuantisationRecord", "save_checkpoint", "load_checkpoint",
-           "load_model", "build_model", "model_origin", "file_sha256", "architecture_fingerprint"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "DatasetRecord",
+    "QuantisationRecord",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "build_model",
+    "model_origin",
+    "file_sha256",
+    "architecture_fingerprint",
+]
 
 FORMAT_VERSION = 1  # the layout the module docstring lists
 _FORMAT_PREFIX = "gee-deploy/"
@@ -150,8 +164,14 @@ class Checkpoint:
         payload.update(state_dict=self.state_dict, epoch=self.epoch, metrics=self.metrics, best_acc=self.best_acc)
         if self.quantisation is not None:
             q = self.quantisation
-            payload["quantisation"] = {"scheme": q.scheme, "layers": list(q.layers), "epochs": q.epochs,
-                                       "lr_scale": q.lr_scale, "source": q.source, "source_sha256": q.source_sha256}
+            payload["quantisation"] = {
+                "scheme": q.scheme,
+                "layers": list(q.layers),
+                "epochs": q.epochs,
+                "lr_scale": q.lr_scale,
+                "source": q.source,
+                "source_sha256": q.source_sha256,
+            }
         if self.optimizer is not None:
             payload["optimizer"] = self.optimizer
         if self.scheduler is not None:
@@ -176,20 +196,29 @@ class Checkpoint:
                 state_dict=_typed(stored["state_dict"], dict, "state_dict"),
                 architecture=stored["architecture"],
                 recipe=dict(_typed(stored["recipe"], dict, "recipe")),
-                dataset=None if dataset is None else DatasetRecord(
+                dataset=None
+                if dataset is None
+                else DatasetRecord(
                     name=str(_typed(dataset, dict, "dataset").get("name") or ""),
-                    classes=tuple(str(c) for c in dataset.get("classes") or ())),
+                    classes=tuple(str(c) for c in dataset.get("classes") or ()),
+                ),
                 epoch=int(stored["epoch"]),
                 metrics=dict(_typed(stored["metrics"], dict, "metrics")),
                 best_acc=float(stored["best_acc"]),
-                quantisation=None if quant is None else QuantisationRecord(
+                quantisation=None
+                if quant is None
+                else QuantisationRecord(
                     scheme=str(_typed(quant, dict, "quantisation").get("scheme")),
                     layers=tuple(str(n) for n in quant.get("layers") or ()),
-                    epochs=quant.get("epochs"), lr_scale=quant.get("lr_scale"), source=str(quant.get("source") or ""),
-                    source_sha256=str(quant.get("source_sha256") or "")),
+                    epochs=quant.get("epochs"),
+                    lr_scale=quant.get("lr_scale"),
+                    source=str(quant.get("source") or ""),
+                    source_sha256=str(quant.get("source_sha256") or ""),
+                ),
                 optimizer=stored["optimizer"],
                 scheduler=stored["scheduler"],
-                scaler=stored["scaler"])
+                scaler=stored["scaler"],
+            )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source} is not a readable gee-deploy checkpoint: {e}") from None
 
@@ -211,8 +240,10 @@ def _stored_layout(payload: Any, source: str) -> dict:
     if version is None or version < 1:
         raise CheckpointError(f"{source} has format {payload['format']!r}; this version reads {FORMAT!r}")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{source} has checkpoint format {version}, written by a newer gee-deploy; this "
-                              f"version reads format {FORMAT_VERSION}: upgrade gee-deploy to load it")
+        raise CheckpointError(
+            f"{source} has checkpoint format {version}, written by a newer gee-deploy; this "
+            f"version reads format {FORMAT_VERSION}: upgrade gee-deploy to load it"
+        )
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{source} is not a gee-deploy checkpoint (missing {', '.join(missing)})")
@@ -244,8 +275,10 @@ def _check_archive(p: Path) -> None:
     if whole or head.startswith(b"\x80"):  # a zip, or torch's legacy (pickle) format: torch.load decides
         return
     if head.startswith(b"PK\x03\x04"):
-        raise CheckpointError(f"{p} is truncated: a torch.save archive without its end (a copy or a write cut "
-                              f"short; {p.stat().st_size:,} bytes)")
+        raise CheckpointError(
+            f"{p} is truncated: a torch.save archive without its end (a copy or a write cut "
+            f"short; {p.stat().st_size:,} bytes)"
+        )
     if not head:
         raise CheckpointError(f"{p} is empty, not a checkpoint")
     try:
@@ -270,21 +303,39 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError, zipfile errors...
         if "Unsupported global" in str(e):  # a pickle of Python objects: never unpickle it here
-            raise CheckpointError(f"{p} is not a gee-deploy checkpoint: it holds pickled Python objects, which "
-                                  "gee-deploy never loads (checkpoints are read with weights_only=True)") from None
+            raise CheckpointError(
+                f"{p} is not a gee-deploy checkpoint: it holds pickled Python objects, which "
+                "gee-deploy never loads (checkpoints are read with weights_only=True)"
+            ) from None
         if "Weights only load failed" in str(e):  # torch's advice to re-run unsafely is not ours to give
             hint = "an ONNX graph? bench and serve take those" if p.suffix == ".onnx" else "another kind of file?"
-            raise CheckpointError(f"{p} is not a gee-deploy checkpoint (torch.load cannot read it as weights; "
-                                  f"{hint})") from None
+            raise CheckpointError(
+                f"{p} is not a gee-deploy checkpoint (torch.load cannot read it as weights; {hint})"
+            ) from None
         raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {reason(e)}") from None
     return Checkpoint.from_payload(payload, str(p))
 
 
 # What a module's forward reads besides its parameters: conv, pool and flatten geometry (the fused ConvPool
 # carries the geometry of the conv it runs) and the LIF constants. Channel counts come from parameter shapes.
-_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "output_size",
-             "ceil_mode", "count_include_pad", "divisor_override", "return_indices", "start_dim", "end_dim",
-             "tau", "v_threshold", "v_reset")
+_GEOMETRY = (
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+    "output_size",
+    "ceil_mode",
+    "count_include_pad",
+    "divisor_override",
+    "return_indices",
+    "start_dim",
+    "end_dim",
+    "tau",
+    "v_threshold",
+    "v_reset",
+)
 
 
 def _plain(value):
@@ -305,12 +356,15 @@ def architecture_fingerprint(model: nn.Module) -> str:
     """
     entries = []
     for name, module in model.named_modules():
-        entries.append({
-            "name": name, "type": type(module).__name__,
-            "geometry": {key: _plain(getattr(module, key)) for key in _GEOMETRY if hasattr(module, key)},
-            "parameters": [[n, list(p.shape)] for n, p in module.named_parameters(recurse=False)],
-            "buffers": [[n, list(b.shape)] for n, b in module.named_buffers(recurse=False)],
-        })
+        entries.append(
+            {
+                "name": name,
+                "type": type(module).__name__,
+                "geometry": {key: _plain(getattr(module, key)) for key in _GEOMETRY if hasattr(module, key)},
+                "parameters": [[n, list(p.shape)] for n, p in module.named_parameters(recurse=False)],
+                "buffers": [[n, list(b.shape)] for n, b in module.named_buffers(recurse=False)],
+            }
+        )
     text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -323,18 +377,24 @@ def build_model(ckpt: Checkpoint, source: str = "checkpoint") -> SpikingNet:
     model = create_model(ckpt.model_name, **ckpt.model_args)
     missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
-        what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \
-               (f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
+        what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + (
+            f" {len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""
+        )
         raise CheckpointError(f"{source} does not match architecture {ckpt.model_name!r}: {what.strip()}")
-    if ckpt.architecture is not None and ckpt.architecture != architecture_fingerprint(model):  # weights fit: same network around them?
-        raise CheckpointError(f"{source} was written by another version of architecture {ckpt.model_name!r} "
-                              "(its layer structure differs from this installation's); retrain or use the matching "
-                              "gee-deploy version")
+    if ckpt.architecture is not None and ckpt.architecture != architecture_fingerprint(
+        model
+    ):  # weights fit: same network around them?
+        raise CheckpointError(
+            f"{source} was written by another version of architecture {ckpt.model_name!r} "
+            "(its layer structure differs from this installation's); retrain or use the matching "
+            "gee-deploy version"
+        )
     quant = ckpt.quantisation
     if quant is not None:  # an int8 fine-tuned checkpoint computes with its quantised weights, in eval as in training
         if quant.scheme != SCHEME:
-            raise CheckpointError(f"{source} uses quantisation scheme {quant.scheme!r}; this gee-deploy "
-                                  f"knows {SCHEME!r}")
+            raise CheckpointError(
+                f"{source} uses quantisation scheme {quant.scheme!r}; this gee-deploy knows {SCHEME!r}"
+            )
         try:
             attach_quantisers(model, quant.layers)
         except GeeError as e:
@@ -348,8 +408,9 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> SpikingNet:
     try:
         model = build_model(ckpt, str(path))
     except RuntimeError as e:  # shape mismatches from load_state_dict
-        raise CheckpointError(f"{path} does not match architecture {ckpt.model_name!r}: "
-                              f"{str(e).splitlines()[-1].strip()[:200]}") from None
+        raise CheckpointError(
+            f"{path} does not match architecture {ckpt.model_name!r}: {str(e).splitlines()[-1].strip()[:200]}"
+        ) from None
     model.checkpoint = ckpt.metadata()
     return model.eval()
 

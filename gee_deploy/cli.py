@@ -6,6 +6,7 @@ stderr and exit 2, raised while the options are parsed or before any work; a che
 1 with its table; an interrupt exits 130. The group maps every error in one place (:meth:`LazyGroup.main`),
 so ``main()``, the console script and click's ``CliRunner`` behave alike.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -6,6 +6,7 @@ Every dataset yields (image float32 [C, H, W] in [0, 1], label int64); normalisa
 so the ONNX graph takes raw [0, 1] pixels. Augmentation (training split only): random crop with zero
 padding and horizontal flip for the small-image sets, random resized crop + flip for ImageNet.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -21,14 +22,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError, reason
 
-__all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_split", "load_test_arrays", "make_loader",
-           "FMNIST_DIR", "MINI_PATH", "build_mini"]
+__all__ = [
+    "DatasetInfo",
+    "dataset_info",
+    "list_datasets",
+    "load_split",
+    "load_test_arrays",
+    "make_loader",
+    "FMNIST_DIR",
+    "MINI_PATH",
+    "build_mini",
+]
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MINI_PATH = Path(__file__).parent / "assets" / "fashion_mnist_mini.npz"
 
-FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle boot"]
+FMNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -49,12 +69,21 @@ class DatasetInfo:
 
 _INFO = {
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), 2, True, FMNIST_CLASSES),
-    "fashion-mnist-mini": DatasetInfo("fashion-mnist-mini", 10, 1, 28, (0.2860,), (0.3530,), 2, True,
-                                      FMNIST_CLASSES),
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True,
-                           CIFAR10_CLASSES),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True,
-                            [str(i) for i in range(100)]),
+    "fashion-mnist-mini": DatasetInfo("fashion-mnist-mini", 10, 1, 28, (0.2860,), (0.3530,), 2, True, FMNIST_CLASSES),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True, CIFAR10_CLASSES
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100",
+        100,
+        3,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        4,
+        True,
+        [str(i) for i in range(100)],
+    ),
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, []),
     "synthetic": DatasetInfo("synthetic", 10, 1, 28, (0.5,), (0.5,), 0, False, [f"class{i}" for i in range(10)]),
 }
@@ -90,13 +119,14 @@ class InMemoryImages(Dataset):
         if p:
             h, w = x.shape[1:]
             dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()
-            x = torch.nn.functional.pad(x, (p, p, p, p))[:, dy:dy + h, dx:dx + w]
+            x = torch.nn.functional.pad(x, (p, p, p, p))[:, dy : dy + h, dx : dx + w]
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, self.labels[i]
 
 
 # ---- Fashion-MNIST (IDX) --------------------------------------------------------------------------------
+
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
@@ -108,7 +138,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise DataError(f"{path} is truncated: {body.size} bytes for shape {dims}")
@@ -131,8 +161,9 @@ def _fmnist_arrays(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def build_mini(source: Path = FMNIST_DIR, out: Path = MINI_PATH, train: int = 4000, test: int = 1000,
-               seed: int = 0) -> Path:
+def build_mini(
+    source: Path = FMNIST_DIR, out: Path = MINI_PATH, train: int = 4000, test: int = 1000, seed: int = 0
+) -> Path:
     """Write the embedded subset: class-balanced random picks from the real Fashion-MNIST files."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -157,8 +188,9 @@ _CIFAR_GLOBALS = {
     (f.__module__.replace("numpy._core", "numpy.core"), f.__name__): f
     for f in (_RECORD_ARRAY.__reduce__()[0], _RECORD_ARRAY.__reduce_ex__(5)[0], np.uint8(0).__reduce__()[0])
 }
-_CIFAR_GLOBALS.update({("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                       ("_codecs", "encode"): codecs.encode})
+_CIFAR_GLOBALS.update(
+    {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+)
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -168,8 +200,9 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         found = _CIFAR_GLOBALS.get((module.replace("numpy._core", "numpy.core"), name))
         if found is None:
-            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds (a file "
-                                         "made to run code?)")
+            raise pickle.UnpicklingError(
+                f"it asks for {module}.{name}, which a CIFAR batch never holds (a file made to run code?)"
+            )
         return found
 
     def persistent_load(self, pid):
@@ -179,10 +212,14 @@ class _CifarUnpickler(pickle.Unpickler):
 # (python folder, its batch files, label key), (binary folder, its files, label bytes before the pixels,
 # the label's index among them): the layouts of https://www.cs.toronto.edu/~kriz/cifar.html
 _CIFAR_LAYOUTS = {
-    "cifar10": (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
-                ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 0)),
-    "cifar100": (("cifar-100-python", ["train"], ["test"], "fine_labels"),
-                 ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 1)),
+    "cifar10": (
+        ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+        ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 0),
+    ),
+    "cifar100": (
+        ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+        ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 1),
+    ),
 }
 _CIFAR_PIXELS = 3 * 32 * 32
 
@@ -193,11 +230,14 @@ def _cifar_python(path: Path, name: str, key: str) -> tuple[np.ndarray, np.ndarr
             entry = _CifarUnpickler(fh, encoding="latin1").load()
         if isinstance(entry, dict):
             entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        return (np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
-                np.asarray(entry[key], dtype=np.int64))
+        return (
+            np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+            np.asarray(entry[key], dtype=np.int64),
+        )
     except pickle.UnpicklingError as e:
-        raise DataError(f"{path} is not a {name} batch: refused to unpickle it, {e}; the binary CIFAR batches "
-                        "need no unpickling") from None
+        raise DataError(
+            f"{path} is not a {name} batch: refused to unpickle it, {e}; the binary CIFAR batches need no unpickling"
+        ) from None
     except (EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DataError(f"{path} is not a {name} batch: {reason(e)}") from None
     except OSError as e:
@@ -212,8 +252,9 @@ def _cifar_binary(path: Path, name: str, label_bytes: int, label_index: int) -> 
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     record = label_bytes + _CIFAR_PIXELS
     if data.size == 0 or data.size % record:
-        raise DataError(f"{path} is not a {name} binary batch: {data.size} bytes is not a whole number of "
-                        f"{record}-byte records")
+        raise DataError(
+            f"{path} is not a {name} binary batch: {data.size} bytes is not a whole number of {record}-byte records"
+        )
     rows = data.reshape(-1, record)
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_index].astype(np.int64)
 
@@ -222,22 +263,24 @@ def _cifar_arrays(directory: Path, name: str, split: str) -> tuple[np.ndarray, n
     """The split from ``directory``'s python batches when they are there, else from its binary batches."""
     (py_dir, py_train, py_test, key), (bin_dir, bin_train, bin_test, label_bytes, label_index) = _CIFAR_LAYOUTS[name]
     if (directory / py_dir).is_dir():
+        python = True
         paths = [directory / py_dir / f for f in (py_train if split == "train" else py_test)]
-        read = lambda p: _cifar_python(p, name, key)
     elif (directory / bin_dir).is_dir():
+        python = False
         paths = [directory / bin_dir / f for f in (bin_train if split == "train" else bin_test)]
-        read = lambda p: _cifar_binary(p, name, label_bytes, label_index)
     else:
-        raise DataError(f"neither {py_dir}/ nor {bin_dir}/ found in {directory} (the python or binary {name} "
-                        "batches)")
+        raise DataError(f"neither {py_dir}/ nor {bin_dir}/ found in {directory} (the python or binary {name} batches)")
     missing = next((p for p in paths if not p.exists()), None)
     if missing is not None:
         raise DataError(f"{missing} not found (expected {name}'s {missing.parent.name} layout under {directory})")
-    images, labels = zip(*(read(p) for p in paths))
+    images, labels = zip(
+        *(_cifar_python(p, name, key) if python else _cifar_binary(p, name, label_bytes, label_index) for p in paths)
+    )
     return np.concatenate(images), np.concatenate(labels)
 
 
 # ---- synthetic ------------------------------------------------------------------------------------------
+
 
 def _synthetic_arrays(split: str, n: int = 512, size: int = 28, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Class k is a bright bar at row band k plus noise: learnable in a few steps, deterministic per split."""
@@ -246,11 +289,12 @@ def _synthetic_arrays(split: str, n: int = 512, size: int = 28, channels: int = 
     images = rng.integers(0, 60, (n, channels, size, size)).astype(np.uint8)
     band = size // 10
     for i, k in enumerate(labels):
-        images[i, :, k * band:(k + 1) * band, :] = 220
+        images[i, :, k * band : (k + 1) * band, :] = 220
     return images, labels
 
 
 # ---- public ---------------------------------------------------------------------------------------------
+
 
 def _data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
     if data_dir is not None:
@@ -260,16 +304,24 @@ def _data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
     elif name == "fashion-mnist":
         d = FMNIST_DIR
     else:
-        raise DataError(f"dataset {name!r} needs a local copy: --data-dir DIR (export, bench, robustness), "
-                        f"data.data_dir in the recipe (train: --set data.data_dir=DIR), or $GEE_DATA_DIR")
+        raise DataError(
+            f"dataset {name!r} needs a local copy: --data-dir DIR (export, bench, robustness), "
+            f"data.data_dir in the recipe (train: --set data.data_dir=DIR), or $GEE_DATA_DIR"
+        )
     if not d.is_dir():
         hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
         raise DataError(f"data directory {d} does not exist{hint}")
     return d
 
 
-def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, augment: bool = False,
-               limit: int | None = None, crop_padding: int = -1) -> Dataset:
+def load_split(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    augment: bool = False,
+    limit: int | None = None,
+    crop_padding: int = -1,
+) -> Dataset:
     """The ``split`` ('train' or 'test') of dataset ``name``; ``limit`` keeps the first N samples.
 
     ``augment`` draws a random crop (zero padding ``crop_padding``, -1 = the dataset's own, 0 = no crop) and a horizontal flip per image and epoch.
@@ -294,13 +346,17 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
         images = images[:, None]  # [N, 1, H, W]
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    return InMemoryImages(torch.from_numpy(np.array(images, order="C")), torch.from_numpy(labels.astype(np.int64)),
-                          (info.crop_padding if crop_padding < 0 else crop_padding) if augment else 0,
-                          info.flip and augment)
+    return InMemoryImages(
+        torch.from_numpy(np.array(images, order="C")),
+        torch.from_numpy(labels.astype(np.int64)),
+        (info.crop_padding if crop_padding < 0 else crop_padding) if augment else 0,
+        info.flip and augment,
+    )
 
 
-def load_test_arrays(name: str, data_dir: str | os.PathLike | None = None,
-                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_test_arrays(
+    name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The test split of ``name`` as (images float32 [N, C, H, W] in [0, 1], labels int64 [N])."""
     ds = load_split(name, "test", data_dir=data_dir, limit=limit)
     if len(ds) == 0:
@@ -316,8 +372,9 @@ def _imagenet(directory: Path, split: str, augment: bool, limit: int | None) -> 
     if not sub.is_dir():
         raise DataError(f"{sub} not found (expected ImageFolder layout: {directory}/train/<class>/*.JPEG)")
     if augment:
-        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                 transforms.ToTensor()])
+        tf = transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        )
     else:
         tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
     ds = datasets.ImageFolder(str(sub), transform=tf)
@@ -326,10 +383,26 @@ def _imagenet(directory: Path, split: str, augment: bool, limit: int | None) -> 
     return ds
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0,
-                pin_memory: bool = False, sampler=None, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+    sampler=None,
+    drop_last: bool = False,
+) -> DataLoader:
     """A DataLoader whose shuffling depends only on ``seed`` (the trainer passes seed + epoch)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, pin_memory=pin_memory, generator=generator, drop_last=drop_last,
-                      persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )

@@ -16,6 +16,7 @@ The layer table is a :class:`~gee_deploy.spec.ModelSpec`'s ``layers``: an export
 for the PyTorch reference, :func:`gee_deploy.walk.describe`'s. ``tests/test_serving.py`` checks both terms
 against spikingjelly's MAC and SynOp counters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,16 +27,28 @@ from .errors import ModelFileError
 from .kinds import LayerKind, Precision
 from .spec import LayerSpec
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MAC_INT8_PJ", "E_AC_INT8_PJ", "CONSTANTS", "CONSTANTS_SOURCE", "LayerEnergy",
-           "firing_rates", "energy_per_layer", "total_energy"]
+__all__ = [
+    "E_MAC_PJ",
+    "E_AC_PJ",
+    "E_MAC_INT8_PJ",
+    "E_AC_INT8_PJ",
+    "CONSTANTS",
+    "CONSTANTS_SOURCE",
+    "LayerEnergy",
+    "firing_rates",
+    "energy_per_layer",
+    "total_energy",
+]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014), as in the paper
 E_AC_PJ = 0.9  # 32-bit float accumulate
 E_MAC_INT8_PJ = 0.23  # 8-bit integer multiply (0.2) + add (0.03), 45 nm (Horowitz 2014)
 E_AC_INT8_PJ = 0.03  # 8-bit integer add
 # per precision: (pJ per MAC, pJ per SOP); their source, for reports to name
-CONSTANTS: dict[Precision, tuple[float, float]] = {Precision.FP32: (E_MAC_PJ, E_AC_PJ),
-                                                   Precision.INT8: (E_MAC_INT8_PJ, E_AC_INT8_PJ)}
+CONSTANTS: dict[Precision, tuple[float, float]] = {
+    Precision.FP32: (E_MAC_PJ, E_AC_PJ),
+    Precision.INT8: (E_MAC_INT8_PJ, E_AC_INT8_PJ),
+}
 CONSTANTS_SOURCE = "Horowitz, ISSCC 2014, 45 nm: fp32 mult 3.7 + add 0.9; int8 mult 0.2 + add 0.03 pJ"
 
 
@@ -83,8 +96,23 @@ def energy_per_layer(layers: tuple[LayerSpec, ...], rates: dict[str, float], tim
         e_mac, e_ac = CONSTANTS[layer.precision]
         if not layer.input_is_spikes:
             analog = layer.macs * layer.calls
-            out.append(LayerEnergy(layer.name, layer.kind, layer.macs, layer.calls, "MAC", None, None, 0, 0.0, analog,
-                                   e_mac * analog, layer.precision, E_MAC_PJ * analog))
+            out.append(
+                LayerEnergy(
+                    layer.name,
+                    layer.kind,
+                    layer.macs,
+                    layer.calls,
+                    "MAC",
+                    None,
+                    None,
+                    0,
+                    0.0,
+                    analog,
+                    e_mac * analog,
+                    layer.precision,
+                    E_MAC_PJ * analog,
+                )
+            )
             continue
         src = layer.spiking_input_layer
         if src not in rates:
@@ -92,9 +120,23 @@ def energy_per_layer(layers: tuple[LayerSpec, ...], rates: dict[str, float], tim
         fr = float(rates[src])
         sops = fr * timesteps * layer.spike_macs  # eq. 17, SOPs term
         analog = (layer.macs - layer.spike_macs) * layer.calls
-        out.append(LayerEnergy(layer.name, layer.kind, layer.macs, layer.calls, "AC+MAC" if analog else "AC", src,
-                               fr, layer.spike_macs, sops, analog, e_ac * sops + e_mac * analog, layer.precision,
-                               E_AC_PJ * sops + E_MAC_PJ * analog))
+        out.append(
+            LayerEnergy(
+                layer.name,
+                layer.kind,
+                layer.macs,
+                layer.calls,
+                "AC+MAC" if analog else "AC",
+                src,
+                fr,
+                layer.spike_macs,
+                sops,
+                analog,
+                e_ac * sops + e_mac * analog,
+                layer.precision,
+                E_AC_PJ * sops + E_MAC_PJ * analog,
+            )
+        )
     return out
 
 
@@ -102,10 +144,14 @@ def total_energy(per_layer: list[LayerEnergy]) -> dict:
     """Totals per sample: energy in pJ (each layer at its precision's constants, and all at fp32's), MACs on
     analog values, SOPs on spikes, and the constants used."""
     used = sorted({e.precision for e in per_layer})
-    return {"energy_pj": sum(e.energy_pj for e in per_layer),
-            "energy_fp32_pj": sum(e.energy_fp32_pj for e in per_layer),
-            "constants": {**{p: {"mac_pj": CONSTANTS[p][0], "ac_pj": CONSTANTS[p][1]} for p in used},
-                          "source": CONSTANTS_SOURCE},
-            "analog_macs": sum(e.analog_macs for e in per_layer),
-            "sops": sum(e.sops for e in per_layer),
-            "macs_per_sample": sum(e.macs * e.calls for e in per_layer)}
+    return {
+        "energy_pj": sum(e.energy_pj for e in per_layer),
+        "energy_fp32_pj": sum(e.energy_fp32_pj for e in per_layer),
+        "constants": {
+            **{p: {"mac_pj": CONSTANTS[p][0], "ac_pj": CONSTANTS[p][1]} for p in used},
+            "source": CONSTANTS_SOURCE,
+        },
+        "analog_macs": sum(e.analog_macs for e in per_layer),
+        "sops": sum(e.sops for e in per_layer),
+        "macs_per_sample": sum(e.macs * e.calls for e in per_layer),
+    }

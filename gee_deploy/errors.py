@@ -1,4 +1,5 @@
 """Exceptions the CLI turns into one line and a non-zero exit code."""
+
 from __future__ import annotations
 
 

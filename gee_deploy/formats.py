@@ -7,10 +7,11 @@ above both stages, so neither imports the other for it; the CLI (``gee-deploy ex
 (:func:`export_model`, :func:`export_loaded`) come through here with one checked
 :class:`~gee_deploy.export.options.ExportOptions` (docs/design.md, "Options objects").
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,8 +28,11 @@ __all__ = ["EXPORTERS", "export_model", "export_loaded"]
 # (model, out, images [S, C, H, W], labels [S] or None, options, checkpoint sha256) -> the report of the
 # validated, written export
 EXPORTERS: dict[ExportFormat, Callable[..., ExportReport]] = {
-    ExportFormat.ONNX: export_onnx, ExportFormat.TRITON: export_onnx, ExportFormat.TENSORRT: export_onnx,
-    ExportFormat.NIR: export_nir}
+    ExportFormat.ONNX: export_onnx,
+    ExportFormat.TRITON: export_onnx,
+    ExportFormat.TENSORRT: export_onnx,
+    ExportFormat.NIR: export_nir,
+}
 
 
 def _options(options: ExportOptions | None, settings: dict) -> ExportOptions:
@@ -37,8 +41,9 @@ def _options(options: ExportOptions | None, settings: dict) -> ExportOptions:
     return options if options is not None else export_options(**settings)
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, options: ExportOptions | None = None,
-                 **settings) -> ExportReport:
+def export_model(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, options: ExportOptions | None = None, **settings
+) -> ExportReport:
     """Export ``checkpoint`` to ``out`` and validate it on the test split of the checkpoint's dataset.
 
     Args:
@@ -66,14 +71,21 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, options:
     images, labels = validation_data(dataset, cfg.samples, options.data_dir)
     report = EXPORTERS[options.format.name](model, out, images, labels, options, file_sha256(checkpoint))
     if options.samples is not None and len(images) < options.samples:
-        report.notes.append(f"--samples {options.samples}: the {dataset} test split holds {len(images)} images; "
-                            "validated on all")
+        report.notes.append(
+            f"--samples {options.samples}: the {dataset} test split holds {len(images)} images; validated on all"
+        )
     return report
 
 
-def export_loaded(model: nn.Module, out: str | os.PathLike, *, images: torch.Tensor,
-                  labels: torch.Tensor | None = None, options: ExportOptions | None = None,
-                  **settings) -> ExportReport:
+def export_loaded(
+    model: nn.Module,
+    out: str | os.PathLike,
+    *,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    options: ExportOptions | None = None,
+    **settings,
+) -> ExportReport:
     """Export an already loaded eval-mode model to ``out``; validate on ``images`` [S, C, H, W] in [0, 1] (and
     ``labels`` [S]) before anything is kept. ``options`` or ``settings``: as for :func:`export_model`, with
     ``validation`` (a :class:`~gee_deploy.export.configs.ValidationConfig`) besides ``atol`` and ``samples``."""

@@ -24,10 +24,11 @@ Initialisation (``init``, the recipe's ``model.init``), one of :data:`INITS`:
 
 The dense twin's plain layers keep PyTorch's own initialisation under either value.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,9 @@ __all__ = [
 ]
 
 
-INITS = tuple(i.value for i in Init)  # model.init: Kaiming-matched scale (ours) | eq. 1 and Table IV's N(0, 1) literally
+INITS = tuple(
+    i.value for i in Init
+)  # model.init: Kaiming-matched scale (ours) | eq. 1 and Table IV's N(0, 1) literally
 
 
 def _check_init(init: str) -> None:
@@ -93,8 +96,14 @@ class _GeneticWeight(nn.Module):
 
     scale: torch.Tensor  # buffer, 0-d: the init scale of eq. 1 (weight_scale)
 
-    def __init__(self, e_in: nn.Parameter, e_out: nn.Parameter, gene_matrix: nn.Parameter, kernel_size: int,
-                 init: str = "kaiming"):
+    def __init__(
+        self,
+        e_in: nn.Parameter,
+        e_out: nn.Parameter,
+        gene_matrix: nn.Parameter,
+        kernel_size: int,
+        init: str = "kaiming",
+    ):
         super().__init__()
         if e_in.shape[-1] != gene_matrix.shape[0] or e_out.shape[-1] != gene_matrix.shape[1]:
             raise ValueError(
@@ -180,8 +189,9 @@ class GeneticConv2d(_GeneticWeight):
         init: sets ``scale`` (module docstring): ``"kaiming"`` or ``"paper"`` (1).
     """
 
-    def __init__(self, e_in, e_out, gene_matrix, kernel_size: int, stride: int = 1, padding: int = 0,
-                 init: str = "kaiming"):
+    def __init__(
+        self, e_in, e_out, gene_matrix, kernel_size: int, stride: int = 1, padding: int = 0, init: str = "kaiming"
+    ):
         super().__init__(e_in, e_out, gene_matrix, kernel_size, init)
         self.in_channels = e_in.shape[0]
         self.out_channels = e_out.shape[0]
@@ -302,13 +312,22 @@ class LayerFactory:
             self.genome.population(name, channels, taps or self.taps)
         return name
 
-    def conv(self, src: str, dst: str, kernel_size: int, stride: int = 1, padding: int | None = None) -> nn.Conv2d | GeneticConv2d:
+    def conv(
+        self, src: str, dst: str, kernel_size: int, stride: int = 1, padding: int | None = None
+    ) -> nn.Conv2d | GeneticConv2d:
         padding = kernel_size // 2 if padding is None else padding
         if self.genome is None:
             return nn.Conv2d(self.channels[src], self.channels[dst], kernel_size, stride, padding, bias=False)
         g = self.genome
-        return GeneticConv2d(g.encoding(src, kernel_size), g.encoding(dst, kernel_size), g.gene_matrix,
-                             kernel_size, stride, padding, self.init)
+        return GeneticConv2d(
+            g.encoding(src, kernel_size),
+            g.encoding(dst, kernel_size),
+            g.gene_matrix,
+            kernel_size,
+            stride,
+            padding,
+            self.init,
+        )
 
     def linear(self, src: str, dst: str, bias: bool = True) -> nn.Linear | GeneticLinear:
         if self.genome is None:

@@ -1,16 +1,25 @@
 """Atomic file writes: a temp file in the target's folder, then os.replace (no half-written files); the version
 tags persisted formats carry (:func:`format_version`)."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-__all__ = ["atomic_path", "publish_mode", "write_json", "write_jsonl", "append_jsonl", "read_jsonl", "write_report_files",
-           "format_version"]
+__all__ = [
+    "atomic_path",
+    "publish_mode",
+    "write_json",
+    "write_jsonl",
+    "append_jsonl",
+    "read_jsonl",
+    "write_report_files",
+    "format_version",
+]
 
 
 def _umask() -> int:
@@ -105,6 +114,6 @@ def format_version(tag: object, prefix: str = "") -> int | None:
     """N of a persisted format's version tag ``f"{prefix}N"`` (``"gee-deploy/1"`` with prefix ``"gee-deploy/"``
     is 1); None when ``tag`` is no such tag (another kind of file). Each format's one reader compares N with the
     version it writes (docs/design.md, "Formats and versions")."""
-    if isinstance(tag, str) and tag.startswith(prefix) and tag[len(prefix):].isdigit():
-        return int(tag[len(prefix):])
+    if isinstance(tag, str) and tag.startswith(prefix) and tag[len(prefix) :].isdigit():
+        return int(tag[len(prefix) :])
     return None

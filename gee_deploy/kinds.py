@@ -5,12 +5,24 @@ as their values. The ONNX metadata and JSON reports that hold them are therefore
 were plain strings, and files written before these types existed read back unchanged; a misspelt member
 fails where it is written (``AttributeError``), and an unknown value where it is read (``ValueError``).
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["LayerKind", "Form", "ExportVariant", "ExportFormat", "Storage", "Precision", "Int8Policy", "Int8Form",
-           "FitnessMode", "Init", "StepInput"]
+__all__ = [
+    "LayerKind",
+    "Form",
+    "ExportVariant",
+    "ExportFormat",
+    "Storage",
+    "Precision",
+    "Int8Policy",
+    "Int8Form",
+    "FitnessMode",
+    "Init",
+    "StepInput",
+]
 
 
 class LayerKind(StrEnum):

@@ -15,6 +15,7 @@ Spike counts: inside ``with SpikeRecorder(model) as rec:`` a forward hook on eve
 emitted per sample (summed over its neurons and the T steps, in float32 whatever the autocast dtype) to
 ``rec.counts``; the hooks are removed when the block ends.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,18 @@ from spikingjelly.activation_based import surrogate
 from spikingjelly.activation_based.functional import lif_multi_step
 from torch import nn
 
-__all__ = ["LIF", "SPIKE_PRESERVING", "SeqToBatch", "SpikeRecorder", "Ops", "TENSOR_OPS", "charge", "fire",
-           "reset", "lif_reference"]
+__all__ = [
+    "LIF",
+    "SPIKE_PRESERVING",
+    "SeqToBatch",
+    "SpikeRecorder",
+    "Ops",
+    "TENSOR_OPS",
+    "charge",
+    "fire",
+    "reset",
+    "lif_reference",
+]
 
 TAU = 2.0
 V_THRESHOLD = 1.0
@@ -124,8 +135,9 @@ def reset(ops: Ops, h, spike, v_threshold: float = V_THRESHOLD, v_reset: float =
     return ops.zero_where_fired(h, spike, v_threshold, "v")
 
 
-def lif_reference(x_seq: torch.Tensor, tau: float = TAU, v_threshold: float = V_THRESHOLD,
-                  v_reset: float = V_RESET) -> torch.Tensor:
+def lif_reference(
+    x_seq: torch.Tensor, tau: float = TAU, v_threshold: float = V_THRESHOLD, v_reset: float = V_RESET
+) -> torch.Tensor:
     """LIF over ``x_seq`` [T, N, ...] with plain tensor ops; returns spikes [T, N, ...] in ``x_seq``'s dtype."""
     v, spikes = None, []
     for t in range(x_seq.shape[0]):
@@ -155,9 +167,17 @@ class LIF(nn.Module):
             raise ValueError(f"LIF expects a multi-step tensor [T, N, ...], got shape {tuple(x_seq.shape)}")
         if self.training and torch.is_grad_enabled():
             v0 = torch.full_like(x_seq[0], self.v_reset)
-            spikes, _, _ = lif_multi_step(x_seq, v0, tau=self.tau, decay_input=True, v_threshold=self.v_threshold,
-                                          v_reset=self.v_reset, surrogate_function=self.surrogate,
-                                          detach_reset=True, store_v_seq=False)
+            spikes, _, _ = lif_multi_step(
+                x_seq,
+                v0,
+                tau=self.tau,
+                decay_input=True,
+                v_threshold=self.v_threshold,
+                v_reset=self.v_reset,
+                surrogate_function=self.surrogate,
+                detach_reset=True,
+                store_v_seq=False,
+            )
             return spikes
         return lif_reference(x_seq, self.tau, self.v_threshold, self.v_reset)
 

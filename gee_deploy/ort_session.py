@@ -14,6 +14,7 @@ default on an AMX or AVX-512-BF16 CPU is bf16, which moves spikes: docs/export.m
 ``INFERENCE_NUM_THREADS`` = ``threads``, one stream and the LATENCY hint (one request at a time, like the
 intra-op settings above). Nodes OpenVINO cannot take fall back to the CPU provider with the options above.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,23 +23,38 @@ from pathlib import Path
 
 from .errors import MissingExtraError, ModelFileError, RuntimeUnavailableError, reason
 
-__all__ = ["PROVIDERS", "OPTIMIZATION_LEVELS", "OPENVINO_PRECISION", "import_onnxruntime", "require_runtime",
-           "precision_of", "create_session", "openvino_session_options"]
+__all__ = [
+    "PROVIDERS",
+    "OPTIMIZATION_LEVELS",
+    "OPENVINO_PRECISION",
+    "import_onnxruntime",
+    "require_runtime",
+    "precision_of",
+    "create_session",
+    "openvino_session_options",
+]
 
 # runtime name -> execution providers, most preferred first
-PROVIDERS = {"ort-cpu": ("CPUExecutionProvider",),
-             "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-             "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-             "openvino": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
-             "openvino-bf16": ("OpenVINOExecutionProvider", "CPUExecutionProvider")}
+PROVIDERS = {
+    "ort-cpu": ("CPUExecutionProvider",),
+    "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    "openvino": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
+    "openvino-bf16": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
+}
 # OpenVINO runtime name -> its INFERENCE_PRECISION_HINT (the float ops' precision; int8 layers stay int8)
 OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
-_OPENVINO_EXTRA = ("the openvino runtime needs onnxruntime's OpenVINO execution provider plugin: "
-                   "pip install 'gee-deploy[openvino]'")
+_OPENVINO_EXTRA = (
+    "the openvino runtime needs onnxruntime's OpenVINO execution provider plugin: pip install 'gee-deploy[openvino]'"
+)
 # ``optimization`` -> onnxruntime's GraphOptimizationLevel member; "all" (the default) adds the layout
 # optimisations (NCHWc) to "extended"'s fusions
-OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
-                       "none": "ORT_DISABLE_ALL"}
+OPTIMIZATION_LEVELS = {
+    "all": "ORT_ENABLE_ALL",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "basic": "ORT_ENABLE_BASIC",
+    "none": "ORT_DISABLE_ALL",
+}
 
 
 def import_onnxruntime():
@@ -53,8 +69,10 @@ def import_onnxruntime():
     except ModuleNotFoundError as e:
         if e.name != "onnxruntime":  # installed, but something it needs is not: its own message says what
             raise
-        raise MissingExtraError("onnxruntime is not installed: pip install 'gee-deploy[cpu]' (or "
-                                "'gee-deploy[gpu]' for onnxruntime-gpu and TensorRT on a CUDA machine)") from None
+        raise MissingExtraError(
+            "onnxruntime is not installed: pip install 'gee-deploy[cpu]' (or "
+            "'gee-deploy[gpu]' for onnxruntime-gpu and TensorRT on a CUDA machine)"
+        ) from None
     return onnxruntime
 
 
@@ -99,20 +117,26 @@ def _add_openvino(ort, opts, precision: str, threads: int | None) -> None:
         try:
             ort.register_execution_provider_library("openvino", plugin.get_library_path())
         except Exception as e:  # a plugin built for another onnxruntime
-            raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot load the OpenVINO plugin: "
-                                          f"{reason(e, 200)}") from None
+            raise RuntimeUnavailableError(
+                f"onnxruntime {ort.__version__} cannot load the OpenVINO plugin: {reason(e, 200)}"
+            ) from None
     cpu = [d for d in ort.get_ep_devices() if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
     if not cpu:
         raise RuntimeUnavailableError("the OpenVINO plugin found no CPU device on this machine")
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-              "NUM_STREAMS": "1"}
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     opts.add_provider_for_devices(cpu[:1], {"load_config": json.dumps({"CPU": config})})
 
 
-def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
-                   spin: bool = False, profile_prefix: str | None = None, optimization: str = "all"):
+def create_session(
+    model: bytes | str | os.PathLike,
+    kind: str = "ort-cpu",
+    threads: int | None = None,
+    spin: bool = False,
+    profile_prefix: str | None = None,
+    optimization: str = "all",
+):
     """An ``onnxruntime.InferenceSession`` over ``model`` (serialised bytes or a path).
 
     Args:
@@ -135,14 +159,17 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
     if kind not in PROVIDERS:
         raise RuntimeUnavailableError(f"unknown onnxruntime runtime {kind!r}; use one of {', '.join(PROVIDERS)}")
     if optimization not in OPTIMIZATION_LEVELS:
-        raise RuntimeUnavailableError(f"unknown graph optimisation level {optimization!r}; use one of "
-                                      f"{', '.join(OPTIMIZATION_LEVELS)}")
+        raise RuntimeUnavailableError(
+            f"unknown graph optimisation level {optimization!r}; use one of {', '.join(OPTIMIZATION_LEVELS)}"
+        )
     providers: list = list(PROVIDERS[kind])
     if kind in OPENVINO_PRECISION:
         _openvino_plugin()
     elif providers[0] not in ort.get_available_providers():
-        raise RuntimeUnavailableError(f"{kind} needs {providers[0]}, which this onnxruntime lacks "
-                                      f"(has {', '.join(ort.get_available_providers())})")
+        raise RuntimeUnavailableError(
+            f"{kind} needs {providers[0]}, which this onnxruntime lacks "
+            f"(has {', '.join(ort.get_available_providers())})"
+        )
     source = model if isinstance(model, bytes) else str(model)
     if isinstance(source, str) and not Path(source).is_file():
         raise ModelFileError(f"{source} not found")
@@ -163,13 +190,15 @@ def create_session(model: bytes | str | os.PathLike, kind: str = "ort-cpu", thre
         # cache built engines beside the model: the first TensorRT build takes minutes
         path = Path(source)
         cache = str(path.parent / f".{path.stem}.trt-cache")
-        providers[0] = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
-                                                      "trt_engine_cache_path": cache,
-                                                      "trt_timing_cache_enable": True})
+        providers[0] = (
+            "TensorrtExecutionProvider",
+            {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache, "trt_timing_cache_enable": True},
+        )
     try:
         # OpenVINO: add_provider_for_devices chose them; the CPU provider takes what OpenVINO cannot
-        return ort.InferenceSession(source, sess_options=opts,
-                                    providers=None if kind in OPENVINO_PRECISION else providers)
+        return ort.InferenceSession(
+            source, sess_options=opts, providers=None if kind in OPENVINO_PRECISION else providers
+        )
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
         what = "the graph" if isinstance(source, bytes) else source
         raise ModelFileError(f"{what} cannot be loaded by onnxruntime: {reason(e, 300)}") from None

@@ -15,15 +15,25 @@ Export validation (every export, before anything is written) and serving (``benc
 Each gate is a :class:`Check` (what was measured, the limit, ok, the one-line failure message); callers pick
 the gates they enforce, so a table and the failure lines come from one place.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Thresholds", "Outputs", "Parity", "compare", "Check", "checks", "EXPORT_GATES", "CHECK_GATES",
-           "INT8_PTQ_THRESHOLDS",
-           "validation_thresholds"]
+__all__ = [
+    "Thresholds",
+    "Outputs",
+    "Parity",
+    "compare",
+    "Check",
+    "checks",
+    "EXPORT_GATES",
+    "CHECK_GATES",
+    "INT8_PTQ_THRESHOLDS",
+    "validation_thresholds",
+]
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,9 @@ class Thresholds:
 # checkpoint's 1,000 test images (accuracy unchanged, spikes 0.03%), while a wrong int8 layer (codes, tap order,
 # scale) drops agreement to near chance. An int8 export of an int8 fine-tuned checkpoint (`gee-deploy quantize`)
 # computes what its model computes, so it keeps the fp32 limits.
-INT8_PTQ_THRESHOLDS = Thresholds(atol=1e-4, min_match=0.0, min_top1_agreement=0.95, max_spike_delta=5e-3,
-                                 max_accuracy_delta=3e-3)
+INT8_PTQ_THRESHOLDS = Thresholds(
+    atol=1e-4, min_match=0.0, min_top1_agreement=0.95, max_spike_delta=5e-3, max_accuracy_delta=3e-3
+)
 
 
 def validation_thresholds(int8: bool, quantised_model: bool) -> Thresholds:
@@ -178,7 +189,8 @@ def compare(ref: Outputs, other: Outputs, atol: float = Thresholds.atol) -> Pari
         accuracy_deployed=acc,
         accuracy_delta=None if acc is None or acc_ref is None else acc - acc_ref,
         accuracy_lost=lost,
-        accuracy_gained=gained)
+        accuracy_gained=gained,
+    )
 
 
 @dataclass(frozen=True)
@@ -194,21 +206,35 @@ class Check:
 
 def _match(m: Parity, t: Thresholds, speedup: float | None) -> Check:
     v = m.match_fraction
-    return Check(f"samples matching (logits within atol {t.atol:g}, equal spike counts)", v, t.min_match,
-                 v >= t.min_match, f"samples matching {v:.4%} < {t.min_match:.4%} (logits within atol {t.atol:g}, "
-                                   "equal spike counts)")
+    return Check(
+        f"samples matching (logits within atol {t.atol:g}, equal spike counts)",
+        v,
+        t.min_match,
+        v >= t.min_match,
+        f"samples matching {v:.4%} < {t.min_match:.4%} (logits within atol {t.atol:g}, equal spike counts)",
+    )
 
 
 def _top1(m: Parity, t: Thresholds, speedup: float | None) -> Check:
     v = m.top1_agreement
-    return Check("top-1 agreement", v, t.min_top1_agreement, v >= t.min_top1_agreement,
-                 f"top-1 agreement {v:.4%} < {t.min_top1_agreement:.4%}")
+    return Check(
+        "top-1 agreement",
+        v,
+        t.min_top1_agreement,
+        v >= t.min_top1_agreement,
+        f"top-1 agreement {v:.4%} < {t.min_top1_agreement:.4%}",
+    )
 
 
 def _spikes(m: Parity, t: Thresholds, speedup: float | None) -> Check:
     v = m.spike_count_delta
-    return Check("total spike count rel diff", v, t.max_spike_delta, v <= t.max_spike_delta,
-                 f"spike-count delta {v:.4%} > {t.max_spike_delta:.4%}")
+    return Check(
+        "total spike count rel diff",
+        v,
+        t.max_spike_delta,
+        v <= t.max_spike_delta,
+        f"spike-count delta {v:.4%} > {t.max_spike_delta:.4%}",
+    )
 
 
 ACCURACY_Z = 1.645  # one-sided 95%
@@ -234,16 +260,26 @@ def _accuracy(m: Parity, t: Thresholds, speedup: float | None) -> Check | None:
     excess = abs(v) - t.max_accuracy_delta
     ok = excess <= ACCURACY_Z * se
     note = f" by {excess / se:.1f} standard errors ({lost} lost, {gained} gained of {n})" if se > 0 else ""
-    return Check("|accuracy delta| (points, paired)", 100 * abs(v), 100 * t.max_accuracy_delta, ok,
-                 f"accuracy delta {v * 100:+.3f} points exceeds +/-{t.max_accuracy_delta * 100:.3f}{note}")
+    return Check(
+        "|accuracy delta| (points, paired)",
+        100 * abs(v),
+        100 * t.max_accuracy_delta,
+        ok,
+        f"accuracy delta {v * 100:+.3f} points exceeds +/-{t.max_accuracy_delta * 100:.3f}{note}",
+    )
 
 
 def _speedup(m: Parity, t: Thresholds, speedup: float | None) -> Check | None:
     if speedup is None:
         return None
     v = speedup
-    return Check("speed-up vs PyTorch eager at batch 1", v, t.min_speedup, v >= t.min_speedup,
-                 f"onnxruntime is {v:.2f}x PyTorch eager at batch 1 (p50), below the required {t.min_speedup:.2f}x")
+    return Check(
+        "speed-up vs PyTorch eager at batch 1",
+        v,
+        t.min_speedup,
+        v >= t.min_speedup,
+        f"onnxruntime is {v:.2f}x PyTorch eager at batch 1 (p50), below the required {t.min_speedup:.2f}x",
+    )
 
 
 _GATES = {"match": _match, "top1": _top1, "spikes": _spikes, "accuracy": _accuracy, "speedup": _speedup}

@@ -32,9 +32,10 @@ A quantised checkpoint records its scheme and layers (:class:`gee_deploy.checkpo
 alone (docs/design.md, "Checkpoints"). Layer names follow :class:`~gee_deploy.spec.LayerSpec` (a ConvPool is
 named by its conv).
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -45,8 +46,20 @@ from .genetic import GeneticConv2d, GeneticLinear
 from .walk import describe
 from .zoo.base import ConvPool
 
-__all__ = ["QMAX", "SCHEME", "TorchOps", "TORCH_OPS", "int8_codes", "quantise_weight", "fake_quantise", "quantisable_modules", "spike_reading_layers",
-           "attach_quantisers", "quantised_layers", "int8_weight"]
+__all__ = [
+    "QMAX",
+    "SCHEME",
+    "TorchOps",
+    "TORCH_OPS",
+    "int8_codes",
+    "quantise_weight",
+    "fake_quantise",
+    "quantisable_modules",
+    "spike_reading_layers",
+    "attach_quantisers",
+    "quantised_layers",
+    "int8_weight",
+]
 
 QMAX = 127  # symmetric: -127..127 (no -128, so negation and the zero point stay exact)
 SCHEME = "int8-symmetric-per-output-channel"
@@ -90,8 +103,12 @@ def int8_codes(ops, w, hint: str = "weight"):
     are IEEE float32 with the same rounding, so all give the same codes and scales bit for bit.
     """
     amax = ops.abs_max(w, f"{hint}.amax")
-    step = ops.where_positive(amax, ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
-                              ops.constant(1.0, "one", np.float32), f"{hint}.weight_scale")
+    step = ops.where_positive(
+        amax,
+        ops.div(amax, ops.constant(QMAX, "qmax", np.float32), f"{hint}.step"),
+        ops.constant(1.0, "one", np.float32),
+        f"{hint}.weight_scale",
+    )
     return ops.round_clip_int8(ops.div(w, step, f"{hint}.ratio"), QMAX, f"{hint}.q"), step
 
 
@@ -146,8 +163,10 @@ def attach_quantisers(model: nn.Module, layers: Iterable[str]) -> None:
         if m is None:
             raise ConfigError(f"{name!r} is not a weight layer of {type(model).__name__}")
         if not isinstance(m, (ConvPool, GeneticConv2d, GeneticLinear)):
-            raise ConfigError(f"cannot quantise {name} ({type(m).__name__}): int8 fine-tuning supports genetic "
-                              "layers and ConvPool convs")
+            raise ConfigError(
+                f"cannot quantise {name} ({type(m).__name__}): int8 fine-tuning supports genetic "
+                "layers and ConvPool convs"
+            )
         m.quantiser = fake_quantise
 
 

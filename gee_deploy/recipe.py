@@ -18,6 +18,7 @@ The recipes of the README ship inside the package (``gee_deploy/recipes/*.toml``
 A recipe may start with a top-level ``description = "..."``: one line saying what it is for, shown by
 ``gee-deploy recipes`` and not part of the resolved recipe.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,13 +35,33 @@ import annotated_types
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from .errors import ConfigError
 from . import kinds
+from .errors import ConfigError
 from .kinds import FitnessMode
 
-__all__ = ["Recipe", "ModelSection", "DataSection", "TrainSection", "EvolutionSection", "FITNESS", "Optimizer",
-           "GENES", "DEVICE", "SECTIONS", "describe", "bounds", "unwrap", "check_value", "recipe_field", "load_recipe",
-           "recipe_from_dict", "parse_override", "shipped_recipes", "resolve_recipe", "read_recipe_file"]
+__all__ = [
+    "Recipe",
+    "ModelSection",
+    "DataSection",
+    "TrainSection",
+    "EvolutionSection",
+    "FITNESS",
+    "Optimizer",
+    "GENES",
+    "DEVICE",
+    "SECTIONS",
+    "describe",
+    "bounds",
+    "unwrap",
+    "check_value",
+    "recipe_field",
+    "load_recipe",
+    "recipe_from_dict",
+    "parse_override",
+    "shipped_recipes",
+    "resolve_recipe",
+    "read_recipe_file",
+]
 
 # one alias per kind of value several keys (or CLI options) share
 FITNESS = Literal[tuple(mode.value for mode in FitnessMode)]  # stored as plain strings (checkpoints hold them)
@@ -80,11 +101,17 @@ class ModelSection(_Section):
     name: Annotated[str, _doc("a registered architecture (`gee-deploy models`)")] = "smallnet"
     genes: Annotated[GENES, _doc("g, the gene count; 0 builds the dense twin")] = 32
     timesteps: Annotated[int, Field(ge=1, le=1024, description="T, simulation steps per image")] = 4
-    init: Annotated[Init, _doc("genetic layers' initialisation: kaiming (scale = Kaiming std / g, E clipped to "
-                               "+-3) or paper (eq. 1 literally: scale = 1, E and G ~ N(0, 1) unclipped, Table IV's "
-                               "Random; docs/evolution.md)")] = "kaiming"
-    args: Annotated[dict, _doc("further keyword arguments of the architecture (any other key of [model] lands "
-                               "here)")] = field(default_factory=dict)
+    init: Annotated[
+        Init,
+        _doc(
+            "genetic layers' initialisation: kaiming (scale = Kaiming std / g, E clipped to "
+            "+-3) or paper (eq. 1 literally: scale = 1, E and G ~ N(0, 1) unclipped, Table IV's "
+            "Random; docs/evolution.md)"
+        ),
+    ] = "kaiming"
+    args: Annotated[
+        dict, _doc("further keyword arguments of the architecture (any other key of [model] lands here)")
+    ] = field(default_factory=dict)
 
 
 @dataclass(config=_STRICT)
@@ -92,28 +119,42 @@ class DataSection(_Section):
     name: Annotated[str, _doc("dataset (`gee_deploy.data.list_datasets()`)")] = "fashion-mnist-mini"
     data_dir: Annotated[str, _doc('local copy; "" = $GEE_DATA_DIR or the dataset\'s default place')] = ""
     batch_size: Annotated[int, Field(ge=1, le=1 << 20, description="images per optimiser step, per process")] = 128
-    workers: Annotated[int, Field(ge=0, le=256, description="DataLoader worker processes (0 = load in the "
-                                                             "training process)")] = 0
+    workers: Annotated[
+        int, Field(ge=0, le=256, description="DataLoader worker processes (0 = load in the training process)")
+    ] = 0
     train_limit: Annotated[_COUNT, _doc("use only the first N training images (0 = all)")] = 0
     test_limit: Annotated[_COUNT, _doc("evaluate on the first N test images (0 = all)")] = 0
     augment: Annotated[bool, _doc("random crop + flip on the training split")] = True
-    crop_padding: Annotated[int, Field(ge=-1, le=64, description="the random crop's zero padding; -1 = the "
-                                                                 "dataset's own (2 Fashion-MNIST, 4 CIFAR), 0 = "
-                                                                 "flip only")] = -1
+    crop_padding: Annotated[
+        int,
+        Field(
+            ge=-1,
+            le=64,
+            description="the random crop's zero padding; -1 = the "
+            "dataset's own (2 Fashion-MNIST, 4 CIFAR), 0 = "
+            "flip only",
+        ),
+    ] = -1
 
 
 @dataclass(config=_STRICT)
 class TrainSection(_Section):
     epochs: Annotated[int, Field(ge=0, le=100_000, description="passes over the training split")] = 10
     optimizer: Annotated[Optimizer, _doc("adamw or sgd (with Nesterov momentum)")] = "adamw"
-    lr: Annotated[float, Field(gt=0, le=100, description="peak learning rate (cosine decay to 0 after "
-                                                         "warm-up)")] = 2e-3
+    lr: Annotated[float, Field(gt=0, le=100, description="peak learning rate (cosine decay to 0 after warm-up)")] = 2e-3
     warmup_epochs: Annotated[_EPOCHS, _doc("linear warm-up length, may be fractional")] = 0.0
-    genetic_lr_scale: Annotated[float, Field(gt=0, le=1e6, description=(
-        "lr multiplier for encodings and G: W is a product of three O(1) factors, so the same Adam step moves "
-        "W about 4x less (relatively) than a dense Kaiming weight; this evens it out"))] = 10.0
-    weight_decay: Annotated[float, Field(ge=0, le=100, description="decoupled weight decay (adamw) or L2 "
-                                                                   "(sgd)")] = 0.0
+    genetic_lr_scale: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=1e6,
+            description=(
+                "lr multiplier for encodings and G: W is a product of three O(1) factors, so the same Adam step moves "
+                "W about 4x less (relatively) than a dense Kaiming weight; this evens it out"
+            ),
+        ),
+    ] = 10.0
+    weight_decay: Annotated[float, Field(ge=0, le=100, description="decoupled weight decay (adamw) or L2 (sgd)")] = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1, description="sgd only")] = 0.9
     label_smoothing: Annotated[float, Field(ge=0, lt=1, description="cross-entropy label smoothing")] = 0.0
     grad_clip: Annotated[float, Field(ge=0, le=1e12, description="max gradient norm (0 = off)")] = 0.0
@@ -129,24 +170,38 @@ class TrainSection(_Section):
 class EvolutionSection(_Section):
     enabled: Annotated[bool, _doc("evolve {beta1, beta2, G} before training (Algorithm 1); false = Random")] = False
     generations: Annotated[int, Field(ge=1, le=100_000, description="T_g")] = 5
-    population: Annotated[Union[Annotated[int, Field(ge=0, le=0)], Annotated[int, Field(ge=2, le=100_000)]],
-                          _doc("lambda; 0 = the cma package's default")] = 0
-    fitness: Annotated[FITNESS, _doc(
-        "eq. 16 literally (loss, loss+r1, loss+r2, ste) or with scale-free terms (-scaled); loss ranks like "
-        "trained accuracy best (benchmarks/fitness_fidelity.py)")] = "loss"
+    population: Annotated[
+        Annotated[int, Field(ge=0, le=0)] | Annotated[int, Field(ge=2, le=100000)],
+        _doc("lambda; 0 = the cma package's default"),
+    ] = 0
+    fitness: Annotated[
+        FITNESS,
+        _doc(
+            "eq. 16 literally (loss, loss+r1, loss+r2, ste) or with scale-free terms (-scaled); loss ranks like "
+            "trained accuracy best (benchmarks/fitness_fidelity.py)"
+        ),
+    ] = "loss"
     lambda1: Annotated[_DECAY, _doc("decay of the r1 weight, exp(lambda1 t) (eq. 16)")] = -0.5
     lambda2: Annotated[_DECAY, _doc("decay of the r2 weight, exp(lambda2 t) (eq. 16)")] = -0.5
     sigma0: Annotated[float, Field(gt=0, le=10, description="initial CMA-ES step size")] = 0.3
     beta1: Annotated[_LOG_SPACE, _doc("initial mean of beta1 (std of the encodings, eq. 9)")] = 1.0
     beta2: Annotated[_LOG_SPACE, _doc("initial mean of beta2 (clip bound, eq. 9)")] = 3.0
-    eval_steps: Annotated[int, Field(ge=0, le=1_000_000, description="training steps per candidate before its "
-                                                                     "loss L is measured")] = 20
-    eval_batches: Annotated[int, Field(ge=1, le=1_000_000, description="held-out batches L and r1 are measured "
-                                                                       "on")] = 4
+    eval_steps: Annotated[
+        int, Field(ge=0, le=1_000_000, description="training steps per candidate before its loss L is measured")
+    ] = 20
+    eval_batches: Annotated[int, Field(ge=1, le=1_000_000, description="held-out batches L and r1 are measured on")] = 4
     diagonal_above: Annotated[_COUNT, _doc("separable CMA (CMA_diagonal) above this many dimensions")] = 2000
     workers: Annotated[int, Field(ge=1, le=4096, description="processes evaluating candidates in parallel")] = 1
-    eval_threads: Annotated[int, Field(ge=1, le=4096, description=(
-        "torch CPU threads per evaluating process (results match across worker counts at equal values)"))] = 1
+    eval_threads: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=4096,
+            description=(
+                "torch CPU threads per evaluating process (results match across worker counts at equal values)"
+            ),
+        ),
+    ] = 1
 
 
 @dataclass(config=_STRICT)
@@ -161,8 +216,12 @@ class Recipe:
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for :func:`gee_deploy.zoo.create_model`."""
-        return {"genes": self.model.genes or None, "timesteps": self.model.timesteps, "init": self.model.init,
-                **self.model.args}
+        return {
+            "genes": self.model.genes or None,
+            "timesteps": self.model.timesteps,
+            "init": self.model.init,
+            **self.model.args,
+        }
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
@@ -175,11 +234,11 @@ def _config_error(section: str, cls, error: dict) -> ConfigError:
     fields = cls.__pydantic_fields__
     if error["type"] == "unexpected_keyword_argument" or key not in fields:
         return ConfigError(f"unknown key {section}.{key}; known: {', '.join(fields)}")
-    return ConfigError(f"{section}.{key} must be {describe(fields[key].rebuild_annotation())}, "
-                       f"got {error['input']!r}")
+    return ConfigError(f"{section}.{key} must be {describe(fields[key].rebuild_annotation())}, got {error['input']!r}")
 
 
 # ---- the declaration in words, and checks of single values against it -------------------------------------
+
 
 def _number(value) -> str:
     """A bound as a reader types it: 1048576, 0.5, 1e+06 (not 1.04858e+06)."""
@@ -228,7 +287,7 @@ def describe(annotation) -> str:
     if base is dict:
         return "a table"
     low, low_open, high, high_open = bounds(annotation)
-    if high is not None and high >= 2 ** 62:  # a bound that only keeps a count inside int64: say nothing of it
+    if high is not None and high >= 2**62:  # a bound that only keeps a count inside int64: say nothing of it
         high = None
     if low is not None and low == high:
         return _number(low)
@@ -263,6 +322,7 @@ def check_value(annotation, value, name: str):
 
 # ---- reading recipes ------------------------------------------------------------------------------------
 
+
 def _section(section: str, values) -> object:
     """``values`` (a TOML table) as the dataclass of ``[section]``; one-line ConfigError for the first bad key."""
     cls = SECTIONS[section]
@@ -291,8 +351,10 @@ def recipe_from_dict(data: dict) -> Recipe:
             hint = f"; did you mean {close[0]}?" if close else ""
             if isinstance(values, dict):
                 raise ConfigError(f"unknown recipe section [{section}]; known: {', '.join(SECTIONS)}{hint}")
-            raise ConfigError(f"unknown top-level key {section} in the recipe: its top level holds only "
-                              f"description = \"...\" and the sections [{'], ['.join(SECTIONS)}]{hint}")
+            raise ConfigError(
+                f"unknown top-level key {section} in the recipe: its top level holds only "
+                f'description = "..." and the sections [{"], [".join(SECTIONS)}]{hint}'
+            )
     return Recipe(**{section: _section(section, values) for section, values in data.items()})
 
 
@@ -314,8 +376,11 @@ def shipped_recipes() -> dict[str, Traversable]:
     folder = files(__package__) / "recipes"
     if not folder.is_dir():  # an installation without its package data
         return {}
-    return {f.name.removesuffix(".toml"): f for f in sorted(folder.iterdir(), key=lambda f: f.name)
-            if f.name.endswith(".toml") and f.is_file()}
+    return {
+        f.name.removesuffix(".toml"): f
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".toml") and f.is_file()
+    }
 
 
 def resolve_recipe(recipe: str | Path) -> Path | Traversable:
@@ -331,8 +396,10 @@ def resolve_recipe(recipe: str | Path) -> Path | Traversable:
     shipped = shipped_recipes()
     if str(recipe) in shipped:
         return shipped[str(recipe)]
-    raise ConfigError(f"recipe {recipe} not found: neither a file nor a shipped recipe "
-                      f"({', '.join(shipped) or 'none installed'}; see gee-deploy recipes)")
+    raise ConfigError(
+        f"recipe {recipe} not found: neither a file nor a shipped recipe "
+        f"({', '.join(shipped) or 'none installed'}; see gee-deploy recipes)"
+    )
 
 
 def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
@@ -353,8 +420,9 @@ def read_recipe_file(recipe: str | Path) -> tuple[dict, str]:
     if not isinstance(description, str):
         raise ConfigError(f"recipe {recipe}: description must be a string, got {description!r}")
     if not data:  # an empty or truncated file would silently train every default
-        raise ConfigError(f"recipe {recipe} sets nothing (an empty file?); give a recipe, or no RECIPE for the "
-                          "defaults")
+        raise ConfigError(
+            f"recipe {recipe} sets nothing (an empty file?); give a recipe, or no RECIPE for the defaults"
+        )
     return data, description
 
 

@@ -25,13 +25,14 @@ Graph I/O:
   one step's input and ``step_input`` says what it is: the same image at every step ("static") or one frame
   per step ("frames"); ``logits`` and ``spike_counts`` are that step's.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -39,8 +40,18 @@ from .errors import ModelFileError, reason
 from .io import format_version
 from .kinds import ExportVariant, Form, LayerKind, Precision, StepInput, Storage
 
-__all__ = ["INPUT_NAME", "LOGITS", "SPIKE_COUNTS", "OUTPUT_NAMES", "BATCH_DIM", "SPEC_FORMAT", "LayerSpec",
-           "ModelSpec", "sidecar_path", "state_names"]
+__all__ = [
+    "INPUT_NAME",
+    "LOGITS",
+    "SPIKE_COUNTS",
+    "OUTPUT_NAMES",
+    "BATCH_DIM",
+    "SPEC_FORMAT",
+    "LayerSpec",
+    "ModelSpec",
+    "sidecar_path",
+    "state_names",
+]
 
 INPUT_NAME = "input"
 LOGITS = "logits"
@@ -250,7 +261,8 @@ class ModelSpec:
                 checkpoint_sha256=stored["checkpoint_sha256"],
                 storage=Storage(stored["storage"]),
                 step_input=StepInput(stored.get("step_input", StepInput.STATIC)),
-                state_layers=tuple(str(k) for k in json.loads(stored.get("state_layers", "[]"))))
+                state_layers=tuple(str(k) for k in json.loads(stored.get("state_layers", "[]"))),
+            )
         except (ValueError, TypeError, AttributeError) as e:
             raise ModelFileError(f"{source} has malformed gee-deploy metadata: {e}") from None
 
@@ -302,8 +314,21 @@ class ModelSpec:
         return side
 
 
-_STORED = ("format", "timesteps", "input_shape", "class_names", "variant", "checkpoint_sha256", "model_name",
-           "model_args", "dataset", "streaming", "spiking_layers", "neurons_per_layer", "layers")
+_STORED = (
+    "format",
+    "timesteps",
+    "input_shape",
+    "class_names",
+    "variant",
+    "checkpoint_sha256",
+    "model_name",
+    "model_args",
+    "dataset",
+    "streaming",
+    "spiking_layers",
+    "neurons_per_layer",
+    "layers",
+)
 _OPTIONAL = ("storage", "step_input", "state_layers")  # absent: folded; static; one membrane per spiking layer
 
 
@@ -321,16 +346,21 @@ def _stored_fields(meta: Mapping[str, str], source: str) -> dict[str, str]:
     """
     missing = [_PREFIX + k for k in _STORED if _PREFIX + k not in meta]
     if missing:
-        raise ModelFileError(f"{source} lacks gee-deploy metadata ({', '.join(missing)}); export it with "
-                             "`gee-deploy export`")
+        raise ModelFileError(
+            f"{source} lacks gee-deploy metadata ({', '.join(missing)}); export it with `gee-deploy export`"
+        )
     version = format_version(meta[_PREFIX + "format"])
     if version is None or version < 1:
         raise ModelFileError(f"{source} has malformed gee-deploy metadata: format {meta[_PREFIX + 'format']!r}")
     if version > int(SPEC_FORMAT):
-        raise ModelFileError(f"{source} has gee-deploy metadata format {version}, written by a newer gee-deploy; "
-                             f"this version reads format {SPEC_FORMAT}: upgrade gee-deploy to serve it")
-    return {"storage": Storage.FOLDED.value, **{k: meta[_PREFIX + k] for k in (*_STORED, *_OPTIONAL)
-                                               if _PREFIX + k in meta}}
+        raise ModelFileError(
+            f"{source} has gee-deploy metadata format {version}, written by a newer gee-deploy; "
+            f"this version reads format {SPEC_FORMAT}: upgrade gee-deploy to serve it"
+        )
+    return {
+        "storage": Storage.FOLDED.value,
+        **{k: meta[_PREFIX + k] for k in (*_STORED, *_OPTIONAL) if _PREFIX + k in meta},
+    }
 
 
 def sidecar_path(artefact: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ initial state does, and the batch axis is elementwise, so an empty slot (READY f
 The ``oldest`` strategy batches steps of up to ``max_candidate_sequences`` sequences with the same queue delay as
 ``gee-deploy serve``; ``max_sequence_idle_microseconds`` is serve's ``--sequence-idle-s``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,18 @@ if TYPE_CHECKING:
     import onnx
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-__all__ = ["PLATFORM", "BACKEND", "DEFAULT_MAX_QUEUE_DELAY_MS", "CPU_ACCELERATORS", "DEFAULT_MAX_SEQUENCES",
-           "DEFAULT_SEQUENCE_IDLE_S", "Sequences", "model_config", "to_pbtxt", "to_json"]
+__all__ = [
+    "PLATFORM",
+    "BACKEND",
+    "DEFAULT_MAX_QUEUE_DELAY_MS",
+    "CPU_ACCELERATORS",
+    "DEFAULT_MAX_SEQUENCES",
+    "DEFAULT_SEQUENCE_IDLE_S",
+    "Sequences",
+    "model_config",
+    "to_pbtxt",
+    "to_json",
+]
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -61,35 +72,57 @@ class Sequences:
     max_sequences: int = DEFAULT_MAX_SEQUENCES
     idle_s: float = DEFAULT_SEQUENCE_IDLE_S
 
+
 # ONNX TensorProto element type -> Triton DataType name (model_config.proto)
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8",
-                   6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL"}
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+}
 
 
 def _tensors(spec: ModelSpec, graph: onnx.GraphProto | None) -> tuple[list, list]:
     """(inputs, outputs) as (name, Triton data type, dims without the batch axis)."""
     if graph is not None:
+
         def describe(values):
             out = []
             for v in values:
                 tt = v.type.tensor_type
                 if tt.elem_type not in _ONNX_TO_TRITON:
-                    raise ValueError(f"graph tensor {v.name!r} has ONNX element type {tt.elem_type}, which has no "
-                                     "Triton data type here")
+                    raise ValueError(
+                        f"graph tensor {v.name!r} has ONNX element type {tt.elem_type}, which has no "
+                        "Triton data type here"
+                    )
                 out.append((v.name, _ONNX_TO_TRITON[tt.elem_type], [d.dim_value for d in tt.shape.dim[1:]]))
             return out
 
         states = set(spec.state_inputs) | set(spec.state_outputs)  # implicit state: not a client's tensors
-        return ([t for t in describe(graph.input) if t[0] not in states],
-                [t for t in describe(graph.output) if t[0] not in states])
-    return ([(INPUT_NAME, "TYPE_FP32", list(spec.input_shape))],
-            [(LOGITS, "TYPE_FP32", [spec.num_classes]), (SPIKE_COUNTS, "TYPE_FP32", [len(spec.spiking_layers)])])
+        return (
+            [t for t in describe(graph.input) if t[0] not in states],
+            [t for t in describe(graph.output) if t[0] not in states],
+        )
+    return (
+        [(INPUT_NAME, "TYPE_FP32", list(spec.input_shape))],
+        [(LOGITS, "TYPE_FP32", [spec.num_classes]), (SPIKE_COUNTS, "TYPE_FP32", [len(spec.spiking_layers)])],
+    )
 
 
-def model_config(name: str, spec: ModelSpec, max_batch_size: int,
-                 max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS, graph: onnx.GraphProto | None = None,
-                 instance_kind: str | None = None, sequences: Sequences | None = None,
-                 cpu_accelerator: str | None = None) -> ModelConfig:
+def model_config(
+    name: str,
+    spec: ModelSpec,
+    max_batch_size: int,
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS,
+    graph: onnx.GraphProto | None = None,
+    instance_kind: str | None = None,
+    sequences: Sequences | None = None,
+    cpu_accelerator: str | None = None,
+) -> ModelConfig:
     """Triton's ``ModelConfig`` for a gee model: onnxruntime, batch axis 0, dynamic batching (a streaming graph:
     sequence batching with its membranes as implicit state).
 
@@ -117,11 +150,13 @@ def model_config(name: str, spec: ModelSpec, max_batch_size: int,
     from tritonclient.grpc import model_config_pb2 as pb
 
     if max_batch_size < 1 or max_queue_delay_ms < 0:
-        raise ValueError(f"max_batch_size must be >= 1 and max_queue_delay_ms >= 0, got {max_batch_size}, "
-                         f"{max_queue_delay_ms}")
+        raise ValueError(
+            f"max_batch_size must be >= 1 and max_queue_delay_ms >= 0, got {max_batch_size}, {max_queue_delay_ms}"
+        )
     if cpu_accelerator not in (None, *CPU_ACCELERATORS):
-        raise ValueError(f"unknown CPU execution accelerator {cpu_accelerator!r}; use one of "
-                         f"{', '.join(CPU_ACCELERATORS)}")
+        raise ValueError(
+            f"unknown CPU execution accelerator {cpu_accelerator!r}; use one of {', '.join(CPU_ACCELERATORS)}"
+        )
     inputs, outputs = _tensors(spec, graph)
     config = pb.ModelConfig(name=name, platform=PLATFORM, backend=BACKEND, max_batch_size=max_batch_size)
     for field, tensors in ((config.input, inputs), (config.output, outputs)):
@@ -140,16 +175,18 @@ def model_config(name: str, spec: ModelSpec, max_batch_size: int,
     return config
 
 
-def _sequence_batching(batching, spec: ModelSpec, graph: onnx.GraphProto | None, sequences: Sequences | None,
-                       delay_us: int) -> None:
+def _sequence_batching(
+    batching, spec: ModelSpec, graph: onnx.GraphProto | None, sequences: Sequences | None, delay_us: int
+) -> None:
     """Fill ``ModelSequenceBatching``: oldest-first batching, the idle limit, one zero-initialised implicit state
     per LIF layer (``v_in.<lif>`` in, ``v_out.<lif>`` out, dims without the batch axis)."""
     from tritonclient.grpc import model_config_pb2 as pb
 
     if sequences is None:
         if graph is None:
-            raise ValueError("a streaming model's membrane tensors have shapes only its graph knows: pass graph= "
-                             "or sequences=")
+            raise ValueError(
+                "a streaming model's membrane tensors have shapes only its graph knows: pass graph= or sequences="
+            )
         dims = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:]) for v in graph.input}
         sequences = Sequences({name: dims[name] for name in spec.state_inputs})
     batching.max_sequence_idle_microseconds = int(round(sequences.idle_s * 1e6))

@@ -18,6 +18,7 @@ are followed by data flow (a ResNet shortcut reads the block input, not the LIF 
 hooks to produce their graph; whatever they override, the walk, the layer table and the spiking layers are
 this module's.
 """
+
 from __future__ import annotations
 
 import operator
@@ -36,8 +37,16 @@ from .neurons import LIF, SPIKE_PRESERVING, SeqToBatch, lif_reference
 from .spec import LayerSpec, ModelSpec
 from .zoo.base import ConvPool, SpikingNet
 
-__all__ = ["Value", "ModelWalk", "describe", "is_weight_layer", "weight_macs", "pool_geometry", "CONV_TYPES",
-           "LINEAR_TYPES"]
+__all__ = [
+    "Value",
+    "ModelWalk",
+    "describe",
+    "is_weight_layer",
+    "weight_macs",
+    "pool_geometry",
+    "CONV_TYPES",
+    "LINEAR_TYPES",
+]
 
 CONV_TYPES = (nn.Conv2d, GeneticConv2d)
 LINEAR_TYPES = (nn.Linear, GeneticLinear)
@@ -68,13 +77,19 @@ def pool_geometry(m: nn.Module) -> tuple[int, int, int, int]:
     Raises:
         UnsupportedModuleError: the pooling window is not square.
     """
+
     def single(v):
         v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
         if len(set(v)) != 1:
             raise UnsupportedModuleError(f"{m!r}: only square pooling is supported")
         return v[0]
-    return (single(m.kernel_size), single(m.stride if m.stride is not None else m.kernel_size),
-            single(m.padding), single(getattr(m, "dilation", 1)))
+
+    return (
+        single(m.kernel_size),
+        single(m.stride if m.stride is not None else m.kernel_size),
+        single(m.padding),
+        single(getattr(m, "dilation", 1)),
+    )
 
 
 @dataclass
@@ -139,8 +154,9 @@ class ModelWalk(Generic[V]):
         x = self.module("stem", model.stem, x)
         y = self.run_traced(model.body, "body", x)
         if not self.spiking_layers:
-            raise UnsupportedModuleError(f"{getattr(model, 'model_name', type(model).__name__)} has no LIF layer: "
-                                         "nothing spikes")
+            raise UnsupportedModuleError(
+                f"{getattr(model, 'model_name', type(model).__name__)} has no LIF layer: nothing spikes"
+            )
         return y
 
     # -- containers --------------------------------------------------------------------------------------
@@ -197,8 +213,9 @@ class ModelWalk(Generic[V]):
 
     # -- layers ------------------------------------------------------------------------------------------
 
-    def weight(self, name: str, m: WeightLayer, bn: nn.Module | None, x: Value[V],
-               pooled: ConvPool | None = None) -> Value[V]:
+    def weight(
+        self, name: str, m: WeightLayer, bn: nn.Module | None, x: Value[V], pooled: ConvPool | None = None
+    ) -> Value[V]:
         """Weight layer ``m`` (inside ConvPool ``pooled``, if given) with the BatchNorm ``bn`` after it."""
         with torch.no_grad():
             sample = (pooled if pooled is not None else m)(x.sample)
@@ -241,18 +258,32 @@ class ModelWalk(Generic[V]):
         self.state_shapes.append(list(x.shape))
         return Value(y, sample, False, name)
 
-    def spec(self, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = "",
-             variant: ExportVariant | None = None, storage: Storage = Storage.FOLDED) -> ModelSpec:
+    def spec(
+        self,
+        *,
+        class_names: tuple[str, ...] = (),
+        dataset: str = "",
+        checkpoint_sha256: str = "",
+        variant: ExportVariant | None = None,
+        storage: Storage = Storage.FOLDED,
+    ) -> ModelSpec:
         """The :class:`ModelSpec` of what :meth:`walk` found (call it after the walk)."""
         model = self.model
         return ModelSpec(
-            timesteps=model.timesteps, input_shape=(model.in_channels, model.image_size, model.image_size),
+            timesteps=model.timesteps,
+            input_shape=(model.in_channels, model.image_size, model.image_size),
             class_names=tuple(class_names) or tuple(str(i) for i in range(model.num_classes)),
-            spiking_layers=tuple(self.spiking_layers), neurons_per_layer=tuple(self.neurons_per_layer),
-            layers=tuple(self.layers), variant=ExportVariant(variant or self.variant), streaming=self.streaming,
+            spiking_layers=tuple(self.spiking_layers),
+            neurons_per_layer=tuple(self.neurons_per_layer),
+            layers=tuple(self.layers),
+            variant=ExportVariant(variant or self.variant),
+            streaming=self.streaming,
             model_name=getattr(model, "model_name", type(model).__name__),
             model_args={k: list(v) if isinstance(v, tuple) else v for k, v in getattr(model, "model_args", {}).items()},
-            dataset=dataset, checkpoint_sha256=checkpoint_sha256, storage=storage)
+            dataset=dataset,
+            checkpoint_sha256=checkpoint_sha256,
+            storage=storage,
+        )
 
     # -- hooks: what a writer emits (the base walk emits nothing) --------------------------------------------
 
@@ -260,13 +291,31 @@ class ModelWalk(Generic[V]):
         """The normalised input [N, C, H, W]."""
         return None
 
-    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value[V], out_shape: tuple,
-                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[V | None, LayerSpec]:
+    def emit_weight(
+        self,
+        name: str,
+        m: nn.Module,
+        bn: nn.Module | None,
+        x: Value[V],
+        out_shape: tuple,
+        pooled: ConvPool | None,
+        dense_macs: int,
+        calls: int,
+    ) -> tuple[V | None, LayerSpec]:
         """Write weight layer ``m`` (+ ``bn``); returns its output's name and how it runs (dense here)."""
         kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
-        return None, LayerSpec(name=name, kind=kind, variant=self.variant, macs=dense_macs,
-                               input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
-                               spike_macs=dense_macs, calls=calls, form=Form.DENSE, dense_macs=dense_macs)
+        return None, LayerSpec(
+            name=name,
+            kind=kind,
+            variant=self.variant,
+            macs=dense_macs,
+            input_is_spikes=x.spikes_from is not None,
+            spiking_input_layer=x.spikes_from,
+            spike_macs=dense_macs,
+            calls=calls,
+            form=Form.DENSE,
+            dense_macs=dense_macs,
+        )
 
     def emit_layer(self, name: str, m: nn.Module, x: Value[V]) -> V | None:
         return None
@@ -281,8 +330,9 @@ class ModelWalk(Generic[V]):
         return None
 
 
-def describe(model: SpikingNet, *, class_names: tuple[str, ...] = (), dataset: str = "",
-             checkpoint_sha256: str = "") -> ModelSpec:
+def describe(
+    model: SpikingNet, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = ""
+) -> ModelSpec:
     """The :class:`ModelSpec` of eval-mode ``model`` as PyTorch runs it (variant "eager": every layer dense)."""
     w: ModelWalk[None] = ModelWalk(model)
     w.walk()

@@ -12,14 +12,24 @@ SEEDS = Annotated[int, Field(ge=1, le=1000)]
 
 @click.command()
 @click.argument("recipe")
-@click.option("--seeds", "-n", type=Value(SEEDS), default=3, show_default=True,
-              help=with_range("Runs per variant, seeded train.seed + i", SEEDS))
+@click.option(
+    "--seeds",
+    "-n",
+    type=Value(SEEDS),
+    default=3,
+    show_default=True,
+    help=with_range("Runs per variant, seeded train.seed + i", SEEDS),
+)
 @click.option("--out", "-o", required=True, type=OutPath(directory=True), help="Directory for runs and report.")
-@click.option("--variants", default=None, metavar="LIST",
-              help="Comma-separated variants: random, baseline, r1, r2, ste (eq. 16 as written) and r1-scaled, "
-                   "r2-scaled, ste-scaled (each term standardised across the generation), or a fitness mode's "
-                   "name (loss = baseline, loss+r1-scaled = r1-scaled, ...); default: random, baseline, r1-scaled, "
-                   "r2-scaled, ste-scaled.")
+@click.option(
+    "--variants",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated variants: random, baseline, r1, r2, ste (eq. 16 as written) and r1-scaled, "
+    "r2-scaled, ste-scaled (each term standardised across the generation), or a fitness mode's "
+    "name (loss = baseline, loss+r1-scaled = r1-scaled, ...); default: random, baseline, r1-scaled, "
+    "r2-scaled, ste-scaled.",
+)
 @set_option
 @quiet_option
 def ablate(recipe, seeds, out, variants, overrides, quiet):

@@ -6,8 +6,8 @@ from typing import Annotated
 import click
 from pydantic import Field
 
-from ..recipe import recipe_field
 from ..evaluation.runtimes import RUNTIMES
+from ..recipe import recipe_field
 from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, refuse_replacing, with_range
 
 _BATCH = recipe_field("data.batch_size")
@@ -16,28 +16,58 @@ MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and bat
 
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=OutPath(directory=True),
-              help="Directory for report.json, report.md and the plots.")
-@click.option("--runtimes", default=None, type=ChoiceList(RUNTIMES),
-              help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: all that apply here).")
-@click.option("--batch-sizes", default="1,16,64", type=NumberList(_BATCH), show_default=True,
-              help=with_range("Batch sizes to time, each", _BATCH))
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=OutPath(directory=True),
+    help="Directory for report.json, report.md and the plots.",
+)
+@click.option(
+    "--runtimes",
+    default=None,
+    type=ChoiceList(RUNTIMES),
+    help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: all that apply here).",
+)
+@click.option(
+    "--batch-sizes",
+    default="1,16,64",
+    type=NumberList(_BATCH),
+    show_default=True,
+    help=with_range("Batch sizes to time, each", _BATCH),
+)
 @click.option("--dataset", default=None, help="Dataset for accuracy and spikes (default: the model's own).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--limit", default=1000, show_default=True, type=Value(COUNT),
-              help="First N test samples (0: all).")
-@click.option("--threads", default=None, type=Value(THREADS),
-              help="Intra-op threads for every runtime (default: each runtime's own).")
-@click.option("--min-time", default=1.0, show_default=True, type=Value(MIN_TIME),
-              help=with_range("Seconds of timed calls per runtime and batch size", MIN_TIME))
-@click.option("--profile-ops", is_flag=True,
-              help="Add onnxruntime's per-operator time split (its profiler, at the largest batch) to the report.")
-@click.option("--neurobench", "neurobench_json", is_flag=True,
-              help="Also write OUT/neurobench/<runtime>.json: NeuroBench's metrics in the layout its "
-                   "Benchmark.save_benchmark_results writes.")
+@click.option("--limit", default=1000, show_default=True, type=Value(COUNT), help="First N test samples (0: all).")
+@click.option(
+    "--threads",
+    default=None,
+    type=Value(THREADS),
+    help="Intra-op threads for every runtime (default: each runtime's own).",
+)
+@click.option(
+    "--min-time",
+    default=1.0,
+    show_default=True,
+    type=Value(MIN_TIME),
+    help=with_range("Seconds of timed calls per runtime and batch size", MIN_TIME),
+)
+@click.option(
+    "--profile-ops",
+    is_flag=True,
+    help="Add onnxruntime's per-operator time split (its profiler, at the largest batch) to the report.",
+)
+@click.option(
+    "--neurobench",
+    "neurobench_json",
+    is_flag=True,
+    help="Also write OUT/neurobench/<runtime>.json: NeuroBench's metrics in the layout its "
+    "Benchmark.save_benchmark_results writes.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the table.")
-def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, profile_ops,
-          neurobench_json, quiet):
+def bench(
+    models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads, min_time, profile_ops, neurobench_json, quiet
+):
     """Benchmark MODELS (checkpoints, ONNX files, TensorRT plans) against the reference: the PyTorch checkpoint, or
     for a graph converted from a NIR file, that .nir file run by the spec-only NIR executor (give both files).
 
@@ -61,8 +91,16 @@ def bench(models, out, runtimes, batch_sizes, dataset, data_dir, limit, threads,
     from ..evaluation.report import summary_table, write_neurobench, write_report
 
     refuse_replacing(out, [*models, data_dir])
-    options = bench_options(runtimes=runtimes or None, batch_sizes=batch_sizes, dataset=dataset, data_dir=data_dir,
-                            limit=limit, threads=threads, min_time=min_time, profile_ops=profile_ops)
+    options = bench_options(
+        runtimes=runtimes or None,
+        batch_sizes=batch_sizes,
+        dataset=dataset,
+        data_dir=data_dir,
+        limit=limit,
+        threads=threads,
+        min_time=min_time,
+        profile_ops=profile_ops,
+    )
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_bench(list(models), options, progress=say)
     write_report(report, out)

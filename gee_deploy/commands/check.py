@@ -8,7 +8,8 @@ import click
 
 from ..errors import ConfigError
 from ..ort_session import PROVIDERS
-from ..parity import INT8_PTQ_THRESHOLDS as _I, Thresholds
+from ..parity import INT8_PTQ_THRESHOLDS as _I
+from ..parity import Thresholds
 from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value
 
 _T = Thresholds()
@@ -17,28 +18,67 @@ _T = Thresholds()
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--min-agreement", default=None, type=Value(FRACTION),
-              help=f"Lowest top-1 agreement with the checkpoint (fraction of samples) [default: "
-                   f"{_T.min_top1_agreement}; {_I.min_top1_agreement} for int8 layers the checkpoint was not "
-                   "fine-tuned for].")
-@click.option("--max-acc-delta", default=None, type=Value(FRACTION),
-              help=f"Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points) [default: "
-                   f"{_T.max_accuracy_delta}; post-training int8 {_I.max_accuracy_delta}].")
-@click.option("--max-spike-delta", default=None, type=Value(NON_NEGATIVE),
-              help=f"Largest relative difference of the total spike count [default: {_T.max_spike_delta}; "
-                   f"post-training int8 {_I.max_spike_delta}].")
-@click.option("--min-speedup", default=_T.min_speedup, show_default=True, type=Value(NON_NEGATIVE),
-              help="Lowest PyTorch-eager / onnxruntime latency ratio at batch 1 (p50, same run).")
+@click.option(
+    "--min-agreement",
+    default=None,
+    type=Value(FRACTION),
+    help=f"Lowest top-1 agreement with the checkpoint (fraction of samples) [default: "
+    f"{_T.min_top1_agreement}; {_I.min_top1_agreement} for int8 layers the checkpoint was not "
+    "fine-tuned for].",
+)
+@click.option(
+    "--max-acc-delta",
+    default=None,
+    type=Value(FRACTION),
+    help=f"Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points) [default: "
+    f"{_T.max_accuracy_delta}; post-training int8 {_I.max_accuracy_delta}].",
+)
+@click.option(
+    "--max-spike-delta",
+    default=None,
+    type=Value(NON_NEGATIVE),
+    help=f"Largest relative difference of the total spike count [default: {_T.max_spike_delta}; "
+    f"post-training int8 {_I.max_spike_delta}].",
+)
+@click.option(
+    "--min-speedup",
+    default=_T.min_speedup,
+    show_default=True,
+    type=Value(NON_NEGATIVE),
+    help="Lowest PyTorch-eager / onnxruntime latency ratio at batch 1 (p50, same run).",
+)
 @click.option("--dataset", default=None, help="Dataset (default: the model's own).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
 @click.option("--limit", default=1000, show_default=True, type=Value(COUNT), help="First N test samples (0: all).")
-@click.option("--threads", default=1, show_default=True, type=Value(THREADS),
-              help="Intra-op threads for both runtimes (1 keeps the ratio stable on a shared CI machine).")
-@click.option("--runtime", "kind", default="ort-cpu", show_default=True, type=click.Choice(list(PROVIDERS)),
-              help="What runs MODEL.onnx: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through "
-                   "onnxruntime's OpenVINO plugin (gee-deploy[openvino]) in f32 or bf16.")
-def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta, min_speedup, dataset, data_dir,
-          limit, threads, kind):
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    type=Value(THREADS),
+    help="Intra-op threads for both runtimes (1 keeps the ratio stable on a shared CI machine).",
+)
+@click.option(
+    "--runtime",
+    "kind",
+    default="ort-cpu",
+    show_default=True,
+    type=click.Choice(list(PROVIDERS)),
+    help="What runs MODEL.onnx: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through "
+    "onnxruntime's OpenVINO plugin (gee-deploy[openvino]) in f32 or bf16.",
+)
+def check(
+    checkpoint,
+    onnx_model,
+    min_agreement,
+    max_acc_delta,
+    max_spike_delta,
+    min_speedup,
+    dataset,
+    data_dir,
+    limit,
+    threads,
+    kind,
+):
     """CI gate: parity and batch-1 latency ratio of MODEL.onnx (onnxruntime CPU, or --runtime) against CHECKPOINT.
 
     The parity limits default to the export's own: fp32's,
@@ -46,29 +86,46 @@ def check(checkpoint, onnx_model, min_agreement, max_acc_delta, max_spike_delta,
     Exits 1 with one line per failed gate; prints the measured values either way.
     """
     from ..checkpoint import load_checkpoint
-    from ..kinds import Precision
-    from ..parity import validation_thresholds
     from ..evaluation.bench import check_options, run_check
+    from ..kinds import Precision
     from ..ort_session import require_runtime
+    from ..parity import validation_thresholds
     from ..spec import ModelSpec
 
     require_runtime(kind)
     if zipfile.is_zipfile(onnx_model) and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip
-        raise ConfigError(f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
-                          "usage: gee-deploy check CHECKPOINT MODEL.onnx")
+        raise ConfigError(
+            f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
+            "usage: gee-deploy check CHECKPOINT MODEL.onnx"
+        )
     int8 = any(layer.precision == Precision.INT8 for layer in ModelSpec.from_onnx(onnx_model).layers)
-    base = validation_thresholds(int8, not checkpoint.lower().endswith(".nir")  # a NIR file: never fine-tuned
-                                 and load_checkpoint(checkpoint).quantisation is not None)
-    given = {"min_top1_agreement": min_agreement, "max_accuracy_delta": max_acc_delta,
-             "max_spike_delta": max_spike_delta, "min_speedup": min_speedup}
-    options = check_options(thresholds=replace(base, **{k: v for k, v in given.items() if v is not None}),
-                            dataset=dataset, data_dir=data_dir, limit=limit, threads=threads, kind=kind)
+    base = validation_thresholds(
+        int8,
+        not checkpoint.lower().endswith(".nir")  # a NIR file: never fine-tuned
+        and load_checkpoint(checkpoint).quantisation is not None,
+    )
+    given = {
+        "min_top1_agreement": min_agreement,
+        "max_accuracy_delta": max_acc_delta,
+        "max_spike_delta": max_spike_delta,
+        "min_speedup": min_speedup,
+    }
+    options = check_options(
+        thresholds=replace(base, **{k: v for k, v in given.items() if v is not None}),
+        dataset=dataset,
+        data_dir=data_dir,
+        limit=limit,
+        threads=threads,
+        kind=kind,
+    )
     m, failures = run_check(checkpoint, onnx_model, options)
     p = m.parity
-    click.echo(f"{p.samples} samples of {m.dataset}: top-1 agreement {p.top1_agreement:.4%}, accuracy "
-               f"delta {p.accuracy_delta * 100:+.3f} points, spike-count delta {p.spike_count_delta:.4%}, "
-               f"max logit diff {p.max_logit_diff:.2e}, batch-1 p50 torch {m.torch_p50_ms:.2f} ms / "
-               f"{m.runtime} ({m.precision}) {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x")
+    click.echo(
+        f"{p.samples} samples of {m.dataset}: top-1 agreement {p.top1_agreement:.4%}, accuracy "
+        f"delta {p.accuracy_delta * 100:+.3f} points, spike-count delta {p.spike_count_delta:.4%}, "
+        f"max logit diff {p.max_logit_diff:.2e}, batch-1 p50 torch {m.torch_p50_ms:.2f} ms / "
+        f"{m.runtime} ({m.precision}) {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x"
+    )
     for line in m.warnings:
         click.echo(f"warning: {line}", err=True)
     for line in failures:

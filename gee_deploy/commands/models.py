@@ -9,9 +9,14 @@ from .options import Value
 
 
 @click.command()
-@click.option("--genes", "-g", type=Value(GENES), default=None,
-              help=f"g for the genetic counts, {describe(GENES)}; 0 = the dense twin, as model.genes = 0 in a "
-                   "recipe (default: each model's own).")
+@click.option(
+    "--genes",
+    "-g",
+    type=Value(GENES),
+    default=None,
+    help=f"g for the genetic counts, {describe(GENES)}; 0 = the dense twin, as model.genes = 0 in a "
+    "recipe (default: each model's own).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def models(genes, as_json):
     """List architectures: dense-twin parameters, genetic parameters at --genes, compression."""
@@ -24,5 +29,6 @@ def models(genes, as_json):
         return
     click.echo(f"{'model':<10} {'genes':>5} {'dense params':>14} {'genetic params':>15} {'genetic/dense':>14}")
     for r in rows:
-        click.echo(f"{r['model']:<10} {r['genes']:>5} {r['dense_params']:>14,} {r['genetic_params']:>15,} "
-                   f"{r['ratio']:>13.1%}")
+        click.echo(
+            f"{r['model']:<10} {r['genes']:>5} {r['dense_params']:>14,} {r['genetic_params']:>15,} {r['ratio']:>13.1%}"
+        )

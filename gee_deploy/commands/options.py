@@ -6,6 +6,7 @@ writability before a command loads anything, and compared with the command's inp
 an output never replaces an input). Every failure is a one-line :class:`ConfigError` naming the
 option (docs/design.md, "Errors and exit codes").
 """
+
 from __future__ import annotations
 
 import os
@@ -20,14 +21,33 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..recipe import check_value, describe, unwrap
 
-__all__ = ["set_option", "quiet_option", "Value", "NumberList", "ChoiceList", "OutPath", "check_writable",
-           "refuse_replacing", "recipe_inputs",
-           "with_range", "NON_NEGATIVE", "FRACTION", "COUNT", "AT_LEAST_ONE", "THREADS", "SEED"]
+__all__ = [
+    "set_option",
+    "quiet_option",
+    "Value",
+    "NumberList",
+    "ChoiceList",
+    "OutPath",
+    "check_writable",
+    "refuse_replacing",
+    "recipe_inputs",
+    "with_range",
+    "NON_NEGATIVE",
+    "FRACTION",
+    "COUNT",
+    "AT_LEAST_ONE",
+    "THREADS",
+    "SEED",
+]
 
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
     help="Override a recipe value, e.g. --set train.epochs=3, or --set model.genes=0 for the dense twin "
-         "(repeatable; values parse as TOML literals).")
+    "(repeatable; values parse as TOML literals).",
+)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 
 # ranges of options that are not recipe keys (those use gee_deploy.recipe.recipe_field)
@@ -86,8 +106,10 @@ class NumberList(Value):
         if not str(value).strip():
             raise ConfigError(f"{name} is empty: give comma-separated values, each {describe(self.annotation)}")
         if any(not v.strip() for v in parts):
-            raise ConfigError(f"{name} {value!r} has an empty item: give comma-separated values without empty "
-                              f"ones, each {describe(self.annotation)}")
+            raise ConfigError(
+                f"{name} {value!r} has an empty item: give comma-separated values without empty "
+                f"ones, each {describe(self.annotation)}"
+            )
         return tuple(check_value(self.annotation, _parse(v, self.kind, name), name) for v in parts)
 
 
@@ -109,8 +131,9 @@ class ChoiceList(click.ParamType):
         name = _option_name(param)
         parts = [v.strip() for v in str(value).split(",")]
         if str(value).strip() and not all(parts):
-            raise ConfigError(f"{name} {value!r} has an empty item: give comma-separated names from "
-                              f"{', '.join(self.choices)}")
+            raise ConfigError(
+                f"{name} {value!r} has an empty item: give comma-separated names from {', '.join(self.choices)}"
+            )
         items = tuple(dict.fromkeys(v for v in parts if v))
         unknown = [v for v in items if v not in self.choices]
         if unknown or not items:
@@ -139,8 +162,7 @@ def check_writable(path: str | os.PathLike, directory: bool | None, name: str = 
             raise ConfigError(f"cannot write {name} {path}: it is a directory, not a file")
     absolute = target.absolute()
     if directory is False and not absolute.parent.exists():
-        raise ConfigError(f"cannot write {name} {path}: its folder {absolute.parent} does not exist (create it "
-                          "first)")
+        raise ConfigError(f"cannot write {name} {path}: its folder {absolute.parent} does not exist (create it first)")
     existing = absolute if absolute.is_dir() else next(p for p in absolute.parents if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"cannot write {name} {path}: {existing} is a file, not a directory")
@@ -148,8 +170,9 @@ def check_writable(path: str | os.PathLike, directory: bool | None, name: str = 
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise ConfigError(f"cannot write {name} {path}: no file can be created in {existing} "
-                          f"({e.strerror or e})") from None
+        raise ConfigError(
+            f"cannot write {name} {path}: no file can be created in {existing} ({e.strerror or e})"
+        ) from None
     return target
 
 
@@ -163,8 +186,12 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_replacing(out: str | os.PathLike, inputs: typing.Iterable[str | os.PathLike | None],
-                     name: str = "--out", replaces_directory: bool = False) -> None:
+def refuse_replacing(
+    out: str | os.PathLike,
+    inputs: typing.Iterable[str | os.PathLike | None],
+    name: str = "--out",
+    replaces_directory: bool = False,
+) -> None:
     """Refuse, before any work, an output that would replace one of the command's ``inputs`` (None skipped):
     ``out`` names an input (the same file or directory once symbolic links are resolved, or a hard link to
     it), or ``out`` is a directory the command replaces as a whole (``replaces_directory``: a Triton
@@ -179,18 +206,17 @@ def refuse_replacing(out: str | os.PathLike, inputs: typing.Iterable[str | os.Pa
             continue
         source = Path(given)
         if _same(target, source):
-            raise ConfigError(f"{name} {out} is the input {given}: writing it would replace it; choose another "
-                              f"{name}")
+            raise ConfigError(f"{name} {out} is the input {given}: writing it would replace it; choose another {name}")
         if replaces_directory and target.resolve() in source.resolve().parents:
-            raise ConfigError(f"{name} {out} would replace the directory holding the input {given}; choose "
-                              f"another {name}")
+            raise ConfigError(
+                f"{name} {out} would replace the directory holding the input {given}; choose another {name}"
+            )
 
 
 def recipe_inputs(recipe: str | None, loaded) -> list[str]:
     """The input paths of a command that reads a recipe: the recipe file (a shipped recipe's name is none) and
     its data.data_dir, for :func:`refuse_replacing`."""
-    return [p for p in (recipe if recipe is not None and Path(recipe).is_file() else None,
-                        loaded.data.data_dir) if p]
+    return [p for p in (recipe if recipe is not None and Path(recipe).is_file() else None, loaded.data.data_dir) if p]
 
 
 class OutPath(click.ParamType):

@@ -17,21 +17,52 @@ _BATCH, _LIMIT = recipe_field("data.batch_size"), recipe_field("data.train_limit
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=OutPath(directory=False), help="Quantised checkpoint to write: a .pt file (not CHECKPOINT) in an existing folder.")
-@click.option("--epochs", type=Value(FINE_TUNE_EPOCHS), default=0.5, show_default=True,
-              help=with_range("Fine-tune length in passes over the training split (fractions allowed)",
-                              FINE_TUNE_EPOCHS))
-@click.option("--lr-scale", type=Value(LR_SCALE), default=0.02, show_default=True,
-              help="Peak learning rate as a multiple of the recipe's train.lr (cosine decay to 0); a converged model "
-                   "lost 0.46 points at 0.1, 0.05 at 0.02 (docs/export.md).")
-@click.option("--batch-size", type=Value(_BATCH), default=None,
-              help=with_range("Images per step; default: the recipe's data.batch_size", _BATCH))
-@click.option("--train-limit", type=Value(_LIMIT), default=None,
-              help="Use only the first N training images (0: all, as data.train_limit).")
-@click.option("--test-limit", type=Value(_LIMIT), default=None,
-              help="Evaluate on the first N test images (0: all, as data.test_limit).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Where the checkpoint's dataset lives, if not at its default place.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=OutPath(directory=False),
+    help="Quantised checkpoint to write: a .pt file (not CHECKPOINT) in an existing folder.",
+)
+@click.option(
+    "--epochs",
+    type=Value(FINE_TUNE_EPOCHS),
+    default=0.5,
+    show_default=True,
+    help=with_range("Fine-tune length in passes over the training split (fractions allowed)", FINE_TUNE_EPOCHS),
+)
+@click.option(
+    "--lr-scale",
+    type=Value(LR_SCALE),
+    default=0.02,
+    show_default=True,
+    help="Peak learning rate as a multiple of the recipe's train.lr (cosine decay to 0); a converged model "
+    "lost 0.46 points at 0.1, 0.05 at 0.02 (docs/export.md).",
+)
+@click.option(
+    "--batch-size",
+    type=Value(_BATCH),
+    default=None,
+    help=with_range("Images per step; default: the recipe's data.batch_size", _BATCH),
+)
+@click.option(
+    "--train-limit",
+    type=Value(_LIMIT),
+    default=None,
+    help="Use only the first N training images (0: all, as data.train_limit).",
+)
+@click.option(
+    "--test-limit",
+    type=Value(_LIMIT),
+    default=None,
+    help="Evaluate on the first N test images (0: all, as data.test_limit).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the checkpoint's dataset lives, if not at its default place.",
+)
 @click.option("--device", type=Value(DEVICE), default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @quiet_option
 def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_limit, data_dir, device, quiet):
@@ -46,12 +77,23 @@ def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_li
     from ..training.trainer import select_device
 
     if Path(out).suffix.lower() not in (".pt", ".pth"):
-        raise ConfigError(f"--out {out}: quantize writes a checkpoint, a .pt file (export it to ONNX afterwards: "
-                          f"gee-deploy export {Path(out).with_suffix('.pt')} --variant int8 --out ...)")
+        raise ConfigError(
+            f"--out {out}: quantize writes a checkpoint, a .pt file (export it to ONNX afterwards: "
+            f"gee-deploy export {Path(out).with_suffix('.pt')} --variant int8 --out ...)"
+        )
     refuse_replacing(out, [checkpoint, data_dir])
     select_device(device, key="--device")  # before any work: no CUDA here is one line naming the flag
 
-    report = run(checkpoint, out, epochs=epochs, lr_scale=lr_scale, batch_size=batch_size,
-                 train_limit=train_limit or None, test_limit=test_limit or None, data_dir=data_dir, device=device,
-                 progress=not quiet)
+    report = run(
+        checkpoint,
+        out,
+        epochs=epochs,
+        lr_scale=lr_scale,
+        batch_size=batch_size,
+        train_limit=train_limit or None,
+        test_limit=test_limit or None,
+        data_dir=data_dir,
+        device=device,
+        progress=not quiet,
+    )
     click.echo(report.summary())

@@ -8,13 +8,27 @@ from .options import NumberList, OutPath, quiet_option, recipe_inputs, refuse_re
 
 @click.command()
 @click.argument("recipe")
-@click.option("--genes", "-g", required=True, type=NumberList(GENES),
-              help=f"Gene counts to train, e.g. 4,8,16,32, each {describe(GENES)}; 0 = the dense twin, as "
-                   "model.genes = 0 in a recipe, and always trained (--genes 0 trains only the dense twin).")
-@click.option("--models", default=None, metavar="A,B",
-              help="Architectures to sweep (default: the recipe's; see `gee-deploy models`).")
-@click.option("--out", "-o", required=True, type=OutPath(directory=True),
-              help="Sweep directory: one run per point, sweep.json, sweep.md, sweep.png.")
+@click.option(
+    "--genes",
+    "-g",
+    required=True,
+    type=NumberList(GENES),
+    help=f"Gene counts to train, e.g. 4,8,16,32, each {describe(GENES)}; 0 = the dense twin, as "
+    "model.genes = 0 in a recipe, and always trained (--genes 0 trains only the dense twin).",
+)
+@click.option(
+    "--models",
+    default=None,
+    metavar="A,B",
+    help="Architectures to sweep (default: the recipe's; see `gee-deploy models`).",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=OutPath(directory=True),
+    help="Sweep directory: one run per point, sweep.json, sweep.md, sweep.png.",
+)
 @set_option
 @quiet_option
 def sweep(recipe, genes, models, out, overrides, quiet):

@@ -7,13 +7,21 @@ from .options import OutPath, quiet_option, recipe_inputs, refuse_replacing, set
 
 @click.command()
 @click.argument("recipe", required=False)
-@click.option("--out", "-o", required=True, type=OutPath(directory=True),
-              help="Run directory to create (refused if it holds a run, unless --resume).")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=OutPath(directory=True),
+    help="Run directory to create (refused if it holds a run, unless --resume).",
+)
 @set_option
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out from its last finished epoch/generation, with its own recipe: only "
-                   "train.epochs, evolution.generations and where it runs (device, threads, workers, data_dir, "
-                   "compile) may change; other changes are refused before anything is written (docs/training.md).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last finished epoch/generation, with its own recipe: only "
+    "train.epochs, evolution.generations and where it runs (device, threads, workers, data_dir, "
+    "compile) may change; other changes are refused before anything is written (docs/training.md).",
+)
 @quiet_option
 def train(recipe, out, overrides, resume, quiet):
     """Train RECIPE (a TOML file, or a shipped recipe's name: gee-deploy recipes; defaults when omitted) into OUT.
@@ -29,5 +37,7 @@ def train(recipe, out, overrides, resume, quiet):
     refuse_replacing(out, recipe_inputs(recipe, loaded))
     metrics = run(loaded, out, resume=resume, progress=not quiet)
     if metrics:
-        click.echo(f"done: test acc {metrics.get('test_acc', float('nan')):.4f} "
-                   f"(best {metrics.get('best_acc', float('nan')):.4f}); checkpoints in {out}")
+        click.echo(
+            f"done: test acc {metrics.get('test_acc', float('nan')):.4f} "
+            f"(best {metrics.get('best_acc', float('nan')):.4f}); checkpoints in {out}"
+        )

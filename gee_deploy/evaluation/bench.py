@@ -5,6 +5,7 @@ For every runtime: latency per batch size (warm-up, then timed calls until ``min
 reference, spikes per sample and firing rate per layer read from the runtime's own ``spike_counts``, and
 energy by eq. 17. Timing lives here, never in unit-test assertions.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,14 +24,26 @@ from ..energy import energy_per_layer, firing_rates, total_energy
 from ..errors import ConfigError
 from ..ort_session import PROVIDERS, create_session, precision_of, require_runtime
 from ..parity import CHECK_GATES, Outputs, Parity, Thresholds, checks, compare
-from ..spec import INPUT_NAME, OUTPUT_NAMES
 from ..serving.runtimes import OrtRuntime, Runtime
+from ..spec import INPUT_NAME, OUTPUT_NAMES
 from .neurobench import borrow_counts, neurobench_block, probe
 from .provenance import provenance_warnings
 from .runtimes import REFERENCES, RUNTIMES, NIRRuntime, default_runtimes, open_runtime
 
-__all__ = ["evaluate", "profile_ops", "time_runtime", "runtime_stats", "open_runtimes", "run_bench", "run_check",
-           "CheckResult", "BenchOptions", "CheckOptions", "bench_options", "check_options"]
+__all__ = [
+    "evaluate",
+    "profile_ops",
+    "time_runtime",
+    "runtime_stats",
+    "open_runtimes",
+    "run_bench",
+    "run_check",
+    "CheckResult",
+    "BenchOptions",
+    "CheckOptions",
+    "bench_options",
+    "check_options",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,9 +94,17 @@ class CheckOptions:
     kind: str = "ort-cpu"
 
 
-def bench_options(*, runtimes: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1, 16, 64),
-                  dataset: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = 1000,
-                  threads: int | None = None, min_time: float = 1.0, profile_ops: bool = False) -> BenchOptions:
+def bench_options(
+    *,
+    runtimes: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1, 16, 64),
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = 1000,
+    threads: int | None = None,
+    min_time: float = 1.0,
+    profile_ops: bool = False,
+) -> BenchOptions:
     """The checked :class:`BenchOptions` (``limit`` 0 or None: every sample; the numbers are checked where the
     CLI parses them, against their declared ranges).
 
@@ -96,32 +117,54 @@ def bench_options(*, runtimes: Sequence[str] | None = None, batch_sizes: Sequenc
             raise ConfigError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
         if name in PROVIDERS:
             require_runtime(name)  # a missing plugin before any file is opened
-    return BenchOptions(runtimes=None if runtimes is None else tuple(runtimes), batch_sizes=tuple(batch_sizes),
-                        dataset=dataset, data_dir=None if data_dir is None else Path(data_dir),
-                        limit=limit or None, threads=threads, min_time=min_time, profile_ops=profile_ops)
+    return BenchOptions(
+        runtimes=None if runtimes is None else tuple(runtimes),
+        batch_sizes=tuple(batch_sizes),
+        dataset=dataset,
+        data_dir=None if data_dir is None else Path(data_dir),
+        limit=limit or None,
+        threads=threads,
+        min_time=min_time,
+        profile_ops=profile_ops,
+    )
 
 
-def check_options(*, thresholds: Thresholds = Thresholds(), dataset: str | None = None,
-                  data_dir: str | os.PathLike | None = None, limit: int | None = 1000, threads: int | None = 1,
-                  min_time: float = 1.0, kind: str = "ort-cpu") -> CheckOptions:
+def check_options(
+    *,
+    thresholds: Thresholds = Thresholds(),
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = 1000,
+    threads: int | None = 1,
+    min_time: float = 1.0,
+    kind: str = "ort-cpu",
+) -> CheckOptions:
     """The :class:`CheckOptions` (``limit`` 0 or None: every sample); the numbers are checked where the CLI
     parses them (their declared ranges), ``thresholds`` by :class:`~gee_deploy.parity.Thresholds` itself."""
-    return CheckOptions(thresholds=thresholds, dataset=dataset, data_dir=None if data_dir is None else Path(data_dir),
-                        limit=limit or None, threads=threads, min_time=min_time, kind=kind)
+    return CheckOptions(
+        thresholds=thresholds,
+        dataset=dataset,
+        data_dir=None if data_dir is None else Path(data_dir),
+        limit=limit or None,
+        threads=threads,
+        min_time=min_time,
+        kind=kind,
+    )
 
 
 def evaluate(runtime: Runtime, images: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> Outputs:
     """Run ``runtime`` over ``images`` [N, C, H, W] in batches; keeps every logit and spike count."""
     logits, spikes = [], []
     for i in range(0, len(images), batch_size):
-        out_logits, out_spikes = runtime(images[i:i + batch_size])
+        out_logits, out_spikes = runtime(images[i : i + batch_size])
         logits.append(out_logits)
         spikes.append(out_spikes)
     return Outputs(np.concatenate(logits), np.concatenate(spikes), labels, tuple(runtime.spec.spiking_layers))
 
 
-def time_runtime(runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: int = 20, max_iters: int = 2000,
-                 min_time: float = 1.0) -> dict:
+def time_runtime(
+    runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: int = 20, max_iters: int = 2000, min_time: float = 1.0
+) -> dict:
     """Latency of ``runtime`` on batch ``x`` (the GPU runtimes synchronise inside ``run``).
 
     Returns a flat dict: batch, iters, p50/p90/p99/mean ms per call and samples/s.
@@ -136,9 +179,16 @@ def time_runtime(runtime: Runtime, x: np.ndarray, warmup: int = 5, min_iters: in
         times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"runtime": runtime.name, "batch": int(len(x)), "iters": len(times), "p50_ms": float(p50),
-            "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
-            "samples_per_s": float(len(x) * len(times) / (ms.sum() / 1e3))}
+    return {
+        "runtime": runtime.name,
+        "batch": int(len(x)),
+        "iters": len(times),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+        "samples_per_s": float(len(x) * len(times) / (ms.sum() / 1e3)),
+    }
 
 
 def runtime_stats(runtime: Runtime, ev: Outputs) -> dict:
@@ -147,17 +197,24 @@ def runtime_stats(runtime: Runtime, ev: Outputs) -> dict:
     rates = firing_rates(ev.spikes, spec.neurons_per_layer, spec.timesteps)
     per_layer = energy_per_layer(spec.layers, dict(zip(spec.spiking_layers, rates.tolist())), spec.timesteps)
     genes = (spec.model_args["genes"] or 0) if "genes" in spec.model_args else None  # 0: dense twin; None: unknown
-    return {"runtime": runtime.name, **runtime.describe(), "variant": spec.variant, "model_name": spec.model_name,
-            "genes": genes, "accuracy": ev.accuracy,
-            "spikes_per_sample": ev.spikes_per_sample,
-            "spikes_per_layer": dict(zip(spec.spiking_layers, ev.spikes.astype(np.float64).mean(0).tolist())),
-            "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),
-            "firing_rates": dict(zip(spec.spiking_layers, rates.tolist())),
-            "energy": {**total_energy(per_layer), "per_layer": [e.as_dict() for e in per_layer]}}
+    return {
+        "runtime": runtime.name,
+        **runtime.describe(),
+        "variant": spec.variant,
+        "model_name": spec.model_name,
+        "genes": genes,
+        "accuracy": ev.accuracy,
+        "spikes_per_sample": ev.spikes_per_sample,
+        "spikes_per_layer": dict(zip(spec.spiking_layers, ev.spikes.astype(np.float64).mean(0).tolist())),
+        "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),
+        "firing_rates": dict(zip(spec.spiking_layers, rates.tolist())),
+        "energy": {**total_energy(per_layer), "per_layer": [e.as_dict() for e in per_layer]},
+    }
 
 
-def open_runtimes(models: list[str | os.PathLike], runtimes: Sequence[str] | None,
-                  threads: int | None) -> list[Runtime]:
+def open_runtimes(
+    models: list[str | os.PathLike], runtimes: Sequence[str] | None, threads: int | None
+) -> list[Runtime]:
     """One runtime per (file, applicable runtime name); the reference (PyTorch, or a NIR file's executor) first.
     ``runtimes``: names of :data:`~.runtimes.RUNTIMES` (checked by :func:`~.options.bench_options`); None: every
     one that applies to each file on this machine."""
@@ -165,8 +222,7 @@ def open_runtimes(models: list[str | os.PathLike], runtimes: Sequence[str] | Non
     for path in models:
         if not Path(path).is_file():
             raise ConfigError(f"{path} not found")
-        kinds = default_runtimes(path) if runtimes is None else [
-            k for k in runtimes if k in _applicable(path)]
+        kinds = default_runtimes(path) if runtimes is None else [k for k in runtimes if k in _applicable(path)]
         for kind in kinds:
             if kind == "nir":  # opened last: its spec is the converted graph's
                 nir_files.append(path)
@@ -200,8 +256,14 @@ def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     return name
 
 
-def profile_ops(model: bytes | str | os.PathLike, x: np.ndarray, threads: int | None = None, kind: str = "ort-cpu",
-                iters: int = 20, warmup: int = 2) -> list[dict]:
+def profile_ops(
+    model: bytes | str | os.PathLike,
+    x: np.ndarray,
+    threads: int | None = None,
+    kind: str = "ort-cpu",
+    iters: int = 20,
+    warmup: int = 2,
+) -> list[dict]:
     """Where an onnxruntime graph's time goes: onnxruntime's own profiler over ``iters`` calls on batch ``x``.
 
     Args:
@@ -229,13 +291,18 @@ def profile_ops(model: bytes | str | os.PathLike, x: np.ndarray, threads: int | 
             total_us[op] = total_us.get(op, 0.0) + float(e.get("dur", 0))
             nodes.setdefault(op, set()).add(e["name"])
     grand = sum(total_us.values()) or 1.0
-    rows = [{"op": op, "ms_per_call": us / 1e3 / iters, "share": us / grand, "nodes": len(nodes[op])}
-            for op, us in total_us.items()]
+    rows = [
+        {"op": op, "ms_per_call": us / 1e3 / iters, "share": us / grand, "nodes": len(nodes[op])}
+        for op, us in total_us.items()
+    ]
     return sorted(rows, key=lambda r: -r["ms_per_call"])
 
 
-def run_bench(models: list[str | os.PathLike], options: BenchOptions = BenchOptions(),
-              progress: Callable[[str], None] | None = None) -> dict:
+def run_bench(
+    models: list[str | os.PathLike],
+    options: BenchOptions = BenchOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Benchmark every runtime of ``models`` as ``options`` ask and return the report (see
     ``report.write_report``).
 
@@ -264,8 +331,10 @@ def run_bench(models: list[str | os.PathLike], options: BenchOptions = BenchOpti
     rows, latency = [], []
     for rt, label in zip(opened, _labels(opened)):
         if tuple(rt.spec.input_shape) != tuple(images.shape[1:]):
-            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
-                              f"are {list(images.shape[1:])}")
+            raise ConfigError(
+                f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
+                f"are {list(images.shape[1:])}"
+            )
         say(f"{rt.name}: evaluating {len(images)} samples of {name}")
         ev = evaluations[rt] = evaluate(rt, images, labels)
         row = {**runtime_stats(rt, ev), "runtime": label, "kind": rt.name}
@@ -286,9 +355,16 @@ def run_bench(models: list[str | os.PathLike], options: BenchOptions = BenchOpti
     for lat in latency:
         base = next((r for r in latency if r["runtime"] == ref_label and r["batch"] == lat["batch"]), None)
         lat["speedup_vs_torch"] = base["p50_ms"] / lat["p50_ms"] if base else None
-    return {"dataset": name, "samples": int(len(images)), "timesteps": opened[0].spec.timesteps,
-            "batch_sizes": list(batch_sizes), "machine": machine, "runtimes": rows, "latency": latency,
-            "warnings": provenance_warnings(opened, options.dataset)}
+    return {
+        "dataset": name,
+        "samples": int(len(images)),
+        "timesteps": opened[0].spec.timesteps,
+        "batch_sizes": list(batch_sizes),
+        "machine": machine,
+        "runtimes": rows,
+        "latency": latency,
+        "warnings": provenance_warnings(opened, options.dataset),
+    }
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
@@ -309,8 +385,10 @@ def load_warning(busy: float, threads: int | None) -> str | None:
     if busy < 0.5 or (threads == 1 and busy <= cpus - 1):  # a single thread still finds a free core
         return None
     advice = "consider --threads 1" if threads != 1 else "a single thread still shares its core"
-    return (f"warning: other processes kept {busy:.1f} of {cpus} CPUs busy just before the run: latencies and the "
-            f"ratios between runtimes may mislead ({advice}); report.md records the load")
+    return (
+        f"warning: other processes kept {busy:.1f} of {cpus} CPUs busy just before the run: latencies and the "
+        f"ratios between runtimes may mislead ({advice}); report.md records the load"
+    )
 
 
 def busy_cpus(seconds: float = 0.5) -> float:
@@ -318,6 +396,7 @@ def busy_cpus(seconds: float = 0.5) -> float:
     while this process sleeps, times the CPU count (Linux /proc/stat, proc(5)); elsewhere the 1-minute load
     average. Not the load average itself on Linux: that decays over a minute, so right after a training run
     (``make demo``) it reports the load the run itself caused."""
+
     def idle_and_total() -> tuple[int, int]:
         with open("/proc/stat") as fh:
             values = [int(v) for v in fh.readline().split()[1:]]
@@ -334,9 +413,14 @@ def busy_cpus(seconds: float = 0.5) -> float:
 
 
 def _machine(threads: int | None) -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": threads, "load_average": os.getloadavg()[0],
-            "busy_cpus": busy_cpus()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "load_average": os.getloadavg()[0],
+        "busy_cpus": busy_cpus(),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -359,8 +443,9 @@ class CheckResult:
         return self.torch_p50_ms / self.ort_p50_ms
 
 
-def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
-              options: CheckOptions = CheckOptions()) -> tuple[CheckResult, list[str]]:
+def run_check(
+    checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, options: CheckOptions = CheckOptions()
+) -> tuple[CheckResult, list[str]]:
     """Parity and the batch-1 latency ratio of ``onnx_path`` (on the onnxruntime runtime ``options.kind``:
     :data:`gee_deploy.ort_session.PROVIDERS`) against ``checkpoint`` (or the NIR
     file it was converted from, run by the NIR executor); the gates are :data:`gee_deploy.parity.CHECK_GATES`,
@@ -371,14 +456,23 @@ def run_check(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     """
     threads, thresholds, min_time = options.threads, options.thresholds, options.min_time
     ort = open_runtime(onnx_path, options.kind, threads)
-    ref = NIRRuntime(checkpoint, [ort.spec], threads) if Path(checkpoint).suffix.lower() == ".nir" else \
-        open_runtime(checkpoint, "torch", threads)
+    ref = (
+        NIRRuntime(checkpoint, [ort.spec], threads)
+        if Path(checkpoint).suffix.lower() == ".nir"
+        else open_runtime(checkpoint, "torch", threads)
+    )
     name = _dataset([ref, ort], options.dataset)
     images, labels = load_test_arrays(name, options.data_dir, options.limit)
     parity = compare(evaluate(ref, images, labels), evaluate(ort, images, labels), thresholds.atol)
     x = np.ascontiguousarray(images[:1])
     t_ref, t_ort = time_runtime(ref, x, min_time=min_time), time_runtime(ort, x, min_time=min_time)
-    result = CheckResult(parity=parity, dataset=name, torch_p50_ms=t_ref["p50_ms"], ort_p50_ms=t_ort["p50_ms"],
-                         warnings=tuple(provenance_warnings([ref, ort], options.dataset)),
-                         runtime=options.kind, precision=precision_of(options.kind))
+    result = CheckResult(
+        parity=parity,
+        dataset=name,
+        torch_p50_ms=t_ref["p50_ms"],
+        ort_p50_ms=t_ort["p50_ms"],
+        warnings=tuple(provenance_warnings([ref, ort], options.dataset)),
+        runtime=options.kind,
+        precision=precision_of(options.kind),
+    )
     return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

@@ -7,6 +7,7 @@ error. A connection the server refuses because it has stopped listening (after i
 ``Connection: close``, or gRPC UNAVAILABLE while it shuts down, not for load) is counted as ``refused`` and ends that
 client: the request was never taken, which is what a draining server is allowed to do.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -25,9 +26,17 @@ _LOAD_ANSWERS = ("the limit is", "did not finish within")  # ServerBusy's and In
 
 
 def _http_client(host: str, port: int, model: str, images: np.ndarray, timeout_s: float):
-    bodies = [json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, *img.shape], "datatype": "FP32",
-                                      "data": img.ravel().tolist()}],
-                          "outputs": [{"name": LOGITS}]}).encode() for img in images]
+    bodies = [
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": INPUT_NAME, "shape": [1, *img.shape], "datatype": "FP32", "data": img.ravel().tolist()}
+                ],
+                "outputs": [{"name": LOGITS}],
+            }
+        ).encode()
+        for img in images
+    ]
     path = f"/v2/models/{model}/infer"
 
     def connect():
@@ -89,8 +98,17 @@ def _grpc_client(host: str, port: int, model: str, images: np.ndarray, timeout_s
     return send, lambda channel: channel is not None and channel.close()
 
 
-def load_test(host: str, port: int, model: str, images: np.ndarray, clients: int = 16, duration_s: float = 20.0,
-              max_requests: int = 1_000_000, timeout_s: float = 30.0, protocol: str = "http") -> dict:
+def load_test(
+    host: str,
+    port: int,
+    model: str,
+    images: np.ndarray,
+    clients: int = 16,
+    duration_s: float = 20.0,
+    max_requests: int = 1_000_000,
+    timeout_s: float = 30.0,
+    protocol: str = "http",
+) -> dict:
     """Send infer requests with ``clients`` threads for ``duration_s`` seconds; return counts and latencies.
 
     Args:
@@ -148,7 +166,17 @@ def load_test(host: str, port: int, model: str, images: np.ndarray, clients: int
         t.join()
     wall = time.perf_counter() - start
     ms = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
-    return {"protocol": protocol, "clients": clients, "duration_s": wall, "requests": len(latencies) + len(errors),
-            "ok": len(latencies), "errors": len(errors), "refused": refused[0], "error_examples": errors[:5],
-            "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": len(latencies) / wall}
+    return {
+        "protocol": protocol,
+        "clients": clients,
+        "duration_s": wall,
+        "requests": len(latencies) + len(errors),
+        "ok": len(latencies),
+        "errors": len(errors),
+        "refused": refused[0],
+        "error_examples": errors[:5],
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_rps": len(latencies) / wall,
+    }

@@ -23,6 +23,7 @@ PyTorch models and compare (tests/test_neurobench.py).
   changed from one step to the next) over the LIF membranes of the PyTorch reference (no graph outputs its
   membranes; its hook reads snnTorch's ``.mem`` only, so NeuroBench itself reports 0 for other neurons).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,19 @@ import numpy as np
 
 from ..spec import INPUT_NAME, ModelSpec
 
-__all__ = ["NEUROBENCH_VERSION", "Connection", "OpCounter", "activation_sparsity", "connection_sparsity",
-           "membrane_updates", "module_footprint", "probe", "neurobench_block", "borrow_counts",
-           "neurobench_results"]
+__all__ = [
+    "NEUROBENCH_VERSION",
+    "Connection",
+    "OpCounter",
+    "activation_sparsity",
+    "connection_sparsity",
+    "membrane_updates",
+    "module_footprint",
+    "probe",
+    "neurobench_block",
+    "borrow_counts",
+    "neurobench_results",
+]
 
 NEUROBENCH_VERSION = "2.3.0"  # the release whose definitions (neurobench/metrics/) these follow
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # the ONNX nodes a dense fp32 weight layer is written as
@@ -87,10 +98,13 @@ class Connection:
             raise ValueError(f"{self.name}: input {in_shape} does not fit a {tuple(w.shape)} weight")
         oh, ow = (ph - kh) // self.stride[0] + 1, (pw - kw) // self.stride[1] + 1
         ones = torch.ones(1, w.shape[0], oh, ow, dtype=torch.float64)
-        padded = F.conv_transpose2d(ones, w, stride=self.stride,
-                                    output_padding=(ph - ((oh - 1) * self.stride[0] + kh),
-                                                    pw - ((ow - 1) * self.stride[1] + kw)))
-        return padded[0, :, top:top + h, left:left + wd].round().long().numpy()
+        padded = F.conv_transpose2d(
+            ones,
+            w,
+            stride=self.stride,
+            output_padding=(ph - ((oh - 1) * self.stride[0] + kh), pw - ((ow - 1) * self.stride[1] + kw)),
+        )
+        return padded[0, :, top : top + h, left : left + wd].round().long().numpy()
 
 
 class OpCounter:
@@ -116,8 +130,11 @@ class OpCounter:
     def result(self, samples: int) -> dict:
         """``{"Effective_MACs", "Effective_ACs", "Dense"}`` per sample, as NeuroBench's ``compute`` returns them."""
         total = {k: sum(r[k] for r in self.layers.values()) for k in ("MAC", "AC", "Dense")}
-        return {"Effective_MACs": total["MAC"] / samples, "Effective_ACs": total["AC"] / samples,
-                "Dense": total["Dense"] / samples}
+        return {
+            "Effective_MACs": total["MAC"] / samples,
+            "Effective_ACs": total["AC"] / samples,
+            "Dense": total["Dense"] / samples,
+        }
 
 
 def activation_sparsity(spike_counts: np.ndarray, neurons: tuple[int, ...], timesteps: int) -> float:
@@ -133,8 +150,7 @@ def connection_sparsity(connections: dict[str, Connection]) -> dict:
     rounds) and the two counts."""
     zeros = sum(int(np.count_nonzero(c.weight == 0)) for c in connections.values())
     total = sum(int(c.weight.size) for c in connections.values())
-    return {"ConnectionSparsity": round(zeros / total, 4) if total else None, "zero_weights": zeros,
-            "weights": total}
+    return {"ConnectionSparsity": round(zeros / total, 4) if total else None, "zero_weights": zeros, "weights": total}
 
 
 def membrane_updates(v_seq: np.ndarray) -> int:
@@ -147,8 +163,9 @@ def membrane_updates(v_seq: np.ndarray) -> int:
 def module_footprint(model) -> dict:
     """NeuroBench's ``Footprint`` (bytes of parameters and buffers) and ``ParameterCount`` of a torch module."""
     params = list(model.parameters())
-    size = sum(p.numel() * p.element_size() for p in params) + \
-        sum(b.numel() * b.element_size() for b in model.buffers())
+    size = sum(p.numel() * p.element_size() for p in params) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
     return {"Footprint": int(size), "ParameterCount": int(sum(p.numel() for p in params))}
 
 
@@ -170,8 +187,12 @@ def _onnx_footprint(path: Path) -> dict:
 def _nir_footprint(graph) -> dict:
     """A NIR graph's floating-point node arrays (weights, biases and per-neuron parameters such as tau and v_th;
     integer geometry such as strides left out): their bytes (``Footprint``) and elements (``ParameterCount``)."""
-    arrays = [v for node in graph.nodes.values() for v in vars(node).values()
-              if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)]
+    arrays = [
+        v
+        for node in graph.nodes.values()
+        for v in vars(node).values()
+        if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)
+    ]
     return {"Footprint": int(sum(a.nbytes for a in arrays)), "ParameterCount": int(sum(a.size for a in arrays))}
 
 
@@ -238,7 +259,7 @@ def _probe_torch(runtime, images: np.ndarray, batch_size: int) -> Measured:
     try:
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
-                model(torch.from_numpy(images[i:i + batch_size]))
+                model(torch.from_numpy(images[i : i + batch_size]))
     finally:
         for h in hooks:
             h.remove()
@@ -268,8 +289,13 @@ def _probe_onnx(runtime, images: np.ndarray, batch_size: int) -> Measured:
     found = {}
     for layer in runtime.spec.layers:
         node = nodes.get(f"n.{layer.name}")
-        if node is not None and node.op_type in WEIGHT_OPS and layer.precision == "fp32" and layer.form == "dense" \
-                and all(_plain(a) for a in node.attribute):
+        if (
+            node is not None
+            and node.op_type in WEIGHT_OPS
+            and layer.precision == "fp32"
+            and layer.form == "dense"
+            and all(_plain(a) for a in node.attribute)
+        ):
             found[layer.name] = node
     extra = list(dict.fromkeys(t for n in found.values() for t in n.input[:2]))
     known = {o.name for o in model.graph.output}
@@ -277,7 +303,7 @@ def _probe_onnx(runtime, images: np.ndarray, batch_size: int) -> Measured:
     session = create_session(model.SerializeToString(), runtime.name, runtime.threads)
     ops = None
     for i in range(0, len(images), batch_size):
-        values = dict(zip(extra, session.run(extra, {INPUT_NAME: images[i:i + batch_size]})))
+        values = dict(zip(extra, session.run(extra, {INPUT_NAME: images[i : i + batch_size]})))
         if ops is None:
             ops = OpCounter({name: _onnx_connection(name, node, values[node.input[1]]) for name, node in found.items()})
         for name, node in found.items():
@@ -307,8 +333,9 @@ def _onnx_connection(name: str, node, weight: np.ndarray) -> Connection:
 # -- the report block ------------------------------------------------------------------------------------------
 
 
-def neurobench_block(runtime, spike_counts: np.ndarray, accuracy: float | None, eq17_sops: float,
-                     measured: Measured | None) -> dict:
+def neurobench_block(
+    runtime, spike_counts: np.ndarray, accuracy: float | None, eq17_sops: float, measured: Measured | None
+) -> dict:
     """One runtime's NeuroBench metrics for report.json (see the module docstring and docs/neurobench.md).
 
     Args:
@@ -319,11 +346,18 @@ def neurobench_block(runtime, spike_counts: np.ndarray, accuracy: float | None, 
         measured: what :func:`probe` read from it (None: counts to be borrowed with :func:`borrow_counts`).
     """
     spec: ModelSpec = runtime.spec
-    block = {"version": NEUROBENCH_VERSION, "file_bytes": _file_bytes(runtime.path), "Footprint": None,
-             "ParameterCount": None, "ClassificationAccuracy": accuracy,
-             "ActivationSparsity": activation_sparsity(spike_counts, spec.neurons_per_layer, spec.timesteps),
-             "eq17_sops": eq17_sops, "spikes_per_layer": np.asarray(spike_counts, np.float64).sum(0).tolist(),
-             "samples": len(spike_counts), "counted_from": runtime.name}
+    block = {
+        "version": NEUROBENCH_VERSION,
+        "file_bytes": _file_bytes(runtime.path),
+        "Footprint": None,
+        "ParameterCount": None,
+        "ClassificationAccuracy": accuracy,
+        "ActivationSparsity": activation_sparsity(spike_counts, spec.neurons_per_layer, spec.timesteps),
+        "eq17_sops": eq17_sops,
+        "spikes_per_layer": np.asarray(spike_counts, np.float64).sum(0).tolist(),
+        "samples": len(spike_counts),
+        "counted_from": runtime.name,
+    }
     if measured is None and hasattr(runtime, "graph"):  # the NIR executor: the file's arrays as stored
         block.update(_nir_footprint(runtime.graph))
     if measured is not None:
@@ -336,8 +370,11 @@ def neurobench_block(runtime, spike_counts: np.ndarray, accuracy: float | None, 
 
 def _counts(measured: Measured) -> dict:
     ops = measured.ops
-    return {**connection_sparsity(ops.connections), "SynapticOperations": ops.result(measured.samples),
-            "per_layer": {name: {k: v / measured.samples for k, v in row.items()} for name, row in ops.layers.items()}}
+    return {
+        **connection_sparsity(ops.connections),
+        "SynapticOperations": ops.result(measured.samples),
+        "per_layer": {name: {k: v / measured.samples for k, v in row.items()} for name, row in ops.layers.items()},
+    }
 
 
 def _file_bytes(path: Path) -> int:
@@ -353,8 +390,14 @@ def borrow_counts(blocks: list[dict], specs: list[ModelSpec]) -> None:
     ``MembraneUpdates`` the PyTorch reference's. ``borrowed_from`` names the lender."""
     _borrow_ops(blocks, specs)
     for block, spec in zip(blocks, specs):
-        reference = next((b for b, s in zip(blocks, specs) if b.get("MembraneUpdates") is not None
-                          and s.spiking_layers == spec.spiking_layers), None)
+        reference = next(
+            (
+                b
+                for b, s in zip(blocks, specs)
+                if b.get("MembraneUpdates") is not None and s.spiking_layers == spec.spiking_layers
+            ),
+            None,
+        )
         if block.get("MembraneUpdates") is None and reference is not None:
             block["MembraneUpdates"] = reference["MembraneUpdates"]
             block["membrane_updates_from"] = reference["counted_from"]
@@ -367,8 +410,17 @@ def _borrow_ops(blocks: list[dict], specs: list[ModelSpec]) -> None:
         missing = set(block["unmeasured_layers"]) if measured else set(names)
         if not missing:
             continue
-        lender = next((b for b, s in zip(blocks, specs) if b is not block and "per_layer" in b
-                       and tuple(layer.name for layer in s.layers) == names and not b["unmeasured_layers"]), None)
+        lender = next(
+            (
+                b
+                for b, s in zip(blocks, specs)
+                if b is not block
+                and "per_layer" in b
+                and tuple(layer.name for layer in s.layers) == names
+                and not b["unmeasured_layers"]
+            ),
+            None,
+        )
         if lender is None:
             block.setdefault("note", "no runtime of this model showed its layers' inputs: effective ops unknown")
             continue
@@ -385,9 +437,11 @@ def _borrow_ops(blocks: list[dict], specs: list[ModelSpec]) -> None:
                 row = {**row, "AC": row["AC"] * scale, "MAC": row["MAC"] * scale}
             per_layer[layer.name] = row
         block["per_layer"] = per_layer
-        block["SynapticOperations"] = {"Effective_MACs": sum(r["MAC"] for r in per_layer.values()),
-                                       "Effective_ACs": sum(r["AC"] for r in per_layer.values()),
-                                       "Dense": sum(r["Dense"] for r in per_layer.values())}
+        block["SynapticOperations"] = {
+            "Effective_MACs": sum(r["MAC"] for r in per_layer.values()),
+            "Effective_ACs": sum(r["AC"] for r in per_layer.values()),
+            "Dense": sum(r["Dense"] for r in per_layer.values()),
+        }
         for key in ("ConnectionSparsity", "zero_weights", "weights"):  # the weights it could not read: the lender's
             block[key] = lender[key]
         block["borrowed_from"] = lender["counted_from"]
@@ -397,6 +451,13 @@ def _borrow_ops(blocks: list[dict], specs: list[ModelSpec]) -> None:
 def neurobench_results(block: dict) -> dict:
     """One runtime's results in the layout ``neurobench.benchmarks.Benchmark.save_benchmark_results`` writes (the
     dict ``Benchmark.run`` returns: static metrics, then workload metrics, by class name)."""
-    keys = ("Footprint", "ConnectionSparsity", "ParameterCount", "ClassificationAccuracy", "ActivationSparsity",
-            "SynapticOperations", "MembraneUpdates")
+    keys = (
+        "Footprint",
+        "ConnectionSparsity",
+        "ParameterCount",
+        "ClassificationAccuracy",
+        "ActivationSparsity",
+        "SynapticOperations",
+        "MembraneUpdates",
+    )
     return {k: block.get(k) for k in keys}

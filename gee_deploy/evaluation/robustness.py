@@ -24,14 +24,15 @@ The report gives per model and ratio the accuracy and the spikes per image (read
 ``spike_counts``), the clean-vs-noisy drop at the headline ratio in points, and, for every model after the
 first, its accuracy difference and top-1 agreement with the first model on the same noisy images.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,14 +40,23 @@ from ..data import load_test_arrays
 from ..errors import ConfigError
 from ..io import write_report_files
 from ..parity import Outputs
-from .bench import evaluate
 from ..serving.runtimes import Runtime
+from .bench import evaluate
 from .provenance import provenance_warnings
 from .runtimes import open_each
 
-__all__ = ["NOISE_KINDS", "RobustnessOptions", "robustness_options", "noise_directions", "add_noise", "check_noise",
-           "run_robustness", "write_robustness",
-           "summary_table", "robustness_markdown"]
+__all__ = [
+    "NOISE_KINDS",
+    "RobustnessOptions",
+    "robustness_options",
+    "noise_directions",
+    "add_noise",
+    "check_noise",
+    "run_robustness",
+    "write_robustness",
+    "summary_table",
+    "robustness_markdown",
+]
 
 
 def _gaussian(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -82,8 +92,9 @@ def noise_directions(shape: tuple[int, ...], seed: int = 0, kind: str = "gaussia
     return (z / _norms(z).reshape(-1, *[1] * (z.ndim - 1)).astype(np.float32)).astype(np.float32)
 
 
-def add_noise(images: np.ndarray, directions: np.ndarray, ratio: float, clip: bool = True
-              ) -> tuple[np.ndarray, np.ndarray]:
+def add_noise(
+    images: np.ndarray, directions: np.ndarray, ratio: float, clip: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """``images`` plus noise of L2 norm ``ratio`` x each image's norm (module docstring).
 
     Args:
@@ -144,11 +155,20 @@ class RobustnessOptions:
     onnx_kind: str = "ort-cpu"
 
 
-def robustness_options(*, noise: str = "gaussian", ratio: float = 0.5,
-                       ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, clip: bool = True,
-                       dataset: str | None = None, data_dir: str | os.PathLike | None = None,
-                       limit: int | None = None, threads: int | None = None,
-                       batch_size: int = 256, onnx_kind: str = "ort-cpu") -> RobustnessOptions:
+def robustness_options(
+    *,
+    noise: str = "gaussian",
+    ratio: float = 0.5,
+    ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    seed: int = 0,
+    clip: bool = True,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    threads: int | None = None,
+    batch_size: int = 256,
+    onnx_kind: str = "ort-cpu",
+) -> RobustnessOptions:
     """The checked :class:`RobustnessOptions`: ``ratios`` becomes the sorted grid with 0 and ``ratio`` added;
     ``limit`` 0 or None: every test image.
 
@@ -159,9 +179,19 @@ def robustness_options(*, noise: str = "gaussian", ratio: float = 0.5,
     check_noise(noise, grid)
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    return RobustnessOptions(noise=noise, ratio=float(ratio), ratios=grid, seed=seed, clip=clip, dataset=dataset,
-                             data_dir=None if data_dir is None else Path(data_dir), limit=limit or None,
-                             threads=threads, batch_size=batch_size, onnx_kind=onnx_kind)
+    return RobustnessOptions(
+        noise=noise,
+        ratio=float(ratio),
+        ratios=grid,
+        seed=seed,
+        clip=clip,
+        dataset=dataset,
+        data_dir=None if data_dir is None else Path(data_dir),
+        limit=limit or None,
+        threads=threads,
+        batch_size=batch_size,
+        onnx_kind=onnx_kind,
+    )
 
 
 def _labels(runtimes: list[Runtime]) -> list[str]:
@@ -182,8 +212,10 @@ def _dataset(runtimes: list[Runtime], dataset: str | None) -> str:
     if not named:
         raise ConfigError("the models do not name their dataset; pass --dataset")
     if len(named) > 1:
-        raise ConfigError(f"the models were trained on different datasets ({', '.join(sorted(named))}); a paired "
-                          "comparison needs one: pass --dataset")
+        raise ConfigError(
+            f"the models were trained on different datasets ({', '.join(sorted(named))}); a paired "
+            "comparison needs one: pass --dataset"
+        )
     return named.pop()
 
 
@@ -194,8 +226,11 @@ def _accuracy(ev: Outputs) -> float:
     return accuracy
 
 
-def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptions = RobustnessOptions(),
-                   progress: Callable[[str], None] | None = None) -> dict:
+def run_robustness(
+    models: Sequence[str | os.PathLike],
+    options: RobustnessOptions = RobustnessOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Accuracy of every model under noise of each ratio, on the same noisy test images (paper Fig. 2).
 
     Args:
@@ -227,8 +262,10 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
     images, labels = load_test_arrays(name, options.data_dir, options.limit)
     for rt in opened:
         if tuple(rt.spec.input_shape) != tuple(images.shape[1:]):
-            raise ConfigError(f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
-                              f"are {list(images.shape[1:])}")
+            raise ConfigError(
+                f"{rt.path} takes [N, {', '.join(map(str, rt.spec.input_shape))}] but {name} images "
+                f"are {list(images.shape[1:])}"
+            )
     directions = noise_directions(images.shape, seed, noise)
     evals: list[list[Outputs]] = [[] for _ in opened]
     realised = []
@@ -243,42 +280,66 @@ def run_robustness(models: Sequence[str | os.PathLike], options: RobustnessOptio
     ref = evals[0]
     head = grid.index(float(ratio))
     for rt, label, ev in zip(opened, labels_, evals):
-        points = [{"ratio": r, "accuracy": _accuracy(e), "spikes_per_sample": e.spikes_per_sample}
-                  for r, e in zip(grid, ev)]
+        points = [
+            {"ratio": r, "accuracy": _accuracy(e), "spikes_per_sample": e.spikes_per_sample} for r, e in zip(grid, ev)
+        ]
         if ev is not ref:
             for p, e, e_ref in zip(points, ev, ref):
                 p["accuracy_delta_vs_reference"] = _accuracy(e) - _accuracy(e_ref)
                 p["top1_agreement_vs_reference"] = float((e.logits.argmax(1) == e_ref.logits.argmax(1)).mean())
         clean, noisy_acc = _accuracy(ev[0]), _accuracy(ev[head])
-        entries.append({
-            "label": label, "path": str(rt.path), "runtime": rt.name, "precision": rt.describe().get("precision"),
-            "variant": rt.spec.variant,
-            "model_name": rt.spec.model_name, "checkpoint_sha256": rt.spec.checkpoint_sha256,
-            "clean_accuracy": clean, "noisy_accuracy": noisy_acc, "drop_points": 100 * (clean - noisy_acc),
-            "relative_drop": (clean - noisy_acc) / clean if clean else None,
-            "max_abs_accuracy_delta_vs_reference": (max(abs(p["accuracy_delta_vs_reference"]) for p in points)
-                                                    if ev is not ref else None),
-            "points": points})
-    return {"protocol": "paper Fig. 2: x + r ||x||_2 z/||z||_2, z ~ N(0, I), per image on [0, 1] pixels",
-            "noise": {"kind": noise, "ratio": float(ratio), "seed": seed, "clip": clip},
-            "dataset": name, "samples": int(len(images)), "ratios": grid, "realised_ratios": realised,
-            "reference": labels_[0], "models": entries, "minutes": (time.perf_counter() - started) / 60,
-            "warnings": provenance_warnings(opened, options.dataset)}
+        entries.append(
+            {
+                "label": label,
+                "path": str(rt.path),
+                "runtime": rt.name,
+                "precision": rt.describe().get("precision"),
+                "variant": rt.spec.variant,
+                "model_name": rt.spec.model_name,
+                "checkpoint_sha256": rt.spec.checkpoint_sha256,
+                "clean_accuracy": clean,
+                "noisy_accuracy": noisy_acc,
+                "drop_points": 100 * (clean - noisy_acc),
+                "relative_drop": (clean - noisy_acc) / clean if clean else None,
+                "max_abs_accuracy_delta_vs_reference": (
+                    max(abs(p["accuracy_delta_vs_reference"]) for p in points) if ev is not ref else None
+                ),
+                "points": points,
+            }
+        )
+    return {
+        "protocol": "paper Fig. 2: x + r ||x||_2 z/||z||_2, z ~ N(0, I), per image on [0, 1] pixels",
+        "noise": {"kind": noise, "ratio": float(ratio), "seed": seed, "clip": clip},
+        "dataset": name,
+        "samples": int(len(images)),
+        "ratios": grid,
+        "realised_ratios": realised,
+        "reference": labels_[0],
+        "models": entries,
+        "minutes": (time.perf_counter() - started) / 60,
+        "warnings": provenance_warnings(opened, options.dataset),
+    }
 
 
 def summary_table(report: dict) -> str:
     """The headline table: per model, clean and noisy accuracy at the headline ratio and the drop (Markdown)."""
     n = report["noise"]
-    lines = [f"Clean vs {n['kind']} noise at r = {n['ratio']:g} (realised "
-             f"{report['realised_ratios'][report['ratios'].index(n['ratio'])]:.3f}) on {report['dataset']}, "
-             f"{report['samples']} test images:", "",
-             "| model | runtime | clean acc (%) | noisy acc (%) | drop (points) | max abs delta vs "
-             f"{report['reference']} over ratios (points) |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Clean vs {n['kind']} noise at r = {n['ratio']:g} (realised "
+        f"{report['realised_ratios'][report['ratios'].index(n['ratio'])]:.3f}) on {report['dataset']}, "
+        f"{report['samples']} test images:",
+        "",
+        "| model | runtime | clean acc (%) | noisy acc (%) | drop (points) | max abs delta vs "
+        f"{report['reference']} over ratios (points) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for m in report["models"]:
         delta = m["max_abs_accuracy_delta_vs_reference"]
-        lines.append(f"| {m['label']} | {m['runtime']} | {100 * m['clean_accuracy']:.2f} | "
-                     f"{100 * m['noisy_accuracy']:.2f} | {m['drop_points']:.2f} | "
-                     f"{'-' if delta is None else f'{100 * delta:.2f}'} |")
+        lines.append(
+            f"| {m['label']} | {m['runtime']} | {100 * m['clean_accuracy']:.2f} | "
+            f"{100 * m['noisy_accuracy']:.2f} | {m['drop_points']:.2f} | "
+            f"{'-' if delta is None else f'{100 * delta:.2f}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -286,16 +347,29 @@ def robustness_markdown(report: dict) -> str:
     """The report as Markdown: the headline table, then accuracy and spikes per image per ratio."""
     n = report["noise"]
     clip = "clipped to [0, 1]" if n["clip"] else "not clipped"
-    out = [f"# Robustness to {n['kind']} noise ({report['dataset']}, {report['samples']} test images)", "",
-           f"Protocol: {report['protocol']}; noisy pixels {clip}; seed {n['seed']}, the same noisy images for "
-           f"every model. {report['minutes']:.1f} minutes.", "", summary_table(report)]
-    for title, key, fmt in (("Accuracy (%) per ratio", "accuracy", lambda v: f"{100 * v:.2f}"),
-                            ("Spikes per image per ratio", "spikes_per_sample", lambda v: f"{v:,.0f}")):
-        out += ["", f"## {title}", "", "| r | realised r | " + " | ".join(m["label"] for m in report["models"]) + " |",
-                "|---:|---:|" + "---:|" * len(report["models"])]
+    out = [
+        f"# Robustness to {n['kind']} noise ({report['dataset']}, {report['samples']} test images)",
+        "",
+        f"Protocol: {report['protocol']}; noisy pixels {clip}; seed {n['seed']}, the same noisy images for "
+        f"every model. {report['minutes']:.1f} minutes.",
+        "",
+        summary_table(report),
+    ]
+    for title, key, fmt in (
+        ("Accuracy (%) per ratio", "accuracy", lambda v: f"{100 * v:.2f}"),
+        ("Spikes per image per ratio", "spikes_per_sample", lambda v: f"{v:,.0f}"),
+    ):
+        out += [
+            "",
+            f"## {title}",
+            "",
+            "| r | realised r | " + " | ".join(m["label"] for m in report["models"]) + " |",
+            "|---:|---:|" + "---:|" * len(report["models"]),
+        ]
         for i, (r, real) in enumerate(zip(report["ratios"], report["realised_ratios"])):
-            out.append(f"| {r:g} | {real:.3f} | " + " | ".join(fmt(m["points"][i][key]) for m in report["models"])
-                       + " |")
+            out.append(
+                f"| {r:g} | {real:.3f} | " + " | ".join(fmt(m["points"][i][key]) for m in report["models"]) + " |"
+            )
     return "\n".join(out) + "\n"
 
 

@@ -8,6 +8,7 @@ tensorrt``; its spec is read from the sidecar the export writes beside it), ``ni
 spec-only NIR executor: the reference of a graph ``gee-deploy export MODEL.nir`` converted from it, whose spec
 gives it T, dt, the threshold rule and the input layout).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ class TorchRuntime(Runtime):
         self.path = Path(path)
         self.model = load_model(self.path)
         class_names, dataset = model_origin(self.model)
-        self.spec = describe(self.model, class_names=class_names, dataset=dataset,
-                             checkpoint_sha256=file_sha256(self.path))
+        self.spec = describe(
+            self.model, class_names=class_names, dataset=dataset, checkpoint_sha256=file_sha256(self.path)
+        )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -95,13 +97,15 @@ class NIRRuntime(Runtime):
         self.path = Path(path)
         self.graph = read_nir(self.path)
         digest = file_sha256(self.path)
-        spec = next((s for s in converted if s.checkpoint_sha256 == digest and "threshold_rule" in s.model_args),
-                    None)
+        spec = next((s for s in converted if s.checkpoint_sha256 == digest and "threshold_rule" in s.model_args), None)
         if spec is None:
-            raise ModelFileError(f"{self.path} is a reference only: give the ONNX file (or plan) that `gee-deploy "
-                                 "export` converted from it too (its spec holds T, dt and the threshold rule)")
-        self.spec = replace(spec, variant="nir", layers=tuple(replace(l, precision="fp32", weight_scales=None)
-                                                              for l in spec.layers))
+            raise ModelFileError(
+                f"{self.path} is a reference only: give the ONNX file (or plan) that `gee-deploy "
+                "export` converted from it too (its spec holds T, dt and the threshold rule)"
+            )
+        self.spec = replace(
+            spec, variant="nir", layers=tuple(replace(l, precision="fp32", weight_scales=None) for l in spec.layers)
+        )
         self.executor = NIRExecutor(self.graph, float(spec.model_args["dt"]), spec.model_args["threshold_rule"])
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,17 +120,21 @@ class NIRRuntime(Runtime):
         return {**super().describe(), "threads": torch.get_num_threads(), "nir": nir.__version__}
 
 
-def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int | None = None,
-                 onnx_kind: str = "ort-cpu") -> Runtime:
+def open_runtime(
+    path: str | os.PathLike, kind: str | None = None, threads: int | None = None, onnx_kind: str = "ort-cpu"
+) -> Runtime:
     """The runtime ``kind`` over ``path``; with no kind, by suffix: .pt torch, .onnx ``onnx_kind`` (an onnxruntime
     runtime of :data:`gee_deploy.ort_session.PROVIDERS`), .plan tensorrt."""
     p = Path(path)
     if kind is None:
-        kind = {".pt": "torch", ".pth": "torch", ".onnx": onnx_kind, ".plan": "tensorrt",
-                ".engine": "tensorrt"}.get(p.suffix.lower())
+        kind = {".pt": "torch", ".pth": "torch", ".onnx": onnx_kind, ".plan": "tensorrt", ".engine": "tensorrt"}.get(
+            p.suffix.lower()
+        )
         if kind is None:
-            raise ModelFileError(f"cannot tell what {p} is from its suffix (.pt, .onnx, .plan, .engine; .nir beside "
-                                 "the graph converted from it)")
+            raise ModelFileError(
+                f"cannot tell what {p} is from its suffix (.pt, .onnx, .plan, .engine; .nir beside "
+                "the graph converted from it)"
+            )
     if kind == "torch":
         return TorchRuntime(p, threads)
     if kind in PROVIDERS:
@@ -136,8 +144,7 @@ def open_runtime(path: str | os.PathLike, kind: str | None = None, threads: int 
     raise RuntimeUnavailableError(f"unknown runtime {kind!r}; use one of {', '.join(RUNTIMES)}")
 
 
-def open_each(paths: list[str | os.PathLike], threads: int | None = None,
-              onnx_kind: str = "ort-cpu") -> list[Runtime]:
+def open_each(paths: list[str | os.PathLike], threads: int | None = None, onnx_kind: str = "ort-cpu") -> list[Runtime]:
     """One runtime per file, in the order given: :func:`open_runtime`'s by suffix (ONNX files on ``onnx_kind``),
     and for a .nir file its :class:`NIRRuntime`, opened after the others because it takes T, dt and the threshold
     rule from the spec of the graph converted from it, which must be among them.

@@ -16,6 +16,7 @@ membranes and batches the steps of different sequences (docs/streaming.md). This
 Inputs are uniform random images of the graph's input shape, fed at every step (the dense graphs' cost does not
 depend on the values). Every answer is checked: an error message in the stream fails the run.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,12 +62,19 @@ def _time_steps(runtime: OrtRuntime, n: int, x: np.ndarray, min_time: float, min
         times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"sequences": n, "iters": len(times), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "steps_per_s": float(n * len(times) / (ms.sum() / 1e3))}
+    return {
+        "sequences": n,
+        "iters": len(times),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "steps_per_s": float(n * len(times) / (ms.sum() / 1e3)),
+    }
 
 
-def _serve_steps(port: int, model: str, n: int, x: np.ndarray, timesteps: int, min_time: float,
-                 min_rounds: int = 20) -> dict:
+def _serve_steps(
+    port: int, model: str, n: int, x: np.ndarray, timesteps: int, min_time: float, min_rounds: int = 20
+) -> dict:
     """Through the server: ``n`` sequences in lockstep over one ModelStreamInfer stream."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -103,13 +111,23 @@ def _serve_steps(port: int, model: str, n: int, x: np.ndarray, timesteps: int, m
     if errors:
         raise RuntimeError(f"the server refused {len(errors)} steps, e.g. {errors[0]}")
     ms = np.asarray(rounds) * 1e3
-    return {"sequences": n, "rounds": len(rounds), "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "steps_per_s": float(n * len(rounds) / wall),
-            "sequences_per_s": float(n * len(rounds) / wall / timesteps)}
+    return {
+        "sequences": n,
+        "rounds": len(rounds),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "steps_per_s": float(n * len(rounds) / wall),
+        "sequences_per_s": float(n * len(rounds) / wall / timesteps),
+    }
 
 
-def run_stream_bench(models: list[str | os.PathLike], concurrency: list[int], threads: int | None = None,
-                     min_time: float = 1.0, progress=None) -> dict:
+def run_stream_bench(
+    models: list[str | os.PathLike],
+    concurrency: list[int],
+    threads: int | None = None,
+    min_time: float = 1.0,
+    progress=None,
+) -> dict:
     """Bench a streaming ONNX export (and, when given, the unrolled export of the same checkpoint).
 
     Args:
@@ -133,26 +151,38 @@ def run_stream_bench(models: list[str | os.PathLike], concurrency: list[int], th
     streams = [m for m in models if is_streaming(m)]
     others = [m for m in models if not is_streaming(m)]
     if len(streams) != 1 or len(others) > 1:
-        raise ModelFileError("bench on a streaming graph takes one streaming .onnx and at most one unrolled .onnx "
-                             f"of the same model; got {', '.join(map(str, models))}")
+        raise ModelFileError(
+            "bench on a streaming graph takes one streaming .onnx and at most one unrolled .onnx "
+            f"of the same model; got {', '.join(map(str, models))}"
+        )
     runtime = OrtRuntime(streams[0], threads=threads, allow_streaming=True)
     spec = runtime.spec
     unrolled = OrtRuntime(others[0], threads=threads) if others else None
     if unrolled is not None and unrolled.spec.timesteps != spec.timesteps:
-        raise ModelFileError(f"{others[0]} unrolls T = {unrolled.spec.timesteps}, the streaming graph steps through "
-                             f"T = {spec.timesteps}; bench exports of the same checkpoint")
+        raise ModelFileError(
+            f"{others[0]} unrolls T = {unrolled.spec.timesteps}, the streaming graph steps through "
+            f"T = {spec.timesteps}; bench exports of the same checkpoint"
+        )
     x = np.random.default_rng(0).random((1, *spec.input_shape), dtype=np.float32)
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "model": str(streams[0]), "unrolled_model": str(others[0]) if others else None,
-              "timesteps": spec.timesteps, "threads": threads, "graph": [], "server": [], "unrolled": []}
+    report = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "model": str(streams[0]),
+        "unrolled_model": str(others[0]) if others else None,
+        "timesteps": spec.timesteps,
+        "threads": threads,
+        "graph": [],
+        "server": [],
+        "unrolled": [],
+    }
     report["step_batch1"] = _time_steps(runtime, 1, x, min_time)
     say(f"graph alone, one step of 1 sequence: p50 {report['step_batch1']['p50_ms']:.3f} ms")
     for n in concurrency:
         report["graph"].append(_time_steps(runtime, n, x, min_time))
         if unrolled is not None:
             report["unrolled"].append(time_runtime(unrolled, np.repeat(x, n, axis=0), min_time=min_time))
-    config = ServeConfig(name="stream", port=0, grpc_port=0, max_batch=max(concurrency),
-                         max_sequences=max(concurrency), drain_s=2)
+    config = ServeConfig(
+        name="stream", port=0, grpc_port=0, max_batch=max(concurrency), max_sequences=max(concurrency), drain_s=2
+    )
     serving = OrtRuntime(streams[0], threads=threads, allow_streaming=True)
     with InferenceServer(serving, config) as srv:
         for n in concurrency:
@@ -166,18 +196,26 @@ def stream_table(report: dict) -> str:
     """One row per N: steps/s and sequences/s through the server, the graph alone, the unrolled graph."""
     T = report["timesteps"]
     b1 = report["step_batch1"]
-    lines = [(f"streaming graph, T = {T}; one step of one sequence, graph alone: p50 {b1['p50_ms']:.3f} ms, "
-              f"p90 {b1['p90_ms']:.3f}, p99 {b1['p99_ms']:.3f}"),
-             (f"{'N seq':>6} {'server steps/s':>15} {'p50 ms/round':>13} {'p99 ms/round':>13} {'server seq/s':>13} "
-              f"{'graph steps/s':>14} {'graph seq/s':>12} {'unrolled smp/s':>15}"),
-             "-" * 108]
+    lines = [
+        (
+            f"streaming graph, T = {T}; one step of one sequence, graph alone: p50 {b1['p50_ms']:.3f} ms, "
+            f"p90 {b1['p90_ms']:.3f}, p99 {b1['p99_ms']:.3f}"
+        ),
+        (
+            f"{'N seq':>6} {'server steps/s':>15} {'p50 ms/round':>13} {'p99 ms/round':>13} {'server seq/s':>13} "
+            f"{'graph steps/s':>14} {'graph seq/s':>12} {'unrolled smp/s':>15}"
+        ),
+        "-" * 108,
+    ]
     unrolled = {r["batch"]: r for r in report["unrolled"]}
     for srv, graph in zip(report["server"], report["graph"]):
         n = srv["sequences"]
         u = f"{unrolled[n]['samples_per_s']:15.1f}" if n in unrolled else f"{'-':>15}"
-        lines.append(f"{n:6d} {srv['steps_per_s']:15.1f} {srv['p50_ms']:13.3f} {srv['p99_ms']:13.3f} "
-                     f"{srv['sequences_per_s']:13.1f} {graph['steps_per_s']:14.1f} {graph['steps_per_s'] / T:12.1f} "
-                     f"{u}")
+        lines.append(
+            f"{n:6d} {srv['steps_per_s']:15.1f} {srv['p50_ms']:13.3f} {srv['p99_ms']:13.3f} "
+            f"{srv['sequences_per_s']:13.1f} {graph['steps_per_s']:14.1f} {graph['steps_per_s'] / T:12.1f} "
+            f"{u}"
+        )
     return "\n".join(lines)
 
 
@@ -203,8 +241,12 @@ def write_stream_report(report: dict, out: str | os.PathLike) -> list[Path]:
     ax.plot(ns, [r["sequences_per_s"] for r in report["server"]], "o-", label="stream through the server")
     ax.plot(ns, [r["steps_per_s"] / T for r in report["graph"]], "s--", label="streaming graph alone")
     if report["unrolled"]:
-        ax.plot([r["batch"] for r in report["unrolled"]], [r["samples_per_s"] for r in report["unrolled"]], "^:",
-                label=f"unrolled graph (T = {T} in one call)")
+        ax.plot(
+            [r["batch"] for r in report["unrolled"]],
+            [r["samples_per_s"] for r in report["unrolled"]],
+            "^:",
+            label=f"unrolled graph (T = {T} in one call)",
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("concurrent sequences N (unrolled: batch size)")

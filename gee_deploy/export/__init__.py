@@ -11,6 +11,7 @@ What an export does is one :class:`~gee_deploy.export.options.ExportOptions`, ch
 point that loads a checkpoint and dispatches on the format (NIR, written by :mod:`gee_deploy.nir`, included) is
 :func:`gee_deploy.formats.export_model`.
 """
+
 from __future__ import annotations
 
 from .api import ExportReport, build_onnx, export_onnx
@@ -18,5 +19,17 @@ from .configs import FORMATS, VARIANTS, ValidationConfig
 from .errors import ExportError, ExportValidationError, ShapeError, ToleranceError
 from .options import ExportOptions, export_options
 
-__all__ = ["export_onnx", "build_onnx", "ExportReport", "ExportOptions", "export_options", "ValidationConfig",
-           "VARIANTS", "FORMATS", "ExportError", "ExportValidationError", "ShapeError", "ToleranceError"]
+__all__ = [
+    "export_onnx",
+    "build_onnx",
+    "ExportReport",
+    "ExportOptions",
+    "export_options",
+    "ValidationConfig",
+    "VARIANTS",
+    "FORMATS",
+    "ExportError",
+    "ExportValidationError",
+    "ShapeError",
+    "ToleranceError",
+]

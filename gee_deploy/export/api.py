@@ -5,6 +5,7 @@ to its format's writer (:data:`FILE_WRITERS`); what it does is fixed by one chec
 :class:`~gee_deploy.export.options.ExportOptions`. The entry point that loads a checkpoint and dispatches on
 the format (NIR included) is :func:`gee_deploy.formats.export_model`.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,17 @@ from .options import ExportOptions, export_options, storage_for, validation_for
 from .validate import ValidationReport, validate_export, validate_streaming
 from .writer import folded_with_scales, write_graph
 
-__all__ = ["ExportReport", "export_onnx", "onnx_graph", "build_onnx", "validation_data", "validation_dict",
-           "write_artefact", "FILE_WRITERS", "report_json"]
+__all__ = [
+    "ExportReport",
+    "export_onnx",
+    "onnx_graph",
+    "build_onnx",
+    "validation_data",
+    "validation_dict",
+    "write_artefact",
+    "FILE_WRITERS",
+    "report_json",
+]
 
 
 @dataclass
@@ -57,20 +67,28 @@ class ExportReport:
     def summary(self) -> str:
         size = f", {self.bytes / 2**20:.2f} MiB" if self.bytes else ""
         form = f", int8 form {self.int8_form}" if self.int8_form else ""
-        lines = [f"wrote {self.out} ({self.format}, variant {self.variant}{form}, {self.storage} storage"
-                 f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"]
-        lines += [f"  {l.name:<24} {l.kind:<6} {l.form:<16} {l.precision:<4} MACs {l.macs:>13,} x{l.calls}"
-                  for l in self.layers]
+        lines = [
+            f"wrote {self.out} ({self.format}, variant {self.variant}{form}, {self.storage} storage"
+            f"{f', opset {self.opset}' if self.opset else ''}{', streaming' if self.streaming else ''}{size})"
+        ]
+        lines += [
+            f"  {l.name:<24} {l.kind:<6} {l.form:<16} {l.precision:<4} MACs {l.macs:>13,} x{l.calls}"
+            for l in self.layers
+        ]
         lines.append(f"  MACs per sample: {self.macs_per_sample:,} (all dense: {self.dense_macs_per_sample:,})")
         v = self.validation
         if v:
-            lines.append(f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
-                         f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} (graph) vs "
-                         f"{v['spikes_reference']:.0f} ({self.reference})")
+            lines.append(
+                f"  validated on {v['samples']} samples: top-1 agreement {v['top1_agreement']:.4f}, "
+                f"max |logit diff| {v['max_logit_diff']:.3g}, spikes {v['spikes_deployed']:.0f} (graph) vs "
+                f"{v['spikes_reference']:.0f} ({self.reference})"
+            )
         if self.streaming_validation:
             s = self.streaming_validation
-            lines.append(f"  streaming vs unrolled over T calls: max |logit diff| {s['max_logit_diff']:.3g}, "
-                         f"spike counts diff {s['max_spike_count_diff']:.3g}")
+            lines.append(
+                f"  streaming vs unrolled over T calls: max |logit diff| {s['max_logit_diff']:.3g}, "
+                f"spike counts diff {s['max_spike_count_diff']:.3g}"
+            )
         for p in self.tensorrt_problems:
             lines.append(f"  TensorRT compatibility: {p}")
         lines += [f"  note: {n}" for n in self.notes]
@@ -92,9 +110,15 @@ def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Te
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def onnx_graph(model: nn.Module, options: ExportOptions, storage: Storage, *, streaming: bool = False,
-               checkpoint_sha256: str = "", choices: dict[str, ExportVariant] | None = None
-               ) -> tuple[onnx.ModelProto, ModelSpec]:
+def onnx_graph(
+    model: nn.Module,
+    options: ExportOptions,
+    storage: Storage,
+    *,
+    streaming: bool = False,
+    checkpoint_sha256: str = "",
+    choices: dict[str, ExportVariant] | None = None,
+) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of eval-mode ``model`` and its spec (no file written), as ``options`` ask.
 
     ``storage``: folded (the weights as initializers) or genetic (the genetic parameters and the subgraph
@@ -107,10 +131,14 @@ def onnx_graph(model: nn.Module, options: ExportOptions, storage: Storage, *, st
         UnsupportedModuleError: the model holds something the writer cannot translate.
         ExportError: the written graph fails onnx.checker.
     """
-    choose = make_chooser(options.variant, options.profile, model.timesteps, options.opset) if choices is None \
+    choose = (
+        make_chooser(options.variant, options.profile, model.timesteps, options.opset)
+        if choices is None
         else (lambda name, *_: choices[name])
-    proto, spec = write_graph(model.eval(), choose, options, storage=storage, streaming=streaming,
-                              checkpoint_sha256=checkpoint_sha256)
+    )
+    proto, spec = write_graph(
+        model.eval(), choose, options, storage=storage, streaming=streaming, checkpoint_sha256=checkpoint_sha256
+    )
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -118,8 +146,14 @@ def onnx_graph(model: nn.Module, options: ExportOptions, storage: Storage, *, st
     return proto, spec
 
 
-def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DENSE, *, streaming: bool = False,
-               storage: Storage | str | None = Storage.FOLDED, **settings) -> tuple[onnx.ModelProto, ModelSpec]:
+def build_onnx(
+    model: nn.Module,
+    variant: ExportVariant | str = ExportVariant.DENSE,
+    *,
+    streaming: bool = False,
+    storage: Storage | str | None = Storage.FOLDED,
+    **settings,
+) -> tuple[onnx.ModelProto, ModelSpec]:
     """Python API: the checked ONNX graph of eval-mode ``model`` and its spec (no file written).
 
     ``storage``: folded (the default here), genetic, or None (:func:`storage_for`). ``streaming``: the one-step
@@ -135,7 +169,9 @@ def build_onnx(model: nn.Module, variant: ExportVariant | str = ExportVariant.DE
     return onnx_graph(model, options, storage_for(model, options), streaming=streaming)
 
 
-def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec, Storage, list[str]]:
+def _smaller_storage(
+    genetic: onnx.ModelProto, spec: ModelSpec
+) -> tuple[onnx.ModelProto, ModelSpec, Storage, list[str]]:
     """The default storage of a graph with int8 layers: genetic, unless folding makes the file smaller.
 
     An int8 code takes one byte where the encodings it is computed from take four per parameter, so a model
@@ -144,14 +180,22 @@ def _smaller_storage(genetic: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     folded, folded_spec = folded_with_scales(genetic, spec)
     if folded.ByteSize() >= genetic.ByteSize():
         return genetic, spec, Storage.GENETIC, []
-    note = (f"folded storage ({folded.ByteSize() / 2**20:.2f} MiB): its int8 codes are smaller than the genetic "
-            f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic stores the genetic parameters "
-            "instead")
+    note = (
+        f"folded storage ({folded.ByteSize() / 2**20:.2f} MiB): its int8 codes are smaller than the genetic "
+        f"parameters ({genetic.ByteSize() / 2**20:.2f} MiB); --storage genetic stores the genetic parameters "
+        "instead"
+    )
     return folded, folded_spec, Storage.FOLDED, [note]
 
 
-def export_onnx(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None,
-                options: ExportOptions, checkpoint_sha256: str = "") -> ExportReport:
+def export_onnx(
+    model: nn.Module,
+    out: str | os.PathLike,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    options: ExportOptions,
+    checkpoint_sha256: str = "",
+) -> ExportReport:
     """Export an already loaded eval-mode model as an ONNX file, Triton repository or TensorRT plan, as
     ``options`` ask; validate on ``images`` [S, C, H, W] (and ``labels`` [S], for accuracy) before anything is kept.
 
@@ -174,30 +218,45 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, 
         require_tensorrt()
     unrolled, spec = onnx_graph(model, options, storage, checkpoint_sha256=checkpoint_sha256)
     notes: list[str] = []
-    if options.storage is None and storage == Storage.GENETIC and \
-            any(l.precision == Precision.INT8 for l in spec.layers):
+    if (
+        options.storage is None
+        and storage == Storage.GENETIC
+        and any(l.precision == Precision.INT8 for l in spec.layers)
+    ):
         unrolled, spec, storage, notes = _smaller_storage(unrolled, spec)
-    report = ExportReport(str(out), output_format.name, options.variant.name, options.opset, options.streaming,
-                          storage, layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes,
-                          int8_form=options.int8_form if any(l.precision == Precision.INT8 for l in spec.layers)
-                          else None)
+    report = ExportReport(
+        str(out),
+        output_format.name,
+        options.variant.name,
+        options.opset,
+        options.streaming,
+        storage,
+        layers=list(spec.layers),
+        macs_per_sample=spec.macs_per_sample,
+        dense_macs_per_sample=spec.dense_macs_per_sample,
+        notes=notes,
+        int8_form=options.int8_form if any(l.precision == Precision.INT8 for l in spec.layers) else None,
+    )
     data = unrolled.SerializeToString()
     try:
         val = validate_export(model, data, images, labels, cfg)
     except ExportValidationError as e:
         if any(l.precision == Precision.INT8 for l in spec.layers) and not quantised_layers(model):
-            raise ExportValidationError(f"{e}\nhint: int8 weights this checkpoint was not trained with moved it; "
-                                        f"`gee-deploy quantize CHECKPOINT --out Q.pt` fine-tunes it so its int8 "
-                                        f"export is exact", e.failures) from None
+            raise ExportValidationError(
+                f"{e}\nhint: int8 weights this checkpoint was not trained with moved it; "
+                f"`gee-deploy quantize CHECKPOINT --out Q.pt` fine-tunes it so its int8 "
+                f"export is exact",
+                e.failures,
+            ) from None
         raise
     report.validation = validation_dict(val)
     final = unrolled
     if options.streaming:
         # same per-layer choices as the validated unrolled graph, one step per call
         chosen = {l.name: l.variant for l in spec.layers}
-        final, spec = onnx_graph(model, options, storage, streaming=True, checkpoint_sha256=checkpoint_sha256,
-                                 choices=chosen)
+        final, spec = onnx_graph(
+            model, options, storage, streaming=True, checkpoint_sha256=checkpoint_sha256, choices=chosen
+        )
         sv = validate_streaming(final.SerializeToString(), data, images, spec, cfg)
         report.streaming_validation = validation_dict(sv)
     from .tensorrt import compatibility_problems
@@ -217,8 +276,9 @@ def _write_onnx(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: Exp
 def _write_triton(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:
     from .triton import write_triton_repository
 
-    return Path(write_triton_repository(proto, spec, out, options.max_batch_size,
-                                        cpu_accelerator=options.triton_accelerator))
+    return Path(
+        write_triton_repository(proto, spec, out, options.max_batch_size, cpu_accelerator=options.triton_accelerator)
+    )
 
 
 def _write_tensorrt(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions) -> Path:
@@ -231,12 +291,16 @@ def _write_tensorrt(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options:
 
 # the writer of each format that holds an ONNX graph: (graph, spec, --out, options) -> the path written; NIR's
 # is gee_deploy.nir.export, a stage this one does not import (gee_deploy.formats dispatches on the format)
-FILE_WRITERS = {ExportFormat.ONNX: _write_onnx, ExportFormat.TRITON: _write_triton,
-                ExportFormat.TENSORRT: _write_tensorrt}
+FILE_WRITERS = {
+    ExportFormat.ONNX: _write_onnx,
+    ExportFormat.TRITON: _write_triton,
+    ExportFormat.TENSORRT: _write_tensorrt,
+}
 
 
-def write_artefact(proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions,
-                   report: ExportReport) -> None:
+def write_artefact(
+    proto: onnx.ModelProto, spec: ModelSpec, out: Path, options: ExportOptions, report: ExportReport
+) -> None:
     """Write ``proto`` in ``options.format`` with its writer in :data:`FILE_WRITERS` (``report.bytes``: the
     file's size, a Triton repository's model.onnx; ``report.out``: what was written); artefacts without
     metadata of their own get the spec as a sidecar."""

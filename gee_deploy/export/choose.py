@@ -5,10 +5,11 @@ intermediates (:attr:`FactorisedCost.effective_macs`) are fewer than the dense M
 factorised form on layers where it is slower on a CPU. With ``profile=True``: by measured onnxruntime
 latency of the layer alone, written both ways, at the batch it runs at in the unrolled graph (T x batch).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,8 +30,16 @@ Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], Export
 Int8Chooser = Callable[[str, int, str], bool]
 
 
-def layer_latency(layer: FoldedLayer, form: ExportVariant, cost: FactorisedCost, in_shape: tuple, out_shape: tuple,
-                  batch: int, opset: int, repeats: int = 30) -> float:
+def layer_latency(
+    layer: FoldedLayer,
+    form: ExportVariant,
+    cost: FactorisedCost,
+    in_shape: tuple,
+    out_shape: tuple,
+    batch: int,
+    opset: int,
+    repeats: int = 30,
+) -> float:
     """Median seconds of one onnxruntime run of layer ``layer`` alone, written as ``form``, on ``batch`` inputs."""
     graph = GraphBuilder()
     if form == ExportVariant.FACTORISED:
@@ -56,8 +65,7 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
     if variant.per_layer is None:
         return lambda name, layer, in_shape, out_shape, cost, dense_macs: variant.fixed
 
-    def by_cost(name, layer: FoldedLayer, in_shape, out_shape, cost: FactorisedCost,
-                dense_macs: int) -> ExportVariant:
+    def by_cost(name, layer: FoldedLayer, in_shape, out_shape, cost: FactorisedCost, dense_macs: int) -> ExportVariant:
         if not profile:
             return ExportVariant.FACTORISED if cost.effective_macs < dense_macs else ExportVariant.DENSE
         n = batch * timesteps

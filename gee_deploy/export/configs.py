@@ -1,4 +1,5 @@
 """What varies per export, declared as data and looked up by name (variants, formats, tolerances)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +8,19 @@ from ..kinds import ExportFormat, ExportVariant, Int8Policy
 from ..parity import INT8_PTQ_THRESHOLDS, Thresholds, validation_thresholds
 from .errors import UnknownOptionError
 
-__all__ = ["Variant", "Format", "ValidationConfig", "VARIANTS", "FORMATS", "MIN_OPSET", "DEFAULT_OPSET", "lookup",
-           "INT8_MIN_MACS", "INT8_PTQ_THRESHOLDS", "validation_thresholds"]
+__all__ = [
+    "Variant",
+    "Format",
+    "ValidationConfig",
+    "VARIANTS",
+    "FORMATS",
+    "MIN_OPSET",
+    "DEFAULT_OPSET",
+    "lookup",
+    "INT8_MIN_MACS",
+    "INT8_PTQ_THRESHOLDS",
+    "validation_thresholds",
+]
 
 MIN_OPSET = 18  # Split(num_outputs) and ReduceMean with axes as an input
 DEFAULT_OPSET = 18  # the newest opset TensorRT 10's ONNX parser and onnxruntime both cover fully
@@ -72,17 +84,34 @@ class ValidationConfig:
     batch_size: int = 64
 
 
-VARIANTS = {v.name: v for v in (
-    Variant(ExportVariant.DENSE, ExportVariant.DENSE,
-            help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights"),
-    Variant(ExportVariant.FACTORISED, ExportVariant.FACTORISED,
-            help="keep the per-tap rank-g form: pointwise -> shift -> pointwise"),
-    Variant(ExportVariant.AUTO, None, "macs",
-            help="per layer, whichever of dense / factorised costs less (MACs + data movement)"),
-    Variant(ExportVariant.INT8, ExportVariant.DENSE, int8=Int8Policy.ALL,
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(
+            ExportVariant.DENSE,
+            ExportVariant.DENSE,
+            help="fold scale * E_in G E_out^T and BatchNorm into plain Conv/Gemm weights",
+        ),
+        Variant(
+            ExportVariant.FACTORISED,
+            ExportVariant.FACTORISED,
+            help="keep the per-tap rank-g form: pointwise -> shift -> pointwise",
+        ),
+        Variant(
+            ExportVariant.AUTO,
+            None,
+            "macs",
+            help="per layer, whichever of dense / factorised costs less (MACs + data movement)",
+        ),
+        Variant(
+            ExportVariant.INT8,
+            ExportVariant.DENSE,
+            int8=Int8Policy.ALL,
             help="dense, and every layer that reads spikes as uint8 spikes x int8 per-channel weights -> int32 (the "
-                 "stem stays float32)"),
-)}
+            "stem stays float32)",
+        ),
+    )
+}
 
 # Smallest layer (MACs per call) ``auto --allow-int8`` writes int8: benchmarks/int8_conv.py measured a 256 -> 10
 # Gemm (2,560 MACs) 0.8x as fast in int8 (per-op overhead: Cast, Mul, Add) and a 1,152 -> 256 one (295k MACs)
@@ -90,18 +119,29 @@ VARIANTS = {v.name: v for v in (
 INT8_MIN_MACS = 16384
 
 
-FORMATS = {fmt.name: fmt for fmt in (
-    Format(ExportFormat.ONNX, False, "one self-contained .onnx file", (".onnx",)),
-    Format(ExportFormat.TRITON, True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
-    Format(ExportFormat.TENSORRT, False, "a TensorRT plan built from the ONNX graph (needs the tensorrt package)",
-           (".plan", ".engine"),
-           no_genetic="a plan holds TensorRT's own engine, built from the folded weights"),
-    Format(ExportFormat.NIR, False,
-           "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips", (".nir",),
-           no_int8="NIR has no int8 type",
-           no_genetic="NIR has no constant computation, so a NIR file holds the folded weights",
-           fixed_graph="it writes the folded dense network, one step per call"),
-)}
+FORMATS = {
+    fmt.name: fmt
+    for fmt in (
+        Format(ExportFormat.ONNX, False, "one self-contained .onnx file", (".onnx",)),
+        Format(ExportFormat.TRITON, True, "a Triton Inference Server model repository (config.pbtxt + 1/model.onnx)"),
+        Format(
+            ExportFormat.TENSORRT,
+            False,
+            "a TensorRT plan built from the ONNX graph (needs the tensorrt package)",
+            (".plan", ".engine"),
+            no_genetic="a plan holds TensorRT's own engine, built from the folded weights",
+        ),
+        Format(
+            ExportFormat.NIR,
+            False,
+            "a NIR graph (.nir, HDF5) of the folded dense network for neuromorphic simulators/chips",
+            (".nir",),
+            no_int8="NIR has no int8 type",
+            no_genetic="NIR has no constant computation, so a NIR file holds the folded weights",
+            fixed_graph="it writes the folded dense network, one step per call",
+        ),
+    )
+}
 
 
 def lookup(table: dict, name: str, what: str):

@@ -1,10 +1,18 @@
 """Errors of the export stage; the CLI turns each into one line and its ``exit_code``."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError, GeeError, UnsupportedModuleError
 
-__all__ = ["ExportError", "UnsupportedModuleError", "ExportValidationError", "ShapeError", "ToleranceError",
-           "TensorRTUnavailableError", "UnknownOptionError"]
+__all__ = [
+    "ExportError",
+    "UnsupportedModuleError",
+    "ExportValidationError",
+    "ShapeError",
+    "ToleranceError",
+    "TensorRTUnavailableError",
+    "UnknownOptionError",
+]
 
 
 class ExportError(GeeError):

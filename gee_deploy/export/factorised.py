@@ -26,6 +26,7 @@ accumulates (AC) in the paper's energy model (``spike_macs``); the mixing op rea
 A Linear layer is the k = 1 case without shifts: Gemm Cin -> g, Gemm g -> Cout. A pooled layer (a
 ConvPool's conv) is written pointwise-first at input resolution, then AveragePool 2x2.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -69,7 +70,7 @@ class FactorisedCost:
 
 def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> FactorisedCost:
     """Cost of the factorised form of genetic layer ``layer`` for per-sample shapes ``in_shape`` -> ``out_shape``."""
-    genes, taps = layer.genes, layer.kernel_size ** 2
+    genes, taps = layer.genes, layer.kernel_size**2
     if layer.kind == LayerKind.LINEAR:
         return FactorisedCost(Form.LINEAR, layer.c_in * genes + genes * layer.c_out, layer.c_in * genes, genes)
     in_pixels = in_shape[1] * in_shape[2]
@@ -81,8 +82,9 @@ def factorised_cost(layer: FoldedLayer, in_shape: tuple[int, ...], out_shape: tu
     pointwise_first = layer.c_in * taps * genes * in_pixels
     shift_first = taps * layer.c_in * genes * out_pixels
     if shift_first < pointwise_first:
-        padded = layer.c_in * (in_shape[1] + 2 * layer.padding) * (in_shape[2] + 2 * layer.padding) \
-            if layer.padding else 0
+        padded = (
+            layer.c_in * (in_shape[1] + 2 * layer.padding) * (in_shape[2] + 2 * layer.padding) if layer.padding else 0
+        )
         # padded x, k^2 slices written then concatenated (twice), projection
         moved = padded + 2 * taps * layer.c_in * out_pixels + taps * genes * out_pixels
         return FactorisedCost(Form.SHIFT_FIRST, shift_first + mixing, shift_first, moved)
@@ -104,12 +106,21 @@ def _one_hot_shift(graph: GraphBuilder, u: str, layer: FoldedLayer, hint: str, o
     if ops.graph is None:
         kernel = graph.const(one_hot, f"{hint}.shift")
     else:
-        rows = graph.op("Expand", [graph.const(eye, f"shift_eye{k}"), graph.const([k * k, genes, k * k],
-                                                                                   "shift_rows", np.int64)],
-                        f"{hint}.shift_rows")
+        rows = graph.op(
+            "Expand",
+            [graph.const(eye, f"shift_eye{k}"), graph.const([k * k, genes, k * k], "shift_rows", np.int64)],
+            f"{hint}.shift_rows",
+        )
         kernel = graph.op("Reshape", [rows, graph.const(one_hot.shape, "shift_shape", np.int64)], f"{hint}.shift")
-    return graph.op("Conv", [u, kernel], f"{hint}.shifted", group=k * k * genes,
-                kernel_shape=[k, k], pads=[layer.padding] * 4, strides=[layer.stride] * 2)
+    return graph.op(
+        "Conv",
+        [u, kernel],
+        f"{hint}.shifted",
+        group=k * k * genes,
+        kernel_shape=[k, k],
+        pads=[layer.padding] * 4,
+        strides=[layer.stride] * 2,
+    )
 
 
 def _shifted_copies(graph: GraphBuilder, x: str, layer: FoldedLayer, out_shape, hint: str) -> list[str]:
@@ -128,8 +139,15 @@ def _shifted_copies(graph: GraphBuilder, x: str, layer: FoldedLayer, out_shape, 
     return taps
 
 
-def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: FactorisedCost, out_shape: tuple[int, ...],
-                    hint: str, ops: WeightOps | None = None) -> str:
+def emit_factorised(
+    graph: GraphBuilder,
+    x: str,
+    layer: FoldedLayer,
+    cost: FactorisedCost,
+    out_shape: tuple[int, ...],
+    hint: str,
+    ops: WeightOps | None = None,
+) -> str:
     """Write genetic layer ``layer`` in its factorised ``cost.form``; returns the output's name.
 
     ``ops``: the weight arithmetic of the graph (:mod:`gee_deploy.export.weights`); default: plain initializers.
@@ -140,7 +158,7 @@ def emit_factorised(graph: GraphBuilder, x: str, layer: FoldedLayer, cost: Facto
             raise ValueError(f"{hint}: a pooled layer is written pointwise-first, not {cost.form}")
         y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv", ops)
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
-    genes, taps, c_in, c_out = layer.genes, layer.kernel_size ** 2, layer.c_in, layer.c_out
+    genes, taps, c_in, c_out = layer.genes, layer.kernel_size**2, layer.c_in, layer.c_out
     project, mix = factorised_weights(ops, layer, hint)  # [p g, Cin] (row p g + a: E_in[:, p, a]), [Cout, p g]
     if cost.form != Form.LINEAR:  # as 1x1 conv weights
         project = ops.reshape(project, (taps * genes, c_in, 1, 1), f"{hint}.project_conv")

@@ -15,6 +15,7 @@ exported graph (:mod:`gee_deploy.export.weights`), which onnxruntime evaluates w
 subgraph is written to materialise as few large tensors as it can (each one costs a copy in onnxruntime's
 constant folding), docs/export.md, "Storage".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,9 +30,21 @@ from ..walk import CONV_TYPES, LINEAR_TYPES
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
-__all__ = ["FLOAT_PRODUCT", "FoldedLayer", "GeneticFactors", "fold_layer", "genetic_factors", "generated_weight", "folded_weight",
-           "factorised_weights", "batchnorm_affine", "emit_dense", "dense_kernel", "fuse_average_pool",
-           "to_tap_major"]
+__all__ = [
+    "FLOAT_PRODUCT",
+    "FoldedLayer",
+    "GeneticFactors",
+    "fold_layer",
+    "genetic_factors",
+    "generated_weight",
+    "folded_weight",
+    "factorised_weights",
+    "batchnorm_affine",
+    "emit_dense",
+    "dense_kernel",
+    "fuse_average_pool",
+    "to_tap_major",
+]
 
 
 # The precision of the product that generates a float layer's genetic weight in an exported graph: float32, as
@@ -125,14 +138,16 @@ def batchnorm_affine(ops: WeightOps, bn: nn.Module | None, channels: int, hint: 
         return ops.constant(np.ones(channels), f"{hint}.ones"), ops.constant(np.zeros(channels), f"{hint}.zeros")
     if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or bn.running_mean is None or bn.running_var is None:
         raise UnsupportedModuleError(f"cannot fold {type(bn).__name__} (needs BatchNorm with running statistics)")
-    variance = ops.add(ops.stored(bn.running_var, f"{hint}.running_var"), ops.constant(bn.eps, f"{hint}.eps"),
-                       f"{hint}.var_eps")
+    variance = ops.add(
+        ops.stored(bn.running_var, f"{hint}.running_var"), ops.constant(bn.eps, f"{hint}.eps"), f"{hint}.var_eps"
+    )
     # weight / std in one Div: 1 / std times weight is a pattern onnxruntime's graph optimiser may rewrite
     # (DivMulFusion) before it folds, so that the session's fold would differ from :func:`fold_constants`'s
     numerator = ops.stored(bn.weight, f"{hint}.weight") if bn.weight is not None else ops.constant(1.0, "one")
     scale = ops.div(numerator, ops.sqrt(variance, f"{hint}.std"), f"{hint}.scale64")
-    shift = ops.mul(ops.neg(ops.stored(bn.running_mean, f"{hint}.running_mean"), f"{hint}.neg_mean"), scale,
-                    f"{hint}.shift64")
+    shift = ops.mul(
+        ops.neg(ops.stored(bn.running_mean, f"{hint}.running_mean"), f"{hint}.neg_mean"), scale, f"{hint}.shift64"
+    )
     if bn.bias is not None:
         shift = ops.add(shift, ops.stored(bn.bias, f"{hint}.bias"), f"{hint}.shift64")
     return scale, shift
@@ -149,8 +164,11 @@ def _conv_geometry(m: nn.Conv2d | GeneticConv2d) -> tuple[int, int, int]:
     if isinstance(m, nn.Conv2d):
         if m.groups != 1 or _single(m.dilation, "dilation", m) != 1 or m.padding_mode != "zeros":
             raise UnsupportedModuleError("only Conv2d with groups=1, dilation=1 and zero padding is supported")
-        return _single(m.kernel_size, "kernel_size", m), _single(m.stride, "stride", m), \
-            _single(m.padding, "padding", m)
+        return (
+            _single(m.kernel_size, "kernel_size", m),
+            _single(m.stride, "stride", m),
+            _single(m.padding, "padding", m),
+        )
     return m.kernel_size, m.stride, m.padding
 
 
@@ -167,13 +185,16 @@ def genetic_factors(ops: WeightOps, m: GeneticConv2d | GeneticLinear, hint: str)
                 full = ops.slice(full, axis, centre, centre + 1, f"{hint}.{what}_centre")
         return ops.reshape(full, full.shape[2:], f"{hint}.{what}_rows") if linear else full
 
-    return GeneticFactors(taps(m.e_in_full, m._in_taps, "e_in"), taps(m.e_out_full, m._out_taps, "e_out"),
-                          ops.stored(m.gene_matrix, "gene_matrix"), ops.constant(float(m.scale), f"{hint}.gene_scale"),
-                          None if linear else m.kernel_size)
+    return GeneticFactors(
+        taps(m.e_in_full, m._in_taps, "e_in"),
+        taps(m.e_out_full, m._out_taps, "e_out"),
+        ops.stored(m.gene_matrix, "gene_matrix"),
+        ops.constant(float(m.scale), f"{hint}.gene_scale"),
+        None if linear else m.kernel_size,
+    )
 
 
-def _mix(ops: WeightOps, f: GeneticFactors, row_scale: Tensor, hint: str, dtype, channel_first: bool = False
-         ) -> Tensor:
+def _mix(ops: WeightOps, f: GeneticFactors, row_scale: Tensor, hint: str, dtype, channel_first: bool = False) -> Tensor:
     """mix[.., o, a] = (sum_b E_out[o, p, b] G[a, b]) row_scale[o] in ``dtype``: [k, k, Cout, g] ([Cout, g]), or
     [Cout, k, k, g] with ``channel_first`` (the factorised form's mixing rows)."""
     n = len(f.e_out.shape)  # stored [.., g, Cout]
@@ -181,10 +202,14 @@ def _mix(ops: WeightOps, f: GeneticFactors, row_scale: Tensor, hint: str, dtype,
     e_out = ops.cast(ops.transpose(f.e_out, perm, f"{hint}.e_out_rows"), dtype, f"{hint}.e_out_cast")
     gene_t = ops.transpose(ops.cast(f.gene, dtype, "gene_matrix_cast"), (1, 0), "gene_matrix_t")
     if row_scale.shape:  # along the output channels' axis
-        row_scale = ops.reshape(row_scale, (row_scale.shape[0],) + (1,) * (n - 1 - perm.index(n - 1)),
-                                f"{hint}.row_scale_col")
-    return ops.mul(ops.matmul(e_out, gene_t, f"{hint}.mix_raw"), ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"),
-                   f"{hint}.mix")
+        row_scale = ops.reshape(
+            row_scale, (row_scale.shape[0],) + (1,) * (n - 1 - perm.index(n - 1)), f"{hint}.row_scale_col"
+        )
+    return ops.mul(
+        ops.matmul(e_out, gene_t, f"{hint}.mix_raw"),
+        ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"),
+        f"{hint}.mix",
+    )
 
 
 def _swap_last(n: int) -> tuple[int, ...]:
@@ -192,8 +217,9 @@ def _swap_last(n: int) -> tuple[int, ...]:
     return tuple(range(n - 2)) + (n - 1, n - 2)
 
 
-def generated_weight(ops: WeightOps, f: GeneticFactors, out_scale: Tensor | None, hint: str,
-                     io: bool = False, dtype=np.float32) -> Tensor:
+def generated_weight(
+    ops: WeightOps, f: GeneticFactors, out_scale: Tensor | None, hint: str, io: bool = False, dtype=np.float32
+) -> Tensor:
     """W = (s E_in G E_out^T) ``out_scale`` (eq. 1, scaled per output channel when ``out_scale`` [Cout] is given)
     in ``dtype``: [k, k, Cout, Cin] ([Cout, Cin] for a linear layer), or [k, k, Cin, Cout] ([Cin, Cout]) with
     ``io``.
@@ -208,14 +234,19 @@ def generated_weight(ops: WeightOps, f: GeneticFactors, out_scale: Tensor | None
     """
     row_scale = f.scale if out_scale is None else ops.mul(f.scale, out_scale, f"{hint}.row_scale")  # [] | [Cout]
     if io:  # [.., Cin, g] @ [.., g, Cout], mix^T[.., a, o] = sum_b G[a, b] E_out[o, p, b] row_scale[o]
-        e_in = ops.cast(ops.transpose(f.e_in, _swap_last(len(f.e_in.shape)), f"{hint}.e_in_rows"), dtype,
-                        f"{hint}.e_in_cast")
-        mix_t = ops.matmul(ops.cast(f.gene, dtype, "gene_matrix_cast"), ops.cast(f.e_out, dtype, f"{hint}.e_out_cast"),
-                           f"{hint}.mix_raw")
+        e_in = ops.cast(
+            ops.transpose(f.e_in, _swap_last(len(f.e_in.shape)), f"{hint}.e_in_rows"), dtype, f"{hint}.e_in_cast"
+        )
+        mix_t = ops.matmul(
+            ops.cast(f.gene, dtype, "gene_matrix_cast"),
+            ops.cast(f.e_out, dtype, f"{hint}.e_out_cast"),
+            f"{hint}.mix_raw",
+        )
         mix_t = ops.mul(mix_t, ops.cast(row_scale, dtype, f"{hint}.row_scale_cast"), f"{hint}.mix")
         return ops.matmul(e_in, mix_t, f"{hint}.generated")
-    return ops.matmul(_mix(ops, f, row_scale, hint, dtype), ops.cast(f.e_in, dtype, f"{hint}.e_in_cast"),
-                      f"{hint}.generated")  # [.., Cout, g] @ [.., g, Cin]
+    return ops.matmul(
+        _mix(ops, f, row_scale, hint, dtype), ops.cast(f.e_in, dtype, f"{hint}.e_in_cast"), f"{hint}.generated"
+    )  # [.., Cout, g] @ [.., g, Cin]
 
 
 def folded_weight(ops: WeightOps, layer: FoldedLayer, hint: str, product=None) -> Tensor:
@@ -242,8 +273,9 @@ def factorised_weights(ops: WeightOps, layer: FoldedLayer, hint: str) -> tuple[T
     return project, ops.reshape(mix, (layer.c_out, taps * g), f"{hint}.mix_rows")  # [Cout, k, k, g] -> [Cout, p g]
 
 
-def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, ops: WeightOps | None = None,
-               hint: str = "layer") -> FoldedLayer:
+def fold_layer(
+    m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, ops: WeightOps | None = None, hint: str = "layer"
+) -> FoldedLayer:
     """Fold weight layer ``m`` (Conv2d, Linear or their genetic versions) and the BatchNorm ``bn`` after it.
 
     ``pooled``: ``m`` is a ConvPool's conv, so a 2x2 average pool sits between it and ``bn`` (an eval-mode BN is
@@ -264,8 +296,7 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
     scale, shift = batchnorm_affine(ops, bn, c_out, f"{hint}.bn")
     bias = getattr(m, "bias", None)
     if bias is not None:
-        bias = ops.add(shift, ops.mul(scale, ops.stored(bias, f"{hint}.bias"),
-                                      f"{hint}.bias_scaled"), f"{hint}.bias64")
+        bias = ops.add(shift, ops.mul(scale, ops.stored(bias, f"{hint}.bias"), f"{hint}.bias_scaled"), f"{hint}.bias64")
     else:
         bias = shift
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
@@ -273,8 +304,11 @@ def fold_layer(m: nn.Module, bn: nn.Module | None = None, pooled: bool = False, 
     weight = ops.stored(m.weight, f"{hint}.weight", np.float32)
     if kind == LayerKind.CONV:
         weight = ops.transpose(weight, (2, 3, 0, 1), f"{hint}.weight_taps")
-    weight = ops.mul(ops.cast(weight, np.float64, f"{hint}.weight64"),
-                     ops.reshape(scale, (c_out, 1), f"{hint}.bn_scale_col"), f"{hint}.folded")
+    weight = ops.mul(
+        ops.cast(weight, np.float64, f"{hint}.weight64"),
+        ops.reshape(scale, (c_out, 1), f"{hint}.bn_scale_col"),
+        f"{hint}.folded",
+    )
     return FoldedLayer(kind, bias, scale, k, stride, padding, pooled, weight=weight)
 
 
@@ -286,10 +320,13 @@ def fuse_average_pool(ops: WeightOps, weight: Tensor, hint: str) -> Tensor:
     rolls a zero-padded [Cout, Cin, k, k] kernel), so both give the same floats in any precision.
     """
     trail = (0,) * (len(weight.shape) - 2)
-    parts = [ops.pad(weight, before + trail, after + trail, f"{hint}.tap")
-             for before, after in (((0, 0), (1, 1)), ((0, 1), (1, 0)), ((1, 0), (0, 1)), ((1, 1), (0, 0)))]
-    total = ops.add(ops.add(ops.add(parts[0], parts[1], f"{hint}.sum"), parts[2], f"{hint}.sum"), parts[3],
-                    f"{hint}.sum")
+    parts = [
+        ops.pad(weight, before + trail, after + trail, f"{hint}.tap")
+        for before, after in (((0, 0), (1, 1)), ((0, 1), (1, 0)), ((1, 0), (0, 1)), ((1, 1), (0, 0)))
+    ]
+    total = ops.add(
+        ops.add(ops.add(parts[0], parts[1], f"{hint}.sum"), parts[2], f"{hint}.sum"), parts[3], f"{hint}.sum"
+    )
     return ops.mul(total, ops.constant(0.25, "quarter", weight.dtype), f"{hint}.fused")
 
 

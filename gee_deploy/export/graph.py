@@ -1,4 +1,5 @@
 """A minimal ONNX graph builder: unique names, deduplicated constants, nodes in order."""
+
 from __future__ import annotations
 
 import json
@@ -62,15 +63,39 @@ class GraphBuilder:
     # An ``outputs`` that is an int equal to 1 still returns one name; the list overload is for counts > 1.
     @overload
     def op(  # type: ignore[overload-overlap]
-           self, op_type: str, inputs: list[str], hint: str | None = None, outputs: Literal[1] = 1,
-           out_names: list[str] | None = None, node_name: bool = True, **attrs: Any) -> str: ...
+        self,
+        op_type: str,
+        inputs: list[str],
+        hint: str | None = None,
+        outputs: Literal[1] = 1,
+        out_names: list[str] | None = None,
+        node_name: bool = True,
+        **attrs: Any,
+    ) -> str: ...
 
     @overload
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, *, outputs: int,
-           out_names: list[str] | None = None, node_name: bool = True, **attrs: Any) -> list[str]: ...
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        hint: str | None = None,
+        *,
+        outputs: int,
+        out_names: list[str] | None = None,
+        node_name: bool = True,
+        **attrs: Any,
+    ) -> list[str]: ...
 
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1,
-           out_names: list[str] | None = None, node_name: bool = True, **attrs: Any) -> str | list[str]:
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        hint: str | None = None,
+        outputs: int = 1,
+        out_names: list[str] | None = None,
+        node_name: bool = True,
+        **attrs: Any,
+    ) -> str | list[str]:
         """Append one node; ``node_name`` False leaves the (optional) node name out, to save bytes."""
         hint = hint or op_type.lower()
         names = out_names or [self.fresh(hint if outputs == 1 else f"{hint}.{j}") for j in range(outputs)]
@@ -101,15 +126,26 @@ class GraphBuilder:
                 field[i] = self._renames.get(name, name)
         return out
 
-    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int,
-              metadata: Mapping[str, object], doc: str = "") -> onnx.ModelProto:
+    def model(
+        self,
+        inputs: list[onnx.ValueInfoProto],
+        outputs: list[onnx.ValueInfoProto],
+        opset: int,
+        metadata: Mapping[str, object],
+        doc: str = "",
+    ) -> onnx.ModelProto:
         nodes, initializers = self.live([o.name for o in outputs])
         if self._renames:
             nodes = [self._renamed(n) for n in nodes]
         graph = helper.make_graph(nodes, "gee_deploy", inputs, outputs, initializers)
         opsets = [helper.make_opsetid("", opset)]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="gee-deploy", doc_string=doc,
-                                  ir_version=helper.find_min_ir_version_for(opsets))
+        model = helper.make_model(
+            graph,
+            opset_imports=opsets,
+            producer_name="gee-deploy",
+            doc_string=doc,
+            ir_version=helper.find_min_ir_version_for(opsets),
+        )
         set_metadata(model, metadata)
         return model
 

@@ -28,6 +28,7 @@ bias are the integer form's two float32 ops: both forms give the same output bit
 takes them. (The per-channel scale inside the weight's DequantizeLinear, ``axis`` 0, is the other common spelling;
 onnxruntime's CPU provider runs that Conv in float32 on q s and rounds each partial sum, docs/export.md, "Int8".)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,18 @@ from .folding import FoldedLayer, fold_layer, fuse_average_pool, generated_weigh
 from .graph import GraphBuilder
 from .weights import Tensor, WeightOps
 
-__all__ = ["Int8Layer", "int8_layer", "dequantised_layer", "gather_form", "emit_int8", "emit_qdq", "quantise_spikes",
-           "source_weight", "scale_name", "DEFAULT_INT8_FORM"]
+__all__ = [
+    "Int8Layer",
+    "int8_layer",
+    "dequantised_layer",
+    "gather_form",
+    "emit_int8",
+    "emit_qdq",
+    "quantise_spikes",
+    "source_weight",
+    "scale_name",
+    "DEFAULT_INT8_FORM",
+]
 
 
 # --format -> the int8 form its runtime runs fastest (docs/export.md, "Int8"): onnxruntime's CPU provider has int8
@@ -84,18 +95,25 @@ def source_weight(ops: WeightOps, m: nn.Module, pooled: ConvPool | None, hint: s
     layer's stored weight; inside a ConvPool, the fused (k+1) x (k+1) kernel of that weight, in float32.
     """
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
-        weight = generated_weight(ops, genetic_factors(ops, m, hint), None, f"{hint}.source", io=True,
-                                  dtype=np.float64)
+        weight = generated_weight(ops, genetic_factors(ops, m, hint), None, f"{hint}.source", io=True, dtype=np.float64)
         weight = ops.cast(weight, np.float32, f"{hint}.source_f32")
     else:
         assert isinstance(m, (nn.Conv2d, nn.Linear)), f"{hint}: not a weight layer"
-        weight = ops.transpose(ops.stored(m.weight, f"{hint}.weight", np.float32),
-                               (2, 3, 1, 0) if m.weight.dim() == 4 else (1, 0), f"{hint}.source_taps")
+        weight = ops.transpose(
+            ops.stored(m.weight, f"{hint}.weight", np.float32),
+            (2, 3, 1, 0) if m.weight.dim() == 4 else (1, 0),
+            f"{hint}.source_taps",
+        )
     return fuse_average_pool(ops, weight, f"{hint}.source") if pooled is not None else weight
 
 
-def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = None, ops: WeightOps | None = None,
-               hint: str = "layer") -> Int8Layer:
+def int8_layer(
+    m: nn.Module,
+    bn: nn.Module | None,
+    pooled: ConvPool | None = None,
+    ops: WeightOps | None = None,
+    hint: str = "layer",
+) -> Int8Layer:
     """The int8 form of weight layer ``m`` (inside ConvPool ``pooled``, if given) with ``bn`` folded in.
 
     Codes and scales by the one int8 rule, :func:`gee_deploy.quantisation.int8_codes`, run on ``ops`` so that a
@@ -104,14 +122,22 @@ def int8_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = Non
     ops = ops or WeightOps()
     f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=hint)  # geometry, BatchNorm scale, bias
     q, step = int8_codes(ops, source_weight(ops, m, pooled, hint), hint)
-    scale = ops.cast(ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), f.out_scale, f"{hint}.scale64"),
-                     np.float32, f"{hint}.scale32")
+    scale = ops.cast(
+        ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), f.out_scale, f"{hint}.scale64"),
+        np.float32,
+        f"{hint}.scale32",
+    )
     k, stride = (pooled.kernel_size, pooled.stride) if pooled is not None else (f.kernel_size, f.stride)
     return Int8Layer(f.kind, q, scale, ops.cast(f.bias, np.float32, f"{hint}.bias32"), k, stride, f.padding)
 
 
-def dequantised_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | None = None,
-                      ops: WeightOps | None = None, hint: str = "layer") -> FoldedLayer:
+def dequantised_layer(
+    m: nn.Module,
+    bn: nn.Module | None,
+    pooled: ConvPool | None = None,
+    ops: WeightOps | None = None,
+    hint: str = "layer",
+) -> FoldedLayer:
     """A fine-tuned (quantised) layer in float: the weight its forward uses, q s, with ``bn`` folded (float64).
 
     Dense only (the factorised form cannot hold rounded weights); a ConvPool's fused kernel is stored as the
@@ -119,12 +145,21 @@ def dequantised_layer(m: nn.Module, bn: nn.Module | None, pooled: ConvPool | Non
     """
     ops = ops or WeightOps()
     layer = int8_layer(m, bn, pooled, ops, hint)
-    weight = ops.mul(ops.cast(layer.q, np.float64, f"{hint}.q64"), ops.cast(layer.scale, np.float64, f"{hint}.scale64"),
-                     f"{hint}.dequantised")  # the scale per output channel: the last axis
+    weight = ops.mul(
+        ops.cast(layer.q, np.float64, f"{hint}.q64"),
+        ops.cast(layer.scale, np.float64, f"{hint}.scale64"),
+        f"{hint}.dequantised",
+    )  # the scale per output channel: the last axis
     weight = ops.transpose(weight, (0, 1, 3, 2) if layer.kind == LayerKind.CONV else (1, 0), f"{hint}.dequantised_oi")
-    return FoldedLayer(layer.kind, ops.cast(layer.bias, np.float64, f"{hint}.bias64"),
-                       ops.constant(np.ones(layer.scale.shape[0]), f"{hint}.ones"), layer.kernel_size, layer.stride,
-                       layer.padding, weight=weight)
+    return FoldedLayer(
+        layer.kind,
+        ops.cast(layer.bias, np.float64, f"{hint}.bias64"),
+        ops.constant(np.ones(layer.scale.shape[0]), f"{hint}.ones"),
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        weight=weight,
+    )
 
 
 def scale_name(layer: str) -> str:
@@ -145,8 +180,9 @@ def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
     return "space-to-depth" if layer.stride > 1 and layer.kernel_size % layer.stride == 0 else "slices"
 
 
-def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str,
-              ops: WeightOps | None = None) -> str:
+def emit_int8(
+    g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
+) -> str:
     """Write ``layer`` reading uint8 spikes ``x_u8`` ([N, C, H, W] or [N, features]); returns its float32 output
     [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape; ``ops``: the graph's weight
     arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers."""
@@ -155,8 +191,7 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
     zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
 
     def matmul(x: str, q_rows: Tensor) -> str:  # q_rows [K, Cout] int8; int32 acc, then scale and bias
-        acc = g.op("MatMulInteger", [x, ops.output(g, q_rows, f"{hint}.weight_int8", np.int8)] + zeros,
-                   f"{hint}.acc")
+        acc = g.op("MatMulInteger", [x, ops.output(g, q_rows, f"{hint}.weight_int8", np.int8)] + zeros, f"{hint}.acc")
         # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
         y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
         y = g.op("Mul", [y, ops.output(g, layer.scale, scale_name(hint))], f"{hint}.scaled")
@@ -184,25 +219,49 @@ def emit_int8(g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hin
         x = g.op("Pad", [nhwc, pads], f"{hint}.padded")
         x = g.op("Reshape", [x, g.const([0, hp // s, s, wp // s, s, c], f"{hint}.s2d", np.int64)], f"{hint}.s2d")
         x = g.op("Transpose", [x], f"{hint}.s2d", perm=[0, 1, 3, 2, 4, 5])
-        x = g.op("Reshape", [x, g.const([0, hp // s, wp // s, s * s * c], f"{hint}.blocks", np.int64)],
-                 f"{hint}.blocks")
+        x = g.op(
+            "Reshape", [x, g.const([0, hp // s, wp // s, s * s * c], f"{hint}.blocks", np.int64)], f"{hint}.blocks"
+        )
         kb = k // s
         for a in range(kb):
             for b in range(kb):
-                cols.append(g.op("Slice", [x, g.const([a, b], f"{hint}.start", np.int64),
-                                           g.const([a + ho, b + wo], f"{hint}.end", np.int64), axes],
-                                 f"{hint}.patch"))
-        rows = ops.transpose(ops.reshape(q, (kb, s, kb, s, c, cout), f"{hint}.blocks_q"), (0, 2, 1, 3, 4, 5),
-                             f"{hint}.rows")  # (a, b, di, dj, c, o)
+                cols.append(
+                    g.op(
+                        "Slice",
+                        [
+                            x,
+                            g.const([a, b], f"{hint}.start", np.int64),
+                            g.const([a + ho, b + wo], f"{hint}.end", np.int64),
+                            axes,
+                        ],
+                        f"{hint}.patch",
+                    )
+                )
+        rows = ops.transpose(
+            ops.reshape(q, (kb, s, kb, s, c, cout), f"{hint}.blocks_q"), (0, 2, 1, 3, 4, 5), f"{hint}.rows"
+        )  # (a, b, di, dj, c, o)
     else:
-        x = g.op("Pad", [nhwc, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded") \
-            if p else nhwc
+        x = (
+            g.op("Pad", [nhwc, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded")
+            if p
+            else nhwc
+        )
         steps = g.const([s, s], f"{hint}.steps", np.int64)
         for i in range(k):
             for j in range(k):
-                cols.append(g.op("Slice", [x, g.const([i, j], f"{hint}.start", np.int64),
-                                           g.const([i + s * (ho - 1) + 1, j + s * (wo - 1) + 1], f"{hint}.end",
-                                                   np.int64), axes, steps], f"{hint}.patch"))
+                cols.append(
+                    g.op(
+                        "Slice",
+                        [
+                            x,
+                            g.const([i, j], f"{hint}.start", np.int64),
+                            g.const([i + s * (ho - 1) + 1, j + s * (wo - 1) + 1], f"{hint}.end", np.int64),
+                            axes,
+                            steps,
+                        ],
+                        f"{hint}.patch",
+                    )
+                )
         rows = q  # (i, j, c, o)
     col = g.op("Concat", cols, f"{hint}.patches", axis=3) if len(cols) > 1 else cols[0]  # [N, Ho, Wo, k*k*C]
     y = matmul(col, ops.reshape(rows, (-1, cout), f"{hint}.rows"))  # [N, Ho, Wo, Cout]
@@ -218,8 +277,11 @@ def quantise_spikes(g: GraphBuilder, spikes: str, hint: str) -> str:
     """float32 0/1 ``spikes`` as the QDQ form's input: QuantizeLinear (scale 1, zero point 0, int8; exact) then
     DequantizeLinear back, the pair every QDQ reader takes as "this tensor is int8"; returns the float32 name."""
     unit, zero = _unit_scale(g)
-    return g.op("DequantizeLinear", [g.op("QuantizeLinear", [spikes, unit, zero], f"{hint}.int8"), unit, zero],
-                f"{hint}.int8_dq")
+    return g.op(
+        "DequantizeLinear",
+        [g.op("QuantizeLinear", [spikes, unit, zero], f"{hint}.int8"), unit, zero],
+        f"{hint}.int8_dq",
+    )
 
 
 def emit_qdq(g: GraphBuilder, x_dq: str, layer: Int8Layer, hint: str, ops: WeightOps | None = None) -> str:
@@ -235,14 +297,17 @@ def emit_qdq(g: GraphBuilder, x_dq: str, layer: Int8Layer, hint: str, ops: Weigh
     conv = layer.kind == LayerKind.CONV
     codes = ops.transpose(layer.q, (3, 2, 0, 1) if conv else (1, 0), f"{hint}.codes_oi")  # from [k, k, Cin, Cout]
     unit, zero = _unit_scale(g)
-    weight = g.op("DequantizeLinear", [ops.output(g, codes, f"{hint}.weight_int8", np.int8), unit, zero],
-                  f"{hint}.weight_dq")
+    weight = g.op(
+        "DequantizeLinear", [ops.output(g, codes, f"{hint}.weight_int8", np.int8), unit, zero], f"{hint}.weight_dq"
+    )
     if conv:
         acc = g.op("Conv", [x_dq, weight], f"{hint}.acc", pads=[layer.padding] * 4, strides=[layer.stride] * 2)
     else:
         acc = g.op("Gemm", [x_dq, weight], f"{hint}.acc", transB=1)
     per_channel = (cout, 1, 1) if conv else (cout,)
-    y = g.op("Mul", [acc, ops.output(g, ops.reshape(layer.scale, per_channel, f"{hint}.scale_c"), scale_name(hint))],
-             f"{hint}.scaled")
-    return g.op("Add", [y, ops.output(g, ops.reshape(layer.bias, per_channel, f"{hint}.bias_c"), f"{hint}.bias")],
-                hint)
+    y = g.op(
+        "Mul",
+        [acc, ops.output(g, ops.reshape(layer.scale, per_channel, f"{hint}.scale_c"), scale_name(hint))],
+        f"{hint}.scaled",
+    )
+    return g.op("Add", [y, ops.output(g, ops.reshape(layer.bias, per_channel, f"{hint}.bias_c"), f"{hint}.bias")], hint)

@@ -9,6 +9,7 @@ Two things depend on the loaded model and are resolved from the options once it 
 genetic model defaults to (:func:`storage_for`) and the validation limits of a checkpoint not fine-tuned for
 int8 (:func:`validation_for`). docs/design.md, "Options objects", says why.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,13 +23,32 @@ from ..genetic import GeneticConv2d, GeneticLinear
 from ..kinds import ExportFormat, ExportVariant, Int8Form, Int8Policy, Storage
 from ..quantisation import quantised_layers
 from ..triton_config import CPU_ACCELERATORS
-from .configs import (DEFAULT_OPSET, FORMATS, MIN_OPSET, VARIANTS, Format, ValidationConfig, Variant, lookup,
-                      validation_thresholds)
+from .configs import (
+    DEFAULT_OPSET,
+    FORMATS,
+    MIN_OPSET,
+    VARIANTS,
+    Format,
+    ValidationConfig,
+    Variant,
+    lookup,
+    validation_thresholds,
+)
 from .errors import ExportError, UnknownOptionError
 from .int8 import DEFAULT_INT8_FORM
 
-__all__ = ["ExportOptions", "export_options", "check_format", "check_variant", "check_int8_form", "check_opset",
-           "check_storage", "storage_for", "validation_for", "is_genetic"]
+__all__ = [
+    "ExportOptions",
+    "export_options",
+    "check_format",
+    "check_variant",
+    "check_int8_form",
+    "check_opset",
+    "check_storage",
+    "storage_for",
+    "validation_for",
+    "is_genetic",
+]
 
 _LIKE = {ExportFormat.ONNX: "an ONNX file", ExportFormat.TENSORRT: "a TensorRT plan", ExportFormat.NIR: "a NIR file"}
 
@@ -74,13 +94,25 @@ class ExportOptions:
     triton_accelerator: str | None = None
 
 
-def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | str | None = None,
-                   variant: ExportVariant | str = ExportVariant.DENSE, allow_int8: bool = False,
-                   opset: int | None = None, storage: Storage | str | None = None, streaming: bool = False,
-                   profile: bool = False, validation: ValidationConfig | None = None, atol: float | None = None,
-                   samples: int | None = None, data_dir: str | os.PathLike | None = None, max_batch_size: int = 64,
-                   fp16: bool = False, int8_form: Int8Form | str | None = None,
-                   triton_accelerator: str | None = None) -> ExportOptions:
+def export_options(
+    *,
+    out: str | os.PathLike | None = None,
+    fmt: ExportFormat | str | None = None,
+    variant: ExportVariant | str = ExportVariant.DENSE,
+    allow_int8: bool = False,
+    opset: int | None = None,
+    storage: Storage | str | None = None,
+    streaming: bool = False,
+    profile: bool = False,
+    validation: ValidationConfig | None = None,
+    atol: float | None = None,
+    samples: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    max_batch_size: int = 64,
+    fp16: bool = False,
+    int8_form: Int8Form | str | None = None,
+    triton_accelerator: str | None = None,
+) -> ExportOptions:
     """The checked options of an export: the one place an export's input is checked (docs/export.md).
 
     Args:
@@ -100,29 +132,48 @@ def export_options(*, out: str | os.PathLike | None = None, fmt: ExportFormat | 
     output_format = check_format(fmt, out)
     chosen = check_variant(variant, allow_int8, profile)
     if output_format.no_int8 and chosen.int8 != Int8Policy.NEVER:
-        raise ExportError(f"--format {output_format.name} cannot hold int8 layers ({output_format.no_int8}): "
-                          "export --variant dense or auto without --allow-int8")
-    for bad, why in ((output_format.fixed_graph and chosen.name != ExportVariant.DENSE, f"--variant {chosen.name}"),
-                     (output_format.fixed_graph and streaming, "--streaming")):
+        raise ExportError(
+            f"--format {output_format.name} cannot hold int8 layers ({output_format.no_int8}): "
+            "export --variant dense or auto without --allow-int8"
+        )
+    for bad, why in (
+        (output_format.fixed_graph and chosen.name != ExportVariant.DENSE, f"--variant {chosen.name}"),
+        (output_format.fixed_graph and streaming, "--streaming"),
+    ):
         if bad:
-            raise UnknownOptionError(f"{why} does not apply to --format {output_format.name} "
-                                     f"({output_format.fixed_graph})")
+            raise UnknownOptionError(
+                f"{why} does not apply to --format {output_format.name} ({output_format.fixed_graph})"
+            )
     checked_opset = check_opset(opset, output_format)
     if fp16 and output_format.name != ExportFormat.TENSORRT:
-        raise UnknownOptionError(f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not "
-                                 f"{output_format.name}")
+        raise UnknownOptionError(
+            f"--fp16 builds an FP16 TensorRT plan: it applies to --format tensorrt, not {output_format.name}"
+        )
     if triton_accelerator is not None and output_format.name != ExportFormat.TRITON:
-        raise UnknownOptionError(f"--triton-accelerator names an accelerator in Triton's config.pbtxt: it applies to "
-                                 f"--format triton, not {output_format.name}")
+        raise UnknownOptionError(
+            f"--triton-accelerator names an accelerator in Triton's config.pbtxt: it applies to "
+            f"--format triton, not {output_format.name}"
+        )
     if triton_accelerator not in (None, *CPU_ACCELERATORS):
-        raise UnknownOptionError(f"unknown --triton-accelerator {triton_accelerator!r}; use one of "
-                                 f"{', '.join(CPU_ACCELERATORS)}")
-    return ExportOptions(format=output_format, variant=chosen, opset=checked_opset,
-                         storage=check_storage(storage, output_format), streaming=streaming, profile=profile,
-                         validation=validation, atol=atol, samples=samples,
-                         data_dir=None if data_dir is None else Path(data_dir), max_batch_size=max_batch_size,
-                         fp16=fp16, int8_form=check_int8_form(int8_form, chosen, output_format),
-                         triton_accelerator=triton_accelerator)
+        raise UnknownOptionError(
+            f"unknown --triton-accelerator {triton_accelerator!r}; use one of {', '.join(CPU_ACCELERATORS)}"
+        )
+    return ExportOptions(
+        format=output_format,
+        variant=chosen,
+        opset=checked_opset,
+        storage=check_storage(storage, output_format),
+        streaming=streaming,
+        profile=profile,
+        validation=validation,
+        atol=atol,
+        samples=samples,
+        data_dir=None if data_dir is None else Path(data_dir),
+        max_batch_size=max_batch_size,
+        fp16=fp16,
+        int8_form=check_int8_form(int8_form, chosen, output_format),
+        triton_accelerator=triton_accelerator,
+    )
 
 
 def check_format(fmt: ExportFormat | str | None, out: str | os.PathLike | None = None) -> Format:
@@ -143,24 +194,32 @@ def check_format(fmt: ExportFormat | str | None, out: str | os.PathLike | None =
     known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
     if fmt is None:
         if named is None and Path(out).is_dir():
-            raise UnknownOptionError(f"--out {out} is a directory: give a file ending in {known}, or --format triton "
-                                     "to write a Triton repository there")
+            raise UnknownOptionError(
+                f"--out {out} is a directory: give a file ending in {known}, or --format triton "
+                "to write a Triton repository there"
+            )
         if named is None:
-            raise UnknownOptionError(f"--out {out}: {f'the suffix {suffix}' if suffix else 'a name without a suffix'} "
-                                     f"names no export format; end it in {known}, or give --format triton for a "
-                                     "Triton repository directory")
+            raise UnknownOptionError(
+                f"--out {out}: {f'the suffix {suffix}' if suffix else 'a name without a suffix'} "
+                f"names no export format; end it in {known}, or give --format triton for a "
+                "Triton repository directory"
+            )
         return named
     chosen = lookup(FORMATS, fmt, "format")
     if named is not None and named.name != chosen.name:
         what = "a directory" if chosen.out_is_dir else f"a {' or '.join(chosen.suffixes)} file"
-        raise UnknownOptionError(f"--out {out} is named like {_LIKE[named.name]} but --format {fmt} writes {what}: "
-                                 "rename --out, or drop --format and let the suffix choose")
+        raise UnknownOptionError(
+            f"--out {out} is named like {_LIKE[named.name]} but --format {fmt} writes {what}: "
+            "rename --out, or drop --format and let the suffix choose"
+        )
     if not chosen.out_is_dir and named is None:
         if Path(out).is_dir():
-            raise UnknownOptionError(f"--out {out} is a directory: --format {fmt} writes a "
-                                     f"{' or '.join(chosen.suffixes)} file")
-        raise UnknownOptionError(f"--out {out}: --format {fmt} writes a {' or '.join(chosen.suffixes)} file; "
-                                 "name --out so")
+            raise UnknownOptionError(
+                f"--out {out} is a directory: --format {fmt} writes a {' or '.join(chosen.suffixes)} file"
+            )
+        raise UnknownOptionError(
+            f"--out {out}: --format {fmt} writes a {' or '.join(chosen.suffixes)} file; name --out so"
+        )
     return chosen
 
 
@@ -174,12 +233,16 @@ def check_variant(variant: ExportVariant | str, allow_int8: bool = False, profil
     """
     chosen = lookup(VARIANTS, variant, "variant")
     if profile and chosen.per_layer is None:
-        raise UnknownOptionError(f"--profile times each layer's forms for --variant auto to choose from; --variant "
-                                 f"{variant} writes every layer one way (drop --profile or use --variant auto)")
+        raise UnknownOptionError(
+            f"--profile times each layer's forms for --variant auto to choose from; --variant "
+            f"{variant} writes every layer one way (drop --profile or use --variant auto)"
+        )
     if allow_int8:
         if chosen.per_layer is None:
-            raise UnknownOptionError(f"--allow-int8 lets --variant auto choose int8 per layer; with --variant "
-                                     f"{variant} use --variant int8 for every spike-reading layer")
+            raise UnknownOptionError(
+                f"--allow-int8 lets --variant auto choose int8 per layer; with --variant "
+                f"{variant} use --variant int8 for every spike-reading layer"
+            )
         chosen = replace(chosen, int8=Int8Policy.CHOOSE)
     return chosen
 
@@ -196,13 +259,17 @@ def check_int8_form(form: Int8Form | str | None, variant: Variant, output_format
     if form is not None:
         form = Int8Form(lookup({f.value: f for f in Int8Form}, form, "int8 form"))
         if variant.int8 == Int8Policy.NEVER:
-            raise UnknownOptionError(f"--int8-form spells int8 layers; --variant {variant.name} writes none (use "
-                                     "--variant int8, or --variant auto --allow-int8)")
+            raise UnknownOptionError(
+                f"--int8-form spells int8 layers; --variant {variant.name} writes none (use "
+                "--variant int8, or --variant auto --allow-int8)"
+            )
     if variant.int8 == Int8Policy.NEVER:
         return None
     if form == Int8Form.INTEGER and output_format.name == ExportFormat.TENSORRT:
-        raise UnknownOptionError("--int8-form integer is onnxruntime's MatMulInteger, which TensorRT cannot run "
-                                 "(its int8 is QDQ only): use --int8-form qdq (the default for --format tensorrt)")
+        raise UnknownOptionError(
+            "--int8-form integer is onnxruntime's MatMulInteger, which TensorRT cannot run "
+            "(its int8 is QDQ only): use --int8-form qdq (the default for --format tensorrt)"
+        )
     return form or DEFAULT_INT8_FORM.get(output_format.name, Int8Form.INTEGER)
 
 
@@ -215,8 +282,9 @@ def check_opset(opset: int | None, output_format: Format) -> int:
     """
     if output_format.fixed_graph:
         if opset is not None:
-            raise UnknownOptionError(f"--opset does not apply to --format {output_format.name} "
-                                     f"({output_format.fixed_graph})")
+            raise UnknownOptionError(
+                f"--opset does not apply to --format {output_format.name} ({output_format.fixed_graph})"
+            )
         return 0
     newest = onnx.defs.onnx_opset_version()
     opset = DEFAULT_OPSET if opset is None else opset
@@ -235,8 +303,10 @@ def check_storage(storage: Storage | str | None, output_format: Format) -> Stora
         return None
     storage = Storage(lookup({s.value: s for s in Storage}, storage, "storage"))
     if storage == Storage.GENETIC and output_format.no_genetic:
-        raise UnknownOptionError(f"--storage genetic does not apply to --format {output_format.name}: "
-                                 f"{output_format.no_genetic} (leave --storage out)")
+        raise UnknownOptionError(
+            f"--storage genetic does not apply to --format {output_format.name}: "
+            f"{output_format.no_genetic} (leave --storage out)"
+        )
     return storage
 
 
@@ -255,8 +325,9 @@ def storage_for(model: nn.Module, options: ExportOptions) -> Storage:
     if options.storage is None:
         return Storage.GENETIC if is_genetic(model) and not options.format.no_genetic else Storage.FOLDED
     if options.storage == Storage.GENETIC and not is_genetic(model):
-        raise UnknownOptionError("--storage genetic needs a genetic model; this is a dense twin (genes = 0), "
-                                 "whose only storage is folded")
+        raise UnknownOptionError(
+            "--storage genetic needs a genetic model; this is a dense twin (genes = 0), whose only storage is folded"
+        )
     return options.storage
 
 
@@ -265,8 +336,9 @@ def validation_for(model: nn.Module, options: ExportOptions) -> ValidationConfig
     :func:`~gee_deploy.export.configs.validation_thresholds` (fp32's, or the post-training int8 ones when int8
     layers meet a checkpoint not fine-tuned for them); ``options.atol`` and ``options.samples`` replace its own.
     """
-    cfg = options.validation or ValidationConfig(thresholds=validation_thresholds(
-        options.variant.int8 != Int8Policy.NEVER, bool(quantised_layers(model))))
+    cfg = options.validation or ValidationConfig(
+        thresholds=validation_thresholds(options.variant.int8 != Int8Policy.NEVER, bool(quantised_layers(model)))
+    )
     if options.atol is not None:
         cfg = replace(cfg, thresholds=replace(cfg.thresholds, atol=options.atol))
     return cfg if options.samples is None else replace(cfg, samples=options.samples)

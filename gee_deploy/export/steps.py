@@ -4,6 +4,7 @@
 Layouts (:mod:`gee_deploy.walk`): a static value is ``[N, ...]``, the same at every step; a per-step value is
 ``[T*N, ...]``, t-major. Every function appends its ops to a :class:`~.graph.GraphBuilder` and returns tensor names.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,15 @@ from onnx import TensorProto
 from ..spec import LOGITS, SPIKE_COUNTS
 from .graph import GraphBuilder
 
-__all__ = ["concat_steps", "integer_count", "repeat_steps", "spikes_and_count", "step_slices", "uint8_spikes",
-           "write_outputs"]
+__all__ = [
+    "concat_steps",
+    "integer_count",
+    "repeat_steps",
+    "spikes_and_count",
+    "step_slices",
+    "uint8_spikes",
+    "write_outputs",
+]
 
 
 def step_slices(graph: GraphBuilder, x: str, static: bool, steps: int, hint: str) -> list[str]:
@@ -51,10 +59,12 @@ def spikes_and_count(graph: GraphBuilder, fired: list[str], neurons: int, name: 
     """
     fire_maps = concat_steps(graph, fired, f"{name}.fired")
     spikes = graph.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)
-    per_step = graph.op("Reshape", [spikes, graph.const([len(fired), -1, neurons], f"{name}.steps_shape", np.int64)],
-                        f"{name}.per_step")
-    count = graph.op("ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
-                     keepdims=1)  # [1, N, 1]
+    per_step = graph.op(
+        "Reshape", [spikes, graph.const([len(fired), -1, neurons], f"{name}.steps_shape", np.int64)], f"{name}.per_step"
+    )
+    count = graph.op(
+        "ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count", keepdims=1
+    )  # [1, N, 1]
     return fire_maps, spikes, graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count")
 
 
@@ -67,12 +77,16 @@ def integer_count(graph: GraphBuilder, uint8: str, steps: int, neurons: int, nam
     not, so QDQ graphs keep the float count.
     """
     block = math.gcd(neurons, 256)
-    blocks = graph.op("Reshape", [uint8, graph.const([steps, -1, neurons // block, block], f"{name}.blocks_shape",
-                                                     np.int64)], f"{name}.blocks")
+    blocks = graph.op(
+        "Reshape",
+        [uint8, graph.const([steps, -1, neurons // block, block], f"{name}.blocks_shape", np.int64)],
+        f"{name}.blocks",
+    )
     ones = graph.const(np.ones((block, 1)), f"{name}.ones", np.int8)
     sums = graph.op("MatMulInteger", [blocks, ones], f"{name}.block_counts")  # [T, N, neurons / B, 1] int32
-    count = graph.op("ReduceSum", [sums, graph.const([0, 2], "axes02", np.int64)], f"{name}.count",
-                     keepdims=1)  # [1, N, 1, 1]
+    count = graph.op(
+        "ReduceSum", [sums, graph.const([0, 2], "axes02", np.int64)], f"{name}.count", keepdims=1
+    )  # [1, N, 1, 1]
     count = graph.op("Reshape", [count, graph.const([1, -1, 1], "count_shape", np.int64)], f"{name}.count")
     count = graph.op("Cast", [count], f"{name}.count", to=TensorProto.FLOAT)  # [1, N, 1]
     return graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count")
@@ -92,7 +106,8 @@ def write_outputs(graph: GraphBuilder, y: str, static: bool, steps: int, classes
     if static or steps == 1:
         graph.op("Identity", [y], out_names=[LOGITS])
     else:
-        per_step = graph.op("Reshape", [y, graph.const([steps, -1, classes], "steps_shape", np.int64)],
-                            "per_step_logits")
+        per_step = graph.op(
+            "Reshape", [y, graph.const([steps, -1, classes], "steps_shape", np.int64)], "per_step_logits"
+        )
         graph.op("ReduceMean", [per_step, graph.const([0], "axis0", np.int64)], out_names=[LOGITS], keepdims=0)
     graph.op("Concat", counts, out_names=[SPIKE_COUNTS], axis=1)

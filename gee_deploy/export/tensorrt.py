@@ -6,6 +6,7 @@ and a timing cache beside the plan makes rebuilds fast. TensorRT 11 removed weak
 (``BuilderFlag.FP16``): there the graph is converted to float16 first (I/O kept float32) and the network is
 built STRONGLY_TYPED.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,8 @@ __all__ = ["TENSORRT_ONNX_OPS", "compatibility_problems", "require_tensorrt", "b
 
 # ONNX operators TensorRT 10's parser supports (onnx-tensorrt docs/operators.md), minus the ones it only
 # supports in narrow cases we would not emit anyway.
-TENSORRT_ONNX_OPS = frozenset("""
+TENSORRT_ONNX_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
 Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
 Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor GRU Gather GatherElements GatherND Gelu Gemm
@@ -37,9 +39,18 @@ ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Re
 Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
 Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze
 Where Xor
-""".split())
-_TRT_DTYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT32, TensorProto.INT64,
-               TensorProto.INT8, TensorProto.UINT8, TensorProto.BOOL}
+""".split()
+)
+_TRT_DTYPES = {
+    TensorProto.FLOAT,
+    TensorProto.FLOAT16,
+    TensorProto.BFLOAT16,
+    TensorProto.INT32,
+    TensorProto.INT64,
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.BOOL,
+}
 MAX_OPSET = 20  # the newest opset TensorRT 10.x parses
 
 
@@ -55,12 +66,14 @@ def compatibility_problems(model: onnx.ModelProto) -> list[str]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset > MAX_OPSET:
         problems.append(f"opset {opset} is newer than TensorRT's parser supports ({MAX_OPSET})")
-    unsupported = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")
-                          or n.op_type not in TENSORRT_ONNX_OPS})
+    unsupported = sorted(
+        {n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in TENSORRT_ONNX_OPS}
+    )
     if unsupported:
         problems.append(f"operators TensorRT does not support: {', '.join(unsupported)}")
-    bad = sorted({TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer
-                  if t.data_type not in _TRT_DTYPES})
+    bad = sorted(
+        {TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer if t.data_type not in _TRT_DTYPES}
+    )
     for v in list(model.graph.input) + list(model.graph.output):
         tt = v.type.tensor_type
         if tt.elem_type not in _TRT_DTYPES:
@@ -85,8 +98,10 @@ def require_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise TensorRTUnavailableError("TensorRT is not installed (pip install tensorrt, on a machine with an "
-                                       "NVIDIA GPU); --format onnx works everywhere") from None
+        raise TensorRTUnavailableError(
+            "TensorRT is not installed (pip install tensorrt, on a machine with an "
+            "NVIDIA GPU); --format onnx works everywhere"
+        ) from None
     return tensorrt
 
 
@@ -116,13 +131,19 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
         casts.append(onnx.helper.make_node("Cast", [internal], [v.name], to=TensorProto.FLOAT))
     nodes = list(graph.node)
     del graph.node[:]
-    graph.node.extend(casts[:len(graph.input)] + nodes + casts[len(graph.input):])
+    graph.node.extend(casts[: len(graph.input)] + nodes + casts[len(graph.input) :])
     del graph.value_info[:]
     return m
 
 
-def build_plan(model: onnx.ModelProto, out: str | os.PathLike, max_batch_size: int = 64, fp16: bool = False,
-               opt_batch: int | None = None, workspace_gib: float = 2.0) -> Path:
+def build_plan(
+    model: onnx.ModelProto,
+    out: str | os.PathLike,
+    max_batch_size: int = 64,
+    fp16: bool = False,
+    opt_batch: int | None = None,
+    workspace_gib: float = 2.0,
+) -> Path:
     """Build a TensorRT plan of ``model`` at ``out`` (atomically) with a timing cache ``out``.cache beside it."""
     trt = require_tensorrt()
     model = fold_constants(model)  # genetic storage: TensorRT parses the folded weights, not the float64 subgraph

@@ -4,6 +4,7 @@ model spec beside them (``REPO/<name>/spec.json``, :func:`gee_deploy.spec.sideca
 ``config.pbtxt`` is :func:`gee_deploy.triton_config.model_config`, the configuration ``gee-deploy serve`` reports
 at ``/v2/models/{name}/config``; the instance group is left to Triton (one instance per GPU, or the CPU), and
 ``cpu_accelerator="openvino"`` names onnxruntime's OpenVINO execution provider for the CPU instances."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,14 @@ from ..triton_config import model_config, to_pbtxt
 __all__ = ["write_triton_repository"]
 
 
-def write_triton_repository(model: onnx.ModelProto, spec: ModelSpec, repo: str | os.PathLike,
-                            max_batch_size: int = 64, name: str | None = None,
-                            cpu_accelerator: str | None = None) -> Path:
+def write_triton_repository(
+    model: onnx.ModelProto,
+    spec: ModelSpec,
+    repo: str | os.PathLike,
+    max_batch_size: int = 64,
+    name: str | None = None,
+    cpu_accelerator: str | None = None,
+) -> Path:
     """Write (or atomically replace) the model directory ``repo/name``; returns it."""
     name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", spec.model_name or "model")
     try:

@@ -5,6 +5,7 @@ thresholds serving's ``check`` uses too): max abs diff per output, samples match
 spike count and, when labels are known, accuracy. Every failed check is collected; one
 :class:`ExportValidationError` lists them all as a table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +22,14 @@ from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS, ModelSpec
 from .configs import ValidationConfig
 from .errors import ExportError, ExportValidationError, ShapeError, ToleranceError
 
-__all__ = ["ValidationReport", "compare_outputs", "reference_outputs", "run_graph", "validate_export",
-           "validate_streaming"]
+__all__ = [
+    "ValidationReport",
+    "compare_outputs",
+    "reference_outputs",
+    "run_graph",
+    "validate_export",
+    "validate_streaming",
+]
 
 
 @dataclass
@@ -62,17 +69,22 @@ class ValidationReport:
         if self.failures:
             raise ExportValidationError(
                 f"{what} failed {len(self.failures)} validation check(s): "
-                + "; ".join(str(f) for f in self.failures) + "\n" + self.table(), self.failures)
+                + "; ".join(str(f) for f in self.failures)
+                + "\n"
+                + self.table(),
+                self.failures,
+            )
 
 
 @torch.no_grad()
-def reference_outputs(model: nn.Module, images: torch.Tensor, batch_size: int,
-                      labels: np.ndarray | None = None) -> Outputs:
+def reference_outputs(
+    model: nn.Module, images: torch.Tensor, batch_size: int, labels: np.ndarray | None = None
+) -> Outputs:
     """PyTorch logits [S, classes] and spike counts [S, L] (LIF call order, as the graph's columns)."""
     logits, counts = [], []
     for i in range(0, len(images), batch_size):
         with SpikeRecorder(model) as rec:
-            logits.append(model(images[i:i + batch_size]).float().numpy())
+            logits.append(model(images[i : i + batch_size]).float().numpy())
         counts.append(rec.stacked().numpy())
     return Outputs(np.concatenate(logits), np.concatenate(counts), labels, tuple(rec.names))
 
@@ -80,7 +92,7 @@ def reference_outputs(model: nn.Module, images: torch.Tensor, batch_size: int,
 def run_graph(session, images: np.ndarray, batch_size: int) -> tuple[list[str], list[np.ndarray]]:
     """Output names and per-output arrays of ``session`` over ``images`` in batches."""
     names = [o.name for o in session.get_outputs()]
-    chunks = [session.run(None, {INPUT_NAME: images[i:i + batch_size]}) for i in range(0, len(images), batch_size)]
+    chunks = [session.run(None, {INPUT_NAME: images[i : i + batch_size]}) for i in range(0, len(images), batch_size)]
     return names, [np.concatenate([c[j] for c in chunks]) for j in range(len(names))]
 
 
@@ -95,8 +107,14 @@ def compare_outputs(report: ValidationReport, ref: Outputs, got: Outputs, t: Thr
     report.stats = stats
 
 
-def validate_export(model: nn.Module, graph, images: torch.Tensor, labels: torch.Tensor | None,
-                    cfg: ValidationConfig, raise_on_failure: bool = True) -> ValidationReport:
+def validate_export(
+    model: nn.Module,
+    graph,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    cfg: ValidationConfig,
+    raise_on_failure: bool = True,
+) -> ValidationReport:
     """Compare the ONNX graph ``graph`` (bytes or path) with eval-mode ``model`` on ``images`` [S, C, H, W] in [0, 1].
 
     Raises:
@@ -105,26 +123,32 @@ def validate_export(model: nn.Module, graph, images: torch.Tensor, labels: torch
     report = ValidationReport(samples=len(images))
     x = images.float().contiguous()
     names, arrays = run_graph(create_session(graph), x.numpy(), cfg.batch_size)
-    report.require("output names are " + ", ".join(OUTPUT_NAMES), list(names) == list(OUTPUT_NAMES),
-                   ShapeError(f"output names {names}, expected {list(OUTPUT_NAMES)}"))
+    report.require(
+        "output names are " + ", ".join(OUTPUT_NAMES),
+        list(names) == list(OUTPUT_NAMES),
+        ShapeError(f"output names {names}, expected {list(OUTPUT_NAMES)}"),
+    )
     if report.ok:
         got = dict(zip(names, arrays))
         ref = reference_outputs(model, x, cfg.batch_size, None if labels is None else labels.numpy())
         for name, want in ((LOGITS, ref.logits), (SPIKE_COUNTS, ref.spikes)):
-            report.require(f"{name} is float32 {list(want.shape)}",
-                           got[name].shape == want.shape and got[name].dtype == np.float32,
-                           ShapeError(f"{name} is {got[name].dtype} {list(got[name].shape)}, expected float32 "
-                                      f"{list(want.shape)}"))
+            report.require(
+                f"{name} is float32 {list(want.shape)}",
+                got[name].shape == want.shape and got[name].dtype == np.float32,
+                ShapeError(f"{name} is {got[name].dtype} {list(got[name].shape)}, expected float32 {list(want.shape)}"),
+            )
         if report.ok:
-            compare_outputs(report, ref, Outputs(got[LOGITS], got[SPIKE_COUNTS], ref.labels, ref.spiking_layers),
-                     cfg.thresholds)
+            compare_outputs(
+                report, ref, Outputs(got[LOGITS], got[SPIKE_COUNTS], ref.labels, ref.spiking_layers), cfg.thresholds
+            )
     if raise_on_failure:
         report.raise_if_failed("export")
     return report
 
 
-def validate_streaming(stream, unrolled, images, spec: ModelSpec, cfg: ValidationConfig,
-                       raise_on_failure: bool = True) -> ValidationReport:
+def validate_streaming(
+    stream, unrolled, images, spec: ModelSpec, cfg: ValidationConfig, raise_on_failure: bool = True
+) -> ValidationReport:
     """T calls of the streaming graph ``stream`` (zero initial membranes; ``spec``: its spec, with T and the
     membrane inputs) against one call of the unrolled graph.
 
@@ -140,7 +164,7 @@ def validate_streaming(stream, unrolled, images, spec: ModelSpec, cfg: Validatio
     inputs = {i.name: i for i in session.get_inputs()}
     logits, counts = [], []
     for i in range(0, len(x), cfg.batch_size):
-        batch = x[i:i + cfg.batch_size]
+        batch = x[i : i + cfg.batch_size]
         states = {name: np.zeros([len(batch)] + list(inputs[name].shape[1:]), np.float32) for name in state_inputs}
         sum_logits, sum_counts = 0.0, 0.0
         for t in range(timesteps):

@@ -18,6 +18,7 @@ and, when the ops hold a graph, also written as ONNX nodes fed by the stored par
 Float order (docs/export.md, "Float order"): the float forms' products run in float32, the weight int8 codes
 are taken from in float64 rounded once; either way both storages run the weights the same kernels computed.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,14 @@ from .graph import GraphBuilder
 
 __all__ = ["Tensor", "WeightOps", "fold_constants", "constant_nodes", "KEEP_UNFOLDED"]
 
-_ONNX_TYPES = {np.dtype(np.float64): TensorProto.DOUBLE, np.dtype(np.float32): TensorProto.FLOAT,
-               np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
-               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL}
+_ONNX_TYPES = {
+    np.dtype(np.float64): TensorProto.DOUBLE,
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.int8): TensorProto.INT8,
+    np.dtype(np.uint8): TensorProto.UINT8,
+    np.dtype(np.int64): TensorProto.INT64,
+    np.dtype(np.bool_): TensorProto.BOOL,
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,7 @@ class WeightOps:
     ``hint`` instead (for inspecting a graph).
     """
 
-    def __init__(self, graph: GraphBuilder | None = None, names: dict[int, str] | None = None,
-                 readable: bool = False):
+    def __init__(self, graph: GraphBuilder | None = None, names: dict[int, str] | None = None, readable: bool = False):
         self.graph = graph
         self.names = names or {}  # id(tensor) -> the model's name for it (initializer names of stored tensors)
         self.readable = readable
@@ -188,8 +193,17 @@ class WeightOps:
             return a
         index = [slice(None)] * a.value.ndim
         index[axis] = slice(start, stop)
-        return self._node("Slice", [a, self._int64([start], f"{hint}.start"), self._int64([stop], f"{hint}.stop"),
-                                    self._int64([axis], f"{hint}.axis")], a.value[tuple(index)], hint)
+        return self._node(
+            "Slice",
+            [
+                a,
+                self._int64([start], f"{hint}.start"),
+                self._int64([stop], f"{hint}.stop"),
+                self._int64([axis], f"{hint}.axis"),
+            ],
+            a.value[tuple(index)],
+            hint,
+        )
 
     def pad(self, a: Tensor, before: tuple[int, ...], after: tuple[int, ...], hint: str) -> Tensor:
         """Zero padding: ``before[d]`` / ``after[d]`` elements on each side of axis d."""
@@ -209,7 +223,10 @@ class WeightOps:
         if self.graph is None:
             return Tensor(value)
         magnitude = self._op("Abs", [self._name(a)], f"{hint}.abs")
-        return Tensor(value, self._op("ReduceMax", [magnitude, self._const(list(axes), f"{hint}.axes", np.int64)], hint, keepdims=0))
+        return Tensor(
+            value,
+            self._op("ReduceMax", [magnitude, self._const(list(axes), f"{hint}.axes", np.int64)], hint, keepdims=0),
+        )
 
     def where_positive(self, a: Tensor, then: Tensor, otherwise: Tensor, hint: str) -> Tensor:
         value = np.where(a.value > 0, then.value, otherwise.value).astype(then.dtype)
@@ -229,8 +246,9 @@ class WeightOps:
         if self.graph is None:
             return Tensor(value)
         unit = self._const(1.0, f"{hint}.unit", a.dtype)
-        saturated = self._op("QuantizeLinear", [self._name(a), unit, self._const(0, f"{hint}.zero", np.int8)],
-                             f"{hint}.saturated")
+        saturated = self._op(
+            "QuantizeLinear", [self._name(a), unit, self._const(0, f"{hint}.zero", np.int8)], f"{hint}.saturated"
+        )
         lo, hi = (self._const(v, f"{hint}.bound", np.int8) for v in (-bound, bound))
         return Tensor(value, self._op("Clip", [saturated, lo, hi], hint))
 
@@ -296,8 +314,13 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     needed = {i for n in rest for i in n.input} | {o.name for o in graph.output}
     frontier = [o for n in constant for o in n.output if o in needed]
     used = {i for n in constant for i in n.input}
-    sub = helper.make_graph(constant, "weights", [], [helper.make_empty_tensor_value_info(o) for o in frontier],
-                            [t for t in graph.initializer if t.name in used])
+    sub = helper.make_graph(
+        constant,
+        "weights",
+        [],
+        [helper.make_empty_tensor_value_info(o) for o in frontier],
+        [t for t in graph.initializer if t.name in used],
+    )
     sub_model = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
     inferred = onnx.shape_inference.infer_shapes(sub_model, strict_mode=True)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}

@@ -7,10 +7,11 @@ splits its input into T slices, runs the recurrence of :mod:`gee_deploy.neurons`
 PyTorch eval path runs, here with graph-building ops, so the floats and their order are the same) and
 concatenates the spikes back.
 """
+
 from __future__ import annotations
 
-
 from dataclasses import replace
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
@@ -27,14 +28,12 @@ from .choose import Chooser, Int8Chooser, make_int8_chooser
 from .factorised import emit_factorised, factorised_cost
 from .folding import batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
-from .options import ExportOptions
 from .int8 import dequantised_layer, emit_int8, emit_qdq, gather_form, int8_layer, quantise_spikes, scale_name
-from .steps import (concat_steps, integer_count, repeat_steps, spikes_and_count, step_slices, uint8_spikes,
-                    write_outputs)
+from .options import ExportOptions
+from .steps import concat_steps, integer_count, repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
-
 
 
 class GraphOps:
@@ -91,8 +90,14 @@ class OnnxWriter(ModelWalk):
     folds that subgraph for ``folded`` storage.
     """
 
-    def __init__(self, model: nn.Module, choose: Chooser, streaming: bool = False, int8: Int8Chooser | None = None,
-                 int8_form: Int8Form = Int8Form.INTEGER):
+    def __init__(
+        self,
+        model: nn.Module,
+        choose: Chooser,
+        streaming: bool = False,
+        int8: Int8Chooser | None = None,
+        int8_form: Int8Form = Int8Form.INTEGER,
+    ):
         super().__init__(model, streaming)
         self.choose = choose
         self.int8 = int8
@@ -106,11 +111,26 @@ class OnnxWriter(ModelWalk):
 
     def emit_input(self) -> str:
         graph, model = self.graph, self.model
-        return graph.op("Div", [graph.op("Sub", [INPUT_NAME, graph.const(model.mean.numpy(), "mean")], "normalise"),
-                            graph.const(model.std.numpy(), "std")], "normalised")
+        return graph.op(
+            "Div",
+            [
+                graph.op("Sub", [INPUT_NAME, graph.const(model.mean.numpy(), "mean")], "normalise"),
+                graph.const(model.std.numpy(), "std"),
+            ],
+            "normalised",
+        )
 
-    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
-                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[str, LayerSpec]:
+    def emit_weight(
+        self,
+        name: str,
+        m: nn.Module,
+        bn: nn.Module | None,
+        x: Value,
+        out_shape: tuple,
+        pooled: ConvPool | None,
+        dense_macs: int,
+        calls: int,
+    ) -> tuple[str, LayerSpec]:
         ops = self.ops
         int8, source = self.int8, x.spikes_from  # int8 weights only for layers that read spikes
         qdq = self.int8_form == Int8Form.QDQ
@@ -124,17 +144,29 @@ class OnnxWriter(ModelWalk):
                 else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
                     spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), source)
                     y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
-                return y, LayerSpec(name=name, kind=layer.kind, variant=ExportVariant.DENSE, macs=int(dense_macs),
-                                    input_is_spikes=True, spiking_input_layer=source, spike_macs=int(dense_macs),
-                                    calls=calls, form=Form.DENSE, dense_macs=int(dense_macs),
-                                    precision=Precision.INT8)
+                return y, LayerSpec(
+                    name=name,
+                    kind=layer.kind,
+                    variant=ExportVariant.DENSE,
+                    macs=int(dense_macs),
+                    input_is_spikes=True,
+                    spiking_input_layer=source,
+                    spike_macs=int(dense_macs),
+                    calls=calls,
+                    form=Form.DENSE,
+                    dense_macs=int(dense_macs),
+                    precision=Precision.INT8,
+                )
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
             folded = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
         fact = factorised_cost(folded, x.shape, out_shape) if folded.genetic else None
-        variant = ExportVariant(self.choose(name, folded, x.shape, out_shape, fact, dense_macs)) if fact is not None \
+        variant = (
+            ExportVariant(self.choose(name, folded, x.shape, out_shape, fact, dense_macs))
+            if fact is not None
             else ExportVariant.DENSE
+        )
         if variant == ExportVariant.FACTORISED:
             assert fact is not None  # only a genetic layer with a factorised cost is offered the choice
             y = emit_factorised(self.graph, x.name, folded, fact, out_shape, name, ops)
@@ -142,10 +174,19 @@ class OnnxWriter(ModelWalk):
         else:
             y = emit_dense(self.graph, x.name, folded, name, ops)
             macs, spike_macs, form = dense_macs, dense_macs, Form.DENSE
-        return y, LayerSpec(name=name, kind=folded.kind, variant=variant, macs=int(macs),
-                            input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
-                            spike_macs=int(spike_macs), calls=calls, form=form, dense_macs=int(dense_macs),
-                            factorised_macs=None if fact is None else int(fact.macs))
+        return y, LayerSpec(
+            name=name,
+            kind=folded.kind,
+            variant=variant,
+            macs=int(macs),
+            input_is_spikes=x.spikes_from is not None,
+            spiking_input_layer=x.spikes_from,
+            spike_macs=int(spike_macs),
+            calls=calls,
+            form=form,
+            dense_macs=int(dense_macs),
+            factorised_macs=None if fact is None else int(fact.macs),
+        )
 
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str:
         graph = self.graph
@@ -160,12 +201,21 @@ class OnnxWriter(ModelWalk):
             return graph.op("Add", [graph.op("Mul", [x.name, scale_name], name), shift_name], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
             k, s, p, _ = pool_geometry(m)
-            return graph.op("MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
-                        ceil_mode=int(m.ceil_mode))
+            return graph.op(
+                "MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, ceil_mode=int(m.ceil_mode)
+            )
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             k, s, p, _ = pool_geometry(m)
-            return graph.op("AveragePool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
-                        ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
+            return graph.op(
+                "AveragePool",
+                [x.name],
+                name,
+                kernel_shape=[k, k],
+                strides=[s, s],
+                pads=[p] * 4,
+                ceil_mode=int(m.ceil_mode),
+                count_include_pad=int(m.count_include_pad),
+            )
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             return graph.op("GlobalAveragePool", [x.name], name)
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
@@ -213,8 +263,15 @@ class OnnxWriter(ModelWalk):
         return spikes
 
 
-def write_graph(model: nn.Module, choose: Chooser, options: ExportOptions, *, storage: Storage = Storage.FOLDED,
-                streaming: bool = False, checkpoint_sha256: str = ""):
+def write_graph(
+    model: nn.Module,
+    choose: Chooser,
+    options: ExportOptions,
+    *,
+    storage: Storage = Storage.FOLDED,
+    streaming: bool = False,
+    checkpoint_sha256: str = "",
+):
     """The ONNX ModelProto of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     Args:
@@ -238,8 +295,13 @@ def write_graph(model: nn.Module, choose: Chooser, options: ExportOptions, *, st
     y = w.walk()
     graph = w.graph
     write_outputs(graph, y.name, y.static, w.steps, model.num_classes, w.counts)
-    spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256, variant=options.variant.name,
-                  storage=storage)
+    spec = w.spec(
+        class_names=class_names,
+        dataset=dataset,
+        checkpoint_sha256=checkpoint_sha256,
+        variant=options.variant.name,
+        storage=storage,
+    )
     n, c, s = BATCH_DIM, model.in_channels, model.image_size
     inputs = [tensor_info(INPUT_NAME, [n, c, s, s])]
     outputs = [tensor_info(LOGITS, [n, model.num_classes]), tensor_info(SPIKE_COUNTS, [n, len(w.counts)])]
@@ -255,8 +317,12 @@ def folded_with_scales(proto: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.Mo
     ``weight_scales`` read from the folded graph (the float32 values the graph applies), in its metadata."""
     folded = fold_constants(proto)
     values = {t.name: t for t in folded.graph.initializer}
-    layers = tuple(replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).reshape(-1).tolist()))
-                   if l.precision == Precision.INT8 else l for l in spec.layers)
+    layers = tuple(
+        replace(l, weight_scales=tuple(numpy_helper.to_array(values[scale_name(l.name)]).reshape(-1).tolist()))
+        if l.precision == Precision.INT8
+        else l
+        for l in spec.layers
+    )
     spec = replace(spec, storage=Storage.FOLDED, layers=layers)
     set_metadata(folded, spec.to_metadata())
     return folded, spec

@@ -4,6 +4,7 @@ The graph is written by :mod:`.importer` and, before anything is kept, run by on
 NIR executor (:class:`gee_deploy.nir.executor.NIRExecutor`) on the user's inputs (``--images``) or on random inputs of
 the declared shape; the checks and limits are our own exports' (:mod:`.validate`, :mod:`gee_deploy.parity`).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,17 +18,17 @@ import torch
 from ..checkpoint import file_sha256
 from ..data import load_test_arrays
 from ..errors import GeeError, InputError
-from .executor import read_nir, run_spec
-from ..ort_session import create_session
-from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
 from ..export.api import ExportReport, validation_dict, write_artefact
 from ..export.configs import ValidationConfig
 from ..export.errors import ExportError, UnknownOptionError
 from ..export.options import ExportOptions
-from ..kinds import ExportFormat
-from .options import NIRImportOptions
-from .importer import NIRImport, file_facts, graph_dt, import_graph, topological_order
 from ..export.validate import ValidationReport, compare_outputs, run_graph, validate_streaming
+from ..kinds import ExportFormat
+from ..ort_session import create_session
+from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
+from .executor import read_nir, run_spec
+from .importer import NIRImport, file_facts, graph_dt, import_graph, topological_order
+from .options import NIRImportOptions
 
 __all__ = ["convert_nir", "load_inputs"]
 
@@ -49,8 +50,10 @@ def load_inputs(path: str | os.PathLike, spec_shape: tuple[int, ...], samples: i
     if not isinstance(x, np.ndarray):  # an .npz archive (or a torch .pt, which is a zip too)
         raise InputError(f"--images {p} is an archive, not one .npy array; save the inputs with numpy.save")
     if not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"--images {p} holds {x.dtype}; the graph takes float32 inputs (scale them as the model "
-                         "was trained, e.g. pixels / 255)")
+        raise InputError(
+            f"--images {p} holds {x.dtype}; the graph takes float32 inputs (scale them as the model "
+            "was trained, e.g. pixels / 255)"
+        )
     if x.ndim < 1 or tuple(x.shape[1:]) != tuple(spec_shape) or len(x) == 0:
         raise InputError(f"--images {p} is {list(x.shape)}; the graph takes [S, {', '.join(map(str, spec_shape))}]")
     x = x[:samples] if samples else x
@@ -71,8 +74,9 @@ def _dataset_images(dataset: str, shape: tuple[int, ...], samples: int) -> np.nd
     return x if tuple(x.shape[1:]) == tuple(shape) else None
 
 
-def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
-                nir_import: NIRImportOptions) -> ExportReport:
+def convert_nir(
+    path: str | os.PathLike, out: str | os.PathLike, options: ExportOptions, nir_import: NIRImportOptions
+) -> ExportReport:
     """Convert the NIR file ``path`` and validate it against the NIR executor before writing ``out``.
 
     Args:
@@ -98,8 +102,10 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
     if output_format.name == ExportFormat.NIR:
         raise UnknownOptionError("the input is already a NIR file: write onnx (--out X.onnx), triton or tensorrt")
     if output_format.name == ExportFormat.TENSORRT and options.int8_form is not None:
-        raise UnknownOptionError("a NIR import writes int8 layers in the integer form (onnxruntime's MatMulInteger), "
-                                 "which TensorRT cannot run: export --variant dense for --format tensorrt")
+        raise UnknownOptionError(
+            "a NIR import writes int8 layers in the integer form (onnxruntime's MatMulInteger), "
+            "which TensorRT cannot run: export --variant dense for --format tensorrt"
+        )
     if not output_format.out_is_dir and Path(out).is_dir():
         raise ExportError(f"--out {out} is a directory; {output_format.name} writes a file")
     graph = read_nir(path)
@@ -109,21 +115,47 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
         raise UnknownOptionError("this NIR file states no T (it describes one step): pass --timesteps")
     file_dt = graph_dt(graph)
     if dt is None and file_dt is None:
-        raise UnknownOptionError(f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch "
-                                 "export with dt = 1e-4 s)")
-    opts = NIRImport(timesteps or facts.timesteps, float(dt if dt is not None else file_dt), nir_import.input_mode,
-                     nir_import.threshold_rule, variant, facts.input_mean, facts.input_std, facts.normalisation_node)
+        raise UnknownOptionError(
+            f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch export with dt = 1e-4 s)"
+        )
+    opts = NIRImport(
+        timesteps or facts.timesteps,
+        float(dt if dt is not None else file_dt),
+        nir_import.input_mode,
+        nir_import.threshold_rule,
+        variant,
+        facts.input_mean,
+        facts.input_std,
+        facts.normalisation_node,
+    )
     opts.check()
     if output_format.name == "tensorrt":
         from ..export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    proto, spec = import_graph(graph, opts, options.opset, source=str(path), file_sha256=file_sha256(path),
-                               class_names=facts.class_names, dataset=facts.dataset)
+    proto, spec = import_graph(
+        graph,
+        opts,
+        options.opset,
+        source=str(path),
+        file_sha256=file_sha256(path),
+        class_names=facts.class_names,
+        dataset=facts.dataset,
+    )
     # the one-step graph is written before any validation, so what it cannot hold is refused before any work
-    stream = import_graph(graph, replace(opts, streaming=True), options.opset, source=str(path),
-                          file_sha256=file_sha256(path),
-                          class_names=facts.class_names, dataset=facts.dataset) if options.streaming else None
+    stream = (
+        import_graph(
+            graph,
+            replace(opts, streaming=True),
+            options.opset,
+            source=str(path),
+            file_sha256=file_sha256(path),
+            class_names=facts.class_names,
+            dataset=facts.dataset,
+        )
+        if options.streaming
+        else None
+    )
     cfg = ValidationConfig(thresholds=INT8_PTQ_THRESHOLDS if variant == "int8" else Thresholds())
     cfg = cfg if options.atol is None else replace(cfg, thresholds=replace(cfg.thresholds, atol=options.atol))
     notes = []
@@ -132,11 +164,15 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
     if timesteps is None:
         notes.append(f"T = {facts.timesteps}, as the file records (--timesteps to change it)")
     if facts.normalisation_node is not None:
-        notes.append(f"the graph takes pixels in [0, 1]: the file's node {facts.normalisation_node!r} normalises "
-                     "them, as the model it was exported from did")
+        notes.append(
+            f"the graph takes pixels in [0, 1]: the file's node {facts.normalisation_node!r} normalises "
+            "them, as the model it was exported from did"
+        )
     if facts.input_mean is not None:
-        notes.append("the graph takes pixels in [0, 1] and normalises them with the file's nir.input_mean / "
-                     "nir.input_std (a file written before the normalisation was a node of the graph)")
+        notes.append(
+            "the graph takes pixels in [0, 1] and normalises them with the file's nir.input_mean / "
+            "nir.input_std (a file written before the normalisation was a node of the graph)"
+        )
     x = None
     if images is not None:
         x = load_inputs(images, spec.input_shape, samples or cfg.samples)
@@ -148,11 +184,22 @@ def convert_nir(path: str | os.PathLike, out: str | os.PathLike, options: Export
     if x is None:
         gen = torch.Generator().manual_seed(0)
         x = torch.rand((samples or cfg.samples, *spec.input_shape), generator=gen).numpy()
-        notes.append(f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "
-                     f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data")
-    report = ExportReport(str(out), output_format.name, variant, options.opset, options.streaming,
-                          layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample, notes=notes, reference="NIR executor")
+        notes.append(
+            f"no --images: validated on {len(x)} random inputs uniform in [0, 1) of shape "
+            f"[{', '.join(map(str, spec.input_shape))}]; pass --images FILE.npy to validate on real data"
+        )
+    report = ExportReport(
+        str(out),
+        output_format.name,
+        variant,
+        options.opset,
+        options.streaming,
+        layers=list(spec.layers),
+        macs_per_sample=spec.macs_per_sample,
+        dense_macs_per_sample=spec.dense_macs_per_sample,
+        notes=notes,
+        reference="NIR executor",
+    )
     data = proto.SerializeToString()
     val = ValidationReport(samples=len(x))
     _, (logits, counts) = run_graph(create_session(data), x, cfg.batch_size)

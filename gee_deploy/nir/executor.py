@@ -25,11 +25,12 @@ nirtorch's own default maps are not used for two reasons found in nirtorch 2.6: 
 bias to ``weight.bias`` (the layer keeps its random initial bias), and its ``Flatten`` map passes NIR's
 batchless dims to ``torch.nn.Flatten`` unchanged (NIR dim 0 would flatten the batch).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import nir
 import numpy as np
@@ -58,8 +59,10 @@ def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
     try:
         graph = nir.read(p, type_check=False)
     except Exception as e:  # h5py OSError on a truncated file, KeyError/ValueError on a foreign HDF5 layout
-        raise ModelFileError(f"{p} is not a readable NIR file (truncated or corrupt?): "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ModelFileError(
+            f"{p} is not a readable NIR file (truncated or corrupt?): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if not isinstance(graph, nir.NIRGraph):
         raise ModelFileError(f"{p} holds a single NIR {type(graph).__name__} node, not a graph")
     return graph
@@ -91,8 +94,9 @@ class _Neuron(nn.Module):
             self.register_buffer("v_leak", torch.zeros(()))
             self.leak = False
         else:
-            self.register_buffer("alpha", torch.from_numpy(euler_factor(dt, node.tau_mem if self.kind == "CubaLIF"
-                                                                        else node.tau)))
+            self.register_buffer(
+                "alpha", torch.from_numpy(euler_factor(dt, node.tau_mem if self.kind == "CubaLIF" else node.tau))
+            )
             self.register_buffer("r", _f32(node.r))
             self.register_buffer("v_leak", _f32(node.v_leak))
             self.leak = True
@@ -154,8 +158,16 @@ def _affine(node: nir.Affine | nir.Linear) -> nn.Linear:
 def _conv2d(node: nir.Conv2d) -> nn.Conv2d:
     w = _f32(node.weight)
     padding = node.padding if isinstance(node.padding, str) else _ints(node.padding)
-    m = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]), stride=_ints(node.stride),
-                  padding=padding, dilation=_ints(node.dilation), groups=int(node.groups), bias=True)
+    m = nn.Conv2d(
+        w.shape[1] * int(node.groups),
+        w.shape[0],
+        tuple(w.shape[2:]),
+        stride=_ints(node.stride),
+        padding=padding,
+        dilation=_ints(node.dilation),
+        groups=int(node.groups),
+        bias=True,
+    )
     m.weight.data = w
     m.bias.data = _f32(node.bias)
     return m
@@ -164,6 +176,7 @@ def _conv2d(node: nir.Conv2d) -> nn.Conv2d:
 def _flatten(node: nir.Flatten) -> nn.Flatten:
     def shift(d: int) -> int:
         return int(d) + 1 if int(d) >= 0 else int(d)
+
     return nn.Flatten(shift(node.start_dim), shift(node.end_dim))
 
 
@@ -191,18 +204,36 @@ class NIRExecutor:
         import nirtorch
 
         neuron = lambda n: _Neuron(n, dt, threshold_rule)  # noqa: E731
-        node_map = {nir.LIF: neuron, nir.IF: neuron, nir.LI: neuron, nir.CubaLIF: neuron, nir.Affine: _affine,
-                    nir.Linear: _affine, nir.Scale: _Scale, nir.Conv2d: _conv2d, nir.AvgPool2d: _avgpool,
-                    nir.SumPool2d: _SumPool2d, nir.Flatten: _flatten}
-        unknown = sorted({type(n).__name__ for n in graph.nodes.values()
-                          if type(n) not in node_map and not isinstance(n, (nir.Input, nir.Output))})
+        node_map = {
+            nir.LIF: neuron,
+            nir.IF: neuron,
+            nir.LI: neuron,
+            nir.CubaLIF: neuron,
+            nir.Affine: _affine,
+            nir.Linear: _affine,
+            nir.Scale: _Scale,
+            nir.Conv2d: _conv2d,
+            nir.AvgPool2d: _avgpool,
+            nir.SumPool2d: _SumPool2d,
+            nir.Flatten: _flatten,
+        }
+        unknown = sorted(
+            {
+                type(n).__name__
+                for n in graph.nodes.values()
+                if type(n) not in node_map and not isinstance(n, (nir.Input, nir.Output))
+            }
+        )
         if unknown:
             raise UnsupportedModuleError(f"the NIR executor has no map for node type(s) {', '.join(unknown)}")
         # nirtorch names its fx nodes and submodules after the NIR nodes, which breaks on names that are not
         # Python identifiers ('if', '1.lif'): run it on identifiers and keep the NIR names for the counts
         ids = {name: f"n{i}" for i, name in enumerate(graph.nodes)}
-        renamed = nir.NIRGraph(nodes={ids[k]: n for k, n in graph.nodes.items()},
-                               edges=[(ids[a], ids[b]) for a, b in graph.edges], type_check=False)
+        renamed = nir.NIRGraph(
+            nodes={ids[k]: n for k, n in graph.nodes.items()},
+            edges=[(ids[a], ids[b]) for a, b in graph.edges],
+            type_check=False,
+        )
         self.module = nirtorch.nir_to_torch(renamed, node_map).eval()
         names = {ids[k]: k for k, n in graph.nodes.items() if isinstance(n, SPIKING_NODES)}
         self.spiking_modules = {names[k]: m for k, m in self.module.named_children() if k in names}
@@ -225,6 +256,7 @@ class NIRExecutor:
         def recorder(name):
             def hook(module, args, out):
                 counts[name] += out[0].flatten(1).sum(1)
+
             return hook
 
         handles = [m.register_forward_hook(recorder(name)) for name, m in self.spiking_modules.items()]
@@ -250,8 +282,9 @@ class NIRExecutor:
 
 
 @torch.no_grad()
-def run_spec(graph: nir.NIRGraph, spec: ModelSpec, x: np.ndarray, batch_size: int = 64,
-             executor: NIRExecutor | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_spec(
+    graph: nir.NIRGraph, spec: ModelSpec, x: np.ndarray, batch_size: int = 64, executor: NIRExecutor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits [S, classes] and spike counts [S, L] (``spec.spiking_layers`` order) of ``graph`` on ``x`` in the
     layout of the graph converted from it (``gee-deploy export MODEL.nir``): [S, *shape] repeated over the T steps,
     or [S, T, *shape] per step, with the dt, threshold rule, input mode and input normalisation (when the file
@@ -259,11 +292,14 @@ def run_spec(graph: nir.NIRGraph, spec: ModelSpec, x: np.ndarray, batch_size: in
     args = spec.model_args
     run = executor or NIRExecutor(graph, float(args["dt"]), args["threshold_rule"])
     shape = spec.input_shape[1:] if args["input"] == "sequence" else spec.input_shape
-    norm = [torch.tensor(args[k], dtype=torch.float32).view(-1, *[1] * (len(shape) - 1))
-            for k in ("input_mean", "input_std") if k in args]
+    norm = [
+        torch.tensor(args[k], dtype=torch.float32).view(-1, *[1] * (len(shape) - 1))
+        for k in ("input_mean", "input_std")
+        if k in args
+    ]
     logits, counts = [], []
     for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))
         if norm:  # the converted graph's (x - mean) / std, float32, the same two ops
             xb = (xb - norm[0]) / norm[1]
         if args["input"] == "sequence":

@@ -5,6 +5,7 @@ spec-only NIR executor against the PyTorch model (:func:`.validate.validate_nir`
 :class:`~gee_deploy.export.options.ExportOptions` (its checks refused what NIR cannot hold: int8 layers, genetic
 storage, another variant, streaming, an opset); :func:`gee_deploy.formats.export_model` dispatches here.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,19 +17,25 @@ import torch
 from torch import nn
 
 from ..checkpoint import model_origin
-from ..io import atomic_path
-from ..kinds import ExportVariant, Storage
 from ..export.api import ExportReport, note_replaced, validation_dict
 from ..export.errors import ExportError
 from ..export.options import ExportOptions, is_genetic, validation_for
+from ..io import atomic_path
+from ..kinds import ExportVariant, Storage
 from .validate import read_nir, validate_nir
 from .writer import write_nir
 
 __all__ = ["export_nir"]
 
 
-def export_nir(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None,
-               options: ExportOptions, checkpoint_sha256: str = "") -> ExportReport:
+def export_nir(
+    model: nn.Module,
+    out: str | os.PathLike,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    options: ExportOptions,
+    checkpoint_sha256: str = "",
+) -> ExportReport:
     """Write eval-mode ``model`` as the NIR file ``out``, validated on ``images`` [S, C, H, W] in [0, 1] (and
     ``labels`` [S], for accuracy) by the NIR executor before it is kept.
 
@@ -45,11 +52,18 @@ def export_nir(model: nn.Module, out: str | os.PathLike, images: torch.Tensor, l
     if out.is_dir():
         raise ExportError(f"--out {out} is a directory; {options.format.name} writes a file")
     class_names, dataset = model_origin(model)
-    graph, spec = write_nir(model.eval(), class_names=class_names, dataset=dataset,
-                            checkpoint_sha256=checkpoint_sha256)
-    report = ExportReport(str(out), options.format.name, ExportVariant.DENSE, 0, False, Storage.FOLDED,
-                          layers=list(spec.layers), macs_per_sample=spec.macs_per_sample,
-                          dense_macs_per_sample=spec.dense_macs_per_sample)
+    graph, spec = write_nir(model.eval(), class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)
+    report = ExportReport(
+        str(out),
+        options.format.name,
+        ExportVariant.DENSE,
+        0,
+        False,
+        Storage.FOLDED,
+        layers=list(spec.layers),
+        macs_per_sample=spec.macs_per_sample,
+        dense_macs_per_sample=spec.dense_macs_per_sample,
+    )
     note_replaced(out, report)
     with atomic_path(out) as tmp:
         nir.write(tmp, graph)

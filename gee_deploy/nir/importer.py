@@ -27,6 +27,7 @@ conventions.
 Anything else (Delay, Conv1d, Threshold, I, CubaLI, nested subgraphs, cycles from recurrent layers) is refused
 in one line naming the node and the supported node types.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -37,10 +38,6 @@ import onnx
 import torch
 
 from ..errors import ModelFileError, UnsupportedModuleError
-from ..kinds import ExportVariant, Form, LayerKind, Precision, StepInput
-from .executor import SPIKING_NODES, THRESHOLD_RULES, euler_factor
-from ..quantisation import quantise_weight
-from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..export.errors import ExportError, UnknownOptionError
 from ..export.folding import FoldedLayer, emit_dense, to_tap_major
 from ..export.graph import GraphBuilder, tensor_info
@@ -48,12 +45,37 @@ from ..export.int8 import Int8Layer, emit_int8
 from ..export.steps import concat_steps, repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from ..export.weights import Tensor
 from ..export.writer import GraphOps
+from ..kinds import ExportVariant, Form, LayerKind, Precision, StepInput
+from ..quantisation import quantise_weight
+from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
+from .executor import SPIKING_NODES, THRESHOLD_RULES, euler_factor
 
-__all__ = ["SUPPORTED_NODES", "INPUT_MODES", "NIRImport", "FileFacts", "file_facts", "import_graph", "graph_dt",
-           "topological_order"]
+__all__ = [
+    "SUPPORTED_NODES",
+    "INPUT_MODES",
+    "NIRImport",
+    "FileFacts",
+    "file_facts",
+    "import_graph",
+    "graph_dt",
+    "topological_order",
+]
 
-SUPPORTED_NODES = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Scale, nir.Conv2d, nir.Flatten,
-                   nir.AvgPool2d, nir.SumPool2d, nir.LIF, nir.IF, nir.LI, nir.CubaLIF)
+SUPPORTED_NODES = (
+    nir.Input,
+    nir.Output,
+    nir.Affine,
+    nir.Linear,
+    nir.Scale,
+    nir.Conv2d,
+    nir.Flatten,
+    nir.AvgPool2d,
+    nir.SumPool2d,
+    nir.LIF,
+    nir.IF,
+    nir.LI,
+    nir.CubaLIF,
+)
 NEURON_NODES = (nir.LIF, nir.IF, nir.LI, nir.CubaLIF)
 INPUT_MODES = ("static", "sequence")
 DT_KEYS = ("nir.dt", "dt")  # where a file's metadata may hold dt: our own export's key, then the plain one
@@ -100,12 +122,15 @@ class NIRImport:
             raise UnknownOptionError(f"--timesteps must be a positive integer, got {self.timesteps}")
         if not np.isfinite(self.dt) or self.dt <= 0:
             raise UnknownOptionError(f"--dt must be a positive number of seconds, got {self.dt}")
-        for value, choices, what in ((self.input_mode, INPUT_MODES, "--input"),
-                                     (self.threshold_rule, THRESHOLD_RULES, "--threshold-rule"),
-                                     (self.variant, ("dense", "int8"), "--variant")):
+        for value, choices, what in (
+            (self.input_mode, INPUT_MODES, "--input"),
+            (self.threshold_rule, THRESHOLD_RULES, "--threshold-rule"),
+            (self.variant, ("dense", "int8"), "--variant"),
+        ):
             if value not in choices:
-                raise UnknownOptionError(f"{what} {value!r} does not apply to a NIR graph; choose one of: "
-                                         f"{', '.join(choices)}")
+                raise UnknownOptionError(
+                    f"{what} {value!r} does not apply to a NIR graph; choose one of: {', '.join(choices)}"
+                )
 
 
 def graph_dt(graph: nir.NIRGraph) -> float | None:
@@ -162,10 +187,15 @@ def topological_order(graph: nir.NIRGraph, source: str) -> tuple[list[str], dict
     """
     for name, node in graph.nodes.items():
         if not isinstance(node, SUPPORTED_NODES):
-            what = "a nested NIR subgraph (recurrent layers are written so)" if isinstance(node, nir.NIRGraph) \
+            what = (
+                "a nested NIR subgraph (recurrent layers are written so)"
+                if isinstance(node, nir.NIRGraph)
                 else f"a NIR {type(node).__name__} node"
-            raise UnsupportedModuleError(f"{source}: node {name!r} is {what}, which the import does not support; "
-                                         f"supported node types: {_supported()}")
+            )
+            raise UnsupportedModuleError(
+                f"{source}: node {name!r} is {what}, which the import does not support; "
+                f"supported node types: {_supported()}"
+            )
     for kind in (nir.Input, nir.Output):
         found = [n for n, node in graph.nodes.items() if isinstance(node, kind)]
         if len(found) != 1:
@@ -190,9 +220,11 @@ def topological_order(graph: nir.NIRGraph, source: str) -> tuple[list[str], dict
                 ready.append(nxt)
     if len(order) != len(graph.nodes):
         on_cycle = sorted(n for n in graph.nodes if indegree[n] > 0)
-        raise UnsupportedModuleError(f"{source}: node {on_cycle[0]!r} is on a cycle (a recurrent connection), "
-                                     f"which the import does not support; it imports feed-forward graphs of "
-                                     f"{_supported()}")
+        raise UnsupportedModuleError(
+            f"{source}: node {on_cycle[0]!r} is on a cycle (a recurrent connection), "
+            f"which the import does not support; it imports feed-forward graphs of "
+            f"{_supported()}"
+        )
     for name in order:
         if not preds[name] and not isinstance(graph.nodes[name], nir.Input):
             raise ModelFileError(f"{source}: node {name!r} has no input edge")
@@ -278,25 +310,36 @@ class _Importer:
         if not self.spiking:
             raise UnsupportedModuleError(f"{self.source} has no spiking node (LIF, IF or CubaLIF): nothing spikes")
         if len(out.shape) != 1:
-            raise ModelFileError(f"{self.source}: the output node receives [{', '.join(map(str, out.shape))}] per "
-                                 "sample; the import needs a vector (the class scores)")
+            raise ModelFileError(
+                f"{self.source}: the output node receives [{', '.join(map(str, out.shape))}] per "
+                "sample; the import needs a vector (the class scores)"
+            )
         return out, values[next(n for n in order if isinstance(self.graph.nodes[n], nir.Input))].shape
 
     def input(self, name: str, node: nir.Input) -> _Value:
         shape = _shape(node.input_type)
         if shape is None:
-            raise self.error(name, "(the Input) declares no shape; the import needs the input's shape (export "
-                                   "the model with an example input of the real size)")
+            raise self.error(
+                name,
+                "(the Input) declares no shape; the import needs the input's shape (export "
+                "the model with an example input of the real size)",
+            )
         x = INPUT_NAME
         if self.opts.input_mean is not None:  # (x - mean) / std per channel, as our own graphs normalise
             if len(self.opts.input_mean) != shape[0]:
-                raise self.error(name, f"(the Input) has {shape[0]} channels but the file's normalisation "
-                                       f"{len(self.opts.input_mean)}")
+                raise self.error(
+                    name,
+                    f"(the Input) has {shape[0]} channels but the file's normalisation {len(self.opts.input_mean)}",
+                )
             per_channel = (shape[0],) + (1,) * (len(shape) - 1)
-            mean, std = (np.asarray(v, np.float32).reshape(per_channel)
-                         for v in (self.opts.input_mean, self.opts.input_std))
-            x = self.g.op("Div", [self.g.op("Sub", [x, self.g.const(mean, "input_mean")], "centred"),
-                                  self.g.const(std, "input_std")], "normalised")
+            mean, std = (
+                np.asarray(v, np.float32).reshape(per_channel) for v in (self.opts.input_mean, self.opts.input_std)
+            )
+            x = self.g.op(
+                "Div",
+                [self.g.op("Sub", [x, self.g.const(mean, "input_mean")], "centred"), self.g.const(std, "input_std")],
+                "normalised",
+            )
         if self.opts.input_mode == "static" or self.opts.streaming:  # streaming: one step's image or frame
             return _Value(x, shape, self.opts.input_mode == "static")
         x = self.g.op("Transpose", [x], "steps_first", perm=[1, 0] + list(range(2, len(shape) + 2)))
@@ -315,10 +358,15 @@ class _Importer:
 
     def node(self, name: str, node: nir.NIRNode, x: _Value) -> _Value:
         declared = _shape(getattr(node, "input_type", None))
-        if not isinstance(node, NEURON_NODES + (nir.Scale,)) and declared is not None and declared != x.shape \
-                and not (isinstance(node, nir.Conv2d) and declared == x.shape[1:]):
-            raise self.error(name, f"declares input [{', '.join(map(str, declared))}] but receives "
-                                   f"[{', '.join(map(str, x.shape))}]")
+        if (
+            not isinstance(node, NEURON_NODES + (nir.Scale,))
+            and declared is not None
+            and declared != x.shape
+            and not (isinstance(node, nir.Conv2d) and declared == x.shape[1:])
+        ):
+            raise self.error(
+                name, f"declares input [{', '.join(map(str, declared))}] but receives [{', '.join(map(str, x.shape))}]"
+            )
         if isinstance(node, (nir.Affine, nir.Linear)):
             return self.affine(name, node, x)
         if isinstance(node, nir.Conv2d):
@@ -338,54 +386,107 @@ class _Importer:
         try:
             np.broadcast_shapes(a.shape, shape)
         except ValueError:
-            raise self.error(name, f"has {what} of shape {list(a.shape)}, which does not broadcast to its input "
-                                   f"[{', '.join(map(str, shape))}]") from None
+            raise self.error(
+                name,
+                f"has {what} of shape {list(a.shape)}, which does not broadcast to its input "
+                f"[{', '.join(map(str, shape))}]",
+            ) from None
         if np.broadcast_shapes(a.shape, shape) != shape:
             raise self.error(name, f"has {what} of shape {list(a.shape)}, larger than its input {list(shape)}")
         return a
 
     # -- weight layers ---------------------------------------------------------------------------------------
 
-    def weight_layer(self, name: str, kind: str, x: _Value, weight: np.ndarray, bias: np.ndarray, out_shape: tuple,
-                     macs: int, dense, int8_geometry: tuple | None) -> _Value:
+    def weight_layer(
+        self,
+        name: str,
+        kind: str,
+        x: _Value,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        out_shape: tuple,
+        macs: int,
+        dense,
+        int8_geometry: tuple | None,
+    ) -> _Value:
         """Write one Affine / Conv2d: int8 when asked and it reads spikes (and its geometry allows), else ``dense``."""
         calls = 1 if x.static else self.steps
         if self.opts.variant == "int8" and x.spikes_from is not None and int8_geometry is not None:
             q, s = quantise_weight(torch.from_numpy(weight.astype(np.float32)))
             k, stride, pad = int8_geometry
-            layer = Int8Layer(kind, Tensor(np.ascontiguousarray(q.numpy().transpose(2, 3, 1, 0) if q.dim() == 4 else q.numpy().T)), Tensor(s.numpy().astype(np.float32)),
-                              Tensor(bias.astype(np.float32)), k, stride, pad)
+            layer = Int8Layer(
+                kind,
+                Tensor(np.ascontiguousarray(q.numpy().transpose(2, 3, 1, 0) if q.dim() == 4 else q.numpy().T)),
+                Tensor(s.numpy().astype(np.float32)),
+                Tensor(bias.astype(np.float32)),
+                k,
+                stride,
+                pad,
+            )
             spikes = uint8_spikes(self.g, self._uint8, x.name, x.name, x.spikes_from)  # 0/1 spikes as uint8: exact
             y = emit_int8(self.g, spikes, layer, x.shape, name)
-            spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs, input_is_spikes=True,
-                             spiking_input_layer=x.spikes_from, spike_macs=macs, calls=calls, form=Form.DENSE,
-                             dense_macs=macs, precision=Precision.INT8,
-                             weight_scales=tuple(layer.scale.value.tolist()))
+            spec = LayerSpec(
+                name=name,
+                kind=kind,
+                variant=ExportVariant.DENSE,
+                macs=macs,
+                input_is_spikes=True,
+                spiking_input_layer=x.spikes_from,
+                spike_macs=macs,
+                calls=calls,
+                form=Form.DENSE,
+                dense_macs=macs,
+                precision=Precision.INT8,
+                weight_scales=tuple(layer.scale.value.tolist()),
+            )
         else:
             y = dense()
-            spec = LayerSpec(name=name, kind=kind, variant=ExportVariant.DENSE, macs=macs,
-                             input_is_spikes=x.spikes_from is not None, spiking_input_layer=x.spikes_from,
-                             spike_macs=macs, calls=calls, form=Form.DENSE, dense_macs=macs)
+            spec = LayerSpec(
+                name=name,
+                kind=kind,
+                variant=ExportVariant.DENSE,
+                macs=macs,
+                input_is_spikes=x.spikes_from is not None,
+                spiking_input_layer=x.spikes_from,
+                spike_macs=macs,
+                calls=calls,
+                form=Form.DENSE,
+                dense_macs=macs,
+            )
         self.layers.append(spec)
         return _Value(y, out_shape, x.static)
 
     def affine(self, name: str, node, x: _Value) -> _Value:
         w = np.asarray(node.weight, np.float64)
         if w.ndim != 2 or x.shape != (w.shape[1],):
-            raise self.error(name, f"has weight {list(w.shape)} but receives [{', '.join(map(str, x.shape))}] (the "
-                                   "import runs Affine / Linear on vectors: flatten first)")
+            raise self.error(
+                name,
+                f"has weight {list(w.shape)} but receives [{', '.join(map(str, x.shape))}] (the "
+                "import runs Affine / Linear on vectors: flatten first)",
+            )
         bias = np.asarray(node.bias, np.float64) if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
-        folded = FoldedLayer(LayerKind.LINEAR, Tensor(bias.reshape(-1)), Tensor(np.ones(w.shape[0])),
-                             weight=Tensor(to_tap_major(w)))
-        return self.weight_layer(name, LayerKind.LINEAR, x, w, bias.reshape(-1), (w.shape[0],), int(w.size),
-                                 lambda: emit_dense(self.g, x.name, folded, name), (1, 1, 0))
+        folded = FoldedLayer(
+            LayerKind.LINEAR, Tensor(bias.reshape(-1)), Tensor(np.ones(w.shape[0])), weight=Tensor(to_tap_major(w))
+        )
+        return self.weight_layer(
+            name,
+            LayerKind.LINEAR,
+            x,
+            w,
+            bias.reshape(-1),
+            (w.shape[0],),
+            int(w.size),
+            lambda: emit_dense(self.g, x.name, folded, name),
+            (1, 1, 0),
+        )
 
     def conv(self, name: str, node: nir.Conv2d, x: _Value) -> _Value:
         w = np.asarray(node.weight, np.float64)
         groups = int(node.groups)
         if len(x.shape) != 3 or w.ndim != 4 or x.shape[0] != w.shape[1] * groups:
-            raise self.error(name, f"has weight {list(w.shape)} (groups {groups}) but receives "
-                                   f"[{', '.join(map(str, x.shape))}]")
+            raise self.error(
+                name, f"has weight {list(w.shape)} (groups {groups}) but receives [{', '.join(map(str, x.shape))}]"
+            )
         (sh, sw), (dh, dw) = _pair(node.stride, "stride", name), _pair(node.dilation, "dilation", name)
         kh, kw = w.shape[2:]
         if isinstance(node.padding, str):
@@ -405,18 +506,28 @@ class _Importer:
         bias = np.asarray(node.bias, np.float64).reshape(-1) if node.bias is not None else np.zeros(w.shape[0])
         macs = int(np.prod(out_shape)) * w.shape[1] * kh * kw
         square = kh == kw and sh == sw and dh == dw == 1 and groups == 1 and len(set(pads)) == 1
-        folded = FoldedLayer(LayerKind.CONV, Tensor(bias), Tensor(np.ones(w.shape[0])), kh, sh, pads[0],
-                             weight=Tensor(to_tap_major(w)))
+        folded = FoldedLayer(
+            LayerKind.CONV, Tensor(bias), Tensor(np.ones(w.shape[0])), kh, sh, pads[0], weight=Tensor(to_tap_major(w))
+        )
 
         def dense() -> str:
             if square:
                 return emit_dense(self.g, x.name, folded, name)
-            return self.g.op("Conv", [x.name, self.g.const(w, f"{name}.weight"), self.g.const(bias, f"{name}.bias")],
-                             name, pads=pads, strides=[sh, sw], dilations=[dh, dw], group=groups)
+            return self.g.op(
+                "Conv",
+                [x.name, self.g.const(w, f"{name}.weight"), self.g.const(bias, f"{name}.bias")],
+                name,
+                pads=pads,
+                strides=[sh, sw],
+                dilations=[dh, dw],
+                group=groups,
+            )
+
         if name == self.opts.normalisation_node:  # the input's normalisation, not a layer of the network
             return _Value(dense(), out_shape, x.static)
-        return self.weight_layer(name, LayerKind.CONV, x, w, bias, out_shape, macs, dense,
-                                 (kh, sh, pads[0]) if square else None)
+        return self.weight_layer(
+            name, LayerKind.CONV, x, w, bias, out_shape, macs, dense, (kh, sh, pads[0]) if square else None
+        )
 
     # -- stateless layers ------------------------------------------------------------------------------------
 
@@ -440,7 +551,7 @@ class _Importer:
         start, end = int(node.start_dim) % n, int(node.end_dim) % n  # NIR dims exclude the batch
         if start > end:
             raise self.error(name, f"flattens dims {node.start_dim}..{node.end_dim} of a {n}-d input")
-        shape = x.shape[:start] + (int(np.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
+        shape = x.shape[:start] + (int(np.prod(x.shape[start : end + 1])),) + x.shape[end + 1 :]
         y = self.g.op("Reshape", [x.name, self.g.const([-1, *shape], f"{name}.shape", np.int64)], name)
         return _Value(y, shape, x.static, x.spikes_from)
 
@@ -468,9 +579,11 @@ class _Importer:
         v_th = p("v_threshold").astype(np.float32) if spiking else None
         v_reset = p("v_reset").astype(np.float32) if spiking else np.zeros((), np.float32)
         if self.opts.streaming and not _all(v_reset, 0.0):
-            raise UnsupportedModuleError(f"{self.source}: node {name!r} rests at v_reset != 0; a streaming graph's "
-                                         "membranes start from zeros (Triton's zero initial state): import it "
-                                         "without --streaming")
+            raise UnsupportedModuleError(
+                f"{self.source}: node {name!r} rests at v_reset != 0; a streaming graph's "
+                "membranes start from zeros (Triton's zero initial state): import it "
+                "without --streaming"
+            )
 
         def mul(a: str, c: np.ndarray, what: str) -> str:  # x * 1 is x
             return a if _all(c, 1.0) else g.op("Mul", [self.const(name, what, c), a], f"{name}.{what}x")
@@ -480,12 +593,15 @@ class _Importer:
         if cuba:
             a_syn, w_in = euler_factor(dt, p("tau_syn")), p("w_in").astype(np.float32)
             syn, currents = self.state_in(f"{name}.i", shape), []
-            for t, xt in enumerate(xs):
+            for xt in xs:
                 drive = mul(xt, w_in, "w_in")
                 # i + a ((0 - i) + w x), with i = 0 at rest: a ((0 - 0) + w x) = a (w x) exactly
                 inner = drive if syn is None else g.op("Sub", [drive, syn], f"{name}.di")
-                syn = mul(inner, a_syn, "alpha_syn") if syn is None else \
-                    g.op("Add", [syn, mul(inner, a_syn, "alpha_syn")], f"{name}.i")
+                syn = (
+                    mul(inner, a_syn, "alpha_syn")
+                    if syn is None
+                    else g.op("Add", [syn, mul(inner, a_syn, "alpha_syn")], f"{name}.i")
+                )
                 currents.append(syn)
             xs = currents
             self.state_out(f"{name}.i", syn)
@@ -502,15 +618,21 @@ class _Importer:
                 if _all(v_leak, 0.0):  # (0 - v) + d is d - v exactly
                     inner = drive if v is None and _all(v_reset, 0.0) else g.op("Sub", [drive, v_prev], f"{name}.d")
                 else:
-                    inner = g.op("Add", [g.op("Sub", [self.const(name, "v_leak", v_leak), v_prev], f"{name}.leak"),
-                                         drive], f"{name}.d")
+                    inner = g.op(
+                        "Add",
+                        [g.op("Sub", [self.const(name, "v_leak", v_leak), v_prev], f"{name}.leak"), drive],
+                        f"{name}.d",
+                    )
                 step = mul(inner, alpha, "alpha")
                 v = step if v is None and _all(v_reset, 0.0) else g.op("Add", [v_prev, step], f"{name}.v")
             if not spiking:
                 outs.append(v)
                 continue
-            fired = g.op("GreaterOrEqual" if self.opts.threshold_rule == "ge" else "Greater",
-                         [v, self.const(name, "v_threshold", v_th)], f"{name}.fire")
+            fired = g.op(
+                "GreaterOrEqual" if self.opts.threshold_rule == "ge" else "Greater",
+                [v, self.const(name, "v_threshold", v_th)],
+                f"{name}.fire",
+            )
             outs.append(fired)
             if t < len(xs) - 1 or self.opts.streaming:
                 v = self.reset(name, v, fired, v_th, v_reset)
@@ -547,9 +669,16 @@ class _Importer:
         return self.g.op("Where", [fired, self.const(name, "v_reset", v_reset), v], f"{name}.v")
 
 
-def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: str = "NIR graph",
-                 file_sha256: str = "", class_names: tuple[str, ...] = (), dataset: str = ""
-                 ) -> tuple[onnx.ModelProto, ModelSpec]:
+def import_graph(
+    graph: nir.NIRGraph,
+    opts: NIRImport,
+    opset: int,
+    *,
+    source: str = "NIR graph",
+    file_sha256: str = "",
+    class_names: tuple[str, ...] = (),
+    dataset: str = "",
+) -> tuple[onnx.ModelProto, ModelSpec]:
     """The checked ONNX graph of NIR ``graph`` unrolled over ``opts.timesteps`` steps, and its spec.
 
     Graph I/O: input ``input`` float32 [N, *shape] (static) or [N, T, *shape] (sequence), ``shape`` the Input
@@ -569,16 +698,31 @@ def import_graph(graph: nir.NIRGraph, opts: NIRImport, opset: int, *, source: st
     g, k = w.g, out.shape[0]
     write_outputs(g, out.name, out.static, w.steps, k, w.counts)
     input_shape = in_shape if opts.input_mode == "static" or opts.streaming else (opts.timesteps, *in_shape)
-    spec = ModelSpec(timesteps=opts.timesteps, input_shape=input_shape,
-                     class_names=tuple(class_names) or tuple(str(i) for i in range(k)),
-                     spiking_layers=tuple(w.spiking), neurons_per_layer=tuple(w.neurons), layers=tuple(w.layers),
-                     variant=opts.variant, model_name=f"nir:{source.rsplit('/', 1)[-1]}",
-                     model_args={"dt": opts.dt, "threshold_rule": opts.threshold_rule, "input": opts.input_mode,
-                                 **({"input_mean": list(opts.input_mean), "input_std": list(opts.input_std)}
-                                    if opts.input_mean is not None else {})},
-                     checkpoint_sha256=file_sha256, dataset=dataset, streaming=opts.streaming,
-                     step_input=StepInput.STATIC if opts.input_mode == "static" else StepInput.FRAMES,
-                     state_layers=tuple(key for key, _ in w.states))
+    spec = ModelSpec(
+        timesteps=opts.timesteps,
+        input_shape=input_shape,
+        class_names=tuple(class_names) or tuple(str(i) for i in range(k)),
+        spiking_layers=tuple(w.spiking),
+        neurons_per_layer=tuple(w.neurons),
+        layers=tuple(w.layers),
+        variant=opts.variant,
+        model_name=f"nir:{source.rsplit('/', 1)[-1]}",
+        model_args={
+            "dt": opts.dt,
+            "threshold_rule": opts.threshold_rule,
+            "input": opts.input_mode,
+            **(
+                {"input_mean": list(opts.input_mean), "input_std": list(opts.input_std)}
+                if opts.input_mean is not None
+                else {}
+            ),
+        },
+        checkpoint_sha256=file_sha256,
+        dataset=dataset,
+        streaming=opts.streaming,
+        step_input=StepInput.STATIC if opts.input_mode == "static" else StepInput.FRAMES,
+        state_layers=tuple(key for key, _ in w.states),
+    )
     inputs = [tensor_info(INPUT_NAME, [BATCH_DIM, *input_shape])]
     outputs = [tensor_info(LOGITS, [BATCH_DIM, k]), tensor_info(SPIKE_COUNTS, [BATCH_DIM, len(w.counts)])]
     for key, shape in w.states:

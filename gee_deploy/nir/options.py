@@ -4,6 +4,7 @@ The CLI's decorators (``gee_deploy.commands.nir_options``) parse and range-check
 :class:`NIRImportOptions`; :func:`gee_deploy.nir.convert.convert_nir` resolves the defaults a file states
 (T, dt) and checks the resolved values (:meth:`gee_deploy.nir.importer.NIRImport.check`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ per sample, top-1 agreement, total spikes, accuracy. The file also runs in snnto
 importers, whose top-1 agreement with the model is checked; every failed check is collected and reported
 together.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,16 +24,24 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from .executor import NIRExecutor, read_nir
-from ..parity import Check, Outputs
-from ..spec import LOGITS, SPIKE_COUNTS, ModelSpec
 from ..export.configs import ValidationConfig
 from ..export.errors import ExportError, ShapeError
-from .writer import DT, NIR_METADATA
 from ..export.validate import ValidationReport, compare_outputs, reference_outputs
+from ..parity import Check, Outputs
+from ..spec import LOGITS, SPIKE_COUNTS, ModelSpec
+from .executor import NIRExecutor, read_nir
+from .writer import DT, NIR_METADATA
 
-__all__ = ["IMPORTERS", "read_nir", "NIRExecutor", "importer_logits", "nir_inputs", "normalisation_node", "run_nir",
-           "validate_nir"]
+__all__ = [
+    "IMPORTERS",
+    "read_nir",
+    "NIRExecutor",
+    "importer_logits",
+    "nir_inputs",
+    "normalisation_node",
+    "run_nir",
+    "validate_nir",
+]
 
 
 def normalisation_node(graph: nir.NIRGraph, source: str) -> str | None:
@@ -51,8 +60,7 @@ def normalisation_node(graph: nir.NIRGraph, source: str) -> str | None:
     return node
 
 
-def nir_inputs(graph: nir.NIRGraph, source: str
-               ) -> tuple[ModelSpec, float, torch.Tensor | None, torch.Tensor | None]:
+def nir_inputs(graph: nir.NIRGraph, source: str) -> tuple[ModelSpec, float, torch.Tensor | None, torch.Tensor | None]:
     """What a reader needs beside the nodes, from the graph's metadata: the model spec (T, spiking layers), dt,
     and the input normalisation a reader must apply before the Input node (mean, std as [1, C, 1, 1]).
 
@@ -69,22 +77,31 @@ def nir_inputs(graph: nir.NIRGraph, source: str
     needed = ("dt",) if in_graph else ("dt", "mean", "std")
     missing = [NIR_METADATA[k] for k in needed if NIR_METADATA[k] not in meta]
     if missing:
-        raise ModelFileError(f"{source} lacks the NIR keys {', '.join(missing)}; export it with "
-                             "`gee-deploy export --format nir`")
+        raise ModelFileError(
+            f"{source} lacks the NIR keys {', '.join(missing)}; export it with `gee-deploy export --format nir`"
+        )
     try:
         dt = float(meta[NIR_METADATA["dt"]])
         if in_graph:
             normalisation_node(graph, source)
             return spec, dt, None, None
-        mean, std = (torch.tensor(json.loads(meta[NIR_METADATA[k]]), dtype=torch.float32).view(1, -1, 1, 1)
-                     for k in ("mean", "std"))
+        mean, std = (
+            torch.tensor(json.loads(meta[NIR_METADATA[k]]), dtype=torch.float32).view(1, -1, 1, 1)
+            for k in ("mean", "std")
+        )
     except (ValueError, TypeError, KeyError) as e:
         raise ModelFileError(f"{source} has malformed NIR metadata: {e}") from None
     return spec, dt, mean, std
 
 
-def run_nir(graph: nir.NIRGraph, images: torch.Tensor, batch_size: int, source: str = "NIR graph",
-            threshold: float | None = None, labels: np.ndarray | None = None) -> Outputs:
+def run_nir(
+    graph: nir.NIRGraph,
+    images: torch.Tensor,
+    batch_size: int,
+    source: str = "NIR graph",
+    threshold: float | None = None,
+    labels: np.ndarray | None = None,
+) -> Outputs:
     """Logits [S, classes] and spike counts [S, L] (the spec's spiking-layer order) of ``graph`` on ``images``
     [S, C, H, W] in [0, 1], reading T, dt and (files that hold no normalisation node) the normalisation from the
     graph's metadata.
@@ -102,7 +119,7 @@ def run_nir(graph: nir.NIRGraph, images: torch.Tensor, batch_size: int, source: 
     x = images.float().contiguous()
     logits, counts = [], []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i : i + batch_size]
         y, c = run.run(xb if mean is None else (xb - mean) / std, spec.timesteps)
         logits.append(y.numpy())
         counts.append(torch.stack([c[name] for name in spec.spiking_layers], 1).numpy())
@@ -131,8 +148,9 @@ def _import_into(framework: str, graph: nir.NIRGraph) -> nn.Module:
 
 
 @torch.no_grad()
-def importer_logits(framework: str, graph: nir.NIRGraph, images: torch.Tensor, timesteps: int,
-                    batch_size: int) -> np.ndarray:
+def importer_logits(
+    framework: str, graph: nir.NIRGraph, images: torch.Tensor, timesteps: int, batch_size: int
+) -> np.ndarray:
     """Logits [S, classes] of ``graph`` run by ``framework``'s own NIR importer (:data:`IMPORTERS`) on ``images``
     [S, C, H, W] as the file's Input node takes them, fed at each of ``timesteps`` steps; the output node's value
     averaged over the steps. Raises ImportError when the framework is not installed."""
@@ -145,14 +163,20 @@ def importer_logits(framework: str, graph: nir.NIRGraph, images: torch.Tensor, t
             utils.reset(net)
         state, total = None, 0.0
         for _ in range(timesteps):
-            y, state = net(images[i:i + batch_size], state)
+            y, state = net(images[i : i + batch_size], state)
             total = total + y
         logits.append((total / timesteps).float().numpy())
     return np.concatenate(logits)
 
 
-def _check_importers(report: ValidationReport, graph: nir.NIRGraph, images: torch.Tensor, ref: Outputs,
-                     spec: ModelSpec, cfg: ValidationConfig) -> None:
+def _check_importers(
+    report: ValidationReport,
+    graph: nir.NIRGraph,
+    images: torch.Tensor,
+    ref: Outputs,
+    spec: ModelSpec,
+    cfg: ValidationConfig,
+) -> None:
     """Top-1 agreement of each installed :data:`IMPORTERS` framework's run of ``graph`` with the model, gated at
     the validation's top-1 limit; a framework that is not installed is a note, one that cannot load or run the
     file a failed check."""
@@ -165,18 +189,31 @@ def _check_importers(report: ValidationReport, graph: nir.NIRGraph, images: torc
             report.notes.append(f"{framework} is not installed: its NIR importer was not run on the file")
             continue
         except Exception as e:  # noqa: BLE001 (its own code: whatever it raises, the file does not run there)
-            report.require(f"{framework}'s NIR importer runs the file", False, ExportError(
-                f"{framework}'s NIR importer cannot run the file: {type(e).__name__}: "
-                f"{(str(e).splitlines() or [''])[0][:200]}"))
+            report.require(
+                f"{framework}'s NIR importer runs the file",
+                False,
+                ExportError(
+                    f"{framework}'s NIR importer cannot run the file: {type(e).__name__}: "
+                    f"{(str(e).splitlines() or [''])[0][:200]}"
+                ),
+            )
             continue
         agree = float((logits.argmax(1) == ref.logits.argmax(1)).mean()) if len(logits) == len(ref.logits) else 0.0
         report.check(Check(what, agree, limit, agree >= limit, f"{what} {agree:.4%} < {limit:.4%}"))
-        report.notes.append(f"{framework}'s own NIR importer, fed the same images for T = {spec.timesteps} steps: "
-                            f"top-1 agreement with the model {agree:.4f}")
+        report.notes.append(
+            f"{framework}'s own NIR importer, fed the same images for T = {spec.timesteps} steps: "
+            f"top-1 agreement with the model {agree:.4f}"
+        )
 
 
-def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, labels: torch.Tensor | None,
-                 cfg: ValidationConfig, raise_on_failure: bool = True) -> ValidationReport:
+def validate_nir(
+    model: nn.Module,
+    graph: nir.NIRGraph,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    cfg: ValidationConfig,
+    raise_on_failure: bool = True,
+) -> ValidationReport:
     """Run ``graph`` with :class:`NIRExecutor` and with snntorch's and SpikingJelly's own NIR importers
     (:data:`IMPORTERS`) on ``images`` [S, C, H, W] in [0, 1] and compare with ``model``.
 
@@ -196,8 +233,11 @@ def validate_nir(model: nn.Module, graph: nir.NIRGraph, images: torch.Tensor, la
     x = images.float().contiguous()
     ref = reference_outputs(model, x, cfg.batch_size, y)
     for what, g, r in ((LOGITS, got.logits, ref.logits), (SPIKE_COUNTS, got.spikes, ref.spikes)):
-        report.require(f"NIR {what} are {list(r.shape)}", g.shape == r.shape,
-                       ShapeError(f"NIR {what} are {list(g.shape)}, expected {list(r.shape)}"))
+        report.require(
+            f"NIR {what} are {list(r.shape)}",
+            g.shape == r.shape,
+            ShapeError(f"NIR {what} are {list(g.shape)}, expected {list(r.shape)}"),
+        )
     if report.ok:
         compare_outputs(report, ref, got, cfg.thresholds)
         spec, _, mean, std = nir_inputs(graph, "NIR graph")

@@ -28,6 +28,7 @@ module instead of writing an approximation.
 reference: dataflow, spike sources, the layer table, the spiking layers) with NIR emitters: this module only says
 which NIR node each step becomes.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,14 @@ import numpy as np
 from torch import nn
 
 from ..errors import UnsupportedModuleError
+from ..export.errors import ExportError
+from ..export.folding import dense_kernel, fold_layer
+from ..export.weights import WeightOps
 from ..kinds import ExportVariant, LayerKind
 from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
 from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool
-from ..export.errors import ExportError
-from ..export.folding import dense_kernel, fold_layer
-from ..export.weights import WeightOps
 
 __all__ = ["DT", "NIR_METADATA", "NORMALISE", "NIRWriter", "nir_threshold", "normalisation_node", "write_nir"]
 
@@ -74,8 +75,15 @@ def normalisation_node(mean: np.ndarray, std: np.ndarray, size: int) -> nir.Conv
     mean, std = (np.asarray(v, np.float64).reshape(-1) for v in (mean, std))
     weight = np.zeros((len(mean), len(mean), 1, 1))
     weight[np.arange(len(mean)), np.arange(len(mean)), 0, 0] = 1.0 / std
-    return nir.Conv2d(input_shape=(size, size), weight=weight.astype(np.float32), stride=1, padding=0, dilation=1,
-                      groups=1, bias=(-mean / std).astype(np.float32))
+    return nir.Conv2d(
+        input_shape=(size, size),
+        weight=weight.astype(np.float32),
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=(-mean / std).astype(np.float32),
+    )
 
 
 def nir_threshold(v_threshold: float) -> float:
@@ -116,8 +124,17 @@ class NIRWriter(ModelWalk):
         self.edges.append((INPUT_NAME, NORMALISE))
         return (NORMALISE,)
 
-    def emit_weight(self, name: str, m: nn.Module, bn: nn.Module | None, x: Value, out_shape: tuple,
-                    pooled: ConvPool | None, dense_macs: int, calls: int) -> tuple[tuple[str, ...], LayerSpec]:
+    def emit_weight(
+        self,
+        name: str,
+        m: nn.Module,
+        bn: nn.Module | None,
+        x: Value,
+        out_shape: tuple,
+        pooled: ConvPool | None,
+        dense_macs: int,
+        calls: int,
+    ) -> tuple[tuple[str, ...], LayerSpec]:
         ops = WeightOps()  # numpy only: NIR has no constant computation, it stores the folded weights
         f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
         bias = f.bias.value.astype(np.float32)
@@ -126,8 +143,15 @@ class NIRWriter(ModelWalk):
         weight, stride = dense_kernel(ops, f, name, product=np.float64)
         weight = weight.value
         if f.kind == LayerKind.CONV:
-            node = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=weight, stride=stride,
-                              padding=f.padding, dilation=1, groups=1, bias=bias)
+            node = nir.Conv2d(
+                input_shape=tuple(x.shape[1:]),
+                weight=weight,
+                stride=stride,
+                padding=f.padding,
+                dilation=1,
+                groups=1,
+                bias=bias,
+            )
         else:
             node = nir.Affine(weight=weight, bias=bias)
         _, layer = super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
@@ -140,16 +164,23 @@ class NIRWriter(ModelWalk):
             raise UnsupportedModuleError(
                 f"{name} ({m!r}) max-pools spikes and NIR has no max-pooling primitive; "
                 f"{getattr(self.model, 'model_name', type(self.model).__name__)} cannot be exported to NIR "
-                "(use --format onnx, or an architecture with average pooling such as smallnet or resnet18/19)")
-        if isinstance(m, nn.AvgPool2d) and m.divisor_override is None and not m.ceil_mode \
-                and (m.count_include_pad or pool_geometry(m)[2] == 0):
+                "(use --format onnx, or an architecture with average pooling such as smallnet or resnet18/19)"
+            )
+        if (
+            isinstance(m, nn.AvgPool2d)
+            and m.divisor_override is None
+            and not m.ceil_mode
+            and (m.count_include_pad or pool_geometry(m)[2] == 0)
+        ):
             k, s, p, _ = pool_geometry(m)
-            return self.node(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
-                                                 padding=np.array([p, p])), x)
+            return self.node(
+                name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]), padding=np.array([p, p])), x
+            )
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             h, w = x.shape[1:]
-            return self.node(name, nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
-                                                 padding=np.array([0, 0])), x)
+            return self.node(
+                name, nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]), padding=np.array([0, 0])), x
+            )
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             # NIR shapes exclude the batch: torch dims 1..-1 are NIR dims 0..-1. Written as negative dims, which
             # mean the same with or without a batch axis: snntorch 1.0's importer passes NIR's dims to
@@ -166,12 +197,22 @@ class NIRWriter(ModelWalk):
     def emit_lif(self, name: str, m: LIF, x: Value) -> tuple[str, ...]:
         # neuron parameters in float64: tau = 2 * DT exactly, so dt / tau is exactly 1 / m.tau for any reader
         full = lambda v: np.full(x.shape, v, dtype=np.float64)  # noqa: E731
-        return self.node(name, nir.LIF(tau=full(m.tau * DT), r=full(1.0), v_leak=full(m.v_reset),
-                                       v_threshold=full(nir_threshold(m.v_threshold)), v_reset=full(m.v_reset)), x)
+        return self.node(
+            name,
+            nir.LIF(
+                tau=full(m.tau * DT),
+                r=full(1.0),
+                v_leak=full(m.v_reset),
+                v_threshold=full(nir_threshold(m.v_threshold)),
+                v_reset=full(m.v_reset),
+            ),
+            x,
+        )
 
 
-def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: str = "",
-              checkpoint_sha256: str = "") -> tuple[nir.NIRGraph, ModelSpec]:
+def write_nir(
+    model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = ""
+) -> tuple[nir.NIRGraph, ModelSpec]:
     """The ``nir.NIRGraph`` of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
     The graph's metadata holds the spec's ``gee.*`` keys and the NIR keys of :data:`NIR_METADATA`.
@@ -189,15 +230,18 @@ def write_nir(model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: s
     w.nodes[LOGITS] = nir.Output(output_type=np.array([model.num_classes]))
     w.edges += [(src, LOGITS) for src in y.name]
     spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)
-    meta = {**spec.to_metadata(),
-            NIR_METADATA["dt"]: repr(DT),
-            NIR_METADATA["feed"]: f"the raw image (pixels in [0, 1]), fed unchanged at each of the T steps; node "
-                                   f"{NORMALISE!r} normalises it per channel as (x - mean) / std",
-            NIR_METADATA["normalisation"]: json.dumps({"node": NORMALISE, "mean": model.mean.flatten().tolist(),
-                                                       "std": model.std.flatten().tolist()}),
-            NIR_METADATA["output"]: "the classifier's value at each step; logits = its mean over the T steps",
-            NIR_METADATA["threshold"]: "NIR fires on v > v_threshold, the model on v >= its threshold; v_threshold "
-                                       "is the largest float32 below it, which makes the two identical in float32"}
+    meta = {
+        **spec.to_metadata(),
+        NIR_METADATA["dt"]: repr(DT),
+        NIR_METADATA["feed"]: f"the raw image (pixels in [0, 1]), fed unchanged at each of the T steps; node "
+        f"{NORMALISE!r} normalises it per channel as (x - mean) / std",
+        NIR_METADATA["normalisation"]: json.dumps(
+            {"node": NORMALISE, "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
+        ),
+        NIR_METADATA["output"]: "the classifier's value at each step; logits = its mean over the T steps",
+        NIR_METADATA["threshold"]: "NIR fires on v > v_threshold, the model on v >= its threshold; v_threshold "
+        "is the largest float32 below it, which makes the two identical in float32",
+    }
     try:
         graph = nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta, type_check=True)
     except (ValueError, AssertionError, NotImplementedError) as e:

@@ -10,6 +10,7 @@
 It reads what export wrote (the graph and its :class:`~gee_deploy.spec.ModelSpec`), never the export code. The
 names below load on first use, so importing one module of the stage does not start uvicorn, grpc or onnxruntime.
 """
+
 from __future__ import annotations
 
 import importlib

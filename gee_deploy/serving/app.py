@@ -21,6 +21,7 @@ reset the connection under a client still writing: a broken pipe, not an answer)
 stopped listening (SIGTERM) every response carries ``Connection: close``; not before, or clients would
 reconnect into a listener about to close and be reset.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,19 @@ from starlette.routing import Route, Router
 
 from ..triton_config import to_json
 from .batcher import BatchResult
-from .codec import (VERSION, Decoded, InvalidInput, PayloadTooLarge, ProtocolError, UnsupportedMediaType,
-                    decode_json_request, encode_json_response, http_status, model_metadata, server_metadata)
+from .codec import (
+    VERSION,
+    Decoded,
+    InvalidInput,
+    PayloadTooLarge,
+    ProtocolError,
+    UnsupportedMediaType,
+    decode_json_request,
+    encode_json_response,
+    http_status,
+    model_metadata,
+    server_metadata,
+)
 from .service import ModelService
 
 __all__ = ["create_app", "Endpoints", "ROUTES"]
@@ -77,8 +89,14 @@ class _Edge:
                 error = (http_status(e), str(e))
             except HTTPException as e:
                 path, headers = scope["path"], e.headers  # 405 carries Allow
-                error = (e.status_code, f"no endpoint {path}" if e.status_code == 404 else
-                         f"{scope['method']} is not allowed on {path}" if e.status_code == 405 else e.detail)
+                error = (
+                    e.status_code,
+                    f"no endpoint {path}"
+                    if e.status_code == 404
+                    else f"{scope['method']} is not allowed on {path}"
+                    if e.status_code == 405
+                    else e.detail,
+                )
             except ClientDisconnect:  # the connection is gone: nothing to answer
                 error = None
             except Exception as e:  # a bug: logged with its traceback, counted as a 500, the server goes on
@@ -94,8 +112,13 @@ class _Edge:
             endpoint = route.name if route is not None else "unknown"
             code = status[0]
             ok = code < 400
-            service.metrics.observe_request("http", endpoint, code, time.perf_counter() - start
-                                            if ok and endpoint == "infer" else None, error=not ok)
+            service.metrics.observe_request(
+                "http",
+                endpoint,
+                code,
+                time.perf_counter() - start if ok and endpoint == "infer" else None,
+                error=not ok,
+            )
 
 
 def _json_response(obj, status: int = 200) -> Response:
@@ -136,8 +159,9 @@ class Endpoints:
 
     async def model_ready(self, request: Request) -> Response:
         self._model(request)
-        return _json_response({"name": self.service.name, "ready": self.service.ready},
-                              200 if self.service.ready else 503)
+        return _json_response(
+            {"name": self.service.name, "ready": self.service.ready}, 200 if self.service.ready else 503
+        )
 
     async def model_config(self, request: Request) -> Response:
         self._model(request)
@@ -157,8 +181,9 @@ class Endpoints:
         self._model(request)
         headers = request.headers
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
-            raise UnsupportedMediaType(f"Content-Encoding {headers['content-encoding']!r}: compressed request "
-                                       "bodies are not supported")
+            raise UnsupportedMediaType(
+                f"Content-Encoding {headers['content-encoding']!r}: compressed request bodies are not supported"
+            )
         header_text = headers.get("inference-header-content-length")
         header_length: int | None = None
         if header_text is not None:
@@ -171,23 +196,40 @@ class Endpoints:
 
     def _encode(self, decoded: Decoded, result: BatchResult) -> Response:
         service = self.service
-        head, tail = encode_json_response(service.name, decoded.outputs, service.values(result), decoded.id,
-                                          self.spec.class_names)
+        head, tail = encode_json_response(
+            service.name, decoded.outputs, service.values(result), decoded.id, self.spec.class_names
+        )
         if tail is None:
             return Response(head, media_type="application/json")
-        return Response(head + tail, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(len(head))})
+        return Response(
+            head + tail,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
 
 
 _MODEL_PATHS = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 # (path, Endpoints method, HTTP methods, name in the request metrics); the infer paths are matched first.
-ROUTES = ([(p + "/infer", "infer", ["POST"], "infer") for p in _MODEL_PATHS]
-          + [("/v2", "server", None, "server"), ("/v2/health/live", "live", None, "health"),
-             ("/v2/health/ready", "ready", None, "health"), ("/metrics", "metrics", None, "metrics"),
-             ("/v2/models/stats", "stats", None, "stats")]
-          + [(p + suffix, method, None, name) for p in _MODEL_PATHS
-             for suffix, method, name in (("", "metadata", "model"), ("/ready", "model_ready", "model_ready"),
-                                          ("/config", "model_config", "config"), ("/stats", "stats", "stats"))])
+ROUTES = (
+    [(p + "/infer", "infer", ["POST"], "infer") for p in _MODEL_PATHS]
+    + [
+        ("/v2", "server", None, "server"),
+        ("/v2/health/live", "live", None, "health"),
+        ("/v2/health/ready", "ready", None, "health"),
+        ("/metrics", "metrics", None, "metrics"),
+        ("/v2/models/stats", "stats", None, "stats"),
+    ]
+    + [
+        (p + suffix, method, None, name)
+        for p in _MODEL_PATHS
+        for suffix, method, name in (
+            ("", "metadata", "model"),
+            ("/ready", "model_ready", "model_ready"),
+            ("/config", "model_config", "config"),
+            ("/stats", "stats", "stats"),
+        )
+    ]
+)
 
 
 def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
@@ -198,8 +240,9 @@ def create_app(service: ModelService, max_body_bytes: int = 16 << 20):
         max_body_bytes: larger infer bodies get 413.
     """
     endpoints = Endpoints(service, max_body_bytes)
-    routes = [Route(path, getattr(endpoints, method), methods=methods, name=name)
-              for path, method, methods, name in ROUTES]
+    routes = [
+        Route(path, getattr(endpoints, method), methods=methods, name=name) for path, method, methods, name in ROUTES
+    ]
     return _Edge(Router(routes, default=_not_found), service)
 
 

@@ -9,13 +9,15 @@ Steps of a streaming graph (one timestep of N sequences, with their membranes) b
 membranes of the requests are concatenated per state tensor, the batch runs as one :meth:`Runtime.step`, and
 each request gets its rows of the outputs and of the new membranes back.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,8 +51,13 @@ class Batcher:
         ValueError: max_batch < 1 or max_delay_ms < 0.
     """
 
-    def __init__(self, runtime: Runtime, max_batch: int = 32, max_delay_ms: float = 2.0,
-                 on_batch: Callable[[int, float, np.ndarray], None] | None = None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        max_batch: int = 32,
+        max_delay_ms: float = 2.0,
+        on_batch: Callable[[int, float, np.ndarray], None] | None = None,
+    ):
         if max_batch < 1 or max_delay_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
         self.runtime, self.max_batch, self.max_delay = runtime, max_batch, max_delay_ms / 1e3
@@ -106,8 +113,10 @@ class Batcher:
                 streaming = items[0][3] is not None
                 t0 = time.perf_counter()
                 if streaming:
-                    states = {k: np.concatenate([it[3][k] for it in items]) if len(items) > 1 else v
-                              for k, v in items[0][3].items()}
+                    states = {
+                        k: np.concatenate([it[3][k] for it in items]) if len(items) > 1 else v
+                        for k, v in items[0][3].items()
+                    }
                     logits, spikes, after = self.runtime.step(x, states)
                 else:
                     logits, spikes = self.runtime.run(x)
@@ -117,8 +126,16 @@ class Batcher:
                 start = 0
                 for xi, fut, queued, _ in items:
                     rows = slice(start, start + len(xi))
-                    fut.set_result(BatchResult(logits[rows], spikes[rows], t0 - queued, seconds, len(x),
-                                               {k: v[rows] for k, v in after.items()} if streaming else None))
+                    fut.set_result(
+                        BatchResult(
+                            logits[rows],
+                            spikes[rows],
+                            t0 - queued,
+                            seconds,
+                            len(x),
+                            {k: v[rows] for k, v in after.items()} if streaming else None,
+                        )
+                    )
                     start += len(xi)
             except Exception as e:  # a runtime failure fails every request of the batch, not the server
                 for it in items:

@@ -13,6 +13,7 @@ Sources: KServe v2 protocol (https://kserve.github.io/website/latest/modelservin
 Triton's extensions ``binary_tensor_data``, ``classification``, ``model_configuration`` and ``statistics``
 (https://github.com/triton-inference-server/server/tree/main/docs/protocol).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,22 +29,56 @@ from ..spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from ..triton_config import PLATFORM
 from .runtimes import validate_input
 
-__all__ = ["ProtocolError", "InvalidInput", "Unsupported", "UnsupportedMediaType", "ModelNotFound",
-           "PayloadTooLarge", "ServerBusy", "NotReady", "InferenceTimeout", "http_status", "OutputRequest", "Decoded",
-           "InferRequest", "decode_json_request", "check_input", "reject_unsupported", "tensor_from_bytes",
-           "tensor_from_values", "select_outputs", "classify", "serialize_bytes", "encode_json_response",
-           "server_metadata", "model_metadata", "EXTENSIONS", "VERSION", "SequenceStep", "UnknownSequence",
-           "SequenceBusy", "TooManySequences", "parse_sequence", "served_outputs", "MEAN_LOGITS",
-           "TOTAL_SPIKE_COUNTS"]
+__all__ = [
+    "ProtocolError",
+    "InvalidInput",
+    "Unsupported",
+    "UnsupportedMediaType",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "ServerBusy",
+    "NotReady",
+    "InferenceTimeout",
+    "http_status",
+    "OutputRequest",
+    "Decoded",
+    "InferRequest",
+    "decode_json_request",
+    "check_input",
+    "reject_unsupported",
+    "tensor_from_bytes",
+    "tensor_from_values",
+    "select_outputs",
+    "classify",
+    "serialize_bytes",
+    "encode_json_response",
+    "server_metadata",
+    "model_metadata",
+    "EXTENSIONS",
+    "VERSION",
+    "SequenceStep",
+    "UnknownSequence",
+    "SequenceBusy",
+    "TooManySequences",
+    "parse_sequence",
+    "served_outputs",
+    "MEAN_LOGITS",
+    "TOTAL_SPIKE_COUNTS",
+]
 
 VERSION = "1"  # the one model version this server has
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 STREAMING_EXTENSIONS = ("sequence",)  # a streaming graph's server speaks Triton's sequence extension too
 # Request parameters that belong to extensions this server does not implement: asking for them is a 400,
 # not a silently different answer. The sequence parameters are read for a streaming graph (parse_sequence).
-_UNSUPPORTED = {"shared_memory_region": "shared_memory", "shared_memory_byte_size": "shared_memory",
-                "shared_memory_offset": "shared_memory", "sequence_id": "sequence", "sequence_start": "sequence",
-                "sequence_end": "sequence"}
+_UNSUPPORTED = {
+    "shared_memory_region": "shared_memory",
+    "shared_memory_byte_size": "shared_memory",
+    "shared_memory_offset": "shared_memory",
+    "sequence_id": "sequence",
+    "sequence_start": "sequence",
+    "sequence_end": "sequence",
+}
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
 _STEP_INPUT = {"static": "the image, fed at every step", "frames": "this step's frame"}
 # What a streaming graph's server adds to each step's answer: the running summary of the sequence so far.
@@ -56,8 +91,15 @@ TOTAL_SPIKE_COUNTS = "total_spike_counts"  # [1, L]: the spikes so far (at step 
 # gRPC status -> HTTP status, as Triton maps its one error code to both protocols (triton-inference-server/server
 # src/http_server.cc ``HttpCodeFromError``; gRPC's own table, grpc/doc/statuscodes.md, agrees on these). ABORTED
 # (a sequence's step while its previous one runs) is 409 Conflict, as google.rpc.Code maps it.
-_HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 429,
-                  "ABORTED": 409, "UNIMPLEMENTED": 501, "INTERNAL": 500}
+_HTTP_FOR_GRPC = {
+    "INVALID_ARGUMENT": 400,
+    "NOT_FOUND": 404,
+    "UNAVAILABLE": 503,
+    "RESOURCE_EXHAUSTED": 429,
+    "ABORTED": 409,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+}
 
 
 class ProtocolError(Exception):
@@ -217,6 +259,7 @@ def reject_unsupported(params: _Parameters | dict | None, where: str, sequences:
 
 # ---- Triton's sequence extension ----
 
+
 @dataclass(frozen=True)
 class SequenceStep:
     """One request's place in a sequence: the sequence id (uint64 or string, as Triton's ``sequence_id``) and
@@ -267,6 +310,7 @@ def _classifiable(name: str) -> bool:
 
 # ---- decoded request (shared by the HTTP app and the gRPC service) ----
 
+
 @dataclass(frozen=True)
 class OutputRequest:
     """One requested output: its name, whether it travels as binary, and the top-k of the classification
@@ -307,11 +351,14 @@ def check_input(name: str, datatype: str, shape: list[int], where: str, spec) ->
     want = [*spec.input_shape]
     if spec.streaming:
         if len(shape) != 1 + len(want) or list(shape[1:]) != want or shape[0] != 1:
-            raise InvalidInput(f"{where}.shape: one step of this streaming model is [1, {', '.join(map(str, want))}] "
-                               f"(one step of one sequence; its input is {_STEP_INPUT[spec.step_input]}), got {list(shape)}")
+            raise InvalidInput(
+                f"{where}.shape: one step of this streaming model is [1, {', '.join(map(str, want))}] "
+                f"(one step of one sequence; its input is {_STEP_INPUT[spec.step_input]}), got {list(shape)}"
+            )
     elif len(shape) != 1 + len(want) or list(shape[1:]) != want or shape[0] < 1:
-        raise InvalidInput(f"{where}.shape: input shape must be [N, {', '.join(map(str, want))}] with N >= 1, "
-                           f"got {list(shape)}")
+        raise InvalidInput(
+            f"{where}.shape: input shape must be [N, {', '.join(map(str, want))}] with N >= 1, got {list(shape)}"
+        )
     return math.prod(shape)  # Python ints: a hostile shape cannot overflow
 
 
@@ -346,8 +393,9 @@ def _validated(x: np.ndarray, spec) -> np.ndarray:
         raise InvalidInput(f"inputs.0: {e}") from None
 
 
-def select_outputs(asked: list[tuple[str, bool, int]] | None, default_binary: bool,
-                   names: tuple[str, ...] = OUTPUT_NAMES) -> tuple[OutputRequest, ...]:
+def select_outputs(
+    asked: list[tuple[str, bool, int]] | None, default_binary: bool, names: tuple[str, ...] = OUTPUT_NAMES
+) -> tuple[OutputRequest, ...]:
     """The outputs to return: every output (as ``default_binary``) when none is named, else the named ones.
 
     Args:
@@ -367,8 +415,10 @@ def select_outputs(asked: list[tuple[str, bool, int]] | None, default_binary: bo
         if name in seen:
             raise InvalidInput(f"outputs.{i}.name: output {name!r} is requested twice")
         if class_count and not _classifiable(name):
-            raise InvalidInput(f"outputs.{i}.parameters.classification: classification applies to "
-                               f"{' and '.join(repr(n) for n in names if _classifiable(n))} only, not {name!r}")
+            raise InvalidInput(
+                f"outputs.{i}.parameters.classification: classification applies to "
+                f"{' and '.join(repr(n) for n in names if _classifiable(n))} only, not {name!r}"
+            )
         seen.add(name)
         out.append(OutputRequest(name, binary, class_count))
     return tuple(out)
@@ -388,8 +438,7 @@ def decode_json_request(body: bytes, header_length: int | None, spec) -> Decoded
         Unsupported: the request asks for shared memory or sequence batching.
     """
     if header_length is not None and not 0 < header_length <= len(body):
-        raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a body of "
-                           f"{len(body)} bytes")
+        raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes")
     try:
         req = InferRequest.model_validate_json(body if header_length is None else body[:header_length])
     except ValidationError as e:
@@ -407,8 +456,9 @@ def decode_json_request(body: bytes, header_length: int | None, spec) -> Decoded
     size = t.parameters.binary_data_size if t.parameters is not None else None
     if size is not None:
         if header_length is None:
-            raise InvalidInput("inputs.0.parameters.binary_data_size: given without an "
-                               "Inference-Header-Content-Length header")
+            raise InvalidInput(
+                "inputs.0.parameters.binary_data_size: given without an Inference-Header-Content-Length header"
+            )
         if t.data is not None:
             raise InvalidInput("inputs.0: has both 'data' and binary_data_size")
         raw = memoryview(body)[header_length:]
@@ -420,13 +470,25 @@ def decode_json_request(body: bytes, header_length: int | None, spec) -> Decoded
     else:
         raise InvalidInput("inputs.0: has neither 'data' nor binary_data_size")
     default_binary = req.parameters.binary_data_output if req.parameters is not None else False
-    asked = None if req.outputs is None else [
-        (o.name, default_binary if o.parameters is None or o.parameters.binary_data is None else o.parameters.binary_data,
-         0 if o.parameters is None else o.parameters.classification) for o in req.outputs]
+    asked = (
+        None
+        if req.outputs is None
+        else [
+            (
+                o.name,
+                default_binary
+                if o.parameters is None or o.parameters.binary_data is None
+                else o.parameters.binary_data,
+                0 if o.parameters is None else o.parameters.classification,
+            )
+            for o in req.outputs
+        ]
+    )
     return Decoded(x, select_outputs(asked, default_binary, served_outputs(spec)), req.id, sequence)
 
 
 # ---- responses ----
+
 
 def classify(logits: np.ndarray, k: int, class_names) -> np.ndarray:
     """Triton's classification extension: the top ``k`` of each row as ``b"score:index:label"``.
@@ -454,8 +516,9 @@ def serialize_bytes(values: np.ndarray) -> bytes:
     return b"".join(len(v).to_bytes(4, "little") + v for v in values.ravel().tolist())
 
 
-def encode_json_response(model: str, outputs: tuple[OutputRequest, ...], values: dict[str, np.ndarray],
-                         request_id: str | None, class_names) -> tuple[bytes, bytes | None]:
+def encode_json_response(
+    model: str, outputs: tuple[OutputRequest, ...], values: dict[str, np.ndarray], request_id: str | None, class_names
+) -> tuple[bytes, bytes | None]:
     """A KServe v2 REST infer response: (JSON header, binary tail or None when every output is JSON).
 
     ``values`` maps output names to float32 arrays; classification outputs become BYTES.
@@ -488,6 +551,7 @@ def encode_json_response(model: str, outputs: tuple[OutputRequest, ...], values:
 
 # ---- documents about the server and the model ----
 
+
 def server_metadata(spec=None) -> dict:
     """``GET /v2`` (KServe v2): name, version and the extensions this server speaks (with ``sequence`` when it
     serves a streaming graph, ``spec``)."""
@@ -509,16 +573,34 @@ def model_metadata(name: str, spec) -> dict:
     step; ``summary``: what each summary output holds)."""
     k, n = len(spec.class_names), len(spec.spiking_layers)
     batch = 1 if spec.streaming else -1
-    outputs = [{"name": LOGITS, "datatype": "FP32", "shape": [batch, k]},
-               {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [batch, n]}]
-    parameters = {"timesteps": spec.timesteps, "class_names": list(spec.class_names),
-                  "spiking_layers": list(spec.spiking_layers), "model_name": spec.model_name}
+    outputs = [
+        {"name": LOGITS, "datatype": "FP32", "shape": [batch, k]},
+        {"name": SPIKE_COUNTS, "datatype": "FP32", "shape": [batch, n]},
+    ]
+    parameters = {
+        "timesteps": spec.timesteps,
+        "class_names": list(spec.class_names),
+        "spiking_layers": list(spec.spiking_layers),
+        "model_name": spec.model_name,
+    }
     if spec.streaming:
-        outputs += [{"name": MEAN_LOGITS, "datatype": "FP32", "shape": [1, k]},
-                    {"name": TOTAL_SPIKE_COUNTS, "datatype": "FP32", "shape": [1, n]}]
-        parameters.update(streaming=True, step_input=spec.step_input, summary={
-            MEAN_LOGITS: "mean of the step logits since sequence_start (at step T: the unrolled graph's logits)",
-            TOTAL_SPIKE_COUNTS: "spikes since sequence_start (at step T: the unrolled graph's spike_counts)"})
-    return {"name": name, "versions": [VERSION], "platform": PLATFORM,
-            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [batch, *spec.input_shape]}],
-            "outputs": outputs, "parameters": parameters}
+        outputs += [
+            {"name": MEAN_LOGITS, "datatype": "FP32", "shape": [1, k]},
+            {"name": TOTAL_SPIKE_COUNTS, "datatype": "FP32", "shape": [1, n]},
+        ]
+        parameters.update(
+            streaming=True,
+            step_input=spec.step_input,
+            summary={
+                MEAN_LOGITS: "mean of the step logits since sequence_start (at step T: the unrolled graph's logits)",
+                TOTAL_SPIKE_COUNTS: "spikes since sequence_start (at step T: the unrolled graph's spike_counts)",
+            },
+        )
+    return {
+        "name": name,
+        "versions": [VERSION],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [batch, *spec.input_shape]}],
+        "outputs": outputs,
+        "parameters": parameters,
+    }

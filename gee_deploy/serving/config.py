@@ -5,6 +5,7 @@
 its fields and check nothing again. A bad value raises :class:`ServeConfigError` naming the field and the
 ``gee-deploy serve`` option that sets it.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,7 +29,8 @@ class ServeConfigError(ConfigError, ValueError):
 
 def _flag(field: str) -> str:
     return {"max_body_bytes": "--max-body-mb", "sequence_idle_s": "--sequence-idle-s"}.get(
-        field, "--" + field.replace("_", "-"))
+        field, "--" + field.replace("_", "-")
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,8 +82,11 @@ class ServeConfig:
         at_least_one = ("max_batch", "max_body_bytes", "max_concurrency", "max_sequences")
         positive = ("infer_timeout_s", "request_timeout_s", "keep_alive_s", "sequence_idle_s")
         non_negative = ("max_delay_ms", "drain_s", "idle_grace_s")
-        for fields, ok, words in ((at_least_one, lambda v: v >= 1, ">= 1"), (positive, lambda v: v > 0, "> 0"),
-                                  (non_negative, lambda v: v >= 0, ">= 0")):
+        for fields, ok, words in (
+            (at_least_one, lambda v: v >= 1, ">= 1"),
+            (positive, lambda v: v > 0, "> 0"),
+            (non_negative, lambda v: v >= 0, ">= 0"),
+        ):
             for f in fields:
                 if not ok(getattr(self, f)):
                     raise ServeConfigError(f"{f} ({_flag(f)}) must be {words}, got {getattr(self, f)}")

@@ -38,12 +38,13 @@ pinned in pyproject.toml; tests/test_server.py fails when one breaks):
 
 docs/serving.md explains why, and what a maintainer does when an upgrade breaks one of them.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import h11
 import httptools
@@ -99,10 +100,13 @@ def protocol_class(app, request_timeout_s: float, drain: Drain) -> type[asyncio.
     probe.load()
     inner = getattr(probe, "http_protocol_class", None)
     if not (isinstance(inner, type) and issubclass(inner, asyncio.Protocol)):
-        raise RuntimeError(f"uvicorn {uvicorn.__version__} does not resolve its HTTP protocol as gee-deploy expects "
-                           f"(tested with {', '.join(TESTED_UVICORN)}); see docs/serving.md")
-    return type("GeeHttpProtocol", (_Connection,), {"inner_class": inner, "request_timeout": request_timeout_s,
-                                                    "drain": drain})
+        raise RuntimeError(
+            f"uvicorn {uvicorn.__version__} does not resolve its HTTP protocol as gee-deploy expects "
+            f"(tested with {', '.join(TESTED_UVICORN)}); see docs/serving.md"
+        )
+    return type(
+        "GeeHttpProtocol", (_Connection,), {"inner_class": inner, "request_timeout": request_timeout_s, "drain": drain}
+    )
 
 
 def timeout_response(seconds: float) -> bytes:
@@ -110,8 +114,15 @@ def timeout_response(seconds: float) -> bytes:
     framed by h11, whose server state machine allows an answer before a request has arrived."""
     body = json.dumps({"error": f"the request was not received within {seconds:g} s"}).encode()
     conn = h11.Connection(h11.SERVER)
-    head = h11.Response(status_code=408, reason=b"Request Timeout", headers=[
-        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"connection", b"close")])
+    head = h11.Response(
+        status_code=408,
+        reason=b"Request Timeout",
+        headers=[
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ],
+    )
     return conn.send(head) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
 
 

@@ -13,6 +13,7 @@ streaming graph's steps carry Triton's sequence parameters (``sequence_id`` as `
 (repository, shared memory, trace, log) answers UNIMPLEMENTED. Protocol errors are answered with the gRPC status
 their class states (:class:`~.codec.ProtocolError`), the one the HTTP status derives from.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +25,24 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .codec import (VERSION, Decoded, InvalidInput, NotReady, ProtocolError, check_input, classify, extensions,
-                    model_metadata, parse_sequence, reject_unsupported, select_outputs, serialize_bytes,
-                    served_outputs, tensor_from_bytes, tensor_from_values)
+from .codec import (
+    VERSION,
+    Decoded,
+    InvalidInput,
+    NotReady,
+    ProtocolError,
+    check_input,
+    classify,
+    extensions,
+    model_metadata,
+    parse_sequence,
+    reject_unsupported,
+    select_outputs,
+    serialize_bytes,
+    served_outputs,
+    tensor_from_bytes,
+    tensor_from_values,
+)
 from .service import ModelService
 
 __all__ = ["InferenceServicer", "start_grpc", "decode_grpc_request"]
@@ -45,8 +61,9 @@ def _rpc(endpoint: str):
                 code = grpc.StatusCode[e.grpc_code]
                 self.service.metrics.observe_request("grpc", endpoint, code.name, error=True)
                 await context.abort(code, str(e))
-            self.service.metrics.observe_request("grpc", endpoint, "OK", time.perf_counter() - start
-                                                 if endpoint == "infer" else None)
+            self.service.metrics.observe_request(
+                "grpc", endpoint, "OK", time.perf_counter() - start if endpoint == "infer" else None
+            )
             return response
 
         return call
@@ -81,8 +98,7 @@ def decode_grpc_request(request: service_pb2.ModelInferRequest, spec) -> Decoded
             raise InvalidInput(f"raw_input_contents: holds {len(request.raw_input_contents)} tensors for 1 input")
         x = tensor_from_bytes(request.raw_input_contents[0], shape, "raw_input_contents.0", spec)
     elif t.HasField("contents"):
-        x = tensor_from_values(np.asarray(t.contents.fp32_contents, dtype=np.float32), shape, "inputs.0.contents",
-                               spec)
+        x = tensor_from_values(np.asarray(t.contents.fp32_contents, dtype=np.float32), shape, "inputs.0.contents", spec)
     else:
         raise InvalidInput("inputs.0: has neither contents nor raw_input_contents")
     asked = None
@@ -91,8 +107,7 @@ def decode_grpc_request(request: service_pb2.ModelInferRequest, spec) -> Decoded
         for i, o in enumerate(request.outputs):
             k = _param_value(o.parameters["classification"]) if "classification" in o.parameters else 0
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise InvalidInput(f"outputs.{i}.parameters.classification: must be a non-negative integer, "
-                                   f"got {k!r}")
+                raise InvalidInput(f"outputs.{i}.parameters.classification: must be a non-negative integer, got {k!r}")
             asked.append((o.name, True, k))
     return Decoded(x, select_outputs(asked, True, served_outputs(spec)), request.id or None, sequence)
 
@@ -118,8 +133,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("server")
     async def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(name="gee-deploy", version=VERSION,
-                                                  extensions=extensions(self.service.spec))
+        return service_pb2.ServerMetadataResponse(
+            name="gee-deploy", version=VERSION, extensions=extensions(self.service.spec)
+        )
 
     @_rpc("model")
     async def ModelMetadata(self, request, context):
@@ -159,9 +175,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 self.service.metrics.observe_request("grpc", "stream_infer", "OK", time.perf_counter() - start)
             except ProtocolError as e:
                 self.service.metrics.observe_request("grpc", "stream_infer", e.grpc_code, error=True)
-                response = service_pb2.ModelStreamInferResponse(error_message=str(e), infer_response=service_pb2.
-                                                                ModelInferResponse(model_name=request.model_name,
-                                                                                   id=request.id))
+                response = service_pb2.ModelStreamInferResponse(
+                    error_message=str(e),
+                    infer_response=service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
             await answers.put(response)
 
         def forget(key, task: asyncio.Task) -> None:  # a long stream keeps only the requests still running
@@ -174,8 +191,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    key = _param_value(request.parameters["sequence_id"]) if "sequence_id" in request.parameters \
-                        else None
+                    key = (
+                        _param_value(request.parameters["sequence_id"]) if "sequence_id" in request.parameters else None
+                    )
                     task = asyncio.ensure_future(answer(request, last_of.get(key) if key else None))
                     if key:
                         last_of[key] = task
@@ -217,14 +235,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await s.infer(lambda: decode_grpc_request(request, s.spec), encode)
 
 
-async def start_grpc(service: ModelService, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+async def start_grpc(
+    service: ModelService, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC service on the running event loop; returns (server, bound port).
 
     Raises:
         RuntimeError: the port cannot be bound (grpc's own error).
     """
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                      ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

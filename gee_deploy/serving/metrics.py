@@ -17,6 +17,7 @@ Each server has its own :class:`prometheus_client.CollectorRegistry`, so several
 :class:`Statistics` holds the cumulative counts and durations of Triton's statistics extension
 (``GET /v2/models/{name}/stats``, gRPC ``ModelStatistics``), in the JSON form of Triton's ``ModelStatistics``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -43,36 +44,50 @@ class Metrics:
 
     def __init__(self, model: str, spiking_layers):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("gee_requests", "Requests by protocol, endpoint and status.",
-                                ["protocol", "endpoint", "code"], registry=r)
-        self.errors = Counter("gee_request_errors", "Requests answered with a 4xx/5xx or a non-OK gRPC status.",
-                              ["protocol"], registry=r)
-        self.latency = Histogram("gee_inference_duration_seconds", "Request to response of successful inferences.",
-                                 ["protocol"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inflight = Gauge("gee_inflight_requests", "Inference requests admitted and not yet answered.",
-                              registry=r)
-        self.batch = Histogram("gee_batch_size", "Samples per runtime call after dynamic batching.",
-                               buckets=BATCH_BUCKETS, registry=r)
+        self.requests = Counter(
+            "gee_requests", "Requests by protocol, endpoint and status.", ["protocol", "endpoint", "code"], registry=r
+        )
+        self.errors = Counter(
+            "gee_request_errors", "Requests answered with a 4xx/5xx or a non-OK gRPC status.", ["protocol"], registry=r
+        )
+        self.latency = Histogram(
+            "gee_inference_duration_seconds",
+            "Request to response of successful inferences.",
+            ["protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("gee_inflight_requests", "Inference requests admitted and not yet answered.", registry=r)
+        self.batch = Histogram(
+            "gee_batch_size", "Samples per runtime call after dynamic batching.", buckets=BATCH_BUCKETS, registry=r
+        )
         self.samples = Counter("gee_samples", "Samples inferred.", ["model"], registry=r).labels(model)
-        spikes = Counter("gee_spikes", "Spikes emitted per spiking layer over all samples.", ["model", "layer"],
-                         registry=r)
+        spikes = Counter(
+            "gee_spikes", "Spikes emitted per spiking layer over all samples.", ["model", "layer"], registry=r
+        )
         self.spikes = [spikes.labels(model, layer) for layer in spiking_layers]
         self.sequences_live = Gauge("gee_sequences_live", "Sequences whose state the server holds.", registry=r)
-        self.sequences_started = Counter("gee_sequences_started", "Sequences started (sequence_start steps run).",
-                                         registry=r)
+        self.sequences_started = Counter(
+            "gee_sequences_started", "Sequences started (sequence_start steps run).", registry=r
+        )
         self.sequences_ended = Counter("gee_sequences_ended", "Sequences ended by sequence_end.", registry=r)
-        self.sequences_expired = Counter("gee_sequences_expired", "Sequences dropped after the idle timeout.",
-                                         registry=r)
+        self.sequences_expired = Counter(
+            "gee_sequences_expired", "Sequences dropped after the idle timeout.", registry=r
+        )
         self._children: dict[tuple, tuple] = {}
 
-    def observe_request(self, protocol: str, endpoint: str, code, seconds: float | None = None,
-                        error: bool = False) -> None:
+    def observe_request(
+        self, protocol: str, endpoint: str, code, seconds: float | None = None, error: bool = False
+    ) -> None:
         """One answered request; ``seconds`` only for successful inferences."""
         key = (protocol, endpoint, code)
         child = self._children.get(key)
         if child is None:  # labels() costs a lock and a tuple check per call: resolve each series once
-            child = self._children[key] = (self.requests.labels(protocol, endpoint, str(code)),
-                                           self.errors.labels(protocol), self.latency.labels(protocol))
+            child = self._children[key] = (
+                self.requests.labels(protocol, endpoint, str(code)),
+                self.errors.labels(protocol),
+                self.latency.labels(protocol),
+            )
         child[0].inc()
         if error:
             child[1].inc()
@@ -130,8 +145,7 @@ class Statistics:
             self.last_inference_ms = int(time.time() * 1e3)
             self.batches.setdefault(size, _Duration()).add(seconds)
 
-    def observe_success(self, total_s: float, input_s: float, queue_s: float, infer_s: float,
-                        output_s: float) -> None:
+    def observe_success(self, total_s: float, input_s: float, queue_s: float, infer_s: float, output_s: float) -> None:
         with self._lock:
             p = self.phases
             p["success"].add(total_s)
@@ -147,8 +161,14 @@ class Statistics:
     def as_dict(self, name: str, version: str) -> dict:
         """One entry of ``model_stats`` (Triton's ``ModelStatistics`` message, JSON field names)."""
         with self._lock:
-            return {"name": name, "version": version, "last_inference": self.last_inference_ms,
-                    "inference_count": self.inference_count, "execution_count": self.execution_count,
-                    "inference_stats": {k: d.as_dict() for k, d in self.phases.items()},
-                    "batch_stats": [{"batch_size": size, "compute_infer": d.as_dict()}
-                                    for size, d in sorted(self.batches.items())]}
+            return {
+                "name": name,
+                "version": version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {k: d.as_dict() for k, d in self.phases.items()},
+                "batch_stats": [
+                    {"batch_size": size, "compute_infer": d.as_dict()} for size, d in sorted(self.batches.items())
+                ],
+            }

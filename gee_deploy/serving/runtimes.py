@@ -10,6 +10,7 @@ the membranes ``v_in.<lif>`` given and ``v_out.<lif>`` returned under the ``v_in
 The references they are measured against (PyTorch eager, the NIR executor) and the opener by file suffix live
 in :mod:`gee_deploy.evaluation.runtimes`.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,10 @@ def validate_input(x, spec: ModelSpec) -> np.ndarray:
         raise InputError("input holds NaN or Inf")
     worst = float(x.flat[np.abs(x).argmax()]) if x.size else 0.0
     if abs(worst) > MAX_ABS_INPUT:
-        raise InputError(f"input holds {worst:g}: pixels are in [0, 1] (values outside are computed as given up to "
-                         f"+-{MAX_ABS_INPUT:g}, beyond which the graph's float32 arithmetic overflows)")
+        raise InputError(
+            f"input holds {worst:g}: pixels are in [0, 1] (values outside are computed as given up to "
+            f"+-{MAX_ABS_INPUT:g}, beyond which the graph's float32 arithmetic overflows)"
+        )
     return np.ascontiguousarray(x)
 
 
@@ -101,22 +104,32 @@ class OrtRuntime(Runtime):
         ModelFileError: not a gee-deploy graph, or a streaming graph without ``streaming``.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str = "ort-cpu", threads: int | None = None,
-                 spin: bool = False, allow_streaming: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        kind: str = "ort-cpu",
+        threads: int | None = None,
+        spin: bool = False,
+        allow_streaming: bool = False,
+    ):
         self.name, self.path, self.threads = kind, Path(path), threads
         self.session = create_session(self.path, kind, threads, spin)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec = ModelSpec.from_metadata(meta, str(self.path))
         if self.spec.streaming and not allow_streaming:
-            raise ModelFileError(f"{self.path} is a streaming graph (one timestep per call); bench and check take "
-                                 "the T-unrolled export (gee-deploy export without --streaming)")
+            raise ModelFileError(
+                f"{self.path} is a streaming graph (one timestep per call); bench and check take "
+                "the T-unrolled export (gee-deploy export without --streaming)"
+            )
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.state_shapes = {name: tuple(inputs[name].shape[1:]) for name in self.spec.state_inputs}
         self._step_outputs = [*OUTPUT_NAMES, *self.spec.state_outputs]
         names = [o.name for o in self.session.get_outputs()]
         if names[:2] != list(OUTPUT_NAMES) or self.session.get_inputs()[0].name != INPUT_NAME:
-            raise ModelFileError(f"{self.path} does not follow the gee-deploy contract (input {INPUT_NAME!r}, "
-                                 f"outputs {', '.join(map(repr, OUTPUT_NAMES))}); it has outputs {names}")
+            raise ModelFileError(
+                f"{self.path} does not follow the gee-deploy contract (input {INPUT_NAME!r}, "
+                f"outputs {', '.join(map(repr, OUTPUT_NAMES))}); it has outputs {names}"
+            )
         self.device = "cuda" if kind in ("ort-cuda", "ort-trt") else "cpu"
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +153,13 @@ class OrtRuntime(Runtime):
 
     def describe(self) -> dict:
         ort = import_onnxruntime()
-        return {**super().describe(), "providers": self.session.get_providers(), "threads": self.threads,
-                "precision": precision_of(self.name), "onnxruntime": ort.__version__}
+        return {
+            **super().describe(),
+            "providers": self.session.get_providers(),
+            "threads": self.threads,
+            "precision": precision_of(self.name),
+            "onnxruntime": ort.__version__,
+        }
 
 
 class TensorRTRuntime(Runtime):
@@ -157,8 +175,9 @@ class TensorRTRuntime(Runtime):
         try:
             import tensorrt as trt
         except ImportError:
-            raise RuntimeUnavailableError("the tensorrt runtime needs the `tensorrt` package (pip install "
-                                          "'gee-deploy[gpu]') and a CUDA GPU") from None
+            raise RuntimeUnavailableError(
+                "the tensorrt runtime needs the `tensorrt` package (pip install 'gee-deploy[gpu]') and a CUDA GPU"
+            ) from None
         import torch
 
         if not torch.cuda.is_available():
@@ -176,8 +195,10 @@ class TensorRTRuntime(Runtime):
             raise ModelFileError(f"{self.path} is not a TensorRT plan for this TensorRT version and GPU")
         self.engine = engine
         self.context = engine.create_execution_context()
-        self.dtypes = {n: torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(n)))).dtype
-                       for n in (INPUT_NAME, *OUTPUT_NAMES)}
+        self.dtypes = {
+            n: torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(n)))).dtype
+            for n in (INPUT_NAME, *OUTPUT_NAMES)
+        }
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch

@@ -17,6 +17,7 @@ fails after it began (a runtime error, a timeout) leaves the sequence as it was 
 The table lives on the server's event loop and is touched only there, so it needs no lock. It lives in the
 process: a restart loses every sequence.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,8 +62,14 @@ class SequenceTable:
         clock: seconds (monotonic); tests may pass their own.
     """
 
-    def __init__(self, state_shapes: dict[str, tuple[int, ...]], max_sequences: int, idle_s: float,
-                 metrics: Metrics, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        state_shapes: dict[str, tuple[int, ...]],
+        max_sequences: int,
+        idle_s: float,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.state_shapes, self.max_sequences, self.idle_s = state_shapes, max_sequences, idle_s
         self.metrics, self.clock = metrics, clock
         self.live: OrderedDict[int | str, _Sequence] = OrderedDict()  # least recently used first
@@ -102,15 +109,19 @@ class SequenceTable:
         self.expire()
         seq = self.live.get(step.id)
         if seq is not None and seq.busy:
-            raise SequenceBusy(f"{step}: its previous step is still running; steps of one sequence run one at a "
-                               "time, send the next once this one is answered")
+            raise SequenceBusy(
+                f"{step}: its previous step is still running; steps of one sequence run one at a "
+                "time, send the next once this one is answered"
+            )
         if seq is None and not step.start:
             why = self._gone.get(step.id, "was never started")
             raise UnknownSequence(f"{step}: not live ({why}); its first request must set sequence_start")
         if seq is None:
             if len(self.live) >= self.max_sequences:
-                raise TooManySequences(f"{step}: {len(self.live)} sequences are live, the limit is "
-                                       f"{self.max_sequences}; end one (sequence_end) or wait for idle ones to expire")
+                raise TooManySequences(
+                    f"{step}: {len(self.live)} sequences are live, the limit is "
+                    f"{self.max_sequences}; end one (sequence_end) or wait for idle ones to expire"
+                )
             seq = self.live[step.id] = _Sequence(self._zeros(), fresh=True)
             self._gone.pop(step.id, None)
             self.metrics.sequences_live.set(len(self.live))
@@ -118,8 +129,9 @@ class SequenceTable:
         self.live.move_to_end(step.id)
         return self._zeros() if step.start else seq.states
 
-    def commit(self, step: SequenceStep, logits: np.ndarray, spikes: np.ndarray,
-               states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def commit(
+        self, step: SequenceStep, logits: np.ndarray, spikes: np.ndarray, states: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Keep the step's membranes and add its outputs to the summary; returns the summary outputs.
 
         Args:
@@ -136,8 +148,10 @@ class SequenceTable:
         seq.steps += 1
         seq.busy, seq.fresh, seq.last = False, False, self.clock()
         self.live.move_to_end(step.id)  # the table stays in order of last use: expire() stops at the first recent
-        summary = {MEAN_LOGITS: (seq.logits_sum / np.float32(seq.steps)).astype(np.float32),
-                   TOTAL_SPIKE_COUNTS: np.asarray(seq.spikes_sum, np.float32)}
+        summary = {
+            MEAN_LOGITS: (seq.logits_sum / np.float32(seq.steps)).astype(np.float32),
+            TOTAL_SPIKE_COUNTS: np.asarray(seq.spikes_sum, np.float32),
+        }
         if step.end:
             self._drop(step.id, "ended with sequence_end")
             self.metrics.sequences_ended.inc()

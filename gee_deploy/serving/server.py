@@ -20,6 +20,7 @@ stalled) gets 408 and is disconnected (:mod:`.connection`); idle keep-alive conn
 options and ``serve``, and the ``should_exit`` / ``force_exit`` / ``started`` attributes that uvicorn's own
 signal handler and its maintainers' run-on-a-thread recipe use.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,12 +85,19 @@ class InferenceServer:
                 raise
         app = create_app(self.service, config.max_body_bytes)
         self._drain = Drain(self.sock, config.idle_grace_s, on_drain=self._on_drain)
-        uv_config = uvicorn.Config(app, http=protocol_class(app, config.request_timeout_s, self._drain), ws="none",
-                                   lifespan="off", log_level="warning", access_log=False, proxy_headers=False,
-                                   server_header=False,
-                                   # uvicorn annotates these int; it hands them to asyncio timeouts, which take float s
-                                   timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]
-                                   timeout_graceful_shutdown=config.drain_s)  # type: ignore[arg-type]
+        uv_config = uvicorn.Config(
+            app,
+            http=protocol_class(app, config.request_timeout_s, self._drain),
+            ws="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            # uvicorn annotates these int; it hands them to asyncio timeouts, which take float s
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]
+            timeout_graceful_shutdown=config.drain_s,  # type: ignore[arg-type]
+        )
         self._uv = uvicorn.Server(uv_config)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -151,8 +159,9 @@ class InferenceServer:
     async def _main(self) -> None:
         if self.grpc_port is not None:
             try:
-                self.grpc, self.grpc_port = await start_grpc(self.service, self.host, self.grpc_port,
-                                                             self.config.max_body_bytes)
+                self.grpc, self.grpc_port = await start_grpc(
+                    self.service, self.host, self.grpc_port, self.config.max_body_bytes
+                )
             except RuntimeError as e:  # grpc cannot bind
                 self.startup_error = e
                 return
@@ -202,4 +211,3 @@ class InferenceServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

@@ -9,13 +9,15 @@ For a streaming graph each request is one step of a sequence: the service takes 
 from its :class:`~.sequences.SequenceTable`, sends them with the step to the batcher (steps of different
 sequences batch into one graph call) and keeps what comes back, adding the running summary to the answer.
 """
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import time
 from collections import deque
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..spec import LOGITS, SPIKE_COUNTS
 from ..triton_config import Sequences, model_config
@@ -50,8 +52,11 @@ class ModelService:
         self.metrics = Metrics(self.name, self.spec.spiking_layers)
         self.stats = Statistics()
         self.batcher = Batcher(runtime, config.max_batch, config.max_delay_ms, on_batch=self._on_batch)
-        self.sequences = SequenceTable(runtime.state_shapes, config.max_sequences, config.sequence_idle_s,
-                                       self.metrics) if self.spec.streaming else None
+        self.sequences = (
+            SequenceTable(runtime.state_shapes, config.max_sequences, config.sequence_idle_s, self.metrics)
+            if self.spec.streaming
+            else None
+        )
         self.inflight = 0
         self._results: deque = deque()  # (asyncio future, finished batcher future), filled by the batcher thread
         self._wake_pending = False
@@ -73,10 +78,20 @@ class ModelService:
     def model_config(self):
         """Triton's model configuration of what this serves (:func:`gee_deploy.triton_config.model_config`: the one
         ``gee-deploy export --format triton`` writes), with one instance on this runtime's device."""
-        sequences = None if self.sequences is None else Sequences(
-            self.sequences.state_shapes, self.config.max_sequences, self.config.sequence_idle_s)
-        return model_config(self.name, self.spec, self.max_batch, self.max_delay_ms, instance_kind=self.instance_kind,
-                            sequences=sequences, cpu_accelerator=self.cpu_accelerator)
+        sequences = (
+            None
+            if self.sequences is None
+            else Sequences(self.sequences.state_shapes, self.config.max_sequences, self.config.sequence_idle_s)
+        )
+        return model_config(
+            self.name,
+            self.spec,
+            self.max_batch,
+            self.max_delay_ms,
+            instance_kind=self.instance_kind,
+            sequences=sequences,
+            cpu_accelerator=self.cpu_accelerator,
+        )
 
     @staticmethod
     def values(result: BatchResult) -> dict:
@@ -96,24 +111,29 @@ class ModelService:
                 (:meth:`~.sequences.SequenceTable.begin`).
         """
         if self.inflight >= self.max_concurrency:
-            raise ServerBusy(f"{self.inflight} inference requests in flight, the limit is {self.max_concurrency}; "
-                             "retry later")
+            raise ServerBusy(
+                f"{self.inflight} inference requests in flight, the limit is {self.max_concurrency}; retry later"
+            )
         self.inflight += 1
         self.metrics.inflight.inc()
         t0 = time.perf_counter()
         try:
             decoded = decode()
             if len(decoded.x) > self.max_batch:
-                raise InvalidInput(f"inputs.0.shape: a batch of {len(decoded.x)} exceeds this model's "
-                                   f"max_batch_size {self.max_batch}; split the request")
+                raise InvalidInput(
+                    f"inputs.0.shape: a batch of {len(decoded.x)} exceeds this model's "
+                    f"max_batch_size {self.max_batch}; split the request"
+                )
             t1 = time.perf_counter()
             step = decoded.sequence
             table = self.sequences
             if table is not None:
                 if step is None:
-                    raise InvalidInput(f"parameters.sequence_id: {self.name} is a streaming graph (one timestep per "
-                                       "request); every request names its sequence (sequence_id, with "
-                                       "sequence_start on its first step)")
+                    raise InvalidInput(
+                        f"parameters.sequence_id: {self.name} is a streaming graph (one timestep per "
+                        "request); every request names its sequence (sequence_id, with "
+                        "sequence_start on its first step)"
+                    )
                 states = table.begin(step)
             else:
                 states = None
@@ -125,8 +145,7 @@ class ModelService:
                 raise
             if table is not None and step is not None:
                 assert result.states is not None  # a run given states returns the next ones
-                result = result._replace(summary=table.commit(step, result.logits, result.spike_counts,
-                                                              result.states))
+                result = result._replace(summary=table.commit(step, result.logits, result.spike_counts, result.states))
             t2 = time.perf_counter()
             answer = encode(decoded, result)
             t3 = time.perf_counter()

@@ -7,6 +7,7 @@ imports it like any user would, without putting ``tests/`` on ``sys.path``:
 * :mod:`.nir_frameworks`: SpikingJelly and snntorch reference models for the NIR import (imports those
   frameworks inside its functions; snntorch is in the ``test`` extra).
 """
+
 from __future__ import annotations
 
 from torch import nn

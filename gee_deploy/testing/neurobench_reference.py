@@ -14,6 +14,7 @@ The T-step loop: our LIF and SpikingJelly's multi-step nodes run all T steps in 
 image is fed at every step (direct encoding) and, as in the deployed graph, the layers before the first neuron
 run once on it (:class:`StemOnce`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,14 @@ def dense_equivalent(model: nn.Module) -> nn.Module:
     for name, m in list(twin.named_modules()):
         if isinstance(m, ConvPool):
             conv = m[0]
-            new = nn.Conv2d(conv.in_channels, conv.out_channels, m.kernel_size, m.stride, m.padding,
-                            bias=getattr(conv, "bias", None) is not None)
+            new = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                bias=getattr(conv, "bias", None) is not None,
+            )
             new.weight.data = m.running_weight().detach().clone()
         elif isinstance(m, GeneticConv2d) and name.rpartition(".")[0] not in pools:
             new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=False)
@@ -74,24 +81,35 @@ class StemOnce(nn.Module):
         return self.body(stem.expand(self.timesteps, *stem.shape[1:])).mean(0)
 
 
-def run_neurobench(net: nn.Module, images: np.ndarray, labels: np.ndarray, activation: type,
-                   batch_size: int = 1) -> dict:
+def run_neurobench(
+    net: nn.Module, images: np.ndarray, labels: np.ndarray, activation: type, batch_size: int = 1
+) -> dict:
     """NeuroBench's ``Benchmark.run`` on ``net`` over ``images`` with ``activation`` registered: the results dict
     (static metrics, then workload metrics, by class name), and ``Benchmark.save_benchmark_results``' JSON
     layout. ``batch_size`` 1 keeps every float32 output sum NeuroBench's op counts take exact (below 2^24)."""
     from neurobench.benchmarks import Benchmark
     from neurobench.metrics.static import ConnectionSparsity, Footprint, ParameterCount
-    from neurobench.metrics.workload import (ActivationSparsity, ClassificationAccuracy, MembraneUpdates,
-                                             SynapticOperations)
+    from neurobench.metrics.workload import (
+        ActivationSparsity,
+        ClassificationAccuracy,
+        MembraneUpdates,
+        SynapticOperations,
+    )
     from neurobench.models import TorchModel
 
     model = TorchModel(net)
     model.add_activation_module(activation)
-    loader = DataLoader(TensorDataset(torch.from_numpy(images), torch.from_numpy(labels).long()),
-                        batch_size=batch_size)
-    bench = Benchmark(model, loader, [], [lambda preds: preds.argmax(-1)],
-                      [[Footprint, ConnectionSparsity, ParameterCount],
-                       [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates]])
+    loader = DataLoader(TensorDataset(torch.from_numpy(images), torch.from_numpy(labels).long()), batch_size=batch_size)
+    bench = Benchmark(
+        model,
+        loader,
+        [],
+        [lambda preds: preds.argmax(-1)],
+        [
+            [Footprint, ConnectionSparsity, ParameterCount],
+            [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates],
+        ],
+    )
     with torch.no_grad():
         results = bench.run(quiet=True)
     bench.workload_metric_manager.cleanup_hooks(model)

@@ -13,6 +13,7 @@ framework's own NIR exporter, and run by the framework itself for T steps with t
   threshold (snntorch 1.0's exporter with scalar ones writes shapeless LIF nodes that fail its own type
   inference); exporter ``snntorch.export_nir.export_to_nir`` with ``ignore_dims=[0]`` (the batch).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,20 +41,42 @@ def build(framework: str, seed: int = 0, pool: str = "avg") -> nn.Module:
         from spikingjelly.activation_based import functional, layer, neuron
 
         lif = lambda: neuron.LIFNode(tau=2.0, detach_reset=True)  # noqa: E731
-        net = nn.Sequential(layer.Conv2d(1, c1, 3, padding=1), lif(), layer.AvgPool2d(2),
-                            layer.Conv2d(c1, c2, 3, padding=1), lif(), layer.AvgPool2d(2), layer.Flatten(),
-                            layer.Linear(c2 * 7 * 7, HIDDEN), lif(), layer.Linear(HIDDEN, 10))
+        net = nn.Sequential(
+            layer.Conv2d(1, c1, 3, padding=1),
+            lif(),
+            layer.AvgPool2d(2),
+            layer.Conv2d(c1, c2, 3, padding=1),
+            lif(),
+            layer.AvgPool2d(2),
+            layer.Flatten(),
+            layer.Linear(c2 * 7 * 7, HIDDEN),
+            lif(),
+            layer.Linear(HIDDEN, 10),
+        )
         functional.set_step_mode(net, "m")
         return _kaiming(net)
     if framework == "snntorch":
         import snntorch as snn
 
         def leaky(*shape):
-            return snn.Leaky(beta=torch.full(shape, BETA), threshold=torch.ones(shape), init_hidden=True,
-                             reset_mechanism="zero")
-        return _kaiming(nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), leaky(c1, 28, 28), nn.AvgPool2d(2),
-                                      nn.Conv2d(c1, c2, 3, padding=1), leaky(c2, 14, 14), nn.AvgPool2d(2), nn.Flatten(),
-                                      nn.Linear(c2 * 7 * 7, HIDDEN), leaky(HIDDEN), nn.Linear(HIDDEN, 10)))
+            return snn.Leaky(
+                beta=torch.full(shape, BETA), threshold=torch.ones(shape), init_hidden=True, reset_mechanism="zero"
+            )
+
+        return _kaiming(
+            nn.Sequential(
+                nn.Conv2d(1, c1, 3, padding=1),
+                leaky(c1, 28, 28),
+                nn.AvgPool2d(2),
+                nn.Conv2d(c1, c2, 3, padding=1),
+                leaky(c2, 14, 14),
+                nn.AvgPool2d(2),
+                nn.Flatten(),
+                nn.Linear(c2 * 7 * 7, HIDDEN),
+                leaky(HIDDEN),
+                nn.Linear(HIDDEN, 10),
+            )
+        )
     raise ValueError(f"unknown framework {framework!r}")
 
 
@@ -77,8 +100,9 @@ def _neurons(framework: str, net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, snn.Leaky)]
 
 
-def forward(framework: str, net: nn.Module, x: torch.Tensor, timesteps: int,
-            counts: list[torch.Tensor] | None = None) -> torch.Tensor:
+def forward(
+    framework: str, net: nn.Module, x: torch.Tensor, timesteps: int, counts: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """The framework's own run of ``net`` on ``x`` [N, 1, 28, 28] for ``timesteps`` steps: the last layer's output
     averaged over the steps [N, 10]. ``counts``, when given, receives each spiking layer's spikes per sample."""
     neurons = _neurons(framework, net)
@@ -90,6 +114,7 @@ def forward(framework: str, net: nn.Module, x: torch.Tensor, timesteps: int,
             if framework == "spikingjelly":  # multi-step: [T, N, ...]
                 spikes = spikes.transpose(0, 1)
             totals[i] += spikes.flatten(1).sum(1)
+
         return hook
 
     hooks = [m.register_forward_hook(recorder(i)) for i, m in enumerate(neurons)] if counts is not None else []
@@ -112,31 +137,42 @@ def forward(framework: str, net: nn.Module, x: torch.Tensor, timesteps: int,
     return y
 
 
-def train(framework: str, net: nn.Module, images: np.ndarray, labels: np.ndarray, timesteps: int, steps: int,
-          batch_size: int = 64, seed: int = 0) -> nn.Module:
+def train(
+    framework: str,
+    net: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    timesteps: int,
+    steps: int,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
     """``steps`` Adam steps of surrogate-gradient training on ``images`` [N, 1, 28, 28] in [0, 1]; eval mode after."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch_size,), generator=gen).numpy()
-        loss = nn.functional.cross_entropy(forward(framework, net, torch.from_numpy(images[idx]), timesteps),
-                                           torch.from_numpy(labels[idx]).long())
+        loss = nn.functional.cross_entropy(
+            forward(framework, net, torch.from_numpy(images[idx]), timesteps), torch.from_numpy(labels[idx]).long()
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
     return net.eval()
 
 
-def run(framework: str, net: nn.Module, images: np.ndarray, timesteps: int,
-        batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
+def run(
+    framework: str, net: nn.Module, images: np.ndarray, timesteps: int, batch_size: int = 250
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits [S, 10] and spike counts [S, L] of the framework's own run on ``images``."""
     logits, spikes = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             counts: list[torch.Tensor] = []
-            logits.append(forward(framework, net, torch.from_numpy(images[i:i + batch_size]), timesteps, counts)
-                          .numpy())
+            logits.append(
+                forward(framework, net, torch.from_numpy(images[i : i + batch_size]), timesteps, counts).numpy()
+            )
             spikes.append(torch.stack(counts, 1).numpy())
     return np.concatenate(logits), np.concatenate(spikes)
 

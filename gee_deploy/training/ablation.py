@@ -24,6 +24,7 @@ CPU seconds: user + system time of this process and of its reaped children (evol
 processes) while the run trained, so the column counts what every core spent; a resumed run counts only
 the part after the resume (its record says ``resumed``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -94,9 +95,9 @@ def sign_flip_p(differences: list[float]) -> float:
     if n <= 20:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # [2^n, n]
         return float((np.abs(signs @ d) >= observed - tolerance).mean())
-    rng, draws, hits = np.random.default_rng(0), 2 ** 20, 0
-    for _ in range(draws // 2 ** 14):  # in chunks: 2^14 x n signs at a time
-        signs = rng.choice((1.0, -1.0), size=(2 ** 14, n))
+    rng, draws, hits = np.random.default_rng(0), 2**20, 0
+    for _ in range(draws // 2**14):  # in chunks: 2^14 x n signs at a time
+        signs = rng.choice((1.0, -1.0), size=(2**14, n))
         hits += int((np.abs(signs @ d) >= observed - tolerance).sum())
     return (hits + 1) / (draws + 1)
 
@@ -123,12 +124,17 @@ def _run(recipe, run_dir: Path, progress, label: str) -> dict:
     started, cpu = time.perf_counter(), cpu_seconds()
     metrics = train(recipe, run_dir, resume=resume, progress=progress)
     evo = read_jsonl(run_dir / LOG_FILE)
-    record = {"seed": recipe.train.seed, "test_acc": metrics["test_acc"], "firing_rate": metrics["firing_rate"],
-              "minutes": (time.perf_counter() - started) / 60, "cpu_seconds": cpu_seconds() - cpu,
-              "resumed": resume,
-              "evolution_minutes": sum(r["seconds"] for r in evo) / 60 if evo else 0.0,
-              "best_fitness": evo[-1]["best_fitness"] if evo else None,
-              "best": evo[-1]["best"] if evo else None}
+    record = {
+        "seed": recipe.train.seed,
+        "test_acc": metrics["test_acc"],
+        "firing_rate": metrics["firing_rate"],
+        "minutes": (time.perf_counter() - started) / 60,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "resumed": resume,
+        "evolution_minutes": sum(r["seconds"] for r in evo) / 60 if evo else 0.0,
+        "best_fitness": evo[-1]["best_fitness"] if evo else None,
+        "best": evo[-1]["best"] if evo else None,
+    }
     write_json(record_path, record)
     if evo:
         plot_evolution(run_dir)
@@ -155,9 +161,16 @@ def _plot(summary: dict, target: Path) -> None:
         accs = [100 * a for a in r["test_acc"]]
         ax.plot([x] * len(accs), accs, "k.", alpha=0.7)
     # labels wrapped at their parenthesis (or a space), so neighbouring ones never run into each other
-    ax.set_xticks(list(xs), ["\n".join(textwrap.fill(part, 14, break_long_words=False)
-                                       for part in r["label"].replace(" (", "\n(").split("\n")) for r in rows],
-                  fontsize=9)
+    ax.set_xticks(
+        list(xs),
+        [
+            "\n".join(
+                textwrap.fill(part, 14, break_long_words=False) for part in r["label"].replace(" (", "\n(").split("\n")
+            )
+            for r in rows
+        ],
+        fontsize=9,
+    )
     low = min(100 * a for r in rows for a in r["test_acc"])
     ax.set_ylim(max(0.0, low - 5), min(100.0, max(100 * (r["mean"] + r["std"]) for r in rows) + 2))
     ax.set_ylabel("test accuracy (%)")
@@ -169,23 +182,31 @@ def _plot(summary: dict, target: Path) -> None:
 
 
 def _markdown(summary: dict) -> str:
-    lines = [f"Ablation (Table IV protocol): {summary['model']} g={summary['genes']} T={summary['timesteps']} on "
-             f"{summary['dataset']}, {summary['seeds']} seeds, {summary['epochs']} epochs; "
-             f"{summary['minutes']:.1f} minutes of runs in all ({summary['minutes_this_invocation']:.1f} in the "
-             "invocation that wrote this; finished runs are reused, not re-timed).", "",
-             f"| Model | Test accuracy (%) | Per seed (%) | vs {summary['reference']} (points, paired p) | "
-             "Firing rate | Minutes per run (evolution) | CPU s per run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Ablation (Table IV protocol): {summary['model']} g={summary['genes']} T={summary['timesteps']} on "
+        f"{summary['dataset']}, {summary['seeds']} seeds, {summary['epochs']} epochs; "
+        f"{summary['minutes']:.1f} minutes of runs in all ({summary['minutes_this_invocation']:.1f} in the "
+        "invocation that wrote this; finished runs are reused, not re-timed).",
+        "",
+        f"| Model | Test accuracy (%) | Per seed (%) | vs {summary['reference']} (points, paired p) | "
+        "Firing rate | Minutes per run (evolution) | CPU s per run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in summary["variants"]:
         per_seed = ", ".join(f"{100 * a:.2f}" for a in r["test_acc"])
         paired = "—" if r["paired_p"] is None else f"{100 * r['paired_diff']:+.2f} (p = {r['paired_p']:.3g})"
         cpu = "—" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.0f}"
-        lines.append(f"| {r['label']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {per_seed} | {paired} | "
-                     f"{r['firing_rate']:.4f} | {r['minutes']:.1f} ({r['evolution_minutes']:.1f}) | {cpu} |")
-    lines += ["", f"Paired: per-seed difference from {summary['reference']} (same seed: same data order, noise and "
-              f"initialisation), mean in points; p is the exact two-sided sign-flip permutation test "
-              f"(smallest possible with {summary['seeds']} seeds: {2 / 2 ** summary['seeds']:.3g}). CPU s: user + "
-              "system seconds of evolution and training, all processes."]
+        lines.append(
+            f"| {r['label']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {per_seed} | {paired} | "
+            f"{r['firing_rate']:.4f} | {r['minutes']:.1f} ({r['evolution_minutes']:.1f}) | {cpu} |"
+        )
+    lines += [
+        "",
+        f"Paired: per-seed difference from {summary['reference']} (same seed: same data order, noise and "
+        f"initialisation), mean in points; p is the exact two-sided sign-flip permutation test "
+        f"(smallest possible with {summary['seeds']} seeds: {2 / 2 ** summary['seeds']:.3g}). CPU s: user + "
+        "system seconds of evolution and training, all processes.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -201,12 +222,15 @@ def _variant_key(name: str) -> str:
     by_fitness = {overrides.get("fitness"): key for key, (_, overrides) in VARIANTS.items()}
     if name in by_fitness:
         return by_fitness[name]
-    raise ConfigError(f"unknown ablation variant {name!r}; known: {', '.join(VARIANTS)} "
-                      f"(or a fitness mode: {', '.join(k for k in by_fitness if k)})")
+    raise ConfigError(
+        f"unknown ablation variant {name!r}; known: {', '.join(VARIANTS)} "
+        f"(or a fitness mode: {', '.join(k for k in by_fitness if k)})"
+    )
 
 
-def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str] | None = None,
-                 progress: bool | None = None) -> dict:
+def run_ablation(
+    recipe, seeds: int, out: str | os.PathLike, variants: list[str] | None = None, progress: bool | None = None
+) -> dict:
     """Run every variant x seed of ``recipe`` into ``out``; write ablation.json/.md/.png; return the summary."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -227,28 +251,49 @@ def run_ablation(recipe, seeds: int, out: str | os.PathLike, variants: list[str]
     total = len(variants) * seeds
     for k, key in enumerate(variants):
         label = VARIANTS[key][0]
-        runs = [_run(plan, out / key / f"seed{i}", progress,
-                     f"{label}, seed {plan.train.seed} (run {k * seeds + i + 1}/{total})")
-                for i, plan in enumerate(plans[key])]
+        runs = [
+            _run(
+                plan,
+                out / key / f"seed{i}",
+                progress,
+                f"{label}, seed {plan.train.seed} (run {k * seeds + i + 1}/{total})",
+            )
+            for i, plan in enumerate(plans[key])
+        ]
         accs = [r["test_acc"] for r in runs]
-        rows.append({"variant": key, "label": label, "test_acc": accs, "mean": statistics.fmean(accs),
-                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "firing_rate": statistics.fmean(r["firing_rate"] for r in runs),
-                     "minutes": statistics.fmean(r["minutes"] for r in runs),
-                     "evolution_minutes": statistics.fmean(r["evolution_minutes"] for r in runs),
-                     "cpu_seconds": _mean_cpu(runs), "runs": runs})
+        rows.append(
+            {
+                "variant": key,
+                "label": label,
+                "test_acc": accs,
+                "mean": statistics.fmean(accs),
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "firing_rate": statistics.fmean(r["firing_rate"] for r in runs),
+                "minutes": statistics.fmean(r["minutes"] for r in runs),
+                "evolution_minutes": statistics.fmean(r["evolution_minutes"] for r in runs),
+                "cpu_seconds": _mean_cpu(runs),
+                "runs": runs,
+            }
+        )
     reference = rows[0]["test_acc"]
     for row in rows:  # paired by seed against the first variant
         diffs = [a - b for a, b in zip(row["test_acc"], reference)]
         first = row is rows[0]
         row["paired_diff"] = None if first else statistics.fmean(diffs)
         row["paired_p"] = None if first else sign_flip_p(diffs)
-    summary = {"reference": rows[0]["label"], "model": recipe.model.name, "genes": recipe.model.genes,
-               "timesteps": recipe.model.timesteps,
-               "dataset": recipe.data.name, "epochs": recipe.train.epochs, "seeds": seeds,
-               "minutes": sum(r["minutes"] for row in rows for r in row["runs"]),
-               "minutes_this_invocation": (time.perf_counter() - started) / 60, "recipe": recipe.to_dict(),
-               "variants": rows}
+    summary = {
+        "reference": rows[0]["label"],
+        "model": recipe.model.name,
+        "genes": recipe.model.genes,
+        "timesteps": recipe.model.timesteps,
+        "dataset": recipe.data.name,
+        "epochs": recipe.train.epochs,
+        "seeds": seeds,
+        "minutes": sum(r["minutes"] for row in rows for r in row["runs"]),
+        "minutes_this_invocation": (time.perf_counter() - started) / 60,
+        "recipe": recipe.to_dict(),
+        "variants": rows,
+    }
     write_json(out / "ablation.json", summary)
     with atomic_path(out / "ablation.md") as tmp:
         tmp.write_text(_markdown(summary))

@@ -41,6 +41,7 @@ Parallelism: candidates are independent and every seed depends only on (train.se
 ``eval_threads`` threads each) give bit-identical results for any N. Under torchrun the ranks split the
 population (candidate i on rank i mod world) and sum the results; every rank runs the same CMA-ES.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,7 @@ from ..data import load_split
 from ..errors import ConfigError
 from ..io import append_jsonl, format_version, read_jsonl, write_json, write_jsonl
 from ..recipe import recipe_from_dict
-from .fitness import (TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of,
-                      generation_seeds, term_scales)
+from .fitness import TERMS, EvalData, candidate_seed, evaluate_candidate, fitness_of, generation_seeds, term_scales
 from .genotype import apply_phenotype, genome_of, genotype_dimension, initial_genotype
 from .resume import check_resume
 from .setup import build_recipe_model
@@ -89,25 +89,45 @@ def _new_strategy(ev, genes: int, seed: int):
     import cma
 
     dim = genotype_dimension(genes)
-    opts = {"randn": SeededNormal(seed), "seed": float("nan"), "verbose": -9, "verb_log": 0, "verb_disp": 0,
-            "CMA_diagonal": dim > ev.diagonal_above}
+    opts = {
+        "randn": SeededNormal(seed),
+        "seed": float("nan"),
+        "verbose": -9,
+        "verb_log": 0,
+        "verb_disp": 0,
+        "CMA_diagonal": dim > ev.diagonal_above,
+    }
     if ev.population:
         opts["popsize"] = ev.population
     return cma.CMAEvolutionStrategy(initial_genotype(genes, ev.beta1, ev.beta2, seed), ev.sigma0, opts)
 
 
 # train keys the candidates' short training does not read (everything else must match on resume)
-_NOT_IN_EVOLUTION = {"epochs", "warmup_epochs", "label_smoothing", "grad_clip", "device", "amp", "channels_last",
-                     "compile", "threads"}
+_NOT_IN_EVOLUTION = {
+    "epochs",
+    "warmup_epochs",
+    "label_smoothing",
+    "grad_clip",
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "threads",
+}
 
 
 def _settings(recipe, dimension: int, popsize: int) -> dict:
     """Everything a generation's results depend on; a resume must match it (generations and workers may change)."""
     ev = {k: v for k, v in recipe.to_dict()["evolution"].items() if k not in ("enabled", "generations", "workers")}
     data = recipe.data
-    settings = {"dimension": dimension, "popsize": popsize, "evolution": ev, "model": recipe.to_dict()["model"],
-                "data": {"name": data.name, "train_limit": data.train_limit, "batch_size": data.batch_size},
-                "train": {k: v for k, v in recipe.to_dict()["train"].items() if k not in _NOT_IN_EVOLUTION}}
+    settings = {
+        "dimension": dimension,
+        "popsize": popsize,
+        "evolution": ev,
+        "model": recipe.to_dict()["model"],
+        "data": {"name": data.name, "train_limit": data.train_limit, "batch_size": data.batch_size},
+        "train": {k: v for k, v in recipe.to_dict()["train"].items() if k not in _NOT_IN_EVOLUTION},
+    }
     return json.loads(json.dumps(settings))  # as the state file will hold it (tuples become lists)
 
 
@@ -129,6 +149,7 @@ def _threads(count: int | None):
 
 
 # ---- candidates ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -239,8 +260,10 @@ class _Evaluator:
                 flat += [0.0] * len(TERMS) if r is None else [math.nan if r[k] is None else r[k] for k in TERMS]
             summed = self.dist.all_reduce_sum(*flat)
             n = len(TERMS)
-            results = [{k: None if math.isnan(v) else v for k, v in zip(TERMS, summed[n * i:n * i + n])}
-                       for i in range(len(tasks))]
+            results = [
+                {k: None if math.isnan(v) else v for k, v in zip(TERMS, summed[n * i : n * i + n])}
+                for i in range(len(tasks))
+            ]
         return results
 
     def close(self, wait: bool = True) -> None:
@@ -256,6 +279,7 @@ class _Evaluator:
 
 # ---- history and the best genotype ---------------------------------------------------------------------
 
+
 @dataclass
 class _History:
     """Every candidate evaluated so far, generation by generation, and the default wiring once scored."""
@@ -266,8 +290,9 @@ class _History:
     def record(self, xs: list[np.ndarray], terms: list[dict], fitness: list[float]) -> list[Candidate]:
         """Add the next generation's candidates; returns them."""
         generation = len(self.generations)
-        self.generations.append([Candidate(x, generation, i, t, f)
-                                 for i, (x, t, f) in enumerate(zip(xs, terms, fitness))])
+        self.generations.append(
+            [Candidate(x, generation, i, t, f) for i, (x, t, f) in enumerate(zip(xs, terms, fitness))]
+        )
         return self.generations[-1]
 
     def best(self, generation: int, ev) -> tuple[Candidate, float]:
@@ -285,17 +310,24 @@ class _History:
 
 # ---- state ----------------------------------------------------------------------------------------------
 
+
 def _save_state(path: Path, settings: dict, history: _History, es) -> None:
     import cma
 
     default = history.default
-    state = {"format": STATE_FORMAT, "cma_version": cma.__version__, "settings": settings,
-             "generations_done": len(history.generations),
-             "terms": [[[c.terms[k] for k in TERMS] for c in gen] for gen in history.generations],
-             "fitness": [[c.fitness for c in gen] for gen in history.generations],
-             "mean": np.asarray(es.mean, dtype=float).tolist(), "sigma": float(es.sigma),
-             "default": None if default is None else {"generation": default.generation,
-                                                      **{k: default.terms[k] for k in TERMS}}}
+    state = {
+        "format": STATE_FORMAT,
+        "cma_version": cma.__version__,
+        "settings": settings,
+        "generations_done": len(history.generations),
+        "terms": [[[c.terms[k] for k in TERMS] for c in gen] for gen in history.generations],
+        "fitness": [[c.fitness for c in gen] for gen in history.generations],
+        "mean": np.asarray(es.mean, dtype=float).tolist(),
+        "sigma": float(es.sigma),
+        "default": None
+        if default is None
+        else {"generation": default.generation, **{k: default.terms[k] for k in TERMS}},
+    }
     write_json(path, state)
 
 
@@ -317,19 +349,24 @@ def _read_state(path: Path) -> dict | None:
     try:
         state = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not a readable evolution state (corrupt?); "
-                          "delete it to restart evolution") from None
+        raise ConfigError(
+            f"{path} is not a readable evolution state (corrupt?); delete it to restart evolution"
+        ) from None
     version = format_version(state.get("format") if isinstance(state, dict) else None, _STATE_PREFIX)
     if version is None:
         raise ConfigError(f"{path} is not a {STATE_FORMAT} evolution state")
     if version > STATE_VERSION:
-        raise ConfigError(f"{path} has evolution state format {version}, written by a newer gee-deploy; this "
-                          f"version reads format {STATE_VERSION}: resume it with that version or delete it to "
-                          "restart evolution")
+        raise ConfigError(
+            f"{path} has evolution state format {version}, written by a newer gee-deploy; this "
+            f"version reads format {STATE_VERSION}: resume it with that version or delete it to "
+            "restart evolution"
+        )
     missing = [k for k in _STATE_KEYS if k not in state]
     if version < STATE_VERSION or missing or not all(len(t) == len(TERMS) for gen in state["terms"] for t in gen):
-        raise ConfigError(f"{path} is an evolution state of a development version this one does not read "
-                          f"({', '.join(missing) or 'its terms'}); delete it to restart evolution")
+        raise ConfigError(
+            f"{path} is an evolution state of a development version this one does not read "
+            f"({', '.join(missing) or 'its terms'}); delete it to restart evolution"
+        )
     return state
 
 
@@ -348,8 +385,10 @@ def _replay(es, state: dict, out: Path) -> _History:
         es.tell(xs, fitness)
         history.record(xs, [dict(zip(TERMS, values)) for values in terms], fitness)
     if not np.array_equal(np.asarray(es.mean, dtype=float), np.asarray(state["mean"], dtype=float)):
-        raise ConfigError(f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
-                          f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution")
+        raise ConfigError(
+            f"cannot resume evolution in {out}: replaying CMA-ES did not reproduce the recorded "
+            f"state (was the cma package upgraded?); delete {STATE_FILE} to restart evolution"
+        )
     if state["default"] is not None:
         entry = state["default"]
         history.default = Candidate(None, entry["generation"], DEFAULT_INDEX, {k: entry[k] for k in TERMS})
@@ -358,19 +397,41 @@ def _replay(es, state: dict, out: Path) -> _History:
 
 # ---- the loop -------------------------------------------------------------------------------------------
 
-def _log_row(generation: int, candidates: list[Candidate], default_terms: dict | None, history: _History,
-             sampling_mean: np.ndarray, sigma: float, scales: dict, seconds: float, ev) -> dict:
+
+def _log_row(
+    generation: int,
+    candidates: list[Candidate],
+    default_terms: dict | None,
+    history: _History,
+    sampling_mean: np.ndarray,
+    sigma: float,
+    scales: dict,
+    seconds: float,
+    ev,
+) -> dict:
     """The evolution.jsonl row of a finished generation (the module docstring lists its keys)."""
     best, best_fitness = history.best(generation, ev)
     fitness = [c.fitness for c in candidates]
-    row = {"generation": generation, "best_fitness": best_fitness, "median_fitness": statistics.median(fitness),
-           "beta1": math.exp(sampling_mean[0]), "beta2": math.exp(sampling_mean[1]), "sigma": sigma,
-           "best": best.summary(), "seconds": seconds, "scales": {k: list(v) for k, v in scales.items()},
-           "candidates": [{"index": c.index, "fitness": c.fitness, **c.terms,
-                           "beta1": math.exp(c.x[0]), "beta2": math.exp(c.x[1])} for c in candidates]}
+    row = {
+        "generation": generation,
+        "best_fitness": best_fitness,
+        "median_fitness": statistics.median(fitness),
+        "beta1": math.exp(sampling_mean[0]),
+        "beta2": math.exp(sampling_mean[1]),
+        "sigma": sigma,
+        "best": best.summary(),
+        "seconds": seconds,
+        "scales": {k: list(v) for k, v in scales.items()},
+        "candidates": [
+            {"index": c.index, "fitness": c.fitness, **c.terms, "beta1": math.exp(c.x[0]), "beta2": math.exp(c.x[1])}
+            for c in candidates
+        ],
+    }
     if default_terms is not None:
-        row["default"] = {"fitness": fitness_of(ev.fitness, default_terms, generation, ev.lambda1, ev.lambda2,
-                                                scales), **default_terms}
+        row["default"] = {
+            "fitness": fitness_of(ev.fitness, default_terms, generation, ev.lambda1, ev.lambda2, scales),
+            **default_terms,
+        }
     return row
 
 
@@ -385,8 +446,7 @@ class _Progress:
     def __call__(self, slot: int, terms: dict) -> None:
         self.losses.append(math.inf if terms["loss"] is None else terms["loss"])
         self.bar.update(1)
-        self.bar.set_postfix(best_loss=f"{min(self.losses):.4f}",
-                             median_loss=f"{statistics.median(self.losses):.4f}")
+        self.bar.set_postfix(best_loss=f"{min(self.losses):.4f}", median_loss=f"{statistics.median(self.losses):.4f}")
 
     def close(self) -> None:
         self.bar.close()
@@ -403,15 +463,24 @@ def _generation(es, history: _History, evaluator: _Evaluator, seed: int, ev, tqd
     progress = _Progress(tqdm, len(tasks), f"evolution {generation + 1}/{ev.generations}", show)
     results = evaluator.evaluate(tasks, progress)
     progress.close()
-    results, default_terms = results[:len(xs)], (results[len(xs)] if len(tasks) > len(xs) else None)
+    results, default_terms = results[: len(xs)], (results[len(xs)] if len(tasks) > len(xs) else None)
     if default_terms is not None:
         history.default = Candidate(None, generation, DEFAULT_INDEX, default_terms)
     scales = term_scales(results)  # used by the -scaled modes only
     fitness = [fitness_of(ev.fitness, r, generation, ev.lambda1, ev.lambda2, scales) for r in results]
     es.tell(xs, fitness)
     candidates = history.record(xs, results, fitness)
-    return _log_row(generation, candidates, default_terms, history, sampling_mean, float(es.sigma), scales,
-                    time.perf_counter() - started, ev)
+    return _log_row(
+        generation,
+        candidates,
+        default_terms,
+        history,
+        sampling_mean,
+        float(es.sigma),
+        scales,
+        time.perf_counter() - started,
+        ev,
+    )
 
 
 def _become_best(model, best: Candidate, recipe) -> dict:
@@ -470,9 +539,11 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
                 append_jsonl(log_path, row)
                 _save_state(state_path, settings, history, es)
                 if show:
-                    tqdm.write(f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
-                               f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
-                               f"beta2 {row['beta2']:.3f} ({row['seconds']:.0f} s)")
+                    tqdm.write(
+                        f"generation {generation + 1}/{ev.generations}: best {row['best_fitness']:.4f} "
+                        f"median {row['median_fitness']:.4f} beta1 {row['beta1']:.3f} "
+                        f"beta2 {row['beta2']:.3f} ({row['seconds']:.0f} s)"
+                    )
         finished = True
     finally:
         if evaluator is not None:

@@ -1,4 +1,5 @@
 """Plots of one evolution run (from its evolution.jsonl): fitness per generation and the betas (paper Fig. 4)."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,11 @@ def plot_evolution(run_dir: str | os.PathLike, target: str | os.PathLike | None 
     ax_f.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_f.set_xlabel("generation")
     mode = _fitness_mode(run_dir)
-    ax_f.set_ylabel("fitness (eq. 16, standardised terms; lower is better)" if mode.endswith("-scaled")
-                    else "fitness (eq. 16, lower is better)")
+    ax_f.set_ylabel(
+        "fitness (eq. 16, standardised terms; lower is better)"
+        if mode.endswith("-scaled")
+        else "fitness (eq. 16, lower is better)"
+    )
     handles, labels = ax_f.get_legend_handles_labels()
     if mode != "loss":  # the best's raw held-out loss: comparable across generations in every mode
         ax_loss = ax_f.twinx()

@@ -35,6 +35,7 @@ Choices the paper leaves open, and why:
 - The recipe's default mode is ``loss``: ``benchmarks/fitness_fidelity.py`` found no regularised mode,
   literal or scaled, whose ranking agrees better with trained accuracy (docs/evolution.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,15 +51,34 @@ from ..kinds import FitnessMode
 from .genotype import apply_phenotype
 from .setup import build_optimizer, build_recipe_model, train_step
 
-__all__ = ["FITNESS_MODES", "FAILED_FITNESS", "TERMS", "temporal_difference", "relative_temporal_difference",
-           "spatial_entropy", "term_scales", "combine_fitness", "fitness_of", "generation_seeds", "candidate_seed",
-           "check_eval_data_size", "check_evolution_data", "EvalData", "evaluate_candidate"]
+__all__ = [
+    "FITNESS_MODES",
+    "FAILED_FITNESS",
+    "TERMS",
+    "temporal_difference",
+    "relative_temporal_difference",
+    "spatial_entropy",
+    "term_scales",
+    "combine_fitness",
+    "fitness_of",
+    "generation_seeds",
+    "candidate_seed",
+    "check_eval_data_size",
+    "check_evolution_data",
+    "EvalData",
+    "evaluate_candidate",
+]
 
 # which terms each mode uses and whether they are standardised across the generation: (r1, r2, scaled)
-FITNESS_MODES = {FitnessMode.LOSS: (False, False, False), FitnessMode.LOSS_R1: (True, False, False),
-                 FitnessMode.LOSS_R2: (False, True, False), FitnessMode.STE: (True, True, False),
-                 FitnessMode.LOSS_R1_SCALED: (True, False, True), FitnessMode.LOSS_R2_SCALED: (False, True, True),
-                 FitnessMode.STE_SCALED: (True, True, True)}
+FITNESS_MODES = {
+    FitnessMode.LOSS: (False, False, False),
+    FitnessMode.LOSS_R1: (True, False, False),
+    FitnessMode.LOSS_R2: (False, True, False),
+    FitnessMode.STE: (True, True, False),
+    FitnessMode.LOSS_R1_SCALED: (True, False, True),
+    FitnessMode.LOSS_R2_SCALED: (False, True, True),
+    FitnessMode.STE_SCALED: (True, True, True),
+}
 FAILED_FITNESS = 1e9
 TERMS = ("loss", "r1", "r2", "r1_rel")  # the raw terms :func:`evaluate_candidate` returns
 
@@ -107,8 +127,9 @@ def term_scales(candidates: list[dict]) -> dict[str, tuple[float, float]]:
     usable = [c for c in candidates if c["loss"] is not None and math.isfinite(c["loss"])]
     scales = {}
     for term in TERMS:
-        values = np.array([c[term] for c in usable if c.get(term) is not None and math.isfinite(c[term])],
-                          dtype=np.float64)
+        values = np.array(
+            [c[term] for c in usable if c.get(term) is not None and math.isfinite(c[term])], dtype=np.float64
+        )
         if len(values) == 0:
             scales[term] = (0.0, 0.0)
             continue
@@ -117,8 +138,16 @@ def term_scales(candidates: list[dict]) -> dict[str, tuple[float, float]]:
     return scales
 
 
-def combine_fitness(mode: FitnessMode, loss: float | None, r1: float | None, r2: float, generation: int, lambda1: float,
-                    lambda2: float, scales: dict[str, tuple[float, float]] | None = None) -> float:
+def combine_fitness(
+    mode: FitnessMode,
+    loss: float | None,
+    r1: float | None,
+    r2: float,
+    generation: int,
+    lambda1: float,
+    lambda2: float,
+    scales: dict[str, tuple[float, float]] | None = None,
+) -> float:
     """Eq. 16 with the mode's terms: f = L - exp(lambda1 t) r1 - exp(lambda2 t) r2 (minimised).
 
     A ``-scaled`` mode replaces each term v by (v - mean) / std with ``scales`` from :func:`term_scales`
@@ -154,8 +183,14 @@ def combine_fitness(mode: FitnessMode, loss: float | None, r1: float | None, r2:
     return fitness if math.isfinite(fitness) else FAILED_FITNESS
 
 
-def fitness_of(mode: FitnessMode, terms: dict, generation: int, lambda1: float, lambda2: float,
-               scales: dict[str, tuple[float, float]] | None = None) -> float:
+def fitness_of(
+    mode: FitnessMode,
+    terms: dict,
+    generation: int,
+    lambda1: float,
+    lambda2: float,
+    scales: dict[str, tuple[float, float]] | None = None,
+) -> float:
     """:func:`combine_fitness` of a candidate's ``terms`` (:func:`evaluate_candidate`'s dict): r1_rel as r1 in
     the ``-scaled`` modes, raw r1 in the literal ones."""
     r1 = terms.get("r1_rel") if FITNESS_MODES[FitnessMode(mode)][2] else terms["r1"]
@@ -181,9 +216,11 @@ def check_eval_data_size(images: int, batch_size: int, eval_batches: int) -> Non
     batches plus one training batch (what :class:`EvalData` cuts it into)."""
     needed = (eval_batches + 1) * batch_size
     if images < needed:
-        raise ConfigError(f"evolution needs at least {needed} training images (evolution.eval_batches="
-                          f"{eval_batches} held-out batches plus one training batch of data.batch_size="
-                          f"{batch_size}); the training split has {images}")
+        raise ConfigError(
+            f"evolution needs at least {needed} training images (evolution.eval_batches="
+            f"{eval_batches} held-out batches plus one training batch of data.batch_size="
+            f"{batch_size}); the training split has {images}"
+        )
 
 
 def check_evolution_data(recipe) -> None:
@@ -222,7 +259,7 @@ class EvalData:
         while len(perm) < steps * self.batch_size:
             perm = torch.cat([perm, torch.randperm(self.train_count, generator=gen)])
         for step in range(steps):
-            yield self._batch(perm[step * self.batch_size:(step + 1) * self.batch_size])
+            yield self._batch(perm[step * self.batch_size : (step + 1) * self.batch_size])
 
     def held_out(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The ``eval_batches`` batches after the training part, collated once and reused."""
@@ -232,8 +269,9 @@ class EvalData:
         return self._held_out
 
 
-def evaluate_candidate(recipe, x: np.ndarray | None, noise_seed: int, order_seed: int, seed: int, data: EvalData,
-                       device: torch.device) -> dict:
+def evaluate_candidate(
+    recipe, x: np.ndarray | None, noise_seed: int, order_seed: int, seed: int, data: EvalData, device: torch.device
+) -> dict:
     """Build candidate ``x``'s phenotype, train it ``eval_steps`` steps, return {loss, r1, r2, r1_rel}.
 
     ``x = None`` is the default wiring: the Random model exactly as the trainer builds it (torch seeded with

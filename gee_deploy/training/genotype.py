@@ -13,6 +13,7 @@ normal of eq. 9, E = clip(A, -beta2, beta2) with A ~ N(0, beta1^2). The standard
 comes from one seed per generation that all its candidates share (common random numbers): candidates of a
 generation differ only in their genotype, so their ranking is not blurred by sampling luck.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["genotype_dimension", "encode_genotype", "decode_genotype", "sample_encodings", "apply_phenotype",
-           "initial_genotype", "genome_of"]
+__all__ = [
+    "genotype_dimension",
+    "encode_genotype",
+    "decode_genotype",
+    "sample_encodings",
+    "apply_phenotype",
+    "initial_genotype",
+    "genome_of",
+]
 
 
 def genotype_dimension(genes: int) -> int:
@@ -34,8 +42,9 @@ def encode_genotype(beta1: float, beta2: float, gene_matrix: torch.Tensor | np.n
     """(beta1, beta2, G) -> x = [log beta1, log beta2, vec(G)] as float64."""
     if not (beta1 > 0 and beta2 > 0):
         raise ValueError(f"beta1 and beta2 must be positive, got {beta1}, {beta2}")
-    matrix = np.asarray(gene_matrix.detach().cpu() if isinstance(gene_matrix, torch.Tensor) else gene_matrix,
-                        dtype=np.float64)
+    matrix = np.asarray(
+        gene_matrix.detach().cpu() if isinstance(gene_matrix, torch.Tensor) else gene_matrix, dtype=np.float64
+    )
     return np.concatenate([[math.log(beta1), math.log(beta2)], matrix.reshape(-1)])
 
 
@@ -54,8 +63,9 @@ def initial_genotype(genes: int, beta1: float, beta2: float, seed: int) -> np.nd
     return encode_genotype(beta1, beta2, rng.standard_normal((genes, genes)))
 
 
-def sample_encodings(shapes: dict[str, tuple[int, ...]], beta1: float, beta2: float,
-                     noise_seed: int) -> dict[str, torch.Tensor]:
+def sample_encodings(
+    shapes: dict[str, tuple[int, ...]], beta1: float, beta2: float, noise_seed: int
+) -> dict[str, torch.Tensor]:
     """Eq. 9: E = clip(A, -beta2, beta2), A = beta1 * Z, Z ~ N(0, 1) from ``noise_seed``.
 
     Encodings are drawn in sorted name order, so the same seed gives the same Z whatever order an

@@ -19,6 +19,7 @@ The fine-tune is seeded (data order and augmentation, as the trainer seeds its e
 the same checkpoint bit for bit on one machine. The fine-tune's time is reported against the original training's (its run directory's train.jsonl,
 or the checkpoint's epoch count x its last epoch's seconds).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (Checkpoint, QuantisationRecord, architecture_fingerprint, build_model, file_sha256,
-                          load_checkpoint, save_checkpoint)
+from ..checkpoint import (
+    Checkpoint,
+    QuantisationRecord,
+    architecture_fingerprint,
+    build_model,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..data import load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
@@ -59,15 +67,24 @@ class QuantizeReport:
     original_train_seconds: float | None
 
     def summary(self) -> str:
-        share = (f" ({self.train_seconds / self.original_train_seconds:.1%} of the original training's "
-                 f"{self.original_train_seconds:.0f} s)") if self.original_train_seconds else ""
-        return "\n".join([
-            f"wrote {self.out}: {len(self.layers)} layers int8 per output channel ({', '.join(self.layers)})",
-            f"  test accuracy: fp32 {self.fp32_acc:.4f}, int8 without fine-tune {self.ptq_acc:.4f}, "
-            f"int8 fine-tuned {self.qat_acc:.4f} ({(self.qat_acc - self.fp32_acc) * 100:+.2f} points vs fp32)",
-            f"  firing rate: fp32 {self.fp32_firing_rate:.4f}, int8 fine-tuned {self.qat_firing_rate:.4f}",
-            f"  fine-tune: {self.epochs:g} epoch(s), {self.steps} steps, {self.train_seconds:.0f} s of training{share}; "
-            f"{self.seconds:.0f} s in all with the three evaluations"])
+        share = (
+            (
+                f" ({self.train_seconds / self.original_train_seconds:.1%} of the original training's "
+                f"{self.original_train_seconds:.0f} s)"
+            )
+            if self.original_train_seconds
+            else ""
+        )
+        return "\n".join(
+            [
+                f"wrote {self.out}: {len(self.layers)} layers int8 per output channel ({', '.join(self.layers)})",
+                f"  test accuracy: fp32 {self.fp32_acc:.4f}, int8 without fine-tune {self.ptq_acc:.4f}, "
+                f"int8 fine-tuned {self.qat_acc:.4f} ({(self.qat_acc - self.fp32_acc) * 100:+.2f} points vs fp32)",
+                f"  firing rate: fp32 {self.fp32_firing_rate:.4f}, int8 fine-tuned {self.qat_firing_rate:.4f}",
+                f"  fine-tune: {self.epochs:g} epoch(s), {self.steps} steps, {self.train_seconds:.0f} s of training{share}; "
+                f"{self.seconds:.0f} s in all with the three evaluations",
+            ]
+        )
 
 
 def _original_seconds(checkpoint: Path, ckpt: Checkpoint) -> float | None:
@@ -83,10 +100,21 @@ def _original_seconds(checkpoint: Path, ckpt: Checkpoint) -> float | None:
     return None
 
 
-def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: float = 0.5, lr_scale: float = 0.02,
-             batch_size: int | None = None, train_limit: int | None = None, test_limit: int | None = None,
-             data_dir: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None,
-             seed: int = 0, progress: bool = True) -> QuantizeReport:
+def quantize(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    epochs: float = 0.5,
+    lr_scale: float = 0.02,
+    batch_size: int | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> QuantizeReport:
     """Fine-tune fp32 ``checkpoint`` with int8 fake-quantised weights into checkpoint ``out``.
 
     Args:
@@ -137,8 +165,14 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
         raise ConfigError(f"{checkpoint}: no weight layer reads spikes; nothing to quantise")
     model.to(device_)
     batch = batch_size or recipe.data.batch_size
-    train_set = load_split(dataset, "train", data_dir or recipe.data.data_dir or None, augment=recipe.data.augment,
-                           limit=train_limit, crop_padding=recipe.data.crop_padding)
+    train_set = load_split(
+        dataset,
+        "train",
+        data_dir or recipe.data.data_dir or None,
+        augment=recipe.data.augment,
+        limit=train_limit,
+        crop_padding=recipe.data.crop_padding,
+    )
     test_set = load_split(dataset, "test", data_dir or recipe.data.data_dir or None, limit=test_limit)
     limit = f" after --train-limit {train_limit}" if train_limit else ""
     check_training_batches(model, len(train_set), batch, batch_key="--batch-size", limit=limit)
@@ -164,22 +198,55 @@ def quantize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: f
         epoch_seed = seed * 1000 + step // steps_per_epoch  # as the trainer seeds its epochs
         torch.manual_seed(epoch_seed)  # the augmentation's crops and flips: the same command, the same checkpoint
         loader = make_loader(train_set, batch, True, seed=epoch_seed, drop_last=True)
-        step += train_epoch(model, loader, optimizer, scheduler, t, runtime, f"int8 fine-tune ({step}/{total} steps)",
-                            show=progress, max_steps=total - step)["steps"]
+        step += train_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            t,
+            runtime,
+            f"int8 fine-tune ({step}/{total} steps)",
+            show=progress,
+            max_steps=total - step,
+        )["steps"]
     tune_seconds = time.perf_counter() - tuned_at
 
     # ---- 4. evaluate and save -------------------------------------------------------------------------
     qat = evaluate(model, test_loader, device_)
     say(f"int8 fine-tuned {qat['test_acc']:.4f}")
-    metrics = {**qat, "fp32_test_acc": fp32["test_acc"], "ptq_test_acc": ptq["test_acc"],
-               "fp32_firing_rate": fp32["firing_rate"], "quantize_seconds": tune_seconds}
+    metrics = {
+        **qat,
+        "fp32_test_acc": fp32["test_acc"],
+        "ptq_test_acc": ptq["test_acc"],
+        "fp32_firing_rate": fp32["firing_rate"],
+        "quantize_seconds": tune_seconds,
+    }
     model.cpu()
-    record = QuantisationRecord.of_model(model, epochs=epochs, lr_scale=lr_scale, source=str(checkpoint),
-                                        source_sha256=file_sha256(checkpoint))
-    save_checkpoint(out, replace(ckpt.metadata(), architecture=architecture_fingerprint(model),
-                                 state_dict=model.state_dict(), metrics=metrics, best_acc=qat["test_acc"],
-                                 quantisation=record))
-    return QuantizeReport(str(out), layers, fp32["test_acc"], ptq["test_acc"], qat["test_acc"],
-                          fp32["firing_rate"], qat["firing_rate"], epochs, step, tune_seconds,
-                          time.perf_counter() - started, _original_seconds(checkpoint, ckpt))
-
+    record = QuantisationRecord.of_model(
+        model, epochs=epochs, lr_scale=lr_scale, source=str(checkpoint), source_sha256=file_sha256(checkpoint)
+    )
+    save_checkpoint(
+        out,
+        replace(
+            ckpt.metadata(),
+            architecture=architecture_fingerprint(model),
+            state_dict=model.state_dict(),
+            metrics=metrics,
+            best_acc=qat["test_acc"],
+            quantisation=record,
+        ),
+    )
+    return QuantizeReport(
+        str(out),
+        layers,
+        fp32["test_acc"],
+        ptq["test_acc"],
+        qat["test_acc"],
+        fp32["firing_rate"],
+        qat["firing_rate"],
+        epochs,
+        step,
+        tune_seconds,
+        time.perf_counter() - started,
+        _original_seconds(checkpoint, ckpt),
+    )

@@ -6,11 +6,12 @@ may differ (:data:`CONTINUABLE`); any other difference (the architecture, the da
 the schedule's shape) would continue weights and optimiser state that another recipe produced, so it is
 refused in one line naming every changed key, before the run directory is touched.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError, reason
@@ -19,8 +20,9 @@ from ..recipe import SECTIONS, recipe_from_dict
 __all__ = ["CONTINUABLE", "EXECUTION_KEYS", "recipe_changes", "check_resume", "check_run"]
 
 # how a run executes, not what it computes (results may differ in the last bits across devices, not in kind)
-EXECUTION_KEYS = frozenset({"data.data_dir", "data.workers", "train.device", "train.threads", "train.compile",
-                            "evolution.workers"})
+EXECUTION_KEYS = frozenset(
+    {"data.data_dir", "data.workers", "train.device", "train.threads", "train.compile", "evolution.workers"}
+)
 # and how long it runs: more (or fewer, not below what is done) epochs continue the same run; more
 # generations continue an interrupted evolution
 CONTINUABLE = EXECUTION_KEYS | {"train.epochs", "evolution.generations"}
@@ -54,8 +56,9 @@ def recipe_changes(recorded: Mapping, requested: Mapping) -> dict[str, tuple]:
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
-def check_resume(recorded: Mapping, requested: Mapping, where: str,
-                 allowed: Iterable[str] = CONTINUABLE) -> dict[str, tuple]:
+def check_resume(
+    recorded: Mapping, requested: Mapping, where: str, allowed: Iterable[str] = CONTINUABLE
+) -> dict[str, tuple]:
     """The changes from ``recorded`` (the run's own recipe: its checkpoint's, config.json, an evolution state's
     settings) to ``requested``, when every changed key is in ``allowed``.
 
@@ -70,9 +73,11 @@ def check_resume(recorded: Mapping, requested: Mapping, where: str,
     refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
         shown = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
-        raise ConfigError(f"cannot resume {where} with another recipe: {shown} (a resumed run may change only "
-                          f"{', '.join(sorted(allowed)) or 'nothing'}); resume with the recorded values, or use "
-                          "another --out")
+        raise ConfigError(
+            f"cannot resume {where} with another recipe: {shown} (a resumed run may change only "
+            f"{', '.join(sorted(allowed)) or 'nothing'}); resume with the recorded values, or use "
+            "another --out"
+        )
     return changes
 
 
@@ -98,7 +103,8 @@ def check_run(run_dir: str | Path, requested: Mapping, checkpoint: Checkpoint | 
         try:
             recorded = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot resume the run in {run_dir}: its recipe, config.json, cannot be read "
-                              f"({reason(e)})") from None
+            raise ConfigError(
+                f"cannot resume the run in {run_dir}: its recipe, config.json, cannot be read ({reason(e)})"
+            ) from None
     allowed = CONTINUABLE - ({"evolution.generations"} if checkpoint is not None else set())
     return check_resume(recorded, requested, f"the run in {run_dir}", allowed)

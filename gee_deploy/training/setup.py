@@ -4,10 +4,11 @@ The trainer trains the best phenotype for epochs; the evolution trains every can
 ``evolution.eval_steps`` steps. Both build the model, the optimiser and the step here, so a candidate is
 scored under exactly the optimisation the winner will get, and neither module imports the other.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,14 @@ def build_recipe_model(recipe: Recipe) -> nn.Module:
         ConfigError: the architecture refuses the recipe's arguments (one line naming the model).
     """
     info = dataset_info(recipe.data.name)
-    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
-              "mean": info.mean, "std": info.std, **recipe.model_kwargs()}
+    kwargs = {
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "image_size": info.image_size,
+        "mean": info.mean,
+        "std": info.std,
+        **recipe.model_kwargs(),
+    }
     try:
         return create_model(recipe.model.name, **kwargs)
     except (TypeError, ValueError) as e:
@@ -41,13 +48,20 @@ def _batch_norm_values_per_image(model: nn.Module) -> dict[str, int]:
     """For each BatchNorm of ``model``: how many values per channel one image gives it (timesteps x positions;
     the stem's runs once for all T), from one eval-mode forward of a zero image (no statistics change)."""
     counts: dict[str, int] = {}
-    hooks = [module.register_forward_hook(
-        lambda mod, inputs, _, name=name: counts.__setitem__(name, inputs[0].numel() // inputs[0].shape[1]))
-        for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    hooks = [
+        module.register_forward_hook(
+            lambda mod, inputs, _, name=name: counts.__setitem__(name, inputs[0].numel() // inputs[0].shape[1])
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
     was_training = model.training
     try:
-        model.eval()(torch.zeros(1, model.in_channels, model.image_size, model.image_size,
-                                 device=next(model.parameters()).device))
+        model.eval()(
+            torch.zeros(
+                1, model.in_channels, model.image_size, model.image_size, device=next(model.parameters()).device
+            )
+        )
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -55,8 +69,9 @@ def _batch_norm_values_per_image(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def check_training_batches(model: nn.Module, images: int, batch_size: int, world: int = 1,
-                           batch_key: str = "data.batch_size", limit: str = "") -> None:
+def check_training_batches(
+    model: nn.Module, images: int, batch_size: int, world: int = 1, batch_key: str = "data.batch_size", limit: str = ""
+) -> None:
     """Refuse, before training, a batch size at which training cannot run; one line naming ``batch_key``.
 
     Every training loader here keeps full batches only (``drop_last``; DDP's sampler too), so training batches
@@ -77,15 +92,19 @@ def check_training_batches(model: nn.Module, images: int, batch_size: int, world
     """
     if images // (batch_size * world) == 0:
         processes = f" x {world} processes" if world > 1 else ""
-        raise ConfigError(f"{batch_key}={batch_size}{processes} is more than the {images} training images{limit}: "
-                          f"an epoch (full batches only) would take no optimiser step; allowed {batch_key} <= "
-                          f"{images // world} (or more images)")
+        raise ConfigError(
+            f"{batch_key}={batch_size}{processes} is more than the {images} training images{limit}: "
+            f"an epoch (full batches only) would take no optimiser step; allowed {batch_key} <= "
+            f"{images // world} (or more images)"
+        )
     counts = _batch_norm_values_per_image(model)
     if counts and batch_size * min(counts.values()) < 2:
         name = min(counts, key=counts.get)
-        raise ConfigError(f"{batch_key}={batch_size} gives BatchNorm {name} of {type(model).__name__} a single "
-                          f"value per channel in training ({counts[name]} per image: T x its feature map), which "
-                          f"it cannot normalise; use {batch_key} >= 2")
+        raise ConfigError(
+            f"{batch_key}={batch_size} gives BatchNorm {name} of {type(model).__name__} a single "
+            f"value per channel in training ({counts[name]} per image: T x its feature map), which "
+            f"it cannot normalise; use {batch_key} >= 2"
+        )
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
@@ -103,12 +122,21 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     genetic = {id(p) for p in genome.parameters()} if genome is not None else set()
     params = list(model.parameters())
     groups = [
-        {"params": [p for p in params if id(p) in genetic], "weight_decay": settings.weight_decay,
-         "lr": settings.lr * settings.genetic_lr_scale},
-        {"params": [p for p in params if id(p) not in genetic and p.dim() > 1],
-         "weight_decay": settings.weight_decay, "lr": settings.lr},
-        {"params": [p for p in params if id(p) not in genetic and p.dim() <= 1], "weight_decay": 0.0,
-         "lr": settings.lr},
+        {
+            "params": [p for p in params if id(p) in genetic],
+            "weight_decay": settings.weight_decay,
+            "lr": settings.lr * settings.genetic_lr_scale,
+        },
+        {
+            "params": [p for p in params if id(p) not in genetic and p.dim() > 1],
+            "weight_decay": settings.weight_decay,
+            "lr": settings.lr,
+        },
+        {
+            "params": [p for p in params if id(p) not in genetic and p.dim() <= 1],
+            "weight_decay": 0.0,
+            "lr": settings.lr,
+        },
     ]
     groups = [group for group in groups if group["params"]]
     if settings.optimizer == "adamw":
@@ -132,10 +160,17 @@ def mixed_precision(device_type: str, amp: bool, bf16_supported: bool) -> tuple[
     return dtype, dtype == torch.float16
 
 
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, *,
-               label_smoothing: float = 0.0, grad_clip: float = 0.0,
-               autocast: Callable[[], AbstractContextManager] = nullcontext,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    grad_clip: float = 0.0,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch: forward (under ``autocast``), cross-entropy, backward, clip, step.
 
     Args:

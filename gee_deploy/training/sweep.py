@@ -22,14 +22,15 @@ continues a killed sweep. The dense twin never evolves (the genotype {beta1, bet
 Accuracy is the last epoch's (not the best epoch's, which would select on the test set); spikes are counted
 by the final weights (``last.pt``) on the same test images the trainer evaluated.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,8 +82,9 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
     models = list(dict.fromkeys(models or [recipe.model.name]))
     unknown = [m for m in models if m not in list_models()]
     if unknown:
-        raise ConfigError(f"--models: unknown architecture {unknown[0]!r}; known: {', '.join(list_models())} "
-                          "(gee-deploy models)")
+        raise ConfigError(
+            f"--models: unknown architecture {unknown[0]!r}; known: {', '.join(list_models())} (gee-deploy models)"
+        )
     grid = sorted({0, *genes})
     if recipe.evolution.enabled and grid[-1] > 0:  # before the dense twin, which never evolves, is trained
         check_evolution_data(recipe)
@@ -98,8 +100,9 @@ def _check_points(recipe: Recipe, genes: Sequence[int], models: Sequence[str] | 
                 with torch.no_grad():
                     net(torch.zeros(shape))
             except (RuntimeError, ValueError) as e:
-                raise ConfigError(f"{model} cannot run on {recipe.data.name} images {list(shape[1:])}: "
-                                  f"{reason(e)}") from None
+                raise ConfigError(
+                    f"{model} cannot run on {recipe.data.name} images {list(shape[1:])}: {reason(e)}"
+                ) from None
     return grid, models
 
 
@@ -123,14 +126,18 @@ def _measure(run_dir: Path, recipe: Recipe) -> dict:
         totals += rec.stacked().double().sum(0).cpu()  # [L]
     per_image = (totals / count).numpy()
     rates = per_image / (np.asarray(spec.neurons_per_layer, dtype=np.float64) * spec.timesteps)
-    energy = total_energy(energy_per_layer(spec.layers, dict(zip(spec.spiking_layers, rates.tolist())),
-                                           spec.timesteps))
-    return {"eval_accuracy": correct / count, "samples": count,
-            "spikes_per_layer": dict(zip(spec.spiking_layers, per_image.tolist())),
-            "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),
-            "spikes_per_image": float(per_image.sum()), "macs_per_image": spec.macs_per_sample,
-            "sops_per_image": energy["sops"], "analog_macs_per_image": energy["analog_macs"],
-            "energy_pj": energy["energy_pj"]}
+    energy = total_energy(energy_per_layer(spec.layers, dict(zip(spec.spiking_layers, rates.tolist())), spec.timesteps))
+    return {
+        "eval_accuracy": correct / count,
+        "samples": count,
+        "spikes_per_layer": dict(zip(spec.spiking_layers, per_image.tolist())),
+        "neurons_per_layer": dict(zip(spec.spiking_layers, spec.neurons_per_layer)),
+        "spikes_per_image": float(per_image.sum()),
+        "macs_per_image": spec.macs_per_sample,
+        "sops_per_image": energy["sops"],
+        "analog_macs_per_image": energy["analog_macs"],
+        "energy_pj": energy["energy_pj"],
+    }
 
 
 def _point(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -> dict:
@@ -147,17 +154,28 @@ def _point(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -> dict:
     rows = read_jsonl(run_dir / "train.jsonl")
     evo = read_jsonl(run_dir / "evolution.jsonl")
     model = build_recipe_model(recipe)
-    record = {"model": recipe.model.name, "genes": recipe.model.genes, "test_acc": metrics["test_acc"],
-              "epochs": recipe.train.epochs, "parameters": count_parameters(model),
-              "train_minutes": sum(r.get("seconds", 0.0) for r in rows) / 60,
-              "evolution_minutes": sum(r.get("seconds", 0.0) for r in evo) / 60,
-              **_measure(run_dir, recipe), "recipe": recipe.to_dict()}
+    record = {
+        "model": recipe.model.name,
+        "genes": recipe.model.genes,
+        "test_acc": metrics["test_acc"],
+        "epochs": recipe.train.epochs,
+        "parameters": count_parameters(model),
+        "train_minutes": sum(r.get("seconds", 0.0) for r in rows) / 60,
+        "evolution_minutes": sum(r.get("seconds", 0.0) for r in evo) / 60,
+        **_measure(run_dir, recipe),
+        "recipe": recipe.to_dict(),
+    }
     write_json(record_path, record)
     return {**record, "status": status}
 
 
-def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, models: Sequence[str] | None = None,
-              progress: Callable[[str], None] | None = None) -> dict:
+def run_sweep(
+    recipe: Recipe,
+    genes: Sequence[int],
+    out: str | os.PathLike,
+    models: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Train every (model, g) point and each model's dense twin into ``out``; write and return the summary.
 
     Args:
@@ -193,9 +211,16 @@ def run_sweep(recipe: Recipe, genes: Sequence[int], out: str | os.PathLike, mode
             r["spike_ratio"] = r["spikes_per_image"] / dense["spikes_per_image"] if dense["spikes_per_image"] else None
             r["energy_ratio"] = r["energy_pj"] / dense["energy_pj"] if dense["energy_pj"] else None
         points += rows
-    summary = {"dataset": recipe.data.name, "epochs": recipe.train.epochs, "timesteps": recipe.model.timesteps,
-               "models": models, "genes": [g for g in grid if g], "minutes": (time.perf_counter() - started) / 60,
-               "recipe": recipe.to_dict(), "points": [{k: v for k, v in p.items() if k != "recipe"} for p in points]}
+    summary = {
+        "dataset": recipe.data.name,
+        "epochs": recipe.train.epochs,
+        "timesteps": recipe.model.timesteps,
+        "models": models,
+        "genes": [g for g in grid if g],
+        "minutes": (time.perf_counter() - started) / 60,
+        "recipe": recipe.to_dict(),
+        "points": [{k: v for k, v in p.items() if k != "recipe"} for p in points],
+    }
     write_sweep(summary, out)
     return summary
 
@@ -206,23 +231,31 @@ def _share(v: float | None) -> str:
 
 def sweep_markdown(summary: dict) -> str:
     """The table: one row per point, each model's dense twin first."""
-    lines = [f"Gene scale (Fig. 3 protocol): {', '.join(summary['models'])} on {summary['dataset']}, "
-             f"T = {summary['timesteps']}, {summary['epochs']} epochs per point; this invocation "
-             f"{summary['minutes']:.1f} minutes.", "",
-             "| model | g | parameters | of dense | MACs / image | spikes / image | of dense | energy / image (uJ) "
-             "| of dense | test acc (%) | train min | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Gene scale (Fig. 3 protocol): {', '.join(summary['models'])} on {summary['dataset']}, "
+        f"T = {summary['timesteps']}, {summary['epochs']} epochs per point; this invocation "
+        f"{summary['minutes']:.1f} minutes.",
+        "",
+        "| model | g | parameters | of dense | MACs / image | spikes / image | of dense | energy / image (uJ) "
+        "| of dense | test acc (%) | train min | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for p in summary["points"]:
-        lines.append(f"| {p['model']} | {p['genes'] or 'dense'} | {p['parameters']:,} | {p['param_ratio']:.1%} | "
-                     f"{p['macs_per_image']:,} | {p['spikes_per_image']:,.0f} | {_share(p['spike_ratio'])} | "
-                     f"{p['energy_pj'] / 1e6:.4f} | {_share(p['energy_ratio'])} | {100 * p['test_acc']:.2f} | "
-                     f"{p['train_minutes']:.1f} | {p['status']} |")
-    lines += ["", "Accuracy: final epoch on the recipe's test images. Parameters: unique parameters of the network "
-              "(shared encodings and G counted once, as `gee-deploy models`). MACs: one inference as PyTorch runs "
-              "it (stem once, body layers T times). Spikes: all LIF layers, summed over neurons and the T steps, "
-              "mean per test image, counted by the final weights. Energy: eq. 17, 4.6 pJ per MAC of the layers "
-              "that read analog values + 0.9 pJ per synaptic operation (fr x T x MACs of the layers that read "
-              "spikes)."]
+        lines.append(
+            f"| {p['model']} | {p['genes'] or 'dense'} | {p['parameters']:,} | {p['param_ratio']:.1%} | "
+            f"{p['macs_per_image']:,} | {p['spikes_per_image']:,.0f} | {_share(p['spike_ratio'])} | "
+            f"{p['energy_pj'] / 1e6:.4f} | {_share(p['energy_ratio'])} | {100 * p['test_acc']:.2f} | "
+            f"{p['train_minutes']:.1f} | {p['status']} |"
+        )
+    lines += [
+        "",
+        "Accuracy: final epoch on the recipe's test images. Parameters: unique parameters of the network "
+        "(shared encodings and G counted once, as `gee-deploy models`). MACs: one inference as PyTorch runs "
+        "it (stem once, body layers T times). Spikes: all LIF layers, summed over neurons and the T steps, "
+        "mean per test image, counted by the final weights. Energy: eq. 17, 4.6 pJ per MAC of the layers "
+        "that read analog values + 0.9 pJ per synaptic operation (fr x T x MACs of the layers that read "
+        "spikes).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -233,9 +266,12 @@ def _figure(summary: dict):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
-    panels = (("test_acc", "test accuracy (%)", 100.0, "linear"), ("parameters", "parameters", 1.0, "log"),
-              ("spikes_per_image", "spikes per image", 1.0, "linear"),
-              ("energy_pj", "eq. 17 energy per image (uJ)", 1e-6, "linear"))
+    panels = (
+        ("test_acc", "test accuracy (%)", 100.0, "linear"),
+        ("parameters", "parameters", 1.0, "log"),
+        ("spikes_per_image", "spikes per image", 1.0, "linear"),
+        ("energy_pj", "eq. 17 energy per image (uJ)", 1e-6, "linear"),
+    )
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     for i, model in enumerate(summary["models"]):
         color = f"C{i}"

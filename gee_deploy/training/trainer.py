@@ -14,16 +14,17 @@ Run directory::
 Determinism: every epoch re-seeds torch with ``seed * 1000 + epoch`` and the loader's shuffling with the
 same number, so a resumed run on CPU ends with the same weights as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,17 @@ from .fitness import check_eval_data_size
 from .resume import check_run
 from .setup import build_optimizer, build_recipe_model, check_training_batches, mixed_precision, train_step
 
-__all__ = ["RESUMES_FILE", "train", "train_epoch", "evaluate", "select_device", "holds_run", "cosine_schedule",
-           "DistContext", "TrainRuntime"]
+__all__ = [
+    "RESUMES_FILE",
+    "train",
+    "train_epoch",
+    "evaluate",
+    "select_device",
+    "holds_run",
+    "cosine_schedule",
+    "DistContext",
+    "TrainRuntime",
+]
 
 
 RESUMES_FILE = "resumes.jsonl"  # one line per resume that changed a continuable key
@@ -101,8 +111,14 @@ def select_device(name: str, key: str = "train.device") -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, dist: DistContext | None = None,
-             autocast=nullcontext, channels_last: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    dist: DistContext | None = None,
+    autocast=nullcontext,
+    channels_last: bool = False,
+) -> dict:
     """Test loss, accuracy (fraction) and firing rate (spikes / (neurons x T), over all LIF layers)."""
     model.eval()
     loss_sum = correct = count = spikes = neurons = 0.0
@@ -121,12 +137,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, dist: DistContext |
         neurons += sum(rec.sizes) * len(y) * timesteps
     if dist is not None:
         loss_sum, correct, count, spikes, neurons = dist.all_reduce_sum(loss_sum, correct, count, spikes, neurons)
-    return {"test_loss": loss_sum / max(count, 1), "test_acc": correct / max(count, 1),
-            "firing_rate": spikes / max(neurons, 1)}
+    return {
+        "test_loss": loss_sum / max(count, 1),
+        "test_acc": correct / max(count, 1),
+        "firing_rate": spikes / max(neurons, 1),
+    }
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LambdaLR factor at optimiser step ``step``: linear warm-up over ``warmup_steps``, then cosine to 0."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -172,8 +192,10 @@ def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> tuple[Chec
     last.pt (None: not resuming, or evolution had not finished) and the recipe changes a resume takes
     (:func:`~.resume.check_resume`, against the checkpoint's recipe, else config.json's)."""
     if recipe.train.epochs == 0 and not recipe.evolution.enabled:
-        raise ConfigError("train.epochs must be >= 1 (0 trains nothing; it is meant for an evolution-only run, "
-                          "with evolution.enabled = true)")
+        raise ConfigError(
+            "train.epochs must be >= 1 (0 trains nothing; it is meant for an evolution-only run, "
+            "with evolution.enabled = true)"
+        )
     if not resume:
         if holds_run(out):
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -185,8 +207,10 @@ def _check_before_writing(recipe: Recipe, out: Path, resume: bool) -> tuple[Chec
         raise CheckpointError(f"{out / 'last.pt'} holds no optimiser state to resume from")
     changes = check_run(out, recipe.to_dict(), ckpt)
     if ckpt is not None and recipe.train.epochs < ckpt.epoch:
-        raise ConfigError(f"--resume: the run in {out} has trained {ckpt.epoch} epochs already; train.epochs "
-                          f"{recipe.train.epochs} is fewer (give train.epochs >= {ckpt.epoch})")
+        raise ConfigError(
+            f"--resume: the run in {out} has trained {ckpt.epoch} epochs already; train.epochs "
+            f"{recipe.train.epochs} is fewer (give train.epochs >= {ckpt.epoch})"
+        )
     return ckpt, changes
 
 
@@ -201,31 +225,45 @@ def _set_up(settings) -> TrainRuntime:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dist = DistContext(device)
-    amp_dtype, scaled = mixed_precision(device.type, settings.amp,
-                                        device.type == "cuda" and torch.cuda.is_bf16_supported())
+    amp_dtype, scaled = mixed_precision(
+        device.type, settings.amp, device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
 
     def autocast() -> AbstractContextManager:
         return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
-    return TrainRuntime(device, dist, autocast, settings.channels_last and device.type == "cuda",
-                        torch.amp.GradScaler("cuda") if scaled else None)
+    return TrainRuntime(
+        device,
+        dist,
+        autocast,
+        settings.channels_last and device.type == "cuda",
+        torch.amp.GradScaler("cuda") if scaled else None,
+    )
 
 
 def _load_data(recipe: Recipe, runtime: TrainRuntime):
     """(training set, its DDP sampler or None, test loader); each rank sees its share under torchrun."""
     data, dist = recipe.data, runtime.dist
     data_dir = data.data_dir or None
-    train_set = load_split(data.name, "train", data_dir, augment=data.augment, limit=data.train_limit or None,
-                           crop_padding=data.crop_padding)
+    train_set = load_split(
+        data.name,
+        "train",
+        data_dir,
+        augment=data.augment,
+        limit=data.train_limit or None,
+        crop_padding=data.crop_padding,
+    )
     test_set = load_split(data.name, "test", data_dir, limit=data.test_limit or None)
     sampler: DistributedSampler | None = None
     test_sampler: DistributedSampler | None = None
     if dist.world > 1:
-        sampler = DistributedSampler(train_set, dist.world, dist.rank, shuffle=True, seed=recipe.train.seed,
-                                     drop_last=True)
+        sampler = DistributedSampler(
+            train_set, dist.world, dist.rank, shuffle=True, seed=recipe.train.seed, drop_last=True
+        )
         test_sampler = DistributedSampler(test_set, dist.world, dist.rank, shuffle=False)
-    test_loader = make_loader(test_set, data.batch_size, False, workers=data.workers, pin_memory=runtime.pin_memory,
-                              sampler=test_sampler)
+    test_loader = make_loader(
+        test_set, data.batch_size, False, workers=data.workers, pin_memory=runtime.pin_memory, sampler=test_sampler
+    )
     return train_set, sampler, test_loader
 
 
@@ -244,13 +282,19 @@ def _check_data_fits(recipe: Recipe, model: nn.Module, images: int, world: int) 
 def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> Checkpoint:
     """What every checkpoint of this run carries besides weights and training state (no weights yet)."""
     info = dataset_info(recipe.data.name)
-    return Checkpoint(model_name=model.model_name, model_args=model.model_args, state_dict=None,
-                      architecture=architecture_fingerprint(model), recipe=recipe.to_dict(),
-                      dataset=DatasetRecord(name=info.name, classes=tuple(info.classes)))
+    return Checkpoint(
+        model_name=model.model_name,
+        model_args=model.model_args,
+        state_dict=None,
+        architecture=architecture_fingerprint(model),
+        recipe=recipe.to_dict(),
+        dataset=DatasetRecord(name=info.name, classes=tuple(info.classes)),
+    )
 
 
-def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime,
-            out: Path) -> tuple[int, float]:
+def _resume(
+    ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime, out: Path
+) -> tuple[int, float]:
     """Load ``ckpt``'s weights and training state; returns (epochs done, best accuracy so far).
 
     ``ckpt`` was checked by :func:`_check_before_writing` (optimiser state, recipe) and :func:`train`
@@ -264,14 +308,24 @@ def _resume(ckpt: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: T
         runtime.scaler.load_state_dict(ckpt.scaler)
     epochs_done = ckpt.epoch
     if runtime.dist.main:  # drop log rows of epochs the checkpoint does not hold (killed between log and save)
-        write_jsonl(out / "train.jsonl", [row for row in read_jsonl(out / "train.jsonl")
-                                          if row.get("epoch", 0) <= epochs_done])
+        write_jsonl(
+            out / "train.jsonl", [row for row in read_jsonl(out / "train.jsonl") if row.get("epoch", 0) <= epochs_done]
+        )
     return epochs_done, ckpt.best_acc
 
 
-def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSection, runtime: TrainRuntime,
-                desc: str, show: bool, max_steps: int | None = None,
-                heartbeat: Callable[[str], None] | None = None) -> dict:
+def train_epoch(
+    net: nn.Module,
+    loader,
+    optimizer,
+    scheduler,
+    settings: TrainSection,
+    runtime: TrainRuntime,
+    desc: str,
+    show: bool,
+    max_steps: int | None = None,
+    heartbeat: Callable[[str], None] | None = None,
+) -> dict:
     """One pass over ``loader`` (or its first ``max_steps`` batches): a :func:`~.setup.train_step` and a
     scheduler step per batch, with ``settings``' label smoothing and gradient clipping. ``show``: a tqdm bar
     when the output is a terminal; ``heartbeat``, when given, is told ``desc``, the images so far and the
@@ -290,8 +344,16 @@ def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSec
     last_beat = started
     for x, y in bar:
         x, y = runtime.to_device(x, y)
-        loss, logits = train_step(net, optimizer, x, y, label_smoothing=settings.label_smoothing,
-                                  grad_clip=settings.grad_clip, autocast=runtime.autocast, scaler=runtime.scaler)
+        loss, logits = train_step(
+            net,
+            optimizer,
+            x,
+            y,
+            label_smoothing=settings.label_smoothing,
+            grad_clip=settings.grad_clip,
+            autocast=runtime.autocast,
+            scaler=runtime.scaler,
+        )
         scheduler.step()
         steps += 1
         loss_sum += loss.item() * len(y)
@@ -301,26 +363,36 @@ def train_epoch(net: nn.Module, loader, optimizer, scheduler, settings: TrainSec
         now = time.perf_counter()
         if heartbeat is not None and now - last_beat >= HEARTBEAT_SECONDS:
             last_beat = now
-            heartbeat(f"{desc}: {seen:.0f}/{len(loader.dataset) if hasattr(loader, 'dataset') else '?'} images, "
-                      f"loss {loss_sum / seen:.4f}, acc {correct / seen:.3f} ({now - started:.0f} s)")
+            heartbeat(
+                f"{desc}: {seen:.0f}/{len(loader.dataset) if hasattr(loader, 'dataset') else '?'} images, "
+                f"loss {loss_sum / seen:.4f}, acc {correct / seen:.3f} ({now - started:.0f} s)"
+            )
         if steps == max_steps:
             break
     bar.close()
     loss_sum, correct, seen = runtime.dist.all_reduce_sum(loss_sum, correct, seen)
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "train_images_per_s": seen / (time.perf_counter() - started), "steps": steps}
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "train_images_per_s": seen / (time.perf_counter() - started),
+        "steps": steps,
+    }
 
 
-def _write_checkpoints(out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime,
-                       metrics: dict) -> None:
+def _write_checkpoints(
+    out: Path, meta: Checkpoint, model: nn.Module, optimizer, scheduler, runtime: TrainRuntime, metrics: dict
+) -> None:
     """best.pt when this epoch holds the best accuracy so far; last.pt (with the optimiser, for --resume) always."""
-    state = replace(meta, state_dict=model.state_dict(), epoch=metrics["epoch"], metrics=metrics,
-                    best_acc=metrics["best_acc"])
+    state = replace(
+        meta, state_dict=model.state_dict(), epoch=metrics["epoch"], metrics=metrics, best_acc=metrics["best_acc"]
+    )
     if metrics["test_acc"] >= metrics["best_acc"]:
         save_checkpoint(out / "best.pt", state)
     scaler = runtime.scaler.state_dict() if runtime.scaler is not None else None
-    save_checkpoint(out / "last.pt", replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                             scaler=scaler))
+    save_checkpoint(
+        out / "last.pt",
+        replace(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler),
+    )
 
 
 def _progress_lines(progress: bool | Callable[[str], None] | None, main: bool) -> Callable[[str], None] | None:
@@ -333,8 +405,9 @@ def _progress_lines(progress: bool | Callable[[str], None] | None, main: bool) -
     return progress if callable(progress) else tqdm.write
 
 
-def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
-          progress: bool | Callable[[str], None] | None = None) -> dict:
+def train(
+    recipe: Recipe, out: str | os.PathLike, resume: bool = False, progress: bool | Callable[[str], None] | None = None
+) -> dict:
     """Run a recipe into run directory ``out``; returns the last epoch's metrics (plus best_acc).
 
     ``progress``: False for silence; True or None for tqdm bars on a terminal and a line per epoch (plus one
@@ -360,20 +433,26 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
     _check_data_fits(recipe, model, len(train_set), dist.world)
     meta = _checkpoint_meta(recipe, model)
     if ckpt is not None and ckpt.architecture and ckpt.architecture != meta.architecture:
-        raise CheckpointError(f"--resume: {out / 'last.pt'} holds another architecture than this recipe builds "
-                              "(the code changed since it was written?); train into another --out")
+        raise CheckpointError(
+            f"--resume: {out / 'last.pt'} holds another architecture than this recipe builds "
+            "(the code changed since it was written?); train into another --out"
+        )
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", recipe.to_dict())
         if changes:  # what this resume changed, and from which epoch on
-            append_jsonl(out / RESUMES_FILE, {"resumed_at_epoch": ckpt.epoch if ckpt is not None else 0,
-                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                              "changes": {k: list(v) for k, v in changes.items()}})
+            append_jsonl(
+                out / RESUMES_FILE,
+                {
+                    "resumed_at_epoch": ckpt.epoch if ckpt is not None else 0,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "changes": {k: list(v) for k, v in changes.items()},
+                },
+            )
 
     # ---- evolution (Algorithm 1, lines 1-11): sets the model's encodings and G to the best phenotype ----
     if recipe.evolution.enabled and ckpt is None:
-        run_evolution(recipe, out, model, runtime.device, dist=dist,
-                      progress=False if callable(progress) else progress)
+        run_evolution(recipe, out, model, runtime.device, dist=dist, progress=False if callable(progress) else progress)
 
     # ---- optimiser and schedule -------------------------------------------------------------------------
     model.to(runtime.device)
@@ -381,8 +460,10 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
     steps_per_epoch = max(1, len(train_set) // (data.batch_size * dist.world))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
-        steps_per_epoch * max(settings.epochs, 1), int(settings.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        cosine_schedule(steps_per_epoch * max(settings.epochs, 1), int(settings.warmup_epochs * steps_per_epoch)),
+    )
 
     # ---- resume ---------------------------------------------------------------------------------------
     start_epoch, best_acc = 0, 0.0
@@ -391,7 +472,8 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
     net = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
     if settings.compile:
         net = torch.compile(net)
 
@@ -405,28 +487,53 @@ def train(recipe: Recipe, out: str | os.PathLike, resume: bool = False,
         torch.manual_seed(epoch_seed)  # augmentation draws
         if sampler is not None:
             sampler.set_epoch(epoch)
-        loader = make_loader(train_set, data.batch_size, True, seed=epoch_seed, workers=data.workers,
-                             pin_memory=runtime.pin_memory, sampler=sampler, drop_last=True)
+        loader = make_loader(
+            train_set,
+            data.batch_size,
+            True,
+            seed=epoch_seed,
+            workers=data.workers,
+            pin_memory=runtime.pin_memory,
+            sampler=sampler,
+            drop_last=True,
+        )
         started = time.perf_counter()
-        trained = train_epoch(net, loader, optimizer, scheduler, settings, runtime,
-                               f"epoch {epoch + 1}/{settings.epochs}", show=bars, heartbeat=heartbeat)
-        metrics = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"],
-                   **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
-                   "lr": scheduler.get_last_lr()[-1],  # the plain group (genetic: x genetic_lr_scale)
-                   "seconds": time.perf_counter() - started,
-                   "train_images_per_s": trained["train_images_per_s"]}
+        trained = train_epoch(
+            net,
+            loader,
+            optimizer,
+            scheduler,
+            settings,
+            runtime,
+            f"epoch {epoch + 1}/{settings.epochs}",
+            show=bars,
+            heartbeat=heartbeat,
+        )
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": trained["train_loss"],
+            "train_acc": trained["train_acc"],
+            **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
+            "lr": scheduler.get_last_lr()[-1],  # the plain group (genetic: x genetic_lr_scale)
+            "seconds": time.perf_counter() - started,
+            "train_images_per_s": trained["train_images_per_s"],
+        }
         best_acc = max(best_acc, metrics["test_acc"])
         metrics["best_acc"] = best_acc
         if dist.main:
             _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)
             append_jsonl(out / "train.jsonl", metrics)
             if say is not None:
-                say(f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
-                           f"test acc {metrics['test_acc']:.4f} firing rate {metrics['firing_rate']:.4f} "
-                           f"({metrics['seconds']:.0f} s, {metrics['train_images_per_s']:.0f} img/s)")
+                say(
+                    f"epoch {epoch + 1}/{settings.epochs}: loss {metrics['train_loss']:.4f} "
+                    f"test acc {metrics['test_acc']:.4f} firing rate {metrics['firing_rate']:.4f} "
+                    f"({metrics['seconds']:.0f} s, {metrics['train_images_per_s']:.0f} img/s)"
+                )
     if settings.epochs == 0:  # every rank joins evaluate's all-reduce
-        metrics = {"epoch": 0, **evaluate(net, test_loader, runtime.device, dist, runtime.autocast,
-                                          runtime.channels_last)}
+        metrics = {
+            "epoch": 0,
+            **evaluate(net, test_loader, runtime.device, dist, runtime.autocast, runtime.channels_last),
+        }
         metrics["best_acc"] = metrics["test_acc"]
         if dist.main:
             _write_checkpoints(out, meta, model, optimizer, scheduler, runtime, metrics)

@@ -4,6 +4,7 @@
 override an architecture's own defaults when the user sets them. The one exception is ``genes``: an
 explicit ``genes=None`` (or ``0``, as recipes and the CLI spell it) builds the dense twin.
 """
+
 from __future__ import annotations
 
 from . import cifarnet, resnet, smallnet, vgg  # noqa: F401  (each registers its variants)

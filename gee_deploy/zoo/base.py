@@ -1,7 +1,9 @@
 """What every architecture shares: input checks, in-graph normalisation, the once-computed stem, T."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,16 @@ from ..neurons import LIF, SeqToBatch
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
 
-__all__ = ["ConvPool", "SpikingNet", "check_widths", "pooled_side", "conv_bn", "conv_pool_bn", "fuse_average_pool", "pooled_head"]
+__all__ = [
+    "ConvPool",
+    "SpikingNet",
+    "check_widths",
+    "pooled_side",
+    "conv_bn",
+    "conv_pool_bn",
+    "fuse_average_pool",
+    "pooled_head",
+]
 
 
 def check_widths(widths, count: int, hidden=None) -> None:
@@ -34,10 +45,11 @@ def pooled_side(image_size: int, pools: int) -> int:
     Raises:
         ValueError: no map is left (the architecture needs a larger input).
     """
-    side = image_size // 2 ** pools
+    side = image_size // 2**pools
     if side < 1:
-        raise ValueError(f"image_size {image_size} leaves no feature map after {pools} 2x2 pools; "
-                         f"it must be >= {2 ** pools}")
+        raise ValueError(
+            f"image_size {image_size} leaves no feature map after {pools} 2x2 pools; it must be >= {2**pools}"
+        )
     return side
 
 
@@ -45,8 +57,9 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def conv_bn(factory: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1,
-            padding: int | None = None) -> SeqToBatch:
+def conv_bn(
+    factory: LayerFactory, src: str, dst: str, kernel_size: int = 3, stride: int = 1, padding: int | None = None
+) -> SeqToBatch:
     """Conv (genetic or dense) + BatchNorm applied to [T, N, C, H, W] with T folded into the batch."""
     return SeqToBatch(factory.conv(src, dst, kernel_size, stride, padding), nn.BatchNorm2d(factory.channels[dst]))
 
@@ -66,11 +79,15 @@ class ConvPool(nn.Sequential):
 
     def __init__(self, conv: nn.Conv2d | GeneticConv2d):
         k, stride, padding = (_first(v) for v in (conv.kernel_size, conv.stride, conv.padding))
-        plain = getattr(conv, "groups", 1) == 1 and getattr(conv, "dilation", 1) in (1, (1, 1)) \
+        plain = (
+            getattr(conv, "groups", 1) == 1
+            and getattr(conv, "dilation", 1) in (1, (1, 1))
             and getattr(conv, "padding_mode", "zeros") == "zeros"
+        )
         if not isinstance(k, int) or stride != 1 or k % 2 == 0 or padding != k // 2 or not plain:
-            raise ValueError(f"ConvPool needs an odd-kernel stride-1 'same' conv without groups or dilation, "
-                             f"got {conv}")
+            raise ValueError(
+                f"ConvPool needs an odd-kernel stride-1 'same' conv without groups or dilation, got {conv}"
+            )
         super().__init__(conv, nn.AvgPool2d(2))
         # the geometry of the fused conv that runs (what MAC counts read)
         self.in_channels, self.kernel_size, self.stride, self.padding = conv.in_channels, k + 1, 2, k // 2
@@ -98,8 +115,9 @@ class ConvPool(nn.Sequential):
         return self.fused_weight() if self.quantiser is None else self.quantiser(self.quantisation_source())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.running_weight(), getattr(self[0], "bias", None), stride=self.stride,
-                        padding=self.padding)
+        return F.conv2d(
+            x, self.running_weight(), getattr(self[0], "bias", None), stride=self.stride, padding=self.padding
+        )
 
 
 def _first(v):
@@ -157,8 +175,19 @@ class SpikingNet(nn.Module):
     model_args: dict  # set by zoo.create_model
     checkpoint: Checkpoint  # set by checkpoint.load_model: the file's metadata
 
-    def __init__(self, *, genes: int | None, timesteps: int, num_classes: int, in_channels: int,
-                 image_size: int, mean=None, std=None, stem_kernel: int = 3, init: str = "kaiming"):
+    def __init__(
+        self,
+        *,
+        genes: int | None,
+        timesteps: int,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        mean=None,
+        std=None,
+        stem_kernel: int = 3,
+        init: str = "kaiming",
+    ):
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")

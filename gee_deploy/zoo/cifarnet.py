@@ -4,13 +4,14 @@
 conv followed by BN and LIF. The flatten + FC1024 is written as a valid conv over the 4x4 map, which is the
 same function and lets the genetic twin use per-tap encodings there too.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_model
-from .base import SpikingNet, conv_bn, pooled_side
 from ..neurons import LIF, SeqToBatch
+from .base import SpikingNet, conv_bn, pooled_side
+from .registry import register_model
 
 
 class CIFARNet(SpikingNet):
@@ -26,19 +27,45 @@ class CIFARNet(SpikingNet):
         self.stem = nn.Sequential(factory.conv("input", "c1", 3), nn.BatchNorm2d(128))
         self.body = nn.Sequential(
             LIF(),
-            conv_bn(factory, "c1", "c2"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(factory, "c2", "c3"), LIF(), SeqToBatch(nn.MaxPool2d(2)),
-            conv_bn(factory, "c3", "c4"), LIF(),
-            conv_bn(factory, "c4", "c5"), LIF(), SeqToBatch(nn.AvgPool2d(2)),
-            conv_bn(factory, "c5", "fc1", kernel_size=side, padding=0), LIF(),
-            SeqToBatch(nn.Flatten(), factory.linear("fc1", "fc2"), nn.BatchNorm1d(512)), LIF(),
+            conv_bn(factory, "c1", "c2"),
+            LIF(),
+            SeqToBatch(nn.MaxPool2d(2)),
+            conv_bn(factory, "c2", "c3"),
+            LIF(),
+            SeqToBatch(nn.MaxPool2d(2)),
+            conv_bn(factory, "c3", "c4"),
+            LIF(),
+            conv_bn(factory, "c4", "c5"),
+            LIF(),
+            SeqToBatch(nn.AvgPool2d(2)),
+            conv_bn(factory, "c5", "fc1", kernel_size=side, padding=0),
+            LIF(),
+            SeqToBatch(nn.Flatten(), factory.linear("fc1", "fc2"), nn.BatchNorm1d(512)),
+            LIF(),
             SeqToBatch(factory.linear("fc2", "classes")),
         )
 
 
 @register_model
-def cifarnet(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None, init: str = "kaiming") -> CIFARNet:
+def cifarnet(
+    *,
+    genes: int | None = 150,
+    timesteps: int = 4,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    mean=None,
+    std=None,
+    init: str = "kaiming",
+) -> CIFARNet:
     """CIFARNet at the paper's g = 150 (Table II: 3.72 M genetic / 17.54 M dense as the paper counts)."""
-    return CIFARNet(genes=genes, timesteps=timesteps, num_classes=num_classes, in_channels=in_channels,
-                    image_size=image_size, mean=mean, std=std, init=init)
+    return CIFARNet(
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        init=init,
+    )

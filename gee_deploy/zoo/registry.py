@@ -2,11 +2,11 @@
 ``list_models``, ``model_defaults``. Kept apart from the package ``__init__`` so the family files import it
 downward; the ``__init__`` imports the families, which registers them.
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Callable
-
+from collections.abc import Callable
 
 from ..errors import UnknownModelError
 from .base import SpikingNet
@@ -39,7 +39,9 @@ def create_model(name: str, **kwargs) -> SpikingNet:
     defaults = model_defaults(name)
     unknown = sorted(set(kwargs) - set(defaults))
     if unknown:
-        raise UnknownModelError(f"model {name!r} takes no argument(s) {', '.join(unknown)}; it takes {', '.join(defaults)}")
+        raise UnknownModelError(
+            f"model {name!r} takes no argument(s) {', '.join(unknown)}; it takes {', '.join(defaults)}"
+        )
     args = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     if "genes" in kwargs and not kwargs["genes"]:
         args["genes"] = None  # genes=None (or 0 from a recipe / CLI) asks for the dense twin

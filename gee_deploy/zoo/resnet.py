@@ -5,14 +5,15 @@ residual added to the membrane input. Populations (eq. 3): a block's output shar
 population when the shortcut is the identity (the residual add writes into the same feature maps); a
 downsampling block opens a new population written by both conv2 and the 1x1 shortcut (centre tap).
 """
+
 from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_model
-from .base import SpikingNet, check_widths, conv_bn, pooled_head
 from ..genetic import LayerFactory
 from ..neurons import LIF, SeqToBatch
+from .base import SpikingNet, check_widths, conv_bn, pooled_head
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -30,8 +31,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(SpikingNet):
-    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_width: int, imagenet_stem: bool,
-                 hidden: tuple[int, ...] = (), **kw):
+    def __init__(
+        self,
+        blocks: tuple[int, ...],
+        widths: tuple[int, ...],
+        stem_width: int,
+        imagenet_stem: bool,
+        hidden: tuple[int, ...] = (),
+        **kw,
+    ):
         super().__init__(stem_kernel=7 if imagenet_stem else 3, **kw)
         factory = self.factory
         src = factory.population("stem", stem_width)
@@ -57,18 +65,48 @@ def _resnet(blocks, widths, stem_width, imagenet_stem, hidden=(), **kw) -> ResNe
 
 
 @register_model
-def resnet18(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None, init: str = "kaiming") -> ResNet:
+def resnet18(
+    *,
+    genes: int | None = 150,
+    timesteps: int = 4,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    mean=None,
+    std=None,
+    init: str = "kaiming",
+) -> ResNet:
     """CIFAR ResNet-18: 3x3 stem, [2, 2, 2, 2] blocks of 64-512 channels (11.2 M dense parameters)."""
-    return _resnet((2, 2, 2, 2), (64, 128, 256, 512), 64, False, genes=genes, timesteps=timesteps,
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std,
-                   init=init)
+    return _resnet(
+        (2, 2, 2, 2),
+        (64, 128, 256, 512),
+        64,
+        False,
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        init=init,
+    )
 
 
 @register_model
-def resnet19(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-             image_size: int = 32, mean=None, std=None, init: str = "kaiming", widths=(128, 256, 512),
-             hidden: int = 256) -> ResNet:
+def resnet19(
+    *,
+    genes: int | None = 150,
+    timesteps: int = 4,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    mean=None,
+    std=None,
+    init: str = "kaiming",
+    widths=(128, 256, 512),
+    hidden: int = 256,
+) -> ResNet:
     """tdBN ResNet-19: 3x3 stem of 128, [3, 3, 2] blocks of 128-512, FC256 (12.6 M dense parameters).
 
     Args:
@@ -79,15 +117,47 @@ def resnet19(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 
         ValueError: ``widths`` is not three integers >= 1, or ``hidden`` is not an integer >= 1.
     """
     check_widths(widths, 3, hidden)
-    return _resnet((3, 3, 2), widths, widths[0], False, (hidden,), genes=genes, timesteps=timesteps,
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std,
-                   init=init)
+    return _resnet(
+        (3, 3, 2),
+        widths,
+        widths[0],
+        False,
+        (hidden,),
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        init=init,
+    )
 
 
 @register_model
-def resnet34(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 1000, in_channels: int = 3,
-             image_size: int = 224, mean=None, std=None, init: str = "kaiming") -> ResNet:
+def resnet34(
+    *,
+    genes: int | None = 150,
+    timesteps: int = 4,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    image_size: int = 224,
+    mean=None,
+    std=None,
+    init: str = "kaiming",
+) -> ResNet:
     """ImageNet ResNet-34: 7x7/2 stem + max pool, [3, 4, 6, 3] blocks of 64-512 (21.8 M dense parameters)."""
-    return _resnet((3, 4, 6, 3), (64, 128, 256, 512), 64, True, genes=genes, timesteps=timesteps,
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std,
-                   init=init)
+    return _resnet(
+        (3, 4, 6, 3),
+        (64, 128, 256, 512),
+        64,
+        True,
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        init=init,
+    )

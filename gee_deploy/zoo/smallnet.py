@@ -6,13 +6,14 @@ conv over the remaining 3x3 map) -> BN -> LIF -> FC classes. Pooling the membran
 lets the stem's pool run once instead of T times; with the BN after the pool, each conv + pool runs as one
 stride-2 conv (:class:`~gee_deploy.zoo.base.ConvPool`, 16/36 of the MACs): the cheapest ordering on a CPU.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_model
-from .base import ConvPool, SpikingNet, check_widths, conv_bn, conv_pool_bn, pooled_side
 from ..neurons import LIF, SeqToBatch
+from .base import ConvPool, SpikingNet, check_widths, conv_bn, conv_pool_bn, pooled_side
+from .registry import register_model
 
 
 class SmallNet(SpikingNet):
@@ -26,17 +27,30 @@ class SmallNet(SpikingNet):
         self.stem = nn.Sequential(ConvPool(factory.conv("input", c1, 3)), nn.BatchNorm2d(widths[0]))
         self.body = nn.Sequential(
             LIF(),
-            conv_pool_bn(factory, c1, c2), LIF(),
-            conv_pool_bn(factory, c2, c3), LIF(),
-            conv_bn(factory, c3, "hidden", kernel_size=side, padding=0), LIF(),
+            conv_pool_bn(factory, c1, c2),
+            LIF(),
+            conv_pool_bn(factory, c2, c3),
+            LIF(),
+            conv_bn(factory, c3, "hidden", kernel_size=side, padding=0),
+            LIF(),
             SeqToBatch(nn.Flatten(), factory.linear("hidden", "classes")),
         )
 
 
 @register_model
-def smallnet(*, genes: int | None = 32, timesteps: int = 4, num_classes: int = 10, in_channels: int = 1,
-             image_size: int = 28, mean=None, std=None, widths=(32, 64, 128), hidden: int = 256,
-             init: str = "kaiming") -> SmallNet:
+def smallnet(
+    *,
+    genes: int | None = 32,
+    timesteps: int = 4,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    mean=None,
+    std=None,
+    widths=(32, 64, 128),
+    hidden: int = 256,
+    init: str = "kaiming",
+) -> SmallNet:
     """SmallNet for Fashion-MNIST-sized inputs (about 0.4 M dense parameters at the default widths).
 
     Args:
@@ -47,5 +61,15 @@ def smallnet(*, genes: int | None = 32, timesteps: int = 4, num_classes: int = 1
         ValueError: ``widths`` is not three integers >= 1, or ``hidden`` is not an integer >= 1.
     """
     check_widths(widths, 3, hidden)
-    return SmallNet(genes=genes, timesteps=timesteps, num_classes=num_classes, in_channels=in_channels,
-                    image_size=image_size, mean=mean, std=std, widths=widths, hidden=hidden, init=init)
+    return SmallNet(
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        widths=widths,
+        hidden=hidden,
+        init=init,
+    )

@@ -1,4 +1,5 @@
 """Parameter counts of the zoo (dense twin vs genetic), for `gee-deploy models` and docs/results.md."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -19,6 +20,13 @@ def parameter_table(names: list[str], genes: int | None = None) -> list[dict]:
         model_genes = genes if genes is not None else model_defaults(name)["genes"]
         dense = count_parameters(create_model(name, genes=None))
         genetic = count_parameters(create_model(name, genes=model_genes or None))
-        rows.append({"model": name, "genes": model_genes, "dense_params": dense, "genetic_params": genetic,
-                     "ratio": genetic / dense})
+        rows.append(
+            {
+                "model": name,
+                "genes": model_genes,
+                "dense_params": dense,
+                "genetic_params": genetic,
+                "ratio": genetic / dense,
+            }
+        )
     return rows

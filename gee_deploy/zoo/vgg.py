@@ -5,13 +5,14 @@ map is already 1x1 (a 28x28 input has four pools' worth of map, 32x32 five). VGG
 global average pooling and one FC; VGG-16 keeps the 4096-4096 classifier of the 33.6 M-parameter CIFAR
 model the paper compares with.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_model
-from .base import SpikingNet, check_widths, conv_bn, pooled_head
 from ..neurons import LIF, SeqToBatch
+from .base import SpikingNet, check_widths, conv_bn, pooled_head
+from .registry import register_model
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -46,9 +47,18 @@ class VGG(SpikingNet):
 
 
 @register_model
-def vgg11(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-          image_size: int = 32, mean=None, std=None, init: str = "kaiming",
-          widths=(64, 128, 256, 256, 512, 512, 512, 512)) -> VGG:
+def vgg11(
+    *,
+    genes: int | None = 150,
+    timesteps: int = 4,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    mean=None,
+    std=None,
+    init: str = "kaiming",
+    widths=(64, 128, 256, 256, 512, 512, 512, 512),
+) -> VGG:
     """VGG-11 with a single FC classifier (9.2 M dense parameters at 10 classes).
 
     Args:
@@ -58,13 +68,43 @@ def vgg11(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10,
         ValueError: ``widths`` is not eight integers >= 1.
     """
     check_widths(widths, 8)
-    return VGG(CONFIGS["vgg11"], (), widths, genes=genes, timesteps=timesteps, num_classes=num_classes,
-               in_channels=in_channels, image_size=image_size, mean=mean, std=std, init=init)
+    return VGG(
+        CONFIGS["vgg11"],
+        (),
+        widths,
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        init=init,
+    )
 
 
 @register_model
-def vgg16(*, genes: int | None = 150, timesteps: int = 4, num_classes: int = 10, in_channels: int = 3,
-          image_size: int = 32, mean=None, std=None, init: str = "kaiming") -> VGG:
+def vgg16(
+    *,
+    genes: int | None = 150,
+    timesteps: int = 4,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    mean=None,
+    std=None,
+    init: str = "kaiming",
+) -> VGG:
     """VGG-16 with the 4096-4096 classifier (33.6 M dense parameters at 10 classes, as in [37])."""
-    return VGG(CONFIGS["vgg16"], (4096, 4096), genes=genes, timesteps=timesteps, num_classes=num_classes,
-               in_channels=in_channels, image_size=image_size, mean=mean, std=std, init=init)
+    return VGG(
+        CONFIGS["vgg16"],
+        (4096, 4096),
+        genes=genes,
+        timesteps=timesteps,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        init=init,
+    )
