@@ -7,10 +7,9 @@ from dataclasses import replace
 import click
 
 from ..errors import ConfigError
-from ..ort_session import PROVIDERS
 from ..parity import INT8_PTQ_THRESHOLDS as _I
 from ..parity import Thresholds
-from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value
+from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value, onnx_runtime_option
 
 _T = Thresholds()
 
@@ -57,15 +56,7 @@ _T = Thresholds()
     type=Value(THREADS),
     help="Intra-op threads for both runtimes (1 keeps the ratio stable on a shared CI machine).",
 )
-@click.option(
-    "--runtime",
-    "kind",
-    default="ort-cpu",
-    show_default=True,
-    type=click.Choice(list(PROVIDERS)),
-    help="What runs MODEL.onnx: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through "
-    "onnxruntime's OpenVINO plugin (gee-deploy[openvino]) in f32 or bf16.",
-)
+@onnx_runtime_option("MODEL.onnx")
 def check(
     checkpoint,
     onnx_model,

@@ -24,6 +24,7 @@ from ..recipe import check_value, describe, unwrap
 __all__ = [
     "set_option",
     "quiet_option",
+    "onnx_runtime_option",
     "Value",
     "NumberList",
     "ChoiceList",
@@ -49,6 +50,23 @@ set_option = click.option(
     "(repeatable; values parse as TOML literals).",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+
+
+def onnx_runtime_option(what: str):
+    """``--runtime`` (reaching the command as ``kind``): the onnxruntime runtime that runs ``what``
+    (:data:`gee_deploy.ort_session.PROVIDERS`; default its CPU provider)."""
+    from ..ort_session import PROVIDERS
+
+    return click.option(
+        "--runtime",
+        "kind",
+        default="ort-cpu",
+        show_default=True,
+        type=click.Choice(list(PROVIDERS)),
+        help=f"What runs {what}: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through onnxruntime's "
+        "OpenVINO plugin (gee-deploy[openvino]) in f32 (exact) or bf16.",
+    )
+
 
 # ranges of options that are not recipe keys (those use gee_deploy.recipe.recipe_field)
 NON_NEGATIVE = Annotated[float, Field(ge=0, le=1e300)]

@@ -6,9 +6,19 @@ from typing import Annotated
 import click
 from pydantic import Field
 
-from ..ort_session import PROVIDERS
 from ..recipe import recipe_field
-from .options import COUNT, SEED, THREADS, NumberList, OutPath, Value, quiet_option, refuse_replacing, with_range
+from .options import (
+    COUNT,
+    SEED,
+    THREADS,
+    NumberList,
+    OutPath,
+    Value,
+    onnx_runtime_option,
+    quiet_option,
+    refuse_replacing,
+    with_range,
+)
 
 _BATCH = recipe_field("data.batch_size")
 RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
@@ -58,15 +68,7 @@ RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
     type=Value(_BATCH),
     help=with_range("Images per runtime call", _BATCH),
 )
-@click.option(
-    "--runtime",
-    "kind",
-    default="ort-cpu",
-    show_default=True,
-    type=click.Choice(list(PROVIDERS)),
-    help="What runs the ONNX files: onnxruntime's CPU, CUDA or TensorRT provider, or OpenVINO through "
-    "onnxruntime's OpenVINO plugin (gee-deploy[openvino]) in f32 or bf16.",
-)
+@onnx_runtime_option("the ONNX files")
 @quiet_option
 def robustness(
     models, out, noise, ratio, ratios, seed, clip, dataset, data_dir, limit, threads, batch_size, kind, quiet

@@ -8,9 +8,8 @@ import click
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..ort_session import PROVIDERS
 from ..triton_config import DEFAULT_MAX_SEQUENCES, DEFAULT_SEQUENCE_IDLE_S
-from .options import AT_LEAST_ONE, THREADS, Value
+from .options import AT_LEAST_ONE, THREADS, Value, onnx_runtime_option
 
 MS = Annotated[float, Field(ge=0, le=3_600_000)]
 SECONDS = Annotated[float, Field(gt=0, le=86_400)]
@@ -98,15 +97,7 @@ def _check_port(host: str, port: int, protocol: str) -> None:
     help="Streaming graphs: a sequence without a step for this long is dropped (Triton's "
     "max_sequence_idle_microseconds).",
 )
-@click.option(
-    "--runtime",
-    "kind",
-    default="ort-cpu",
-    show_default=True,
-    type=click.Choice(list(PROVIDERS)),
-    help="onnxruntime execution provider: CPU, CUDA, TensorRT, or OpenVINO through onnxruntime's OpenVINO "
-    "plugin (gee-deploy[openvino]) in f32 (exact) or bf16.",
-)
+@onnx_runtime_option("MODEL.onnx")
 @click.option("--threads", default=None, type=Value(THREADS), help="onnxruntime intra-op threads.")
 def serve(
     model,
