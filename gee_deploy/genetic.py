@@ -29,12 +29,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .kinds import Init
+
+
+class WeightQuantiser(Protocol):
+    """What a quantised layer runs with (:class:`gee_deploy.quantisation.Int8Quantiser`): called on the float
+    weight in training; in eval, :meth:`exact` computes the layer's output as its int8 export does."""
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor: ...
+
+    def exact(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        bias: torch.Tensor | None,
+        linear_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor: ...
+
 
 __all__ = [
     "INITS",
@@ -121,7 +138,7 @@ class _GeneticWeight(nn.Module):
         scale = weight_scale(init, fan_in, gene_matrix.shape[0])
         self.register_buffer("scale", torch.tensor(scale), persistent=False)
         # W -> the weight the forward uses (int8 fake quantisation, see gee_deploy.quantisation); None = W
-        self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.quantiser: WeightQuantiser | None = None
 
     @property
     def unquantised_shape(self) -> tuple[int, ...]:
@@ -208,7 +225,12 @@ class GeneticConv2d(_GeneticWeight):
         return self.generate().reshape(self.unquantised_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+        if self.quantiser is not None and not self.training:  # the int8 export's arithmetic, bit for bit
+            return self.quantiser.exact(x, self.exact_weight(), None, self._conv)
+        return self._conv(x, self.weight)
+
+    def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, None, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (
@@ -236,6 +258,8 @@ class GeneticLinear(_GeneticWeight):
         return self.generate()[..., 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantiser is not None and not self.training:  # the int8 export's arithmetic, bit for bit
+            return self.quantiser.exact(x, self.exact_weight(), self.bias, F.linear)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

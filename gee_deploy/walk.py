@@ -149,7 +149,8 @@ class ModelWalk(Generic[V]):
         model = self.model
         c, s = model.in_channels, model.image_size
         with torch.no_grad():
-            sample = (torch.rand(1, c, s, s, dtype=torch.float32) - model.mean) / model.std
+            image = torch.rand(1, c, s, s, dtype=torch.float32)
+            sample = model.input_codes(image) if model.input_codes is not None else (image - model.mean) / model.std
         x = Value(self.emit_input(), sample, True)
         x = self.module("stem", model.stem, x)
         y = self.run_traced(model.body, "body", x)

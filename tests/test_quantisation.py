@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from gee_deploy.checkpoint import load_checkpoint, load_model
 from gee_deploy.cli import cli
 from gee_deploy.errors import ConfigError
-from gee_deploy.quantisation import (QMAX, TORCH_OPS, attach_quantisers, fake_quantise, int8_codes, int8_weight,
-                                     quantisable_modules, quantise_weight, quantised_layers, spike_reading_layers)
+from gee_deploy.quantisation import (QMAX, TORCH_OPS, InputCodes, attach_quantisers, fake_quantise, int8_codes,
+                                     int8_weight, quantisable_modules, quantise_weight, quantised_layers,
+                                     spike_reading_layers, stem_layer)
 from gee_deploy.zoo import create_model, list_models
 from test_export import small_model
 
@@ -114,31 +115,100 @@ def test_spike_reading_layers_do_not_depend_on_the_weights():
     assert spike_reading_layers(model) == before
 
 
-def test_forward_uses_the_codes_int8_weight_returns():
-    model, _ = small_model("smallnet", 8)  # BatchNorms calibrated so that every layer fires
-    layers = spike_reading_layers(model)
-    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        fp32 = model(x)
-    attach_quantisers(model, layers)
-    assert quantised_layers(model) == layers
+def _hooked(model, layers):
     seen = {}
     mods = quantisable_modules(model)
     for n in layers:
         mods[n].register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, (a[0], o)))
+    return mods, seen
+
+
+def test_training_forward_uses_q_s_the_codes_int8_weight_returns():
+    model, _ = small_model("smallnet", 8)  # BatchNorms calibrated so that every layer fires
+    layers = spike_reading_layers(model)
+    attach_quantisers(model, layers)
+    assert quantised_layers(model) == layers
+    mods, seen = _hooked(model, layers)
+    model.train()
     with torch.no_grad():
-        int8 = model(x)
-    assert not torch.equal(fp32, int8)
+        model(torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
     for n in layers:
         q, s = int8_weight(mods[n])
         inp, out = seen[n]
-        assert inp.sum() > 0, n
         m = mods[n]
         if out.dim() == 4:
             expect = torch.nn.functional.conv2d(inp, q.float() * s.view(-1, 1, 1, 1), None, m.stride, m.padding)
         else:
             expect = torch.nn.functional.linear(inp, q.float() * s.view(-1, 1), m.bias)
         assert torch.equal(out, expect), n
+
+
+def test_eval_forward_is_the_exact_integer_sum_times_the_folded_scale_plus_bias():
+    """In eval a quantised layer computes float32(sum q x) * scale + bias with its BatchNorm folded in (what the
+    int8 export computes), checked against a float64 numpy computation of the same definition."""
+    model, _ = small_model("smallnet", 8)
+    layers = spike_reading_layers(model)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fp32 = model(x)
+    attach_quantisers(model, layers)
+    mods, seen = _hooked(model, layers)
+    model.eval()
+    with torch.no_grad():
+        int8 = model(x)
+    assert not torch.equal(fp32, int8)
+    batchnorms = {n: b for n, b in ((n, getattr(mods[n].quantiser, "batchnorm")) for n in layers)}
+    assert sum(b is not None for b in batchnorms.values()) >= 3
+    for n in layers:
+        q, s = int8_weight(mods[n])
+        inp, out = seen[n]
+        assert inp.sum() > 0 and set(inp.unique().tolist()) <= {0.0, 1.0}, n
+        m = mods[n]
+        op = (lambda a, w: torch.nn.functional.conv2d(a, w, None, m.stride, m.padding)) if out.dim() == 4 else (
+            lambda a, w: torch.nn.functional.linear(a, w))
+        sums = op(inp.double(), q.double()).numpy()  # integers, exact in float64
+        bn = batchnorms[n]
+        gamma, beta, mean, var = (np.ones(len(s)), np.zeros(len(s)), np.zeros(len(s)), np.ones(len(s)) - 1e-5) \
+            if bn is None else (t.detach().double().numpy() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+        eps = 1e-5 if bn is None else bn.eps
+        bn_scale = gamma / np.sqrt(var + eps)
+        bias = -mean * bn_scale + beta
+        if getattr(m, "bias", None) is not None:
+            bias = bias + bn_scale * m.bias.detach().double().numpy()
+        scale32 = (s.double().numpy() * bn_scale).astype(np.float32)
+        shape = (1, -1) + (1,) * (sums.ndim - 2)
+        expect = sums.astype(np.float32) * scale32.reshape(shape) + bias.astype(np.float32).reshape(shape)
+        assert np.array_equal(out.numpy(), expect), n
+        if bn is not None:  # the BatchNorm after it passes its input through in eval
+            assert torch.equal(bn(out), out)
+
+
+def test_a_quantised_stem_reads_centred_8bit_codes():
+    model, _ = small_model("smallnet", 8)
+    stem = stem_layer(model)
+    attach_quantisers(model, [stem] + spike_reading_layers(model))
+    codes = model.input_codes
+    assert isinstance(codes, InputCodes)
+    x = torch.tensor([0.0, 1 / 255, 0.5, 128 / 255, 1.0, 7.0, -3.0]).view(1, 1, 1, 7)
+    assert codes(x).flatten().tolist() == [-128.0, -127.0, 0.0, 0.0, 127.0, 127.0, -128.0]  # z = round(127.5) = 128
+    mods, seen = _hooked(model, [stem])
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3)))
+    inp, _ = seen[stem]
+    assert torch.equal(inp, torch.round(inp)) and inp.abs().max() <= 255
+    q, s = int8_weight(mods[stem])  # codes of W / (255 std)
+    w = mods[stem].quantisation_source()
+    assert codes.weight_scale.tolist() == [np.float32(1 / 127.5)]  # 1 / (255 std), std 0.5
+    q_plain, _ = quantise_weight(w * codes.weight_scale.view(1, -1, 1, 1))
+    assert torch.equal(q, q_plain)
+
+
+def test_a_stem_whose_sums_could_leave_float32s_integers_is_refused():
+    model = create_model("smallnet", genes=8, timesteps=1, in_channels=40)  # 40 x 4 x 4 taps x 255 x 127 > 2^24
+    with pytest.raises(ConfigError, match="exceed float32's exact integers"):
+        attach_quantisers(model, [stem_layer(model)])
+    assert model.input_codes is None
 
 
 def test_plain_layers_are_refused_with_one_clear_message():

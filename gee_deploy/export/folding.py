@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from ..batchnorm import batchnorm_affine, folded_bias
 from ..errors import UnsupportedModuleError
 from ..genetic import GeneticConv2d, GeneticLinear
 from ..kinds import LayerKind
@@ -39,7 +40,6 @@ __all__ = [
     "generated_weight",
     "folded_weight",
     "factorised_weights",
-    "batchnorm_affine",
     "emit_dense",
     "dense_kernel",
     "fuse_average_pool",
@@ -127,30 +127,6 @@ class FoldedLayer:
 def to_tap_major(weight: np.ndarray) -> np.ndarray:
     """[Cout, Cin, k, k] -> [k, k, Cout, Cin] (a linear [Cout, Cin] as it is): the layout this module works in."""
     return np.ascontiguousarray(weight.transpose(2, 3, 0, 1) if weight.ndim == 4 else weight)
-
-
-def batchnorm_affine(ops: WeightOps, bn: nn.Module | None, channels: int, hint: str) -> tuple[Tensor, Tensor]:
-    """(scale, shift) [channels] of an eval-mode BatchNorm as y = scale * x + shift, float64; identity for None.
-
-    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale (``torch.nn.BatchNorm2d``).
-    """
-    if bn is None:
-        return ops.constant(np.ones(channels), f"{hint}.ones"), ops.constant(np.zeros(channels), f"{hint}.zeros")
-    if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or bn.running_mean is None or bn.running_var is None:
-        raise UnsupportedModuleError(f"cannot fold {type(bn).__name__} (needs BatchNorm with running statistics)")
-    variance = ops.add(
-        ops.stored(bn.running_var, f"{hint}.running_var"), ops.constant(bn.eps, f"{hint}.eps"), f"{hint}.var_eps"
-    )
-    # weight / std in one Div: 1 / std times weight is a pattern onnxruntime's graph optimiser may rewrite
-    # (DivMulFusion) before it folds, so that the session's fold would differ from :func:`fold_constants`'s
-    numerator = ops.stored(bn.weight, f"{hint}.weight") if bn.weight is not None else ops.constant(1.0, "one")
-    scale = ops.div(numerator, ops.sqrt(variance, f"{hint}.std"), f"{hint}.scale64")
-    shift = ops.mul(
-        ops.neg(ops.stored(bn.running_mean, f"{hint}.running_mean"), f"{hint}.neg_mean"), scale, f"{hint}.shift64"
-    )
-    if bn.bias is not None:
-        shift = ops.add(shift, ops.stored(bn.bias, f"{hint}.bias"), f"{hint}.shift64")
-    return scale, shift
 
 
 def _single(value, what: str, layer: nn.Module) -> int:
@@ -294,11 +270,7 @@ def fold_layer(
     else:
         raise UnsupportedModuleError(f"{type(m).__name__} is not a weight layer")
     scale, shift = batchnorm_affine(ops, bn, c_out, f"{hint}.bn")
-    bias = getattr(m, "bias", None)
-    if bias is not None:
-        bias = ops.add(shift, ops.mul(scale, ops.stored(bias, f"{hint}.bias"), f"{hint}.bias_scaled"), f"{hint}.bias64")
-    else:
-        bias = shift
+    bias = folded_bias(ops, scale, shift, getattr(m, "bias", None), hint)
     if isinstance(m, (GeneticConv2d, GeneticLinear)):
         return FoldedLayer(kind, bias, scale, k, stride, padding, pooled, factors=genetic_factors(ops, m, hint))
     weight = ops.stored(m.weight, f"{hint}.weight", np.float32)

@@ -34,12 +34,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from onnx import TensorProto
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
 from ..kinds import Int8Form, LayerKind
-from ..quantisation import int8_codes
+from ..quantisation import INPUT_LEVELS, InputCodes, Int8Quantiser, int8_codes, int8_epilogue
 from ..zoo.base import ConvPool
 from .folding import FoldedLayer, fold_layer, fuse_average_pool, generated_weight, genetic_factors
 from .graph import GraphBuilder
@@ -53,6 +54,9 @@ __all__ = [
     "emit_int8",
     "emit_qdq",
     "quantise_spikes",
+    "emit_input_codes",
+    "emit_stem",
+    "stem_input_scale",
     "source_weight",
     "scale_name",
     "DEFAULT_INT8_FORM",
@@ -121,14 +125,24 @@ def int8_layer(
     """
     ops = ops or WeightOps()
     f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=hint)  # geometry, BatchNorm scale, bias
-    q, step = int8_codes(ops, source_weight(ops, m, pooled, hint), hint)
-    scale = ops.cast(
-        ops.mul(ops.cast(step, np.float64, f"{hint}.step64"), f.out_scale, f"{hint}.scale64"),
-        np.float32,
-        f"{hint}.scale32",
-    )
+    source = source_weight(ops, m, pooled, hint)
+    input_scale = stem_input_scale(pooled if pooled is not None else m)
+    if input_scale is not None:  # a quantised stem: the weight per 8-bit input code, W / (255 std_c)
+        per_input = ops.reshape(
+            ops.stored(input_scale, f"{hint}.input_scale", np.float32), (-1, 1), f"{hint}.input_col"
+        )
+        source = ops.mul(source, per_input, f"{hint}.source_codes")  # [k, k, Cin, Cout] x [Cin, 1]
+    q, step = int8_codes(ops, source, hint)
+    scale, bias = int8_epilogue(ops, step, f.out_scale, f.bias, hint)
     k, stride = (pooled.kernel_size, pooled.stride) if pooled is not None else (f.kernel_size, f.stride)
-    return Int8Layer(f.kind, q, scale, ops.cast(f.bias, np.float32, f"{hint}.bias32"), k, stride, f.padding)
+    return Int8Layer(f.kind, q, scale, bias, k, stride, f.padding)
+
+
+def stem_input_scale(m: nn.Module) -> torch.Tensor | None:
+    """A quantised stem's per-input-channel weight scale (:class:`gee_deploy.quantisation.InputCodes`), [Cin];
+    None for any other layer."""
+    quantiser = getattr(m, "quantiser", None)
+    return quantiser.input_scale if isinstance(quantiser, Int8Quantiser) else None
 
 
 def dequantised_layer(
@@ -293,7 +307,6 @@ def emit_qdq(g: GraphBuilder, x_dq: str, layer: Int8Layer, hint: str, ops: Weigh
     Conv / Gemm output is the exact integer sum; the per-channel scale and the bias follow as Mul and Add.
     """
     ops = ops or WeightOps()
-    cout = layer.scale.shape[0]
     conv = layer.kind == LayerKind.CONV
     codes = ops.transpose(layer.q, (3, 2, 0, 1) if conv else (1, 0), f"{hint}.codes_oi")  # from [k, k, Cin, Cout]
     unit, zero = _unit_scale(g)
@@ -304,10 +317,52 @@ def emit_qdq(g: GraphBuilder, x_dq: str, layer: Int8Layer, hint: str, ops: Weigh
         acc = g.op("Conv", [x_dq, weight], f"{hint}.acc", pads=[layer.padding] * 4, strides=[layer.stride] * 2)
     else:
         acc = g.op("Gemm", [x_dq, weight], f"{hint}.acc", transB=1)
-    per_channel = (cout, 1, 1) if conv else (cout,)
+    return _scale_and_bias(g, acc, layer, hint, ops)
+
+
+def _scale_and_bias(g: GraphBuilder, acc: str, layer: Int8Layer, hint: str, ops: WeightOps) -> str:
+    """acc (exact integer sums, float32 NCHW or [N, Cout]) x the per-channel scale + the bias."""
+    cout = layer.scale.shape[0]
+    per_channel = (cout, 1, 1) if layer.kind == LayerKind.CONV else (cout,)
     y = g.op(
         "Mul",
         [acc, ops.output(g, ops.reshape(layer.scale, per_channel, f"{hint}.scale_c"), scale_name(hint))],
         f"{hint}.scaled",
     )
     return g.op("Add", [y, ops.output(g, ops.reshape(layer.bias, per_channel, f"{hint}.bias_c"), f"{hint}.bias")], hint)
+
+
+def emit_input_codes(g: GraphBuilder, x: str, codes: InputCodes) -> str:
+    """The centred 8-bit codes a quantised stem reads (:class:`gee_deploy.quantisation.InputCodes`), from the
+    float32 image ``x`` [N, C, H, W]: Mul by 255, Round (half to even, as ``torch.round``), Clip to [0, 255],
+    Sub the zero points; the same four IEEE float32 steps as the model's own."""
+    levels = float(INPUT_LEVELS)
+    scaled = g.op("Mul", [x, g.const(levels, "input_levels", np.float32, scalar=True)], "input_scaled")
+    clipped = g.op(
+        "Clip",
+        [
+            g.op("Round", [scaled], "input_rounded"),
+            g.const(0.0, "input_min", np.float32, scalar=True),
+            g.const(levels, "input_levels", np.float32, scalar=True),
+        ],
+        "input_codes",
+    )
+    return g.op("Sub", [clipped, g.const(codes.zero_point.numpy(), "input_zero_point", np.float32)], "input_centred")
+
+
+def emit_stem(g: GraphBuilder, x: str, layer: Int8Layer, hint: str, ops: WeightOps | None = None) -> str:
+    """Write a quantised stem reading :func:`emit_input_codes` output ``x``; returns its float32 output
+    [N, Cout, Ho, Wo] name. A float32 Conv whose weight is the int8 codes as floats: every product and partial
+    sum is an integer below 2^24 (at most C k^2 x 255 x 127), so any kernel (float32, or TF32 on a GPU) gives the
+    exact integer sum; then the per-channel scale and bias as in :func:`emit_qdq`. Both int8 forms write it so
+    (8-bit codes centred on a zero point span [-255, 255]: no 8-bit type holds them)."""
+    ops = ops or WeightOps()
+    codes = ops.cast(ops.transpose(layer.q, (3, 2, 0, 1), f"{hint}.codes_oi"), np.float32, f"{hint}.codes_float")
+    acc = g.op(
+        "Conv",
+        [x, ops.output(g, codes, f"{hint}.weight_codes")],
+        f"{hint}.acc",
+        pads=[layer.padding] * 4,
+        strides=[layer.stride] * 2,
+    )
+    return _scale_and_bias(g, acc, layer, hint, ops)

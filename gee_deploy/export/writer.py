@@ -17,18 +17,32 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
+from ..batchnorm import batchnorm_affine
 from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
 from ..kinds import ExportVariant, Form, Int8Form, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
+from ..quantisation import InputCodes
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
 from ..zoo.base import ConvPool
 from .choose import Chooser, Int8Chooser, make_int8_chooser
 from .factorised import emit_factorised, factorised_cost
-from .folding import batchnorm_affine, emit_dense, fold_layer
+from .folding import emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
-from .int8 import dequantised_layer, emit_int8, emit_qdq, gather_form, int8_layer, quantise_spikes, scale_name
+from .int8 import (
+    Int8Layer,
+    dequantised_layer,
+    emit_input_codes,
+    emit_int8,
+    emit_qdq,
+    emit_stem,
+    gather_form,
+    int8_layer,
+    quantise_spikes,
+    scale_name,
+    stem_input_scale,
+)
 from .options import ExportOptions
 from .steps import concat_steps, integer_count, repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from .weights import WeightOps, fold_constants
@@ -111,6 +125,8 @@ class OnnxWriter(ModelWalk):
 
     def emit_input(self) -> str:
         graph, model = self.graph, self.model
+        if isinstance(model.input_codes, InputCodes):  # a quantised stem reads 8-bit codes
+            return emit_input_codes(graph, INPUT_NAME, model.input_codes)
         return graph.op(
             "Div",
             [
@@ -132,6 +148,11 @@ class OnnxWriter(ModelWalk):
         calls: int,
     ) -> tuple[str, LayerSpec]:
         ops = self.ops
+        if stem_input_scale(pooled if pooled is not None else m) is not None:  # a quantised stem, in every variant
+            layer = int8_layer(m, bn, pooled, ops, name)
+            return emit_stem(self.graph, x.name, layer, name, ops), self._int8_spec(
+                name, layer, dense_macs, calls, None
+            )
         int8, source = self.int8, x.spikes_from  # int8 weights only for layers that read spikes
         qdq = self.int8_form == Int8Form.QDQ
         if int8 is not None and source is not None:
@@ -144,19 +165,7 @@ class OnnxWriter(ModelWalk):
                 else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
                     spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), source)
                     y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
-                return y, LayerSpec(
-                    name=name,
-                    kind=layer.kind,
-                    variant=ExportVariant.DENSE,
-                    macs=int(dense_macs),
-                    input_is_spikes=True,
-                    spiking_input_layer=source,
-                    spike_macs=int(dense_macs),
-                    calls=calls,
-                    form=Form.DENSE,
-                    dense_macs=int(dense_macs),
-                    precision=Precision.INT8,
-                )
+                return y, self._int8_spec(name, layer, dense_macs, calls, source)
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
@@ -186,6 +195,23 @@ class OnnxWriter(ModelWalk):
             form=form,
             dense_macs=int(dense_macs),
             factorised_macs=None if fact is None else int(fact.macs),
+        )
+
+    @staticmethod
+    def _int8_spec(name: str, layer: Int8Layer, dense_macs: int, calls: int, source: str | None) -> LayerSpec:
+        """How an int8 layer runs; ``source``: the LIF whose spikes it reads (None: a stem reading input codes)."""
+        return LayerSpec(
+            name=name,
+            kind=layer.kind,
+            variant=ExportVariant.DENSE,
+            macs=int(dense_macs),
+            input_is_spikes=source is not None,
+            spiking_input_layer=source,
+            spike_macs=int(dense_macs),
+            calls=calls,
+            form=Form.DENSE,
+            dense_macs=int(dense_macs),
+            precision=Precision.INT8,
         )
 
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import model_origin
+from ..errors import UnsupportedModuleError
 from ..export.api import ExportReport, note_replaced, validation_dict
 from ..export.errors import ExportError
 from ..export.options import ExportOptions, is_genetic, validation_for
@@ -41,7 +42,7 @@ def export_nir(
 
     Raises:
         ExportError: no images; ``out`` is a directory.
-        UnsupportedModuleError: a module with no NIR primitive (max pooling of spikes).
+        UnsupportedModuleError: a module with no NIR primitive (max pooling of spikes), or a quantised stem.
         ExportValidationError: a check failed (every failure listed; nothing written).
     """
     start = time.perf_counter()
@@ -51,6 +52,11 @@ def export_nir(
         raise ExportError("validation needs at least one image")
     if out.is_dir():
         raise ExportError(f"--out {out} is a directory; {options.format.name} writes a file")
+    if getattr(model, "input_codes", None) is not None:
+        raise UnsupportedModuleError(
+            "NIR has no rounding primitive for the 8-bit input codes of an int8 checkpoint's stem (gee-deploy "
+            "quantize); write NIR from the fp32 checkpoint it was fine-tuned from"
+        )
     class_names, dataset = model_origin(model)
     graph, spec = write_nir(model.eval(), class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)
     report = ExportReport(

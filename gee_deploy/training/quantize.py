@@ -2,8 +2,9 @@
 
 ``gee-deploy quantize CHECKPOINT --out Q.pt`` (docs/design.md, "Int8 layers"). Sections in the order they run:
 
-1. load the fp32 checkpoint and its recipe; find the layers that read spikes (every weight layer after the
-   stem, by data flow: :func:`gee_deploy.quantisation.spike_reading_layers`); the stem and layers reading
+1. load the fp32 checkpoint and its recipe; find the layers to quantise: the layers that read spikes (by data
+   flow: :func:`gee_deploy.quantisation.spike_reading_layers`) and the stem, which then reads the image as
+   8-bit codes (:class:`gee_deploy.quantisation.InputCodes`: an 8-bit image's pixels exactly); layers reading
    analog values (an average pool of spikes) stay fp32;
 2. evaluate the fp32 model, then the same weights post-training quantised (fake quantisation attached,
    no training): the accuracy an int8 export of the fp32 checkpoint would have;
@@ -13,7 +14,8 @@
    (:func:`~gee_deploy.training.setup.build_optimizer`: genetic parameters at ``genetic_lr_scale``), cosine
    decay from ``lr_scale`` x the recipe's learning rate, no weight decay;
 4. evaluate and save: the checkpoint records ``quantisation`` (scheme and layers), so it rebuilds its
-   quantised model alone and its eval path computes with the int8 weights the int8 export writes.
+   quantised model alone and its eval path computes what the int8 export computes, bit for bit (exact integer
+   sums, then the same float32 scale and bias: :class:`gee_deploy.quantisation.Int8Quantiser`).
 
 The fine-tune is seeded (data order and augmentation, as the trainer seeds its epochs): the same command gives
 the same checkpoint bit for bit on one machine. The fine-tune's time is reported against the original training's (its run directory's train.jsonl,
@@ -22,6 +24,7 @@ or the checkpoint's epoch count x its last epoch's seconds).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, replace
@@ -41,7 +44,7 @@ from ..checkpoint import (
 from ..data import load_split, make_loader
 from ..errors import CheckpointError, ConfigError
 from ..io import read_jsonl
-from ..quantisation import attach_quantisers, spike_reading_layers
+from ..quantisation import attach_quantisers, spike_reading_layers, stem_layer
 from ..recipe import recipe_from_dict
 from .setup import build_optimizer, check_training_batches
 from .trainer import TrainRuntime, cosine_schedule, evaluate, select_device, train_epoch
@@ -163,6 +166,9 @@ def quantize(
     layers = spike_reading_layers(model)
     if not layers:
         raise ConfigError(f"{checkpoint}: no weight layer reads spikes; nothing to quantise")
+    layers = [stem_layer(model), *layers]
+    fp32_model = copy.deepcopy(model).to(device_)
+    attach_quantisers(model, layers)  # refuses a layer it cannot quantise before any data is read
     model.to(device_)
     batch = batch_size or recipe.data.batch_size
     train_set = load_split(
@@ -180,9 +186,9 @@ def quantize(
     say = print if progress else (lambda *_: None)
 
     # ---- 2. fp32 and post-training int8 accuracy -------------------------------------------------------
-    fp32 = evaluate(model, test_loader, device_)
+    fp32 = evaluate(fp32_model, test_loader, device_)
     say(f"fp32 test accuracy {fp32['test_acc']:.4f}")
-    attach_quantisers(model, layers)
+    del fp32_model
     ptq = evaluate(model, test_loader, device_)
     say(f"int8 without fine-tune {ptq['test_acc']:.4f}")
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..genetic import GeneticConv2d, LayerFactory
+from ..genetic import GeneticConv2d, LayerFactory, WeightQuantiser
 from ..neurons import LIF, SeqToBatch
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class ConvPool(nn.Sequential):
         # the geometry of the fused conv that runs (what MAC counts read)
         self.in_channels, self.kernel_size, self.stride, self.padding = conv.in_channels, k + 1, 2, k // 2
         # fused kernel -> the kernel that runs (int8 fake quantisation, see gee_deploy.quantisation); None = as is
-        self.quantiser: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.quantiser: WeightQuantiser | None = None
 
     @property
     def conv(self) -> nn.Conv2d | GeneticConv2d:
@@ -115,9 +115,13 @@ class ConvPool(nn.Sequential):
         return self.fused_weight() if self.quantiser is None else self.quantiser(self.quantisation_source())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            x, self.running_weight(), getattr(self[0], "bias", None), stride=self.stride, padding=self.padding
-        )
+        bias = getattr(self[0], "bias", None)
+        if self.quantiser is not None and not self.training:  # the int8 export's arithmetic, bit for bit
+            return self.quantiser.exact(x, self.quantisation_source(), bias, self._conv)
+        return F.conv2d(x, self.running_weight(), bias, stride=self.stride, padding=self.padding)
+
+    def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, None, stride=self.stride, padding=self.padding)
 
 
 def _first(v):
@@ -203,6 +207,8 @@ class SpikingNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.factory.population("input", in_channels, taps=stem_kernel * stem_kernel)
+        # a quantised stem's input: [N, C, H, W] in [0, 1] -> centred 8-bit codes (gee_deploy.quantisation)
+        self.input_codes: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def genes(self) -> int | None:
@@ -218,7 +224,7 @@ class SpikingNet(nn.Module):
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Per-timestep classifier outputs Y(t): [T, N, classes] (evolution's r1 reads these)."""
         self.check_input(x)
-        x = (x - self.mean) / self.std
+        x = self.input_codes(x) if self.input_codes is not None else (x - self.mean) / self.std
         stem = self.stem(x)  # [N, C, H, W], once
         x_seq = stem.unsqueeze(0).expand(self.timesteps, *stem.shape)  # [T, N, C, H, W]
         return self.body(x_seq)
