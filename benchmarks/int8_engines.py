@@ -19,8 +19,9 @@ Models are untrained zoo nets with BatchNorm calibrated so every layer fires (``
 ``lively``): CIFAR shapes (3 x 32 x 32, T = 4) for ResNet-19 and VGG-16 at g = 150, SmallNet's own 1 x 28 x 28.
 Latency does not depend on the weight values. Parity: each engine against its PyTorch model on ``--samples``
 random images: the fp32 engines and ``ov-default`` against the fp32 model, the int8 engines against the same
-model with int8 weights attached (``gee_deploy.quantisation.attach_quantisers``, what ``gee-deploy quantize``
-fine-tunes), whose int8 export must meet the fp32 limits (:class:`gee_deploy.parity.Thresholds`): top-1
+model with int8 weights attached (``gee_deploy.quantisation.attach_quantisers`` on the stem and every
+spike-reading layer, what ``gee-deploy quantize`` fine-tunes; its eval forward computes what its int8 export
+computes, bit for bit), whose int8 export must meet the fp32 limits (:class:`gee_deploy.parity.Thresholds`): top-1
 agreement >= 99.9% and total spikes within 0.1%.
 
 Printed per model, thread count and batch: p50 latency (interleaved blocks; one thread: the calling thread's CPU
@@ -52,7 +53,7 @@ from gee_deploy.export import build_onnx
 from gee_deploy.neurons import SpikeRecorder
 from gee_deploy.ort_session import create_session
 from gee_deploy.parity import Outputs, Thresholds, checks, compare
-from gee_deploy.quantisation import attach_quantisers, spike_reading_layers
+from gee_deploy.quantisation import attach_quantisers, spike_reading_layers, stem_layer
 from gee_deploy.spec import INPUT_NAME
 from gee_deploy.walk import describe
 from gee_deploy.zoo import create_model
@@ -75,11 +76,12 @@ def zoo(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return lively(model, images[:16]), images
 
 
-def graphs(model: torch.nn.Module) -> dict[str, bytes]:
-    """fp32, int8 in the integer form and int8 in the QDQ form, serialised."""
+def graphs(model: torch.nn.Module, quantised: torch.nn.Module) -> dict[str, bytes]:
+    """fp32 (of ``model``), int8 in the integer form and int8 in the QDQ form (of ``quantised``, its int8 twin:
+    the graphs compute what its eval forward computes), serialised."""
     return {"fp32": build_onnx(model, "dense")[0].SerializeToString(),
-            "int8": build_onnx(model, "int8", int8_form="integer")[0].SerializeToString(),
-            "qdq": build_onnx(model, "int8", int8_form="qdq")[0].SerializeToString()}
+            "int8": build_onnx(quantised, "int8", int8_form="integer")[0].SerializeToString(),
+            "qdq": build_onnx(quantised, "int8", int8_form="qdq")[0].SerializeToString()}
 
 
 def gemm_rates(threads: int, clock) -> dict[str, float]:
@@ -134,11 +136,11 @@ def run(names, engines, threads, rounds: int, samples: int, profile: bool) -> li
     for name in names:
         model, images = zoo(name)
         quantised = copy.deepcopy(model)
-        attach_quantisers(quantised, spike_reading_layers(quantised))
+        attach_quantisers(quantised, [stem_layer(quantised), *spike_reading_layers(quantised)])
         refs = {"fp32": torch_outputs(model, images[:samples]), "int8": torch_outputs(quantised, images[:samples])}
         dense_macs = describe(model).dense_macs_per_sample
         t0 = time.perf_counter()
-        files = graphs(model)
+        files = graphs(model, quantised)
         print(f"{name}: graphs written in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         todo = list(engines)
         for th in threads:

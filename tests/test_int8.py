@@ -20,7 +20,8 @@ from gee_deploy.export.tensorrt import compatibility_problems
 from gee_deploy.export.graph import GraphBuilder, tensor_info
 from gee_deploy.neurons import SpikeRecorder
 from gee_deploy.ort_session import create_session
-from gee_deploy.quantisation import attach_quantisers, quantise_weight, spike_reading_layers
+from gee_deploy.quantisation import (attach_quantisers, quantisable_modules, quantise_weight, spike_reading_layers,
+                                     stem_layer)
 from gee_deploy.spec import ModelSpec
 from gee_deploy.zoo import list_models
 from gee_deploy.zoo.base import ConvPool
@@ -96,17 +97,36 @@ def test_int8_export_of_every_zoo_model_validates(name, tmp_path):
     assert report.validation["top1_agreement"] >= FAST.thresholds.min_top1_agreement
 
 
+@pytest.mark.parametrize("name", ["smallnet", "resnet19"])
 @pytest.mark.parametrize("form", ["integer", "qdq"])
-def test_quantised_model_and_its_int8_graph_agree_exactly(form):
-    model, _ = small_model("smallnet", 6, timesteps=4)
-    attach_quantisers(model, spike_reading_layers(model))
-    images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    proto, spec = build_onnx(model, "int8", int8_form=form)
-    logits, counts = create_session(proto.SerializeToString()).run(None, {"input": images.numpy()})
+def test_a_quantised_model_and_its_int8_graph_agree_bit_for_bit(name, form):
+    """Stem and spike-reading layers quantised: the graph's stem output, every spike and the logits equal the
+    PyTorch model's exactly, for both storages (a runtime that folded the stem's scale into its weights, as
+    onnxruntime's Conv-Mul fusion would with a plain float weight, moves the stem's last bits: caught here)."""
+    model, _ = small_model(name, 6, timesteps=2)
+    stem = stem_layer(model)
+    attach_quantisers(model, [stem, *spike_reading_layers(model)])
+    images = torch.rand(16, model.in_channels, model.image_size, model.image_size,
+                        generator=torch.Generator().manual_seed(1))
+    seen = {}
+    module = quantisable_modules(model)[stem]
+    module.register_forward_hook(lambda m, a, o: None if "stem" in seen else seen.update(stem=o))  # these images
     with torch.no_grad(), SpikeRecorder(model) as rec:
         ref = model(images)
-    assert np.array_equal(counts, rec.stacked().numpy())  # every spike of every layer and sample
-    assert np.abs(logits - ref.numpy()).max() < 1e-5
+    for storage in ("folded", "genetic"):
+        proto, spec = build_onnx(model, "int8", int8_form=form, storage=storage)
+        assert spec.layers[0].name == stem and spec.layers[0].precision == "int8"
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(stem))  # the stem's scale-and-bias output
+        logits, counts, stem_out = create_session(proto.SerializeToString()).run(None, {"input": images.numpy()})
+        assert np.array_equal(stem_out, seen["stem"].numpy()), storage
+        assert np.array_equal(counts, rec.stacked().numpy()), storage  # every spike of every layer and sample
+        assert np.array_equal(logits, ref.numpy()), storage
+
+
+def test_an_fp32_stem_stays_float32_in_a_post_training_int8_export():
+    model, _ = small_model("smallnet", 6, timesteps=2)
+    _, spec = build_onnx(model, "int8")
+    assert spec.layers[0].precision == "fp32" and not spec.layers[0].input_is_spikes
 
 
 def _qdq_nodes(proto):
