@@ -19,6 +19,7 @@ against spikingjelly's MAC and SynOp counters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,7 @@ class LayerEnergy:
         return dict(self.__dict__)
 
 
-def firing_rates(spike_counts: np.ndarray, neurons: list[int], timesteps: int) -> np.ndarray:
+def firing_rates(spike_counts: np.ndarray, neurons: Sequence[int], timesteps: int) -> np.ndarray:
     """Mean firing rate per spiking layer: spikes / (neurons x T), averaged over samples [N, L] -> [L]."""
     counts = np.asarray(spike_counts, dtype=np.float64)
     return counts.mean(axis=0) / (np.asarray(neurons, dtype=np.float64) * timesteps)

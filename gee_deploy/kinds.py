@@ -53,6 +53,7 @@ class ExportVariant(StrEnum):
     AUTO = "auto"  # per layer, the cheaper of the two
     INT8 = "int8"  # dense, with every spike-reading layer int8
     EAGER = "eager"  # the PyTorch model itself (the reference every export is compared with)
+    NIR = "nir"  # a NIR graph run by the spec-only NIR executor (the reference of a graph converted from it)
 
 
 class ExportFormat(StrEnum):

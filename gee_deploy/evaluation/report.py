@@ -75,9 +75,9 @@ def spikes_table(report: dict) -> list[str]:
         d = twin(r)
         out.append(
             f"| {r['runtime']} | {r['path']} | {r['model_name']} | {r['genes'] or 'dense'} | {r['accuracy']:.2%} | "
-            f"{r['spikes_per_sample']:,.1f} | {share(r['spikes_per_sample'], d and d['spikes_per_sample'])} | "
+            f"{r['spikes_per_sample']:,.1f} | {share(r['spikes_per_sample'], d['spikes_per_sample'] if d else None)} | "
             f"{r['energy']['energy_pj'] / 1e6:.4f} | "
-            f"{share(r['energy']['energy_pj'], d and d['energy']['energy_pj'])} |"
+            f"{share(r['energy']['energy_pj'], d['energy']['energy_pj'] if d else None)} |"
         )
     if all(twin(r) is None for r in rows):
         out += [

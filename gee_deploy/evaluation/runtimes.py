@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError, RuntimeUnavailableError
+from ..kinds import ExportVariant, Precision
 from ..ort_session import PROVIDERS, import_onnxruntime
 from ..serving.runtimes import OrtRuntime, Runtime, TensorRTRuntime
 from ..spec import ModelSpec
@@ -104,7 +105,9 @@ class NIRRuntime(Runtime):
                 "export` converted from it too (its spec holds T, dt and the threshold rule)"
             )
         self.spec = replace(
-            spec, variant="nir", layers=tuple(replace(l, precision="fp32", weight_scales=None) for l in spec.layers)
+            spec,
+            variant=ExportVariant.NIR,
+            layers=tuple(replace(l, precision=Precision.FP32, weight_scales=None) for l in spec.layers),
         )
         self.executor = NIRExecutor(self.graph, float(spec.model_args["dt"]), spec.model_args["threshold_rule"])
 

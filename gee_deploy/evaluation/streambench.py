@@ -50,7 +50,8 @@ def _time_steps(runtime: OrtRuntime, n: int, x: np.ndarray, min_time: float, min
     """Graph alone: ``Runtime.step`` on ``n`` sequences with the membranes fed back (restarting after T steps)."""
     zeros = {k: np.zeros((n, *s), np.float32) for k, s in runtime.state_shapes.items()}
     xb = np.ascontiguousarray(np.repeat(x, n, axis=0))
-    states, times = zeros, []
+    states = zeros
+    times: list[float] = []
     for _ in range(3):
         runtime.step(xb, zeros)
     start = time.perf_counter()
@@ -94,7 +95,9 @@ def _serve_steps(
     outbox: queue.Queue = queue.Queue()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         answers = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(outbox.get, None))
-        rounds, t, errors = [], 0, []
+        rounds: list[float] = []
+        errors: list[str] = []
+        t = 0
         start = time.perf_counter()
         while len(rounds) < min_rounds or time.perf_counter() - start < min_time or t != 0:
             t0 = time.perf_counter()
@@ -164,32 +167,37 @@ def run_stream_bench(
             f"T = {spec.timesteps}; bench exports of the same checkpoint"
         )
     x = np.random.default_rng(0).random((1, *spec.input_shape), dtype=np.float32)
-    report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "model": str(streams[0]),
-        "unrolled_model": str(others[0]) if others else None,
-        "timesteps": spec.timesteps,
-        "threads": threads,
-        "graph": [],
-        "server": [],
-        "unrolled": [],
-    }
-    report["step_batch1"] = _time_steps(runtime, 1, x, min_time)
-    say(f"graph alone, one step of 1 sequence: p50 {report['step_batch1']['p50_ms']:.3f} ms")
+    graph_rows: list[dict] = []
+    server_rows: list[dict] = []
+    unrolled_rows: list[dict] = []
+    step_batch1 = _time_steps(runtime, 1, x, min_time)
+    say(f"graph alone, one step of 1 sequence: p50 {step_batch1['p50_ms']:.3f} ms")
     for n in concurrency:
-        report["graph"].append(_time_steps(runtime, n, x, min_time))
+        graph_rows.append(_time_steps(runtime, n, x, min_time))
         if unrolled is not None:
-            report["unrolled"].append(time_runtime(unrolled, np.repeat(x, n, axis=0), min_time=min_time))
+            unrolled_rows.append(time_runtime(unrolled, np.repeat(x, n, axis=0), min_time=min_time))
     config = ServeConfig(
         name="stream", port=0, grpc_port=0, max_batch=max(concurrency), max_sequences=max(concurrency), drain_s=2
     )
     serving = OrtRuntime(streams[0], threads=threads, allow_streaming=True)
     with InferenceServer(serving, config) as srv:
+        port = srv.grpc_port
+        assert port is not None  # config asks for gRPC (grpc_port 0: a free port, bound once started)
         for n in concurrency:
-            row = _serve_steps(srv.grpc_port, config.name, n, x, spec.timesteps, min_time)
-            report["server"].append(row)
+            row = _serve_steps(port, config.name, n, x, spec.timesteps, min_time)
+            server_rows.append(row)
             say(f"server, {n} sequences: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.3f} ms per round")
-    return report
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "model": str(streams[0]),
+        "unrolled_model": str(others[0]) if others else None,
+        "timesteps": spec.timesteps,
+        "threads": threads,
+        "graph": graph_rows,
+        "server": server_rows,
+        "unrolled": unrolled_rows,
+        "step_batch1": step_batch1,
+    }
 
 
 def stream_table(report: dict) -> str:

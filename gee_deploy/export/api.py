@@ -16,13 +16,13 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch import nn
 
 from ..data import load_test_arrays
 from ..io import atomic_path
 from ..kinds import ExportFormat, ExportVariant, Int8Form, Precision, Storage
 from ..quantisation import quantised_layers
 from ..spec import LayerSpec, ModelSpec
+from ..zoo.base import SpikingNet
 from .choose import make_chooser
 from .errors import ExportError, ExportValidationError
 from .options import ExportOptions, export_options, storage_for, validation_for
@@ -111,7 +111,7 @@ def validation_data(dataset: str, samples: int, data_dir=None) -> tuple[torch.Te
 
 
 def onnx_graph(
-    model: nn.Module,
+    model: SpikingNet,
     options: ExportOptions,
     storage: Storage,
     *,
@@ -147,7 +147,7 @@ def onnx_graph(
 
 
 def build_onnx(
-    model: nn.Module,
+    model: SpikingNet,
     variant: ExportVariant | str = ExportVariant.DENSE,
     *,
     streaming: bool = False,
@@ -189,7 +189,7 @@ def _smaller_storage(
 
 
 def export_onnx(
-    model: nn.Module,
+    model: SpikingNet,
     out: str | os.PathLike,
     images: torch.Tensor,
     labels: torch.Tensor | None,

@@ -63,9 +63,13 @@ def layer_latency(
 def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, batch: int = 1) -> Chooser:
     """The :data:`Chooser` of ``variant``; ``profile`` switches per-layer choices from MACs to latency."""
     if variant.per_layer is None:
-        return lambda name, layer, in_shape, out_shape, cost, dense_macs: variant.fixed
+        fixed = variant.fixed
+        assert fixed is not None, f"variant {variant.name} chooses per layer or sets fixed"  # configs.VARIANTS
+        return lambda name, layer, in_shape, out_shape, cost, dense_macs: fixed
 
-    def by_cost(name, layer: FoldedLayer, in_shape, out_shape, cost: FactorisedCost, dense_macs: int) -> ExportVariant:
+    def by_cost(
+        name: str, layer: FoldedLayer, in_shape: tuple, out_shape: tuple, cost: FactorisedCost, dense_macs: int
+    ) -> ExportVariant:
         if not profile:
             return ExportVariant.FACTORISED if cost.effective_macs < dense_macs else ExportVariant.DENSE
         n = batch * timesteps

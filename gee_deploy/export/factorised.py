@@ -159,11 +159,11 @@ def emit_factorised(
         y = emit_factorised(graph, x, replace(layer, pooled=False), cost, out_shape, f"{hint}.conv", ops)
         return graph.op("AveragePool", [y], hint, kernel_shape=[2, 2], strides=[2, 2])
     genes, taps, c_in, c_out = layer.genes, layer.kernel_size**2, layer.c_in, layer.c_out
-    project, mix = factorised_weights(ops, layer, hint)  # [p g, Cin] (row p g + a: E_in[:, p, a]), [Cout, p g]
+    project_w, mix_w = factorised_weights(ops, layer, hint)  # [p g, Cin] (row p g + a: E_in[:, p, a]), [Cout, p g]
     if cost.form != Form.LINEAR:  # as 1x1 conv weights
-        project = ops.reshape(project, (taps * genes, c_in, 1, 1), f"{hint}.project_conv")
-        mix = ops.reshape(mix, (c_out, taps * genes, 1, 1), f"{hint}.mix_conv")
-    project, mix = ops.output(graph, project, f"{hint}.e_in"), ops.output(graph, mix, f"{hint}.mix")
+        project_w = ops.reshape(project_w, (taps * genes, c_in, 1, 1), f"{hint}.project_conv")
+        mix_w = ops.reshape(mix_w, (c_out, taps * genes, 1, 1), f"{hint}.mix_conv")
+    project, mix = ops.output(graph, project_w, f"{hint}.e_in"), ops.output(graph, mix_w, f"{hint}.mix")
     bias = ops.output(graph, layer.bias, f"{hint}.bias")
     if cost.form == Form.LINEAR:
         u = graph.op("Gemm", [x, project], f"{hint}.project", transB=1)

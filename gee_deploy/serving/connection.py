@@ -266,7 +266,7 @@ class _ResponseHead:
     """An answer's status and whether it keeps the connection open, read from its head by httptools' response
     parser (``should_keep_alive``: HTTP/1.1 without ``Connection: close``)."""
 
-    def __init__(self, data):
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.status: int | None = None
         self.keep_alive: bool | None = None
         self._parser = httptools.HttpResponseParser(self)

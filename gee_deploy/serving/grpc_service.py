@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -159,7 +160,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         return await self._infer(request)
 
-    async def ModelStreamInfer(self, request_iterator, context):
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Triton's bidirectional stream: every request gets one response, an error as ``error_message``
         (the stream goes on). Requests of one sequence wait for the previous one of the same sequence on this
         stream, so a client may send a sequence's steps without waiting for their answers."""

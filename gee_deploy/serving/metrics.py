@@ -131,7 +131,7 @@ class Statistics:
 
     _PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.inference_count = self.execution_count = 0
         self.last_inference_ms = 0

@@ -37,9 +37,10 @@ def dense_equivalent(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model).eval()
     pools = {name for name, m in twin.named_modules() if isinstance(m, ConvPool)}
     for name, m in list(twin.named_modules()):
+        new: nn.Module
         if isinstance(m, ConvPool):
-            conv = m[0]
-            new = nn.Conv2d(
+            conv = m.conv
+            fused = nn.Conv2d(
                 conv.in_channels,
                 conv.out_channels,
                 m.kernel_size,
@@ -47,15 +48,18 @@ def dense_equivalent(model: nn.Module) -> nn.Module:
                 m.padding,
                 bias=getattr(conv, "bias", None) is not None,
             )
-            new.weight.data = m.running_weight().detach().clone()
+            fused.weight.data = m.running_weight().detach().clone()
+            new = fused
         elif isinstance(m, GeneticConv2d) and name.rpartition(".")[0] not in pools:
-            new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=False)
-            new.weight.data = m.weight.detach().clone()
+            dense_conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=False)
+            dense_conv.weight.data = m.weight.detach().clone()
+            new = dense_conv
         elif isinstance(m, GeneticLinear):
-            new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            new.weight.data = m.weight.detach().clone()
-            if m.bias is not None:
-                new.bias.data = m.bias.detach().clone()
+            linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            linear.weight.data = m.weight.detach().clone()
+            if m.bias is not None and linear.bias is not None:  # both or neither (bias= above)
+                linear.bias.data = m.bias.detach().clone()
+            new = linear
         else:
             continue
         parent, _, leaf = name.rpartition(".")
