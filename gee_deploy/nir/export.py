@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nir
 import torch
-from torch import nn
 
 from ..checkpoint import model_origin
 from ..export.api import ExportReport, note_replaced, validation_dict
@@ -22,6 +21,7 @@ from ..export.errors import ExportError
 from ..export.options import ExportOptions, is_genetic, validation_for
 from ..io import atomic_path
 from ..kinds import ExportVariant, Storage
+from ..zoo.base import SpikingNet
 from .validate import read_nir, validate_nir
 from .writer import write_nir
 
@@ -29,7 +29,7 @@ __all__ = ["export_nir"]
 
 
 def export_nir(
-    model: nn.Module,
+    model: SpikingNet,
     out: str | os.PathLike,
     images: torch.Tensor,
     labels: torch.Tensor | None,
