@@ -23,7 +23,7 @@ from ..export.configs import ValidationConfig
 from ..export.errors import ExportError, UnknownOptionError
 from ..export.options import ExportOptions
 from ..export.validate import ValidationReport, compare_outputs, run_graph, validate_streaming
-from ..kinds import ExportFormat
+from ..kinds import ExportFormat, ExportVariant
 from ..ort_session import create_session
 from ..parity import INT8_PTQ_THRESHOLDS, Outputs, Thresholds
 from .executor import read_nir, run_spec
@@ -111,16 +111,18 @@ def convert_nir(
     graph = read_nir(path)
     topological_order(graph, str(path))  # unsupported nodes and cycles first: no flag can fix those
     facts = file_facts(graph, str(path))  # our own export's T, classes, dataset and input normalisation
-    if timesteps is None and facts.timesteps is None:
+    steps = timesteps or facts.timesteps
+    if steps is None:
         raise UnknownOptionError("this NIR file states no T (it describes one step): pass --timesteps")
     file_dt = graph_dt(graph)
-    if dt is None and file_dt is None:
+    step_dt = dt if dt is not None else file_dt
+    if step_dt is None:
         raise UnknownOptionError(
             f"{path} states no dt in its metadata: pass --dt (SpikingJelly and snntorch export with dt = 1e-4 s)"
         )
     opts = NIRImport(
-        timesteps or facts.timesteps,
-        float(dt if dt is not None else file_dt),
+        steps,
+        float(step_dt),
         nir_import.input_mode,
         nir_import.threshold_rule,
         variant,
@@ -191,7 +193,7 @@ def convert_nir(
     report = ExportReport(
         str(out),
         output_format.name,
-        variant,
+        ExportVariant(variant),
         options.opset,
         options.streaming,
         layers=list(spec.layers),

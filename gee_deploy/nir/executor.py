@@ -85,6 +85,15 @@ def _f32(a) -> torch.Tensor:
 class _Neuron(nn.Module):
     """A NIR neuron node as a stateful module: ``forward(x, state) -> (output, state)``."""
 
+    # buffers (register_buffer), each registered where the node type has the parameter
+    r: torch.Tensor
+    v_leak: torch.Tensor
+    alpha: torch.Tensor  # LIF, LI, CubaLIF
+    v_threshold: torch.Tensor  # spiking nodes
+    v_reset: torch.Tensor  # spiking nodes
+    alpha_syn: torch.Tensor  # CubaLIF
+    w_in: torch.Tensor  # CubaLIF
+
     def __init__(self, node: nir.NIRNode, dt: float, threshold_rule: str):
         super().__init__()
         self.kind = type(node).__name__
@@ -137,6 +146,8 @@ class _SumPool2d(nn.Module):
 
 
 class _Scale(nn.Module):
+    scale: torch.Tensor  # buffer
+
     def __init__(self, node: nir.Scale):
         super().__init__()
         self.register_buffer("scale", _f32(node.scale))
@@ -158,10 +169,11 @@ def _affine(node: nir.Affine | nir.Linear) -> nn.Linear:
 def _conv2d(node: nir.Conv2d) -> nn.Conv2d:
     w = _f32(node.weight)
     padding = node.padding if isinstance(node.padding, str) else _ints(node.padding)
+    kh, kw = w.shape[2:]
     m = nn.Conv2d(
         w.shape[1] * int(node.groups),
         w.shape[0],
-        tuple(w.shape[2:]),
+        (kh, kw),
         stride=_ints(node.stride),
         padding=padding,
         dilation=_ints(node.dilation),
@@ -169,6 +181,7 @@ def _conv2d(node: nir.Conv2d) -> nn.Conv2d:
         bias=True,
     )
     m.weight.data = w
+    assert m.bias is not None  # built with bias=True
     m.bias.data = _f32(node.bias)
     return m
 
@@ -236,10 +249,14 @@ class NIRExecutor:
         )
         self.module = nirtorch.nir_to_torch(renamed, node_map).eval()
         names = {ids[k]: k for k, n in graph.nodes.items() if isinstance(n, SPIKING_NODES)}
-        self.spiking_modules = {names[k]: m for k, m in self.module.named_children() if k in names}
+        self.spiking_modules: dict[str, _Neuron] = {}
+        for k, m in self.module.named_children():
+            if k in names:
+                assert isinstance(m, _Neuron)  # node_map maps every spiking node type to a _Neuron
+                self.spiking_modules[names[k]] = m
 
     @property
-    def lif_modules(self) -> dict[str, nn.Module]:
+    def lif_modules(self) -> dict[str, _Neuron]:
         """The spiking modules (the name our own exports, all LIF, have always used)."""
         return self.spiking_modules
 
@@ -261,7 +278,7 @@ class NIRExecutor:
 
         handles = [m.register_forward_hook(recorder(name)) for name, m in self.spiking_modules.items()]
         try:
-            state, total, t = None, 0.0, 0
+            state, total, t = None, torch.zeros(()), 0  # a tensor: 0 + y is y, and no steps give 0
             for x in steps:
                 y, state = self.module(x, state)
                 total, t = total + y, t + 1

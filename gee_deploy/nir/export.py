@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nir
 import torch
-from torch import nn
 
 from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
@@ -23,6 +22,7 @@ from ..export.errors import ExportError
 from ..export.options import ExportOptions, is_genetic, validation_for
 from ..io import atomic_path
 from ..kinds import ExportVariant, Storage
+from ..zoo.base import SpikingNet
 from .validate import read_nir, validate_nir
 from .writer import write_nir
 
@@ -30,7 +30,7 @@ __all__ = ["export_nir"]
 
 
 def export_nir(
-    model: nn.Module,
+    model: SpikingNet,
     out: str | os.PathLike,
     images: torch.Tensor,
     labels: torch.Tensor | None,

@@ -172,7 +172,7 @@ def file_facts(graph: nir.NIRGraph, source: str) -> FileFacts:
         return FileFacts()
     spec, _, mean, std = nir_inputs(graph, source)
     facts = FileFacts(spec.timesteps, tuple(spec.class_names), spec.dataset)
-    if mean is None:
+    if mean is None or std is None:  # nir_inputs gives both or neither
         return replace(facts, normalisation_node=normalisation_node(graph, source))
     return replace(facts, input_mean=tuple(mean.flatten().tolist()), input_std=tuple(std.flatten().tolist()))
 
@@ -307,6 +307,7 @@ class _Importer:
                 out = x
                 continue
             values[name] = self.node(name, node, x)
+        assert out is not None  # topological_order found exactly one Output node, and it is in the order
         if not self.spiking:
             raise UnsupportedModuleError(f"{self.source} has no spiking node (LIF, IF or CubaLIF): nothing spikes")
         if len(out.shape) != 1:
@@ -400,7 +401,7 @@ class _Importer:
     def weight_layer(
         self,
         name: str,
-        kind: str,
+        kind: LayerKind,
         x: _Value,
         weight: np.ndarray,
         bias: np.ndarray,
@@ -538,12 +539,14 @@ class _Importer:
         ph, pw = _pair(node.padding, "padding", name)
         c, h, w = x.shape
         out_shape = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-        attrs = dict(pads=[ph, pw, ph, pw], strides=[sh, sw])
+        pads, strides = [ph, pw, ph, pw], [sh, sw]
         if isinstance(node, nir.AvgPool2d):
-            y = self.g.op("AveragePool", [x.name], name, kernel_shape=[kh, kw], count_include_pad=1, **attrs)
+            y = self.g.op(
+                "AveragePool", [x.name], name, kernel_shape=[kh, kw], count_include_pad=1, pads=pads, strides=strides
+            )
         else:  # a sum over the window: a depthwise conv with ones
             ones = self.g.const(np.ones((c, 1, kh, kw)), f"{name}.ones")
-            y = self.g.op("Conv", [x.name, ones], name, group=c, **attrs)
+            y = self.g.op("Conv", [x.name, ones], name, group=c, pads=pads, strides=strides)
         return _Value(y, out_shape, x.static)
 
     def flatten(self, name: str, node: nir.Flatten, x: _Value) -> _Value:
@@ -570,11 +573,13 @@ class _Importer:
         g, dt, shape = self.g, self.opts.dt, x.shape
         p = lambda what: self.param(name, what, getattr(node, what), shape)  # noqa: E731
         cuba = isinstance(node, nir.CubaLIF)
+        leak: tuple[np.ndarray, np.ndarray] | None  # (alpha = dt / tau, v_leak); None: an IF, which does not leak
         if isinstance(node, nir.IF):
-            alpha, r, v_leak = None, (dt * p("r")).astype(np.float32), None
+            leak, r = None, (dt * p("r")).astype(np.float32)
         else:
             tau = self.param(name, "tau", node.tau_mem if cuba else node.tau, shape)
             alpha, r, v_leak = euler_factor(dt, tau), p("r").astype(np.float32), p("v_leak").astype(np.float32)
+            leak = (alpha, v_leak)
         spiking = isinstance(node, SPIKING_NODES)
         v_th = p("v_threshold").astype(np.float32) if spiking else None
         v_reset = p("v_reset").astype(np.float32) if spiking else np.zeros((), np.float32)
@@ -604,17 +609,19 @@ class _Importer:
                 )
                 currents.append(syn)
             xs = currents
+            assert syn is not None  # xs holds at least one step (opts.check: T >= 1)
             self.state_out(f"{name}.i", syn)
         static_drive = x.static and not cuba
         drive_once = mul(xs[0], r, "r") if static_drive else None
         v, outs = self.state_in(name, shape), []
         for t, xt in enumerate(xs):
-            drive = drive_once if static_drive else mul(xt, r, "r")
+            drive = drive_once if drive_once is not None else mul(xt, r, "r")
             # v + alpha ((v_leak - v) + drive); at rest v = v_reset (a constant)
             v_prev = v if v is not None else self.const(name, "v_reset", v_reset)
-            if alpha is None:  # IF: v + drive
+            if leak is None:  # IF: v + drive
                 v = drive if v is None and _all(v_reset, 0.0) else g.op("Add", [v_prev, drive], f"{name}.v")
             else:
+                alpha, v_leak = leak
                 if _all(v_leak, 0.0):  # (0 - v) + d is d - v exactly
                     inner = drive if v is None and _all(v_reset, 0.0) else g.op("Sub", [drive, v_prev], f"{name}.d")
                 else:
@@ -625,7 +632,7 @@ class _Importer:
                     )
                 step = mul(inner, alpha, "alpha")
                 v = step if v is None and _all(v_reset, 0.0) else g.op("Add", [v_prev, step], f"{name}.v")
-            if not spiking:
+            if v_th is None:  # not spiking
                 outs.append(v)
                 continue
             fired = g.op(
@@ -637,6 +644,7 @@ class _Importer:
             if t < len(xs) - 1 or self.opts.streaming:
                 v = self.reset(name, v, fired, v_th, v_reset)
         if self.opts.streaming:
+            assert v is not None  # xs holds at least one step (opts.check: T >= 1)
             self.state_out(name, v)
         if not spiking:
             return _Value(concat_steps(g, outs, f"{name}.v_steps"), shape, False)
@@ -705,7 +713,7 @@ def import_graph(
         spiking_layers=tuple(w.spiking),
         neurons_per_layer=tuple(w.neurons),
         layers=tuple(w.layers),
-        variant=opts.variant,
+        variant=ExportVariant(opts.variant),
         model_name=f"nir:{source.rsplit('/', 1)[-1]}",
         model_args={
             "dt": opts.dt,
@@ -713,7 +721,7 @@ def import_graph(
             "input": opts.input_mode,
             **(
                 {"input_mean": list(opts.input_mean), "input_std": list(opts.input_std)}
-                if opts.input_mean is not None
+                if opts.input_mean is not None and opts.input_std is not None
                 else {}
             ),
         },

@@ -94,6 +94,12 @@ def nir_inputs(graph: nir.NIRGraph, source: str) -> tuple[ModelSpec, float, torc
     return spec, dt, mean, std
 
 
+def _normalised(x: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """``x`` as a file's Input node takes it: (x - mean) / std with :func:`nir_inputs`'s mean and std (both or
+    neither given), or ``x`` itself."""
+    return x if mean is None or std is None else (x - mean) / std
+
+
 def run_nir(
     graph: nir.NIRGraph,
     images: torch.Tensor,
@@ -120,7 +126,7 @@ def run_nir(
     logits, counts = [], []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
-        y, c = run.run(xb if mean is None else (xb - mean) / std, spec.timesteps)
+        y, c = run.run(_normalised(xb, mean, std), spec.timesteps)
         logits.append(y.numpy())
         counts.append(torch.stack([c[name] for name in spec.spiking_layers], 1).numpy())
     return Outputs(np.concatenate(logits).astype(np.float32), np.concatenate(counts), labels, spec.spiking_layers)
@@ -161,7 +167,7 @@ def importer_logits(
             from snntorch import utils
 
             utils.reset(net)
-        state, total = None, 0.0
+        state, total = None, torch.zeros(())  # a tensor: 0 + y is y
         for _ in range(timesteps):
             y, state = net(images[i : i + batch_size], state)
             total = total + y
@@ -241,7 +247,7 @@ def validate_nir(
     if report.ok:
         compare_outputs(report, ref, got, cfg.thresholds)
         spec, _, mean, std = nir_inputs(graph, "NIR graph")
-        _check_importers(report, graph, x if mean is None else (x - mean) / std, ref, spec, cfg)
+        _check_importers(report, graph, _normalised(x, mean, std), ref, spec, cfg)
     if raise_on_failure:
         report.raise_if_failed("NIR export")
     return report

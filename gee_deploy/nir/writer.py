@@ -45,7 +45,7 @@ from ..kinds import ExportVariant, LayerKind
 from ..neurons import LIF
 from ..spec import INPUT_NAME, LOGITS, LayerSpec, ModelSpec
 from ..walk import ModelWalk, Value, pool_geometry
-from ..zoo.base import ConvPool
+from ..zoo.base import ConvPool, SpikingNet
 
 __all__ = ["DT", "NIR_METADATA", "NORMALISE", "NIRWriter", "nir_threshold", "normalisation_node", "write_nir"]
 
@@ -94,7 +94,17 @@ def nir_threshold(v_threshold: float) -> float:
     return float(np.nextafter(np.float32(v_threshold), np.float32(-np.inf)))
 
 
-class NIRWriter(ModelWalk):
+Sources = tuple[str, ...]  # the NIR node names whose outputs sum to a value
+
+
+def _sources(x: Value[Sources]) -> Sources:
+    """The node names of ``x``: every emitter of :class:`NIRWriter` returns them (the base walk's None is for a
+    walk that writes nothing)."""
+    assert x.name is not None
+    return x.name
+
+
+class NIRWriter(ModelWalk[Sources]):
     """The model walk writing NIR nodes into ``nodes`` / ``edges``.
 
     A value's ``name`` is the tuple of NIR node names whose outputs sum to it (NIR adds a node's inputs), so a
@@ -104,19 +114,19 @@ class NIRWriter(ModelWalk):
 
     variant = ExportVariant.DENSE
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: SpikingNet):
         super().__init__(model)
         self.nodes: dict[str, nir.NIRNode] = {}
         self.edges: list[tuple[str, str]] = []
 
-    def node(self, name: str, node: nir.NIRNode, x: Value) -> tuple[str, ...]:
+    def node(self, name: str, node: nir.NIRNode, x: Value[Sources]) -> Sources:
         if name in self.nodes:
             raise ExportError(f"two NIR nodes would be named {name!r}")
         self.nodes[name] = node
-        self.edges += [(src, name) for src in x.name]
+        self.edges += [(src, name) for src in _sources(x)]
         return (name,)
 
-    def emit_input(self) -> tuple[str, ...]:
+    def emit_input(self) -> Sources:
         model = self.model
         c, s = model.in_channels, model.image_size
         self.nodes[INPUT_NAME] = nir.Input(input_type=np.array([c, s, s]))
@@ -129,19 +139,19 @@ class NIRWriter(ModelWalk):
         name: str,
         m: nn.Module,
         bn: nn.Module | None,
-        x: Value,
+        x: Value[Sources],
         out_shape: tuple,
         pooled: ConvPool | None,
         dense_macs: int,
         calls: int,
-    ) -> tuple[tuple[str, ...], LayerSpec]:
+    ) -> tuple[Sources, LayerSpec]:
         ops = WeightOps()  # numpy only: NIR has no constant computation, it stores the folded weights
         f = fold_layer(m, bn, pooled=pooled is not None, ops=ops, hint=name)
         bias = f.bias.value.astype(np.float32)
         # a ConvPool: conv + 2x2 average pool as one stride-2 conv; the genetic product in float64 (numpy, no
         # session to wait for it), rounded once
-        weight, stride = dense_kernel(ops, f, name, product=np.float64)
-        weight = weight.value
+        kernel, stride = dense_kernel(ops, f, name, product=np.float64)
+        weight = kernel.value
         if f.kind == LayerKind.CONV:
             node = nir.Conv2d(
                 input_shape=tuple(x.shape[1:]),
@@ -157,9 +167,9 @@ class NIRWriter(ModelWalk):
         _, layer = super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
         return self.node(name, node, x), layer
 
-    def emit_layer(self, name: str, m: nn.Module, x: Value) -> tuple[str, ...]:
+    def emit_layer(self, name: str, m: nn.Module, x: Value[Sources]) -> Sources:
         if isinstance(m, (nn.Identity, nn.Dropout)):
-            return x.name
+            return _sources(x)
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
             raise UnsupportedModuleError(
                 f"{name} ({m!r}) max-pools spikes and NIR has no max-pooling primitive; "
@@ -188,13 +198,13 @@ class NIRWriter(ModelWalk):
             return self.node(name, nir.Flatten(input_type=np.array(x.shape), start_dim=-len(x.shape), end_dim=-1), x)
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}) to NIR: no NIR primitive for it")
 
-    def emit_add(self, a: Value, b: Value) -> tuple[str, ...]:
-        return a.name + b.name
+    def emit_add(self, a: Value[Sources], b: Value[Sources]) -> Sources:
+        return _sources(a) + _sources(b)
 
-    def emit_repeat(self, x: Value) -> tuple[str, ...]:
-        return x.name
+    def emit_repeat(self, x: Value[Sources]) -> Sources:
+        return _sources(x)
 
-    def emit_lif(self, name: str, m: LIF, x: Value) -> tuple[str, ...]:
+    def emit_lif(self, name: str, m: LIF, x: Value[Sources]) -> Sources:
         # neuron parameters in float64: tau = 2 * DT exactly, so dt / tau is exactly 1 / m.tau for any reader
         full = lambda v: np.full(x.shape, v, dtype=np.float64)  # noqa: E731
         return self.node(
@@ -211,7 +221,7 @@ class NIRWriter(ModelWalk):
 
 
 def write_nir(
-    model: nn.Module, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = ""
+    model: SpikingNet, *, class_names: tuple[str, ...] = (), dataset: str = "", checkpoint_sha256: str = ""
 ) -> tuple[nir.NIRGraph, ModelSpec]:
     """The ``nir.NIRGraph`` of eval-mode SpikingNet ``model`` and its :class:`~gee_deploy.spec.ModelSpec`.
 
@@ -228,7 +238,7 @@ def write_nir(
     w = NIRWriter(model.eval())
     y = w.walk()
     w.nodes[LOGITS] = nir.Output(output_type=np.array([model.num_classes]))
-    w.edges += [(src, LOGITS) for src in y.name]
+    w.edges += [(src, LOGITS) for src in _sources(y)]
     spec = w.spec(class_names=class_names, dataset=dataset, checkpoint_sha256=checkpoint_sha256)
     meta = {
         **spec.to_metadata(),
