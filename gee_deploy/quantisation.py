@@ -45,7 +45,7 @@ from .batchnorm import batchnorm_affine, folded_bias
 from .errors import ConfigError
 from .genetic import GeneticConv2d, GeneticLinear
 from .walk import ModelWalk
-from .zoo.base import ConvPool
+from .zoo.base import ConvPool, SpikingNet
 
 __all__ = [
     "QMAX",
@@ -265,7 +265,7 @@ def quantisable_modules(model: nn.Module) -> dict[str, nn.Module]:
 class _Pairs(ModelWalk[None]):
     """The model walk, noting each weight layer's BatchNorm (the walk's rule: the one right after it)."""
 
-    def __init__(self, model):
+    def __init__(self, model: SpikingNet):
         super().__init__(model)
         self.batchnorms: dict[str, nn.Module | None] = {}
 
@@ -274,7 +274,7 @@ class _Pairs(ModelWalk[None]):
         return super().emit_weight(name, m, bn, x, out_shape, pooled, dense_macs, calls)
 
 
-def _walked(model: nn.Module) -> _Pairs:
+def _walked(model: SpikingNet) -> _Pairs:
     was_training = model.training
     model.eval()  # the walk runs one sample through every module: no BatchNorm statistics may move
     try:
@@ -285,19 +285,19 @@ def _walked(model: nn.Module) -> _Pairs:
         model.train(was_training)
 
 
-def spike_reading_layers(model: nn.Module) -> list[str]:
+def spike_reading_layers(model: SpikingNet) -> list[str]:
     """Weight layers whose input is a LIF's binary spikes, as the model walk follows them by data flow
     (:mod:`gee_deploy.walk`: max pooling and flatten keep spikes binary, average pooling and residual sums do
     not). Structural: the answer does not depend on the weights or on any data."""
     return [layer.name for layer in _walked(model).layers if layer.input_is_spikes]
 
 
-def stem_layer(model: nn.Module) -> str:
+def stem_layer(model: SpikingNet) -> str:
     """The name of the weight layer that reads the image (the first the model runs)."""
     return _walked(model).layers[0].name
 
 
-def attach_quantisers(model: nn.Module, layers: Iterable[str]) -> None:
+def attach_quantisers(model: SpikingNet, layers: Iterable[str]) -> None:
     """Make each named layer compute with int8 weights: :class:`Int8Quantiser` (fake quantisation in training,
     the exact int8 arithmetic of its export in eval). The stem (:func:`stem_layer`) among ``layers`` reads the
     image as :class:`InputCodes`, which the model then computes (``model.input_codes``).
@@ -309,7 +309,7 @@ def attach_quantisers(model: nn.Module, layers: Iterable[str]) -> None:
     modules = quantisable_modules(model)
     walked = _walked(model)
     stem = walked.layers[0].name
-    attach: list[tuple[nn.Module, Int8Quantiser]] = []
+    attach: list[tuple[ConvPool | GeneticConv2d | GeneticLinear, Int8Quantiser]] = []
     codes = None
     for name in layers:  # every name checked before any layer changes
         m = modules.get(name)
@@ -332,9 +332,8 @@ def attach_quantisers(model: nn.Module, layers: Iterable[str]) -> None:
         attach.append((m, Int8Quantiser(walked.batchnorms.get(name), input_scale)))
     for m, quantiser in attach:
         bn = quantiser.batchnorm
-        if bn is not None and not getattr(bn, "_absorbed_by_int8", False):
+        if bn is not None and _absorbed_batchnorm not in bn._forward_hooks.values():
             bn.register_forward_hook(_absorbed_batchnorm)
-            bn._absorbed_by_int8 = True
         m.quantiser = quantiser
     if codes is not None:
         model.input_codes = codes

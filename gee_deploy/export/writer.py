@@ -25,7 +25,7 @@ from ..neurons import LIF, charge, fire, reset
 from ..quantisation import InputCodes
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
-from ..zoo.base import ConvPool
+from ..zoo.base import ConvPool, SpikingNet
 from .choose import Chooser, Int8Chooser, make_int8_chooser
 from .factorised import emit_factorised, factorised_cost
 from .folding import emit_dense, fold_layer
@@ -94,7 +94,13 @@ class GraphOps:
         return self._op("Cast", [a], what, to=TensorProto.FLOAT)
 
 
-class OnnxWriter(ModelWalk):
+def _name(x: Value[str]) -> str:
+    """The graph name of a value this writer emitted (every emit_* here returns one)."""
+    assert x.name is not None, "a value without a graph name"
+    return x.name
+
+
+class OnnxWriter(ModelWalk[str]):
     """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts.
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
@@ -106,7 +112,7 @@ class OnnxWriter(ModelWalk):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SpikingNet,
         choose: Chooser,
         streaming: bool = False,
         int8: Int8Chooser | None = None,
@@ -150,7 +156,7 @@ class OnnxWriter(ModelWalk):
         ops = self.ops
         if stem_input_scale(pooled if pooled is not None else m) is not None:  # a quantised stem, in every variant
             layer = int8_layer(m, bn, pooled, ops, name)
-            return emit_stem(self.graph, x.name, layer, name, ops), self._int8_spec(
+            return emit_stem(self.graph, _name(x), layer, name, ops), self._int8_spec(
                 name, layer, dense_macs, calls, None
             )
         int8, source = self.int8, x.spikes_from  # int8 weights only for layers that read spikes
@@ -159,11 +165,13 @@ class OnnxWriter(ModelWalk):
             layer = int8_layer(m, bn, pooled, ops, name)
             if int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
                 if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
-                    if x.name not in self._uint8:
-                        self._uint8[x.name] = quantise_spikes(self.graph, x.name, source)
-                    y = emit_qdq(self.graph, self._uint8[x.name], layer, name, ops)
+                    if _name(x) not in self._uint8:
+                        self._uint8[_name(x)] = quantise_spikes(self.graph, _name(x), source)
+                    y = emit_qdq(self.graph, self._uint8[_name(x)], layer, name, ops)
                 else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
-                    spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), source)
+                    spikes = uint8_spikes(
+                        self.graph, self._uint8, _name(x), self._fired.get(_name(x), _name(x)), source
+                    )
                     y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
                 return y, self._int8_spec(name, layer, dense_macs, calls, source)
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
@@ -178,10 +186,10 @@ class OnnxWriter(ModelWalk):
         )
         if variant == ExportVariant.FACTORISED:
             assert fact is not None  # only a genetic layer with a factorised cost is offered the choice
-            y = emit_factorised(self.graph, x.name, folded, fact, out_shape, name, ops)
+            y = emit_factorised(self.graph, _name(x), folded, fact, out_shape, name, ops)
             macs, spike_macs, form = fact.macs, fact.spike_macs, fact.form
         else:
-            y = emit_dense(self.graph, x.name, folded, name, ops)
+            y = emit_dense(self.graph, _name(x), folded, name, ops)
             macs, spike_macs, form = dense_macs, dense_macs, Form.DENSE
         return y, LayerSpec(
             name=name,
@@ -217,24 +225,30 @@ class OnnxWriter(ModelWalk):
     def emit_layer(self, name: str, m: nn.Module, x: Value) -> str:
         graph = self.graph
         if isinstance(m, (nn.Identity, nn.Dropout)):
-            return x.name
+            return _name(x)
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             ops = self.ops
             scale, shift = batchnorm_affine(ops, m, m.num_features, name)
             dims = (-1,) + (1,) * (len(x.shape) - 1)
             scale_name = ops.output(graph, ops.reshape(scale, dims, f"{name}.scale_dims"), f"{name}.scale")
             shift_name = ops.output(graph, ops.reshape(shift, dims, f"{name}.shift_dims"), f"{name}.shift")
-            return graph.op("Add", [graph.op("Mul", [x.name, scale_name], name), shift_name], name)
+            return graph.op("Add", [graph.op("Mul", [_name(x), scale_name], name), shift_name], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
             k, s, p, _ = pool_geometry(m)
             return graph.op(
-                "MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, ceil_mode=int(m.ceil_mode)
+                "MaxPool",
+                [_name(x)],
+                name,
+                kernel_shape=[k, k],
+                strides=[s, s],
+                pads=[p] * 4,
+                ceil_mode=int(m.ceil_mode),
             )
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             k, s, p, _ = pool_geometry(m)
             return graph.op(
                 "AveragePool",
-                [x.name],
+                [_name(x)],
                 name,
                 kernel_shape=[k, k],
                 strides=[s, s],
@@ -243,16 +257,16 @@ class OnnxWriter(ModelWalk):
                 count_include_pad=int(m.count_include_pad),
             )
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-            return graph.op("GlobalAveragePool", [x.name], name)
+            return graph.op("GlobalAveragePool", [_name(x)], name)
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            return graph.op("Flatten", [x.name], name, axis=1)
+            return graph.op("Flatten", [_name(x)], name, axis=1)
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}): no ONNX translation for it")
 
     def emit_add(self, a: Value, b: Value) -> str:
-        return self.graph.op("Add", [a.name, b.name], "add")
+        return self.graph.op("Add", [_name(a), _name(b)], "add")
 
     def emit_repeat(self, x: Value) -> str:
-        return repeat_steps(self.graph, x.name, len(x.shape), self.steps)
+        return repeat_steps(self.graph, _name(x), len(x.shape), self.steps)
 
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
         """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count
@@ -264,7 +278,7 @@ class OnnxWriter(ModelWalk):
         The QDQ form keeps the float count: MatMulInteger is onnxruntime's alone.
         """
         graph, steps = self.graph, self.steps
-        xs = step_slices(graph, x.name, x.static, steps, name)
+        xs = step_slices(graph, _name(x), x.static, steps, name)
         ops = GraphOps(graph, name)
         v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
         fired = []
@@ -290,7 +304,7 @@ class OnnxWriter(ModelWalk):
 
 
 def write_graph(
-    model: nn.Module,
+    model: SpikingNet,
     choose: Chooser,
     options: ExportOptions,
     *,
@@ -320,7 +334,7 @@ def write_graph(
     w = OnnxWriter(model, choose, streaming, int8, options.int8_form or Int8Form.INTEGER)
     y = w.walk()
     graph = w.graph
-    write_outputs(graph, y.name, y.static, w.steps, model.num_classes, w.counts)
+    write_outputs(graph, _name(y), y.static, w.steps, model.num_classes, w.counts)
     spec = w.spec(
         class_names=class_names,
         dataset=dataset,
