@@ -171,9 +171,8 @@ def test_fitness_modes_are_declared_once():
     """evolution.fitness is checked by the schema; the fitness module implements exactly those modes."""
     import typing
 
-    from gee_deploy.recipe import describe
     from gee_deploy.kinds import FitnessMode, Init
-    from gee_deploy.recipe import FITNESS, recipe_field
+    from gee_deploy.recipe import FITNESS, describe, recipe_field
     from gee_deploy.recipe import Init as InitLiteral
     from gee_deploy.training.fitness import FITNESS_MODES
 
