@@ -418,10 +418,12 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> SpikingNet:
 def model_origin(model: nn.Module) -> tuple[tuple[str, ...], str]:
     """(class names, dataset name) of ``model``: from the checkpoint :func:`load_model` read it from
     (:meth:`Checkpoint.class_names`), else "0".."classes-1" and "" (a model built in Python)."""
+    num_classes = model.num_classes  # an int on a zoo model (SpikingNet); nn.Module types it Tensor | Module
+    assert isinstance(num_classes, int), f"{type(model).__name__} is not a zoo model: num_classes is not an int"
     ckpt = getattr(model, "checkpoint", None)
     if isinstance(ckpt, Checkpoint):
-        return ckpt.class_names(model.num_classes), ckpt.dataset_name
-    return tuple(str(i) for i in range(model.num_classes)), ""
+        return ckpt.class_names(num_classes), ckpt.dataset_name
+    return tuple(str(i) for i in range(num_classes)), ""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -13,17 +13,23 @@ import codecs
 import gzip
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import DataError, reason
 
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
+
 __all__ = [
     "DatasetInfo",
+    "ImageDataset",
     "dataset_info",
     "list_datasets",
     "load_split",
@@ -113,7 +119,7 @@ class InMemoryImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[i].float().div_(255.0)  # [C, H, W]
         p = self.crop_padding
         if p:
@@ -123,6 +129,11 @@ class InMemoryImages(Dataset):
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, self.labels[i]
+
+
+# What load_split returns: a map-style dataset with a length, as its three kinds are (torch's Dataset type
+# declares no __len__, so len() of a plain Dataset does not type-check).
+ImageDataset: TypeAlias = "InMemoryImages | ImageFolder | Subset[tuple[torch.Tensor, int]]"
 
 
 # ---- Fashion-MNIST (IDX) --------------------------------------------------------------------------------
@@ -179,6 +190,16 @@ def build_mini(
 
 # ---- CIFAR: the python batches (a restricted unpickler) or the binary batches ----------------------------
 
+
+def _reducer(reduced: str | tuple[object, ...]) -> Callable[..., object]:
+    """The callable that rebuilds an object, from its ``__reduce__`` value (numpy's arrays and scalars give a
+    tuple, whose first item it is, never the name of a global)."""
+    assert isinstance(reduced, tuple), f"not a numpy reduction: {reduced!r}"
+    rebuild = reduced[0]
+    assert callable(rebuild), f"not a numpy reduction: {reduced!r}"
+    return rebuild
+
+
 _RECORD_ARRAY = np.zeros(1, np.uint8)
 # The only callables a CIFAR python batch (a dict of lists, strings and one uint8 array) references, as numpy
 # and pickle write them: the array's constructor under protocols 0-4 and 5, its dtype, a numpy scalar
@@ -186,7 +207,7 @@ _RECORD_ARRAY = np.zeros(1, np.uint8)
 # themselves, so numpy 1's numpy.core and numpy 2's numpy._core both map to them.
 _CIFAR_GLOBALS = {
     (f.__module__.replace("numpy._core", "numpy.core"), f.__name__): f
-    for f in (_RECORD_ARRAY.__reduce__()[0], _RECORD_ARRAY.__reduce_ex__(5)[0], np.uint8(0).__reduce__()[0])
+    for f in map(_reducer, (_RECORD_ARRAY.__reduce__(), _RECORD_ARRAY.__reduce_ex__(5), np.uint8(0).__reduce__()))
 }
 _CIFAR_GLOBALS.update(
     {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
@@ -321,7 +342,7 @@ def load_split(
     augment: bool = False,
     limit: int | None = None,
     crop_padding: int = -1,
-) -> Dataset:
+) -> ImageDataset:
     """The ``split`` ('train' or 'test') of dataset ``name``; ``limit`` keeps the first N samples.
 
     ``augment`` draws a random crop (zero padding ``crop_padding``, -1 = the dataset's own, 0 = no crop) and a horizontal flip per image and epoch.
@@ -365,7 +386,7 @@ def load_test_arrays(
     return torch.cat(xs).numpy().astype(np.float32), torch.cat(ys).numpy()
 
 
-def _imagenet(directory: Path, split: str, augment: bool, limit: int | None) -> Dataset:
+def _imagenet(directory: Path, split: str, augment: bool, limit: int | None) -> ImageFolder | Subset:
     from torchvision import datasets, transforms
 
     sub = directory / ("train" if split == "train" else "val")

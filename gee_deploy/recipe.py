@@ -29,15 +29,15 @@ from dataclasses import field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Literal, Union, cast
+from typing import Annotated, Literal, TypeVar, Union, cast
 
 import annotated_types
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
-from . import kinds
 from .errors import ConfigError
-from .kinds import FitnessMode
 
 __all__ = [
     "Recipe",
@@ -64,9 +64,12 @@ __all__ = [
 ]
 
 # one alias per kind of value several keys (or CLI options) share
-FITNESS = Literal[tuple(mode.value for mode in FitnessMode)]  # stored as plain strings (checkpoints hold them)
+# gee_deploy.kinds.FitnessMode's and .Init's values in their order, spelt out so that a type checker reads them
+# (a Literal built from the enum at run time is no type; tests/test_recipe.py checks they match); stored as
+# plain strings (checkpoints hold them)
+FITNESS = Literal["loss", "loss+r1", "loss+r2", "ste", "loss+r1-scaled", "loss+r2-scaled", "ste-scaled"]
 Optimizer = Literal["adamw", "sgd"]
-Init = Literal[tuple(i.value for i in kinds.Init)]  # the genetic layers' initialisations
+Init = Literal["kaiming", "paper"]  # the genetic layers' initialisations
 GENES = Annotated[int, Field(ge=0, le=4096)]  # g; 0 = the dense twin (plain convs, no encodings)
 DEVICE = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), "auto, cpu, cuda or cuda:N"]
 _SEED = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -224,14 +227,31 @@ class Recipe:
         }
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
+def _section_classes() -> dict[str, type[_Section]]:
+    """Each field of :class:`Recipe` -> its section's dataclass (the field's default factory)."""
+    classes: dict[str, type[_Section]] = {}
+    for f in dataclasses.fields(Recipe):
+        cls = f.default_factory
+        assert isinstance(cls, type) and issubclass(cls, _Section), f"Recipe.{f.name} is not a section"
+        classes[f.name] = cls
+    return classes
+
+
+SECTIONS = _section_classes()
 _SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
+_S = TypeVar("_S", bound=_Section)
 
 
-def _config_error(section: str, cls, error: dict) -> ConfigError:
+def _fields(cls: type[_Section]) -> dict[str, FieldInfo]:
+    """A section's declared keys -> pydantic's record of each (annotation, constraints, description)."""
+    assert is_pydantic_dataclass(cls), f"{cls.__name__} is not a pydantic dataclass"
+    return cls.__pydantic_fields__
+
+
+def _config_error(section: str, cls: type[_Section], error: ErrorDetails) -> ConfigError:
     """One pydantic error (``ValidationError.errors()[0]``) of ``[section]`` as the schema's one-line message."""
     key = str(error["loc"][0]) if error["loc"] else ""
-    fields = cls.__pydantic_fields__
+    fields = _fields(cls)
     if error["type"] == "unexpected_keyword_argument" or key not in fields:
         return ConfigError(f"unknown key {section}.{key}; known: {', '.join(fields)}")
     return ConfigError(f"{section}.{key} must be {describe(fields[key].rebuild_annotation())}, got {error['input']!r}")
@@ -304,7 +324,7 @@ def describe(annotation) -> str:
 def recipe_field(key: str):
     """The declared annotation of recipe key ``section.key`` (its type, range and doc)."""
     section, name = key.split(".", 1)
-    return SECTIONS[section].__pydantic_fields__[name].rebuild_annotation()
+    return _fields(SECTIONS[section])[name].rebuild_annotation()
 
 
 def _adapter(annotation) -> TypeAdapter:
@@ -323,14 +343,14 @@ def check_value(annotation, value, name: str):
 # ---- reading recipes ------------------------------------------------------------------------------------
 
 
-def _section(section: str, values) -> object:
+def _section(section: str, values: object) -> _Section:
     """``values`` (a TOML table) as the dataclass of ``[section]``; one-line ConfigError for the first bad key."""
     cls = SECTIONS[section]
     if not isinstance(values, dict):
         raise ConfigError(f"[{section}] must be a table, got {values!r}")
     values = dict(values)
     if section == "model":  # architecture arguments go through to create_model, which checks them
-        extra = {k: values.pop(k) for k in list(values) if k not in cls.__pydantic_fields__}
+        extra = {k: values.pop(k) for k in list(values) if k not in _fields(cls)}
         if extra:
             values["args"] = {**check_value(dict, values.get("args", {}), "model.args"), **extra}
     return cls(**values)
@@ -355,7 +375,23 @@ def recipe_from_dict(data: dict) -> Recipe:
                 f"unknown top-level key {section} in the recipe: its top level holds only "
                 f'description = "..." and the sections [{"], [".join(SECTIONS)}]{hint}'
             )
-    return Recipe(**{section: _section(section, values) for section, values in data.items()})
+    # read in the recipe's order, so the first bad key of the file is the one reported
+    sections = {section: _section(section, values) for section, values in data.items()}
+    return Recipe(
+        model=_parsed(sections, ModelSection),
+        data=_parsed(sections, DataSection),
+        train=_parsed(sections, TrainSection),
+        evolution=_parsed(sections, EvolutionSection),
+    )
+
+
+def _parsed(sections: dict[str, _Section], cls: type[_S]) -> _S:
+    """The section of class ``cls`` among ``sections`` (as :func:`_section` read them), else its defaults."""
+    section = sections.get(_SECTION_NAMES[cls])
+    if section is None:
+        return cls()
+    assert isinstance(section, cls)  # _section builds SECTIONS[name] for each name
+    return section
 
 
 def parse_override(text: str) -> tuple[str, str, object]:

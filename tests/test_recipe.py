@@ -171,12 +171,14 @@ def test_fitness_modes_are_declared_once():
     """evolution.fitness is checked by the schema; the fitness module implements exactly those modes."""
     import typing
 
-    from gee_deploy.recipe import describe
-    from gee_deploy.kinds import FitnessMode
-    from gee_deploy.recipe import FITNESS, recipe_field
+    from gee_deploy.kinds import FitnessMode, Init
+    from gee_deploy.recipe import FITNESS, describe, recipe_field
+    from gee_deploy.recipe import Init as InitLiteral
     from gee_deploy.training.fitness import FITNESS_MODES
 
-    assert set(typing.get_args(FITNESS)) == set(FitnessMode) == set(FITNESS_MODES)
+    # the recipe's Literals spell out the enums' values, in their order (describe() lists them so)
+    assert typing.get_args(FITNESS) == tuple(FitnessMode) and set(FitnessMode) == set(FITNESS_MODES)
+    assert typing.get_args(InitLiteral) == tuple(Init)
     recipe = load_recipe(None, ["evolution.fitness=ste"])
     recipe.evolution.fitness = FitnessMode.LOSS_R1  # the enum member is kept as its plain string
     assert type(recipe.evolution.fitness) is str and recipe.evolution.fitness == "loss+r1"

@@ -35,7 +35,9 @@ import resource
 import statistics
 import textwrap
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -50,10 +52,35 @@ from .trainer import holds_run, train
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "run_ablation", "sign_flip_p", "cpu_seconds"]
 
+
+class _Overrides(TypedDict, total=False):
+    """The [evolution] keys a variant sets."""
+
+    enabled: bool
+    fitness: FitnessMode
+
+
+class _VariantRow(TypedDict):
+    """One variant's entry of ablation.json's ``variants``: its runs and their statistics."""
+
+    variant: str
+    label: str
+    test_acc: list[float]  # per seed
+    mean: float
+    std: float
+    firing_rate: float
+    minutes: float
+    evolution_minutes: float
+    cpu_seconds: float | None
+    runs: list[dict]  # _run's records
+    paired_diff: NotRequired[float | None]  # None for the reference (the first variant)
+    paired_p: NotRequired[float | None]
+
+
 # key -> (label, evolution overrides); enabled = false is the Random model. The -scaled variants use the
 # scale-free terms (r1 relative to the output's magnitude, each term standardised across the generation);
 # r1, r2 and ste are eq. 16 literally, where raw r1 (10-80) swamps L (~2) and decides every ranking.
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, _Overrides]] = {
     "random": ("Random", {"enabled": False}),
     "baseline": ("Baseline", {"enabled": True, "fitness": FitnessMode.LOSS}),
     "r1-scaled": ("Baseline + r1 (scaled)", {"enabled": True, "fitness": FitnessMode.LOSS_R1_SCALED}),
@@ -67,7 +94,7 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["random", "baseline", "r1-scaled", "r2-scaled", "ste-scaled"]
 
 
-def _variant_recipe(recipe, overrides: dict, seed_offset: int):
+def _variant_recipe(recipe, overrides: Mapping[str, object], seed_offset: int):
     variant = copy.deepcopy(recipe)
     for key, value in overrides.items():
         setattr(variant.evolution, key, value)
@@ -144,7 +171,8 @@ def _run(recipe, run_dir: Path, progress, label: str) -> dict:
 def _mean_cpu(runs: list[dict]) -> float | None:
     """Mean CPU seconds per run; None when a run was recorded before CPU seconds were (older records)."""
     values = [r.get("cpu_seconds") for r in runs]
-    return None if None in values else statistics.fmean(values)
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if len(known) == len(values) else None
 
 
 def _plot(summary: dict, target: Path) -> None:
@@ -219,12 +247,11 @@ def _variant_key(name: str) -> str:
     """
     if name in VARIANTS:
         return name
-    by_fitness = {overrides.get("fitness"): key for key, (_, overrides) in VARIANTS.items()}
+    by_fitness = {overrides["fitness"].value: key for key, (_, overrides) in VARIANTS.items() if "fitness" in overrides}
     if name in by_fitness:
         return by_fitness[name]
     raise ConfigError(
-        f"unknown ablation variant {name!r}; known: {', '.join(VARIANTS)} "
-        f"(or a fitness mode: {', '.join(k for k in by_fitness if k)})"
+        f"unknown ablation variant {name!r}; known: {', '.join(VARIANTS)} (or a fitness mode: {', '.join(by_fitness)})"
     )
 
 
@@ -247,7 +274,7 @@ def run_ablation(
         for i, plan in enumerate(runs):
             check_run(out / key / f"seed{i}", plan.to_dict())
     started = time.perf_counter()
-    rows = []
+    rows: list[_VariantRow] = []
     total = len(variants) * seeds
     for k, key in enumerate(variants):
         label = VARIANTS[key][0]

@@ -248,7 +248,8 @@ class _Evaluator:
             for i, terms in self.pool.imap_unordered(_work, tasks):
                 results[i] = terms
                 on_result(i, terms)
-            return results
+            return _filled(results)
+        assert self.data is not None  # loaded wherever there is no pool
         world, rank = (self.dist.world, self.dist.rank) if self.dist is not None else (1, 0)
         with _threads(self.threads):
             for task in tasks[rank::world]:
@@ -260,11 +261,11 @@ class _Evaluator:
                 flat += [0.0] * len(TERMS) if r is None else [math.nan if r[k] is None else r[k] for k in TERMS]
             summed = self.dist.all_reduce_sum(*flat)
             n = len(TERMS)
-            results = [
+            return [
                 {k: None if math.isnan(v) else v for k, v in zip(TERMS, summed[n * i : n * i + n])}
                 for i in range(len(tasks))
             ]
-        return results
+        return _filled(results)
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers: let them finish (normal end) or kill them (an error or Ctrl-C in the loop)."""
@@ -275,6 +276,13 @@ class _Evaluator:
                 self.pool.terminate()
             self.pool.join()
             self.pool = None
+
+
+def _filled(results: list[dict | None]) -> list[dict]:
+    """``results`` once every slot holds its terms (each task is run by one worker, or here)."""
+    filled = [terms for terms in results if terms is not None]
+    assert len(filled) == len(results), "a candidate was not evaluated"
+    return filled
 
 
 # ---- history and the best genotype ---------------------------------------------------------------------
@@ -305,6 +313,7 @@ class _History:
                 fitness = fitness_of(ev.fitness, candidate.terms, generation, ev.lambda1, ev.lambda2, scales)
                 if fitness < best_fitness:
                     best, best_fitness = candidate, fitness
+        assert best is not None  # every fitness is finite (FAILED_FITNESS at worst)
         return best, best_fitness
 
 
@@ -411,7 +420,8 @@ def _log_row(
 ) -> dict:
     """The evolution.jsonl row of a finished generation (the module docstring lists its keys)."""
     best, best_fitness = history.best(generation, ev)
-    fitness = [c.fitness for c in candidates]
+    sampled = [_sampled(c) for c in candidates]
+    fitness = [f for _, f in sampled]
     row = {
         "generation": generation,
         "best_fitness": best_fitness,
@@ -423,8 +433,8 @@ def _log_row(
         "seconds": seconds,
         "scales": {k: list(v) for k, v in scales.items()},
         "candidates": [
-            {"index": c.index, "fitness": c.fitness, **c.terms, "beta1": math.exp(c.x[0]), "beta2": math.exp(c.x[1])}
-            for c in candidates
+            {"index": c.index, "fitness": f, **c.terms, "beta1": math.exp(x[0]), "beta2": math.exp(x[1])}
+            for c, (x, f) in zip(candidates, sampled)
         ],
     }
     if default_terms is not None:
@@ -433,6 +443,12 @@ def _log_row(
             **default_terms,
         }
     return row
+
+
+def _sampled(candidate: Candidate) -> tuple[np.ndarray, float]:
+    """(genotype, fitness) of a candidate CMA-ES sampled (only the default wiring has neither)."""
+    assert candidate.x is not None and candidate.fitness is not None, "the default wiring was not sampled"
+    return candidate.x, candidate.fitness
 
 
 class _Progress:
@@ -534,6 +550,7 @@ def run_evolution(recipe, out, model, device: torch.device, dist=None, progress:
     finished = False
     try:
         for generation in range(done, ev.generations):
+            assert evaluator is not None  # made whenever a generation is left
             row = _generation(es, history, evaluator, seed, ev, tqdm, show)
             if main:
                 append_jsonl(log_path, row)

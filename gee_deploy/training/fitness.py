@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import load_split
+from ..data import ImageDataset, load_split
 from ..errors import ConfigError
 from ..kinds import FitnessMode
 from .genotype import apply_phenotype
@@ -169,12 +169,14 @@ def combine_fitness(
     def term(name: str, value: float) -> float:
         if not scaled:
             return value
+        assert scales is not None  # a scaled mode without scales raised above
         mean, std = scales["r1_rel" if name == "r1" else name]
         return (value - mean) / std if std > 0 else 0.0
 
     try:
         fitness = term("loss", loss)
         if use_r1:
+            assert r1 is not None  # a mode using r1 without one failed the candidate above
             fitness -= math.exp(lambda1 * generation) * term("r1", r1)  # eq. 16
         if use_r2:
             fitness -= math.exp(lambda2 * generation) * term("r2", r2)  # eq. 16
@@ -239,11 +241,11 @@ def check_evolution_data(recipe) -> None:
 class EvalData:
     """The training split cut into the part candidates train on and the held-out batches they are scored on."""
 
-    dataset: object  # a torch Dataset yielding (image [C, H, W], label)
+    dataset: ImageDataset  # yields (image [C, H, W], label)
     batch_size: int
     eval_batches: int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_eval_data_size(len(self.dataset), self.batch_size, self.eval_batches)
         self.train_count = len(self.dataset) - self.eval_batches * self.batch_size
         self._held_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the same for every candidate

@@ -18,11 +18,12 @@ from ..data import dataset_info
 from ..errors import ConfigError
 from ..recipe import Recipe
 from ..zoo import create_model
+from ..zoo.base import SpikingNet
 
 __all__ = ["build_recipe_model", "build_optimizer", "mixed_precision", "train_step", "check_training_batches"]
 
 
-def build_recipe_model(recipe: Recipe) -> nn.Module:
+def build_recipe_model(recipe: Recipe) -> SpikingNet:
     """The recipe's architecture, sized and normalised for the recipe's dataset unless the recipe says otherwise.
 
     Raises:
@@ -44,7 +45,7 @@ def build_recipe_model(recipe: Recipe) -> nn.Module:
 
 
 @torch.no_grad()
-def _batch_norm_values_per_image(model: nn.Module) -> dict[str, int]:
+def _batch_norm_values_per_image(model: SpikingNet) -> dict[str, int]:
     """For each BatchNorm of ``model``: how many values per channel one image gives it (timesteps x positions;
     the stem's runs once for all T), from one eval-mode forward of a zero image (no statistics change)."""
     counts: dict[str, int] = {}
@@ -70,7 +71,7 @@ def _batch_norm_values_per_image(model: nn.Module) -> dict[str, int]:
 
 
 def check_training_batches(
-    model: nn.Module, images: int, batch_size: int, world: int = 1, batch_key: str = "data.batch_size", limit: str = ""
+    model: SpikingNet, images: int, batch_size: int, world: int = 1, batch_key: str = "data.batch_size", limit: str = ""
 ) -> None:
     """Refuse, before training, a batch size at which training cannot run; one line naming ``batch_key``.
 
@@ -99,7 +100,7 @@ def check_training_batches(
         )
     counts = _batch_norm_values_per_image(model)
     if counts and batch_size * min(counts.values()) < 2:
-        name = min(counts, key=counts.get)
+        name = min(counts, key=counts.__getitem__)
         raise ConfigError(
             f"{batch_key}={batch_size} gives BatchNorm {name} of {type(model).__name__} a single "
             f"value per channel in training ({counts[name]} per image: T x its feature map), which "

@@ -37,6 +37,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ..neurons import SpikeRecorder
 from ..recipe import Recipe, TrainSection
+from ..zoo.base import SpikingNet
 from .evolution import run_evolution
 from .fitness import check_eval_data_size
 from .resume import check_run
@@ -122,8 +123,10 @@ def evaluate(
     """Test loss, accuracy (fraction) and firing rate (spikes / (neurons x T), over all LIF layers)."""
     model.eval()
     loss_sum = correct = count = spikes = neurons = 0.0
-    base = model.module if hasattr(model, "module") else model
+    base = getattr(model, "module", model)  # what DistributedDataParallel wraps (torch.compile forwards .module)
+    assert isinstance(base, nn.Module)
     timesteps = base.timesteps
+    assert isinstance(timesteps, int), f"{type(base).__name__} is not a zoo model: timesteps is not an int"
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
@@ -267,7 +270,7 @@ def _load_data(recipe: Recipe, runtime: TrainRuntime):
     return train_set, sampler, test_loader
 
 
-def _check_data_fits(recipe: Recipe, model: nn.Module, images: int, world: int) -> None:
+def _check_data_fits(recipe: Recipe, model: SpikingNet, images: int, world: int) -> None:
     """Refuse a training split of ``images`` that gives no optimiser step (with drop_last), a batch size that
     leaves a BatchNorm one value per channel, or too few images for evolution's held-out batches; one line
     naming the keys to change."""
@@ -279,7 +282,7 @@ def _check_data_fits(recipe: Recipe, model: nn.Module, images: int, world: int) 
         check_eval_data_size(images, data.batch_size, recipe.evolution.eval_batches)
 
 
-def _checkpoint_meta(recipe: Recipe, model: nn.Module) -> Checkpoint:
+def _checkpoint_meta(recipe: Recipe, model: SpikingNet) -> Checkpoint:
     """What every checkpoint of this run carries besides weights and training state (no weights yet)."""
     info = dataset_info(recipe.data.name)
     return Checkpoint(
@@ -469,13 +472,15 @@ def train(
     start_epoch, best_acc = 0, 0.0
     if ckpt is not None:
         start_epoch, best_acc = _resume(ckpt, model, optimizer, scheduler, runtime, out)
-    net = model
+    net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
     if settings.compile:
-        net = torch.compile(net)
+        compiled = torch.compile(net)
+        assert isinstance(compiled, nn.Module)  # a compiled Module is one (torch's OptimizedModule)
+        net = compiled
 
     # ---- epochs (none: an evolution-only run still gets its checkpoint of the evolved model) ------------
     metrics: dict = {}
