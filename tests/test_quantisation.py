@@ -229,6 +229,11 @@ def test_quantize_command_writes_a_checkpoint_that_rebuilds_its_int8_model(tiny_
     model = load_model(out)
     assert tuple(quantised_layers(model)) == model.checkpoint.quantisation.layers
     assert model.checkpoint.metrics["ptq_test_acc"] >= 0.0
+    assert model.checkpoint.quantisation.layers[0] == stem_layer(model)  # the stem reads 8-bit input codes
+    assert isinstance(model.input_codes, InputCodes)
+    nir = CliRunner().invoke(cli, ["export", str(out), "--format", "nir", "--out", str(tmp_path / "q.nir")])
+    assert nir.exit_code == 2 and nir.stderr.startswith("error: NIR has no rounding primitive"), nir.output
+    assert len(nir.stderr.strip().splitlines()) == 1 and not (tmp_path / "q.nir").exists()
     again = CliRunner().invoke(cli, ["quantize", str(out), "--out", str(tmp_path / "q2.pt")])
     assert again.exit_code == 2 and again.stderr.startswith("error: ") and "already int8 fine-tuned" in again.stderr
     assert not (tmp_path / "q2.pt").exists()
