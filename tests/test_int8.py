@@ -180,6 +180,9 @@ def test_tensorrt_static_check_passes_a_qdq_int8_export(storage):
     assert compatibility_problems(qdq) == []
     integer, _ = build_onnx(model, "int8", storage=storage, int8_form="integer")
     assert any("MatMulInteger" in p for p in compatibility_problems(integer))
+    attach_quantisers(model, [stem_layer(model), *spike_reading_layers(model)])  # and a quantised stem's codes
+    quantised, _ = build_onnx(model, "int8", storage=storage, int8_form="qdq")
+    assert compatibility_problems(quantised) == []
 
 
 def test_openvino_runs_the_qdq_graph_as_onnxruntime_does():
