@@ -39,9 +39,10 @@ def _layer_graph(layer, in_shape):
 
 
 @pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", [
-    (5, 7, 3, 1, 1, 6),  # strided-slice patches
-    (4, 6, 4, 2, 1, 7),  # space-to-depth patches (odd map: padded to a multiple of the stride)
+    (5, 7, 3, 1, 1, 6),  # gathered 3x3 patches, padded
+    (4, 6, 4, 2, 1, 7),  # stride divides the kernel (odd map)
     (6, 5, 1, 2, 0, 5),  # a 1x1 stride-2 shortcut
+    (6, 5, 1, 1, 0, 5),  # a 1x1 stride-1 conv: no gathering
     (8, 9, 3, 1, 0, 3),  # kernel covers the input: one MatMulInteger
     (3, 4, 5, 2, 2, 9)])
 def test_uint8_spikes_times_int8_weights_is_the_exact_integer_sum(c_in, c_out, k, stride, padding, size):

@@ -15,8 +15,8 @@ and the shift into the bias: the membrane input and the LIF stay float32 (docs/d
 MatMulInteger with uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger
 runs, was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A
 linear layer, or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers
-its patches from the uint8 spikes in NHWC (a space-to-depth first when the stride divides the kernel, then (k/s)^2
-Slices; k^2 strided Slices otherwise), one Concat, and one MatMulInteger, and returns to NCHW after the scale.
+its patches from the uint8 spikes in NHWC with one Gather of the k^2 taps of every output pixel (:func:`patch_index`;
+a 1x1 stride-1 conv reads the pixels as they are) and one MatMulInteger, and returns to NCHW after the scale.
 
 **qdq** (:func:`emit_qdq`; the ONNX QuantizeLinear / DequantizeLinear convention that TensorRT's explicit
 quantisation and OpenVINO's low-precision transformations read as int8 layers): QuantizeLinear of the float
@@ -50,6 +50,7 @@ __all__ = [
     "int8_layer",
     "dequantised_layer",
     "gather_form",
+    "patch_index",
     "emit_int8",
     "emit_qdq",
     "quantise_spikes",
@@ -168,8 +169,10 @@ def scale_name(layer: str) -> str:
 
 
 def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
-    """How ``layer`` gathers its inputs: "matmul" (linear, or a conv covering its whole unpadded input: none),
-    "space-to-depth" (stride s > 1 dividing k: (k/s)^2 unstrided slices), "slices" (k^2 strided slices).
+    """How ``layer`` reads its inputs, the class ``auto --allow-int8`` chooses by: "matmul" (linear, or a conv
+    covering its whole unpadded input: no gathering), "space-to-depth" (stride s > 1 dividing k), "slices" (any
+    other conv). :func:`emit_int8` gathers the last two alike (one Gather); the classes are those of the
+    gathering the policy was measured with (space-to-depth then (k/s)^2 Slices, k^2 strided Slices, one Concat).
 
     benchmarks/deploy_speed.py: on ResNet-19's stride-1 3x3 convs the k^2 slices and their Concat (C bytes per
     copy) cost more than the int8 GEMM saves (int8 0.8-1.0x of float32), on SmallNet's stride-2 and whole-input
@@ -202,70 +205,34 @@ def emit_int8(
         return matmul(x_u8, q)
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
-    form = gather_form(layer, in_shape)
-    if form == "matmul":  # the kernel covers the whole input: one row per sample
+    if gather_form(layer, in_shape) == "matmul":  # the kernel covers the whole input: one row per sample
         rows = ops.reshape(ops.transpose(q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")  # (c, i, j)
         y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows)
         return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    nhwc = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
-    axes = g.const([1, 2], "axes12", np.int64)
-    cols = []
-    if form == "space-to-depth":
-        # space-to-depth: [N, Hp, Wp, C] -> [N, Hp/s, Wp/s, s*s*C] (channels ordered (di, dj, c)), padded to
-        # multiples of s; tap (i, j) = (s a + di, s b + dj) is then block offset (a, b) of an unstrided slice
-        hp, wp = -(-(h + 2 * p) // s) * s, -(-(w + 2 * p) // s) * s
-        pads = g.const([0, p, p, 0, 0, hp - h - p, wp - w - p, 0], f"{hint}.pads", np.int64)
-        x = g.op("Pad", [nhwc, pads], f"{hint}.padded")
-        x = g.op("Reshape", [x, g.const([0, hp // s, s, wp // s, s, c], f"{hint}.s2d", np.int64)], f"{hint}.s2d")
-        x = g.op("Transpose", [x], f"{hint}.s2d", perm=[0, 1, 3, 2, 4, 5])
+    x = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
+    if (k, s, p) != (1, 1, 0):  # a 1x1 stride-1 conv reads the pixels as they are
+        x = g.op("Pad", [x, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded") if p else x
+        x = g.op("Reshape", [x, g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)], f"{hint}.pixels")
         x = g.op(
-            "Reshape", [x, g.const([0, hp // s, wp // s, s * s * c], f"{hint}.blocks", np.int64)], f"{hint}.blocks"
-        )
-        kb = k // s
-        for a in range(kb):
-            for b in range(kb):
-                cols.append(
-                    g.op(
-                        "Slice",
-                        [
-                            x,
-                            g.const([a, b], f"{hint}.start", np.int64),
-                            g.const([a + ho, b + wo], f"{hint}.end", np.int64),
-                            axes,
-                        ],
-                        f"{hint}.patch",
-                    )
-                )
-        rows = ops.transpose(
-            ops.reshape(q, (kb, s, kb, s, c, cout), f"{hint}.blocks_q"), (0, 2, 1, 3, 4, 5), f"{hint}.rows"
-        )  # (a, b, di, dj, c, o)
-    else:
-        x = (
-            g.op("Pad", [nhwc, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded")
-            if p
-            else nhwc
-        )
-        steps = g.const([s, s], f"{hint}.steps", np.int64)
-        for i in range(k):
-            for j in range(k):
-                cols.append(
-                    g.op(
-                        "Slice",
-                        [
-                            x,
-                            g.const([i, j], f"{hint}.start", np.int64),
-                            g.const([i + s * (ho - 1) + 1, j + s * (wo - 1) + 1], f"{hint}.end", np.int64),
-                            axes,
-                            steps,
-                        ],
-                        f"{hint}.patch",
-                    )
-                )
-        rows = q  # (i, j, c, o)
-    col = g.op("Concat", cols, f"{hint}.patches", axis=3) if len(cols) > 1 else cols[0]  # [N, Ho, Wo, k*k*C]
-    y = matmul(col, ops.reshape(rows, (-1, cout), f"{hint}.rows"))  # [N, Ho, Wo, Cout]
+            "Gather",
+            [x, g.const(patch_index(h + 2 * p, w + 2 * p, k, s), f"{hint}.taps", np.int32)],
+            f"{hint}.taps",
+            axis=1,
+        )  # [N, Ho*Wo*k*k, C]: one copy of C bytes per tap
+        x = g.op("Reshape", [x, g.const([0, ho, wo, k * k * c], f"{hint}.patches_shape", np.int64)], f"{hint}.patches")
+    y = matmul(x, ops.reshape(q, (-1, cout), f"{hint}.rows"))  # rows (i, j, c) -> [N, Ho, Wo, Cout]
     return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])
+
+
+def patch_index(hp: int, wp: int, k: int, s: int) -> np.ndarray:
+    """The pixel of every tap of every output position of a k x k stride-s conv over a (padded) hp x wp image:
+    int [Ho * Wo * k * k], ordered (output row, output column, i, j), indices into the image's hp * wp pixels
+    in row-major order. Gathering them from NHWC pixels [N, hp * wp, C] gives the im2col patch matrix, rows
+    (i, j, c), that the [k, k, Cin, Cout] codes reshaped to [k * k * Cin, Cout] multiply."""
+    a = np.arange((hp - k) // s + 1)[:, None, None, None] * s + np.arange(k)[None, None, :, None]  # row
+    b = np.arange((wp - k) // s + 1)[None, :, None, None] * s + np.arange(k)[None, None, None, :]  # column
+    return (a * wp + b).reshape(-1)
 
 
 def _unit_scale(g: GraphBuilder) -> tuple[str, str]:
