@@ -16,7 +16,8 @@ MatMulInteger with uint8 x int8 operands, the combination with a fast VNNI kerne
 runs, was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A
 linear layer, or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers
 its patches from the uint8 spikes in NHWC with one Gather of the k^2 taps of every output pixel (:func:`patch_index`;
-a 1x1 stride-1 conv reads the pixels as they are) and one MatMulInteger, and returns to NCHW after the scale.
+a 1x1 stride-1 conv reads the pixels as they are) and one MatMulInteger, whose output is NHWC
+(:func:`emit_int8_nhwc`; :func:`emit_int8` transposes from and to NCHW around it).
 
 **qdq** (:func:`emit_qdq`; the ONNX QuantizeLinear / DequantizeLinear convention that TensorRT's explicit
 quantisation and OpenVINO's low-precision transformations read as int8 layers): QuantizeLinear of the float
@@ -52,6 +53,7 @@ __all__ = [
     "gather_form",
     "patch_index",
     "emit_int8",
+    "emit_int8_nhwc",
     "emit_qdq",
     "quantise_spikes",
     "source_weight",
@@ -187,31 +189,41 @@ def emit_int8(
     g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
 ) -> str:
     """Write ``layer`` reading uint8 spikes ``x_u8`` ([N, C, H, W] or [N, features]); returns its float32 output
-    [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape; ``ops``: the graph's weight
-    arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers."""
+    [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape (C, H, W) or (features,);
+    ``ops``: the graph's weight arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers.
+    A conv that gathers patches runs :func:`emit_int8_nhwc` between two Transposes."""
     ops = ops or WeightOps()
     cout = layer.scale.shape[0]
-    zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
-
-    def matmul(x: str, q_rows: Tensor) -> str:  # q_rows [K, Cout] int8; int32 acc, then scale and bias
-        acc = g.op("MatMulInteger", [x, ops.output(g, q_rows, f"{hint}.weight_int8", np.int8)] + zeros, f"{hint}.acc")
-        # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
-        y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
-        y = g.op("Mul", [y, ops.output(g, layer.scale, scale_name(hint))], f"{hint}.scaled")
-        return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
-
-    q = layer.q  # [k, k, Cin, Cout] or [Cin, Cout]
     if layer.kind == LayerKind.LINEAR:
-        return matmul(x_u8, q)
+        return _scaled_matmul(g, x_u8, layer.q, layer, hint, ops)
+    if gather_form(layer, in_shape) == "matmul":  # the kernel covers the whole input: one row per sample
+        rows = ops.reshape(ops.transpose(layer.q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")
+        y = _scaled_matmul(g, g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows, layer, hint, ops)  # (c, i, j)
+        return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
+    x = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
+    return g.op("Transpose", [emit_int8_nhwc(g, x, layer, in_shape, hint, ops)], f"{hint}.nchw", perm=[0, 3, 1, 2])
+
+
+def emit_int8_nhwc(
+    g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
+) -> str:
+    """Conv ``layer`` reading uint8 spikes ``x_u8`` in NHWC, [N, H, W, C]; returns its float32 output in NHWC,
+    [N, Ho, Wo, Cout], the layout its MatMulInteger writes (``in_shape``: (C, H, W); ``ops``: as
+    :func:`emit_int8`). The patches: one Gather of every output pixel's k x k taps (:func:`patch_index`) from
+    the padded pixels; a 1x1 stride-1 conv reads the pixels as they are, a conv covering its whole input
+    flattens it. A graph that keeps spikes NHWC from one int8 conv to the next (the LIF is elementwise)
+    writes no Transpose between them (:class:`gee_deploy.export.writer.OnnxWriter`)."""
+    ops = ops or WeightOps()
+    cout = layer.scale.shape[0]
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
-    if gather_form(layer, in_shape) == "matmul":  # the kernel covers the whole input: one row per sample
-        rows = ops.reshape(ops.transpose(q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")  # (c, i, j)
-        y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows)
-        return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    x = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
+    rows = ops.reshape(layer.q, (-1, cout), f"{hint}.rows")  # (i, j, c): the order of NHWC patches
+    if gather_form(layer, in_shape) == "matmul":  # one row per sample; a 1 x 1 output is NHWC and NCHW at once
+        y = _scaled_matmul(g, g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows, layer, hint, ops)
+        return g.op("Reshape", [y, g.const([-1, 1, 1, cout], f"{hint}.shape", np.int64)], f"{hint}.nhwc_out")
+    x = x_u8
     if (k, s, p) != (1, 1, 0):  # a 1x1 stride-1 conv reads the pixels as they are
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         x = g.op("Pad", [x, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded") if p else x
         x = g.op("Reshape", [x, g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)], f"{hint}.pixels")
         x = g.op(
@@ -221,8 +233,18 @@ def emit_int8(
             axis=1,
         )  # [N, Ho*Wo*k*k, C]: one copy of C bytes per tap
         x = g.op("Reshape", [x, g.const([0, ho, wo, k * k * c], f"{hint}.patches_shape", np.int64)], f"{hint}.patches")
-    y = matmul(x, ops.reshape(q, (-1, cout), f"{hint}.rows"))  # rows (i, j, c) -> [N, Ho, Wo, Cout]
-    return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])
+    return _scaled_matmul(g, x, rows, layer, hint, ops)  # [N, Ho, Wo, Cout]
+
+
+def _scaled_matmul(g: GraphBuilder, x: str, rows: Tensor, layer: Int8Layer, hint: str, ops: WeightOps) -> str:
+    """uint8 ``x`` [..., K] times int8 ``rows`` [K, Cout]: the int32 sum (MatMulInteger), then float32 scale and
+    bias."""
+    zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
+    acc = g.op("MatMulInteger", [x, ops.output(g, rows, f"{hint}.weight_int8", np.int8)] + zeros, f"{hint}.acc")
+    # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
+    y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
+    y = g.op("Mul", [y, ops.output(g, layer.scale, scale_name(hint))], f"{hint}.scaled")
+    return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
 
 
 def patch_index(hp: int, wp: int, k: int, s: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
-from ..kinds import ExportVariant, Form, Int8Form, Precision, Storage
+from ..kinds import ExportVariant, Form, Int8Form, LayerKind, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
 from ..walk import ModelWalk, Value, pool_geometry
@@ -28,7 +28,16 @@ from .choose import Chooser, Int8Chooser, make_int8_chooser
 from .factorised import emit_factorised, factorised_cost
 from .folding import batchnorm_affine, emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
-from .int8 import dequantised_layer, emit_int8, emit_qdq, gather_form, int8_layer, quantise_spikes, scale_name
+from .int8 import (
+    dequantised_layer,
+    emit_int8,
+    emit_int8_nhwc,
+    emit_qdq,
+    gather_form,
+    int8_layer,
+    quantise_spikes,
+    scale_name,
+)
 from .options import ExportOptions
 from .steps import concat_steps, integer_count, repeat_steps, spikes_and_count, step_slices, uint8_spikes, write_outputs
 from .weights import WeightOps, fold_constants
@@ -85,6 +94,12 @@ class OnnxWriter(ModelWalk):
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
     ``int8_form``: how they are spelt (MatMulInteger or QuantizeLinear / DequantizeLinear).
+    In the integer form (unrolled graphs) an int8 conv's output stays NHWC, the layout its MatMulInteger writes
+    and the next int8 conv gathers from: the LIF and the residual add are elementwise, so the spikes stay NHWC
+    from one int8 conv to the next and no Transpose runs between them; a reader that needs NCHW (a float layer,
+    pooling, the outputs) gets one Transpose of that value (of its 1-byte fire maps for a LIF's spikes), once;
+    an int8 conv or an add with an NHWC operand reading NCHW spikes (the stem's) gets their NHWC Transpose.
+    A streaming graph keeps NCHW throughout (its membranes are NCHW graph inputs and outputs).
     Layers reading analog values (the stem, an average pool of spikes) always stay float32. Every weight is
     computed in the graph from the stored parameters (:mod:`gee_deploy.export.weights`); :func:`write_graph`
     folds that subgraph for ``folded`` storage.
@@ -108,6 +123,37 @@ class OnnxWriter(ModelWalk):
         self.counts: list[str] = []
         self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast / int8 QDQ pair (shared by every reader)
         self._fired: dict[str, str] = {}  # a LIF's float spikes -> the boolean fire maps they were cast from
+        self._nhwc_out = int8 is not None and self.int8_form == Int8Form.INTEGER and not streaming
+        self._nhwc: set[str] = set()  # tensors held NHWC (4-d values only; their Value shapes stay C, H, W)
+        self._other_layout: dict[str, str] = {}  # a 4-d tensor <-> its Transpose to the other layout
+
+    def nchw(self, name: str) -> str:
+        """``name`` in the NCHW layout every reader but an int8 conv, a LIF and an add expects: itself, or its
+        Transpose (written once). A LIF's float spikes are transposed as their 1-byte fire maps, then cast."""
+        return self._transposed(name, nhwc=False) if name in self._nhwc else name
+
+    def nhwc(self, name: str) -> str:
+        """4-d ``name`` in NHWC, the layout an int8 conv gathers from: itself, or its Transpose, as :meth:`nchw`."""
+        return name if name in self._nhwc else self._transposed(name, nhwc=True)
+
+    def _transposed(self, name: str, nhwc: bool) -> str:
+        if name not in self._other_layout:
+            graph, perm, tag = self.graph, [0, 2, 3, 1] if nhwc else [0, 3, 1, 2], "nhwc" if nhwc else "nchw"
+            fired = self._fired.get(name)
+            if fired is not None:
+                fired = graph.op("Transpose", [fired], f"{name}.fired_{tag}", perm=perm)
+                out = graph.op("Cast", [fired], f"{name}.{tag}", to=TensorProto.FLOAT)
+                self._fired[out] = fired
+            else:
+                out = graph.op("Transpose", [name], f"{name}.{tag}", perm=perm)
+            if nhwc:
+                self._nhwc.add(out)
+            self._other_layout[name], self._other_layout[out] = out, name
+        return self._other_layout[name]
+
+    def value(self, x: Value) -> Value:
+        """``x`` with its name in NCHW (:meth:`nchw`)."""
+        return replace(x, name=self.nchw(x.name))
 
     def emit_input(self) -> str:
         graph, model = self.graph, self.model
@@ -138,12 +184,23 @@ class OnnxWriter(ModelWalk):
             layer = int8_layer(m, bn, pooled, ops, name)
             if int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
                 if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
+                    x = self.value(x)
                     if x.name not in self._uint8:
                         self._uint8[x.name] = quantise_spikes(self.graph, x.name, source)
                     y = emit_qdq(self.graph, self._uint8[x.name], layer, name, ops)
                 else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
+                    nhwc = self._nhwc_out and layer.kind == LayerKind.CONV  # gathers in NHWC, stays NHWC
+                    nhwc = nhwc and (gather_form(layer, x.shape) != "matmul" or x.name in self._nhwc)
+                    if nhwc and x.name in self._fired:
+                        x = replace(x, name=self.nhwc(x.name))  # a LIF's spikes: its fire maps in NHWC, once
                     spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), source)
-                    y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
+                    if nhwc and x.name not in self._nhwc:  # (pooled spikes: transposed as uint8)
+                        spikes = self.graph.op("Transpose", [spikes], f"{name}.nhwc", perm=[0, 2, 3, 1])
+                    if nhwc:
+                        y = emit_int8_nhwc(self.graph, spikes, layer, x.shape, name, ops)
+                        self._nhwc.add(y)
+                    else:
+                        y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
                 return y, LayerSpec(
                     name=name,
                     kind=layer.kind,
@@ -157,6 +214,7 @@ class OnnxWriter(ModelWalk):
                     dense_macs=int(dense_macs),
                     precision=Precision.INT8,
                 )
+        x = self.value(x)
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
@@ -192,6 +250,7 @@ class OnnxWriter(ModelWalk):
         graph = self.graph
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x.name
+        x = self.value(x)
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             ops = self.ops
             scale, shift = batchnorm_affine(ops, m, m.num_features, name)
@@ -223,10 +282,14 @@ class OnnxWriter(ModelWalk):
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}): no ONNX translation for it")
 
     def emit_add(self, a: Value, b: Value) -> str:
-        return self.graph.op("Add", [a.name, b.name], "add")
+        if a.name in self._nhwc or b.name in self._nhwc:
+            y = self.graph.op("Add", [self.nhwc(a.name), self.nhwc(b.name)], "add")
+            self._nhwc.add(y)
+            return y
+        return self.graph.op("Add", [self.nchw(a.name), self.nchw(b.name)], "add")
 
     def emit_repeat(self, x: Value) -> str:
-        return repeat_steps(self.graph, x.name, len(x.shape), self.steps)
+        return repeat_steps(self.graph, self.nchw(x.name), len(x.shape), self.steps)
 
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
         """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count
@@ -258,6 +321,8 @@ class OnnxWriter(ModelWalk):
             spikes = graph.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)
             self._uint8[spikes] = graph.op("Cast", [fire_maps], f"{name}.uint8", to=TensorProto.UINT8)
             count = integer_count(graph, self._uint8[spikes], steps, neurons, name)
+            if x.name in self._nhwc:  # elementwise: the spikes keep the layout of the membrane input
+                self._nhwc.add(spikes)
         self._fired[spikes] = fire_maps
         self.counts.append(count)
         return spikes
@@ -294,7 +359,7 @@ def write_graph(
     w = OnnxWriter(model, choose, streaming, int8, options.int8_form or Int8Form.INTEGER)
     y = w.walk()
     graph = w.graph
-    write_outputs(graph, y.name, y.static, w.steps, model.num_classes, w.counts)
+    write_outputs(graph, w.nchw(y.name), y.static, w.steps, model.num_classes, w.counts)
     spec = w.spec(
         class_names=class_names,
         dataset=dataset,
