@@ -260,9 +260,16 @@ class OnnxWriter(ModelWalk):
             return graph.op("Add", [graph.op("Mul", [x.name, scale_name], name), shift_name], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
             k, s, p, _ = pool_geometry(m)
-            return graph.op(
-                "MaxPool", [x.name], name, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, ceil_mode=int(m.ceil_mode)
-            )
+            pool = {"kernel_shape": [k, k], "strides": [s, s], "pads": [p] * 4, "ceil_mode": int(m.ceil_mode)}
+            if self.int8_form == Int8Form.INTEGER and self.int8 is not None and x.name in self._fired:
+                # a LIF's spikes pooled as uint8 (1 byte, the max of 0/1 values in any type): what int8 readers
+                # take; the float spikes are cast from them where a float layer reads them
+                spikes = uint8_spikes(graph, self._uint8, x.name, self._fired[x.name], name)
+                pooled = graph.op("MaxPool", [spikes], f"{name}.uint8", **pool)
+                y = graph.op("Cast", [pooled], name, to=TensorProto.FLOAT)
+                self._uint8[y] = pooled
+                return y
+            return graph.op("MaxPool", [x.name], name, **pool)
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             k, s, p, _ = pool_geometry(m)
             return graph.op(
