@@ -281,3 +281,24 @@ def test_tensorrt_takes_int8_in_the_qdq_form(tiny_checkpoint, tmp_path):
     r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.plan"), "--variant",
                                  "int8"], standalone_mode=False)
     assert isinstance(r.exception, TensorRTUnavailableError) and not (tmp_path / "m.plan").exists()
+
+
+@pytest.mark.parametrize("name", ["smallnet", "resnet19", "vgg11"])
+def test_one_gemm_per_step_computes_what_one_gemm_for_all_steps_computes(name, monkeypatch):
+    """The integer form's per-step MatMulIntegers (big maps) are rows of the one GEMM: with every int8 conv run
+    step by step, and with none, the graph gives the same logits and spike counts bit for bit (residual adds and
+    max pools included)."""
+    import gee_deploy.export.writer as writer
+
+    model, _ = small_model(name, 6, timesteps=3)
+    images = torch.rand(5, model.in_channels, model.image_size, model.image_size,
+                        generator=torch.Generator().manual_seed(2)).numpy()
+    outputs, gemms = [], []
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(writer, "STEP_GEMM_MIN_OUTPUTS", threshold)
+        proto, _ = build_onnx(model, "int8", int8_form="integer")
+        gemms.append([n.op_type for n in proto.graph.node].count("MatMulInteger"))
+        outputs.append(create_session(proto.SerializeToString()).run(None, {"input": images}))
+    assert gemms[0] > gemms[1]  # the per-step form ran
+    for a, b in zip(*outputs):
+        assert a.tobytes() == b.tobytes()

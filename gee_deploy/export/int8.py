@@ -195,56 +195,78 @@ def emit_int8(
     ops = ops or WeightOps()
     cout = layer.scale.shape[0]
     if layer.kind == LayerKind.LINEAR:
-        return _scaled_matmul(g, x_u8, layer.q, layer, hint, ops)
+        return _scaled_matmul(g, x_u8, _weights(g, layer, layer.q, hint, ops), hint)
     if gather_form(layer, in_shape) == "matmul":  # the kernel covers the whole input: one row per sample
         rows = ops.reshape(ops.transpose(layer.q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")
-        y = _scaled_matmul(g, g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows, layer, hint, ops)  # (c, i, j)
+        flat = g.op("Flatten", [x_u8], f"{hint}.flat", axis=1)  # (c, i, j)
+        y = _scaled_matmul(g, flat, _weights(g, layer, rows, hint, ops), hint)
         return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
     x = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
-    return g.op("Transpose", [emit_int8_nhwc(g, x, layer, in_shape, hint, ops)], f"{hint}.nchw", perm=[0, 3, 1, 2])
+    y = emit_int8_nhwc(g, x, layer, in_shape, hint, ops)
+    assert isinstance(y, str)
+    return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])
 
 
 def emit_int8_nhwc(
-    g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
-) -> str:
+    g: GraphBuilder, x_u8: str | list[str], layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
+) -> str | list[str]:
     """Conv ``layer`` reading uint8 spikes ``x_u8`` in NHWC, [N, H, W, C]; returns its float32 output in NHWC,
     [N, Ho, Wo, Cout], the layout its MatMulInteger writes (``in_shape``: (C, H, W); ``ops``: as
     :func:`emit_int8`). The patches: one Gather of every output pixel's k x k taps (:func:`patch_index`) from
     the padded pixels; a 1x1 stride-1 conv reads the pixels as they are, a conv covering its whole input
     flattens it. A graph that keeps spikes NHWC from one int8 conv to the next (the LIF is elementwise)
-    writes no Transpose between them (:class:`gee_deploy.export.writer.OnnxWriter`)."""
+    writes no Transpose between them (:class:`gee_deploy.export.writer.OnnxWriter`).
+
+    ``x_u8`` a list (one input per timestep): one patch matrix and MatMulInteger per step, sharing the weights,
+    and the list of the T outputs: each step's membrane input without a Split of the layer's float output, and
+    a quarter of the working set per pass (the steps' GEMMs are independent rows of one GEMM: same sums)."""
     ops = ops or WeightOps()
     cout = layer.scale.shape[0]
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
-    rows = ops.reshape(layer.q, (-1, cout), f"{hint}.rows")  # (i, j, c): the order of NHWC patches
-    if gather_form(layer, in_shape) == "matmul":  # one row per sample; a 1 x 1 output is NHWC and NCHW at once
-        y = _scaled_matmul(g, g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows, layer, hint, ops)
-        return g.op("Reshape", [y, g.const([-1, 1, 1, cout], f"{hint}.shape", np.int64)], f"{hint}.nhwc_out")
-    x = x_u8
-    if (k, s, p) != (1, 1, 0):  # a 1x1 stride-1 conv reads the pixels as they are
-        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        x = g.op("Pad", [x, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded") if p else x
-        x = g.op("Reshape", [x, g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)], f"{hint}.pixels")
-        x = g.op(
-            "Gather",
-            [x, g.const(patch_index(h + 2 * p, w + 2 * p, k, s), f"{hint}.taps", np.int32)],
-            f"{hint}.taps",
-            axis=1,
-        )  # [N, Ho*Wo*k*k, C]: one copy of C bytes per tap
-        x = g.op("Reshape", [x, g.const([0, ho, wo, k * k * c], f"{hint}.patches_shape", np.int64)], f"{hint}.patches")
-    return _scaled_matmul(g, x, rows, layer, hint, ops)  # [N, Ho, Wo, Cout]
+    weights = _weights(g, layer, ops.reshape(layer.q, (-1, cout), f"{hint}.rows"), hint, ops)  # rows (i, j, c)
+    matmul_form = gather_form(layer, in_shape) == "matmul"
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if matmul_form:  # one row per sample; a 1 x 1 output is NHWC and NCHW at once
+        out_shape = g.const([-1, 1, 1, cout], f"{hint}.shape", np.int64)
+    elif (k, s, p) != (1, 1, 0):  # a 1x1 stride-1 conv reads the pixels as they are
+        pads = g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)
+        pixels = g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)
+        taps = g.const(patch_index(h + 2 * p, w + 2 * p, k, s), f"{hint}.taps", np.int32)
+        patches = g.const([0, ho, wo, k * k * c], f"{hint}.patches_shape", np.int64)
+    ys = []
+    for x in [x_u8] if isinstance(x_u8, str) else x_u8:
+        if matmul_form:
+            y = _scaled_matmul(g, g.op("Flatten", [x], f"{hint}.flat", axis=1), weights, hint)
+            ys.append(g.op("Reshape", [y, out_shape], f"{hint}.nhwc_out"))
+            continue
+        if (k, s, p) != (1, 1, 0):
+            x = g.op("Pad", [x, pads], f"{hint}.padded") if p else x
+            x = g.op("Reshape", [x, pixels], f"{hint}.pixels")
+            x = g.op("Gather", [x, taps], f"{hint}.taps", axis=1)  # [N, Ho*Wo*k*k, C]: one copy of C bytes per tap
+            x = g.op("Reshape", [x, patches], f"{hint}.patches")
+        ys.append(_scaled_matmul(g, x, weights, hint))  # [N, Ho, Wo, Cout]
+    return ys[0] if isinstance(x_u8, str) else ys
 
 
-def _scaled_matmul(g: GraphBuilder, x: str, rows: Tensor, layer: Int8Layer, hint: str, ops: WeightOps) -> str:
-    """uint8 ``x`` [..., K] times int8 ``rows`` [K, Cout]: the int32 sum (MatMulInteger), then float32 scale and
-    bias."""
+def _weights(g: GraphBuilder, layer: Int8Layer, rows: Tensor, hint: str, ops: WeightOps) -> tuple[str, str, str]:
+    """The graph names of ``layer``'s int8 ``rows`` [K, Cout], its float32 scale and its bias, written once."""
+    return (
+        ops.output(g, rows, f"{hint}.weight_int8", np.int8),
+        ops.output(g, layer.scale, scale_name(hint)),
+        ops.output(g, layer.bias, f"{hint}.bias"),
+    )
+
+
+def _scaled_matmul(g: GraphBuilder, x: str, weights: tuple[str, str, str], hint: str) -> str:
+    """uint8 ``x`` [..., K] times the int8 rows [K, Cout] of ``weights`` (:func:`_weights`): the int32 sum
+    (MatMulInteger), then the float32 scale and bias."""
+    rows, scale, bias = weights
     zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
-    acc = g.op("MatMulInteger", [x, ops.output(g, rows, f"{hint}.weight_int8", np.int8)] + zeros, f"{hint}.acc")
+    acc = g.op("MatMulInteger", [x, rows] + zeros, f"{hint}.acc")
     # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
     y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
-    y = g.op("Mul", [y, ops.output(g, layer.scale, scale_name(hint))], f"{hint}.scaled")
-    return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
+    return g.op("Add", [g.op("Mul", [y, scale], f"{hint}.scaled"), bias], hint)
 
 
 def patch_index(hp: int, wp: int, k: int, s: int) -> np.ndarray:

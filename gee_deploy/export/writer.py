@@ -45,6 +45,13 @@ from .weights import WeightOps, fold_constants
 __all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 
+# An int8 conv (integer form, NHWC) with at least this many outputs per sample runs one MatMulInteger per step
+# (OnnxWriter): below it the T-fold ops cost more than the smaller passes save. Measured interleaved, one thread,
+# thresholds 0 / 2^14 / 2^15 / 2^16 (docs/export.md, "Integer form speed"): 0 made VGG-16 at batch 1 0.84-0.89x
+# and SmallNet 0.8x (their small late maps); 2^15 and 2^16 were within noise of each other.
+STEP_GEMM_MIN_OUTPUTS = 2**15
+
+
 class GraphOps:
     """:class:`gee_deploy.neurons.Ops` that append nodes to a graph; tensors are names, scalars become constants.
 
@@ -100,6 +107,11 @@ class OnnxWriter(ModelWalk):
     pooling, the outputs) gets one Transpose of that value (of its 1-byte fire maps for a LIF's spikes), once;
     an int8 conv or an add with an NHWC operand reading NCHW spikes (the stem's) gets their NHWC Transpose.
     A streaming graph keeps NCHW throughout (its membranes are NCHW graph inputs and outputs).
+    Such an int8 conv with at least :data:`STEP_GEMM_MIN_OUTPUTS` outputs per sample runs one MatMulInteger per
+    step (:func:`.int8.emit_int8_nhwc` on the T slices of its uint8 input) and hands the LIF and the residual add
+    its T outputs as they are: no Split of the float membrane input, and each pass over 1/T of the data. The
+    whole [T*N, ...] tensor is the Concat of the parts, which the graph keeps only where a reader needs it
+    (:meth:`GraphBuilder.model` drops dead nodes).
     Layers reading analog values (the stem, an average pool of spikes) always stay float32. Every weight is
     computed in the graph from the stored parameters (:mod:`gee_deploy.export.weights`); :func:`write_graph`
     folds that subgraph for ``folded`` storage.
@@ -126,6 +138,7 @@ class OnnxWriter(ModelWalk):
         self._nhwc_out = int8 is not None and self.int8_form == Int8Form.INTEGER and not streaming
         self._nhwc: set[str] = set()  # tensors held NHWC (4-d values only; their Value shapes stay C, H, W)
         self._other_layout: dict[str, str] = {}  # a 4-d tensor <-> its Transpose to the other layout
+        self._steps: dict[str, list[str]] = {}  # a per-step tensor [T*N, ...] -> its T parts [N, ...] (see below)
 
     def nchw(self, name: str) -> str:
         """``name`` in the NCHW layout every reader but an int8 conv, a LIF and an add expects: itself, or its
@@ -196,7 +209,14 @@ class OnnxWriter(ModelWalk):
                     spikes = uint8_spikes(self.graph, self._uint8, x.name, self._fired.get(x.name, x.name), source)
                     if nhwc and x.name not in self._nhwc:  # (pooled spikes: transposed as uint8)
                         spikes = self.graph.op("Transpose", [spikes], f"{name}.nhwc", perm=[0, 2, 3, 1])
-                    if nhwc:
+                    if nhwc and self.steps > 1 and int(np.prod(out_shape)) >= STEP_GEMM_MIN_OUTPUTS:
+                        # one GEMM per step (its rows of the one GEMM: the same sums)
+                        parts = step_slices(self.graph, spikes, False, self.steps, f"{name}.steps")
+                        ys = emit_int8_nhwc(self.graph, parts, layer, x.shape, name, ops)
+                        y = concat_steps(self.graph, ys, f"{name}.steps")
+                        self._steps[y] = list(ys)
+                        self._nhwc.add(y)
+                    elif nhwc:
                         y = emit_int8_nhwc(self.graph, spikes, layer, x.shape, name, ops)
                         self._nhwc.add(y)
                     else:
@@ -289,11 +309,17 @@ class OnnxWriter(ModelWalk):
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}): no ONNX translation for it")
 
     def emit_add(self, a: Value, b: Value) -> str:
-        if a.name in self._nhwc or b.name in self._nhwc:
-            y = self.graph.op("Add", [self.nhwc(a.name), self.nhwc(b.name)], "add")
+        graph, nhwc = self.graph, a.name in self._nhwc or b.name in self._nhwc
+        an, bn = (self.nhwc(a.name), self.nhwc(b.name)) if nhwc else (a.name, b.name)
+        if an in self._steps and bn in self._steps:  # step by step, as the LIF reads it
+            parts = [graph.op("Add", [at, bt], "add") for at, bt in zip(self._steps[an], self._steps[bn])]
+            y = concat_steps(graph, parts, "add")
+            self._steps[y] = parts
+        else:
+            y = graph.op("Add", [an, bn], "add")
+        if nhwc:
             self._nhwc.add(y)
-            return y
-        return self.graph.op("Add", [self.nchw(a.name), self.nchw(b.name)], "add")
+        return y
 
     def emit_repeat(self, x: Value) -> str:
         return repeat_steps(self.graph, self.nchw(x.name), len(x.shape), self.steps)
@@ -308,7 +334,7 @@ class OnnxWriter(ModelWalk):
         The QDQ form keeps the float count: MatMulInteger is onnxruntime's alone.
         """
         graph, steps = self.graph, self.steps
-        xs = step_slices(graph, x.name, x.static, steps, name)
+        xs = self._steps.get(x.name) or step_slices(graph, x.name, x.static, steps, name)
         ops = GraphOps(graph, name)
         v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
         fired = []
@@ -330,6 +356,8 @@ class OnnxWriter(ModelWalk):
             count = integer_count(graph, self._uint8[spikes], steps, neurons, name)
             if x.name in self._nhwc:  # elementwise: the spikes keep the layout of the membrane input
                 self._nhwc.add(spikes)
+            if steps > 1:  # each step's float spikes, for a residual add taken step by step
+                self._steps[spikes] = [graph.op("Cast", [f], f"{name}.spikes", to=TensorProto.FLOAT) for f in fired]
         self._fired[spikes] = fire_maps
         self.counts.append(count)
         return spikes
