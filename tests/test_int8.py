@@ -284,21 +284,24 @@ def test_tensorrt_takes_int8_in_the_qdq_form(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["smallnet", "resnet19", "vgg11"])
-def test_one_gemm_per_step_computes_what_one_gemm_for_all_steps_computes(name, monkeypatch):
-    """The integer form's per-step MatMulIntegers (big maps) are rows of the one GEMM: with every int8 conv run
-    step by step, and with none, the graph gives the same logits and spike counts bit for bit (residual adds and
-    max pools included)."""
+def test_one_gemm_per_step_and_band_computes_what_one_gemm_for_all_steps_computes(name, monkeypatch):
+    """The integer form's per-step (and per-band) MatMulIntegers of big maps are rows of the one GEMM: with every
+    int8 conv run step by step, in whole steps or in bands of one output row, and with none, the graph gives the
+    same logits and spike counts bit for bit (residual adds and max pools included)."""
+    import gee_deploy.export.int8 as int8
     import gee_deploy.export.writer as writer
 
     model, _ = small_model(name, 6, timesteps=3)
     images = torch.rand(5, model.in_channels, model.image_size, model.image_size,
                         generator=torch.Generator().manual_seed(2)).numpy()
     outputs, gemms = [], []
-    for threshold in (0, 2**62):
-        monkeypatch.setattr(writer, "STEP_GEMM_MIN_OUTPUTS", threshold)
+    for step_min, band_min in ((2**62, 2**62), (0, 2**62), (0, 1)):
+        monkeypatch.setattr(writer, "STEP_GEMM_MIN_OUTPUTS", step_min)
+        monkeypatch.setattr(int8, "BAND_MIN_OUTPUTS", band_min)
         proto, _ = build_onnx(model, "int8", int8_form="integer")
         gemms.append([n.op_type for n in proto.graph.node].count("MatMulInteger"))
         outputs.append(create_session(proto.SerializeToString()).run(None, {"input": images}))
-    assert gemms[0] > gemms[1]  # the per-step form ran
-    for a, b in zip(*outputs):
-        assert a.tobytes() == b.tobytes()
+    assert gemms[0] < gemms[1] < gemms[2]  # one GEMM per layer, per step, per step and band
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            assert a.tobytes() == b.tobytes()

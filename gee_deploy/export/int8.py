@@ -65,6 +65,10 @@ __all__ = [
 # --format -> the int8 form its runtime runs fastest (docs/export.md, "Int8"): onnxruntime's CPU provider has int8
 # kernels for MatMulInteger but none for a QDQ Conv without an output QuantizeLinear (it runs the float conv);
 # TensorRT reads only QDQ; OpenVINO runs QDQ at its int8 speed (it takes MatMulInteger too, 6x slower).
+# A conv run step by step computes bands of output rows apart, each with at least this many outputs per sample
+# (row_chunks): measured interleaved, one thread (docs/export.md, "Integer form speed"): 2^15 ResNet-19 1.05-1.07x
+# at batch 8 and 0.97-1.02x at batch 1; 2^14 1.20x at batch 8 but 0.86x at batch 1 (the T x B-fold op count).
+BAND_MIN_OUTPUTS = 2**15
 DEFAULT_INT8_FORM = {"onnx": Int8Form.INTEGER, "triton": Int8Form.INTEGER, "tensorrt": Int8Form.QDQ}
 
 
@@ -217,9 +221,10 @@ def emit_int8_nhwc(
     flattens it. A graph that keeps spikes NHWC from one int8 conv to the next (the LIF is elementwise)
     writes no Transpose between them (:class:`gee_deploy.export.writer.OnnxWriter`).
 
-    ``x_u8`` a list (one input per timestep): one patch matrix and MatMulInteger per step, sharing the weights,
-    and the list of the T outputs: each step's membrane input without a Split of the layer's float output, and
-    a quarter of the working set per pass (the steps' GEMMs are independent rows of one GEMM: same sums)."""
+    ``x_u8`` a list (one input per timestep): one patch matrix and MatMulInteger per step and band of output
+    rows (:func:`row_chunks`: B bands), sharing the weights, and the list of the T x B outputs, t-major, each
+    [N, Ho/B, Wo, Cout]: each step's membrane input without a Split of the layer's float output, in parts small
+    enough for the core's cache (each part's GEMM is some rows of the one GEMM: the same int32 sums)."""
     ops = ops or WeightOps()
     cout = layer.scale.shape[0]
     c, h, w = in_shape
@@ -227,25 +232,30 @@ def emit_int8_nhwc(
     weights = _weights(g, layer, ops.reshape(layer.q, (-1, cout), f"{hint}.rows"), hint, ops)  # rows (i, j, c)
     matmul_form = gather_form(layer, in_shape) == "matmul"
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    gathers = not matmul_form and (k, s, p) != (1, 1, 0)  # a 1x1 stride-1 conv reads the pixels as they are
+    chunks = row_chunks(layer, in_shape) if gathers and not isinstance(x_u8, str) else 1
     if matmul_form:  # one row per sample; a 1 x 1 output is NHWC and NCHW at once
         out_shape = g.const([-1, 1, 1, cout], f"{hint}.shape", np.int64)
-    elif (k, s, p) != (1, 1, 0):  # a 1x1 stride-1 conv reads the pixels as they are
+    elif gathers:
         pads = g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)
         pixels = g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)
-        taps = g.const(patch_index(h + 2 * p, w + 2 * p, k, s), f"{hint}.taps", np.int32)
-        patches = g.const([0, ho, wo, k * k * c], f"{hint}.patches_shape", np.int64)
+        index = patch_index(h + 2 * p, w + 2 * p, k, s).reshape(chunks, -1)  # output rows in `chunks` bands
+        taps = [g.const(band, f"{hint}.taps", np.int32) for band in index]
+        patches = g.const([0, ho // chunks, wo, k * k * c], f"{hint}.patches_shape", np.int64)
     ys = []
     for x in [x_u8] if isinstance(x_u8, str) else x_u8:
         if matmul_form:
             y = _scaled_matmul(g, g.op("Flatten", [x], f"{hint}.flat", axis=1), weights, hint)
             ys.append(g.op("Reshape", [y, out_shape], f"{hint}.nhwc_out"))
             continue
-        if (k, s, p) != (1, 1, 0):
-            x = g.op("Pad", [x, pads], f"{hint}.padded") if p else x
-            x = g.op("Reshape", [x, pixels], f"{hint}.pixels")
-            x = g.op("Gather", [x, taps], f"{hint}.taps", axis=1)  # [N, Ho*Wo*k*k, C]: one copy of C bytes per tap
-            x = g.op("Reshape", [x, patches], f"{hint}.patches")
-        ys.append(_scaled_matmul(g, x, weights, hint))  # [N, Ho, Wo, Cout]
+        if not gathers:
+            ys.append(_scaled_matmul(g, x, weights, hint))
+            continue
+        x = g.op("Pad", [x, pads], f"{hint}.padded") if p else x
+        x = g.op("Reshape", [x, pixels], f"{hint}.pixels")
+        for band in taps:  # [N, Ho/chunks*Wo*k*k, C]: one copy of C bytes per tap
+            patch = g.op("Reshape", [g.op("Gather", [x, band], f"{hint}.taps", axis=1), patches], f"{hint}.patches")
+            ys.append(_scaled_matmul(g, patch, weights, hint))  # [N, Ho/chunks, Wo, Cout]
     return ys[0] if isinstance(x_u8, str) else ys
 
 
@@ -267,6 +277,17 @@ def _scaled_matmul(g: GraphBuilder, x: str, weights: tuple[str, str, str], hint:
     # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
     y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
     return g.op("Add", [g.op("Mul", [y, scale], f"{hint}.scaled"), bias], hint)
+
+
+def row_chunks(layer: Int8Layer, in_shape: tuple) -> int:
+    """How many bands of output rows a conv run step by step (:func:`emit_int8_nhwc` on a list) computes apart:
+    the most (a divisor of Ho) that keeps at least :data:`BAND_MIN_OUTPUTS` outputs per sample in each, so that
+    each band's passes (GEMM output, scale, bias, the LIF's ops) stay in the core's L2 cache at batch 8."""
+    c, h, w = in_shape
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    most = max(1, ho * wo * layer.scale.shape[0] // BAND_MIN_OUTPUTS)
+    return max(d for d in range(1, min(most, ho) + 1) if ho % d == 0)
 
 
 def patch_index(hp: int, wp: int, k: int, s: int) -> np.ndarray:

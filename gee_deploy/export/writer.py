@@ -138,7 +138,8 @@ class OnnxWriter(ModelWalk):
         self._nhwc_out = int8 is not None and self.int8_form == Int8Form.INTEGER and not streaming
         self._nhwc: set[str] = set()  # tensors held NHWC (4-d values only; their Value shapes stay C, H, W)
         self._other_layout: dict[str, str] = {}  # a 4-d tensor <-> its Transpose to the other layout
-        self._steps: dict[str, list[str]] = {}  # a per-step tensor [T*N, ...] -> its T parts [N, ...] (see below)
+        self._steps: dict[str, list[str]] = {}  # a per-step tensor [T*N, ...] -> its T*B parts (see below)
+        self._bands: dict[str, int] = {}  # ... and B, the bands of rows each step's part is in (t-major parts)
 
     def nchw(self, name: str) -> str:
         """``name`` in the NCHW layout every reader but an int8 conv, a LIF and an add expects: itself, or its
@@ -212,9 +213,8 @@ class OnnxWriter(ModelWalk):
                     if nhwc and self.steps > 1 and int(np.prod(out_shape)) >= STEP_GEMM_MIN_OUTPUTS:
                         # one GEMM per step (its rows of the one GEMM: the same sums)
                         parts = step_slices(self.graph, spikes, False, self.steps, f"{name}.steps")
-                        ys = emit_int8_nhwc(self.graph, parts, layer, x.shape, name, ops)
-                        y = concat_steps(self.graph, ys, f"{name}.steps")
-                        self._steps[y] = list(ys)
+                        ys = list(emit_int8_nhwc(self.graph, parts, layer, x.shape, name, ops))
+                        y = self._whole(ys, len(ys) // self.steps, f"{name}.steps")
                         self._nhwc.add(y)
                     elif nhwc:
                         y = emit_int8_nhwc(self.graph, spikes, layer, x.shape, name, ops)
@@ -311,14 +311,23 @@ class OnnxWriter(ModelWalk):
     def emit_add(self, a: Value, b: Value) -> str:
         graph, nhwc = self.graph, a.name in self._nhwc or b.name in self._nhwc
         an, bn = (self.nhwc(a.name), self.nhwc(b.name)) if nhwc else (a.name, b.name)
-        if an in self._steps and bn in self._steps:  # step by step, as the LIF reads it
+        if an in self._steps and bn in self._steps and self._bands[an] == self._bands[bn]:  # as the LIF reads it
             parts = [graph.op("Add", [at, bt], "add") for at, bt in zip(self._steps[an], self._steps[bn])]
-            y = concat_steps(graph, parts, "add")
-            self._steps[y] = parts
+            y = self._whole(parts, self._bands[an], "add")
         else:
             y = graph.op("Add", [an, bn], "add")
         if nhwc:
             self._nhwc.add(y)
+        return y
+
+    def _whole(self, parts: list[str], bands: int, hint: str) -> str:
+        """The per-step tensor [T*N, H, W, C] of ``parts`` (t-major, ``bands`` bands of rows per step: their
+        Concat along H, then along the steps), recorded as its parts."""
+        graph, per_step = self.graph, parts
+        if bands > 1:
+            per_step = [graph.op("Concat", parts[i : i + bands], hint, axis=1) for i in range(0, len(parts), bands)]
+        y = concat_steps(graph, per_step, hint)
+        self._steps[y], self._bands[y] = parts, bands
         return y
 
     def emit_repeat(self, x: Value) -> str:
@@ -335,17 +344,23 @@ class OnnxWriter(ModelWalk):
         """
         graph, steps = self.graph, self.steps
         xs = self._steps.get(x.name) or step_slices(graph, x.name, x.static, steps, name)
+        bands = self._bands.get(x.name, 1) if x.name in self._steps else 1  # independent neurons: one by one
         ops = GraphOps(graph, name)
-        v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
-        fired = []
-        for t, xt in enumerate(xs):
-            h = charge(ops, v, xt, m.tau, m.v_reset)
-            spike = fire(ops, h, m.v_threshold)
-            fired.append(spike)
-            if t < steps - 1 or self.streaming:
-                if self.streaming and t == steps - 1:
-                    ops.out_name = state_names(name)[1]
-                v = reset(ops, h, spike, m.v_threshold, m.v_reset)
+        parts = [""] * len(xs)  # the fire maps, t-major as ``xs``
+        for band in range(bands):
+            v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
+            for t in range(steps):
+                h = charge(ops, v, xs[t * bands + band], m.tau, m.v_reset)
+                spike = parts[t * bands + band] = fire(ops, h, m.v_threshold)
+                if t < steps - 1 or self.streaming:
+                    if self.streaming and t == steps - 1:
+                        ops.out_name = state_names(name)[1]
+                    v = reset(ops, h, spike, m.v_threshold, m.v_reset)
+        fired = parts
+        if bands > 1:
+            fired = [
+                graph.op("Concat", parts[i : i + bands], f"{name}.fire", axis=1) for i in range(0, len(parts), bands)
+            ]
         neurons = int(np.prod(x.shape))
         if self.int8 is None or self.int8_form != Int8Form.INTEGER:  # QDQ graphs: no onnxruntime-only op
             fire_maps, spikes, count = spikes_and_count(graph, fired, neurons, name)
@@ -356,8 +371,9 @@ class OnnxWriter(ModelWalk):
             count = integer_count(graph, self._uint8[spikes], steps, neurons, name)
             if x.name in self._nhwc:  # elementwise: the spikes keep the layout of the membrane input
                 self._nhwc.add(spikes)
-            if steps > 1:  # each step's float spikes, for a residual add taken step by step
-                self._steps[spikes] = [graph.op("Cast", [f], f"{name}.spikes", to=TensorProto.FLOAT) for f in fired]
+            if steps > 1:  # each part's float spikes, for a residual add taken part by part
+                self._steps[spikes] = [graph.op("Cast", [f], f"{name}.spikes", to=TensorProto.FLOAT) for f in parts]
+                self._bands[spikes] = bands
         self._fired[spikes] = fire_maps
         self.counts.append(count)
         return spikes
