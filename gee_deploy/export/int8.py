@@ -206,9 +206,9 @@ def emit_int8(
         y = _scaled_matmul(g, flat, _weights(g, layer, rows, hint, ops), hint)
         return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
     x = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
-    y = emit_int8_nhwc(g, x, layer, in_shape, hint, ops)
-    assert isinstance(y, str)
-    return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])
+    out = emit_int8_nhwc(g, x, layer, in_shape, hint, ops)
+    assert isinstance(out, str)  # one input, one output
+    return g.op("Transpose", [out], f"{hint}.nchw", perm=[0, 3, 1, 2])
 
 
 def emit_int8_nhwc(
