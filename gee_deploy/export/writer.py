@@ -311,9 +311,10 @@ class OnnxWriter(ModelWalk):
     def emit_add(self, a: Value, b: Value) -> str:
         graph, nhwc = self.graph, a.name in self._nhwc or b.name in self._nhwc
         an, bn = (self.nhwc(a.name), self.nhwc(b.name)) if nhwc else (a.name, b.name)
-        if an in self._steps and bn in self._steps and self._bands[an] == self._bands[bn]:  # as the LIF reads it
-            parts = [graph.op("Add", [at, bt], "add") for at, bt in zip(self._steps[an], self._steps[bn])]
-            y = self._whole(parts, self._bands[an], "add")
+        if an in self._steps or bn in self._steps:  # part by part, as the conv wrote it and the LIF reads it
+            bands = self._bands[an if an in self._steps else bn]
+            parts = [graph.op("Add", [at, bt], "add") for at, bt in zip(self._parts(an, bands), self._parts(bn, bands))]
+            y = self._whole(parts, bands, "add")
         else:
             y = graph.op("Add", [an, bn], "add")
         if nhwc:
@@ -329,6 +330,23 @@ class OnnxWriter(ModelWalk):
         y = concat_steps(graph, per_step, hint)
         self._steps[y], self._bands[y] = parts, bands
         return y
+
+    def _parts(self, name: str, bands: int) -> list[str]:
+        """Per-step ``name`` as T x ``bands`` parts (:meth:`_whole`): its own, or Splits along the steps and H (of
+        its 1-byte fire maps, then cast, for a LIF's spikes)."""
+        if name in self._steps and self._bands[name] == bands:
+            return self._steps[name]
+        graph, fired = self.graph, self._fired.get(name)
+        parts = step_slices(graph, fired or name, False, self.steps, f"{name}.parts")
+        if bands > 1:
+            parts = [
+                band
+                for part in parts
+                for band in graph.op("Split", [part], f"{name}.bands", outputs=bands, axis=1, num_outputs=bands)
+            ]
+        if fired is not None:
+            parts = [graph.op("Cast", [part], f"{name}.parts", to=TensorProto.FLOAT) for part in parts]
+        return parts
 
     def emit_repeat(self, x: Value) -> str:
         return repeat_steps(self.graph, self.nchw(x.name), len(x.shape), self.steps)
