@@ -15,7 +15,7 @@ from gee_deploy.export import build_onnx
 from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import INT8_MIN_MACS, INT8_PTQ_THRESHOLDS, validation_thresholds
 from gee_deploy.export.errors import UnknownOptionError
-from gee_deploy.export.int8 import emit_int8, int8_layer
+from gee_deploy.export.int8 import emit_int8, emit_int8_nhwc, int8_layer
 from gee_deploy.export.tensorrt import compatibility_problems
 from gee_deploy.export.graph import GraphBuilder, tensor_info
 from gee_deploy.neurons import SpikeRecorder
@@ -31,20 +31,26 @@ from test_export import FAST, small_model, spec_of
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: many small ops run faster on one thread
 
 
-def _layer_graph(layer, in_shape):
+def _layer_graph(layer, in_shape, emit=emit_int8):
     g = GraphBuilder()
-    y = emit_int8(g, "x", layer, in_shape, "layer")
+    c, h, w = in_shape
+    y = emit(g, "x", layer, in_shape, "layer")
     g.op("Identity", [y], out_names=["y"])
-    proto = g.model([tensor_info("x", ["n", *in_shape], TensorProto.UINT8)], [tensor_info("y", ["n"])], 18, {})
+    x_shape = ["n", c, h, w] if emit is emit_int8 else ["n", h, w, c]
+    proto = g.model([tensor_info("x", x_shape, TensorProto.UINT8)], [tensor_info("y", ["n"])], 18, {})
     return create_session(proto.SerializeToString())
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", [
-    (5, 7, 3, 1, 1, 6),  # strided-slice patches
-    (4, 6, 4, 2, 1, 7),  # space-to-depth patches (odd map: padded to a multiple of the stride)
+CONV_GEOMETRIES = [
+    (5, 7, 3, 1, 1, 6),  # gathered 3x3 patches, padded
+    (4, 6, 4, 2, 1, 7),  # stride divides the kernel (odd map)
     (6, 5, 1, 2, 0, 5),  # a 1x1 stride-2 shortcut
+    (6, 5, 1, 1, 0, 5),  # a 1x1 stride-1 conv: no gathering
     (8, 9, 3, 1, 0, 3),  # kernel covers the input: one MatMulInteger
-    (3, 4, 5, 2, 2, 9)])
+    (3, 4, 5, 2, 2, 9)]
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", CONV_GEOMETRIES)
 def test_uint8_spikes_times_int8_weights_is_the_exact_integer_sum(c_in, c_out, k, stride, padding, size):
     """The property the int8 variant rests on: 0/1 inputs as uint8 are exact and the int32 sum is exact, so the
     layer's output is float32(exact integer sum) * scale + bias, bit for bit."""
@@ -63,6 +69,17 @@ def test_uint8_spikes_times_int8_weights_is_the_exact_integer_sum(c_in, c_out, k
     assert got.dtype == np.float32 and np.array_equal(got, want)
     q, _ = quantise_weight(conv.weight.float())
     assert np.array_equal(codes, q.numpy())  # the BatchNorm fold left the codes alone
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", CONV_GEOMETRIES)
+def test_the_nhwc_conv_is_the_nchw_conv_transposed(c_in, c_out, k, stride, padding, size):
+    """emit_int8_nhwc (what the writer runs between int8 convs) computes emit_int8's output, bit for bit."""
+    layer = int8_layer(nn.Conv2d(c_in, c_out, k, stride, padding, bias=False), None)
+    spikes = (torch.rand(3, c_in, size, size) < 0.3).to(torch.uint8).numpy()
+    want = _layer_graph(layer, (c_in, size, size)).run(None, {"x": spikes})[0]
+    got = _layer_graph(layer, (c_in, size, size), emit_int8_nhwc).run(
+        None, {"x": np.ascontiguousarray(spikes.transpose(0, 2, 3, 1))})[0]
+    assert np.array_equal(got.transpose(0, 3, 1, 2), want)
 
 
 def test_pooled_layer_quantises_the_fused_kernel_it_runs():
@@ -287,3 +304,27 @@ def test_tensorrt_takes_int8_in_the_qdq_form(tiny_checkpoint, tmp_path):
     r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.plan"), "--variant",
                                  "int8"], standalone_mode=False)
     assert isinstance(r.exception, TensorRTUnavailableError) and not (tmp_path / "m.plan").exists()
+
+
+@pytest.mark.parametrize("name", ["smallnet", "resnet19", "vgg11"])
+def test_one_gemm_per_step_and_band_computes_what_one_gemm_for_all_steps_computes(name, monkeypatch):
+    """The integer form's per-step (and per-band) MatMulIntegers of big maps are rows of the one GEMM: with every
+    int8 conv run step by step, in whole steps or in bands of one output row, and with none, the graph gives the
+    same logits and spike counts bit for bit (residual adds and max pools included)."""
+    import gee_deploy.export.int8 as int8
+    import gee_deploy.export.writer as writer
+
+    model, _ = small_model(name, 6, timesteps=3)
+    images = torch.rand(5, model.in_channels, model.image_size, model.image_size,
+                        generator=torch.Generator().manual_seed(2)).numpy()
+    outputs, gemms = [], []
+    for step_min, band_min in ((2**62, 2**62), (0, 2**62), (0, 1)):
+        monkeypatch.setattr(writer, "STEP_GEMM_MIN_OUTPUTS", step_min)
+        monkeypatch.setattr(int8, "BAND_MIN_OUTPUTS", band_min)
+        proto, _ = build_onnx(model, "int8", int8_form="integer")
+        gemms.append([n.op_type for n in proto.graph.node].count("MatMulInteger"))
+        outputs.append(create_session(proto.SerializeToString()).run(None, {"input": images}))
+    assert gemms[0] < gemms[1] < gemms[2]  # one GEMM per layer, per step, per step and band
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            assert a.tobytes() == b.tobytes()

@@ -15,8 +15,9 @@ and the shift into the bias: the membrane input and the LIF stay float32 (docs/d
 MatMulInteger with uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger
 runs, was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A
 linear layer, or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers
-its patches from the uint8 spikes in NHWC (a space-to-depth first when the stride divides the kernel, then (k/s)^2
-Slices; k^2 strided Slices otherwise), one Concat, and one MatMulInteger, and returns to NCHW after the scale.
+its patches from the uint8 spikes in NHWC with one Gather of the k^2 taps of every output pixel (:func:`patch_index`;
+a 1x1 stride-1 conv reads the pixels as they are) and one MatMulInteger, whose output is NHWC
+(:func:`emit_int8_nhwc`; :func:`emit_int8` transposes from and to NCHW around it).
 
 **qdq** (:func:`emit_qdq`; the ONNX QuantizeLinear / DequantizeLinear convention that TensorRT's explicit
 quantisation and OpenVINO's low-precision transformations read as int8 layers): QuantizeLinear of the float
@@ -32,6 +33,7 @@ onnxruntime's CPU provider runs that Conv in float32 on q s and rounds each part
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -51,7 +53,9 @@ __all__ = [
     "int8_layer",
     "dequantised_layer",
     "gather_form",
+    "patch_index",
     "emit_int8",
+    "emit_int8_nhwc",
     "emit_qdq",
     "quantise_spikes",
     "emit_input_codes",
@@ -66,6 +70,10 @@ __all__ = [
 # --format -> the int8 form its runtime runs fastest (docs/export.md, "Int8"): onnxruntime's CPU provider has int8
 # kernels for MatMulInteger but none for a QDQ Conv without an output QuantizeLinear (it runs the float conv);
 # TensorRT reads only QDQ; OpenVINO runs QDQ at its int8 speed (it takes MatMulInteger too, 6x slower).
+# A conv run step by step computes bands of output rows apart, each with at least this many outputs per sample
+# (row_chunks): measured interleaved, one thread (docs/export.md, "Integer form speed"): 2^15 ResNet-19 1.05-1.07x
+# at batch 8 and 0.97-1.02x at batch 1; 2^14 1.20x at batch 8 but 0.86x at batch 1 (the T x B-fold op count).
+BAND_MIN_OUTPUTS = 2**15
 DEFAULT_INT8_FORM = {"onnx": Int8Form.INTEGER, "triton": Int8Form.INTEGER, "tensorrt": Int8Form.QDQ}
 
 
@@ -182,8 +190,10 @@ def scale_name(layer: str) -> str:
 
 
 def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
-    """How ``layer`` gathers its inputs: "matmul" (linear, or a conv covering its whole unpadded input: none),
-    "space-to-depth" (stride s > 1 dividing k: (k/s)^2 unstrided slices), "slices" (k^2 strided slices).
+    """How ``layer`` reads its inputs, the class ``auto --allow-int8`` chooses by: "matmul" (linear, or a conv
+    covering its whole unpadded input: no gathering), "space-to-depth" (stride s > 1 dividing k), "slices" (any
+    other conv). :func:`emit_int8` gathers the last two alike (one Gather); the classes are those of the
+    gathering the policy was measured with (space-to-depth then (k/s)^2 Slices, k^2 strided Slices, one Concat).
 
     benchmarks/deploy_speed.py: on ResNet-19's stride-1 3x3 convs the k^2 slices and their Concat (C bytes per
     copy) cost more than the int8 GEMM saves (int8 0.8-1.0x of float32), on SmallNet's stride-2 and whole-input
@@ -198,88 +208,123 @@ def emit_int8(
     g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
 ) -> str:
     """Write ``layer`` reading uint8 spikes ``x_u8`` ([N, C, H, W] or [N, features]); returns its float32 output
-    [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape; ``ops``: the graph's weight
-    arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers."""
+    [N, Cout, Ho, Wo] (or [N, Cout]) name. ``in_shape``: the per-sample input shape (C, H, W) or (features,);
+    ``ops``: the graph's weight arithmetic (:mod:`gee_deploy.export.weights`), default plain initializers.
+    A conv that gathers patches runs :func:`emit_int8_nhwc` between two Transposes."""
     ops = ops or WeightOps()
     cout = layer.scale.shape[0]
-    zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
-
-    def matmul(x: str, q_rows: Tensor) -> str:  # q_rows [K, Cout] int8; int32 acc, then scale and bias
-        acc = g.op("MatMulInteger", [x, ops.output(g, q_rows, f"{hint}.weight_int8", np.int8)] + zeros, f"{hint}.acc")
-        # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
-        y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
-        y = g.op("Mul", [y, ops.output(g, layer.scale, scale_name(hint))], f"{hint}.scaled")
-        return g.op("Add", [y, ops.output(g, layer.bias, f"{hint}.bias")], hint)
-
-    q = layer.q  # [k, k, Cin, Cout] or [Cin, Cout]
     if layer.kind == LayerKind.LINEAR:
-        return matmul(x_u8, q)
+        return _scaled_matmul(g, x_u8, _weights(g, layer, layer.q, hint, ops), hint)
+    if gather_form(layer, in_shape) == "matmul":  # the kernel covers the whole input: one row per sample
+        rows = ops.reshape(ops.transpose(layer.q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")
+        flat = g.op("Flatten", [x_u8], f"{hint}.flat", axis=1)  # (c, i, j)
+        y = _scaled_matmul(g, flat, _weights(g, layer, rows, hint, ops), hint)
+        return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
+    x = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
+    out = emit_int8_nhwc(g, x, layer, in_shape, hint, ops)
+    assert isinstance(out, str)  # one input, one output
+    return g.op("Transpose", [out], f"{hint}.nchw", perm=[0, 3, 1, 2])
+
+
+@overload
+def emit_int8_nhwc(
+    g: GraphBuilder, x_u8: str, layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
+) -> str: ...
+
+
+@overload
+def emit_int8_nhwc(
+    g: GraphBuilder, x_u8: list[str], layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
+) -> list[str]: ...
+
+
+def emit_int8_nhwc(
+    g: GraphBuilder, x_u8: str | list[str], layer: Int8Layer, in_shape: tuple, hint: str, ops: WeightOps | None = None
+) -> str | list[str]:
+    """Conv ``layer`` reading uint8 spikes ``x_u8`` in NHWC, [N, H, W, C]; returns its float32 output in NHWC,
+    [N, Ho, Wo, Cout], the layout its MatMulInteger writes (``in_shape``: (C, H, W); ``ops``: as
+    :func:`emit_int8`). The patches: one Gather of every output pixel's k x k taps (:func:`patch_index`) from
+    the padded pixels; a 1x1 stride-1 conv reads the pixels as they are, a conv covering its whole input
+    flattens it. A graph that keeps spikes NHWC from one int8 conv to the next (the LIF is elementwise)
+    writes no Transpose between them (:class:`gee_deploy.export.writer.OnnxWriter`).
+
+    ``x_u8`` a list (one input per timestep): one patch matrix and MatMulInteger per step and band of output
+    rows (:func:`row_chunks`: B bands), sharing the weights, and the list of the T x B outputs, t-major, each
+    [N, Ho/B, Wo, Cout]: each step's membrane input without a Split of the layer's float output, in parts small
+    enough for the core's cache (each part's GEMM is some rows of the one GEMM: the same int32 sums)."""
+    ops = ops or WeightOps()
+    cout = layer.scale.shape[0]
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
-    form = gather_form(layer, in_shape)
-    if form == "matmul":  # the kernel covers the whole input: one row per sample
-        rows = ops.reshape(ops.transpose(q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")  # (c, i, j)
-        y = matmul(g.op("Flatten", [x_u8], f"{hint}.flat", axis=1), rows)
-        return g.op("Reshape", [y, g.const([-1, cout, 1, 1], f"{hint}.shape", np.int64)], f"{hint}.nchw")
+    weights = _weights(g, layer, ops.reshape(layer.q, (-1, cout), f"{hint}.rows"), hint, ops)  # rows (i, j, c)
+    matmul_form = gather_form(layer, in_shape) == "matmul"
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    nhwc = g.op("Transpose", [x_u8], f"{hint}.nhwc", perm=[0, 2, 3, 1])
-    axes = g.const([1, 2], "axes12", np.int64)
-    cols = []
-    if form == "space-to-depth":
-        # space-to-depth: [N, Hp, Wp, C] -> [N, Hp/s, Wp/s, s*s*C] (channels ordered (di, dj, c)), padded to
-        # multiples of s; tap (i, j) = (s a + di, s b + dj) is then block offset (a, b) of an unstrided slice
-        hp, wp = -(-(h + 2 * p) // s) * s, -(-(w + 2 * p) // s) * s
-        pads = g.const([0, p, p, 0, 0, hp - h - p, wp - w - p, 0], f"{hint}.pads", np.int64)
-        x = g.op("Pad", [nhwc, pads], f"{hint}.padded")
-        x = g.op("Reshape", [x, g.const([0, hp // s, s, wp // s, s, c], f"{hint}.s2d", np.int64)], f"{hint}.s2d")
-        x = g.op("Transpose", [x], f"{hint}.s2d", perm=[0, 1, 3, 2, 4, 5])
-        x = g.op(
-            "Reshape", [x, g.const([0, hp // s, wp // s, s * s * c], f"{hint}.blocks", np.int64)], f"{hint}.blocks"
-        )
-        kb = k // s
-        for a in range(kb):
-            for b in range(kb):
-                cols.append(
-                    g.op(
-                        "Slice",
-                        [
-                            x,
-                            g.const([a, b], f"{hint}.start", np.int64),
-                            g.const([a + ho, b + wo], f"{hint}.end", np.int64),
-                            axes,
-                        ],
-                        f"{hint}.patch",
-                    )
-                )
-        rows = ops.transpose(
-            ops.reshape(q, (kb, s, kb, s, c, cout), f"{hint}.blocks_q"), (0, 2, 1, 3, 4, 5), f"{hint}.rows"
-        )  # (a, b, di, dj, c, o)
-    else:
-        x = (
-            g.op("Pad", [nhwc, g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)], f"{hint}.padded")
-            if p
-            else nhwc
-        )
-        steps = g.const([s, s], f"{hint}.steps", np.int64)
-        for i in range(k):
-            for j in range(k):
-                cols.append(
-                    g.op(
-                        "Slice",
-                        [
-                            x,
-                            g.const([i, j], f"{hint}.start", np.int64),
-                            g.const([i + s * (ho - 1) + 1, j + s * (wo - 1) + 1], f"{hint}.end", np.int64),
-                            axes,
-                            steps,
-                        ],
-                        f"{hint}.patch",
-                    )
-                )
-        rows = q  # (i, j, c, o)
-    col = g.op("Concat", cols, f"{hint}.patches", axis=3) if len(cols) > 1 else cols[0]  # [N, Ho, Wo, k*k*C]
-    y = matmul(col, ops.reshape(rows, (-1, cout), f"{hint}.rows"))  # [N, Ho, Wo, Cout]
-    return g.op("Transpose", [y], f"{hint}.nchw", perm=[0, 3, 1, 2])
+    gathers = not matmul_form and (k, s, p) != (1, 1, 0)  # a 1x1 stride-1 conv reads the pixels as they are
+    chunks = row_chunks(layer, in_shape) if gathers and not isinstance(x_u8, str) else 1
+    if matmul_form:  # one row per sample; a 1 x 1 output is NHWC and NCHW at once
+        out_shape = g.const([-1, 1, 1, cout], f"{hint}.shape", np.int64)
+    elif gathers:
+        pads = g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)
+        pixels = g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)
+        index = patch_index(h + 2 * p, w + 2 * p, k, s).reshape(chunks, -1)  # output rows in `chunks` bands
+        taps = [g.const(band, f"{hint}.taps", np.int32) for band in index]
+        patches = g.const([0, ho // chunks, wo, k * k * c], f"{hint}.patches_shape", np.int64)
+    ys = []
+    for x in [x_u8] if isinstance(x_u8, str) else x_u8:
+        if matmul_form:
+            y = _scaled_matmul(g, g.op("Flatten", [x], f"{hint}.flat", axis=1), weights, hint)
+            ys.append(g.op("Reshape", [y, out_shape], f"{hint}.nhwc_out"))
+            continue
+        if not gathers:
+            ys.append(_scaled_matmul(g, x, weights, hint))
+            continue
+        x = g.op("Pad", [x, pads], f"{hint}.padded") if p else x
+        x = g.op("Reshape", [x, pixels], f"{hint}.pixels")
+        for band in taps:  # [N, Ho/chunks*Wo*k*k, C]: one copy of C bytes per tap
+            patch = g.op("Reshape", [g.op("Gather", [x, band], f"{hint}.taps", axis=1), patches], f"{hint}.patches")
+            ys.append(_scaled_matmul(g, patch, weights, hint))  # [N, Ho/chunks, Wo, Cout]
+    return ys[0] if isinstance(x_u8, str) else ys
+
+
+def _weights(g: GraphBuilder, layer: Int8Layer, rows: Tensor, hint: str, ops: WeightOps) -> tuple[str, str, str]:
+    """The graph names of ``layer``'s int8 ``rows`` [K, Cout], its float32 scale and its bias, written once."""
+    return (
+        ops.output(g, rows, f"{hint}.weight_int8", np.int8),
+        ops.output(g, layer.scale, scale_name(hint)),
+        ops.output(g, layer.bias, f"{hint}.bias"),
+    )
+
+
+def _scaled_matmul(g: GraphBuilder, x: str, weights: tuple[str, str, str], hint: str) -> str:
+    """uint8 ``x`` [..., K] times the int8 rows [K, Cout] of ``weights`` (:func:`_weights`): the int32 sum
+    (MatMulInteger), then the float32 scale and bias."""
+    rows, scale, bias = weights
+    zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
+    acc = g.op("MatMulInteger", [x, rows] + zeros, f"{hint}.acc")
+    # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
+    y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
+    return g.op("Add", [g.op("Mul", [y, scale], f"{hint}.scaled"), bias], hint)
+
+
+def row_chunks(layer: Int8Layer, in_shape: tuple) -> int:
+    """How many bands of output rows a conv run step by step (:func:`emit_int8_nhwc` on a list) computes apart:
+    the most (a divisor of Ho) that keeps at least :data:`BAND_MIN_OUTPUTS` outputs per sample in each, so that
+    each band's passes (GEMM output, scale, bias, the LIF's ops) stay in the core's L2 cache at batch 8."""
+    c, h, w = in_shape
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    most = max(1, ho * wo * layer.scale.shape[0] // BAND_MIN_OUTPUTS)
+    return max(d for d in range(1, min(most, ho) + 1) if ho % d == 0)
+
+
+def patch_index(hp: int, wp: int, k: int, s: int) -> np.ndarray:
+    """The pixel of every tap of every output position of a k x k stride-s conv over a (padded) hp x wp image:
+    int [Ho * Wo * k * k], ordered (output row, output column, i, j), indices into the image's hp * wp pixels
+    in row-major order. Gathering them from NHWC pixels [N, hp * wp, C] gives the im2col patch matrix, rows
+    (i, j, c), that the [k, k, Cin, Cout] codes reshaped to [k * k * Cin, Cout] multiply."""
+    a = np.arange((hp - k) // s + 1)[:, None, None, None] * s + np.arange(k)[None, None, :, None]  # row
+    b = np.arange((wp - k) // s + 1)[None, :, None, None] * s + np.arange(k)[None, None, None, :]  # column
+    return (a * wp + b).reshape(-1)
 
 
 def _unit_scale(g: GraphBuilder) -> tuple[str, str]:

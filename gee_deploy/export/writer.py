@@ -20,7 +20,7 @@ from torch import nn
 from ..batchnorm import batchnorm_affine
 from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
-from ..kinds import ExportVariant, Form, Int8Form, Precision, Storage
+from ..kinds import ExportVariant, Form, Int8Form, LayerKind, Precision, Storage
 from ..neurons import LIF, charge, fire, reset
 from ..quantisation import InputCodes
 from ..spec import BATCH_DIM, INPUT_NAME, LOGITS, SPIKE_COUNTS, LayerSpec, ModelSpec, state_names
@@ -35,6 +35,7 @@ from .int8 import (
     dequantised_layer,
     emit_input_codes,
     emit_int8,
+    emit_int8_nhwc,
     emit_qdq,
     emit_stem,
     gather_form,
@@ -48,6 +49,13 @@ from .steps import concat_steps, integer_count, repeat_steps, spikes_and_count, 
 from .weights import WeightOps, fold_constants
 
 __all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
+
+
+# An int8 conv (integer form, NHWC) with at least this many outputs per sample runs one MatMulInteger per step
+# (OnnxWriter): below it the T-fold ops cost more than the smaller passes save. Measured interleaved, one thread,
+# thresholds 0 / 2^14 / 2^15 / 2^16 (docs/export.md, "Integer form speed"): 0 made VGG-16 at batch 1 0.84-0.89x
+# and SmallNet 0.8x (their small late maps); 2^15 and 2^16 were within noise of each other.
+STEP_GEMM_MIN_OUTPUTS = 2**15
 
 
 class GraphOps:
@@ -105,6 +113,17 @@ class OnnxWriter(ModelWalk[str]):
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
     ``int8_form``: how they are spelt (MatMulInteger or QuantizeLinear / DequantizeLinear).
+    In the integer form (unrolled graphs) an int8 conv's output stays NHWC, the layout its MatMulInteger writes
+    and the next int8 conv gathers from: the LIF and the residual add are elementwise, so the spikes stay NHWC
+    from one int8 conv to the next and no Transpose runs between them; a reader that needs NCHW (a float layer,
+    pooling, the outputs) gets one Transpose of that value (of its 1-byte fire maps for a LIF's spikes), once;
+    an int8 conv or an add with an NHWC operand reading NCHW spikes (the stem's) gets their NHWC Transpose.
+    A streaming graph keeps NCHW throughout (its membranes are NCHW graph inputs and outputs).
+    Such an int8 conv with at least :data:`STEP_GEMM_MIN_OUTPUTS` outputs per sample runs one MatMulInteger per
+    step (:func:`.int8.emit_int8_nhwc` on the T slices of its uint8 input) and hands the LIF and the residual add
+    its T outputs as they are: no Split of the float membrane input, and each pass over 1/T of the data. The
+    whole [T*N, ...] tensor is the Concat of the parts, which the graph keeps only where a reader needs it
+    (:meth:`GraphBuilder.model` drops dead nodes).
     Layers reading analog values (the stem, an average pool of spikes) always stay float32. Every weight is
     computed in the graph from the stored parameters (:mod:`gee_deploy.export.weights`); :func:`write_graph`
     folds that subgraph for ``folded`` storage.
@@ -128,6 +147,39 @@ class OnnxWriter(ModelWalk[str]):
         self.counts: list[str] = []
         self._uint8: dict[str, str] = {}  # spike tensor -> its uint8 cast / int8 QDQ pair (shared by every reader)
         self._fired: dict[str, str] = {}  # a LIF's float spikes -> the boolean fire maps they were cast from
+        self._nhwc_out = int8 is not None and self.int8_form == Int8Form.INTEGER and not streaming
+        self._nhwc: set[str] = set()  # tensors held NHWC (4-d values only; their Value shapes stay C, H, W)
+        self._other_layout: dict[str, str] = {}  # a 4-d tensor <-> its Transpose to the other layout
+        self._steps: dict[str, list[str]] = {}  # a per-step tensor [T*N, ...] -> its T*B parts (see below)
+        self._bands: dict[str, int] = {}  # ... and B, the bands of rows each step's part is in (t-major parts)
+
+    def nchw(self, name: str) -> str:
+        """``name`` in the NCHW layout every reader but an int8 conv, a LIF and an add expects: itself, or its
+        Transpose (written once). A LIF's float spikes are transposed as their 1-byte fire maps, then cast."""
+        return self._transposed(name, nhwc=False) if name in self._nhwc else name
+
+    def nhwc(self, name: str) -> str:
+        """4-d ``name`` in NHWC, the layout an int8 conv gathers from: itself, or its Transpose, as :meth:`nchw`."""
+        return name if name in self._nhwc else self._transposed(name, nhwc=True)
+
+    def _transposed(self, name: str, nhwc: bool) -> str:
+        if name not in self._other_layout:
+            graph, perm, tag = self.graph, [0, 2, 3, 1] if nhwc else [0, 3, 1, 2], "nhwc" if nhwc else "nchw"
+            fired = self._fired.get(name)
+            if fired is not None:
+                fired = graph.op("Transpose", [fired], f"{name}.fired_{tag}", perm=perm)
+                out = graph.op("Cast", [fired], f"{name}.{tag}", to=TensorProto.FLOAT)
+                self._fired[out] = fired
+            else:
+                out = graph.op("Transpose", [name], f"{name}.{tag}", perm=perm)
+            if nhwc:
+                self._nhwc.add(out)
+            self._other_layout[name], self._other_layout[out] = out, name
+        return self._other_layout[name]
+
+    def value(self, x: Value) -> Value:
+        """``x`` with its name in NCHW (:meth:`nchw`)."""
+        return replace(x, name=self.nchw(_name(x)))
 
     def emit_input(self) -> str:
         graph, model = self.graph, self.model
@@ -165,15 +217,33 @@ class OnnxWriter(ModelWalk[str]):
             layer = int8_layer(m, bn, pooled, ops, name)
             if int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
                 if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
+                    x = self.value(x)
                     if _name(x) not in self._uint8:
                         self._uint8[_name(x)] = quantise_spikes(self.graph, _name(x), source)
                     y = emit_qdq(self.graph, self._uint8[_name(x)], layer, name, ops)
                 else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
+                    nhwc = self._nhwc_out and layer.kind == LayerKind.CONV  # gathers in NHWC, stays NHWC
+                    nhwc = nhwc and (gather_form(layer, x.shape) != "matmul" or _name(x) in self._nhwc)
+                    if nhwc and _name(x) in self._fired:
+                        x = replace(x, name=self.nhwc(_name(x)))  # a LIF's spikes: its fire maps in NHWC, once
                     spikes = uint8_spikes(
                         self.graph, self._uint8, _name(x), self._fired.get(_name(x), _name(x)), source
                     )
-                    y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
+                    if nhwc and _name(x) not in self._nhwc:  # (pooled spikes: transposed as uint8)
+                        spikes = self.graph.op("Transpose", [spikes], f"{name}.nhwc", perm=[0, 2, 3, 1])
+                    if nhwc and self.steps > 1 and int(np.prod(out_shape)) >= STEP_GEMM_MIN_OUTPUTS:
+                        # one GEMM per step (its rows of the one GEMM: the same sums)
+                        parts = step_slices(self.graph, spikes, False, self.steps, f"{name}.steps")
+                        ys = list(emit_int8_nhwc(self.graph, parts, layer, x.shape, name, ops))
+                        y = self._whole(ys, len(ys) // self.steps, f"{name}.steps")
+                        self._nhwc.add(y)
+                    elif nhwc:
+                        y = emit_int8_nhwc(self.graph, spikes, layer, x.shape, name, ops)
+                        self._nhwc.add(y)
+                    else:
+                        y = emit_int8(self.graph, spikes, layer, x.shape, name, ops)
                 return y, self._int8_spec(name, layer, dense_macs, calls, source)
+        x = self.value(x)
         if getattr(pooled if pooled is not None else m, "quantiser", None) is not None:
             folded = dequantised_layer(m, bn, pooled, ops, name)  # an int8 fine-tuned layer computes with q s
         else:
@@ -226,6 +296,7 @@ class OnnxWriter(ModelWalk[str]):
         graph = self.graph
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return _name(x)
+        x = self.value(x)
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             ops = self.ops
             scale, shift = batchnorm_affine(ops, m, m.num_features, name)
@@ -235,15 +306,27 @@ class OnnxWriter(ModelWalk[str]):
             return graph.op("Add", [graph.op("Mul", [_name(x), scale_name], name), shift_name], name)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices and pool_geometry(m)[3] == 1:
             k, s, p, _ = pool_geometry(m)
-            return graph.op(
-                "MaxPool",
-                [_name(x)],
-                name,
-                kernel_shape=[k, k],
-                strides=[s, s],
-                pads=[p] * 4,
-                ceil_mode=int(m.ceil_mode),
-            )
+
+            def max_pool(source: str, hint: str) -> str:
+                return graph.op(
+                    "MaxPool",
+                    [source],
+                    hint,
+                    kernel_shape=[k, k],
+                    strides=[s, s],
+                    pads=[p] * 4,
+                    ceil_mode=int(m.ceil_mode),
+                )
+
+            if self.int8_form == Int8Form.INTEGER and self.int8 is not None and _name(x) in self._fired:
+                # a LIF's spikes pooled as uint8 (1 byte, the max of 0/1 values in any type): what int8 readers
+                # take; the float spikes are cast from them where a float layer reads them
+                spikes = uint8_spikes(graph, self._uint8, _name(x), self._fired[_name(x)], name)
+                pooled = max_pool(spikes, f"{name}.uint8")
+                y = graph.op("Cast", [pooled], name, to=TensorProto.FLOAT)
+                self._uint8[y] = pooled
+                return y
+            return max_pool(_name(x), name)
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             k, s, p, _ = pool_geometry(m)
             return graph.op(
@@ -263,10 +346,47 @@ class OnnxWriter(ModelWalk[str]):
         raise UnsupportedModuleError(f"cannot export {name} ({m!r}): no ONNX translation for it")
 
     def emit_add(self, a: Value, b: Value) -> str:
-        return self.graph.op("Add", [_name(a), _name(b)], "add")
+        graph, nhwc = self.graph, _name(a) in self._nhwc or _name(b) in self._nhwc
+        an, bn = (self.nhwc(_name(a)), self.nhwc(_name(b))) if nhwc else (_name(a), _name(b))
+        if an in self._steps or bn in self._steps:  # part by part, as the conv wrote it and the LIF reads it
+            bands = self._bands[an if an in self._steps else bn]
+            parts = [graph.op("Add", [at, bt], "add") for at, bt in zip(self._parts(an, bands), self._parts(bn, bands))]
+            y = self._whole(parts, bands, "add")
+        else:
+            y = graph.op("Add", [an, bn], "add")
+        if nhwc:
+            self._nhwc.add(y)
+        return y
+
+    def _whole(self, parts: list[str], bands: int, hint: str) -> str:
+        """The per-step tensor [T*N, H, W, C] of ``parts`` (t-major, ``bands`` bands of rows per step: their
+        Concat along H, then along the steps), recorded as its parts."""
+        graph, per_step = self.graph, parts
+        if bands > 1:
+            per_step = [graph.op("Concat", parts[i : i + bands], hint, axis=1) for i in range(0, len(parts), bands)]
+        y = concat_steps(graph, per_step, hint)
+        self._steps[y], self._bands[y] = parts, bands
+        return y
+
+    def _parts(self, name: str, bands: int) -> list[str]:
+        """Per-step ``name`` as T x ``bands`` parts (:meth:`_whole`): its own, or Splits along the steps and H (of
+        its 1-byte fire maps, then cast, for a LIF's spikes)."""
+        if name in self._steps and self._bands[name] == bands:
+            return self._steps[name]
+        graph, fired = self.graph, self._fired.get(name)
+        parts = step_slices(graph, fired or name, False, self.steps, f"{name}.parts")
+        if bands > 1:
+            parts = [
+                band
+                for part in parts
+                for band in graph.op("Split", [part], f"{name}.bands", outputs=bands, axis=1, num_outputs=bands)
+            ]
+        if fired is not None:
+            parts = [graph.op("Cast", [part], f"{name}.parts", to=TensorProto.FLOAT) for part in parts]
+        return parts
 
     def emit_repeat(self, x: Value) -> str:
-        return repeat_steps(self.graph, _name(x), len(x.shape), self.steps)
+        return repeat_steps(self.graph, self.nchw(_name(x)), len(x.shape), self.steps)
 
     def emit_lif(self, name: str, m: LIF, x: Value) -> str:
         """The LIF recurrence of :mod:`gee_deploy.neurons` over the T slices, plus the layer's spike count
@@ -278,18 +398,24 @@ class OnnxWriter(ModelWalk[str]):
         The QDQ form keeps the float count: MatMulInteger is onnxruntime's alone.
         """
         graph, steps = self.graph, self.steps
-        xs = step_slices(graph, _name(x), x.static, steps, name)
+        xs = self._steps.get(_name(x)) or step_slices(graph, _name(x), x.static, steps, name)
+        bands = self._bands.get(_name(x), 1) if _name(x) in self._steps else 1  # independent neurons: one by one
         ops = GraphOps(graph, name)
-        v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
-        fired = []
-        for t, xt in enumerate(xs):
-            h = charge(ops, v, xt, m.tau, m.v_reset)
-            spike = fire(ops, h, m.v_threshold)
-            fired.append(spike)
-            if t < steps - 1 or self.streaming:
-                if self.streaming and t == steps - 1:
-                    ops.out_name = state_names(name)[1]
-                v = reset(ops, h, spike, m.v_threshold, m.v_reset)
+        parts = [""] * len(xs)  # the fire maps, t-major as ``xs``
+        for band in range(bands):
+            v = state_names(name)[0] if self.streaming else None  # None: at rest (the start of a sequence)
+            for t in range(steps):
+                h = charge(ops, v, xs[t * bands + band], m.tau, m.v_reset)
+                spike = parts[t * bands + band] = fire(ops, h, m.v_threshold)
+                if t < steps - 1 or self.streaming:
+                    if self.streaming and t == steps - 1:
+                        ops.out_name = state_names(name)[1]
+                    v = reset(ops, h, spike, m.v_threshold, m.v_reset)
+        fired = parts
+        if bands > 1:
+            fired = [
+                graph.op("Concat", parts[i : i + bands], f"{name}.fire", axis=1) for i in range(0, len(parts), bands)
+            ]
         neurons = int(np.prod(x.shape))
         if self.int8 is None or self.int8_form != Int8Form.INTEGER:  # QDQ graphs: no onnxruntime-only op
             fire_maps, spikes, count = spikes_and_count(graph, fired, neurons, name)
@@ -298,6 +424,11 @@ class OnnxWriter(ModelWalk[str]):
             spikes = graph.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)
             self._uint8[spikes] = graph.op("Cast", [fire_maps], f"{name}.uint8", to=TensorProto.UINT8)
             count = integer_count(graph, self._uint8[spikes], steps, neurons, name)
+            if _name(x) in self._nhwc:  # elementwise: the spikes keep the layout of the membrane input
+                self._nhwc.add(spikes)
+            if steps > 1:  # each part's float spikes, for a residual add taken part by part
+                self._steps[spikes] = [graph.op("Cast", [f], f"{name}.spikes", to=TensorProto.FLOAT) for f in parts]
+                self._bands[spikes] = bands
         self._fired[spikes] = fire_maps
         self.counts.append(count)
         return spikes
@@ -334,7 +465,7 @@ def write_graph(
     w = OnnxWriter(model, choose, streaming, int8, options.int8_form or Int8Form.INTEGER)
     y = w.walk()
     graph = w.graph
-    write_outputs(graph, _name(y), y.static, w.steps, model.num_classes, w.counts)
+    write_outputs(graph, w.nchw(_name(y)), y.static, w.steps, model.num_classes, w.counts)
     spec = w.spec(
         class_names=class_names,
         dataset=dataset,
