@@ -15,7 +15,7 @@ from gee_deploy.export import build_onnx
 from gee_deploy.formats import export_loaded
 from gee_deploy.export.configs import INT8_MIN_MACS, INT8_PTQ_THRESHOLDS, validation_thresholds
 from gee_deploy.export.errors import UnknownOptionError
-from gee_deploy.export.int8 import emit_int8, emit_int8_nhwc, int8_layer
+from gee_deploy.export.int8 import emit_int8, emit_int8_nhwc, int8_layer, patch_taps
 from gee_deploy.export.tensorrt import compatibility_problems
 from gee_deploy.export.graph import GraphBuilder, tensor_info
 from gee_deploy.neurons import SpikeRecorder
@@ -328,3 +328,15 @@ def test_one_gemm_per_step_and_band_computes_what_one_gemm_for_all_steps_compute
     for other in outputs[1:]:
         for a, b in zip(outputs[0], other):
             assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("hp,wp,k,s,chunks", [(6, 6, 3, 1, 1), (6, 6, 3, 1, 2), (9, 7, 4, 2, 2), (5, 5, 1, 1, 1)])
+def test_patch_taps_index_every_output_pixels_taps(hp, wp, k, s, chunks):
+    g = GraphBuilder()
+    taps = patch_taps(g, hp, wp, k, s, chunks, "t")
+    outs = [g.op("Identity", [t], out_names=[f"y{i}"]) for i, t in enumerate(taps)]
+    proto = g.model([], [onnx.helper.make_empty_tensor_value_info(o) for o in outs], 18, {})
+    got = np.concatenate([a.reshape(-1) for a in create_session(proto.SerializeToString()).run(None, {})])
+    ho, wo = (hp - k) // s + 1, (wp - k) // s + 1
+    expect = [(r * s + i) * wp + c * s + j for r in range(ho) for c in range(wo) for i in range(k) for j in range(k)]
+    assert got.tolist() == expect

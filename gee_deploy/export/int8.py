@@ -15,7 +15,7 @@ and the shift into the bias: the membrane input and the LIF stay float32 (docs/d
 MatMulInteger with uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger
 runs, was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A
 linear layer, or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers
-its patches from the uint8 spikes in NHWC with one Gather of the k^2 taps of every output pixel (:func:`patch_index`;
+its patches from the uint8 spikes in NHWC with one Gather of the k^2 taps of every output pixel (:func:`patch_taps`;
 a 1x1 stride-1 conv reads the pixels as they are) and one MatMulInteger, whose output is NHWC
 (:func:`emit_int8_nhwc`; :func:`emit_int8` transposes from and to NCHW around it).
 
@@ -53,7 +53,7 @@ __all__ = [
     "int8_layer",
     "dequantised_layer",
     "gather_form",
-    "patch_index",
+    "patch_taps",
     "emit_int8",
     "emit_int8_nhwc",
     "emit_qdq",
@@ -243,7 +243,7 @@ def emit_int8_nhwc(
 ) -> str | list[str]:
     """Conv ``layer`` reading uint8 spikes ``x_u8`` in NHWC, [N, H, W, C]; returns its float32 output in NHWC,
     [N, Ho, Wo, Cout], the layout its MatMulInteger writes (``in_shape``: (C, H, W); ``ops``: as
-    :func:`emit_int8`). The patches: one Gather of every output pixel's k x k taps (:func:`patch_index`) from
+    :func:`emit_int8`). The patches: one Gather of every output pixel's k x k taps (:func:`patch_taps`) from
     the padded pixels; a 1x1 stride-1 conv reads the pixels as they are, a conv covering its whole input
     flattens it. A graph that keeps spikes NHWC from one int8 conv to the next (the LIF is elementwise)
     writes no Transpose between them (:class:`gee_deploy.export.writer.OnnxWriter`).
@@ -266,8 +266,7 @@ def emit_int8_nhwc(
     elif gathers:
         pads = g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)
         pixels = g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)
-        index = patch_index(h + 2 * p, w + 2 * p, k, s).reshape(chunks, -1)  # output rows in `chunks` bands
-        taps = [g.const(band, f"{hint}.taps", np.int32) for band in index]
+        taps = patch_taps(g, h + 2 * p, w + 2 * p, k, s, chunks, hint)
         patches = g.const([0, ho // chunks, wo, k * k * c], f"{hint}.patches_shape", np.int64)
     ys = []
     for x in [x_u8] if isinstance(x_u8, str) else x_u8:
@@ -317,14 +316,26 @@ def row_chunks(layer: Int8Layer, in_shape: tuple) -> int:
     return max(d for d in range(1, min(most, ho) + 1) if ho % d == 0)
 
 
-def patch_index(hp: int, wp: int, k: int, s: int) -> np.ndarray:
-    """The pixel of every tap of every output position of a k x k stride-s conv over a (padded) hp x wp image:
-    int [Ho * Wo * k * k], ordered (output row, output column, i, j), indices into the image's hp * wp pixels
-    in row-major order. Gathering them from NHWC pixels [N, hp * wp, C] gives the im2col patch matrix, rows
-    (i, j, c), that the [k, k, Cin, Cout] codes reshaped to [k * k * Cin, Cout] multiply."""
-    a = np.arange((hp - k) // s + 1)[:, None, None, None] * s + np.arange(k)[None, None, :, None]  # row
-    b = np.arange((wp - k) // s + 1)[None, :, None, None] * s + np.arange(k)[None, None, None, :]  # column
-    return (a * wp + b).reshape(-1)
+def patch_taps(g: GraphBuilder, hp: int, wp: int, k: int, s: int, chunks: int, hint: str) -> list[str]:
+    """The pixel of every tap of every output position of a k x k stride-s conv over a (padded) hp x wp image,
+    ordered (output row, output column, i, j), indices into the image's hp * wp pixels in row-major order:
+    gathering them from NHWC pixels [N, hp * wp, C] gives the im2col patch matrix, rows (i, j, c), that the
+    [k, k, Cin, Cout] codes reshaped to [k * k * Cin, Cout] multiply. In ``chunks`` bands of output rows, as
+    graph tensors the Gather reads ([Ho, Wo, k, k] for one band, [1, L] each for more). Written as the broadcast sum of its row part [Ho, 1, k, 1] and its
+    column part [1, Wo, 1, k], which a session folds when it loads the file, so the file stores Ho k + Wo k
+    indices instead of Ho Wo k^2 (a genetic file stays the size of its genetic parameters)."""
+    ho, wo = (hp - k) // s + 1, (wp - k) // s + 1
+    rows = (np.arange(ho)[:, None, None, None] * s + np.arange(k)[None, None, :, None]) * wp  # [Ho, 1, k, 1]
+    cols = np.arange(wo)[None, :, None, None] * s + np.arange(k)[None, None, None, :]  # [1, Wo, 1, k]
+    index = g.op(
+        "Add",
+        [g.const(rows, f"{hint}.tap_rows", np.int32), g.const(cols, f"{hint}.tap_cols", np.int32)],
+        f"{hint}.taps",
+    )
+    if chunks == 1:
+        return [index]
+    flat = g.op("Reshape", [index, g.const([chunks, -1], f"{hint}.bands_shape", np.int64)], f"{hint}.taps_bands")
+    return list(g.op("Split", [flat], f"{hint}.taps", outputs=chunks, axis=0, num_outputs=chunks))
 
 
 def _unit_scale(g: GraphBuilder) -> tuple[str, str]:
