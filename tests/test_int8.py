@@ -333,7 +333,7 @@ def test_one_gemm_per_step_and_band_computes_what_one_gemm_for_all_steps_compute
 @pytest.mark.parametrize("hp,wp,k,s,chunks", [(6, 6, 3, 1, 1), (6, 6, 3, 1, 2), (9, 7, 4, 2, 2), (5, 5, 1, 1, 1)])
 def test_patch_taps_index_every_output_pixels_taps(hp, wp, k, s, chunks):
     g = GraphBuilder()
-    taps = patch_taps(g, hp, wp, k, s, chunks, "t")
+    taps = patch_taps(g, (hp, wp), k, s, chunks, "t")
     outs = [g.op("Identity", [t], out_names=[f"y{i}"]) for i, t in enumerate(taps)]
     proto = g.model([], [onnx.helper.make_empty_tensor_value_info(o) for o in outs], 18, {})
     got = np.concatenate([a.reshape(-1) for a in create_session(proto.SerializeToString()).run(None, {})])

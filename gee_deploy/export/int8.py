@@ -266,7 +266,7 @@ def emit_int8_nhwc(
     elif gathers:
         pads = g.const([0, p, p, 0, 0, p, p, 0], f"{hint}.pads", np.int64)
         pixels = g.const([0, -1, c], f"{hint}.pixels_shape", np.int64)
-        taps = patch_taps(g, h + 2 * p, w + 2 * p, k, s, chunks, hint)
+        taps = patch_taps(g, (h + 2 * p, w + 2 * p), k, s, chunks, hint)
         patches = g.const([0, ho // chunks, wo, k * k * c], f"{hint}.patches_shape", np.int64)
     ys = []
     for x in [x_u8] if isinstance(x_u8, str) else x_u8:
@@ -316,7 +316,7 @@ def row_chunks(layer: Int8Layer, in_shape: tuple) -> int:
     return max(d for d in range(1, min(most, ho) + 1) if ho % d == 0)
 
 
-def patch_taps(g: GraphBuilder, hp: int, wp: int, k: int, s: int, chunks: int, hint: str) -> list[str]:
+def patch_taps(g: GraphBuilder, padded: tuple[int, int], k: int, s: int, chunks: int, hint: str) -> list[str]:
     """The pixel of every tap of every output position of a k x k stride-s conv over a (padded) hp x wp image,
     ordered (output row, output column, i, j), indices into the image's hp * wp pixels in row-major order:
     gathering them from NHWC pixels [N, hp * wp, C] gives the im2col patch matrix, rows (i, j, c), that the
@@ -324,6 +324,7 @@ def patch_taps(g: GraphBuilder, hp: int, wp: int, k: int, s: int, chunks: int, h
     graph tensors the Gather reads ([Ho, Wo, k, k] for one band, [1, L] each for more). Written as the broadcast sum of its row part [Ho, 1, k, 1] and its
     column part [1, Wo, 1, k], which a session folds when it loads the file, so the file stores Ho k + Wo k
     indices instead of Ho Wo k^2 (a genetic file stays the size of its genetic parameters)."""
+    hp, wp = padded
     ho, wo = (hp - k) // s + 1, (wp - k) // s + 1
     rows = (np.arange(ho)[:, None, None, None] * s + np.arange(k)[None, None, :, None]) * wp  # [Ho, 1, k, 1]
     cols = np.arange(wo)[None, :, None, None] * s + np.arange(k)[None, None, None, :]  # [1, Wo, 1, k]
