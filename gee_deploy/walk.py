@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import UnsupportedModuleError
 from .genetic import GeneticConv2d, GeneticLinear
-from .kinds import ExportVariant, Form, LayerKind, Storage
+from .kinds import ExportVariant, Form, LayerKind, Precision, Storage
 from .neurons import LIF, SPIKE_PRESERVING, SeqToBatch, lif_reference
 from .spec import LayerSpec, ModelSpec
 from .zoo.base import ConvPool, SpikingNet
@@ -303,8 +303,10 @@ class ModelWalk(Generic[V]):
         dense_macs: int,
         calls: int,
     ) -> tuple[V | None, LayerSpec]:
-        """Write weight layer ``m`` (+ ``bn``); returns its output's name and how it runs (dense here)."""
+        """Write weight layer ``m`` (+ ``bn``); returns its output's name and how it runs (dense here; int8 where
+        the layer computes with int8 weights, a quantised model's)."""
         kind = LayerKind.CONV if isinstance(m, CONV_TYPES) else LayerKind.LINEAR
+        quantised = getattr(pooled if pooled is not None else m, "quantiser", None) is not None
         return None, LayerSpec(
             name=name,
             kind=kind,
@@ -316,6 +318,7 @@ class ModelWalk(Generic[V]):
             calls=calls,
             form=Form.DENSE,
             dense_macs=dense_macs,
+            precision=Precision.INT8 if quantised else Precision.FP32,
         )
 
     def emit_layer(self, name: str, m: nn.Module, x: Value[V]) -> V | None:

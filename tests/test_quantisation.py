@@ -189,6 +189,10 @@ def test_a_quantised_stem_reads_centred_8bit_codes():
     attach_quantisers(model, [stem] + spike_reading_layers(model))
     codes = model.input_codes
     assert isinstance(codes, InputCodes)
+    from gee_deploy.walk import describe  # PyTorch's own spec says which layers run int8 (energy reads it)
+    precision = {l.name: l.precision for l in describe(model).layers}
+    assert precision == {n: "int8" if n in quantised_layers(model) else "fp32" for n in precision}
+    assert precision[stem] == "int8"
     x = torch.tensor([0.0, 1 / 255, 0.5, 128 / 255, 1.0, 7.0, -3.0]).view(1, 1, 1, 7)
     assert codes(x).flatten().tolist() == [-128.0, -127.0, 0.0, 0.0, 127.0, 127.0, -128.0]  # z = round(127.5) = 128
     mods, seen = _hooked(model, [stem])

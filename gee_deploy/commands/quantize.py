@@ -66,12 +66,12 @@ _BATCH, _LIMIT = recipe_field("data.batch_size"), recipe_field("data.train_limit
 @click.option("--device", type=Value(DEVICE), default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @quiet_option
 def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_limit, data_dir, device, quiet):
-    """Fine-tune CHECKPOINT so every spike-reading layer's weight is int8 per output channel.
+    """Fine-tune CHECKPOINT so the stem's and every spike-reading layer's weight is int8 per output channel.
 
     A short quantisation-aware run (straight-through fake quantisation of the generated weights; the stem
-    stays fp32) on the checkpoint's own dataset. The result rebuilds its quantised model alone, and
-    `gee-deploy export Q.pt --variant int8` writes a graph whose int8 weights are exactly those it trained
-    with. Prints the fp32, untuned-int8 and fine-tuned-int8 test accuracies and the time taken.
+    reads the image as 8-bit codes) on the checkpoint's own dataset. The result rebuilds its quantised model
+    alone, and `gee-deploy export Q.pt --variant int8` writes a graph that gives its logits and spikes bit for
+    bit on onnxruntime. Prints the fp32, untuned-int8 and fine-tuned-int8 test accuracies and the time taken.
     """
     from ..training.quantize import quantize as run
     from ..training.trainer import select_device

@@ -108,7 +108,7 @@ VARIANTS = {
             ExportVariant.DENSE,
             int8=Int8Policy.ALL,
             help="dense, and every layer that reads spikes as uint8 spikes x int8 per-channel weights -> int32 (the "
-            "stem stays float32)",
+            "stem stays float32, but for a gee-deploy quantize checkpoint's, which reads 8-bit input codes)",
         ),
     )
 }
