@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import UnsupportedModuleError
 
-__all__ = ["batchnorm_affine", "folded_bias"]
+__all__ = ["BATCHNORMS", "batchnorm_affine", "folded_bias"]
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 

@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .batchnorm import BATCHNORMS
 from .errors import UnsupportedModuleError
 from .genetic import GeneticConv2d, GeneticLinear
 from .kinds import ExportVariant, Form, LayerKind, Precision, Storage
@@ -50,7 +51,6 @@ __all__ = [
 
 CONV_TYPES = (nn.Conv2d, GeneticConv2d)
 LINEAR_TYPES = (nn.Linear, GeneticLinear)
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 WeightLayer = nn.Conv2d | GeneticConv2d | nn.Linear | GeneticLinear
 V = TypeVar("V")  # what a writer names a value by: an ONNX tensor name, the NIR node names, ...
 

@@ -59,7 +59,6 @@ __all__ = [
     "emit_qdq",
     "quantise_spikes",
     "emit_input_codes",
-    "emit_stem",
     "stem_input_scale",
     "source_weight",
     "scale_name",
@@ -362,6 +361,13 @@ def emit_qdq(g: GraphBuilder, x_dq: str, layer: Int8Layer, hint: str, ops: Weigh
 
     The weight is the int8 codes [Cout, Cin, k, k] (or [Cout, Cin]) behind a DequantizeLinear at scale 1, so the
     Conv / Gemm output is the exact integer sum; the per-channel scale and the bias follow as Mul and Add.
+
+    It also writes a quantised stem, in both int8 forms, reading :func:`emit_input_codes` output (centred 8-bit
+    codes span [-255, 255]: no 8-bit type holds them, so the input stays float): every product and partial sum
+    is an integer below 2^24 (at most C k^2 x 255 x 127), exact in any float32 (or TF32) kernel. The
+    DequantizeLinear keeps the weight from being a plain constant, which onnxruntime's Conv-Mul fusion would
+    fold the scale into (q s, no longer integers); OpenVINO folds it all the same (docs/design.md, "Int8
+    layers").
     """
     ops = ops or WeightOps()
     conv = layer.kind == LayerKind.CONV
@@ -405,23 +411,3 @@ def emit_input_codes(g: GraphBuilder, x: str, codes: InputCodes) -> str:
         "input_codes",
     )
     return g.op("Sub", [clipped, g.const(codes.zero_point.numpy(), "input_zero_point", np.float32)], "input_centred")
-
-
-def emit_stem(g: GraphBuilder, x: str, layer: Int8Layer, hint: str, ops: WeightOps | None = None) -> str:
-    """Write a quantised stem reading :func:`emit_input_codes` output ``x``; returns its float32 output
-    [N, Cout, Ho, Wo] name. A float32 Conv over the integer-valued codes whose weight is the int8 codes behind a
-    DequantizeLinear at scale 1: every product and partial sum is an integer below 2^24 (at most C k^2 x 255 x
-    127), so any kernel (float32, or TF32 on a GPU) gives the exact integer sum; then the per-channel scale and
-    bias as in :func:`emit_qdq`. Both int8 forms write it so (8-bit codes centred on a zero point span
-    [-255, 255]: no 8-bit type holds them). The DequantizeLinear keeps the weight from being a plain constant:
-    onnxruntime's Conv-Mul fusion would fold the scale into a constant float weight (q s, no longer integers) and
-    move the last bit of the stem's output. OpenVINO folds it all the same (docs/design.md, "Int8 layers").
-    """
-    ops = ops or WeightOps()
-    codes = ops.transpose(layer.q, (3, 2, 0, 1), f"{hint}.codes_oi")
-    unit, zero = _unit_scale(g)
-    weight = g.op(
-        "DequantizeLinear", [ops.output(g, codes, f"{hint}.weight_int8", np.int8), unit, zero], f"{hint}.weight_dq"
-    )
-    acc = g.op("Conv", [x, weight], f"{hint}.acc", pads=[layer.padding] * 4, strides=[layer.stride] * 2)
-    return _scale_and_bias(g, acc, layer, hint, ops)

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from ..batchnorm import batchnorm_affine
+from ..batchnorm import BATCHNORMS, batchnorm_affine
 from ..checkpoint import model_origin
 from ..errors import UnsupportedModuleError
 from ..kinds import ExportVariant, Form, Int8Form, LayerKind, Precision, Storage
@@ -37,7 +37,6 @@ from .int8 import (
     emit_int8,
     emit_int8_nhwc,
     emit_qdq,
-    emit_stem,
     gather_form,
     int8_layer,
     quantise_spikes,
@@ -208,7 +207,7 @@ class OnnxWriter(ModelWalk[str]):
         ops = self.ops
         if stem_input_scale(pooled if pooled is not None else m) is not None:  # a quantised stem, in every variant
             layer = int8_layer(m, bn, pooled, ops, name)
-            return emit_stem(self.graph, _name(x), layer, name, ops), self._int8_spec(
+            return emit_qdq(self.graph, _name(x), layer, name, ops), self._int8_spec(
                 name, layer, dense_macs, calls, None
             )
         int8, source = self.int8, x.spikes_from  # int8 weights only for layers that read spikes
@@ -297,7 +296,7 @@ class OnnxWriter(ModelWalk[str]):
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return _name(x)
         x = self.value(x)
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(m, BATCHNORMS):
             ops = self.ops
             scale, shift = batchnorm_affine(ops, m, m.num_features, name)
             dims = (-1,) + (1,) * (len(x.shape) - 1)
