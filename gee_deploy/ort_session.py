@@ -32,6 +32,7 @@ __all__ = [
     "precision_of",
     "create_session",
     "openvino_session_options",
+    "openvino_unavailable",
 ]
 
 # runtime name -> execution providers, most preferred first
@@ -47,6 +48,8 @@ OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
 _OPENVINO_EXTRA = (
     "the openvino runtime needs onnxruntime's OpenVINO execution provider plugin: pip install 'gee-deploy[openvino]'"
 )
+# plugin libraries registered with onnxruntime in this process (registering one twice is an error)
+_registered_libraries: set[str] = set()
 # ``optimization`` -> onnxruntime's GraphOptimizationLevel member; "all" (the default) adds the layout
 # optimisations (NCHWc) to "extended"'s fusions
 OPTIMIZATION_LEVELS = {
@@ -98,7 +101,17 @@ def require_runtime(kind: str) -> None:
     if kind not in PROVIDERS:
         raise RuntimeUnavailableError(f"unknown onnxruntime runtime {kind!r}; use one of {', '.join(PROVIDERS)}")
     if kind in OPENVINO_PRECISION:
-        _openvino_plugin()
+        _openvino_cpu(import_onnxruntime())
+
+
+def openvino_unavailable() -> str | None:
+    """Why the ``openvino`` runtimes cannot run on this machine (the one-line error they would raise), or None
+    when they can: the plugin is installed, loads, and offers OpenVINO's CPU device."""
+    try:
+        _openvino_cpu(import_onnxruntime())
+    except RuntimeUnavailableError as e:
+        return str(e)
+    return None
 
 
 def precision_of(kind: str) -> str:
@@ -107,26 +120,46 @@ def precision_of(kind: str) -> str:
     return OPENVINO_PRECISION.get(kind, "f32")
 
 
+def _openvino_cpu(ort):
+    """The OpenVINO plugin's ``OrtEpDevice`` for OpenVINO's CPU device, the plugin registered once per process.
+
+    Raises:
+        MissingExtraError: the plugin is not installed. RuntimeUnavailableError: it cannot be loaded, or offers no
+            CPU device (onnxruntime-ep-openvino 1.8 offers only Intel CPUs, though OpenVINO runs on others:
+            onnxruntime pull request 31981, "Allow OpenVINO CPU EP discovery on non-Intel CPUs").
+    """
+    plugin = _openvino_plugin()
+    name = plugin.get_ep_name()
+    library = plugin.get_library_path()
+    if library not in _registered_libraries:  # once per process, whether or not it offers devices
+        try:
+            ort.register_execution_provider_library("openvino", library)
+        except Exception as e:  # a plugin built for another onnxruntime
+            if "already registered" not in str(e):  # by another caller in this process: the same library
+                raise RuntimeUnavailableError(
+                    f"onnxruntime {ort.__version__} cannot load the OpenVINO plugin: {reason(e, 200)}"
+                ) from None
+        _registered_libraries.add(library)
+    devices = ort.get_ep_devices()
+    cpu = [d for d in devices if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
+    if not cpu:
+        vendors = sorted({d.device.vendor for d in devices if d.device.type == ort.OrtHardwareDeviceType.CPU})
+        raise RuntimeUnavailableError(
+            f"the OpenVINO plugin offers no CPU device on this {'/'.join(vendors) or 'unknown'} CPU (its device "
+            "discovery lists Intel CPUs only); run on an Intel CPU or use the ort-cpu runtime"
+        )
+    return cpu[0]
+
+
 def _add_openvino(ort, opts, precision: str, threads: int | None) -> None:
     """Register the OpenVINO plugin once per process and add its CPU device to ``opts`` with ``precision`` (the
     ``INFERENCE_PRECISION_HINT``), ``threads`` inference threads (None: OpenVINO's default, one per physical
     core), one stream."""
-    plugin = _openvino_plugin()
-    name = plugin.get_ep_name()
-    if not any(d.ep_name == name for d in ort.get_ep_devices()):
-        try:
-            ort.register_execution_provider_library("openvino", plugin.get_library_path())
-        except Exception as e:  # a plugin built for another onnxruntime
-            raise RuntimeUnavailableError(
-                f"onnxruntime {ort.__version__} cannot load the OpenVINO plugin: {reason(e, 200)}"
-            ) from None
-    cpu = [d for d in ort.get_ep_devices() if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
-    if not cpu:
-        raise RuntimeUnavailableError("the OpenVINO plugin found no CPU device on this machine")
+    cpu = _openvino_cpu(ort)
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
-    opts.add_provider_for_devices(cpu[:1], {"load_config": json.dumps({"CPU": config})})
+    opts.add_provider_for_devices([cpu], {"load_config": json.dumps({"CPU": config})})
 
 
 def create_session(

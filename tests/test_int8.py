@@ -204,10 +204,12 @@ def test_tensorrt_static_check_passes_a_qdq_int8_export(storage):
 
 def test_openvino_runs_the_qdq_graph_as_onnxruntime_does():
     """OpenVINO's CPU plugin (f32 precision hint) through onnxruntime's plugin EP: the same logits and spikes."""
-    pytest.importorskip("onnxruntime_ep_openvino", reason="the OpenVINO execution provider plugin is not installed")
     import onnxruntime as ort
 
-    from gee_deploy.ort_session import openvino_session_options
+    from gee_deploy.ort_session import openvino_session_options, openvino_unavailable
+
+    if (why := openvino_unavailable()) is not None:
+        pytest.skip(why)
 
     model, _ = small_model("smallnet", 6, timesteps=4)
     attach_quantisers(model, spike_reading_layers(model))

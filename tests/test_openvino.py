@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from gee_deploy.data import load_test_arrays
+from gee_deploy.ort_session import openvino_unavailable
 from gee_deploy.serving.runtimes import OrtRuntime
 from gee_deploy.spec import INPUT_NAME, LOGITS, OUTPUT_NAMES, SPIKE_COUNTS
 from test_cli import run  # main() as the console script runs it: (exit code, stdout, stderr)
 
-needs_plugin = pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("onnxruntime_ep_openvino") is None,
-    reason="onnxruntime-ep-openvino (gee-deploy[openvino]) is not installed")
+OPENVINO_UNAVAILABLE = openvino_unavailable()  # not installed, or no CPU device offered (the plugin: Intel only)
+needs_plugin = pytest.mark.skipif(OPENVINO_UNAVAILABLE is not None, reason=str(OPENVINO_UNAVAILABLE))
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,27 @@ def images():
     return load_test_arrays("synthetic", limit=64)[0]
 
 
+def no_cpu_device(monkeypatch) -> None:
+    """The plugin installed but offering no CPU device, as onnxruntime-ep-openvino 1.8 does on a non-Intel CPU:
+    the machine itself where it is one, else onnxruntime's device list without the plugin's devices."""
+    if OPENVINO_UNAVAILABLE is None:
+        import onnxruntime as ort
+
+        devices = ort.get_ep_devices
+        monkeypatch.setattr(ort, "get_ep_devices",
+                            lambda: [d for d in devices() if d.ep_name != "OpenVINOExecutionProvider"])
+    elif "offers no CPU device" not in OPENVINO_UNAVAILABLE:
+        pytest.skip(OPENVINO_UNAVAILABLE)
+
+
+@pytest.mark.parametrize("cause", ["not installed", "no CPU device"])
 @pytest.mark.parametrize("command", ["bench", "check", "serve", "robustness"])
-def test_a_missing_plugin_is_one_error_line_naming_the_extra_before_any_work(command, tiny_checkpoint, serving_onnx,
-                                                                             tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
+def test_an_unusable_plugin_is_one_error_line_saying_why_before_any_work(command, cause, tiny_checkpoint,
+                                                                         serving_onnx, tmp_path, capsys, monkeypatch):
+    if cause == "not installed":
+        monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
+    else:
+        no_cpu_device(monkeypatch)
     out = tmp_path / "out"
     args = {"bench": ["bench", str(tiny_checkpoint), str(serving_onnx), "--out", str(out), "--runtimes",
                       "torch,openvino"],
@@ -37,7 +54,8 @@ def test_a_missing_plugin_is_one_error_line_naming_the_extra_before_any_work(com
     code, stdout, err = run(args, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "pip install 'gee-deploy[openvino]'" in lines[0] and "Traceback" not in err
+    why = "pip install 'gee-deploy[openvino]'" if cause == "not installed" else "offers no CPU device on this"
+    assert why in lines[0] and "Traceback" not in err
     assert not out.exists() and stdout == ""
 
 
@@ -130,6 +148,15 @@ def test_triton_repository_names_the_openvino_accelerator_and_serve_reports_it(t
     plain = write_triton_repository(onnx.load(str(serving_onnx)), OrtRuntime(serving_onnx, threads=1).spec,
                                     tmp_path / "plain", name="tiny")
     assert "execution_accelerators" not in (plain / "config.pbtxt").read_text()
-    if __import__("importlib.util").util.find_spec("onnxruntime_ep_openvino") is not None:
+    if OPENVINO_UNAVAILABLE is None:
         served = ModelService(OrtRuntime(serving_onnx, "openvino", 1), ServeConfig(name="tiny")).model_config()
         assert [a.name for a in served.optimization.execution_accelerators.cpu_execution_accelerator] == ["openvino"]
+
+
+def test_bench_by_default_runs_openvino_at_f32_only_where_its_plugin_runs(serving_onnx, monkeypatch):
+    from gee_deploy.evaluation.runtimes import default_runtimes
+
+    if OPENVINO_UNAVAILABLE is None:
+        assert default_runtimes(serving_onnx)[-1] == "openvino"  # exact; bf16 moves spikes: only on request
+    no_cpu_device(monkeypatch)
+    assert "openvino" not in default_runtimes(serving_onnx)

@@ -27,7 +27,8 @@ MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and bat
     "--runtimes",
     default=None,
     type=ChoiceList(RUNTIMES),
-    help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: all that apply here).",
+    help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: all that apply here: torch for a checkpoint; "
+    "ort-cpu, ort-cuda if present and openvino (f32) if its plugin runs here for an ONNX file).",
 )
 @click.option(
     "--batch-sizes",
