@@ -21,13 +21,13 @@ import numpy as np
 
 
 def cpu_name() -> str:
-    """The CPU's model name and the SIMD flags that matter for these kernels (AVX2, AVX-512, VNNI, AMX)."""
+    """The CPU's model name and the SIMD flags that matter for these kernels (AVX2, AVX-512, VNNI, BF16, AMX)."""
     try:
         with open("/proc/cpuinfo") as f:
             lines = f.read().splitlines()
         model = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
         flags = next(l.split(":", 1)[1].split() for l in lines if l.startswith("flags"))
-        simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+        simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
         return f"{model} ({', '.join(simd)})"
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"

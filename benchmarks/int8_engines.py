@@ -15,6 +15,11 @@ Engines (one graph file each, run through :func:`gee_deploy.ort_session.create_s
   CPU with AMX or AVX-512-BF16 (``--runtime openvino-bf16`` requests it; the plugin with no precision hint gives
   the same outputs here), the peer a user would pick.
 
+Where the plugin offers no CPU device (onnxruntime-ep-openvino 1.8 lists Intel CPUs only: docs/serving.md), the
+two OpenVINO engines run on OpenVINO's own runtime instead (``pip install openvino``, the version the plugin
+bundles; :class:`OpenVINOSession`: the same CPU properties the plugin is given), marked ``(openvino)`` in the
+table, with OpenVINO's per-layer performance counters as their op split.
+
 Models are untrained zoo nets with BatchNorm calibrated so every layer fires (``tests/test_export.py``'s
 ``lively``): CIFAR shapes (3 x 32 x 32, T = 4) for ResNet-19 and VGG-16 at g = 150, SmallNet's own 1 x 28 x 28.
 Latency does not depend on the weight values. Parity: each engine against its PyTorch model on ``--samples``
@@ -44,6 +49,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from _timing import cpu_name
 from deploy_speed import timed  # interleaved blocks, p50 (this directory is on sys.path when run as a script)
 
 from gee_deploy.testing import lively  # random BatchNorm affines, statistics calibrated: every layer fires
@@ -51,7 +57,7 @@ from gee_deploy.testing import lively  # random BatchNorm affines, statistics ca
 from gee_deploy.evaluation.bench import profile_ops
 from gee_deploy.export import build_onnx
 from gee_deploy.neurons import SpikeRecorder
-from gee_deploy.ort_session import create_session
+from gee_deploy.ort_session import create_session, openvino_unavailable
 from gee_deploy.parity import Outputs, Thresholds, checks, compare
 from gee_deploy.quantisation import attach_quantisers, spike_reading_layers, stem_layer
 from gee_deploy.spec import INPUT_NAME
@@ -63,6 +69,53 @@ ENGINES = {"ort-fp32": ("fp32", "ort-cpu", "fp32", "fp32"), "ort-int8": ("int8",
            "qdq-ort": ("qdq", "ort-cpu", "int8", "int8"), "qdq-ov": ("qdq", "openvino", "int8", "int8"),
            "ov-default": ("fp32", "openvino-bf16", "fp32", "fp32")}
 BATCHES = {"smallnet": (1, 64)}
+
+
+class OpenVINOSession:
+    """A graph compiled by OpenVINO's own runtime for its CPU device with the properties
+    :func:`gee_deploy.ort_session.create_session` gives the plugin (``INFERENCE_PRECISION_HINT`` ``precision``,
+    the LATENCY hint, one stream, ``threads`` inference threads), run like an ``InferenceSession``."""
+
+    def __init__(self, model: bytes, precision: str, threads: int, perf_counters: bool = False):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                  "INFERENCE_NUM_THREADS": str(threads), "PERF_COUNT": "YES" if perf_counters else "NO"}
+        self.compiled = core.compile_model(core.read_model(model, b""), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, _names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(feeds)
+        return [result[name] for name in self.outputs]
+
+    def op_split(self, x: np.ndarray, iters: int) -> dict[str, float]:
+        """Share of OpenVINO's per-layer time (performance counters, summed over ``iters`` runs) per layer type."""
+        totals: dict[str, float] = {}
+        for _ in range(iters):
+            self.run(None, {INPUT_NAME: x})
+            for info in self.request.profiling_info:
+                totals[info.node_type] = totals.get(info.node_type, 0.0) + info.real_time.total_seconds()
+        whole = sum(totals.values()) or 1.0
+        return dict(sorted(((k, v / whole) for k, v in totals.items()), key=lambda kv: -kv[1]))
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+OV_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
+
+
+def session(model: bytes, kind: str, threads: int, native_openvino: bool):
+    """``kind``'s session: onnxruntime's (:func:`create_session`), or an :class:`OpenVINOSession` for an OpenVINO
+    kind where the plugin cannot run here."""
+    if native_openvino and kind in OV_PRECISION:
+        return OpenVINOSession(model, OV_PRECISION[kind], threads)
+    return create_session(model, kind, threads=threads)
 
 
 def zoo(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -133,6 +186,7 @@ def session_outputs(session, images: np.ndarray, batch: int = 8) -> Outputs:
 def run(names, engines, threads, rounds: int, samples: int, profile: bool) -> list[dict]:
     rows = []
     cpus = os.cpu_count() or 1
+    native = openvino_unavailable() is not None  # the plugin offers no CPU device: OpenVINO's own runtime
     for name in names:
         model, images = zoo(name)
         quantised = copy.deepcopy(model)
@@ -146,7 +200,7 @@ def run(names, engines, threads, rounds: int, samples: int, profile: bool) -> li
         for th in threads:
             n_threads = th or cpus
             clock = time.thread_time if n_threads == 1 else time.perf_counter
-            sessions = {e: create_session(files[ENGINES[e][0]], ENGINES[e][1], threads=n_threads) for e in todo}
+            sessions = {e: session(files[ENGINES[e][0]], ENGINES[e][1], n_threads, native) for e in todo}
             parity = {}
             for e, s in sessions.items():
                 p = compare(refs[ENGINES[e][2]], session_outputs(s, images[:samples].numpy()))
@@ -168,7 +222,12 @@ def run(names, engines, threads, rounds: int, samples: int, profile: bool) -> li
                            "gemm_gops": rates, "load_average": load, **parity[e],
                            "vs_ort_fp32": t["ort-fp32"] / t[e] if "ort-fp32" in t else None,
                            "vs_ov_default": t["ov-default"] / t[e] if "ov-default" in t else None}
-                    if profile:
+                    if native and ENGINES[e][1] in OV_PRECISION:
+                        row["engine"] = f"{e} (openvino)"
+                    if profile and isinstance(sessions[e], OpenVINOSession):
+                        counted = OpenVINOSession(files[ENGINES[e][0]], OV_PRECISION[ENGINES[e][1]], n_threads, True)
+                        row["ops"] = counted.op_split(x, iters=5 if batch >= 8 else 20)
+                    elif profile:
                         ops = profile_ops(files[ENGINES[e][0]], x, n_threads, ENGINES[e][1],
                                           iters=5 if batch >= 8 else 20)
                         row["ops"] = {o["op"].split("ExecutionProvider_")[0]: o["share"] for o in ops}
@@ -203,8 +262,10 @@ def main() -> None:
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args()
     torch.set_num_threads(1)
+    print(f"CPU: {cpu_name()}; onnxruntime {ort_version()}", file=sys.stderr)
     print(HEADER, file=sys.stderr)
     rows = run(a.models, a.engines, a.threads, a.rounds, min(a.samples, 64), not a.no_profile)
+    print(f"CPU: {cpu_name()}; onnxruntime {ort_version()}")
     print(HEADER)
     print("\n".join(line(r) for r in rows))
     if a.json:

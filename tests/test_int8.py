@@ -310,7 +310,7 @@ def test_tensorrt_takes_int8_in_the_qdq_form(tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("name", ["smallnet", "resnet19", "vgg11"])
 def test_one_gemm_per_step_and_band_computes_what_one_gemm_for_all_steps_computes(name, monkeypatch):
-    """The integer form's per-step (and per-band) MatMulIntegers of big maps are rows of the one GEMM: with every
+    """The integer form's per-step (and per-band) int8 GEMMs of big maps are rows of the one GEMM: with every
     int8 conv run step by step, in whole steps or in bands of one output row, and with none, the graph gives the
     same logits and spike counts bit for bit (residual adds and max pools included)."""
     import gee_deploy.export.int8 as int8
@@ -324,7 +324,7 @@ def test_one_gemm_per_step_and_band_computes_what_one_gemm_for_all_steps_compute
         monkeypatch.setattr(writer, "STEP_GEMM_MIN_OUTPUTS", step_min)
         monkeypatch.setattr(int8, "BAND_MIN_OUTPUTS", band_min)
         proto, _ = build_onnx(model, "int8", int8_form="integer")
-        gemms.append([n.op_type for n in proto.graph.node].count("MatMulInteger"))
+        gemms.append([n.op_type for n in proto.graph.node].count("MatMulIntegerToFloat"))
         outputs.append(create_session(proto.SerializeToString()).run(None, {"input": images}))
     assert gemms[0] < gemms[1] < gemms[2]  # one GEMM per layer, per step, per step and band
     for other in outputs[1:]:

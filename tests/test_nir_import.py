@@ -84,7 +84,7 @@ def test_int8_variant_keeps_the_int8_limits(framework_file, data, tmp_path, caps
     assert code == 0, err
     spec = ModelSpec.from_onnx(out)
     assert [l.precision for l in spec.layers] == ["fp32", "fp32", "fp32", "int8"]
-    assert any(n.op_type == "MatMulInteger" for n in onnx.load(str(out)).graph.node)
+    assert any(n.op_type == "MatMulIntegerToFloat" for n in onnx.load(str(out)).graph.node)
     want_logits, want_spikes = nf.run(fw, net, images, T)
     logits, spikes = _onnx(out, images)
     assert (logits.argmax(1) == want_logits.argmax(1)).mean() >= 0.95

@@ -134,17 +134,20 @@ class GraphBuilder:
         metadata: Mapping[str, object],
         doc: str = "",
     ) -> onnx.ModelProto:
+        """The model of the live nodes (:meth:`live`) at ONNX ``opset``; a node of another domain (onnxruntime's
+        ``com.microsoft`` contrib operators) adds that domain's version 1 to the opset imports."""
         nodes, initializers = self.live([o.name for o in outputs])
         if self._renames:
             nodes = [self._renamed(n) for n in nodes]
         graph = helper.make_graph(nodes, "gee_deploy", inputs, outputs, initializers)
         opsets = [helper.make_opsetid("", opset)]
+        opsets += [helper.make_opsetid(d, 1) for d in sorted({n.domain for n in nodes} - {"", "ai.onnx"})]
         model = helper.make_model(
             graph,
             opset_imports=opsets,
             producer_name="gee-deploy",
             doc_string=doc,
-            ir_version=helper.find_min_ir_version_for(opsets),
+            ir_version=helper.find_min_ir_version_for(opsets[:1]),
         )
         set_metadata(model, metadata)
         return model

@@ -11,13 +11,14 @@ is an exact integer, so the layer computes
 with the BatchNorm folded into the per-channel scale (the codes do not change, see :mod:`gee_deploy.quantisation`)
 and the shift into the bias: the membrane input and the LIF stay float32 (docs/design.md, "Int8 layers").
 
-**integer** (:func:`emit_int8`; standard ONNX, chosen by ``benchmarks/int8_conv.py`` on onnxruntime 1.32 CPU):
-MatMulInteger with uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger
-runs, was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input). A
-linear layer, or a conv whose kernel covers its whole unpadded input, is one MatMulInteger; any other conv gathers
-its patches from the uint8 spikes in NHWC with one Gather of the k^2 taps of every output pixel (:func:`patch_taps`;
-a 1x1 stride-1 conv reads the pixels as they are) and one MatMulInteger, whose output is NHWC
-(:func:`emit_int8_nhwc`; :func:`emit_int8` transposes from and to NCHW around it).
+**integer** (:func:`emit_int8`; onnxruntime's int8 GEMM, chosen by ``benchmarks/int8_conv.py`` on onnxruntime
+1.32 CPU): uint8 x int8 operands, the combination with a fast VNNI kernel (uint8 x uint8, what ConvInteger runs,
+was 2-7x slower than the float32 conv; QLinearConv is fast but quantises its output, the membrane input), as
+MatMulIntegerToFloat, onnxruntime's contrib operator (:data:`FUSED_EPILOGUE`) that is MatMulInteger with the
+scale and bias applied in the GEMM's output pass. A linear layer, or a conv whose kernel covers its whole
+unpadded input, is one such GEMM; any other conv gathers its patches from the uint8 spikes in NHWC with one Gather
+of the k^2 taps of every output pixel (:func:`patch_taps`; a 1x1 stride-1 conv reads the pixels as they are) and
+one GEMM, whose output is NHWC (:func:`emit_int8_nhwc`; :func:`emit_int8` transposes from and to NCHW around it).
 
 **qdq** (:func:`emit_qdq`; the ONNX QuantizeLinear / DequantizeLinear convention that TensorRT's explicit
 quantisation and OpenVINO's low-precision transformations read as int8 layers): QuantizeLinear of the float
@@ -37,7 +38,6 @@ from typing import overload
 
 import numpy as np
 import torch
-from onnx import TensorProto
 from torch import nn
 
 from ..genetic import GeneticConv2d, GeneticLinear
@@ -73,6 +73,12 @@ __all__ = [
 # (row_chunks): measured interleaved, one thread (docs/export.md, "Integer form speed"): 2^15 ResNet-19 1.05-1.07x
 # at batch 8 and 0.97-1.02x at batch 1; 2^14 1.20x at batch 8 but 0.86x at batch 1 (the T x B-fold op count).
 BAND_MIN_OUTPUTS = 2**15
+# The domain of the integer form's GEMM, com.microsoft's MatMulIntegerToFloat (onnxruntime's contrib operators,
+# docs/ContribOperators.md): MatMulInteger's int32 sums converted, scaled and biased in the GEMM's own output pass
+# (MLAS's scale-bias output processor: float(sum) x scale, then + bias, two IEEE float32 roundings, no FMA), the
+# same floats as MatMulInteger, Cast, Mul and Add and three passes over the output fewer (docs/export.md,
+# "Integer form speed"). OpenVINO's ONNX reader takes it too.
+FUSED_EPILOGUE = "com.microsoft"
 DEFAULT_INT8_FORM = {"onnx": Int8Form.INTEGER, "triton": Int8Form.INTEGER, "tensorrt": Int8Form.QDQ}
 
 
@@ -294,14 +300,11 @@ def _weights(g: GraphBuilder, layer: Int8Layer, rows: Tensor, hint: str, ops: We
 
 
 def _scaled_matmul(g: GraphBuilder, x: str, weights: tuple[str, str, str], hint: str) -> str:
-    """uint8 ``x`` [..., K] times the int8 rows [K, Cout] of ``weights`` (:func:`_weights`): the int32 sum
-    (MatMulInteger), then the float32 scale and bias."""
+    """uint8 ``x`` [..., K] times the int8 rows [K, Cout] of ``weights`` (:func:`_weights`): the int32 sum, then
+    the float32 scale and bias, in one onnxruntime MatMulIntegerToFloat (:data:`FUSED_EPILOGUE`)."""
     rows, scale, bias = weights
-    zeros = [g.const(0, f"{hint}.x_zero_point", np.uint8), g.const(0, f"{hint}.w_zero_point", np.int8)]
-    acc = g.op("MatMulInteger", [x, rows] + zeros, f"{hint}.acc")
-    # (DequantizeLinear would do the Cast and Mul in one op, but onnxruntime 1.32 runs it slower than both)
-    y = g.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
-    return g.op("Add", [g.op("Mul", [y, scale], f"{hint}.scaled"), bias], hint)
+    unit = g.const(1.0, "unit_scale", np.float32, scalar=True)  # the spikes' scale: 1 x s is s
+    return g.op("MatMulIntegerToFloat", [x, rows, unit, scale, "", "", bias], hint, domain=FUSED_EPILOGUE)
 
 
 def row_chunks(layer: Int8Layer, in_shape: tuple) -> int:
