@@ -175,6 +175,15 @@ def test_export_takes_its_format_from_the_out_suffix_and_refuses_a_mismatch(tiny
         assert not (tmp_path / name).exists()
 
 
+def test_check_refuses_a_nir_file_where_the_onnx_file_goes(tiny_checkpoint, tmp_path, capsys):
+    nir = tmp_path / "m.nir"
+    code, _, err = run(["export", str(tiny_checkpoint), "--out", str(nir), "--samples", "8"], capsys)
+    assert code == 0, err
+    code, out, err = run(["check", str(tiny_checkpoint), str(nir)], capsys)
+    one_error_line(code, err, f"{nir} is a NIR file, not ONNX: check runs an ONNX file against the checkpoint")
+    assert out == ""
+
+
 def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_path, capsys):
     """ablate trains Random first and sweep the dense twin first; neither may leave runs behind when an evolving
     run would then find too few images."""

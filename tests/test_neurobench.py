@@ -203,3 +203,15 @@ def test_neurobench_format_is_save_benchmark_results_layout(tiny_checkpoint, tmp
     assert set(ours["SynapticOperations"]) == {"Effective_MACs", "Effective_ACs", "Dense"}
     md = (tmp_path / "report.md").read_text()
     assert "NeuroBench 2.3.0" in md and "Effective_ACs" in md
+
+
+def test_the_dense_equivalent_of_a_biased_conv_pool_computes_what_it_computes():
+    """A ConvPool's fused kernel keeps the conv's bias (the average of a constant is that constant)."""
+    from gee_deploy.zoo.base import ConvPool
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(ConvPool(torch.nn.Conv2d(3, 5, 3, padding=1, bias=True)))
+    block[0][0].bias.data.uniform_(-1, 1)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(nr.dense_equivalent(block)(x), block(x), atol=1e-5, rtol=0)

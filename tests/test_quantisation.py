@@ -235,6 +235,13 @@ def test_quantize_command_writes_a_checkpoint_that_rebuilds_its_int8_model(tiny_
     assert model.checkpoint.metrics["ptq_test_acc"] >= 0.0
     assert model.checkpoint.quantisation.layers[0] == stem_layer(model)  # the stem reads 8-bit input codes
     assert isinstance(model.input_codes, InputCodes)
+    onnx_path = tmp_path / "q.onnx"
+    r = CliRunner().invoke(cli, ["export", str(out), "--out", str(onnx_path), "--variant", "int8", "--samples", "16"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["check", str(out), str(onnx_path), "--limit", "32", "--min-speedup", "0"])
+    assert r.exit_code == 0 and "max logit diff 0.00e+00" in r.output, r.output
+    layers = len(model.checkpoint.quantisation.layers)
+    assert f"ort-cpu (f32, {layers} int8 layers)" in r.output  # float ops f32, the int8 layers int8
     nir = CliRunner().invoke(cli, ["export", str(out), "--format", "nir", "--out", str(tmp_path / "q.nir")])
     assert nir.exit_code == 2 and nir.stderr.startswith("error: NIR has no rounding primitive"), nir.output
     assert len(nir.stderr.strip().splitlines()) == 1 and not (tmp_path / "q.nir").exists()

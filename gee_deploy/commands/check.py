@@ -89,6 +89,11 @@ def check(
             f"{onnx_model} is a checkpoint and {checkpoint} is not: the arguments are swapped? "
             "usage: gee-deploy check CHECKPOINT MODEL.onnx"
         )
+    if _is_hdf5(onnx_model):  # NIR files are HDF5 (NIR spec): a reference, not a graph to check
+        raise ConfigError(
+            f"{onnx_model} is a NIR file, not ONNX: check runs an ONNX file against the checkpoint or NIR file it "
+            "came from; usage: gee-deploy check CHECKPOINT|SOURCE.nir MODEL.onnx"
+        )
     int8 = any(layer.precision == Precision.INT8 for layer in ModelSpec.from_onnx(onnx_model).layers)
     base = validation_thresholds(
         int8,
@@ -111,11 +116,12 @@ def check(
     )
     m, failures = run_check(checkpoint, onnx_model, options)
     p = m.parity
+    ran = f"{m.precision}, {m.int8_layers} int8 layers" if m.int8_layers else m.precision
     click.echo(
         f"{p.samples} samples of {m.dataset}: top-1 agreement {p.top1_agreement:.4%}, accuracy "
         f"delta {p.accuracy_delta * 100:+.3f} points, spike-count delta {p.spike_count_delta:.4%}, "
         f"max logit diff {p.max_logit_diff:.2e}, batch-1 p50 torch {m.torch_p50_ms:.2f} ms / "
-        f"{m.runtime} ({m.precision}) {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x"
+        f"{m.runtime} ({ran}) {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x"
     )
     for line in m.warnings:
         click.echo(f"warning: {line}", err=True)
@@ -124,3 +130,12 @@ def check(
     if failures:
         sys.exit(1)
     click.echo("check passed")
+
+
+def _is_hdf5(path: str) -> bool:
+    """Whether ``path`` starts with the HDF5 signature (the container of a NIR file)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False

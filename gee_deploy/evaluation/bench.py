@@ -427,7 +427,7 @@ def _machine(threads: int | None) -> dict:
 class CheckResult:
     """What ``check`` measured: parity on ``dataset``, batch-1 p50 latencies (ms), the provenance warnings (an
     ONNX file exported from another checkpoint, a --dataset the model was not trained on), and the runtime that
-    ran the file with its precision."""
+    ran the file with the precision of its float ops and the file's count of int8 layers."""
 
     parity: Parity
     dataset: str
@@ -436,6 +436,7 @@ class CheckResult:
     warnings: tuple[str, ...] = ()  # :func:`~.provenance.provenance_warnings`
     runtime: str = "ort-cpu"
     precision: str = "f32"
+    int8_layers: int = 0
 
     @property
     def speedup(self) -> float:
@@ -474,5 +475,6 @@ def run_check(
         warnings=tuple(provenance_warnings([ref, ort], options.dataset)),
         runtime=options.kind,
         precision=precision_of(options.kind),
+        int8_layers=sum(layer.precision == "int8" for layer in ort.spec.layers),
     )
     return result, [c.message for c in checks(parity, thresholds, CHECK_GATES, result.speedup) if not c.ok]

@@ -609,8 +609,9 @@ class _Importer:
                 )
                 currents.append(syn)
             xs = currents
-            assert syn is not None  # xs holds at least one step (opts.check: T >= 1)
-            self.state_out(f"{name}.i", syn)
+            if self.opts.streaming:
+                assert syn is not None  # xs holds at least one step (opts.check: T >= 1)
+                self.state_out(f"{name}.i", syn)
         static_drive = x.static and not cuba
         drive_once = mul(xs[0], r, "r") if static_drive else None
         v, outs = self.state_in(name, shape), []

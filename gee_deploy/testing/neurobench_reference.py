@@ -40,15 +40,13 @@ def dense_equivalent(model: nn.Module) -> nn.Module:
         new: nn.Module
         if isinstance(m, ConvPool):
             conv = m.conv
+            bias = getattr(conv, "bias", None)
             fused = nn.Conv2d(
-                conv.in_channels,
-                conv.out_channels,
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                bias=getattr(conv, "bias", None) is not None,
+                conv.in_channels, conv.out_channels, m.kernel_size, m.stride, m.padding, bias=bias is not None
             )
             fused.weight.data = m.running_weight().detach().clone()
+            if isinstance(bias, torch.Tensor) and fused.bias is not None:  # pooled conv + b: b averages to b
+                fused.bias.data = bias.detach().clone()
             new = fused
         elif isinstance(m, GeneticConv2d) and name.rpartition(".")[0] not in pools:
             dense_conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=False)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,7 +133,7 @@ def quantize(
         threads: torch CPU threads (default the recipe's, else torch's).
         seed: the fine-tune's seed: its data order and augmentation draws (per pass ``seed * 1000 + pass``, as
             the trainer's epochs), so the same call on one machine writes the same checkpoint bit for bit.
-        progress: print one line per phase.
+        progress: print one line per phase on stderr.
 
     Raises:
         CheckpointError: unreadable checkpoint, or one already quantised.
@@ -183,7 +184,8 @@ def quantize(
     limit = f" after --train-limit {train_limit}" if train_limit else ""
     check_training_batches(model, len(train_set), batch, batch_key="--batch-size", limit=limit)
     test_loader = make_loader(test_set, batch, False)
-    say = print if progress else (lambda *_: None)
+    # progress on stderr, as it happens; the summary the command prints at the end is the stdout result
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda *_: None)
 
     # ---- 2. fp32 and post-training int8 accuracy -------------------------------------------------------
     fp32 = evaluate(fp32_model, test_loader, device_)
