@@ -231,20 +231,17 @@ def test_layers_reading_analog_values_stay_float32():
     assert any(l.precision == "int8" for l in spec.layers)
 
 
-def test_auto_allow_int8_picks_large_spike_reading_layers_that_gather_cheaply():
-    model, _ = small_model("smallnet", 6)  # stride-2 ConvPools, a whole-input conv, a tiny classifier
-    _, spec = build_onnx(model, "auto", allow_int8=True)
-    for layer in spec.layers:
-        want = layer.input_is_spikes and layer.dense_macs >= INT8_MIN_MACS
-        assert (layer.precision == "int8") == want, layer.name
-    assert {l.precision for l in spec.layers} == {"fp32", "int8"}
-    # ResNet-19's spike-reading convs (3x3 stride 1, 1x1 stride-2 shortcuts) gather by strided slices, its
-    # linear layers read pooled (analog) values: auto keeps all float32, --variant int8 still makes them int8
-    resnet, _ = small_model("resnet19", 6)
-    _, spec = build_onnx(resnet, "auto", allow_int8=True)
-    assert {l.precision for l in spec.layers} == {"fp32"}
-    _, forced = build_onnx(resnet, "int8")
-    assert "int8" in {l.precision for l in forced.layers}
+def test_auto_allow_int8_picks_the_large_spike_reading_layers_of_any_geometry():
+    """SmallNet (stride-2 ConvPools, a whole-input conv, a tiny classifier) and ResNet-19 (3x3 stride-1 convs,
+    1x1 stride-2 shortcuts, linear layers reading pooled analog values): int8 exactly where a layer reads
+    spikes and has at least INT8_MIN_MACS per call."""
+    for name in ("smallnet", "resnet19"):
+        model, _ = small_model(name, 6)
+        _, spec = build_onnx(model, "auto", allow_int8=True)
+        for layer in spec.layers:
+            want = layer.input_is_spikes and layer.dense_macs >= INT8_MIN_MACS
+            assert (layer.precision == "int8") == want, (name, layer.name)
+        assert {l.precision for l in spec.layers} == {"fp32", "int8"}, name
     _, plain = build_onnx(model, "auto")
     assert {l.precision for l in plain.layers} == {"fp32"}
     with pytest.raises(UnknownOptionError, match="--allow-int8"):

@@ -25,9 +25,8 @@ __all__ = ["Chooser", "Int8Chooser", "make_chooser", "make_int8_chooser", "layer
 # (layer name, folded layer, per-sample input shape, output shape, factorised cost, dense MACs)
 #   -> ExportVariant.DENSE | ExportVariant.FACTORISED
 Chooser = Callable[[str, FoldedLayer, tuple, tuple, FactorisedCost, int], ExportVariant]
-# (layer name, dense MACs per call, gather form: see export.int8.gather_form) of a layer that reads spikes
-#   -> write it int8?
-Int8Chooser = Callable[[str, int, str], bool]
+# (layer name, dense MACs per call) of a layer that reads spikes -> write it int8?
+Int8Chooser = Callable[[str, int], bool]
 
 
 def layer_latency(
@@ -82,9 +81,9 @@ def make_chooser(variant: Variant, profile: bool, timesteps: int, opset: int, ba
 
 def make_int8_chooser(variant: Variant) -> Int8Chooser | None:
     """Which spike-reading layers ``variant`` writes int8: none, all, or (``choose``) those of at least
-    INT8_MIN_MACS per call whose inputs need no strided-slice gathering (see export.int8.gather_form)."""
+    INT8_MIN_MACS per call, whatever their geometry (docs/export.md, "Int8")."""
     if variant.int8 == Int8Policy.NEVER:
         return None
     if variant.int8 == Int8Policy.ALL:
-        return lambda name, dense_macs, gather: True
-    return lambda name, dense_macs, gather: dense_macs >= INT8_MIN_MACS and gather != "slices"
+        return lambda name, dense_macs: True
+    return lambda name, dense_macs: dense_macs >= INT8_MIN_MACS

@@ -36,7 +36,7 @@ class Variant:
             with ``--profile``).
         fixed: how every genetic layer is written (dense or factorised) when ``per_layer`` is None.
         int8: which layers that read spikes get int8 weights: never, all, or choose (those with at least
-            :data:`INT8_MIN_MACS` per call that need no strided-slice gathering; ``auto`` with ``--allow-int8``).
+            :data:`INT8_MIN_MACS` per call; ``auto`` with ``--allow-int8``).
     """
 
     name: ExportVariant

@@ -52,7 +52,7 @@ __all__ = [
     "Int8Layer",
     "int8_layer",
     "dequantised_layer",
-    "gather_form",
+    "covers_input",
     "patch_taps",
     "emit_int8",
     "emit_int8_nhwc",
@@ -194,19 +194,10 @@ def scale_name(layer: str) -> str:
     return f"{layer}.weight_scale"
 
 
-def gather_form(layer: Int8Layer, in_shape: tuple) -> str:
-    """How ``layer`` reads its inputs, the class ``auto --allow-int8`` chooses by: "matmul" (linear, or a conv
-    covering its whole unpadded input: no gathering), "space-to-depth" (stride s > 1 dividing k), "slices" (any
-    other conv). :func:`emit_int8` gathers the last two alike (one Gather); the classes are those of the
-    gathering the policy was measured with (space-to-depth then (k/s)^2 Slices, k^2 strided Slices, one Concat).
-
-    benchmarks/deploy_speed.py: on ResNet-19's stride-1 3x3 convs the k^2 slices and their Concat (C bytes per
-    copy) cost more than the int8 GEMM saves (int8 0.8-1.0x of float32), on SmallNet's stride-2 and whole-input
-    layers int8 ran 1.5-1.6x; ``auto --allow-int8`` therefore leaves "slices" layers float32.
-    """
-    if layer.kind == LayerKind.LINEAR or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2):
-        return "matmul"
-    return "space-to-depth" if layer.stride > 1 and layer.kernel_size % layer.stride == 0 else "slices"
+def covers_input(layer: Int8Layer, in_shape: tuple) -> bool:
+    """Whether ``layer`` reads its whole input as one row per sample, with no patches to gather: a linear layer,
+    or a conv whose kernel covers its whole unpadded input."""
+    return layer.kind == LayerKind.LINEAR or (layer.padding == 0 and tuple(in_shape[1:]) == (layer.kernel_size,) * 2)
 
 
 def emit_int8(
@@ -220,7 +211,7 @@ def emit_int8(
     cout = layer.scale.shape[0]
     if layer.kind == LayerKind.LINEAR:
         return _scaled_matmul(g, x_u8, _weights(g, layer, layer.q, hint, ops), hint)
-    if gather_form(layer, in_shape) == "matmul":  # the kernel covers the whole input: one row per sample
+    if covers_input(layer, in_shape):  # one row per sample
         rows = ops.reshape(ops.transpose(layer.q, (2, 0, 1, 3), f"{hint}.rows"), (-1, cout), f"{hint}.rows")
         flat = g.op("Flatten", [x_u8], f"{hint}.flat", axis=1)  # (c, i, j)
         y = _scaled_matmul(g, flat, _weights(g, layer, rows, hint, ops), hint)
@@ -262,7 +253,7 @@ def emit_int8_nhwc(
     c, h, w = in_shape
     k, s, p = layer.kernel_size, layer.stride, layer.padding
     weights = _weights(g, layer, ops.reshape(layer.q, (-1, cout), f"{hint}.rows"), hint, ops)  # rows (i, j, c)
-    matmul_form = gather_form(layer, in_shape) == "matmul"
+    matmul_form = covers_input(layer, in_shape)
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     gathers = not matmul_form and (k, s, p) != (1, 1, 0)  # a 1x1 stride-1 conv reads the pixels as they are
     chunks = row_chunks(layer, in_shape) if gathers and not isinstance(x_u8, str) else 1

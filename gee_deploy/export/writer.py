@@ -32,12 +32,12 @@ from .folding import emit_dense, fold_layer
 from .graph import GraphBuilder, set_metadata, tensor_info
 from .int8 import (
     Int8Layer,
+    covers_input,
     dequantised_layer,
     emit_input_codes,
     emit_int8,
     emit_int8_nhwc,
     emit_qdq,
-    gather_form,
     int8_layer,
     quantise_spikes,
     scale_name,
@@ -214,7 +214,7 @@ class OnnxWriter(ModelWalk[str]):
         qdq = self.int8_form == Int8Form.QDQ
         if int8 is not None and source is not None:
             layer = int8_layer(m, bn, pooled, ops, name)
-            if int8(name, dense_macs, "conv" if qdq else gather_form(layer, x.shape)):
+            if int8(name, dense_macs):
                 if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
                     x = self.value(x)
                     if _name(x) not in self._uint8:
@@ -222,7 +222,7 @@ class OnnxWriter(ModelWalk[str]):
                     y = emit_qdq(self.graph, self._uint8[_name(x)], layer, name, ops)
                 else:  # 0/1 spikes as uint8: exact; from the 1-byte fire maps when they are at hand
                     nhwc = self._nhwc_out and layer.kind == LayerKind.CONV  # gathers in NHWC, stays NHWC
-                    nhwc = nhwc and (gather_form(layer, x.shape) != "matmul" or _name(x) in self._nhwc)
+                    nhwc = nhwc and (not covers_input(layer, x.shape) or _name(x) in self._nhwc)
                     if nhwc and _name(x) in self._fired:
                         x = replace(x, name=self.nhwc(_name(x)))  # a LIF's spikes: its fire maps in NHWC, once
                     spikes = uint8_spikes(
