@@ -1,6 +1,7 @@
 """Parity of a `gee-deploy quantize` checkpoint's int8 exports with its PyTorch model on a whole test split: both
 int8 forms, both storages, on onnxruntime's CPU provider and on OpenVINO (onnxruntime's OpenVINO execution
-provider plugin, f32 inference precision).
+provider plugin, f32 inference precision; where the plugin offers no CPU device, OpenVINO's own runtime with the
+same properties, ``int8_engines.OpenVINOSession``).
 
     gee-deploy train demo --out runs/demo --quiet --set train.epochs=1
     gee-deploy quantize runs/demo/best.pt --out runs/demo/q.pt
@@ -25,7 +26,8 @@ from gee_deploy.checkpoint import load_model
 from gee_deploy.data import load_test_arrays
 from gee_deploy.export import build_onnx
 from gee_deploy.neurons import LIF, SpikeRecorder
-from gee_deploy.ort_session import create_session, import_onnxruntime, openvino_session_options
+from gee_deploy.ort_session import create_session, import_onnxruntime, openvino_session_options, openvino_unavailable
+from int8_engines import OpenVINOSession  # this directory is on sys.path when run as a script
 from gee_deploy.parity import EXPORT_GATES, Outputs, Thresholds, checks, compare
 
 BATCH = 500
@@ -39,6 +41,8 @@ def run_graph(proto, runtime: str, images: np.ndarray, extra: list[str] = ()) ->
     model = proto.SerializeToString()
     if runtime == "ort-cpu":
         session = create_session(model, threads=1)
+    elif openvino_unavailable() is not None:  # the plugin offers no CPU device here: OpenVINO's own runtime
+        session = OpenVINOSession(model, "f32", 1)
     else:
         session = import_onnxruntime().InferenceSession(model, openvino_session_options(threads=1))
     outs = [session.run(None, {"input": images[i:i + BATCH]}) for i in range(0, len(images), BATCH)]
