@@ -51,7 +51,7 @@ def unrolled_per_step(path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     out = dict(zip([LOGITS, SPIKE_COUNTS, *inner],
                    create_session(model.SerializeToString()).run([LOGITS, SPIKE_COUNTS, *inner], {INPUT_NAME: x})))
-    spikes = np.stack([out[f"{lif}.per_step"].sum(2) for lif in spec.spiking_layers], axis=-1)  # [T, N, L]
+    spikes = np.stack([out[f"{lif}.per_step"] for lif in spec.spiking_layers], axis=-1)  # each [T, N]: [T, N, L]
     return out["per_step_logits"], spikes, out[LOGITS], out[SPIKE_COUNTS]
 
 

@@ -46,26 +46,27 @@ def concat_steps(graph: GraphBuilder, parts: list[str], hint: str) -> str:
     return graph.op("Concat", parts, hint, axis=0) if len(parts) > 1 else parts[0]
 
 
-def spikes_and_count(graph: GraphBuilder, fired: list[str], neurons: int, name: str) -> tuple[str, str, str]:
-    """A spiking layer's outputs from its T boolean fire maps ``fired`` (each ``[N, ...]``, ``neurons`` per sample).
+def spikes_and_count(graph: GraphBuilder, fired: list[str], shape: tuple[int, ...], name: str) -> tuple[str, str, str]:
+    """A spiking layer's outputs from its T boolean fire maps ``fired`` (each ``[N, *shape]``).
 
-    The maps are concatenated (1 byte each) and cast to float once; the count is one ReduceSum of that float
-    tensor (viewed as ``[T, N, neurons]``) over steps and neurons, exact while a layer's count per sample stays
-    below 2^24.
+    The maps are concatenated (1 byte each) and cast to float once; the count sums that float tensor over every
+    per-sample axis (ReduceSum, any layout: a runtime that keeps the spikes in a blocked or channels-last layout,
+    as OpenVINO does, reads them where they are instead of reordering them for a Reshape), then the T steps of
+    each sample. Exact while a layer's count per sample stays below 2^24 (sums of 0/1 values in any order).
 
     Returns:
-        the fire maps (bool ``[T*N, ...]``), the spikes (float32 ``[T*N, ...]``), the count per sample
+        the fire maps (bool ``[T*N, *shape]``), the spikes (float32 ``[T*N, *shape]``), the count per sample
         (float32 ``[N, 1]``).
     """
     fire_maps = concat_steps(graph, fired, f"{name}.fired")
     spikes = graph.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)
+    axes = graph.const(list(range(1, len(shape) + 1)), f"axes1_{len(shape)}", np.int64)
+    per_map = graph.op("ReduceSum", [spikes, axes], f"{name}.per_map", keepdims=0)  # [T*N]
     per_step = graph.op(
-        "Reshape", [spikes, graph.const([len(fired), -1, neurons], f"{name}.steps_shape", np.int64)], f"{name}.per_step"
-    )
-    count = graph.op(
-        "ReduceSum", [per_step, graph.const([0, 2], "axes02", np.int64)], f"{name}.count", keepdims=1
-    )  # [1, N, 1]
-    return fire_maps, spikes, graph.op("Squeeze", [count, graph.const([0], "axis0", np.int64)], f"{name}.count")
+        "Reshape", [per_map, graph.const([len(fired), -1], "steps_by_samples", np.int64)], f"{name}.per_step"
+    )  # [T, N]
+    count = graph.op("ReduceSum", [per_step, graph.const([0], "axis0", np.int64)], f"{name}.count", keepdims=1)
+    return fire_maps, spikes, graph.op("Reshape", [count, graph.const([-1, 1], "column", np.int64)], f"{name}.count")
 
 
 def integer_count(graph: GraphBuilder, uint8: str, steps: int, neurons: int, name: str) -> str:

@@ -417,7 +417,7 @@ class OnnxWriter(ModelWalk[str]):
             ]
         neurons = int(np.prod(x.shape))
         if self.int8 is None or self.int8_form != Int8Form.INTEGER:  # QDQ graphs: no onnxruntime-only op
-            fire_maps, spikes, count = spikes_and_count(graph, fired, neurons, name)
+            fire_maps, spikes, count = spikes_and_count(graph, fired, tuple(x.shape), name)
         else:
             fire_maps = concat_steps(graph, fired, f"{name}.fired")
             spikes = graph.op("Cast", [fire_maps], f"{name}.spikes", to=TensorProto.FLOAT)

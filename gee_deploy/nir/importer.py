@@ -650,7 +650,7 @@ class _Importer:
         if not spiking:
             return _Value(concat_steps(g, outs, f"{name}.v_steps"), shape, False)
         neurons = int(np.prod(shape))
-        _, spikes, count = spikes_and_count(g, outs, neurons, name)
+        _, spikes, count = spikes_and_count(g, outs, tuple(shape), name)
         self.counts.append(count)
         self.spiking.append(name)
         self.neurons.append(neurons)
