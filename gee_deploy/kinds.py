@@ -90,7 +90,7 @@ class Int8Policy(StrEnum):
 class Int8Form(StrEnum):
     """How an int8 layer is spelt in ONNX (``--int8-form``; :mod:`gee_deploy.export.int8`); both compute the same."""
 
-    INTEGER = "integer"  # MatMulInteger on uint8 spikes (patches gathered for a conv): onnxruntime's CPU int8 kernels
+    INTEGER = "integer"  # MatMulIntegerToFloat on uint8 spikes (patches gathered for a conv): onnxruntime's CPU int8
     QDQ = "qdq"  # QuantizeLinear / DequantizeLinear around Conv / Gemm: TensorRT's and OpenVINO's int8 convention
 
 

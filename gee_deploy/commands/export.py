@@ -43,8 +43,8 @@ _SAMPLES = ValidationConfig().samples
     "--int8-form",
     type=click.Choice([f.value for f in Int8Form]),
     default=None,
-    help="How int8 layers are spelt. integer: MatMulInteger on uint8 spikes (onnxruntime's CPU int8 "
-    "kernels); qdq: QuantizeLinear/DequantizeLinear around Conv/Gemm (TensorRT, OpenVINO). Both "
+    help="How int8 layers are spelt. integer: onnxruntime's MatMulIntegerToFloat on uint8 spikes (its CPU "
+    "int8 kernels, scale and bias in the GEMM); qdq: QuantizeLinear/DequantizeLinear around Conv/Gemm (TensorRT, OpenVINO). Both "
     "compute the same exact integer sums. Default: qdq for tensorrt, integer otherwise.",
 )
 @click.option(

@@ -68,7 +68,7 @@ __all__ = [
 
 # --format -> the int8 form its runtime runs fastest (docs/export.md, "Int8"): onnxruntime's CPU provider has int8
 # kernels for MatMulInteger but none for a QDQ Conv without an output QuantizeLinear (it runs the float conv);
-# TensorRT reads only QDQ; OpenVINO runs QDQ at its int8 speed (it takes MatMulInteger too, 6x slower).
+# TensorRT reads only QDQ; OpenVINO runs QDQ at its int8 speed (it took MatMulInteger too, 6x slower).
 # A conv run step by step computes bands of output rows apart, each with at least this many outputs per sample
 # (row_chunks): measured interleaved, one thread (docs/export.md, "Integer form speed"): 2^15 ResNet-19 1.05-1.07x
 # at batch 8 and 0.97-1.02x at batch 1; 2^14 1.20x at batch 8 but 0.86x at batch 1 (the T x B-fold op count).

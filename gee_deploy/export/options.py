@@ -72,7 +72,7 @@ class ExportOptions:
         data_dir: where the checkpoint's dataset lives; None: its standard place.
         max_batch_size: Triton's max_batch_size / the TensorRT optimisation profile's maximum (>= 1).
         fp16: TensorRT only: build an FP16 plan.
-        int8_form: how int8 layers are spelt (:class:`~gee_deploy.kinds.Int8Form`: MatMulInteger or QDQ); None
+        int8_form: how int8 layers are spelt (:class:`~gee_deploy.kinds.Int8Form`: onnxruntime's MatMulIntegerToFloat or QDQ); None
             when the variant writes none.
         triton_accelerator: Triton only: the CPU execution accelerator its config.pbtxt names (one of
             :data:`~gee_deploy.triton_config.CPU_ACCELERATORS`), or None for onnxruntime's CPU provider.
@@ -267,7 +267,7 @@ def check_int8_form(form: Int8Form | str | None, variant: Variant, output_format
         return None
     if form == Int8Form.INTEGER and output_format.name == ExportFormat.TENSORRT:
         raise UnknownOptionError(
-            "--int8-form integer is onnxruntime's MatMulInteger, which TensorRT cannot run "
+            "--int8-form integer is onnxruntime's MatMulIntegerToFloat, which TensorRT cannot run "
             "(its int8 is QDQ only): use --int8-form qdq (the default for --format tensorrt)"
         )
     return form or DEFAULT_INT8_FORM.get(output_format.name, Int8Form.INTEGER)

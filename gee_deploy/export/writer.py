@@ -50,7 +50,7 @@ from .weights import WeightOps, fold_constants
 __all__ = ["Chooser", "GraphOps", "Int8Chooser", "OnnxWriter", "write_graph"]
 
 
-# An int8 conv (integer form, NHWC) with at least this many outputs per sample runs one MatMulInteger per step
+# An int8 conv (integer form, NHWC) with at least this many outputs per sample runs one int8 GEMM per step
 # (OnnxWriter): below it the T-fold ops cost more than the smaller passes save. Measured interleaved, one thread,
 # thresholds 0 / 2^14 / 2^15 / 2^16 (docs/export.md, "Integer form speed"): 0 made VGG-16 at batch 1 0.84-0.89x
 # and SmallNet 0.8x (their small late maps); 2^15 and 2^16 were within noise of each other.
@@ -111,14 +111,14 @@ class OnnxWriter(ModelWalk[str]):
     """The model walk writing ONNX nodes into ``self.graph``; ``counts`` are the per-LIF [N, 1] spike counts.
 
     ``int8``: which spike-reading layers to write with int8 weights (:mod:`gee_deploy.export.int8`); None: none.
-    ``int8_form``: how they are spelt (MatMulInteger or QuantizeLinear / DequantizeLinear).
-    In the integer form (unrolled graphs) an int8 conv's output stays NHWC, the layout its MatMulInteger writes
+    ``int8_form``: how they are spelt (MatMulIntegerToFloat or QuantizeLinear / DequantizeLinear).
+    In the integer form (unrolled graphs) an int8 conv's output stays NHWC, the layout its GEMM writes
     and the next int8 conv gathers from: the LIF and the residual add are elementwise, so the spikes stay NHWC
     from one int8 conv to the next and no Transpose runs between them; a reader that needs NCHW (a float layer,
     pooling, the outputs) gets one Transpose of that value (of its 1-byte fire maps for a LIF's spikes), once;
     an int8 conv or an add with an NHWC operand reading NCHW spikes (the stem's) gets their NHWC Transpose.
     A streaming graph keeps NCHW throughout (its membranes are NCHW graph inputs and outputs).
-    Such an int8 conv with at least :data:`STEP_GEMM_MIN_OUTPUTS` outputs per sample runs one MatMulInteger per
+    Such an int8 conv with at least :data:`STEP_GEMM_MIN_OUTPUTS` outputs per sample runs one int8 GEMM per
     step (:func:`.int8.emit_int8_nhwc` on the T slices of its uint8 input) and hands the LIF and the residual add
     its T outputs as they are: no Split of the float membrane input, and each pass over 1/T of the data. The
     whole [T*N, ...] tensor is the Concat of the parts, which the graph keeps only where a reader needs it

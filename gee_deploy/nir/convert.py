@@ -103,7 +103,7 @@ def convert_nir(
         raise UnknownOptionError("the input is already a NIR file: write onnx (--out X.onnx), triton or tensorrt")
     if output_format.name == ExportFormat.TENSORRT and options.int8_form is not None:
         raise UnknownOptionError(
-            "a NIR import writes int8 layers in the integer form (onnxruntime's MatMulInteger), "
+            "a NIR import writes int8 layers in the integer form (onnxruntime's MatMulIntegerToFloat), "
             "which TensorRT cannot run: export --variant dense for --format tensorrt"
         )
     if not output_format.out_is_dir and Path(out).is_dir():
