@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 __all__ = [
+    "accuracy_within_noise",
     "Thresholds",
     "Outputs",
     "Parity",
@@ -267,6 +268,13 @@ def _accuracy(m: Parity, t: Thresholds, speedup: float | None) -> Check | None:
         ok,
         f"accuracy delta {v * 100:+.3f} points exceeds +/-{t.max_accuracy_delta * 100:.3f}{note}",
     )
+
+
+def accuracy_within_noise(m: Parity, t: Thresholds) -> bool:
+    """Whether ``m``'s |accuracy delta| is above ``t.max_accuracy_delta`` yet passes the paired gate (within
+    ``ACCURACY_Z`` standard errors of the limit: too few samples to call it a loss); False without labels."""
+    check = _accuracy(m, t, None)
+    return check is not None and check.ok and check.measured > check.limit
 
 
 def _speedup(m: Parity, t: Thresholds, speedup: float | None) -> Check | None:

@@ -184,6 +184,18 @@ def test_check_refuses_a_nir_file_where_the_onnx_file_goes(tiny_checkpoint, tmp_
     assert out == ""
 
 
+def test_a_missing_data_dir_is_one_usage_error_before_any_work(tiny_checkpoint, serving_onnx, tmp_path, capsys):
+    missing = tmp_path / "no-such-dir"
+    for argv in (["check", str(tiny_checkpoint), str(serving_onnx)],
+                 ["bench", str(tiny_checkpoint), "--out", str(tmp_path / "b")],
+                 ["robustness", str(tiny_checkpoint), "--out", str(tmp_path / "r")],
+                 ["export", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx")],
+                 ["quantize", str(tiny_checkpoint), "--out", str(tmp_path / "q.pt")]):
+        code, out, err = run([*argv, "--data-dir", str(missing)], capsys)
+        one_error_line(code, err, f"Directory '{missing}' does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_multi_run_commands_refuse_evolution_data_before_their_first_run(tmp_path, capsys):
     """ablate trains Random first and sweep the dense twin first; neither may leave runs behind when an evolving
     run would then find too few images."""

@@ -44,3 +44,20 @@ def test_a_collapsed_model_fails_even_on_few_samples():
 
 def test_identical_predictions_pass_a_zero_limit():
     assert _accuracy_check(256, 200, 0, 0, limit=0.0).ok
+
+
+def test_an_accuracy_delta_above_the_limit_is_within_noise_only_while_too_few_samples_show_it():
+    """check's note: the paired gate passes 1 flip in 64 samples at a 0-point limit, and fails 10."""
+    from gee_deploy.parity import Outputs, Thresholds, accuracy_within_noise, checks, compare
+
+    labels = np.zeros(64, dtype=np.int64)
+    right = np.tile([[1.0, 0.0]], (64, 1)).astype(np.float32)
+    spikes = np.ones((64, 1), np.float32)
+    limit = Thresholds(max_accuracy_delta=0.0)
+    for flips, within in ((0, False), (1, True), (10, False)):
+        wrong = right.copy()
+        wrong[:flips] = [0.0, 1.0]
+        m = compare(Outputs(right, spikes, labels), Outputs(wrong, spikes, labels))
+        assert accuracy_within_noise(m, limit) is within, flips
+        failed = [c for c in checks(m, limit, ("accuracy",)) if not c.ok]
+        assert bool(failed) is (flips == 10), flips

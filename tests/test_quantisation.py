@@ -283,3 +283,14 @@ def test_quantize_is_repeatable_bit_for_bit(augmented_checkpoint, tmp_path):
     assert a.state_dict.keys() == b.state_dict.keys()
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert a.metrics["test_acc"] == b.metrics["test_acc"]
+
+
+def test_quantize_summary_says_when_the_fine_tune_lost_to_post_training_int8_and_when_a_time_is_estimated():
+    from gee_deploy.training.quantize import QuantizeReport
+
+    report = QuantizeReport("q.pt", ["a"], 0.79, 0.787, 0.783, 0.05, 0.05, 0.5, 31, 3.0, 5.0, 703.0, True)
+    text = report.summary()
+    assert "note: the fine-tune ended below the int8 model without it (0.7830 < 0.7870)" in text
+    assert "703 s, estimated as its epochs x its last epoch's time" in text
+    better = QuantizeReport("q.pt", ["a"], 0.79, 0.78, 0.79, 0.05, 0.05, 0.5, 31, 3.0, 5.0, 192.0, False).summary()
+    assert "note:" not in better and "of the original training's 192 s)" in better

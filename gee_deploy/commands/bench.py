@@ -8,7 +8,17 @@ from pydantic import Field
 
 from ..evaluation.runtimes import RUNTIMES
 from ..recipe import recipe_field
-from .options import COUNT, THREADS, ChoiceList, NumberList, OutPath, Value, refuse_replacing, with_range
+from .options import (
+    COUNT,
+    THREADS,
+    ChoiceList,
+    NumberList,
+    OutPath,
+    Value,
+    data_dir_option,
+    refuse_replacing,
+    with_range,
+)
 
 _BATCH = recipe_field("data.batch_size")
 MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and batch size
@@ -38,7 +48,7 @@ MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and bat
     help=with_range("Batch sizes to time, each", _BATCH),
 )
 @click.option("--dataset", default=None, help="Dataset for accuracy and spikes (default: the model's own).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
+@data_dir_option()
 @click.option("--limit", default=1000, show_default=True, type=Value(COUNT), help="First N test samples (0: all).")
 @click.option(
     "--threads",

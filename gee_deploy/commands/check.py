@@ -7,9 +7,9 @@ from dataclasses import replace
 import click
 
 from ..errors import ConfigError
+from ..parity import ACCURACY_Z, Thresholds, accuracy_within_noise
 from ..parity import INT8_PTQ_THRESHOLDS as _I
-from ..parity import Thresholds
-from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value, onnx_runtime_option
+from .options import COUNT, FRACTION, NON_NEGATIVE, THREADS, Value, data_dir_option, onnx_runtime_option
 
 _T = Thresholds()
 
@@ -29,7 +29,8 @@ _T = Thresholds()
     "--max-acc-delta",
     default=None,
     type=Value(FRACTION),
-    help=f"Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points) [default: "
+    help=f"Largest |accuracy - checkpoint accuracy| (fraction: 0.001 = 0.1 points) beyond sampling noise: the gate "
+    f"fails when the paired difference exceeds it by more than {ACCURACY_Z} standard errors [default: "
     f"{_T.max_accuracy_delta}; post-training int8 {_I.max_accuracy_delta}].",
 )
 @click.option(
@@ -47,7 +48,7 @@ _T = Thresholds()
     help="Lowest PyTorch-eager / onnxruntime latency ratio at batch 1 (p50, same run).",
 )
 @click.option("--dataset", default=None, help="Dataset (default: the model's own).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
+@data_dir_option()
 @click.option("--limit", default=1000, show_default=True, type=Value(COUNT), help="First N test samples (0: all).")
 @click.option(
     "--threads",
@@ -123,6 +124,14 @@ def check(
         f"max logit diff {p.max_logit_diff:.2e}, batch-1 p50 torch {m.torch_p50_ms:.2f} ms / "
         f"{m.runtime} ({ran}) {m.ort_p50_ms:.2f} ms = {m.speedup:.2f}x"
     )
+    limit = options.thresholds.max_accuracy_delta
+    if p.accuracy_delta is not None and accuracy_within_noise(p, options.thresholds):
+        click.echo(
+            f"note: |accuracy delta| {abs(p.accuracy_delta) * 100:.3f} points is above the {limit * 100:.3f}-point "
+            f"limit but within {ACCURACY_Z} standard errors of it ({p.accuracy_lost} lost, {p.accuracy_gained} "
+            f"gained of {p.samples} samples): too few samples to call it a loss; more with --limit",
+            err=True,
+        )
     for line in m.warnings:
         click.echo(f"warning: {line}", err=True)
     for line in failures:

@@ -11,7 +11,16 @@ from ..export.configs import INT8_PTQ_THRESHOLDS as _I
 from ..kinds import Int8Form, Storage
 from ..triton_config import CPU_ACCELERATORS
 from .nir_options import nir_import_options, nir_options
-from .options import AT_LEAST_ONE, NON_NEGATIVE, OutPath, Value, check_writable, refuse_replacing, with_range
+from .options import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    OutPath,
+    Value,
+    check_writable,
+    data_dir_option,
+    refuse_replacing,
+    with_range,
+)
 
 OPSET = Annotated[int, Field(ge=MIN_OPSET, le=onnx.defs.onnx_opset_version())]
 _SAMPLES = ValidationConfig().samples
@@ -84,12 +93,7 @@ _SAMPLES = ValidationConfig().samples
     default=None,
     help=f"Test images to validate on (default {_SAMPLES}; at most the test split's size).",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the checkpoint's dataset lives (default: its standard place).",
-)
+@data_dir_option("Where the checkpoint's dataset lives (default: its standard place).")
 @click.option("--profile", is_flag=True, help="With --variant auto: choose per layer by measured latency.")
 @click.option(
     "--max-batch-size",

@@ -68,6 +68,11 @@ def onnx_runtime_option(what: str):
     )
 
 
+def data_dir_option(help: str = "Where the dataset lives (default: its standard place)."):
+    """``--data-dir``: an existing directory (a missing one is one usage error, before any work)."""
+    return click.option("--data-dir", default=None, type=click.Path(file_okay=False, exists=True), help=help)
+
+
 # ranges of options that are not recipe keys (those use gee_deploy.recipe.recipe_field)
 NON_NEGATIVE = Annotated[float, Field(ge=0, le=1e300)]
 FRACTION = Annotated[float, Field(ge=0, le=1)]

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..recipe import DEVICE, recipe_field
-from .options import OutPath, Value, quiet_option, refuse_replacing, with_range
+from .options import OutPath, Value, data_dir_option, quiet_option, refuse_replacing, with_range
 
 FINE_TUNE_EPOCHS = Annotated[float, Field(gt=0, le=100_000)]
 LR_SCALE = Annotated[float, Field(gt=0, le=1e6)]
@@ -57,12 +57,7 @@ _BATCH, _LIMIT = recipe_field("data.batch_size"), recipe_field("data.train_limit
     default=None,
     help="Evaluate on the first N test images (0: all, as data.test_limit).",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the checkpoint's dataset lives, if not at its default place.",
-)
+@data_dir_option("Where the checkpoint's dataset lives (default: its standard place).")
 @click.option("--device", type=Value(DEVICE), default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @quiet_option
 def quantize(checkpoint, out, epochs, lr_scale, batch_size, train_limit, test_limit, data_dir, device, quiet):

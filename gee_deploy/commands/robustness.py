@@ -14,6 +14,7 @@ from .options import (
     NumberList,
     OutPath,
     Value,
+    data_dir_option,
     onnx_runtime_option,
     quiet_option,
     refuse_replacing,
@@ -58,7 +59,7 @@ RATIO = Annotated[float, Field(ge=0, le=1000)]  # noise L2 norm / image L2 norm
     help="Clip noisy pixels to [0, 1], the graph's input range (--no-clip: the literal protocol).",
 )
 @click.option("--dataset", default=None, help="Test split to use (default: the models' own).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset lives.")
+@data_dir_option()
 @click.option("--limit", default=0, show_default=True, type=Value(COUNT), help="First N test images (0: all).")
 @click.option("--threads", default=None, type=Value(THREADS), help="Intra-op threads for every runtime.")
 @click.option(

@@ -101,8 +101,9 @@ class NIRRuntime(Runtime):
         spec = next((s for s in converted if s.checkpoint_sha256 == digest and "threshold_rule" in s.model_args), None)
         if spec is None:
             raise ModelFileError(
-                f"{self.path} is a reference only: give the ONNX file (or plan) that `gee-deploy "
-                "export` converted from it too (its spec holds T, dt and the threshold rule)"
+                f"{self.path} is a reference only, and no file given with it was converted from it: give the ONNX "
+                f"file (or plan) that `gee-deploy export {self.path}` wrote (its spec holds T, dt and the threshold "
+                "rule)"
             )
         self.spec = replace(
             spec,

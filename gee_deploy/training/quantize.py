@@ -69,15 +69,26 @@ class QuantizeReport:
     train_seconds: float  # the fine-tune's training steps
     seconds: float  # everything: loading, three evaluations, training, saving
     original_train_seconds: float | None
+    original_train_estimated: bool = False  # no train.jsonl: the checkpoint's epochs x its last epoch's seconds
 
     def summary(self) -> str:
+        estimate = ", estimated as its epochs x its last epoch's time" if self.original_train_estimated else ""
         share = (
             (
                 f" ({self.train_seconds / self.original_train_seconds:.1%} of the original training's "
-                f"{self.original_train_seconds:.0f} s)"
+                f"{self.original_train_seconds:.0f} s{estimate})"
             )
             if self.original_train_seconds
             else ""
+        )
+        worse = (
+            [
+                f"  note: the fine-tune ended below the int8 model without it ({self.qat_acc:.4f} < "
+                f"{self.ptq_acc:.4f}): try more --epochs or another --lr-scale, or export the fp32 checkpoint "
+                "with --variant int8 (post-training int8)"
+            ]
+            if self.qat_acc < self.ptq_acc
+            else []
         )
         return "\n".join(
             [
@@ -87,21 +98,23 @@ class QuantizeReport:
                 f"  firing rate: fp32 {self.fp32_firing_rate:.4f}, int8 fine-tuned {self.qat_firing_rate:.4f}",
                 f"  fine-tune: {self.epochs:g} epoch(s), {self.steps} steps, {self.train_seconds:.0f} s of training{share}; "
                 f"{self.seconds:.0f} s in all with the three evaluations",
+                *worse,
             ]
         )
 
 
-def _original_seconds(checkpoint: Path, ckpt: Checkpoint) -> float | None:
-    """Seconds the training of ``ckpt`` took: its run directory's train.jsonl rows up to its epoch, else its last
-    epoch's seconds (its metrics, a train.jsonl row) x its epochs; None when neither says."""
+def _original_seconds(checkpoint: Path, ckpt: Checkpoint) -> tuple[float | None, bool]:
+    """Seconds the training of ``ckpt`` took and whether that is an estimate: its run directory's train.jsonl rows
+    up to its epoch, else (an estimate) its last epoch's seconds (its metrics, a train.jsonl row) x its epochs;
+    None when neither says."""
     log = checkpoint.parent / "train.jsonl"
     if log.is_file():
         rows = [r for r in read_jsonl(log) if "seconds" in r and r.get("epoch", 0) <= ckpt.epoch]
         if rows:
-            return float(sum(r["seconds"] for r in rows))
+            return float(sum(r["seconds"] for r in rows)), False
     if "seconds" in ckpt.metrics and ckpt.epoch:
-        return float(ckpt.metrics["seconds"]) * ckpt.epoch
-    return None
+        return float(ckpt.metrics["seconds"]) * ckpt.epoch, True
+    return None, False
 
 
 def quantize(
@@ -256,5 +269,5 @@ def quantize(
         step,
         tune_seconds,
         time.perf_counter() - started,
-        _original_seconds(checkpoint, ckpt),
+        *_original_seconds(checkpoint, ckpt),
     )
