@@ -113,6 +113,12 @@ def bench(
         profile_ops=profile_ops,
     )
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    if say is not None and runtimes is None and any(str(m).lower().endswith(".onnx") for m in models):
+        from ..ort_session import openvino_unavailable
+
+        why = openvino_unavailable()
+        if why is not None and "pip install" not in why:  # installed, but it cannot run here
+            say(f"note: openvino left out of the default runtimes: {why}")
     report = run_bench(list(models), options, progress=say)
     write_report(report, out)
     if neurobench_json:
