@@ -53,8 +53,8 @@ _SAMPLES = ValidationConfig().samples
     type=click.Choice([f.value for f in Int8Form]),
     default=None,
     help="How int8 layers are spelt. integer: onnxruntime's MatMulIntegerToFloat on uint8 spikes (its CPU "
-    "int8 kernels, scale and bias in the GEMM); qdq: QuantizeLinear/DequantizeLinear around Conv/Gemm (TensorRT, OpenVINO). Both "
-    "compute the same exact integer sums. Default: qdq for tensorrt, integer otherwise.",
+    "int8 kernels, scale and bias in the GEMM); qdq: QuantizeLinear/DequantizeLinear around Conv/Gemm "
+    "(TensorRT, OpenVINO). Both compute the same exact integer sums. Default: qdq for tensorrt, integer otherwise.",
 )
 @click.option(
     "--storage",

@@ -73,8 +73,8 @@ __all__ = [
 # (row_chunks): measured interleaved, one thread (docs/export.md, "Integer form speed"): 2^15 ResNet-19 1.05-1.07x
 # at batch 8 and 0.97-1.02x at batch 1; 2^14 1.20x at batch 8 but 0.86x at batch 1 (the T x B-fold op count).
 BAND_MIN_OUTPUTS = 2**15
-# The domain of the integer form's GEMM, com.microsoft's MatMulIntegerToFloat (onnxruntime's contrib operators,
-# docs/ContribOperators.md): MatMulInteger's int32 sums converted, scaled and biased in the GEMM's own output pass
+# The domain of the integer form's GEMM, com.microsoft's MatMulIntegerToFloat (onnxruntime docs, "Contrib
+# operators"): MatMulInteger's int32 sums converted, scaled and biased in the GEMM's own output pass
 # (MLAS's scale-bias output processor: float(sum) x scale, then + bias, two IEEE float32 roundings, no FMA), the
 # same floats as MatMulInteger, Cast, Mul and Add and three passes over the output fewer (docs/export.md,
 # "Integer form speed"). OpenVINO's ONNX reader takes it too.
