@@ -144,10 +144,13 @@ def _openvino_cpu(ort):
     cpu = [d for d in devices if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
     if not cpu:
         vendors = sorted({d.device.vendor for d in devices if d.device.type == ort.OrtHardwareDeviceType.CPU})
-        raise RuntimeUnavailableError(
-            f"the OpenVINO plugin offers no CPU device on this {'/'.join(vendors) or 'unknown'} CPU (its device "
-            "discovery lists Intel CPUs only); run on an Intel CPU or use the ort-cpu runtime"
+        why = (
+            f"this {'/'.join(vendors) or 'unknown'} CPU (its device discovery lists Intel CPUs only); run on an "
+            "Intel CPU or use the ort-cpu runtime"
+            if not any("intel" in v.lower() for v in vendors)
+            else "this machine; use the ort-cpu runtime"
         )
+        raise RuntimeUnavailableError(f"the OpenVINO plugin offers no CPU device on {why}")
     return cpu[0]
 
 

@@ -37,8 +37,8 @@ MIN_TIME = Annotated[float, Field(ge=0, le=3600)]  # seconds per runtime and bat
     "--runtimes",
     default=None,
     type=ChoiceList(RUNTIMES),
-    help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: all that apply here: torch for a checkpoint; "
-    "ort-cpu, ort-cuda if present and openvino (f32) if its plugin runs here for an ONNX file).",
+    help=f"Runtimes to use: {', '.join(RUNTIMES)} (default: torch for a checkpoint; ort-cpu, and ort-cuda where "
+    "present, for an ONNX file; the NIR executor for a .nir file; tensorrt for a plan; openvino on request).",
 )
 @click.option(
     "--batch-sizes",
@@ -113,12 +113,6 @@ def bench(
         profile_ops=profile_ops,
     )
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
-    if say is not None and runtimes is None and any(str(m).lower().endswith(".onnx") for m in models):
-        from ..ort_session import openvino_unavailable
-
-        why = openvino_unavailable()
-        if why is not None and "pip install" not in why:  # installed, but it cannot run here
-            say(f"note: openvino left out of the default runtimes: {why}")
     report = run_bench(list(models), options, progress=say)
     write_report(report, out)
     if neurobench_json:

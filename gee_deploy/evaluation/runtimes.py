@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelFileError, RuntimeUnavailableError
 from ..kinds import ExportVariant, Precision
-from ..ort_session import PROVIDERS, import_onnxruntime, openvino_unavailable
+from ..ort_session import PROVIDERS, import_onnxruntime
 from ..serving.runtimes import OrtRuntime, Runtime, TensorRTRuntime
 from ..spec import ModelSpec
 
@@ -164,10 +164,10 @@ def open_each(paths: list[str | os.PathLike], threads: int | None = None, onnx_k
 
 
 def default_runtimes(path: str | os.PathLike) -> list[str]:
-    """The runtimes worth benchmarking for a file on this machine: a checkpoint on torch, a NIR file on the NIR
-    executor, a TensorRT plan on TensorRT; an ONNX file on onnxruntime's CPU provider, its CUDA provider where
-    this onnxruntime has one, and OpenVINO at f32 (exact) where its plugin offers a CPU device (bf16, which moves
-    spikes, only on request)."""
+    """The runtimes a file is benchmarked on when none are named: a checkpoint on torch, a NIR file on the NIR
+    executor, a TensorRT plan on TensorRT; an ONNX file on onnxruntime's CPU provider, and its CUDA provider where
+    this onnxruntime has one. OpenVINO only on request (``--runtimes``): it compiles the graph once per batch
+    size, and its device depends on the CPU's vendor (docs/serving.md)."""
     suffix = Path(path).suffix.lower()
     if suffix in (".pt", ".pth"):
         return ["torch"]
@@ -177,8 +177,4 @@ def default_runtimes(path: str | os.PathLike) -> list[str]:
         return ["tensorrt"]
     ort = import_onnxruntime()
     have = ort.get_available_providers()
-    return (
-        ["ort-cpu"]
-        + [k for k in ("ort-cuda",) if PROVIDERS[k][0] in have]
-        + (["openvino"] if openvino_unavailable() is None else [])
-    )
+    return ["ort-cpu"] + [k for k in ("ort-cuda",) if PROVIDERS[k][0] in have]
