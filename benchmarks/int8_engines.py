@@ -57,7 +57,7 @@ from gee_deploy.testing import lively  # random BatchNorm affines, statistics ca
 from gee_deploy.evaluation.bench import profile_ops
 from gee_deploy.export import build_onnx
 from gee_deploy.neurons import SpikeRecorder
-from gee_deploy.ort_session import create_session, openvino_unavailable
+from gee_deploy.ort_session import create_session, import_onnxruntime, openvino_unavailable
 from gee_deploy.parity import Outputs, Thresholds, checks, compare
 from gee_deploy.quantisation import attach_quantisers, spike_reading_layers, stem_layer
 from gee_deploy.spec import INPUT_NAME
@@ -99,12 +99,6 @@ class OpenVINOSession:
                 totals[info.node_type] = totals.get(info.node_type, 0.0) + info.real_time.total_seconds()
         whole = sum(totals.values()) or 1.0
         return dict(sorted(((k, v / whole) for k, v in totals.items()), key=lambda kv: -kv[1]))
-
-
-def ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
 
 
 OV_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
@@ -262,10 +256,11 @@ def main() -> None:
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args()
     torch.set_num_threads(1)
-    print(f"CPU: {cpu_name()}; onnxruntime {ort_version()}", file=sys.stderr)
+    machine = f"CPU: {cpu_name()}; onnxruntime {import_onnxruntime().__version__}"
+    print(machine, file=sys.stderr)
     print(HEADER, file=sys.stderr)
     rows = run(a.models, a.engines, a.threads, a.rounds, min(a.samples, 64), not a.no_profile)
-    print(f"CPU: {cpu_name()}; onnxruntime {ort_version()}")
+    print(machine)
     print(HEADER)
     print("\n".join(line(r) for r in rows))
     if a.json:

@@ -155,7 +155,7 @@ def _openvino_cpu(ort):
 
 
 def _add_openvino(ort, opts, precision: str, threads: int | None) -> None:
-    """Register the OpenVINO plugin once per process and add its CPU device to ``opts`` with ``precision`` (the
+    """Add the OpenVINO plugin's CPU device (:func:`_openvino_cpu`) to ``opts`` with ``precision`` (the
     ``INFERENCE_PRECISION_HINT``), ``threads`` inference threads (None: OpenVINO's default, one per physical
     core), one stream."""
     cpu = _openvino_cpu(ort)

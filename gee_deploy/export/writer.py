@@ -211,11 +211,10 @@ class OnnxWriter(ModelWalk[str]):
                 name, layer, dense_macs, calls, None
             )
         int8, source = self.int8, x.spikes_from  # int8 weights only for layers that read spikes
-        qdq = self.int8_form == Int8Form.QDQ
         if int8 is not None and source is not None:
             layer = int8_layer(m, bn, pooled, ops, name)
             if int8(name, dense_macs):
-                if qdq:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
+                if self.int8_form == Int8Form.QDQ:  # 0/1 spikes as signed int8 at scale 1: exact, once per spike tensor
                     x = self.value(x)
                     if _name(x) not in self._uint8:
                         self._uint8[_name(x)] = quantise_spikes(self.graph, _name(x), source)
